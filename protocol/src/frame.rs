@@ -1,0 +1,339 @@
+//! Frame layout (SPEC.md §3), building with [`FrameWriter`] and verifying with [`open`].
+//!
+//! ```text
+//! clear header (5 B)              | ciphertext                                        | tag (8 B)
+//! version<<4|kind, counter u32 BE | time u32 BE, reading, (Δtime varint, reading)*   |
+//! ```
+//! The header is authenticated as associated data; nothing after it is parsed before the
+//! tag verifies.
+
+use heapless::Vec;
+
+use crate::codec::{decode_values, encode_values};
+use crate::crypto::{self, DeviceKey, TAG_LEN};
+use crate::error::{DecodeError, EncodeError};
+use crate::reading::{Kind, Reading};
+use crate::topic::Identity;
+use crate::varint::{Reader, Writer};
+
+/// Protocol version in the header's high nibble.
+pub const VERSION: u8 = 1;
+/// Clear header: version/kind byte and the 32-bit frame counter.
+pub const HEADER_LEN: usize = 5;
+/// Largest frame accepted or built.
+pub const MAX_FRAME_LEN: usize = 1024;
+/// Most readings in one frame.
+pub const MAX_READINGS: usize = 64;
+/// Shortest possible frame: header, time, a one-field reading (2 bytes), tag.
+pub const MIN_FRAME_LEN: usize = HEADER_LEN + 4 + 2 + TAG_LEN;
+
+/// What the clear header says, before anything is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Header {
+    /// Message kind.
+    pub kind: Kind,
+    /// Frame counter (the nonce); used for replay detection once the tag verifies.
+    pub counter: u32,
+}
+
+/// A verified, decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Frame {
+    /// Kind and counter.
+    pub header: Header,
+    /// The readings, in strictly increasing time.
+    pub readings: Vec<Reading, MAX_READINGS>,
+}
+
+/// Reads the clear header without authenticating anything: use it to pick the key and to
+/// pre-check the counter, never to trust the frame.
+pub fn peek(frame: &[u8]) -> Result<Header, DecodeError> {
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLong);
+    }
+    if frame.len() < MIN_FRAME_LEN {
+        return Err(DecodeError::TooShort);
+    }
+    let version = frame[0] >> 4;
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let kind = Kind::from_code(frame[0] & 0x0f).ok_or(DecodeError::UnknownKind(frame[0] & 0x0f))?;
+    let counter = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+    Ok(Header { kind, counter })
+}
+
+/// Verifies `frame` for the device `who` with `key`, then decodes it.
+pub fn open(frame: &[u8], key: &DeviceKey, who: Identity<'_>) -> Result<Frame, DecodeError> {
+    let header = peek(frame)?;
+    let (clear, rest) = frame.split_at(HEADER_LEN);
+    let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut clear_header = [0u8; HEADER_LEN];
+    clear_header.copy_from_slice(clear);
+    let mut tag_bytes = [0u8; TAG_LEN];
+    tag_bytes.copy_from_slice(tag);
+
+    let mut plain = [0u8; MAX_FRAME_LEN];
+    let plain = &mut plain[..ciphertext.len()];
+    if !crypto::open(key, &clear_header, who, ciphertext, &tag_bytes, plain) {
+        return Err(DecodeError::Authentication);
+    }
+    let readings = decode_body(plain, header.kind)?;
+    Ok(Frame { header, readings })
+}
+
+/// Decodes the plaintext body: first time in full, then deltas, until the body ends.
+fn decode_body(body: &[u8], kind: Kind) -> Result<Vec<Reading, MAX_READINGS>, DecodeError> {
+    let mut r = Reader::new(body);
+    let mut readings = Vec::new();
+    let mut time = u32::from_be_bytes(r.array::<4>()?);
+    loop {
+        let values = decode_values(&mut r, kind)?;
+        readings
+            .push(Reading { time, values })
+            .map_err(|_| DecodeError::TooManyReadings)?;
+        if r.is_empty() {
+            return Ok(readings);
+        }
+        let delta = r.varint()?;
+        if delta == 0 {
+            return Err(DecodeError::TimeOrder);
+        }
+        time = time.checked_add(delta).ok_or(DecodeError::TimeOrder)?;
+    }
+}
+
+/// Builds one frame in a caller-provided buffer, reading by reading, without allocation.
+///
+/// A push that does not fit leaves the frame as it was, so firmware can fill a frame from
+/// its queue until [`EncodeError::BufferFull`] and send it.
+#[derive(Debug)]
+pub struct FrameWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    kind: Option<Kind>,
+    last_time: u32,
+    count: usize,
+}
+
+impl<'b> FrameWriter<'b> {
+    /// Starts an empty frame in `buf` (at most [`MAX_FRAME_LEN`] bytes of it are used).
+    pub fn new(buf: &'b mut [u8]) -> Self {
+        Self {
+            buf,
+            len: HEADER_LEN,
+            kind: None,
+            last_time: 0,
+            count: 0,
+        }
+    }
+
+    /// Readings in the frame so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Size the frame would have if sealed now.
+    pub fn sealed_len(&self) -> usize {
+        self.len + TAG_LEN
+    }
+
+    /// Appends a reading; readings must share one kind and have strictly increasing times.
+    pub fn push(&mut self, reading: &Reading) -> Result<(), EncodeError> {
+        let kind = reading.values.kind();
+        if self.kind.is_some_and(|k| k != kind) {
+            return Err(EncodeError::MixedKinds);
+        }
+        if self.count > 0 && reading.time <= self.last_time {
+            return Err(EncodeError::TimeOrder);
+        }
+        if self.count == MAX_READINGS {
+            return Err(EncodeError::TooManyReadings);
+        }
+        let limit = self.buf.len().min(MAX_FRAME_LEN).saturating_sub(TAG_LEN);
+        let Some(room) = self.buf.get_mut(..limit) else {
+            return Err(EncodeError::BufferFull);
+        };
+        let mut w = Writer::at(room, self.len);
+        if self.count == 0 {
+            w.bytes(&reading.time.to_be_bytes())?;
+        } else {
+            w.varint(reading.time - self.last_time)?;
+        }
+        encode_values(&mut w, &reading.values)?;
+        // Commit only now: an error above left `len` untouched.
+        self.len = w.pos();
+        self.kind = Some(kind);
+        self.last_time = reading.time;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the header, encrypts the body and appends the tag. `counter` must never have
+    /// been used before with this key (see SPEC.md §6 for how firmware persists it).
+    pub fn seal(
+        self,
+        counter: u32,
+        key: &DeviceKey,
+        who: Identity<'_>,
+    ) -> Result<&'b [u8], EncodeError> {
+        let kind = self.kind.ok_or(EncodeError::NoReadings)?;
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = VERSION << 4 | kind.code();
+        header[1..].copy_from_slice(&counter.to_be_bytes());
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
+        let tag = crypto::seal(key, &header, who, &mut self.buf[HEADER_LEN..self.len]);
+        let end = self.len + TAG_LEN;
+        self.buf[self.len..end].copy_from_slice(&tag);
+        Ok(&self.buf[..end])
+    }
+}
+
+/// Seals `readings` (one kind, increasing time) into `buf` in one call.
+pub fn seal<'b>(
+    buf: &'b mut [u8],
+    readings: &[Reading],
+    counter: u32,
+    key: &DeviceKey,
+    who: Identity<'_>,
+) -> Result<&'b [u8], EncodeError> {
+    let mut w = FrameWriter::new(buf);
+    for r in readings {
+        w.push(r)?;
+    }
+    w.seal(counter, key, who)
+}
+
+/// For the fuzz targets and tests only: seal an arbitrary plaintext body, as a buggy or
+/// hostile sender holding the key could, to reach the parser behind the tag.
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing {
+    use super::*;
+
+    /// Header + `body` encrypted + tag, or `None` if it would exceed [`MAX_FRAME_LEN`].
+    pub fn seal_body(
+        kind: Kind,
+        counter: u32,
+        body: &[u8],
+        key: &DeviceKey,
+        who: Identity<'_>,
+    ) -> Option<Vec<u8, MAX_FRAME_LEN>> {
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = VERSION << 4 | kind.code();
+        header[1..].copy_from_slice(&counter.to_be_bytes());
+        let mut out: Vec<u8, MAX_FRAME_LEN> = Vec::new();
+        out.extend_from_slice(&header).ok()?;
+        out.extend_from_slice(body).ok()?;
+        let tag = crypto::seal(key, &header, who, &mut out[HEADER_LEN..]);
+        out.extend_from_slice(&tag).ok()?;
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{AirQuality, Field, Values, WasteBin};
+
+    fn key() -> DeviceKey {
+        DeviceKey::new([7; 16], 1)
+    }
+
+    fn who() -> Identity<'static> {
+        Identity::new("t", "d").unwrap_or_else(|_| unreachable!())
+    }
+
+    fn pm(time: u32, pm25: u16) -> Reading {
+        let aq = AirQuality {
+            pm25: Field::Value(pm25),
+            ..AirQuality::default()
+        };
+        Reading {
+            time,
+            values: Values::AirQuality(aq),
+        }
+    }
+
+    fn seal_raw_body(kind: Kind, body: &[u8]) -> Vec<u8, MAX_FRAME_LEN> {
+        fuzzing::seal_body(kind, 1, body, &key(), who()).unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn authenticated_but_malformed_bodies_get_typed_errors() {
+        let t = 1_000_u32.to_be_bytes();
+        let one = [t[0], t[1], t[2], t[3], 0x02, 0x05]; // pm25 = 0.5
+        let ok = seal_raw_body(Kind::AirQuality, &one);
+        assert_eq!(open(&ok, &key(), who()).map(|f| f.readings.len()), Ok(1));
+        let cases: &[(&[u8], DecodeError)] = &[
+            (&[0x01], DecodeError::Truncated), // trailing byte: a delta without reading
+            (&[0x00, 0x02, 0x05], DecodeError::TimeOrder), // delta 0
+            (&[0x01, 0x02], DecodeError::Truncated), // reading cut short
+        ];
+        for (tail, want) in cases {
+            let mut body = std::vec::Vec::from(one);
+            body.extend_from_slice(tail);
+            let frame = seal_raw_body(Kind::AirQuality, &body);
+            assert_eq!(open(&frame, &key(), who()), Err(*want), "{tail:02x?}");
+        }
+        // Time overflow past u32::MAX.
+        let late = [0xff, 0xff, 0xff, 0xff, 0x02, 0x05, 0x01, 0x02, 0x05];
+        let frame = seal_raw_body(Kind::AirQuality, &late);
+        assert_eq!(open(&frame, &key(), who()), Err(DecodeError::TimeOrder));
+        // 65 readings.
+        let mut body = std::vec::Vec::from(one);
+        for _ in 1..=MAX_READINGS {
+            body.extend_from_slice(&[0x01, 0x02, 0x05]);
+        }
+        let frame = seal_raw_body(Kind::AirQuality, &body);
+        assert_eq!(
+            open(&frame, &key(), who()),
+            Err(DecodeError::TooManyReadings)
+        );
+    }
+
+    #[test]
+    fn writer_rules() {
+        let mut buf = [0u8; 64];
+        let mut w = FrameWriter::new(&mut buf);
+        w.push(&pm(100, 5)).unwrap();
+        assert_eq!(w.push(&pm(100, 5)), Err(EncodeError::TimeOrder));
+        let bin = Reading {
+            time: 200,
+            values: Values::WasteBin(WasteBin {
+                fill_level: Field::Value(3),
+                ..WasteBin::default()
+            }),
+        };
+        assert_eq!(w.push(&bin), Err(EncodeError::MixedKinds));
+        assert_eq!(w.count(), 1);
+        assert_eq!(
+            FrameWriter::new(&mut [0u8; 64]).seal(1, &key(), who()),
+            Err(EncodeError::NoReadings)
+        );
+    }
+
+    #[test]
+    fn a_push_that_does_not_fit_changes_nothing() {
+        let mut buf = [0u8; 30];
+        let mut w = FrameWriter::new(&mut buf);
+        let mut time = 10;
+        while w.push(&pm(time, 9_999)).is_ok() {
+            time += 1;
+        }
+        let before = w.sealed_len();
+        assert!(before <= 30);
+        assert_eq!(w.push(&pm(time, 9_999)), Err(EncodeError::BufferFull));
+        assert_eq!(w.sealed_len(), before);
+        let n = w.count();
+        let frame = w.seal(5, &key(), who()).unwrap();
+        assert_eq!(frame.len(), before);
+        assert_eq!(open(frame, &key(), who()).map(|f| f.readings.len()), Ok(n));
+        // A buffer too small for anything reports BufferFull, not a panic.
+        assert_eq!(
+            FrameWriter::new(&mut [0u8; 3]).push(&pm(1, 1)),
+            Err(EncodeError::BufferFull)
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Identifiers and the MQTT topic scheme (SPEC.md §7):
+//!
+//! - uplink, QoS 1: `vigie/v1/<tenant>/<device>/up`
+//! - status, retained, also the last will: `vigie/v1/<tenant>/<device>/status`
+//! - gateway subscription: `$share/<group>/vigie/v1/+/+/up`
+
+use core::fmt;
+use heapless::String;
+
+use crate::error::TopicError;
+
+/// Longest tenant, device or group identifier.
+pub const MAX_ID_LEN: usize = 32;
+/// Longest topic this module builds (`$share/<group>/…` with maximal ids fits).
+pub const MAX_TOPIC_LEN: usize = 96;
+/// First two topic levels: product and topic-scheme version.
+pub const ROOT: &str = "vigie/v1";
+/// Retained status payload while the device is connected.
+pub const STATUS_ONLINE: &[u8] = b"online";
+/// Status payload the broker publishes as the device's last will.
+pub const STATUS_OFFLINE: &[u8] = b"offline";
+
+// The longest topic built here must fit the fixed-capacity string.
+const _: () =
+    assert!("$share/".len() + MAX_ID_LEN + 1 + ROOT.len() + "/+/+/up".len() <= MAX_TOPIC_LEN);
+const _: () = assert!(ROOT.len() + 2 * (1 + MAX_ID_LEN) + "/status".len() <= MAX_TOPIC_LEN);
+
+/// A validated identifier: 1 to 32 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+/// Safe in topics (no `/`, `+`, `#`), in file names and as database tag values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Id<'a>(&'a str);
+
+impl<'a> Id<'a> {
+    /// Validates `s`.
+    pub fn new(s: &'a str) -> Result<Self, TopicError> {
+        if s.is_empty() || s.len() > MAX_ID_LEN {
+            return Err(TopicError::IdLength);
+        }
+        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+        if !s.bytes().all(ok) || s.starts_with('-') || s.ends_with('-') {
+            return Err(TopicError::IdCharacter);
+        }
+        Ok(Self(s))
+    }
+
+    /// The identifier text.
+    pub const fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl fmt::Debug for Id<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Who sent a frame, as the topic says: bound into the frame's authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Identity<'a> {
+    /// The commune or organisation owning the device.
+    pub tenant: Id<'a>,
+    /// The device, unique within its tenant.
+    pub device: Id<'a>,
+}
+
+impl<'a> Identity<'a> {
+    /// Validates both identifiers.
+    pub fn new(tenant: &'a str, device: &'a str) -> Result<Self, TopicError> {
+        Ok(Self {
+            tenant: Id::new(tenant)?,
+            device: Id::new(device)?,
+        })
+    }
+}
+
+/// Last topic level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Channel {
+    /// Sealed frames, QoS 1.
+    Uplink,
+    /// Retained `online` / `offline` (last will).
+    Status,
+}
+
+impl Channel {
+    const fn level(self) -> &'static str {
+        match self {
+            Channel::Uplink => "up",
+            Channel::Status => "status",
+        }
+    }
+}
+
+/// A parsed device topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Topic<'a> {
+    /// Tenant and device.
+    pub who: Identity<'a>,
+    /// Uplink or status.
+    pub channel: Channel,
+}
+
+impl<'a> Topic<'a> {
+    /// Parses `vigie/v1/<tenant>/<device>/<up|status>`.
+    pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
+        let mut levels = topic.split('/');
+        let mut next = || levels.next().ok_or(TopicError::Shape);
+        let (root, version, tenant, device, channel) =
+            (next()?, next()?, next()?, next()?, next()?);
+        if levels.next().is_some() {
+            return Err(TopicError::Shape);
+        }
+        if root != "vigie" || version != "v1" {
+            return Err(TopicError::Root);
+        }
+        let channel = match channel {
+            "up" => Channel::Uplink,
+            "status" => Channel::Status,
+            _ => return Err(TopicError::Channel),
+        };
+        Ok(Self {
+            who: Identity::new(tenant, device)?,
+            channel,
+        })
+    }
+
+    /// The topic text.
+    pub fn render(&self) -> String<MAX_TOPIC_LEN> {
+        build(&[
+            ROOT,
+            "/",
+            self.who.tenant.as_str(),
+            "/",
+            self.who.device.as_str(),
+            "/",
+            self.channel.level(),
+        ])
+    }
+}
+
+/// The uplink topic of a device.
+pub fn uplink(who: Identity<'_>) -> String<MAX_TOPIC_LEN> {
+    Topic {
+        who,
+        channel: Channel::Uplink,
+    }
+    .render()
+}
+
+/// The retained status / last-will topic of a device.
+pub fn status(who: Identity<'_>) -> String<MAX_TOPIC_LEN> {
+    Topic {
+        who,
+        channel: Channel::Status,
+    }
+    .render()
+}
+
+/// The gateway's shared subscription: gateways of one `group` split the uplink traffic.
+pub fn shared_uplink_filter(group: Id<'_>) -> String<MAX_TOPIC_LEN> {
+    build(&["$share/", group.as_str(), "/", ROOT, "/+/+/up"])
+}
+
+fn build(parts: &[&str]) -> String<MAX_TOPIC_LEN> {
+    let mut s = String::new();
+    for p in parts {
+        // Cannot fail: ids are bounded and the const assertions above prove the fit.
+        let _ = s.push_str(p);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_rules() {
+        for ok in ["a", "grenoble", "aq-0001", "38185", &"x".repeat(32)] {
+            assert!(Id::new(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(Id::new(""), Err(TopicError::IdLength));
+        assert_eq!(Id::new(&"x".repeat(33)), Err(TopicError::IdLength));
+        for bad in ["Lyon", "a/b", "a+", "#", "-a", "a-", "é", "a b", "a_b"] {
+            assert_eq!(Id::new(bad), Err(TopicError::IdCharacter), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topics_round_trip() {
+        let who = Identity::new("lyon", "aq-0001").unwrap();
+        assert_eq!(uplink(who).as_str(), "vigie/v1/lyon/aq-0001/up");
+        assert_eq!(status(who).as_str(), "vigie/v1/lyon/aq-0001/status");
+        let parsed = Topic::parse("vigie/v1/lyon/aq-0001/up").unwrap();
+        assert_eq!(
+            parsed,
+            Topic {
+                who,
+                channel: Channel::Uplink
+            }
+        );
+        assert_eq!(parsed.render().as_str(), "vigie/v1/lyon/aq-0001/up");
+        assert_eq!(
+            Topic::parse("vigie/v1/lyon/aq-0001/status")
+                .unwrap()
+                .channel,
+            Channel::Status
+        );
+        let group = Id::new("gateways").unwrap();
+        assert_eq!(
+            shared_uplink_filter(group).as_str(),
+            "$share/gateways/vigie/v1/+/+/up"
+        );
+    }
+
+    #[test]
+    fn topic_errors() {
+        let cases = [
+            ("vigie/v1/lyon/aq-1", TopicError::Shape),
+            ("vigie/v1/lyon/aq-1/up/x", TopicError::Shape),
+            ("vigie/v2/lyon/aq-1/up", TopicError::Root),
+            ("other/v1/lyon/aq-1/up", TopicError::Root),
+            ("vigie/v1/lyon/aq-1/down", TopicError::Channel),
+            ("vigie/v1/Lyon/aq-1/up", TopicError::IdCharacter),
+            ("vigie/v1//aq-1/up", TopicError::IdLength),
+        ];
+        for (t, want) in cases {
+            assert_eq!(Topic::parse(t), Err(want), "{t}");
+        }
+        // Longest ids still fit.
+        let long = "x".repeat(MAX_ID_LEN);
+        let who = Identity::new(&long, &long).unwrap();
+        assert_eq!(Topic::parse(status(who).as_str()).unwrap().who, who);
+        assert!(shared_uplink_filter(Id::new(&long).unwrap()).len() > MAX_ID_LEN);
+    }
+}
