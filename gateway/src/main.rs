@@ -1,10 +1,302 @@
-//! `gateway` binary. The service lands with the gateway issue; until then it states so
-//! instead of pretending to run.
+//! `gateway` binary: parses the command line, sets up logging, runs the command.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "vigie gateway {}: the service is not implemented yet; see README.md",
-        env!("CARGO_PKG_VERSION")
+use clap::{Parser, Subcommand};
+use gateway::cli;
+use gateway::config::{Config, LogFormat};
+use gateway::registry::DeviceKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Vigie gateway: authenticated sensor frames from MQTT to InfluxDB, nothing lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// Configuration file (see gateway.example.toml).
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Everything on this machine: embedded broker, simulated fleet, full pipeline.
+    Demo {
+        /// Stop after this many seconds (default: on Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Devices per tenant (two tenants; half air quality, half bins).
+        #[arg(long, default_value_t = 10)]
+        devices: usize,
+        /// Milliseconds between readings of one device (at least 1000: one reading per
+        /// second per device, as readings carry second timestamps).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Keep the temporary data directory.
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Check a configuration file and its registry, then exit.
+    CheckConfig {
+        /// Configuration file.
+        config: PathBuf,
+    },
+    /// Manage devices in the registry.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Inspect or replay rejected frames.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Register a device (or re-key an existing one) and write its provisioning blob.
+    Add {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// Tenant id (commune), e.g. `lyon`.
+        #[arg(long)]
+        tenant: String,
+        /// Device id, e.g. `aq-0001`.
+        #[arg(long)]
+        id: String,
+        /// Device kind.
+        #[arg(long, value_enum)]
+        kind: DeviceKind,
+        /// Site name (database tag).
+        #[arg(long)]
+        site: Option<String>,
+        /// Zone (database tag).
+        #[arg(long)]
+        zone: Option<String>,
+        /// Latitude (WGS84).
+        #[arg(long)]
+        latitude: Option<f64>,
+        /// Longitude (WGS84).
+        #[arg(long)]
+        longitude: Option<f64>,
+        /// Bin depth from sensor to bottom, mm (bins).
+        #[arg(long)]
+        bin_depth_mm: Option<u16>,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 300)]
+        sample_interval: u16,
+        /// Seconds after which a reading is sent even without change.
+        #[arg(long, default_value_t = 3600)]
+        heartbeat: u16,
+        /// Broker host the board connects to (default: mqtt.host).
+        #[arg(long)]
+        broker_host: Option<String>,
+        /// Broker port the board connects to (default: mqtt.port).
+        #[arg(long)]
+        broker_port: Option<u16>,
+        /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
+        #[arg(long)]
+        blob_out: Option<PathBuf>,
+    },
+    /// List devices, with last-seen times from the running service.
+    List {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Revoke a device: its frames are rejected from the next registry reload.
+    Revoke {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Device id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined frames with their reasons.
+    List {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Re-submit quarantined frames through the running service's pipeline.
+    Replay {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => match Config::load(&config) {
+            Ok(c) => {
+                init_tracing(c.log.format, &c.log.level);
+                serve(c)
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Demo {
+            duration,
+            devices,
+            interval_ms,
+            keep_data,
+        } => {
+            // The demo's own progress line says what happens; only problems are logged.
+            init_tracing(LogFormat::Text, "warn,rumqttd=off");
+            demo(gateway::demo::DemoOptions {
+                duration: duration.map(Duration::from_secs),
+                devices_per_tenant: devices.max(1),
+                interval: Duration::from_millis(interval_ms.max(1000)),
+                keep_data,
+            })
+        }
+        Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
+        Command::Devices(cmd) => devices(cmd),
+        Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
+            .and_then(|c| cli::quarantine_list(&c))
+            .map(|s| println!("{s}")),
+        Command::Quarantine(QuarantineCommand::Replay { config }) => load(&config)
+            .and_then(|c| cli::quarantine_replay(&c))
+            .map(|s| println!("{s}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+fn devices(cmd: DevicesCommand) -> Result<(), String> {
+    match cmd {
+        DevicesCommand::Add {
+            config,
+            tenant,
+            id,
+            kind,
+            site,
+            zone,
+            latitude,
+            longitude,
+            bin_depth_mm,
+            sample_interval,
+            heartbeat,
+            broker_host,
+            broker_port,
+            blob_out,
+        } => {
+            let c = load(&config)?;
+            let add = cli::AddDevice {
+                blob_out: blob_out.unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
+                tenant,
+                id,
+                kind,
+                site,
+                zone,
+                latitude,
+                longitude,
+                bin_depth_mm,
+                sample_interval_s: sample_interval,
+                heartbeat_s: heartbeat,
+                broker_host: broker_host
+                    .or(c.mqtt.host.clone())
+                    .unwrap_or_else(|| c.mqtt.embedded_listen.ip().to_string()),
+                broker_port: broker_port.unwrap_or(if c.mqtt.host.is_some() {
+                    c.mqtt.port
+                } else {
+                    c.mqtt.embedded_listen.port()
+                }),
+            };
+            cli::devices_add(&c.gateway.registry, &add).map(|s| println!("{s}"))
+        }
+        DevicesCommand::List { config } => load(&config)
+            .and_then(|c| cli::devices_list(&c))
+            .map(|s| println!("{s}")),
+        DevicesCommand::Revoke { config, tenant, id } => load(&config)
+            .and_then(|c| cli::devices_revoke(&c.gateway.registry, &tenant, &id))
+            .map(|s| println!("{s}")),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let stop = shutdown_signal();
+        gateway::run(config, stop).await.map_err(|e| e.to_string())
+    })
+}
+
+fn demo(opts: gateway::demo::DemoOptions) -> Result<(), String> {
+    let summary = runtime()?.block_on(async {
+        let stop = shutdown_signal();
+        gateway::demo::run(opts, stop).await
+    })?;
+    println!(
+        "published={} stored={} rejected={}",
+        summary.published, summary.stored, summary.rejected
     );
-    std::process::ExitCode::FAILURE
+    if summary.published == 0 || summary.stored != summary.published {
+        return Err("the demo did not store every published reading".into());
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    // rumqttd (embedded broker) logs every client disconnect as an error; keep it quiet.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rumqttd=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

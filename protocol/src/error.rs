@@ -4,7 +4,7 @@
 use core::fmt;
 
 /// Why a frame was rejected by [`crate::open`] or [`crate::peek`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum DecodeError {

@@ -13,6 +13,7 @@
 //! - [`crypto`]: Ascon-AEAD128 with 64-bit tag, [`DeviceKey`], nonce and associated data.
 //! - [`topic`]: identifiers and MQTT topics (uplink, status/last will, shared filter).
 //! - [`replay`]: sliding replay window with a persistable state.
+//! - [`provision`]: the checksummed provisioning blob (identity, key, settings).
 //! - `json` (feature `serde`): JSON view of readings with the storage schema's names.
 //! - [`error`]: one flat error enum per concern.
 //!
@@ -30,6 +31,7 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "serde")]
 pub mod json;
+pub mod provision;
 pub mod reading;
 pub mod replay;
 pub mod topic;

@@ -342,10 +342,10 @@ impl Values {
             .fields()
             .get(i)
             .ok_or(EncodeError::OutOfRange { field: i as u8 })?;
-        if let Field::Value(raw) = value {
-            if !spec.in_range(raw) {
-                return Err(EncodeError::OutOfRange { field: i as u8 });
-            }
+        if let Field::Value(raw) = value
+            && !spec.in_range(raw)
+        {
+            return Err(EncodeError::OutOfRange { field: i as u8 });
         }
         self.set(i, value);
         Ok(())

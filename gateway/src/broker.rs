@@ -1,0 +1,43 @@
+//! The embedded broker (rumqttd) for a first try with nothing installed: MQTT 5 on one
+//! loopback address. Production uses Mosquitto with the project's config
+//! (`deploy/mosquitto.conf`): persistence and queue limits set deliberately.
+
+use std::net::SocketAddr;
+
+/// Starts rumqttd on `listen` in its own threads.
+pub fn start(listen: SocketAddr) -> Result<(), String> {
+    // rumqttd reports a busy port only in its log; check first so the error is ours.
+    std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("embedded broker cannot listen on {listen}: {e} (set mqtt.embedded_listen, or mqtt.host to use an external broker)"))?;
+    let text = format!(
+        r#"
+id = 0
+[router]
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v5.1]
+name = "v5-1"
+listen = "{listen}"
+next_connection_delay_ms = 1
+[v5.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 262144
+max_inflight_count = 1000
+"#
+    );
+    let config: rumqttd::Config =
+        toml::from_str(&text).map_err(|e| format!("embedded broker config: {e}"))?;
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|e| format!("cannot start the embedded broker thread: {e}"))?;
+    Ok(())
+}

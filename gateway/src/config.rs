@@ -1,0 +1,501 @@
+//! Configuration: nested serde structs with explicit defaults, loaded from TOML, then
+//! environment overrides for secrets and addresses, then validated into messages a person
+//! can act on. The commented reference is `gateway/gateway.example.toml`.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration mistake, said so that it can be fixed without reading code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown / mistyped key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of its allowed range or inconsistent with another.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// A password or token: deserialized like a string, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Paths.
+    pub gateway: GatewayConfig,
+    /// Broker connection; absent host means the embedded broker.
+    pub mqtt: MqttConfig,
+    /// Database; absent means line-protocol files under the data directory.
+    pub database: Option<DatabaseConfig>,
+    /// Write batching.
+    pub batch: BatchConfig,
+    /// Durable buffer.
+    pub buffer: BufferConfig,
+    /// Quarantine of rejected frames.
+    pub quarantine: QuarantineConfig,
+    /// Plausibility rules.
+    pub validation: ValidationConfig,
+    /// Metrics and health endpoints.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Buffer, quarantine, replay state and line-protocol files live here.
+    pub data_dir: PathBuf,
+    /// Device registry file (`devices add` writes it).
+    pub registry: PathBuf,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/vigie"),
+            registry: PathBuf::from("/etc/vigie/devices.toml"),
+        }
+    }
+}
+
+/// Broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host; unset runs the embedded broker on `embedded_listen`.
+    pub host: Option<String>,
+    /// Broker port.
+    pub port: u16,
+    /// Stable client id: the broker keeps this gateway's session (and unacked messages) under it.
+    pub client_id: String,
+    /// Shared-subscription group: gateways of one group split the fleet.
+    pub group: String,
+    /// Username, if the broker requires one.
+    pub username: Option<String>,
+    /// Password (or `VIGIE_MQTT_PASSWORD`).
+    pub password: Option<Secret>,
+    /// Connect with TLS (rustls).
+    pub tls: bool,
+    /// PEM CA bundle for TLS; unset uses the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long the broker keeps the session while the gateway is away.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Unacknowledged QoS 1 messages the broker may send at once (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// MQTT keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Listen address of the embedded broker (used when `host` is unset).
+    pub embedded_listen: SocketAddr,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 1883,
+            client_id: "vigie-gateway".into(),
+            group: "vigie".into(),
+            username: None,
+            password: None,
+            tls: false,
+            ca_file: None,
+            session_expiry: Duration::from_secs(24 * 3600),
+            receive_maximum: 1000,
+            keep_alive: Duration::from_secs(30),
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+        }
+    }
+}
+
+/// Which write API the database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseApi {
+    /// `/write?db=` (InfluxDB 1.x, and the v1-compatible endpoint of 2.x/3.x).
+    V1,
+    /// `/api/v2/write` through the influxdb2 crate (InfluxDB 2.x/3.x, VictoriaMetrics).
+    V2,
+}
+
+/// Database connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Write API.
+    pub api: DatabaseApi,
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// v2 organisation.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// v2 token, or v1 token (sent as `Authorization: Token …`); or `VIGIE_DATABASE_TOKEN`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// v1 username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// v1 password (or `VIGIE_DATABASE_PASSWORD`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Database / bucket name = prefix + tenant, unless `tenants` maps it.
+    #[serde(default)]
+    pub prefix: String,
+    /// Explicit tenant → database/bucket names.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, String>,
+    /// Per-request timeout.
+    #[serde(default = "default_db_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_db_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl DatabaseConfig {
+    /// Database (v1) or bucket (v2) of a tenant.
+    pub fn target(&self, tenant: &str) -> String {
+        self.tenants
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| format!("{}{}", self.prefix, tenant))
+    }
+}
+
+/// Write batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Lines per write request.
+    pub max_lines: usize,
+    /// Longest wait for a batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// First retry delay; doubles up to `max_backoff`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_lines: 5000,
+            linger: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Durable buffer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Disk the buffer may use; when full the gateway stops acknowledging (backpressure).
+    pub max_mib: u64,
+    /// Size of one segment file.
+    pub segment_mib: u64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            max_mib: 1024,
+            segment_mib: 8,
+        }
+    }
+}
+
+/// Quarantine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// Disk the quarantine may use; past it the oldest entries go (counted in metrics).
+    pub max_mib: u64,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self { max_mib: 64 }
+    }
+}
+
+/// Plausibility rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Readings further in the future than this are rejected (device clock wrong).
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Readings older than this are rejected (beyond the database's retention).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::from_secs(300),
+            max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// Metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`; unset disables.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9650))),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `gateway=debug` (`RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.apply_env(|k| std::env::var(k).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Environment overrides, so secrets need not sit in the file (systemd `LoadCredential`,
+    /// `EnvironmentFile`): `VIGIE_DATA_DIR`, `VIGIE_MQTT_HOST`, `VIGIE_MQTT_PASSWORD`,
+    /// `VIGIE_DATABASE_URL`, `VIGIE_DATABASE_TOKEN`, `VIGIE_DATABASE_PASSWORD`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("VIGIE_DATA_DIR") {
+            self.gateway.data_dir = v.into();
+        }
+        if let Some(v) = get("VIGIE_MQTT_HOST") {
+            self.mqtt.host = Some(v);
+        }
+        if let Some(v) = get("VIGIE_MQTT_PASSWORD") {
+            self.mqtt.password = Some(Secret(v));
+        }
+        if let Some(db) = &mut self.database {
+            if let Some(v) = get("VIGIE_DATABASE_URL") {
+                db.url = v;
+            }
+            if let Some(v) = get("VIGIE_DATABASE_TOKEN") {
+                db.token = Some(Secret(v));
+            }
+            if let Some(v) = get("VIGIE_DATABASE_PASSWORD") {
+                db.password = Some(Secret(v));
+            }
+        }
+    }
+
+    /// Checks ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            return bad(
+                "mqtt.client_id must be 1 to 64 characters and stable across restarts".into(),
+            );
+        }
+        if let Err(e) = protocol::Id::new(&self.mqtt.group) {
+            return bad(format!("mqtt.group {:?}: {e}", self.mqtt.group));
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum must be at least 1".into());
+        }
+        if self.mqtt.session_expiry.is_zero() {
+            return bad("mqtt.session_expiry must be above 0, or the broker forgets unacknowledged messages when the gateway restarts".into());
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return bad("mqtt.password is set but mqtt.username is not".into());
+        }
+        if let Some(db) = &self.database {
+            if !(db.url.starts_with("http://") || db.url.starts_with("https://")) {
+                return bad(format!(
+                    "database.url {:?} must start with http:// or https://",
+                    db.url
+                ));
+            }
+            if db.api == DatabaseApi::V2 && (db.org.is_none() || db.token.is_none()) {
+                return bad("database.api = \"v2\" needs database.org and database.token (or VIGIE_DATABASE_TOKEN)".into());
+            }
+            if db.password.is_some() && db.username.is_none() {
+                return bad("database.password is set but database.username is not".into());
+            }
+        }
+        if self.batch.max_lines == 0 {
+            return bad("batch.max_lines must be at least 1".into());
+        }
+        if self.batch.min_backoff.is_zero() || self.batch.min_backoff > self.batch.max_backoff {
+            return bad("batch.min_backoff must be above 0 and at most batch.max_backoff".into());
+        }
+        if self.buffer.segment_mib == 0 || self.buffer.max_mib < 2 * self.buffer.segment_mib {
+            return bad(format!(
+                "buffer.max_mib ({}) must be at least twice buffer.segment_mib ({}), which must be above 0",
+                self.buffer.max_mib, self.buffer.segment_mib
+            ));
+        }
+        if self.quarantine.max_mib == 0 {
+            return bad("quarantine.max_mib must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let text = include_str!("../gateway.example.toml");
+        let c = Config::parse(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.batch.max_lines, 5000);
+    }
+
+    #[test]
+    fn empty_file_means_defaults_embedded_broker_and_file_sink() {
+        let c = Config::parse("").unwrap();
+        c.validate().unwrap();
+        assert!(c.mqtt.host.is_none() && c.database.is_none());
+        assert_eq!(c.batch.linger, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn mistakes_get_messages_that_name_the_key() {
+        let err = Config::parse("[batch]\nmax_line = 3\n").unwrap_err();
+        assert!(err.contains("max_line"), "{err}");
+        let err = Config::parse("[batch]\nlinger = \"soon\"\n").unwrap_err();
+        assert!(err.contains("linger") || err.contains("soon"), "{err}");
+        let cases = [
+            (
+                "[database]\napi = \"v2\"\nurl = \"http://x\"\n",
+                "database.org",
+            ),
+            (
+                "[database]\napi = \"v1\"\nurl = \"ftp://x\"\n",
+                "database.url",
+            ),
+            ("[buffer]\nmax_mib = 8\nsegment_mib = 8\n", "buffer.max_mib"),
+            ("[mqtt]\ngroup = \"Bad Group\"\n", "mqtt.group"),
+            ("[mqtt]\nsession_expiry = \"0s\"\n", "session_expiry"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_secrets_stay_hidden() {
+        let mut c = Config::parse("[database]\napi = \"v1\"\nurl = \"http://a\"\n").unwrap();
+        c.apply_env(|k| match k {
+            "VIGIE_DATABASE_URL" => Some("http://b".into()),
+            "VIGIE_DATABASE_PASSWORD" => Some("hunter2".into()),
+            "VIGIE_MQTT_PASSWORD" => Some("swordfish".into()),
+            _ => None,
+        });
+        let db = c.database.as_ref().unwrap();
+        assert_eq!(db.url, "http://b");
+        assert_eq!(db.password.as_ref().unwrap().expose(), "hunter2");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Why a frame was rejected: the code is a metrics label and is stored in quarantine.
+
+use protocol::DecodeError;
+
+/// Rejection reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The topic is not a device uplink topic.
+    Topic,
+    /// No such device in the registry.
+    UnknownDevice,
+    /// The device is revoked.
+    Revoked,
+    /// The tag does not verify (forged, altered, wrong key, or sent on another device's topic).
+    Authentication,
+    /// The frame cannot be decoded (before or after authentication).
+    Malformed(DecodeError),
+    /// An observation kind the device is not registered for.
+    KindMismatch,
+    /// Counter below the replay window: a replay, or a frame delayed too long.
+    ReplayTooOld,
+    /// A reading is further in the future than the allowed clock skew.
+    FutureTimestamp,
+    /// A reading is older than the configured horizon.
+    StaleTimestamp,
+    /// The database refused the line (400/422) after the batch was split down to it.
+    DatabaseRejected,
+}
+
+impl Reason {
+    /// Every reason code, for metrics that list zero counts too.
+    pub const CODES: [&'static str; 10] = [
+        "topic",
+        "unknown_device",
+        "revoked",
+        "authentication",
+        "malformed",
+        "kind_mismatch",
+        "replay_too_old",
+        "future_timestamp",
+        "stale_timestamp",
+        "database_rejected",
+    ];
+
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Topic => "topic",
+            Self::UnknownDevice => "unknown_device",
+            Self::Revoked => "revoked",
+            Self::Authentication => "authentication",
+            Self::Malformed(_) => "malformed",
+            Self::KindMismatch => "kind_mismatch",
+            Self::ReplayTooOld => "replay_too_old",
+            Self::FutureTimestamp => "future_timestamp",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::DatabaseRejected => "database_rejected",
+        }
+    }
+
+    /// Code plus detail, for quarantine listings and logs.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Malformed(e) => format!("malformed: {} ({e})", e.code()),
+            other => other.code().to_string(),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! MQTT shell (rumqttc, MQTT 5): the only place that polls the event loop. It never
+//! awaits anything that needs the event loop to progress: received messages wait in a
+//! local queue (bounded by the broker's in-flight window, Receive Maximum) until the
+//! worker has room, and acknowledgements go out with `try_ack` in the order the worker
+//! returns them, which is arrival order.
+//!
+//! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
+//! unacknowledged messages across gateway restarts and redelivers them.
+
+use crate::config::MqttConfig;
+use crate::ingest::{AckToken, Inbound, Job};
+use crate::metrics::Metrics;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Largest packet accepted from the broker. Larger than any valid frame, so an oversized
+/// frame still reaches the worker and is quarantined (`too_long`) rather than breaking the
+/// connection; the broker's own `message_size_limit` caps it.
+const MAX_INCOMING_PACKET: u32 = 256 * 1024;
+/// Longest wait at shutdown for the acks of messages already handed to the worker.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Builds the client options.
+pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(cfg.keep_alive)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(
+            cfg.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
+        ))
+        .set_receive_maximum(Some(cfg.receive_maximum))
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
+        .set_manual_acks(true);
+    if let Some(user) = &cfg.username {
+        o.set_credentials(
+            user.clone(),
+            cfg.password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        );
+    }
+    if cfg.tls {
+        o.set_transport(Transport::Tls(tls_config(cfg)?));
+    }
+    Ok(o)
+}
+
+fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "mqtt.ca_file {}: no certificate found",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            return Err(
+                "mqtt.tls = true needs mqtt.ca_file (the CA that signed the broker's certificate)"
+                    .into(),
+            );
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Runs the MQTT side until shutdown.
+pub async fn run(
+    options: MqttOptions,
+    filter: String,
+    jobs: mpsc::Sender<Job>,
+    mut acks: mpsc::UnboundedReceiver<AckToken>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cap = usize::from(options.receive_maximum().unwrap_or(1000)) + 64;
+    let (client, mut eventloop) = AsyncClient::new(options, cap);
+    let mut generation = 0u64;
+    let mut queue: VecDeque<Inbound> = VecDeque::new();
+    let mut backoff = Duration::from_millis(100);
+    // Messages handed to the worker whose ack has not come back yet.
+    let mut outstanding = 0usize;
+    let mut draining: Option<tokio::time::Instant> = None;
+    loop {
+        if draining.is_some_and(|until| outstanding == 0 || tokio::time::Instant::now() >= until) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed(), if draining.is_none() => {
+                // Stop taking new messages; keep polling so acks for stored ones go out.
+                draining = Some(tokio::time::Instant::now() + DRAIN);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
+            Some(token) = acks.recv() => {
+                outstanding = outstanding.saturating_sub(1);
+                if token.generation == generation {
+                    let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
+                    p.pkid = token.pkid;
+                    if let Err(e) = client.try_ack(&p) {
+                        tracing::warn!(error = %e, "cannot queue an acknowledgement; the broker will redeliver");
+                    }
+                }
+            }
+            permit = jobs.reserve(), if !queue.is_empty() && draining.is_none() => {
+                let Ok(permit) = permit else { break };
+                if let Some(m) = queue.pop_front() {
+                    outstanding += usize::from(m.ack.is_some());
+                    permit.send(Job::Message(m));
+                }
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken { generation, pkid: p.pkid });
+                    queue.push_back(Inbound {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.to_vec(),
+                        received_ms: crate::now_ms(),
+                        ack,
+                    });
+                }
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    generation += 1;
+                    backoff = Duration::from_millis(100);
+                    metrics.set("vigie_mqtt_connected", vec![], 1.0);
+                    metrics.add("vigie_mqtt_connects_total", vec![], 1.0);
+                    tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.set("vigie_mqtt_connected", vec![], 0.0);
+                    if draining.is_some() {
+                        break;
+                    }
+                    tracing::warn!(error = %e, "broker connection lost; reconnecting in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => { draining = Some(tokio::time::Instant::now()); }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    // Flush the disconnect so the broker keeps the session cleanly.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}

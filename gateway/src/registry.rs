@@ -1,0 +1,333 @@
+//! Device registry: which devices exist, their tenant, kind, key and place. A TOML file
+//! (`[[device]]` tables) that `devices add` / `devices revoke` edit and the service reloads
+//! on SIGHUP. Keys are secrets: the file is written with mode 0600 and keys never appear
+//! in `Debug` output.
+
+use protocol::{DeviceKey, Id, Kind};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Why the registry could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// File I/O.
+    #[error("registry {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema.
+    #[error("registry {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Parser message.
+        message: String,
+    },
+    /// An entry is invalid.
+    #[error("registry entry {tenant}/{device}: {message}")]
+    Entry {
+        /// Tenant.
+        tenant: String,
+        /// Device.
+        device: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Device kind as the registry spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Air-quality node.
+    AirQuality,
+    /// Waste-bin node.
+    WasteBin,
+}
+
+impl DeviceKind {
+    /// The observation kind its frames carry (all devices also send status frames).
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::AirQuality => Kind::AirQuality,
+            Self::WasteBin => Kind::WasteBin,
+        }
+    }
+}
+
+/// One registry entry as stored.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// Device id.
+    pub id: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// 32 hex digits.
+    pub key: String,
+    /// Key epoch.
+    pub epoch: u32,
+    /// Site name (database tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Zone (database tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// WGS84 latitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// WGS84 longitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// Bin depth, sensor to bottom (bins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_depth_mm: Option<u16>,
+    /// A revoked device's frames are rejected.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl std::fmt::Debug for DeviceEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceEntry")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("key", &"<redacted>")
+            .field("epoch", &self.epoch)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    device: Vec<DeviceEntry>,
+}
+
+/// A checked registry entry, ready for verification.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// As stored.
+    pub entry: DeviceEntry,
+    /// Parsed key.
+    pub key: DeviceKey,
+}
+
+/// The registry, keyed by (tenant, device).
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    devices: HashMap<(String, String), Device>,
+}
+
+impl Registry {
+    /// Loads `path`; a missing file is an empty registry (first start).
+    pub fn load(path: &Path) -> Result<Self, RegistryError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(RegistryError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        let file: File = toml::from_str(&text).map_err(|e| RegistryError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_entries(file.device)
+    }
+
+    /// Builds from entries, checking each.
+    pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
+        let mut devices = HashMap::new();
+        for entry in entries {
+            let err = |message: String| RegistryError::Entry {
+                tenant: entry.tenant.clone(),
+                device: entry.id.clone(),
+                message,
+            };
+            Id::new(&entry.tenant).map_err(|e| err(format!("tenant: {e}")))?;
+            Id::new(&entry.id).map_err(|e| err(format!("id: {e}")))?;
+            let key =
+                parse_key(&entry.key).ok_or_else(|| err("key must be 32 hex digits".into()))?;
+            if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
+                return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
+            }
+            let k = (entry.tenant.clone(), entry.id.clone());
+            if devices.contains_key(&k) {
+                return Err(err("listed twice".into()));
+            }
+            devices.insert(
+                k,
+                Device {
+                    key: DeviceKey::new(key, entry.epoch),
+                    entry,
+                },
+            );
+        }
+        Ok(Self { devices })
+    }
+
+    /// Looks a device up.
+    pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
+        self.devices.get(&(tenant.to_string(), device.to_string()))
+    }
+
+    /// All entries, sorted by tenant then id.
+    pub fn entries(&self) -> Vec<&DeviceEntry> {
+        let mut v: Vec<_> = self.devices.values().map(|d| &d.entry).collect();
+        v.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        v
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Adds or replaces an entry (checked).
+    pub fn upsert(&mut self, entry: DeviceEntry) -> Result<(), RegistryError> {
+        let mut entries: Vec<DeviceEntry> = self
+            .devices
+            .drain()
+            .filter(|(k, _)| *k != (entry.tenant.clone(), entry.id.clone()))
+            .map(|(_, d)| d.entry)
+            .collect();
+        entries.push(entry);
+        *self = Self::from_entries(entries)?;
+        Ok(())
+    }
+
+    /// Marks a device revoked; false if it does not exist.
+    pub fn revoke(&mut self, tenant: &str, device: &str) -> bool {
+        match self
+            .devices
+            .get_mut(&(tenant.to_string(), device.to_string()))
+        {
+            Some(d) => {
+                d.entry.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes atomically (temp file, fsync, rename), readable by the owner only.
+    pub fn save(&self, path: &Path) -> Result<(), RegistryError> {
+        let io = |source| RegistryError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File {
+            device: self.entries().into_iter().cloned().collect(),
+        };
+        let text = toml::to_string(&file).map_err(|e| RegistryError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let text = format!(
+            "# Vigie device registry: contains device keys, keep it private (mode 0600).\n\n{text}"
+        );
+        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
+    }
+}
+
+/// Parses 32 hex digits.
+pub fn parse_key(hex_key: &str) -> Option<[u8; 16]> {
+    let bytes = hex::decode(hex_key).ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tenant: &str, id: &str) -> DeviceEntry {
+        DeviceEntry {
+            id: id.into(),
+            tenant: tenant.into(),
+            kind: DeviceKind::AirQuality,
+            key: "000102030405060708090a0b0c0d0e0f".into(),
+            epoch: 1,
+            site: Some("Place Bellecour".into()),
+            zone: None,
+            latitude: Some(45.757),
+            longitude: Some(4.832),
+            bin_depth_mm: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        let mut r = Registry::default();
+        r.upsert(entry("lyon", "aq-0001")).unwrap();
+        r.upsert(entry("villeurbanne", "aq-0001")).unwrap();
+        assert!(r.revoke("lyon", "aq-0001"));
+        r.save(&path).unwrap();
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.get("lyon", "aq-0001").unwrap().entry.revoked);
+        assert_eq!(
+            back.get("villeurbanne", "aq-0001")
+                .unwrap()
+                .key
+                .expose_secret()[15],
+            15
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!format!("{back:?}").contains("0a0b0c"));
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let mut e = entry("lyon", "aq-0001");
+        e.key = "abc".into();
+        let err = Registry::from_entries(vec![e]).unwrap_err().to_string();
+        assert!(
+            err.contains("lyon/aq-0001") && err.contains("32 hex"),
+            "{err}"
+        );
+        let mut bin = entry("lyon", "bin-1");
+        bin.kind = DeviceKind::WasteBin;
+        assert!(
+            Registry::from_entries(vec![bin])
+                .unwrap_err()
+                .to_string()
+                .contains("bin_depth_mm")
+        );
+        let dup = vec![entry("lyon", "a"), entry("lyon", "a")];
+        assert!(
+            Registry::from_entries(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        assert!(Registry::from_entries(vec![entry("Lyon", "a")]).is_err());
+        assert!(
+            Registry::load(Path::new("/nonexistent/devices.toml"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

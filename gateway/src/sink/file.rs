@@ -1,0 +1,84 @@
+//! The database-less sink: line-protocol files per tenant and UTC day of the reading,
+//! `<dir>/<tenant>/<YYYY-MM-DD>.lp`, importable with `influx write -f` (or InfluxDB 1.x's
+//! `influx -import`). Appended and fsynced; a redelivery after a crash may append a line
+//! twice, which an import stores once (same measurement, tags and timestamp).
+
+use super::{Answer, LineWriter};
+use protocol::json::UtcTime;
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Writes line protocol files.
+#[derive(Debug)]
+pub struct FileWriter {
+    dir: PathBuf,
+}
+
+impl FileWriter {
+    /// Files go under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn append(&self, tenant: &str, lines: &str) -> std::io::Result<()> {
+        let mut by_day: BTreeMap<String, String> = BTreeMap::new();
+        for line in lines.lines() {
+            let secs = line
+                .rsplit(' ')
+                .next()
+                .and_then(|t| t.parse::<u32>().ok())
+                .unwrap_or(0);
+            let day = UtcTime(secs).to_string()[..10].to_string();
+            let text = by_day.entry(day).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+        let dir = self.dir.join(tenant);
+        fs::create_dir_all(&dir)?;
+        for (day, text) in by_day {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{day}.lp")))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+impl LineWriter for FileWriter {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        match self.append(tenant, lines) {
+            Ok(()) => Answer::Status {
+                code: 204,
+                retry_after: None,
+                body: String::new(),
+            },
+            // A full or read-only disk: retried with backoff like a database outage.
+            Err(e) => Answer::Transport(format!("writing line-protocol files: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_by_tenant_and_reading_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = FileWriter::new(dir.path().to_path_buf());
+        let lines = "m v=1 1795305600\nm v=2 1795391999\nm v=3 1795392000\n";
+        assert!(matches!(
+            w.write("lyon", lines),
+            Answer::Status { code: 204, .. }
+        ));
+        let day1 = fs::read_to_string(dir.path().join("lyon/2026-11-22.lp")).unwrap();
+        let day2 = fs::read_to_string(dir.path().join("lyon/2026-11-23.lp")).unwrap();
+        assert_eq!(day1, "m v=1 1795305600\nm v=2 1795391999\n");
+        assert_eq!(day2, "m v=3 1795392000\n");
+    }
+}

@@ -1,0 +1,128 @@
+//! HTTP writers: InfluxDB's v1 `/write?db=` API with reqwest, and the v2 API through the
+//! `influxdb2` crate. One client each, kept alive for the life of the service; futures run
+//! on the service's tokio runtime from the delivery thread.
+
+use super::{Answer, LineWriter};
+use crate::config::{DatabaseConfig, Secret};
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// `POST {url}/write?db=<db>&precision=s`.
+#[derive(Debug)]
+pub struct V1Writer {
+    client: reqwest::Client,
+    cfg: DatabaseConfig,
+    runtime: Handle,
+}
+
+impl V1Writer {
+    /// Builds the writer and its client.
+    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
+        Ok(Self {
+            client: http_client(cfg.timeout)?,
+            cfg,
+            runtime,
+        })
+    }
+}
+
+impl LineWriter for V1Writer {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        let url = format!("{}/write", self.cfg.url.trim_end_matches('/'));
+        let mut req = self
+            .client
+            .post(url)
+            .query(&[("db", self.cfg.target(tenant).as_str()), ("precision", "s")])
+            .body(lines.to_string());
+        if let Some(user) = &self.cfg.username {
+            req = req.basic_auth(user, self.cfg.password.as_ref().map(Secret::expose));
+        } else if let Some(token) = &self.cfg.token {
+            req = req.header("Authorization", format!("Token {}", token.expose()));
+        }
+        self.runtime.block_on(async move {
+            match req.send().await {
+                Ok(resp) => {
+                    let code = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let body = resp.text().await.unwrap_or_default();
+                    Answer::Status {
+                        code,
+                        retry_after,
+                        body,
+                    }
+                }
+                Err(e) => Answer::Transport(e.to_string()),
+            }
+        })
+    }
+}
+
+/// `POST {url}/api/v2/write?org=&bucket=&precision=s` through `influxdb2`.
+#[derive(Debug)]
+pub struct V2Writer {
+    client: influxdb2::Client,
+    cfg: DatabaseConfig,
+    runtime: Handle,
+}
+
+impl V2Writer {
+    /// Builds the writer and its client.
+    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
+        let builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .pool_idle_timeout(Duration::from_secs(90));
+        let org = cfg.org.clone().unwrap_or_default();
+        let token = cfg
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .unwrap_or_default();
+        let client = influxdb2::ClientBuilder::with_builder(builder, cfg.url.clone(), org, token)
+            .build()
+            .map_err(|e| format!("cannot build the InfluxDB v2 client: {e}"))?;
+        Ok(Self {
+            client,
+            cfg,
+            runtime,
+        })
+    }
+}
+
+impl LineWriter for V2Writer {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        let org = self.cfg.org.clone().unwrap_or_default();
+        let bucket = self.cfg.target(tenant);
+        let body = lines.to_string();
+        let fut = self.client.write_line_protocol_with_precision(
+            &org,
+            &bucket,
+            body,
+            influxdb2::api::write::TimestampPrecision::Seconds,
+        );
+        match self.runtime.block_on(fut) {
+            Ok(()) => Answer::Status {
+                code: 204,
+                retry_after: None,
+                body: String::new(),
+            },
+            Err(influxdb2::RequestError::Http { status, text }) => Answer::Status {
+                code: status.as_u16(),
+                retry_after: None,
+                body: text,
+            },
+            Err(e) => Answer::Transport(e.to_string()),
+        }
+    }
+}

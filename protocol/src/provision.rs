@@ -1,0 +1,251 @@
+//! Provisioning blob (SPEC.md §11): a board's identity, key and settings, written by the
+//! gateway's `devices add` and read by the firmware from a fixed flash address. Checksummed,
+//! so a blank or half-written flash page is refused instead of run unauthenticated.
+
+use core::fmt;
+use heapless::String;
+
+use crate::crypto::DeviceKey;
+use crate::reading::Kind;
+use crate::topic::{Id, Identity, MAX_ID_LEN};
+
+/// First bytes of every blob: "VGP" and the blob format version 1.
+pub const MAGIC: [u8; 4] = *b"VGP1";
+/// Longest broker host name.
+pub const MAX_HOST_LEN: usize = 64;
+/// Largest blob: magic, ids, fixed fields, host, CRC.
+pub const MAX_BLOB_LEN: usize =
+    4 + 2 * (1 + MAX_ID_LEN) + 1 + 4 + 16 + 2 * 4 + 1 + MAX_HOST_LEN + 4;
+
+/// Why a blob was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// No `VGP1` magic: blank flash or another format.
+    Magic,
+    /// Shorter than its fields say.
+    Truncated,
+    /// CRC-32 mismatch: half-written or corrupted.
+    Checksum,
+    /// Tenant or device identifier invalid.
+    Id,
+    /// Unknown device kind.
+    Kind,
+    /// Host name empty, too long or not ASCII.
+    Host,
+    /// The output buffer is too small.
+    BufferFull,
+}
+
+impl fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Magic => "no provisioning blob (magic VGP1 missing)",
+            Self::Truncated => "provisioning blob truncated",
+            Self::Checksum => "provisioning blob checksum mismatch",
+            Self::Id => "provisioning blob has an invalid tenant or device id",
+            Self::Kind => "provisioning blob has an unknown device kind",
+            Self::Host => "provisioning blob has an invalid broker host",
+            Self::BufferFull => "buffer too small for the provisioning blob",
+        })
+    }
+}
+
+impl core::error::Error for ProvisionError {}
+
+/// Everything a board needs to report.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Provisioning {
+    /// Tenant id.
+    pub tenant: String<MAX_ID_LEN>,
+    /// Device id.
+    pub device: String<MAX_ID_LEN>,
+    /// What the board measures (its observation kind; it also sends status frames).
+    pub kind: Kind,
+    /// Key and epoch.
+    pub key: DeviceKey,
+    /// Seconds between samples.
+    pub sample_interval_s: u16,
+    /// Seconds after which a reading is sent even if nothing changed.
+    pub heartbeat_s: u16,
+    /// Bin depth, sensor to bottom, for fill level (0 for non-bin devices).
+    pub bin_depth_mm: u16,
+    /// MQTT broker host name or address.
+    pub broker_host: String<MAX_HOST_LEN>,
+    /// MQTT broker port.
+    pub broker_port: u16,
+}
+
+impl fmt::Debug for Provisioning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provisioning")
+            .field("tenant", &self.tenant)
+            .field("device", &self.device)
+            .field("kind", &self.kind)
+            .field("key", &self.key)
+            .field("sample_interval_s", &self.sample_interval_s)
+            .field("heartbeat_s", &self.heartbeat_s)
+            .field("bin_depth_mm", &self.bin_depth_mm)
+            .field("broker_host", &self.broker_host)
+            .field("broker_port", &self.broker_port)
+            .finish()
+    }
+}
+
+impl Provisioning {
+    /// The identity to seal frames with.
+    pub fn identity(&self) -> Result<Identity<'_>, ProvisionError> {
+        Identity::new(&self.tenant, &self.device).map_err(|_| ProvisionError::Id)
+    }
+
+    /// Writes the blob into `out`, returning its length.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, ProvisionError> {
+        let mut w = crate::varint::Writer::at(out, 0);
+        let full = |_| ProvisionError::BufferFull;
+        w.bytes(&MAGIC).map_err(full)?;
+        for s in [self.tenant.as_str(), self.device.as_str()] {
+            w.bytes(&[s.len() as u8]).map_err(full)?;
+            w.bytes(s.as_bytes()).map_err(full)?;
+        }
+        w.bytes(&[self.kind.code()]).map_err(full)?;
+        w.bytes(&self.key.epoch().to_be_bytes()).map_err(full)?;
+        w.bytes(self.key.expose_secret()).map_err(full)?;
+        for v in [
+            self.sample_interval_s,
+            self.heartbeat_s,
+            self.bin_depth_mm,
+            self.broker_port,
+        ] {
+            w.bytes(&v.to_be_bytes()).map_err(full)?;
+        }
+        w.bytes(&[self.broker_host.len() as u8]).map_err(full)?;
+        w.bytes(self.broker_host.as_bytes()).map_err(full)?;
+        let len = w.pos();
+        let crc = crc32(&out[..len]);
+        let mut w = crate::varint::Writer::at(out, len);
+        w.bytes(&crc.to_be_bytes()).map_err(full)?;
+        Ok(w.pos())
+    }
+
+    /// Reads and checks a blob. Bytes after the CRC (rest of the flash page) are ignored.
+    pub fn decode(blob: &[u8]) -> Result<Self, ProvisionError> {
+        if blob.get(..4) != Some(&MAGIC[..]) {
+            return Err(ProvisionError::Magic);
+        }
+        let mut r = crate::varint::Reader::new(&blob[4..]);
+        let trunc = |_| ProvisionError::Truncated;
+        let mut id = || -> Result<String<MAX_ID_LEN>, ProvisionError> {
+            let [len] = r.array::<1>().map_err(trunc)?;
+            let bytes = r.take(usize::from(len)).map_err(trunc)?;
+            let s = core::str::from_utf8(bytes).map_err(|_| ProvisionError::Id)?;
+            Id::new(s).map_err(|_| ProvisionError::Id)?;
+            String::try_from(s).map_err(|_| ProvisionError::Id)
+        };
+        let (tenant, device) = (id()?, id()?);
+        let [kind] = r.array::<1>().map_err(trunc)?;
+        let epoch = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
+        let key = r.array::<16>().map_err(trunc)?;
+        let mut u16s = [0u16; 4];
+        for v in &mut u16s {
+            *v = u16::from_be_bytes(r.array::<2>().map_err(trunc)?);
+        }
+        let [host_len] = r.array::<1>().map_err(trunc)?;
+        let host = r.take(usize::from(host_len)).map_err(trunc)?;
+        let body_len = blob.len() - r.remaining();
+        let crc = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
+        if crc != crc32(&blob[..body_len]) {
+            return Err(ProvisionError::Checksum);
+        }
+        let kind = Kind::from_code(kind).ok_or(ProvisionError::Kind)?;
+        let host = core::str::from_utf8(host).map_err(|_| ProvisionError::Host)?;
+        if host.is_empty() || !host.is_ascii() {
+            return Err(ProvisionError::Host);
+        }
+        let [sample_interval_s, heartbeat_s, bin_depth_mm, broker_port] = u16s;
+        Ok(Self {
+            tenant,
+            device,
+            kind,
+            key: DeviceKey::new(key, epoch),
+            sample_interval_s,
+            heartbeat_s,
+            bin_depth_mm,
+            broker_host: String::try_from(host).map_err(|_| ProvisionError::Host)?,
+            broker_port,
+        })
+    }
+}
+
+/// CRC-32 (IEEE 802.3, as zlib and `crc32fast`), bitwise: the blob is read once at boot.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                crc >> 1 ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Provisioning {
+        Provisioning {
+            tenant: String::try_from("lyon").unwrap_or_default(),
+            device: String::try_from("bin-0042").unwrap_or_default(),
+            kind: Kind::WasteBin,
+            key: DeviceKey::new([5; 16], 3),
+            sample_interval_s: 300,
+            heartbeat_s: 3600,
+            bin_depth_mm: 1200,
+            broker_host: String::try_from("mqtt.example.org").unwrap_or_default(),
+            broker_port: 8883,
+        }
+    }
+
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn round_trip_and_every_corruption_is_refused() {
+        let mut buf = [0xffu8; MAX_BLOB_LEN + 16];
+        let n = sample().encode(&mut buf).unwrap_or(0);
+        assert_eq!(n, 4 + 5 + 9 + 1 + 4 + 16 + 8 + 1 + 16 + 4);
+        // Trailing erased flash (0xff) is ignored.
+        assert_eq!(Provisioning::decode(&buf).ok(), Some(sample()));
+        for i in 0..n {
+            let mut bad = buf;
+            bad[i] ^= 0x10;
+            assert!(Provisioning::decode(&bad).is_err(), "flip in byte {i}");
+        }
+        assert_eq!(
+            Provisioning::decode(&[0xff; 64]).err(),
+            Some(ProvisionError::Magic)
+        );
+        assert_eq!(
+            Provisioning::decode(&buf[..n - 1]).err(),
+            Some(ProvisionError::Truncated)
+        );
+        assert_eq!(
+            sample().encode(&mut [0u8; 20]).err(),
+            Some(ProvisionError::BufferFull)
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        extern crate std;
+        let s = std::format!("{:?}", sample());
+        assert!(s.contains("redacted") && !s.contains("5, 5"), "{s}");
+    }
+}
