@@ -39,6 +39,10 @@ step "no_std cross-builds for $TARGET_M4"
 cargo build -p protocol --no-default-features --target "$TARGET_M4"
 cargo build -p firmware --features defmt --target "$TARGET_M4" --release
 
+step "demo: embedded broker, simulated fleet, full pipeline (exits non-zero unless published = stored)"
+# Same profile as the tests: the binary is already built, no second compilation.
+cargo run -q -p gateway -- demo --duration 8 --devices 6
+
 step "fuzz (${FUZZ_SECONDS}s per target)"
 # cargo-fuzz passes nightly-only flags (-Zsanitizer); this machine has only the stable
 # toolchain and no other can be fetched, so unlock them for this build alone.

@@ -187,6 +187,9 @@ pub struct DatabaseConfig {
     /// Per-request timeout.
     #[serde(default = "default_db_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM CA bundle to trust for an `https://` URL (besides the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_db_timeout() -> Duration {

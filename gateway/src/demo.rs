@@ -181,10 +181,7 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
-fn register_fleet(
-    path: &Path,
-    per_tenant: usize,
-) -> Result<Vec<(DeviceEntry, DeviceKey)>, String> {
+fn register_fleet(path: &Path, per_tenant: usize) -> Result<Vec<(DeviceEntry, DeviceKey)>, String> {
     let mut entries = Vec::new();
     for tenant in TENANTS {
         for i in 0..per_tenant {

@@ -145,6 +145,11 @@ impl Worker {
             vec![],
             recovery.records as f64,
         );
+        metrics.set(
+            "vigie_registry_devices",
+            vec![],
+            setup.registry.len() as f64,
+        );
         let quarantine = Quarantine::open(&setup.quarantine_dir, setup.quarantine_bytes)?;
         let reader = buffer.reader();
         let worker = Self {
@@ -171,6 +176,8 @@ impl Worker {
                     Job::Message(m) => messages.push(m),
                     Job::Registry(r) => {
                         tracing::info!(devices = r.len(), "registry reloaded");
+                        self.metrics
+                            .set("vigie_registry_devices", vec![], r.len() as f64);
                         self.registry = *r;
                     }
                     Job::ReplayQuarantine(reply) => {

@@ -290,8 +290,14 @@ fn demo(opts: gateway::demo::DemoOptions) -> Result<(), String> {
 
 fn init_tracing(format: LogFormat, level: &str) {
     // rumqttd (embedded broker) logs every client disconnect as an error; keep it quiet.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rumqttd=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let quiet = if level.contains("rumqttd") {
+            String::new()
+        } else {
+            ",rumqttd=warn".into()
+        };
+        tracing_subscriber::EnvFilter::new(format!("{level}{quiet}"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

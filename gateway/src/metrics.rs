@@ -11,6 +11,11 @@ pub type Labels = Vec<(&'static str, String)>;
 /// Every metric: name, type, help. Rendering follows this order.
 const CATALOGUE: &[(&str, &str, &str)] = &[
     (
+        "vigie_registry_devices",
+        "gauge",
+        "Devices in the loaded registry.",
+    ),
+    (
         "vigie_messages_received_total",
         "counter",
         "MQTT messages received on uplink and status topics.",

@@ -122,10 +122,11 @@ pub struct Device {
     pub key: DeviceKey,
 }
 
-/// The registry, keyed by (tenant, device).
+/// The registry, by tenant then device (nested so a lookup borrows `&str`, no allocation
+/// on the per-message path).
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    devices: HashMap<(String, String), Device>,
+    tenants: HashMap<String, HashMap<String, Device>>,
 }
 
 impl Registry {
@@ -150,7 +151,7 @@ impl Registry {
 
     /// Builds from entries, checking each.
     pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
-        let mut devices = HashMap::new();
+        let mut tenants: HashMap<String, HashMap<String, Device>> = HashMap::new();
         for entry in entries {
             let err = |message: String| RegistryError::Entry {
                 tenant: entry.tenant.clone(),
@@ -164,50 +165,51 @@ impl Registry {
             if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
                 return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
             }
-            let k = (entry.tenant.clone(), entry.id.clone());
-            if devices.contains_key(&k) {
+            let devices = tenants.entry(entry.tenant.clone()).or_default();
+            if devices.contains_key(&entry.id) {
                 return Err(err("listed twice".into()));
             }
-            devices.insert(
-                k,
-                Device {
-                    key: DeviceKey::new(key, entry.epoch),
-                    entry,
-                },
-            );
+            let device = Device {
+                key: DeviceKey::new(key, entry.epoch),
+                entry,
+            };
+            devices.insert(device.entry.id.clone(), device);
         }
-        Ok(Self { devices })
+        Ok(Self { tenants })
     }
 
     /// Looks a device up.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
-        self.devices.get(&(tenant.to_string(), device.to_string()))
+        self.tenants.get(tenant)?.get(device)
+    }
+
+    fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.tenants.values().flat_map(|d| d.values())
     }
 
     /// All entries, sorted by tenant then id.
     pub fn entries(&self) -> Vec<&DeviceEntry> {
-        let mut v: Vec<_> = self.devices.values().map(|d| &d.entry).collect();
+        let mut v: Vec<_> = self.devices().map(|d| &d.entry).collect();
         v.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
         v
     }
 
     /// Number of devices.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices().count()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.tenants.values().all(HashMap::is_empty)
     }
 
     /// Adds or replaces an entry (checked).
     pub fn upsert(&mut self, entry: DeviceEntry) -> Result<(), RegistryError> {
         let mut entries: Vec<DeviceEntry> = self
-            .devices
-            .drain()
-            .filter(|(k, _)| *k != (entry.tenant.clone(), entry.id.clone()))
-            .map(|(_, d)| d.entry)
+            .devices()
+            .filter(|d| (&d.entry.tenant, &d.entry.id) != (&entry.tenant, &entry.id))
+            .map(|d| d.entry.clone())
             .collect();
         entries.push(entry);
         *self = Self::from_entries(entries)?;
@@ -216,10 +218,7 @@ impl Registry {
 
     /// Marks a device revoked; false if it does not exist.
     pub fn revoke(&mut self, tenant: &str, device: &str) -> bool {
-        match self
-            .devices
-            .get_mut(&(tenant.to_string(), device.to_string()))
-        {
+        match self.tenants.get_mut(tenant).and_then(|d| d.get_mut(device)) {
             Some(d) => {
                 d.entry.revoked = true;
                 true

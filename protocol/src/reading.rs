@@ -4,6 +4,9 @@
 
 use crate::error::EncodeError;
 
+/// Most fields a kind may have (bitmaps are u32 with one bit for the fault-map flag).
+pub const MAX_FIELDS: usize = 16;
+
 /// State of one field of a reading: a sensor that is absent is not a sensor that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -180,8 +183,15 @@ macro_rules! measurements {
         impl $name {
             /// Field `i` (bitmap order) widened to `i64`.
             pub fn get(&self, i: usize) -> Field<i64> {
-                let fields = [ $( self.$field.map(i64::from) ),+ ];
-                fields.get(i).copied().unwrap_or(Field::Absent)
+                self.all().get(i).copied().unwrap_or(Field::Absent)
+            }
+
+            /// Every field in bitmap order, widened to `i64`.
+            fn all(&self) -> heapless::Vec<Field<i64>, MAX_FIELDS> {
+                let mut out = heapless::Vec::new();
+                // The const assertion below proves every kind fits MAX_FIELDS.
+                $( let _ = out.push(self.$field.map(i64::from)); )+
+                out
             }
 
             /// Sets field `i` (bitmap order). The caller has checked the range against the
@@ -295,6 +305,10 @@ measurements! {
     ]
 }
 
+const _: () = assert!(AIR_QUALITY_FIELDS.len() <= MAX_FIELDS);
+const _: () = assert!(WASTE_BIN_FIELDS.len() <= MAX_FIELDS);
+const _: () = assert!(DEVICE_STATUS_FIELDS.len() <= MAX_FIELDS);
+
 /// The fields of one reading, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -360,13 +374,17 @@ impl Values {
         }
     }
 
+    fn all(&self) -> heapless::Vec<Field<i64>, MAX_FIELDS> {
+        match self {
+            Self::AirQuality(v) => v.all(),
+            Self::WasteBin(v) => v.all(),
+            Self::DeviceStatus(v) => v.all(),
+        }
+    }
+
     /// Every field with its description, in bitmap order.
     pub fn fields(&self) -> impl Iterator<Item = (&'static FieldSpec, Field<i64>)> + '_ {
-        self.kind()
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| (spec, self.get(i)))
+        self.kind().fields().iter().zip(self.all())
     }
 }
 

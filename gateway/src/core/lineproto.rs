@@ -57,11 +57,12 @@ pub fn encode(out: &mut String, reading: &Reading, tags: &Tags<'_>, quality: &[&
             Field::Value(raw) => match spec.render {
                 Render::Number { divisor: 1 } => {
                     field(out, spec.name);
-                    let _ = write!(out, "{raw}i");
+                    out.push_str(itoa::Buffer::new().format(raw));
+                    out.push('i');
                 }
-                Render::Number { .. } => {
+                Render::Number { divisor } => {
                     field(out, spec.name);
-                    let _ = write!(out, "{}", spec.physical(raw));
+                    write_decimal(out, raw, divisor);
                 }
                 Render::Flags(names) => {
                     for (bit, name) in names.iter().enumerate() {
@@ -90,7 +91,32 @@ pub fn encode(out: &mut String, reading: &Reading, tags: &Tags<'_>, quality: &[&
         field(out, "quality");
         let _ = write!(out, "\"{}\"", quality.join(","));
     }
-    let _ = writeln!(out, " {}", reading.time);
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(reading.time));
+    out.push('\n');
+}
+
+/// `raw / divisor` in decimal, exactly (no binary floating point), without trailing zeros:
+/// 82/10 → `8.2`, 3600/1000 → `3.6`, 120/10 → `12`. Divisors are powers of ten.
+fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
+    let d = u64::from(divisor);
+    let a = raw.unsigned_abs();
+    let (int, mut frac, mut width) = (a / d, a % d, divisor.ilog10() as usize);
+    if raw < 0 {
+        out.push('-');
+    }
+    out.push_str(itoa::Buffer::new().format(int));
+    if frac == 0 {
+        return;
+    }
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    out.push('.');
+    let digits = itoa::Buffer::new().format(frac).len();
+    out.extend(std::iter::repeat_n('0', width - digits));
+    out.push_str(itoa::Buffer::new().format(frac));
 }
 
 /// Escapes a tag value: `,`, `=` and space get a backslash; control characters become `_`.
@@ -145,6 +171,37 @@ mod tests {
              pm1=8.2,pm25=12.3,temperature=-3.5,relativeHumidity=0.555,co2=415i,\
              faults=\"no2\",quality=\"pm1_above_pm25\" 1795305600\n"
         );
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        let cases = [
+            (82, 10, "8.2"),
+            (-35, 10, "-3.5"),
+            (555, 1000, "0.555"),
+            (3600, 1000, "3.6"),
+            (120, 10, "12"),
+            (5, 1000, "0.005"),
+            (-5, 100, "-0.05"),
+            (62, 100, "0.62"),
+        ];
+        for (raw, div, want) in cases {
+            let mut s = String::new();
+            write_decimal(&mut s, raw, div);
+            assert_eq!(s, want, "{raw}/{div}");
+        }
+        for kind in protocol::Kind::ALL {
+            for spec in kind.fields() {
+                if let Render::Number { divisor } = spec.render {
+                    assert_eq!(
+                        10u32.pow(divisor.ilog10()),
+                        divisor,
+                        "{} divisor is a power of ten",
+                        spec.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,10 +9,11 @@
 use protocol::{Freshness, ReplayWindow};
 use std::collections::HashMap;
 
-/// Replay windows by (tenant, device).
+/// Key epoch and replay window of each device, by tenant then device (nested so a lookup
+/// borrows `&str`: no allocation per message).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReplayBook {
-    windows: HashMap<(String, String), (u32, ReplayWindow)>,
+    windows: HashMap<String, HashMap<String, (u32, ReplayWindow)>>,
 }
 
 /// A snapshot that does not parse or whose checksum fails.
@@ -25,7 +26,7 @@ const MAGIC: &[u8; 4] = b"VGR1";
 impl ReplayBook {
     /// Classifies a verified counter. A newer epoch starts afresh; an older one is too old.
     pub fn check(&self, tenant: &str, device: &str, epoch: u32, counter: u32) -> Freshness {
-        match self.windows.get(&(tenant.to_string(), device.to_string())) {
+        match self.windows.get(tenant).and_then(|d| d.get(device)) {
             None => Freshness::Fresh,
             Some((e, _)) if *e < epoch => Freshness::Fresh,
             Some((e, _)) if *e > epoch => Freshness::TooOld,
@@ -36,10 +37,16 @@ impl ReplayBook {
     /// Records a durable counter. Returns how many counters were skipped between the
     /// previous highest and this one (frames the device sent that never arrived).
     pub fn accept(&mut self, tenant: &str, device: &str, epoch: u32, counter: u32) -> u32 {
-        let slot = self
-            .windows
-            .entry((tenant.to_string(), device.to_string()))
-            .or_insert((epoch, ReplayWindow::new()));
+        let devices = match self.windows.get_mut(tenant) {
+            Some(d) => d,
+            None => self.windows.entry(tenant.to_string()).or_default(),
+        };
+        let slot = match devices.get_mut(device) {
+            Some(slot) => slot,
+            None => devices
+                .entry(device.to_string())
+                .or_insert((epoch, ReplayWindow::new())),
+        };
         if slot.0 < epoch {
             *slot = (epoch, ReplayWindow::new());
         }
@@ -56,23 +63,26 @@ impl ReplayBook {
 
     /// Number of devices tracked.
     pub fn len(&self) -> usize {
-        self.windows.len()
+        self.windows.values().map(HashMap::len).sum()
     }
 
     /// True when no device is tracked.
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.windows.values().all(HashMap::is_empty)
     }
 
     /// Serializes the whole book.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&(self.windows.len() as u32).to_be_bytes());
-        let mut keys: Vec<_> = self.windows.keys().collect();
-        keys.sort();
-        for key in keys {
-            let (epoch, window) = &self.windows[key];
-            for s in [&key.0, &key.1] {
+        out.extend_from_slice(&(self.len() as u32).to_be_bytes());
+        let mut all: Vec<_> = self
+            .windows
+            .iter()
+            .flat_map(|(t, d)| d.iter().map(move |(id, w)| (t, id, w)))
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (tenant, device, (epoch, window)) in all {
+            for s in [tenant, device] {
                 out.push(s.len() as u8);
                 out.extend_from_slice(s.as_bytes());
             }
@@ -103,7 +113,7 @@ impl ReplayBook {
             Ok(h.to_vec())
         };
         let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| SnapshotError)?);
-        let mut windows = HashMap::new();
+        let mut windows: HashMap<String, HashMap<String, (u32, ReplayWindow)>> = HashMap::new();
         for _ in 0..count {
             let mut text = || -> Result<String, SnapshotError> {
                 let len = take(1)?[0] as usize;
@@ -114,7 +124,11 @@ impl ReplayBook {
             let w: [u8; ReplayWindow::ENCODED_LEN] = take(ReplayWindow::ENCODED_LEN)?
                 .try_into()
                 .map_err(|_| SnapshotError)?;
-            windows.insert((tenant, device), (epoch, ReplayWindow::from_bytes(&w)));
+            let slot = (epoch, ReplayWindow::from_bytes(&w));
+            windows.entry(tenant).or_default().insert(device, slot);
+        }
+        if take(1).is_ok() {
+            return Err(SnapshotError);
         }
         Ok(Self { windows })
     }

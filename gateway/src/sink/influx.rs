@@ -7,12 +7,19 @@ use crate::config::{DatabaseConfig, Secret};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
-fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+/// Client settings shared by both APIs: timeout, keep-alive, optional extra CA.
+fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(path) = &cfg.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("database.ca_file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("database.ca_file {}: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    Ok(b)
 }
 
 /// `POST {url}/write?db=<db>&precision=s`.
@@ -26,8 +33,11 @@ pub struct V1Writer {
 impl V1Writer {
     /// Builds the writer and its client.
     pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
+        let client = client_builder(&cfg)?
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
-            client: http_client(cfg.timeout)?,
+            client,
             cfg,
             runtime,
         })

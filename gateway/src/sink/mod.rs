@@ -297,7 +297,10 @@ mod tests {
 
     impl LineWriter for Scripted {
         fn write(&mut self, tenant: &str, lines: &str) -> Answer {
-            if self.refuse_containing.is_some_and(|bad| lines.contains(bad)) {
+            if self
+                .refuse_containing
+                .is_some_and(|bad| lines.contains(bad))
+            {
                 return Answer::Status {
                     code: 400,
                     retry_after: None,

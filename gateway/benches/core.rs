@@ -1,0 +1,126 @@
+//! Per-reading cost of the pure core: topic parse, registry lookup, tag verification and
+//! decryption, replay check, time and plausibility checks, line-protocol encoding — for
+//! the typical six-value air-quality frame. For scale, the same run decodes the equivalent
+//! SenML-JSON record set with serde_json (no verification at all) and prints the ratio.
+//! `cargo bench -p gateway --bench core`
+#![allow(clippy::unwrap_used)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gateway::core::replay_book::ReplayBook;
+use gateway::core::validate::TimeRules;
+use gateway::core::verify::{Verdict, assess};
+use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const SENML: &str = r#"[{"bn":"urn:dev:vigie:lyon:aq-0001:","bt":1795305600,"n":"pm1","u":"ug/m3","v":8.2},{"n":"pm25","u":"ug/m3","v":12.3},{"n":"pm10","u":"ug/m3","v":20.1},{"n":"temperature","u":"Cel","v":21.4},{"n":"humidity","u":"%RH","v":55.5},{"n":"pressure","u":"Pa","v":101320}]"#;
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct SenmlRecord {
+    bn: Option<String>,
+    bt: Option<f64>,
+    n: String,
+    u: Option<String>,
+    v: Option<f64>,
+}
+
+fn setup() -> (Registry, Vec<u8>, u64) {
+    let key = [7u8; 16];
+    let entry = DeviceEntry {
+        id: "aq-0001".into(),
+        tenant: "lyon".into(),
+        kind: DeviceKind::AirQuality,
+        key: hex::encode(key),
+        epoch: 1,
+        site: Some("Bellecour".into()),
+        zone: None,
+        latitude: None,
+        longitude: None,
+        bin_depth_mm: None,
+        revoked: false,
+    };
+    let registry = Registry::from_entries(vec![entry]).unwrap();
+    let now = gateway::now_ms() / 1000;
+    let reading = Reading {
+        time: now as u32,
+        values: Values::AirQuality(AirQuality {
+            pm1: Field::Value(82),
+            pm25: Field::Value(123),
+            pm10: Field::Value(201),
+            temperature: Field::Value(214),
+            relative_humidity: Field::Value(555),
+            pressure: Field::Value(10_132),
+            ..AirQuality::default()
+        }),
+    };
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let who = Identity::new("lyon", "aq-0001").unwrap();
+    let frame = protocol::seal(&mut buf, &[reading], 42, &DeviceKey::new(key, 1), who)
+        .unwrap()
+        .to_vec();
+    (registry, frame, now)
+}
+
+fn per_reading(c: &mut Criterion) {
+    let (registry, frame, now) = setup();
+    let book = ReplayBook::default();
+    let rules = TimeRules {
+        max_future_skew_s: 300,
+        max_age_s: 86_400,
+    };
+    let topic = "vigie/v1/lyon/aq-0001/up";
+    assert!(matches!(
+        assess(topic, &frame, &registry, &book, &rules, now),
+        Verdict::Accept(_)
+    ));
+    let mut g = c.benchmark_group("per_reading");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("vigie_assess_aq6", |b| {
+        b.iter(|| {
+            assess(
+                black_box(topic),
+                black_box(&frame),
+                &registry,
+                &book,
+                &rules,
+                now,
+            )
+        })
+    });
+    g.bench_function("senml_json_decode_aq6", |b| {
+        b.iter(|| serde_json::from_str::<Vec<SenmlRecord>>(black_box(SENML)).unwrap())
+    });
+    g.finish();
+
+    // The ratio, measured back to back in this run (criterion's figures above are the
+    // detailed ones; this line is for docs/PERFORMANCE.md).
+    let time = |f: &dyn Fn()| {
+        let start = Instant::now();
+        for _ in 0..200_000 {
+            f();
+        }
+        start.elapsed().as_nanos() as f64 / 200_000.0
+    };
+    let ours = time(&|| {
+        black_box(assess(
+            topic,
+            black_box(&frame),
+            &registry,
+            &book,
+            &rules,
+            now,
+        ));
+    });
+    let senml = time(&|| {
+        black_box(serde_json::from_str::<Vec<SenmlRecord>>(black_box(SENML)).unwrap());
+    });
+    println!(
+        "per-reading: vigie {ours:.0} ns, senml-json decode {senml:.0} ns, ratio vigie/senml = {:.2}",
+        ours / senml
+    );
+}
+
+criterion_group!(benches, per_reading);
+criterion_main!(benches);

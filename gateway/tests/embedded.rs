@@ -1,0 +1,319 @@
+//! The whole gateway against its embedded broker: valid traffic from two tenants is stored
+//! exactly once in the line-protocol files; every kind of hostile frame is rejected with
+//! its reason and kept in quarantine; after the unknown device is registered (SIGHUP), a
+//! quarantine replay stores its frame.
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::Config;
+use gateway::metrics::{Metrics, labels};
+use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn entry(tenant: &str, id: &str, kind: DeviceKind, key: [u8; 16]) -> DeviceEntry {
+    DeviceEntry {
+        id: id.into(),
+        tenant: tenant.into(),
+        kind,
+        key: hex::encode(key),
+        epoch: 1,
+        site: None,
+        zone: None,
+        latitude: None,
+        longitude: None,
+        bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
+        revoked: false,
+    }
+}
+
+fn sealed(
+    tenant: &str,
+    id: &str,
+    key: [u8; 16],
+    values: Values,
+    time: u32,
+    counter: u32,
+) -> Vec<u8> {
+    let who = Identity::new(tenant, id).unwrap();
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let r = Reading { time, values };
+    protocol::seal(&mut buf, &[r], counter, &DeviceKey::new(key, 1), who)
+        .unwrap()
+        .to_vec()
+}
+
+fn aq(pm25: u16) -> Values {
+    Values::AirQuality(AirQuality {
+        pm25: Field::Value(pm25),
+        pm10: Field::Value(pm25 + 50),
+        ..AirQuality::default()
+    })
+}
+
+fn bin(fill: u8) -> Values {
+    Values::WasteBin(WasteBin {
+        distance: Field::Value(1000 - 10 * u16::from(fill)),
+        fill_level: Field::Value(fill),
+        ..WasteBin::default()
+    })
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes at QoS 1 and waits for every PUBACK.
+async fn publish_all(broker: SocketAddr, messages: &[(String, Vec<u8>)]) {
+    let mut o = MqttOptions::new("test-publisher", broker.ip().to_string(), broker.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, messages.len() + 10);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    let until = Instant::now() + Duration::from_secs(20);
+    while acked < messages.len() {
+        assert!(
+            Instant::now() < until,
+            "broker acknowledged {acked} of {}",
+            messages.len()
+        );
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+        {
+            acked += 1;
+        }
+    }
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+}
+
+/// Every exported line, prefixed with its tenant directory.
+fn exported(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for tenant in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for day in std::fs::read_dir(tenant.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(day.path()).unwrap();
+            let t = tenant.file_name().to_string_lossy().to_string();
+            lines.extend(text.lines().map(|l| format!("{t}:{l}")));
+        }
+    }
+    lines
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k_aq, k_bin, k_rev, k_new) = ([1u8; 16], [2u8; 16], [3u8; 16], [4u8; 16]);
+    let mut revoked = entry("lyon", "aq-rev", DeviceKind::AirQuality, k_rev);
+    revoked.revoked = true;
+    let registry_path = dir.path().join("devices.toml");
+    let mut registry = Registry::from_entries(vec![
+        entry("lyon", "aq-1", DeviceKind::AirQuality, k_aq),
+        entry("villeurbanne", "bin-1", DeviceKind::WasteBin, k_bin),
+        revoked,
+    ])
+    .unwrap();
+    registry.save(&registry_path).unwrap();
+
+    let mut config = Config::default();
+    config.gateway.data_dir = dir.path().join("data");
+    config.gateway.registry = registry_path.clone();
+    config.mqtt.embedded_listen = free_addr();
+    config.mqtt.client_id = "gw-test".into();
+    let http_addr = free_addr();
+    config.http.listen = Some(http_addr);
+    config.batch.linger = Duration::from_millis(100);
+    config.validate().unwrap();
+
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gw = tokio::spawn(gateway::run_with_metrics(
+        config.clone(),
+        stop_rx,
+        metrics.clone(),
+    ));
+    wait_for("connection", Duration::from_secs(15), || {
+        metrics.total("vigie_mqtt_connected") >= 1.0
+    })
+    .await;
+    // The subscription follows the CONNACK; give the broker a moment to register it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let now = (gateway::now_ms() / 1000) as u32;
+    let up = |t: &str, d: &str| format!("vigie/v1/{t}/{d}/up");
+    let mut valid = Vec::new();
+    for i in 0..20u32 {
+        let f = sealed("lyon", "aq-1", k_aq, aq(100 + i as u16), now - 100 + i, i);
+        valid.push((up("lyon", "aq-1"), f));
+    }
+    for i in 0..10u32 {
+        let f = sealed(
+            "villeurbanne",
+            "bin-1",
+            k_bin,
+            bin(i as u8 * 5),
+            now - 50 + i,
+            i,
+        );
+        valid.push((up("villeurbanne", "bin-1"), f));
+    }
+    let mut forged = valid[1].1.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let unknown = sealed("lyon", "aq-new", k_new, aq(42), now - 10, 0);
+    let revoked_frame = sealed("lyon", "aq-rev", k_rev, aq(1), now, 0);
+    let future = sealed("lyon", "aq-1", k_aq, aq(7), now + 3600, 100);
+    let hostile = vec![
+        (up("lyon", "aq-1"), valid[0].1.clone()), // duplicate
+        (up("lyon", "aq-1"), forged),             // authentication
+        // aq-1's frame on bin-1's topic: identity is bound, authentication fails.
+        (up("villeurbanne", "bin-1"), valid[2].1.clone()),
+        (up("lyon", "aq-new"), unknown),       // unknown_device
+        (up("lyon", "aq-rev"), revoked_frame), // revoked
+        (up("lyon", "aq-1"), valid[3].1[..12].to_vec()), // malformed (too short)
+        (up("lyon", "aq-1"), vec![0x5a; 40]),  // malformed (version)
+        (up("lyon", "aq-1"), future),          // future_timestamp
+    ];
+    let mut all = valid.clone();
+    all.extend(hostile);
+    publish_all(config.mqtt.embedded_listen, &all).await;
+
+    wait_for("stored and rejected", Duration::from_secs(20), || {
+        metrics.total("vigie_readings_stored_total") >= 30.0
+            && metrics.total("vigie_frames_rejected_total") >= 7.0
+    })
+    .await;
+    let reason = |r: &str| {
+        metrics
+            .get("vigie_frames_rejected_total", &labels(&[("reason", r)]))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(reason("authentication"), 2.0);
+    assert_eq!(reason("unknown_device"), 1.0);
+    assert_eq!(reason("revoked"), 1.0);
+    assert_eq!(reason("malformed"), 2.0);
+    assert_eq!(reason("future_timestamp"), 1.0);
+    assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
+
+    // Exactly the valid readings, once each, in the right tenant.
+    let lines = exported(&config.gateway.data_dir.join("export"));
+    assert_eq!(lines.len(), 30, "{lines:#?}");
+    let unique: BTreeSet<_> = lines.iter().collect();
+    assert_eq!(unique.len(), 30);
+    let aq_prefix = "lyon:air_quality,device=aq-1,tenant=lyon pm25=";
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with(aq_prefix)).count(),
+        20
+    );
+    let bin_prefix = "villeurbanne:waste_bin,device=bin-1,tenant=villeurbanne ";
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with(bin_prefix)).count(),
+        10
+    );
+    let first = format!(
+        "lyon:air_quality,device=aq-1,tenant=lyon pm25=10,pm10=15 {}",
+        now - 100
+    );
+    assert!(lines.contains(&first), "{lines:#?}");
+
+    // Quarantine holds each rejected frame with its reason.
+    let qdir = config.gateway.data_dir.join("quarantine");
+    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let mut reasons: Vec<_> = entries.iter().map(|e| e.reason.as_str()).collect();
+    reasons.sort();
+    let want = [
+        "authentication",
+        "authentication",
+        "future_timestamp",
+        "malformed",
+        "malformed",
+        "revoked",
+        "unknown_device",
+    ];
+    assert_eq!(reasons, want);
+    let listing = gateway::cli::quarantine_list(&config).unwrap();
+    assert!(
+        listing.contains("7 quarantined") && listing.contains("unknown_device=1"),
+        "{listing}"
+    );
+
+    // Register the unknown device, reload with SIGHUP, replay: its frame is stored now.
+    registry
+        .upsert(entry("lyon", "aq-new", DeviceKind::AirQuality, k_new))
+        .unwrap();
+    registry.save(&registry_path).unwrap();
+    let pid = std::process::id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+    wait_for("registry reload", Duration::from_secs(10), || {
+        metrics.total("vigie_registry_devices") >= 4.0
+    })
+    .await;
+    let answer = http(http_addr, "POST", "/quarantine/replay");
+    assert!(
+        answer.contains("\"accepted\":1") && answer.contains("\"rejected\":6"),
+        "{answer}"
+    );
+    wait_for("replayed frame stored", Duration::from_secs(10), || {
+        metrics.total("vigie_readings_stored_total") >= 31.0
+    })
+    .await;
+    let lines = exported(&config.gateway.data_dir.join("export"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("lyon:air_quality,device=aq-new,"))
+    );
+
+    let metrics_text = http(http_addr, "GET", "/metrics");
+    assert!(
+        metrics_text.contains("vigie_frames_rejected_total{reason=\"revoked\"} 2"),
+        "rejected again after the replay"
+    );
+    assert!(http(http_addr, "GET", "/readyz").starts_with("HTTP/1.1 200"));
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), gw)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
