@@ -13,9 +13,9 @@ pub fn start(listen: SocketAddr) -> Result<(), String> {
         r#"
 id = 0
 [router]
-max_connections = 10010
+max_connections = 10000
 max_outgoing_packet_count = 200
-max_segment_size = 104857600
+max_segment_size = 1048576
 max_segment_count = 10
 
 [v5.1]

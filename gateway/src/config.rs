@@ -392,8 +392,13 @@ impl Config {
         if let Err(e) = protocol::Id::new(&self.mqtt.group) {
             return bad(format!("mqtt.group {:?}: {e}", self.mqtt.group));
         }
-        if self.mqtt.receive_maximum == 0 {
-            return bad("mqtt.receive_maximum must be at least 1".into());
+        if self.mqtt.receive_maximum == 0
+            || u32::from(self.mqtt.receive_maximum) > protocol::replay::WINDOW / 2
+        {
+            return bad(format!(
+                "mqtt.receive_maximum must be 1 to {}: everything in flight must fit the replay window, so that messages redelivered after a crash are recognised as duplicates",
+                protocol::replay::WINDOW / 2
+            ));
         }
         if self.mqtt.session_expiry.is_zero() {
             return bad("mqtt.session_expiry must be above 0, or the broker forgets unacknowledged messages when the gateway restarts".into());
@@ -472,6 +477,7 @@ mod tests {
             ("[buffer]\nmax_mib = 8\nsegment_mib = 8\n", "buffer.max_mib"),
             ("[mqtt]\ngroup = \"Bad Group\"\n", "mqtt.group"),
             ("[mqtt]\nsession_expiry = \"0s\"\n", "session_expiry"),
+            ("[mqtt]\nreceive_maximum = 5000\n", "receive_maximum"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text)

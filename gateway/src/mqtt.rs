@@ -101,10 +101,27 @@ pub async fn run(
     let mut generation = 0u64;
     let mut queue: VecDeque<Inbound> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
-    // Messages handed to the worker whose ack has not come back yet.
+    // Messages handed to the worker whose ack has not gone to the client yet.
     let mut outstanding = 0usize;
+    // Acks back from the worker, in order, waiting for room in the client's request
+    // channel. Never dropped: a lost ack would hold a slot of the broker's in-flight
+    // window until the next reconnect, and enough of them stall the flow.
+    let mut pending_acks: VecDeque<AckToken> = VecDeque::new();
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
+        while let Some(token) = pending_acks.front() {
+            if token.generation == generation {
+                let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
+                p.pkid = token.pkid;
+                if client.try_ack(&p).is_err() {
+                    // Full: the event loop drains it on its next poll; try again then.
+                    break;
+                }
+            }
+            // Sent, or from an older connection (the broker redelivers those).
+            pending_acks.pop_front();
+            outstanding = outstanding.saturating_sub(1);
+        }
         if draining.is_some_and(|until| outstanding == 0 || tokio::time::Instant::now() >= until) {
             break;
         }
@@ -116,13 +133,9 @@ pub async fn run(
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
             Some(token) = acks.recv() => {
-                outstanding = outstanding.saturating_sub(1);
-                if token.generation == generation {
-                    let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
-                    p.pkid = token.pkid;
-                    if let Err(e) = client.try_ack(&p) {
-                        tracing::warn!(error = %e, "cannot queue an acknowledgement; the broker will redeliver");
-                    }
+                pending_acks.push_back(token);
+                while let Ok(token) = acks.try_recv() {
+                    pending_acks.push_back(token);
                 }
             }
             permit = jobs.reserve(), if !queue.is_empty() && draining.is_none() => {

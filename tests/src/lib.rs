@@ -1,2 +1,41 @@
-//! Harness for the end-to-end suite (real Mosquitto, InfluxDB 1.x, VictoriaMetrics),
-//! filled by the end-to-end issue. Tests live in `tests/tests/`.
+//! Harness for the end-to-end suite: real Mosquitto, InfluxDB 1.x and VictoriaMetrics
+//! processes, each on a free 127.0.0.1 port with its own temporary directory, stopped by
+//! PID when dropped (also when a test panics). Tests live in `tests/tests/`.
+//!
+//! The servers come from Debian's packages (`mosquitto`, `influxdb`, `victoria-metrics`),
+//! which `scripts/test.sh` installs when missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fleet;
+pub mod process;
+pub mod readback;
+pub mod servers;
+
+pub use servers::{Server, influxdb, mosquitto, victoria_metrics};
+
+/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again
+/// at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Unix seconds now.
+pub fn now_s() -> u32 {
+    (gateway::now_ms() / 1000) as u32
+}
+
+/// Polls `done` every 50 ms until it holds, panicking with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: std::time::Duration, mut done: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

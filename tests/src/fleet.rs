@@ -1,0 +1,183 @@
+//! Test devices: registry entries with known keys, sealed frames, QoS 1 publishing that
+//! waits for every PUBACK, and a gateway configuration pointing at the test servers.
+
+use gateway::config::{Config, DatabaseApi, DatabaseConfig};
+use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One simulated device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// Tenant id.
+    pub tenant: String,
+    /// Device id.
+    pub id: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Key bytes (epoch 1).
+    pub key: [u8; 16],
+}
+
+impl Device {
+    /// A device whose key is derived from its name (tests only).
+    pub fn new(tenant: &str, id: &str, kind: DeviceKind) -> Self {
+        let mut key = [0u8; 16];
+        for (i, b) in format!("{tenant}/{id}").bytes().enumerate() {
+            key[i % 16] ^= b.rotate_left(i as u32);
+        }
+        Self {
+            tenant: tenant.into(),
+            id: id.into(),
+            kind,
+            key,
+        }
+    }
+
+    /// Registry entry.
+    pub fn entry(&self) -> DeviceEntry {
+        DeviceEntry {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            kind: self.kind,
+            key: hex::encode(self.key),
+            epoch: 1,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: (self.kind == DeviceKind::WasteBin).then_some(1000),
+            revoked: false,
+        }
+    }
+
+    /// Uplink topic.
+    pub fn topic(&self) -> String {
+        format!("vigie/v1/{}/{}/up", self.tenant, self.id)
+    }
+
+    /// The `n`-th reading: values derived from `n` so tests can recompute them.
+    pub fn reading(&self, n: u32, time: u32) -> Reading {
+        let values = match self.kind {
+            DeviceKind::AirQuality => Values::AirQuality(AirQuality {
+                pm25: Field::Value(100 + (n % 500) as u16),
+                pm10: Field::Value(700 + (n % 500) as u16),
+                temperature: Field::Value(-50 + (n % 300) as i16),
+                ..AirQuality::default()
+            }),
+            DeviceKind::WasteBin => {
+                let fill = (n % 101) as u8;
+                Values::WasteBin(WasteBin {
+                    distance: Field::Value(1000 - 10 * u16::from(fill)),
+                    fill_level: Field::Value(fill),
+                    ..WasteBin::default()
+                })
+            }
+        };
+        Reading { time, values }
+    }
+
+    /// A sealed frame of `readings` with `counter`.
+    pub fn frame(&self, readings: &[Reading], counter: u32) -> Vec<u8> {
+        let who = Identity::new(&self.tenant, &self.id).unwrap();
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        protocol::seal(
+            &mut buf,
+            readings,
+            counter,
+            &DeviceKey::new(self.key, 1),
+            who,
+        )
+        .unwrap()
+        .to_vec()
+    }
+}
+
+/// Writes a registry holding `devices`.
+pub fn write_registry(path: &Path, devices: &[Device]) {
+    Registry::from_entries(devices.iter().map(Device::entry).collect())
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// A gateway config for the test servers: external broker, the given database (or files),
+/// short linger, metrics on a free port.
+pub fn gateway_config(
+    dir: &Path,
+    client_id: &str,
+    broker: SocketAddr,
+    database: Option<DatabaseConfig>,
+) -> Config {
+    let mut c = Config::default();
+    c.gateway.data_dir = dir.join(format!("data-{client_id}"));
+    c.gateway.registry = dir.join("devices.toml");
+    c.mqtt.host = Some(broker.ip().to_string());
+    c.mqtt.port = broker.port();
+    c.mqtt.client_id = client_id.into();
+    c.mqtt.group = client_id.into();
+    c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], crate::free_port())));
+    c.batch.linger = Duration::from_millis(200);
+    c.batch.min_backoff = Duration::from_millis(100);
+    c.batch.max_backoff = Duration::from_secs(2);
+    c.database = database;
+    c.validate().unwrap();
+    c
+}
+
+/// Database settings: one database (v1) or bucket (v2) per tenant, `vigie_<tenant>`.
+pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
+    DatabaseConfig {
+        api,
+        url: format!("http://{server}"),
+        org: Some("vigie".into()),
+        token: Some(gateway::config::Secret::new("test-token")),
+        username: None,
+        password: None,
+        prefix: "vigie_".into(),
+        tenants: Default::default(),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+    }
+}
+
+/// Publishes every message at QoS 1 from one client and waits for all PUBACKs.
+pub async fn publish_all(broker: SocketAddr, client_id: &str, messages: &[(String, Vec<u8>)]) {
+    let mut o = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 1024);
+    let sender = {
+        let client = client.clone();
+        let messages = messages.to_vec();
+        tokio::spawn(async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut acked = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while acked < messages.len() {
+        assert!(
+            Instant::now() < until,
+            "broker acknowledged {acked} of {}",
+            messages.len()
+        );
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+        {
+            acked += 1;
+        }
+    }
+    sender.await.unwrap();
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+}

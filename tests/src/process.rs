@@ -1,0 +1,167 @@
+//! The gateway as a separate process (`target/<profile>/gateway run`), so tests can
+//! `kill -9` it like a power cut and start it again on the same data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Settings written into the process's TOML config.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Client id, also its data directory name.
+    pub client_id: String,
+    /// Subscription group.
+    pub group: String,
+    /// Broker.
+    pub broker: SocketAddr,
+    /// InfluxDB 1.x address, or `None` for line-protocol files.
+    pub influx: Option<SocketAddr>,
+    /// Buffer limit and segment size, MiB.
+    pub buffer_mib: (u64, u64),
+}
+
+/// A gateway process; killed on drop.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Option<Child>,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its metrics endpoint.
+    pub http: SocketAddr,
+    log: PathBuf,
+}
+
+/// The `gateway` binary next to this test binary (cargo builds it for the workspace tests).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("gateway");
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+impl GatewayProcess {
+    /// Writes the config under `dir` and starts the process.
+    pub fn start(dir: &Path, s: &GatewaySettings) -> Self {
+        let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let database = match s.influx {
+            Some(addr) => format!(
+                "[database]\napi = \"v1\"\nurl = \"http://{addr}\"\nprefix = \"vigie_\"\ntimeout = \"3s\"\n"
+            ),
+            None => String::new(),
+        };
+        let text = format!(
+            "[gateway]\ndata_dir = \"{data}\"\nregistry = \"{registry}\"\n\
+             [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"{id}\"\ngroup = \"{group}\"\n\
+             {database}\
+             [batch]\nlinger = \"200ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
+             [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
+             [http]\nlisten = \"{http}\"\n[log]\nlevel = \"info\"\n",
+            data = dir.join(format!("data-{}", s.client_id)).display(),
+            registry = dir.join("devices.toml").display(),
+            host = s.broker.ip(),
+            port = s.broker.port(),
+            id = s.client_id,
+            group = s.group,
+            max = s.buffer_mib.0,
+            seg = s.buffer_mib.1,
+        );
+        let config = dir.join(format!("{}.toml", s.client_id));
+        std::fs::write(&config, text).unwrap();
+        let log = dir.join(format!("{}.log", s.client_id));
+        let mut g = Self {
+            child: None,
+            config,
+            http,
+            log,
+        };
+        g.restart();
+        g
+    }
+
+    /// Starts the process again with the same config and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.metric("vigie_mqtt_connected").unwrap_or(0.0) < 1.0 {
+            assert!(
+                Instant::now() < until,
+                "gateway did not connect:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`: no flush, no ack, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns how long the shutdown took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "gateway exited with {status}:\n{}",
+                self.log()
+            );
+        }
+        started.elapsed()
+    }
+
+    /// Sum of a metric over its labels, from `/metrics`; `None` if the process does not answer.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(300)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let total = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Some(total)
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,197 @@
+//! Real servers started by the tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server process; killed (by PID) and reaped on drop.
+#[derive(Debug)]
+pub struct Server {
+    name: &'static str,
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its private directory (data, config, log).
+    pub dir: tempfile::TempDir,
+    restart: Vec<String>,
+}
+
+impl Server {
+    fn spawn(
+        name: &'static str,
+        program: &str,
+        args: &[String],
+        dir: tempfile::TempDir,
+        addr: SocketAddr,
+    ) -> Self {
+        let mut s = Self {
+            name,
+            child: None,
+            addr,
+            dir,
+            restart: std::iter::once(program.to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+        };
+        s.start();
+        s
+    }
+
+    /// Starts (or restarts) the process with the same arguments and directory.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(&self.restart[0])
+            .args(&self.restart[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({}): {e}; is the Debian package installed?",
+                    self.name, self.restart[0]
+                )
+            });
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Stops the process: SIGTERM (clean shutdown, state saved), or SIGKILL.
+    pub fn stop(&mut self, kill: bool) {
+        if let Some(mut child) = self.child.take() {
+            let sig = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+            let until = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.name))
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn wait_listening(&mut self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "{} exited with {status} before listening:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "{} does not listen on {}:\n{}",
+                self.name,
+                self.addr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(true);
+    }
+}
+
+fn addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
+}
+
+/// Mosquitto with the project's config (`deploy/mosquitto.conf`), its port and
+/// persistence directory swapped for the test's own.
+pub fn mosquitto() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = addr();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.conf");
+    let base = std::fs::read_to_string(project).unwrap();
+    let mut conf = String::new();
+    for line in base.lines() {
+        if line.starts_with("persistence_location") {
+            conf.push_str(&format!("persistence_location {}/\n", dir.path().display()));
+        } else if line.starts_with("listener ") {
+            conf.push_str(&format!("listener {} 127.0.0.1\n", addr.port()));
+        } else {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+    }
+    // Running as root in CI: keep root rather than dropping to a user that cannot write here.
+    conf.push_str("user root\n");
+
+    let path = dir.path().join("mosquitto.conf");
+    std::fs::write(&path, conf).unwrap();
+    Server::spawn(
+        "mosquitto",
+        "mosquitto",
+        &["-c".into(), path.display().to_string()],
+        dir,
+        addr,
+    )
+}
+
+/// InfluxDB 1.x (`influxd`), HTTP API only, everything under a temporary directory.
+pub fn influxdb() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, rpc) = (addr(), addr());
+    let d = dir.path().display();
+    let conf = format!(
+        "reporting-enabled = false\nbind-address = \"{rpc}\"\n\
+         [meta]\n  dir = \"{d}/meta\"\n\
+         [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+         [monitor]\n  store-enabled = false\n\
+         [http]\n  bind-address = \"{http}\"\n  log-enabled = false\n\
+         [ifql]\n  enabled = false\n"
+    );
+    let path = dir.path().join("influxdb.conf");
+    std::fs::write(&path, conf).unwrap();
+    Server::spawn(
+        "influxd",
+        "influxd",
+        &["-config".into(), path.display().to_string()],
+        dir,
+        http,
+    )
+}
+
+/// VictoriaMetrics with a 100-year retention (its default month drops older points).
+pub fn victoria_metrics() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let http = addr();
+    let args = vec![
+        format!("-storageDataPath={}/data", dir.path().display()),
+        format!("-httpListenAddr={http}"),
+        "-retentionPeriod=100y".to_string(),
+    ];
+    Server::spawn("victoria-metrics", "victoria-metrics", &args, dir, http)
+}

@@ -1,0 +1,164 @@
+//! Scenario 1: two tenants, air-quality and bin devices, real Mosquitto, and both write
+//! APIs at once: one gateway writes InfluxDB 1.x through `/write?db=`, another (its own
+//! subscription group) writes VictoriaMetrics through `/api/v2/write`. Every published
+//! reading is read back from each database exactly once, with its exact value and its
+//! own timestamp, in its tenant's database.
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::DatabaseApi;
+use gateway::metrics::Metrics;
+use gateway::registry::DeviceKind;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::readback::{self, key};
+use vigie_tests::{influxdb, mosquitto, now_s, victoria_metrics, wait_for};
+
+const READINGS: u32 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_apis_store_every_reading_once_with_exact_values() {
+    let (broker, influx, victoria) = (mosquitto(), influxdb(), victoria_metrics());
+    for db in ["vigie_lyon", "vigie_villeurbanne"] {
+        readback::influx_create_db(influx.addr, db).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let devices = vec![
+        Device::new("lyon", "aq-1", DeviceKind::AirQuality),
+        Device::new("lyon", "bin-1", DeviceKind::WasteBin),
+        Device::new("villeurbanne", "aq-2", DeviceKind::AirQuality),
+        Device::new("villeurbanne", "bin-2", DeviceKind::WasteBin),
+    ];
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+
+    let mut gateways = Vec::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for (id, api, server) in [
+        ("gw-v1", DatabaseApi::V1, influx.addr),
+        ("gw-v2", DatabaseApi::V2, victoria.addr),
+    ] {
+        let config = fleet::gateway_config(
+            dir.path(),
+            id,
+            broker.addr,
+            Some(fleet::database(api, server)),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(gateway::run_with_metrics(
+            config,
+            stop_rx.clone(),
+            metrics.clone(),
+        ));
+        gateways.push((metrics, task));
+    }
+    for (m, _) in &gateways {
+        wait_for("gateways connected", Duration::from_secs(20), async || {
+            m.total("vigie_mqtt_connected") >= 1.0
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Single-reading frames, then one batched frame of five (store-and-forward shape).
+    let start = now_s() - 3600;
+    let mut messages = Vec::new();
+    let mut expected = BTreeSet::new();
+    for d in &devices {
+        let readings: Vec<_> = (0..READINGS)
+            .map(|n| d.reading(n, start + 10 * n))
+            .collect();
+        for (n, r) in readings[..READINGS as usize - 5].iter().enumerate() {
+            messages.push((d.topic(), d.frame(std::slice::from_ref(r), n as u32)));
+        }
+        messages.push((
+            d.topic(),
+            d.frame(&readings[READINGS as usize - 5..], READINGS),
+        ));
+        for (n, r) in readings.iter().enumerate() {
+            let t = u64::from(r.time);
+            let n = n as f64;
+            match d.kind {
+                DeviceKind::AirQuality => {
+                    expected.insert(key(
+                        &d.tenant,
+                        "air_quality",
+                        &d.id,
+                        t,
+                        "pm25",
+                        (100.0 + n) / 10.0,
+                    ));
+                    expected.insert(key(
+                        &d.tenant,
+                        "air_quality",
+                        &d.id,
+                        t,
+                        "pm10",
+                        (700.0 + n) / 10.0,
+                    ));
+                    expected.insert(key(
+                        &d.tenant,
+                        "air_quality",
+                        &d.id,
+                        t,
+                        "temperature",
+                        (-50.0 + n) / 10.0,
+                    ));
+                }
+                DeviceKind::WasteBin => {
+                    expected.insert(key(
+                        &d.tenant,
+                        "waste_bin",
+                        &d.id,
+                        t,
+                        "fillingLevel",
+                        n / 100.0,
+                    ));
+                    expected.insert(key(
+                        &d.tenant,
+                        "waste_bin",
+                        &d.id,
+                        t,
+                        "distance",
+                        1000.0 - 10.0 * n,
+                    ));
+                }
+            }
+        }
+    }
+    fleet::publish_all(broker.addr, "fleet", &messages).await;
+    let total = f64::from(READINGS) * devices.len() as f64;
+    for (m, _) in &gateways {
+        wait_for("all readings stored", Duration::from_secs(60), async || {
+            m.total("vigie_readings_stored_total") >= total
+        })
+        .await;
+        assert_eq!(m.total("vigie_frames_rejected_total"), 0.0);
+    }
+
+    let measurements = ["air_quality", "waste_bin"];
+    let mut in_influx = BTreeSet::new();
+    for tenant in ["lyon", "villeurbanne"] {
+        let points =
+            readback::influx_points(influx.addr, &format!("vigie_{tenant}"), &measurements).await;
+        assert!(
+            points.iter().all(|p| p.starts_with(&format!("{tenant}|"))),
+            "a point in the wrong tenant's database"
+        );
+        in_influx.extend(points);
+    }
+    assert_eq!(in_influx.len(), expected.len());
+    assert_eq!(in_influx, expected, "InfluxDB 1.x content differs");
+    let in_victoria = readback::victoria_points(victoria.addr, &measurements).await;
+    assert_eq!(in_victoria, expected, "VictoriaMetrics content differs");
+
+    stop_tx.send(true).unwrap();
+    for (_, task) in gateways {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
