@@ -295,18 +295,19 @@ mod tests {
     fn duplicates_and_too_old_follow_the_book() {
         let t = NOW as u32;
         let mut book = ReplayBook::default();
-        book.accept("lyon", "aq-1", 1, 100);
-        let dup = frame(("lyon", "aq-1"), &[aq(t)], 100);
+        let top = protocol::replay::WINDOW + 100;
+        book.accept("lyon", "aq-1", 1, top);
+        let dup = frame(("lyon", "aq-1"), &[aq(t)], top);
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &dup, &book),
             Verdict::Duplicate { .. }
         ));
-        let old = frame(("lyon", "aq-1"), &[aq(t)], 10);
+        let old = frame(("lyon", "aq-1"), &[aq(t)], 100);
         assert_eq!(
             judge("vigie/v1/lyon/aq-1/up", &old, &book),
             Verdict::Reject(Reason::ReplayTooOld)
         );
-        let late = frame(("lyon", "aq-1"), &[aq(t)], 99);
+        let late = frame(("lyon", "aq-1"), &[aq(t)], 101);
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &late, &book),
             Verdict::Accept(_)
