@@ -104,6 +104,41 @@ impl State {
     fn used(&self) -> u64 {
         self.segments.values().sum()
     }
+
+    /// Record bytes between what the sink delivered and what is durable.
+    fn pending(&self) -> u64 {
+        if self.delivered >= self.durable {
+            return 0;
+        }
+        let magic = MAGIC.len() as u64;
+        self.segments
+            .range(self.delivered.segment..=self.durable.segment)
+            .map(|(&seq, &len)| {
+                let from = if seq == self.delivered.segment {
+                    self.delivered.offset.max(magic)
+                } else {
+                    magic
+                };
+                let to = if seq == self.durable.segment {
+                    self.durable.offset
+                } else {
+                    len
+                };
+                to.saturating_sub(from)
+            })
+            .sum()
+    }
+}
+
+/// A read-only view of the buffer's progress, for shutdown and metrics.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<Shared>);
+
+impl Watch {
+    /// Record bytes durable but not yet delivered to the database.
+    pub fn pending_bytes(&self) -> u64 {
+        self.0.lock().pending()
+    }
 }
 
 #[derive(Debug)]
@@ -225,17 +260,14 @@ impl Buffer {
         self.shared.lock().used()
     }
 
-    /// Bytes written but not yet delivered (approximate: counts whole delivered segments).
+    /// Record bytes durable but not yet delivered to the database.
     pub fn pending_bytes(&self) -> u64 {
-        let s = self.shared.lock();
-        s.segments
-            .iter()
-            .map(|(&seq, &len)| match seq.cmp(&s.delivered.segment) {
-                std::cmp::Ordering::Less => 0,
-                std::cmp::Ordering::Equal => len.saturating_sub(s.delivered.offset),
-                std::cmp::Ordering::Greater => len,
-            })
-            .sum()
+        self.shared.lock().pending()
+    }
+
+    /// A handle that reports progress after the writer is gone.
+    pub fn watch(&self) -> Watch {
+        Watch(Arc::clone(&self.shared))
     }
 
     /// Appends `payloads` and fsyncs once. On `Full`, nothing was written.
@@ -512,6 +544,11 @@ impl Reader {
         })
     }
 
+    /// Record bytes durable but not yet delivered to the database.
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.lock().pending()
+    }
+
     /// Everything up to `end` is stored in the database.
     pub fn mark_delivered(&self, end: Position) {
         let mut s = self.shared.lock();
@@ -569,6 +606,8 @@ mod tests {
             }
         }
         assert_eq!(got, all);
+        assert!(b.pending_bytes() > 0, "only half delivered");
+        let watch = b.watch();
         let deleted = b.delete_delivered().unwrap();
         assert!(deleted > 0);
         drop((b, r));
@@ -578,7 +617,31 @@ mod tests {
         assert!(seen.len() < 40 && seen.len() >= 20, "{}", seen.len());
         assert_eq!(seen[..], all[40 - seen.len()..]);
         assert_eq!(drain(&mut b.reader()), seen);
+        drop(b);
+        assert!(watch.pending_bytes() > 0);
         let _ = last;
+    }
+
+    #[test]
+    fn pending_counts_record_bytes_between_delivered_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _, _) = open(dir.path());
+        assert_eq!(b.pending_bytes(), 0);
+        let all: Vec<_> = (0..30).map(payload).collect();
+        b.append(&all).unwrap();
+        let bytes: u64 = all.iter().map(|p| RECORD_HEADER + p.len() as u64).sum();
+        assert_eq!(
+            b.pending_bytes(),
+            bytes,
+            "across rolled segments, magic not counted"
+        );
+        let mut r = b.reader();
+        let mut end = Position::default();
+        while let Some(e) = r.next(WAIT).unwrap() {
+            end = e.end;
+        }
+        r.mark_delivered(end);
+        assert_eq!((b.pending_bytes(), r.pending_bytes()), (0, 0));
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Worker {
         Ok((worker, reader))
     }
 
+    /// Progress of the buffer, readable after the worker has moved to its thread.
+    pub fn buffer_watch(&self) -> crate::buffer::Watch {
+        self.buffer.watch()
+    }
+
     /// Runs until the job channel closes or shutdown is set.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: mpsc::UnboundedSender<AckToken>) {
         while let Some(first) = jobs.blocking_recv() {

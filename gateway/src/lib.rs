@@ -119,6 +119,7 @@ pub async fn run_with_metrics(
         },
     };
     let (worker, reader) = Worker::open(setup, metrics.clone(), stop.clone())?;
+    let progress = worker.buffer_watch();
 
     let runtime = tokio::runtime::Handle::current();
     let writer: Box<dyn sink::LineWriter> = match &config.database {
@@ -181,9 +182,7 @@ pub async fn run_with_metrics(
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
     // Give the sink a bounded time to write what is buffered; the rest waits on disk.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
-    while metrics.total("vigie_buffer_pending_bytes") > 0.0
-        && tokio::time::Instant::now() < deadline
-    {
+    while progress.pending_bytes() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -77,6 +77,7 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < until, "timed out waiting for {what}");
+
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -199,6 +200,9 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     let unknown = sealed("lyon", "aq-new", k_new, aq(42), now - 10, 0);
     let revoked_frame = sealed("lyon", "aq-rev", k_rev, aq(1), now, 0);
     let future = sealed("lyon", "aq-1", k_aq, aq(7), now + 3600, 100);
+    let noise: Vec<u8> = (0..97u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let hostile = vec![
         (up("lyon", "aq-1"), valid[0].1.clone()), // duplicate
         (up("lyon", "aq-1"), forged),             // authentication
@@ -209,6 +213,8 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         (up("lyon", "aq-1"), valid[3].1[..12].to_vec()), // malformed (too short)
         (up("lyon", "aq-1"), vec![0x5a; 40]),  // malformed (version)
         (up("lyon", "aq-1"), future),          // future_timestamp
+        (up("lyon", "aq-1"), vec![0x11; 2000]), // malformed (oversized)
+        (up("lyon", "aq-1"), noise),           // malformed (random bytes)
     ];
     let mut all = valid.clone();
     all.extend(hostile);
@@ -216,7 +222,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
 
     wait_for("stored and rejected", Duration::from_secs(20), || {
         metrics.total("vigie_readings_stored_total") >= 30.0
-            && metrics.total("vigie_frames_rejected_total") >= 7.0
+            && metrics.total("vigie_frames_rejected_total") >= 9.0
     })
     .await;
     let reason = |r: &str| {
@@ -227,7 +233,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert_eq!(reason("authentication"), 2.0);
     assert_eq!(reason("unknown_device"), 1.0);
     assert_eq!(reason("revoked"), 1.0);
-    assert_eq!(reason("malformed"), 2.0);
+    assert_eq!(reason("malformed"), 4.0);
     assert_eq!(reason("future_timestamp"), 1.0);
     assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
 
@@ -263,13 +269,15 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         "future_timestamp",
         "malformed",
         "malformed",
+        "malformed",
+        "malformed",
         "revoked",
         "unknown_device",
     ];
     assert_eq!(reasons, want);
     let listing = gateway::cli::quarantine_list(&config).unwrap();
     assert!(
-        listing.contains("7 quarantined") && listing.contains("unknown_device=1"),
+        listing.contains("9 quarantined") && listing.contains("unknown_device=1"),
         "{listing}"
     );
 
@@ -289,7 +297,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     .await;
     let answer = http(http_addr, "POST", "/quarantine/replay");
     assert!(
-        answer.contains("\"accepted\":1") && answer.contains("\"rejected\":6"),
+        answer.contains("\"accepted\":1") && answer.contains("\"rejected\":8"),
         "{answer}"
     );
     wait_for("replayed frame stored", Duration::from_secs(10), || {

@@ -130,6 +130,11 @@ pub fn run(
             return;
         }
         reader.mark_delivered(end);
+        metrics.set(
+            "vigie_buffer_pending_bytes",
+            vec![],
+            reader.pending_bytes() as f64,
+        );
     }
 }
 
