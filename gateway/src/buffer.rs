@@ -30,10 +30,11 @@
 //!
 //! The access pattern is a queue: append in order, read in order, drop from the front.
 //! A log does exactly that with one sequential write and one fsync per batch, no
-//! compaction, and a format a person can inspect. Measured on this project's 2-core
-//! machine (`cargo bench -p gateway --bench buffer`, see docs/PERFORMANCE.md): see the
-//! figures recorded there. An embedded B-tree store (redb) would add write amplification
-//! (copy-on-write pages, free-list) for a workload that never updates or looks up by key.
+//! compaction, and a format a person can inspect. Measured on the project's 2-core machine
+//! (`cargo bench -p gateway --bench buffer`; redb 2 with the same workload, figures in
+//! docs/PERFORMANCE.md): 387 k vs 158 k records/s at 1000 records per commit, dropping
+//! 150 k delivered records is a file unlink vs 768 ms of B-tree deletes, 1.04× vs 2.25×
+//! disk per payload byte, and start-up scan 11.5 M vs 1.1 M records/s.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -9,6 +9,7 @@
 pub mod fleet;
 pub mod process;
 pub mod readback;
+pub mod scenario;
 pub mod servers;
 
 pub use servers::{Server, influxdb, mosquitto, victoria_metrics};

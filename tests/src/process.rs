@@ -21,6 +21,19 @@ pub struct GatewaySettings {
     pub buffer_mib: (u64, u64),
 }
 
+impl GatewaySettings {
+    /// Its own group, InfluxDB 1.x (or files), a 64 MiB buffer.
+    pub fn new(client_id: &str, broker: SocketAddr, influx: Option<SocketAddr>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            group: client_id.into(),
+            broker,
+            influx,
+            buffer_mib: (64, 8),
+        }
+    }
+}
+
 /// A gateway process; killed on drop.
 #[derive(Debug)]
 pub struct GatewayProcess {

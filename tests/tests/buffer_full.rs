@@ -3,15 +3,10 @@
 //! nothing is dropped, and everything drains once the database is back.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
-use vigie_tests::readback::{self, key};
-use vigie_tests::{influxdb, mosquitto, now_s, wait_for};
-
-const PER_DEVICE: u32 = 5000;
+use vigie_tests::scenario::{self, stored};
+use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_backpressures_then_drains() {
@@ -19,38 +14,15 @@ async fn full_buffer_backpressures_then_drains() {
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     influx.stop(false);
     let dir = tempfile::tempdir().unwrap();
-    let devices: Vec<_> = (0..5)
-        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
-        .collect();
-    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let devices = scenario::devices(dir.path(), 5);
     let settings = GatewaySettings {
-        client_id: "gw".into(),
-        group: "gw".into(),
-        broker: broker.addr,
-        influx: Some(influx.addr),
         buffer_mib: (2, 1),
+        ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
     };
     let gw = GatewayProcess::start(dir.path(), &settings);
-
-    let start = now_s() - 2 * PER_DEVICE;
-    let mut expected = BTreeSet::new();
-    let mut messages = Vec::new();
-    for n in 0..PER_DEVICE {
-        for d in &devices {
-            let r = d.reading(n, start + n);
-            expected.insert(key(
-                "lyon",
-                "air_quality",
-                &d.id,
-                u64::from(r.time),
-                "pm25",
-                f64::from(100 + n % 500) / 10.0,
-            ));
-            messages.push((d.topic(), d.frame(&[r], n)));
-        }
-    }
-    let total = messages.len();
-    fleet::publish_all(broker.addr, "fleet", &messages).await;
+    let load = scenario::load(&devices, 5000, now_s() - 10_000);
+    let total = load.messages.len();
+    fleet::publish_all(broker.addr, "fleet", &load.messages).await;
 
     wait_for("the buffer to fill", Duration::from_secs(60), async || {
         gw.metric("vigie_buffer_full") == Some(1.0)
@@ -81,22 +53,11 @@ async fn full_buffer_backpressures_then_drains() {
     wait_for(
         "every reading in InfluxDB",
         Duration::from_secs(180),
-        async || {
-            readback::influx_points(influx.addr, "vigie_lyon", &["air_quality"])
-                .await
-                .iter()
-                .filter(|p| p.contains("|pm25|"))
-                .count()
-                >= total
-        },
+        async || stored(influx.addr).await.len() >= total,
     )
     .await;
-    let got: BTreeSet<_> = readback::influx_points(influx.addr, "vigie_lyon", &["air_quality"])
-        .await
-        .into_iter()
-        .filter(|p| p.contains("|pm25|"))
-        .collect();
-    assert_eq!(got, expected, "zero lost, zero extra");
+    let got = stored(influx.addr).await;
+    assert_eq!(got, load.expected, "zero lost, zero extra");
     wait_for(
         "buffer_full back to 0",
         Duration::from_secs(10),
