@@ -74,13 +74,19 @@ impl Quarantine {
         let previous = self.dir.join("previous.jsonl");
         let evicted = count_lines(&previous);
         fs::rename(self.dir.join("current.jsonl"), &previous)?;
+        self.start_new_file()?;
+        Ok(evicted)
+    }
+
+    /// Opens a fresh `current.jsonl` after the old one was moved or removed.
+    fn start_new_file(&mut self) -> io::Result<()> {
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("current.jsonl"))?;
         crate::fsutil::sync_dir(&self.dir)?;
         self.size = 0;
-        Ok(evicted)
+        Ok(())
     }
 
     /// Removes and returns every entry, for a replay through the pipeline. Only the owner
@@ -95,12 +101,7 @@ impl Quarantine {
                 Err(e) => return Err(e),
             }
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("current.jsonl"))?;
-        crate::fsutil::sync_dir(&self.dir)?;
-        self.size = 0;
+        self.start_new_file()?;
         Ok(entries)
     }
 

@@ -55,3 +55,18 @@ pub async fn stored(influx: SocketAddr) -> BTreeSet<String> {
     let all = readback::influx_points(influx, &format!("vigie_{TENANT}"), &["air_quality"]).await;
     all.into_iter().filter(|p| p.contains("|pm25|")).collect()
 }
+
+/// Zero lost, zero extra: `got` holds exactly the `expected` points (on failure, how many
+/// are missing or unexpected, with examples, instead of two whole sets).
+pub fn assert_exactly(got: &BTreeSet<String>, expected: &BTreeSet<String>) {
+    let missing: Vec<_> = expected.difference(got).collect();
+    let extra: Vec<_> = got.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} points missing (e.g. {:?}), {} unexpected (e.g. {:?})",
+        missing.len(),
+        &missing[..missing.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)]
+    );
+}

@@ -1,6 +1,7 @@
 //! Scenario 4: Mosquitto restarts (clean stop, persistence on) while messages for the
 //! gateway wait in its session queue; after the restart they are delivered and stored.
-//! Also checks the gateway's graceful shutdown: SIGTERM, bounded time, exit code 0.
+//! Then the broker restarts under a running gateway, which reconnects by itself. Also
+//! checks the gateway's graceful shutdown: SIGTERM, bounded time, exit code 0.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -18,7 +19,7 @@ async fn queued_messages_survive_a_broker_restart() {
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
     );
-    let load = scenario::load(&devices, 750, now_s() - 3600);
+    let load = scenario::load(&devices, 1000, now_s() - 3600);
     let batches: Vec<_> = load.messages.chunks(1000).collect();
 
     // A: stored normally.
@@ -49,10 +50,25 @@ async fn queued_messages_survive_a_broker_restart() {
         stored(influx.addr).await.len() >= 3000
     })
     .await;
+    // D: the broker restarts under a running gateway, which reconnects on its own.
+    let connects = gw.metric("vigie_mqtt_connects_total").unwrap();
+    broker.stop(false);
+    broker.start();
+    wait_for(
+        "the gateway to reconnect",
+        Duration::from_secs(30),
+        async || gw.metric("vigie_mqtt_connects_total").unwrap_or(0.0) > connects,
+    )
+    .await;
+    fleet::publish_all(broker.addr, "fleet", batches[3]).await;
+    wait_for("D stored", Duration::from_secs(60), async || {
+        stored(influx.addr).await.len() >= 4000
+    })
+    .await;
     let got = stored(influx.addr).await;
-    assert_eq!(got, load.expected, "zero lost, zero extra");
+    scenario::assert_exactly(&got, &load.expected);
     println!(
-        "broker_restart: published=3000 stored={} duplicated=0 queued_across_restart=1000 gateway_shutdown={shutdown:?}",
+        "broker_restart: published=4000 stored={} duplicated=0 queued_across_restart=1000 gateway_shutdown={shutdown:?} reconnected_after_broker_restart=yes",
         got.len()
     );
     gw.terminate();

@@ -57,7 +57,7 @@ async fn full_buffer_backpressures_then_drains() {
     )
     .await;
     let got = stored(influx.addr).await;
-    assert_eq!(got, load.expected, "zero lost, zero extra");
+    scenario::assert_exactly(&got, &load.expected);
     wait_for(
         "buffer_full back to 0",
         Duration::from_secs(10),

@@ -68,7 +68,7 @@ async fn sixty_second_database_outage_loses_nothing() {
     )
     .await;
     let got = stored(influx.addr).await;
-    assert_eq!(got, load.expected, "zero lost, zero extra");
+    scenario::assert_exactly(&got, &load.expected);
     println!(
         "db_outage: published={total} stored={} duplicated=0 outage={:?} backlog={backlog} readings ({pending} bytes) drained in {drain:?} after the restart",
         got.len(),

@@ -51,7 +51,7 @@ async fn five_kill9_under_load_lose_nothing() {
     )
     .await;
     let got = stored(influx.addr).await;
-    assert_eq!(got, load.expected, "zero lost, zero extra");
+    scenario::assert_exactly(&got, &load.expected);
     println!(
         "gateway_crash: published={total} stored={} duplicated=0 kills=5 accepted_by_each_killed_process={accepted_before_kill:?} elapsed={:?}",
         got.len(),

@@ -52,7 +52,7 @@ async fn two_gateways_split_the_load_and_a_killed_one_loses_nothing() {
     )
     .await;
     let got = stored(influx.addr).await;
-    assert_eq!(got, load.expected, "zero lost, zero extra");
+    scenario::assert_exactly(&got, &load.expected);
     println!(
         "scale_out: published={total} stored={} gw-a_before_kill={a_before} gw-b_until_end={b_alone}",
         got.len()
