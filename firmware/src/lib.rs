@@ -1,12 +1,13 @@
 //! Vigie field firmware (`no_std`, no heap).
 //!
-//! Module map (filled by the firmware issue):
-//! - `drivers`: SDS011, BME280, A02YYUW, tilt input, generic over embedded-hal 1.0.
-//! - `sampling`, `queue`, `uplink`: pure logic apart from I/O.
+//! Module map:
+//! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
 //!
-//! Today the crate only re-exports the wire contract, so that the cross-build of the
-//! protocol as firmware uses it is part of the test command from the start.
+//! To come with the rest of the firmware issue: drivers (SDS011, BME280, A02YYUW, tilt)
+//! generic over embedded-hal 1.0, sampling, the store-and-forward queue and the uplink.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod counter;
 
 pub use protocol;
