@@ -2,12 +2,14 @@
 //!
 //! Module map:
 //! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
+//! - [`outbox`]: store-and-forward queue; frames leave it only on PUBACK; drops counted.
 //!
 //! To come with the rest of the firmware issue: drivers (SDS011, BME280, A02YYUW, tilt)
-//! generic over embedded-hal 1.0, sampling, the store-and-forward queue and the uplink.
+//! generic over embedded-hal 1.0, sampling, the uplink.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod counter;
+pub mod outbox;
 
 pub use protocol;
