@@ -1,4 +1,4 @@
-//! The whole gateway against its embedded broker: valid traffic from two tenants is stored
+//! The whole gateway against its embedded broker (rumqttd, in-process): valid traffic from two tenants is stored
 //! exactly once in the line-protocol files; every kind of hostile frame is rejected with
 //! its reason and kept in quarantine; after the unknown device is registered (SIGHUP), a
 //! quarantine replay stores its frame.
@@ -8,15 +8,13 @@ use gateway::config::Config;
 use gateway::metrics::{Metrics, labels};
 use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use vigie_tests::{fleet, wait_for};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -71,44 +69,6 @@ fn bin(fill: u8) -> Values {
         fill_level: Field::Value(fill),
         ..WasteBin::default()
     })
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Publishes at QoS 1 and waits for every PUBACK.
-async fn publish_all(broker: SocketAddr, messages: &[(String, Vec<u8>)]) {
-    let mut o = MqttOptions::new("test-publisher", broker.ip().to_string(), broker.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(o, messages.len() + 10);
-    for (topic, payload) in messages {
-        client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .unwrap();
-    }
-    let mut acked = 0;
-    let until = Instant::now() + Duration::from_secs(20);
-    while acked < messages.len() {
-        assert!(
-            Instant::now() < until,
-            "broker acknowledged {acked} of {}",
-            messages.len()
-        );
-        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
-        {
-            acked += 1;
-        }
-    }
-    client.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
 }
 
 /// Every exported line, prefixed with its tenant directory.
@@ -169,7 +129,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         stop_rx,
         metrics.clone(),
     ));
-    wait_for("connection", Duration::from_secs(15), || {
+    wait_for("connection", Duration::from_secs(15), async || {
         metrics.total("vigie_mqtt_connected") >= 1.0
     })
     .await;
@@ -218,9 +178,9 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     ];
     let mut all = valid.clone();
     all.extend(hostile);
-    publish_all(config.mqtt.embedded_listen, &all).await;
+    fleet::publish_all(config.mqtt.embedded_listen, "test-publisher", &all).await;
 
-    wait_for("stored and rejected", Duration::from_secs(20), || {
+    wait_for("stored and rejected", Duration::from_secs(20), async || {
         metrics.total("vigie_readings_stored_total") >= 30.0
             && metrics.total("vigie_frames_rejected_total") >= 9.0
     })
@@ -291,7 +251,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         .args(["-HUP", &pid])
         .status();
     assert!(kill.unwrap().success());
-    wait_for("registry reload", Duration::from_secs(10), || {
+    wait_for("registry reload", Duration::from_secs(10), async || {
         metrics.total("vigie_registry_devices") >= 4.0
     })
     .await;
@@ -300,9 +260,11 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         answer.contains("\"accepted\":1") && answer.contains("\"rejected\":8"),
         "{answer}"
     );
-    wait_for("replayed frame stored", Duration::from_secs(10), || {
-        metrics.total("vigie_readings_stored_total") >= 31.0
-    })
+    wait_for(
+        "replayed frame stored",
+        Duration::from_secs(10),
+        async || metrics.total("vigie_readings_stored_total") >= 31.0,
+    )
     .await;
     let lines = exported(&config.gateway.data_dir.join("export"));
     assert!(
