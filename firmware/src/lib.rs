@@ -1,17 +1,18 @@
 //! Vigie field firmware (`no_std`, no heap).
 //!
 //! Module map:
+//! - [`drivers`]: sensor drivers over embedded-hal 1.0 (SDS011 PM, A02YYUW distance).
 //! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
 //! - [`outbox`]: store-and-forward queue; frames leave it only on PUBACK; drops counted.
 //! - [`sampling`]: median of a window, report-on-change with heartbeat, bin fill level,
 //!   fire suspicion.
 //!
-//! To come with the rest of the firmware issue: drivers (SDS011, BME280, A02YYUW, tilt)
-//! generic over embedded-hal 1.0 and the uplink.
+//! To come with the rest of the firmware issue: BME280 and tilt drivers, the uplink.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod counter;
+pub mod drivers;
 pub mod outbox;
 pub mod sampling;
 
