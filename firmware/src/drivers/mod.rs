@@ -1,9 +1,11 @@
-//! Sensor drivers, each generic over the embedded-hal 1.0 bus traits (UART drivers over
+//! Sensor drivers (SDS011 PM, BME280 climate, A02YYUW distance), each generic over the
+//! embedded-hal 1.0 bus traits (I2C for the BME280, UART drivers over
 //! `embedded_hal_nb::serial`), each keeping the bus error in its own error type and
 //! reporting checksum and framing errors apart, each tested against the datasheet's
 //! frames with embedded-hal-mock (`done()` checks every expected transaction happened).
 
 pub mod a02yyuw;
+pub mod bme280;
 pub mod sds011;
 
 use embedded_hal_nb::nb;
