@@ -20,14 +20,15 @@ async fn five_kill9_under_load_lose_nothing() {
     let load = scenario::load(&devices, 1500, now_s() - 7200);
     let total = load.messages.len();
 
-    // Paced (about 1,500 readings per second) so that every kill lands mid-stream.
+    // Paced (about 500 readings per second, 12 s in all) so that every kill lands
+    // mid-stream even when restarts are slow.
     let started = Instant::now();
     let publisher = {
         let (addr, messages) = (broker.addr, load.messages);
         tokio::spawn(async move {
-            for chunk in messages.chunks(300) {
+            for chunk in messages.chunks(100) {
                 fleet::publish_all(addr, "fleet", chunk).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };

@@ -25,9 +25,9 @@ async fn two_gateways_split_the_load_and_a_killed_one_loses_nothing() {
     let publisher = {
         let (addr, messages) = (broker.addr, load.messages);
         tokio::spawn(async move {
-            for chunk in messages.chunks(300) {
+            for chunk in messages.chunks(150) {
                 fleet::publish_all(addr, "fleet", chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
     };
