@@ -3,7 +3,7 @@
 
 use crate::error::{DecodeError, EncodeError};
 use crate::reading::{Field, Kind, Values};
-use crate::varint::{Reader, Writer, unzigzag, zigzag};
+use crate::varint::{Reader, Writer};
 
 /// Writes the fields of `values`.
 pub(crate) fn encode_values(w: &mut Writer<'_>, values: &Values) -> Result<(), EncodeError> {
@@ -32,11 +32,7 @@ pub(crate) fn encode_values(w: &mut Writer<'_>, values: &Values) -> Result<(), E
     for (spec, field) in values.fields() {
         if let Field::Value(raw) = field {
             // In range, so the casts below are exact.
-            w.varint(if spec.signed() {
-                zigzag(raw as i32)
-            } else {
-                raw as u32
-            })?;
+            w.varint(spec.to_wire(raw))?;
         }
     }
     Ok(())
@@ -68,11 +64,7 @@ pub(crate) fn decode_values(r: &mut Reader<'_>, kind: Kind) -> Result<Values, De
     for (i, spec) in specs.iter().enumerate() {
         if present >> i & 1 == 1 {
             let wire = r.varint()?;
-            let raw = if spec.signed() {
-                i64::from(unzigzag(wire))
-            } else {
-                i64::from(wire)
-            };
+            let raw = spec.from_wire(wire);
             if !spec.in_range(raw) {
                 return Err(DecodeError::OutOfRange { field: i as u8 });
             }

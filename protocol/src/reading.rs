@@ -3,6 +3,7 @@
 //! gateway's line-protocol encoder all read, so a field is described in exactly one place.
 
 use crate::error::EncodeError;
+use crate::varint::{unzigzag, zigzag};
 
 /// Most fields a kind may have (bitmaps are u32 with one bit for the fault-map flag).
 pub const MAX_FIELDS: usize = 16;
@@ -88,6 +89,25 @@ impl FieldSpec {
     /// Signed fields travel zigzag-encoded.
     pub const fn signed(&self) -> bool {
         self.min < 0
+    }
+
+    /// The unsigned value that travels as a varint: zigzag for signed fields. `raw` must
+    /// be in range (so it fits 32 bits).
+    pub const fn to_wire(&self, raw: i64) -> u32 {
+        if self.signed() {
+            zigzag(raw as i32)
+        } else {
+            raw as u32
+        }
+    }
+
+    /// Inverse of [`Self::to_wire`].
+    pub const fn from_wire(&self, wire: u32) -> i64 {
+        if self.signed() {
+            unzigzag(wire) as i64
+        } else {
+            wire as i64
+        }
     }
 
     /// True when `raw` is inside the documented range.

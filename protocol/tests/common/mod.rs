@@ -2,7 +2,7 @@
 //! cases that `examples/sizes.rs` prints and `tests/sizes.rs` holds to the budget.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use protocol::varint::{varint_len, zigzag};
+use protocol::varint::varint_len;
 use protocol::{
     AirQuality, DeviceKey, DeviceStatus, Field, Identity, Kind, MAX_FRAME_LEN, Reading, Values,
     WasteBin, seal,
@@ -63,13 +63,7 @@ pub fn status() -> Values {
 pub fn largest(kind: Kind) -> Values {
     let mut v = Values::empty(kind);
     for (i, spec) in kind.fields().iter().enumerate() {
-        let wire = |raw: i64| {
-            if spec.signed() {
-                zigzag(raw as i32)
-            } else {
-                raw as u32
-            }
-        };
+        let wire = |raw: i64| spec.to_wire(raw);
         let raw = if varint_len(wire(spec.min)) > varint_len(wire(spec.max)) {
             spec.min
         } else {
