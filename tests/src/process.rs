@@ -52,7 +52,7 @@ pub fn binary() -> PathBuf {
     let bin = profile_dir.join("gateway");
     assert!(
         bin.exists(),
-        "{} missing: run the tests with `cargo test --workspace`",
+        "{} missing: `cargo test --workspace` builds it (gateway/tests/cli.rs needs it); alone, run `cargo build -p gateway` first",
         bin.display()
     );
     bin

@@ -1,0 +1,102 @@
+//! The `gateway` binary as an operator meets it: the commented example configuration is
+//! valid, `devices add` writes a registry entry and a blob, and a configuration mistake is
+//! one actionable line on stderr with a failure exit, never a panic.
+//!
+//! Being an integration test of this package, it also makes `cargo test --workspace` build
+//! `target/<profile>/gateway`, which the process-based tests in `vigie-tests` start.
+
+#![allow(clippy::unwrap_used)] // a test: a failed setup step should stop it loudly
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gateway(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .env_remove("VIGIE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// The example file with its paths moved into `dir`.
+fn example_config(dir: &Path) -> std::path::PathBuf {
+    let example = include_str!("../gateway.example.toml")
+        .replace("/var/lib/vigie", &dir.join("data").display().to_string())
+        .replace(
+            "/etc/vigie/devices.toml",
+            &dir.join("devices.toml").display().to_string(),
+        );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, example).unwrap();
+    path
+}
+
+#[test]
+fn example_config_is_valid_and_devices_add_registers_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let config = config.to_str().unwrap();
+    let blob = dir.path().join("aq.vgp");
+
+    let out = gateway(&["check-config", config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 devices"));
+
+    let out = gateway(&[
+        "devices",
+        "add",
+        "--config",
+        config,
+        "--tenant",
+        "lyon",
+        "--id",
+        "aq-0001",
+        "--kind",
+        "air-quality",
+        "--blob-out",
+        blob.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&blob).unwrap();
+    let provisioning = protocol::provision::Provisioning::decode(&bytes).unwrap();
+    assert_eq!(provisioning.device.as_str(), "aq-0001");
+
+    let out = gateway(&["check-config", config]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 devices"));
+    // The key is in the registry file and the blob, never on the terminal.
+    let printed = [out.stdout, out.stderr].concat();
+    let key_hex: String = provisioning
+        .key
+        .expose_secret()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!String::from_utf8_lossy(&printed).contains(&key_hex));
+}
+
+#[test]
+fn a_config_mistake_is_one_clear_line_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[batch]", "[batch]\nmax_linger = 3", 1),
+    )
+    .unwrap();
+
+    let out = gateway(&["check-config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("max_linger"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
