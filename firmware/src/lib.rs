@@ -2,20 +2,31 @@
 //!
 //! Module map:
 //! - [`drivers`]: sensor drivers over embedded-hal 1.0 (SDS011 PM, BME280 climate,
-//!   A02YYUW distance).
-//! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
-//! - [`outbox`]: store-and-forward queue; frames leave it only on PUBACK; drops counted.
+//!   A02YYUW distance, tilt switch).
 //! - [`sampling`]: median of a window, report-on-change with heartbeat, bin fill level,
-//!   fire suspicion.
+//!   fire suspicion (pure).
+//! - [`station`]: one sampling cycle per kind, drivers in, a reading and fault flags out.
+//! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
+//! - [`outbox`]: store-and-forward queue; when full the oldest is dropped and counted.
+//! - [`node`]: identity, counter, queue and uplink together: seal, publish, forget on PUBACK.
+//! - [`uplink`]: MQTT 5 over any `embedded_io_async` byte stream (rust-mqtt).
+//! - [`backoff`]: reconnect back-off with jitter.
+//! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
 //!
-//! To come with the rest of the firmware issue: the tilt input, the uplink, provisioning
-//! at boot, the reference image.
+//! Drivers and sampling are blocking (embedded-hal 1.0); only the uplink is async, because
+//! the maintained no_std MQTT clients are (see `uplink`). A board runs it under any
+//! executor, even a plain `block_on`; the host simulator under tokio.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod boot;
 pub mod counter;
 pub mod drivers;
+pub mod node;
 pub mod outbox;
 pub mod sampling;
+pub mod station;
+pub mod uplink;
 
 pub use protocol;

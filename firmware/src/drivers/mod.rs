@@ -1,4 +1,4 @@
-//! Sensor drivers (SDS011 PM, BME280 climate, A02YYUW distance), each generic over the
+//! Sensor drivers (SDS011 PM, BME280 climate, A02YYUW distance, tilt switch), each generic over the
 //! embedded-hal 1.0 bus traits (I2C for the BME280, UART drivers over
 //! `embedded_hal_nb::serial`), each keeping the bus error in its own error type and
 //! reporting checksum and framing errors apart, each tested against the datasheet's
@@ -7,6 +7,7 @@
 pub mod a02yyuw;
 pub mod bme280;
 pub mod sds011;
+pub mod tilt;
 
 use embedded_hal_nb::nb;
 use embedded_hal_nb::serial::Read;

@@ -1,0 +1,209 @@
+//! One sampling cycle per kind: drivers in, at most one [`Reading`] out, plus the faults to
+//! report. A sensor that fails gives `Fault` fields (present but failing), never a made-up
+//! value; a reading goes out when a value moved beyond its deadband, on the heartbeat, or
+//! when a fault appears.
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::digital::InputPin;
+use embedded_hal::i2c::I2c;
+use embedded_hal_nb::serial::{Read, Write};
+use protocol::reading::{bin_flags, error_flags};
+use protocol::{AirQuality, Field, Reading, Values, WasteBin};
+
+use crate::drivers::a02yyuw::A02yyuw;
+use crate::drivers::bme280::{Bme280, Climate};
+use crate::drivers::sds011::Sds011;
+use crate::drivers::tilt::Tilt;
+use crate::sampling::{Reporter, fill_level, fire_suspected, median};
+
+/// Most samples one window takes (PM frames at 1 Hz, distance frames at 10 Hz).
+pub const MAX_WINDOW: usize = 16;
+
+/// What one cycle produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// The reading to queue, if it is worth sending.
+    pub reading: Option<Reading>,
+    /// Bits of [`error_flags`] for the sensors that failed.
+    pub errors: u16,
+}
+
+/// Sampling options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Fan run time before the first PM sample counts, ms (about 30 s on an SDS011).
+    pub warmup_ms: u32,
+    /// Samples per window (median), at most [`MAX_WINDOW`].
+    pub samples: usize,
+}
+
+type Samples = heapless::Vec<i32, MAX_WINDOW>;
+
+/// Median of the values `read` yields over `n` attempts; failed attempts are skipped.
+fn window<E>(n: usize, mut read: impl FnMut() -> Result<i32, E>) -> Option<i32> {
+    let mut v = Samples::new();
+    for _ in 0..n.min(MAX_WINDOW) {
+        if let Ok(x) = read() {
+            let _ = v.push(x); // cannot fail: at most MAX_WINDOW attempts
+        }
+    }
+    median(&mut v)
+}
+
+fn field<T>(v: Option<T>) -> Field<T> {
+    v.map_or(Field::Fault, Field::Value)
+}
+
+/// An air-quality node: SDS011 (PM2.5, PM10) and BME280 (temperature, humidity, pressure).
+#[derive(Debug)]
+pub struct AirQualityStation<S, I> {
+    pm: Sds011<S>,
+    climate: Option<Bme280<I>>,
+    pm_report: Reporter,
+    temp_report: Reporter,
+}
+
+impl<S: Read<u8> + Write<u8>, I: I2c> AirQualityStation<S, I> {
+    /// `climate` is `None` when the BME280 did not answer at boot (reported as a fault).
+    /// Deadbands: 2 µg/m³ PM2.5, 0.5 °C.
+    pub fn new(pm: Sds011<S>, climate: Option<Bme280<I>>, heartbeat_s: u32) -> Self {
+        Self {
+            pm,
+            climate,
+            pm_report: Reporter::new(20, heartbeat_s),
+            temp_report: Reporter::new(5, heartbeat_s),
+        }
+    }
+
+    /// Wakes the PM fan for the window only, takes the medians, reads the climate.
+    pub fn sample(&mut self, delay: &mut impl DelayNs, now: u32, w: Window) -> Sample {
+        let mut errors = 0;
+        let (mut pm25, mut pm10) = (None, None);
+        if self.pm.wake().is_ok() {
+            delay.delay_ms(w.warmup_ms);
+            let (mut v25, mut v10) = (Samples::new(), Samples::new());
+            for _ in 0..w.samples.min(MAX_WINDOW) {
+                if let Ok(pm) = self.pm.read() {
+                    // Cannot fail: at most MAX_WINDOW samples.
+                    let _ = (v25.push(pm.pm25.into()), v10.push(pm.pm10.into()));
+                }
+            }
+            (pm25, pm10) = (median(&mut v25), median(&mut v10));
+        }
+        // Sleep even after a failed read: the laser's life is counted in hours of work.
+        if self.pm.sleep().is_err() || pm25.is_none() {
+            errors |= error_flags::PM_SENSOR;
+        }
+        let climate: Option<Climate> = self.climate.as_mut().and_then(|c| c.measure(delay).ok());
+        if climate.is_none() {
+            errors |= error_flags::CLIMATE_SENSOR;
+        }
+        let values = AirQuality {
+            pm25: field(pm25.map(|v| v as u16)),
+            pm10: field(pm10.map(|v| v as u16)),
+            temperature: field(climate.map(|c| c.temperature)),
+            relative_humidity: field(climate.map(|c| c.humidity)),
+            pressure: field(climate.map(|c| c.pressure)),
+            ..AirQuality::default()
+        };
+        // Both reporters see every value, so each keeps its own reference.
+        let pm_moved = pm25.is_some_and(|v| self.pm_report.should_send(v, now));
+        let temp_moved =
+            climate.is_some_and(|c| self.temp_report.should_send(c.temperature.into(), now));
+        let send = pm_moved || temp_moved || errors != 0;
+        Sample {
+            reading: send.then_some(Reading {
+                time: now,
+                values: Values::AirQuality(values),
+            }),
+            errors,
+        }
+    }
+}
+
+/// A waste-bin node: A02YYUW distance, tilt switch, BME280 inside the bin for fire
+/// suspicion.
+#[derive(Debug)]
+pub struct BinStation<S, P, I> {
+    ranger: A02yyuw<S>,
+    tilt: Tilt<P>,
+    climate: Option<Bme280<I>>,
+    depth_mm: u16,
+    fill_report: Reporter,
+    previous_temp: Option<(i16, u32)>,
+    previous_flags: u8,
+}
+
+/// Fire: above 60 °C, or a rise of more than 2 °C per minute.
+const FIRE_THRESHOLD: i16 = 600;
+const FIRE_RISE_PER_MIN: i16 = 20;
+
+impl<S: Read<u8>, P: InputPin, I: I2c> BinStation<S, P, I> {
+    /// `depth_mm`: sensor to bin bottom, from provisioning. Deadband: 5 % of fill.
+    pub fn new(
+        ranger: A02yyuw<S>,
+        tilt: Tilt<P>,
+        climate: Option<Bme280<I>>,
+        depth_mm: u16,
+        heartbeat_s: u32,
+    ) -> Self {
+        Self {
+            ranger,
+            tilt,
+            climate,
+            depth_mm,
+            fill_report: Reporter::new(5, heartbeat_s),
+            previous_temp: None,
+            previous_flags: 0,
+        }
+    }
+
+    /// Median distance over the window, fill level, tilt and fire flags.
+    pub fn sample(&mut self, delay: &mut impl DelayNs, now: u32, w: Window) -> Sample {
+        let mut errors = 0;
+        let distance = window(w.samples, || self.ranger.read_mm().map(i32::from));
+        if distance.is_none() {
+            errors |= error_flags::DISTANCE_SENSOR;
+        }
+        let temp = self
+            .climate
+            .as_mut()
+            .and_then(|c| c.measure(delay).ok())
+            .map(|c| c.temperature);
+        if temp.is_none() {
+            errors |= error_flags::CLIMATE_SENSOR;
+        }
+        let tilted = self.tilt.is_tilted().unwrap_or(false);
+        let fire = temp.is_some_and(|t| {
+            fire_suspected(
+                t,
+                self.previous_temp,
+                now,
+                FIRE_THRESHOLD,
+                FIRE_RISE_PER_MIN,
+            )
+        });
+        self.previous_temp = temp.map(|t| (t, now)).or(self.previous_temp);
+        let flags =
+            u8::from(tilted) * bin_flags::TILTED + u8::from(fire) * bin_flags::FIRE_SUSPECTED;
+        let fill = distance.and_then(|d| fill_level(d as u16, self.depth_mm));
+        let values = WasteBin {
+            distance: field(distance.map(|d| d as u16)),
+            fill_level: field(fill),
+            temperature: field(temp),
+            flags: Field::Value(flags),
+            ..WasteBin::default()
+        };
+        let fill_moved = fill.is_some_and(|f| self.fill_report.should_send(f.into(), now));
+        // A new alarm goes out at once, whatever the fill did.
+        let send = fill_moved || flags != self.previous_flags || errors != 0;
+        self.previous_flags = flags;
+        Sample {
+            reading: send.then_some(Reading {
+                time: now,
+                values: Values::WasteBin(values),
+            }),
+            errors,
+        }
+    }
+}
