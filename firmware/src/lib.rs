@@ -30,3 +30,7 @@ pub mod station;
 pub mod uplink;
 
 pub use protocol;
+
+/// Readings the reference node queues while its uplink is down: at one reading per
+/// 5-minute interval, about five hours of outage before the oldest is dropped.
+pub const REFERENCE_QUEUE: usize = 64;

@@ -139,24 +139,24 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
     }
 
     /// Sends everything queued over a connected `client`, one frame at a time, each only
-    /// forgotten after its PUBACK. Returns the frames sent. On error the connection must be
-    /// dropped; nothing is lost.
+    /// forgotten after its PUBACK. Returns the readings acknowledged. On error the
+    /// connection must be dropped; nothing is lost.
     pub async fn flush<T: Transport>(
         &mut self,
         client: &mut Mqtt<'_, T>,
     ) -> Result<usize, NodeError> {
-        let mut frames = 0;
+        let mut acknowledged = 0;
         loop {
             self.seal_next()?;
             let Some(sealed) = &self.pending else {
-                return Ok(frames);
+                return Ok(acknowledged);
             };
             if let Err(e) = self.uplink.publish(client, &sealed.bytes).await {
                 self.errors |= error_flags::UPLINK;
                 return Err(e.into());
             }
+            acknowledged += sealed.readings;
             self.pending = None;
-            frames += 1;
         }
     }
 

@@ -36,10 +36,10 @@ enum Command {
         /// Devices per tenant (two tenants; half air quality, half bins).
         #[arg(long, default_value_t = 10)]
         devices: usize,
-        /// Milliseconds between readings of one device (at least 1000: one reading per
-        /// second per device, as readings carry second timestamps).
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
+        /// Virtual seconds per real second. Devices sample every 5 virtual minutes, so the
+        /// default 300 makes that once a second; the virtual clock ends at "now".
+        #[arg(long, default_value_t = 300.0)]
+        accel: f64,
         /// Keep the temporary data directory.
         #[arg(long)]
         keep_data: bool,
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
         Command::Demo {
             duration,
             devices,
-            interval_ms,
+            accel,
             keep_data,
         } => {
             // The demo's own progress line says what happens; only problems are logged.
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
             demo(gateway::demo::DemoOptions {
                 duration: duration.map(Duration::from_secs),
                 devices_per_tenant: devices.max(1),
-                interval: Duration::from_millis(interval_ms.max(1000)),
+                accel: accel.clamp(1.0, 3600.0),
                 keep_data,
             })
         }

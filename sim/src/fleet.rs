@@ -1,0 +1,239 @@
+//! A fleet of simulated devices publishing to one broker, with a progress line and a final
+//! summary.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use protocol::provision::Provisioning;
+use tokio::sync::watch;
+
+use crate::device::{self, DeviceOptions, DeviceStats};
+
+/// Fleet options.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Broker address (each device's blob names a broker; the simulator uses this one).
+    pub broker: SocketAddr,
+    /// Virtual seconds per real second. The virtual clock starts `duration × accel` in the
+    /// past, so the last reading is stamped about "now" and none is in the future.
+    pub accel: f64,
+    /// How long to run, real time.
+    pub duration: Duration,
+    /// A status report every this many samples.
+    pub status_every: u32,
+    /// The first `n` devices lose their network from `from` for `length` (real time).
+    pub outage: Option<Outage>,
+    /// Print a progress line to stderr.
+    pub progress: bool,
+}
+
+/// A network outage for part of the fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// How many devices (the first ones).
+    pub devices: usize,
+    /// When, after the start.
+    pub from: Duration,
+    /// How long.
+    pub length: Duration,
+}
+
+/// What the fleet did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetSummary {
+    /// Devices run.
+    pub devices: usize,
+    /// Readings the nodes queued.
+    pub recorded: u64,
+    /// Readings the broker acknowledged.
+    pub published: u64,
+    /// Readings dropped by full node queues (reported in status frames).
+    pub dropped: u64,
+    /// Readings still queued at the end (not acknowledged).
+    pub waiting: u64,
+    /// Connections made (reconnections included).
+    pub connections: u64,
+    /// Devices that failed to start.
+    pub failed: usize,
+}
+
+impl std::fmt::Display for FleetSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "devices={} recorded={} published={} dropped={} waiting={} connections={} failed={}",
+            self.devices,
+            self.recorded,
+            self.published,
+            self.dropped,
+            self.waiting,
+            self.connections,
+            self.failed
+        )
+    }
+}
+
+fn totals(stats: &[Arc<DeviceStats>]) -> FleetSummary {
+    let sum = |f: fn(&DeviceStats) -> u64| stats.iter().map(|s| f(s)).sum::<u64>();
+    FleetSummary {
+        devices: stats.len(),
+        recorded: sum(|s| s.recorded.load(Ordering::Relaxed)),
+        published: sum(|s| s.published.load(Ordering::Relaxed)),
+        dropped: sum(|s| s.dropped.load(Ordering::Relaxed)),
+        waiting: sum(|s| s.waiting.load(Ordering::Relaxed)),
+        connections: sum(|s| s.connections.load(Ordering::Relaxed)),
+        failed: 0,
+    }
+}
+
+/// Live totals of a running fleet.
+#[derive(Debug, Clone)]
+pub struct FleetHandle(Arc<Vec<Arc<DeviceStats>>>);
+
+impl FleetHandle {
+    /// Totals so far.
+    pub fn totals(&self) -> FleetSummary {
+        totals(&self.0)
+    }
+
+    /// Devices connected now.
+    pub fn connected(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|s| s.connected.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A fleet ready to run.
+#[derive(Debug)]
+pub struct Fleet {
+    devices: Vec<Provisioning>,
+    stats: Vec<Arc<DeviceStats>>,
+    opts: FleetOptions,
+}
+
+impl Fleet {
+    /// A fleet of `devices`.
+    pub fn new(devices: Vec<Provisioning>, opts: FleetOptions) -> Self {
+        let stats = devices.iter().map(|_| Arc::default()).collect();
+        Self {
+            devices,
+            stats,
+            opts,
+        }
+    }
+
+    /// Live totals, readable while the fleet runs.
+    pub fn handle(&self) -> FleetHandle {
+        FleetHandle(Arc::new(self.stats.clone()))
+    }
+
+    /// Runs for `opts.duration` or until `stop`; returns once every device has flushed and
+    /// disconnected (each bounded by its network timeout).
+    ///
+    /// The devices run on a thread of their own (one single-threaded runtime): the no_std
+    /// MQTT client is not `Send`, as on a board, and the fleet stays apart from whatever
+    /// runtime the caller (the gateway's demo, a test) runs.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> FleetSummary {
+        let devices = self.devices.len();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("vigie-fleet".into())
+            .spawn(move || {
+                let summary = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| {
+                        let local = tokio::task::LocalSet::new();
+                        rt.block_on(local.run_until(run_local(self, stop)))
+                    });
+                let _ = done_tx.send(summary.ok());
+            });
+        let failed = FleetSummary {
+            devices,
+            failed: devices,
+            ..FleetSummary::default()
+        };
+        match thread {
+            Ok(_) => done_rx.await.ok().flatten().unwrap_or(failed),
+            Err(_) => failed,
+        }
+    }
+}
+
+async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummary {
+    let handle = fleet.handle();
+    let Fleet {
+        devices,
+        stats,
+        opts,
+    } = fleet;
+    let started = Instant::now();
+    let history = opts.duration.as_secs_f64() * opts.accel;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let start_time = now.saturating_sub(history as u64) as u32;
+    let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (p, s)) in devices.into_iter().zip(&stats).enumerate() {
+        let options = Arc::new(DeviceOptions {
+            broker: opts.broker,
+            accel: opts.accel,
+            start_time,
+            started,
+            status_every: opts.status_every,
+            outage: opts
+                .outage
+                .filter(|o| i < o.devices)
+                .map(|o| (o.from, o.length)),
+        });
+        tasks.spawn_local(device::run(p, options, s.clone(), dev_stop_rx.clone()));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if opts.progress {
+            progress(started, &handle);
+        }
+        if started.elapsed() >= opts.duration {
+            break;
+        }
+    }
+    let _ = dev_stop_tx.send(true);
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        if !matches!(r, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    if opts.progress {
+        progress(started, &handle);
+        eprintln!();
+    }
+    FleetSummary {
+        failed,
+        ..handle.totals()
+    }
+}
+
+fn progress(started: Instant, fleet: &FleetHandle) {
+    let t = fleet.totals();
+    eprint!(
+        "\r[{:>6.1}s] connected={}/{} published={} waiting={} dropped={}   ",
+        started.elapsed().as_secs_f64(),
+        fleet.connected(),
+        t.devices,
+        t.published,
+        t.waiting,
+        t.dropped
+    );
+    let _ = std::io::stderr().flush();
+}

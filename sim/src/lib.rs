@@ -1,0 +1,19 @@
+//! Vigie fleet simulator: the firmware's own node, station and driver code (the `firmware`
+//! crate, unchanged) on simulated sensors, publishing over TCP to any MQTT broker.
+//!
+//! Module map:
+//! - [`signals`]: what the sensors measure (traffic peaks, pollution episodes, daily
+//!   temperature cycles, bins filling and emptied, occasional faults), pure.
+//! - [`hardware`]: simulated SDS011, BME280, A02YYUW, tilt switch and NOR flash behind the
+//!   embedded-hal / embedded-storage traits.
+//! - [`net`]: a tokio TCP socket as the `embedded_io_async` byte stream.
+//! - [`device`]: one device's loop, as on a board.
+//! - [`fleet`]: many devices, progress line, summary.
+
+pub mod device;
+pub mod fleet;
+pub mod hardware;
+pub mod net;
+pub mod signals;
+
+pub use fleet::{Fleet, FleetOptions, FleetSummary, Outage};

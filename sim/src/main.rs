@@ -1,0 +1,95 @@
+//! `vigie-sim`: runs the provisioning blobs in a directory (what `gateway devices add`
+//! writes, what technicians flash) as a simulated fleet against a real broker.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use protocol::provision::Provisioning;
+use vigie_sim::{Fleet, FleetOptions};
+
+/// Simulated fleet: the firmware's code on simulated sensors, publishing to a broker.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Directory of provisioning blobs (`*.vgp`), one per device.
+    #[arg(long)]
+    blobs: PathBuf,
+    /// Broker `host:port` (default: the one in the first blob).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Virtual seconds per real second (60: a 5-minute interval becomes 5 s).
+    #[arg(long, default_value_t = 60.0)]
+    accel: f64,
+    /// Real seconds to run.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// A status report every this many samples.
+    #[arg(long, default_value_t = 12)]
+    status_every: u32,
+}
+
+fn load(dir: &PathBuf) -> Result<Vec<Provisioning>, String> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "vgp") {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            out.push(Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no *.vgp blobs in {}", dir.display()));
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = (|| -> Result<String, String> {
+        let devices = load(&args.blobs)?;
+        let broker = args
+            .broker
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", devices[0].broker_host, devices[0].broker_port));
+        let broker: SocketAddr = broker
+            .to_socket_addrs()
+            .map_err(|e| format!("broker {broker}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("broker {broker}: no address"))?;
+        if !args.accel.is_finite() || args.accel <= 0.0 {
+            return Err("--accel must be positive".into());
+        }
+        let opts = FleetOptions {
+            broker,
+            accel: args.accel,
+            duration: Duration::from_secs(args.duration),
+            status_every: args.status_every,
+            outage: None,
+            progress: true,
+        };
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let summary = runtime.block_on(async {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop_tx.send(true);
+            });
+            Fleet::new(devices, opts).run(stop_rx).await
+        });
+        Ok(summary.to_string())
+    })();
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
