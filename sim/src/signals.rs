@@ -43,7 +43,11 @@ pub fn pm(seed: u64, t: u32) -> (f64, f64) {
     } else {
         4.0 * bump(h, 13.0, 3.0)
     };
-    let episode = if mix(seed ^ day).is_multiple_of(9) { 3.0 } else { 1.0 };
+    let episode = if mix(seed ^ day).is_multiple_of(9) {
+        3.0
+    } else {
+        1.0
+    };
     let noise = 0.85 + 0.3 * unit(seed, u64::from(t / 60));
     let pm25 = (6.0 + 3.0 * unit(seed, 1) + traffic) * episode * noise;
     (pm25, pm25 * 1.6 + 3.0)

@@ -3,6 +3,7 @@
 
 use gateway::config::{Config, DatabaseApi, DatabaseConfig};
 use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use protocol::provision::Provisioning;
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -53,6 +54,27 @@ impl Device {
             longitude: None,
             bin_depth_mm: (self.kind == DeviceKind::WasteBin).then_some(1000),
             revoked: false,
+        }
+    }
+
+    /// The provisioning blob `devices add` would write for this device, pointing at
+    /// `broker`, for the fleet simulator.
+    pub fn provisioning(
+        &self,
+        broker: SocketAddr,
+        sample_interval_s: u16,
+        heartbeat_s: u16,
+    ) -> Provisioning {
+        Provisioning {
+            tenant: self.tenant.as_str().try_into().unwrap(),
+            device: self.id.as_str().try_into().unwrap(),
+            kind: self.kind.kind(),
+            key: DeviceKey::new(self.key, 1),
+            sample_interval_s,
+            heartbeat_s,
+            bin_depth_mm: self.entry().bin_depth_mm.unwrap_or(0),
+            broker_host: broker.ip().to_string().as_str().try_into().unwrap(),
+            broker_port: broker.port(),
         }
     }
 
