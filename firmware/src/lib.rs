@@ -12,6 +12,8 @@
 //! - [`uplink`]: MQTT 5 over any `embedded_io_async` byte stream (rust-mqtt).
 //! - [`backoff`]: reconnect back-off with jitter.
 //! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
+//! - [`simulated`]: sensors behind the same bus traits, for the host simulator and
+//!   emulated boards that have none.
 //!
 //! Drivers and sampling are blocking (embedded-hal 1.0); only the uplink is async, because
 //! the maintained no_std MQTT clients are (see `uplink`). A board runs it under any
@@ -26,6 +28,7 @@ pub mod drivers;
 pub mod node;
 pub mod outbox;
 pub mod sampling;
+pub mod simulated;
 pub mod station;
 pub mod uplink;
 

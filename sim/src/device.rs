@@ -25,7 +25,9 @@ use rust_mqtt::client::Client;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::hardware::{A02yyuwSim, Bme280Sim, Clock, NoDelay, RamFlash, Sds011Sim, TiltSim};
+use firmware::simulated::{A02yyuwSim, Bme280Sim, NoDelay, Sds011Sim, TiltSim};
+
+use crate::hardware::{Clock, RamFlash, SimEnv};
 use crate::net::Tcp;
 use crate::signals::mix;
 
@@ -85,24 +87,25 @@ pub struct DeviceStats {
 }
 
 enum Station {
-    Air(AirQualityStation<Sds011Sim, Bme280Sim>),
-    Bin(BinStation<A02yyuwSim, TiltSim, Bme280Sim>),
+    Air(AirQualityStation<Sds011Sim<SimEnv>, Bme280Sim<SimEnv>>),
+    Bin(BinStation<A02yyuwSim<SimEnv>, TiltSim<SimEnv>, Bme280Sim<SimEnv>>),
 }
 
 impl Station {
     fn new(p: &Provisioning, clock: &Clock, seed: u64) -> Result<Self, String> {
         let heartbeat = u32::from(p.heartbeat_s);
         let offset = if p.kind == Kind::WasteBin { 2.0 } else { 0.0 };
-        let climate = Bme280::new(Bme280Sim::new(clock.clone(), seed, offset), ADDRESS).ok();
+        let env = SimEnv::new(clock.clone(), seed, offset, p.bin_depth_mm);
+        let climate = Bme280::new(Bme280Sim::new(env.clone()), ADDRESS).ok();
         Ok(match p.kind {
             Kind::AirQuality => Self::Air(AirQualityStation::new(
-                Sds011::new(Sds011Sim::new(clock.clone(), seed)),
+                Sds011::new(Sds011Sim::new(env)),
                 climate,
                 heartbeat,
             )),
             Kind::WasteBin => Self::Bin(BinStation::new(
-                A02yyuw::new(A02yyuwSim::new(clock.clone(), seed, p.bin_depth_mm)),
-                Tilt::new(TiltSim::new(clock.clone(), seed), true),
+                A02yyuw::new(A02yyuwSim::new(env.clone())),
+                Tilt::new(TiltSim::new(env), true),
                 climate,
                 p.bin_depth_mm,
                 heartbeat,

@@ -4,8 +4,8 @@
 //! Module map:
 //! - [`signals`]: what the sensors measure (traffic peaks, pollution episodes, daily
 //!   temperature cycles, bins filling and emptied, occasional faults), pure.
-//! - [`hardware`]: simulated SDS011, BME280, A02YYUW, tilt switch and NOR flash behind the
-//!   embedded-hal / embedded-storage traits.
+//! - [`hardware`]: the environment the firmware's simulated sensors measure, on a virtual
+//!   clock, and NOR flash in memory.
 //! - [`net`]: a tokio TCP socket as the `embedded_io_async` byte stream.
 //! - [`device`]: one device's loop, as on a board.
 //! - [`fleet`]: many devices, progress line, summary.
