@@ -10,6 +10,7 @@
 //! - [`outbox`]: store-and-forward queue; when full the oldest is dropped and counted.
 //! - [`node`]: identity, counter, queue and uplink together: seal, publish, forget on PUBACK.
 //! - [`uplink`]: MQTT 5 over any `embedded_io_async` byte stream (rust-mqtt).
+//! - [`modem`]: cellular modem AT commands: network time, TCP in transparent mode.
 //! - [`backoff`]: reconnect back-off with jitter.
 //! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
 //! - [`simulated`]: sensors behind the same bus traits, for the host simulator and
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod boot;
 pub mod counter;
 pub mod drivers;
+pub mod modem;
 pub mod node;
 pub mod outbox;
 pub mod sampling;

@@ -1,0 +1,289 @@
+//! The MPS2 AN386 hardware the node uses, and the only `unsafe` of the image: CMSDK APB
+//! UARTs (UART0 to the modem, UART1 the console), SysTick as the millisecond clock, and
+//! the SSRAM1 areas that play the board's flash (provisioning blob, frame-counter pages).
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m::peripheral::SYST;
+use cortex_m::peripheral::syst::SystClkSource;
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+
+/// Where `gateway devices add`'s blob is loaded (`-device loader,file=…,addr=0x003f0000`).
+pub const BLOB_ADDR: usize = 0x003f_0000;
+/// Two 4 KiB pages for the frame counter. QEMU keeps RAM across `system_reset` and loads
+/// nothing here, so they survive a reboot as flash would.
+pub const COUNTER_ADDR: usize = 0x003f_8000;
+const PAGE: usize = 4096;
+/// SSRAM1 ends at 4 MiB.
+const SSRAM1_END: usize = 0x0040_0000;
+
+/// The CPU clock of the AN386 image (25 MHz).
+const SYSCLK_HZ: u32 = 25_000_000;
+
+static MILLIS: AtomicU32 = AtomicU32::new(0);
+
+/// Starts the 1 kHz SysTick.
+pub fn start_clock(mut syst: SYST) {
+    syst.set_clock_source(SystClkSource::Core);
+    syst.set_reload(SYSCLK_HZ / 1000 - 1);
+    syst.clear_current();
+    syst.enable_counter();
+    syst.enable_interrupt();
+    // The peripheral stays configured; dropping the handle does not stop it.
+    core::mem::forget(syst);
+}
+
+/// Milliseconds since boot.
+pub fn millis() -> u32 {
+    MILLIS.load(Ordering::Relaxed)
+}
+
+#[cortex_m_rt::exception]
+fn SysTick() {
+    MILLIS.fetch_add(1, Ordering::Relaxed);
+}
+
+// The AN386 has 32 external interrupts; the node uses none of them (it polls), so they
+// all go to cortex-m-rt's default handler.
+#[allow(unsafe_code)] // declaring the linker-provided handler; it is never called from Rust
+unsafe extern "C" {
+    fn DefaultHandler();
+}
+
+/// The interrupt part of the vector table.
+#[allow(unsafe_code)] // placing the table where the linker script expects it
+#[unsafe(link_section = ".vector_table.interrupts")]
+#[unsafe(no_mangle)]
+static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];
+
+/// A CMSDK APB UART.
+#[derive(Debug)]
+pub struct Uart {
+    base: usize,
+}
+
+const DATA: usize = 0x000;
+const STATE: usize = 0x004;
+const CTRL: usize = 0x008;
+const BAUDDIV: usize = 0x010;
+const STATE_TX_FULL: u32 = 1 << 0;
+const STATE_RX_FULL: u32 = 1 << 1;
+
+impl Uart {
+    /// UART0, wired to the cellular modem.
+    pub fn uart0() -> Self {
+        Self::enable(0x4000_4000)
+    }
+
+    /// UART1, the console.
+    pub fn uart1() -> Self {
+        Self::enable(0x4000_5000)
+    }
+
+    fn enable(base: usize) -> Self {
+        let u = Self { base };
+        u.write_reg(BAUDDIV, SYSCLK_HZ / 115_200);
+        u.write_reg(CTRL, 0b11); // TX and RX enabled, no interrupts
+        u
+    }
+
+    fn read_reg(&self, offset: usize) -> u32 {
+        // SAFETY: `base` is one of the CMSDK UART blocks of the AN386 memory map and the
+        // offsets are its documented 32-bit registers; volatile as they are device memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            core::ptr::read_volatile((self.base + offset) as *const u32)
+        }
+    }
+
+    fn write_reg(&self, offset: usize, value: u32) {
+        // SAFETY: as in `read_reg`.
+        #[allow(unsafe_code)]
+        unsafe {
+            core::ptr::write_volatile((self.base + offset) as *mut u32, value)
+        }
+    }
+
+    /// A received byte, if one waits.
+    pub fn try_read(&mut self) -> Option<u8> {
+        (self.read_reg(STATE) & STATE_RX_FULL != 0).then(|| self.read_reg(DATA) as u8)
+    }
+
+    /// Sends a byte, waiting for room.
+    pub fn write_byte(&mut self, b: u8) {
+        while self.read_reg(STATE) & STATE_TX_FULL != 0 {}
+        self.write_reg(DATA, u32::from(b));
+    }
+}
+
+impl core::fmt::Write for Uart {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for b in s.bytes() {
+            self.write_byte(b);
+        }
+        Ok(())
+    }
+}
+
+impl embedded_io_async::ErrorType for Uart {
+    type Error = core::convert::Infallible;
+}
+
+/// Returns `Pending` once, so the executor gets the hand back while the UART is idle.
+async fn yield_now() {
+    let mut yielded = false;
+    core::future::poll_fn(|_| {
+        if yielded {
+            core::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            core::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+impl embedded_io_async::Read for Uart {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(b) = self.try_read() {
+                buf[0] = b;
+                let mut n = 1;
+                while n < buf.len() {
+                    match self.try_read() {
+                        Some(b) => buf[n] = b,
+                        None => break,
+                    }
+                    n += 1;
+                }
+                return Ok(n);
+            }
+            yield_now().await;
+        }
+    }
+}
+
+impl embedded_io_async::Write for Uart {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        for b in buf {
+            self.write_byte(*b);
+        }
+        Ok(buf.len())
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        Ok(()) // every byte is in the UART once `write` returns
+    }
+}
+
+/// Runs a future to completion on this core: poll, and poll again (every waker is a no-op;
+/// the UART and clock are polled, not interrupt-driven).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = core::pin::pin!(f);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    loop {
+        if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Waits `ms` milliseconds, letting the executor poll meanwhile.
+pub async fn sleep_ms(ms: u32) {
+    let start = millis();
+    while millis().wrapping_sub(start) < ms {
+        yield_now().await;
+    }
+}
+
+/// A region of SSRAM1 used as NOR flash: reads, page erases to 0xFF, programming that only
+/// clears bits, as the real part does.
+#[derive(Debug)]
+pub struct SsramFlash {
+    base: usize,
+    len: usize,
+}
+
+impl SsramFlash {
+    /// The provisioning blob area (read only in practice).
+    pub fn blob() -> Self {
+        Self {
+            base: BLOB_ADDR,
+            len: COUNTER_ADDR - BLOB_ADDR,
+        }
+    }
+
+    /// The two frame-counter pages.
+    pub fn counter() -> Self {
+        Self {
+            base: COUNTER_ADDR,
+            len: 2 * PAGE,
+        }
+    }
+
+    fn check(&self, offset: u32, len: usize) -> Result<usize, NorFlashErrorKind> {
+        let at = offset as usize;
+        match at.checked_add(len) {
+            Some(end) if end <= self.len && self.base + end <= SSRAM1_END => Ok(self.base + at),
+            _ => Err(NorFlashErrorKind::OutOfBounds),
+        }
+    }
+}
+
+impl ErrorType for SsramFlash {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for SsramFlash {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let at = self.check(offset, bytes.len())?;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            // SAFETY: `check` keeps [at, at + len) inside this region of SSRAM1, which no
+            // Rust object occupies (memory.x ends the code far below it).
+            #[allow(unsafe_code)]
+            unsafe {
+                *b = core::ptr::read_volatile((at + i) as *const u8);
+            }
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.len
+    }
+}
+
+impl NorFlash for SsramFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = PAGE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        let at = self.check(from, to.saturating_sub(from) as usize)?;
+        for i in 0..(to - from) as usize {
+            // SAFETY: as in `read`.
+            #[allow(unsafe_code)]
+            unsafe {
+                core::ptr::write_volatile((at + i) as *mut u8, 0xff);
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let at = self.check(offset, bytes.len())?;
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: as in `read`. NOR programming only clears bits.
+            #[allow(unsafe_code)]
+            unsafe {
+                let p = (at + i) as *mut u8;
+                core::ptr::write_volatile(p, core::ptr::read_volatile(p) & b);
+            }
+        }
+        Ok(())
+    }
+}
