@@ -20,8 +20,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
-# Real servers for the end-to-end tests (Debian packages): installed when missing.
-packages=(mosquitto mosquitto-clients influxdb victoria-metrics)
+# Real servers for the end-to-end tests, and QEMU for the firmware image (Debian
+# packages): installed when missing.
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,14 +35,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+BOARD=boards/mps2-an386/Cargo.toml # the image: its own workspace, see scripts/build-images.sh
+
 step "format"
 cargo fmt --all -- --check
+cargo fmt --manifest-path "$BOARD" -- --check
 
 step "clippy (host, all targets and features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "clippy (no_std crates on $TARGET_M4)"
 cargo clippy -p protocol -p firmware --target "$TARGET_M4" --features firmware/defmt -- -D warnings
+cargo clippy --manifest-path "$BOARD" --target "$TARGET_M4" --target-dir target/boards -- -D warnings
+
+step "firmware images for $TARGET_M4 (sizes against the budget; the QEMU test boots one)"
+scripts/build-images.sh
 
 step "tests"
 cargo test --workspace

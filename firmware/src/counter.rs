@@ -24,6 +24,8 @@ pub enum CounterError {
     Exhausted,
     /// The flash's write or erase size does not fit 8-byte records in two pages.
     Unsupported,
+    /// A record did not read back as written, on either page.
+    Verify,
 }
 
 #[cfg(feature = "defmt")]
@@ -35,6 +37,7 @@ impl defmt::Format for CounterError {
             }
             Self::Exhausted => defmt::write!(f, "frame counter exhausted: re-key the device"),
             Self::Unsupported => defmt::write!(f, "counter flash geometry unsupported"),
+            Self::Verify => defmt::write!(f, "counter record does not read back: flash worn?"),
         }
     }
 }
@@ -123,20 +126,30 @@ impl<F: NorFlash> FrameCounter<F> {
             .limit
             .checked_add(self.step)
             .ok_or(CounterError::Exhausted)?;
-        if self.used == Self::SLOTS {
-            let other = 1 - self.page;
-            let from = self.base + other * Self::PAGE;
-            self.flash.erase(from, from + Self::PAGE)?;
-            (self.page, self.used) = (other, 0);
-        }
         let mut rec = [0u8; RECORD];
         rec[..4].copy_from_slice(&limit.to_le_bytes());
         rec[4..].copy_from_slice(&(!limit).to_le_bytes());
-        let at = self.base + self.page * Self::PAGE + self.used * RECORD as u32;
-        self.used += 1; // a failed write still consumed the slot
-        self.flash.write(at, &rec)?;
-        self.limit = limit;
-        Ok(())
+        // A slot that does not read back as the record (flash never erased, as emulated
+        // flash that starts zeroed; a worn cell) sends the record to the other page.
+        for _ in 0..2 {
+            if self.used == Self::SLOTS {
+                let other = 1 - self.page;
+                let from = self.base + other * Self::PAGE;
+                self.flash.erase(from, from + Self::PAGE)?;
+                (self.page, self.used) = (other, 0);
+            }
+            let at = self.base + self.page * Self::PAGE + self.used * RECORD as u32;
+            self.used += 1; // a failed write still consumed the slot
+            self.flash.write(at, &rec)?;
+            let mut back = [0u8; RECORD];
+            self.flash.read(at, &mut back)?;
+            if back == rec {
+                self.limit = limit;
+                return Ok(());
+            }
+            self.used = Self::SLOTS;
+        }
+        Err(CounterError::Verify)
     }
 
     /// Gives the flash back (for tests and for re-provisioning).
@@ -273,6 +286,24 @@ mod tests {
             f.cut_after_bytes = None;
         }
         assert!(used.len() > 1000);
+    }
+
+    #[test]
+    fn flash_that_was_never_erased_is_erased_before_use() {
+        // Emulated flash (QEMU's RAM) starts zeroed: no record can be programmed there.
+        let mut f = SimFlash {
+            mem: std::vec![0; 256],
+            writes: 0,
+            cut_after_bytes: None,
+        };
+        let mut used = BTreeSet::new();
+        for _ in 0..20 {
+            let mut c = FrameCounter::resume(f, 0, 4).unwrap();
+            for _ in 0..3 {
+                assert!(used.insert(c.take().unwrap()), "counter reused");
+            }
+            f = c.release();
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `AT` → `OK`; `ATE0` (no echo) → `OK`; `AT+CCLK?` → `+CCLK: "yy/MM/dd,hh:mm:ss±zz"`,
 //! `OK` (zz in quarter hours); `AT+CIPMODE=1` → `OK`; `AT+NETOPEN` → `OK`;
 //! `AT+CIPOPEN=0,"TCP","host",port` → `CONNECT 115200`. `ERROR` or `NO CARRIER` fail.
+//! `+++` between two silent seconds returns from transparent to command mode.
 
 use core::fmt::Write as _;
 
@@ -77,6 +78,17 @@ impl<T: Read + Write> Modem<T> {
         let mut cmd: String<{ LINE + 32 }> = String::new();
         write!(cmd, "AT+CIPOPEN=0,\"TCP\",\"{host}\",{port}").map_err(|_| ModemError::Refused)?;
         self.command(&cmd, "CONNECT", None).await
+    }
+
+    /// Leaves transparent mode (the modem then hangs up on `AT+CIPCLOSE` or a new
+    /// `AT+CIPOPEN`). The modem only takes `+++` as an escape with a second of silence
+    /// before and after it: the caller waits those out.
+    pub async fn escape(&mut self) -> Result<(), ModemError> {
+        self.io
+            .write_all(b"+++")
+            .await
+            .map_err(|_| ModemError::Uart)?;
+        self.io.flush().await.map_err(|_| ModemError::Uart)
     }
 
     /// Sends `cmd` and reads lines until one starts with `done`; a line starting with the

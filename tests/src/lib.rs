@@ -8,6 +8,7 @@
 
 pub mod fleet;
 pub mod process;
+pub mod qemu;
 pub mod readback;
 pub mod scenario;
 pub mod servers;

@@ -29,8 +29,7 @@ pub fn start_clock(mut syst: SYST) {
     syst.clear_current();
     syst.enable_counter();
     syst.enable_interrupt();
-    // The peripheral stays configured; dropping the handle does not stop it.
-    core::mem::forget(syst);
+    // The peripheral stays configured when the handle goes.
 }
 
 /// Milliseconds since boot.
@@ -189,6 +188,19 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
             return v;
         }
     }
+}
+
+/// `f`'s output, or `None` if it takes longer than `ms`. Dropping `f` mid-way is safe for
+/// the node: a frame not yet acknowledged stays sealed and is sent again.
+pub async fn with_timeout<F: Future>(ms: u32, f: F) -> Option<F::Output> {
+    let start = millis();
+    let mut f = core::pin::pin!(f);
+    core::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        core::task::Poll::Ready(v) => core::task::Poll::Ready(Some(v)),
+        _ if millis().wrapping_sub(start) >= ms => core::task::Poll::Ready(None),
+        _ => core::task::Poll::Pending,
+    })
+    .await
 }
 
 /// Waits `ms` milliseconds, letting the executor poll meanwhile.

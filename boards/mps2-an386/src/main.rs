@@ -36,6 +36,8 @@ use hw::{SsramFlash, Uart};
 
 /// Counters one flash write reserves: at most this many are skipped per reset.
 const COUNTER_STEP: u32 = 16;
+/// The first sample, milliseconds after boot.
+const FIRST_SAMPLE_MS: u32 = 3_000;
 /// A status report every this many samples.
 const STATUS_EVERY: u32 = 6;
 
@@ -139,8 +141,15 @@ fn main() -> ! {
     hw::block_on(run(node, station, console))
 }
 
+/// Longest wait for one link step (a modem command sequence, an MQTT exchange).
+const STEP_MS: u32 = 10_000;
+
 /// The node's life: modem up, connect, then sample and send every interval; on any link
-/// error, back off and start the link again. Sampling goes on meanwhile (readings queue).
+/// error or time-out, back off, leave transparent mode and start the link again. Sampling
+/// goes on meanwhile (readings queue).
+///
+/// At boot the modem is taken to be fresh (its reset line follows the MCU's, as on the
+/// reference board), so the first `AT` needs no escape.
 async fn run(
     node: &mut Node<SsramFlash, REFERENCE_QUEUE>,
     station: &mut AirQualityStation<Sds011Sim<ChipEnv>, Bme280Sim<ChipEnv>>,
@@ -149,7 +158,11 @@ async fn run(
     let mut modem = Modem::new(Uart::uart0());
     let mut backoff = Backoff::new(1, 60);
     let interval_ms = u32::from(node.provisioning().sample_interval_s) * 1000;
-    let (mut next_sample, mut samples, mut first_sent) = (0u32, 0u32, false);
+    // Readings carry whole seconds and the database keeps one point per second and
+    // series; the network clock is only good to a second or two. Waiting 3 s before the
+    // first sample keeps a reading of this boot from sharing a second with the last one
+    // of the boot a quick reset ended.
+    let (mut next_sample, mut samples, mut first_sent) = (FIRST_SAMPLE_MS, 0u32, false);
     loop {
         let link = async {
             modem.wake().await?;
@@ -158,27 +171,31 @@ async fn run(
             let p = node.provisioning();
             modem.open(&p.broker_host, p.broker_port).await
         };
-        if let Err(e) = link.await {
+        let failure = match hw::with_timeout(STEP_MS, link).await {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(modem_error(e)),
+            None => Some("modem: no answer in time"),
+        };
+        if let Some(why) = failure {
             let wait = backoff.next_delay_s(hw::millis());
-            let _ = writeln!(
-                console,
-                "vigie: modem: {}, retry in {wait} s",
-                modem_error(e)
-            );
-            hw::sleep_ms(wait * 1000).await;
+            let _ = writeln!(console, "vigie: {why}, retry in {wait} s");
+            leave_transparent_mode(&mut modem, wait).await;
             continue;
         }
         let mut buf = [0u8; 512];
         let mut scratch = Scratch::new(&mut buf);
         let mut client: Mqtt<'_, &mut Uart> = Client::new(&mut scratch);
-        if let Err(e) = node.uplink().connect(&mut client, modem.io()).await {
+        let connect = node.uplink().connect(&mut client, modem.io());
+        let failure = match hw::with_timeout(STEP_MS, connect).await {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(uplink_error(e)),
+            None => Some("mqtt: no CONNACK in time"),
+        };
+        if let Some(why) = failure {
+            drop(client);
             let wait = backoff.next_delay_s(hw::millis());
-            let _ = writeln!(
-                console,
-                "vigie: mqtt: {}, retry in {wait} s",
-                uplink_error(e)
-            );
-            hw::sleep_ms(wait * 1000).await;
+            let _ = writeln!(console, "vigie: {why}, retry in {wait} s");
+            leave_transparent_mode(&mut modem, wait).await;
             continue;
         }
         backoff.reset();
@@ -205,23 +222,34 @@ async fn run(
             if samples % STATUS_EVERY == 0 {
                 node.report_status(t, None, None, hw::millis() / 1000);
             }
-            match node.flush(&mut client).await {
-                Ok(n) if n > 0 && !first_sent => {
-                    first_sent = true;
-                    let _ = writeln!(
-                        console,
-                        "vigie: first reading acknowledged at {} ms",
-                        hw::millis()
-                    );
+            let why = match hw::with_timeout(STEP_MS, node.flush(&mut client)).await {
+                Some(Ok(n)) => {
+                    if n > 0 && !first_sent {
+                        first_sent = true;
+                        let _ = writeln!(
+                            console,
+                            "vigie: first reading acknowledged at {} ms",
+                            hw::millis()
+                        );
+                    }
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = writeln!(console, "vigie: {}, reconnecting", node_error(e));
-                    break;
-                }
-            }
+                Some(Err(e)) => node_error(e),
+                None => "uplink: no PUBACK in time",
+            };
+            let _ = writeln!(console, "vigie: {why}, reconnecting");
+            break;
         }
+        drop(client);
+        leave_transparent_mode(&mut modem, 1).await;
     }
+}
+
+/// Waits out `wait_s` (at least the escape's guard second), then `+++` and a silent second.
+async fn leave_transparent_mode(modem: &mut Modem<Uart>, wait_s: u32) {
+    hw::sleep_ms(wait_s.max(1) * 1000).await;
+    let _ = modem.escape().await;
+    hw::sleep_ms(1000).await;
 }
 
 // What the console says about each failure: fixed text rather than `Debug`, whose
@@ -248,6 +276,7 @@ fn counter_error(e: CounterError) -> &'static str {
     match e {
         CounterError::Flash(_) => "frame counter: flash error",
         CounterError::Exhausted => "frame counter exhausted: re-key the device",
+        CounterError::Verify => "frame counter: flash does not keep what is written",
         _ => "frame counter: flash geometry unsupported",
     }
 }
