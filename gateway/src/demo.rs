@@ -102,7 +102,7 @@ pub async fn run(
         accel: opts.accel,
         duration: opts.duration.unwrap_or(Duration::MAX),
         status_every: 12,
-        outage: None,
+        outages: Vec::new(),
         progress: false,
     };
     let started = Instant::now();

@@ -24,17 +24,17 @@ pub struct FleetOptions {
     pub duration: Duration,
     /// A status report every this many samples.
     pub status_every: u32,
-    /// The first `n` devices lose their network from `from` for `length` (real time).
-    pub outage: Option<Outage>,
+    /// Network outages of some devices.
+    pub outages: Vec<Outage>,
     /// Print a progress line to stderr.
     pub progress: bool,
 }
 
-/// A network outage for part of the fleet.
-#[derive(Debug, Clone, Copy)]
+/// A network outage of some devices (real time from the fleet's start).
+#[derive(Debug, Clone)]
 pub struct Outage {
-    /// How many devices (the first ones).
-    pub devices: usize,
+    /// Which devices, by index in the fleet.
+    pub devices: std::ops::Range<usize>,
     /// When, after the start.
     pub from: Duration,
     /// How long.
@@ -188,8 +188,9 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
             started,
             status_every: opts.status_every,
             outage: opts
-                .outage
-                .filter(|o| i < o.devices)
+                .outages
+                .iter()
+                .find(|o| o.devices.contains(&i))
                 .map(|o| (o.from, o.length)),
         });
         tasks.spawn_local(device::run(p, options, s.clone(), dev_stop_rx.clone()));

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             accel: args.accel,
             duration: Duration::from_secs(args.duration),
             status_every: args.status_every,
-            outage: None,
+            outages: Vec::new(),
             progress: true,
         };
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

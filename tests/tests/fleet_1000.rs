@@ -71,7 +71,7 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
         accel: 300.0,
         duration: Duration::from_secs(15),
         status_every: 4,
-        outage: None,
+        outages: Vec::new(),
         progress: false,
     };
     let (_fleet_stop, fleet_stop) = watch::channel(false);

@@ -1,0 +1,205 @@
+//! Scenario 5: hostile traffic mixed into valid traffic, through real Mosquitto to InfluxDB.
+//! Forged tags, a replayed frame, frames moved to another device's or tenant's topic,
+//! unknown and revoked devices, truncated, oversized, random and garbage payloads,
+//! timestamps in the future and too old, a reading of the wrong kind: each is rejected
+//! with its reason, counted and kept in quarantine (the replay is recognised as a
+//! duplicate); an implausible but possible reading is stored with a quality flag; every
+//! valid reading lands, exactly once, with its own value and time.
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::DatabaseApi;
+use gateway::metrics::{Metrics, labels};
+use gateway::registry::DeviceKind;
+use protocol::{AirQuality, Field, Reading, Values, WasteBin};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::readback::{self, key};
+use vigie_tests::scenario::assert_exactly;
+use vigie_tests::{influxdb, mosquitto, now_s, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land() {
+    let (broker, influx) = (mosquitto(), influxdb());
+    for db in ["vigie_lyon", "vigie_villeurbanne"] {
+        readback::influx_create_db(influx.addr, db).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    let aq2 = Device::new("lyon", "aq-2", DeviceKind::AirQuality);
+    let bin = Device::new("villeurbanne", "bin-1", DeviceKind::WasteBin);
+    let revoked = Device::new("lyon", "aq-rev", DeviceKind::AirQuality);
+    let unknown = Device::new("lyon", "aq-new", DeviceKind::AirQuality);
+    let mut entries: Vec<_> = [&aq, &aq2, &bin, &revoked]
+        .iter()
+        .map(|d| d.entry())
+        .collect();
+    entries[3].revoked = true;
+    gateway::registry::Registry::from_entries(entries)
+        .unwrap()
+        .save(&dir.path().join("devices.toml"))
+        .unwrap();
+
+    let config = fleet::gateway_config(
+        dir.path(),
+        "gw-hostile",
+        broker.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gw = tokio::spawn(gateway::run_with_metrics(
+        config.clone(),
+        stop_rx,
+        metrics.clone(),
+    ));
+    wait_for("gateway connected", Duration::from_secs(20), async || {
+        metrics.total("vigie_mqtt_connected") >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let now = now_s();
+    let mut valid = Vec::new();
+    let mut expected = BTreeSet::new();
+    for (d, n) in [(&aq, 20u32), (&bin, 10)] {
+        for i in 0..n {
+            let r = d.reading(i, now - 1000 + i);
+            valid.push((d.topic(), d.frame(&[r], i)));
+            let (m, field, v) = match d.kind {
+                DeviceKind::AirQuality => ("air_quality", "pm25", f64::from(100 + i) / 10.0),
+                DeviceKind::WasteBin => ("waste_bin", "fillingLevel", f64::from(i % 101) / 100.0),
+            };
+            expected.insert(key(&d.tenant, m, &d.id, u64::from(r.time), field, v));
+        }
+    }
+    // PM2.5 above PM10 cannot be measured, but a sensor can report it: stored, flagged.
+    let odd = Reading {
+        time: now - 500,
+        values: Values::AirQuality(AirQuality {
+            pm25: Field::Value(900),
+            pm10: Field::Value(300),
+            ..AirQuality::default()
+        }),
+    };
+    valid.push((aq.topic(), aq.frame(&[odd], 20)));
+    expected.insert(key(
+        "lyon",
+        "air_quality",
+        "aq-1",
+        u64::from(odd.time),
+        "pm25",
+        90.0,
+    ));
+
+    let at = |t: u32| Reading {
+        time: t,
+        values: aq.reading(0, t).values,
+    };
+    let mut forged = valid[1].1.clone();
+    *forged.last_mut().unwrap() ^= 0x01;
+    let wrong_kind = Reading {
+        time: now - 400,
+        values: Values::WasteBin(WasteBin {
+            distance: Field::Value(500),
+            ..WasteBin::default()
+        }),
+    };
+    let noise: Vec<u8> = (0..97u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let hostile = vec![
+        (aq.topic(), valid[0].1.clone()),                // replay: duplicate
+        (aq.topic(), forged),                            // authentication
+        (bin.topic(), valid[2].1.clone()),               // other tenant's topic
+        (aq2.topic(), valid[3].1.clone()),               // other device's topic
+        (unknown.topic(), unknown.frame(&[at(now)], 0)), // unknown_device
+        (revoked.topic(), revoked.frame(&[at(now)], 0)), // revoked
+        (aq.topic(), valid[4].1[..12].to_vec()),         // malformed: truncated
+        (aq.topic(), vec![0x11; 2000]),                  // malformed: oversized
+        (aq.topic(), noise),                             // malformed: random
+        (aq.topic(), vec![0x5a; 40]),                    // malformed: unknown version
+        (aq.topic(), aq.frame(&[at(now + 3600)], 100)),  // future_timestamp
+        (aq.topic(), aq.frame(&[at(now - 200 * 86_400)], 101)), // stale_timestamp
+        (aq.topic(), aq.frame(&[wrong_kind], 102)),      // kind_mismatch
+    ];
+    let mut all = valid.clone();
+    all.extend(hostile);
+    fleet::publish_all(broker.addr, "hostile-publisher", &all).await;
+
+    wait_for("stored and rejected", Duration::from_secs(30), async || {
+        metrics.total("vigie_readings_stored_total") >= 31.0
+            && metrics.total("vigie_frames_rejected_total") >= 12.0
+    })
+    .await;
+    let reason = |r: &str| {
+        metrics
+            .get("vigie_frames_rejected_total", &labels(&[("reason", r)]))
+            .unwrap_or(0.0)
+    };
+    let counts: Vec<_> = [
+        "authentication",
+        "unknown_device",
+        "revoked",
+        "malformed",
+        "future_timestamp",
+        "stale_timestamp",
+        "kind_mismatch",
+    ]
+    .iter()
+    .map(|r| (*r, reason(r)))
+    .collect();
+    assert_eq!(
+        counts,
+        [
+            ("authentication", 3.0),
+            ("unknown_device", 1.0),
+            ("revoked", 1.0),
+            ("malformed", 4.0),
+            ("future_timestamp", 1.0),
+            ("stale_timestamp", 1.0),
+            ("kind_mismatch", 1.0),
+        ]
+    );
+    assert_eq!(metrics.total("vigie_frames_rejected_total"), 12.0);
+    assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
+    assert_eq!(metrics.total("vigie_readings_stored_total"), 31.0);
+
+    // Every rejected frame is in quarantine with its reason.
+    let (entries, _) =
+        gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
+    assert_eq!(entries.len(), 12);
+
+    // Every valid reading, exactly once, with its value and own time, in its tenant.
+    let mut got = BTreeSet::new();
+    for (db, m, field) in [
+        ("vigie_lyon", "air_quality", "|pm25|"),
+        ("vigie_villeurbanne", "waste_bin", "|fillingLevel|"),
+    ] {
+        let points = readback::influx_points(influx.addr, db, &[m]).await;
+        got.extend(points.into_iter().filter(|p| p.contains(field)));
+    }
+    assert_exactly(&got, &expected);
+
+    // The implausible reading carries its quality flag.
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/query", influx.addr))
+        .query(&[
+            ("db", "vigie_lyon"),
+            ("q", "SELECT quality FROM air_quality WHERE quality != ''"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = &body["results"][0]["series"][0]["values"];
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(rows[0][1], "pm25_above_pm10");
+
+    stop_tx.send(true).unwrap();
+    gw.await.unwrap().unwrap();
+}

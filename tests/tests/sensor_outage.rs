@@ -1,0 +1,147 @@
+//! Scenario 8: simulated devices (the firmware's node code) lose their uplink for a while.
+//! A short outage: every reading queued meanwhile arrives after the reconnect with its own
+//! timestamp, no hole in the series. A long outage: the node's queue overflows, the oldest
+//! readings are dropped, and the drop shows up as `droppedReadings` in its status frames,
+//! equal to what the node counted: a loss is reported, never silent.
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::DatabaseApi;
+use gateway::metrics::Metrics;
+use gateway::registry::DeviceKind;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use vigie_sim::{Fleet, FleetOptions, Outage};
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::{influxdb, mosquitto, readback, wait_for};
+
+/// Virtual seconds between samples.
+const INTERVAL: u16 = 300;
+/// 3000×: ten samples a real second, so ten real seconds overflow the 64-reading queue.
+const ACCEL: f64 = 3000.0;
+
+/// Times of `field` points of `device` in `measurement`, sorted, with their values.
+async fn series(
+    influx: std::net::SocketAddr,
+    measurement: &str,
+    device: &str,
+    field: &str,
+) -> Vec<(u64, f64)> {
+    let points = readback::influx_points(influx, "vigie_lyon", &[measurement]).await;
+    let mut out: Vec<(u64, f64)> = points
+        .iter()
+        .filter_map(|p| {
+            let parts: Vec<&str> = p.split('|').collect();
+            (parts[2] == device && parts[4] == field)
+                .then(|| (parts[3].parse().unwrap(), parts[5].parse().unwrap()))
+        })
+        .collect();
+    out.sort_by_key(|p| p.0);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
+    let (broker, influx) = (mosquitto(), influxdb());
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    // aq-long: 10 s without network; aq-short: 3 s; aq-steady: none.
+    let devices: Vec<_> = ["aq-long", "aq-short", "aq-steady"]
+        .iter()
+        .map(|id| Device::new("lyon", id, DeviceKind::AirQuality))
+        .collect();
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let config = fleet::gateway_config(
+        dir.path(),
+        "gw-outage",
+        broker.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gw = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
+    wait_for("gateway connected", Duration::from_secs(20), async || {
+        metrics.total("vigie_mqtt_connected") >= 1.0
+    })
+    .await;
+
+    // Heartbeat 0: every sample is sent, so the series has no hole unless one is lost.
+    let provisioning = devices
+        .iter()
+        .map(|d| d.provisioning(broker.addr, INTERVAL, 0))
+        .collect();
+    let options = FleetOptions {
+        broker: broker.addr,
+        accel: ACCEL,
+        duration: Duration::from_secs(16),
+        status_every: 4,
+        outages: vec![
+            Outage {
+                devices: 0..1,
+                from: Duration::from_secs(2),
+                length: Duration::from_secs(10),
+            },
+            Outage {
+                devices: 1..2,
+                from: Duration::from_secs(4),
+                length: Duration::from_secs(3),
+            },
+        ],
+        progress: false,
+    };
+    let fleet = Fleet::new(provisioning, options);
+    let (_keep, never) = watch::channel(false);
+    let summary = fleet.run(never).await;
+    eprintln!("fleet: {summary}");
+    assert_eq!(summary.failed, 0);
+    assert_eq!(summary.waiting, 0, "{summary}");
+    assert!(
+        summary.dropped > 0,
+        "the long outage must overflow the queue: {summary}"
+    );
+    assert_eq!(
+        summary.recorded,
+        summary.published + summary.dropped,
+        "{summary}"
+    );
+
+    let want = summary.published as f64;
+    wait_for(
+        "every acknowledged reading stored",
+        Duration::from_secs(30),
+        async || metrics.total("vigie_readings_stored_total") >= want,
+    )
+    .await;
+    assert_eq!(metrics.total("vigie_readings_stored_total"), want);
+    assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
+
+    // The short outage left no hole: consecutive readings are one interval apart (the
+    // virtual clock's jitter at 3000× is a few seconds), the queued ones with their times.
+    for device in ["aq-short", "aq-steady"] {
+        let s = series(influx.addr, "air_quality", device, "pm25").await;
+        assert!(s.len() > 100, "{device}: {} readings", s.len());
+        let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+        assert!(
+            widest < 2 * u64::from(INTERVAL),
+            "{device}: a {widest} s hole"
+        );
+    }
+
+    // The long outage: a hole where the oldest readings were dropped, and the status
+    // frames say how many, exactly as the node counted.
+    let s = series(influx.addr, "air_quality", "aq-long", "pm25").await;
+    let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+    assert!(
+        widest > 10 * u64::from(INTERVAL),
+        "aq-long: widest gap {widest} s"
+    );
+    let dropped = series(influx.addr, "device_status", "aq-long", "droppedReadings").await;
+    let reported = dropped.iter().map(|p| p.1).fold(0.0, f64::max);
+    assert_eq!(
+        reported, summary.dropped as f64,
+        "status frames vs the node's count"
+    );
+
+    stop_tx.send(true).unwrap();
+    gw.await.unwrap().unwrap();
+}
