@@ -56,9 +56,13 @@ pub struct DeviceOptions {
 }
 
 impl DeviceOptions {
+    /// Virtual time, never ahead of the real clock: once it has caught up it follows it.
     fn virtual_now(&self) -> u32 {
         let elapsed = self.started.elapsed().as_secs_f64() * self.accel;
-        self.start_time.saturating_add(elapsed as u32)
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (u64::from(self.start_time) + elapsed as u64).min(real) as u32
     }
 
     fn link_down(&self) -> bool {

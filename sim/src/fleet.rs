@@ -17,8 +17,9 @@ use crate::device::{self, DeviceOptions, DeviceStats};
 pub struct FleetOptions {
     /// Broker address (each device's blob names a broker; the simulator uses this one).
     pub broker: SocketAddr,
-    /// Virtual seconds per real second. The virtual clock starts `duration × accel` in the
-    /// past, so the last reading is stamped about "now" and none is in the future.
+    /// Virtual seconds per real second. The virtual clock starts `(duration + 10 s) × accel`
+    /// in the past (at most 30 days) and never runs ahead of the real clock: no reading is
+    /// stamped in the future, whatever the run's length.
     pub accel: f64,
     /// How long to run, real time.
     pub duration: Duration,
@@ -173,7 +174,9 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
         opts,
     } = fleet;
     let started = Instant::now();
-    let history = opts.duration.as_secs_f64() * opts.accel;
+    // Ten real seconds of headroom for the final flush, thirty days at most (the gateway
+    // refuses readings older than its horizon, 90 days by default).
+    let history = ((opts.duration.as_secs_f64() + 10.0) * opts.accel).min(30.0 * 86_400.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -19,6 +19,8 @@ pub struct GatewaySettings {
     pub influx: Option<SocketAddr>,
     /// Buffer limit and segment size, MiB.
     pub buffer_mib: (u64, u64),
+    /// How long a batch waits for more lines.
+    pub linger: Duration,
 }
 
 impl GatewaySettings {
@@ -30,6 +32,7 @@ impl GatewaySettings {
             broker,
             influx,
             buffer_mib: (64, 8),
+            linger: Duration::from_millis(200),
         }
     }
 }
@@ -45,17 +48,22 @@ pub struct GatewayProcess {
     log: PathBuf,
 }
 
-/// The `gateway` binary next to this test binary (cargo builds it for the workspace tests).
+/// The `gateway` binary of the same profile: next to this executable (a `src/bin`
+/// program) or one directory up (a test, in `deps/`).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("gateway");
-    assert!(
-        bin.exists(),
-        "{} missing: `cargo test --workspace` builds it (gateway/tests/cli.rs needs it); alone, run `cargo build -p gateway` first",
-        bin.display()
-    );
-    bin
+    let here = exe.parent().unwrap();
+    let bin = [here, here.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("gateway"))
+        .find(|b| b.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no gateway binary near {}: `cargo test --workspace` builds it (gateway/tests/cli.rs \
+             needs it); alone, run `cargo build -p gateway` first",
+            exe.display()
+        )
+    })
 }
 
 impl GatewayProcess {
@@ -72,7 +80,7 @@ impl GatewayProcess {
             "[gateway]\ndata_dir = \"{data}\"\nregistry = \"{registry}\"\n\
              [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"{id}\"\ngroup = \"{group}\"\n\
              {database}\
-             [batch]\nlinger = \"200ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
+             [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
              [http]\nlisten = \"{http}\"\n[log]\nlevel = \"info\"\n",
             data = dir.join(format!("data-{}", s.client_id)).display(),
@@ -83,6 +91,7 @@ impl GatewayProcess {
             group = s.group,
             max = s.buffer_mib.0,
             seg = s.buffer_mib.1,
+            linger = s.linger.as_millis(),
         );
         let config = dir.join(format!("{}.toml", s.client_id));
         std::fs::write(&config, text).unwrap();
@@ -156,7 +165,11 @@ impl GatewayProcess {
         let mut s =
             std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(300)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let total = text
@@ -165,6 +178,11 @@ impl GatewayProcess {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         Some(total)
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The process log so far.
