@@ -13,6 +13,8 @@
 //! - [`modem`]: cellular modem AT commands: network time, TCP in transparent mode.
 //! - [`backoff`]: reconnect back-off with jitter.
 //! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
+//! - [`app`]: the node's main loop for any board (link, connect, sample, send, back off),
+//!   and the texts boards show for each failure.
 //! - [`simulated`]: sensors behind the same bus traits, for the host simulator and
 //!   emulated boards that have none.
 //!
@@ -22,6 +24,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod backoff;
 pub mod boot;
 pub mod counter;

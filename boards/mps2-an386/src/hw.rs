@@ -128,20 +128,6 @@ impl embedded_io_async::ErrorType for Uart {
     type Error = core::convert::Infallible;
 }
 
-/// Returns `Pending` once, so the executor gets the hand back while the UART is idle.
-async fn yield_now() {
-    let mut yielded = false;
-    core::future::poll_fn(|_| {
-        if yielded {
-            core::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            core::task::Poll::Pending
-        }
-    })
-    .await
-}
-
 impl embedded_io_async::Read for Uart {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         if buf.is_empty() {
@@ -160,7 +146,7 @@ impl embedded_io_async::Read for Uart {
                 }
                 return Ok(n);
             }
-            yield_now().await;
+            firmware::app::yield_now().await;
         }
     }
 }
@@ -187,27 +173,6 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;
         }
-    }
-}
-
-/// `f`'s output, or `None` if it takes longer than `ms`. Dropping `f` mid-way is safe for
-/// the node: a frame not yet acknowledged stays sealed and is sent again.
-pub async fn with_timeout<F: Future>(ms: u32, f: F) -> Option<F::Output> {
-    let start = millis();
-    let mut f = core::pin::pin!(f);
-    core::future::poll_fn(|cx| match f.as_mut().poll(cx) {
-        core::task::Poll::Ready(v) => core::task::Poll::Ready(Some(v)),
-        _ if millis().wrapping_sub(start) >= ms => core::task::Poll::Ready(None),
-        _ => core::task::Poll::Pending,
-    })
-    .await
-}
-
-/// Waits `ms` milliseconds, letting the executor poll meanwhile.
-pub async fn sleep_ms(ms: u32) {
-    let start = millis();
-    while millis().wrapping_sub(start) < ms {
-        yield_now().await;
     }
 }
 
