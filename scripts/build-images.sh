@@ -23,10 +23,11 @@ size_of() { # section sizes of an ELF: flash ram
 }
 
 status=0
-for board in mps2-an386; do
+for board in mps2-an386 nucleo-f411re; do
     cargo build --quiet --manifest-path "boards/$board/Cargo.toml" --release \
         --target "$TARGET" --target-dir target/boards
-    elf=$(find "target/boards/$TARGET/release" -maxdepth 1 -type f -name 'vigie-node-*' ! -name '*.d' | head -n 1)
+    name=$(sed -n 's/^name = "\(.*\)"/\1/p' "boards/$board/Cargo.toml" | head -n 1)
+    elf="target/boards/$TARGET/release/$name"
     read -r flash ram < <(size_of "$elf")
     awk -v b="$board" -v f="$flash" -v r="$ram" \
         'BEGIN { printf "%s: flash %d B (%.1f KiB), static RAM %d B (%.1f KiB)\n", b, f, f / 1024, r, r / 1024 }'

@@ -35,18 +35,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-BOARD=boards/mps2-an386/Cargo.toml # the image: its own workspace, see scripts/build-images.sh
+# The board images: each its own workspace, see scripts/build-images.sh.
+BOARDS=(boards/mps2-an386/Cargo.toml boards/nucleo-f411re/Cargo.toml)
 
 step "format"
 cargo fmt --all -- --check
-cargo fmt --manifest-path "$BOARD" -- --check
+for b in "${BOARDS[@]}"; do cargo fmt --manifest-path "$b" -- --check; done
 
 step "clippy (host, all targets and features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "clippy (no_std crates on $TARGET_M4)"
 cargo clippy -p protocol -p firmware --target "$TARGET_M4" --features firmware/defmt -- -D warnings
-cargo clippy --manifest-path "$BOARD" --target "$TARGET_M4" --target-dir target/boards -- -D warnings
+for b in "${BOARDS[@]}"; do
+    cargo clippy --manifest-path "$b" --target "$TARGET_M4" --target-dir target/boards -- -D warnings
+done
 
 step "firmware images for $TARGET_M4 (sizes against the budget; the QEMU test boots one)"
 scripts/build-images.sh

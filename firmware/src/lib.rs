@@ -11,6 +11,7 @@
 //! - [`node`]: identity, counter, queue and uplink together: seal, publish, forget on PUBACK.
 //! - [`uplink`]: MQTT 5 over any `embedded_io_async` byte stream (rust-mqtt).
 //! - [`modem`]: cellular modem AT commands: network time, TCP in transparent mode.
+//! - [`serial_io`]: an `embedded-hal-nb` UART as an async byte stream (polling).
 //! - [`backoff`]: reconnect back-off with jitter.
 //! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
 //! - [`app`]: the node's main loop for any board (link, connect, sample, send, back off),
@@ -33,6 +34,7 @@ pub mod modem;
 pub mod node;
 pub mod outbox;
 pub mod sampling;
+pub mod serial_io;
 pub mod simulated;
 pub mod station;
 pub mod uplink;
