@@ -1,7 +1,7 @@
 //! The node's main loop, the same on every board: modem up (network time, TCP in
 //! transparent mode), MQTT connect, then sample and send every interval; on any link error
 //! or time-out, back off, leave transparent mode and start the link again, sampling all
-//! the while (readings queue). A board supplies its clock, its modem UART, its sampling
+//! the while once the network time is known (readings queue meanwhile). A board supplies its clock, its modem UART, its sampling
 //! and where messages go ([`Platform`]); time-outs and sleeps are polled on its clock, so
 //! any executor will do, even a plain spin `block_on`.
 //!
@@ -94,6 +94,59 @@ pub async fn sleep_ms(clock: impl Fn() -> u32, ms: u32) {
     }
 }
 
+/// When the next sample is due; samples go into the node's queue whether the link is up
+/// or not, once the network time is known.
+#[derive(Debug)]
+struct Sampler {
+    interval_ms: u32,
+    next_ms: u32,
+    count: u32,
+    unix_at_boot: Option<u32>,
+}
+
+impl Sampler {
+    /// Takes a sample if one is due; returns whether it did.
+    fn tick<F: NorFlash, const Q: usize, P: Platform>(
+        &mut self,
+        node: &mut Node<F, Q>,
+        board: &mut P,
+    ) -> bool {
+        let Some(base) = self.unix_at_boot else {
+            return false; // readings need a real time
+        };
+        let ms = board.millis();
+        if ms < self.next_ms {
+            return false;
+        }
+        self.next_ms = ms + self.interval_ms;
+        let now = base + ms / 1000;
+        let s = board.sample(now);
+        node.flag(s.errors);
+        if let Some(r) = s.reading {
+            node.record(r);
+        }
+        self.count += 1;
+        if self.count.is_multiple_of(STATUS_EVERY) {
+            node.report_status(now, None, None, ms / 1000);
+        }
+        true
+    }
+
+    /// Waits `ms`, sampling whenever a sample is due.
+    async fn wait<F: NorFlash, const Q: usize, P: Platform>(
+        &mut self,
+        node: &mut Node<F, Q>,
+        board: &mut P,
+        ms: u32,
+    ) {
+        let start = board.millis();
+        while board.millis().wrapping_sub(start) < ms {
+            self.tick(node, board);
+            yield_now().await;
+        }
+    }
+}
+
 /// Runs the node for ever over `modem`.
 pub async fn run<F, const Q: usize, U, P>(
     node: &mut Node<F, Q>,
@@ -106,9 +159,13 @@ where
     P: Platform,
 {
     let mut backoff = Backoff::new(1, 60);
-    let interval_ms = u32::from(node.provisioning().sample_interval_s) * 1000;
-    let (mut next_sample, mut samples, mut first_sent) = (FIRST_SAMPLE_MS, 0u32, false);
-    let mut unix_at_boot = 0;
+    let mut sampler = Sampler {
+        interval_ms: u32::from(node.provisioning().sample_interval_s) * 1000,
+        next_ms: FIRST_SAMPLE_MS,
+        count: 0,
+        unix_at_boot: None,
+    };
+    let mut first_sent = false;
     loop {
         let link = async {
             modem.wake().await?;
@@ -118,8 +175,9 @@ where
         };
         let failure = match with_timeout(|| board.millis(), STEP_MS, link).await {
             Some(Ok(t)) => {
-                unix_at_boot = t.saturating_sub(board.millis() / 1000);
-                board.set_unix_at_boot(unix_at_boot);
+                let base = t.saturating_sub(board.millis() / 1000);
+                sampler.unix_at_boot = Some(base);
+                board.set_unix_at_boot(base);
                 None
             }
             Some(Err(e)) => Some(modem_error(e)),
@@ -128,7 +186,8 @@ where
         if let Some(why) = failure {
             let wait = backoff.next_delay_s(board.millis());
             board.event(Event::LinkFailed(why, wait));
-            leave_transparent_mode(&mut modem, || board.millis(), wait).await;
+            sampler.wait(node, board, wait * 1000).await;
+            escape(&mut modem, &mut sampler, node, board).await;
             continue;
         }
         let mut buf = [0u8; 512];
@@ -144,25 +203,15 @@ where
             drop(client);
             let wait = backoff.next_delay_s(board.millis());
             board.event(Event::LinkFailed(why, wait));
-            leave_transparent_mode(&mut modem, || board.millis(), wait).await;
+            sampler.wait(node, board, wait * 1000).await;
+            escape(&mut modem, &mut sampler, node, board).await;
             continue;
         }
         backoff.reset();
         board.event(Event::Connected(board.millis()));
         loop {
-            while board.millis() < next_sample {
+            while !sampler.tick(node, board) {
                 sleep_ms(|| board.millis(), 10).await;
-            }
-            next_sample = board.millis() + interval_ms;
-            let now = unix_at_boot + board.millis() / 1000;
-            let s = board.sample(now);
-            node.flag(s.errors);
-            if let Some(r) = s.reading {
-                node.record(r);
-            }
-            samples += 1;
-            if samples.is_multiple_of(STATUS_EVERY) {
-                node.report_status(now, None, None, board.millis() / 1000);
             }
             let why = match with_timeout(|| board.millis(), STEP_MS, node.flush(&mut client)).await
             {
@@ -180,19 +229,21 @@ where
             break;
         }
         drop(client);
-        leave_transparent_mode(&mut modem, || board.millis(), 1).await;
+        sampler.wait(node, board, 1000).await;
+        escape(&mut modem, &mut sampler, node, board).await;
     }
 }
 
-/// Waits out `wait_s` (at least the escape's guard second), then `+++` and a silent second.
-async fn leave_transparent_mode<U: Read + Write>(
+/// Leaves transparent mode: `+++` after a second of silence (the caller's wait) and
+/// before another, sampling meanwhile.
+async fn escape<U: Read + Write, F: NorFlash, const Q: usize, P: Platform>(
     modem: &mut Modem<U>,
-    clock: impl Fn() -> u32,
-    wait_s: u32,
+    sampler: &mut Sampler,
+    node: &mut Node<F, Q>,
+    board: &mut P,
 ) {
-    sleep_ms(&clock, wait_s.max(1) * 1000).await;
     let _ = modem.escape().await;
-    sleep_ms(&clock, 1000).await;
+    sampler.wait(node, board, 1000).await;
 }
 
 /// What to tell a technician about a boot failure.
