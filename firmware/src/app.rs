@@ -59,6 +59,18 @@ pub trait Platform {
     fn event(&mut self, e: Event);
 }
 
+/// Runs a future to completion on this core: poll, and poll again. Every waker is a no-op:
+/// the node's futures poll their UART and clock rather than wait for interrupts.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = core::pin::pin!(f);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
 /// Returns `Pending` once, so the executor gets the hand back.
 pub async fn yield_now() {
     let mut yielded = false;

@@ -39,30 +39,10 @@ pub fn load_provisioning<F: ReadNorFlash>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind};
+    use crate::simulated::RamFlash;
     use protocol::{DeviceKey, Kind};
 
-    struct Rom([u8; 512]);
-
-    impl ErrorType for Rom {
-        type Error = NorFlashErrorKind;
-    }
-
-    impl ReadNorFlash for Rom {
-        const READ_SIZE: usize = 1;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            let at = offset as usize;
-            let src = self
-                .0
-                .get(at..at + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            bytes.copy_from_slice(src);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.0.len()
-        }
-    }
+    type Rom = RamFlash<512, 512>;
 
     fn provisioning() -> Provisioning {
         Provisioning {
@@ -80,24 +60,24 @@ mod tests {
 
     #[test]
     fn reads_the_blob_devices_add_writes() {
-        let mut rom = Rom([0xff; 512]);
-        let n = provisioning().encode(&mut rom.0[256..]).unwrap();
+        let mut rom = Rom::default();
+        let n = provisioning().encode(&mut rom.bytes_mut()[256..]).unwrap();
         assert!(n <= MAX_BLOB_LEN);
         assert_eq!(load_provisioning(&mut rom, 256), Ok(provisioning()));
     }
 
     #[test]
     fn blank_torn_or_corrupt_flash_stops_the_node() {
-        let mut rom = Rom([0xff; 512]);
+        let mut rom = Rom::default();
         let magic = BootError::Provisioning(ProvisionError::Magic);
         assert_eq!(load_provisioning(&mut rom, 0), Err(magic));
 
-        let n = provisioning().encode(&mut rom.0).unwrap();
-        rom.0[n - 1] ^= 1;
+        let n = provisioning().encode(rom.bytes_mut()).unwrap();
+        rom.bytes_mut()[n - 1] ^= 1;
         let crc = BootError::Provisioning(ProvisionError::Checksum);
         assert_eq!(load_provisioning(&mut rom, 0), Err(crc));
 
-        rom.0[5..n].fill(0xff); // a write cut after the magic
+        rom.bytes_mut()[5..n].fill(0xff); // a write cut after the magic
         assert!(matches!(
             load_provisioning(&mut rom, 0),
             Err(BootError::Provisioning(_))

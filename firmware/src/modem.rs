@@ -225,15 +225,7 @@ mod tests {
         }
     }
 
-    fn run<F: Future>(f: F) -> F::Output {
-        let mut f = core::pin::pin!(f);
-        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-        loop {
-            if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
+    use crate::app::block_on as run;
 
     #[test]
     fn wake_clock_open_as_a_sim7600_answers() {

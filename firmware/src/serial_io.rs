@@ -81,15 +81,7 @@ mod tests {
     use super::*;
     use embedded_hal_mock::eh1::serial::{Mock, Transaction};
 
-    fn run<F: Future>(f: F) -> F::Output {
-        let mut f = core::pin::pin!(f);
-        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-        loop {
-            if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
+    use crate::app::block_on as run;
 
     #[test]
     fn reads_what_waits_and_writes_every_byte() {

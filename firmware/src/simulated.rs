@@ -6,6 +6,9 @@
 
 use embedded_hal::i2c::{self, Operation};
 use embedded_hal_nb::{nb, serial};
+use embedded_storage::nor_flash::{
+    ErrorType as FlashErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash,
+};
 use heapless::{Deque, Vec};
 
 use crate::drivers::bme280::Calibration;
@@ -303,6 +306,70 @@ pub struct NoDelay;
 
 impl embedded_hal::delay::DelayNs for NoDelay {
     fn delay_ns(&mut self, _ns: u32) {}
+}
+
+/// NOR flash in RAM, `N` bytes in pages of `PAGE`: erased to 0xFF, programming only
+/// clears bits, as the real part. Starts erased; a simulator that keeps it across a
+/// simulated reboot keeps the frame counter.
+#[derive(Debug, Clone)]
+pub struct RamFlash<const N: usize, const PAGE: usize>([u8; N]);
+
+impl<const N: usize, const PAGE: usize> Default for RamFlash<N, PAGE> {
+    fn default() -> Self {
+        Self([0xff; N])
+    }
+}
+
+impl<const N: usize, const PAGE: usize> RamFlash<N, PAGE> {
+    /// The whole memory, for writing a blob into it.
+    pub fn bytes_mut(&mut self) -> &mut [u8; N] {
+        &mut self.0
+    }
+
+    fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, NorFlashErrorKind> {
+        let at = offset as usize;
+        match at.checked_add(len) {
+            Some(end) if end <= N => Ok(at..end),
+            _ => Err(NorFlashErrorKind::OutOfBounds),
+        }
+    }
+}
+
+impl<const N: usize, const PAGE: usize> FlashErrorType for RamFlash<N, PAGE> {
+    type Error = NorFlashErrorKind;
+}
+
+impl<const N: usize, const PAGE: usize> ReadNorFlash for RamFlash<N, PAGE> {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let r = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(&self.0[r]);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        N
+    }
+}
+
+impl<const N: usize, const PAGE: usize> NorFlash for RamFlash<N, PAGE> {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = PAGE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        let r = self.range(from, to.saturating_sub(from) as usize)?;
+        self.0[r].fill(0xff);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let r = self.range(offset, bytes.len())?;
+        for (d, s) in self.0[r].iter_mut().zip(bytes) {
+            *d &= *s;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

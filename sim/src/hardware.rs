@@ -6,9 +6,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use embedded_storage::nor_flash::{
-    ErrorType as FlashErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash,
-};
 use firmware::simulated::{Environment, Sensor};
 
 use crate::signals;
@@ -92,69 +89,8 @@ impl Environment for SimEnv {
     }
 }
 
-/// NOR flash in memory (two 4 KiB pages for the frame counter); it survives a simulated
-/// reboot when the simulator keeps it.
-#[derive(Debug, Clone)]
-pub struct RamFlash(Vec<u8>);
-
-impl Default for RamFlash {
-    fn default() -> Self {
-        Self(vec![0xff; 2 * Self::PAGE])
-    }
-}
-
-impl RamFlash {
-    const PAGE: usize = 4096;
-}
-
-impl FlashErrorType for RamFlash {
-    type Error = NorFlashErrorKind;
-}
-
-impl ReadNorFlash for RamFlash {
-    const READ_SIZE: usize = 1;
-
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        let at = offset as usize;
-        let src = self
-            .0
-            .get(at..at + bytes.len())
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        bytes.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl NorFlash for RamFlash {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = Self::PAGE;
-
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        let range = self
-            .0
-            .get_mut(from as usize..to as usize)
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        range.fill(0xff);
-        Ok(())
-    }
-
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        let at = offset as usize;
-        let dst = self
-            .0
-            .get_mut(at..at + bytes.len())
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        // NOR programming only clears bits.
-        for (d, s) in dst.iter_mut().zip(bytes) {
-            *d &= *s;
-        }
-        Ok(())
-    }
-}
+/// NOR flash for the frame counter: two 4 KiB pages.
+pub type RamFlash = firmware::simulated::RamFlash<8192, 4096>;
 
 #[cfg(test)]
 mod tests {

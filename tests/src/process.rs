@@ -196,3 +196,56 @@ impl Drop for GatewayProcess {
         self.kill9();
     }
 }
+
+/// The gateway inside the test process (when no test needs to kill it like a power cut).
+#[derive(Debug)]
+pub struct InProcessGateway {
+    /// Its metrics, read directly.
+    pub metrics: std::sync::Arc<gateway::metrics::Metrics>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), gateway::RunError>>,
+}
+
+impl InProcessGateway {
+    /// Starts it on `config` and waits until it is connected to the broker.
+    pub async fn start(config: gateway::config::Config) -> Self {
+        let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
+        crate::wait_for("gateway connected", Duration::from_secs(20), async || {
+            metrics.total("vigie_mqtt_connected") >= 1.0
+        })
+        .await;
+        Self {
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Writes the registry of `devices` in `dir` and starts a gateway (client id and group
+    /// `id`) on `broker`, writing InfluxDB 1.x at `influx`.
+    pub async fn for_devices(
+        dir: &Path,
+        id: &str,
+        broker: SocketAddr,
+        influx: SocketAddr,
+        devices: &[crate::fleet::Device],
+    ) -> Self {
+        use crate::fleet;
+        fleet::write_registry(&dir.join("devices.toml"), devices);
+        let db = fleet::database(gateway::config::DatabaseApi::V1, influx);
+        Self::start(fleet::gateway_config(dir, id, broker, Some(db))).await
+    }
+
+    /// Sum of a metric over its labels.
+    pub fn total(&self, name: &str) -> f64 {
+        self.metrics.total(name)
+    }
+
+    /// Shuts it down and checks it ended cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+    }
+}

@@ -145,26 +145,15 @@ async fn serve(
     }
 }
 
-/// `yy/MM/dd,hh:mm:ss` in UTC.
+/// `yy/MM/dd,hh:mm:ss` in UTC, from the ISO 8601 form `2026-11-22T18:30:05Z`.
 fn cclk_now() -> String {
-    let secs = gateway::now_ms() / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (H. Hinnant), for 1970..2099.
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let iso = protocol::json::UtcTime((gateway::now_ms() / 1000) as u32).to_string();
     format!(
-        "{:02}/{m:02}/{d:02},{:02}:{:02}:{:02}",
-        y % 100,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{}/{}/{},{}",
+        &iso[2..4],
+        &iso[5..7],
+        &iso[8..10],
+        &iso[11..19]
     )
 }
 

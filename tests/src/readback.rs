@@ -31,6 +31,19 @@ pub async fn influx_create_db(server: SocketAddr, db: &str) {
     );
 }
 
+/// An InfluxQL query on InfluxDB 1.x, times in Unix seconds; the JSON answer.
+pub async fn influx_query(server: SocketAddr, db: &str, q: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("http://{server}/query"))
+        .query(&[("db", db), ("q", q), ("epoch", "s")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Every numeric field of `measurements` in InfluxDB database `db`, tagged `tenant`.
 pub async fn influx_points(
     server: SocketAddr,
@@ -39,19 +52,7 @@ pub async fn influx_points(
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for m in measurements {
-        let body: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{server}/query"))
-            .query(&[
-                ("db", db),
-                ("q", &format!("SELECT * FROM {m}")),
-                ("epoch", "s"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = influx_query(server, db, &format!("SELECT * FROM {m}")).await;
         let Some(series) = body["results"][0]["series"].as_array() else {
             continue;
         };

@@ -4,15 +4,13 @@
 //! and every device appears there.
 #![allow(clippy::unwrap_used)]
 
-use gateway::config::DatabaseApi;
-use gateway::metrics::Metrics;
 use gateway::registry::DeviceKind;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions};
-use vigie_tests::fleet::{self, Device};
+use vigie_tests::fleet::Device;
+use vigie_tests::process::InProcessGateway;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 const TENANTS: [&str; 4] = ["lyon", "villeurbanne", "grenoble", "annecy"];
@@ -44,21 +42,10 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
             )
         })
         .collect();
-    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
-
-    let config = fleet::gateway_config(
-        dir.path(),
-        "gw-fleet",
-        broker.addr,
-        Some(fleet::database(DatabaseApi::V1, influx.addr)),
-    );
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
-    wait_for("gateway connected", Duration::from_secs(20), async || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
-    })
-    .await;
+    let gw =
+        InProcessGateway::for_devices(dir.path(), "gw-fleet", broker.addr, influx.addr, &devices)
+            .await;
+    let metrics = &gw.metrics;
 
     // A 5-minute interval at 300× is one sample a second per device; a 10-minute
     // heartbeat and a status report every 4 samples keep every device talking.
@@ -119,6 +106,5 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
         .collect();
     assert_eq!(seen.len(), DEVICES);
 
-    let _ = stop_tx.send(true);
-    gateway.await.unwrap().unwrap();
+    gw.stop().await;
 }

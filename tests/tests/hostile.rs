@@ -8,14 +8,13 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::{Metrics, labels};
+use gateway::metrics::labels;
 use gateway::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::InProcessGateway;
 use vigie_tests::readback::{self, key};
 use vigie_tests::scenario::assert_exactly;
 use vigie_tests::{influxdb, mosquitto, now_s, wait_for};
@@ -48,17 +47,8 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         broker.addr,
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let gw = tokio::spawn(gateway::run_with_metrics(
-        config.clone(),
-        stop_rx,
-        metrics.clone(),
-    ));
-    wait_for("gateway connected", Duration::from_secs(20), async || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
-    })
-    .await;
+    let gw = InProcessGateway::start(config.clone()).await;
+    let metrics = &gw.metrics;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let now = now_s();
@@ -184,22 +174,15 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     assert_exactly(&got, &expected);
 
     // The implausible reading carries its quality flag.
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/query", influx.addr))
-        .query(&[
-            ("db", "vigie_lyon"),
-            ("q", "SELECT quality FROM air_quality WHERE quality != ''"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = readback::influx_query(
+        influx.addr,
+        "vigie_lyon",
+        "SELECT quality FROM air_quality WHERE quality != ''",
+    )
+    .await;
     let rows = &body["results"][0]["series"][0]["values"];
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(rows[0][1], "pm25_above_pm10");
 
-    stop_tx.send(true).unwrap();
-    gw.await.unwrap().unwrap();
+    gw.stop().await;
 }

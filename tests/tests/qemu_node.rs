@@ -6,10 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::Metrics;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use vigie_tests::process::InProcessGateway;
 use vigie_tests::qemu::{self, ModemEmulator, Qemu};
 use vigie_tests::{fleet, influxdb, mosquitto, process, readback, wait_for};
 
@@ -70,13 +68,8 @@ async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
-    wait_for("gateway connected", Duration::from_secs(20), async || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
-    })
-    .await;
+    let gw = InProcessGateway::start(config).await;
+    let metrics = &gw.metrics;
     let stored = || metrics.total("vigie_readings_stored_total");
 
     // Boot 1.
@@ -172,6 +165,5 @@ async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob()
         0
     );
 
-    let _ = stop_tx.send(true);
-    gateway.await.unwrap().unwrap();
+    gw.stop().await;
 }

@@ -5,14 +5,12 @@
 //! equal to what the node counted: a loss is reported, never silent.
 #![allow(clippy::unwrap_used)]
 
-use gateway::config::DatabaseApi;
-use gateway::metrics::Metrics;
 use gateway::registry::DeviceKind;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions, Outage};
-use vigie_tests::fleet::{self, Device};
+use vigie_tests::fleet::Device;
+use vigie_tests::process::InProcessGateway;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 /// Virtual seconds between samples.
@@ -50,20 +48,10 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
         .iter()
         .map(|id| Device::new("lyon", id, DeviceKind::AirQuality))
         .collect();
-    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
-    let config = fleet::gateway_config(
-        dir.path(),
-        "gw-outage",
-        broker.addr,
-        Some(fleet::database(DatabaseApi::V1, influx.addr)),
-    );
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let gw = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
-    wait_for("gateway connected", Duration::from_secs(20), async || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
-    })
-    .await;
+    let gw =
+        InProcessGateway::for_devices(dir.path(), "gw-outage", broker.addr, influx.addr, &devices)
+            .await;
+    let metrics = &gw.metrics;
 
     // Heartbeat 0: every sample is sent, so the series has no hole unless one is lost.
     let provisioning = devices
@@ -142,6 +130,5 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
         "status frames vs the node's count"
     );
 
-    stop_tx.send(true).unwrap();
-    gw.await.unwrap().unwrap();
+    gw.stop().await;
 }

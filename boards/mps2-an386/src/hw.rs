@@ -164,18 +164,6 @@ impl embedded_io_async::Write for Uart {
     }
 }
 
-/// Runs a future to completion on this core: poll, and poll again (every waker is a no-op;
-/// the UART and clock are polled, not interrupt-driven).
-pub fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = core::pin::pin!(f);
-    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-    loop {
-        if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
 /// A region of SSRAM1 used as NOR flash: reads, page erases to 0xFF, programming that only
 /// clears bits, as the real part does.
 #[derive(Debug)]

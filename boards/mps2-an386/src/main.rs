@@ -132,7 +132,7 @@ fn main() -> ! {
         halt(&mut console, format_args!("started twice"))
     };
     let mut board = Mps2 { console, station };
-    hw::block_on(app::run(node, Modem::new(Uart::uart0()), &mut board))
+    app::block_on(app::run(node, Modem::new(Uart::uart0()), &mut board))
 }
 
 /// The board as the node's main loop sees it.

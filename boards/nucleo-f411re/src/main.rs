@@ -90,16 +90,6 @@ fn halt(why: &str) -> ! {
     }
 }
 
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = core::pin::pin!(f);
-    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
-    loop {
-        if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
 #[cortex_m_rt::entry]
 fn main() -> ! {
     let (Some(dp), Some(cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take()) else {
@@ -179,5 +169,5 @@ fn main() -> ! {
         station,
         delay: dp.TIM5.delay_us(&mut rcc),
     };
-    block_on(app::run(node, Modem::new(NbSerial(modem_uart)), &mut board))
+    app::block_on(app::run(node, Modem::new(NbSerial(modem_uart)), &mut board))
 }

@@ -194,17 +194,8 @@ async fn probes(probe: Device, broker: SocketAddr, influx: SocketAddr, count: u3
                 "SELECT pm25 FROM air_quality WHERE device='probe' AND time = {}s",
                 r.time
             );
-            let http = reqwest::Client::new();
             while sent.elapsed() < Duration::from_secs(20) {
-                let body: serde_json::Value = http
-                    .get(format!("http://{influx}/query"))
-                    .query(&[("db", "vigie_lyon"), ("q", q.as_str())])
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let body = readback::influx_query(influx, "vigie_lyon", &q).await;
                 if body["results"][0]["series"].is_array() {
                     return Some(sent.elapsed().as_secs_f64());
                 }
