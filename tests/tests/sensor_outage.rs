@@ -103,14 +103,16 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
     assert_eq!(metrics.total("vigie_readings_stored_total"), want);
     assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
 
-    // The short outage left no hole: consecutive readings are one interval apart (the
-    // virtual clock's jitter at 3000× is a few seconds), the queued ones with their times.
+    // The short outage left no hole: consecutive readings are about one interval apart,
+    // the queued ones with their own times. At 3000× a 0.1 s scheduling hiccup of the
+    // simulator's thread already stretches one gap to two intervals, so the bound is five;
+    // the 3 s outage, had its readings been lost, would leave a gap of thirty.
     for device in ["aq-short", "aq-steady"] {
         let s = series(influx.addr, "air_quality", device, "pm25").await;
         assert!(s.len() > 100, "{device}: {} readings", s.len());
         let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
         assert!(
-            widest < 2 * u64::from(INTERVAL),
+            widest < 5 * u64::from(INTERVAL),
             "{device}: a {widest} s hole"
         );
     }
@@ -120,7 +122,7 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
     let s = series(influx.addr, "air_quality", "aq-long", "pm25").await;
     let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
     assert!(
-        widest > 10 * u64::from(INTERVAL),
+        widest > 20 * u64::from(INTERVAL),
         "aq-long: widest gap {widest} s"
     );
     let dropped = series(influx.addr, "device_status", "aq-long", "droppedReadings").await;
