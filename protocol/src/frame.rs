@@ -37,6 +37,9 @@ pub struct Header {
     pub counter: u32,
 }
 
+/// The readings of one frame.
+pub type Readings = Vec<Reading, MAX_READINGS>;
+
 /// A verified, decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -44,7 +47,7 @@ pub struct Frame {
     /// Kind and counter.
     pub header: Header,
     /// The readings, in strictly increasing time.
-    pub readings: Vec<Reading, MAX_READINGS>,
+    pub readings: Readings,
 }
 
 /// Reads the clear header without authenticating anything: use it to pick the key and to
@@ -67,6 +70,20 @@ pub fn peek(frame: &[u8]) -> Result<Header, DecodeError> {
 
 /// Verifies `frame` for the device `who` with `key`, then decodes it.
 pub fn open(frame: &[u8], key: &DeviceKey, who: Identity<'_>) -> Result<Frame, DecodeError> {
+    let mut readings = Vec::new();
+    let header = open_into(frame, key, who, &mut readings)?;
+    Ok(Frame { header, readings })
+}
+
+/// [`open`] decoding into `readings` (cleared first), for callers on a hot path: a
+/// [`Frame`] returned by value copies all 64 reading slots, used or not.
+pub fn open_into(
+    frame: &[u8],
+    key: &DeviceKey,
+    who: Identity<'_>,
+    readings: &mut Readings,
+) -> Result<Header, DecodeError> {
+    readings.clear();
     let header = peek(frame)?;
     let (clear, rest) = frame.split_at(HEADER_LEN);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -80,14 +97,13 @@ pub fn open(frame: &[u8], key: &DeviceKey, who: Identity<'_>) -> Result<Frame, D
     if !crypto::open(key, &clear_header, who, ciphertext, &tag_bytes, plain) {
         return Err(DecodeError::Authentication);
     }
-    let readings = decode_body(plain, header.kind)?;
-    Ok(Frame { header, readings })
+    decode_body(plain, header.kind, readings)?;
+    Ok(header)
 }
 
 /// Decodes the plaintext body: first time in full, then deltas, until the body ends.
-fn decode_body(body: &[u8], kind: Kind) -> Result<Vec<Reading, MAX_READINGS>, DecodeError> {
+fn decode_body(body: &[u8], kind: Kind, readings: &mut Readings) -> Result<(), DecodeError> {
     let mut r = Reader::new(body);
-    let mut readings = Vec::new();
     let mut time = u32::from_be_bytes(r.array::<4>()?);
     loop {
         let values = decode_values(&mut r, kind)?;
@@ -95,7 +111,7 @@ fn decode_body(body: &[u8], kind: Kind) -> Result<Vec<Reading, MAX_READINGS>, De
             .push(Reading { time, values })
             .map_err(|_| DecodeError::TooManyReadings)?;
         if r.is_empty() {
-            return Ok(readings);
+            return Ok(());
         }
         let delta = r.varint()?;
         if delta == 0 {

@@ -40,8 +40,8 @@ pub mod varint;
 pub use crypto::{DeviceKey, TAG_LEN};
 pub use error::{DecodeError, EncodeError, TopicError};
 pub use frame::{
-    Frame, FrameWriter, HEADER_LEN, Header, MAX_FRAME_LEN, MAX_READINGS, MIN_FRAME_LEN, VERSION,
-    open, peek, seal,
+    Frame, FrameWriter, HEADER_LEN, Header, MAX_FRAME_LEN, MAX_READINGS, MIN_FRAME_LEN, Readings,
+    VERSION, open, open_into, peek, seal,
 };
 pub use reading::{
     AirQuality, DeviceStatus, Field, FieldSpec, Kind, Reading, Render, Values, WasteBin,

@@ -79,16 +79,18 @@ pub fn assess(
     if dev.entry.revoked {
         return Verdict::Reject(Reason::Revoked);
     }
-    let frame = match protocol::open(payload, &dev.key, parsed.who) {
-        Ok(f) => f,
+    // Decoded in place: a `Frame` returned by value would copy all 64 reading slots.
+    let mut readings = protocol::Readings::new();
+    let header = match protocol::open_into(payload, &dev.key, parsed.who, &mut readings) {
+        Ok(h) => h,
         Err(DecodeError::Authentication) => return Verdict::Reject(Reason::Authentication),
         Err(e) => return Verdict::Reject(Reason::Malformed(e)),
     };
-    let kind = frame.header.kind;
+    let kind = header.kind;
     if kind != Kind::DeviceStatus && kind != dev.entry.kind.kind() {
         return Verdict::Reject(Reason::KindMismatch);
     }
-    let (epoch, counter) = (dev.key.epoch(), frame.header.counter);
+    let (epoch, counter) = (dev.key.epoch(), header.counter);
     match book.check(tenant, device, epoch, counter) {
         Freshness::Fresh => {}
         Freshness::Duplicate => {
@@ -99,7 +101,7 @@ pub fn assess(
         }
         Freshness::TooOld => return Verdict::Reject(Reason::ReplayTooOld),
     }
-    for r in &frame.readings {
+    for r in &readings {
         if let Err(reason) = validate::check_time(r, now_s, rules) {
             return Verdict::Reject(reason);
         }
@@ -111,9 +113,9 @@ pub fn assess(
         site: dev.entry.site.as_deref(),
         zone: dev.entry.zone.as_deref(),
     };
-    let mut lines = String::with_capacity(frame.readings.len() * 160);
+    let mut lines = String::with_capacity(readings.len() * 160);
     let (mut flagged, mut battery_mv, mut dropped) = (0, None, None);
-    for r in &frame.readings {
+    for r in &readings {
         let flags = validate::quality_flags(&r.values, &dev.entry);
         flagged += u32::from(!flags.is_empty());
         lineproto::encode(&mut lines, r, &tags, &flags);
@@ -126,14 +128,14 @@ pub fn assess(
             Values::AirQuality(_) => {}
         }
     }
-    let last_time = frame.readings.last().map_or(0, |r| r.time);
+    let last_time = readings.last().map_or(0, |r| r.time);
     Verdict::Accept(Box::new(Accepted {
         record: Record {
             tenant: tenant.into(),
             device: device.into(),
             epoch,
             counter,
-            readings: frame.readings.len() as u32,
+            readings: readings.len() as u32,
             lines,
         },
         kind,
