@@ -209,7 +209,179 @@ const fn byte(v: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use crate::app::block_on;
+    use crate::simulated::RamFlash;
+    use crate::uplink::Scratch;
+    use protocol::{AirQuality, DeviceKey, Kind};
+    use rust_mqtt::client::Client;
+    use std::vec::Vec;
+
+    /// A broker just big enough for one node: CONNACK, PUBACK for each QoS 1 PUBLISH
+    /// (unless told to lose the connection before the PUBACK of an uplink frame), and a
+    /// record of every uplink payload it took.
+    #[derive(Default)]
+    struct Broker {
+        from_client: Vec<u8>,
+        to_client: std::collections::VecDeque<u8>,
+        uplinks: Vec<Vec<u8>>,
+        die_before_uplink_puback: bool,
+        dead: bool,
+    }
+
+    impl Broker {
+        fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
+            let b = &self.from_client;
+            let (mut len, mut shift, mut i) = (0usize, 0, 1);
+            loop {
+                let byte = *b.get(i)?;
+                len |= usize::from(byte & 0x7f) << shift;
+                (shift, i) = (shift + 7, i + 1);
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            let body = b.get(i..i + len)?.to_vec();
+            let kind = b[0];
+            self.from_client.drain(..i + len);
+            Some((kind, body))
+        }
+
+        fn serve(&mut self) {
+            while let Some((kind, body)) = self.packet() {
+                match kind >> 4 {
+                    1 => self.to_client.extend([0x20, 0x03, 0x00, 0x00, 0x00]),
+                    3 => {
+                        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                        let topic = &body[2..2 + topic_len];
+                        let pid = [body[2 + topic_len], body[3 + topic_len]];
+                        let props_at = 4 + topic_len;
+                        let payload = body[props_at + 1 + usize::from(body[props_at])..].to_vec();
+                        if topic.ends_with(b"/up") {
+                            self.uplinks.push(payload);
+                            if self.die_before_uplink_puback {
+                                self.dead = true;
+                                return;
+                            }
+                        }
+                        self.to_client.extend([0x40, 0x02, pid[0], pid[1]]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    impl embedded_io_async::ErrorType for Broker {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl embedded_io_async::Read for Broker {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            // Every exchange is request/answer: nothing to read means the link is gone.
+            if self.dead || self.to_client.is_empty() {
+                return Err(embedded_io_async::ErrorKind::ConnectionReset);
+            }
+            let n = buf.len().min(self.to_client.len());
+            for b in &mut buf[..n] {
+                *b = self.to_client.pop_front().unwrap_or(0);
+            }
+            Ok(n)
+        }
+    }
+
+    impl embedded_io_async::Write for Broker {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+            self.from_client.extend_from_slice(buf);
+            self.serve();
+            Ok(buf.len())
+        }
+
+        async fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    fn node() -> Node<RamFlash<1024, 512>, 8> {
+        let p = Provisioning {
+            tenant: "lyon".try_into().unwrap(),
+            device: "aq-1".try_into().unwrap(),
+            kind: Kind::AirQuality,
+            key: DeviceKey::new([7; 16], 1),
+            sample_interval_s: 300,
+            heartbeat_s: 3600,
+            bin_depth_mm: 0,
+            broker_host: "broker".try_into().unwrap(),
+            broker_port: 1883,
+        };
+        let counter = FrameCounter::resume(RamFlash::default(), 0, 4).unwrap();
+        Node::new(p, counter).unwrap()
+    }
+
+    fn aq(time: u32) -> Reading {
+        let values = AirQuality {
+            pm25: Field::Value(123),
+            ..AirQuality::default()
+        };
+        Reading {
+            time,
+            values: Values::AirQuality(values),
+        }
+    }
+
+    /// Connects over `broker` and flushes the node.
+    fn flush(
+        node: &mut Node<RamFlash<1024, 512>, 8>,
+        broker: &mut Broker,
+    ) -> Result<usize, NodeError> {
+        let mut buf = [0u8; 512];
+        let mut scratch = Scratch::new(&mut buf);
+        let mut client: Mqtt<'_, &mut Broker> = Client::new(&mut scratch);
+        block_on(node.uplink().connect(&mut client, broker))?;
+        block_on(node.flush(&mut client))
+    }
+
+    #[test]
+    fn a_frame_whose_puback_was_lost_goes_again_byte_for_byte() {
+        let mut node = node();
+        node.record(aq(1_795_305_600));
+        node.record(aq(1_795_305_900));
+
+        // The broker took the frame, then the link died before its PUBACK.
+        let mut lost = Broker {
+            die_before_uplink_puback: true,
+            ..Broker::default()
+        };
+        assert!(matches!(
+            flush(&mut node, &mut lost),
+            Err(NodeError::Uplink(_))
+        ));
+        assert_eq!(
+            node.unacknowledged(),
+            2,
+            "nothing forgotten without a PUBACK"
+        );
+        assert_eq!(lost.uplinks.len(), 1);
+
+        // After the reconnect: the same bytes, so the same counter, and only then forgotten.
+        node.record(aq(1_795_306_200));
+        let mut ok = Broker::default();
+        assert_eq!(flush(&mut node, &mut ok), Ok(3));
+        assert_eq!(ok.uplinks[0], lost.uplinks[0]);
+        assert_eq!(
+            ok.uplinks.len(),
+            2,
+            "the newer reading in a frame of its own"
+        );
+        let counters: Vec<u32> = ok
+            .uplinks
+            .iter()
+            .map(|f| protocol::peek(f).unwrap().counter)
+            .collect();
+        assert_eq!(counters, [0, 1]);
+        assert_eq!(node.unacknowledged(), 0);
+    }
 
     #[test]
     fn version_packs_semver() {

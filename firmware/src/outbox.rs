@@ -1,7 +1,7 @@
-//! Store-and-forward: readings wait here, oldest first, until the broker acknowledges the
-//! frame that carries them. During an outage the queue fills; when it is full the oldest
-//! reading is dropped and counted, and the count goes out in the next status report, so a
-//! loss is reported rather than silent.
+//! Store-and-forward: readings wait here, oldest first, until they are sealed into a frame
+//! (the node then keeps that frame until the broker acknowledges it). During an outage the
+//! queue fills; when it is full the oldest reading is dropped and counted, and the count
+//! goes out in the next status report, so a loss is reported rather than silent.
 
 use heapless::Deque;
 use protocol::{FrameWriter, Reading};
@@ -54,9 +54,9 @@ impl<const N: usize> Outbox<N> {
     }
 
     /// Fills a frame in `buf` with the oldest readings: those of the oldest reading's kind,
-    /// in order, as many as fit. The readings stay queued until [`Self::confirm`] (after the
-    /// PUBACK), so a failed send loses nothing. Returns the unsealed frame and its reading
-    /// count, or `None` when the queue is empty.
+    /// in order, as many as fit. The readings stay queued until [`Self::confirm`], which the
+    /// node calls once the frame is sealed and kept. Returns the unsealed frame and its
+    /// reading count, or `None` when the queue is empty.
     pub fn next_frame<'b>(&self, buf: &'b mut [u8]) -> Option<(FrameWriter<'b>, usize)> {
         let kind = self.queue.front()?.values.kind();
         let mut frame = FrameWriter::new(buf);
@@ -70,7 +70,8 @@ impl<const N: usize> Outbox<N> {
         (n > 0).then_some((frame, n))
     }
 
-    /// The first `n` readings were acknowledged by the broker: forget them.
+    /// The first `n` readings are taken care of (sealed into a frame the node keeps until
+    /// its PUBACK): forget them.
     pub fn confirm(&mut self, n: usize) {
         for _ in 0..n {
             self.queue.pop_front();
@@ -134,7 +135,7 @@ mod tests {
         let (first, n) = send(&o, 1).unwrap_or_default();
         assert_eq!(n, 10);
         assert!(first.iter().all(|r| r.values.kind() == Kind::AirQuality));
-        // Not confirmed (no PUBACK): the same readings go out again.
+        // Not confirmed: the same readings make the next frame again.
         assert_eq!(send(&o, 2).map(|(_, n)| n), Some(10));
         o.confirm(n);
         assert_eq!(
