@@ -56,6 +56,22 @@ pub async fn stored(influx: SocketAddr) -> BTreeSet<String> {
     all.into_iter().filter(|p| p.contains("|pm25|")).collect()
 }
 
+/// Waits (up to `limit`) until InfluxDB holds as many `pm25` points as `expected`, then
+/// checks they are exactly those; returns them.
+pub async fn all_stored(
+    influx: SocketAddr,
+    expected: &BTreeSet<String>,
+    limit: std::time::Duration,
+) -> BTreeSet<String> {
+    crate::wait_for("every reading in InfluxDB", limit, async || {
+        stored(influx).await.len() >= expected.len()
+    })
+    .await;
+    let got = stored(influx).await;
+    assert_exactly(&got, expected);
+    got
+}
+
 /// Zero lost, zero extra: `got` holds exactly the `expected` points (on failure, how many
 /// are missing or unexpected, with examples, instead of two whole sets).
 pub fn assert_exactly(got: &BTreeSet<String>, expected: &BTreeSet<String>) {

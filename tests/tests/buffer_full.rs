@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
-use vigie_tests::scenario::{self, stored};
+use vigie_tests::scenario;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,14 +50,7 @@ async fn full_buffer_backpressures_then_drains() {
 
     influx.start();
     let up_at = Instant::now();
-    wait_for(
-        "every reading in InfluxDB",
-        Duration::from_secs(180),
-        async || stored(influx.addr).await.len() >= total,
-    )
-    .await;
-    let got = stored(influx.addr).await;
-    scenario::assert_exactly(&got, &load.expected);
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(180)).await;
     wait_for(
         "buffer_full back to 0",
         Duration::from_secs(10),

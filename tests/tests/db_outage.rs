@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
-use vigie_tests::scenario::{self, stored};
+use vigie_tests::scenario;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -61,14 +61,7 @@ async fn sixty_second_database_outage_loses_nothing() {
     .await;
     let drain = up_at.elapsed();
     publisher.await.unwrap();
-    wait_for(
-        "every reading in InfluxDB",
-        Duration::from_secs(120),
-        async || stored(influx.addr).await.len() >= total,
-    )
-    .await;
-    let got = stored(influx.addr).await;
-    scenario::assert_exactly(&got, &load.expected);
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(120)).await;
     println!(
         "db_outage: published={total} stored={} duplicated=0 outage={:?} backlog={backlog} readings ({pending} bytes) drained in {drain:?} after the restart",
         got.len(),

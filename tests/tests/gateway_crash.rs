@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
-use vigie_tests::scenario::{self, stored};
-use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
+use vigie_tests::scenario;
+use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill9_under_load_lose_nothing() {
@@ -45,14 +45,7 @@ async fn five_kill9_under_load_lose_nothing() {
     );
     publisher.await.unwrap();
 
-    wait_for(
-        "every reading in InfluxDB",
-        Duration::from_secs(90),
-        async || stored(influx.addr).await.len() >= total,
-    )
-    .await;
-    let got = stored(influx.addr).await;
-    scenario::assert_exactly(&got, &load.expected);
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(90)).await;
     println!(
         "gateway_crash: published={total} stored={} duplicated=0 kills=5 accepted_by_each_killed_process={accepted_before_kill:?} elapsed={:?}",
         got.len(),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
-use vigie_tests::scenario::{self, stored};
+use vigie_tests::scenario;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,14 +45,7 @@ async fn two_gateways_split_the_load_and_a_killed_one_loses_nothing() {
     let b_alone = accepted(&b);
     // The supervisor restarts A; the broker hands it what its session still held.
     a.restart();
-    wait_for(
-        "every reading in InfluxDB",
-        Duration::from_secs(90),
-        async || stored(influx.addr).await.len() >= total,
-    )
-    .await;
-    let got = stored(influx.addr).await;
-    scenario::assert_exactly(&got, &load.expected);
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(90)).await;
     println!(
         "scale_out: published={total} stored={} gw-a_before_kill={a_before} gw-b_until_end={b_alone}",
         got.len()
