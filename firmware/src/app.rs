@@ -132,11 +132,7 @@ impl Sampler {
         }
         self.next_ms = ms + self.interval_ms;
         let now = base + ms / 1000;
-        let s = board.sample(now);
-        node.flag(s.errors);
-        if let Some(r) = s.reading {
-            node.record(r);
-        }
+        node.record_sample(board.sample(now));
         self.count += 1;
         if self.count.is_multiple_of(STATUS_EVERY) {
             node.report_status(now, None, None, ms / 1000);

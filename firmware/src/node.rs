@@ -15,6 +15,7 @@ use rust_mqtt::io::Transport;
 
 use crate::counter::{CounterError, FrameCounter};
 use crate::outbox::Outbox;
+use crate::station::Sample;
 use crate::uplink::{Mqtt, Uplink, UplinkError};
 
 /// Largest frame the node seals. Eleven air-quality readings fit, and the buffer stays
@@ -93,6 +94,13 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
     /// Queues a reading (the oldest is dropped and counted when the queue is full).
     pub fn record(&mut self, reading: Reading) {
         self.outbox.push(reading);
+    }
+
+    /// Takes one sampling cycle's outcome: its faults for the next status report, its
+    /// reading (if worth sending) into the queue. Returns whether a reading was queued.
+    pub fn record_sample(&mut self, s: Sample) -> bool {
+        self.flag(s.errors);
+        s.reading.map(|r| self.record(r)).is_some()
     }
 
     /// Notes a fault (bits of [`error_flags`]) for the next status report.

@@ -207,3 +207,134 @@ impl<S: Read<u8>, P: InputPin, I: I2c> BinStation<S, P, I> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::bme280::ADDRESS;
+    use crate::simulated::{
+        A02yyuwSim, Bme280Sim, Environment, NoDelay, Sds011Sim, Sensor, TiltSim,
+    };
+    use core::cell::Cell;
+
+    /// A world the test steers: one PM level, one temperature, one distance, switches.
+    #[derive(Default)]
+    struct World {
+        pm25: Cell<u16>,
+        centi_c: Cell<i32>,
+        distance: Cell<u16>,
+        tilted: Cell<bool>,
+        pm_broken: Cell<bool>,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Env<'a>(&'a World);
+
+    impl Environment for Env<'_> {
+        fn now(&self) -> u32 {
+            0
+        }
+        fn pm(&self) -> (u16, u16) {
+            (self.0.pm25.get(), self.0.pm25.get() * 2)
+        }
+        fn climate(&self) -> (i32, u32, u32) {
+            (self.0.centi_c.get(), 50 * 1024, 101_300 * 256)
+        }
+        fn distance_mm(&self) -> u16 {
+            self.0.distance.get()
+        }
+        fn tilted(&self) -> bool {
+            self.0.tilted.get()
+        }
+        fn faulty(&self, s: Sensor) -> bool {
+            s == Sensor::Pm && self.0.pm_broken.get()
+        }
+    }
+
+    const W: Window = Window {
+        warmup_ms: 0,
+        samples: 5,
+    };
+
+    #[test]
+    fn a_failing_pm_sensor_is_a_fault_not_a_value_and_goes_out_at_once() {
+        let world = World::default();
+        world.pm25.set(120);
+        world.centi_c.set(2000);
+        let env = Env(&world);
+        let climate = Bme280::new(Bme280Sim::new(env), ADDRESS).ok();
+        let mut st = AirQualityStation::new(Sds011::new(Sds011Sim::new(env)), climate, 3600);
+
+        let first = st.sample(&mut NoDelay, 1000, W);
+        let Some(Reading {
+            values: Values::AirQuality(aq),
+            ..
+        }) = first.reading
+        else {
+            panic!("the first sample always goes out")
+        };
+        assert_eq!(
+            (aq.pm25, aq.temperature, first.errors),
+            (Field::Value(120), Field::Value(200), 0)
+        );
+        // Unchanged within the deadband: nothing to send.
+        assert_eq!(st.sample(&mut NoDelay, 1300, W).reading, None);
+
+        world.pm_broken.set(true);
+        let broken = st.sample(&mut NoDelay, 1600, W);
+        let Some(Reading {
+            values: Values::AirQuality(aq),
+            ..
+        }) = broken.reading
+        else {
+            panic!("a new fault goes out at once")
+        };
+        assert_eq!((aq.pm25, aq.pm10), (Field::Fault, Field::Fault));
+        assert_eq!(
+            aq.temperature,
+            Field::Value(200),
+            "the climate sensor still reports"
+        );
+        assert_eq!(broken.errors, error_flags::PM_SENSOR);
+    }
+
+    #[test]
+    fn bin_alarms_go_out_at_once_and_fill_follows_the_depth() {
+        let world = World::default();
+        world.centi_c.set(1500);
+        world.distance.set(900);
+        let env = Env(&world);
+        let climate = Bme280::new(Bme280Sim::new(env), ADDRESS).ok();
+        let mut st = BinStation::new(
+            A02yyuw::new(A02yyuwSim::new(env)),
+            Tilt::new(TiltSim::new(env), true),
+            climate,
+            1200,
+            3600,
+        );
+        let fill = |s: Sample| match s.reading.map(|r| r.values) {
+            Some(Values::WasteBin(b)) => Some((b.fill_level, b.flags)),
+            _ => None,
+        };
+        assert_eq!(
+            fill(st.sample(&mut NoDelay, 1000, W)),
+            Some((Field::Value(25), Field::Value(0)))
+        );
+        assert_eq!(
+            fill(st.sample(&mut NoDelay, 1300, W)),
+            None,
+            "no change, no heartbeat yet"
+        );
+
+        world.tilted.set(true);
+        let tilted = Some((Field::Value(25), Field::Value(bin_flags::TILTED)));
+        assert_eq!(fill(st.sample(&mut NoDelay, 1600, W)), tilted);
+
+        world.centi_c.set(6500);
+        let fire = bin_flags::TILTED | bin_flags::FIRE_SUSPECTED;
+        assert_eq!(
+            fill(st.sample(&mut NoDelay, 1900, W)),
+            Some((Field::Value(25), Field::Value(fire)))
+        );
+    }
+}

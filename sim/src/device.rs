@@ -145,12 +145,7 @@ impl Board {
     fn cycle(&mut self, opts: &DeviceOptions) {
         let now = opts.virtual_now();
         self.clock.set(now);
-        let s = self.station.sample(now);
-        self.node.flag(s.errors);
-        let mut recorded = u64::from(s.reading.is_some());
-        if let Some(r) = s.reading {
-            self.node.record(r);
-        }
+        let mut recorded = u64::from(self.node.record_sample(self.station.sample(now)));
         self.cycles += 1;
         if self.cycles.is_multiple_of(opts.status_every.max(1)) {
             let battery = 3_600 - (mix(self.seed) % 200) as u16;

@@ -95,7 +95,7 @@ async fn serve(
                     line.clear();
                     let reply = if cmd.starts_with("AT+CCLK?") {
                         format!("\r\n+CCLK: \"{}+00\"\r\n\r\nOK\r\n", cclk_now())
-                    } else if let Some(_target) = cmd.strip_prefix("AT+CIPOPEN=") {
+                    } else if cmd.starts_with("AT+CIPOPEN=") {
                         match TcpStream::connect(broker).await {
                             Ok(s) => {
                                 connections.fetch_add(1, Ordering::Relaxed);
@@ -113,7 +113,7 @@ async fn serve(
                         return;
                     }
                     if link.is_some() {
-                        break; // the rest of this chunk, if any, is already MQTT
+                        break; // the firmware sends MQTT only once it has read CONNECT
                     }
                 }
             }
