@@ -16,7 +16,7 @@
 //! - [`boot`]: the provisioning blob read from flash; no valid blob, no start.
 //! - [`app`]: the node's main loop for any board (link, connect, sample, send, back off),
 //!   and the texts boards show for each failure.
-//! - [`simulated`]: sensors behind the same bus traits, for the host simulator and
+//! - [`simulated`]: sensors and NOR flash behind the same traits, for the host simulator and
 //!   emulated boards that have none.
 //!
 //! Drivers and sampling are blocking (embedded-hal 1.0); only the uplink is async, because
