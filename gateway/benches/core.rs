@@ -6,9 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use gateway::core::lineproto::StringFields;
 use gateway::core::replay_book::ReplayBook;
 use gateway::core::validate::TimeRules;
-use gateway::core::verify::{Verdict, assess};
+use gateway::core::verify::{Context, Verdict, assess};
 use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 use std::hint::black_box;
@@ -71,23 +72,18 @@ fn per_reading(c: &mut Criterion) {
         max_age_s: 86_400,
     };
     let topic = "vigie/v1/lyon/aq-0001/up";
-    assert!(matches!(
-        assess(topic, &frame, &registry, &book, &rules, now),
-        Verdict::Accept(_)
-    ));
+    let cx = Context {
+        registry: &registry,
+        counters: &book,
+        rules: &rules,
+        strings: StringFields::Fields,
+        now_s: now,
+    };
+    assert!(matches!(assess(topic, &frame, &cx), Verdict::Accept(_)));
     let mut g = c.benchmark_group("per_reading");
     g.measurement_time(Duration::from_secs(3));
     g.bench_function("vigie_assess_aq6", |b| {
-        b.iter(|| {
-            assess(
-                black_box(topic),
-                black_box(&frame),
-                &registry,
-                &book,
-                &rules,
-                now,
-            )
-        })
+        b.iter(|| assess(black_box(topic), black_box(&frame), &cx))
     });
     g.bench_function("senml_json_decode_aq6", |b| {
         b.iter(|| serde_json::from_str::<Vec<SenmlRecord>>(black_box(SENML)).unwrap())
@@ -104,14 +100,7 @@ fn per_reading(c: &mut Criterion) {
         start.elapsed().as_nanos() as f64 / 200_000.0
     };
     let ours = time(&|| {
-        black_box(assess(
-            topic,
-            black_box(&frame),
-            &registry,
-            &book,
-            &rules,
-            now,
-        ));
+        black_box(assess(topic, black_box(&frame), &cx));
     });
     let senml = time(&|| {
         black_box(serde_json::from_str::<Vec<SenmlRecord>>(black_box(SENML)).unwrap());

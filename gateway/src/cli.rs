@@ -114,7 +114,7 @@ pub fn devices_add(registry_path: &Path, a: &AddDevice) -> Result<String, String
     };
     let mut buf = [0u8; MAX_BLOB_LEN];
     let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
-    crate::fsutil::write_atomic(&a.blob_out, &buf[..n], 0o600)
+    crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
         .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
     registry.save(registry_path).map_err(|e| e.to_string())?;
     Ok(format!(

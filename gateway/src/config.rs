@@ -158,12 +158,27 @@ pub enum DatabaseApi {
     V2,
 }
 
+/// Which server the database is, where it matters to what is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// InfluxDB (1.x, 2.x, 3.x): string values are string fields.
+    #[default]
+    Influxdb,
+    /// VictoriaMetrics: it stores string fields as 0, so string values are written as
+    /// tags (docs/SCHEMA.md).
+    Victoriametrics,
+}
+
 /// Database connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Write API.
     pub api: DatabaseApi,
+    /// Server kind (default `influxdb`).
+    #[serde(default)]
+    pub kind: DatabaseKind,
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
     /// v2 organisation.
@@ -197,6 +212,14 @@ fn default_db_timeout() -> Duration {
 }
 
 impl DatabaseConfig {
+    /// Where string values go in line protocol for this server.
+    pub fn string_fields(&self) -> crate::core::lineproto::StringFields {
+        match self.kind {
+            DatabaseKind::Influxdb => crate::core::lineproto::StringFields::Fields,
+            DatabaseKind::Victoriametrics => crate::core::lineproto::StringFields::Tags,
+        }
+    }
+
     /// Database (v1) or bucket (v2) of a tenant.
     pub fn target(&self, tenant: &str) -> String {
         self.tenants

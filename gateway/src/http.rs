@@ -2,6 +2,7 @@
 //! connection): `GET /metrics`, `GET /healthz`, `GET /readyz`, `POST /quarantine/replay`.
 //! Bind it to loopback or a management network; it has no authentication.
 
+use crate::health::Health;
 use crate::ingest::Job;
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
@@ -9,24 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Serves until shutdown.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
-    mut shutdown: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = stopping.cancelled() => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (metrics, jobs) = (metrics.clone(), jobs.clone());
+                let (metrics, health, jobs) = (metrics.clone(), health.clone(), jobs.clone());
                 // One short request per connection; errors only concern that client.
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), handle(stream, metrics, jobs)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(30), handle(stream, metrics, health, jobs)).await;
                 });
             }
         }
@@ -43,6 +46,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 async fn handle(
     mut stream: TcpStream,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
@@ -72,18 +76,16 @@ async fn handle(
         }
         ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n").await,
         ("GET", "/readyz") => {
-            let mqtt = metrics.total("vigie_mqtt_connected") >= 1.0;
-            let full = metrics.total("vigie_buffer_full") >= 1.0;
-            if mqtt && !full {
-                respond(&mut stream, 200, "text/plain", "ready\n").await
-            } else {
-                let why = if !mqtt {
-                    "not connected to the broker\n"
-                } else {
-                    "buffer full\n"
-                };
-                respond(&mut stream, 503, "text/plain", why).await
-            }
+            // 200 or 503, and in both cases what is wrong: the store's state, held
+            // tenants, a failed registry reload.
+            let s = health.snapshot();
+            let body = serde_json::json!({
+                "ready": s.ready(),
+                "summary": s.summary(),
+                "health": s,
+            });
+            let code = if s.ready() { 200 } else { 503 };
+            respond(&mut stream, code, "application/json", &format!("{body}\n")).await
         }
         ("POST", "/quarantine/replay") => {
             let (tx, rx) = oneshot::channel();

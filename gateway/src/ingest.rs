@@ -1,30 +1,39 @@
 //! The ingest worker: one thread that owns the registry, the replay book, the durable
-//! buffer and the quarantine. It takes every message waiting (up to a batch), judges each
-//! with the pure core, appends the accepted records and quarantines the rejected ones,
-//! fsyncs once (group commit), only then advances the replay windows, and hands the
+//! buffer and the quarantine. It takes every message waiting (up to a batch), judges the
+//! batch with the pure core ([`crate::core::batch`]: each message gets the verdict it
+//! would get alone), appends the accepted records and quarantines the rejected ones,
+//! fsyncs (group commit), only then advances the replay windows, and hands the
 //! acknowledgements back in arrival order.
 //!
 //! When the buffer is full or the disk fails, it keeps the batch and waits: no ack leaves,
-//! so the broker holds the traffic (backpressure), and the metric and log say why.
+//! so the broker holds the traffic (backpressure); health (`/readyz`), a metric and one
+//! log line per change of state say why, and it resumes by itself when writes succeed
+//! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
-use crate::buffer::{Buffer, BufferError};
+use crate::buffer::{Buffer, BufferError, Recovered};
+use crate::core::batch::{self, Outcome};
+use crate::core::lineproto::StringFields;
 use crate::core::reason::Reason;
 use crate::core::record::Record;
 use crate::core::replay_book::ReplayBook;
 use crate::core::validate::TimeRules;
-use crate::core::verify::{self, Verdict};
+use crate::core::verify::{self, Context};
+use crate::fs::SharedFs;
+use crate::health::{Health, Store};
 use crate::metrics::{Metrics, labels};
-use crate::quarantine::{self, Quarantine};
+use crate::quarantine::{self, Origin, Quarantine};
 use crate::registry::Registry;
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Most messages judged and committed together.
 const MAX_BATCH: usize = 2048;
+/// How often a failing store is tried again when nothing else wakes the worker (space
+/// freed by an operator has no event).
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Identifies a received message for its acknowledgement: the MQTT connection it came on
 /// and its packet id. An ack for an older connection is never sent (the broker redelivers).
@@ -60,6 +69,8 @@ pub struct ReplaySummary {
     pub duplicates: usize,
     /// Rejected again (back in quarantine).
     pub rejected: usize,
+    /// Lines a database had refused, queued for writing again.
+    pub database_lines: usize,
 }
 
 /// Work for the ingest worker.
@@ -67,11 +78,14 @@ pub struct ReplaySummary {
 pub enum Job {
     /// A message to judge.
     Message(Inbound),
-    /// Re-submit every quarantined frame through the pipeline.
+    /// Re-submit every quarantined frame and refused line through the pipeline.
     ReplayQuarantine(oneshot::Sender<ReplaySummary>),
     /// Swap in a reloaded registry.
     Registry(Box<Registry>),
 }
+
+/// The quarantine of lines the databases refused: the sink adds, the worker replays.
+pub type SharedQuarantine = Arc<Mutex<Quarantine>>;
 
 /// The worker's state.
 #[derive(Debug)]
@@ -80,40 +94,49 @@ pub struct Worker {
     book: ReplayBook,
     buffer: Buffer,
     quarantine: Quarantine,
+    db_quarantine: SharedQuarantine,
     snapshot_path: PathBuf,
     rules: TimeRules,
+    strings: StringFields,
     metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
+    health: Arc<Health>,
+    stopping: CancellationToken,
 }
 
 /// Everything needed to open the worker.
 #[derive(Debug)]
 pub struct WorkerSetup {
+    /// Filesystem under buffer and quarantine.
+    pub fs: SharedFs,
     /// Device registry.
     pub registry: Registry,
-    /// Buffer directory, segment size and limit.
+    /// Buffer directory.
     pub buffer_dir: PathBuf,
     /// Segment size.
     pub segment_bytes: u64,
     /// Buffer limit.
     pub max_bytes: u64,
-    /// Quarantine directory and limit.
-    pub quarantine_dir: PathBuf,
-    /// Quarantine limit.
-    pub quarantine_bytes: u64,
+    /// Quarantine of rejected frames.
+    pub quarantine: Quarantine,
+    /// Quarantine of refused lines (shared with the sink).
+    pub db_quarantine: SharedQuarantine,
     /// Replay-state snapshot file.
     pub snapshot_path: PathBuf,
     /// Time rules.
     pub rules: TimeRules,
+    /// Where string values go in line protocol.
+    pub strings: StringFields,
 }
 
 impl Worker {
-    /// Opens buffer and quarantine, rebuilds the replay book (snapshot, then every record
-    /// still in the buffer). Returns the worker and a reader for the sink.
+    /// Opens the buffer and rebuilds the replay book (snapshot, then every record still in
+    /// the buffer); corrupt buffer records go to the quarantine. Returns the worker and a
+    /// reader for the sink.
     pub fn open(
         setup: WorkerSetup,
         metrics: Arc<Metrics>,
-        shutdown: Arc<AtomicBool>,
+        health: Arc<Health>,
+        stopping: CancellationToken,
     ) -> Result<(Self, crate::buffer::Reader), BufferError> {
         let mut book = match std::fs::read(&setup.snapshot_path) {
             Ok(bytes) => ReplayBook::from_snapshot(&bytes).unwrap_or_else(|e| {
@@ -122,21 +145,41 @@ impl Worker {
             }),
             Err(_) => ReplayBook::default(),
         };
+        let mut quarantine = setup.quarantine;
+        let mut refused = lock(&setup.db_quarantine);
+        let now = crate::now_ms();
         let (buffer, recovery) = Buffer::open(
+            setup.fs,
             &setup.buffer_dir,
             setup.segment_bytes,
             setup.max_bytes,
-            |payload| {
-                if let Ok(r) = Record::decode(payload) {
-                    book.accept(&r.tenant, &r.device, r.epoch, r.counter);
+            |item| match item {
+                Recovered::Record(payload) => {
+                    if let Ok(r) = Record::decode(payload)
+                        && !r.device.is_empty()
+                    {
+                        book.accept(&r.tenant, &r.device, r.epoch, r.counter, r.tag);
+                    }
+                }
+                Recovered::Corrupt(bytes) => {
+                    let entry = corrupt_entry(now, bytes);
+                    match entry.origin {
+                        Origin::Database => refused.add(&entry),
+                        _ => quarantine.add(&entry),
+                    }
                 }
             },
         )?;
-        if recovery.records > 0 || recovery.cut_bytes > 0 {
+        quarantine.sync()?;
+        refused.sync()?;
+        drop(refused);
+        if recovery.records > 0 || recovery.cut_bytes > 0 || recovery.corrupt_records > 0 {
             tracing::info!(
                 records = recovery.records,
                 bytes = recovery.bytes,
+                torn_tails = recovery.torn_tails,
                 cut_bytes = recovery.cut_bytes,
+                corrupt_records = recovery.corrupt_records,
                 "buffer recovered"
             );
         }
@@ -145,22 +188,41 @@ impl Worker {
             vec![],
             recovery.records as f64,
         );
+        metrics.add(
+            "vigie_buffer_torn_tails_total",
+            vec![],
+            recovery.torn_tails as f64,
+        );
+        metrics.add(
+            "vigie_buffer_corrupt_records_total",
+            vec![],
+            recovery.corrupt_records as f64,
+        );
         metrics.set(
             "vigie_registry_devices",
             vec![],
             setup.registry.len() as f64,
         );
-        let quarantine = Quarantine::open(&setup.quarantine_dir, setup.quarantine_bytes)?;
+        for code in Reason::CODES {
+            metrics.add(
+                "vigie_frames_rejected_total",
+                labels(&[("reason", code)]),
+                0.0,
+            );
+        }
         let reader = buffer.reader();
         let worker = Self {
             registry: setup.registry,
             book,
             buffer,
             quarantine,
+            db_quarantine: setup.db_quarantine,
             snapshot_path: setup.snapshot_path,
             rules: setup.rules,
+            strings: setup.strings,
             metrics,
-            shutdown,
+            health,
+            stopping,
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
@@ -171,7 +233,7 @@ impl Worker {
         self.buffer.watch()
     }
 
-    /// Runs until the job channel closes or shutdown is set.
+    /// Runs until the job channel closes or shutdown interrupts a commit.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: mpsc::UnboundedSender<AckToken>) {
         while let Some(first) = jobs.blocking_recv() {
             let mut messages = Vec::new();
@@ -187,7 +249,9 @@ impl Worker {
                     }
                     Job::ReplayQuarantine(reply) => {
                         // Commit what came before, then replay on its own.
-                        self.commit_batch(std::mem::take(&mut messages), &acks);
+                        if self.commit(std::mem::take(&mut messages), &acks).is_none() {
+                            return;
+                        }
                         let summary = self.replay_quarantine(&acks);
                         let _ = reply.send(summary);
                     }
@@ -196,7 +260,7 @@ impl Worker {
                     next = jobs.try_recv().ok();
                 }
             }
-            if !self.commit_batch(messages, &acks) {
+            if self.commit(messages, &acks).is_none() {
                 break;
             }
             self.collect_garbage();
@@ -204,16 +268,8 @@ impl Worker {
         self.collect_garbage();
     }
 
-    /// Judges, stores and acknowledges a batch. False if shutdown interrupted it (nothing
+    /// Judges, stores and acknowledges a batch. `None` if shutdown interrupted it (nothing
     /// of it was acknowledged).
-    fn commit_batch(
-        &mut self,
-        messages: Vec<Inbound>,
-        acks: &mpsc::UnboundedSender<AckToken>,
-    ) -> bool {
-        self.commit(messages, acks).is_some()
-    }
-
     fn commit(
         &mut self,
         messages: Vec<Inbound>,
@@ -222,54 +278,54 @@ impl Worker {
         if messages.is_empty() {
             return Some(ReplaySummary::default());
         }
-        let now_s = crate::now_ms() / 1000;
+        let cx = Context {
+            registry: &self.registry,
+            counters: &self.book,
+            rules: &self.rules,
+            strings: self.strings,
+            now_s: crate::now_ms() / 1000,
+        };
+        let plan = batch::judge(
+            messages
+                .iter()
+                .map(|m| (m.topic.as_str(), m.payload.as_slice())),
+            &cx,
+        );
         let mut summary = ReplaySummary {
             replayed: messages.len(),
             ..ReplaySummary::default()
         };
-        let mut payloads = Vec::new();
-        let mut accepted = Vec::new();
-        let mut in_batch = HashSet::new();
-        for m in &messages {
-            let verdict = verify::assess(
-                &m.topic,
-                &m.payload,
-                &self.registry,
-                &self.book,
-                &self.rules,
-                now_s,
-            );
-            match verdict {
-                Verdict::Accept(a) => {
-                    let r = &a.record;
-                    if !in_batch.insert((r.tenant.clone(), r.device.clone(), r.epoch, r.counter)) {
-                        summary.duplicates += 1;
-                        self.metrics
-                            .add("vigie_frames_duplicate_total", vec![], 1.0);
-                        continue;
-                    }
-                    let mut payload = Vec::with_capacity(r.lines.len() + 48);
-                    r.encode(&mut payload);
-                    payloads.push(payload);
-                    accepted.push(a);
-                }
-                Verdict::Duplicate { .. } => {
+        for (m, outcome) in messages.iter().zip(&plan.outcomes) {
+            match outcome {
+                Outcome::Store(_) => {}
+                Outcome::Duplicate => {
                     summary.duplicates += 1;
                     self.metrics
                         .add("vigie_frames_duplicate_total", vec![], 1.0);
                 }
-                Verdict::Reject(reason) => {
+                Outcome::Reject(reason) => {
                     summary.rejected += 1;
-                    self.reject(m, reason);
+                    tracing::debug!(topic = %m.topic, reason = %reason.detail(), "frame rejected");
+                    self.metrics.add(
+                        "vigie_frames_rejected_total",
+                        labels(&[("reason", reason.code())]),
+                        1.0,
+                    );
+                    self.quarantine.add(&quarantine::Entry::rejected(
+                        m.received_ms,
+                        &m.topic,
+                        &m.payload,
+                        reason,
+                    ));
                 }
-                Verdict::Status {
+                Outcome::Status {
                     tenant,
                     device,
                     online,
                 } => {
-                    let l = labels(&[("tenant", &tenant), ("device", &device)]);
+                    let l = labels(&[("tenant", tenant), ("device", device)]);
                     self.metrics
-                        .set("vigie_device_online", l, if online { 1.0 } else { 0.0 });
+                        .set("vigie_device_online", l, if *online { 1.0 } else { 0.0 });
                 }
             }
         }
@@ -278,12 +334,22 @@ impl Worker {
             vec![],
             messages.len() as f64,
         );
+        let payloads: Vec<Vec<u8>> = plan
+            .accepted
+            .iter()
+            .map(|a| {
+                let mut payload = Vec::with_capacity(a.record.lines.len() + 56);
+                a.record.encode(&mut payload);
+                payload
+            })
+            .collect();
         if !self.make_durable(&payloads) {
             return None;
         }
-        summary.accepted = accepted.len();
-        for a in &accepted {
-            self.account(a);
+        summary.accepted = plan.accepted.len();
+        let gaps = batch::apply(&mut self.book, &plan.accepted);
+        for (a, gap) in plan.accepted.iter().zip(gaps) {
+            self.account(a, gap);
         }
         for token in messages.iter().filter_map(|m| m.ack) {
             // The MQTT task may be gone at shutdown; the broker then redelivers.
@@ -293,67 +359,77 @@ impl Worker {
         Some(summary)
     }
 
-    fn reject(&mut self, m: &Inbound, reason: Reason) {
-        tracing::debug!(topic = %m.topic, reason = %reason.detail(), "frame rejected");
-        self.metrics.add(
-            "vigie_frames_rejected_total",
-            labels(&[("reason", reason.code())]),
-            1.0,
-        );
-        let entry = quarantine::Entry {
-            received_ms: m.received_ms,
-            topic: m.topic.clone(),
-            reason: reason.code().into(),
-            detail: reason.detail(),
-            payload: hex::encode(&m.payload),
-        };
-        match self.quarantine.add(&entry) {
-            Ok(evicted) => {
-                self.metrics
-                    .add("vigie_quarantine_evicted_total", vec![], evicted as f64)
-            }
-            Err(e) => tracing::error!(error = %e, "cannot write the quarantine"),
-        }
-    }
-
-    /// Appends and fsyncs buffer and quarantine, waiting (not acking) while the buffer is
-    /// full or the disk fails. False on shutdown.
+    /// Appends `payloads` and syncs the quarantine, each exactly once, waiting (not
+    /// acking) while the buffer is full or the disk fails. False on shutdown.
     fn make_durable(&mut self, payloads: &[Vec<u8>]) -> bool {
-        let mut waiting_since = None;
+        let mut appended = payloads.is_empty();
         loop {
-            let result = self
-                .buffer
-                .append(payloads)
-                .map(|_| ())
-                .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
-            match result {
-                Ok(()) => {
-                    if waiting_since.is_some() {
-                        tracing::info!("buffer accepts data again; acknowledgements resume");
-                        self.metrics.set("vigie_buffer_full", vec![], 0.0);
-                    }
-                    return true;
-                }
-                Err(e) => {
-                    if waiting_since.is_none() {
-                        tracing::warn!(error = %e, "cannot store: withholding acknowledgements until there is room (the broker keeps the messages)");
-                        self.metrics.set("vigie_buffer_full", vec![], 1.0);
-                        waiting_since = Some(std::time::Instant::now());
-                    }
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    self.collect_garbage();
-                    self.buffer.wait_for_delivery(Duration::from_millis(200));
-                }
+            let result = if appended {
+                Ok(())
+            } else {
+                self.buffer.append(payloads).map(|_| appended = true)
             }
+            .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
+            let store = match result {
+                Ok(evicted) => {
+                    self.metrics
+                        .add("vigie_quarantine_evicted_total", vec![], evicted as f64);
+                    Store::Ok
+                }
+                Err(BufferError::Full { used, max }) => Store::Full { used, max },
+                Err(e) if e.is_no_space() => Store::DiskFull {
+                    error: e.to_string(),
+                },
+                Err(e) => Store::Failing {
+                    error: e.to_string(),
+                },
+            };
+            let ok = store == Store::Ok;
+            self.report_store(store);
+            if ok {
+                return true;
+            }
+            if self.stopping.is_cancelled() {
+                return false;
+            }
+            self.collect_garbage();
+            self.buffer.wait_for_delivery(RETRY_PAUSE);
         }
     }
 
-    /// Advances replay windows and device metrics for durable frames.
-    fn account(&mut self, a: &verify::Accepted) {
+    /// Health, metric and one log line when the store's state changes.
+    fn report_store(&self, store: Store) {
+        let (full, failing) = match &store {
+            Store::Ok => (0.0, 0.0),
+            Store::Full { .. } => (1.0, 0.0),
+            Store::DiskFull { .. } | Store::Failing { .. } => (0.0, 1.0),
+        };
+        let line = match &store {
+            Store::Ok => None,
+            other => Some(crate::health::Snapshot {
+                broker_connected: true,
+                store: other.clone(),
+                ..Default::default()
+            }),
+        };
+        let previous = self.health.set_store(store.clone());
+        if std::mem::discriminant(&previous) == std::mem::discriminant(&store) {
+            return;
+        }
+        self.metrics.set("vigie_buffer_full", vec![], full);
+        self.metrics.set("vigie_store_failing", vec![], failing);
+        match line {
+            None => tracing::info!("storage writable again; acknowledgements resume"),
+            Some(s) => tracing::warn!(
+                "cannot store: {}; the broker keeps the messages",
+                s.summary()
+            ),
+        }
+    }
+
+    /// Device metrics for a durable frame.
+    fn account(&mut self, a: &verify::Accepted, gap: u32) {
         let r = &a.record;
-        let gap = self.book.accept(&r.tenant, &r.device, r.epoch, r.counter);
         let device = labels(&[("tenant", &r.tenant), ("device", &r.device)]);
         if gap > 0 {
             self.metrics.add(
@@ -398,9 +474,7 @@ impl Worker {
         if self.buffer.deletable_segments() == 0 {
             return;
         }
-        if let Err(e) =
-            crate::fsutil::write_atomic(&self.snapshot_path, &self.book.snapshot(), 0o600)
-        {
+        if let Err(e) = crate::fs::write_atomic(&self.snapshot_path, &self.book.snapshot(), 0o600) {
             tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments");
             return;
         }
@@ -423,42 +497,123 @@ impl Worker {
         );
     }
 
+    /// Re-submits both quarantines. Nothing is removed from a quarantine before what
+    /// replaced it (stored records, re-quarantined entries) is durable.
     fn replay_quarantine(&mut self, acks: &mpsc::UnboundedSender<AckToken>) -> ReplaySummary {
-        let entries = match self.quarantine.take_all() {
-            Ok(e) => e,
+        let frames = match self.quarantine.mark() {
+            Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the quarantine for replay");
                 return ReplaySummary::default();
             }
         };
+        let lines = match lock(&self.db_quarantine).mark() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the database quarantine for replay");
+                return ReplaySummary::default();
+            }
+        };
         let mut messages = Vec::new();
-        let mut kept = Vec::new();
-        for e in entries {
+        for e in &frames.0 {
             match hex::decode(&e.payload) {
-                Ok(payload) if !e.topic.starts_with("database:") => {
-                    messages.push(Inbound {
-                        topic: e.topic.clone(),
-                        payload,
-                        received_ms: e.received_ms,
-                        ack: None,
-                    });
-                    kept.push(e);
-                }
-                // Lines the database refused, or an unreadable entry: keep as they were.
-                _ => {
-                    let _ = self.quarantine.add(&e);
-                }
+                Ok(payload) if e.origin == Origin::Mqtt => messages.push(Inbound {
+                    topic: e.topic.clone(),
+                    payload,
+                    received_ms: e.received_ms,
+                    ack: None,
+                }),
+                // Not replayable (damaged buffer bytes): kept as it is.
+                _ => self.quarantine.add(e),
             }
         }
-        let Some(summary) = self.commit(messages, acks) else {
-            // Interrupted by shutdown before anything was stored: put everything back.
-            for e in &kept {
-                let _ = self.quarantine.add(e);
-            }
-            let _ = self.quarantine.sync();
+        let mut kept = Vec::new();
+        let refused: Vec<Vec<u8>> = lines
+            .0
+            .iter()
+            .filter_map(|e| {
+                let text = hex::decode(&e.payload)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|t| !t.is_empty() && e.origin == Origin::Database);
+                let Some(text) = text else {
+                    kept.push(e.clone());
+                    return None;
+                };
+                let mut payload = Vec::new();
+                Record {
+                    tenant: e.topic.clone(),
+                    device: String::new(),
+                    epoch: 0,
+                    counter: 0,
+                    readings: text.lines().count() as u32,
+                    tag: None,
+                    lines: text,
+                }
+                .encode(&mut payload);
+                Some(payload)
+            })
+            .collect();
+        let Some(mut summary) = self.commit(messages, acks) else {
             return ReplaySummary::default();
         };
+        {
+            let mut q = lock(&self.db_quarantine);
+            for e in &kept {
+                q.add(e);
+            }
+        }
+        if !self.make_durable(&refused) {
+            return ReplaySummary::default();
+        }
+        if let Err(e) = lock(&self.db_quarantine).sync() {
+            tracing::error!(error = %e, "cannot write the database quarantine; replayed lines stay in it");
+            return summary;
+        }
+        summary.database_lines = refused.len();
+        // Durable now: the old entries may go.
+        if let Err(e) = self.quarantine.drop_before(frames.1) {
+            tracing::error!(error = %e, "replayed entries stay in the quarantine (a second replay finds them as duplicates)");
+        }
+        if let Err(e) = lock(&self.db_quarantine).drop_before(lines.1) {
+            tracing::error!(error = %e, "replayed lines stay in the database quarantine");
+        }
         tracing::info!(?summary, "quarantine replayed");
         summary
+    }
+}
+
+/// Locks a shared quarantine (a panic elsewhere leaves it usable: its state is on disk).
+pub fn lock(q: &SharedQuarantine) -> std::sync::MutexGuard<'_, Quarantine> {
+    q.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A quarantine entry for corrupt buffer bytes. Where the damage spared the record's
+/// content (a flipped bit in its checksum or length), the entry holds its lines as a
+/// database entry, which a replay writes; otherwise it keeps the raw bytes.
+pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
+    let reason = Reason::BufferCorrupt;
+    let detail = format!("{} bytes of the buffer are not a valid record", bytes.len());
+    let record = bytes
+        .get(crate::buffer::format::HEADER..)
+        .and_then(|b| Record::decode(b).ok())
+        .filter(|r| !r.lines.is_empty() && r.lines.ends_with('\n'));
+    match record {
+        Some(r) => quarantine::Entry {
+            received_ms,
+            origin: Origin::Database,
+            topic: r.tenant,
+            reason: reason.code().into(),
+            detail,
+            payload: hex::encode(r.lines.as_bytes()),
+        },
+        None => quarantine::Entry {
+            received_ms,
+            origin: Origin::Buffer,
+            topic: String::new(),
+            reason: reason.code().into(),
+            detail,
+            payload: hex::encode(bytes),
+        },
     }
 }

@@ -1,21 +1,22 @@
 //! Vigie gateway: MQTT ingest → verify → validate → durable buffer → batched writes.
 //!
 //! Module map:
-//! - [`core`]: the pure core (verification, validation, line protocol, replay book,
-//!   retry classification, buffer record format). No I/O, time passed in.
+//! - [`core`]: the pure core (verification, batch verdicts, validation, line protocol,
+//!   replay book, retry classification, buffer record format). No I/O, time passed in.
 //! - [`config`]: TOML configuration, defaults, environment overrides, validation.
 //! - [`registry`]: the device registry file.
+//! - [`fs`]: the filesystem seam under every durable store (real, and a model for tests).
 //! - [`buffer`]: the durable segment log (design note at its top).
-//! - [`quarantine`]: bounded on-disk store of rejected frames.
+//! - [`quarantine`]: bounded on-disk store of rejected frames and refused lines.
 //! - [`ingest`]: the worker thread that judges, stores, then acknowledges.
 //! - [`mqtt`]: the MQTT 5 shell (rumqttc): event loop, in-order acks, reconnect.
-//! - [`sink`]: delivery thread and writers (InfluxDB v1, v2, line-protocol files).
+//! - [`sink`]: delivery thread, per-tenant lanes, writers (InfluxDB v1, v2, files).
+//! - [`health`]: the typed state `/readyz` reports.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, quarantine replay.
 //! - [`broker`]: embedded rumqttd for the no-servers mode.
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`demo`]: the `demo` command: embedded broker, simulated fleet, full pipeline.
 //! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
-//! - `fsutil`: atomic writes and directory fsync.
 
 pub mod broker;
 pub mod buffer;
@@ -23,7 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod demo;
-mod fsutil;
+pub mod fs;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -33,14 +35,15 @@ pub mod registry;
 pub mod sink;
 
 use config::{Config, DatabaseApi};
+use health::Health;
 use ingest::{Worker, WorkerSetup};
 use metrics::Metrics;
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use protocol;
 
@@ -60,6 +63,14 @@ pub enum RunError {
     /// Buffer.
     #[error(transparent)]
     Buffer(#[from] buffer::BufferError),
+    /// Quarantine.
+    #[error("quarantine: {0}")]
+    Quarantine(std::io::Error),
+    /// An essential thread stopped while the service was running.
+    #[error(
+        "the {0} thread stopped unexpectedly; exiting so the service manager restarts the gateway"
+    )]
+    Died(&'static str),
 }
 
 /// Unix time in milliseconds.
@@ -75,17 +86,58 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     run_with_metrics(config, shutdown, Arc::new(Metrics::default())).await
 }
 
+/// Which essential thread died first, and the token that stops the service then.
+#[derive(Debug, Clone, Default)]
+struct Death {
+    token: CancellationToken,
+    which: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+/// Spawns a thread the service cannot run without: if it ends (or panics) before
+/// `stopping` is cancelled, `died` records it and the service exits with an error.
+fn spawn_essential(
+    name: &'static str,
+    stopping: CancellationToken,
+    died: Death,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, RunError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            if !stopping.is_cancelled() {
+                tracing::error!(
+                    thread = name,
+                    panicked = result.is_err(),
+                    "essential thread stopped; the gateway exits"
+                );
+                let _ = died.which.set(name);
+                died.token.cancel();
+            }
+        })
+        .map_err(|e| RunError::Config(format!("cannot start the {name} thread: {e}")))
+}
+
 /// [`run`] with caller-held metrics (the demo and tests read them).
 pub async fn run_with_metrics(
     config: Config,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
+    // One token for the whole service: the signal watch only feeds it.
+    let stopping = CancellationToken::new();
+    {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            stopping.cancel();
+        });
+    }
     let data = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data)
         .map_err(|e| RunError::Config(format!("gateway.data_dir {}: {e}", data.display())))?;
     let _lock = lock_data_dir(&data)?;
-    let registry = registry::Registry::load(&config.gateway.registry)?;
+    let registry = registry::Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
 
     let (host, port) = match &config.mqtt.host {
@@ -104,51 +156,78 @@ pub async fn run_with_metrics(
         .map_err(|e| RunError::Config(format!("mqtt.group: {e}")))?;
     let filter = protocol::topic::shared_uplink_filter(group).to_string();
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let fs = fs::real();
+    let health = Arc::new(Health::default());
+    let open_quarantine = |dir: &str| {
+        quarantine::Quarantine::open(fs.clone(), &data.join(dir), config.quarantine.max_mib << 20)
+            .map_err(RunError::Quarantine)
+    };
+    let db_quarantine = Arc::new(Mutex::new(open_quarantine("quarantine-db")?));
     let setup = WorkerSetup {
+        fs: fs.clone(),
         registry,
         buffer_dir: data.join("buffer"),
         segment_bytes: config.buffer.segment_mib << 20,
         max_bytes: config.buffer.max_mib << 20,
-        quarantine_dir: data.join("quarantine"),
-        quarantine_bytes: config.quarantine.max_mib << 20,
+        quarantine: open_quarantine("quarantine")?,
+        db_quarantine: db_quarantine.clone(),
         snapshot_path: data.join("replay.state"),
         rules: core::validate::TimeRules {
             max_future_skew_s: config.validation.max_future_skew.as_secs(),
             max_age_s: config.validation.max_age.as_secs(),
         },
+        strings: config
+            .database
+            .as_ref()
+            .map(|d| d.string_fields())
+            .unwrap_or_default(),
     };
-    let (worker, reader) = Worker::open(setup, metrics.clone(), stop.clone())?;
+    let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
     let progress = worker.buffer_watch();
 
     let runtime = tokio::runtime::Handle::current();
     let writer: Box<dyn sink::LineWriter> = match &config.database {
         None => {
             tracing::info!(dir = %data.join("export").display(), "no database configured: writing line-protocol files");
-            Box::new(sink::FileWriter::new(data.join("export")))
+            Box::new(sink::FileWriter::new(fs.clone(), data.join("export")))
         }
         Some(db) if db.api == DatabaseApi::V1 => {
-            Box::new(sink::V1Writer::new(db.clone(), runtime).map_err(RunError::Config)?)
+            Box::new(sink::V1Writer::new(db.clone(), runtime.clone()).map_err(RunError::Config)?)
         }
-        Some(db) => Box::new(sink::V2Writer::new(db.clone(), runtime).map_err(RunError::Config)?),
+        Some(db) => {
+            Box::new(sink::V2Writer::new(db.clone(), runtime.clone()).map_err(RunError::Config)?)
+        }
     };
-    let db_quarantine =
-        quarantine::Quarantine::open(&data.join("quarantine-db"), config.quarantine.max_mib << 20)
-            .map_err(|e| RunError::Buffer(e.into()))?;
 
+    let died = Death::default();
+    let sink_stop = CancellationToken::new();
     let (jobs_tx, jobs_rx) = mpsc::channel(4096);
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-    let worker_thread = std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || worker.run(jobs_rx, acks_tx))
-        .map_err(|e| RunError::Config(format!("cannot start the ingest thread: {e}")))?;
-    let sink_thread = {
-        let (metrics, stop, cfg) = (metrics.clone(), stop.clone(), config.batch.clone());
-        std::thread::Builder::new()
-            .name("sink".into())
-            .spawn(move || sink::run(reader, writer, db_quarantine, cfg, metrics, stop))
-            .map_err(|e| RunError::Config(format!("cannot start the sink thread: {e}")))?
+    let worker_thread = spawn_essential("ingest", stopping.clone(), died.clone(), move || {
+        worker.run(jobs_rx, acks_tx)
+    })?;
+    let sink_setup = sink::SinkSetup {
+        reader,
+        writer,
+        quarantine: db_quarantine,
+        cfg: config.batch.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        runtime,
+        stop: sink_stop.clone(),
+        state_path: Some(data.join("sink.state")),
     };
+    let sink_thread = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
+        sink::run(sink_setup)
+    })?;
+    {
+        // A dead essential thread stops the service like a signal, but with an error.
+        let (died, stopping) = (died.token.clone(), stopping.clone());
+        tokio::spawn(async move {
+            died.cancelled().await;
+            stopping.cancel();
+        });
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.http.listen {
@@ -157,14 +236,17 @@ pub async fn run_with_metrics(
         tasks.spawn(http::serve(
             listener,
             metrics.clone(),
+            health.clone(),
             jobs_tx.clone(),
-            shutdown.clone(),
+            stopping.clone(),
         ));
     }
     tasks.spawn(reload_on_sighup(
         config.gateway.registry.clone(),
         jobs_tx.clone(),
-        shutdown.clone(),
+        metrics.clone(),
+        health.clone(),
+        stopping.clone(),
     ));
 
     mqtt::run(
@@ -173,20 +255,21 @@ pub async fn run_with_metrics(
         jobs_tx,
         acks_rx,
         metrics.clone(),
-        shutdown.clone(),
+        health.clone(),
+        stopping.clone(),
     )
     .await;
     // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
-    let _ = shutdown.wait_for(|s| *s).await;
+    stopping.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
     // Give the sink a bounded time to write what is buffered; the rest waits on disk.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
-    while progress.pending_bytes() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || progress.wait_drained(SHUTDOWN_FLUSH)).await;
+    sink_stop.cancel();
     let _ = tokio::task::spawn_blocking(move || sink_thread.join()).await;
+    if let Some(which) = died.which.get() {
+        return Err(RunError::Died(which));
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -208,19 +291,56 @@ fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
 async fn reload_on_sighup(
     path: std::path::PathBuf,
     jobs: mpsc::Sender<ingest::Job>,
-    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stopping: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
+    metrics.add("vigie_registry_reload_failures_total", vec![], 0.0);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = hup.recv() => match registry::Registry::load(&path) {
-                Ok(r) => { let _ = jobs.send(ingest::Job::Registry(Box::new(r))).await; }
-                Err(e) => tracing::error!(error = %e, "registry reload failed; keeping the previous one"),
+            _ = stopping.cancelled() => return,
+            _ = hup.recv() => match registry::Registry::load_existing(&path) {
+                Ok(r) => {
+                    health.set_registry_error(None);
+                    let _ = jobs.send(ingest::Job::Registry(Box::new(r))).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "registry reload failed; the previous registry stays in force");
+                    metrics.add("vigie_registry_reload_failures_total", vec![], 1.0);
+                    health.set_registry_error(Some(e.to_string()));
+                }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_essential_thread_that_dies_is_reported_one_that_is_stopped_is_not() {
+        let (stopping, died) = (CancellationToken::new(), Death::default());
+        let t =
+            spawn_essential("ingest", stopping.clone(), died.clone(), || panic!("boom")).unwrap();
+        let _ = t.join();
+        assert!(died.token.is_cancelled(), "a panic is a death");
+        assert_eq!(died.which.get(), Some(&"ingest"));
+        let died = Death::default();
+        let t = spawn_essential("sink", stopping.clone(), died.clone(), || {}).unwrap();
+        let _ = t.join();
+        assert!(died.token.is_cancelled(), "returning early is a death too");
+        let died = Death::default();
+        stopping.cancel();
+        let t = spawn_essential("sink", stopping, died.clone(), || {}).unwrap();
+        let _ = t.join();
+        assert!(
+            !died.token.is_cancelled(),
+            "ending after the stop is normal"
+        );
     }
 }

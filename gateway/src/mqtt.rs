@@ -8,6 +8,7 @@
 //! unacknowledged messages across gateway restarts and redelivers them.
 
 use crate::config::MqttConfig;
+use crate::health::Health;
 use crate::ingest::{AckToken, Inbound, Job};
 use crate::metrics::Metrics;
 use rumqttc::v5::mqttbytes::QoS;
@@ -17,7 +18,8 @@ use rumqttc::{TlsConfiguration, Transport};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Largest packet accepted from the broker. Larger than any valid frame, so an oversized
 /// frame still reaches the worker and is quarantined (`too_long`) rather than breaking the
@@ -94,7 +96,8 @@ pub async fn run(
     jobs: mpsc::Sender<Job>,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+    stopping: CancellationToken,
 ) {
     let cap = usize::from(options.receive_maximum().unwrap_or(1000)) + 64;
     let (client, mut eventloop) = AsyncClient::new(options, cap);
@@ -127,7 +130,7 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            _ = shutdown.changed(), if draining.is_none() => {
+            _ = stopping.cancelled(), if draining.is_none() => {
                 // Stop taking new messages; keep polling so acks for stored ones go out.
                 draining = Some(tokio::time::Instant::now() + DRAIN);
             }
@@ -159,6 +162,7 @@ pub async fn run(
                     generation += 1;
                     backoff = Duration::from_millis(100);
                     metrics.set("vigie_mqtt_connected", vec![], 1.0);
+                    health.set_broker(true);
                     metrics.add("vigie_mqtt_connects_total", vec![], 1.0);
                     tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
                     if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
@@ -168,13 +172,14 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     metrics.set("vigie_mqtt_connected", vec![], 0.0);
+                    health.set_broker(false);
                     if draining.is_some() {
                         break;
                     }
                     tracing::warn!(error = %e, "broker connection lost; reconnecting in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => { draining = Some(tokio::time::Instant::now()); }
+                        _ = stopping.cancelled() => { draining = Some(tokio::time::Instant::now()); }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

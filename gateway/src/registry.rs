@@ -130,7 +130,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads `path`; a missing file is an empty registry (first start).
+    /// The service's load: the file must exist (an empty file is an empty registry). A
+    /// missing registry at start or on reload is an error, never "no devices".
+    pub fn load_existing(path: &Path) -> Result<Self, RegistryError> {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(RegistryError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        Self::load(path)
+    }
+
+    /// Loads the file; a missing file is an empty registry (for `devices add`).
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -243,7 +255,7 @@ impl Registry {
         let text = format!(
             "# Vigie device registry: contains device keys, keep it private (mode 0600).\n\n{text}"
         );
-        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
+        crate::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
     }
 }
 

@@ -152,10 +152,15 @@ pub fn gateway_config(
     c
 }
 
-/// Database settings: one database (v1) or bucket (v2) per tenant, `vigie_<tenant>`.
+/// Database settings: one database (v1) or bucket (v2) per tenant, `vigie_<tenant>`. In
+/// the tests v1 is InfluxDB 1.x and v2 is VictoriaMetrics.
 pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
     DatabaseConfig {
         api,
+        kind: match api {
+            DatabaseApi::V1 => gateway::config::DatabaseKind::Influxdb,
+            DatabaseApi::V2 => gateway::config::DatabaseKind::Victoriametrics,
+        },
         url: format!("http://{server}"),
         org: Some("vigie".into()),
         token: Some(gateway::config::Secret::new("test-token")),

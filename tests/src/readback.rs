@@ -1,5 +1,9 @@
 //! Reading points back from the databases themselves, as one comparable set of
-//! `tenant|measurement|device|time|field|value` strings (values to 6 decimals).
+//! `tenant|measurement|device|time|field|value` strings: every field, strings included
+//! (numbers to 6 decimals, booleans as 1 and 0, strings in double quotes; time in whole
+//! seconds). VictoriaMetrics keeps string values as tags (`faults`, `quality`,
+//! `firmwareVersion`): they are read back from the tags, so both databases give the same
+//! set; its extra `faultCount` series is left out.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,6 +18,31 @@ pub fn key(
     value: f64,
 ) -> String {
     format!("{tenant}|{measurement}|{device}|{time}|{field}|{value:.6}")
+}
+
+/// A string field as a comparable string.
+pub fn key_text(
+    tenant: &str,
+    measurement: &str,
+    device: &str,
+    time: u64,
+    field: &str,
+    text: &str,
+) -> String {
+    format!("{tenant}|{measurement}|{device}|{time}|{field}|\"{text}\"")
+}
+
+/// Tags that are string values, not series identity (VictoriaMetrics).
+const STRING_TAGS: [&str; 3] = ["faults", "quality", "firmwareVersion"];
+
+/// One InfluxDB JSON value as it appears in a key.
+fn value_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Number(n) => Some(format!("{:.6}", n.as_f64()?)),
+        serde_json::Value::Bool(b) => Some(format!("{:.6}", f64::from(u8::from(*b)))),
+        serde_json::Value::String(s) => Some(format!("\"{s}\"")),
+        _ => None,
+    }
 }
 
 /// `CREATE DATABASE` on InfluxDB 1.x.
@@ -44,7 +73,7 @@ pub async fn influx_query(server: SocketAddr, db: &str, q: &str) -> serde_json::
         .unwrap()
 }
 
-/// Every numeric field of `measurements` in InfluxDB database `db`, tagged `tenant`.
+/// Every field of `measurements` in InfluxDB database `db`, tagged `tenant`.
 pub async fn influx_points(
     server: SocketAddr,
     db: &str,
@@ -71,8 +100,11 @@ pub async fn influx_points(
                     get("tenant").as_str().unwrap(),
                 );
                 for (i, c) in cols.iter().enumerate() {
-                    if let Some(v) = row[i].as_f64().filter(|_| !["time"].contains(c)) {
-                        out.insert(key(tenant, m, device, time, c, v));
+                    if ["time", "device", "tenant", "site", "zone"].contains(c) {
+                        continue;
+                    }
+                    if let Some(v) = value_text(&row[i]) {
+                        out.insert(format!("{tenant}|{m}|{device}|{time}|{c}|{v}"));
                     }
                 }
             }
@@ -111,14 +143,15 @@ pub async fn victoria_points(server: SocketAddr, measurements: &[&str]) -> BTree
             );
             let values = v["values"].as_array().unwrap();
             for (val, ts) in values.iter().zip(v["timestamps"].as_array().unwrap()) {
-                out.insert(key(
-                    tenant,
-                    m,
-                    device,
-                    ts.as_u64().unwrap() / 1000,
-                    field,
-                    val.as_f64().unwrap(),
-                ));
+                let time = ts.as_u64().unwrap() / 1000;
+                for tag in STRING_TAGS {
+                    if let Some(text) = metric[tag].as_str() {
+                        out.insert(key_text(tenant, m, device, time, tag, text));
+                    }
+                }
+                if field != "faultCount" {
+                    out.insert(key(tenant, m, device, time, field, val.as_f64().unwrap()));
+                }
             }
         }
     }

@@ -1,19 +1,22 @@
 //! Scenario 1: two tenants, air-quality and bin devices, real Mosquitto, and both write
 //! APIs at once: one gateway writes InfluxDB 1.x through `/write?db=`, another (its own
 //! subscription group) writes VictoriaMetrics through `/api/v2/write`. Every published
-//! reading is read back from each database exactly once, with its exact value and its
-//! own timestamp, in its tenant's database.
+//! reading is read back from each database exactly once, every field with its exact value
+//! (strings and booleans included: a sensor fault, a quality flag, bin flags, a firmware
+//! version) and its own timestamp, in its tenant's database.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
 use gateway::metrics::Metrics;
 use gateway::registry::DeviceKind;
+use protocol::reading::bin_flags;
+use protocol::{AirQuality, DeviceStatus, Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::readback::{self, key};
+use vigie_tests::readback::{self, key, key_text};
 use vigie_tests::{influxdb, mosquitto, now_s, victoria_metrics, wait_for};
 
 const READINGS: u32 = 40;
@@ -127,8 +130,74 @@ async fn both_apis_store_every_reading_once_with_exact_values() {
             }
         }
     }
+    // Frames whose values are strings or booleans in the database.
+    let extra_time = start + 10 * READINGS + 5;
+    for d in &devices {
+        let t = u64::from(extra_time);
+        let k = |m: &str, f: &str, v: f64| key(&d.tenant, m, &d.id, t, f, v);
+        let kt = |m: &str, f: &str, v: &str| key_text(&d.tenant, m, &d.id, t, f, v);
+        let status = Reading {
+            time: extra_time + 1,
+            values: Values::DeviceStatus(DeviceStatus {
+                battery: Field::Value(3_712),
+                firmware: Field::Value(0x01_02_03),
+                ..DeviceStatus::default()
+            }),
+        };
+        messages.push((d.topic(), d.frame(&[status], READINGS + 2)));
+        let ts = t + 1;
+        expected.insert(key(
+            &d.tenant,
+            "device_status",
+            &d.id,
+            ts,
+            "batteryVoltage",
+            3.712,
+        ));
+        expected.insert(key_text(
+            &d.tenant,
+            "device_status",
+            &d.id,
+            ts,
+            "firmwareVersion",
+            "1.2.3",
+        ));
+        let reading = match d.kind {
+            DeviceKind::AirQuality => {
+                // PM2.5 above PM10: stored with a quality flag; temperature sensor failed.
+                expected.insert(k("air_quality", "pm25", 50.0));
+                expected.insert(k("air_quality", "pm10", 40.0));
+                expected.insert(kt("air_quality", "quality", "pm25_above_pm10"));
+                expected.insert(kt("air_quality", "faults", "temperature"));
+                Values::AirQuality(AirQuality {
+                    pm25: Field::Value(500),
+                    pm10: Field::Value(400),
+                    temperature: Field::Fault,
+                    ..AirQuality::default()
+                })
+            }
+            DeviceKind::WasteBin => {
+                expected.insert(k("waste_bin", "distance", 150.0));
+                expected.insert(k("waste_bin", "fillingLevel", 0.85));
+                expected.insert(k("waste_bin", "tilted", 0.0));
+                expected.insert(k("waste_bin", "lidOpen", 1.0));
+                expected.insert(k("waste_bin", "fireSuspected", 1.0));
+                Values::WasteBin(WasteBin {
+                    distance: Field::Value(150),
+                    fill_level: Field::Value(85),
+                    flags: Field::Value(bin_flags::LID_OPEN | bin_flags::FIRE_SUSPECTED),
+                    ..WasteBin::default()
+                })
+            }
+        };
+        let r = Reading {
+            time: extra_time,
+            values: reading,
+        };
+        messages.push((d.topic(), d.frame(&[r], READINGS + 1)));
+    }
     fleet::publish_all(broker.addr, "fleet", &messages).await;
-    let total = f64::from(READINGS) * devices.len() as f64;
+    let total = f64::from(READINGS + 2) * devices.len() as f64;
     for (m, _) in &gateways {
         wait_for("all readings stored", Duration::from_secs(60), async || {
             m.total("vigie_readings_stored_total") >= total

@@ -1,6 +1,15 @@
 //! InfluxDB line protocol for readings (docs/SCHEMA.md): measurement per kind, tags sorted
-//! by key and escaped, fields named and scaled by the protocol's field table, the reading's
-//! own time in seconds (written with `precision=s`).
+//! by key and escaped, fields named and scaled by the protocol's field table, and the
+//! reading's own time in milliseconds (written with `precision=ms`): the second the
+//! device measured, plus the frame counter modulo 1000 as milliseconds. That offset is not
+//! a measurement: it keeps two frames of one device that carry readings of the same second
+//! from overwriting each other (the database keeps one point per series and timestamp),
+//! and a redelivered frame (same counter) lands on its own point again.
+//!
+//! String values (`faults`, `quality`, the firmware version) are fields for InfluxDB. For
+//! VictoriaMetrics, which stores string fields as 0, they are tags instead
+//! ([`StringFields::Tags`]), and a reading with faults also gets the numeric field
+//! `faultCount`, so a reading made only of faults still has a value.
 
 use protocol::{Field, Reading, Render};
 use std::fmt::Write;
@@ -18,23 +27,80 @@ pub struct Tags<'a> {
     pub zone: Option<&'a str>,
 }
 
-/// Appends one line for `reading` (with a trailing `\n`). Readings whose fields are all
-/// faults produce a line with only `faults`, so a failed sensor is visible, not silent.
-pub fn encode(out: &mut String, reading: &Reading, tags: &Tags<'_>, quality: &[&str]) {
+/// Where string values go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StringFields {
+    /// String fields (InfluxDB).
+    #[default]
+    Fields,
+    /// Tags, plus `faultCount` (VictoriaMetrics).
+    Tags,
+}
+
+/// The stored timestamp of a reading, Unix milliseconds: its second plus the frame
+/// counter modulo 1000.
+pub const fn timestamp_ms(time: u32, counter: u32) -> u64 {
+    time as u64 * 1000 + (counter % 1000) as u64
+}
+
+/// Appends one line for `reading` of the frame with `counter` (with a trailing `\n`).
+/// Readings whose fields are all faults produce a line with only `faults` (and
+/// `faultCount` in tag mode), so a failed sensor is visible, not silent.
+pub fn encode(
+    out: &mut String,
+    reading: &Reading,
+    tags: &Tags<'_>,
+    quality: &[&str],
+    counter: u32,
+    strings: StringFields,
+) {
+    let mut faults = String::new();
+    let mut fault_count = 0u32;
+    let mut version = None;
+    for (spec, value) in reading.values.fields() {
+        match (value, spec.render) {
+            (Field::Fault, _) => {
+                if !faults.is_empty() {
+                    faults.push(',');
+                }
+                faults.push_str(spec.name);
+                fault_count += 1;
+            }
+            (Field::Value(raw), Render::Version) => version = Some((spec.name, raw)),
+            _ => {}
+        }
+    }
+    let version_text = version.map(|(name, raw)| {
+        (
+            name,
+            format!("{}.{}.{}", raw >> 16 & 0xff, raw >> 8 & 0xff, raw & 0xff),
+        )
+    });
+    let quality_text = quality.join(",");
+    let as_tags = strings == StringFields::Tags;
+
     out.push_str(reading.values.kind().measurement());
-    // Sorted by key: device, site, tenant, zone.
+    let string_tag = |v: &str| (as_tags && !v.is_empty()).then_some(v.to_string());
+    // Sorted by key: device, faults, firmwareVersion, quality, site, tenant, zone.
     let pairs = [
-        ("device", Some(tags.device)),
-        ("site", tags.site),
-        ("tenant", Some(tags.tenant)),
-        ("zone", tags.zone),
+        ("device", Some(tags.device.to_string())),
+        ("faults", string_tag(&faults)),
+        (
+            "firmwareVersion",
+            version_text.as_ref().and_then(|(_, v)| string_tag(v)),
+        ),
+        ("quality", string_tag(&quality_text)),
+        ("site", tags.site.map(str::to_string)),
+        ("tenant", Some(tags.tenant.to_string())),
+        ("zone", tags.zone.map(str::to_string)),
     ];
     for (key, value) in pairs {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             out.push(',');
             out.push_str(key);
             out.push('=');
-            escape_tag(out, v);
+            escape_tag(out, &v);
         }
     }
     let mut sep = ' ';
@@ -44,55 +110,53 @@ pub fn encode(out: &mut String, reading: &Reading, tags: &Tags<'_>, quality: &[&
         out.push_str(name);
         out.push('=');
     };
-    let mut faults = String::new();
+    let mut fields = 0usize;
     for (spec, value) in reading.values.fields() {
-        match value {
-            Field::Absent => {}
-            Field::Fault => {
-                if !faults.is_empty() {
-                    faults.push(',');
-                }
-                faults.push_str(spec.name);
+        let Field::Value(raw) = value else { continue };
+        fields += 1;
+        match spec.render {
+            Render::Number { divisor: 1 } => {
+                field(out, spec.name);
+                out.push_str(itoa::Buffer::new().format(raw));
+                out.push('i');
             }
-            Field::Value(raw) => match spec.render {
-                Render::Number { divisor: 1 } => {
-                    field(out, spec.name);
-                    out.push_str(itoa::Buffer::new().format(raw));
-                    out.push('i');
+            Render::Number { divisor } => {
+                field(out, spec.name);
+                write_decimal(out, raw, divisor);
+            }
+            Render::Flags(names) => {
+                for (bit, name) in names.iter().enumerate() {
+                    field(out, name);
+                    out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
                 }
-                Render::Number { divisor } => {
-                    field(out, spec.name);
-                    write_decimal(out, raw, divisor);
+            }
+            Render::Version => {
+                if let (false, Some((name, text))) = (as_tags, &version_text) {
+                    field(out, name);
+                    let _ = write!(out, "\"{text}\"");
                 }
-                Render::Flags(names) => {
-                    for (bit, name) in names.iter().enumerate() {
-                        field(out, name);
-                        out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
-                    }
-                }
-                Render::Version => {
-                    field(out, spec.name);
-                    let _ = write!(
-                        out,
-                        "\"{}.{}.{}\"",
-                        raw >> 16 & 0xff,
-                        raw >> 8 & 0xff,
-                        raw & 0xff
-                    );
-                }
-            },
+            }
         }
     }
-    if !faults.is_empty() {
-        field(out, "faults");
-        let _ = write!(out, "\"{faults}\"");
-    }
-    if !quality.is_empty() {
-        field(out, "quality");
-        let _ = write!(out, "\"{}\"", quality.join(","));
+    if as_tags {
+        let only_strings = fields == usize::from(version_text.is_some());
+        if fault_count > 0 || only_strings {
+            field(out, "faultCount");
+            out.push_str(itoa::Buffer::new().format(fault_count));
+            out.push('i');
+        }
+    } else {
+        if !faults.is_empty() {
+            field(out, "faults");
+            let _ = write!(out, "\"{faults}\"");
+        }
+        if !quality_text.is_empty() {
+            field(out, "quality");
+            let _ = write!(out, "\"{quality_text}\"");
+        }
     }
     out.push(' ');
-    out.push_str(itoa::Buffer::new().format(reading.time));
+    out.push_str(itoa::Buffer::new().format(timestamp_ms(reading.time, counter)));
     out.push('\n');
 }
 
@@ -164,12 +228,35 @@ mod tests {
             }),
         };
         let mut s = String::new();
-        encode(&mut s, &r, &tags(), &["pm1_above_pm25"]);
+        encode(
+            &mut s,
+            &r,
+            &tags(),
+            &["pm1_above_pm25"],
+            1234,
+            StringFields::Fields,
+        );
         assert_eq!(
             s,
             "air_quality,device=aq-0001,site=Place\\ Bellecour\\,\\ 2e,tenant=lyon \
              pm1=8.2,pm25=12.3,temperature=-3.5,relativeHumidity=0.555,co2=415i,\
-             faults=\"no2\",quality=\"pm1_above_pm25\" 1795305600\n"
+             faults=\"no2\",quality=\"pm1_above_pm25\" 1795305600234\n"
+        );
+        s.clear();
+        encode(
+            &mut s,
+            &r,
+            &tags(),
+            &["pm1_above_pm25"],
+            1234,
+            StringFields::Tags,
+        );
+        assert_eq!(
+            s,
+            "air_quality,device=aq-0001,faults=no2,quality=pm1_above_pm25,\
+             site=Place\\ Bellecour\\,\\ 2e,tenant=lyon \
+             pm1=8.2,pm25=12.3,temperature=-3.5,relativeHumidity=0.555,co2=415i,\
+             faultCount=1i 1795305600234\n"
         );
     }
 
@@ -226,11 +313,13 @@ mod tests {
                 ..tags()
             },
             &[],
+            0,
+            StringFields::Fields,
         );
         assert_eq!(
             s,
             "waste_bin,device=aq-0001,tenant=lyon,zone=nord distance=850i,fillingLevel=0.62,\
-             tilted=false,lidOpen=false,fireSuspected=true,batteryVoltage=3.6 10\n"
+             tilted=false,lidOpen=false,fireSuspected=true,batteryVoltage=3.6 10000\n"
         );
         let status = Reading {
             time: 11,
@@ -249,10 +338,53 @@ mod tests {
                 ..tags()
             },
             &[],
+            7,
+            StringFields::Fields,
         );
         assert_eq!(
             s,
-            "device_status,device=aq-0001,tenant=lyon rssi=-87i,firmwareVersion=\"1.2.3\" 11\n"
+            "device_status,device=aq-0001,tenant=lyon rssi=-87i,firmwareVersion=\"1.2.3\" 11007\n"
+        );
+        s.clear();
+        encode(
+            &mut s,
+            &status,
+            &Tags {
+                site: None,
+                ..tags()
+            },
+            &[],
+            7,
+            StringFields::Tags,
+        );
+        assert_eq!(
+            s,
+            "device_status,device=aq-0001,firmwareVersion=1.2.3,tenant=lyon rssi=-87i 11007\n"
+        );
+        // Only faults: still a value in tag mode.
+        let dead = Reading {
+            time: 12,
+            values: Values::AirQuality(AirQuality {
+                pm25: Field::Fault,
+                pm10: Field::Fault,
+                ..AirQuality::default()
+            }),
+        };
+        s.clear();
+        encode(
+            &mut s,
+            &dead,
+            &Tags {
+                site: None,
+                ..tags()
+            },
+            &[],
+            1000,
+            StringFields::Tags,
+        );
+        assert_eq!(
+            s,
+            "air_quality,device=aq-0001,faults=pm25\\,pm10,tenant=lyon faultCount=2i 12000\n"
         );
     }
 }

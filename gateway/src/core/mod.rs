@@ -2,6 +2,7 @@
 //! a broker or a database.
 //!
 //! - [`reason`]: why a frame is rejected, as stable codes.
+//! - [`batch`]: a batch of messages → the verdicts one-at-a-time delivery would give.
 //! - [`verify`]: topic + payload + registry + replay book → accept / duplicate / reject.
 //! - [`validate`]: time window and plausibility flags.
 //! - [`lineproto`]: readings → InfluxDB line protocol.
@@ -9,6 +10,7 @@
 //! - [`retry`]: database answer → what to do, and backoff.
 //! - [`record`]: the buffer's record payload.
 
+pub mod batch;
 pub mod lineproto;
 pub mod reason;
 pub mod record;

@@ -19,17 +19,21 @@ pub enum Reason {
     KindMismatch,
     /// Counter below the replay window: a replay, or a frame delayed too long.
     ReplayTooOld,
+    /// A counter already accepted, with other content: the device reused a counter.
+    CounterReused,
     /// A reading is further in the future than the allowed clock skew.
     FutureTimestamp,
     /// A reading is older than the configured horizon.
     StaleTimestamp,
     /// The database refused the line (400/422) after the batch was split down to it.
     DatabaseRejected,
+    /// Bytes of the durable buffer that are not a valid record (disk corruption).
+    BufferCorrupt,
 }
 
 impl Reason {
     /// Every reason code, for metrics that list zero counts too.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 12] = [
         "topic",
         "unknown_device",
         "revoked",
@@ -37,9 +41,11 @@ impl Reason {
         "malformed",
         "kind_mismatch",
         "replay_too_old",
+        "counter_reused",
         "future_timestamp",
         "stale_timestamp",
         "database_rejected",
+        "buffer_corrupt",
     ];
 
     /// Stable code.
@@ -52,9 +58,11 @@ impl Reason {
             Self::Malformed(_) => "malformed",
             Self::KindMismatch => "kind_mismatch",
             Self::ReplayTooOld => "replay_too_old",
+            Self::CounterReused => "counter_reused",
             Self::FutureTimestamp => "future_timestamp",
             Self::StaleTimestamp => "stale_timestamp",
             Self::DatabaseRejected => "database_rejected",
+            Self::BufferCorrupt => "buffer_corrupt",
         }
     }
 

@@ -2,8 +2,12 @@
 //! protocol, plus what rebuilding the replay windows after a restart needs.
 //!
 //! ```text
-//! u8 len, tenant | u8 len, device | u32 epoch | u32 counter | u32 readings | lines (UTF-8)
+//! 0xFF | u8 len, tenant | u8 len, device | u32 epoch | u32 counter | u32 readings
+//!      | 8-byte frame tag | lines (UTF-8)
 //! ```
+//!
+//! Records written before the tag existed start directly with the tenant's length (ids
+//! are at most 32 bytes, so never 0xFF); they still decode, with no tag.
 
 /// One accepted frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +22,8 @@ pub struct Record {
     pub counter: u32,
     /// Readings (lines) in the frame.
     pub readings: u32,
+    /// The frame's authentication tag (absent in records of the first format).
+    pub tag: Option<[u8; 8]>,
     /// Line protocol, one line per reading, each ending in `\n`.
     pub lines: String,
 }
@@ -30,6 +36,7 @@ pub struct RecordError;
 impl Record {
     /// Appends the encoded payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(TAGGED);
         for s in [&self.tenant, &self.device] {
             // Ids are validated to at most 32 bytes.
             out.push(s.len() as u8);
@@ -38,15 +45,23 @@ impl Record {
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.counter.to_be_bytes());
         out.extend_from_slice(&self.readings.to_be_bytes());
+        out.extend_from_slice(&self.tag.unwrap_or_default());
         out.extend_from_slice(self.lines.as_bytes());
     }
 
     /// Parses a payload.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let mut c = Cursor(bytes);
+        let tagged = bytes.first() == Some(&TAGGED);
+        let mut c = Cursor(if tagged { &bytes[1..] } else { bytes });
         let tenant = c.text()?;
         let device = c.text()?;
         let (epoch, counter, readings) = (c.u32()?, c.u32()?, c.u32()?);
+        let tag = if tagged {
+            let t = c.take(8)?;
+            Some([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]])
+        } else {
+            None
+        };
         let lines = String::from_utf8(c.0.to_vec()).map_err(|_| RecordError)?;
         Ok(Self {
             tenant,
@@ -54,10 +69,14 @@ impl Record {
             epoch,
             counter,
             readings,
+            tag,
             lines,
         })
     }
 }
+
+/// First byte of a record in the current format.
+const TAGGED: u8 = 0xFF;
 
 struct Cursor<'a>(&'a [u8]);
 
@@ -91,12 +110,16 @@ mod tests {
             epoch: 2,
             counter: 77,
             readings: 1,
-            lines: "air_quality,device=aq-0001,tenant=lyon pm25=12.3 1795305600\n".into(),
+            tag: Some([9; 8]),
+            lines: "air_quality,device=aq-0001,tenant=lyon pm25=12.3 1795305600000\n".into(),
         };
         let mut buf = Vec::new();
         r.encode(&mut buf);
-        assert_eq!(Record::decode(&buf), Ok(r));
-        for cut in 0..20 {
+        assert_eq!(Record::decode(&buf), Ok(r.clone()));
+        // The first format: no marker, no tag.
+        let old = [&buf[1..26], &buf[34..]].concat();
+        assert_eq!(Record::decode(&old), Ok(Record { tag: None, ..r }));
+        for cut in 0..28 {
             assert_eq!(Record::decode(&buf[..cut]), Err(RecordError), "cut {cut}");
         }
     }

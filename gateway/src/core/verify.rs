@@ -3,13 +3,15 @@
 //! doubtful values and encode line protocol. Pure: the registry, the replay book and the
 //! clock are passed in; nothing is changed here.
 
-use super::lineproto::{self, Tags};
+use super::lineproto::{self, StringFields, Tags};
 use super::reason::Reason;
 use super::record::Record;
+#[cfg(test)]
 use super::replay_book::ReplayBook;
+use super::replay_book::{Counters, Seen, Tag};
 use super::validate::{self, TimeRules};
 use crate::registry::Registry;
-use protocol::{Channel, DecodeError, Freshness, Kind, Topic, Values, topic};
+use protocol::{Channel, DecodeError, Kind, Topic, Values, topic};
 
 /// What to do with one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,15 +55,31 @@ pub struct Accepted {
     pub dropped: Option<i64>,
 }
 
+/// What a judgement depends on besides the message: the registry, the counters already
+/// accepted, the rules and the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a, C: ?Sized> {
+    /// Device registry.
+    pub registry: &'a Registry,
+    /// Counters accepted so far (the book, or the book plus the batch being judged).
+    pub counters: &'a C,
+    /// Timestamp window.
+    pub rules: &'a TimeRules,
+    /// Where string values go in line protocol.
+    pub strings: StringFields,
+    /// Unix seconds now.
+    pub now_s: u64,
+}
+
 /// Judges one message.
-pub fn assess(
-    topic: &str,
-    payload: &[u8],
-    registry: &Registry,
-    book: &ReplayBook,
-    rules: &TimeRules,
-    now_s: u64,
-) -> Verdict {
+pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_, C>) -> Verdict {
+    let Context {
+        registry,
+        counters,
+        rules,
+        strings,
+        now_s,
+    } = *cx;
     let Ok(parsed) = Topic::parse(topic) else {
         return Verdict::Reject(Reason::Topic);
     };
@@ -91,15 +109,17 @@ pub fn assess(
         return Verdict::Reject(Reason::KindMismatch);
     }
     let (epoch, counter) = (dev.key.epoch(), header.counter);
-    match book.check(tenant, device, epoch, counter) {
-        Freshness::Fresh => {}
-        Freshness::Duplicate => {
+    let tag = frame_tag(payload);
+    match counters.seen(tenant, device, epoch, counter, &tag) {
+        Seen::Fresh => {}
+        Seen::Duplicate => {
             return Verdict::Duplicate {
                 tenant: tenant.into(),
                 device: device.into(),
             };
         }
-        Freshness::TooOld => return Verdict::Reject(Reason::ReplayTooOld),
+        Seen::Reused => return Verdict::Reject(Reason::CounterReused),
+        Seen::TooOld => return Verdict::Reject(Reason::ReplayTooOld),
     }
     for r in &readings {
         if let Err(reason) = validate::check_time(r, now_s, rules) {
@@ -118,7 +138,7 @@ pub fn assess(
     for r in &readings {
         let flags = validate::quality_flags(&r.values, &dev.entry);
         flagged += u32::from(!flags.is_empty());
-        lineproto::encode(&mut lines, r, &tags, &flags);
+        lineproto::encode(&mut lines, r, &tags, &flags, counter, strings);
         match &r.values {
             Values::DeviceStatus(s) => {
                 battery_mv = s.battery.value().map(i64::from).or(battery_mv);
@@ -136,6 +156,7 @@ pub fn assess(
             epoch,
             counter,
             readings: readings.len() as u32,
+            tag: Some(tag),
             lines,
         },
         kind,
@@ -144,6 +165,14 @@ pub fn assess(
         battery_mv,
         dropped,
     }))
+}
+
+/// The frame's authentication tag: its last bytes (the frame verified, so they exist).
+fn frame_tag(payload: &[u8]) -> Tag {
+    let mut tag = Tag::default();
+    let n = tag.len().min(payload.len());
+    tag[..n].copy_from_slice(&payload[payload.len() - n..]);
+    tag
 }
 
 #[cfg(test)]
@@ -207,7 +236,15 @@ mod tests {
     }
 
     fn judge(topic: &str, payload: &[u8], book: &ReplayBook) -> Verdict {
-        assess(topic, payload, &registry(), book, &RULES, NOW)
+        let registry = registry();
+        let cx = Context {
+            registry: &registry,
+            counters: book,
+            rules: &RULES,
+            strings: StringFields::Fields,
+            now_s: NOW,
+        };
+        assess(topic, payload, &cx)
     }
 
     #[test]
@@ -222,8 +259,9 @@ mod tests {
         );
         assert_eq!(
             a.record.lines,
-            "air_quality,device=aq-1,site=Bellecour,tenant=lyon pm25=12.3 1795305540\n"
+            "air_quality,device=aq-1,site=Bellecour,tenant=lyon pm25=12.3 1795305540005\n"
         );
+        assert_eq!(a.record.tag.as_ref().map(|t| &t[..]), f.get(f.len() - 8..));
     }
 
     #[test]
@@ -298,12 +336,18 @@ mod tests {
         let t = NOW as u32;
         let mut book = ReplayBook::default();
         let top = protocol::replay::WINDOW + 100;
-        book.accept("lyon", "aq-1", 1, top);
         let dup = frame(("lyon", "aq-1"), &[aq(t)], top);
+        book.accept("lyon", "aq-1", 1, top, Some(frame_tag(&dup)));
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &dup, &book),
             Verdict::Duplicate { .. }
         ));
+        // The same counter with other content: a reused counter, not a duplicate.
+        let reused = frame(("lyon", "aq-1"), &[aq(t - 1)], top);
+        assert_eq!(
+            judge("vigie/v1/lyon/aq-1/up", &reused, &book),
+            Verdict::Reject(Reason::CounterReused)
+        );
         let old = frame(("lyon", "aq-1"), &[aq(t)], 100);
         assert_eq!(
             judge("vigie/v1/lyon/aq-1/up", &old, &book),

@@ -1,49 +1,56 @@
 //! The database-less sink: line-protocol files per tenant and UTC day of the reading,
-//! `<dir>/<tenant>/<YYYY-MM-DD>.lp`, importable with `influx write -f` (or InfluxDB 1.x's
-//! `influx -import`). Appended and fsynced; a redelivery after a crash may append a line
-//! twice, which an import stores once (same measurement, tags and timestamp).
+//! `<dir>/<tenant>/<YYYY-MM-DD>.lp` (millisecond timestamps, docs/SCHEMA.md), importable
+//! with `influx write --precision ms -f` (or InfluxDB 1.x's `influx -import -precision ms`).
+//! Appended and fsynced; a failed write is cut back to where it started, so a retry never
+//! leaves a torn line; a redelivery after a crash may append a line twice, which an import
+//! stores once (same measurement, tags and timestamp).
 
 use super::{Answer, LineWriter};
+use crate::fs::{Open, SharedFs};
 use protocol::json::UtcTime;
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 
 /// Writes line protocol files.
 #[derive(Debug)]
 pub struct FileWriter {
+    fs: SharedFs,
     dir: PathBuf,
 }
 
 impl FileWriter {
     /// Files go under `dir`.
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    pub fn new(fs: SharedFs, dir: PathBuf) -> Self {
+        Self { fs, dir }
     }
 
     fn append(&self, tenant: &str, lines: &str) -> std::io::Result<()> {
         let mut by_day: BTreeMap<String, String> = BTreeMap::new();
         for line in lines.lines() {
-            let secs = line
+            let ms = line
                 .rsplit(' ')
                 .next()
-                .and_then(|t| t.parse::<u32>().ok())
+                .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0);
+            let secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
             let day = UtcTime(secs).to_string()[..10].to_string();
             let text = by_day.entry(day).or_default();
             text.push_str(line);
             text.push('\n');
         }
         let dir = self.dir.join(tenant);
-        fs::create_dir_all(&dir)?;
+        self.fs.create_dir_all(&dir)?;
         for (day, text) in by_day {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("{day}.lp")))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
+            let mut f = self.fs.open(&dir.join(format!("{day}.lp")), Open::Append)?;
+            let before = f.size()?;
+            if before == 0 {
+                self.fs.sync_dir(&dir)?;
+            }
+            if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_data()) {
+                // Best effort: leave no torn line for the retry to append after.
+                let _ = f.set_len(before).and_then(|()| f.sync_data());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -70,15 +77,15 @@ mod tests {
     #[test]
     fn splits_by_tenant_and_reading_day() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = FileWriter::new(dir.path().to_path_buf());
-        let lines = "m v=1 1795305600\nm v=2 1795391999\nm v=3 1795392000\n";
+        let mut w = FileWriter::new(crate::fs::real(), dir.path().to_path_buf());
+        let lines = "m v=1 1795305600000\nm v=2 1795391999999\nm v=3 1795392000000\n";
         assert!(matches!(
             w.write("lyon", lines),
             Answer::Status { code: 204, .. }
         ));
-        let day1 = fs::read_to_string(dir.path().join("lyon/2026-11-22.lp")).unwrap();
-        let day2 = fs::read_to_string(dir.path().join("lyon/2026-11-23.lp")).unwrap();
-        assert_eq!(day1, "m v=1 1795305600\nm v=2 1795391999\n");
-        assert_eq!(day2, "m v=3 1795392000\n");
+        let day1 = std::fs::read_to_string(dir.path().join("lyon/2026-11-22.lp")).unwrap();
+        let day2 = std::fs::read_to_string(dir.path().join("lyon/2026-11-23.lp")).unwrap();
+        assert_eq!(day1, "m v=1 1795305600000\nm v=2 1795391999999\n");
+        assert_eq!(day2, "m v=3 1795392000000\n");
     }
 }

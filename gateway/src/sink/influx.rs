@@ -22,7 +22,7 @@ fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, String
     Ok(b)
 }
 
-/// `POST {url}/write?db=<db>&precision=s`.
+/// `POST {url}/write?db=<db>&precision=ms`.
 #[derive(Debug)]
 pub struct V1Writer {
     client: reqwest::Client,
@@ -50,7 +50,10 @@ impl LineWriter for V1Writer {
         let mut req = self
             .client
             .post(url)
-            .query(&[("db", self.cfg.target(tenant).as_str()), ("precision", "s")])
+            .query(&[
+                ("db", self.cfg.target(tenant).as_str()),
+                ("precision", "ms"),
+            ])
             .body(lines.to_string());
         if let Some(user) = &self.cfg.username {
             req = req.basic_auth(user, self.cfg.password.as_ref().map(Secret::expose));
@@ -79,7 +82,7 @@ impl LineWriter for V1Writer {
     }
 }
 
-/// `POST {url}/api/v2/write?org=&bucket=&precision=s` through `influxdb2`.
+/// `POST {url}/api/v2/write?org=&bucket=&precision=ms` through `influxdb2`.
 #[derive(Debug)]
 pub struct V2Writer {
     client: influxdb2::Client,
@@ -119,7 +122,7 @@ impl LineWriter for V2Writer {
             &org,
             &bucket,
             body,
-            influxdb2::api::write::TimestampPrecision::Seconds,
+            influxdb2::api::write::TimestampPrecision::Milliseconds,
         );
         match self.runtime.block_on(fut) {
             Ok(()) => Answer::Status {

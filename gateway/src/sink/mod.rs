@@ -1,28 +1,37 @@
-//! Delivery: reads the durable buffer in order, batches lines per tenant (size and linger),
-//! writes them, and only then marks them delivered. Runs on its own thread; the HTTP
-//! writers drive their futures on the service's tokio runtime.
+//! Delivery: reads the durable buffer in order, batches lines per tenant (size and
+//! linger), writes them, and only then lets the buffer drop them. Runs on its own thread;
+//! the HTTP writers drive their futures on the service's tokio runtime.
 //!
-//! Answers are classified by `core::retry`: retry with backoff and jitter; split a batch
-//! the database refuses to isolate the bad line, which goes to the database quarantine;
-//! configuration errors keep the data and are retried slowly and loudly.
+//! **Per tenant.** A tenant whose database refuses (missing database, credentials, 5xx,
+//! timeouts) falls behind on its own cursor and is retried on its own backoff while the
+//! others keep flowing ([`lanes`]); health and the `vigie_tenant_behind` metric name it.
+//! Answers are classified by `core::retry`: a batch the database refuses (400/422) is
+//! split to isolate the bad line, which goes to the database quarantine (replayable);
+//! if that quarantine cannot be written, the lines are not dropped: the tenant waits.
 
 mod file;
 mod influx;
+pub mod lanes;
 
 pub use file::FileWriter;
 pub use influx::{V1Writer, V2Writer};
 
-use crate::buffer::{Position, Reader};
+use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
 use crate::core::reason::Reason;
 use crate::core::record::Record;
 use crate::core::retry::{self, Action};
+use crate::health::{Health, Tenant};
+use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{Metrics, labels};
-use crate::quarantine::{self, Quarantine};
+use crate::quarantine::{self, Origin};
+use lanes::Lanes;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
 
 /// The outcome of one write request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,235 +55,473 @@ pub trait LineWriter: Send {
     fn write(&mut self, tenant: &str, lines: &str) -> Answer;
 }
 
-/// Lines waiting to be written, grouped by tenant, and where they end in the buffer.
+/// Behind tenants tried per cycle, in batches, before the head reads again.
+const CATCH_UP_BATCHES: usize = 4;
+/// Longest idle wait of the delivery loop (it also wakes on every append).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// One tenant's lines in a batch.
+#[derive(Debug)]
+struct Chunk {
+    lines: String,
+    first: Position,
+}
+
+/// What the head read in one cycle.
 #[derive(Debug, Default)]
 struct Batch {
-    by_tenant: BTreeMap<String, String>,
+    by_tenant: BTreeMap<String, Chunk>,
     lines: usize,
     end: Option<Position>,
 }
 
-impl Batch {
-    fn push(&mut self, record: Record, end: Position) {
-        self.lines += record.readings as usize;
-        self.by_tenant
-            .entry(record.tenant)
-            .or_default()
-            .push_str(&record.lines);
-        self.end = Some(end);
+/// A write's result for the lane bookkeeping.
+enum Written {
+    Stored,
+    Failed { error: String, wait: Duration },
+}
+
+/// Everything the delivery thread needs.
+#[derive(Debug)]
+pub struct SinkSetup {
+    /// Cursor at the oldest record.
+    pub reader: Reader,
+    /// Where the lines go.
+    pub writer: Box<dyn LineWriter>,
+    /// Quarantine for refused lines.
+    pub quarantine: SharedQuarantine,
+    /// Batching and backoff.
+    pub cfg: BatchConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+    /// Runtime the HTTP writers and the waits run on.
+    pub runtime: Handle,
+    /// Cancelled when delivery must stop.
+    pub stop: CancellationToken,
+    /// Where progress persists (`None`: not persisted, tests).
+    pub state_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for dyn LineWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineWriter")
     }
 }
 
-/// Runs delivery until `shutdown` is set and nothing more can be delivered promptly.
-pub fn run(
-    mut reader: Reader,
-    mut writer: Box<dyn LineWriter>,
-    mut db_quarantine: Quarantine,
-    cfg: BatchConfig,
-    metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
-) {
-    let poll = Duration::from_millis(100);
-    loop {
-        let mut batch = Batch::default();
-        let mut deadline: Option<Instant> = None;
+/// The delivery loop.
+struct Sink {
+    s: SinkSetup,
+    lanes: Lanes,
+    saved: Lanes,
+}
+
+/// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
+pub fn run(mut setup: SinkSetup) {
+    let lanes = load_lanes(&setup);
+    if let Some(head) = lanes.head {
+        setup.reader = setup.reader.at(head);
+    }
+    let sink = Sink {
+        s: setup,
+        saved: lanes.clone(),
+        lanes,
+    };
+    for tenant in sink.lanes.behind.keys() {
+        sink.s
+            .metrics
+            .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 1.0);
+    }
+    sink.run();
+}
+
+/// Progress saved by the last run, if it fits this buffer.
+fn load_lanes(setup: &SinkSetup) -> Lanes {
+    let Some(path) = &setup.state_path else {
+        return Lanes::default();
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return Lanes::default();
+    };
+    let durable = setup.reader.durable();
+    match serde_json::from_slice::<Lanes>(&bytes) {
+        Ok(l)
+            if l.head.is_none_or(|h| h <= durable)
+                && l.behind.values().all(|b| b.from <= durable) =>
+        {
+            l
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "delivery state points past the buffer's end; starting from the oldest record");
+            Lanes::default()
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "delivery state unreadable; starting from the oldest record (some lines are written twice, harmlessly)");
+            Lanes::default()
+        }
+    }
+}
+
+impl Sink {
+    fn run(mut self) {
         loop {
-            let wait = deadline.map_or(poll, |d| {
-                d.saturating_duration_since(Instant::now()).min(poll)
-            });
-            match reader.next(wait) {
-                Ok(Some(entry)) => match Record::decode(&entry.payload) {
-                    Ok(record) => {
-                        deadline.get_or_insert_with(|| Instant::now() + cfg.linger);
-                        batch.push(record, entry.end);
-                        if batch.lines >= cfg.max_lines {
-                            break;
-                        }
+            let stopping = self.s.stop.is_cancelled();
+            let batch = self.collect(stopping);
+            for (tenant, chunk) in &batch.by_tenant {
+                match self.write(tenant, &chunk.lines) {
+                    Written::Stored => {}
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(tenant, chunk.first, error, wait);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "undecodable buffer record skipped");
-                        batch.end = Some(entry.end);
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "buffer read failed; retrying");
-                    std::thread::sleep(cfg.min_backoff);
                 }
             }
-            let stopping = shutdown.load(Ordering::Relaxed);
-            if deadline.is_some_and(|d| Instant::now() >= d) || (stopping && batch.end.is_some()) {
-                break;
+            if let Some(end) = batch.end {
+                self.lanes.head = Some(end);
             }
+            if !stopping {
+                self.catch_up();
+            }
+            self.publish();
             if stopping && batch.end.is_none() {
                 return;
             }
         }
-        let Some(end) = batch.end else { continue };
-        let mut delivered = true;
-        for (tenant, lines) in &batch.by_tenant {
-            let mut ctx = Ctx {
-                writer: writer.as_mut(),
-                quarantine: &mut db_quarantine,
-                cfg: &cfg,
-                metrics: &metrics,
-                shutdown: &shutdown,
+    }
+
+    /// Reads a batch from the head: records of tenants that are behind are left to their
+    /// own cursor; corrupt stretches go to the quarantine.
+    fn collect(&mut self, stopping: bool) -> Batch {
+        let mut batch = Batch::default();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let wait = if stopping {
+                Duration::ZERO
+            } else if let Some(d) = deadline {
+                d.saturating_duration_since(now)
+            } else {
+                let retry = self
+                    .lanes
+                    .next_attempt_in(crate::now_ms())
+                    .map_or(IDLE, Duration::from_millis);
+                retry.min(IDLE)
             };
-            if !ctx.deliver(tenant, lines) {
-                delivered = false;
-                break;
+            match self.s.reader.next(wait) {
+                Ok(Some(Item::Record(e))) => {
+                    batch.end = Some(e.end);
+                    match Record::decode(&e.payload) {
+                        Ok(r) if self.lanes.is_behind(&r.tenant) => {}
+                        Ok(r) => {
+                            deadline.get_or_insert_with(|| now + self.s.cfg.linger);
+                            batch.lines += r.readings as usize;
+                            batch
+                                .by_tenant
+                                .entry(r.tenant)
+                                .or_insert_with(|| Chunk {
+                                    lines: String::new(),
+                                    first: e.start,
+                                })
+                                .lines
+                                .push_str(&r.lines);
+                            if batch.lines >= self.s.cfg.max_lines {
+                                return batch;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "buffer record does not parse; quarantined");
+                            self.quarantine_corrupt(&e.payload);
+                        }
+                    }
+                }
+                Ok(Some(Item::Corrupt(c))) => {
+                    batch.end = Some(c.end);
+                    tracing::error!(
+                        segment = c.start.segment,
+                        offset = c.start.offset,
+                        bytes = c.bytes.len(),
+                        "corrupt buffer record skipped; the records after it are kept"
+                    );
+                    self.s
+                        .metrics
+                        .add("vigie_buffer_corrupt_records_total", vec![], 1.0);
+                    self.quarantine_corrupt(&c.bytes);
+                }
+                Ok(None) => {
+                    if deadline.is_none() {
+                        return batch;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "buffer read failed; retrying");
+                    self.pause(self.s.cfg.min_backoff);
+                    return batch;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return batch;
             }
         }
-        if !delivered {
-            // Shutting down with the database unreachable: the data stays in the buffer.
-            return;
+    }
+
+    fn quarantine_corrupt(&mut self, bytes: &[u8]) {
+        let mut q = lock(&self.s.quarantine);
+        q.add(&corrupt_entry(crate::now_ms(), bytes));
+        if let Err(e) = q.sync() {
+            tracing::error!(error = %e, "cannot write the quarantine");
         }
-        reader.mark_delivered(end);
-        metrics.set(
+    }
+
+    /// Retries behind tenants that are due, each from its own cursor up to the head.
+    fn catch_up(&mut self) {
+        let Some(head) = self.lanes.head else { return };
+        for tenant in self.lanes.due(crate::now_ms()) {
+            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
+                continue;
+            };
+            let mut cursor = self.s.reader.at(from);
+            for _ in 0..CATCH_UP_BATCHES {
+                let mut lines = String::new();
+                let mut first = None;
+                let mut count = 0;
+                loop {
+                    match cursor.next_before(head) {
+                        Ok(Some(Item::Record(e))) => {
+                            if let Ok(r) = Record::decode(&e.payload)
+                                && r.tenant == tenant
+                            {
+                                first.get_or_insert(e.start);
+                                count += r.readings as usize;
+                                lines.push_str(&r.lines);
+                                if count >= self.s.cfg.max_lines {
+                                    break;
+                                }
+                            }
+                        }
+                        // The head reported it already.
+                        Ok(Some(Item::Corrupt(_))) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "buffer read failed; retrying");
+                            return;
+                        }
+                    }
+                }
+                let Some(first) = first else {
+                    if self.lanes.caught_up_to(&tenant, head) {
+                        self.rejoined(&tenant);
+                    }
+                    break;
+                };
+                match self.write(&tenant, &lines) {
+                    Written::Stored => {
+                        if self.lanes.caught_up_to(&tenant, cursor.position()) {
+                            self.rejoined(&tenant);
+                            break;
+                        }
+                    }
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(&tenant, first, error, wait);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fall_behind(&mut self, tenant: &str, from: Position, error: String, wait: Duration) {
+        let first = !self.lanes.is_behind(tenant);
+        self.lanes
+            .failed(tenant, from, error.clone(), wait, crate::now_ms());
+        if first {
+            tracing::error!(tenant, %error, "tenant held: its readings wait in the buffer and are retried on their own; other tenants go on");
+            self.s
+                .metrics
+                .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 1.0);
+        } else {
+            tracing::warn!(tenant, %error, "tenant still held; retrying in {wait:?}");
+        }
+    }
+
+    fn rejoined(&self, tenant: &str) {
+        tracing::info!(
+            tenant,
+            "tenant caught up; its database accepts writes again"
+        );
+        self.s
+            .metrics
+            .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 0.0);
+    }
+
+    /// Lets the buffer drop what is stored, persists progress, updates health.
+    fn publish(&mut self) {
+        if let Some(w) = self.lanes.watermark() {
+            if let Some(path) = &self.s.state_path
+                && self.lanes != self.saved
+            {
+                let text = serde_json::to_vec(&self.lanes).unwrap_or_default();
+                if let Err(e) = crate::fs::write_atomic(path, &text, 0o600) {
+                    tracing::warn!(error = %e, "cannot save delivery progress (a restart writes some lines again)");
+                }
+                self.saved = self.lanes.clone();
+            }
+            self.s.reader.mark_delivered(w);
+        }
+        let snapshot = self.s.health.snapshot();
+        for (tenant, b) in &self.lanes.behind {
+            if let Some(error) = &b.error {
+                self.s.health.set_tenant(
+                    tenant,
+                    Tenant::Held {
+                        error: error.clone(),
+                        since_ms: b.since_ms,
+                    },
+                );
+            }
+        }
+        for tenant in snapshot.tenants.keys() {
+            if !self.lanes.is_behind(tenant) {
+                self.s.health.set_tenant(tenant, Tenant::Flowing);
+            }
+        }
+        let healthy = self.lanes.behind.values().all(|b| b.error.is_none());
+        self.s.metrics.set(
+            "vigie_sink_healthy",
+            vec![],
+            if healthy { 1.0 } else { 0.0 },
+        );
+        self.s.metrics.set(
             "vigie_buffer_pending_bytes",
             vec![],
-            reader.pending_bytes() as f64,
+            self.s.reader.pending_bytes() as f64,
         );
     }
-}
 
-struct Ctx<'a> {
-    writer: &'a mut dyn LineWriter,
-    quarantine: &'a mut Quarantine,
-    cfg: &'a BatchConfig,
-    metrics: &'a Metrics,
-    shutdown: &'a AtomicBool,
-}
-
-impl Ctx<'_> {
-    /// Writes `lines` for `tenant` until stored (true) or shutdown interrupts (false).
-    fn deliver(&mut self, tenant: &str, lines: &str) -> bool {
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let answer = self.writer.write(tenant, lines);
-            let (action, detail) = match &answer {
-                Answer::Status {
-                    code,
-                    retry_after,
-                    body,
-                } => (
-                    retry::classify(*code, retry_after.as_deref()),
-                    format!("HTTP {code}: {}", body.trim()),
-                ),
-                Answer::Transport(e) => (Action::Retry { after: None }, e.clone()),
-            };
-            match action {
-                Action::Done => {
-                    let n = lines.lines().count();
-                    self.metrics.observe(
-                        "vigie_write_duration_seconds",
-                        started.elapsed().as_secs_f64(),
-                    );
-                    self.metrics.observe("vigie_batch_lines", n as f64);
-                    self.metrics.add(
-                        "vigie_readings_stored_total",
-                        labels(&[("tenant", tenant)]),
-                        n as f64,
-                    );
-                    self.metrics.set("vigie_sink_healthy", vec![], 1.0);
-                    return true;
-                }
-                Action::Split => {
-                    self.metrics.add(
-                        "vigie_write_errors_total",
-                        labels(&[("class", "split")]),
-                        1.0,
-                    );
-                    return self.split(tenant, lines, &detail);
-                }
-                Action::Config | Action::Retry { .. } => {
-                    let class = if action == Action::Config {
-                        "config"
-                    } else {
-                        "retry"
-                    };
-                    self.metrics
-                        .add("vigie_write_errors_total", labels(&[("class", class)]), 1.0);
-                    self.metrics.set("vigie_sink_healthy", vec![], 0.0);
-                    let wait = match action {
-                        Action::Retry { after: Some(after) } => after,
-                        Action::Config => self.cfg.max_backoff,
-                        _ => retry::backoff(
-                            attempt,
-                            self.cfg.min_backoff,
-                            self.cfg.max_backoff,
-                            jitter(),
-                        ),
-                    };
-                    if action == Action::Config {
-                        tracing::error!(tenant, %detail, "database refuses our configuration (URL, credentials or database name); data kept, retrying in {wait:?}");
-                    } else {
-                        tracing::warn!(tenant, %detail, attempt, "database write failed; retrying in {wait:?}");
+    /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).
+    fn write(&mut self, tenant: &str, lines: &str) -> Written {
+        let started = Instant::now();
+        let answer = self.s.writer.write(tenant, lines);
+        let (action, detail) = match &answer {
+            Answer::Status {
+                code,
+                retry_after,
+                body,
+            } => (
+                retry::classify(*code, retry_after.as_deref()),
+                format!("HTTP {code}: {}", body.trim()),
+            ),
+            Answer::Transport(e) => (Action::Retry { after: None }, e.clone()),
+        };
+        let metrics = &self.s.metrics;
+        match action {
+            Action::Done => {
+                let n = lines.lines().count();
+                metrics.observe(
+                    "vigie_write_duration_seconds",
+                    started.elapsed().as_secs_f64(),
+                );
+                metrics.observe("vigie_batch_lines", n as f64);
+                metrics.add(
+                    "vigie_readings_stored_total",
+                    labels(&[("tenant", tenant)]),
+                    n as f64,
+                );
+                Written::Stored
+            }
+            Action::Split => {
+                metrics.add(
+                    "vigie_write_errors_total",
+                    labels(&[("class", "split")]),
+                    1.0,
+                );
+                self.split(tenant, lines, &detail)
+            }
+            Action::Config | Action::Retry { .. } => {
+                let class = if action == Action::Config {
+                    "config"
+                } else {
+                    "retry"
+                };
+                metrics.add("vigie_write_errors_total", labels(&[("class", class)]), 1.0);
+                let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
+                let cfg = &self.s.cfg;
+                let wait = match action {
+                    Action::Retry { after: Some(after) } => after,
+                    Action::Config => {
+                        retry::backoff(attempt + 3, cfg.min_backoff, cfg.max_backoff, jitter())
                     }
-                    attempt = attempt.saturating_add(1);
-                    if !self.sleep(wait) {
-                        return false;
-                    }
-                }
+                    _ => retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter()),
+                };
+                let error = if action == Action::Config {
+                    format!(
+                        "{detail} (the database refuses our configuration: URL, credentials or database name)"
+                    )
+                } else {
+                    detail
+                };
+                Written::Failed { error, wait }
             }
         }
     }
 
     /// Halves a refused batch until the refused lines are alone; quarantines those.
-    fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> bool {
+    fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
         let all: Vec<&str> = lines.lines().collect();
         if all.len() <= 1 {
             let entry = quarantine::Entry {
                 received_ms: crate::now_ms(),
-                topic: format!("database:{tenant}"),
+                origin: Origin::Database,
+                topic: tenant.to_string(),
                 reason: Reason::DatabaseRejected.code().into(),
                 detail: detail.to_string(),
                 payload: hex::encode(lines.as_bytes()),
             };
-            tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");
-            let evicted = self
-                .quarantine
-                .add(&entry)
-                .and_then(|n| self.quarantine.sync().map(|_| n));
-            match evicted {
-                Ok(n) => self
-                    .metrics
-                    .add("vigie_quarantine_evicted_total", vec![], n as f64),
-                Err(e) => tracing::error!(error = %e, "cannot write the database quarantine"),
-            }
-            self.metrics.add(
-                "vigie_frames_rejected_total",
-                labels(&[("reason", Reason::DatabaseRejected.code())]),
-                1.0,
-            );
-            return true;
+            let evicted = {
+                let mut q = lock(&self.s.quarantine);
+                q.add(&entry);
+                q.sync()
+            };
+            return match evicted {
+                Ok(n) => {
+                    tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");
+                    self.s
+                        .metrics
+                        .add("vigie_quarantine_evicted_total", vec![], n as f64);
+                    self.s.metrics.add(
+                        "vigie_frames_rejected_total",
+                        labels(&[("reason", Reason::DatabaseRejected.code())]),
+                        1.0,
+                    );
+                    Written::Stored
+                }
+                Err(e) => Written::Failed {
+                    error: format!(
+                        "database refused a line and the quarantine cannot be written: {e}"
+                    ),
+                    wait: self.s.cfg.max_backoff,
+                },
+            };
         }
         let (a, b) = all.split_at(all.len() / 2);
         for half in [a, b] {
             let mut text = half.join("\n");
             text.push('\n');
-            if !self.deliver(tenant, &text) {
-                return false;
+            if let failed @ Written::Failed { .. } = self.write(tenant, &text) {
+                return failed;
             }
         }
-        true
+        Written::Stored
     }
 
-    /// Sleeps, waking early (false) on shutdown.
-    fn sleep(&self, total: Duration) -> bool {
-        let until = Instant::now() + total;
-        while Instant::now() < until {
-            if self.shutdown.load(Ordering::Relaxed) {
-                return false;
+    /// Sleeps, waking early on stop.
+    fn pause(&self, d: Duration) {
+        let stop = self.s.stop.clone();
+        self.s.runtime.block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = stop.cancelled() => {}
             }
-            std::thread::sleep(
-                until
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-            );
-        }
-        !self.shutdown.load(Ordering::Relaxed)
+        });
     }
 }
 
@@ -288,164 +535,4 @@ fn jitter() -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::buffer::Buffer;
-    use std::sync::Mutex;
-
-    /// A scripted database: answers in order, then 204; records what was stored.
-    struct Scripted {
-        answers: Vec<Answer>,
-        stored: Arc<Mutex<Vec<(String, String)>>>,
-        refuse_containing: Option<&'static str>,
-    }
-
-    impl LineWriter for Scripted {
-        fn write(&mut self, tenant: &str, lines: &str) -> Answer {
-            if self
-                .refuse_containing
-                .is_some_and(|bad| lines.contains(bad))
-            {
-                return Answer::Status {
-                    code: 400,
-                    retry_after: None,
-                    body: "{\"error\":\"bad line\"}".into(),
-                };
-            }
-            if !self.answers.is_empty() {
-                return self.answers.remove(0);
-            }
-            self.stored
-                .lock()
-                .unwrap()
-                .push((tenant.into(), lines.into()));
-            Answer::Status {
-                code: 204,
-                retry_after: None,
-                body: String::new(),
-            }
-        }
-    }
-
-    fn record(tenant: &str, counter: u32, line: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        Record {
-            tenant: tenant.into(),
-            device: "d".into(),
-            epoch: 1,
-            counter,
-            readings: 1,
-            lines: format!("{line}\n"),
-        }
-        .encode(&mut out);
-        out
-    }
-
-    fn run_with(
-        answers: Vec<Answer>,
-        refuse: Option<&'static str>,
-        records: Vec<Vec<u8>>,
-    ) -> (Vec<(String, String)>, Arc<Metrics>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut buffer, _) =
-            Buffer::open(&dir.path().join("b"), 1 << 20, 8 << 20, |_| {}).unwrap();
-        buffer.append(&records).unwrap();
-        let stored = Arc::new(Mutex::new(Vec::new()));
-        let writer = Scripted {
-            answers,
-            stored: stored.clone(),
-            refuse_containing: refuse,
-        };
-        let q = Quarantine::open(&dir.path().join("q"), 1 << 20).unwrap();
-        let cfg = BatchConfig {
-            max_lines: 100,
-            linger: Duration::from_millis(20),
-            min_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-        };
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let reader = buffer.reader();
-        let handle = {
-            let (m, s) = (metrics.clone(), shutdown.clone());
-            std::thread::spawn(move || run(reader, Box::new(writer), q, cfg, m, s))
-        };
-        let want = records.len() as f64;
-        let until = Instant::now() + Duration::from_secs(10);
-        while metrics.total("vigie_readings_stored_total")
-            + metrics.total("vigie_frames_rejected_total")
-            < want
-            && Instant::now() < until
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        shutdown.store(true, Ordering::Relaxed);
-        handle.join().unwrap();
-        let stored = stored.lock().unwrap().clone();
-        (stored, metrics, dir)
-    }
-
-    #[test]
-    fn retries_outages_and_groups_by_tenant() {
-        let outage = vec![
-            Answer::Transport("connection refused".into()),
-            Answer::Status {
-                code: 503,
-                retry_after: Some("0".into()),
-                body: String::new(),
-            },
-            Answer::Status {
-                code: 404,
-                retry_after: None,
-                body: "database not found".into(),
-            },
-        ];
-        let records = vec![
-            record("a", 1, "m v=1 1"),
-            record("b", 2, "m v=2 2"),
-            record("a", 3, "m v=3 3"),
-        ];
-        let (stored, metrics, _dir) = run_with(outage, None, records);
-        let mut all: Vec<_> = stored
-            .iter()
-            .flat_map(|(t, l)| l.lines().map(move |l| format!("{t}:{l}")))
-            .collect();
-        all.sort();
-        assert_eq!(all, ["a:m v=1 1", "a:m v=3 3", "b:m v=2 2"]);
-        assert_eq!(metrics.total("vigie_readings_stored_total"), 3.0);
-        assert_eq!(
-            metrics.get("vigie_write_errors_total", &labels(&[("class", "retry")])),
-            Some(2.0)
-        );
-        assert_eq!(
-            metrics.get("vigie_write_errors_total", &labels(&[("class", "config")])),
-            Some(1.0)
-        );
-    }
-
-    #[test]
-    fn a_bad_line_is_isolated_and_quarantined_the_rest_stored() {
-        let records: Vec<_> = (0..9)
-            .map(|i| record("a", i, &format!("m v={i} {i}")))
-            .collect();
-        let mut with_bad = records.clone();
-        with_bad.insert(4, record("a", 99, "m v=BAD 99"));
-        let (stored, metrics, dir) = run_with(vec![], Some("BAD"), with_bad);
-        let lines: usize = stored.iter().map(|(_, l)| l.lines().count()).sum();
-        assert_eq!(lines, 9);
-        assert_eq!(
-            metrics.get(
-                "vigie_frames_rejected_total",
-                &labels(&[("reason", "database_rejected")])
-            ),
-            Some(1.0)
-        );
-        let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
-        assert_eq!(q.len(), 1);
-        assert_eq!(
-            String::from_utf8(hex::decode(&q[0].payload).unwrap()).unwrap(),
-            "m v=BAD 99\n"
-        );
-        assert!(q[0].detail.contains("400"));
-    }
-}
+mod tests;

@@ -1,0 +1,220 @@
+//! Judging a batch of messages, pure: each message gets the verdict it would get alone,
+//! in arrival order, because the frames accepted earlier in the batch count (through a
+//! [`Pending`](super::replay_book::Pending) overlay) before the batch is durable. The
+//! ingest worker turns the plan into I/O: records to append, entries to quarantine,
+//! acknowledgements; then, once durable, it applies the accepted frames to the book.
+
+use super::reason::Reason;
+use super::replay_book::ReplayBook;
+use super::verify::{self, Accepted, Context, Verdict};
+
+/// The verdict of one message, by index into the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored: index into [`Plan::accepted`].
+    Store(usize),
+    /// Already stored: acknowledge, count.
+    Duplicate,
+    /// Quarantined with this reason.
+    Reject(Reason),
+    /// A status message (`online` / `offline`).
+    Status {
+        /// Tenant.
+        tenant: String,
+        /// Device.
+        device: String,
+        /// True for `online`.
+        online: bool,
+    },
+}
+
+/// What to do with a batch.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// One outcome per message, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The frames to store, in order.
+    pub accepted: Vec<Accepted>,
+}
+
+/// Judges `messages` (topic, payload) in order against the book in `cx` and the frames
+/// accepted before them in the same batch.
+pub fn judge<'m>(
+    messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
+    cx: &Context<'_, ReplayBook>,
+) -> Plan {
+    let mut pending = cx.counters.pending();
+    let mut plan = Plan::default();
+    for (topic, payload) in messages {
+        let cx = Context {
+            registry: cx.registry,
+            counters: &pending,
+            rules: cx.rules,
+            strings: cx.strings,
+            now_s: cx.now_s,
+        };
+        let outcome = match verify::assess(topic, payload, &cx) {
+            Verdict::Accept(a) => {
+                let r = &a.record;
+                if let Some(tag) = r.tag {
+                    pending.accept(&r.tenant, &r.device, r.epoch, r.counter, tag);
+                }
+                plan.accepted.push(*a);
+                Outcome::Store(plan.accepted.len() - 1)
+            }
+            Verdict::Duplicate { .. } => Outcome::Duplicate,
+            Verdict::Reject(reason) => Outcome::Reject(reason),
+            Verdict::Status {
+                tenant,
+                device,
+                online,
+            } => Outcome::Status {
+                tenant,
+                device,
+                online,
+            },
+        };
+        plan.outcomes.push(outcome);
+    }
+    plan
+}
+
+/// Applies a durable plan's accepted frames to the book; returns each frame's counter gap.
+pub fn apply(book: &mut ReplayBook, accepted: &[Accepted]) -> Vec<u32> {
+    accepted
+        .iter()
+        .map(|a| {
+            let r = &a.record;
+            book.accept(&r.tenant, &r.device, r.epoch, r.counter, r.tag)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::lineproto::StringFields;
+    use crate::core::validate::TimeRules;
+    use crate::registry::{DeviceEntry, DeviceKind, Registry};
+    use proptest::prelude::*;
+    use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+
+    const NOW: u64 = 1_795_305_600;
+    const RULES: TimeRules = TimeRules {
+        max_future_skew_s: 300,
+        max_age_s: 86_400,
+    };
+
+    fn registry() -> Registry {
+        let entry = |id: &str| DeviceEntry {
+            id: id.into(),
+            tenant: "lyon".into(),
+            kind: DeviceKind::AirQuality,
+            key: hex::encode([id.len() as u8 + 1; 16]),
+            epoch: 1,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: None,
+            revoked: false,
+        };
+        Registry::from_entries(vec![entry("a"), entry("bb")]).unwrap()
+    }
+
+    /// A message: device, counter, and a value that makes frames under one counter differ.
+    fn message(device: &str, counter: u32, variant: u8) -> (String, Vec<u8>) {
+        let key = DeviceKey::new([device.len() as u8 + 1; 16], 1);
+        let reading = Reading {
+            time: NOW as u32 - 100 + u32::from(variant),
+            values: Values::AirQuality(AirQuality {
+                pm25: Field::Value(100 + u16::from(variant)),
+                ..AirQuality::default()
+            }),
+        };
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let who = Identity::new("lyon", device).unwrap();
+        let frame = protocol::seal(&mut buf, &[reading], counter, &key, who)
+            .unwrap()
+            .to_vec();
+        (format!("vigie/v1/lyon/{device}/up"), frame)
+    }
+
+    /// Verdict kinds of `messages` delivered in batches of the given sizes.
+    fn verdicts(messages: &[(String, Vec<u8>)], sizes: &[usize]) -> Vec<String> {
+        let registry = registry();
+        let mut book = ReplayBook::default();
+        let mut out = Vec::new();
+        let mut rest = messages;
+        let mut sizes = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            let cx = Context {
+                registry: &registry,
+                counters: &book,
+                rules: &RULES,
+                strings: StringFields::Fields,
+                now_s: NOW,
+            };
+            let plan = judge(batch.iter().map(|(t, p)| (t.as_str(), p.as_slice())), &cx);
+            out.extend(plan.outcomes.iter().map(|o| match o {
+                Outcome::Store(_) => "store".to_string(),
+                Outcome::Duplicate => "duplicate".into(),
+                Outcome::Reject(r) => r.code().into(),
+                Outcome::Status { .. } => "status".into(),
+            }));
+            apply(&mut book, &plan.accepted);
+        }
+        out
+    }
+
+    #[test]
+    fn the_cases_the_field_found_give_one_verdict_however_batched() {
+        let w = protocol::replay::WINDOW;
+        let seq = vec![
+            message("a", 10, 0),
+            message("a", 10, 0),     // exact duplicate
+            message("a", 10, 1),     // counter reused with other content
+            message("a", w + 20, 0), // moves the window
+            message("a", 11, 0),     // now below it
+        ];
+        let one_by_one = verdicts(&seq, &[1]);
+        assert_eq!(
+            one_by_one,
+            [
+                "store",
+                "duplicate",
+                "counter_reused",
+                "store",
+                "replay_too_old"
+            ]
+        );
+        assert_eq!(verdicts(&seq, &[seq.len()]), one_by_one);
+        assert_eq!(verdicts(&seq, &[2, 3]), one_by_one);
+    }
+
+    fn sequence() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        let w = protocol::replay::WINDOW;
+        let counter = prop_oneof![0u32..6, (w..w + 6)];
+        prop::collection::vec((prop::bool::ANY, counter, 0u8..2), 1..24).prop_map(|v| {
+            v.into_iter()
+                .map(|(dev, c, var)| message(if dev { "a" } else { "bb" }, c, var))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Any split of a message sequence into batches gives the same verdicts.
+        #[test]
+        fn verdicts_do_not_depend_on_batching(
+            seq in sequence(),
+            sizes in prop::collection::vec(1usize..8, 1..6),
+        ) {
+            prop_assert_eq!(verdicts(&seq, &sizes), verdicts(&seq, &[1]));
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Health: a typed value the loops set and `/readyz` reads (never the metrics).
+//!
+//! Ready means the gateway takes traffic and stores it: connected to the broker, and the
+//! buffer and quarantine writable. A tenant whose database refuses is *held* (its data
+//! waits in the buffer, the others flow): that is reported in the detail and in metrics,
+//! and does not make the gateway unready.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+/// Whether accepted frames can be made durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Store {
+    /// Appends succeed.
+    #[default]
+    Ok,
+    /// The buffer reached `buffer.max_mib`: waiting for the database to drain it.
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// The disk has no room left (`ENOSPC`/`EDQUOT`).
+    DiskFull {
+        /// The error.
+        error: String,
+    },
+    /// Another disk error (`EIO`, permissions…).
+    Failing {
+        /// The error.
+        error: String,
+    },
+}
+
+/// Delivery to one tenant's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Tenant {
+    /// Writes succeed.
+    Flowing,
+    /// Writes fail; the tenant's data waits in the buffer and is retried on its own.
+    Held {
+        /// Why, as the database answered.
+        error: String,
+        /// Unix ms since when.
+        since_ms: u64,
+    },
+}
+
+/// Everything `/readyz` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Connected to the broker.
+    pub broker_connected: bool,
+    /// Buffer and quarantine.
+    pub store: Store,
+    /// Delivery per tenant that has been written to (or tried).
+    pub tenants: BTreeMap<String, Tenant>,
+    /// The last registry reload failed (the previous registry stays in force).
+    pub registry_error: Option<String>,
+}
+
+impl Snapshot {
+    /// Ready to take traffic.
+    pub fn ready(&self) -> bool {
+        self.broker_connected && self.store == Store::Ok
+    }
+
+    /// One line naming what is wrong, for `/readyz` and logs.
+    pub fn summary(&self) -> String {
+        let mut problems = Vec::new();
+        if !self.broker_connected {
+            problems.push("not connected to the broker".to_string());
+        }
+        match &self.store {
+            Store::Ok => {}
+            Store::Full { used, max } => problems.push(format!(
+                "buffer full ({used} of {max} bytes): acknowledgements withheld until the database catches up"
+            )),
+            Store::DiskFull { error } => problems.push(format!(
+                "disk full ({error}): acknowledgements withheld until space is freed"
+            )),
+            Store::Failing { error } => problems.push(format!(
+                "disk error ({error}): acknowledgements withheld"
+            )),
+        }
+        for (tenant, state) in &self.tenants {
+            if let Tenant::Held { error, .. } = state {
+                problems.push(format!("tenant {tenant} held: {error}"));
+            }
+        }
+        if let Some(e) = &self.registry_error {
+            problems.push(format!("registry reload failed: {e}"));
+        }
+        if problems.is_empty() {
+            "ready".into()
+        } else {
+            problems.join("; ")
+        }
+    }
+}
+
+/// Shared health, set by the loops.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<Snapshot>);
+
+impl Health {
+    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    /// Sets the broker connection state.
+    pub fn set_broker(&self, connected: bool) {
+        self.lock().broker_connected = connected;
+    }
+
+    /// Sets the store state; returns the previous one.
+    pub fn set_store(&self, store: Store) -> Store {
+        std::mem::replace(&mut self.lock().store, store)
+    }
+
+    /// Sets a tenant's delivery state; returns the previous one.
+    pub fn set_tenant(&self, tenant: &str, state: Tenant) -> Option<Tenant> {
+        self.lock().tenants.insert(tenant.to_string(), state)
+    }
+
+    /// Records the outcome of a registry reload.
+    pub fn set_registry_error(&self, error: Option<String>) {
+        self.lock().registry_error = error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_tenant_is_reported_but_keeps_the_gateway_ready() {
+        let h = Health::default();
+        h.set_broker(true);
+        h.set_tenant(
+            "lyon",
+            Tenant::Held {
+                error: "HTTP 404: database not found".into(),
+                since_ms: 1,
+            },
+        );
+        let s = h.snapshot();
+        assert!(s.ready());
+        assert!(s.summary().contains("tenant lyon held: HTTP 404"));
+        h.set_store(Store::DiskFull {
+            error: "No space left on device".into(),
+        });
+        let s = h.snapshot();
+        assert!(!s.ready());
+        assert!(s.summary().starts_with("disk full"), "{}", s.summary());
+    }
+}

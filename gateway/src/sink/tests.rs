@@ -1,0 +1,337 @@
+use super::*;
+use crate::buffer::Buffer;
+use crate::quarantine::Quarantine;
+use std::sync::Mutex;
+
+/// A scripted database: per tenant, answers in order, then 204; records what was stored.
+struct Scripted {
+    answers: Arc<Mutex<BTreeMap<String, Vec<Answer>>>>,
+    stored: Arc<Mutex<Vec<(String, String)>>>,
+    refuse_containing: Option<&'static str>,
+}
+
+fn status(code: u16, body: &str) -> Answer {
+    Answer::Status {
+        code,
+        retry_after: None,
+        body: body.into(),
+    }
+}
+
+impl LineWriter for Scripted {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        if self
+            .refuse_containing
+            .is_some_and(|bad| lines.contains(bad))
+        {
+            return status(400, "{\"error\":\"bad line\"}");
+        }
+        if let Some(a) = self.answers.lock().unwrap().get_mut(tenant)
+            && !a.is_empty()
+        {
+            return a.remove(0);
+        }
+        self.stored
+            .lock()
+            .unwrap()
+            .push((tenant.into(), lines.into()));
+        status(204, "")
+    }
+}
+
+fn record(tenant: &str, counter: u32, line: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    Record {
+        tenant: tenant.into(),
+        device: "d".into(),
+        epoch: 1,
+        counter,
+        readings: 1,
+        tag: None,
+        lines: format!("{line}\n"),
+    }
+    .encode(&mut out);
+    out
+}
+
+struct Run {
+    stored: Arc<Mutex<Vec<(String, String)>>>,
+    answers: Arc<Mutex<BTreeMap<String, Vec<Answer>>>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+    handle: std::thread::JoinHandle<()>,
+    buffer: Buffer,
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(
+    answers: BTreeMap<String, Vec<Answer>>,
+    refuse: Option<&'static str>,
+    records: Vec<Vec<u8>>,
+) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buffer, _) = Buffer::open(
+        crate::fs::real(),
+        &dir.path().join("b"),
+        1 << 20,
+        8 << 20,
+        |_| {},
+    )
+    .unwrap();
+    buffer.append(&records).unwrap();
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let answers = Arc::new(Mutex::new(answers));
+    let writer = Scripted {
+        answers: answers.clone(),
+        stored: stored.clone(),
+        refuse_containing: refuse,
+    };
+    let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
+    let cfg = BatchConfig {
+        max_lines: 100,
+        linger: Duration::from_millis(20),
+        min_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (metrics, health, stop) = (
+        Arc::new(Metrics::default()),
+        Arc::new(Health::default()),
+        CancellationToken::new(),
+    );
+    let setup = SinkSetup {
+        reader: buffer.reader(),
+        writer: Box::new(writer),
+        quarantine: Arc::new(Mutex::new(q)),
+        cfg,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        runtime: rt.handle().clone(),
+        stop: stop.clone(),
+        state_path: Some(dir.path().join("sink.state")),
+    };
+    let handle = std::thread::spawn(move || run(setup));
+    Run {
+        stored,
+        answers,
+        metrics,
+        health,
+        stop,
+        handle,
+        buffer,
+        dir,
+        _rt: rt,
+    }
+}
+
+impl Run {
+    fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        sorted_lines(&self.stored)
+    }
+
+    fn stop(self) -> (Vec<String>, Arc<Metrics>, tempfile::TempDir) {
+        let Run {
+            stored,
+            metrics,
+            stop,
+            handle,
+            dir,
+            ..
+        } = self;
+        stop.cancel();
+        handle.join().unwrap();
+        (sorted_lines(&stored), metrics, dir)
+    }
+}
+
+/// Every stored line as `tenant:line`, sorted.
+fn sorted_lines(stored: &Mutex<Vec<(String, String)>>) -> Vec<String> {
+    let mut all: Vec<_> = stored
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(t, l)| {
+            l.lines()
+                .map(move |l| format!("{t}:{l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn retries_outages_and_groups_by_tenant() {
+    let outage = vec![
+        Answer::Transport("connection refused".into()),
+        Answer::Status {
+            code: 503,
+            retry_after: Some("0".into()),
+            body: String::new(),
+        },
+        status(404, "database not found"),
+    ];
+    let records = vec![
+        record("a", 1, "m v=1 1"),
+        record("b", 2, "m v=2 2"),
+        record("a", 3, "m v=3 3"),
+    ];
+    let run = start(BTreeMap::from([("a".into(), outage)]), None, records);
+    run.wait_for("3 stored", |r| {
+        r.metrics.total("vigie_readings_stored_total") >= 3.0
+    });
+    let (all, metrics, _dir) = run.stop();
+    assert_eq!(all, ["a:m v=1 1", "a:m v=3 3", "b:m v=2 2"]);
+    assert_eq!(metrics.total("vigie_readings_stored_total"), 3.0);
+    assert_eq!(
+        metrics.get("vigie_write_errors_total", &labels(&[("class", "retry")])),
+        Some(2.0)
+    );
+    assert_eq!(
+        metrics.get("vigie_write_errors_total", &labels(&[("class", "config")])),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_refusing_tenant_is_held_while_the_others_flow_then_catches_up() {
+    let missing: Vec<Answer> = (0..1_000_000)
+        .map(|_| status(404, "database not found"))
+        .collect();
+    let records: Vec<_> = (0..40)
+        .map(|i| {
+            let tenant = if i % 2 == 0 { "lyon" } else { "nice" };
+            record(tenant, i, &format!("m v={i} {i}"))
+        })
+        .collect();
+    let run = start(BTreeMap::from([("lyon".into(), missing)]), None, records);
+    run.wait_for("nice stored", |r| r.lines().len() >= 20);
+    run.wait_for("lyon held", |r| {
+        matches!(
+            r.health.snapshot().tenants.get("lyon"),
+            Some(Tenant::Held { .. })
+        )
+    });
+    assert!(run.lines().iter().all(|l| l.starts_with("nice:")));
+    assert_eq!(
+        run.metrics
+            .get("vigie_tenant_behind", &labels(&[("tenant", "lyon")])),
+        Some(1.0)
+    );
+    assert!(
+        run.buffer.pending_bytes() > 0,
+        "lyon's records stay in the buffer"
+    );
+    // The database is created: lyon catches up on its own cursor, nothing is lost.
+    run.answers.lock().unwrap().clear();
+    run.wait_for("lyon caught up", |r| r.lines().len() >= 40);
+    run.wait_for("flowing", |r| {
+        r.health.snapshot().tenants.get("lyon") == Some(&Tenant::Flowing)
+    });
+    run.wait_for("buffer delivered", |r| r.buffer.pending_bytes() == 0);
+    let (all, metrics, _dir) = run.stop();
+    assert_eq!(all.len(), 40, "{all:?}");
+    assert_eq!(metrics.total("vigie_readings_stored_total"), 40.0);
+    assert_eq!(
+        metrics.get("vigie_tenant_behind", &labels(&[("tenant", "lyon")])),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_bad_line_is_isolated_and_quarantined_the_rest_stored() {
+    let records: Vec<_> = (0..9)
+        .map(|i| record("a", i, &format!("m v={i} {i}")))
+        .collect();
+    let mut with_bad = records.clone();
+    with_bad.insert(4, record("a", 99, "m v=BAD 99"));
+    let run = start(BTreeMap::new(), Some("BAD"), with_bad);
+    run.wait_for("9 stored and 1 refused", |r| {
+        r.metrics.total("vigie_readings_stored_total") >= 9.0
+            && r.metrics.total("vigie_frames_rejected_total") >= 1.0
+    });
+    let (all, metrics, dir) = run.stop();
+    assert_eq!(all.len(), 9);
+    assert_eq!(
+        metrics.get(
+            "vigie_frames_rejected_total",
+            &labels(&[("reason", "database_rejected")])
+        ),
+        Some(1.0)
+    );
+    let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].origin, Origin::Database);
+    assert_eq!(
+        String::from_utf8(hex::decode(&q[0].payload).unwrap()).unwrap(),
+        "m v=BAD 99\n"
+    );
+    assert!(q[0].detail.contains("400"));
+}
+
+#[test]
+fn after_a_restart_nothing_stored_is_written_or_counted_again() {
+    let records: Vec<_> = (0..10)
+        .map(|i| record("a", i, &format!("m v={i} {i}")))
+        .collect();
+    let run = start(BTreeMap::new(), None, records);
+    run.wait_for("10 stored", |r| r.lines().len() >= 10);
+    run.wait_for("state saved", |r| r.dir.path().join("sink.state").exists());
+    let Run {
+        stop,
+        handle,
+        buffer,
+        dir,
+        _rt,
+        ..
+    } = run;
+    stop.cancel();
+    handle.join().unwrap();
+    drop(buffer);
+    // Same buffer and state: a new sink writes nothing.
+    let (buffer, _) = Buffer::open(
+        crate::fs::real(),
+        &dir.path().join("b"),
+        1 << 20,
+        8 << 20,
+        |_| {},
+    )
+    .unwrap();
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let writer = Scripted {
+        answers: Default::default(),
+        stored: stored.clone(),
+        refuse_containing: None,
+    };
+    let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
+    let stop = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let setup = SinkSetup {
+        reader: buffer.reader(),
+        writer: Box::new(writer),
+        quarantine: Arc::new(Mutex::new(q)),
+        cfg: BatchConfig::default(),
+        metrics: metrics.clone(),
+        health: Arc::new(Health::default()),
+        runtime: _rt.handle().clone(),
+        stop: stop.clone(),
+        state_path: Some(dir.path().join("sink.state")),
+    };
+    stop.cancel();
+    super::run(setup);
+    assert!(stored.lock().unwrap().is_empty());
+    assert_eq!(metrics.total("vigie_readings_stored_total"), 0.0);
+}
