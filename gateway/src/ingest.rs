@@ -87,6 +87,39 @@ pub enum Job {
 /// The quarantine of lines the databases refused: the sink adds, the worker replays.
 pub type SharedQuarantine = Arc<Mutex<Quarantine>>;
 
+/// Smallest reserve kept beside the replay state.
+const RESERVE_MIN: u64 = 1 << 20;
+
+/// Space set aside in `data_dir` for the replay-state snapshot. Delivered segments may
+/// only be deleted after the snapshot is written; on a full disk that write fails, and
+/// without a reserve nothing could ever be freed, even once the database has everything.
+/// So the worker keeps a file of zeros (at least 1 MiB, twice the snapshot), releases it
+/// when the snapshot does not fit, and remakes it after the segments are gone.
+#[derive(Debug)]
+struct Reserve {
+    path: PathBuf,
+}
+
+impl Reserve {
+    /// Releases the reserve; true if there was one.
+    fn release(&self) -> bool {
+        std::fs::remove_file(&self.path).is_ok()
+    }
+
+    /// Makes sure the reserve holds room for a snapshot of `snapshot` bytes (real
+    /// blocks: zeros written and fsynced, not a sparse file). Best effort.
+    fn restore(&self, snapshot: usize) {
+        let want = RESERVE_MIN.max(2 * snapshot as u64);
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= want) {
+            return;
+        }
+        let zeros = vec![0u8; want as usize];
+        if let Err(e) = crate::fs::write_atomic(&self.path, &zeros, 0o600) {
+            tracing::debug!(error = %e, "cannot make the space reserve now; tried again later");
+        }
+    }
+}
+
 /// The worker's state.
 #[derive(Debug)]
 pub struct Worker {
@@ -101,6 +134,9 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stopping: CancellationToken,
+    reserve: Reserve,
+    /// The last snapshot write failed (logged once until it works again).
+    snapshot_failing: bool,
 }
 
 /// Everything needed to open the worker.
@@ -211,6 +247,10 @@ impl Worker {
             );
         }
         let reader = buffer.reader();
+        let reserve = Reserve {
+            path: setup.snapshot_path.with_file_name("reserve"),
+        };
+        reserve.restore(book.snapshot().len());
         let worker = Self {
             registry: setup.registry,
             book,
@@ -223,14 +263,11 @@ impl Worker {
             metrics,
             health,
             stopping,
+            reserve,
+            snapshot_failing: false,
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
-    }
-
-    /// Progress of the buffer, readable after the worker has moved to its thread.
-    pub fn buffer_watch(&self) -> crate::buffer::Watch {
-        self.buffer.watch()
     }
 
     /// Runs until the job channel closes or shutdown interrupts a commit.
@@ -334,66 +371,127 @@ impl Worker {
             vec![],
             messages.len() as f64,
         );
-        let payloads: Vec<Vec<u8>> = plan
-            .accepted
-            .iter()
-            .map(|a| {
-                let mut payload = Vec::with_capacity(a.record.lines.len() + 56);
-                a.record.encode(&mut payload);
-                payload
-            })
-            .collect();
-        if !self.make_durable(&payloads) {
-            return None;
+        // Make the batch durable and acknowledge it in order, a prefix at a time: the
+        // whole batch at once, or, while storing fails, halves of what is left, so that
+        // whatever room returns is used at once.
+        let (mut done, mut step, mut appended) = (0, messages.len(), false);
+        while done < messages.len() {
+            let end = (done + step).min(messages.len());
+            let accepted: Vec<&verify::Accepted> = plan.outcomes[done..end]
+                .iter()
+                .filter_map(|o| match o {
+                    Outcome::Store(i) => Some(&plan.accepted[*i]),
+                    _ => None,
+                })
+                .collect();
+            let payloads: Vec<Vec<u8>> = accepted
+                .iter()
+                .map(|a| {
+                    let mut payload = Vec::with_capacity(a.record.lines.len() + 56);
+                    a.record.encode(&mut payload);
+                    payload
+                })
+                .collect();
+            match self.store(&payloads, &mut appended) {
+                Ok(()) => {
+                    appended = false;
+                    let durable: Vec<verify::Accepted> = accepted.into_iter().cloned().collect();
+                    let gaps = batch::apply(&mut self.book, &durable);
+                    for (a, gap) in durable.iter().zip(gaps) {
+                        self.account(a, gap);
+                    }
+                    summary.accepted += durable.len();
+                    for token in messages[done..end].iter().filter_map(|m| m.ack) {
+                        // The MQTT task may be gone at shutdown; the broker then redelivers.
+                        let _ = acks.send(token);
+                    }
+                    done = end;
+                }
+                Err(()) => {
+                    if self.stopping.is_cancelled() {
+                        return None;
+                    }
+                    // A chunk already in the buffer (the quarantine failed) is retried as
+                    // it is, never split and appended again.
+                    if step > 1 && !appended {
+                        step = step.div_ceil(2);
+                    } else {
+                        self.free_space();
+                        self.buffer.wait_for_delivery(RETRY_PAUSE);
+                    }
+                }
+            }
         }
-        summary.accepted = plan.accepted.len();
-        let gaps = batch::apply(&mut self.book, &plan.accepted);
-        for (a, gap) in plan.accepted.iter().zip(gaps) {
-            self.account(a, gap);
-        }
-        for token in messages.iter().filter_map(|m| m.ack) {
-            // The MQTT task may be gone at shutdown; the broker then redelivers.
-            let _ = acks.send(token);
-        }
+        self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
     }
 
-    /// Appends `payloads` and syncs the quarantine, each exactly once, waiting (not
-    /// acking) while the buffer is full or the disk fails. False on shutdown.
-    fn make_durable(&mut self, payloads: &[Vec<u8>]) -> bool {
-        let mut appended = payloads.is_empty();
-        loop {
-            let result = if appended {
-                Ok(())
-            } else {
-                self.buffer.append(payloads).map(|_| appended = true)
+    /// One attempt to append `payloads` (unless `appended` says a previous attempt did)
+    /// and to make the queued quarantine entries durable. Reports the store's state either
+    /// way. A failed append leaves nothing in the buffer.
+    fn store(&mut self, payloads: &[Vec<u8>], appended: &mut bool) -> Result<(), ()> {
+        let result = if *appended || payloads.is_empty() {
+            Ok(())
+        } else {
+            self.buffer.append(payloads).map(|_| *appended = true)
+        }
+        .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
+        let store = match &result {
+            Ok(evicted) => {
+                self.metrics
+                    .add("vigie_quarantine_evicted_total", vec![], *evicted as f64);
+                // Cleared by the caller once the whole batch is stored, so a batch that
+                // goes through in pieces on a nearly full disk does not flap.
+                return Ok(());
             }
-            .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
-            let store = match result {
-                Ok(evicted) => {
-                    self.metrics
-                        .add("vigie_quarantine_evicted_total", vec![], evicted as f64);
-                    Store::Ok
-                }
-                Err(BufferError::Full { used, max }) => Store::Full { used, max },
-                Err(e) if e.is_no_space() => Store::DiskFull {
-                    error: e.to_string(),
-                },
-                Err(e) => Store::Failing {
-                    error: e.to_string(),
-                },
-            };
-            let ok = store == Store::Ok;
-            self.report_store(store);
-            if ok {
-                return true;
-            }
+            Err(BufferError::Full { used, max }) => Store::Full {
+                used: *used,
+                max: *max,
+            },
+            Err(e) if e.is_no_space() => Store::DiskFull {
+                error: e.to_string(),
+            },
+            Err(e) => Store::Failing {
+                error: e.to_string(),
+            },
+        };
+        self.report_store(store);
+        result.map(drop).map_err(drop)
+    }
+
+    /// Stores `payloads` whole, waiting while storing fails. False on shutdown.
+    fn store_all(&mut self, payloads: &[Vec<u8>]) -> bool {
+        let mut appended = false;
+        while self.store(payloads, &mut appended).is_err() {
             if self.stopping.is_cancelled() {
                 return false;
             }
-            self.collect_garbage();
+            self.free_space();
             self.buffer.wait_for_delivery(RETRY_PAUSE);
+        }
+        self.report_store(Store::Ok);
+        true
+    }
+
+    /// While storing fails: delete what is delivered, and if everything is, roll past the
+    /// current segment so it can go too (with the reserve released on a full disk).
+    fn free_space(&mut self) {
+        self.collect_garbage();
+        if self.buffer.pending_bytes() > 0 {
+            return;
+        }
+        let mut rolled = self.buffer.roll_if_drained();
+        if rolled.as_ref().is_err_and(crate::fs::is_no_space) && self.reserve.release() {
+            tracing::warn!(
+                "disk full: the space reserve is released to start a new buffer segment"
+            );
+            rolled = self.buffer.roll_if_drained();
+        }
+        match rolled {
+            Ok(true) => self.collect_garbage(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot start a new buffer segment yet"),
         }
     }
 
@@ -474,13 +572,26 @@ impl Worker {
         if self.buffer.deletable_segments() == 0 {
             return;
         }
-        if let Err(e) = crate::fs::write_atomic(&self.snapshot_path, &self.book.snapshot(), 0o600) {
-            tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments");
+        let snapshot = self.book.snapshot();
+        let mut written = crate::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
+        if written.as_ref().is_err_and(crate::fs::is_no_space) && self.reserve.release() {
+            tracing::warn!(
+                "disk full: the space reserve is released so delivered segments can be deleted"
+            );
+            written = crate::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
+        }
+        if let Err(e) = written {
+            if !self.snapshot_failing {
+                tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments until it works");
+            }
+            self.snapshot_failing = true;
             return;
         }
+        self.snapshot_failing = false;
         if let Err(e) = self.buffer.delete_delivered() {
             tracing::error!(error = %e, "cannot delete delivered buffer segments");
         }
+        self.reserve.restore(snapshot.len());
         self.update_buffer_gauges();
     }
 
@@ -563,7 +674,7 @@ impl Worker {
                 q.add(e);
             }
         }
-        if !self.make_durable(&refused) {
+        if !self.store_all(&refused) {
             return ReplaySummary::default();
         }
         if let Err(e) = lock(&self.db_quarantine).sync() {

@@ -183,7 +183,6 @@ pub async fn run_with_metrics(
             .unwrap_or_default(),
     };
     let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
-    let progress = worker.buffer_watch();
 
     let runtime = tokio::runtime::Handle::current();
     let writer: Box<dyn sink::LineWriter> = match &config.database {
@@ -216,6 +215,7 @@ pub async fn run_with_metrics(
         runtime,
         stop: sink_stop.clone(),
         state_path: Some(data.join("sink.state")),
+        flush: SHUTDOWN_FLUSH,
     };
     let sink_thread = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
         sink::run(sink_setup)
@@ -263,8 +263,7 @@ pub async fn run_with_metrics(
     stopping.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
-    // Give the sink a bounded time to write what is buffered; the rest waits on disk.
-    let _ = tokio::task::spawn_blocking(move || progress.wait_drained(SHUTDOWN_FLUSH)).await;
+    // The sink writes what flows for at most SHUTDOWN_FLUSH; the rest waits on disk.
     sink_stop.cancel();
     let _ = tokio::task::spawn_blocking(move || sink_thread.join()).await;
     if let Some(which) = died.which.get() {

@@ -298,8 +298,10 @@ fn init_tracing(format: LogFormat, level: &str) {
         };
         tracing_subscriber::EnvFilter::new(format!("{level}{quiet}"))
     });
+    // Colours only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

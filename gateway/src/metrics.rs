@@ -71,6 +71,31 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "Records found in the buffer at start-up.",
     ),
     (
+        "vigie_store_failing",
+        "gauge",
+        "1 while the disk refuses writes (full, I/O error) and acknowledgements are withheld.",
+    ),
+    (
+        "vigie_buffer_torn_tails_total",
+        "counter",
+        "Torn tails cut at start-up (writes a crash or a failed write left unfinished; never acknowledged).",
+    ),
+    (
+        "vigie_buffer_corrupt_records_total",
+        "counter",
+        "Corrupt buffer records skipped and quarantined (disk corruption).",
+    ),
+    (
+        "vigie_tenant_behind",
+        "gauge",
+        "1 while a tenant's database refuses writes and its readings wait in the buffer, by tenant.",
+    ),
+    (
+        "vigie_registry_reload_failures_total",
+        "counter",
+        "Registry reloads (SIGHUP) that failed; the previous registry stayed in force.",
+    ),
+    (
         "vigie_readings_stored_total",
         "counter",
         "Readings written to the database (or files), by tenant.",
@@ -271,6 +296,34 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `"vigie_…"` name the crate's code uses is in the catalogue (an unlisted name
+    /// would be counted and never rendered).
+    #[test]
+    fn every_metric_name_in_the_code_is_catalogued() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src];
+        let mut missing = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for part in text.split("\"vigie_").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let name = format!("vigie_{name}");
+                let known = CATALOGUE.iter().any(|(n, _, _)| *n == name);
+                if !known && !name.ends_with('_') && part[name.len() - 6..].starts_with('"') {
+                    missing.push(format!("{} in {}", name, path.display()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in the catalogue: {missing:?}");
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -125,7 +125,12 @@ pub async fn run(
             pending_acks.pop_front();
             outstanding = outstanding.saturating_sub(1);
         }
-        if draining.is_some_and(|until| outstanding == 0 || tokio::time::Instant::now() >= until) {
+        // Draining ends when every message handed over is acked, when the worker has
+        // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
+        let worker_gone = acks.is_closed() && acks.is_empty() && pending_acks.is_empty();
+        if draining.is_some_and(|until| {
+            outstanding == 0 || worker_gone || tokio::time::Instant::now() >= until
+        }) {
             break;
         }
         tokio::select! {

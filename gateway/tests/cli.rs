@@ -100,3 +100,17 @@ fn a_config_mistake_is_one_clear_line_not_a_panic() {
     assert!(stderr.contains("max_linger"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_missing_registry_stops_the_service_at_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let out = gateway(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success(), "started without a registry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("devices.toml") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -21,6 +21,8 @@ pub struct GatewaySettings {
     pub buffer_mib: (u64, u64),
     /// How long a batch waits for more lines.
     pub linger: Duration,
+    /// Data directory (default: `data-<client id>` in the test directory).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl GatewaySettings {
@@ -33,6 +35,7 @@ impl GatewaySettings {
             influx,
             buffer_mib: (64, 8),
             linger: Duration::from_millis(200),
+            data_dir: None,
         }
     }
 }
@@ -83,7 +86,11 @@ impl GatewayProcess {
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
              [http]\nlisten = \"{http}\"\n[log]\nlevel = \"info\"\n",
-            data = dir.join(format!("data-{}", s.client_id)).display(),
+            data = s
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("data-{}", s.client_id)))
+                .display(),
             registry = dir.join("devices.toml").display(),
             host = s.broker.ip(),
             port = s.broker.port(),
@@ -159,19 +166,34 @@ impl GatewayProcess {
         started.elapsed()
     }
 
-    /// Sum of a metric over its labels, from `/metrics`; `None` if the process does not answer.
-    pub fn metric(&self, name: &str) -> Option<f64> {
+    /// `GET path`: status code and body; `None` if the process does not answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut s =
             std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(300)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
         )
         .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    }
+
+    /// `/readyz`: whether ready, and the summary it gives.
+    pub fn readyz(&self) -> Option<(bool, String)> {
+        let (code, body) = self.get("/readyz")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some((code == 200, v["summary"].as_str()?.to_string()))
+    }
+
+    /// Sum of a metric over its labels, from `/metrics`; `None` if the process does not answer.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics")?;
         let total = text
             .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))

@@ -56,20 +56,65 @@ pub async fn stored(influx: SocketAddr) -> BTreeSet<String> {
     all.into_iter().filter(|p| p.contains("|pm25|")).collect()
 }
 
-/// Waits (up to `limit`) until InfluxDB holds as many `pm25` points as `expected`, then
-/// checks they are exactly those; returns them.
+/// How a scenario ended, counted from the acknowledged publishes and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Readings published and acknowledged by the broker.
+    pub published: usize,
+    /// Distinct expected readings the database holds.
+    pub stored: usize,
+    /// Acknowledged readings the database does not hold.
+    pub lost: usize,
+    /// Points beyond one per reading (the same reading stored under two timestamps).
+    pub duplicated: usize,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "published={} stored={} lost={} duplicated={}",
+            self.published, self.stored, self.lost, self.duplicated
+        )
+    }
+}
+
+/// `pm25` points of [`TENANT`] at full (millisecond) resolution: two points of one
+/// reading would both count here, while [`stored`] keys them by second.
+pub async fn point_count(influx: SocketAddr) -> usize {
+    let body = readback::influx_query(
+        influx,
+        &format!("vigie_{TENANT}"),
+        "SELECT COUNT(pm25) FROM air_quality",
+    )
+    .await;
+    body["results"][0]["series"][0]["values"][0][1]
+        .as_u64()
+        .unwrap_or(0) as usize
+}
+
+/// Waits (up to `limit`) until InfluxDB holds as many `pm25` points as `expected` (the
+/// acknowledged publishes), then counts: lost from what is missing, duplicated from points
+/// against distinct readings. Panics unless nothing is lost, duplicated or unexpected.
 pub async fn all_stored(
     influx: SocketAddr,
     expected: &BTreeSet<String>,
     limit: std::time::Duration,
-) -> BTreeSet<String> {
+) -> Outcome {
     crate::wait_for("every reading in InfluxDB", limit, async || {
         stored(influx).await.len() >= expected.len()
     })
     .await;
     let got = stored(influx).await;
+    let outcome = Outcome {
+        published: expected.len(),
+        stored: got.intersection(expected).count(),
+        lost: expected.difference(&got).count(),
+        duplicated: point_count(influx).await.saturating_sub(got.len()),
+    };
     assert_exactly(&got, expected);
-    got
+    assert_eq!(outcome.duplicated, 0, "{outcome}");
+    outcome
 }
 
 /// Zero lost, zero extra: `got` holds exactly the `expected` points (on failure, how many

@@ -63,8 +63,7 @@ async fn queued_messages_survive_a_broker_restart() {
     fleet::publish_all(broker.addr, "fleet", batches[3]).await;
     let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(60)).await;
     println!(
-        "broker_restart: published=4000 stored={} duplicated=0 queued_across_restart=1000 gateway_shutdown={shutdown:?} reconnected_after_broker_restart=yes",
-        got.len()
+        "broker_restart: {got} queued_across_restart=1000 gateway_shutdown={shutdown:?} reconnected_after_broker_restart=yes",
     );
     gw.terminate();
 }

@@ -212,9 +212,10 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         lines.iter().filter(|l| l.starts_with(bin_prefix)).count(),
         10
     );
+    // Counter 0: the reading's second, 0 ms (SPEC §6, stored time).
     let first = format!(
         "lyon:air_quality,device=aq-1,tenant=lyon pm25=10,pm10=15 {}",
-        now - 100
+        gateway::core::lineproto::timestamp_ms(now - 100, 0)
     );
     assert!(lines.contains(&first), "{lines:#?}");
 

@@ -172,17 +172,6 @@ impl Watch {
     pub fn pending_bytes(&self) -> u64 {
         self.0.lock().pending()
     }
-
-    /// Waits until nothing is pending or `timeout` passes; true if nothing is pending.
-    pub fn wait_drained(&self, timeout: Duration) -> bool {
-        let s = self.0.lock();
-        let (s, _) = self
-            .0
-            .changed
-            .wait_timeout_while(s, timeout, |s| s.pending() > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        s.pending() == 0
-    }
 }
 
 #[derive(Debug)]
@@ -455,7 +444,10 @@ impl Buffer {
                     offset: magic,
                 };
                 created.push(pos.segment);
-                rolled = Some(create_segment(&self.fs, &self.dir, pos.segment)?);
+                let file = create_segment(&self.fs, &self.dir, pos.segment).map_err(|e| {
+                    io::Error::new(e.kind(), format!("creating segment {}: {e}", pos.segment))
+                })?;
+                rolled = Some(file);
             }
             format::encode(&mut self.scratch, payload);
         }
@@ -489,24 +481,28 @@ impl Buffer {
         Ok(())
     }
 
-    /// Segments the sink has moved past (all of their records are in the database).
-    pub fn deletable_segments(&self) -> usize {
+    /// Sealed segments whose every record the sink has delivered.
+    fn delivered_segments(&self) -> Vec<u64> {
         let s = self.shared.lock();
         s.segments
-            .range(..s.delivered.segment.min(self.durable.segment))
-            .count()
+            .range(..self.durable.segment)
+            .filter(|&(&seq, &len)| {
+                seq < s.delivered.segment
+                    || (seq == s.delivered.segment && s.delivered.offset >= len)
+            })
+            .map(|(&seq, _)| seq)
+            .collect()
+    }
+
+    /// Segments the sink has moved past (all of their records are in the database).
+    pub fn deletable_segments(&self) -> usize {
+        self.delivered_segments().len()
     }
 
     /// Deletes delivered segments; returns how many. The caller persists whatever state
     /// those records carried (replay windows) before calling this.
     pub fn delete_delivered(&mut self) -> io::Result<usize> {
-        let doomed: Vec<u64> = {
-            let s = self.shared.lock();
-            s.segments
-                .range(..s.delivered.segment.min(self.durable.segment))
-                .map(|(&k, _)| k)
-                .collect()
-        };
+        let doomed = self.delivered_segments();
         for seq in &doomed {
             self.fs.remove(&segment_path(&self.dir, *seq))?;
             let mut s = self.shared.lock();
@@ -518,6 +514,35 @@ impl Buffer {
             self.shared.changed.notify_all();
         }
         Ok(doomed.len())
+    }
+
+    /// When every record is delivered, starts the next segment so that the current one
+    /// can be deleted (the current segment is otherwise never deleted, however much of it
+    /// the database holds: on a full disk nothing could be freed). Returns true if it
+    /// rolled; on an error nothing changed. It needs one new segment's room: on a full
+    /// disk, the caller frees some first (the space reserve).
+    pub fn roll_if_drained(&mut self) -> io::Result<bool> {
+        {
+            let s = self.shared.lock();
+            if s.delivered < s.durable
+                || self.durable.offset == MAGIC.len() as u64
+                || self.damage.is_some()
+            {
+                return Ok(false);
+            }
+        }
+        let next = self.durable.segment + 1;
+        self.file = create_segment(&self.fs, &self.dir, next)?;
+        self.durable = Position {
+            segment: next,
+            offset: MAGIC.len() as u64,
+        };
+        let mut s = self.shared.lock();
+        s.segments.insert(next, self.durable.offset);
+        s.durable = self.durable;
+        drop(s);
+        self.shared.changed.notify_all();
+        Ok(true)
     }
 
     /// Waits until the sink delivers something, or `timeout` passes.

@@ -17,7 +17,7 @@
 //! before. `"VGR1"` snapshots (no tags) still load.
 
 use protocol::{Freshness, ReplayWindow};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 /// How many recent (counter, tag) pairs are kept per device.
 pub const RECENT: usize = 64;
@@ -38,12 +38,52 @@ pub enum Seen {
     TooOld,
 }
 
+/// The last [`RECENT`] (counter, tag) pairs, oldest first; a fixed ring, so copying a
+/// device's state for a batch allocates nothing.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    items: [(u32, Tag); RECENT],
+    len: u8,
+    next: u8,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            items: [(0, [0; 8]); RECENT],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl PartialEq for Recent {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Recent {
+    fn push(&mut self, item: (u32, Tag)) {
+        self.items[usize::from(self.next)] = item;
+        self.next = ((usize::from(self.next) + 1) % RECENT) as u8;
+        self.len = (usize::from(self.len) + 1).min(RECENT) as u8;
+    }
+
+    /// Oldest first.
+    fn iter(&self) -> impl Iterator<Item = &(u32, Tag)> {
+        let len = usize::from(self.len);
+        let start = (usize::from(self.next) + RECENT - len) % RECENT;
+        (0..len).map(move |i| &self.items[(start + i) % RECENT])
+    }
+}
+
 /// One device's state.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Slot {
     epoch: u32,
     window: ReplayWindow,
-    recent: VecDeque<(u32, Tag)>,
+    recent: Recent,
 }
 
 impl Slot {
@@ -85,10 +125,7 @@ impl Slot {
         };
         self.window.accept(counter);
         if let Some(tag) = tag {
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((counter, tag));
+            self.recent.push((counter, tag));
         }
         gap
     }
@@ -187,8 +224,8 @@ impl ReplayBook {
             }
             out.extend_from_slice(&slot.epoch.to_be_bytes());
             out.extend_from_slice(&slot.window.to_bytes());
-            out.push(slot.recent.len() as u8);
-            for (counter, tag) in &slot.recent {
+            out.push(slot.recent.len);
+            for (counter, tag) in slot.recent.iter() {
                 out.extend_from_slice(&counter.to_be_bytes());
                 out.extend_from_slice(tag);
             }
@@ -233,14 +270,17 @@ impl ReplayBook {
             let mut slot = Slot {
                 epoch,
                 window: ReplayWindow::from_bytes(&w),
-                recent: VecDeque::new(),
+                recent: Recent::default(),
             };
             if with_tags {
                 let n = take(1)?[0] as usize;
+                if n > RECENT {
+                    return Err(SnapshotError);
+                }
                 for _ in 0..n {
                     let counter = u32_of(take(4)?);
                     let tag: Tag = take(8)?.try_into().map_err(|_| SnapshotError)?;
-                    slot.recent.push_back((counter, tag));
+                    slot.recent.push((counter, tag));
                 }
             }
             windows.entry(tenant).or_default().insert(device, slot);
@@ -257,33 +297,36 @@ impl ReplayBook {
 #[derive(Debug)]
 pub struct Pending<'a> {
     book: &'a ReplayBook,
-    touched: HashMap<(String, String), Slot>,
+    /// Copies of the slots this batch changed, by tenant then device (lookups borrow).
+    touched: HashMap<String, HashMap<String, Slot>>,
 }
 
 impl Pending<'_> {
     /// Notes a frame this batch accepts.
     pub fn accept(&mut self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: Tag) {
-        let key = (tenant.to_string(), device.to_string());
-        let book = self.book;
-        self.touched
-            .entry(key)
-            .or_insert_with(|| {
-                book.slot(tenant, device)
+        let devices = match self.touched.get_mut(tenant) {
+            Some(d) => d,
+            None => self.touched.entry(tenant.to_string()).or_default(),
+        };
+        let slot = match devices.get_mut(device) {
+            Some(slot) => slot,
+            None => devices.entry(device.to_string()).or_insert_with(|| {
+                self.book
+                    .slot(tenant, device)
                     .cloned()
                     .unwrap_or_else(|| Slot::new(epoch))
-            })
-            .accept(epoch, counter, Some(tag));
+            }),
+        };
+        slot.accept(epoch, counter, Some(tag));
     }
 }
 
 impl Counters for Pending<'_> {
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen {
-        if !self.touched.is_empty()
-            && let Some(slot) = self.touched.get(&(tenant.to_string(), device.to_string()))
-        {
-            return slot.seen(epoch, counter, Some(tag));
+        match self.touched.get(tenant).and_then(|d| d.get(device)) {
+            Some(slot) => slot.seen(epoch, counter, Some(tag)),
+            None => self.book.seen(tenant, device, epoch, counter, tag),
         }
-        self.book.seen(tenant, device, epoch, counter, tag)
     }
 }
 

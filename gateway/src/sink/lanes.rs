@@ -114,6 +114,21 @@ impl Lanes {
             .min()
     }
 
+    /// True when the positions differ from `other`'s (what must be persisted; attempts
+    /// and errors are not worth an fsync).
+    pub fn moved_from(&self, other: &Self) -> bool {
+        let positions = |l: &Self| {
+            (
+                l.head,
+                l.behind
+                    .iter()
+                    .map(|(t, b)| (t.clone(), b.from))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        positions(self) != positions(other)
+    }
+
     /// Everything before this may leave the buffer.
     pub fn watermark(&self) -> Option<Position> {
         let lowest_behind = self.behind.values().map(|b| b.from).min();

@@ -102,6 +102,9 @@ pub struct SinkSetup {
     pub stop: CancellationToken,
     /// Where progress persists (`None`: not persisted, tests).
     pub state_path: Option<PathBuf>,
+    /// After `stop`, how long delivery goes on writing what flows; the rest waits on disk
+    /// for the next start.
+    pub flush: Duration,
 }
 
 impl std::fmt::Debug for dyn LineWriter {
@@ -114,7 +117,9 @@ impl std::fmt::Debug for dyn LineWriter {
 struct Sink {
     s: SinkSetup,
     lanes: Lanes,
+    /// What was last persisted.
     saved: Lanes,
+    save_failed: bool,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -127,6 +132,7 @@ pub fn run(mut setup: SinkSetup) {
         s: setup,
         saved: lanes.clone(),
         lanes,
+        save_failed: false,
     };
     for tenant in sink.lanes.behind.keys() {
         sink.s
@@ -165,8 +171,12 @@ fn load_lanes(setup: &SinkSetup) -> Lanes {
 
 impl Sink {
     fn run(mut self) {
+        let mut flush_until = None;
         loop {
             let stopping = self.s.stop.is_cancelled();
+            if stopping {
+                flush_until.get_or_insert_with(|| Instant::now() + self.s.flush);
+            }
             let batch = self.collect(stopping);
             for (tenant, chunk) in &batch.by_tenant {
                 match self.write(tenant, &chunk.lines) {
@@ -183,7 +193,10 @@ impl Sink {
                 self.catch_up();
             }
             self.publish();
-            if stopping && batch.end.is_none() {
+            // Stopping: what flows is written until nothing is left or time is up; held
+            // tenants are not retried.
+            if stopping && (batch.end.is_none() || flush_until.is_some_and(|t| Instant::now() >= t))
+            {
                 return;
             }
         }
@@ -339,7 +352,7 @@ impl Sink {
                 .metrics
                 .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 1.0);
         } else {
-            tracing::warn!(tenant, %error, "tenant still held; retrying in {wait:?}");
+            tracing::debug!(tenant, %error, "tenant still held; retrying in {wait:?}");
         }
     }
 
@@ -357,13 +370,20 @@ impl Sink {
     fn publish(&mut self) {
         if let Some(w) = self.lanes.watermark() {
             if let Some(path) = &self.s.state_path
-                && self.lanes != self.saved
+                && self.lanes.moved_from(&self.saved)
             {
                 let text = serde_json::to_vec(&self.lanes).unwrap_or_default();
-                if let Err(e) = crate::fs::write_atomic(path, &text, 0o600) {
-                    tracing::warn!(error = %e, "cannot save delivery progress (a restart writes some lines again)");
+                match crate::fs::write_atomic(path, &text, 0o600) {
+                    Ok(()) => self.saved = self.lanes.clone(),
+                    // Logged once: retried at the next change; a restart before that
+                    // writes some lines again (harmless, same points).
+                    Err(e) if self.saved.head.is_some() || !self.save_failed => {
+                        tracing::warn!(error = %e, "cannot save delivery progress (a restart would write some lines again)");
+                        self.saved = Lanes::default();
+                        self.save_failed = true;
+                    }
+                    Err(_) => {}
                 }
-                self.saved = self.lanes.clone();
             }
             self.s.reader.mark_delivered(w);
         }

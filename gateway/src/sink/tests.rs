@@ -114,6 +114,7 @@ fn start(
         runtime: rt.handle().clone(),
         stop: stop.clone(),
         state_path: Some(dir.path().join("sink.state")),
+        flush: Duration::from_secs(1),
     };
     let handle = std::thread::spawn(move || run(setup));
     Run {
@@ -329,6 +330,7 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
         runtime: _rt.handle().clone(),
         stop: stop.clone(),
         state_path: Some(dir.path().join("sink.state")),
+        flush: Duration::from_secs(1),
     };
     stop.cancel();
     super::run(setup);
