@@ -27,6 +27,15 @@ struct SenmlRecord {
     v: Option<f64>,
 }
 
+/// Nanoseconds per item: `f` run `runs` times, each doing `items` items.
+fn ns_per(runs: u32, items: usize, f: &dyn Fn()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / (f64::from(runs) * items as f64)
+}
+
 fn setup() -> (Registry, Vec<u8>, u64) {
     let key = [7u8; 16];
     let entry = DeviceEntry {
@@ -92,13 +101,7 @@ fn per_reading(c: &mut Criterion) {
 
     // The ratio, measured back to back in this run (criterion's figures above are the
     // detailed ones; this line is for docs/PERFORMANCE.md).
-    let time = |f: &dyn Fn()| {
-        let start = Instant::now();
-        for _ in 0..200_000 {
-            f();
-        }
-        start.elapsed().as_nanos() as f64 / 200_000.0
-    };
+    let time = |f: &dyn Fn()| ns_per(200_000, 1, f);
     let ours = time(&|| {
         black_box(assess(topic, black_box(&frame), &cx));
     });
@@ -148,13 +151,7 @@ fn batch_overlay(_: &mut Criterion) {
         now_s: now,
     };
     let topic = "vigie/v1/lyon/aq-0001/up";
-    let time = |f: &dyn Fn()| {
-        let start = Instant::now();
-        for _ in 0..20 {
-            f();
-        }
-        start.elapsed().as_nanos() as f64 / 20_000.0
-    };
+    let time = |f: &dyn Fn()| ns_per(20, frames.len(), f);
     let alone = time(&|| {
         for f in &frames {
             black_box(assess(topic, f, &cx));

@@ -202,6 +202,23 @@ impl GatewayProcess {
         Some(total)
     }
 
+    /// Waits until metric `name` stops changing (unchanged over one second), then returns
+    /// it. For intake on a full buffer or disk: the gateway stores what still fits, in
+    /// smaller and smaller pieces, then takes nothing more.
+    pub fn settled(&self, name: &str, limit: Duration) -> f64 {
+        let until = Instant::now() + limit;
+        let mut last = self.metric(name).unwrap_or(0.0);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = self.metric(name).unwrap_or(0.0);
+            if now == last {
+                return now;
+            }
+            assert!(Instant::now() < until, "{name} never settled: {now}");
+            last = now;
+        }
+    }
+
     /// Its process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -122,8 +122,59 @@ async fn a_missing_database_holds_only_its_commune() {
         gw.readyz().is_some_and(|(_, s)| s == "ready")
     })
     .await;
+
+    // A registry reload that fails (the file is gone) keeps the previous one in force.
+    let registry = dir.path().join("devices.toml");
+    std::fs::rename(&registry, dir.path().join("devices.toml.moved")).unwrap();
+    let pid = gw.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(
+        "the failed reload to be reported",
+        Duration::from_secs(10),
+        async || gw.metric("vigie_registry_reload_failures_total") == Some(1.0),
+    )
+    .await;
+    let (ready, summary) = gw.readyz().unwrap();
+    assert!(
+        ready && summary.contains("registry reload failed"),
+        "{summary}"
+    );
+    let d = &devices[0];
+    let late = d.reading(PER_DEVICE, start + PER_DEVICE);
+    fleet::publish_all(
+        broker.addr,
+        "late",
+        &[(d.topic(), d.frame(&[late], PER_DEVICE))],
+    )
+    .await;
+    let late_key = key(
+        &d.tenant,
+        "air_quality",
+        &d.id,
+        u64::from(late.time),
+        "pm25",
+        f64::from(100 + PER_DEVICE % 500) / 10.0,
+    );
+    wait_for(
+        "a frame after the failed reload stored",
+        Duration::from_secs(20),
+        async || {
+            pm25_points(influx.addr, &d.tenant)
+                .await
+                .contains(&late_key)
+        },
+    )
+    .await;
+    assert!(gw.log().contains("the previous registry stays in force"));
+
     println!(
-        "tenant_held: {} ; lyon caught up {caught_up:?} after its database was created",
+        "tenant_held: {} ; lyon caught up {caught_up:?} after its database was created; failed registry reload kept the old registry",
         counts.join(" ; ")
     );
     let mut gw = gw;

@@ -94,16 +94,11 @@ pub fn apply(book: &mut ReplayBook, accepted: &[Accepted]) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::core::lineproto::StringFields;
-    use crate::core::validate::TimeRules;
     use crate::registry::{DeviceEntry, DeviceKind, Registry};
     use proptest::prelude::*;
     use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
-    const NOW: u64 = 1_795_305_600;
-    const RULES: TimeRules = TimeRules {
-        max_future_skew_s: 300,
-        max_age_s: 86_400,
-    };
+    use crate::core::fixtures::{NOW, RULES};
 
     fn registry() -> Registry {
         let entry = |id: &str| DeviceEntry {

@@ -18,3 +18,17 @@ pub mod replay_book;
 pub mod retry;
 pub mod validate;
 pub mod verify;
+
+/// What the core's tests share: a fixed "now" and the default time rules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::validate::TimeRules;
+
+    /// 2026-11-22T00:00:00Z.
+    pub const NOW: u64 = 1_795_305_600;
+    /// Five minutes of clock skew, one day of history.
+    pub const RULES: TimeRules = TimeRules {
+        max_future_skew_s: 300,
+        max_age_s: 86_400,
+    };
+}

@@ -181,11 +181,7 @@ mod tests {
     use crate::registry::{DeviceEntry, DeviceKind};
     use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, WasteBin};
 
-    const NOW: u64 = 1_795_305_600;
-    const RULES: TimeRules = TimeRules {
-        max_future_skew_s: 300,
-        max_age_s: 86_400,
-    };
+    use crate::core::fixtures::{NOW, RULES};
 
     fn entry(tenant: &str, id: &str, kind: DeviceKind) -> DeviceEntry {
         DeviceEntry {
