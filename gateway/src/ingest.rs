@@ -395,12 +395,11 @@ impl Worker {
             match self.store(&payloads, &mut appended) {
                 Ok(()) => {
                     appended = false;
-                    let durable: Vec<verify::Accepted> = accepted.into_iter().cloned().collect();
-                    let gaps = batch::apply(&mut self.book, &durable);
-                    for (a, gap) in durable.iter().zip(gaps) {
+                    let gaps = batch::apply(&mut self.book, accepted.iter().copied());
+                    for (a, gap) in accepted.iter().zip(gaps) {
                         self.account(a, gap);
                     }
-                    summary.accepted += durable.len();
+                    summary.accepted += accepted.len();
                     for token in messages[done..end].iter().filter_map(|m| m.ack) {
                         // The MQTT task may be gone at shutdown; the broker then redelivers.
                         let _ = acks.send(token);

@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! A segment log in `<data_dir>/buffer/`: files `<seq>.seg` (20-digit sequence number),
-//! format in [`format`] (magic, then length | CRC-32 | payload records).
+//! format in [`mod@format`] (magic, then length | CRC-32 | payload records).
 //!
 //! - **Append** (one writer, the ingest worker): a whole batch of records is written, then
 //!   one `fdatasync` (group commit), then the durable end moves and readers wake up. A new

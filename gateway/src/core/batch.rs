@@ -80,9 +80,12 @@ pub fn judge<'m>(
 }
 
 /// Applies a durable plan's accepted frames to the book; returns each frame's counter gap.
-pub fn apply(book: &mut ReplayBook, accepted: &[Accepted]) -> Vec<u32> {
+pub fn apply<'a>(
+    book: &mut ReplayBook,
+    accepted: impl IntoIterator<Item = &'a Accepted>,
+) -> Vec<u32> {
     accepted
-        .iter()
+        .into_iter()
         .map(|a| {
             let r = &a.record;
             book.accept(&r.tenant, &r.device, r.epoch, r.counter, r.tag)

@@ -1,7 +1,7 @@
 //! The filesystem seam under every durable store (buffer, quarantine, file sink).
 //!
 //! The stores call this trait instead of `std::fs`, so that tests can put them on
-//! [`model::ModelFs`], which injects a short write, `ENOSPC`, `EIO` or a failed fsync at
+//! `model::ModelFs` (test builds only), which injects a short write, `ENOSPC`, `EIO` or a failed fsync at
 //! any operation and simulates a power cut that keeps only what was fsynced (file data
 //! after `sync_data`, directory entries after `sync_dir`). A process `kill -9` keeps the
 //! page cache and proves nothing about fsync; the model does.
