@@ -137,6 +137,15 @@ impl Quarantine {
         }
     }
 
+    /// Adds `entry` and makes it durable now; on failure it is withdrawn (nothing of it on
+    /// disk, nothing queued), so a caller that retries adds it exactly once. Returns the
+    /// entries rotation evicted.
+    pub fn write(&mut self, entry: &Entry) -> io::Result<u64> {
+        let before = self.queued.len();
+        self.add(entry);
+        self.sync().inspect_err(|_| self.queued.truncate(before))
+    }
+
     /// True when entries wait for [`Self::sync`].
     pub fn has_queued(&self) -> bool {
         !self.queued.is_empty()
@@ -245,7 +254,7 @@ pub fn read_all(dir: &Path) -> io::Result<(Vec<Entry>, usize)> {
     read_all_on(&crate::fs::RealFs, dir)
 }
 
-fn read_all_on(fs: &dyn crate::fs::Fs, dir: &Path) -> io::Result<(Vec<Entry>, usize)> {
+pub(crate) fn read_all_on(fs: &dyn crate::fs::Fs, dir: &Path) -> io::Result<(Vec<Entry>, usize)> {
     let mut entries = Vec::new();
     let mut bad = 0;
     for name in [PREVIOUS, CURRENT] {

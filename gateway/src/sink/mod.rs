@@ -496,11 +496,7 @@ impl Sink {
                 detail: detail.to_string(),
                 payload: hex::encode(lines.as_bytes()),
             };
-            let evicted = {
-                let mut q = lock(&self.s.quarantine);
-                q.add(&entry);
-                q.sync()
-            };
+            let evicted = lock(&self.s.quarantine).write(&entry);
             return match evicted {
                 Ok(n) => {
                     tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");

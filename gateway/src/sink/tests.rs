@@ -72,6 +72,17 @@ fn start(
     records: Vec<Vec<u8>>,
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
+    let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
+    start_with(dir, q, answers, refuse, records)
+}
+
+fn start_with(
+    dir: tempfile::TempDir,
+    q: Quarantine,
+    answers: BTreeMap<String, Vec<Answer>>,
+    refuse: Option<&'static str>,
+    records: Vec<Vec<u8>>,
+) -> Run {
     let (mut buffer, _) = Buffer::open(
         crate::fs::real(),
         &dir.path().join("b"),
@@ -88,7 +99,6 @@ fn start(
         stored: stored.clone(),
         refuse_containing: refuse,
     };
-    let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
     let cfg = BatchConfig {
         max_lines: 100,
         linger: Duration::from_millis(20),
@@ -281,6 +291,47 @@ fn a_bad_line_is_isolated_and_quarantined_the_rest_stored() {
         "m v=BAD 99\n"
     );
     assert!(q[0].detail.contains("400"));
+}
+
+#[test]
+fn a_refused_line_is_not_dropped_when_the_quarantine_cannot_be_written() {
+    use crate::fs::model::{Fault, ModelFs};
+    let fs = ModelFs::new();
+    let shared: crate::fs::SharedFs = Arc::new(fs.clone());
+    let q = Quarantine::open(shared, std::path::Path::new("q"), 1 << 20).unwrap();
+    // The quarantine's first write fails (its fsync): the tenant waits, then retries.
+    fs.fail_at(fs.ops() + 1, Fault::FailedSync);
+    let records = vec![record("a", 1, "m v=1 1"), record("a", 2, "m v=BAD 2")];
+    let run = start_with(
+        tempfile::tempdir().unwrap(),
+        q,
+        BTreeMap::new(),
+        Some("BAD"),
+        records,
+    );
+    run.wait_for("the refused line quarantined", |r| {
+        r.metrics.total("vigie_frames_rejected_total") >= 1.0
+    });
+    assert!(
+        run.metrics.total("vigie_tenant_behind") >= 0.0
+            && run.metrics.total("vigie_write_errors_total") >= 2.0,
+        "the first quarantine failure held the tenant and the batch was written again"
+    );
+    let (mut lines, _, _) = run.stop();
+    // The batch was written again after the wait (the same point: the database keeps one).
+    lines.dedup();
+    assert_eq!(lines, ["a:m v=1 1"]);
+    fs.power_cut();
+    let (entries, _) = quarantine::read_all_on(&fs, std::path::Path::new("q")).unwrap();
+    assert_eq!(
+        entries.len(),
+        1,
+        "the refused line is in the quarantine, once"
+    );
+    assert_eq!(
+        String::from_utf8(hex::decode(&entries[0].payload).unwrap()).unwrap(),
+        "m v=BAD 2\n"
+    );
 }
 
 #[test]
