@@ -35,15 +35,7 @@ const MAX_BATCH: usize = 2048;
 /// freed by an operator has no event).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-/// Identifies a received message for its acknowledgement: the MQTT connection it came on
-/// and its packet id. An ack for an older connection is never sent (the broker redelivers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    /// Connection generation.
-    pub generation: u64,
-    /// MQTT packet id.
-    pub pkid: u16,
-}
+pub use crate::core::ack_flow::AckToken;
 
 /// A received message.
 #[derive(Debug)]

@@ -1,15 +1,17 @@
 //! MQTT shell (rumqttc, MQTT 5): the only place that polls the event loop. It never
 //! awaits anything that needs the event loop to progress: received messages wait in a
 //! local queue (bounded by the broker's in-flight window, Receive Maximum) until the
-//! worker has room, and acknowledgements go out with `try_ack` in the order the worker
-//! returns them, which is arrival order.
+//! worker has room, and acknowledgements go out with `try_ack` as the pure
+//! [`AckFlow`](crate::core::ack_flow::AckFlow) orders them (arrival order, never for an
+//! earlier connection, never dropped).
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
 //! unacknowledged messages across gateway restarts and redelivers them.
 
 use crate::config::MqttConfig;
+use crate::core::ack_flow::{AckFlow, AckToken};
 use crate::health::Health;
-use crate::ingest::{AckToken, Inbound, Job};
+use crate::ingest::{Inbound, Job};
 use crate::metrics::Metrics;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -101,35 +103,25 @@ pub async fn run(
 ) {
     let cap = usize::from(options.receive_maximum().unwrap_or(1000)) + 64;
     let (client, mut eventloop) = AsyncClient::new(options, cap);
-    let mut generation = 0u64;
+    let mut flow = AckFlow::default();
     let mut queue: VecDeque<Inbound> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
-    // Messages handed to the worker whose ack has not gone to the client yet.
-    let mut outstanding = 0usize;
-    // Acks back from the worker, in order, waiting for room in the client's request
-    // channel. Never dropped: a lost ack would hold a slot of the broker's in-flight
-    // window until the next reconnect, and enough of them stall the flow.
-    let mut pending_acks: VecDeque<AckToken> = VecDeque::new();
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
-        while let Some(token) = pending_acks.front() {
-            if token.generation == generation {
-                let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
-                p.pkid = token.pkid;
-                if client.try_ack(&p).is_err() {
-                    // Full: the event loop drains it on its next poll; try again then.
-                    break;
-                }
+        while let Some(token) = flow.next_ack() {
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
+            p.pkid = token.pkid;
+            if client.try_ack(&p).is_err() {
+                // Full: the event loop drains it on its next poll; try again then.
+                break;
             }
-            // Sent, or from an older connection (the broker redelivers those).
-            pending_acks.pop_front();
-            outstanding = outstanding.saturating_sub(1);
+            flow.sent();
         }
         // Draining ends when every message handed over is acked, when the worker has
         // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
-        let worker_gone = acks.is_closed() && acks.is_empty() && pending_acks.is_empty();
+        let worker_gone = acks.is_closed() && acks.is_empty() && flow.idle();
         if draining.is_some_and(|until| {
-            outstanding == 0 || worker_gone || tokio::time::Instant::now() >= until
+            flow.settled() || worker_gone || tokio::time::Instant::now() >= until
         }) {
             break;
         }
@@ -141,21 +133,21 @@ pub async fn run(
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
             Some(token) = acks.recv() => {
-                pending_acks.push_back(token);
+                flow.on_durable(token);
                 while let Ok(token) = acks.try_recv() {
-                    pending_acks.push_back(token);
+                    flow.on_durable(token);
                 }
             }
             permit = jobs.reserve(), if !queue.is_empty() && draining.is_none() => {
                 let Ok(permit) = permit else { break };
                 if let Some(m) = queue.pop_front() {
-                    outstanding += usize::from(m.ack.is_some());
+                    flow.handed_over(m.ack);
                     permit.send(Job::Message(m));
                 }
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken { generation, pkid: p.pkid });
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| flow.on_publish(p.pkid));
                     queue.push_back(Inbound {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.to_vec(),
@@ -164,7 +156,7 @@ pub async fn run(
                     });
                 }
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                    generation += 1;
+                    flow.on_connack();
                     backoff = Duration::from_millis(100);
                     metrics.set("vigie_mqtt_connected", vec![], 1.0);
                     health.set_broker(true);

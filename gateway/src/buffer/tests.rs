@@ -501,9 +501,10 @@ fn read_back(fs: &ModelFs, ledger: &Ledger, crashed: bool) -> Result<(), TestCas
     if crashed {
         fs.power_cut();
     }
-    // A fault planned past the end of the workload would hit the reopen (a start-up
-    // error the service manager retries); the reopen here is the next, clean start.
-    fs.clear_faults();
+    // A fault or power cut planned past the end of the workload would hit the reopen (a
+    // start-up error the service manager retries); the reopen here is the next, clean
+    // start.
+    fs.clear_plan();
     let mut recovered = Vec::new();
     let b = model_open(fs, &mut recovered);
     prop_assert!(b.is_some(), "buffer does not open after the faults");
@@ -618,7 +619,7 @@ fn a_full_disk_refuses_then_resumes_when_space_returns() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     /// Random workloads, random faults, a power cut at a random point (or none).
     #[test]

@@ -2,6 +2,7 @@
 //! a broker or a database.
 //!
 //! - [`reason`]: why a frame is rejected, as stable codes.
+//! - [`ack_flow`]: which MQTT acknowledgements may go out, in what order.
 //! - [`batch`]: a batch of messages → the verdicts one-at-a-time delivery would give.
 //! - [`verify`]: topic + payload + registry + replay book → accept / duplicate / reject.
 //! - [`validate`]: time window and plausibility flags.
@@ -10,6 +11,7 @@
 //! - [`retry`]: database answer → what to do, and backoff.
 //! - [`record`]: the buffer's record payload.
 
+pub mod ack_flow;
 pub mod batch;
 pub mod lineproto;
 pub mod reason;

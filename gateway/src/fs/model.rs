@@ -165,9 +165,11 @@ impl ModelFs {
         self.state().crash_at = Some(op);
     }
 
-    /// Drops the faults planned and not yet reached.
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
+    /// Drops the faults and the power cut planned and not yet reached.
+    pub fn clear_plan(&self) {
+        let mut s = self.state();
+        s.faults.clear();
+        s.crash_at = None;
     }
 
     /// Mutating operations so far.
