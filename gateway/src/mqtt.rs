@@ -2,7 +2,7 @@
 //! awaits anything that needs the event loop to progress: received messages wait in a
 //! local queue (bounded by the broker's in-flight window, Receive Maximum) until the
 //! worker has room, and acknowledgements go out with `try_ack` as the pure
-//! [`AckFlow`](crate::core::ack_flow::AckFlow) orders them (arrival order, never for an
+//! [`AckFlow`] orders them (arrival order, never for an
 //! earlier connection, never dropped).
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
