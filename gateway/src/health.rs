@@ -35,6 +35,24 @@ pub enum Store {
     },
 }
 
+impl Store {
+    /// What is wrong, in one line; `None` when appends succeed.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::Ok => None,
+            Self::Full { used, max } => Some(format!(
+                "buffer full ({used} of {max} bytes): acknowledgements withheld until the database catches up"
+            )),
+            Self::DiskFull { error } => Some(format!(
+                "disk full ({error}): acknowledgements withheld until space is freed"
+            )),
+            Self::Failing { error } => {
+                Some(format!("disk error ({error}): acknowledgements withheld"))
+            }
+        }
+    }
+}
+
 /// Delivery to one tenant's database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -75,18 +93,7 @@ impl Snapshot {
         if !self.broker_connected {
             problems.push("not connected to the broker".to_string());
         }
-        match &self.store {
-            Store::Ok => {}
-            Store::Full { used, max } => problems.push(format!(
-                "buffer full ({used} of {max} bytes): acknowledgements withheld until the database catches up"
-            )),
-            Store::DiskFull { error } => problems.push(format!(
-                "disk full ({error}): acknowledgements withheld until space is freed"
-            )),
-            Store::Failing { error } => problems.push(format!(
-                "disk error ({error}): acknowledgements withheld"
-            )),
-        }
+        problems.extend(self.store.problem());
         for (tenant, state) in &self.tenants {
             if let Tenant::Held { error, .. } = state {
                 problems.push(format!("tenant {tenant} held: {error}"));

@@ -493,26 +493,16 @@ impl Worker {
             Store::Full { .. } => (1.0, 0.0),
             Store::DiskFull { .. } | Store::Failing { .. } => (0.0, 1.0),
         };
-        let line = match &store {
-            Store::Ok => None,
-            other => Some(crate::health::Snapshot {
-                broker_connected: true,
-                store: other.clone(),
-                ..Default::default()
-            }),
-        };
+        let problem = store.problem();
         let previous = self.health.set_store(store.clone());
         if std::mem::discriminant(&previous) == std::mem::discriminant(&store) {
             return;
         }
         self.metrics.set("vigie_buffer_full", vec![], full);
         self.metrics.set("vigie_store_failing", vec![], failing);
-        match line {
+        match problem {
             None => tracing::info!("storage writable again; acknowledgements resume"),
-            Some(s) => tracing::warn!(
-                "cannot store: {}; the broker keeps the messages",
-                s.summary()
-            ),
+            Some(p) => tracing::warn!("cannot store: {p}; the broker keeps the messages"),
         }
     }
 

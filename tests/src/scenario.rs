@@ -79,12 +79,12 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// `pm25` points of [`TENANT`] at full (millisecond) resolution: two points of one
-/// reading would both count here, while [`stored`] keys them by second.
-pub async fn point_count(influx: SocketAddr) -> usize {
+/// `pm25` points of `tenant` at full (millisecond) resolution: two points of one reading
+/// would both count here, while [`stored`] keys them by second.
+pub async fn point_count(influx: SocketAddr, tenant: &str) -> usize {
     let body = readback::influx_query(
         influx,
-        &format!("vigie_{TENANT}"),
+        &format!("vigie_{tenant}"),
         "SELECT COUNT(pm25) FROM air_quality",
     )
     .await;
@@ -110,7 +110,7 @@ pub async fn all_stored(
         published: expected.len(),
         stored: got.intersection(expected).count(),
         lost: expected.difference(&got).count(),
-        duplicated: point_count(influx).await.saturating_sub(got.len()),
+        duplicated: point_count(influx, TENANT).await.saturating_sub(got.len()),
     };
     assert_exactly(&got, expected);
     assert_eq!(outcome.duplicated, 0, "{outcome}");

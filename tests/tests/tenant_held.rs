@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
 use vigie_tests::readback::{self, key};
-use vigie_tests::{influxdb, mosquitto, now_s, wait_for};
+use vigie_tests::{influxdb, mosquitto, now_s, scenario, wait_for};
 
 const PER_DEVICE: u32 = 300;
 
@@ -102,14 +102,7 @@ async fn a_missing_database_holds_only_its_commune() {
         let want = &expected[tenant];
         let lost = want.difference(&got).count();
         let unexpected = got.difference(want).count();
-        let points = readback::influx_query(
-            influx.addr,
-            &format!("vigie_{tenant}"),
-            "SELECT COUNT(pm25) FROM air_quality",
-        )
-        .await["results"][0]["series"][0]["values"][0][1]
-            .as_u64()
-            .unwrap() as usize;
+        let points = scenario::point_count(influx.addr, tenant).await;
         let duplicated = points - got.len();
         assert_eq!((lost, unexpected, duplicated), (0, 0, 0), "{tenant}");
         counts.push(format!(

@@ -163,17 +163,6 @@ impl State {
     }
 }
 
-/// A read-only view of the buffer's progress, for shutdown and metrics.
-#[derive(Debug, Clone)]
-pub struct Watch(Arc<Shared>);
-
-impl Watch {
-    /// Record bytes durable but not yet delivered to the database.
-    pub fn pending_bytes(&self) -> u64 {
-        self.0.lock().pending()
-    }
-}
-
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
@@ -367,11 +356,6 @@ impl Buffer {
     /// Record bytes durable but not yet delivered to the database.
     pub fn pending_bytes(&self) -> u64 {
         self.shared.lock().pending()
-    }
-
-    /// A handle that reports progress after the writer is gone.
-    pub fn watch(&self) -> Watch {
-        Watch(Arc::clone(&self.shared))
     }
 
     /// Appends `payloads` and fsyncs once. `Ok` means every record is durable; any `Err`

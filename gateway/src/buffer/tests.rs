@@ -63,7 +63,6 @@ fn append_read_deliver_delete_and_reopen() {
     }
     assert_eq!(got, all);
     assert!(b.pending_bytes() > 0, "only half delivered");
-    let watch = b.watch();
     let deleted = b.delete_delivered().unwrap();
     assert!(deleted > 0);
     drop((b, r));
@@ -73,11 +72,7 @@ fn append_read_deliver_delete_and_reopen() {
     assert!(seen.len() < 40 && seen.len() >= 20, "{}", seen.len());
     assert_eq!(seen[..], all[40 - seen.len()..]);
     assert_eq!(drain(&mut b.reader()), seen);
-    drop(b);
-    assert!(
-        watch.pending_bytes() > 0,
-        "a watch outlives the writer it came from"
-    );
+    assert!(b.pending_bytes() > 0, "nothing delivered since the reopen");
 }
 
 #[test]
@@ -100,7 +95,7 @@ fn pending_counts_record_bytes_between_delivered_and_durable() {
     }
     r.mark_delivered(end);
     assert_eq!((b.pending_bytes(), r.pending_bytes()), (0, 0));
-    assert_eq!(b.watch().pending_bytes(), 0);
+    assert_eq!(b.pending_bytes(), 0);
 }
 
 #[test]

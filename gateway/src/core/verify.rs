@@ -6,8 +6,6 @@
 use super::lineproto::{self, StringFields, Tags};
 use super::reason::Reason;
 use super::record::Record;
-#[cfg(test)]
-use super::replay_book::ReplayBook;
 use super::replay_book::{Counters, Seen, Tag};
 use super::validate::{self, TimeRules};
 use crate::registry::Registry;
@@ -178,6 +176,7 @@ fn frame_tag(payload: &[u8]) -> Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::replay_book::ReplayBook;
     use crate::registry::{DeviceEntry, DeviceKind};
     use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, WasteBin};
 
