@@ -1,8 +1,9 @@
-//! Hostile frames and topics: nothing may panic or over-read, and nothing forged verifies.
+//! Hostile frames, acknowledgements and topics: nothing may panic or over-read, and
+//! nothing forged verifies.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::{DeviceKey, Identity, Topic, open, peek};
+use protocol::{Ack, DeviceKey, Identity, Topic, open, peek};
 
 fuzz_target!(|data: &[u8]| {
     let key = DeviceKey::new([0; 16], 1);
@@ -10,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = peek(data);
         // A random input that verifies would mean the tag check is broken.
         assert!(open(data, &key, who).is_err());
+        assert!(Ack::open(data, &key, who).is_err());
     }
     if let Ok(topic) = core::str::from_utf8(data) {
         if let Ok(t) = Topic::parse(topic) {

@@ -15,12 +15,17 @@ use crate::{HEADER_LEN, MAX_ID_LEN};
 /// Bytes of the truncated authentication tag on the wire.
 pub const TAG_LEN: usize = 8;
 
-/// Nonce byte 8: traffic direction, so a future downlink under the same key never reuses
-/// an uplink nonce.
+/// Nonce byte 8: traffic direction, so the acknowledgement downlink under the same key
+/// never reuses an uplink nonce.
 const DIRECTION_UPLINK: u8 = 0x01;
+/// Nonce byte 8 of an acknowledgement (SPEC §12).
+const DIRECTION_ACK: u8 = 0x02;
 
-/// Longest associated data: clear header, then tenant and device with a length byte each.
-const AD_MAX: usize = HEADER_LEN + 2 * (1 + MAX_ID_LEN);
+/// Longest clear part bound as associated data: an acknowledgement's header and id.
+const CLEAR_MAX: usize = 9;
+const _: () = assert!(HEADER_LEN <= CLEAR_MAX);
+/// Longest associated data: clear part, then tenant and device with a length byte each.
+const AD_MAX: usize = CLEAR_MAX + 2 * (1 + MAX_ID_LEN);
 
 type Cipher = TruncatedAsconAead128<U8>;
 
@@ -72,7 +77,7 @@ impl Drop for DeviceKey {
     }
 }
 
-/// The 16-byte nonce: epoch (BE), counter (BE), direction, seven zero bytes.
+/// The 16-byte uplink nonce: epoch (BE), counter (BE), direction, seven zero bytes.
 pub(crate) fn nonce(epoch: u32, counter: u32) -> [u8; 16] {
     let mut n = [0u8; 16];
     n[..4].copy_from_slice(&epoch.to_be_bytes());
@@ -81,19 +86,31 @@ pub(crate) fn nonce(epoch: u32, counter: u32) -> [u8; 16] {
     n
 }
 
-/// Associated data: the clear header, then `len(tenant) ‖ tenant ‖ len(device) ‖ device`.
+/// The 16-byte acknowledgement nonce: epoch (BE), id bytes 0–3, direction 0x02, id bytes
+/// 4–7, three zero bytes. Byte 8 tells it from every uplink nonce.
+pub(crate) fn ack_nonce(epoch: u32, id: &[u8; 8]) -> [u8; 16] {
+    let mut n = [0u8; 16];
+    n[..4].copy_from_slice(&epoch.to_be_bytes());
+    n[4..8].copy_from_slice(&id[..4]);
+    n[8] = DIRECTION_ACK;
+    n[9..13].copy_from_slice(&id[4..]);
+    n
+}
+
+/// Associated data: the clear part, then `len(tenant) ‖ tenant ‖ len(device) ‖ device`.
 struct AssociatedData {
     buf: [u8; AD_MAX],
     len: usize,
 }
 
 impl AssociatedData {
-    fn new(header: &[u8; HEADER_LEN], who: Identity<'_>) -> Self {
+    /// `clear` is at most [`CLEAR_MAX`] bytes (callers pass fixed-size headers).
+    fn new(clear: &[u8], who: Identity<'_>) -> Self {
         let mut ad = Self {
             buf: [0; AD_MAX],
             len: 0,
         };
-        ad.push(header);
+        ad.push(clear);
         for id in [who.tenant, who.device] {
             // Ids are at most MAX_ID_LEN bytes, so the length fits a byte and the buffer.
             ad.push(&[id.as_str().len() as u8]);
@@ -112,28 +129,19 @@ impl AssociatedData {
     }
 }
 
-/// Key schedule and nonce for one frame; the counter is read from the clear header.
-fn cipher_and_nonce(key: &DeviceKey, header: &[u8; HEADER_LEN]) -> (Cipher, Nonce<Cipher>) {
+fn counter_nonce(key: &DeviceKey, header: &[u8; HEADER_LEN]) -> [u8; 16] {
     let counter = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let cipher = Cipher::new(&Key::<Cipher>::from(key.key));
-    (cipher, Nonce::<Cipher>::from(nonce(key.epoch, counter)))
+    nonce(key.epoch, counter)
 }
 
-/// Encrypts `body` in place and returns the truncated tag.
+/// Encrypts `body` in place under the uplink nonce of `header`; returns the truncated tag.
 pub(crate) fn seal(
     key: &DeviceKey,
     header: &[u8; HEADER_LEN],
     who: Identity<'_>,
     body: &mut [u8],
 ) -> [u8; TAG_LEN] {
-    let ad = AssociatedData::new(header, who);
-    let (cipher, nonce) = cipher_and_nonce(key, header);
-    let mut tag = [0u8; TAG_LEN];
-    // Ascon only fails for inputs longer than 2^64 bytes; the frame limit rules that out.
-    if let Ok(t) = cipher.encrypt_inout_detached(&nonce, ad.as_bytes(), body.into()) {
-        tag.copy_from_slice(&t);
-    }
-    tag
+    seal_with(key, counter_nonce(key, header), header, who, body)
 }
 
 /// Verifies `tag` and decrypts `ciphertext` into `plaintext` (same length).
@@ -146,14 +154,48 @@ pub(crate) fn open(
     tag: &[u8; TAG_LEN],
     plaintext: &mut [u8],
 ) -> bool {
-    let ad = AssociatedData::new(header, who);
-    let (cipher, nonce) = cipher_and_nonce(key, header);
+    let nonce = counter_nonce(key, header);
+    open_with(key, nonce, header, who, ciphertext, tag, plaintext)
+}
+
+/// Encrypts `body` in place with an explicit nonce, `clear` and `who` as associated data.
+pub(crate) fn seal_with(
+    key: &DeviceKey,
+    nonce: [u8; 16],
+    clear: &[u8],
+    who: Identity<'_>,
+    body: &mut [u8],
+) -> [u8; TAG_LEN] {
+    let ad = AssociatedData::new(clear, who);
+    let cipher = Cipher::new(&Key::<Cipher>::from(key.key));
+    let mut tag = [0u8; TAG_LEN];
+    // Ascon only fails for inputs longer than 2^64 bytes; the frame limit rules that out.
+    if let Ok(t) =
+        cipher.encrypt_inout_detached(&Nonce::<Cipher>::from(nonce), ad.as_bytes(), body.into())
+    {
+        tag.copy_from_slice(&t);
+    }
+    tag
+}
+
+/// [`open`] with an explicit nonce and clear part.
+pub(crate) fn open_with(
+    key: &DeviceKey,
+    nonce: [u8; 16],
+    clear: &[u8],
+    who: Identity<'_>,
+    ciphertext: &[u8],
+    tag: &[u8; TAG_LEN],
+    plaintext: &mut [u8],
+) -> bool {
+    let ad = AssociatedData::new(clear, who);
+    let cipher = Cipher::new(&Key::<Cipher>::from(key.key));
     let tag = Tag::<Cipher>::from(*tag);
     let Ok(buf) = InOutBuf::new(ciphertext, plaintext) else {
         return false;
     };
     cipher
-        .decrypt_inout_detached(&nonce, ad.as_bytes(), buf, &tag)
+        .decrypt_inout_detached(&Nonce::<Cipher>::from(nonce), ad.as_bytes(), buf, &tag)
         .is_ok()
 }
 
@@ -179,6 +221,10 @@ mod tests {
         assert_eq!(
             nonce(0x0102_0304, 0x0a0b_0c0d),
             [1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            ack_nonce(0x0102_0304, &[0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7]),
+            [1, 2, 3, 4, 0xa0, 0xa1, 0xa2, 0xa3, 2, 0xa4, 0xa5, 0xa6, 0xa7, 0, 0, 0]
         );
     }
 }

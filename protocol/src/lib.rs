@@ -13,6 +13,7 @@
 //! - [`crypto`]: Ascon-AEAD128 with 64-bit tag, [`DeviceKey`], nonce and associated data.
 //! - [`topic`]: identifiers and MQTT topics (uplink, status/last will, shared filter).
 //! - [`replay`]: sliding replay window with a persistable state.
+//! - [`ack`]: the acknowledgement downlink (which frames a gateway holds durably).
 //! - [`provision`]: the checksummed provisioning blob (identity, key, settings).
 //! - `json` (feature `serde`): JSON view of readings with the storage schema's names.
 //! - [`error`]: one flat error enum per concern.
@@ -25,6 +26,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod ack;
 mod codec;
 pub mod crypto;
 pub mod error;
@@ -37,6 +39,7 @@ pub mod replay;
 pub mod topic;
 pub mod varint;
 
+pub use ack::{ACK_LEN, Ack};
 pub use crypto::{DeviceKey, TAG_LEN};
 pub use error::{DecodeError, EncodeError, TopicError};
 pub use frame::{

@@ -2,6 +2,7 @@
 //!
 //! - uplink, QoS 1: `vigie/v1/<tenant>/<device>/up`
 //! - status, retained, also the last will: `vigie/v1/<tenant>/<device>/status`
+//! - acknowledgement downlink, retained: `vigie/v1/<tenant>/<device>/ack`
 //! - gateway subscription: `$share/<group>/vigie/v1/+/+/up`
 
 use core::fmt;
@@ -90,6 +91,8 @@ pub enum Channel {
     Uplink,
     /// Retained `online` / `offline` (last will).
     Status,
+    /// Retained acknowledgements from the gateways (SPEC §12), device-bound.
+    Ack,
 }
 
 impl Channel {
@@ -97,6 +100,7 @@ impl Channel {
         match self {
             Channel::Uplink => "up",
             Channel::Status => "status",
+            Channel::Ack => "ack",
         }
     }
 }
@@ -112,7 +116,7 @@ pub struct Topic<'a> {
 }
 
 impl<'a> Topic<'a> {
-    /// Parses `vigie/v1/<tenant>/<device>/<up|status>`.
+    /// Parses `vigie/v1/<tenant>/<device>/<up|status|ack>`.
     pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
         let mut levels = topic.split('/');
         let mut next = || levels.next().ok_or(TopicError::Shape);
@@ -127,6 +131,7 @@ impl<'a> Topic<'a> {
         let channel = match channel {
             "up" => Channel::Uplink,
             "status" => Channel::Status,
+            "ack" => Channel::Ack,
             _ => return Err(TopicError::Channel),
         };
         Ok(Self {
@@ -167,6 +172,15 @@ pub fn status(who: Identity<'_>) -> String<MAX_TOPIC_LEN> {
     .render()
 }
 
+/// The retained acknowledgement topic of a device: gateways publish, the device reads.
+pub fn ack(who: Identity<'_>) -> String<MAX_TOPIC_LEN> {
+    Topic {
+        who,
+        channel: Channel::Ack,
+    }
+    .render()
+}
+
 /// The gateway's shared subscription: gateways of one `group` split the uplink traffic.
 pub fn shared_uplink_filter(group: Id<'_>) -> String<MAX_TOPIC_LEN> {
     build(&["$share/", group.as_str(), "/", ROOT, "/+/+/up"])
@@ -202,6 +216,8 @@ mod tests {
         let who = Identity::new("lyon", "aq-0001").unwrap();
         assert_eq!(uplink(who).as_str(), "vigie/v1/lyon/aq-0001/up");
         assert_eq!(status(who).as_str(), "vigie/v1/lyon/aq-0001/status");
+        assert_eq!(ack(who).as_str(), "vigie/v1/lyon/aq-0001/ack");
+        assert_eq!(Topic::parse(ack(who).as_str()).unwrap().channel, Channel::Ack);
         let parsed = Topic::parse("vigie/v1/lyon/aq-0001/up").unwrap();
         assert_eq!(
             parsed,

@@ -82,12 +82,17 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         return Verdict::Reject(Reason::Topic);
     };
     let (tenant, device) = (parsed.who.tenant.as_str(), parsed.who.device.as_str());
-    if parsed.channel == Channel::Status {
-        return Verdict::Status {
-            tenant: tenant.into(),
-            device: device.into(),
-            online: payload == topic::STATUS_ONLINE,
-        };
+    match parsed.channel {
+        Channel::Uplink => {}
+        Channel::Status => {
+            return Verdict::Status {
+                tenant: tenant.into(),
+                device: device.into(),
+                online: payload == topic::STATUS_ONLINE,
+            };
+        }
+        // Gateways publish acknowledgements; one arriving here is not an uplink.
+        Channel::Ack => return Verdict::Reject(Reason::Topic),
     }
     let Some(dev) = registry.get(tenant, device) else {
         return Verdict::Reject(Reason::UnknownDevice);
