@@ -2,8 +2,9 @@
 //! buffer and the quarantine. It takes every message waiting (up to a batch), judges the
 //! batch with the pure core ([`crate::core::batch`]: each message gets the verdict it
 //! would get alone), appends the accepted records and quarantines the rejected ones,
-//! fsyncs (group commit), only then advances the replay windows, and hands the
-//! acknowledgements back in arrival order.
+//! fsyncs (group commit), only then advances the replay windows, and hands back the
+//! broker acknowledgements in arrival order and one sealed acknowledgement per device
+//! whose frames the commit settled (SPEC §12).
 //!
 //! When the buffer is full or the disk fails, it keeps the batch and waits: no ack leaves,
 //! so the broker holds the traffic (backpressure); health (`/readyz`), a metric and one
@@ -16,6 +17,7 @@ use crate::core::lineproto::StringFields;
 use crate::core::reason::Reason;
 use crate::core::record::Record;
 use crate::core::replay_book::ReplayBook;
+use crate::core::settle::Settled;
 use crate::core::validate::TimeRules;
 use crate::core::verify::{self, Context};
 use crate::fs::SharedFs;
@@ -36,6 +38,23 @@ const MAX_BATCH: usize = 2048;
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 pub use crate::core::ack_flow::AckToken;
+
+/// What the worker hands the MQTT task once a commit is durable.
+#[derive(Debug)]
+pub enum ToBroker {
+    /// Acknowledge this message to the broker.
+    Ack(AckToken),
+    /// Publish a device's acknowledgement, retained, on its ack topic.
+    Downlink {
+        /// `vigie/v1/<tenant>/<device>/ack`.
+        topic: String,
+        /// The sealed acknowledgement.
+        payload: Vec<u8>,
+    },
+}
+
+/// The channel to the MQTT task.
+pub type BrokerTx = mpsc::UnboundedSender<ToBroker>;
 
 /// A received message.
 #[derive(Debug)]
@@ -263,7 +282,7 @@ impl Worker {
     }
 
     /// Runs until the job channel closes or shutdown interrupts a commit.
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: mpsc::UnboundedSender<AckToken>) {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: BrokerTx) {
         while let Some(first) = jobs.blocking_recv() {
             let mut messages = Vec::new();
             let mut next = Some(first);
@@ -299,11 +318,7 @@ impl Worker {
 
     /// Judges, stores and acknowledges a batch. `None` if shutdown interrupted it (nothing
     /// of it was acknowledged).
-    fn commit(
-        &mut self,
-        messages: Vec<Inbound>,
-        acks: &mpsc::UnboundedSender<AckToken>,
-    ) -> Option<ReplaySummary> {
+    fn commit(&mut self, messages: Vec<Inbound>, acks: &BrokerTx) -> Option<ReplaySummary> {
         if messages.is_empty() {
             return Some(ReplaySummary::default());
         }
@@ -392,10 +407,16 @@ impl Worker {
                         self.account(a, gap);
                     }
                     summary.accepted += accepted.len();
+                    // The MQTT task may be gone at shutdown; the broker then redelivers,
+                    // and devices resend what no acknowledgement covered.
                     for token in messages[done..end].iter().filter_map(|m| m.ack) {
-                        // The MQTT task may be gone at shutdown; the broker then redelivers.
-                        let _ = acks.send(token);
+                        let _ = acks.send(ToBroker::Ack(token));
                     }
+                    let mut settled = Settled::default();
+                    for (i, m) in messages.iter().enumerate().take(end).skip(done) {
+                        settled.note(&plan, i, &m.topic, &m.payload);
+                    }
+                    self.acknowledge_devices(&settled, acks);
                     done = end;
                 }
                 Err(()) => {
@@ -416,6 +437,28 @@ impl Worker {
         self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
+    }
+
+    /// Seals and hands over one acknowledgement per device the commit settled frames of.
+    fn acknowledge_devices(&self, settled: &Settled, to_broker: &BrokerTx) {
+        for (tenant, device, ack) in settled.acks(&self.book, &self.registry) {
+            let (Some(dev), Ok(who)) = (
+                self.registry.get(&tenant, &device),
+                protocol::Identity::new(&tenant, &device),
+            ) else {
+                continue;
+            };
+            let mut id = [0u8; 8];
+            if let Err(e) = getrandom::fill(&mut id) {
+                // Without a fresh id the nonce could repeat: send nothing, the device resends.
+                tracing::error!(error = %e, "no system randomness for an acknowledgement id");
+                return;
+            }
+            let _ = to_broker.send(ToBroker::Downlink {
+                topic: protocol::topic::ack(who).to_string(),
+                payload: ack.seal(id, &dev.key, who).to_vec(),
+            });
+        }
     }
 
     /// One attempt to append `payloads` (unless `appended` says a previous attempt did)
@@ -591,7 +634,7 @@ impl Worker {
 
     /// Re-submits both quarantines. Nothing is removed from a quarantine before what
     /// replaced it (stored records, re-quarantined entries) is durable.
-    fn replay_quarantine(&mut self, acks: &mpsc::UnboundedSender<AckToken>) -> ReplaySummary {
+    fn replay_quarantine(&mut self, acks: &BrokerTx) -> ReplaySummary {
         let frames = match self.quarantine.mark() {
             Ok(f) => f,
             Err(e) => {

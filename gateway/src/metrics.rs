@@ -131,6 +131,16 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "Successful broker connections (first and reconnects).",
     ),
     (
+        "vigie_device_acks_total",
+        "counter",
+        "Acknowledgements published to devices (SPEC §12), one per device per commit.",
+    ),
+    (
+        "vigie_device_acks_waiting",
+        "gauge",
+        "Device acknowledgements waiting for room in the broker client's queue.",
+    ),
+    (
         "vigie_device_last_seen_timestamp_seconds",
         "gauge",
         "Measurement time of the device's latest reading.",

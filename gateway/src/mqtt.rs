@@ -9,9 +9,9 @@
 //! unacknowledged messages across gateway restarts and redelivers them.
 
 use crate::config::MqttConfig;
-use crate::core::ack_flow::{AckFlow, AckToken};
+use crate::core::ack_flow::AckFlow;
 use crate::health::Health;
-use crate::ingest::{Inbound, Job};
+use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -96,7 +96,7 @@ pub async fn run(
     options: MqttOptions,
     filter: String,
     jobs: mpsc::Sender<Job>,
-    mut acks: mpsc::UnboundedReceiver<AckToken>,
+    mut acks: mpsc::UnboundedReceiver<ToBroker>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stopping: CancellationToken,
@@ -105,6 +105,8 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(options, cap);
     let mut flow = AckFlow::default();
     let mut queue: VecDeque<Inbound> = VecDeque::new();
+    // Device acknowledgements waiting for room in the client's request queue.
+    let mut downlinks: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
@@ -117,6 +119,16 @@ pub async fn run(
             }
             flow.sent();
         }
+        while let Some((topic, payload)) = downlinks.pop_front() {
+            match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload.clone()) {
+                Ok(()) => metrics.add("vigie_device_acks_total", vec![], 1.0),
+                Err(_) => {
+                    downlinks.push_front((topic, payload));
+                    break;
+                }
+            }
+        }
+        metrics.set("vigie_device_acks_waiting", vec![], downlinks.len() as f64);
         // Draining ends when every message handed over is acked, when the worker has
         // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
         let worker_gone = acks.is_closed() && acks.is_empty() && flow.idle();
@@ -132,10 +144,14 @@ pub async fn run(
                 draining = Some(tokio::time::Instant::now() + DRAIN);
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
-            Some(token) = acks.recv() => {
-                flow.on_durable(token);
-                while let Ok(token) = acks.try_recv() {
-                    flow.on_durable(token);
+            Some(first) = acks.recv() => {
+                let mut next = Some(first);
+                while let Some(message) = next.take() {
+                    match message {
+                        ToBroker::Ack(token) => flow.on_durable(token),
+                        ToBroker::Downlink { topic, payload } => downlinks.push_back((topic, payload)),
+                    }
+                    next = acks.try_recv().ok();
                 }
             }
             permit = jobs.reserve(), if !queue.is_empty() && draining.is_none() => {

@@ -9,6 +9,7 @@
 //! - [`lineproto`]: readings → InfluxDB line protocol.
 //! - [`replay_book`]: replay windows of every device, persisted as a snapshot.
 //! - [`retry`]: database answer → what to do, and backoff.
+//! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
 //! - [`record`]: the buffer's record payload.
 
 pub mod ack_flow;
@@ -18,6 +19,7 @@ pub mod reason;
 pub mod record;
 pub mod replay_book;
 pub mod retry;
+pub mod settle;
 pub mod validate;
 pub mod verify;
 

@@ -32,6 +32,34 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether the frame's tag had verified when this verdict fell: its counter is then
+    /// authentic and the verdict final, so the device is told the frame is settled (SPEC
+    /// §12). Never for a frame whose origin is unproven.
+    pub fn after_authentication(&self) -> bool {
+        match self {
+            Self::Topic
+            | Self::UnknownDevice
+            | Self::Revoked
+            | Self::Authentication
+            | Self::DatabaseRejected
+            | Self::BufferCorrupt => false,
+            // Errors of the clear header come before the tag check.
+            Self::Malformed(e) => !matches!(
+                e,
+                DecodeError::TooShort
+                    | DecodeError::TooLong
+                    | DecodeError::UnsupportedVersion(_)
+                    | DecodeError::UnknownKind(_)
+                    | DecodeError::Authentication
+            ),
+            Self::KindMismatch
+            | Self::ReplayTooOld
+            | Self::CounterReused
+            | Self::FutureTimestamp
+            | Self::StaleTimestamp => true,
+        }
+    }
+
     /// Every reason code, for metrics that list zero counts too.
     pub const CODES: [&'static str; 12] = [
         "topic",

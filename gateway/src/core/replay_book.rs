@@ -189,6 +189,13 @@ impl ReplayBook {
         slot.accept(epoch, counter, tag)
     }
 
+    /// Whether `counter` of `tenant`/`device` under key `epoch` is held durably (inside
+    /// the window and accepted): what an acknowledgement may claim.
+    pub fn holds(&self, tenant: &str, device: &str, epoch: u32, counter: u32) -> bool {
+        self.slot(tenant, device)
+            .is_some_and(|s| s.epoch == epoch && s.window.check(counter) == Freshness::Duplicate)
+    }
+
     /// An overlay for judging one batch.
     pub fn pending(&self) -> Pending<'_> {
         Pending {

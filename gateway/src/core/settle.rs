@@ -1,0 +1,183 @@
+//! Which frames a durable commit settled, and the acknowledgement each device gets for
+//! them (SPEC §12). Pure: the caller seals and publishes.
+//!
+//! A frame is settled when it is stored, was already held (a duplicate), or got a final
+//! verdict after its tag verified. Per device and commit one acknowledgement: its base is
+//! the lowest counter settled in the commit, its bitmap every counter from there that the
+//! commit settled or the replay book holds.
+
+use super::batch::{Outcome, Plan};
+use super::replay_book::ReplayBook;
+use crate::registry::Registry;
+use protocol::{Ack, Topic};
+use std::collections::BTreeMap;
+
+/// The frames a commit settled, by device (tenant, device) → counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    by_device: BTreeMap<(String, String), Vec<u32>>,
+}
+
+impl Settled {
+    /// Notes the message `index` of a judged batch, if its outcome settles an
+    /// authenticated frame.
+    pub fn note(&mut self, plan: &Plan, index: usize, topic: &str, payload: &[u8]) {
+        let counter = match &plan.outcomes[index] {
+            Outcome::Store(i) => {
+                let r = &plan.accepted[*i].record;
+                self.add(&r.tenant, &r.device, r.counter);
+                return;
+            }
+            Outcome::Duplicate => protocol::peek(payload).ok().map(|h| h.counter),
+            Outcome::Reject(reason) if reason.after_authentication() => {
+                protocol::peek(payload).ok().map(|h| h.counter)
+            }
+            Outcome::Reject(_) | Outcome::Status { .. } => None,
+        };
+        if let (Some(counter), Ok(t)) = (counter, Topic::parse(topic)) {
+            self.add(t.who.tenant.as_str(), t.who.device.as_str(), counter);
+        }
+    }
+
+    fn add(&mut self, tenant: &str, device: &str, counter: u32) {
+        self.by_device
+            .entry((tenant.to_string(), device.to_string()))
+            .or_default()
+            .push(counter);
+    }
+
+    /// Devices with settled frames.
+    pub fn len(&self) -> usize {
+        self.by_device.len()
+    }
+
+    /// True when nothing was settled.
+    pub fn is_empty(&self) -> bool {
+        self.by_device.is_empty()
+    }
+
+    /// One acknowledgement per device, once the commit is durable and `book` updated.
+    /// Devices no longer in the registry (or revoked) get none.
+    pub fn acks(&self, book: &ReplayBook, registry: &Registry) -> Vec<(String, String, Ack)> {
+        let mut out = Vec::with_capacity(self.by_device.len());
+        for ((tenant, device), counters) in &self.by_device {
+            let Some(dev) = registry.get(tenant, device).filter(|d| !d.entry.revoked) else {
+                continue;
+            };
+            let Some(&base) = counters.iter().min() else {
+                continue;
+            };
+            let mut ack = Ack { base, settled: 0 };
+            for &c in counters {
+                ack.set(c);
+            }
+            let epoch = dev.key.epoch();
+            for c in base..=base.saturating_add(protocol::ack::ACK_SPAN - 1) {
+                if book.holds(tenant, device, epoch, c) {
+                    ack.set(c);
+                }
+            }
+            out.push((tenant.clone(), device.clone(), ack));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::batch;
+    use crate::core::fixtures::{NOW, RULES};
+    use crate::core::lineproto::StringFields;
+    use crate::core::verify::Context;
+    use crate::registry::{DeviceEntry, DeviceKind};
+    use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+
+    fn registry() -> Registry {
+        let entry = DeviceEntry {
+            id: "a".into(),
+            tenant: "lyon".into(),
+            kind: DeviceKind::AirQuality,
+            key: hex::encode([5; 16]),
+            epoch: 1,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: None,
+            revoked: false,
+        };
+        Registry::from_entries(vec![entry]).unwrap()
+    }
+
+    fn frame(counter: u32, time: u32) -> (String, Vec<u8>) {
+        let key = DeviceKey::new([5; 16], 1);
+        let reading = Reading {
+            time,
+            values: Values::AirQuality(AirQuality {
+                pm25: Field::Value(100),
+                ..AirQuality::default()
+            }),
+        };
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let who = Identity::new("lyon", "a").unwrap();
+        let f = protocol::seal(&mut buf, &[reading], counter, &key, who).unwrap();
+        ("vigie/v1/lyon/a/up".into(), f.to_vec())
+    }
+
+    /// Judges and "commits" `messages` like the worker; returns the acks it would send.
+    fn commit(book: &mut ReplayBook, messages: &[(String, Vec<u8>)]) -> Vec<Ack> {
+        let registry = registry();
+        let cx = Context {
+            registry: &registry,
+            counters: &*book,
+            rules: &RULES,
+            strings: StringFields::Fields,
+            now_s: NOW,
+        };
+        let plan = batch::judge(
+            messages.iter().map(|(t, p)| (t.as_str(), p.as_slice())),
+            &cx,
+        );
+        let mut settled = Settled::default();
+        for (i, (t, p)) in messages.iter().enumerate() {
+            settled.note(&plan, i, t, p);
+        }
+        batch::apply(book, &plan.accepted);
+        settled
+            .acks(book, &registry)
+            .into_iter()
+            .map(|(_, _, a)| a)
+            .collect()
+    }
+
+    #[test]
+    fn stored_duplicate_and_final_rejections_are_settled_forgeries_are_not() {
+        let mut book = ReplayBook::default();
+        let t = NOW as u32 - 100;
+        let acks = commit(&mut book, &[frame(10, t), frame(12, t + 1)]);
+        assert_eq!(acks.len(), 1);
+        assert!(acks[0].covers(10) && acks[0].covers(12) && !acks[0].covers(11));
+        // Next commit: a redelivery of 12, a fresh 11, a stale 13 (final), a forged 14.
+        let mut forged = frame(14, t + 3);
+        let last = forged.1.len() - 1;
+        forged.1[last] ^= 1;
+        let acks = commit(
+            &mut book,
+            &[frame(12, t + 1), frame(11, t + 2), frame(13, 1_000), forged],
+        );
+        assert_eq!(acks.len(), 1);
+        let a = acks[0];
+        assert_eq!(a.base, 11);
+        for c in [10, 14] {
+            assert!(!a.covers(c), "{c}");
+        }
+        for c in [11, 12, 13] {
+            assert!(a.covers(c), "{c}");
+        }
+        // Only forgeries: nothing to say.
+        let mut only = frame(20, t);
+        only.1[5] ^= 1;
+        assert!(commit(&mut book, &[only]).is_empty());
+    }
+}
