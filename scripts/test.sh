@@ -64,7 +64,7 @@ step "no_std cross-builds for $TARGET_M4"
 cargo build -p protocol --no-default-features --target "$TARGET_M4"
 cargo build -p firmware --features defmt --target "$TARGET_M4" --release
 
-step "demo: embedded broker, simulated fleet, full pipeline (exits non-zero unless published = stored)"
+step "demo: embedded broker, simulated fleet, full pipeline (exits non-zero unless acknowledged = stored)"
 # Same profile as the tests: the binary is already built, no second compilation.
 cargo run -q -p gateway -- demo --duration 8 --devices 6
 

@@ -1,7 +1,10 @@
 //! The node's main loop, the same on every board: modem up (network time, TCP in
-//! transparent mode), MQTT connect, then sample and send every interval; on any link error
-//! or time-out, back off, leave transparent mode and start the link again, sampling all
-//! the while once the network time is known (readings queue meanwhile). A board supplies its clock, its modem UART, its sampling
+//! transparent mode), MQTT connect, then sample and exchange every interval (send what
+//! waits, collect acknowledgements); on any link error or time-out, back off, leave
+//! transparent mode and start the link again, sampling all the while once the network
+//! time is known (readings wait in the flash ring meanwhile). Time is 64-bit milliseconds
+//! since boot ([`Uptime`]), so the board's 32-bit clock wrapping after 49.7 days neither
+//! mis-dates readings nor stalls sampling. A board supplies its clock, its modem UART, its sampling
 //! and where messages go ([`Platform`]); time-outs and sleeps are polled on its clock, so
 //! any executor will do, even a plain spin `block_on`.
 //!
@@ -14,15 +17,15 @@ use core::task::Poll;
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
 use protocol::provision::ProvisionError;
-use rust_mqtt::client::Client;
 
 use crate::backoff::Backoff;
 use crate::boot::BootError;
 use crate::counter::CounterError;
 use crate::modem::{Modem, ModemError};
-use crate::node::{Node, NodeError};
+use crate::node::{Exchange, Node, NodeError};
+use crate::ring::RingError;
 use crate::station::Sample;
-use crate::uplink::{Mqtt, Scratch, UplinkError};
+use crate::uplink::{Mqtt, UplinkError};
 
 /// Longest wait for one link step (a modem command sequence, an MQTT exchange).
 const STEP_MS: u32 = 10_000;
@@ -39,7 +42,7 @@ const STATUS_EVERY: u32 = 6;
 pub enum Event {
     /// Connected to the broker, at this many ms after boot.
     Connected(u32),
-    /// The broker acknowledged the first reading, at this many ms after boot.
+    /// A gateway acknowledged the first reading, at this many ms after boot.
     FirstReading(u32),
     /// The link failed (why); next attempt in this many seconds.
     LinkFailed(&'static str, u32),
@@ -49,7 +52,7 @@ pub enum Event {
 
 /// What the loop needs from a board.
 pub trait Platform {
-    /// Milliseconds since boot.
+    /// Milliseconds since boot; may wrap at 2³² (see [`Uptime`]).
     fn millis(&self) -> u32;
     /// The network time is known: Unix seconds at boot.
     fn set_unix_at_boot(&mut self, unix: u32);
@@ -106,17 +109,66 @@ pub async fn sleep_ms(clock: impl Fn() -> u32, ms: u32) {
     }
 }
 
-/// When the next sample is due; samples go into the node's queue whether the link is up
+/// Milliseconds since boot as 64 bits, from a 32-bit clock that wraps every 49.7 days:
+/// each reading adds the (wrapping) time since the last one, so it only needs to be read
+/// more often than once per wrap.
+#[derive(Debug, Clone, Copy)]
+pub struct Uptime {
+    last: u32,
+    total: u64,
+}
+
+impl Uptime {
+    /// Starts at the clock's current value `now` (its total counts from there).
+    pub const fn new(now: u32) -> Self {
+        Self {
+            last: now,
+            total: now as u64,
+        }
+    }
+
+    /// Milliseconds since boot, given the clock reads `now`.
+    pub fn at(&mut self, now: u32) -> u64 {
+        self.total += u64::from(now.wrapping_sub(self.last));
+        self.last = now;
+        self.total
+    }
+}
+
+/// When the next sample is due; samples go into the node's ring whether the link is up
 /// or not, once the network time is known.
 #[derive(Debug)]
 struct Sampler {
-    interval_ms: u32,
-    next_ms: u32,
+    interval_ms: u64,
+    next_ms: u64,
     count: u32,
     unix_at_boot: Option<u32>,
+    uptime: Uptime,
 }
 
 impl Sampler {
+    fn new<P: Platform>(interval_s: u16, board: &P) -> Self {
+        Self {
+            interval_ms: u64::from(interval_s) * 1000,
+            next_ms: u64::from(FIRST_SAMPLE_MS),
+            count: 0,
+            unix_at_boot: None,
+            uptime: Uptime::new(board.millis()),
+        }
+    }
+
+    /// Seconds since boot.
+    fn uptime_s<P: Platform>(&mut self, board: &P) -> u64 {
+        self.uptime.at(board.millis()) / 1000
+    }
+
+    /// The network time says it is `unix` now: remembers Unix seconds at boot.
+    fn set_time<P: Platform>(&mut self, board: &mut P, unix: u32) {
+        let base = unix.saturating_sub(self.uptime_s(board) as u32);
+        self.unix_at_boot = Some(base);
+        board.set_unix_at_boot(base);
+    }
+
     /// Takes a sample if one is due; returns whether it did.
     fn tick<F: NorFlash, const Q: usize, P: Platform>(
         &mut self,
@@ -126,16 +178,17 @@ impl Sampler {
         let Some(base) = self.unix_at_boot else {
             return false; // readings need a real time
         };
-        let ms = board.millis();
+        let ms = self.uptime.at(board.millis());
         if ms < self.next_ms {
             return false;
         }
         self.next_ms = ms + self.interval_ms;
-        let now = base + ms / 1000;
+        let up_s = (ms / 1000).min(u64::from(u32::MAX)) as u32;
+        let now = base.saturating_add(up_s);
         node.record_sample(board.sample(now));
         self.count += 1;
         if self.count.is_multiple_of(STATUS_EVERY) {
-            node.report_status(now, None, None, ms / 1000);
+            node.report_status(now, None, None, up_s);
         }
         true
     }
@@ -167,91 +220,74 @@ where
     P: Platform,
 {
     let mut backoff = Backoff::new(1, 60);
-    let mut sampler = Sampler {
-        interval_ms: u32::from(node.provisioning().sample_interval_s) * 1000,
-        next_ms: FIRST_SAMPLE_MS,
-        count: 0,
-        unix_at_boot: None,
-    };
-    let mut first_sent = false;
+    let mut sampler = Sampler::new(node.provisioning().sample_interval_s, board);
+    let mut first_acknowledged = false;
     loop {
-        let link = async {
-            modem.wake().await?;
-            let t = modem.clock().await?;
-            let p = node.provisioning();
-            modem.open(&p.broker_host, p.broker_port).await.map(|()| t)
-        };
-        let failure = match with_timeout(|| board.millis(), STEP_MS, link).await {
-            Some(Ok(t)) => {
-                let base = t.saturating_sub(board.millis() / 1000);
-                sampler.unix_at_boot = Some(base);
-                board.set_unix_at_boot(base);
-                None
-            }
-            Some(Err(e)) => Some(modem_error(e)),
-            None => Some("modem: no answer in time"),
-        };
-        if let Some(why) = failure {
-            let wait = backoff.next_delay_s(board.millis());
-            board.event(Event::LinkFailed(why, wait));
-            sampler.wait(node, board, wait * 1000).await;
-            escape(&mut modem, &mut sampler, node, board).await;
-            continue;
-        }
-        let mut buf = [0u8; 512];
-        let mut scratch = Scratch::new(&mut buf);
-        let mut client: Mqtt<'_, &mut U> = Client::new(&mut scratch);
-        let connect = node.uplink().connect(&mut client, modem.io());
-        let failure = match with_timeout(|| board.millis(), STEP_MS, connect).await {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(uplink_error(e)),
-            None => Some("mqtt: no CONNACK in time"),
-        };
-        if let Some(why) = failure {
-            drop(client);
-            let wait = backoff.next_delay_s(board.millis());
-            board.event(Event::LinkFailed(why, wait));
-            sampler.wait(node, board, wait * 1000).await;
-            escape(&mut modem, &mut sampler, node, board).await;
-            continue;
-        }
-        backoff.reset();
-        board.event(Event::Connected(board.millis()));
-        loop {
-            while !sampler.tick(node, board) {
-                sleep_ms(|| board.millis(), 10).await;
-            }
-            let why = match with_timeout(|| board.millis(), STEP_MS, node.flush(&mut client)).await
-            {
-                Some(Ok(n)) => {
-                    if n > 0 && !first_sent {
-                        first_sent = true;
-                        board.event(Event::FirstReading(board.millis()));
-                    }
-                    continue;
-                }
-                Some(Err(e)) => node_error(e),
-                None => "uplink: no PUBACK in time",
+        // One connection, start to end; one way out (a reason), so a single back-off
+        // and escape path follows it.
+        let mut connected = false;
+        let why = 'session: {
+            // The network time first: with it the node samples, even while the data
+            // link stays down.
+            let clock = async {
+                modem.wake().await?;
+                modem.clock().await
             };
+            match with_timeout(|| board.millis(), STEP_MS, clock).await {
+                Some(Ok(t)) => sampler.set_time(board, t),
+                Some(Err(e)) => break 'session modem_error(e),
+                None => break 'session "modem: no answer in time",
+            }
+            let p = node.provisioning();
+            let open = modem.open(&p.broker_host, p.broker_port);
+            match with_timeout(|| board.millis(), STEP_MS, open).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => break 'session modem_error(e),
+                None => break 'session "modem: no answer in time",
+            }
+            let mut client = Mqtt::new(modem.io());
+            let mut step = with_timeout(|| board.millis(), STEP_MS, async {
+                node.connect(&mut client).await.map(|n| Exchange {
+                    acknowledged: n,
+                    ..Exchange::default()
+                })
+            })
+            .await;
+            loop {
+                let done = match step {
+                    Some(Ok(done)) => done,
+                    Some(Err(e)) => break 'session node_error(e),
+                    None => break 'session "mqtt: no answer in time",
+                };
+                if !connected {
+                    connected = true;
+                    backoff.reset();
+                    board.event(Event::Connected(board.millis()));
+                }
+                if done.acknowledged > 0 && !first_acknowledged {
+                    first_acknowledged = true;
+                    board.event(Event::FirstReading(board.millis()));
+                }
+                while !done.more && !sampler.tick(node, board) {
+                    sleep_ms(|| board.millis(), 10).await;
+                }
+                step = with_timeout(|| board.millis(), STEP_MS, node.exchange(&mut client)).await;
+            }
+        };
+        let wait_s = if connected {
             board.event(Event::Reconnecting(why));
-            break;
-        }
-        drop(client);
+            1
+        } else {
+            let wait = backoff.next_delay_s(board.millis());
+            board.event(Event::LinkFailed(why, wait));
+            wait
+        };
+        // Leave transparent mode: `+++` alone, with a second of silence before and after
+        // it, sampling meanwhile.
+        sampler.wait(node, board, wait_s * 1000).await;
+        let _ = modem.escape().await;
         sampler.wait(node, board, 1000).await;
-        escape(&mut modem, &mut sampler, node, board).await;
     }
-}
-
-/// Leaves transparent mode: `+++` after a second of silence (the caller's wait) and
-/// before another, sampling meanwhile.
-async fn escape<U: Read + Write, F: NorFlash, const Q: usize, P: Platform>(
-    modem: &mut Modem<U>,
-    sampler: &mut Sampler,
-    node: &mut Node<F, Q>,
-    board: &mut P,
-) {
-    let _ = modem.escape().await;
-    sampler.wait(node, board, 1000).await;
 }
 
 /// What to tell a technician about a boot failure.
@@ -290,6 +326,14 @@ fn modem_error(e: ModemError) -> &'static str {
     }
 }
 
+/// What to tell about a frame-ring failure.
+pub fn ring_error(e: RingError) -> &'static str {
+    match e {
+        RingError::Flash(_) => "frame ring: flash error",
+        RingError::Unsupported => "frame ring: flash geometry unsupported",
+    }
+}
+
 fn uplink_error(e: UplinkError) -> &'static str {
     match e {
         UplinkError::Network => "mqtt: link lost",
@@ -303,7 +347,99 @@ pub fn node_error(e: NodeError) -> &'static str {
     match e {
         NodeError::Uplink(u) => uplink_error(u),
         NodeError::Counter(c) => counter_error(c),
+        NodeError::Ring(r) => ring_error(r),
         NodeError::Identity => "invalid identity",
         NodeError::Frame(_) => "frame error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::counter::FrameCounter;
+    use crate::ring::FrameRing;
+    use crate::simulated::RamFlash;
+    use core::cell::Cell;
+    use protocol::provision::Provisioning;
+    use protocol::{AirQuality, DeviceKey, Field, Kind, Reading, Values};
+    use std::vec::Vec;
+
+    /// A board whose millisecond clock is set by the test; it remembers the time of
+    /// every sample.
+    struct Board {
+        ms: Cell<u32>,
+        samples: Vec<u32>,
+    }
+
+    impl Platform for Board {
+        fn millis(&self) -> u32 {
+            self.ms.get()
+        }
+        fn set_unix_at_boot(&mut self, _: u32) {}
+        fn sample(&mut self, now: u32) -> Sample {
+            self.samples.push(now);
+            Sample {
+                reading: Some(Reading {
+                    time: now,
+                    values: Values::AirQuality(AirQuality {
+                        pm25: Field::Value(1),
+                        ..AirQuality::default()
+                    }),
+                }),
+                errors: 0,
+            }
+        }
+        fn event(&mut self, _: Event) {}
+    }
+
+    #[test]
+    fn uptime_crosses_the_32_bit_wrap() {
+        let mut u = Uptime::new(u32::MAX - 10);
+        assert_eq!(u.at(u32::MAX), u64::from(u32::MAX));
+        assert_eq!(u.at(5), u64::from(u32::MAX) + 6);
+        assert_eq!(u.at(1005), u64::from(u32::MAX) + 1006);
+    }
+
+    #[test]
+    fn sampling_keeps_its_pace_and_its_dates_across_the_clock_wrap() {
+        let p = Provisioning {
+            tenant: "lyon".try_into().unwrap(),
+            device: "aq-1".try_into().unwrap(),
+            kind: Kind::AirQuality,
+            key: DeviceKey::new([7; 16], 1),
+            sample_interval_s: 60,
+            heartbeat_s: 0,
+            bin_depth_mm: 0,
+            broker_host: "broker".try_into().unwrap(),
+            broker_port: 1883,
+        };
+        let counter = FrameCounter::resume(RamFlash::<2048, 512>::default(), 0, 16).unwrap();
+        let ring = FrameRing::resume(RamFlash::<2048, 512>::default()).unwrap();
+        let mut node: Node<_, 4> = Node::new(p, counter, ring).unwrap();
+        // The board has run for just under 2^32 ms (49.7 days) when the time is known.
+        let start = u32::MAX - 150_000;
+        let mut board = Board {
+            ms: Cell::new(start),
+            samples: Vec::new(),
+        };
+        let mut sampler = Sampler::new(60, &board);
+        let unix_now = 1_800_000_000;
+        sampler.set_time(&mut board, unix_now);
+        // Five minutes in 100 ms steps, crossing the wrap after 150 s.
+        for step in 1..=3000u32 {
+            board.ms.set(start.wrapping_add(step * 100));
+            sampler.tick(&mut node, &mut board);
+        }
+        let gaps: Vec<u32> = board.samples.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(board.samples.len(), 5, "{:?}", board.samples);
+        assert!(gaps.iter().all(|&g| g == 60), "{gaps:?}");
+        // Dated from the network time: never 49.7 days early.
+        assert!(
+            board
+                .samples
+                .iter()
+                .all(|&t| (unix_now..unix_now + 300).contains(&t))
+        );
     }
 }

@@ -76,14 +76,16 @@ impl<F: NorFlash> FrameCounter<F> {
         }
         let (mut best, mut page, mut used) = (None::<u32>, 0, 0);
         for p in 0..2 {
+            // Every slot is read: a write that failed leaves an erased hole, and records
+            // after it (the retry) must still count.
             let mut slots = 0;
-            while slots < Self::SLOTS {
+            for slot in 0..Self::SLOTS {
                 let mut rec = [0u8; RECORD];
-                flash.read(base + p * Self::PAGE + slots * RECORD as u32, &mut rec)?;
+                flash.read(base + p * Self::PAGE + slot * RECORD as u32, &mut rec)?;
                 if rec == [0xff; RECORD] {
-                    break;
+                    continue;
                 }
-                slots += 1;
+                slots = slot + 1;
                 let limit = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
                 let check = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
                 if check == !limit && best.is_none_or(|b| limit > b) {
@@ -173,6 +175,8 @@ mod tests {
         mem: Vec<u8>,
         writes: usize,
         cut_after_bytes: Option<usize>,
+        /// The next write fails without programming anything.
+        fail_next: bool,
     }
 
     #[derive(Debug)]
@@ -208,6 +212,9 @@ mod tests {
             Ok(())
         }
         fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), PowerCut> {
+            if std::mem::take(&mut self.fail_next) {
+                return Err(PowerCut);
+            }
             self.writes += 1;
             for (i, b) in bytes.iter().enumerate() {
                 if let Some(n) = self.cut_after_bytes.as_mut() {
@@ -227,6 +234,7 @@ mod tests {
             mem: std::vec![0xff; 256],
             writes: 0,
             cut_after_bytes: None,
+            fail_next: false,
         }
     }
 
@@ -289,12 +297,41 @@ mod tests {
     }
 
     #[test]
+    fn a_write_error_then_a_retry_never_reuses_a_counter_after_reboot() {
+        // The flash refuses some writes outright (nothing programmed: an erased hole),
+        // the node retries in the same boot, and reboots now and then.
+        let mut f = flash();
+        let mut used = BTreeSet::new();
+        let mut seed = 5;
+        let mut failures = 0;
+        for _ in 0..300 {
+            let mut c = FrameCounter::resume(f, 0, 4).unwrap();
+            for _ in 0..lcg(&mut seed) % 16 {
+                c.flash.fail_next = lcg(&mut seed).is_multiple_of(4);
+                match c.take() {
+                    Ok(n) => assert!(used.insert(n), "counter {n} reused after a write error"),
+                    Err(CounterError::Flash(_)) => failures += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            f = c.release();
+            f.fail_next = false;
+        }
+        assert!(
+            failures > 50 && used.len() > 500,
+            "{failures} {}",
+            used.len()
+        );
+    }
+
+    #[test]
     fn flash_that_was_never_erased_is_erased_before_use() {
         // Emulated flash (QEMU's RAM) starts zeroed: no record can be programmed there.
         let mut f = SimFlash {
             mem: std::vec![0; 256],
             writes: 0,
             cut_after_bytes: None,
+            fail_next: false,
         };
         let mut used = BTreeSet::new();
         for _ in 0..20 {

@@ -7,9 +7,16 @@
 //!   fire suspicion (pure).
 //! - [`station`]: one sampling cycle per kind, drivers in, a reading and fault flags out.
 //! - [`counter`]: the frame counter, never reused, persisted by skip-ahead reservation.
-//! - [`outbox`]: store-and-forward queue; when full the oldest is dropped and counted.
-//! - [`node`]: identity, counter, queue and uplink together: seal, publish, forget on PUBACK.
-//! - [`uplink`]: MQTT 5 over any `embedded_io_async` byte stream (rust-mqtt).
+//! - [`outbox`]: readings waiting in RAM to be sealed (only while the flash fails); when
+//!   full the oldest is dropped and counted.
+//! - [`ring`]: sealed frames in flash until a gateway acknowledges them; torn-write-safe,
+//!   wear-levelled, bounded (the oldest page goes, counted, when full).
+//! - [`node`]: identity, counter, ring and uplink together: seal, publish, forget on a
+//!   gateway's acknowledgement, resend what none covered.
+//! - [`mqtt`]: the MQTT 5 a node needs (connect with will, QoS 1 publish, one QoS 0
+//!   subscription, ping), small enough for the image budget.
+//! - [`uplink`]: the node's topics and session over [`mqtt`].
+//! - [`flash`]: a window of a flash, and one flash shared by the counter and the ring.
 //! - [`modem`]: cellular modem AT commands: network time, TCP in transparent mode.
 //! - [`serial_io`]: an `embedded-hal-nb` UART as an async byte stream (polling).
 //! - [`backoff`]: reconnect back-off with jitter.
@@ -23,16 +30,18 @@
 //! the maintained no_std MQTT clients are (see `uplink`). A board runs it under any
 //! executor, even a plain `block_on`; the host simulator under tokio.
 #![no_std]
-#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod backoff;
 pub mod boot;
 pub mod counter;
 pub mod drivers;
+pub mod flash;
 pub mod modem;
+pub mod mqtt;
 pub mod node;
 pub mod outbox;
+pub mod ring;
 pub mod sampling;
 pub mod serial_io;
 pub mod simulated;
@@ -41,6 +50,6 @@ pub mod uplink;
 
 pub use protocol;
 
-/// Readings the reference node queues while its uplink is down: at one reading per
-/// 5-minute interval, about five hours of outage before the oldest is dropped.
-pub const REFERENCE_QUEUE: usize = 64;
+/// Readings the reference node keeps in RAM while its flash cannot take them (an outage
+/// of the link needs none: readings wait in the flash ring).
+pub const REFERENCE_QUEUE: usize = 16;

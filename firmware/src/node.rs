@@ -1,26 +1,38 @@
-//! A provisioned node: its identity, frame counter, store-and-forward queue and uplink.
+//! A provisioned node: its identity, frame counter, flash ring of sealed frames and uplink.
 //!
-//! Readings go into the queue; [`Node::flush`] seals the oldest into a frame (taking a
-//! fresh counter), moves them out of the queue into that sealed frame, and publishes it
-//! until the broker acknowledges. A frame whose send failed is re-sent byte for byte after
-//! the reconnect: same counter, so a copy the broker did deliver is a duplicate to the
-//! gateway, never a second stored reading. Nothing here blocks on a clock.
+//! A reading is sealed into a frame as soon as it is recorded (taking a fresh counter) and
+//! the frame goes into the flash ring ([`FrameRing`]), where it stays until a gateway's
+//! acknowledgement (SPEC §12) covers it: across reconnects, resets and power cuts. Only if
+//! the counter or the ring cannot be written does a reading wait in RAM ([`Outbox`]), to
+//! be sealed at the next chance. Each [`Node::exchange`] sends the frames not yet sent on
+//! this connection, byte for byte as sealed, then pings to collect the acknowledgements
+//! that arrived; frames no acknowledgement covered after [`RESEND_AFTER`] exchanges are
+//! sent again (a broker that lost them, a gateway whose session expired). Nothing here
+//! blocks on a clock.
 
+use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
-use heapless::Vec;
 use protocol::provision::Provisioning;
 use protocol::reading::error_flags;
-use protocol::{DeviceStatus, EncodeError, Field, Reading, Values};
-use rust_mqtt::io::Transport;
+use protocol::{Ack, DeviceStatus, EncodeError, Field, Reading, Values};
 
 use crate::counter::{CounterError, FrameCounter};
 use crate::outbox::Outbox;
+use crate::ring::{self, FrameRing, Pos, RingError};
 use crate::station::Sample;
 use crate::uplink::{Mqtt, Uplink, UplinkError};
 
-/// Largest frame the node seals. Eleven air-quality readings fit, and the buffer stays
-/// small for 16 KiB of RAM; readings beyond it go in the next frame.
-pub const FRAME_BUF: usize = 256;
+/// Largest frame the node seals: a frame normally carries one reading; after a flash
+/// failure the readings that waited in RAM share one, as many as fit.
+pub const FRAME_BUF: usize = ring::MAX_FRAME;
+
+/// Exchanges without any acknowledgement, while frames wait, before those frames are
+/// sent again on the same connection.
+pub const RESEND_AFTER: u8 = 3;
+
+/// Most frames sent in one exchange: what arrives meanwhile (acknowledgements) must fit
+/// the MQTT client's scratch buffer, which is emptied between exchanges.
+pub const BURST: u32 = 4;
 
 /// This firmware's version as the status frame carries it (`major << 16 | minor << 8 | patch`).
 pub const FIRMWARE_VERSION: u32 = version(env!("CARGO_PKG_VERSION"));
@@ -34,9 +46,11 @@ pub enum NodeError {
     Identity,
     /// The counter could not be reserved in flash: sending would risk reusing a counter.
     Counter(CounterError),
+    /// The frame ring's flash failed.
+    Ring(RingError),
     /// A queued reading could not be framed (a bug: readings are checked when built).
     Frame(EncodeError),
-    /// The link failed; the frame is kept for the next connection.
+    /// The link failed; the frames wait in flash for the next connection.
     Uplink(UplinkError),
 }
 
@@ -46,28 +60,50 @@ impl From<UplinkError> for NodeError {
     }
 }
 
-/// A sealed frame waiting for its PUBACK, with the readings it carries.
-#[derive(Debug)]
-struct Sealed {
-    bytes: Vec<u8, FRAME_BUF>,
-    readings: usize,
+impl From<RingError> for NodeError {
+    fn from(e: RingError) -> Self {
+        Self::Ring(e)
+    }
 }
 
-/// The node, queueing up to `Q` readings.
+/// What one exchange did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Exchange {
+    /// Frames sent (first time or again).
+    pub sent: u32,
+    /// Of those, frames this boot had sent before (no acknowledgement came for them).
+    pub resent: u32,
+    /// Readings a gateway acknowledged.
+    pub acknowledged: u32,
+    /// More frames wait to be sent on this connection: exchange again now.
+    pub more: bool,
+}
+
+/// The node, keeping up to `Q` readings in RAM while its flash cannot take them.
 #[derive(Debug)]
 pub struct Node<F, const Q: usize> {
     provisioning: Provisioning,
     uplink: Uplink,
     counter: FrameCounter<F>,
-    outbox: Outbox<Q>,
-    pending: Option<Sealed>,
+    ring: FrameRing<F>,
+    staged: Outbox<Q>,
+    /// The last frame sent on this connection (`None`: send from the oldest waiting).
+    sent_up_to: Option<Pos>,
+    /// The furthest frame ever sent this boot.
+    high_water: Option<Pos>,
+    quiet: u8,
+    lost: u32,
     errors: u16,
 }
 
 impl<F: NorFlash, const Q: usize> Node<F, Q> {
-    /// A node for `provisioning`, counting frames with `counter`. The MQTT keep-alive is
-    /// twice the sample interval, so the broker notices a dead node within three intervals.
-    pub fn new(provisioning: Provisioning, counter: FrameCounter<F>) -> Result<Self, NodeError> {
+    /// A node for `provisioning`, counting frames with `counter` and keeping them in
+    /// `ring`. The MQTT keep-alive is twice the sample interval.
+    pub fn new(
+        provisioning: Provisioning,
+        counter: FrameCounter<F>,
+        ring: FrameRing<F>,
+    ) -> Result<Self, NodeError> {
         let who = provisioning.identity().map_err(|_| NodeError::Identity)?;
         let keep_alive = provisioning.sample_interval_s.saturating_mul(2);
         let uplink = Uplink::new(who, keep_alive);
@@ -75,8 +111,12 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             provisioning,
             uplink,
             counter,
-            outbox: Outbox::new(),
-            pending: None,
+            ring,
+            staged: Outbox::new(),
+            sent_up_to: None,
+            high_water: None,
+            quiet: 0,
+            lost: 0,
             errors: 0,
         })
     }
@@ -91,13 +131,14 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         &self.uplink
     }
 
-    /// Queues a reading (the oldest is dropped and counted when the queue is full).
+    /// Seals a reading into the ring (or keeps it in RAM while the flash fails).
     pub fn record(&mut self, reading: Reading) {
-        self.outbox.push(reading);
+        self.staged.push(reading);
+        self.seal_staged();
     }
 
     /// Takes one sampling cycle's outcome: its faults for the next status report, its
-    /// reading (if worth sending) into the queue. Returns whether a reading was queued.
+    /// reading (if worth sending) into the ring. Returns whether a reading was recorded.
     pub fn record_sample(&mut self, s: Sample) -> bool {
         self.flag(s.errors);
         s.reading.map(|r| self.record(r)).is_some()
@@ -108,8 +149,8 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         self.errors |= error;
     }
 
-    /// Queues a status reading: battery, signal, uptime, the faults flagged since the last
-    /// report, and the readings dropped since boot.
+    /// Records a status reading: battery, signal, uptime, the faults flagged since the
+    /// last report, and the readings lost since boot.
     pub fn report_status(
         &mut self,
         now: u32,
@@ -123,7 +164,7 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             firmware: Field::Value(FIRMWARE_VERSION),
             uptime: Field::Value(uptime_s),
             error_flags: Field::Value(core::mem::take(&mut self.errors)),
-            dropped: Field::Value(self.outbox.dropped()),
+            dropped: Field::Value(self.dropped()),
         };
         self.record(Reading {
             time: now,
@@ -131,14 +172,14 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         });
     }
 
-    /// Readings not yet acknowledged (queued or in the frame in flight).
+    /// Readings no gateway has acknowledged yet (in the ring or in RAM).
     pub fn unacknowledged(&self) -> usize {
-        self.outbox.len() + self.pending.as_ref().map_or(0, |p| p.readings)
+        self.ring.readings() as usize + self.staged.len()
     }
 
-    /// Readings dropped since boot because the queue was full.
+    /// Readings lost since boot: dropped from a full ring or a full RAM queue.
     pub fn dropped(&self) -> u32 {
-        self.outbox.dropped()
+        self.lost.saturating_add(self.staged.dropped())
     }
 
     /// The next counter the node will use (for logs and tests).
@@ -146,53 +187,129 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         self.counter.peek()
     }
 
-    /// Sends everything queued over a connected `client`, one frame at a time, each only
-    /// forgotten after its PUBACK. Returns the readings acknowledged. On error the
-    /// connection must be dropped; nothing is lost.
-    pub async fn flush<T: Transport>(
+    /// Connects (see [`Uplink::connect`]); every waiting frame is sent again on this
+    /// connection.
+    pub async fn connect<T: Read + Write>(
         &mut self,
-        client: &mut Mqtt<'_, T>,
-    ) -> Result<usize, NodeError> {
+        client: &mut Mqtt<T>,
+    ) -> Result<u32, NodeError> {
+        self.sent_up_to = None;
+        self.quiet = 0;
+        let Self {
+            uplink,
+            ring,
+            provisioning,
+            ..
+        } = self;
         let mut acknowledged = 0;
-        loop {
-            self.seal_next()?;
-            let Some(sealed) = &self.pending else {
-                return Ok(acknowledged);
-            };
-            if let Err(e) = self.uplink.publish(client, &sealed.bytes).await {
-                self.errors |= error_flags::UPLINK;
-                return Err(e.into());
-            }
-            acknowledged += sealed.readings;
-            self.pending = None;
-        }
+        let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+        uplink.connect(client, &mut on_message).await?;
+        Ok(acknowledged)
     }
 
-    /// Moves the oldest queued readings into a sealed frame, unless one is already waiting.
-    fn seal_next(&mut self) -> Result<(), NodeError> {
-        if self.pending.is_some() {
-            return Ok(());
+    /// Sends every frame not yet sent on this connection, each awaited until its PUBACK,
+    /// then pings; applies the acknowledgements that arrive. On error the connection must
+    /// be dropped; nothing is lost.
+    pub async fn exchange<T: Read + Write>(
+        &mut self,
+        client: &mut Mqtt<T>,
+    ) -> Result<Exchange, NodeError> {
+        self.seal_staged();
+        let mut done = Exchange::default();
+        let result = self.send_and_ping(client, &mut done).await;
+        if let Err(NodeError::Uplink(_)) = result {
+            self.errors |= error_flags::UPLINK;
         }
-        let mut buf = [0u8; FRAME_BUF];
-        let Some((frame, n)) = self.outbox.next_frame(&mut buf) else {
-            return Ok(());
-        };
-        let counter = self.counter.take().map_err(|e| {
-            self.errors |= error_flags::STORAGE;
-            NodeError::Counter(e)
-        })?;
-        let who = self
-            .provisioning
-            .identity()
-            .map_err(|_| NodeError::Identity)?;
-        let sealed = frame
-            .seal(counter, &self.provisioning.key, who)
-            .map_err(NodeError::Frame)?;
-        let bytes =
-            Vec::from_slice(sealed).map_err(|_| NodeError::Frame(EncodeError::BufferFull))?;
-        self.outbox.confirm(n);
-        self.pending = Some(Sealed { bytes, readings: n });
+        result?;
+        if done.acknowledged == 0 && self.ring.frames() > 0 && !done.more {
+            self.quiet += 1;
+            if self.quiet >= RESEND_AFTER {
+                (self.sent_up_to, self.quiet) = (None, 0);
+            }
+        } else {
+            self.quiet = 0;
+        }
+        Ok(done)
+    }
+
+    async fn send_and_ping<T: Read + Write>(
+        &mut self,
+        client: &mut Mqtt<T>,
+        done: &mut Exchange,
+    ) -> Result<(), NodeError> {
+        let mut frame = [0u8; FRAME_BUF];
+        let Self {
+            uplink,
+            ring,
+            provisioning,
+            sent_up_to,
+            high_water,
+            ..
+        } = self;
+        let mut acknowledged = 0;
+        while let Some(pos) = ring.next_unacked(*sent_up_to)? {
+            if done.sent == BURST {
+                done.more = true;
+                break;
+            }
+            let n = ring.read(pos, &mut frame)?;
+            if high_water.is_some_and(|h| pos <= h) {
+                done.resent += 1;
+            } else {
+                *high_water = Some(pos);
+            }
+            let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+            uplink.publish(client, &frame[..n], &mut on_message).await?;
+            *sent_up_to = Some(pos);
+            done.sent += 1;
+        }
+        let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+        let pinged = client.ping(&mut on_message).await;
+        done.acknowledged += acknowledged;
+        pinged?;
         Ok(())
+    }
+
+    /// Seals what waits in RAM into frames in the ring, until it is empty or the flash
+    /// fails (the readings then wait for the next try; a counter taken for a frame that
+    /// could not be stored is skipped, never reused).
+    fn seal_staged(&mut self) {
+        let mut buf = [0u8; FRAME_BUF];
+        while let Some((frame, n)) = self.staged.next_frame(&mut buf) {
+            let counter = match self.counter.take() {
+                Ok(c) => c,
+                Err(_) => {
+                    self.errors |= error_flags::STORAGE;
+                    return;
+                }
+            };
+            let Ok(who) = self.provisioning.identity() else {
+                return;
+            };
+            let Ok(sealed) = frame.seal(counter, &self.provisioning.key, who) else {
+                return;
+            };
+            match self.ring.append(sealed, n as u8) {
+                Ok(lost) => {
+                    self.lost = self.lost.saturating_add(lost);
+                    self.staged.confirm(n);
+                }
+                Err(_) => {
+                    self.errors |= error_flags::STORAGE;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Applies one received message, if it is a valid acknowledgement for this device;
+/// returns the readings it acknowledged.
+fn settle<F: NorFlash>(ring: &mut FrameRing<F>, p: &Provisioning, message: &[u8]) -> u32 {
+    let Ok(who) = p.identity() else { return 0 };
+    match Ack::open(message, &p.key, who) {
+        Ok(ack) => ring.acknowledge(&ack).unwrap_or(0),
+        Err(_) => 0,
     }
 }
 
@@ -221,20 +338,25 @@ mod tests {
     use super::*;
     use crate::app::block_on;
     use crate::simulated::RamFlash;
-    use crate::uplink::Scratch;
-    use protocol::{AirQuality, DeviceKey, Kind};
-    use rust_mqtt::client::Client;
+    use protocol::{AirQuality, DeviceKey, Identity, Kind};
     use std::vec::Vec;
 
-    /// A broker just big enough for one node: CONNACK, PUBACK for each QoS 1 PUBLISH
-    /// (unless told to lose the connection before the PUBACK of an uplink frame), and a
-    /// record of every uplink payload it took.
+    type Flash = RamFlash<2048, 512>;
+
+    fn key() -> DeviceKey {
+        DeviceKey::new([7; 16], 1)
+    }
+
+    /// A broker just big enough for one node, with a gateway behind it: CONNACK, SUBACK,
+    /// PINGRESP, a PUBACK for each QoS 1 PUBLISH (unless told to lose the connection
+    /// first), and, if `gateway` is set, an acknowledgement of each uplink frame.
     #[derive(Default)]
     struct Broker {
         from_client: Vec<u8>,
         to_client: std::collections::VecDeque<u8>,
         uplinks: Vec<Vec<u8>>,
         die_before_uplink_puback: bool,
+        gateway: bool,
         dead: bool,
     }
 
@@ -266,18 +388,40 @@ mod tests {
                         let pid = [body[2 + topic_len], body[3 + topic_len]];
                         let props_at = 4 + topic_len;
                         let payload = body[props_at + 1 + usize::from(body[props_at])..].to_vec();
-                        if topic.ends_with(b"/up") {
-                            self.uplinks.push(payload);
+                        let uplink = topic.ends_with(b"/up");
+                        if uplink {
+                            self.uplinks.push(payload.clone());
                             if self.die_before_uplink_puback {
                                 self.dead = true;
                                 return;
                             }
                         }
                         self.to_client.extend([0x40, 0x02, pid[0], pid[1]]);
+                        if uplink && self.gateway {
+                            self.acknowledge(&payload);
+                        }
                     }
+                    8 => self
+                        .to_client
+                        .extend([0x90, 0x04, body[0], body[1], 0x00, 0x00]),
+                    12 => self.to_client.extend([0xd0, 0x00]),
                     _ => {}
                 }
             }
+        }
+
+        /// What a gateway publishes on the device's ack topic (QoS 0 to the device).
+        fn acknowledge(&mut self, frame: &[u8]) {
+            let counter = protocol::peek(frame).unwrap().counter;
+            let who = Identity::new("lyon", "aq-1").unwrap();
+            let ack = Ack::new(counter).seal([counter as u8; 8], &key(), who);
+            let topic = b"vigie/v1/lyon/aq-1/ack";
+            let len = 2 + topic.len() + 1 + ack.len();
+            self.to_client
+                .extend([0x30, len as u8, 0, topic.len() as u8]);
+            self.to_client.extend(topic);
+            self.to_client.push_back(0); // no properties
+            self.to_client.extend(ack);
         }
     }
 
@@ -285,7 +429,7 @@ mod tests {
         type Error = embedded_io_async::ErrorKind;
     }
 
-    impl embedded_io_async::Read for Broker {
+    impl Read for Broker {
         async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
             // Every exchange is request/answer: nothing to read means the link is gone.
             if self.dead || self.to_client.is_empty() {
@@ -299,7 +443,7 @@ mod tests {
         }
     }
 
-    impl embedded_io_async::Write for Broker {
+    impl Write for Broker {
         async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
             self.from_client.extend_from_slice(buf);
             self.serve();
@@ -311,20 +455,25 @@ mod tests {
         }
     }
 
-    fn node() -> Node<RamFlash<1024, 512>, 8> {
-        let p = Provisioning {
+    fn provisioning() -> Provisioning {
+        Provisioning {
             tenant: "lyon".try_into().unwrap(),
             device: "aq-1".try_into().unwrap(),
             kind: Kind::AirQuality,
-            key: DeviceKey::new([7; 16], 1),
+            key: key(),
             sample_interval_s: 300,
             heartbeat_s: 3600,
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
             broker_port: 1883,
-        };
-        let counter = FrameCounter::resume(RamFlash::default(), 0, 4).unwrap();
-        Node::new(p, counter).unwrap()
+        }
+    }
+
+    /// A node booting on `flash` (counter pages, ring).
+    fn boot(flash: (Flash, Flash)) -> Node<Flash, 8> {
+        let counter = FrameCounter::resume(flash.0, 0, 4).unwrap();
+        let ring = FrameRing::resume(flash.1).unwrap();
+        Node::new(provisioning(), counter, ring).unwrap()
     }
 
     fn aq(time: u32) -> Reading {
@@ -338,21 +487,37 @@ mod tests {
         }
     }
 
-    /// Connects over `broker` and flushes the node.
-    fn flush(
-        node: &mut Node<RamFlash<1024, 512>, 8>,
+    /// Connects over `broker` and runs `exchanges` exchanges; the sum of what they did.
+    fn session(
+        node: &mut Node<Flash, 8>,
         broker: &mut Broker,
-    ) -> Result<usize, NodeError> {
-        let mut buf = [0u8; 512];
-        let mut scratch = Scratch::new(&mut buf);
-        let mut client: Mqtt<'_, &mut Broker> = Client::new(&mut scratch);
-        block_on(node.uplink().connect(&mut client, broker))?;
-        block_on(node.flush(&mut client))
+        exchanges: usize,
+    ) -> Result<Exchange, NodeError> {
+        let mut client = Mqtt::new(broker);
+        let mut total = Exchange {
+            acknowledged: block_on(node.connect(&mut client))?,
+            ..Exchange::default()
+        };
+        for _ in 0..exchanges {
+            let e = block_on(node.exchange(&mut client))?;
+            total.sent += e.sent;
+            total.resent += e.resent;
+            total.acknowledged += e.acknowledged;
+            total.more = e.more;
+        }
+        Ok(total)
+    }
+
+    fn counters(frames: &[Vec<u8>]) -> Vec<u32> {
+        frames
+            .iter()
+            .map(|f| protocol::peek(f).unwrap().counter)
+            .collect()
     }
 
     #[test]
     fn a_frame_whose_puback_was_lost_goes_again_byte_for_byte() {
-        let mut node = node();
+        let mut node = boot(Default::default());
         node.record(aq(1_795_305_600));
         node.record(aq(1_795_305_900));
 
@@ -362,33 +527,81 @@ mod tests {
             ..Broker::default()
         };
         assert!(matches!(
-            flush(&mut node, &mut lost),
+            session(&mut node, &mut lost, 1),
             Err(NodeError::Uplink(_))
         ));
-        assert_eq!(
-            node.unacknowledged(),
-            2,
-            "nothing forgotten without a PUBACK"
-        );
+        assert_eq!(node.unacknowledged(), 2, "nothing forgotten");
         assert_eq!(lost.uplinks.len(), 1);
 
         // After the reconnect: the same bytes, so the same counter, and only then forgotten.
         node.record(aq(1_795_306_200));
-        let mut ok = Broker::default();
-        assert_eq!(flush(&mut node, &mut ok), Ok(3));
-        assert_eq!(ok.uplinks[0], lost.uplinks[0]);
+        let mut ok = Broker {
+            gateway: true,
+            ..Broker::default()
+        };
         assert_eq!(
-            ok.uplinks.len(),
-            2,
-            "the newer reading in a frame of its own"
+            session(&mut node, &mut ok, 1),
+            Ok(Exchange {
+                sent: 3,
+                resent: 1,
+                acknowledged: 3,
+                more: false
+            })
         );
-        let counters: Vec<u32> = ok
-            .uplinks
-            .iter()
-            .map(|f| protocol::peek(f).unwrap().counter)
-            .collect();
-        assert_eq!(counters, [0, 1]);
+        assert_eq!(ok.uplinks[0], lost.uplinks[0]);
+        assert_eq!(counters(&ok.uplinks), [0, 1, 2], "a frame per reading");
         assert_eq!(node.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn a_broker_puback_clears_nothing_a_reboot_resends_and_an_ack_clears() {
+        let mut node = boot(Default::default());
+        for i in 0..3 {
+            node.record(aq(1_795_305_600 + 300 * i));
+        }
+        // The broker acknowledges, but no gateway ever hears of the frames (a broker
+        // crash before its save, an expired gateway session).
+        let mut amnesic = Broker::default();
+        let done = session(&mut node, &mut amnesic, 1).unwrap();
+        assert_eq!((done.sent, done.acknowledged), (3, 0));
+        assert_eq!(node.unacknowledged(), 3);
+
+        // Power cut: only the flash stays. The new boot resends the same bytes, and
+        // forgets them once the gateway acknowledges.
+        let flash = (node.counter.release(), node.ring.release());
+        let mut node = boot(flash);
+        assert_eq!(node.unacknowledged(), 3, "the ring survived the reboot");
+        let mut good = Broker {
+            gateway: true,
+            ..Broker::default()
+        };
+        let done = session(&mut node, &mut good, 2).unwrap();
+        assert_eq!((done.sent, done.acknowledged), (3, 3));
+        assert_eq!(good.uplinks, amnesic.uplinks, "byte for byte");
+        assert_eq!(node.unacknowledged(), 0);
+        // New frames do not reuse a counter of the old boot.
+        node.record(aq(1_795_400_000));
+        let mut later = Broker {
+            gateway: true,
+            ..Broker::default()
+        };
+        session(&mut node, &mut later, 1).unwrap();
+        assert!(counters(&later.uplinks)[0] > *counters(&good.uplinks).iter().max().unwrap());
+    }
+
+    #[test]
+    fn frames_no_gateway_acknowledged_are_resent_on_the_same_connection() {
+        let mut node = boot(Default::default());
+        node.record(aq(1_795_305_600));
+        let mut amnesic = Broker::default();
+        let exchanges = usize::from(RESEND_AFTER) + 1;
+        let done = session(&mut node, &mut amnesic, exchanges).unwrap();
+        assert_eq!(
+            (done.sent, done.resent),
+            (2, 1),
+            "sent, then once again after {RESEND_AFTER} quiet exchanges"
+        );
+        assert_eq!(amnesic.uplinks[0], amnesic.uplinks[1]);
     }
 
     #[test]

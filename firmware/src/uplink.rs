@@ -1,92 +1,24 @@
-//! MQTT uplink: rust-mqtt (MQTT 5, QoS 1) over any `embedded_io_async` byte stream, so
-//! the same code runs over a TCP socket on the host and over a UART to a cellular modem in
+//! The node's MQTT session (SPEC §7), over any `embedded_io_async` byte stream, so the
+//! same code runs over a TCP socket on the host and over a UART to a cellular modem in
 //! transparent mode on a board.
 //!
 //! One connection: Clean Start, a retained `online` on the status topic, `offline`
-//! registered as the last will, then one uplink frame in flight at a time, each awaited
-//! until its PUBACK. The node keeps its own store-and-forward queue and re-sends the same
-//! sealed bytes after a reconnect, so no broker session is needed and a frame whose PUBACK
-//! was lost is recognised by the gateway as a duplicate (same counter), never stored twice.
+//! registered as the last will, a QoS 0 subscription to the device's own acknowledgement
+//! topic (SPEC §12), then one uplink frame in flight at a time, each awaited until its
+//! PUBACK. A PUBACK only means the broker has the frame: the node forgets a frame when a
+//! gateway's acknowledgement covers it, and every message that arrives meanwhile goes to
+//! the caller (`on_message`).
 //!
 //! Timeouts belong to the transport (a read that waits too long fails) or to the caller's
 //! executor; this module never waits on a clock itself.
 
-use core::num::NonZero;
-
 use heapless::String;
 use protocol::topic::{self, MAX_TOPIC_LEN, STATUS_OFFLINE, STATUS_ONLINE};
 use protocol::{Identity, MAX_ID_LEN};
-use rust_mqtt::Bytes;
-use rust_mqtt::buffer::BufferProvider;
-use rust_mqtt::client::event::Event;
-use rust_mqtt::client::options::{
-    ConnectOptions, DisconnectOptions, PublicationOptions, TopicReference, WillOptions,
-};
-use rust_mqtt::client::{Client, MqttError};
-use rust_mqtt::config::KeepAlive;
-use rust_mqtt::io::Transport;
-use rust_mqtt::types::{MqttBinary, MqttString, TopicName};
 
-/// The MQTT client as the node uses it: no subscriptions, one publication in flight, no
-/// user properties or topic aliases.
-pub type Mqtt<'c, T> = Client<'c, 'c, T, Scratch<'c>, 1, 1, 1, 0, 0, 0, 0>;
-
-/// Why the uplink failed. Every variant means: drop this connection, keep the frame, and
-/// reconnect after a back-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum UplinkError {
-    /// The byte stream failed or closed.
-    Network,
-    /// The broker refused the connection or the publication (bad credentials, ACL, quota);
-    /// the MQTT reason code.
-    Refused(u8),
-    /// The broker sent something this client cannot accept.
-    Protocol,
-}
-
-impl<const P: usize> From<MqttError<'_, P>> for UplinkError {
-    fn from(e: MqttError<'_, P>) -> Self {
-        match e {
-            MqttError::Network(_) => Self::Network,
-            MqttError::Disconnect { reason, .. } => Self::Refused(reason as u8),
-            _ => Self::Protocol,
-        }
-    }
-}
-
-/// A safe bump allocator over one slice, for the few variable-length fields the broker may
-/// send (reason strings, properties). One per connection; exhaustion is an error, after
-/// which the connection is dropped and a new one gets a fresh slice.
-#[derive(Debug)]
-pub struct Scratch<'a>(&'a mut [u8]);
-
-impl<'a> Scratch<'a> {
-    /// Hands out `buf`, front to back.
-    pub fn new(buf: &'a mut [u8]) -> Self {
-        Self(buf)
-    }
-}
-
-/// [`Scratch`] is used up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ScratchFull;
-
-impl<'a> BufferProvider<'a> for Scratch<'a> {
-    type Buffer = &'a mut [u8];
-    type ProvisionError = ScratchFull;
-
-    fn provide_buffer(&mut self, len: usize) -> Result<&'a mut [u8], ScratchFull> {
-        if self.0.len() < len {
-            return Err(ScratchFull);
-        }
-        let (head, tail) = core::mem::take(&mut self.0).split_at_mut(len);
-        self.0 = tail;
-        Ok(head)
-    }
-}
+use crate::mqtt::Will;
+pub use crate::mqtt::{Mqtt, MqttError as UplinkError};
+use embedded_io_async::{Read, Write};
 
 /// A node's topics and connection options, built once from its identity.
 #[derive(Debug, Clone)]
@@ -94,6 +26,7 @@ pub struct Uplink {
     client_id: String<{ 2 * MAX_ID_LEN + 1 }>,
     up: String<MAX_TOPIC_LEN>,
     status: String<MAX_TOPIC_LEN>,
+    ack: String<MAX_TOPIC_LEN>,
     keep_alive_s: u16,
 }
 
@@ -111,6 +44,7 @@ impl Uplink {
             client_id,
             up: topic::uplink(who),
             status: topic::status(who),
+            ack: topic::ack(who),
             keep_alive_s,
         }
     }
@@ -125,99 +59,47 @@ impl Uplink {
         self.keep_alive_s
     }
 
-    /// Connects over `transport` and announces `online`.
-    pub async fn connect<'c, T: Transport>(
+    /// Connects, announces `online` and subscribes to the device's acknowledgements (a
+    /// retained one may arrive: `on_message`).
+    pub async fn connect<T: Read + Write>(
         &self,
-        client: &mut Mqtt<'c, T>,
-        transport: T,
+        client: &mut Mqtt<T>,
+        on_message: &mut dyn FnMut(&[u8]),
     ) -> Result<(), UplinkError> {
-        let mut options = ConnectOptions::new().clean_start().will(
-            WillOptions::new(topic_name(&self.status)?, binary(STATUS_OFFLINE)?)
-                .at_least_once()
-                .retain(),
-        );
-        if let Some(k) = NonZero::new(self.keep_alive_s) {
-            options = options.keep_alive(KeepAlive::Seconds(k));
-        }
-        let id =
-            MqttString::try_from(self.client_id.as_str()).map_err(|_| UplinkError::Protocol)?;
-        client.connect(transport, &options, Some(id)).await?;
-        self.publish_to(client, &self.status, STATUS_ONLINE, true)
-            .await
+        let will = Will {
+            topic: &self.status,
+            payload: STATUS_OFFLINE,
+        };
+        client
+            .connect(&self.client_id, self.keep_alive_s, will)
+            .await?;
+        client
+            .publish(&self.status, STATUS_ONLINE, true, on_message)
+            .await?;
+        client.subscribe(&self.ack, on_message).await
     }
 
     /// Publishes one sealed frame at QoS 1 and waits for its PUBACK.
-    pub async fn publish<'c, T: Transport>(
+    pub async fn publish<T: Read + Write>(
         &self,
-        client: &mut Mqtt<'c, T>,
+        client: &mut Mqtt<T>,
         frame: &[u8],
+        on_message: &mut dyn FnMut(&[u8]),
     ) -> Result<(), UplinkError> {
-        self.publish_to(client, &self.up, frame, false).await
-    }
-
-    /// Proves the link is alive when there was nothing to send.
-    pub async fn ping<'c, T: Transport>(
-        &self,
-        client: &mut Mqtt<'c, T>,
-    ) -> Result<(), UplinkError> {
-        client.ping().await?;
-        loop {
-            if let Event::Pingresp = client.poll().await? {
-                return Ok(());
-            }
-        }
+        client.publish(&self.up, frame, false, on_message).await
     }
 
     /// Closes the connection cleanly, announcing `offline` first (a clean DISCONNECT
     /// suppresses the will).
-    pub async fn disconnect<'c, T: Transport>(
+    pub async fn disconnect<T: Read + Write>(
         &self,
-        client: &mut Mqtt<'c, T>,
+        client: &mut Mqtt<T>,
     ) -> Result<(), UplinkError> {
-        self.publish_to(client, &self.status, STATUS_OFFLINE, true)
+        client
+            .publish(&self.status, STATUS_OFFLINE, true, &mut |_| {})
             .await?;
-        client.disconnect(&DisconnectOptions::new()).await?;
-        Ok(())
+        client.disconnect().await
     }
-
-    async fn publish_to<'c, T: Transport>(
-        &self,
-        client: &mut Mqtt<'c, T>,
-        topic: &str,
-        payload: &[u8],
-        retain: bool,
-    ) -> Result<(), UplinkError> {
-        let mut options =
-            PublicationOptions::new(TopicReference::Name(topic_name(topic)?)).at_least_once();
-        if retain {
-            options = options.retain();
-        }
-        let pid = client
-            .publish(&options, Bytes::from(payload))
-            .await?
-            .ok_or(UplinkError::Protocol)?;
-        loop {
-            match client.poll().await? {
-                Event::PublishAcknowledged(ack) if ack.packet_identifier == pid => return Ok(()),
-                Event::PublishRejected(rej) if rej.packet_identifier == pid => {
-                    return Err(UplinkError::Refused(rej.reason_code as u8));
-                }
-                // Pings answered, anything else unexpected on a publish-only session.
-                _ => {}
-            }
-        }
-    }
-}
-
-fn topic_name(topic: &str) -> Result<TopicName<'_>, UplinkError> {
-    MqttString::try_from(topic)
-        .ok()
-        .and_then(TopicName::new)
-        .ok_or(UplinkError::Protocol)
-}
-
-fn binary(bytes: &[u8]) -> Result<MqttBinary<'_>, UplinkError> {
-    MqttBinary::try_from(bytes).map_err(|_| UplinkError::Protocol)
 }
 
 #[cfg(test)]
@@ -225,22 +107,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scratch_hands_out_disjoint_slices_until_full() {
-        let mut buf = [0u8; 10];
-        let mut s = Scratch::new(&mut buf);
-        let a = s.provide_buffer(4).unwrap();
-        let b = s.provide_buffer(6).unwrap();
-        a.fill(1);
-        b.fill(2);
-        assert_eq!(s.provide_buffer(1), Err(ScratchFull));
-        assert_eq!(buf, [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);
-    }
-
-    #[test]
     fn client_id_and_topics() {
         let u = Uplink::new(Identity::new("lyon", "aq-0001").unwrap(), 600);
         assert_eq!(u.client_id(), "lyon.aq-0001");
         assert_eq!(u.up.as_str(), "vigie/v1/lyon/aq-0001/up");
         assert_eq!(u.status.as_str(), "vigie/v1/lyon/aq-0001/status");
+        assert_eq!(u.ack.as_str(), "vigie/v1/lyon/aq-0001/ack");
     }
 }

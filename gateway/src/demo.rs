@@ -3,7 +3,7 @@
 //! firmware's own code on simulated sensors, `vigie-sim`) publishing sealed frames at
 //! QoS 1, and the real pipeline writing line-protocol files. Ends on Ctrl-C or after
 //! `--duration`, waits for the pipeline to drain, and prints
-//! `published=<n> stored=<n> rejected=<n>`.
+//! `acknowledged=<n> stored=<n> rejected=<n>`.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -34,8 +34,8 @@ pub struct DemoOptions {
 /// Final counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemoSummary {
-    /// Readings the broker acknowledged.
-    pub published: u64,
+    /// Readings the gateway acknowledged to the devices (durably held).
+    pub acknowledged: u64,
     /// Readings written by the sink.
     pub stored: u64,
     /// Frames rejected.
@@ -123,8 +123,8 @@ pub async fn run(
             fleet_summary.failed
         ));
     }
-    // Let the pipeline store everything the broker acknowledged.
-    let want = fleet_summary.published as f64;
+    // Let the pipeline store everything the gateway acknowledged.
+    let want = fleet_summary.acknowledged as f64;
     let _ = wait_until(Duration::from_secs(20), || {
         progress(started, &handle, &metrics);
         metrics.total("vigie_readings_stored_total") >= want
@@ -138,7 +138,7 @@ pub async fn run(
         Err(e) => return Err(format!("gateway task failed: {e}")),
     }
     let summary = DemoSummary {
-        published: fleet_summary.published,
+        acknowledged: fleet_summary.acknowledged,
         stored: metrics.total("vigie_readings_stored_total") as u64,
         rejected: metrics.total("vigie_frames_rejected_total") as u64,
     };
@@ -152,10 +152,10 @@ pub async fn run(
 
 fn progress(started: Instant, fleet: &FleetHandle, m: &Metrics) {
     eprint!(
-        "\r[{:>6.1}s] devices connected={} published={} stored={} rejected={} buffered={} KiB   ",
+        "\r[{:>6.1}s] devices connected={} acknowledged={} stored={} rejected={} buffered={} KiB   ",
         started.elapsed().as_secs_f64(),
         fleet.connected(),
-        fleet.totals().published,
+        fleet.totals().acknowledged,
         m.total("vigie_readings_stored_total") as u64,
         m.total("vigie_frames_rejected_total") as u64,
         m.total("vigie_buffer_pending_bytes") as u64 / 1024

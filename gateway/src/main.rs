@@ -279,11 +279,11 @@ fn demo(opts: gateway::demo::DemoOptions) -> Result<(), String> {
         gateway::demo::run(opts, stop).await
     })?;
     println!(
-        "published={} stored={} rejected={}",
-        summary.published, summary.stored, summary.rejected
+        "acknowledged={} stored={} rejected={}",
+        summary.acknowledged, summary.stored, summary.rejected
     );
-    if summary.published == 0 || summary.stored != summary.published {
-        return Err("the demo did not store every published reading".into());
+    if summary.acknowledged == 0 || summary.stored != summary.acknowledged {
+        return Err("the demo did not store every acknowledged reading".into());
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! its virtual clock running `accel` times faster than real time, its uplink a TCP socket.
 //!
 //! The loop is the board's: sample on every interval whether connected or not (readings
-//! queue during an outage), flush the queue while connected, reconnect with back-off, ping
-//! when idle. On stop it flushes what it holds (bounded), then disconnects cleanly.
+//! wait in the flash ring during an outage), exchange while connected (send what waits,
+//! collect the gateways' acknowledgements), reconnect with back-off, exchange when idle.
+//! On stop it exchanges until every reading is acknowledged (bounded), then disconnects
+//! cleanly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +19,11 @@ use firmware::drivers::bme280::{ADDRESS, Bme280};
 use firmware::drivers::sds011::Sds011;
 use firmware::drivers::tilt::Tilt;
 use firmware::node::Node;
+use firmware::ring::FrameRing;
 use firmware::station::{AirQualityStation, BinStation, Sample, Window};
-use firmware::uplink::{Mqtt, Scratch};
+use firmware::uplink::Mqtt;
 use protocol::Kind;
 use protocol::provision::Provisioning;
-use rust_mqtt::client::Client;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -31,12 +33,14 @@ use crate::hardware::{Clock, RamFlash, SimEnv};
 use crate::net::Tcp;
 use crate::signals::mix;
 
-/// Readings a simulated node can queue, as on the reference board.
+/// Readings a simulated node keeps in RAM while its flash fails, as on the reference board.
 pub const QUEUE: usize = firmware::REFERENCE_QUEUE;
 /// Counters one flash write reserves.
 const COUNTER_STEP: u32 = 64;
 /// Longest wait for any one network step before the connection is dropped.
 const NET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a stopping device keeps exchanging for its last acknowledgements.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How the simulated devices run.
 #[derive(Debug, Clone)]
@@ -78,11 +82,13 @@ impl DeviceOptions {
 pub struct DeviceStats {
     /// Readings queued by the node (each sample worth sending, each status report).
     pub recorded: AtomicU64,
-    /// Readings the broker acknowledged.
-    pub published: AtomicU64,
-    /// Readings the node's full queue dropped.
+    /// Readings a gateway acknowledged (durably held).
+    pub acknowledged: AtomicU64,
+    /// Frames sent again because no acknowledgement covered them.
+    pub resent: AtomicU64,
+    /// Readings lost by the node (full ring), as its status frames report.
     pub dropped: AtomicU64,
-    /// Readings queued or in flight.
+    /// Readings not yet acknowledged.
     pub waiting: AtomicU64,
     /// Successful connections.
     pub connections: AtomicU64,
@@ -158,6 +164,13 @@ impl Board {
         self.update();
     }
 
+    fn acknowledged(&self, readings: u64) {
+        self.stats
+            .acknowledged
+            .fetch_add(readings, Ordering::Relaxed);
+        self.update();
+    }
+
     fn update(&self) {
         let s = &self.stats;
         s.dropped
@@ -186,7 +199,8 @@ pub async fn run(
         .max(Duration::from_millis(10));
     let counter =
         FrameCounter::resume(RamFlash::default(), 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
-    let node = Node::new(p, counter).map_err(|e| format!("{e:?}"))?;
+    let ring = FrameRing::resume(RamFlash::default()).map_err(|e| format!("{e:?}"))?;
+    let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
     let mut board = Board {
         booted_at: clock.now(),
         clock,
@@ -212,16 +226,21 @@ pub async fn run(
                 _ = stop.changed() => stopping = true,
             }
         }
-        let mut buf = [0u8; 512];
-        let mut scratch = Scratch::new(&mut buf);
-        let mut client: Mqtt<'_, Tcp> = Client::new(&mut scratch);
-        let connected = match timeout(NET_TIMEOUT, Tcp::connect(opts.broker)).await {
-            Ok(Ok(tcp)) => timeout(NET_TIMEOUT, board.node.uplink().connect(&mut client, tcp))
-                .await
-                .is_ok_and(|r| r.is_ok()),
-            _ => false,
+        let mut client = match timeout(NET_TIMEOUT, Tcp::connect(opts.broker)).await {
+            Ok(Ok(tcp)) => Some(Mqtt::new(tcp)),
+            _ => None,
         };
-        if !connected {
+        let connected = match client.as_mut() {
+            Some(c) => match timeout(NET_TIMEOUT, board.node.connect(c)).await {
+                Ok(Ok(n)) => {
+                    board.acknowledged(u64::from(n));
+                    true
+                }
+                _ => false,
+            },
+            None => false,
+        };
+        let (true, Some(mut client)) = (connected, client) else {
             if stopping {
                 return Ok(());
             }
@@ -229,7 +248,7 @@ pub async fn run(
                 backoff.next_delay_s(mix(seed ^ retry_at.elapsed().as_nanos() as u64) as u32);
             retry_at = Instant::now() + Duration::from_secs(u64::from(delay));
             continue;
-        }
+        };
         backoff.reset();
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.connected.store(1, Ordering::Relaxed);
@@ -257,38 +276,49 @@ pub async fn run(
 /// The connected phase; `false` when the connection must be dropped.
 async fn online(
     board: &mut Board,
-    client: &mut Mqtt<'_, Tcp>,
+    client: &mut Mqtt<Tcp>,
     opts: &DeviceOptions,
     tick: &mut tokio::time::Interval,
     stop: &mut watch::Receiver<bool>,
     stopping: &mut bool,
 ) -> bool {
     let idle = Duration::from_secs(u64::from(board.node.uplink().keep_alive_s() / 2).max(1));
+    let mut grace: Option<Instant> = None;
     loop {
         if opts.link_down() {
             return false; // the modem lost the network: the socket is simply gone
         }
-        match timeout(NET_TIMEOUT, board.node.flush(client)).await {
-            Ok(Ok(n)) => {
-                board.stats.published.fetch_add(n as u64, Ordering::Relaxed);
-                board.update();
+        let exchanged = timeout(NET_TIMEOUT, board.node.exchange(client)).await;
+        let more = match exchanged {
+            Ok(Ok(done)) => {
+                board.acknowledged(u64::from(done.acknowledged));
+                board
+                    .stats
+                    .resent
+                    .fetch_add(u64::from(done.resent), Ordering::Relaxed);
+                done.more
             }
             _ => {
                 board.update();
                 return false;
             }
+        };
+        if more {
+            continue;
         }
         if *stopping {
-            return true;
+            // Done once every reading is acknowledged, or after the grace period.
+            let until = *grace.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+            if board.node.unacknowledged() == 0 || Instant::now() >= until {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         }
         tokio::select! {
             _ = tick.tick() => board.cycle(opts),
             _ = stop.changed() => *stopping = true,
-            _ = tokio::time::sleep(idle) => {
-                if !matches!(timeout(NET_TIMEOUT, board.node.uplink().ping(client)).await, Ok(Ok(()))) {
-                    return false;
-                }
-            }
+            _ = tokio::time::sleep(idle) => {}
         }
     }
 }

@@ -47,13 +47,15 @@ pub struct Outage {
 pub struct FleetSummary {
     /// Devices run.
     pub devices: usize,
-    /// Readings the nodes queued.
+    /// Readings the nodes recorded (sealed into frames).
     pub recorded: u64,
-    /// Readings the broker acknowledged.
-    pub published: u64,
-    /// Readings dropped by full node queues (reported in status frames).
+    /// Readings a gateway acknowledged as durably held.
+    pub acknowledged: u64,
+    /// Frames sent again because no acknowledgement covered them in time.
+    pub resent: u64,
+    /// Readings lost by full node rings (reported in status frames).
     pub dropped: u64,
-    /// Readings still queued at the end (not acknowledged).
+    /// Readings not acknowledged at the end.
     pub waiting: u64,
     /// Connections made (reconnections included).
     pub connections: u64,
@@ -65,10 +67,11 @@ impl std::fmt::Display for FleetSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "devices={} recorded={} published={} dropped={} waiting={} connections={} failed={}",
+            "devices={} recorded={} acknowledged={} resent={} dropped={} waiting={} connections={} failed={}",
             self.devices,
             self.recorded,
-            self.published,
+            self.acknowledged,
+            self.resent,
             self.dropped,
             self.waiting,
             self.connections,
@@ -82,7 +85,8 @@ fn totals(stats: &[Arc<DeviceStats>]) -> FleetSummary {
     FleetSummary {
         devices: stats.len(),
         recorded: sum(|s| s.recorded.load(Ordering::Relaxed)),
-        published: sum(|s| s.published.load(Ordering::Relaxed)),
+        acknowledged: sum(|s| s.acknowledged.load(Ordering::Relaxed)),
+        resent: sum(|s| s.resent.load(Ordering::Relaxed)),
         dropped: sum(|s| s.dropped.load(Ordering::Relaxed)),
         waiting: sum(|s| s.waiting.load(Ordering::Relaxed)),
         connections: sum(|s| s.connections.load(Ordering::Relaxed)),
@@ -231,11 +235,11 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
 fn progress(started: Instant, fleet: &FleetHandle) {
     let t = fleet.totals();
     eprint!(
-        "\r[{:>6.1}s] connected={}/{} published={} waiting={} dropped={}   ",
+        "\r[{:>6.1}s] connected={}/{} acknowledged={} waiting={} dropped={}   ",
         started.elapsed().as_secs_f64(),
         fleet.connected(),
         t.devices,
-        t.published,
+        t.acknowledged,
         t.waiting,
         t.dropped
     );

@@ -1,5 +1,5 @@
 //! The byte stream under the node's MQTT client on the host: a tokio TCP socket behind the
-//! `embedded_io_async` traits, with writes gathered until `flush` (rust-mqtt writes a
+//! `embedded_io_async` traits, with writes gathered until `flush` (the MQTT client writes a
 //! packet in pieces; one segment per packet keeps Nagle and delayed ACKs out of the way).
 
 use embedded_io_async::{ErrorKind, ErrorType, Read, Write};

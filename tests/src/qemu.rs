@@ -1,7 +1,8 @@
 //! The reference node image in QEMU (`qemu-system-arm -M mps2-an386`), its UART0 bridged
 //! to a cellular-modem emulator that answers the firmware's AT commands and then relays
 //! the MQTT byte stream to the real broker, its console (UART1) in a file, its monitor on
-//! a TCP port for resets.
+//! a TCP port for resets, its PSRAM (the frame-counter pages and the frame ring, the
+//! board's "flash") in a file that outlives the process, so killing QEMU is a power cut.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,12 @@ use tokio::sync::watch;
 
 /// Where the board's flash has the provisioning blob (boards/mps2-an386/src/hw.rs).
 pub const BLOB_ADDR: u32 = 0x003f_0000;
+/// Offset of the frame ring in the PSRAM file (`RING_ADDR - 0x21000000`), and its size.
+pub const RING_OFFSET: usize = 0x2000;
+/// Four 4 KiB pages.
+pub const RING_LEN: usize = 4 * 4096;
+/// The PSRAM size QEMU's mps2-an386 requires.
+const PSRAM: u64 = 16 << 20;
 
 /// The image `scripts/build-images.sh` builds.
 pub fn image() -> PathBuf {
@@ -35,28 +42,39 @@ pub struct ModemEmulator {
     /// Where QEMU's UART0 connects.
     pub addr: SocketAddr,
     reset: watch::Sender<u64>,
+    network: watch::Sender<bool>,
     /// TCP connections opened to the broker (`AT+CIPOPEN`).
     pub connections: Arc<AtomicU64>,
 }
 
 impl ModemEmulator {
     /// Listens on a free port; bridges to `broker` on `AT+CIPOPEN` (whatever host the
-    /// firmware names: this is the "network").
+    /// firmware names: this is the "network"). A QEMU that was killed and started again
+    /// connects anew.
     pub async fn start(broker: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reset, reset_rx) = watch::channel(0);
+        let (network, network_rx) = watch::channel(true);
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
         tokio::spawn(async move {
-            // QEMU connects once; a board reset keeps the connection (same UART).
-            if let Ok((uart, _)) = listener.accept().await {
-                serve(uart, broker, reset_rx, counter).await;
+            // A board reset keeps the connection (same UART); a new QEMU makes a new one.
+            while let Ok((uart, _)) = listener.accept().await {
+                serve(
+                    uart,
+                    broker,
+                    reset_rx.clone(),
+                    network_rx.clone(),
+                    counter.clone(),
+                )
+                .await;
             }
         });
         Self {
             addr,
             reset,
+            network,
             connections,
         }
     }
@@ -66,12 +84,19 @@ impl ModemEmulator {
     pub fn reset(&self) {
         self.reset.send_modify(|n| *n += 1);
     }
+
+    /// The cellular data link goes down (the open connection is dropped, `AT+CIPOPEN`
+    /// fails; the modem's clock still answers) or comes back.
+    pub fn set_network(&self, up: bool) {
+        let _ = self.network.send(up);
+    }
 }
 
 async fn serve(
     mut uart: TcpStream,
     broker: SocketAddr,
     mut reset: watch::Receiver<u64>,
+    mut network: watch::Receiver<bool>,
     connections: Arc<AtomicU64>,
 ) {
     let mut line = Vec::new();
@@ -85,16 +110,22 @@ async fn serve(
                 let n = tokio::select! {
                     r = uart.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
                     _ = reset.changed() => { line.clear(); continue }
+                    _ = network.changed() => continue,
                 };
                 for &b in &buf[..n] {
                     if b != b'\r' {
                         line.push(b);
                         continue;
                     }
-                    let cmd = String::from_utf8_lossy(&line).trim().to_string();
+                    // Like a real modem, look for the `AT` prefix: junk before it (a NUL
+                    // from a resetting UART, a `+++` sent in command mode) is skipped.
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    let cmd = text.find("AT").map_or("", |i| text[i..].trim()).to_string();
                     line.clear();
                     let reply = if cmd.starts_with("AT+CCLK?") {
                         format!("\r\n+CCLK: \"{}+00\"\r\n\r\nOK\r\n", cclk_now())
+                    } else if cmd.starts_with("AT+CIPOPEN=") && !*network.borrow() {
+                        "\r\nERROR\r\n".into()
                     } else if cmd.starts_with("AT+CIPOPEN=") {
                         match TcpStream::connect(broker).await {
                             Ok(s) => {
@@ -139,6 +170,10 @@ async fn serve(
                         Ok(n) => if uart.write_all(&from_broker[..n]).await.is_err() { return },
                     },
                     _ = reset.changed() => link = None,
+                    _ = network.changed() => if !*network.borrow() {
+                        link = None;
+                        let _ = uart.write_all(b"\r\nCLOSED\r\n").await;
+                    },
                 }
             }
         }
@@ -167,13 +202,20 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Boots `image` with `blob` at its flash address (no blob: `None`), UART0 to `modem`.
+    /// Boots `image` with `blob` at its flash address (no blob: `None`), UART0 to `modem`,
+    /// its PSRAM (counter pages and frame ring) in `dir/flash.bin`, kept across boots.
     pub fn boot(image: &Path, blob: Option<&Path>, modem: SocketAddr, dir: &Path) -> Self {
         let monitor = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let console = dir.join("console.log");
+        let flash = dir.join("flash.bin");
         let mut args: Vec<String> = vec![
             "-M".into(),
-            "mps2-an386".into(),
+            "mps2-an386,memory-backend=flash".into(),
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=flash,size={PSRAM},mem-path={},share=on",
+                flash.display()
+            ),
             "-nographic".into(),
             "-kernel".into(),
             image.display().to_string(),
@@ -191,6 +233,9 @@ impl Qemu {
                 blob.display()
             ));
         }
+        // The console file is recreated by each QEMU: keep what the earlier boots said.
+        let earlier = std::fs::read_to_string(&console).unwrap_or_default();
+        std::fs::write(dir.join("console.earlier"), earlier).unwrap();
         let child = Command::new("qemu-system-arm")
             .args(&args)
             .stdin(Stdio::null())
@@ -205,9 +250,17 @@ impl Qemu {
         }
     }
 
-    /// The console so far.
+    /// Power cut: QEMU killed (SIGKILL); only the PSRAM file (the flash) remains.
+    pub fn power_cut(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The console so far, earlier QEMU processes on the same flash included.
     pub fn console(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
+        let earlier = self.console.with_file_name("console.earlier");
+        std::fs::read_to_string(earlier).unwrap_or_default()
+            + &std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
     /// Presses reset: `system_reset` on the QEMU monitor (RAM, so the counter pages, stays).
@@ -233,4 +286,23 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The frames waiting in the board's ring, read from its flash file (board off): sealed
+/// bytes, oldest first.
+pub fn waiting_frames(dir: &Path) -> Vec<Vec<u8>> {
+    let file = std::fs::read(dir.join("flash.bin")).unwrap();
+    let mut flash = firmware::simulated::RamFlash::<RING_LEN, 4096>::default();
+    flash
+        .bytes_mut()
+        .copy_from_slice(&file[RING_OFFSET..RING_OFFSET + RING_LEN]);
+    let mut ring = firmware::ring::FrameRing::resume(flash).unwrap();
+    let (mut out, mut pos) = (Vec::new(), None);
+    while let Some(p) = ring.next_unacked(pos).unwrap() {
+        let mut buf = [0u8; firmware::ring::MAX_FRAME];
+        let n = ring.read(p, &mut buf).unwrap();
+        out.push(buf[..n].to_vec());
+        pos = Some(p);
+    }
+    out
 }

@@ -1,8 +1,12 @@
 //! The flashable image itself, end to end: the reference node image boots in QEMU with the
 //! blob `gateway devices add` wrote, talks AT to the modem emulator, publishes through real
 //! Mosquitto to the gateway and InfluxDB; then the board is reset and publishes again.
-//! No counter is reused across the reboot (the gateway would reject a replay), every
-//! acknowledged reading is stored, and without a blob the image refuses to run.
+//! Then the cellular link goes down; during the outage the board is reset, then loses
+//! power (QEMU killed; its flash file stays) and boots again; the frames waiting in its
+//! flash ring at the power cut are read out of the flash file, and once the link is back
+//! every one of their readings is in InfluxDB at its own time. No counter is reused (the
+//! gateway rejects nothing), each reading is stored once, and without a blob the image
+//! refuses to run.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
@@ -17,12 +21,19 @@ const PER_BOOT: f64 = 8.0;
 fn next_counters(console: &str) -> Vec<u32> {
     console
         .lines()
-        .filter_map(|l| l.split("next counter ").nth(1)?.trim().parse().ok())
+        .filter_map(|l| {
+            l.split("next counter ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob() {
+async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_and_outage() {
     let image = qemu::image();
     let (broker, influx) = (mosquitto(), influxdb());
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
@@ -36,6 +47,7 @@ async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob()
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
     let config_file = dir.path().join("gateway.toml");
+    let registry_path = config.gateway.registry.clone();
     let text = format!(
         "[gateway]\ndata_dir = {:?}\nregistry = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
         dir.path().join("cli-data"),
@@ -96,6 +108,78 @@ async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob()
         stored() >= before_reset + PER_BOOT
     })
     .await;
+
+    // The cellular data link goes down. Readings wait in the flash ring; a reset and a
+    // power cut happen during the outage.
+    modem.set_network(false);
+    let outage = gateway::now_ms() / 1000;
+    // The exchange in flight waits out its 10 s time-out first (the node samples between
+    // exchanges), then the node samples while it retries the link.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    modem.reset();
+    board.reset().await;
+    wait_for("boot 3, offline", Duration::from_secs(30), async || {
+        board.console().matches("vigie: node").count() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    board.power_cut();
+    let waiting = qemu::waiting_frames(dir.path());
+    let board = Qemu::boot(&image, Some(&blob), modem.addr, dir.path());
+    wait_for("boot 4, offline", Duration::from_secs(30), async || {
+        board.console().matches("vigie: node").count() == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    modem.set_network(true);
+
+    // Every reading of the frames in flash at the power cut is stored, at its own time.
+    let registry = gateway::registry::Registry::load(&registry_path).unwrap();
+    let key = &registry.get("lyon", "aq-qemu").unwrap().key;
+    let who = protocol::Identity::new("lyon", "aq-qemu").unwrap();
+    let mut queued = Vec::new();
+    for frame in &waiting {
+        let opened = protocol::open(frame, key, who).unwrap();
+        for r in &opened.readings {
+            queued.push((opened.header.counter, r.time, r.values.kind()));
+        }
+    }
+    let in_outage = queued.iter().filter(|q| u64::from(q.1) >= outage).count();
+    assert!(
+        in_outage >= 4,
+        "readings of the outage waiting in flash at the power cut: {queued:?}"
+    );
+    // Stored at its own second (readback reads whole seconds).
+    let expected: Vec<String> = queued
+        .iter()
+        .map(|(_, time, kind)| {
+            let m = if *kind == protocol::Kind::DeviceStatus {
+                "device_status"
+            } else {
+                "air_quality"
+            };
+            format!("lyon|{m}|aq-qemu|{time}")
+        })
+        .collect();
+    let missing = async || {
+        let got: std::collections::BTreeSet<String> =
+            readback::influx_points(influx.addr, "vigie_lyon", &["air_quality", "device_status"])
+                .await
+                .iter()
+                .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
+                .collect();
+        expected.iter().filter(|e| !got.contains(*e)).count()
+    };
+    let mut lost = usize::MAX;
+    wait_for(
+        "the readings queued in flash, in InfluxDB",
+        Duration::from_secs(90),
+        async || {
+            lost = missing().await;
+            lost == 0
+        },
+    )
+    .await;
     let console = board.console();
     drop(board);
     // The board is off: wait until everything it had acknowledged is written.
@@ -115,27 +199,36 @@ async fn the_image_boots_publishes_survives_a_reset_and_refuses_without_a_blob()
     let counters = next_counters(&console);
     eprintln!(
         "qemu: boot to first stored reading {boot_to_first_stored:?}; stored {} readings; \
-         {} frames accepted, {} duplicate, {} rejected; next counter per boot {counters:?}; \
-         broker connections {}",
+         queued in flash at the power cut {} readings in {} frames ({in_outage} from the \
+         outage), lost {lost}; frames accepted {} (resent and already held {}), rejected {}; \
+         device acknowledgements sent {}; next counter per boot {counters:?}; broker \
+         connections {}",
         stored() as u64,
+        queued.len(),
+        waiting.len(),
         metrics.total("vigie_frames_accepted_total") as u64,
         metrics.total("vigie_frames_duplicate_total") as u64,
         metrics.total("vigie_frames_rejected_total") as u64,
+        metrics.total("vigie_device_acks_total") as u64,
         modem.connections.load(std::sync::atomic::Ordering::Relaxed)
     );
-    assert_eq!(console.matches("vigie: node").count(), 2, "{console}");
-    assert_eq!(counters.len(), 2, "{console}");
+    assert_eq!(console.matches("vigie: node").count(), 4, "{console}");
+    assert_eq!(counters.len(), 4, "{console}");
     assert!(
         f64::from(counters[1]) >= before_reset,
         "boot 2 resumed at counter {} although boot 1 used {before_reset}: {console}",
         counters[1]
     );
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
-    assert_eq!(
-        metrics.total("vigie_frames_duplicate_total"),
-        0.0,
-        "a counter was reused"
+    // A boot that sealed nothing (offline before its first sample) leaves the limit
+    // where it was: the next one resumes there.
+    assert!(
+        counters.windows(2).all(|w| w[1] >= w[0]),
+        "each boot resumes at or above the last: {counters:?}\n{console}"
     );
+    let highest_queued = queued.iter().map(|q| q.0).max().unwrap_or(0);
+    assert!(counters[3] > highest_queued, "{counters:?} {queued:?}");
+    // No counter reused, nothing forged or malformed: the gateway rejected nothing.
+    assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
 
     // The database holds each stored reading once: one (measurement, time) per reading.
     let points =

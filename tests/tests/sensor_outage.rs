@@ -89,11 +89,11 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
     );
     assert_eq!(
         summary.recorded,
-        summary.published + summary.dropped,
+        summary.acknowledged + summary.dropped,
         "{summary}"
     );
 
-    let want = summary.published as f64;
+    let want = summary.acknowledged as f64;
     wait_for(
         "every acknowledged reading stored",
         Duration::from_secs(30),

@@ -4,7 +4,8 @@
 //! - Boot: the provisioning blob at [`hw::BLOB_ADDR`] (what `gateway devices add` writes);
 //!   no valid blob, no start: the reason goes to the console and the core halts.
 //! - Frame counter: two pages at [`hw::COUNTER_ADDR`], skip-ahead reservation, so a reset
-//!   never reuses a counter.
+//!   never reuses a counter. Frame ring: four pages at [`hw::RING_ADDR`]; sealed frames
+//!   stay there until a gateway acknowledges them.
 //! - Sensors: the board has none, so an SDS011 and a BME280 are simulated on the chip
 //!   behind the same UART/I2C traits the real drivers use (`firmware::simulated`).
 //! - Link: UART0 to a cellular modem (AT commands, network time, TCP in transparent mode),
@@ -14,7 +15,6 @@
 
 mod hw;
 
-use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use firmware::REFERENCE_QUEUE;
@@ -25,11 +25,12 @@ use firmware::drivers::bme280::{ADDRESS, Bme280};
 use firmware::drivers::sds011::Sds011;
 use firmware::modem::Modem;
 use firmware::node::Node;
+use firmware::ring::FrameRing;
 use firmware::simulated::{Bme280Sim, Environment, NoDelay, Sds011Sim, Sensor};
 use firmware::station::{AirQualityStation, Sample, Window};
 use protocol::Kind;
 
-use hw::{SsramFlash, Uart};
+use hw::{Part, RamAsFlash, Uart};
 
 /// Counters one flash write reserves: at most this many are skipped per reset.
 const COUNTER_STEP: u32 = 16;
@@ -77,8 +78,8 @@ impl Environment for ChipEnv {
     }
 }
 
-fn halt(console: &mut Uart, why: core::fmt::Arguments<'_>) -> ! {
-    let _ = writeln!(console, "vigie: halted: {why}");
+fn halt(console: &mut Uart, why: &str) -> ! {
+    console.line(&[Part::S("vigie: halted: "), Part::S(why)]);
     loop {
         cortex_m::asm::wfi();
     }
@@ -88,39 +89,50 @@ fn halt(console: &mut Uart, why: core::fmt::Arguments<'_>) -> ! {
 fn main() -> ! {
     let mut console = Uart::uart1();
     let Some(cp) = cortex_m::Peripherals::take() else {
-        halt(&mut console, format_args!("core peripherals taken"))
+        halt(&mut console, "core peripherals taken")
     };
     hw::start_clock(cp.SYST);
-    let _ = writeln!(console, "vigie: node {} booting", env!("CARGO_PKG_VERSION"));
+    console.line(&[
+        Part::S("vigie: node "),
+        Part::S(env!("CARGO_PKG_VERSION")),
+        Part::S(" booting"),
+    ]);
 
-    let provisioning = match load_provisioning(&mut SsramFlash::blob(), 0) {
+    let provisioning = match load_provisioning(&mut RamAsFlash::blob(), 0) {
         Ok(p) => p,
-        Err(e) => halt(&mut console, format_args!("{}", app::boot_error(e))),
+        Err(e) => halt(&mut console, app::boot_error(e)),
     };
     if provisioning.kind != Kind::AirQuality {
         halt(
             &mut console,
-            format_args!("this image is an air-quality node"),
+            "this image is an air-quality node",
         );
     }
-    let counter = match FrameCounter::resume(SsramFlash::counter(), 0, COUNTER_STEP) {
+    let counter = match FrameCounter::resume(RamAsFlash::counter(), 0, COUNTER_STEP) {
         Ok(c) => c,
-        Err(e) => halt(&mut console, format_args!("{}", app::counter_error(e))),
+        Err(e) => halt(&mut console, app::counter_error(e)),
     };
-    let _ = writeln!(
-        console,
-        "vigie: {}/{} next counter {}",
-        provisioning.tenant,
-        provisioning.device,
-        counter.peek()
-    );
+    let ring = match FrameRing::resume(RamAsFlash::ring()) {
+        Ok(r) => r,
+        Err(e) => halt(&mut console, app::ring_error(e)),
+    };
+    console.line(&[
+        Part::S("vigie: "),
+        Part::S(&provisioning.tenant),
+        Part::S("/"),
+        Part::S(&provisioning.device),
+        Part::S(" next counter "),
+        Part::N(counter.peek()),
+        Part::S(" waiting "),
+        Part::N(ring.readings()),
+    ]);
     let heartbeat = u32::from(provisioning.heartbeat_s);
-    let node = match Node::<_, REFERENCE_QUEUE>::new(provisioning, counter) {
+    let node = match Node::<_, REFERENCE_QUEUE>::new(provisioning, counter, ring) {
         Ok(n) => n,
-        Err(e) => halt(&mut console, format_args!("{}", app::node_error(e))),
+        Err(e) => halt(&mut console, app::node_error(e)),
     };
     // Statics, so the image's RAM figure (.data + .bss) counts them.
-    let node = cortex_m::singleton!(: Node<SsramFlash, REFERENCE_QUEUE> = node);
+    let node = cortex_m::singleton!(: Node<RamAsFlash, REFERENCE_QUEUE> = node);
     let station = AirQualityStation::new(
         Sds011::new(Sds011Sim::new(ChipEnv)),
         Bme280::new(Bme280Sim::new(ChipEnv), ADDRESS).ok(),
@@ -129,7 +141,7 @@ fn main() -> ! {
     let station =
         cortex_m::singleton!(: AirQualityStation<Sds011Sim<ChipEnv>, Bme280Sim<ChipEnv>> = station);
     let (Some(node), Some(station)) = (node, station) else {
-        halt(&mut console, format_args!("started twice"))
+        halt(&mut console, "started twice")
     };
     let mut board = Mps2 { console, station };
     app::block_on(app::run(node, Modem::new(Uart::uart0()), &mut board))
@@ -160,20 +172,41 @@ impl Platform for Mps2 {
 
     fn event(&mut self, e: Event) {
         let c = &mut self.console;
-        let _ = match e {
-            Event::Connected(ms) => writeln!(c, "vigie: connected at {ms} ms"),
-            Event::FirstReading(ms) => writeln!(c, "vigie: first reading acknowledged at {ms} ms"),
-            Event::LinkFailed(why, s) => writeln!(c, "vigie: {why}, retry in {s} s"),
-            Event::Reconnecting(why) => writeln!(c, "vigie: {why}, reconnecting"),
-        };
+        match e {
+            Event::Connected(ms) => c.line(&[
+                Part::S("vigie: connected at "),
+                Part::N(ms),
+                Part::S(" ms"),
+            ]),
+            Event::FirstReading(ms) => c.line(&[
+                Part::S("vigie: first reading acknowledged at "),
+                Part::N(ms),
+                Part::S(" ms"),
+            ]),
+            Event::LinkFailed(why, s) => c.line(&[
+                Part::S("vigie: "),
+                Part::S(why),
+                Part::S(", retry in "),
+                Part::N(s),
+                Part::S(" s"),
+            ]),
+            Event::Reconnecting(why) => {
+                c.line(&[Part::S("vigie: "), Part::S(why), Part::S(", reconnecting")])
+            }
+        }
     }
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut console = Uart::uart1();
-    match info.location() {
-        Some(at) => halt(&mut console, format_args!("panic at {at}")),
-        None => halt(&mut console, format_args!("panic")),
+    if let Some(at) = info.location() {
+        console.line(&[
+            Part::S("vigie: panic at "),
+            Part::S(at.file()),
+            Part::S(":"),
+            Part::N(at.line()),
+        ]);
     }
+    halt(&mut console, "panic")
 }

@@ -5,8 +5,10 @@
 //! baud); BME280 on I2C1 (PB8 SCL, PB9 SDA, address 0x76). Messages go out as defmt over
 //! RTT (`probe-rs run` or `probe-rs attach` shows them).
 //!
-//! Flash: the image in sectors 0–4, the provisioning blob at 0x08020000 (sector 5), the
-//! frame-counter pages in sectors 6 and 7.
+//! Flash: the image in sectors 0–3 (64 KiB, the image budget), the provisioning blob at
+//! 0x08010000 (sector 4), the frame ring in sector 5 (0x08020000, one 128 KiB erase unit),
+//! the frame-counter pages in sectors 6 and 7. Counter and ring share the flash
+//! peripheral ([`firmware::flash::Shared`]).
 #![no_std]
 #![no_main]
 
@@ -20,8 +22,10 @@ use firmware::boot::load_provisioning;
 use firmware::counter::FrameCounter;
 use firmware::drivers::bme280::{ADDRESS, Bme280};
 use firmware::drivers::sds011::Sds011;
+use firmware::flash::{Region, Shared};
 use firmware::modem::Modem;
 use firmware::node::Node;
+use firmware::ring::FrameRing;
 use firmware::serial_io::NbSerial;
 use firmware::station::{AirQualityStation, Sample, Window};
 use panic_probe as _;
@@ -35,8 +39,11 @@ use stm32f4xx_hal::serial::Serial;
 use stm32f4xx_hal::timer::DelayUs;
 
 /// Offsets from the start of flash (0x08000000).
-const BLOB_OFFSET: u32 = 0x2_0000;
+const BLOB_OFFSET: u32 = 0x1_0000;
+const RING_OFFSET: u32 = 0x2_0000;
+const RING_LEN: u32 = 0x2_0000;
 const COUNTER_OFFSET: u32 = 0x4_0000;
+const COUNTER_LEN: u32 = 0x4_0000;
 /// Counters one flash write reserves.
 const COUNTER_STEP: u32 = 64;
 const SYSCLK_HZ: u32 = 84_000_000;
@@ -49,7 +56,7 @@ fn SysTick() {
 }
 
 type Station = AirQualityStation<Serial<USART6>, I2c<I2C1>>;
-type Flash = UnlockedFlash<'static>;
+type Flash = Region<Shared<'static, UnlockedFlash<'static>>>;
 
 struct Nucleo {
     station: &'static mut Station,
@@ -114,10 +121,18 @@ fn main() -> ! {
     if provisioning.kind != Kind::AirQuality {
         halt("this image is an air-quality node");
     }
-    let flash: Flash = flash.unlocked();
-    let counter = match FrameCounter::resume(flash, COUNTER_OFFSET, COUNTER_STEP) {
+    let Some(flash) = cortex_m::singleton!(
+        : core::cell::RefCell<UnlockedFlash<'static>> = core::cell::RefCell::new(flash.unlocked())
+    ) else {
+        halt("started twice")
+    };
+    let counter = match FrameCounter::resume(Region::new(Shared(flash), COUNTER_OFFSET, COUNTER_LEN), 0, COUNTER_STEP) {
         Ok(c) => c,
         Err(e) => halt(app::counter_error(e)),
+    };
+    let ring = match FrameRing::resume(Region::new(Shared(flash), RING_OFFSET, RING_LEN)) {
+        Ok(r) => r,
+        Err(e) => halt(app::ring_error(e)),
     };
     defmt::info!(
         "{=str}/{=str}, next counter {=u32}",
@@ -126,7 +141,7 @@ fn main() -> ! {
         counter.peek()
     );
     let heartbeat = u32::from(provisioning.heartbeat_s);
-    let node = match Node::<Flash, REFERENCE_QUEUE>::new(provisioning, counter) {
+    let node = match Node::<Flash, REFERENCE_QUEUE>::new(provisioning, counter, ring) {
         Ok(n) => n,
         Err(e) => halt(app::node_error(e)),
     };

@@ -157,9 +157,9 @@ async fn broker_limit(
     );
     let rate = times.len() as f64 / (end - first).max(1e-9);
     println!(
-        "broker limit: {} frames ({} readings published) drained by mosquitto_sub in {:.2} s: {rate:.0} frames/s",
+        "broker limit: {} frames ({} readings recorded) drained by mosquitto_sub in {:.2} s: {rate:.0} frames/s",
         times.len(),
-        summary.published,
+        summary.recorded,
         end - first
     );
     rate
@@ -246,7 +246,7 @@ async fn main() {
         "  fleet done after {:.1} s: {summary}",
         started.elapsed().as_secs_f64()
     );
-    let want = summary.published as f64 + f64::from(a.probes);
+    let want = summary.acknowledged as f64 + f64::from(a.probes);
     let deadline = Instant::now() + Duration::from_secs(120);
     while gw.metric("vigie_readings_stored_total").unwrap_or(0.0) < want
         && Instant::now() < deadline
