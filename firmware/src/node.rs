@@ -26,9 +26,13 @@ use crate::uplink::{Mqtt, Uplink, UplinkError};
 /// failure the readings that waited in RAM share one, as many as fit.
 pub const FRAME_BUF: usize = ring::MAX_FRAME;
 
-/// Exchanges without any acknowledgement, while frames wait, before those frames are
-/// sent again on the same connection.
+/// Exchanges during which the oldest waiting frame, already sent, stays unacknowledged
+/// before the waiting frames are sent again on the same connection.
 pub const RESEND_AFTER: u8 = 3;
+
+/// Longest wait, in exchanges, before a stuck backlog is sent again (the wait doubles
+/// from [`RESEND_AFTER`] each time nothing moves).
+pub const RESEND_MAX: u8 = 64;
 
 /// Most frames sent in one exchange: what arrives meanwhile (acknowledgements) must fit
 /// the MQTT client's scratch buffer, which is emptied between exchanges.
@@ -91,8 +95,16 @@ pub struct Node<F, const Q: usize> {
     sent_up_to: Option<Pos>,
     /// The furthest frame ever sent this boot.
     high_water: Option<Pos>,
+    /// The oldest waiting frame at the last exchange, and for how many exchanges it has
+    /// stayed the oldest after being sent.
+    stuck: Option<Pos>,
     quiet: u8,
+    resend_after: u8,
     lost: u32,
+    /// Readings acknowledged since boot.
+    acknowledged: u32,
+    /// Frames sent again since boot.
+    resent: u32,
     errors: u16,
 }
 
@@ -115,8 +127,12 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             staged: Outbox::new(),
             sent_up_to: None,
             high_water: None,
+            stuck: None,
             quiet: 0,
+            resend_after: RESEND_AFTER,
             lost: 0,
+            acknowledged: 0,
+            resent: 0,
             errors: 0,
         })
     }
@@ -182,6 +198,16 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         self.lost.saturating_add(self.staged.dropped())
     }
 
+    /// Readings a gateway acknowledged since boot (for the simulator's figures).
+    pub fn acknowledged(&self) -> u32 {
+        self.acknowledged
+    }
+
+    /// Frames sent again since boot because no acknowledgement covered them.
+    pub fn resent(&self) -> u32 {
+        self.resent
+    }
+
     /// The next counter the node will use (for logs and tests).
     pub fn next_counter(&self) -> u32 {
         self.counter.peek()
@@ -203,7 +229,9 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         } = self;
         let mut acknowledged = 0;
         let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
-        uplink.connect(client, &mut on_message).await?;
+        let connected = uplink.connect(client, &mut on_message).await;
+        self.acknowledged = self.acknowledged.saturating_add(acknowledged);
+        connected?;
         Ok(acknowledged)
     }
 
@@ -221,17 +249,27 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             self.errors |= error_flags::UPLINK;
         }
         result?;
-        if done.acknowledged == 0 && self.ring.frames() > 0 && !done.more {
-            self.quiet += 1;
-            if self.quiet >= RESEND_AFTER {
+        // The oldest waiting frame, sent and still not covered after RESEND_AFTER
+        // exchanges: everything from it goes again (acknowledgements of newer frames do
+        // not count: the broker may have lost just the older ones).
+        // While it stays stuck (a gateway away for long), the wait doubles up to
+        // RESEND_MAX: resending a growing backlog often would only cost radio time.
+        let oldest = self.ring.next_unacked(None)?;
+        let sent = oldest.is_some_and(|o| self.sent_up_to.is_some_and(|s| o <= s));
+        if sent && oldest == self.stuck {
+            self.quiet = self.quiet.saturating_add(1);
+            if self.quiet >= self.resend_after {
                 (self.sent_up_to, self.quiet) = (None, 0);
+                self.resend_after = self.resend_after.saturating_mul(2).min(RESEND_MAX);
             }
         } else {
-            self.quiet = 0;
+            (self.stuck, self.quiet, self.resend_after) = (oldest, 0, RESEND_AFTER);
         }
         Ok(done)
     }
 
+    /// Sends, then pings; `done` counts what happened even when the link fails halfway
+    /// (acknowledgements that arrived before the failure were applied).
     async fn send_and_ping<T: Read + Write>(
         &mut self,
         client: &mut Mqtt<T>,
@@ -244,30 +282,44 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             provisioning,
             sent_up_to,
             high_water,
+            resent,
             ..
         } = self;
         let mut acknowledged = 0;
-        while let Some(pos) = ring.next_unacked(*sent_up_to)? {
-            if done.sent == BURST {
-                done.more = true;
-                break;
-            }
-            let n = ring.read(pos, &mut frame)?;
-            if high_water.is_some_and(|h| pos <= h) {
-                done.resent += 1;
-            } else {
-                *high_water = Some(pos);
+        let result = 'exchange: {
+            loop {
+                let pos = match ring.next_unacked(*sent_up_to) {
+                    Ok(Some(pos)) => pos,
+                    Ok(None) => break,
+                    Err(e) => break 'exchange Err(e.into()),
+                };
+                if done.sent == BURST {
+                    done.more = true;
+                    break;
+                }
+                let n = match ring.read(pos, &mut frame) {
+                    Ok(n) => n,
+                    Err(e) => break 'exchange Err(e.into()),
+                };
+                if high_water.is_some_and(|h| pos <= h) {
+                    done.resent += 1;
+                    *resent = resent.saturating_add(1);
+                } else {
+                    *high_water = Some(pos);
+                }
+                let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+                if let Err(e) = uplink.publish(client, &frame[..n], &mut on_message).await {
+                    break 'exchange Err(e.into());
+                }
+                *sent_up_to = Some(pos);
+                done.sent += 1;
             }
             let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
-            uplink.publish(client, &frame[..n], &mut on_message).await?;
-            *sent_up_to = Some(pos);
-            done.sent += 1;
-        }
-        let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
-        let pinged = client.ping(&mut on_message).await;
+            client.ping(&mut on_message).await.map_err(NodeError::from)
+        };
         done.acknowledged += acknowledged;
-        pinged?;
-        Ok(())
+        self.acknowledged = self.acknowledged.saturating_add(acknowledged);
+        result
     }
 
     /// Seals what waits in RAM into frames in the ring, until it is empty or the flash
@@ -357,6 +409,8 @@ mod tests {
         uplinks: Vec<Vec<u8>>,
         die_before_uplink_puback: bool,
         gateway: bool,
+        /// A frame the broker loses (PUBACK sent, never delivered): no acknowledgement.
+        loses: Option<u32>,
         dead: bool,
     }
 
@@ -397,7 +451,9 @@ mod tests {
                             }
                         }
                         self.to_client.extend([0x40, 0x02, pid[0], pid[1]]);
-                        if uplink && self.gateway {
+                        let lost =
+                            protocol::peek(&payload).is_ok_and(|h| Some(h.counter) == self.loses);
+                        if uplink && self.gateway && !lost {
                             self.acknowledge(&payload);
                         }
                     }
@@ -594,7 +650,7 @@ mod tests {
         let mut node = boot(Default::default());
         node.record(aq(1_795_305_600));
         let mut amnesic = Broker::default();
-        let exchanges = usize::from(RESEND_AFTER) + 1;
+        let exchanges = usize::from(RESEND_AFTER) + 2;
         let done = session(&mut node, &mut amnesic, exchanges).unwrap();
         assert_eq!(
             (done.sent, done.resent),
@@ -602,6 +658,31 @@ mod tests {
             "sent, then once again after {RESEND_AFTER} quiet exchanges"
         );
         assert_eq!(amnesic.uplinks[0], amnesic.uplinks[1]);
+    }
+
+    #[test]
+    fn a_frame_lost_while_newer_ones_are_acknowledged_is_resent() {
+        let mut node = boot(Default::default());
+        let mut broker = Broker {
+            gateway: true,
+            loses: Some(0),
+            ..Broker::default()
+        };
+        {
+            let mut client = Mqtt::new(&mut broker);
+            block_on(node.connect(&mut client)).unwrap();
+            for i in 0..6 {
+                node.record(aq(1_795_305_600 + 300 * i));
+                block_on(node.exchange(&mut client)).unwrap();
+            }
+        }
+        let sent = counters(&broker.uplinks);
+        assert_eq!(sent.iter().filter(|&&c| c == 0).count(), 2, "{sent:?}");
+        assert_eq!(
+            node.unacknowledged(),
+            1,
+            "the resend went to the same lossy broker"
+        );
     }
 
     #[test]

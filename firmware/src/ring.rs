@@ -595,7 +595,7 @@ mod tests {
         script(&mut ring, &mut Vec::new());
         let total = usize::MAX - ring.release().budget.unwrap_or(0);
         let mut checked = 0;
-        for cut in (0..total).step_by(7) {
+        for cut in 0..total {
             let mut flash = CutFlash::new(3, true);
             flash.budget = Some(cut);
             let mut ring = FrameRing::resume(flash).unwrap();
@@ -625,6 +625,7 @@ mod tests {
             ring.append(&frame(99), 1).unwrap();
             checked += 1;
         }
+        std::eprintln!("ring: {checked} power-cut points over {total} programmed or erased bytes");
         assert!(checked > 100, "{checked}");
     }
 }

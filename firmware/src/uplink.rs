@@ -54,7 +54,8 @@ impl Uplink {
         &self.client_id
     }
 
-    /// Seconds of silence after which the node should [`Self::ping`].
+    /// Seconds of silence after which the node should exchange (an exchange ends with a
+    /// ping).
     pub fn keep_alive_s(&self) -> u16 {
         self.keep_alive_s
     }

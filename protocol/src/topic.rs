@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(uplink(who).as_str(), "vigie/v1/lyon/aq-0001/up");
         assert_eq!(status(who).as_str(), "vigie/v1/lyon/aq-0001/status");
         assert_eq!(ack(who).as_str(), "vigie/v1/lyon/aq-0001/ack");
-        assert_eq!(Topic::parse(ack(who).as_str()).unwrap().channel, Channel::Ack);
+        assert_eq!(
+            Topic::parse(ack(who).as_str()).unwrap().channel,
+            Channel::Ack
+        );
         let parsed = Topic::parse("vigie/v1/lyon/aq-0001/up").unwrap();
         assert_eq!(
             parsed,

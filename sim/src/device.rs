@@ -164,19 +164,16 @@ impl Board {
         self.update();
     }
 
-    fn acknowledged(&self, readings: u64) {
-        self.stats
-            .acknowledged
-            .fetch_add(readings, Ordering::Relaxed);
-        self.update();
-    }
-
     fn update(&self) {
         let s = &self.stats;
         s.dropped
             .store(u64::from(self.node.dropped()), Ordering::Relaxed);
         s.waiting
             .store(self.node.unacknowledged() as u64, Ordering::Relaxed);
+        s.acknowledged
+            .store(u64::from(self.node.acknowledged()), Ordering::Relaxed);
+        s.resent
+            .store(u64::from(self.node.resent()), Ordering::Relaxed);
     }
 }
 
@@ -232,8 +229,8 @@ pub async fn run(
         };
         let connected = match client.as_mut() {
             Some(c) => match timeout(NET_TIMEOUT, board.node.connect(c)).await {
-                Ok(Ok(n)) => {
-                    board.acknowledged(u64::from(n));
+                Ok(Ok(_)) => {
+                    board.update();
                     true
                 }
                 _ => false,
@@ -291,11 +288,7 @@ async fn online(
         let exchanged = timeout(NET_TIMEOUT, board.node.exchange(client)).await;
         let more = match exchanged {
             Ok(Ok(done)) => {
-                board.acknowledged(u64::from(done.acknowledged));
-                board
-                    .stats
-                    .resent
-                    .fetch_add(u64::from(done.resent), Ordering::Relaxed);
+                board.update();
                 done.more
             }
             _ => {

@@ -89,8 +89,10 @@ impl Environment for SimEnv {
     }
 }
 
-/// NOR flash for the frame counter: two 4 KiB pages.
-pub type RamFlash = firmware::simulated::RamFlash<8192, 4096>;
+/// NOR flash of a simulated node, one for the frame counter, one for the frame ring: two
+/// 2 KiB pages each. The ring then holds about 70 one-reading frames, close to the 64
+/// readings the nodes queued in RAM before the ring, so outage tests overflow it the same.
+pub type RamFlash = firmware::simulated::RamFlash<4096, 2048>;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
 //! Scenario 8: simulated devices (the firmware's node code) lose their uplink for a while.
 //! A short outage: every reading queued meanwhile arrives after the reconnect with its own
-//! timestamp, no hole in the series. A long outage: the node's queue overflows, the oldest
-//! readings are dropped, and the drop shows up as `droppedReadings` in its status frames,
-//! equal to what the node counted: a loss is reported, never silent.
+//! timestamp, no hole in the series. A long outage: the node's flash ring overflows, the
+//! oldest page of readings is dropped, and the drop shows up as `droppedReadings` in its
+//! status frames, equal to what the node counted: a loss is reported, never silent.
 #![allow(clippy::unwrap_used)]
 
 use gateway::registry::DeviceKind;
@@ -15,7 +15,8 @@ use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 /// Virtual seconds between samples.
 const INTERVAL: u16 = 300;
-/// 3000×: ten samples a real second, so ten real seconds overflow the 64-reading queue.
+/// 3000×: ten samples a real second, so ten real seconds overflow the simulated node's
+/// ring (two 2 KiB pages, about 70 one-reading frames).
 const ACCEL: f64 = 3000.0;
 
 /// Times of `field` points of `device` in `measurement`, sorted, with their values.
@@ -100,7 +101,22 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
         async || metrics.total("vigie_readings_stored_total") >= want,
     )
     .await;
-    assert_eq!(metrics.total("vigie_readings_stored_total"), want);
+    // Every acknowledged reading is stored. A few of those the full ring dropped may be
+    // stored too: the gateway held them, but its acknowledgement never reached the device
+    // before the link went down, so the node counts them lost (an upper bound).
+    let stored = metrics.total("vigie_readings_stored_total");
+    eprintln!(
+        "sensor_outage: recorded={} stored={stored} lost={} dropped_by_the_node={} \
+         (of which stored anyway: {})",
+        summary.recorded,
+        summary.recorded as f64 - stored,
+        summary.dropped,
+        stored - want
+    );
+    assert!(
+        stored >= want && stored <= (summary.recorded) as f64,
+        "stored {stored}: {summary}"
+    );
     assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
 
     // The short outage left no hole: consecutive readings are about one interval apart,
