@@ -50,6 +50,22 @@ pub mod uplink;
 
 pub use protocol;
 
+/// `n` in decimal, written into the end of `buf`. For the modem's commands and board
+/// consoles: `core::fmt` would cost a board image 0.7 KiB of flash for this
+/// (docs/PERFORMANCE.md).
+pub fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 /// Readings the reference node keeps in RAM while its flash cannot take them (an outage
 /// of the link needs none: readings wait in the flash ring).
 pub const REFERENCE_QUEUE: usize = 16;

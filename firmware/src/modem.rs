@@ -76,8 +76,8 @@ impl<T: Read + Write> Modem<T> {
         // Built by hand: `write!` would link `core::fmt` into images that have no other use
         // for it.
         let mut cmd: String<{ LINE + 32 }> = String::new();
-        let mut digits = [0u8; 5];
-        let port = decimal(port, &mut digits);
+        let mut digits = [0u8; 10];
+        let port = crate::decimal(u32::from(port), &mut digits);
         for part in ["AT+CIPOPEN=0,\"TCP\",\"", host, "\",", port] {
             cmd.push_str(part).map_err(|_| ModemError::Refused)?;
         }
@@ -183,20 +183,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// `n` in decimal, in `buf`.
-fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    core::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 #[cfg(test)]

@@ -281,16 +281,7 @@ impl<F: NorFlash> FrameRing<F> {
         if self.seq == 0 {
             return Ok(None);
         }
-        let oldest = self.seq.saturating_sub(self.pages - 1).max(1);
-        for seq in oldest..=self.seq {
-            if self.page_of(seq)?.is_some() {
-                return Ok(Some(Pos {
-                    seq,
-                    offset: PAGE_HEADER,
-                }));
-            }
-        }
-        Ok(None)
+        self.page_start_from(self.seq.saturating_sub(self.pages - 1).max(1))
     }
 
     /// The position after record `r` at `p`: the next record in its page, or the start of
@@ -303,7 +294,12 @@ impl<F: NorFlash> FrameRing<F> {
                 offset: next,
             }));
         }
-        for seq in p.seq + 1..=self.seq {
+        self.page_start_from(p.seq + 1)
+    }
+
+    /// The start of the first valid page numbered `from` or later.
+    fn page_start_from(&mut self, from: u32) -> Result<Option<Pos>, RingError> {
+        for seq in from..=self.seq {
             if self.page_of(seq)?.is_some() {
                 return Ok(Some(Pos {
                     seq,

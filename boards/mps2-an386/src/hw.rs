@@ -136,18 +136,10 @@ impl Uart {
         for p in parts {
             match *p {
                 Part::S(s) => s.bytes().for_each(|b| self.write_byte(b)),
-                Part::N(mut n) => {
+                Part::N(n) => {
                     let mut digits = [0u8; 10];
-                    let mut i = digits.len();
-                    loop {
-                        i -= 1;
-                        digits[i] = b'0' + (n % 10) as u8;
-                        n /= 10;
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                    digits[i..].iter().for_each(|&b| self.write_byte(b));
+                    let text = firmware::decimal(n, &mut digits);
+                    text.bytes().for_each(|b| self.write_byte(b));
                 }
             }
         }

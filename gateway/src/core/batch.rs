@@ -97,32 +97,19 @@ pub fn apply<'a>(
 mod tests {
     use super::*;
     use crate::core::lineproto::StringFields;
-    use crate::registry::{DeviceEntry, DeviceKind, Registry};
+    use crate::registry::Registry;
     use proptest::prelude::*;
-    use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+    use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
-    use crate::core::fixtures::{NOW, RULES};
+    use crate::core::fixtures::{self, NOW, RULES};
 
     fn registry() -> Registry {
-        let entry = |id: &str| DeviceEntry {
-            id: id.into(),
-            tenant: "lyon".into(),
-            kind: DeviceKind::AirQuality,
-            key: hex::encode([id.len() as u8 + 1; 16]),
-            epoch: 1,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: None,
-            revoked: false,
-        };
-        Registry::from_entries(vec![entry("a"), entry("bb")]).unwrap()
+        fixtures::registry(&["a", "bb"])
     }
 
     /// A message: device, counter, and a value that makes frames under one counter differ.
     fn message(device: &str, counter: u32, variant: u8) -> (String, Vec<u8>) {
-        let key = DeviceKey::new([device.len() as u8 + 1; 16], 1);
+        let key = fixtures::key(device);
         let reading = Reading {
             time: NOW as u32 - 100 + u32::from(variant),
             values: Values::AirQuality(AirQuality {

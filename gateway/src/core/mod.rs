@@ -27,6 +27,7 @@ pub mod verify;
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::validate::TimeRules;
+    use crate::registry::{DeviceEntry, DeviceKind, Registry};
 
     /// 2026-11-22T00:00:00Z.
     pub const NOW: u64 = 1_795_305_600;
@@ -35,4 +36,28 @@ pub(crate) mod fixtures {
         max_future_skew_s: 300,
         max_age_s: 86_400,
     };
+
+    /// The key of air-quality device `id` of [`registry`]: `id.len() + 1` in every byte.
+    pub fn key(id: &str) -> protocol::DeviceKey {
+        protocol::DeviceKey::new([id.len() as u8 + 1; 16], 1)
+    }
+
+    /// Air-quality devices `ids` of tenant `lyon`, keyed by [`key`], epoch 1.
+    pub fn registry(ids: &[&str]) -> Registry {
+        let entry = |id: &str| DeviceEntry {
+            id: id.into(),
+            tenant: "lyon".into(),
+            kind: DeviceKind::AirQuality,
+            key: hex::encode(key(id).expose_secret()),
+            epoch: 1,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: None,
+            revoked: false,
+        };
+        Registry::from_entries(ids.iter().map(|id| entry(id)).collect())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
 }

@@ -87,31 +87,17 @@ impl Settled {
 mod tests {
     use super::*;
     use crate::core::batch;
-    use crate::core::fixtures::{NOW, RULES};
+    use crate::core::fixtures::{self, NOW, RULES};
     use crate::core::lineproto::StringFields;
     use crate::core::verify::Context;
-    use crate::registry::{DeviceEntry, DeviceKind};
-    use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+    use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
     fn registry() -> Registry {
-        let entry = DeviceEntry {
-            id: "a".into(),
-            tenant: "lyon".into(),
-            kind: DeviceKind::AirQuality,
-            key: hex::encode([5; 16]),
-            epoch: 1,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: None,
-            revoked: false,
-        };
-        Registry::from_entries(vec![entry]).unwrap()
+        fixtures::registry(&["a"])
     }
 
     fn frame(counter: u32, time: u32) -> (String, Vec<u8>) {
-        let key = DeviceKey::new([5; 16], 1);
+        let key = fixtures::key("a");
         let reading = Reading {
             time,
             values: Values::AirQuality(AirQuality {
