@@ -103,10 +103,7 @@ fn main() -> ! {
         Err(e) => halt(&mut console, app::boot_error(e)),
     };
     if provisioning.kind != Kind::AirQuality {
-        halt(
-            &mut console,
-            "this image is an air-quality node",
-        );
+        halt(&mut console, "this image is an air-quality node");
     }
     let counter = match FrameCounter::resume(RamAsFlash::counter(), 0, COUNTER_STEP) {
         Ok(c) => c,
@@ -173,11 +170,9 @@ impl Platform for Mps2 {
     fn event(&mut self, e: Event) {
         let c = &mut self.console;
         match e {
-            Event::Connected(ms) => c.line(&[
-                Part::S("vigie: connected at "),
-                Part::N(ms),
-                Part::S(" ms"),
-            ]),
+            Event::Connected(ms) => {
+                c.line(&[Part::S("vigie: connected at "), Part::N(ms), Part::S(" ms")])
+            }
             Event::FirstReading(ms) => c.line(&[
                 Part::S("vigie: first reading acknowledged at "),
                 Part::N(ms),

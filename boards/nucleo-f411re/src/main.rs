@@ -126,7 +126,11 @@ fn main() -> ! {
     ) else {
         halt("started twice")
     };
-    let counter = match FrameCounter::resume(Region::new(Shared(flash), COUNTER_OFFSET, COUNTER_LEN), 0, COUNTER_STEP) {
+    let counter = match FrameCounter::resume(
+        Region::new(Shared(flash), COUNTER_OFFSET, COUNTER_LEN),
+        0,
+        COUNTER_STEP,
+    ) {
         Ok(c) => c,
         Err(e) => halt(app::counter_error(e)),
     };
