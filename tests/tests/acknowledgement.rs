@@ -23,6 +23,10 @@ use vigie_tests::process::InProcessGateway;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 const DEVICES: usize = 8;
+
+/// One scenario at a time: each starts its own servers, and killing and restarting
+/// Mosquitto while another scenario picks free ports could hand one port to two servers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Virtual seconds between samples; at 120× two samples a real second per device.
 const INTERVAL: u16 = 60;
 const ACCEL: f64 = 120.0;
@@ -90,6 +94,7 @@ async fn outcome(influx: SocketAddr, summary: &FleetSummary) -> (usize, usize, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_broker_crashes_under_load_lose_nothing() {
+    let _serial = SERIAL.lock().await;
     let (mut broker, influx) = (mosquitto(), influxdb());
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
@@ -134,6 +139,7 @@ async fn five_broker_crashes_under_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_gateway_session_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let (broker, influx) = (mosquitto(), influxdb());
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +182,7 @@ async fn an_expired_gateway_session_loses_nothing() {
 /// point) when the restarted one gets its session's redeliveries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_one_killed_each_acknowledges_what_it_holds() {
+    let _serial = SERIAL.lock().await;
     use vigie_tests::process::{GatewayProcess, GatewaySettings};
     let (broker, influx) = (mosquitto(), influxdb());
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
