@@ -66,7 +66,7 @@ cargo build -p firmware --features defmt --target "$TARGET_M4" --release
 
 step "demo: embedded broker, simulated fleet, full pipeline (exits non-zero unless acknowledged = stored)"
 # Same profile as the tests: the binary is already built, no second compilation.
-cargo run -q -p gateway -- demo --duration 8 --devices 6
+cargo run -q -p vigie-demo -- --duration 8 --devices 6
 
 step "fuzz (${FUZZ_SECONDS}s per target)"
 # cargo-fuzz passes nightly-only flags (-Zsanitizer); this machine has only the stable

@@ -3,10 +3,9 @@
 
 use crate::config::Config;
 use crate::quarantine;
-use crate::registry::{DeviceEntry, DeviceKind, Registry};
+use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
 use protocol::json::UtcTime;
-use protocol::provision::{MAX_BLOB_LEN, Provisioning};
-use protocol::{DeviceKey, Id};
+use protocol::provision::MAX_BLOB_LEN;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -35,30 +34,8 @@ pub fn check_config(path: &Path) -> Result<String, String> {
 /// Options of `devices add`.
 #[derive(Debug, Clone)]
 pub struct AddDevice {
-    /// Tenant id.
-    pub tenant: String,
-    /// Device id.
-    pub id: String,
-    /// Kind.
-    pub kind: DeviceKind,
-    /// Site tag.
-    pub site: Option<String>,
-    /// Zone tag.
-    pub zone: Option<String>,
-    /// Latitude.
-    pub latitude: Option<f64>,
-    /// Longitude.
-    pub longitude: Option<f64>,
-    /// Bin depth (bins).
-    pub bin_depth_mm: Option<u16>,
-    /// Seconds between samples.
-    pub sample_interval_s: u16,
-    /// Heartbeat seconds.
-    pub heartbeat_s: u16,
-    /// Broker host the board connects to.
-    pub broker_host: String,
-    /// Broker port.
-    pub broker_port: u16,
+    /// The device and the settings its blob carries.
+    pub device: Enrolment,
     /// Where to write the provisioning blob.
     pub blob_out: PathBuf,
 }
@@ -66,52 +43,21 @@ pub struct AddDevice {
 /// `devices add`: generates a key (or the next epoch's key for an existing device), writes
 /// the registry entry and the board's provisioning blob.
 pub fn devices_add(registry_path: &Path, a: &AddDevice) -> Result<String, String> {
-    Id::new(&a.tenant).map_err(|e| format!("--tenant {:?}: {e}", a.tenant))?;
-    Id::new(&a.id).map_err(|e| format!("--id {:?}: {e}", a.id))?;
+    let d = &a.device;
     let mut registry = Registry::load(registry_path).map_err(|e| e.to_string())?;
     // Re-adding a device is a re-keying: new key, next epoch, counter may restart.
     let epoch = registry
-        .get(&a.tenant, &a.id)
-        .map_or(1, |d| d.entry.epoch.saturating_add(1));
+        .get(&d.tenant, &d.id)
+        .map_or(1, |dev| dev.entry.epoch.saturating_add(1));
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
-    let entry = DeviceEntry {
-        id: a.id.clone(),
-        tenant: a.tenant.clone(),
-        kind: a.kind,
-        key: hex::encode(key),
-        epoch,
-        site: a.site.clone(),
-        zone: a.zone.clone(),
-        latitude: a.latitude,
-        longitude: a.longitude,
-        bin_depth_mm: a.bin_depth_mm,
-        revoked: false,
-    };
+    // Each mistake named by the option that carries it.
+    let (entry, blob) = registry::enroll(d, key, epoch).map_err(|e| match e {
+        EnrolError::Tenant(..) => format!("--tenant: {e}"),
+        EnrolError::Id(..) => format!("--id: {e}"),
+        EnrolError::Host(..) => format!("--broker-host: {e}"),
+    })?;
     registry.upsert(entry).map_err(|e| e.to_string())?;
-    let blob = Provisioning {
-        tenant: a
-            .tenant
-            .as_str()
-            .try_into()
-            .map_err(|_| "tenant too long".to_string())?,
-        device: a
-            .id
-            .as_str()
-            .try_into()
-            .map_err(|_| "id too long".to_string())?,
-        kind: a.kind.kind(),
-        key: DeviceKey::new(key, epoch),
-        sample_interval_s: a.sample_interval_s,
-        heartbeat_s: a.heartbeat_s,
-        bin_depth_mm: a.bin_depth_mm.unwrap_or(0),
-        broker_host: a
-            .broker_host
-            .as_str()
-            .try_into()
-            .map_err(|_| "broker host longer than 64 bytes".to_string())?,
-        broker_port: a.broker_port,
-    };
     let mut buf = [0u8; MAX_BLOB_LEN];
     let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
     crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
@@ -120,9 +66,9 @@ pub fn devices_add(registry_path: &Path, a: &AddDevice) -> Result<String, String
     Ok(format!(
         "added {}/{} ({:?}, key epoch {epoch}); provisioning blob: {} ({n} bytes). \
          Send SIGHUP to a running gateway to load it.",
-        a.tenant,
-        a.id,
-        a.kind,
+        d.tenant,
+        d.id,
+        d.kind,
         a.blob_out.display()
     ))
 }
@@ -270,24 +216,27 @@ fn http_request(addr: SocketAddr, method: &str, path: &str) -> Result<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::provision::Provisioning;
 
     #[test]
     fn add_writes_registry_and_a_blob_the_firmware_accepts_and_rekeys() {
         let dir = tempfile::tempdir().unwrap();
         let reg = dir.path().join("devices.toml");
         let mut a = AddDevice {
-            tenant: "lyon".into(),
-            id: "bin-7".into(),
-            kind: DeviceKind::WasteBin,
-            site: None,
-            zone: Some("nord".into()),
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: Some(1100),
-            sample_interval_s: 600,
-            heartbeat_s: 3600,
-            broker_host: "mqtt.lyon.example".into(),
-            broker_port: 8883,
+            device: Enrolment {
+                tenant: "lyon".into(),
+                id: "bin-7".into(),
+                kind: DeviceKind::WasteBin,
+                site: None,
+                zone: Some("nord".into()),
+                latitude: None,
+                longitude: None,
+                bin_depth_mm: Some(1100),
+                sample_interval_s: 600,
+                heartbeat_s: 3600,
+                broker_host: "mqtt.lyon.example".into(),
+                broker_port: 8883,
+            },
             blob_out: dir.path().join("bin-7.vgp"),
         };
         devices_add(&reg, &a).unwrap();
@@ -307,7 +256,7 @@ mod tests {
         assert_eq!(dev2.key.epoch(), 2);
         assert_ne!(dev2.key.expose_secret(), dev.key.expose_secret());
         // Bad ids get a clear message.
-        a.id = "Bin 7".into();
+        a.device.id = "Bin 7".into();
         assert!(devices_add(&reg, &a).unwrap_err().contains("--id"));
         assert!(
             devices_revoke(&reg, "lyon", "nope")

@@ -15,7 +15,6 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, quarantine replay.
 //! - [`broker`]: embedded rumqttd for the no-servers mode.
 //! - [`metrics`]: Prometheus text metrics.
-//! - [`demo`]: the `demo` command: embedded broker, simulated fleet, full pipeline.
 //! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
 
 pub mod broker;
@@ -23,7 +22,6 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod core;
-pub mod demo;
 pub mod fs;
 pub mod health;
 pub mod http;

@@ -3,10 +3,9 @@
 use clap::{Parser, Subcommand};
 use gateway::cli;
 use gateway::config::{Config, LogFormat};
-use gateway::registry::DeviceKind;
+use gateway::registry::{DeviceKind, Enrolment};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -27,22 +26,6 @@ enum Command {
         /// Configuration file (see gateway.example.toml).
         #[arg(long, env = "VIGIE_CONFIG")]
         config: PathBuf,
-    },
-    /// Everything on this machine: embedded broker, simulated fleet, full pipeline.
-    Demo {
-        /// Stop after this many seconds (default: on Ctrl-C).
-        #[arg(long)]
-        duration: Option<u64>,
-        /// Devices per tenant (two tenants; half air quality, half bins).
-        #[arg(long, default_value_t = 10)]
-        devices: usize,
-        /// Virtual seconds per real second. Devices sample every 5 virtual minutes, so the
-        /// default 300 makes that once a second; the virtual clock ends at "now".
-        #[arg(long, default_value_t = 300.0)]
-        accel: f64,
-        /// Keep the temporary data directory.
-        #[arg(long)]
-        keep_data: bool,
     },
     /// Check a configuration file and its registry, then exit.
     CheckConfig {
@@ -150,21 +133,6 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.to_string()),
         },
-        Command::Demo {
-            duration,
-            devices,
-            accel,
-            keep_data,
-        } => {
-            // The demo's own progress line says what happens; only problems are logged.
-            init_tracing(LogFormat::Text, "warn,rumqttd=off");
-            demo(gateway::demo::DemoOptions {
-                duration: duration.map(Duration::from_secs),
-                devices_per_tenant: devices.max(1),
-                accel: accel.clamp(1.0, 3600.0),
-                keep_data,
-            })
-        }
         Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
         Command::Devices(cmd) => devices(cmd),
         Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
@@ -208,24 +176,26 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
             let c = load(&config)?;
             let add = cli::AddDevice {
                 blob_out: blob_out.unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
-                tenant,
-                id,
-                kind,
-                site,
-                zone,
-                latitude,
-                longitude,
-                bin_depth_mm,
-                sample_interval_s: sample_interval,
-                heartbeat_s: heartbeat,
-                broker_host: broker_host
-                    .or(c.mqtt.host.clone())
-                    .unwrap_or_else(|| c.mqtt.embedded_listen.ip().to_string()),
-                broker_port: broker_port.unwrap_or(if c.mqtt.host.is_some() {
-                    c.mqtt.port
-                } else {
-                    c.mqtt.embedded_listen.port()
-                }),
+                device: Enrolment {
+                    tenant,
+                    id,
+                    kind,
+                    site,
+                    zone,
+                    latitude,
+                    longitude,
+                    bin_depth_mm,
+                    sample_interval_s: sample_interval,
+                    heartbeat_s: heartbeat,
+                    broker_host: broker_host
+                        .or(c.mqtt.host.clone())
+                        .unwrap_or_else(|| c.mqtt.embedded_listen.ip().to_string()),
+                    broker_port: broker_port.unwrap_or(if c.mqtt.host.is_some() {
+                        c.mqtt.port
+                    } else {
+                        c.mqtt.embedded_listen.port()
+                    }),
+                },
             };
             cli::devices_add(&c.gateway.registry, &add).map(|s| println!("{s}"))
         }
@@ -271,21 +241,6 @@ fn serve(config: Config) -> Result<(), String> {
         let stop = shutdown_signal();
         gateway::run(config, stop).await.map_err(|e| e.to_string())
     })
-}
-
-fn demo(opts: gateway::demo::DemoOptions) -> Result<(), String> {
-    let summary = runtime()?.block_on(async {
-        let stop = shutdown_signal();
-        gateway::demo::run(opts, stop).await
-    })?;
-    println!(
-        "acknowledged={} stored={} rejected={}",
-        summary.acknowledged, summary.stored, summary.rejected
-    );
-    if summary.acknowledged == 0 || summary.stored != summary.acknowledged {
-        return Err("the demo did not store every acknowledged reading".into());
-    }
-    Ok(())
 }
 
 fn init_tracing(format: LogFormat, level: &str) {

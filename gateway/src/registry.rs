@@ -3,6 +3,7 @@
 //! on SIGHUP. Keys are secrets: the file is written with mode 0600 and keys never appear
 //! in `Debug` output.
 
+use protocol::provision::Provisioning;
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -37,6 +38,98 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// What one device is enrolled with: the registry entry's fields and the settings its
+/// provisioning blob carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolment {
+    /// Tenant id.
+    pub tenant: String,
+    /// Device id.
+    pub id: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Site name (database tag).
+    pub site: Option<String>,
+    /// Zone (database tag).
+    pub zone: Option<String>,
+    /// WGS84 latitude.
+    pub latitude: Option<f64>,
+    /// WGS84 longitude.
+    pub longitude: Option<f64>,
+    /// Bin depth, sensor to bottom (bins).
+    pub bin_depth_mm: Option<u16>,
+    /// Seconds between samples.
+    pub sample_interval_s: u16,
+    /// Seconds after which an unchanged reading is sent anyway (0: never).
+    pub heartbeat_s: u16,
+    /// Broker host the device dials.
+    pub broker_host: String,
+    /// Broker port.
+    pub broker_port: u16,
+}
+
+/// Why a device cannot be enrolled as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// The tenant id breaks the identifier rules.
+    #[error("tenant {0:?}: {1}")]
+    Tenant(String, protocol::TopicError),
+    /// The device id breaks the identifier rules.
+    #[error("device id {0:?}: {1}")]
+    Id(String, protocol::TopicError),
+    /// The broker host does not fit the blob.
+    #[error("broker host {0:?}: 1 to 64 ASCII bytes")]
+    Host(String),
+}
+
+/// The registry entry and the provisioning blob of one device under `key` and `epoch`:
+/// the one place where a device's identity, key and settings are put together (the
+/// `devices add` command, the demo and the test harness).
+pub fn enroll(
+    e: &Enrolment,
+    key: [u8; 16],
+    epoch: u32,
+) -> Result<(DeviceEntry, Provisioning), EnrolError> {
+    let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
+    let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
+    let host = e.broker_host.as_str();
+    let blob = Provisioning {
+        // Valid identifiers always fit.
+        tenant: tenant
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Tenant(e.tenant.clone(), protocol::TopicError::IdLength))?,
+        device: id
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Id(e.id.clone(), protocol::TopicError::IdLength))?,
+        kind: e.kind.kind(),
+        key: DeviceKey::new(key, epoch),
+        sample_interval_s: e.sample_interval_s,
+        heartbeat_s: e.heartbeat_s,
+        bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
+        broker_host: (!host.is_empty() && host.is_ascii())
+            .then(|| host.try_into().ok())
+            .flatten()
+            .ok_or_else(|| EnrolError::Host(host.to_string()))?,
+        broker_port: e.broker_port,
+    };
+    let entry = DeviceEntry {
+        id: e.id.clone(),
+        tenant: e.tenant.clone(),
+        kind: e.kind,
+        key: hex::encode(key),
+        epoch,
+        site: e.site.clone(),
+        zone: e.zone.clone(),
+        latitude: e.latitude,
+        longitude: e.longitude,
+        bin_depth_mm: e.bin_depth_mm,
+        revoked: false,
+    };
+    Ok((entry, blob))
 }
 
 /// Device kind as the registry spells it.
@@ -268,6 +361,51 @@ pub fn parse_key(hex_key: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enrolment_builds_one_entry_and_its_blob_or_names_the_mistake() {
+        let e = Enrolment {
+            tenant: "lyon".into(),
+            id: "bin-1".into(),
+            kind: DeviceKind::WasteBin,
+            site: Some("Bellecour".into()),
+            zone: None,
+            latitude: Some(45.76),
+            longitude: Some(4.83),
+            bin_depth_mm: Some(1100),
+            sample_interval_s: 600,
+            heartbeat_s: 3600,
+            broker_host: "mqtt.lyon.example".into(),
+            broker_port: 8883,
+        };
+        let (entry, blob) = enroll(&e, [9; 16], 3).unwrap();
+        let registry = Registry::from_entries(vec![entry]).unwrap();
+        let dev = registry.get("lyon", "bin-1").unwrap();
+        assert_eq!(dev.key, blob.key, "the registry and the blob hold one key");
+        assert_eq!(blob.key.epoch(), 3);
+        assert_eq!(
+            (blob.bin_depth_mm, blob.broker_port, blob.kind),
+            (1100, 8883, Kind::WasteBin)
+        );
+        let bad = |f: fn(&mut Enrolment)| {
+            let mut b = e.clone();
+            f(&mut b);
+            enroll(&b, [9; 16], 1).unwrap_err()
+        };
+        assert!(matches!(
+            bad(|b| b.tenant = "Lyon".into()),
+            EnrolError::Tenant(..)
+        ));
+        assert!(matches!(bad(|b| b.id = "bin 1".into()), EnrolError::Id(..)));
+        assert!(matches!(
+            bad(|b| b.broker_host = "h".repeat(65)),
+            EnrolError::Host(..)
+        ));
+        assert!(matches!(
+            bad(|b| b.broker_host = String::new()),
+            EnrolError::Host(..)
+        ));
+    }
 
     fn entry(tenant: &str, id: &str) -> DeviceEntry {
         DeviceEntry {

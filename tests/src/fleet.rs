@@ -2,7 +2,7 @@
 //! waits for every PUBACK, and a gateway configuration pointing at the test servers.
 
 use gateway::config::{Config, DatabaseApi, DatabaseConfig};
-use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use gateway::registry::{self, DeviceEntry, DeviceKind, Enrolment, Registry};
 use protocol::provision::Provisioning;
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use rumqttc::v5::mqttbytes::QoS;
@@ -40,21 +40,30 @@ impl Device {
         }
     }
 
-    /// Registry entry.
-    pub fn entry(&self) -> DeviceEntry {
-        DeviceEntry {
-            id: self.id.clone(),
+    /// What `devices add` would be given for this device, dialling `broker`.
+    fn enrolment(&self, broker: SocketAddr, sample_interval_s: u16, heartbeat_s: u16) -> Enrolment {
+        Enrolment {
             tenant: self.tenant.clone(),
+            id: self.id.clone(),
             kind: self.kind,
-            key: hex::encode(self.key),
-            epoch: 1,
             site: None,
             zone: None,
             latitude: None,
             longitude: None,
             bin_depth_mm: (self.kind == DeviceKind::WasteBin).then_some(1000),
-            revoked: false,
+            sample_interval_s,
+            heartbeat_s,
+            broker_host: broker.ip().to_string(),
+            broker_port: broker.port(),
         }
+    }
+
+    /// Registry entry (key epoch 1), as `devices add` writes it.
+    pub fn entry(&self) -> DeviceEntry {
+        let any = SocketAddr::from(([127, 0, 0, 1], 1883));
+        registry::enroll(&self.enrolment(any, 300, 0), self.key, 1)
+            .unwrap()
+            .0
     }
 
     /// The provisioning blob `devices add` would write for this device, pointing at
@@ -65,17 +74,8 @@ impl Device {
         sample_interval_s: u16,
         heartbeat_s: u16,
     ) -> Provisioning {
-        Provisioning {
-            tenant: self.tenant.as_str().try_into().unwrap(),
-            device: self.id.as_str().try_into().unwrap(),
-            kind: self.kind.kind(),
-            key: DeviceKey::new(self.key, 1),
-            sample_interval_s,
-            heartbeat_s,
-            bin_depth_mm: self.entry().bin_depth_mm.unwrap_or(0),
-            broker_host: broker.ip().to_string().as_str().try_into().unwrap(),
-            broker_port: broker.port(),
-        }
+        let e = self.enrolment(broker, sample_interval_s, heartbeat_s);
+        registry::enroll(&e, self.key, 1).unwrap().1
     }
 
     /// Uplink topic.

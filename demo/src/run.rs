@@ -1,13 +1,13 @@
-//! `gateway demo`: the whole chain on one machine with nothing installed. An embedded
+//! The demo run: the whole chain on one machine with nothing installed. An embedded
 //! broker, two tenants' devices registered with fresh keys, the fleet simulator (the
 //! firmware's own code on simulated sensors, `vigie-sim`) publishing sealed frames at
 //! QoS 1, and the real pipeline writing line-protocol files. Ends on Ctrl-C or after
 //! `--duration`, waits for the pipeline to drain, and prints
 //! `acknowledged=<n> stored=<n> rejected=<n>`.
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::registry::{DeviceEntry, DeviceKind, Registry};
+use gateway::config::Config;
+use gateway::metrics::Metrics;
+use gateway::registry::{self, DeviceKind, Enrolment, Registry};
 use protocol::provision::Provisioning;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -42,26 +42,51 @@ pub struct DemoSummary {
     pub rejected: u64,
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// No async runtime.
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A local file or socket.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The devices could not be registered.
+    #[error("registering the demo devices: {0}")]
+    Registry(String),
+    /// The gateway's configuration.
+    #[error("gateway configuration: {0}")]
+    Config(#[from] gateway::config::ConfigError),
+    /// The gateway did not connect to its embedded broker.
+    #[error("the gateway did not connect to the embedded broker")]
+    NotConnected,
+    /// The gateway stopped with an error.
+    #[error("gateway: {0}")]
+    Gateway(String),
+    /// Simulated devices could not start.
+    #[error("{0} simulated devices failed to start")]
+    Devices(usize),
+}
+
 const TENANTS: [&str; 2] = ["lyon", "villeurbanne"];
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> std::io::Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 /// Runs the demo; `stop` ends it early (Ctrl-C).
 pub async fn run(
     opts: DemoOptions,
     mut stop: watch::Receiver<bool>,
-) -> Result<DemoSummary, String> {
+) -> Result<DemoSummary, DemoError> {
     let dir = std::env::temp_dir().join(format!(
         "vigie-demo-{}-{}",
         std::process::id(),
-        crate::now_ms()
+        gateway::now_ms()
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)?;
     let registry_path = dir.join("devices.toml");
     let broker: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let devices = register_fleet(&registry_path, opts.devices_per_tenant, broker)?;
@@ -72,11 +97,11 @@ pub async fn run(
     config.mqtt.embedded_listen = broker;
     config.http.listen = Some(([127, 0, 0, 1], free_port()?).into());
     config.batch.linger = Duration::from_millis(500);
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate()?;
 
     let metrics = Arc::new(Metrics::default());
     let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
-    let gateway = tokio::spawn(crate::run_with_metrics(
+    let gateway = tokio::spawn(gateway::run_with_metrics(
         config.clone(),
         gw_stop_rx,
         metrics.clone(),
@@ -85,7 +110,7 @@ pub async fn run(
         metrics.total("vigie_mqtt_connected") >= 1.0
     })
     .await
-    .map_err(|_| "the gateway did not connect to the embedded broker".to_string())?;
+    .map_err(|()| DemoError::NotConnected)?;
     eprintln!(
         "demo: {} devices in {} tenants → embedded broker {broker} → gateway → {}",
         devices.len(),
@@ -118,10 +143,7 @@ pub async fn run(
         }
     };
     if fleet_summary.failed > 0 {
-        return Err(format!(
-            "{} simulated devices failed to start",
-            fleet_summary.failed
-        ));
+        return Err(DemoError::Devices(fleet_summary.failed));
     }
     // Let the pipeline store everything the gateway acknowledged.
     let want = fleet_summary.acknowledged as f64;
@@ -134,8 +156,8 @@ pub async fn run(
     let _ = gw_stop_tx.send(true);
     match gateway.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("gateway task failed: {e}")),
+        Ok(Err(e)) => return Err(DemoError::Gateway(e.to_string())),
+        Err(e) => return Err(DemoError::Gateway(e.to_string())),
     }
     let summary = DemoSummary {
         acknowledged: fleet_summary.acknowledged,
@@ -180,58 +202,39 @@ fn register_fleet(
     path: &Path,
     per_tenant: usize,
     broker: SocketAddr,
-) -> Result<Vec<Provisioning>, String> {
-    let mut entries = Vec::new();
+) -> Result<Vec<Provisioning>, DemoError> {
+    let (mut entries, mut blobs) = (Vec::new(), Vec::new());
     for tenant in TENANTS {
         for i in 0..per_tenant {
             let bin = i % 2 == 1;
-            let mut key = [0u8; 16];
-            getrandom::fill(&mut key).map_err(|e| e.to_string())?;
-            entries.push(DeviceEntry {
-                id: format!("{}-{:04}", if bin { "bin" } else { "aq" }, i + 1),
+            let enrolment = Enrolment {
                 tenant: tenant.into(),
+                id: format!("{}-{:04}", if bin { "bin" } else { "aq" }, i + 1),
                 kind: if bin {
                     DeviceKind::WasteBin
                 } else {
                     DeviceKind::AirQuality
                 },
-                key: hex::encode(key),
-                epoch: 1,
                 site: Some(format!("demo site {}", i + 1)),
                 zone: None,
                 latitude: None,
                 longitude: None,
                 bin_depth_mm: bin.then_some(1200),
-                revoked: false,
-            });
-        }
-    }
-    let registry = Registry::from_entries(entries).map_err(|e| e.to_string())?;
-    registry.save(path).map_err(|e| e.to_string())?;
-    registry
-        .entries()
-        .into_iter()
-        .map(|e| {
-            let key = registry
-                .get(&e.tenant, &e.id)
-                .map(|d| d.key.clone())
-                .ok_or("registry lost a device")?;
-            Ok(Provisioning {
-                tenant: e
-                    .tenant
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| "tenant too long")?,
-                device: e.id.as_str().try_into().map_err(|_| "id too long")?,
-                kind: e.kind.kind(),
-                key,
                 sample_interval_s: 300,
                 heartbeat_s: 3600,
-                bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
-                broker_host: "127.0.0.1".try_into().map_err(|_| "host")?,
+                broker_host: "127.0.0.1".into(),
                 broker_port: broker.port(),
-            })
-        })
-        .collect::<Result<_, &str>>()
-        .map_err(String::from)
+            };
+            let mut key = [0u8; 16];
+            getrandom::fill(&mut key).map_err(|e| DemoError::Registry(e.to_string()))?;
+            let (entry, blob) = registry::enroll(&enrolment, key, 1)
+                .map_err(|e| DemoError::Registry(e.to_string()))?;
+            entries.push(entry);
+            blobs.push(blob);
+        }
+    }
+    Registry::from_entries(entries)
+        .and_then(|r| r.save(path))
+        .map_err(|e| DemoError::Registry(e.to_string()))?;
+    Ok(blobs)
 }
