@@ -94,7 +94,7 @@ pub fn devices_list(config: &Config) -> Result<String, String> {
     let seen = config
         .http
         .listen
-        .and_then(|addr| http_request(addr, "GET", "/metrics").ok())
+        .and_then(|addr| http_request(addr, "GET", "/metrics", None).ok())
         .map(|text| last_seen(&text))
         .unwrap_or_default();
     let mut out = format!(
@@ -187,21 +187,33 @@ pub fn quarantine_replay(config: &Config) -> Result<String, String> {
         .http
         .listen
         .ok_or("quarantine replay goes through the running service; set http.listen")?;
-    let body = http_request(addr, "POST", "/quarantine/replay").map_err(|e| {
-        format!("the gateway service does not answer on {addr} ({e}); start it first")
-    })?;
+    let token = config
+        .http
+        .admin_token
+        .as_ref()
+        .ok_or("quarantine replay needs http.admin_token (or VIGIE_ADMIN_TOKEN)")?;
+    let body = http_request(addr, "POST", "/quarantine/replay", Some(token))
+        .map_err(|e| format!("the gateway service on {addr} refused or did not answer ({e})"))?;
     Ok(format!("replayed through the pipeline: {}", body.trim()))
 }
 
 /// Minimal HTTP/1.1 request to the service's status port; returns the body of a 200.
-fn http_request(addr: SocketAddr, method: &str, path: &str) -> Result<String, String> {
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&crate::config::Secret>,
+) -> Result<String, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |t| {
+        format!("authorization: Bearer {}\r\n", t.expose())
+    });
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut text = String::new();

@@ -315,14 +315,18 @@ impl Default for ValidationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `/metrics`, `/healthz`, `/readyz`; unset disables.
+    /// `/metrics`, `/healthz`, `/readyz`, quarantine replay; unset disables.
     pub listen: Option<SocketAddr>,
+    /// Bearer token for the state-changing endpoints (`POST /quarantine/replay`); unset
+    /// turns them off. Also `VIGIE_ADMIN_TOKEN`.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9650))),
+            admin_token: None,
         }
     }
 }
@@ -373,9 +377,21 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. The error gives the line, column and the parser's reason, never
+    /// the text of the line: it may hold a password or token.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| {
+            let reason = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {reason}")
+                }
+                None => reason,
+            }
+        })
     }
 
     /// Environment overrides, so secrets need not sit in the file (systemd `LoadCredential`,
@@ -390,6 +406,9 @@ impl Config {
         }
         if let Some(v) = get("VIGIE_MQTT_PASSWORD") {
             self.mqtt.password = Some(Secret(v));
+        }
+        if let Some(v) = get("VIGIE_ADMIN_TOKEN") {
+            self.http.admin_token = Some(Secret(v));
         }
         if let Some(db) = &mut self.database {
             if let Some(v) = get("VIGIE_DATABASE_URL") {
@@ -407,6 +426,16 @@ impl Config {
     /// Checks ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self
+            .http
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return bad(
+                "http.admin_token: at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+            );
+        }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad(
                 "mqtt.client_id must be 1 to 64 characters and stable across restarts".into(),
@@ -480,6 +509,24 @@ mod tests {
         c.validate().unwrap();
         assert!(c.mqtt.host.is_none() && c.database.is_none());
         assert_eq!(c.batch.linger, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_broken_config_never_prints_its_secrets() {
+        let secret = "Sup3rS3cretToken-do-not-print";
+        for text in [
+            format!("[database]\napi = \"v2\"\nurl = \"http://x\"\ntoken = \"{secret}\n"),
+            format!("[mqtt]\npassword = {secret}\n"),
+            format!("[http]\nadmin_token = [\"{secret}\"]\n"),
+            format!("[database]\napi = \"v1\"\nurl = \"http://x\"\npasswrd = \"{secret}\"\n"),
+        ] {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        let mut c = Config::parse(&format!("[http]\nadmin_token = \"{secret}\"\n")).unwrap();
+        c.mqtt.password = Some(Secret::new(secret));
+        assert!(!format!("{c:?}").contains(secret));
     }
 
     #[test]

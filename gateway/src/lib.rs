@@ -231,13 +231,13 @@ pub async fn run_with_metrics(
     if let Some(addr) = config.http.listen {
         let listener = http::bind(addr).await.map_err(RunError::Config)?;
         tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
-        tasks.spawn(http::serve(
-            listener,
-            metrics.clone(),
-            health.clone(),
-            jobs_tx.clone(),
-            stopping.clone(),
-        ));
+        let service = http::Service {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            jobs: jobs_tx.clone(),
+            admin_token: config.http.admin_token.clone(),
+        };
+        tasks.spawn(http::serve(listener, service, stopping.clone()));
     }
     tasks.spawn(reload_on_sighup(
         config.gateway.registry.clone(),

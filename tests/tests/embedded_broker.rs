@@ -84,17 +84,26 @@ fn exported(dir: &Path) -> Vec<String> {
     lines
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str) -> String {
+/// The admin token of the test's config.
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// One raw request (`extra` header lines included as given); the whole answer.
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
-    )
-    .unwrap();
+    // The server may close as soon as it has refused: a write error is part of the test.
+    let _ = s.write_all(request);
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let _ = s.read_to_string(&mut out);
     out
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> String {
+    raw(
+        addr,
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{extra}content-length: 0\r\n\r\n")
+            .as_bytes(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +128,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     config.mqtt.client_id = "gw-test".into();
     let http_addr = free_addr();
     config.http.listen = Some(http_addr);
+    config.http.admin_token = Some(gateway::config::Secret::new(TOKEN));
     config.batch.linger = Duration::from_millis(100);
     config.validate().unwrap();
 
@@ -256,7 +266,40 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         metrics.total("vigie_registry_devices") >= 4.0
     })
     .await;
-    let answer = http(http_addr, "POST", "/quarantine/replay");
+    // The admin endpoint: refused without the token or with a wrong one, and bounded.
+    let none = http(http_addr, "POST", "/quarantine/replay", "");
+    assert!(none.starts_with("HTTP/1.1 401"), "{none}");
+    let wrong = http(
+        http_addr,
+        "POST",
+        "/quarantine/replay",
+        "authorization: Bearer test-admin-token-0123456788\r\n",
+    );
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let cut = raw(http_addr, huge.as_bytes());
+    assert!(cut.starts_with("HTTP/1.1 431"), "{cut}");
+    let many: String = (0..100).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let crowded = http(http_addr, "GET", "/metrics", &many);
+    assert!(crowded.starts_with("HTTP/1.1 431"), "{crowded}");
+    let started = std::time::Instant::now();
+    let slow = raw(http_addr, b"GET /metrics HTTP/1.1\r\n");
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        metrics.total("vigie_readings_stored_total"),
+        30.0,
+        "nothing replayed without the token"
+    );
+    let answer = http(
+        http_addr,
+        "POST",
+        "/quarantine/replay",
+        &format!("authorization: Bearer {TOKEN}\r\n"),
+    );
     assert!(
         answer.contains("\"accepted\":1") && answer.contains("\"rejected\":8"),
         "{answer}"
@@ -274,12 +317,12 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
             .any(|l| l.starts_with("lyon:air_quality,device=aq-new,"))
     );
 
-    let metrics_text = http(http_addr, "GET", "/metrics");
+    let metrics_text = http(http_addr, "GET", "/metrics", "");
     assert!(
         metrics_text.contains("vigie_frames_rejected_total{reason=\"revoked\"} 2"),
         "rejected again after the replay"
     );
-    assert!(http(http_addr, "GET", "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http(http_addr, "GET", "/readyz", "").starts_with("HTTP/1.1 200"));
 
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(20), gw)
