@@ -426,6 +426,15 @@ impl Config {
     /// Checks ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(db) = &self.database {
+            // A URL the HTTP client cannot use is a config error, not a failure at the first
+            // write (the v2 client would panic on it).
+            match reqwest::Url::parse(&db.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => return bad("database.url: an http:// or https:// URL with a host".into()),
+                Err(e) => return bad(format!("database.url: {e}")),
+            }
+        }
         if self
             .http
             .admin_token
@@ -459,12 +468,6 @@ impl Config {
             return bad("mqtt.password is set but mqtt.username is not".into());
         }
         if let Some(db) = &self.database {
-            if !(db.url.starts_with("http://") || db.url.starts_with("https://")) {
-                return bad(format!(
-                    "database.url {:?} must start with http:// or https://",
-                    db.url
-                ));
-            }
             if db.api == DatabaseApi::V2 && (db.org.is_none() || db.token.is_none()) {
                 return bad("database.api = \"v2\" needs database.org and database.token (or VIGIE_DATABASE_TOKEN)".into());
             }
@@ -542,6 +545,14 @@ mod tests {
             ),
             (
                 "[database]\napi = \"v1\"\nurl = \"ftp://x\"\n",
+                "database.url",
+            ),
+            (
+                "[database]\napi = \"v1\"\nurl = \"http://\"\n",
+                "database.url",
+            ),
+            (
+                "[database]\napi = \"v1\"\nurl = \"influx:8086\"\n",
                 "database.url",
             ),
             ("[buffer]\nmax_mib = 8\nsegment_mib = 8\n", "buffer.max_mib"),

@@ -12,6 +12,7 @@ pub mod qemu;
 pub mod readback;
 pub mod scenario;
 pub mod servers;
+pub mod tls;
 pub mod tmpfs;
 
 pub use servers::{Server, influxdb, mosquitto, victoria_metrics};

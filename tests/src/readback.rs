@@ -115,16 +115,29 @@ pub async fn influx_points(
 
 /// Every sample of metrics named `<measurement>_<field>` in VictoriaMetrics.
 pub async fn victoria_points(server: SocketAddr, measurements: &[&str]) -> BTreeSet<String> {
-    let client = reqwest::Client::new();
+    victoria_points_at(
+        &reqwest::Client::new(),
+        &format!("http://{server}"),
+        measurements,
+    )
+    .await
+}
+
+/// [`victoria_points`] through `client` at `base` (`https://…` for a TLS server).
+pub async fn victoria_points_at(
+    client: &reqwest::Client,
+    base: &str,
+    measurements: &[&str],
+) -> BTreeSet<String> {
     client
-        .post(format!("http://{server}/internal/force_flush"))
+        .post(format!("{base}/internal/force_flush"))
         .send()
         .await
         .unwrap();
     let mut out = BTreeSet::new();
     for m in measurements {
         let text = client
-            .post(format!("http://{server}/api/v1/export"))
+            .post(format!("{base}/api/v1/export"))
             .form(&[("match[]", format!("{{__name__=~\"{m}_.*\"}}"))])
             .send()
             .await

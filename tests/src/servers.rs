@@ -186,12 +186,26 @@ pub fn influxdb() -> Server {
 
 /// VictoriaMetrics with a 100-year retention (its default month drops older points).
 pub fn victoria_metrics() -> Server {
+    victoria_metrics_with(&[])
+}
+
+/// VictoriaMetrics serving HTTPS with the test CA's server certificate.
+pub fn victoria_metrics_tls(pki: &crate::tls::TestPki) -> Server {
+    victoria_metrics_with(&[
+        "-tls".to_string(),
+        format!("-tlsCertFile={}", pki.cert.display()),
+        format!("-tlsKeyFile={}", pki.key.display()),
+    ])
+}
+
+fn victoria_metrics_with(extra: &[String]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let http = addr();
-    let args = vec![
+    let mut args = vec![
         format!("-storageDataPath={}/data", dir.path().display()),
         format!("-httpListenAddr={http}"),
         "-retentionPeriod=100y".to_string(),
     ];
+    args.extend_from_slice(extra);
     Server::spawn("victoria-metrics", "victoria-metrics", &args, dir, http)
 }

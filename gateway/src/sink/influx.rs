@@ -93,9 +93,8 @@ pub struct V2Writer {
 impl V2Writer {
     /// Builds the writer and its client.
     pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
-        let builder = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .pool_idle_timeout(Duration::from_secs(90));
+        // The same client settings as v1, the configured CA included.
+        let builder = client_builder(&cfg)?;
         let org = cfg.org.clone().unwrap_or_default();
         let token = cfg
             .token
