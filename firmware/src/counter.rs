@@ -177,6 +177,10 @@ mod tests {
         cut_after_bytes: Option<usize>,
         /// The next write fails without programming anything.
         fail_next: bool,
+        /// The next erase stops half way and fails.
+        fail_erase_next: bool,
+        /// Erases that failed so.
+        erase_failures: usize,
     }
 
     #[derive(Debug)]
@@ -208,6 +212,12 @@ mod tests {
         const WRITE_SIZE: usize = 8;
         const ERASE_SIZE: usize = 64;
         fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerCut> {
+            if std::mem::take(&mut self.fail_erase_next) {
+                let half = (from + to) as usize / 2;
+                self.mem[from as usize..half].fill(0xff);
+                self.erase_failures += 1;
+                return Err(PowerCut);
+            }
             self.mem[from as usize..to as usize].fill(0xff);
             Ok(())
         }
@@ -235,6 +245,8 @@ mod tests {
             writes: 0,
             cut_after_bytes: None,
             fail_next: false,
+            fail_erase_next: false,
+            erase_failures: 0,
         }
     }
 
@@ -297,9 +309,10 @@ mod tests {
     }
 
     #[test]
-    fn a_write_error_then_a_retry_never_reuses_a_counter_after_reboot() {
-        // The flash refuses some writes outright (nothing programmed: an erased hole),
-        // the node retries in the same boot, and reboots now and then.
+    fn a_write_or_erase_error_then_a_retry_never_reuses_a_counter_after_reboot() {
+        // The flash refuses some writes outright (nothing programmed: an erased hole) and
+        // stops some erases half way; the node retries in the same boot, and reboots now
+        // and then.
         let mut f = flash();
         let mut used = BTreeSet::new();
         let mut seed = 5;
@@ -308,6 +321,7 @@ mod tests {
             let mut c = FrameCounter::resume(f, 0, 4).unwrap();
             for _ in 0..lcg(&mut seed) % 16 {
                 c.flash.fail_next = lcg(&mut seed).is_multiple_of(4);
+                c.flash.fail_erase_next = lcg(&mut seed).is_multiple_of(3);
                 match c.take() {
                     Ok(n) => assert!(used.insert(n), "counter {n} reused after a write error"),
                     Err(CounterError::Flash(_)) => failures += 1,
@@ -332,6 +346,8 @@ mod tests {
             writes: 0,
             cut_after_bytes: None,
             fail_next: false,
+            fail_erase_next: false,
+            erase_failures: 0,
         };
         let mut used = BTreeSet::new();
         for _ in 0..20 {
