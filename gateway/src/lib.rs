@@ -203,6 +203,7 @@ pub async fn run_with_metrics(
     let worker_thread = spawn_essential("ingest", stopping.clone(), died.clone(), move || {
         worker.run(jobs_rx, acks_tx)
     })?;
+    let wake_sink = reader.interrupter();
     let sink_setup = sink::SinkSetup {
         reader,
         writer,
@@ -263,6 +264,7 @@ pub async fn run_with_metrics(
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
     // The sink writes what flows for at most SHUTDOWN_FLUSH; the rest waits on disk.
     sink_stop.cancel();
+    wake_sink.interrupt();
     let _ = tokio::task::spawn_blocking(move || sink_thread.join()).await;
     if let Some(which) = died.which.get() {
         return Err(RunError::Died(which));

@@ -143,9 +143,11 @@ pub async fn run(
                 // Stop taking new messages; keep polling so acks for stored ones go out.
                 draining = Some(tokio::time::Instant::now() + DRAIN);
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
-            Some(first) = acks.recv() => {
-                let mut next = Some(first);
+            // Draining: wakes at the deadline (acks and events wake it before).
+            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => {}
+            // `None`: the worker has stopped; the loop's top sees it (no more acks can come).
+            received = acks.recv(), if !acks.is_closed() || !acks.is_empty() => {
+                let mut next = received;
                 while let Some(message) = next.take() {
                     match message {
                         ToBroker::Ack(token) => flow.on_durable(token),

@@ -131,6 +131,8 @@ struct State {
     delivered: Position,
     /// Corrupt stretches found at recovery: start → where the next record starts.
     skip: BTreeMap<Position, Position>,
+    /// Readers stop waiting for new records (shutdown).
+    interrupted: bool,
 }
 
 impl State {
@@ -173,6 +175,22 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent data (plain numbers); go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ends the readers' waits (see [`Reader::interrupter`]).
+#[derive(Debug, Clone)]
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+
+    /// Readers return at once from now on when nothing new is durable.
+    pub fn interrupt(&self) {
+        self.0.lock().interrupted = true;
+        self.0.changed.notify_all();
     }
 }
 
@@ -310,6 +328,7 @@ impl Buffer {
                 offset: 0,
             },
             skip,
+            interrupted: false,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -330,6 +349,7 @@ impl Buffer {
     }
 
     /// A reader starting at the oldest record.
+    /// A reader from the oldest record still on disk.
     pub fn reader(&self) -> Reader {
         let first = self
             .shared

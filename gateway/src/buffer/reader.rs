@@ -98,6 +98,12 @@ impl Reader {
         self.next_inner(Duration::ZERO, Some(limit))
     }
 
+    /// A handle that ends this reader's waits for new records, at once and for good: at
+    /// shutdown the sink then finds what is durable without waiting out its idle time.
+    pub fn interrupter(&self) -> super::Interrupter {
+        super::Interrupter::new(Arc::clone(&self.shared))
+    }
+
     /// End of the durable records now.
     pub fn durable(&self) -> Position {
         self.shared.lock().durable
@@ -113,7 +119,7 @@ impl Reader {
                 let s = if s.durable <= self.pos {
                     self.shared
                         .changed
-                        .wait_timeout_while(s, wait, |s| s.durable <= self.pos)
+                        .wait_timeout_while(s, wait, |s| s.durable <= self.pos && !s.interrupted)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 } else {

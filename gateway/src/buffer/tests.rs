@@ -76,6 +76,24 @@ fn append_read_deliver_delete_and_reopen() {
 }
 
 #[test]
+fn an_interrupted_reader_stops_waiting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _, _) = open_real(dir.path());
+    let mut reader = b.reader();
+    let wake = reader.interrupter();
+    let waiting = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let item = reader.next(Duration::from_secs(30)).unwrap();
+        (item.is_none(), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    wake.interrupt();
+    let (nothing, waited) = waiting.join().unwrap();
+    assert!(nothing);
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
+
+#[test]
 fn pending_counts_record_bytes_between_delivered_and_durable() {
     let dir = tempfile::tempdir().unwrap();
     let (mut b, _, _) = open_real(dir.path());
