@@ -4,11 +4,34 @@
 
 use std::net::SocketAddr;
 
+/// Why the embedded broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Its address is taken or not ours.
+    #[error(
+        "embedded broker cannot listen on {addr}: {source} (set mqtt.embedded_listen, or mqtt.host to use an external broker)"
+    )]
+    Listen {
+        /// `mqtt.embedded_listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its generated configuration did not parse (a bug).
+    #[error("embedded broker config: {0}")]
+    Config(#[from] toml::de::Error),
+    /// Its thread.
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Starts rumqttd on `listen` in its own threads.
-pub fn start(listen: SocketAddr) -> Result<(), String> {
+pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
     // rumqttd reports a busy port only in its log; check first so the error is ours.
-    std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("embedded broker cannot listen on {listen}: {e} (set mqtt.embedded_listen, or mqtt.host to use an external broker)"))?;
+    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen {
+        addr: listen,
+        source,
+    })?;
     let text = format!(
         r#"
 id = 0
@@ -28,8 +51,7 @@ max_payload_size = 262144
 max_inflight_count = 1000
 "#
     );
-    let config: rumqttd::Config =
-        toml::from_str(&text).map_err(|e| format!("embedded broker config: {e}"))?;
+    let config: rumqttd::Config = toml::from_str(&text)?;
     let mut broker = rumqttd::Broker::new(config);
     std::thread::Builder::new()
         .name("embedded-broker".into())
@@ -38,6 +60,6 @@ max_inflight_count = 1000
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         })
-        .map_err(|e| format!("cannot start the embedded broker thread: {e}"))?;
+        .map_err(BrokerError::Thread)?;
     Ok(())
 }

@@ -20,16 +20,29 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax or an unknown / mistyped key.
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
+        /// Where and why.
+        error: ParseError,
     },
     /// A value is out of its allowed range or inconsistent with another.
     #[error("config: {0}")]
     Invalid(String),
+}
+
+/// Where a config text is wrong and why: line, column and the parser's reason, never the
+/// text of the line (it may hold a password or token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {reason}")]
+pub struct ParseError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The parser's reason.
+    pub reason: String,
 }
 
 /// A password or token: deserialized like a string, never shown by `Debug`.
@@ -368,28 +381,24 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::parse(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            error,
         })?;
         config.apply_env(|k| std::env::var(k).ok());
         config.validate()?;
         Ok(config)
     }
 
-    /// Parses TOML text. The error gives the line, column and the parser's reason, never
-    /// the text of the line: it may hold a password or token.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         toml::from_str(text).map_err(|e| {
-            let reason = e.message().trim().to_string();
-            match e.span() {
-                Some(span) => {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("line {line}, column {column}: {reason}")
-                }
-                None => reason,
+            let start = e.span().map_or(0, |s| s.start.min(text.len()));
+            let before = &text[..start];
+            ParseError {
+                line: before.matches('\n').count() + 1,
+                column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                reason: e.message().trim().to_string(),
             }
         })
     }
@@ -523,7 +532,7 @@ mod tests {
             format!("[http]\nadmin_token = [\"{secret}\"]\n"),
             format!("[database]\napi = \"v1\"\nurl = \"http://x\"\npasswrd = \"{secret}\"\n"),
         ] {
-            let err = Config::parse(&text).unwrap_err();
+            let err = Config::parse(&text).unwrap_err().to_string();
             assert!(!err.contains(secret), "{err}");
             assert!(err.contains("line "), "{err}");
         }
@@ -534,9 +543,13 @@ mod tests {
 
     #[test]
     fn mistakes_get_messages_that_name_the_key() {
-        let err = Config::parse("[batch]\nmax_line = 3\n").unwrap_err();
+        let err = Config::parse("[batch]\nmax_line = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_line"), "{err}");
-        let err = Config::parse("[batch]\nlinger = \"soon\"\n").unwrap_err();
+        let err = Config::parse("[batch]\nlinger = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("linger") || err.contains("soon"), "{err}");
         let cases = [
             (

@@ -117,10 +117,8 @@ fn token_matches(configured: &Secret, given: &str) -> bool {
 }
 
 /// Binds the listener (so a busy port is reported at start-up).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("http.listen {addr}: {e}"))
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
 }
 
 async fn handle(mut stream: TcpStream, service: &Service) -> std::io::Result<()> {

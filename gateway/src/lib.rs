@@ -52,9 +52,42 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Configuration.
-    #[error("{0}")]
-    Config(String),
+    /// A directory or file the service needs.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// The setting or file it is.
+        what: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another gateway holds the data directory.
+    #[error("another gateway is running on data directory {0}")]
+    Locked(std::path::PathBuf),
+    /// A thread could not be started.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    /// The embedded broker.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The MQTT client's settings.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::SetupError),
+    /// `mqtt.group` is not an identifier.
+    #[error("mqtt.group: {0}")]
+    Group(protocol::TopicError),
+    /// The database writer.
+    #[error(transparent)]
+    Database(#[from] sink::SetupError),
+    /// `http.listen`.
+    #[error("http.listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Registry.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -113,7 +146,7 @@ fn spawn_essential(
                 died.token.cancel();
             }
         })
-        .map_err(|e| RunError::Config(format!("cannot start the {name} thread: {e}")))
+        .map_err(|e| RunError::Thread(name, e))
 }
 
 /// [`run`] with caller-held metrics (the demo and tests read them).
@@ -132,8 +165,11 @@ pub async fn run_with_metrics(
         });
     }
     let data = config.gateway.data_dir.clone();
-    std::fs::create_dir_all(&data)
-        .map_err(|e| RunError::Config(format!("gateway.data_dir {}: {e}", data.display())))?;
+    std::fs::create_dir_all(&data).map_err(|source| RunError::Path {
+        what: "gateway.data_dir",
+        path: data.clone(),
+        source,
+    })?;
     let _lock = lock_data_dir(&data)?;
     let registry = registry::Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
@@ -141,7 +177,7 @@ pub async fn run_with_metrics(
     let (host, port) = match &config.mqtt.host {
         Some(h) => (h.clone(), config.mqtt.port),
         None => {
-            broker::start(config.mqtt.embedded_listen).map_err(RunError::Config)?;
+            broker::start(config.mqtt.embedded_listen)?;
             tracing::info!(listen = %config.mqtt.embedded_listen, "embedded broker started");
             (
                 config.mqtt.embedded_listen.ip().to_string(),
@@ -149,9 +185,8 @@ pub async fn run_with_metrics(
             )
         }
     };
-    let options = mqtt::options(&config.mqtt, &host, port).map_err(RunError::Config)?;
-    let group = protocol::Id::new(&config.mqtt.group)
-        .map_err(|e| RunError::Config(format!("mqtt.group: {e}")))?;
+    let options = mqtt::options(&config.mqtt, &host, port)?;
+    let group = protocol::Id::new(&config.mqtt.group).map_err(RunError::Group)?;
     let filter = protocol::topic::shared_uplink_filter(group).to_string();
 
     let fs = fs::real();
@@ -189,11 +224,9 @@ pub async fn run_with_metrics(
             Box::new(sink::FileWriter::new(fs.clone(), data.join("export")))
         }
         Some(db) if db.api == DatabaseApi::V1 => {
-            Box::new(sink::V1Writer::new(db.clone(), runtime.clone()).map_err(RunError::Config)?)
+            Box::new(sink::V1Writer::new(db.clone(), runtime.clone())?)
         }
-        Some(db) => {
-            Box::new(sink::V2Writer::new(db.clone(), runtime.clone()).map_err(RunError::Config)?)
-        }
+        Some(db) => Box::new(sink::V2Writer::new(db.clone(), runtime.clone())?),
     };
 
     let died = Death::default();
@@ -230,7 +263,9 @@ pub async fn run_with_metrics(
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.http.listen {
-        let listener = http::bind(addr).await.map_err(RunError::Config)?;
+        let listener = http::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })?;
         tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
         let service = http::Service {
             metrics: metrics.clone(),
@@ -276,14 +311,13 @@ pub async fn run_with_metrics(
 /// One service per data directory: a second one would corrupt the buffer.
 fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
     let path = dir.join("lock");
-    let file =
-        File::create(&path).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
-    file.try_lock().map_err(|_| {
-        RunError::Config(format!(
-            "another gateway is running on data directory {}",
-            dir.display()
-        ))
+    let file = File::create(&path).map_err(|source| RunError::Path {
+        what: "lock file",
+        path,
+        source,
     })?;
+    file.try_lock()
+        .map_err(|_| RunError::Locked(dir.to_path_buf()))?;
     Ok(file)
 }
 

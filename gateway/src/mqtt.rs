@@ -30,8 +30,35 @@ const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 /// Longest wait at shutdown for the acks of messages already handed to the worker.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// Why the MQTT client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `mqtt.tls` without a CA.
+    #[error("mqtt.tls = true needs mqtt.ca_file (the CA that signed the broker's certificate)")]
+    NoCaFile,
+    /// The CA file cannot be read.
+    #[error("mqtt.ca_file {path}: {source}")]
+    CaRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable certificate.
+    #[error("mqtt.ca_file {path}: {reason}")]
+    CaParse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS library refused the settings.
+    #[error("mqtt TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 /// Builds the client options.
-pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, String> {
+pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, SetupError> {
     let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
     o.set_keep_alive(cfg.keep_alive)
         .set_clean_start(false)
@@ -56,36 +83,27 @@ pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, S
     Ok(o)
 }
 
-fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, String> {
+fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, SetupError> {
+    let path = cfg.ca_file.as_ref().ok_or(SetupError::NoCaFile)?;
+    let parse = |reason: String| SetupError::CaParse {
+        path: path.clone(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|source| SetupError::CaRead {
+        path: path.clone(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!(
-                    "mqtt.ca_file {}: no certificate found",
-                    path.display()
-                ));
-            }
-        }
-        None => {
-            return Err(
-                "mqtt.tls = true needs mqtt.ca_file (the CA that signed the broker's certificate)"
-                    .into(),
-            );
-        }
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| parse(e.to_string()))?;
+        roots.add(cert).map_err(|e| parse(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(parse("no certificate found".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConfiguration::Rustls(Arc::new(config)))

@@ -7,16 +7,47 @@ use crate::config::{DatabaseConfig, Secret};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
+/// Why a database writer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The CA file cannot be read.
+    #[error("database.ca_file {path}: {source}")]
+    CaRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA file is not a PEM certificate.
+    #[error("database.ca_file {path}: {source}")]
+    Ca {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The HTTP client.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The InfluxDB v2 client.
+    #[error("cannot build the InfluxDB v2 client: {0}")]
+    V2(#[from] influxdb2::BuildError),
+}
+
 /// Client settings shared by both APIs: timeout, keep-alive, optional extra CA.
-fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, String> {
+fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, SetupError> {
     let mut b = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .pool_idle_timeout(Duration::from_secs(90));
     if let Some(path) = &cfg.ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("database.ca_file {}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("database.ca_file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| SetupError::CaRead {
+            path: path.clone(),
+            source,
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|source| SetupError::Ca {
+            path: path.clone(),
+            source,
+        })?;
         b = b.add_root_certificate(cert);
     }
     Ok(b)
@@ -32,10 +63,8 @@ pub struct V1Writer {
 
 impl V1Writer {
     /// Builds the writer and its client.
-    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
-        let client = client_builder(&cfg)?
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, SetupError> {
+        let client = client_builder(&cfg)?.build()?;
         Ok(Self {
             client,
             cfg,
@@ -92,7 +121,7 @@ pub struct V2Writer {
 
 impl V2Writer {
     /// Builds the writer and its client.
-    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, String> {
+    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, SetupError> {
         // The same client settings as v1, the configured CA included.
         let builder = client_builder(&cfg)?;
         let org = cfg.org.clone().unwrap_or_default();
@@ -101,9 +130,8 @@ impl V2Writer {
             .as_ref()
             .map(|t| t.expose().to_string())
             .unwrap_or_default();
-        let client = influxdb2::ClientBuilder::with_builder(builder, cfg.url.clone(), org, token)
-            .build()
-            .map_err(|e| format!("cannot build the InfluxDB v2 client: {e}"))?;
+        let client =
+            influxdb2::ClientBuilder::with_builder(builder, cfg.url.clone(), org, token).build()?;
         Ok(Self {
             client,
             cfg,

@@ -14,7 +14,7 @@ mod influx;
 pub mod lanes;
 
 pub use file::FileWriter;
-pub use influx::{V1Writer, V2Writer};
+pub use influx::{SetupError, V1Writer, V2Writer};
 
 use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
