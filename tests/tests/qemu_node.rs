@@ -110,19 +110,53 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     .await;
 
     // The cellular data link goes down. Readings wait in the flash ring; a reset and a
-    // power cut happen during the outage.
+    // power cut happen during the outage. How far the board got is read from its flash
+    // file while it runs (a snapshot; the ring takes a torn record for the end), so the
+    // test waits for the board, not for a guessed time.
+    let registry = gateway::registry::Registry::load(&registry_path).unwrap();
+    let key = registry.get("lyon", "aq-qemu").unwrap().key.clone();
+    let who = protocol::Identity::new("lyon", "aq-qemu").unwrap();
+    let readings_in = |frames: &[Vec<u8>]| -> Vec<(u32, u32, protocol::Kind)> {
+        let mut out = Vec::new();
+        for frame in frames {
+            let opened = protocol::open(frame, &key, who).unwrap();
+            for r in &opened.readings {
+                out.push((opened.header.counter, r.time, r.values.kind()));
+            }
+        }
+        out
+    };
     modem.set_network(false);
     let outage = gateway::now_ms() / 1000;
+    let from_outage =
+        |q: &[(u32, u32, protocol::Kind)]| q.iter().filter(|r| u64::from(r.1) >= outage).count();
     // The exchange in flight waits out its 10 s time-out first (the node samples between
     // exchanges), then the node samples while it retries the link.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    wait_for(
+        "readings of the outage in flash",
+        Duration::from_secs(90),
+        async || {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            from_outage(&readings_in(&qemu::waiting_frames(dir.path()))) >= 2
+        },
+    )
+    .await;
     modem.reset();
     board.reset().await;
     wait_for("boot 3, offline", Duration::from_secs(30), async || {
         board.console().matches("vigie: node").count() == 3
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let before_boot3 = from_outage(&readings_in(&qemu::waiting_frames(dir.path())));
+    wait_for(
+        "readings of boot 3 in flash",
+        Duration::from_secs(90),
+        async || {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            from_outage(&readings_in(&qemu::waiting_frames(dir.path()))) >= before_boot3 + 2
+        },
+    )
+    .await;
     board.power_cut();
     let waiting = qemu::waiting_frames(dir.path());
     let board = Qemu::boot(&image, Some(&blob), modem.addr, dir.path());
@@ -134,17 +168,8 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     modem.set_network(true);
 
     // Every reading of the frames in flash at the power cut is stored, at its own time.
-    let registry = gateway::registry::Registry::load(&registry_path).unwrap();
-    let key = &registry.get("lyon", "aq-qemu").unwrap().key;
-    let who = protocol::Identity::new("lyon", "aq-qemu").unwrap();
-    let mut queued = Vec::new();
-    for frame in &waiting {
-        let opened = protocol::open(frame, key, who).unwrap();
-        for r in &opened.readings {
-            queued.push((opened.header.counter, r.time, r.values.kind()));
-        }
-    }
-    let in_outage = queued.iter().filter(|q| u64::from(q.1) >= outage).count();
+    let queued = readings_in(&waiting);
+    let in_outage = from_outage(&queued);
     assert!(
         in_outage >= 4,
         "readings of the outage waiting in flash at the power cut: {queued:?}"
