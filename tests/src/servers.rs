@@ -128,29 +128,50 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
 }
 
-/// Mosquitto with the project's config (`deploy/mosquitto.conf`), its port and
-/// persistence directory swapped for the test's own.
+/// Mosquitto as Debian installs it with the project's drop-in: Debian's own
+/// `/etc/mosquitto/mosquitto.conf` as the main file (pid file, persistence directory, log
+/// and include directory swapped for the test's own) including `deploy/mosquitto.conf`
+/// (its port swapped).
 pub fn mosquitto() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let addr = addr();
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    let debian = std::fs::read_to_string("/etc/mosquitto/mosquitto.conf")
+        .expect("/etc/mosquitto/mosquitto.conf (Debian package mosquitto)");
+    let mut main = String::new();
+    for line in debian.lines() {
+        let swapped = match line.split_whitespace().next() {
+            Some("pid_file") => format!("pid_file {}/mosquitto.pid", dir.path().display()),
+            Some("persistence_location") => {
+                format!("persistence_location {}/", dir.path().display())
+            }
+            Some("log_dest") => "log_dest stderr".to_string(),
+            Some("include_dir") => format!("include_dir {}", conf_d.display()),
+            _ => line.to_string(),
+        };
+        main.push_str(&swapped);
+        main.push('\n');
+    }
+    assert!(
+        main.contains("include_dir"),
+        "Debian's mosquitto.conf no longer includes conf.d:\n{debian}"
+    );
+    // Running as root in CI: keep root rather than dropping to a user that cannot write here.
+    main.push_str("user root\n");
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.conf");
-    let base = std::fs::read_to_string(project).unwrap();
-    let mut conf = String::new();
-    for line in base.lines() {
-        if line.starts_with("persistence_location") {
-            conf.push_str(&format!("persistence_location {}/\n", dir.path().display()));
-        } else if line.starts_with("listener ") {
-            conf.push_str(&format!("listener {} 127.0.0.1\n", addr.port()));
+    let mut vigie = String::new();
+    for line in std::fs::read_to_string(project).unwrap().lines() {
+        if line.starts_with("listener ") {
+            vigie.push_str(&format!("listener {} 127.0.0.1\n", addr.port()));
         } else {
-            conf.push_str(line);
-            conf.push('\n');
+            vigie.push_str(line);
+            vigie.push('\n');
         }
     }
-    // Running as root in CI: keep root rather than dropping to a user that cannot write here.
-    conf.push_str("user root\n");
-
+    std::fs::write(conf_d.join("vigie.conf"), vigie).unwrap();
     let path = dir.path().join("mosquitto.conf");
-    std::fs::write(&path, conf).unwrap();
+    std::fs::write(&path, main).unwrap();
     Server::spawn(
         "mosquitto",
         "mosquitto",
