@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::core::lineproto::StringFields;
-use gateway::core::replay_book::ReplayBook;
-use gateway::core::validate::TimeRules;
-use gateway::core::verify::{Context, Verdict, assess};
+use gateway::pure::lineproto::StringFields;
+use gateway::pure::replay_book::ReplayBook;
+use gateway::pure::validate::TimeRules;
+use gateway::pure::verify::{Context, Verdict, assess};
 use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 use std::hint::black_box;
@@ -119,7 +119,7 @@ fn per_reading(c: &mut Criterion) {
 /// counters, so every frame after the first goes through the overlay. Printed as a ratio
 /// measured back to back.
 fn batch_overlay(_: &mut Criterion) {
-    use gateway::core::batch;
+    use gateway::pure::batch;
     let (registry, _, now) = setup();
     let key = DeviceKey::new([7u8; 16], 1);
     let who = Identity::new("lyon", "aq-0001").unwrap();

@@ -226,10 +226,10 @@ fn default_db_timeout() -> Duration {
 
 impl DatabaseConfig {
     /// Where string values go in line protocol for this server.
-    pub fn string_fields(&self) -> crate::core::lineproto::StringFields {
+    pub fn string_fields(&self) -> crate::pure::lineproto::StringFields {
         match self.kind {
-            DatabaseKind::Influxdb => crate::core::lineproto::StringFields::Fields,
-            DatabaseKind::Victoriametrics => crate::core::lineproto::StringFields::Tags,
+            DatabaseKind::Influxdb => crate::pure::lineproto::StringFields::Fields,
+            DatabaseKind::Victoriametrics => crate::pure::lineproto::StringFields::Tags,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The ingest worker: one thread that owns the registry, the replay book, the durable
 //! buffer and the quarantine. It takes every message waiting (up to a batch), judges the
-//! batch with the pure core ([`crate::core::batch`]: each message gets the verdict it
+//! batch with the pure core ([`crate::pure::batch`]: each message gets the verdict it
 //! would get alone), appends the accepted records and quarantines the rejected ones,
 //! fsyncs (group commit), only then advances the replay windows, and hands back the
 //! broker acknowledgements in arrival order and one sealed acknowledgement per device
@@ -12,14 +12,14 @@
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
 use crate::buffer::{Buffer, BufferError, Recovered};
-use crate::core::batch::{self, Outcome};
-use crate::core::lineproto::StringFields;
-use crate::core::reason::Reason;
-use crate::core::record::Record;
-use crate::core::replay_book::ReplayBook;
-use crate::core::settle::Settled;
-use crate::core::validate::TimeRules;
-use crate::core::verify::{self, Context};
+use crate::pure::batch::{self, Outcome};
+use crate::pure::lineproto::StringFields;
+use crate::pure::reason::Reason;
+use crate::pure::record::Record;
+use crate::pure::replay_book::ReplayBook;
+use crate::pure::settle::Settled;
+use crate::pure::validate::TimeRules;
+use crate::pure::verify::{self, Context};
 use crate::fs::SharedFs;
 use crate::health::{Health, Store};
 use crate::metrics::{Metrics, labels};
@@ -37,7 +37,7 @@ const MAX_BATCH: usize = 2048;
 /// freed by an operator has no event).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-pub use crate::core::ack_flow::AckToken;
+pub use crate::pure::ack_flow::AckToken;
 
 /// What the worker hands the MQTT task once a commit is durable.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Vigie gateway: MQTT ingest → verify → validate → durable buffer → batched writes.
 //!
 //! Module map:
-//! - [`core`]: the pure core (verification, batch verdicts, validation, line protocol,
+//! - [`pure`]: the pure core (verification, batch verdicts, validation, line protocol,
 //!   replay book, retry classification, buffer record format). No I/O, time passed in.
 //! - [`config`]: TOML configuration, defaults, environment overrides, validation.
 //! - [`registry`]: the device registry file.
@@ -21,7 +21,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
-pub mod core;
+pub mod pure;
 pub mod fs;
 pub mod health;
 pub mod http;
@@ -205,7 +205,7 @@ pub async fn run_with_metrics(
         quarantine: open_quarantine("quarantine")?,
         db_quarantine: db_quarantine.clone(),
         snapshot_path: data.join("replay.state"),
-        rules: core::validate::TimeRules {
+        rules: pure::validate::TimeRules {
             max_future_skew_s: config.validation.max_future_skew.as_secs(),
             max_age_s: config.validation.max_age.as_secs(),
         },

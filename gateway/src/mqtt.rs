@@ -9,7 +9,7 @@
 //! unacknowledged messages across gateway restarts and redelivers them.
 
 use crate::config::MqttConfig;
-use crate::core::ack_flow::AckFlow;
+use crate::pure::ack_flow::AckFlow;
 use crate::health::Health;
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;

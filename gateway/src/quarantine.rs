@@ -18,7 +18,7 @@
 //!
 //! Only the running service writes; `quarantine list` only reads.
 
-use crate::core::reason::Reason;
+use crate::pure::reason::Reason;
 use crate::fs::{FsFile, Open, SharedFs};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -48,7 +48,7 @@ pub struct Entry {
     pub origin: Origin,
     /// MQTT topic, or the tenant for [`Origin::Database`].
     pub topic: String,
-    /// Reason code (see `core::reason`).
+    /// Reason code (see `pure::reason`).
     pub reason: String,
     /// Human detail.
     pub detail: String,

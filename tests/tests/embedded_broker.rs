@@ -225,7 +225,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     // Counter 0: the reading's second, 0 ms (SPEC §6, stored time).
     let first = format!(
         "lyon:air_quality,device=aq-1,tenant=lyon pm25=10,pm10=15 {}",
-        gateway::core::lineproto::timestamp_ms(now - 100, 0)
+        gateway::pure::lineproto::timestamp_ms(now - 100, 0)
     );
     assert!(lines.contains(&first), "{lines:#?}");
 

@@ -5,7 +5,7 @@
 //! **Per tenant.** A tenant whose database refuses (missing database, credentials, 5xx,
 //! timeouts) falls behind on its own cursor and is retried on its own backoff while the
 //! others keep flowing ([`lanes`]); health and the `vigie_tenant_behind` metric name it.
-//! Answers are classified by `core::retry`: a batch the database refuses (400/422) is
+//! Answers are classified by `pure::retry`: a batch the database refuses (400/422) is
 //! split to isolate the bad line, which goes to the database quarantine (replayable);
 //! if that quarantine cannot be written, the lines are not dropped: the tenant waits.
 
@@ -18,9 +18,9 @@ pub use influx::{SetupError, V1Writer, V2Writer};
 
 use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
-use crate::core::reason::Reason;
-use crate::core::record::Record;
-use crate::core::retry::{self, Action};
+use crate::pure::reason::Reason;
+use crate::pure::record::Record;
+use crate::pure::retry::{self, Action};
 use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{Metrics, labels};

@@ -96,12 +96,12 @@ pub fn apply<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::lineproto::StringFields;
+    use crate::pure::lineproto::StringFields;
     use crate::registry::Registry;
     use proptest::prelude::*;
     use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
-    use crate::core::fixtures::{self, NOW, RULES};
+    use crate::pure::fixtures::{self, NOW, RULES};
 
     fn registry() -> Registry {
         fixtures::registry(&["a", "bb"])

@@ -181,11 +181,11 @@ fn frame_tag(payload: &[u8]) -> Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::replay_book::ReplayBook;
+    use crate::pure::replay_book::ReplayBook;
     use crate::registry::{DeviceEntry, DeviceKind};
     use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, WasteBin};
 
-    use crate::core::fixtures::{NOW, RULES};
+    use crate::pure::fixtures::{NOW, RULES};
 
     fn entry(tenant: &str, id: &str, kind: DeviceKind) -> DeviceEntry {
         DeviceEntry {

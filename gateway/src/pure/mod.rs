@@ -1,5 +1,6 @@
 //! The pure core: no sockets, no files, time passed in. Everything here is tested without
-//! a broker or a database.
+//! a broker or a database. (Named `pure` rather than `core`, which would shadow the `core`
+//! crate inside the gateway.)
 //!
 //! - [`reason`]: why a frame is rejected, as stable codes.
 //! - [`ack_flow`]: which MQTT acknowledgements may go out, in what order.

@@ -86,10 +86,10 @@ impl Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::batch;
-    use crate::core::fixtures::{self, NOW, RULES};
-    use crate::core::lineproto::StringFields;
-    use crate::core::verify::Context;
+    use crate::pure::batch;
+    use crate::pure::fixtures::{self, NOW, RULES};
+    use crate::pure::lineproto::StringFields;
+    use crate::pure::verify::Context;
     use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
     fn registry() -> Registry {
