@@ -12,6 +12,9 @@
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
 use crate::buffer::{Buffer, BufferError, Recovered};
+use crate::fs::SharedFs;
+use crate::health::{Health, Store};
+use crate::metrics::{Metrics, labels};
 use crate::pure::batch::{self, Outcome};
 use crate::pure::lineproto::StringFields;
 use crate::pure::reason::Reason;
@@ -20,9 +23,6 @@ use crate::pure::replay_book::ReplayBook;
 use crate::pure::settle::Settled;
 use crate::pure::validate::TimeRules;
 use crate::pure::verify::{self, Context};
-use crate::fs::SharedFs;
-use crate::health::{Health, Store};
-use crate::metrics::{Metrics, labels};
 use crate::quarantine::{self, Origin, Quarantine};
 use crate::registry::Registry;
 use std::path::PathBuf;

@@ -9,10 +9,10 @@
 //! unacknowledged messages across gateway restarts and redelivers them.
 
 use crate::config::MqttConfig;
-use crate::pure::ack_flow::AckFlow;
 use crate::health::Health;
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
+use crate::pure::ack_flow::AckFlow;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};

@@ -18,8 +18,8 @@
 //!
 //! Only the running service writes; `quarantine list` only reads.
 
-use crate::pure::reason::Reason;
 use crate::fs::{FsFile, Open, SharedFs};
+use crate::pure::reason::Reason;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};

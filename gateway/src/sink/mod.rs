@@ -18,12 +18,12 @@ pub use influx::{SetupError, V1Writer, V2Writer};
 
 use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
-use crate::pure::reason::Reason;
-use crate::pure::record::Record;
-use crate::pure::retry::{self, Action};
 use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{Metrics, labels};
+use crate::pure::reason::Reason;
+use crate::pure::record::Record;
+use crate::pure::retry::{self, Action};
 use crate::quarantine::{self, Origin};
 use lanes::Lanes;
 use std::collections::BTreeMap;
