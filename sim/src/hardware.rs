@@ -89,10 +89,12 @@ impl Environment for SimEnv {
     }
 }
 
-/// NOR flash of a simulated node, one for the frame counter, one for the frame ring: two
-/// 2 KiB pages each. The ring then holds about 70 one-reading frames, close to the 64
+/// NOR flash of a simulated node, one for the frame counter, one for the frame ring: eight
+/// 512-byte pages each. The ring then holds about 70 one-reading frames, close to the 64
 /// readings the nodes queued in RAM before the ring, so outage tests overflow it the same.
-pub type RamFlash = firmware::simulated::RamFlash<4096, 2048>;
+/// Small pages matter: a full ring drops its oldest page, so with two large pages half
+/// of it could go at once (a 3 s outage at 3000× lost readings that way).
+pub type RamFlash = firmware::simulated::RamFlash<4096, 512>;
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 /// Virtual seconds between samples.
 const INTERVAL: u16 = 300;
 /// 3000×: ten samples a real second, so ten real seconds overflow the simulated node's
-/// ring (two 2 KiB pages, about 70 one-reading frames).
+/// ring (eight 512-byte pages, about 70 one-reading frames).
 const ACCEL: f64 = 3000.0;
 
 /// Times of `field` points of `device` in `measurement`, sorted, with their values.
