@@ -1,7 +1,8 @@
-//! Store-and-forward: readings wait here, oldest first, until they are sealed into a frame
-//! (the node then keeps that frame until the broker acknowledges it). During an outage the
-//! queue fills; when it is full the oldest reading is dropped and counted, and the count
-//! goes out in the next status report, so a loss is reported rather than silent.
+//! Readings waiting in RAM, oldest first, to be sealed into a frame: normally for an
+//! instant (the node seals each reading into the flash ring when it is recorded), longer
+//! only while the counter or the ring cannot be written. When the queue is full the oldest
+//! reading is dropped and counted, and the count goes out in the next status report, so a
+//! loss is reported rather than silent.
 
 use heapless::Deque;
 use protocol::{FrameWriter, Reading};
@@ -70,8 +71,8 @@ impl<const N: usize> Outbox<N> {
         (n > 0).then_some((frame, n))
     }
 
-    /// The first `n` readings are taken care of (sealed into a frame the node keeps until
-    /// its PUBACK): forget them.
+    /// The first `n` readings are taken care of (sealed into a frame now in the flash
+    /// ring): forget them.
     pub fn confirm(&mut self, n: usize) {
         for _ in 0..n {
             self.queue.pop_front();

@@ -92,6 +92,18 @@ async fn outcome(influx: SocketAddr, summary: &FleetSummary) -> (usize, usize, u
     (readings.len(), lost, rows - readings.len())
 }
 
+/// What every scenario here must end with: all devices ran, each has every reading
+/// acknowledged, and InfluxDB holds each reading the devices kept exactly once.
+fn assert_all_stored(summary: &FleetSummary, (stored, lost, duplicated): (usize, usize, usize)) {
+    assert_eq!(summary.failed, 0);
+    assert_eq!(
+        summary.waiting, 0,
+        "every reading acknowledged by the end: {summary}"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(stored as u64, summary.recorded - summary.dropped);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_broker_crashes_under_load_lose_nothing() {
     let _serial = SERIAL.lock().await;
@@ -124,15 +136,9 @@ async fn five_broker_crashes_under_load_lose_nothing() {
         gw.total("vigie_frames_duplicate_total"),
         gw.total("vigie_device_acks_total"),
     );
-    assert_eq!(summary.failed, 0);
+    assert_all_stored(&summary, (stored, lost, duplicated));
     assert!(summary.recorded > 300, "{summary}");
     assert_eq!(summary.dropped, 0, "no ring overflowed: {summary}");
-    assert_eq!(
-        summary.waiting, 0,
-        "every reading acknowledged by the end: {summary}"
-    );
-    assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(stored as u64, summary.recorded);
     assert_eq!(gw.total("vigie_frames_rejected_total"), 0.0);
     gw.stop().await;
 }
@@ -165,14 +171,11 @@ async fn an_expired_gateway_session_loses_nothing() {
          lost={lost} duplicated={duplicated} waiting={}",
         summary.recorded, summary.acknowledged, summary.resent, summary.waiting,
     );
-    assert_eq!(summary.failed, 0);
+    assert_all_stored(&summary, (stored, lost, duplicated));
     assert!(
         summary.resent > 0,
         "the dropped frames went again: {summary}"
     );
-    assert_eq!(summary.waiting, 0, "{summary}");
-    assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(stored as u64, summary.recorded - summary.dropped);
     gw.stop().await;
 }
 
@@ -225,10 +228,7 @@ async fn two_gateways_one_killed_each_acknowledges_what_it_holds() {
         acks(&a),
         acks(&b),
     );
-    assert_eq!(summary.failed, 0);
-    assert_eq!(summary.waiting, 0, "{summary}");
-    assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(stored as u64, summary.recorded - summary.dropped);
+    assert_all_stored(&summary, (stored, lost, duplicated));
     assert!(
         acks(&a) > 0.0 && acks(&b) > 0.0,
         "each gateway acknowledges"
