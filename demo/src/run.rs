@@ -5,10 +5,11 @@
 //! `--duration`, waits for the pipeline to drain, and prints
 //! `acknowledged=<n> stored=<n> rejected=<n>`.
 
+use gateway::access;
 use gateway::config::Config;
 use gateway::metrics::Metrics;
 use gateway::registry::{self, DeviceKind, Enrolment, Registry};
-use protocol::provision::Provisioning;
+use protocol::provision::{Provisioning, Transport};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -224,10 +225,14 @@ fn register_fleet(
                 heartbeat_s: 3600,
                 broker_host: "127.0.0.1".into(),
                 broker_port: broker.port(),
+                // The embedded broker listens on loopback only.
+                transport: Transport::Plain,
             };
             let mut key = [0u8; 16];
             getrandom::fill(&mut key).map_err(|e| DemoError::Registry(e.to_string()))?;
-            let (entry, blob) = registry::enroll(&enrolment, key, 1)
+            let password =
+                access::new_password().map_err(|e| DemoError::Registry(e.to_string()))?;
+            let (entry, blob) = registry::enroll(&enrolment, key, 1, &password)
                 .map_err(|e| DemoError::Registry(e.to_string()))?;
             entries.push(entry);
             blobs.push(blob);

@@ -16,7 +16,7 @@ use core::task::Poll;
 
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
-use protocol::provision::ProvisionError;
+use protocol::provision::{ProvisionError, Transport};
 
 use crate::backoff::Backoff;
 use crate::boot::BootError;
@@ -239,6 +239,10 @@ where
                 None => break 'session "modem: no answer in time",
             }
             let p = node.provisioning();
+            if p.transport != Transport::Plain {
+                // Never fall back to clear text: the password would travel in it.
+                break 'session "modem: TLS transport not supported by this firmware";
+            }
             let open = modem.open(&p.broker_host, p.broker_port);
             match with_timeout(|| board.millis(), STEP_MS, open).await {
                 Some(Ok(())) => {}
@@ -296,12 +300,14 @@ pub fn boot_error(e: BootError) -> &'static str {
         BootError::Flash => "provisioning flash unreadable",
         BootError::Interval => "provisioning blob: sample interval is zero",
         BootError::Provisioning(p) => match p {
-            ProvisionError::Magic => "no provisioning blob (magic VGP1 missing): load one",
+            ProvisionError::Magic => "no provisioning blob (magic VGP2 missing): load one",
             ProvisionError::Truncated => "provisioning blob truncated",
             ProvisionError::Checksum => "provisioning blob checksum mismatch (half-written?)",
             ProvisionError::Id => "provisioning blob: invalid tenant or device id",
             ProvisionError::Kind => "provisioning blob: unknown device kind",
             ProvisionError::Host => "provisioning blob: invalid broker host",
+            ProvisionError::Password => "provisioning blob: invalid broker password",
+            ProvisionError::Tls => "provisioning blob: unknown transport (newer gateway?)",
             _ => "provisioning blob invalid",
         },
     }
@@ -413,6 +419,8 @@ mod tests {
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
             broker_port: 1883,
+            broker_password: "pw".try_into().unwrap(),
+            transport: Transport::Plain,
         };
         let counter = FrameCounter::resume(RamFlash::<2048, 512>::default(), 0, 16).unwrap();
         let ring = FrameRing::resume(RamFlash::<2048, 512>::default()).unwrap();

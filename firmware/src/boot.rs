@@ -55,6 +55,8 @@ mod tests {
             bin_depth_mm: 0,
             broker_host: "mqtt.example".try_into().unwrap(),
             broker_port: 1883,
+            broker_password: "pw".try_into().unwrap(),
+            transport: protocol::provision::Transport::Plain,
         }
     }
 

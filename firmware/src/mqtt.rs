@@ -74,25 +74,46 @@ impl<T: Read + Write> Mqtt<T> {
         }
     }
 
-    /// CONNECT with Clean Start and `will`, then waits for the CONNACK.
+    /// CONNECT with Clean Start, `will` and the account `client_id` / `password` (the
+    /// username is the client id, SPEC §11), then waits for the CONNACK.
     pub async fn connect(
         &mut self,
         client_id: &str,
+        password: &str,
         keep_alive_s: u16,
         will: Will<'_>,
     ) -> Result<(), MqttError> {
-        let body_len =
-            10 + 1 + str_len(client_id) + 1 + str_len(will.topic) + 2 + will.payload.len();
+        let body_len = 10
+            + 1
+            + str_len(client_id)
+            + 1
+            + str_len(will.topic)
+            + 2
+            + will.payload.len()
+            + str_len(client_id)
+            + str_len(password);
         self.header(0x10, body_len).await?;
-        // Protocol name, version 5, flags: will retain, will QoS 1, will, clean start.
-        self.put(&[0, 4, b'M', b'Q', b'T', b'T', 5, 0x20 | 0x08 | 0x04 | 0x02])
-            .await?;
+        // Protocol name, version 5, flags: username, password, will retain, will QoS 1,
+        // will, clean start.
+        self.put(&[
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+            0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02,
+        ])
+        .await?;
         self.put(&keep_alive_s.to_be_bytes()).await?;
         self.put(&[0]).await?; // no properties
         self.string(client_id).await?;
         self.put(&[0]).await?; // no will properties
         self.string(will.topic).await?;
         self.binary(will.payload).await?;
+        self.string(client_id).await?;
+        self.binary(password.as_bytes()).await?;
         self.flush().await?;
         match self.next().await? {
             Incoming::ConnAck(0) => Ok(()),
@@ -392,16 +413,17 @@ mod tests {
             topic: "t/s",
             payload: b"off",
         };
-        assert_eq!(block_on(c.connect("a.b", 600, will)), Ok(()));
+        assert_eq!(block_on(c.connect("a.b", "pw", 600, will)), Ok(()));
         let want = [
-            0x10, 27, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x2e, 0x02, 0x58, 0, // header, props
-            0, 3, b'a', b'.', b'b', 0, 0, 3, b't', b'/', b's', 0, 3, b'o', b'f', b'f',
+            0x10, 36, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xee, 0x02, 0x58, 0, // header, props
+            0, 3, b'a', b'.', b'b', 0, 0, 3, b't', b'/', b's', 0, 3, b'o', b'f', b'f', // will
+            0, 3, b'a', b'.', b'b', 0, 2, b'p', b'w', // username, password
         ];
         assert_eq!(c.io.sent, want);
         // A refusal carries its reason code.
         let mut c = client(&[0x20, 3, 0, 0x86, 0]);
         assert_eq!(
-            block_on(c.connect("a.b", 600, will)),
+            block_on(c.connect("a.b", "pw", 600, will)),
             Err(MqttError::Refused(0x86))
         );
     }

@@ -229,7 +229,8 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         } = self;
         let mut acknowledged = 0;
         let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
-        let connected = uplink.connect(client, &mut on_message).await;
+        let password = provisioning.broker_password.as_str();
+        let connected = uplink.connect(client, password, &mut on_message).await;
         self.acknowledged = self.acknowledged.saturating_add(acknowledged);
         connected?;
         Ok(acknowledged)
@@ -522,6 +523,8 @@ mod tests {
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
             broker_port: 1883,
+            broker_password: "pw".try_into().unwrap(),
+            transport: protocol::provision::Transport::Plain,
         }
     }
 

@@ -60,11 +60,12 @@ impl Uplink {
         self.keep_alive_s
     }
 
-    /// Connects, announces `online` and subscribes to the device's acknowledgements (a
-    /// retained one may arrive: `on_message`).
+    /// Connects with the device's broker `password`, announces `online` and subscribes to
+    /// the device's acknowledgements (a retained one may arrive: `on_message`).
     pub async fn connect<T: Read + Write>(
         &self,
         client: &mut Mqtt<T>,
+        password: &str,
         on_message: &mut dyn FnMut(&[u8]),
     ) -> Result<(), UplinkError> {
         let will = Will {
@@ -72,7 +73,7 @@ impl Uplink {
             payload: STATUS_OFFLINE,
         };
         client
-            .connect(&self.client_id, self.keep_alive_s, will)
+            .connect(&self.client_id, password, self.keep_alive_s, will)
             .await?;
         client
             .publish(&self.status, STATUS_ONLINE, true, on_message)

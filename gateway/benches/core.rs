@@ -49,6 +49,7 @@ fn setup() -> (Registry, Vec<u8>, u64) {
         latitude: None,
         longitude: None,
         bin_depth_mm: None,
+        broker_password_hash: None,
         revoked: false,
     };
     let registry = Registry::from_entries(vec![entry]).unwrap();

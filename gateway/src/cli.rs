@@ -1,11 +1,13 @@
-//! Operator commands: `check-config`, `devices add|list|revoke`, `quarantine list|replay`.
+//! Operator commands: `check-config`, `devices add|rotate|list|revoke`, `gateways add`,
+//! `quarantine list|replay`.
 //! Each returns the text to print or an error message; `main.rs` only prints.
 
-use crate::config::Config;
+use crate::access;
+use crate::config::{Config, GatewayConfig};
 use crate::quarantine;
 use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
 use protocol::json::UtcTime;
-use protocol::provision::MAX_BLOB_LEN;
+use protocol::provision::{MAX_BLOB_LEN, Transport};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,7 +33,7 @@ pub fn check_config(path: &Path) -> Result<String, String> {
     ))
 }
 
-/// Options of `devices add`.
+/// Options of `devices add` and `devices rotate`.
 #[derive(Debug, Clone)]
 pub struct AddDevice {
     /// The device and the settings its blob carries.
@@ -40,52 +42,139 @@ pub struct AddDevice {
     pub blob_out: PathBuf,
 }
 
-/// `devices add`: generates a key (or the next epoch's key for an existing device), writes
-/// the registry entry and the board's provisioning blob.
-pub fn devices_add(registry_path: &Path, a: &AddDevice) -> Result<String, String> {
+/// Whether a device must be new or must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrol {
+    /// `devices add`: a new device, or a re-keying of an existing one.
+    Add,
+    /// `devices rotate`: an existing device gets a new key, epoch and broker password.
+    Rotate,
+}
+
+/// `devices add` / `devices rotate`: generates a key (the next epoch's for an existing
+/// device) and a broker password, writes the registry entry, the board's provisioning
+/// blob and the broker's access file.
+pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, String> {
     let d = &a.device;
-    let mut registry = Registry::load(registry_path).map_err(|e| e.to_string())?;
-    // Re-adding a device is a re-keying: new key, next epoch, counter may restart.
-    let epoch = registry
-        .get(&d.tenant, &d.id)
-        .map_or(1, |dev| dev.entry.epoch.saturating_add(1));
+    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
+    let existing = registry.get(&d.tenant, &d.id);
+    if mode == Enrol::Rotate && existing.is_none() {
+        return Err(format!(
+            "no device {}/{} in {}: use `devices add`",
+            d.tenant,
+            d.id,
+            g.registry.display()
+        ));
+    }
+    // A re-keying: new key, next epoch, counter may restart.
+    let epoch = existing.map_or(1, |dev| dev.entry.epoch.saturating_add(1));
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
+    let password = access::new_password()
+        .map_err(|e| format!("no system randomness for the password: {e}"))?;
     // Each mistake named by the option that carries it.
-    let (entry, blob) = registry::enroll(d, key, epoch).map_err(|e| match e {
+    let (entry, blob) = registry::enroll(d, key, epoch, &password).map_err(|e| match e {
         EnrolError::Tenant(..) => format!("--tenant: {e}"),
         EnrolError::Id(..) => format!("--id: {e}"),
         EnrolError::Host(..) => format!("--broker-host: {e}"),
+        EnrolError::Password | EnrolError::Random(_) => e.to_string(),
     })?;
     registry.upsert(entry).map_err(|e| e.to_string())?;
     let mut buf = [0u8; MAX_BLOB_LEN];
     let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
     crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
         .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
-    registry.save(registry_path).map_err(|e| e.to_string())?;
+    save(g, &registry)?;
+    let transport = match d.transport {
+        Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)",
+        Transport::Tls { .. } => "TLS",
+    };
     Ok(format!(
-        "added {}/{} ({:?}, key epoch {epoch}); provisioning blob: {} ({n} bytes). \
-         Send SIGHUP to a running gateway to load it.",
+        "{} {}/{} ({:?}, key epoch {epoch}, {transport}); provisioning blob: {} ({n} bytes).\n\
+         Send SIGHUP to a running gateway to load it; {}",
+        if epoch == 1 { "added" } else { "re-keyed" },
         d.tenant,
         d.id,
         d.kind,
-        a.blob_out.display()
+        a.blob_out.display(),
+        access::restart_hint(&g.broker_access())
     ))
 }
 
-/// `devices revoke`.
-pub fn devices_revoke(registry_path: &Path, tenant: &str, id: &str) -> Result<String, String> {
-    let mut registry = Registry::load(registry_path).map_err(|e| e.to_string())?;
+/// Saves the registry, then the broker's access file derived from it.
+fn save(g: &GatewayConfig, registry: &Registry) -> Result<(), String> {
+    registry.save(&g.registry).map_err(|e| e.to_string())?;
+    let path = g.broker_access();
+    access::write(&path, registry).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `devices revoke`: the gateway rejects the device's frames from its next registry
+/// reload; the broker refuses the device from its next restart.
+pub fn devices_revoke(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, String> {
+    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
     if !registry.revoke(tenant, id) {
         return Err(format!(
             "no device {tenant}/{id} in {}",
-            registry_path.display()
+            g.registry.display()
         ));
     }
-    registry.save(registry_path).map_err(|e| e.to_string())?;
+    save(g, &registry)?;
     Ok(format!(
-        "revoked {tenant}/{id}; send SIGHUP to a running gateway to apply it"
+        "revoked {tenant}/{id}; send SIGHUP to a running gateway to apply it; {}",
+        access::restart_hint(&g.broker_access())
     ))
+}
+
+/// `gateways add`: a broker account for one gateway (each gateway of a group needs its
+/// own: the broker binds the account to one client id, its username). The password goes to `password_out`
+/// (mode 0600), its hash to the registry and the broker's access file.
+pub fn gateways_add(
+    g: &GatewayConfig,
+    username: &str,
+    password_out: &Path,
+) -> Result<String, String> {
+    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
+    let password = access::new_password()
+        .map_err(|e| format!("no system randomness for the password: {e}"))?;
+    let password_hash = access::PasswordHash::new(&password)
+        .map_err(|e| format!("no system randomness for the salt: {e}"))?;
+    registry
+        .set_gateway(registry::GatewayAccount {
+            username: username.into(),
+            password_hash,
+        })
+        .map_err(|e| e.to_string())?;
+    crate::fs::write_atomic(
+        password_out,
+        format!("{}\n", password.expose()).as_bytes(),
+        0o600,
+    )
+    .map_err(|e| format!("{}: {e}", password_out.display()))?;
+    save(g, &registry)?;
+    Ok(format!(
+        "gateway account {username}: password in {}. In the gateway's config set \
+         mqtt.username = \"{username}\" and mqtt.password_file = \"{}\"; {}",
+        password_out.display(),
+        password_out.display(),
+        access::restart_hint(&g.broker_access())
+    ))
+}
+
+/// The `transport` a board gets: TLS pinned to the CA in `ca_pem` (its first
+/// certificate), or plain TCP without one.
+pub fn transport(ca_pem: Option<&Path>) -> Result<Transport, String> {
+    let Some(path) = ca_pem else {
+        return Ok(Transport::Plain);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("--broker-ca {}: {e}", path.display()))?;
+    let cert = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| format!("--broker-ca {}: no PEM certificate", path.display()))?
+        .map_err(|e| format!("--broker-ca {}: {e}", path.display()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut ca_sha256 = [0u8; 32];
+    ca_sha256.copy_from_slice(digest.as_ref());
+    Ok(Transport::Tls { ca_sha256 })
 }
 
 /// `devices list`: the registry, with last-seen times from the running service if it answers.
@@ -230,10 +319,37 @@ mod tests {
     use super::*;
     use protocol::provision::Provisioning;
 
+    /// The accounts and ACLs of the access file, as (username, [(acltype, topic)]).
+    fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(g.broker_access()).unwrap()).unwrap();
+        let roles = v["roles"].as_array().unwrap();
+        v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let role = c["roles"][0]["rolename"].as_str().unwrap();
+                let r = roles.iter().find(|r| r["rolename"] == role).unwrap();
+                let acls = r["acls"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| (a["acltype"].to_string(), a["topic"].to_string()))
+                    .collect();
+                (c["username"].as_str().unwrap().to_string(), acls)
+            })
+            .collect()
+    }
+
     #[test]
-    fn add_writes_registry_and_a_blob_the_firmware_accepts_and_rekeys() {
+    fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = dir.path().join("devices.toml");
+        let g = GatewayConfig {
+            data_dir: dir.path().join("data"),
+            registry: dir.path().join("devices.toml"),
+            broker_access: None,
+        };
         let mut a = AddDevice {
             device: Enrolment {
                 tenant: "lyon".into(),
@@ -248,42 +364,85 @@ mod tests {
                 heartbeat_s: 3600,
                 broker_host: "mqtt.lyon.example".into(),
                 broker_port: 8883,
+                transport: Transport::Tls { ca_sha256: [7; 32] },
             },
             blob_out: dir.path().join("bin-7.vgp"),
         };
-        devices_add(&reg, &a).unwrap();
+        // Rotating a device that does not exist is refused.
+        assert!(
+            devices_add(&g, &a, Enrol::Rotate)
+                .unwrap_err()
+                .contains("devices add")
+        );
+        devices_add(&g, &a, Enrol::Add).unwrap();
         let blob = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
-        let registry = Registry::load(&reg).unwrap();
+        let registry = Registry::load(&g.registry).unwrap();
         let dev = registry.get("lyon", "bin-7").unwrap();
         assert_eq!(blob.key, dev.key, "blob and registry hold the same key");
         assert_eq!(
             (blob.bin_depth_mm, blob.broker_port, blob.key.epoch()),
             (1100, 8883, 1)
         );
-        // Adding again re-keys with the next epoch.
+        assert_eq!(blob.transport, a.device.transport);
+        // The registry keeps the password's hash only; the blob the password.
+        let hash = dev.entry.broker_password_hash.clone().unwrap();
+        assert!(hash.verify(&blob.broker_password));
+        let text = std::fs::read_to_string(&g.registry).unwrap();
+        assert!(!text.contains(blob.broker_password.as_str()));
+        // The device's account may publish its uplink and status, read its acks.
+        let q = |s: &str| format!("{s:?}");
+        assert_eq!(
+            accounts(&g),
+            [(
+                "lyon.bin-7".to_string(),
+                vec![
+                    (q("publishClientSend"), q("vigie/v1/lyon/bin-7/up")),
+                    (q("publishClientSend"), q("vigie/v1/lyon/bin-7/status")),
+                    (q("subscribeLiteral"), q("vigie/v1/lyon/bin-7/ack")),
+                    (q("publishClientReceive"), q("vigie/v1/lyon/bin-7/ack")),
+                ]
+            )]
+        );
+        // A gateway account: may share the uplink subscription and acknowledge.
+        let pw = dir.path().join("gw.password");
+        gateways_add(&g, "gw-mairie", &pw).unwrap();
+        let secret = std::fs::read_to_string(&pw).unwrap();
+        assert_eq!(secret.trim().len(), access::PASSWORD_LEN);
+        let gw = Registry::load(&g.registry).unwrap().gateways()[0].clone();
+        assert!(gw.password_hash.verify(secret.trim()));
+        assert!(
+            gateways_add(&g, "lyon.bin-7", &pw).is_err(),
+            "a device's name"
+        );
+        // Rotating: next epoch, new key, new password; the gateway account stays.
         a.blob_out = dir.path().join("bin-7b.vgp");
-        devices_add(&reg, &a).unwrap();
-        let again = Registry::load(&reg).unwrap();
+        devices_add(&g, &a, Enrol::Rotate).unwrap();
+        let blob2 = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
+        let again = Registry::load(&g.registry).unwrap();
         let dev2 = again.get("lyon", "bin-7").unwrap();
         assert_eq!(dev2.key.epoch(), 2);
         assert_ne!(dev2.key.expose_secret(), dev.key.expose_secret());
+        assert_ne!(blob2.broker_password, blob.broker_password);
+        let hash2 = dev2.entry.broker_password_hash.clone().unwrap();
+        assert!(hash2.verify(&blob2.broker_password) && !hash2.verify(&blob.broker_password));
         // Bad ids get a clear message.
         a.device.id = "Bin 7".into();
-        assert!(devices_add(&reg, &a).unwrap_err().contains("--id"));
         assert!(
-            devices_revoke(&reg, "lyon", "nope")
+            devices_add(&g, &a, Enrol::Add)
+                .unwrap_err()
+                .contains("--id")
+        );
+        assert!(
+            devices_revoke(&g, "lyon", "nope")
                 .unwrap_err()
                 .contains("no device")
         );
-        devices_revoke(&reg, "lyon", "bin-7").unwrap();
-        assert!(
-            Registry::load(&reg)
-                .unwrap()
-                .get("lyon", "bin-7")
-                .unwrap()
-                .entry
-                .revoked
-        );
+        // Revoking removes the device's broker account, keeps the gateway's.
+        devices_revoke(&g, "lyon", "bin-7").unwrap();
+        let reg = Registry::load(&g.registry).unwrap();
+        assert!(reg.get("lyon", "bin-7").unwrap().entry.revoked);
+        let names: Vec<_> = accounts(&g).into_iter().map(|(u, _)| u).collect();
+        assert_eq!(names, ["gw-mairie"]);
     }
 
     #[test]

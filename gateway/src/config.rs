@@ -99,6 +99,21 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// Device registry file (`devices add` writes it).
     pub registry: PathBuf,
+    /// The broker's access file (accounts and ACLs) that `devices` and `gateways`
+    /// commands rewrite; default `broker-access.json` beside the registry.
+    pub broker_access: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// Where the broker's access file is.
+    pub fn broker_access(&self) -> PathBuf {
+        self.broker_access.clone().unwrap_or_else(|| {
+            self.registry
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("broker-access.json")
+        })
+    }
 }
 
 impl Default for GatewayConfig {
@@ -106,6 +121,7 @@ impl Default for GatewayConfig {
         Self {
             data_dir: PathBuf::from("/var/lib/vigie"),
             registry: PathBuf::from("/etc/vigie/devices.toml"),
+            broker_access: None,
         }
     }
 }
@@ -118,14 +134,19 @@ pub struct MqttConfig {
     pub host: Option<String>,
     /// Broker port.
     pub port: u16,
-    /// Stable client id: the broker keeps this gateway's session (and unacked messages) under it.
+    /// Stable client id: the broker keeps this gateway's session (and unacked messages)
+    /// under it. With `username` set, the username is the client id.
     pub client_id: String,
     /// Shared-subscription group: gateways of one group split the fleet.
     pub group: String,
-    /// Username, if the broker requires one.
+    /// Broker account (`gateways add`). The shipped broker config binds each account to
+    /// one client id, its username: with a username, the client id is the username.
     pub username: Option<String>,
-    /// Password (or `VIGIE_MQTT_PASSWORD`).
+    /// Password (or `VIGIE_MQTT_PASSWORD`, or `password_file`).
     pub password: Option<Secret>,
+    /// File holding the password (what `gateways add` writes), read at start; `password`
+    /// wins when both are set.
+    pub password_file: Option<PathBuf>,
     /// Connect with TLS (rustls).
     pub tls: bool,
     /// PEM CA bundle for TLS; unset uses the system roots.
@@ -151,6 +172,7 @@ impl Default for MqttConfig {
             group: "vigie".into(),
             username: None,
             password: None,
+            password_file: None,
             tls: false,
             ca_file: None,
             session_expiry: Duration::from_secs(24 * 3600),
@@ -435,6 +457,25 @@ impl Config {
     /// Checks ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(user) = &self.mqtt.username
+            && self.mqtt.client_id != user.as_str()
+            && self.mqtt.client_id != MqttConfig::default().client_id
+        {
+            return bad(format!(
+                "mqtt.client_id {:?} differs from mqtt.username {user:?}: the broker lets an \
+                 account connect with its own username as client id only; remove \
+                 mqtt.client_id",
+                self.mqtt.client_id
+            ));
+        }
+        if self.mqtt.host.is_none() && !self.mqtt.embedded_listen.ip().is_loopback() {
+            return bad(format!(
+                "mqtt.embedded_listen {}: the embedded broker has no accounts, so it listens on \
+                 loopback only; for devices on a network set mqtt.host and run Mosquitto with \
+                 deploy/mosquitto.conf",
+                self.mqtt.embedded_listen
+            ));
+        }
         if let Some(db) = &self.database {
             // A URL the HTTP client cannot use is a config error, not a failure at the first
             // write (the v2 client would panic on it).

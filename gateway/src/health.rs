@@ -71,8 +71,10 @@ pub enum Tenant {
 /// Everything `/readyz` reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
-    /// Connected to the broker.
+    /// Connected to the broker and subscribed.
     pub broker_connected: bool,
+    /// Why the broker refused this gateway (its account, its subscription), if it did.
+    pub broker_error: Option<String>,
     /// Buffer and quarantine.
     pub store: Store,
     /// Delivery per tenant that has been written to (or tried).
@@ -91,7 +93,10 @@ impl Snapshot {
     pub fn summary(&self) -> String {
         let mut problems = Vec::new();
         if !self.broker_connected {
-            problems.push("not connected to the broker".to_string());
+            problems.push(match &self.broker_error {
+                Some(e) => format!("not connected to the broker: {e}"),
+                None => "not connected to the broker".to_string(),
+            });
         }
         problems.extend(self.store.problem());
         for (tenant, state) in &self.tenants {
@@ -124,9 +129,12 @@ impl Health {
         self.lock().clone()
     }
 
-    /// Sets the broker connection state.
-    pub fn set_broker(&self, connected: bool) {
-        self.lock().broker_connected = connected;
+    /// Sets the broker connection state: subscribed (`Ok`), or not, with the broker's
+    /// refusal if there was one.
+    pub fn set_broker(&self, state: Result<(), Option<String>>) {
+        let mut s = self.lock();
+        s.broker_connected = state.is_ok();
+        s.broker_error = state.err().flatten();
     }
 
     /// Sets the store state; returns the previous one.
@@ -152,7 +160,7 @@ mod tests {
     #[test]
     fn a_held_tenant_is_reported_but_keeps_the_gateway_ready() {
         let h = Health::default();
-        h.set_broker(true);
+        h.set_broker(Ok(()));
         h.set_tenant(
             "lyon",
             Tenant::Held {
@@ -169,5 +177,21 @@ mod tests {
         let s = h.snapshot();
         assert!(!s.ready());
         assert!(s.summary().starts_with("disk full"), "{}", s.summary());
+    }
+
+    #[test]
+    fn a_refusing_broker_is_named_in_the_summary() {
+        let h = Health::default();
+        h.set_broker(Err(Some(
+            "the broker refused this gateway's account".into(),
+        )));
+        let s = h.snapshot();
+        assert!(!s.ready());
+        assert_eq!(
+            s.summary(),
+            "not connected to the broker: the broker refused this gateway's account"
+        );
+        h.set_broker(Ok(()));
+        assert!(h.snapshot().ready() && h.snapshot().broker_error.is_none());
     }
 }

@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
 
+pub mod access;
 pub mod broker;
 pub mod buffer;
 pub mod cli;

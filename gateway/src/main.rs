@@ -35,6 +35,9 @@ enum Command {
     /// Manage devices in the registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Manage the gateways' broker accounts.
+    #[command(subcommand)]
+    Gateways(GatewaysCommand),
     /// Inspect or replay rejected frames.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -42,58 +45,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevicesCommand {
-    /// Register a device (or re-key an existing one) and write its provisioning blob.
-    Add {
-        /// Configuration file.
-        #[arg(long, env = "VIGIE_CONFIG")]
-        config: PathBuf,
-        /// Tenant id (commune), e.g. `lyon`.
-        #[arg(long)]
-        tenant: String,
-        /// Device id, e.g. `aq-0001`.
-        #[arg(long)]
-        id: String,
-        /// Device kind.
-        #[arg(long, value_enum)]
-        kind: DeviceKind,
-        /// Site name (database tag).
-        #[arg(long)]
-        site: Option<String>,
-        /// Zone (database tag).
-        #[arg(long)]
-        zone: Option<String>,
-        /// Latitude (WGS84).
-        #[arg(long)]
-        latitude: Option<f64>,
-        /// Longitude (WGS84).
-        #[arg(long)]
-        longitude: Option<f64>,
-        /// Bin depth from sensor to bottom, mm (bins).
-        #[arg(long)]
-        bin_depth_mm: Option<u16>,
-        /// Seconds between samples.
-        #[arg(long, default_value_t = 300)]
-        sample_interval: u16,
-        /// Seconds after which a reading is sent even without change.
-        #[arg(long, default_value_t = 3600)]
-        heartbeat: u16,
-        /// Broker host the board connects to (default: mqtt.host).
-        #[arg(long)]
-        broker_host: Option<String>,
-        /// Broker port the board connects to (default: mqtt.port).
-        #[arg(long)]
-        broker_port: Option<u16>,
-        /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
-        #[arg(long)]
-        blob_out: Option<PathBuf>,
-    },
+    /// Register a device (or re-key an existing one), write its provisioning blob and its
+    /// broker account.
+    Add(DeviceArgs),
+    /// Re-key an existing device: new key, key epoch and broker password, new blob.
+    Rotate(DeviceArgs),
     /// List devices, with last-seen times from the running service.
     List {
         /// Configuration file.
         #[arg(long, env = "VIGIE_CONFIG")]
         config: PathBuf,
     },
-    /// Revoke a device: its frames are rejected from the next registry reload.
+    /// Revoke a device: its frames are rejected from the next registry reload, its broker
+    /// account is removed.
     Revoke {
         /// Configuration file.
         #[arg(long, env = "VIGIE_CONFIG")]
@@ -104,6 +68,72 @@ enum DevicesCommand {
         /// Device id.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// Configuration file.
+    #[arg(long, env = "VIGIE_CONFIG")]
+    config: PathBuf,
+    /// Tenant id (commune), e.g. `lyon`.
+    #[arg(long)]
+    tenant: String,
+    /// Device id, e.g. `aq-0001`.
+    #[arg(long)]
+    id: String,
+    /// Device kind.
+    #[arg(long, value_enum)]
+    kind: DeviceKind,
+    /// Site name (database tag).
+    #[arg(long)]
+    site: Option<String>,
+    /// Zone (database tag).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Latitude (WGS84).
+    #[arg(long)]
+    latitude: Option<f64>,
+    /// Longitude (WGS84).
+    #[arg(long)]
+    longitude: Option<f64>,
+    /// Bin depth from sensor to bottom, mm (bins).
+    #[arg(long)]
+    bin_depth_mm: Option<u16>,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 300)]
+    sample_interval: u16,
+    /// Seconds after which a reading is sent even without change.
+    #[arg(long, default_value_t = 3600)]
+    heartbeat: u16,
+    /// Broker host the board connects to (default: mqtt.host).
+    #[arg(long)]
+    broker_host: Option<String>,
+    /// Broker port the board connects to (default: mqtt.port).
+    #[arg(long)]
+    broker_port: Option<u16>,
+    /// PEM certificate of the CA that signed the broker's certificate: the board then
+    /// connects over TLS and accepts only a broker chaining to it. Without it: plain TCP.
+    #[arg(long)]
+    broker_ca: Option<PathBuf>,
+    /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
+    #[arg(long)]
+    blob_out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum GatewaysCommand {
+    /// Create (or renew) a gateway's broker account; each gateway needs its own.
+    Add {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// Account name (`a-z`, `0-9`, `-`), e.g. `gw-mairie`.
+        #[arg(long)]
+        username: String,
+        /// Where to write the generated password (mode 0600).
+        #[arg(long)]
+        password_out: PathBuf,
     },
 }
 
@@ -135,6 +165,13 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
         Command::Devices(cmd) => devices(cmd),
+        Command::Gateways(GatewaysCommand::Add {
+            config,
+            username,
+            password_out,
+        }) => load(&config)
+            .and_then(|c| cli::gateways_add(&c.gateway, &username, &password_out))
+            .map(|s| println!("{s}")),
         Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
             .and_then(|c| cli::quarantine_list(&c))
             .map(|s| println!("{s}")),
@@ -157,55 +194,47 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
 
 fn devices(cmd: DevicesCommand) -> Result<(), String> {
     match cmd {
-        DevicesCommand::Add {
-            config,
-            tenant,
-            id,
-            kind,
-            site,
-            zone,
-            latitude,
-            longitude,
-            bin_depth_mm,
-            sample_interval,
-            heartbeat,
-            broker_host,
-            broker_port,
-            blob_out,
-        } => {
-            let c = load(&config)?;
-            let add = cli::AddDevice {
-                blob_out: blob_out.unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
-                device: Enrolment {
-                    tenant,
-                    id,
-                    kind,
-                    site,
-                    zone,
-                    latitude,
-                    longitude,
-                    bin_depth_mm,
-                    sample_interval_s: sample_interval,
-                    heartbeat_s: heartbeat,
-                    broker_host: broker_host
-                        .or(c.mqtt.host.clone())
-                        .unwrap_or_else(|| c.mqtt.embedded_listen.ip().to_string()),
-                    broker_port: broker_port.unwrap_or(if c.mqtt.host.is_some() {
-                        c.mqtt.port
-                    } else {
-                        c.mqtt.embedded_listen.port()
-                    }),
-                },
-            };
-            cli::devices_add(&c.gateway.registry, &add).map(|s| println!("{s}"))
-        }
+        DevicesCommand::Add(a) => enrol(a, cli::Enrol::Add),
+        DevicesCommand::Rotate(a) => enrol(a, cli::Enrol::Rotate),
         DevicesCommand::List { config } => load(&config)
             .and_then(|c| cli::devices_list(&c))
             .map(|s| println!("{s}")),
         DevicesCommand::Revoke { config, tenant, id } => load(&config)
-            .and_then(|c| cli::devices_revoke(&c.gateway.registry, &tenant, &id))
+            .and_then(|c| cli::devices_revoke(&c.gateway, &tenant, &id))
             .map(|s| println!("{s}")),
     }
+}
+
+fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
+    let c = load(&a.config)?;
+    let add = cli::AddDevice {
+        blob_out: a
+            .blob_out
+            .unwrap_or_else(|| PathBuf::from(format!("{}-{}.vgp", a.tenant, a.id))),
+        device: Enrolment {
+            tenant: a.tenant,
+            id: a.id,
+            kind: a.kind,
+            site: a.site,
+            zone: a.zone,
+            latitude: a.latitude,
+            longitude: a.longitude,
+            bin_depth_mm: a.bin_depth_mm,
+            sample_interval_s: a.sample_interval,
+            heartbeat_s: a.heartbeat,
+            broker_host: a
+                .broker_host
+                .or(c.mqtt.host.clone())
+                .unwrap_or_else(|| c.mqtt.embedded_listen.ip().to_string()),
+            broker_port: a.broker_port.unwrap_or(if c.mqtt.host.is_some() {
+                c.mqtt.port
+            } else {
+                c.mqtt.embedded_listen.port()
+            }),
+            transport: cli::transport(a.broker_ca.as_deref())?,
+        },
+    };
+    cli::devices_add(&c.gateway, &add, mode).map(|s| println!("{s}"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -123,7 +123,7 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "vigie_mqtt_connected",
         "gauge",
-        "1 while connected to the broker.",
+        "1 while connected to the broker with the uplink subscription granted.",
     ),
     (
         "vigie_mqtt_connects_total",

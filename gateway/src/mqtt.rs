@@ -14,8 +14,8 @@ use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
 use crate::pure::ack_flow::AckFlow;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,6 +52,14 @@ pub enum SetupError {
         /// Why.
         reason: String,
     },
+    /// `mqtt.password_file` cannot be read (its content is never shown).
+    #[error("mqtt.password_file {path}: {source}")]
+    PasswordRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The TLS library refused the settings.
     #[error("mqtt TLS: {0}")]
     Tls(#[from] rustls::Error),
@@ -59,7 +67,9 @@ pub enum SetupError {
 
 /// Builds the client options.
 pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, SetupError> {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    // An account connects with its own username as client id (deploy/mosquitto.conf).
+    let client_id = cfg.username.as_ref().unwrap_or(&cfg.client_id);
+    let mut o = MqttOptions::new(client_id.clone(), host, port);
     o.set_keep_alive(cfg.keep_alive)
         .set_clean_start(false)
         .set_session_expiry_interval(Some(
@@ -69,13 +79,18 @@ pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, S
         .set_max_packet_size(Some(MAX_INCOMING_PACKET))
         .set_manual_acks(true);
     if let Some(user) = &cfg.username {
-        o.set_credentials(
-            user.clone(),
-            cfg.password
-                .as_ref()
-                .map(|p| p.expose().to_string())
-                .unwrap_or_default(),
-        );
+        let password = match (&cfg.password, &cfg.password_file) {
+            (Some(p), _) => p.expose().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| SetupError::PasswordRead {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
     }
     if cfg.tls {
         o.set_transport(Transport::Tls(tls_config(cfg)?));
@@ -194,22 +209,49 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     flow.on_connack();
                     backoff = Duration::from_millis(100);
-                    metrics.set("vigie_mqtt_connected", vec![], 1.0);
-                    health.set_broker(true);
                     metrics.add("vigie_mqtt_connects_total", vec![], 1.0);
                     tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
                     if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe");
                     }
                 }
+                // Ready only once the broker granted the subscription: a locked-down broker
+                // refuses it to an account without the gateway role.
+                Ok(Event::Incoming(Packet::SubAck(s))) => match s.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(_)) => {
+                        metrics.set("vigie_mqtt_connected", vec![], 1.0);
+                        health.set_broker(Ok(()));
+                        tracing::info!(%filter, "subscribed");
+                    }
+                    refused => {
+                        let why = format!(
+                            "the broker refused the subscription {filter} ({refused:?}): check \
+                             that mqtt.username is a gateway account (`gateways add`) and that \
+                             the broker was restarted since"
+                        );
+                        tracing::error!("{why}");
+                        health.set_broker(Err(Some(why)));
+                    }
+                },
                 Ok(_) => {}
                 Err(e) => {
                     metrics.set("vigie_mqtt_connected", vec![], 0.0);
-                    health.set_broker(false);
+                    let refused = match &e {
+                        ConnectionError::ConnectionRefused(code) => Some(format!(
+                            "the broker refused this gateway's account ({code:?}): check \
+                             mqtt.username and its password, and that the broker was restarted \
+                             since `gateways add`"
+                        )),
+                        _ => None,
+                    };
+                    health.set_broker(Err(refused.clone()));
                     if draining.is_some() {
                         break;
                     }
-                    tracing::warn!(error = %e, "broker connection lost; reconnecting in {backoff:?}");
+                    match refused {
+                        Some(why) => tracing::error!("{why}; retrying in {backoff:?}"),
+                        None => tracing::warn!(error = %e, "broker connection lost; reconnecting in {backoff:?}"),
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stopping.cancelled() => { draining = Some(tokio::time::Instant::now()); }

@@ -3,7 +3,9 @@
 //! on SIGHUP. Keys are secrets: the file is written with mode 0600 and keys never appear
 //! in `Debug` output.
 
-use protocol::provision::Provisioning;
+use crate::access::PasswordHash;
+use crate::config::Secret;
+use protocol::provision::{Provisioning, Transport};
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,6 +28,14 @@ pub enum RegistryError {
         /// The file.
         path: String,
         /// Parser message.
+        message: String,
+    },
+    /// A gateway account is invalid.
+    #[error("registry gateway account {username:?}: {message}")]
+    Gateway {
+        /// Its username.
+        username: String,
+        /// What is wrong.
         message: String,
     },
     /// An entry is invalid.
@@ -68,6 +78,8 @@ pub struct Enrolment {
     pub broker_host: String,
     /// Broker port.
     pub broker_port: u16,
+    /// How the board's connection to the broker is protected.
+    pub transport: Transport,
 }
 
 /// Why a device cannot be enrolled as asked.
@@ -82,15 +94,23 @@ pub enum EnrolError {
     /// The broker host does not fit the blob.
     #[error("broker host {0:?}: 1 to 64 ASCII bytes")]
     Host(String),
+    /// The broker password does not fit the blob (never shown).
+    #[error("broker password: 1 to 32 printable ASCII characters without space")]
+    Password,
+    /// No system randomness for the password's salt.
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
 }
 
-/// The registry entry and the provisioning blob of one device under `key` and `epoch`:
-/// the one place where a device's identity, key and settings are put together (the
-/// `devices add` command, the demo and the test harness).
+/// The registry entry and the provisioning blob of one device under `key` and `epoch`,
+/// with broker `password` (the entry keeps only its hash): the one place where a device's
+/// identity, key and settings are put together (the `devices add` command, the demo and
+/// the test harness).
 pub fn enroll(
     e: &Enrolment,
     key: [u8; 16],
     epoch: u32,
+    password: &Secret,
 ) -> Result<(DeviceEntry, Provisioning), EnrolError> {
     let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
     let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
@@ -115,7 +135,13 @@ pub fn enroll(
             .flatten()
             .ok_or_else(|| EnrolError::Host(host.to_string()))?,
         broker_port: e.broker_port,
+        broker_password: protocol::provision::password_ok(password.expose())
+            .then(|| password.expose().try_into().ok())
+            .flatten()
+            .ok_or(EnrolError::Password)?,
+        transport: e.transport,
     };
+    let broker_password_hash = Some(PasswordHash::new(password).map_err(EnrolError::Random)?);
     let entry = DeviceEntry {
         id: e.id.clone(),
         tenant: e.tenant.clone(),
@@ -127,6 +153,7 @@ pub fn enroll(
         latitude: e.latitude,
         longitude: e.longitude,
         bin_depth_mm: e.bin_depth_mm,
+        broker_password_hash,
         revoked: false,
     };
     Ok((entry, blob))
@@ -181,9 +208,24 @@ pub struct DeviceEntry {
     /// Bin depth, sensor to bottom (bins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_depth_mm: Option<u16>,
-    /// A revoked device's frames are rejected.
+    /// Hash of the device's broker password (Mosquitto's format); none for entries made
+    /// before broker accounts: such a device has no account until `devices rotate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_password_hash: Option<PasswordHash>,
+    /// A revoked device's frames are rejected and its broker account removed.
     #[serde(default)]
     pub revoked: bool,
+}
+
+/// A gateway's broker account (`gateways add`): may share the uplink subscription and
+/// publish acknowledgements, nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayAccount {
+    /// Broker username; with `use_username_as_clientid` also its MQTT client id.
+    pub username: String,
+    /// Hash of its password (Mosquitto's format).
+    pub password_hash: PasswordHash,
 }
 
 impl std::fmt::Debug for DeviceEntry {
@@ -202,6 +244,8 @@ impl std::fmt::Debug for DeviceEntry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gateway: Vec<GatewayAccount>,
     #[serde(default)]
     device: Vec<DeviceEntry>,
 }
@@ -220,6 +264,7 @@ pub struct Device {
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
     tenants: HashMap<String, HashMap<String, Device>>,
+    gateways: Vec<GatewayAccount>,
 }
 
 impl Registry {
@@ -251,7 +296,11 @@ impl Registry {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Self::from_entries(file.device)
+        let mut registry = Self::from_entries(file.device)?;
+        for g in file.gateway {
+            registry.set_gateway(g)?;
+        }
+        Ok(registry)
     }
 
     /// Builds from entries, checking each.
@@ -280,7 +329,10 @@ impl Registry {
             };
             devices.insert(device.entry.id.clone(), device);
         }
-        Ok(Self { tenants })
+        Ok(Self {
+            tenants,
+            gateways: Vec::new(),
+        })
     }
 
     /// Looks a device up.
@@ -317,7 +369,29 @@ impl Registry {
             .map(|d| d.entry.clone())
             .collect();
         entries.push(entry);
+        let gateways = std::mem::take(&mut self.gateways);
         *self = Self::from_entries(entries)?;
+        self.gateways = gateways;
+        Ok(())
+    }
+
+    /// The gateway broker accounts, by username.
+    pub fn gateways(&self) -> &[GatewayAccount] {
+        &self.gateways
+    }
+
+    /// Adds or replaces a gateway account. Its username must not be a device's: device
+    /// usernames contain a `.`, gateway usernames may not.
+    pub fn set_gateway(&mut self, account: GatewayAccount) -> Result<(), RegistryError> {
+        if Id::new(&account.username).is_err() {
+            return Err(RegistryError::Gateway {
+                username: account.username,
+                message: "a gateway username is 1 to 32 of a-z, 0-9, - (like an identifier)".into(),
+            });
+        }
+        self.gateways.retain(|g| g.username != account.username);
+        self.gateways.push(account);
+        self.gateways.sort_by(|a, b| a.username.cmp(&b.username));
         Ok(())
     }
 
@@ -339,6 +413,7 @@ impl Registry {
             source,
         };
         let file = File {
+            gateway: self.gateways.clone(),
             device: self.entries().into_iter().cloned().collect(),
         };
         let text = toml::to_string(&file).map_err(|e| RegistryError::Parse {
@@ -346,7 +421,9 @@ impl Registry {
             message: e.to_string(),
         })?;
         let text = format!(
-            "# Vigie device registry: contains device keys, keep it private (mode 0600).\n\n{text}"
+            "# Vigie device registry: contains device keys, keep it private (mode 0600).\n\
+             # Edit with `vigie-gateway devices ...` / `gateways ...`: they also rewrite the\n\
+             # broker's access file.\n\n{text}"
         );
         crate::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
     }
@@ -377,8 +454,10 @@ mod tests {
             heartbeat_s: 3600,
             broker_host: "mqtt.lyon.example".into(),
             broker_port: 8883,
+            transport: Transport::Plain,
         };
-        let (entry, blob) = enroll(&e, [9; 16], 3).unwrap();
+        let pw = Secret::new("Pa55word");
+        let (entry, blob) = enroll(&e, [9; 16], 3, &pw).unwrap();
         let registry = Registry::from_entries(vec![entry]).unwrap();
         let dev = registry.get("lyon", "bin-1").unwrap();
         assert_eq!(dev.key, blob.key, "the registry and the blob hold one key");
@@ -390,8 +469,14 @@ mod tests {
         let bad = |f: fn(&mut Enrolment)| {
             let mut b = e.clone();
             f(&mut b);
-            enroll(&b, [9; 16], 1).unwrap_err()
+            enroll(&b, [9; 16], 1, &pw).unwrap_err()
         };
+        for p in ["", "has space", &"x".repeat(33)] {
+            assert_eq!(
+                enroll(&e, [9; 16], 1, &Secret::new(p)).unwrap_err(),
+                EnrolError::Password
+            );
+        }
         assert!(matches!(
             bad(|b| b.tenant = "Lyon".into()),
             EnrolError::Tenant(..)
@@ -419,6 +504,7 @@ mod tests {
             latitude: Some(45.757),
             longitude: Some(4.832),
             bin_depth_mm: None,
+            broker_password_hash: None,
             revoked: false,
         }
     }

@@ -9,20 +9,33 @@ use crate::crypto::DeviceKey;
 use crate::reading::Kind;
 use crate::topic::{Id, Identity, MAX_ID_LEN};
 
-/// First bytes of every blob: "VGP" and the blob format version 1.
-pub const MAGIC: [u8; 4] = *b"VGP1";
+/// First bytes of every blob: "VGP" and the blob format version 2.
+pub const MAGIC: [u8; 4] = *b"VGP2";
 /// Longest broker host name.
 pub const MAX_HOST_LEN: usize = 64;
-/// Largest blob: magic, ids, fixed fields, host, CRC.
-pub const MAX_BLOB_LEN: usize =
-    4 + 2 * (1 + MAX_ID_LEN) + 1 + 4 + 16 + 2 * 4 + 1 + MAX_HOST_LEN + 4;
+/// Longest broker password.
+pub const MAX_PASSWORD_LEN: usize = 32;
+/// Largest blob: magic, ids, fixed fields, host, password, TLS settings, CRC.
+pub const MAX_BLOB_LEN: usize = 4
+    + 2 * (1 + MAX_ID_LEN)
+    + 1
+    + 4
+    + 16
+    + 2 * 4
+    + 1
+    + MAX_HOST_LEN
+    + 1
+    + MAX_PASSWORD_LEN
+    + 1
+    + 32
+    + 4;
 
 /// Why a blob was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ProvisionError {
-    /// No `VGP1` magic: blank flash or another format.
+    /// No `VGP2` magic: blank flash or another format.
     Magic,
     /// Shorter than its fields say.
     Truncated,
@@ -34,6 +47,10 @@ pub enum ProvisionError {
     Kind,
     /// Host name empty, too long or not ASCII.
     Host,
+    /// Broker password empty, too long or not printable ASCII.
+    Password,
+    /// Unknown transport security mode.
+    Tls,
     /// The output buffer is too small.
     BufferFull,
 }
@@ -41,12 +58,14 @@ pub enum ProvisionError {
 impl fmt::Display for ProvisionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Magic => "no provisioning blob (magic VGP1 missing)",
+            Self::Magic => "no provisioning blob (magic VGP2 missing)",
             Self::Truncated => "provisioning blob truncated",
             Self::Checksum => "provisioning blob checksum mismatch",
             Self::Id => "provisioning blob has an invalid tenant or device id",
             Self::Kind => "provisioning blob has an unknown device kind",
             Self::Host => "provisioning blob has an invalid broker host",
+            Self::Password => "provisioning blob has an invalid broker password",
+            Self::Tls => "provisioning blob has an unknown transport security mode",
             Self::BufferFull => "buffer too small for the provisioning blob",
         })
     }
@@ -75,6 +94,31 @@ pub struct Provisioning {
     pub broker_host: String<MAX_HOST_LEN>,
     /// MQTT broker port.
     pub broker_port: u16,
+    /// Broker password of the device's own broker account (the username is the MQTT
+    /// client id `<tenant>.<device>`, SPEC §7). A secret: never in `Debug`.
+    pub broker_password: String<MAX_PASSWORD_LEN>,
+    /// How the connection to the broker is protected.
+    pub transport: Transport,
+}
+
+/// How a board's connection to the broker is protected (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Transport {
+    /// Plain TCP: only for a broker reached over a private network (a test bench, a
+    /// private APN); the password travels in clear.
+    Plain,
+    /// TLS terminated by the cellular modem; the broker's certificate must chain to the CA
+    /// whose certificate (DER) has this SHA-256 fingerprint.
+    Tls {
+        /// SHA-256 of the CA certificate, DER.
+        ca_sha256: [u8; 32],
+    },
+}
+
+impl Transport {
+    const PLAIN: u8 = 0;
+    const TLS: u8 = 1;
 }
 
 impl fmt::Debug for Provisioning {
@@ -89,6 +133,8 @@ impl fmt::Debug for Provisioning {
             .field("bin_depth_mm", &self.bin_depth_mm)
             .field("broker_host", &self.broker_host)
             .field("broker_port", &self.broker_port)
+            .field("broker_password", &"<redacted>")
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -119,8 +165,16 @@ impl Provisioning {
         ] {
             w.bytes(&v.to_be_bytes()).map_err(full)?;
         }
-        w.bytes(&[self.broker_host.len() as u8]).map_err(full)?;
-        w.bytes(self.broker_host.as_bytes()).map_err(full)?;
+        for s in [self.broker_host.as_str(), self.broker_password.as_str()] {
+            w.bytes(&[s.len() as u8]).map_err(full)?;
+            w.bytes(s.as_bytes()).map_err(full)?;
+        }
+        let (mode, ca) = match self.transport {
+            Transport::Plain => (Transport::PLAIN, [0; 32]),
+            Transport::Tls { ca_sha256 } => (Transport::TLS, ca_sha256),
+        };
+        w.bytes(&[mode]).map_err(full)?;
+        w.bytes(&ca).map_err(full)?;
         let len = w.pos();
         let crc = crc32(&out[..len]);
         let mut w = crate::varint::Writer::at(out, len);
@@ -152,6 +206,10 @@ impl Provisioning {
         }
         let [host_len] = r.array::<1>().map_err(trunc)?;
         let host = r.take(usize::from(host_len)).map_err(trunc)?;
+        let [password_len] = r.array::<1>().map_err(trunc)?;
+        let password = r.take(usize::from(password_len)).map_err(trunc)?;
+        let [mode] = r.array::<1>().map_err(trunc)?;
+        let ca_sha256 = r.array::<32>().map_err(trunc)?;
         let body_len = blob.len() - r.remaining();
         let crc = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
         if crc != crc32(&blob[..body_len]) {
@@ -162,6 +220,15 @@ impl Provisioning {
         if host.is_empty() || !host.is_ascii() {
             return Err(ProvisionError::Host);
         }
+        let password = core::str::from_utf8(password).map_err(|_| ProvisionError::Password)?;
+        if !password_ok(password) {
+            return Err(ProvisionError::Password);
+        }
+        let transport = match mode {
+            Transport::PLAIN => Transport::Plain,
+            Transport::TLS => Transport::Tls { ca_sha256 },
+            _ => return Err(ProvisionError::Tls),
+        };
         let [sample_interval_s, heartbeat_s, bin_depth_mm, broker_port] = u16s;
         Ok(Self {
             tenant,
@@ -173,8 +240,15 @@ impl Provisioning {
             bin_depth_mm,
             broker_host: String::try_from(host).map_err(|_| ProvisionError::Host)?,
             broker_port,
+            broker_password: String::try_from(password).map_err(|_| ProvisionError::Password)?,
+            transport,
         })
     }
+}
+
+/// A broker password a blob can carry: 1 to 32 printable ASCII characters, no space.
+pub fn password_ok(p: &str) -> bool {
+    !p.is_empty() && p.len() <= MAX_PASSWORD_LEN && p.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// CRC-32 (IEEE 802.3, as zlib and `crc32fast`), bitwise: the blob is read once at boot.
@@ -208,6 +282,10 @@ mod tests {
             bin_depth_mm: 1200,
             broker_host: String::try_from("mqtt.example.org").unwrap_or_default(),
             broker_port: 8883,
+            broker_password: String::try_from("s3cret-Pa55").unwrap_or_default(),
+            transport: Transport::Tls {
+                ca_sha256: [0xca; 32],
+            },
         }
     }
 
@@ -220,7 +298,7 @@ mod tests {
     fn round_trip_and_every_corruption_is_refused() {
         let mut buf = [0xffu8; MAX_BLOB_LEN + 16];
         let n = sample().encode(&mut buf).unwrap_or(0);
-        assert_eq!(n, 4 + 5 + 9 + 1 + 4 + 16 + 8 + 1 + 16 + 4);
+        assert_eq!(n, 4 + 5 + 9 + 1 + 4 + 16 + 8 + 1 + 16 + 1 + 11 + 1 + 32 + 4);
         // Trailing erased flash (0xff) is ignored.
         assert_eq!(Provisioning::decode(&buf).ok(), Some(sample()));
         for i in 0..n {
@@ -243,9 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_the_key() {
+    fn debug_hides_the_key_and_the_password() {
         extern crate std;
         let s = std::format!("{:?}", sample());
         assert!(s.contains("redacted") && !s.contains("5, 5"), "{s}");
+        assert!(!s.contains("s3cret"), "{s}");
     }
 }

@@ -1,12 +1,13 @@
 //! Test devices: registry entries with known keys, sealed frames, QoS 1 publishing that
 //! waits for every PUBACK, and a gateway configuration pointing at the test servers.
 
-use gateway::config::{Config, DatabaseApi, DatabaseConfig};
-use gateway::registry::{self, DeviceEntry, DeviceKind, Enrolment, Registry};
-use protocol::provision::Provisioning;
+use gateway::access::{self, PasswordHash};
+use gateway::config::{Config, DatabaseApi, DatabaseConfig, Secret};
+use gateway::registry::{self, DeviceEntry, DeviceKind, Enrolment, GatewayAccount, Registry};
+use protocol::provision::{Provisioning, Transport};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,15 +56,26 @@ impl Device {
             heartbeat_s,
             broker_host: broker.ip().to_string(),
             broker_port: broker.port(),
+            transport: Transport::Plain,
         }
+    }
+
+    /// Its broker username (client id).
+    pub fn username(&self) -> String {
+        access::device_username(&self.tenant, &self.id)
     }
 
     /// Registry entry (key epoch 1), as `devices add` writes it.
     pub fn entry(&self) -> DeviceEntry {
         let any = SocketAddr::from(([127, 0, 0, 1], 1883));
-        registry::enroll(&self.enrolment(any, 300, 0), self.key, 1)
-            .unwrap()
-            .0
+        registry::enroll(
+            &self.enrolment(any, 300, 0),
+            self.key,
+            1,
+            &password(&self.username()),
+        )
+        .unwrap()
+        .0
     }
 
     /// The provisioning blob `devices add` would write for this device, pointing at
@@ -75,7 +87,9 @@ impl Device {
         heartbeat_s: u16,
     ) -> Provisioning {
         let e = self.enrolment(broker, sample_interval_s, heartbeat_s);
-        registry::enroll(&e, self.key, 1).unwrap().1
+        registry::enroll(&e, self.key, 1, &password(&self.username()))
+            .unwrap()
+            .1
     }
 
     /// Uplink topic.
@@ -120,12 +134,55 @@ impl Device {
     }
 }
 
-/// Writes a registry holding `devices`.
-pub fn write_registry(path: &Path, devices: &[Device]) {
-    Registry::from_entries(devices.iter().map(Device::entry).collect())
-        .unwrap()
-        .save(path)
+/// The gateway usernames (client ids) the tests use; each gets a broker account.
+pub const GATEWAYS: &[&str] = &[
+    "gw",
+    "gw-a",
+    "gw-b",
+    "gw-v1",
+    "gw-v2",
+    "gw-bench",
+    "gw-ca",
+    "gw-no-ca",
+    "gw-expiry",
+    "gw-hostile",
+    "gw-qemu",
+    "gw-fleet",
+    "gw-crash",
+    "gw-outage",
+];
+
+/// The broker password of a test account, derived from its username (tests only).
+pub fn password(username: &str) -> Secret {
+    let h = crc32fast::hash(username.as_bytes());
+    let r = crc32fast::hash(&username.bytes().rev().collect::<Vec<_>>());
+    Secret::new(format!("pw{h:08x}{r:08x}"))
+}
+
+/// A registry holding `entries` and the broker accounts of [`GATEWAYS`].
+pub fn registry(entries: Vec<DeviceEntry>) -> Registry {
+    let mut r = Registry::from_entries(entries).unwrap();
+    for g in GATEWAYS {
+        r.set_gateway(GatewayAccount {
+            username: (*g).into(),
+            password_hash: PasswordHash::new(&password(g)).unwrap(),
+        })
         .unwrap();
+    }
+    r
+}
+
+/// Saves `registry` at `path` and the broker's access file beside it, as the `devices`
+/// commands do.
+pub fn save_registry(path: &Path, registry: &Registry) {
+    registry.save(path).unwrap();
+    access::write(&path.with_file_name("broker-access.json"), registry).unwrap();
+}
+
+/// Writes a registry holding `devices` (and the test gateways' accounts), and the
+/// broker's access file beside it.
+pub fn write_registry(path: &Path, devices: &[Device]) {
+    save_registry(path, &registry(devices.iter().map(Device::entry).collect()));
 }
 
 /// A gateway config for the test servers: external broker, the given database (or files),
@@ -143,6 +200,8 @@ pub fn gateway_config(
     c.mqtt.port = broker.port();
     c.mqtt.client_id = client_id.into();
     c.mqtt.group = client_id.into();
+    c.mqtt.username = Some(client_id.into());
+    c.mqtt.password = Some(password(client_id));
     c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], crate::free_port())));
     c.batch.linger = Duration::from_millis(200);
     c.batch.min_backoff = Duration::from_millis(100);
@@ -163,7 +222,7 @@ pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
         },
         url: format!("http://{server}"),
         org: Some("vigie".into()),
-        token: Some(gateway::config::Secret::new("test-token")),
+        token: Some(Secret::new("test-token")),
         username: None,
         password: None,
         prefix: "vigie_".into(),
@@ -173,14 +232,40 @@ pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
     }
 }
 
-/// Publishes every message at QoS 1 from one client and waits for all PUBACKs.
-pub async fn publish_all(broker: SocketAddr, client_id: &str, messages: &[(String, Vec<u8>)]) {
-    let mut o = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+/// Publishes every message at QoS 1, each from the account of the device whose topic it
+/// goes to (the broker allows nothing else), and waits for every successful PUBACK.
+pub async fn publish_all(broker: SocketAddr, messages: &[(String, Vec<u8>)]) {
+    let mut by_device: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for m in messages {
+        by_device
+            .entry(topic_username(&m.0))
+            .or_default()
+            .push(m.clone());
+    }
+    let tasks: Vec<_> = by_device
+        .into_iter()
+        .map(|(user, list)| tokio::spawn(publish_as(broker, user, list)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// `<tenant>.<device>` of an uplink topic.
+fn topic_username(topic: &str) -> String {
+    let levels: Vec<_> = topic.split('/').collect();
+    assert_eq!(levels.len(), 5, "not an uplink topic: {topic}");
+    access::device_username(levels[2], levels[3])
+}
+
+async fn publish_as(broker: SocketAddr, user: String, messages: Vec<(String, Vec<u8>)>) {
+    let mut o = MqttOptions::new(&user, broker.ip().to_string(), broker.port());
     o.set_keep_alive(Duration::from_secs(30));
+    o.set_credentials(&user, password(&user).expose());
     let (client, mut events) = AsyncClient::new(o, 1024);
     let sender = {
         let client = client.clone();
-        let messages = messages.to_vec();
+        let messages = messages.clone();
         tokio::spawn(async move {
             for (topic, payload) in messages {
                 client
@@ -195,13 +280,25 @@ pub async fn publish_all(broker: SocketAddr, client_id: &str, messages: &[(Strin
     while acked < messages.len() {
         assert!(
             Instant::now() < until,
-            "broker acknowledged {acked} of {}",
+            "broker acknowledged {acked} of {} from {user}",
             messages.len()
         );
-        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
-        {
-            acked += 1;
+        match tokio::time::timeout(Duration::from_secs(1), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                assert!(
+                    matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ),
+                    "broker refused a publish of {user}: {:?}",
+                    ack.reason
+                );
+                acked += 1;
+            }
+            Ok(Ok(Event::Incoming(Packet::ConnAck(c)))) => {
+                assert_eq!(c.code, ConnectReturnCode::Success, "broker refused {user}")
+            }
+            _ => {}
         }
     }
     sender.await.unwrap();

@@ -82,6 +82,7 @@ impl GatewayProcess {
         let text = format!(
             "[gateway]\ndata_dir = \"{data}\"\nregistry = \"{registry}\"\n\
              [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"{id}\"\ngroup = \"{group}\"\n\
+             username = \"{id}\"\npassword = \"{password}\"\n\
              {database}\
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
@@ -95,6 +96,7 @@ impl GatewayProcess {
             host = s.broker.ip(),
             port = s.broker.port(),
             id = s.client_id,
+            password = crate::fleet::password(&s.client_id).expose(),
             group = s.group,
             max = s.buffer_mib.0,
             seg = s.buffer_mib.1,
@@ -262,17 +264,16 @@ impl InProcessGateway {
         }
     }
 
-    /// Writes the registry of `devices` in `dir` and starts a gateway (client id and group
-    /// `id`) on `broker`, writing InfluxDB 1.x at `influx`.
-    pub async fn for_devices(
+    /// Starts a gateway (client id and group `id`) on `broker` for the registry in `dir`
+    /// (`fleet::write_registry`, written before the broker started), writing InfluxDB 1.x
+    /// at `influx`.
+    pub async fn for_registry(
         dir: &Path,
         id: &str,
         broker: SocketAddr,
         influx: SocketAddr,
-        devices: &[crate::fleet::Device],
     ) -> Self {
         use crate::fleet;
-        fleet::write_registry(&dir.join("devices.toml"), devices);
         let db = fleet::database(gateway::config::DatabaseApi::V1, influx);
         Self::start(fleet::gateway_config(dir, id, broker, Some(db))).await
     }

@@ -132,9 +132,32 @@ fn addr() -> SocketAddr {
 /// `/etc/mosquitto/mosquitto.conf` as the main file (pid file, persistence directory, log
 /// and include directory swapped for the test's own) including `deploy/mosquitto.conf`
 /// (its port swapped).
-pub fn mosquitto() -> Server {
+///
+/// The broker's accounts come from `registry_dir/broker-access.json`, the file
+/// `fleet::write_registry` (the product's `access::write`) puts beside the registry: write
+/// the registry first.
+pub fn mosquitto(registry_dir: &Path) -> Server {
+    mosquitto_with(registry_dir, addr(), false)
+}
+
+/// [`mosquitto`] on a chosen address (for a blob written before the broker starts).
+pub fn mosquitto_at(registry_dir: &Path, addr: SocketAddr) -> Server {
+    mosquitto_with(registry_dir, addr, false)
+}
+
+/// [`mosquitto`] logging everything (`log_type all`: each denied publication too).
+pub fn mosquitto_logging_all(registry_dir: &Path) -> Server {
+    mosquitto_with(registry_dir, addr(), true)
+}
+
+fn mosquitto_with(registry_dir: &Path, addr: SocketAddr, log_all: bool) -> Server {
+    let access = registry_dir.join("broker-access.json");
+    assert!(
+        access.exists(),
+        "{} missing: write the registry before starting the broker",
+        access.display()
+    );
     let dir = tempfile::tempdir().unwrap();
-    let addr = addr();
     let conf_d = dir.path().join("conf.d");
     std::fs::create_dir(&conf_d).unwrap();
     let debian = std::fs::read_to_string("/etc/mosquitto/mosquitto.conf")
@@ -159,11 +182,16 @@ pub fn mosquitto() -> Server {
     );
     // Running as root in CI: keep root rather than dropping to a user that cannot write here.
     main.push_str("user root\n");
+    if log_all {
+        main.push_str("log_type all\n");
+    }
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.conf");
     let mut vigie = String::new();
     for line in std::fs::read_to_string(project).unwrap().lines() {
         if line.starts_with("listener ") {
             vigie.push_str(&format!("listener {} 127.0.0.1\n", addr.port()));
+        } else if line.starts_with("plugin_opt_config_file ") {
+            vigie.push_str(&format!("plugin_opt_config_file {}\n", access.display()));
         } else {
             vigie.push_str(line);
             vigie.push('\n');

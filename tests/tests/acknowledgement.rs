@@ -107,13 +107,13 @@ fn assert_all_stored(summary: &FleetSummary, (stored, lost, duplicated): (usize,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_broker_crashes_under_load_lose_nothing() {
     let _serial = SERIAL.lock().await;
-    let (mut broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = devices();
-    let gw =
-        InProcessGateway::for_devices(dir.path(), "gw-crash", broker.addr, influx.addr, &devices)
-            .await;
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let mut broker = mosquitto(dir.path());
+    let gw = InProcessGateway::for_registry(dir.path(), "gw-crash", broker.addr, influx.addr).await;
     let (_keep, never) = watch::channel(false);
     let run = tokio::spawn(fleet(&devices, broker.addr, 30).run(never));
     for _ in 0..5 {
@@ -146,11 +146,12 @@ async fn five_broker_crashes_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_gateway_session_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = devices();
     fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
     let db = fleet::database(gateway::config::DatabaseApi::V1, influx.addr);
     let mut config = fleet::gateway_config(dir.path(), "gw-expiry", broker.addr, Some(db));
     config.mqtt.session_expiry = Duration::from_secs(1);
@@ -187,11 +188,12 @@ async fn an_expired_gateway_session_loses_nothing() {
 async fn two_gateways_one_killed_each_acknowledges_what_it_holds() {
     let _serial = SERIAL.lock().await;
     use vigie_tests::process::{GatewayProcess, GatewaySettings};
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = devices();
     fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
     let settings = |id: &str| GatewaySettings {
         group: "vigie".into(),
         ..GatewaySettings::new(id, broker.addr, Some(influx.addr))

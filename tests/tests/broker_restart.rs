@@ -11,10 +11,11 @@ use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_survive_a_broker_restart() {
-    let (mut broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 4);
+    let mut broker = mosquitto(dir.path());
     let mut gw = GatewayProcess::start(
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
@@ -23,7 +24,7 @@ async fn queued_messages_survive_a_broker_restart() {
     let batches: Vec<_> = load.messages.chunks(1000).collect();
 
     // A: stored normally.
-    fleet::publish_all(broker.addr, "fleet", batches[0]).await;
+    fleet::publish_all(broker.addr, batches[0]).await;
     wait_for("batch A stored", Duration::from_secs(30), async || {
         stored(influx.addr).await.len() >= 1000
     })
@@ -34,7 +35,7 @@ async fn queued_messages_survive_a_broker_restart() {
         shutdown < Duration::from_secs(10),
         "graceful shutdown took {shutdown:?}"
     );
-    fleet::publish_all(broker.addr, "fleet", batches[1]).await;
+    fleet::publish_all(broker.addr, batches[1]).await;
     // The broker restarts cleanly (saving its database) with B still queued.
     broker.stop(false);
     assert!(
@@ -45,7 +46,7 @@ async fn queued_messages_survive_a_broker_restart() {
     broker.start();
     gw.restart();
     // C: after everything is back.
-    fleet::publish_all(broker.addr, "fleet", batches[2]).await;
+    fleet::publish_all(broker.addr, batches[2]).await;
     wait_for("A, B and C stored", Duration::from_secs(60), async || {
         stored(influx.addr).await.len() >= 3000
     })
@@ -60,7 +61,7 @@ async fn queued_messages_survive_a_broker_restart() {
         async || gw.metric("vigie_mqtt_connects_total").unwrap_or(0.0) > connects,
     )
     .await;
-    fleet::publish_all(broker.addr, "fleet", batches[3]).await;
+    fleet::publish_all(broker.addr, batches[3]).await;
     let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(60)).await;
     println!(
         "broker_restart: {got} queued_across_restart=1000 gateway_shutdown={shutdown:?} reconnected_after_broker_restart=yes",

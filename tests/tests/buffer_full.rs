@@ -10,11 +10,12 @@ use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_backpressures_then_drains() {
-    let (broker, mut influx) = (mosquitto(), influxdb());
+    let mut influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     influx.stop(false);
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 5);
+    let broker = mosquitto(dir.path());
     let settings = GatewaySettings {
         buffer_mib: (2, 1),
         ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
@@ -22,7 +23,7 @@ async fn full_buffer_backpressures_then_drains() {
     let gw = GatewayProcess::start(dir.path(), &settings);
     let load = scenario::load(&devices, 5000, now_s() - 10_000);
     let total = load.messages.len();
-    fleet::publish_all(broker.addr, "fleet", &load.messages).await;
+    fleet::publish_all(broker.addr, &load.messages).await;
 
     wait_for("the buffer to fill", Duration::from_secs(60), async || {
         gw.metric("vigie_buffer_full") == Some(1.0)

@@ -15,8 +15,9 @@ use vigie_tests::{fleet, mosquitto, now_s, readback, scenario, tls, wait_for};
 async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::pki(dir.path());
-    let (broker, vm) = (mosquitto(), victoria_metrics_tls(&pki));
+    let vm = victoria_metrics_tls(&pki);
     let devices = scenario::devices(dir.path(), 3);
+    let broker = mosquitto(dir.path());
     let https = |ca: Option<std::path::PathBuf>| {
         let mut db = fleet::database(DatabaseApi::V2, vm.addr);
         db.url = format!("https://127.0.0.1:{}", vm.addr.port());
@@ -39,7 +40,7 @@ async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
     .await;
 
     let load = scenario::load(&devices, 40, now_s() - 600);
-    fleet::publish_all(broker.addr, "fleet", &load.messages).await;
+    fleet::publish_all(broker.addr, &load.messages).await;
     let want = load.expected.len() as f64;
     wait_for(
         "the trusting gateway stores all",

@@ -11,10 +11,11 @@ const OUTAGE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_second_database_outage_loses_nothing() {
-    let (broker, mut influx) = (mosquitto(), influxdb());
+    let mut influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
     let gw = GatewayProcess::start(
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
@@ -28,7 +29,7 @@ async fn sixty_second_database_outage_loses_nothing() {
         let (addr, messages) = (broker.addr, load.messages);
         tokio::spawn(async move {
             for chunk in messages.chunks(4) {
-                fleet::publish_all(addr, "fleet", chunk).await;
+                fleet::publish_all(addr, chunk).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })

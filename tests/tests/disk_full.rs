@@ -57,11 +57,12 @@ struct Run {
 }
 
 async fn run(r: Run) {
-    let (broker, mut influx) = (mosquitto(), influxdb());
+    let mut influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     influx.stop(false);
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 5);
+    let broker = mosquitto(dir.path());
     let (disk, data_dir) = (r.layout)(dir.path());
     let filler = fill(disk.path());
     let settings = GatewaySettings {
@@ -71,7 +72,7 @@ async fn run(r: Run) {
     };
     let mut gw = GatewayProcess::start(dir.path(), &settings);
     let load = scenario::load(&devices, r.per_device, now_s() - 20_000);
-    fleet::publish_all(broker.addr, "fleet", &load.messages).await;
+    fleet::publish_all(broker.addr, &load.messages).await;
 
     let while_full = wait_disk_full(&gw, "/readyz to report the full disk").await;
     assert!(

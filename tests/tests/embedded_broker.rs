@@ -35,6 +35,7 @@ fn entry(tenant: &str, id: &str, kind: DeviceKind, key: [u8; 16]) -> DeviceEntry
         latitude: None,
         longitude: None,
         bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
+        broker_password_hash: None,
         revoked: false,
     }
 }
@@ -188,7 +189,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     ];
     let mut all = valid.clone();
     all.extend(hostile);
-    fleet::publish_all(config.mqtt.embedded_listen, "test-publisher", &all).await;
+    fleet::publish_all(config.mqtt.embedded_listen, &all).await;
 
     wait_for("stored and rejected", Duration::from_secs(20), async || {
         metrics.total("vigie_readings_stored_total") >= 30.0

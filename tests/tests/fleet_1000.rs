@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions};
-use vigie_tests::fleet::Device;
+use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
@@ -18,7 +18,7 @@ const DEVICES: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_simulated_devices_are_all_accepted() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     for t in TENANTS {
         readback::influx_create_db(influx.addr, &format!("vigie_{t}")).await;
     }
@@ -42,9 +42,9 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
             )
         })
         .collect();
-    let gw =
-        InProcessGateway::for_devices(dir.path(), "gw-fleet", broker.addr, influx.addr, &devices)
-            .await;
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
+    let gw = InProcessGateway::for_registry(dir.path(), "gw-fleet", broker.addr, influx.addr).await;
     let metrics = &gw.metrics;
 
     // A 5-minute interval at 300× is one sample a second per device; a 10-minute

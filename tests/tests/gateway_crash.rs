@@ -9,10 +9,11 @@ use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill9_under_load_lose_nothing() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
     let mut gw = GatewayProcess::start(
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
@@ -27,7 +28,7 @@ async fn five_kill9_under_load_lose_nothing() {
         let (addr, messages) = (broker.addr, load.messages);
         tokio::spawn(async move {
             for chunk in messages.chunks(100) {
-                fleet::publish_all(addr, "fleet", chunk).await;
+                fleet::publish_all(addr, chunk).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })

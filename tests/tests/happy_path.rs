@@ -23,7 +23,7 @@ const READINGS: u32 = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_apis_store_every_reading_once_with_exact_values() {
-    let (broker, influx, victoria) = (mosquitto(), influxdb(), victoria_metrics());
+    let (influx, victoria) = (influxdb(), victoria_metrics());
     for db in ["vigie_lyon", "vigie_villeurbanne"] {
         readback::influx_create_db(influx.addr, db).await;
     }
@@ -35,6 +35,7 @@ async fn both_apis_store_every_reading_once_with_exact_values() {
         Device::new("villeurbanne", "bin-2", DeviceKind::WasteBin),
     ];
     fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
 
     let mut gateways = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -217,7 +218,7 @@ async fn both_apis_store_every_reading_once_with_exact_values() {
             }
         }
     }
-    fleet::publish_all(broker.addr, "fleet", &messages).await;
+    fleet::publish_all(broker.addr, &messages).await;
     let same_second = 2 * devices
         .iter()
         .filter(|d| d.kind == DeviceKind::AirQuality)

@@ -10,10 +10,11 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::qemu::{self, ModemEmulator, Qemu};
-use vigie_tests::{fleet, influxdb, mosquitto, process, readback, wait_for};
+use vigie_tests::{fleet, influxdb, process, readback, wait_for};
 
 /// Readings to see stored per boot (one per second).
 const PER_BOOT: f64 = 8.0;
@@ -35,15 +36,23 @@ fn next_counters(console: &str) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_and_outage() {
     let image = qemu::image();
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
+    // The broker's address is in the blob, so it is chosen first; the broker starts once
+    // `devices add` has written its accounts.
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], vigie_tests::free_port()));
+    fleet::save_registry(
+        &dir.path().join("devices.toml"),
+        &fleet::registry(Vec::new()),
+    );
 
-    // The technician's step: `devices add` writes the registry entry and the blob.
+    // The technician's step: `devices add` writes the registry entry, the broker account
+    // and the blob.
     let config = fleet::gateway_config(
         dir.path(),
         "gw-qemu",
-        broker.addr,
+        broker_addr,
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
     let config_file = dir.path().join("gateway.toml");
@@ -52,7 +61,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         "[gateway]\ndata_dir = {:?}\nregistry = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
         dir.path().join("cli-data"),
         config.gateway.registry,
-        broker.addr.port()
+        broker_addr.port()
     );
     std::fs::write(&config_file, text).unwrap();
     let blob = dir.path().join("aq-qemu.vgp");
@@ -69,7 +78,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         ])
         .args(["--sample-interval", "1", "--heartbeat", "0"])
         .args(["--broker-host", "127.0.0.1", "--broker-port"])
-        .arg(broker.addr.port().to_string())
+        .arg(broker_addr.port().to_string())
         .arg("--blob-out")
         .arg(&blob)
         .output()
@@ -79,6 +88,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let broker = vigie_tests::servers::mosquitto_at(dir.path(), broker_addr);
 
     let gw = InProcessGateway::start(config).await;
     let metrics = &gw.metrics;

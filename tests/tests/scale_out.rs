@@ -10,10 +10,11 @@ use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_split_the_load_and_a_killed_one_loses_nothing() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 6);
+    let broker = mosquitto(dir.path());
     let settings = |id: &str| GatewaySettings {
         group: "vigie".into(),
         ..GatewaySettings::new(id, broker.addr, Some(influx.addr))
@@ -26,7 +27,7 @@ async fn two_gateways_split_the_load_and_a_killed_one_loses_nothing() {
         let (addr, messages) = (broker.addr, load.messages);
         tokio::spawn(async move {
             for chunk in messages.chunks(150) {
-                fleet::publish_all(addr, "fleet", chunk).await;
+                fleet::publish_all(addr, chunk).await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })

@@ -1,8 +1,8 @@
 //! Secrets never leak: a configuration holding a broker password, a database token and an
-//! admin token, and a registry holding device keys, go through every CLI command and a
-//! scenario (the service at debug level, valid, forged and unknown frames, a quarantine
-//! replay, a broken config file); not one of those strings appears in any output, error
-//! message or log line.
+//! admin token, a registry holding device keys, the broker passwords `devices add` and
+//! `gateways add` generate, go through every CLI command and a scenario (the service at
+//! debug level, valid and forged frames, a quarantine replay, a broken config file); not
+//! one of those strings appears in any output, error message or log line.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Output};
@@ -32,14 +32,28 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_output_or_log() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 2);
+    // The service's broker account, with the password its config file holds.
+    let registry_path = dir.path().join("devices.toml");
+    let mut registry = gateway::registry::Registry::load(&registry_path).unwrap();
+    registry
+        .set_gateway(gateway::registry::GatewayAccount {
+            username: "vigie-gateway".into(),
+            password_hash: gateway::access::PasswordHash::new(&gateway::config::Secret::new(
+                MQTT_PASSWORD,
+            ))
+            .unwrap(),
+        })
+        .unwrap();
+    fleet::save_registry(&registry_path, &registry);
+    let broker = mosquitto(dir.path());
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], vigie_tests::free_port()));
     let config_text = format!(
         "[gateway]\ndata_dir = {data:?}\nregistry = {registry:?}\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"gw-secrets\"\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          username = \"vigie-gateway\"\npassword = \"{MQTT_PASSWORD}\"\n\
          [database]\napi = \"v1\"\nurl = \"http://{influx}\"\nprefix = \"vigie_\"\ntoken = \"{DB_TOKEN}\"\n\
          [batch]\nlinger = \"100ms\"\n\
@@ -74,6 +88,19 @@ async fn no_secret_in_any_output_or_log() {
     ]);
     assert!(added.status.success(), "{}", text(&added));
     outputs.push(text(&added));
+    let gw_password = dir.path().join("gw-extra.password");
+    let account = run(&[
+        "gateways",
+        "add",
+        "--config",
+        cfg,
+        "--username",
+        "gw-extra",
+        "--password-out",
+        gw_password.to_str().unwrap(),
+    ]);
+    assert!(account.status.success(), "{}", text(&account));
+    outputs.push(text(&account));
     outputs.push(text(&run(&["devices", "list", "--config", cfg])));
     // A broken file: the token's line unterminated, then a mistyped secret.
     for broken in [
@@ -116,8 +143,7 @@ async fn no_secret_in_any_output_or_log() {
     let last = forged.1.len() - 1;
     forged.1[last] ^= 1;
     messages.push(forged);
-    messages.push(("vigie/v1/lyon/nobody/up".into(), messages[1].1.clone()));
-    fleet::publish_all(broker.addr, "fleet", &messages).await;
+    fleet::publish_all(broker.addr, &messages).await;
     let stored = tokio::time::timeout(Duration::from_secs(30), async {
         while scenario::stored(influx.addr).await.len() < load.expected.len() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -151,6 +177,14 @@ async fn no_secret_in_any_output_or_log() {
     let registry = gateway::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
     let added_key = registry.get("lyon", "aq-new").unwrap().key.expose_secret();
     secrets.push(hex::encode(added_key));
+    let blob = protocol::provision::Provisioning::decode(&std::fs::read(&blob).unwrap()).unwrap();
+    secrets.push(blob.broker_password.to_string());
+    secrets.push(
+        std::fs::read_to_string(&gw_password)
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
     let all = outputs.join("\n");
     let debug_lines = all.lines().filter(|l| l.contains("DEBUG")).count();
     eprintln!(

@@ -9,7 +9,7 @@ use gateway::registry::DeviceKind;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions, Outage};
-use vigie_tests::fleet::Device;
+use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
@@ -41,7 +41,7 @@ async fn series(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     // aq-long: 10 s without network; aq-short: 3 s; aq-steady: none.
@@ -49,9 +49,10 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
         .iter()
         .map(|id| Device::new("lyon", id, DeviceKind::AirQuality))
         .collect();
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
     let gw =
-        InProcessGateway::for_devices(dir.path(), "gw-outage", broker.addr, influx.addr, &devices)
-            .await;
+        InProcessGateway::for_registry(dir.path(), "gw-outage", broker.addr, influx.addr).await;
     let metrics = &gw.metrics;
 
     // Heartbeat 0: every sample is sent, so the series has no hole unless one is lost.

@@ -25,7 +25,7 @@ async fn pm25_points(influx: std::net::SocketAddr, tenant: &str) -> BTreeSet<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_database_holds_only_its_commune() {
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_nice").await;
     let dir = tempfile::tempdir().unwrap();
     let devices: Vec<_> = ["lyon", "nice"]
@@ -35,6 +35,7 @@ async fn a_missing_database_holds_only_its_commune() {
         })
         .collect();
     fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
     let gw = GatewayProcess::start(
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
@@ -60,7 +61,7 @@ async fn a_missing_database_holds_only_its_commune() {
             messages.push((d.topic(), d.frame(&[r], n)));
         }
     }
-    fleet::publish_all(broker.addr, "fleet", &messages).await;
+    fleet::publish_all(broker.addr, &messages).await;
 
     // Nice flows while Lyon's database does not exist.
     wait_for(
@@ -140,12 +141,7 @@ async fn a_missing_database_holds_only_its_commune() {
     );
     let d = &devices[0];
     let late = d.reading(PER_DEVICE, start + PER_DEVICE);
-    fleet::publish_all(
-        broker.addr,
-        "late",
-        &[(d.topic(), d.frame(&[late], PER_DEVICE))],
-    )
-    .await;
+    fleet::publish_all(broker.addr, &[(d.topic(), d.frame(&[late], PER_DEVICE))]).await;
     let late_key = key(
         &d.tenant,
         "air_quality",

@@ -56,6 +56,7 @@ pub(crate) mod fixtures {
             latitude: None,
             longitude: None,
             bin_depth_mm: None,
+            broker_password_hash: None,
             revoked: false,
         };
         Registry::from_entries(ids.iter().map(|id| entry(id)).collect())

@@ -90,6 +90,7 @@ mod tests {
             latitude: None,
             longitude: None,
             bin_depth_mm: Some(depth),
+            broker_password_hash: None,
             revoked: false,
         }
     }

@@ -199,6 +199,7 @@ mod tests {
             latitude: None,
             longitude: None,
             bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
+            broker_password_hash: None,
             revoked: false,
         }
     }

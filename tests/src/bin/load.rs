@@ -127,7 +127,10 @@ async fn broker_limit(
             "-q",
             "1",
         ])
-        .args(["-i", "bench-drain", "-t", "vigie/v1/+/+/up", "-F", "%U"])
+        // The broker lets only gateway accounts read uplinks, through a shared subscription.
+        .args(["-V", "5", "-u", "gw-bench", "-P"])
+        .arg(fleet::password("gw-bench").expose())
+        .args(["-t", "$share/bench/vigie/v1/+/+/up", "-F", "%U"])
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -168,8 +171,10 @@ async fn broker_limit(
 /// Probe readings published one by one during the gateway phase; each one's latency is
 /// from its PUBACK-less publish call to the moment InfluxDB returns it.
 async fn probes(probe: Device, broker: SocketAddr, influx: SocketAddr, count: u32) -> Vec<f64> {
-    let mut o = MqttOptions::new("bench-probe", "127.0.0.1", broker.port());
+    let user = probe.username();
+    let mut o = MqttOptions::new(&user, "127.0.0.1", broker.port());
     o.set_keep_alive(Duration::from_secs(30));
+    o.set_credentials(&user, fleet::password(&user).expose());
     let (client, mut events) = AsyncClient::new(o, 64);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -216,7 +221,7 @@ async fn probes(probe: Device, broker: SocketAddr, influx: SocketAddr, count: u3
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
-    let (broker, influx) = (mosquitto(), influxdb());
+    let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let mut devices: Vec<_> = (0..a.devices)
@@ -225,6 +230,7 @@ async fn main() {
     let probe = Device::new("lyon", "probe", DeviceKind::AirQuality);
     devices.push(probe.clone());
     fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
     devices.pop();
     println!(
         "load: {} simulated devices, {} s of publishing, {} latency probes, 127.0.0.1",

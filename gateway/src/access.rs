@@ -1,0 +1,315 @@
+//! Broker accounts and what each may do, generated from the registry: the configuration
+//! file of Mosquitto's dynamic-security plugin (`deploy/mosquitto.conf` loads it).
+//!
+//! Why that plugin and not `password_file` + `acl_file`: Mosquitto's ACL file is checked
+//! when a message is *delivered*, never when a client *subscribes* (Mosquitto 2.0
+//! `acl_file__check`: "FIXME - implement ACL subscription strings"). A device account that
+//! joins the gateways' shared subscription is accepted as a group member, and every message
+//! the broker hands to it is then silently dropped by the ACL: measured, 5 of 10 readings.
+//! The dynamic-security plugin refuses the SUBSCRIBE itself.
+//!
+//! Accounts:
+//! - each active device: username `<tenant>.<device>` (its client id, SPEC §7); may publish
+//!   only to its own uplink and status topics, subscribe to and receive only its own
+//!   acknowledgement topic;
+//! - each gateway account of the registry: may join a shared subscription of the uplink
+//!   topics, receive uplinks and publish acknowledgements; nothing else.
+//!
+//! Everything else is refused: anonymous clients (`allow_anonymous false`), other topics,
+//! other subscriptions. Each account is bound to one client id, its username, so no
+//! account can take over another's session. (Not Mosquitto's `use_username_as_clientid`:
+//! on 2.0.11 a refused anonymous CONNECT with another client's id still wipes that
+//! client's session.)
+//!
+//! Passwords are stored only as salted PBKDF2-SHA512 hashes in Mosquitto's own format.
+
+use crate::config::Secret;
+use crate::registry::Registry;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::str::FromStr;
+
+/// PBKDF2 iterations, Mosquitto's own default. The passwords are random (143 bits), so
+/// the work factor protects nothing more; the broker pays it at every connection.
+pub const ITERATIONS: u32 = 101;
+const SALT_LEN: usize = 12;
+const HASH_LEN: usize = 64;
+/// Length of a generated password: 24 characters of `[A-Za-z0-9]`, 142.9 bits.
+pub const PASSWORD_LEN: usize = 24;
+
+/// A password as Mosquitto stores it: `$7$<iterations>$<salt>$<hash>`, PBKDF2-SHA512,
+/// base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash {
+    iterations: u32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl PasswordHash {
+    /// Hashes `password` under a fresh random salt.
+    pub fn new(password: &Secret) -> Result<Self, getrandom::Error> {
+        let mut salt = vec![0u8; SALT_LEN];
+        getrandom::fill(&mut salt)?;
+        Ok(Self::derive(password.expose(), salt, ITERATIONS))
+    }
+
+    fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> Self {
+        let mut hash = vec![0u8; HASH_LEN];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA512,
+            NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN),
+            &salt,
+            password.as_bytes(),
+            &mut hash,
+        );
+        Self {
+            iterations,
+            salt,
+            hash,
+        }
+    }
+
+    /// True when `password` is the one hashed (constant-time comparison).
+    pub fn verify(&self, password: &str) -> bool {
+        ring::pbkdf2::verify(
+            ring::pbkdf2::PBKDF2_HMAC_SHA512,
+            NonZeroU32::new(self.iterations).unwrap_or(NonZeroU32::MIN),
+            &self.salt,
+            password.as_bytes(),
+            &self.hash,
+        )
+        .is_ok()
+    }
+
+    /// The dynamic-security plugin's fields for this password.
+    fn dynsec_fields(&self) -> (String, String, u32) {
+        (
+            B64.encode(&self.salt),
+            B64.encode(&self.hash),
+            self.iterations,
+        )
+    }
+}
+
+impl fmt::Display for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (salt, hash, iterations) = self.dynsec_fields();
+        write!(f, "$7${iterations}${salt}${hash}")
+    }
+}
+
+/// Hashes are not secret, but long and useless in logs.
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash($7$…)")
+    }
+}
+
+/// Why a stored hash does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Mosquitto password hash ($7$<iterations>$<salt>$<hash>, base64)")]
+pub struct HashFormatError;
+
+impl FromStr for PasswordHash {
+    type Err = HashFormatError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.strip_prefix("$7$").ok_or(HashFormatError)?.split('$');
+        let (Some(iterations), Some(salt), Some(hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HashFormatError);
+        };
+        let iterations = iterations
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or(HashFormatError)?;
+        let salt = B64.decode(salt).map_err(|_| HashFormatError)?;
+        let hash = B64.decode(hash).map_err(|_| HashFormatError)?;
+        if salt.is_empty() || hash.len() != HASH_LEN {
+            return Err(HashFormatError);
+        }
+        Ok(Self {
+            iterations,
+            salt,
+            hash,
+        })
+    }
+}
+
+impl serde::Serialize for PasswordHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PasswordHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A new random password: [`PASSWORD_LEN`] characters of `[A-Za-z0-9]` (rejection
+/// sampling, so every character is uniform).
+pub fn new_password() -> Result<Secret, getrandom::Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(PASSWORD_LEN);
+    while out.len() < PASSWORD_LEN {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        for b in bytes {
+            // 248 = 4 × 62: values above would favour the first characters.
+            if b < 248 && out.len() < PASSWORD_LEN {
+                out.push(char::from(ALPHABET[usize::from(b % 62)]));
+            }
+        }
+    }
+    Ok(Secret::new(out))
+}
+
+/// The broker username of a device: its client id (SPEC §7).
+pub fn device_username(tenant: &str, id: &str) -> String {
+    format!("{tenant}.{id}")
+}
+
+/// Name of the role every gateway account holds.
+const GATEWAY_ROLE: &str = "vigie-gateway";
+
+fn acl(acltype: &str, topic: &str) -> Value {
+    json!({ "acltype": acltype, "topic": topic, "priority": 0, "allow": true })
+}
+
+fn client(username: &str, hash: &PasswordHash, role: &str) -> Value {
+    let (salt, password, iterations) = hash.dynsec_fields();
+    json!({
+        "username": username,
+        "clientid": username,
+        "salt": salt,
+        "password": password,
+        "iterations": iterations,
+        "roles": [{ "rolename": role }],
+    })
+}
+
+/// The dynamic-security configuration for `registry`: one account and role per active
+/// device that has a broker password, the gateway role and its accounts. Revoked devices
+/// have no account.
+pub fn dynsec_config(registry: &Registry) -> Value {
+    let mut clients = Vec::new();
+    let mut roles = vec![json!({
+        "rolename": GATEWAY_ROLE,
+        "acls": [
+            acl("subscribePattern", "$share/+/vigie/v1/+/+/up"),
+            acl("publishClientReceive", "vigie/v1/+/+/up"),
+            acl("publishClientSend", "vigie/v1/+/+/ack"),
+        ],
+    })];
+    for g in registry.gateways() {
+        clients.push(client(&g.username, &g.password_hash, GATEWAY_ROLE));
+    }
+    for e in registry.entries() {
+        let Some(hash) = e.broker_password_hash.as_ref().filter(|_| !e.revoked) else {
+            continue;
+        };
+        let user = device_username(&e.tenant, &e.id);
+        let base = format!("vigie/v1/{}/{}", e.tenant, e.id);
+        roles.push(json!({
+            "rolename": user,
+            "acls": [
+                acl("publishClientSend", &format!("{base}/up")),
+                acl("publishClientSend", &format!("{base}/status")),
+                acl("subscribeLiteral", &format!("{base}/ack")),
+                acl("publishClientReceive", &format!("{base}/ack")),
+            ],
+        }));
+        clients.push(client(&user, hash, &user));
+    }
+    json!({
+        "defaultACLAccess": {
+            "publishClientSend": false,
+            "publishClientReceive": false,
+            "subscribe": false,
+            "unsubscribe": true,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    })
+}
+
+/// Writes the broker's access file for `registry` atomically, mode 0640, keeping the owner
+/// and group of the file it replaces (Debian's broker reads it as group `mosquitto`).
+pub fn write(path: &Path, registry: &Registry) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(path).ok();
+    let text = serde_json::to_string_pretty(&dynsec_config(registry))?;
+    crate::fs::write_atomic(path, text.as_bytes(), 0o640)?;
+    if let Some(m) = before {
+        std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))?;
+    }
+    Ok(())
+}
+
+/// What to tell the operator after the access file changed: Mosquitto reads it at start
+/// only (the plugin ignores SIGHUP).
+pub fn restart_hint(path: &Path) -> String {
+    format!(
+        "broker accounts written to {}; restart the broker to apply them \
+         (`systemctl restart mosquitto`: it saves its queues first, devices resend what no \
+         gateway acknowledged)",
+        path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_round_trips_in_mosquitto_format_and_verifies() {
+        let pw = Secret::new("correct horse");
+        let h = PasswordHash::new(&pw).unwrap();
+        let text = h.to_string();
+        assert!(text.starts_with("$7$101$"), "{text}");
+        let back: PasswordHash = text.parse().unwrap();
+        assert_eq!(back, h);
+        assert!(back.verify("correct horse"));
+        assert!(!back.verify("correct horsf"));
+        for bad in [
+            "",
+            "$6$101$a$b",
+            "$7$0$AAAA$AAAA",
+            "$7$101$!!$x",
+            "$7$101$AAAA$AAAA",
+        ] {
+            assert_eq!(bad.parse::<PasswordHash>(), Err(HashFormatError), "{bad}");
+        }
+        assert!(!format!("{h:?}").contains(&text[7..]));
+    }
+
+    #[test]
+    fn matches_mosquitto_passwd_output() {
+        // `mosquitto_passwd -b f user secret` wrote this line (Mosquitto 2.0.11).
+        let line = "$7$101$M/0AH5HggN6asdKR$L5UPgj3sMu9/H+yBFqWNvR177YsoZp/gdodvFf9BvjJS8DZGcPzcYp5RdLY+urvOxiayt+ENEITEs/+voL1g0g==";
+        let h: PasswordHash = line.parse().unwrap();
+        assert!(h.verify("gwpass"));
+        assert_eq!(h.to_string(), line);
+    }
+
+    #[test]
+    fn passwords_are_long_uniform_alphanumerics() {
+        let a = new_password().unwrap();
+        let b = new_password().unwrap();
+        assert_eq!(a.expose().len(), PASSWORD_LEN);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        assert!(protocol::provision::password_ok(a.expose()));
+    }
+}

@@ -1,0 +1,385 @@
+//! Attacks on the broker (docs/OPERATIONS.md, "Security"), each by a second client against
+//! real Mosquitto running the shipped `deploy/mosquitto.conf` under Debian's main file,
+//! with the accounts `devices add` / `gateways add` wrote. Each scenario publishes a known
+//! load and counts what the database holds: published = stored, nothing lost.
+//!
+//! - an outsider without an account: refused, reads nothing, takes nothing;
+//! - a device account subscribing to every uplink, or joining the gateways' shared
+//!   subscription: refused at SUBSCRIBE, so it swallows nothing;
+//! - a device account publishing on another device's topic: refused;
+//! - taking over the gateway's client id, while it runs or while it is away, anonymously,
+//!   with a guessed password or with a device's account: refused, the gateway stays
+//!   connected and its queued session survives;
+//! - a revoked device: refused by the broker after its restart, and what it had queued
+//!   before is quarantined by the gateway (`revoked`).
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::{Config, DatabaseApi};
+use gateway::metrics::labels;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use vigie_tests::process::InProcessGateway;
+use vigie_tests::scenario::{self, TENANT, assert_exactly};
+use vigie_tests::{fleet, influxdb, mosquitto, now_s, process, readback, wait_for};
+
+/// Connects `client_id` (with an account, or anonymously) and returns the client once the
+/// broker accepted it, or the broker's refusal.
+async fn connect(
+    broker: SocketAddr,
+    client_id: &str,
+    account: Option<(&str, &str)>,
+) -> Result<(AsyncClient, EventLoop), ConnectReturnCode> {
+    let mut o = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_start(true);
+    if let Some((user, password)) = account {
+        o.set_credentials(user, password);
+    }
+    let (client, mut events) = AsyncClient::new(o, 64);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, events)),
+            Ok(Err(ConnectionError::ConnectionRefused(code))) => return Err(code),
+            Ok(Ok(_)) => {}
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// Subscribes and returns the broker's verdict.
+async fn subscribe(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    filter: &str,
+) -> SubscribeReasonCode {
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(s)))) => return s.return_codes[0],
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+}
+
+/// Uplinks the client receives within `window`.
+async fn received(events: &mut EventLoop, window: Duration) -> usize {
+    let mut n = 0;
+    let until = tokio::time::Instant::now() + window;
+    while let Ok(Ok(e)) = tokio::time::timeout_at(until, events.poll()).await {
+        if let Event::Incoming(Packet::Publish(_)) = e {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn account(user: &str) -> (String, String) {
+    (user.to_string(), fleet::password(user).expose().to_string())
+}
+
+fn gateway_config(dir: &Path, id: &str, broker: SocketAddr, influx: SocketAddr) -> Config {
+    let mut c = fleet::gateway_config(
+        dir,
+        id,
+        broker,
+        Some(fleet::database(DatabaseApi::V1, influx)),
+    );
+    c.mqtt.group = "vigie".into();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
+    let gw =
+        InProcessGateway::start(gateway_config(dir.path(), "gw-a", broker.addr, influx.addr)).await;
+
+    // An outsider: no account, or a made-up one, or a device's name with a wrong password.
+    assert_eq!(
+        connect(broker.addr, "outsider", None).await.err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(
+        connect(
+            broker.addr,
+            "vigie-gateway",
+            Some(("vigie-gateway", "guess"))
+        )
+        .await
+        .err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    let (user, _) = account(&devices[0].username());
+    assert_eq!(
+        connect(broker.addr, &user, Some((&user, "wrong")))
+            .await
+            .err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+
+    // A device's account (a stolen board) tries to read everything and to join the
+    // gateways' shared subscription.
+    let (user, pw) = account(&devices[3].username());
+    let (rogue, mut rogue_events) = connect(broker.addr, &user, Some((&user, &pw)))
+        .await
+        .unwrap();
+    for filter in [
+        "vigie/#",
+        "$share/vigie/vigie/v1/+/+/up",
+        "$share/x/vigie/v1/+/+/up",
+    ] {
+        assert_eq!(
+            subscribe(&rogue, &mut rogue_events, filter).await,
+            SubscribeReasonCode::NotAuthorized,
+            "{filter}"
+        );
+    }
+
+    // Devices 0 to 2 publish while the rogue stays connected.
+    let load = scenario::load(&devices[..3], 300, now_s() - 3000);
+    let publishing = tokio::spawn({
+        let (addr, messages) = (broker.addr, load.messages.clone());
+        async move { fleet::publish_all(addr, &messages).await }
+    });
+    let read = received(&mut rogue_events, Duration::from_secs(3)).await;
+    publishing.await.unwrap();
+    wait_for(
+        "every reading stored",
+        Duration::from_secs(60),
+        async || gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64,
+    )
+    .await;
+    let stored = scenario::stored(influx.addr).await;
+    eprintln!(
+        "published {} stored {} read by the rogue {read}",
+        load.expected.len(),
+        stored.len()
+    );
+    assert_eq!(read, 0, "the rogue read uplinks");
+    assert_exactly(&stored, &load.expected);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_publish_as_another() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 2);
+    let broker = vigie_tests::servers::mosquitto_logging_all(dir.path());
+    let gw =
+        InProcessGateway::start(gateway_config(dir.path(), "gw-a", broker.addr, influx.addr)).await;
+
+    // Device 0 publishes a frame of its own on device 1's topic, and on its ack topic: the
+    // broker answers PUBACK "not authorized" (or closes the connection) and delivers
+    // nothing.
+    let (user, pw) = account(&devices[0].username());
+    let frame = devices[0].frame(&[devices[0].reading(0, now_s() - 10)], 0);
+    let ack_topic = devices[1].topic().replace("/up", "/ack");
+    for topic in [devices[1].topic(), ack_topic] {
+        let (c, mut events) = connect(broker.addr, &user, Some((&user, &pw)))
+            .await
+            .unwrap();
+        c.publish(topic.clone(), QoS::AtLeastOnce, false, frame.clone())
+            .await
+            .unwrap();
+        let refused = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                    break a.reason == PubAckReason::NotAuthorized;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break true,
+                Err(_) => panic!("no answer to a publish on {topic}"),
+            }
+        };
+        assert!(refused, "{topic}");
+        let denied = format!("Denied PUBLISH from {user} (d0, q1, r0, m1, '{topic}'");
+        assert!(broker.log().contains(&denied), "{denied}\n{}", broker.log());
+    }
+    // Its own topic works, and only its reading lands.
+    let load = scenario::load(&devices[..1], 20, now_s() - 100);
+    fleet::publish_all(broker.addr, &load.messages).await;
+    wait_for("stored", Duration::from_secs(30), async || {
+        gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 0.0);
+    assert_exactly(&scenario::stored(influx.addr).await, &load.expected);
+    gw.stop().await;
+}
+
+/// Connections with Clean Start asking for the gateway's client id `gw-cli`: anonymous,
+/// with a guessed password, and with a device's own account. Each is refused.
+async fn takeover_attempts(broker: SocketAddr, device: &str) {
+    let (user, pw) = account(device);
+    for who in [
+        None,
+        Some(("gw-cli", "guess")),
+        Some((user.as_str(), pw.as_str())),
+    ] {
+        assert_eq!(
+            connect(broker, "gw-cli", who).await.err(),
+            Some(ConnectReturnCode::NotAuthorized),
+            "{who:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_over_the_gateways_client_id_loses_nothing() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 4);
+
+    // The operator's step: a gateway account made by the CLI, its password in a file the
+    // config names.
+    let config_file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[gateway]\nregistry = {:?}\n",
+            dir.path().join("devices.toml")
+        ),
+    )
+    .unwrap();
+    let password_file = dir.path().join("gw-cli.password");
+    let out = std::process::Command::new(process::binary())
+        .args(["gateways", "add", "--config"])
+        .arg(&config_file)
+        .args(["--username", "gw-cli", "--password-out"])
+        .arg(&password_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("restart the broker"), "{text}");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    assert!(
+        !text.contains(password.trim()),
+        "the password is printed: {text}"
+    );
+
+    let broker = mosquitto(dir.path());
+    let mut config = gateway_config(dir.path(), "gw-cli", broker.addr, influx.addr);
+    config.mqtt.password = None;
+    config.mqtt.password_file = Some(password_file);
+
+    // The same attempts while the gateway runs: it is never disconnected.
+    let gw = InProcessGateway::start(config.clone()).await;
+    takeover_attempts(broker.addr, &devices[0].username()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.metrics.total("vigie_mqtt_connects_total"), 1.0);
+    assert_eq!(gw.metrics.total("vigie_mqtt_connected"), 1.0);
+    // It goes away; readings queue for it.
+    gw.stop().await;
+    let load = scenario::load(&devices, 50, now_s() - 1000);
+    fleet::publish_all(broker.addr, &load.messages).await;
+
+    // Attempts to take the session over with Clean Start while the gateway is away.
+    takeover_attempts(broker.addr, &devices[0].username()).await;
+
+    // Back: the queued session delivers everything.
+    let gw = InProcessGateway::start(config).await;
+    wait_for(
+        "every queued reading stored",
+        Duration::from_secs(60),
+        async || gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64,
+    )
+    .await;
+    let stored = scenario::stored(influx.addr).await;
+    eprintln!(
+        "takeover: published {} stored {}",
+        load.expected.len(),
+        stored.len()
+    );
+    assert_exactly(&stored, &load.expected);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 2);
+    let mut broker = mosquitto(dir.path());
+    let config = gateway_config(dir.path(), "gw-a", broker.addr, influx.addr);
+    let gw = InProcessGateway::start(config.clone()).await;
+    gw.stop().await;
+
+    // While the gateway is away, both devices publish; then device 1 is revoked.
+    let load = scenario::load(&devices, 10, now_s() - 500);
+    fleet::publish_all(broker.addr, &load.messages).await;
+    let config_file = dir.path().join("cli.toml");
+    std::fs::write(
+        &config_file,
+        format!("[gateway]\nregistry = {:?}\n", config.gateway.registry),
+    )
+    .unwrap();
+    let out = std::process::Command::new(process::binary())
+        .args(["devices", "revoke", "--config"])
+        .arg(&config_file)
+        .args(["--tenant", TENANT, "--id", &devices[1].id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broker applies it at restart (clean: its queue is saved).
+    broker.stop(false);
+    broker.start();
+    let (user, pw) = account(&devices[1].username());
+    assert_eq!(
+        connect(broker.addr, &user, Some((&user, &pw))).await.err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+
+    // The gateway, started after the revocation, stores device 0's readings and
+    // quarantines device 1's queued frames.
+    let gw = InProcessGateway::start(config.clone()).await;
+    let revoked = || {
+        gw.metrics
+            .get(
+                "vigie_frames_rejected_total",
+                &labels(&[("reason", "revoked")]),
+            )
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "stored and quarantined",
+        Duration::from_secs(60),
+        async || gw.metrics.total("vigie_readings_stored_total") >= 10.0 && revoked() >= 10.0,
+    )
+    .await;
+    let want: std::collections::BTreeSet<_> = load
+        .expected
+        .iter()
+        .filter(|k| k.contains(&format!("|{}|", devices[0].id)))
+        .cloned()
+        .collect();
+    assert_eq!(want.len(), 10);
+    assert_exactly(&scenario::stored(influx.addr).await, &want);
+    assert_eq!(revoked(), 10.0);
+    let (entries, _) =
+        gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
+    assert_eq!(entries.len(), 10);
+    gw.stop().await;
+}
