@@ -16,7 +16,7 @@ use core::task::Poll;
 
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
-use protocol::provision::{ProvisionError, Transport};
+use protocol::provision::{ProvisionError, Transport, ca_file_name};
 
 use crate::backoff::Backoff;
 use crate::boot::BootError;
@@ -239,11 +239,16 @@ where
                 None => break 'session "modem: no answer in time",
             }
             let p = node.provisioning();
-            if p.transport != Transport::Plain {
-                // Never fall back to clear text: the password would travel in it.
-                break 'session "modem: TLS transport not supported by this firmware";
-            }
-            let open = modem.open(&p.broker_host, p.broker_port);
+            // TLS when the blob says so, never a fall-back to clear text.
+            let open = async {
+                match p.transport {
+                    Transport::Plain => modem.open(&p.broker_host, p.broker_port).await,
+                    Transport::Tls { ca_sha256 } => {
+                        let ca = ca_file_name(&ca_sha256);
+                        modem.open_tls(&p.broker_host, p.broker_port, &ca).await
+                    }
+                }
+            };
             match with_timeout(|| board.millis(), STEP_MS, open).await {
                 Some(Ok(())) => {}
                 Some(Err(e)) => break 'session modem_error(e),

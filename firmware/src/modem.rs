@@ -1,11 +1,16 @@
 //! Cellular modem on a UART (SIMCom SIM7600 family AT commands): wake it, read the network
-//! time, open a TCP socket in transparent mode. After [`Modem::open`] the UART carries the
-//! MQTT byte stream as is, so the uplink runs over it unchanged.
+//! time, open a TCP socket or a TLS session (the modem's own TLS stack: the image carries
+//! no TLS code) in transparent mode. After [`Modem::open`] or [`Modem::open_tls`] the UART
+//! carries the MQTT byte stream as is, so the uplink runs over it unchanged.
 //!
 //! Commands, each answered by lines ending `\r\n`:
 //! `AT` → `OK`; `ATE0` (no echo) → `OK`; `AT+CCLK?` → `+CCLK: "yy/MM/dd,hh:mm:ss±zz"`,
 //! `OK` (zz in quarter hours); `AT+CIPMODE=1` → `OK`; `AT+NETOPEN` → `OK`;
-//! `AT+CIPOPEN=0,"TCP","host",port` → `CONNECT 115200`. `ERROR` or `NO CARRIER` fail.
+//! `AT+CIPOPEN=0,"TCP","host",port` → `CONNECT 115200`. TLS: `AT+CCHMODE=1`,
+//! `AT+CSSLCFG="sslversion",0,3` (TLS 1.2), `AT+CSSLCFG="authmode",0,1` (verify the
+//! server), `AT+CSSLCFG="cacert",0,"file"`, `AT+CCHSTOP` (any answer), `AT+CCHSTART`,
+//! `AT+CCHSSLCFG=0,0` → `OK`; `AT+CCHOPEN=0,"host",port,2` → `CONNECT 115200`.
+//! `ERROR` or `NO CARRIER` fail.
 //! `+++` between two silent seconds returns from transparent to command mode.
 
 use embedded_io_async::{Read, Write};
@@ -79,6 +84,40 @@ impl<T: Read + Write> Modem<T> {
         let mut digits = [0u8; 10];
         let port = crate::decimal(u32::from(port), &mut digits);
         for part in ["AT+CIPOPEN=0,\"TCP\",\"", host, "\",", port] {
+            cmd.push_str(part).map_err(|_| ModemError::Refused)?;
+        }
+        self.command(&cmd, "CONNECT", None).await
+    }
+
+    /// Opens a TLS session to `host:port` in transparent mode; the modem verifies the
+    /// broker's certificate against its CA file `ca_file` (loaded on the modem with
+    /// `AT+CCERTDOWN`, docs/FLASHING.md) and fails rather than connect unverified.
+    pub async fn open_tls(
+        &mut self,
+        host: &str,
+        port: u16,
+        ca_file: &str,
+    ) -> Result<(), ModemError> {
+        let mut cmd: String<{ LINE + 32 }> = String::new();
+        for part in ["AT+CSSLCFG=\"cacert\",0,\"", ca_file, "\""] {
+            cmd.push_str(part).map_err(|_| ModemError::Refused)?;
+        }
+        for setting in [
+            "AT+CCHMODE=1",
+            "AT+CSSLCFG=\"sslversion\",0,3",
+            "AT+CSSLCFG=\"authmode\",0,1",
+            &cmd,
+        ] {
+            self.command(setting, "OK", None).await?;
+        }
+        // A session of a previous connection may still hold the TLS service.
+        let _ = self.command("AT+CCHSTOP", "OK", None).await;
+        self.command("AT+CCHSTART", "OK", None).await?;
+        self.command("AT+CCHSSLCFG=0,0", "OK", None).await?;
+        cmd.clear();
+        let mut digits = [0u8; 10];
+        let port = crate::decimal(u32::from(port), &mut digits);
+        for part in ["AT+CCHOPEN=0,\"", host, "\",", port, ",2"] {
             cmd.push_str(part).map_err(|_| ModemError::Refused)?;
         }
         self.command(&cmd, "CONNECT", None).await
@@ -258,6 +297,53 @@ mod tests {
             sent.ends_with("AT+CIPOPEN=0,\"TCP\",\"broker.example\",1883\r"),
             "{sent}"
         );
+    }
+
+    #[test]
+    fn open_tls_configures_the_pinned_ca_then_opens() {
+        let ok: &'static [u8] = b"\r\nOK\r\n";
+        let mut m = Modem::new(Script {
+            replies: std::vec![
+                ok,
+                ok,
+                ok,
+                ok,
+                b"\r\nERROR\r\n", // AT+CCHSTOP: nothing to stop
+                b"\r\nOK\r\n\r\n+CCHSTART: 0\r\n",
+                ok,
+                b"\r\nCONNECT 115200\r\n",
+            ],
+            pending: Vec::new(),
+            sent: Vec::new(),
+        });
+        run(m.open_tls("mqtt.example", 8883, "vigie-ca-0011223344556677.pem")).unwrap();
+        let sent = std::string::String::from_utf8(m.io().sent.clone()).unwrap();
+        let lines: Vec<_> = sent.split('\r').filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "AT+CCHMODE=1",
+                "AT+CSSLCFG=\"sslversion\",0,3",
+                "AT+CSSLCFG=\"authmode\",0,1",
+                "AT+CSSLCFG=\"cacert\",0,\"vigie-ca-0011223344556677.pem\"",
+                "AT+CCHSTOP",
+                "AT+CCHSTART",
+                "AT+CCHSSLCFG=0,0",
+                "AT+CCHOPEN=0,\"mqtt.example\",8883,2",
+            ]
+        );
+        // A refused handshake (wrong CA on the modem) is a refusal, not a clear-text link.
+        let mut m = Modem::new(Script {
+            replies: std::vec![ok, ok, ok, ok, ok, ok, ok, b"\r\nERROR\r\n"],
+            pending: Vec::new(),
+            sent: Vec::new(),
+        });
+        assert_eq!(
+            run(m.open_tls("mqtt.example", 8883, "vigie-ca-0011223344556677.pem")),
+            Err(ModemError::Refused)
+        );
+        let sent = std::string::String::from_utf8(m.io().sent.clone()).unwrap();
+        assert!(!sent.contains("CIPOPEN"), "{sent}");
     }
 
     #[test]

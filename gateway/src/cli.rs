@@ -86,8 +86,11 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
         .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
     save(g, &registry)?;
     let transport = match d.transport {
-        Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)",
-        Transport::Tls { .. } => "TLS",
+        Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)".into(),
+        Transport::Tls { ca_sha256 } => format!(
+            "TLS: load the CA onto the board's modem as {} (docs/FLASHING.md)",
+            protocol::provision::ca_file_name(&ca_sha256)
+        ),
     };
     Ok(format!(
         "{} {}/{} ({:?}, key epoch {epoch}, {transport}); provisioning blob: {} ({n} bytes).\n\
@@ -443,6 +446,38 @@ mod tests {
         assert!(reg.get("lyon", "bin-7").unwrap().entry.revoked);
         let names: Vec<_> = accounts(&g).into_iter().map(|(u, _)| u).collect();
         assert_eq!(names, ["gw-mairie"]);
+    }
+
+    #[test]
+    fn broker_ca_pins_the_sha256_of_the_first_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(transport(None), Ok(Transport::Plain));
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
+             -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let want = ring::digest::digest(&ring::digest::SHA256, &[0, 1, 2]);
+        assert_eq!(
+            transport(Some(&pem)),
+            Ok(Transport::Tls {
+                ca_sha256: want.as_ref().try_into().unwrap()
+            })
+        );
+        std::fs::write(&pem, "not a certificate").unwrap();
+        assert!(
+            transport(Some(&pem))
+                .unwrap_err()
+                .contains("no PEM certificate")
+        );
+        let missing = dir.path().join("missing.pem");
+        assert!(
+            transport(Some(&missing))
+                .unwrap_err()
+                .starts_with("--broker-ca")
+        );
     }
 
     #[test]

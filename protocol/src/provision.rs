@@ -246,6 +246,26 @@ impl Provisioning {
     }
 }
 
+/// Length of [`ca_file_name`]: `vigie-ca-`, 16 hex digits, `.pem`.
+pub const CA_FILE_NAME_LEN: usize = 29;
+
+/// The name under which the board's modem keeps the CA certificate a TLS transport pins
+/// (SPEC §11): `vigie-ca-` and the first 8 bytes of its SHA-256, hex, then `.pem`. The
+/// firmware asks the modem to verify the broker against that file only, so a board trusts
+/// the CA its blob names and no other.
+pub fn ca_file_name(ca_sha256: &[u8; 32]) -> String<CA_FILE_NAME_LEN> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = String::new();
+    // Cannot fail: 9 + 16 + 4 characters.
+    let _ = name.push_str("vigie-ca-");
+    for b in &ca_sha256[..8] {
+        let _ = name.push(char::from(HEX[usize::from(b >> 4)]));
+        let _ = name.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    let _ = name.push_str(".pem");
+    name
+}
+
 /// A broker password a blob can carry: 1 to 32 printable ASCII characters, no space.
 pub fn password_ok(p: &str) -> bool {
     !p.is_empty() && p.len() <= MAX_PASSWORD_LEN && p.bytes().all(|b| b.is_ascii_graphic())
@@ -287,6 +307,15 @@ mod tests {
                 ca_sha256: [0xca; 32],
             },
         }
+    }
+
+    #[test]
+    fn ca_file_name_names_the_pinned_ca() {
+        let mut sha = [0u8; 32];
+        sha[0] = 0xab;
+        sha[7] = 0x01;
+        sha[8] = 0xff; // beyond the first 8 bytes: not in the name
+        assert_eq!(ca_file_name(&sha).as_str(), "vigie-ca-ab00000000000001.pem");
     }
 
     #[test]

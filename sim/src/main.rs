@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use protocol::provision::Provisioning;
+use protocol::provision::{Provisioning, Transport};
 use vigie_sim::{Fleet, FleetOptions};
 
 /// Simulated fleet: the firmware's code on simulated sensors, publishing to a broker.
@@ -38,7 +38,17 @@ fn load(dir: &PathBuf) -> Result<Vec<Provisioning>, String> {
         let path = e.path();
         if path.extension().is_some_and(|x| x == "vgp") {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            out.push(Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+            let p = Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            // The simulator speaks plain MQTT: it never sends a TLS blob's password in clear.
+            if p.transport != Transport::Plain {
+                return Err(format!(
+                    "{}: the blob asks for TLS (devices add --broker-ca), which vigie-sim does \
+                     not speak; add the simulated devices without --broker-ca, against the \
+                     broker's loopback listener",
+                    path.display()
+                ));
+            }
+            out.push(p);
         }
     }
     if out.is_empty() {

@@ -1,6 +1,8 @@
 //! The reference node image in QEMU (`qemu-system-arm -M mps2-an386`), its UART0 bridged
 //! to a cellular-modem emulator that answers the firmware's AT commands and then relays
-//! the MQTT byte stream to the real broker, its console (UART1) in a file, its monitor on
+//! the MQTT byte stream to the real broker (over TLS that the emulator terminates, as the
+//! modem's own TLS stack does, verifying the broker against the CA file the firmware
+//! names), its console (UART1) in a file, its monitor on
 //! a TCP port for resets, its PSRAM (the frame-counter pages and the frame ring, the
 //! board's "flash") in a file that outlives the process, so killing QEMU is a power cut.
 
@@ -36,6 +38,24 @@ pub fn image() -> PathBuf {
     elf
 }
 
+/// What the emulated cellular network reaches.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The broker's plain listener (`AT+CIPOPEN`).
+    pub plain: SocketAddr,
+    /// The broker's TLS listener (`AT+CCHOPEN`) and the modem's CA files.
+    pub tls: Option<TlsListener>,
+}
+
+/// A TLS listener the modem can reach, and the CA files loaded on the modem.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// The broker's TLS listener.
+    pub addr: SocketAddr,
+    /// (name, PEM): what a technician loads with `AT+CCERTDOWN`.
+    pub ca_files: Vec<(String, Vec<u8>)>,
+}
+
 /// The modem emulator: a SIM7600 as far as the firmware's driver uses it.
 #[derive(Debug)]
 pub struct ModemEmulator {
@@ -43,15 +63,29 @@ pub struct ModemEmulator {
     pub addr: SocketAddr,
     reset: watch::Sender<u64>,
     network: watch::Sender<bool>,
-    /// TCP connections opened to the broker (`AT+CIPOPEN`).
+    /// Connections opened to the broker (`AT+CIPOPEN`, `AT+CCHOPEN`).
     pub connections: Arc<AtomicU64>,
 }
+
+/// The byte stream to the broker: TCP, or TLS over TCP.
+trait Link: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Link for T {}
 
 impl ModemEmulator {
     /// Listens on a free port; bridges to `broker` on `AT+CIPOPEN` (whatever host the
     /// firmware names: this is the "network"). A QEMU that was killed and started again
     /// connects anew.
     pub async fn start(broker: SocketAddr) -> Self {
+        Self::start_on(Network {
+            plain: broker,
+            tls: None,
+        })
+        .await
+    }
+
+    /// [`Self::start`] on `network`: `AT+CCHOPEN` reaches its TLS listener.
+    pub async fn start_on(network: Network) -> Self {
+        let broker = Arc::new(network);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reset, reset_rx) = watch::channel(0);
@@ -63,7 +97,7 @@ impl ModemEmulator {
             while let Ok((uart, _)) = listener.accept().await {
                 serve(
                     uart,
-                    broker,
+                    broker.clone(),
                     reset_rx.clone(),
                     network_rx.clone(),
                     counter.clone(),
@@ -92,15 +126,48 @@ impl ModemEmulator {
     }
 }
 
+/// `AT+CCHOPEN=0,"host",port,2`: a TLS session to the network's TLS listener, the broker
+/// verified as `host` against the modem's CA file `ca_file`; `None` when anything fails
+/// (the modem answers `ERROR`).
+async fn open_tls(network: &Network, cmd: &str, ca_file: Option<&str>) -> Option<Box<dyn Link>> {
+    let tls = network.tls.as_ref()?;
+    let host = cmd.split('"').nth(1)?;
+    let pem = &tls
+        .ca_files
+        .iter()
+        .find(|(name, _)| Some(name.as_str()) == ca_file)?
+        .1;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let tcp = TcpStream::connect(tls.addr).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    Some(Box::new(tls))
+}
+
 async fn serve(
     mut uart: TcpStream,
-    broker: SocketAddr,
+    broker: Arc<Network>,
     mut reset: watch::Receiver<u64>,
     mut network: watch::Receiver<bool>,
     connections: Arc<AtomicU64>,
 ) {
     let mut line = Vec::new();
-    let mut link: Option<TcpStream> = None;
+    let mut link: Option<Box<dyn Link>> = None;
+    // The CA file `AT+CSSLCFG="cacert",0,"…"` named.
+    let mut ca_file: Option<String> = None;
     let mut buf = [0u8; 2048];
     let mut from_broker = [0u8; 2048];
     loop {
@@ -124,16 +191,29 @@ async fn serve(
                     line.clear();
                     let reply = if cmd.starts_with("AT+CCLK?") {
                         format!("\r\n+CCLK: \"{}+00\"\r\n\r\nOK\r\n", cclk_now())
-                    } else if cmd.starts_with("AT+CIPOPEN=") && !*network.borrow() {
+                    } else if (cmd.starts_with("AT+CIPOPEN=") || cmd.starts_with("AT+CCHOPEN="))
+                        && !*network.borrow()
+                    {
                         "\r\nERROR\r\n".into()
-                    } else if cmd.starts_with("AT+CIPOPEN=") {
-                        match TcpStream::connect(broker).await {
-                            Ok(s) => {
+                    } else if cmd.starts_with("AT+CSSLCFG=\"cacert\"") {
+                        ca_file = cmd.split('"').nth(3).map(str::to_string);
+                        "\r\nOK\r\n".into()
+                    } else if cmd.starts_with("AT+CIPOPEN=") || cmd.starts_with("AT+CCHOPEN=") {
+                        let opened: Option<Box<dyn Link>> = if cmd.starts_with("AT+CIPOPEN=") {
+                            match TcpStream::connect(broker.plain).await {
+                                Ok(s) => Some(Box::new(s)),
+                                Err(_) => None,
+                            }
+                        } else {
+                            open_tls(&broker, &cmd, ca_file.as_deref()).await
+                        };
+                        match opened {
+                            Some(s) => {
                                 connections.fetch_add(1, Ordering::Relaxed);
                                 link = Some(s);
                                 "\r\nCONNECT 115200\r\n".into()
                             }
-                            Err(_) => "\r\nERROR\r\n".into(),
+                            None => "\r\nERROR\r\n".into(),
                         }
                     } else if cmd.starts_with("AT") {
                         "\r\nOK\r\n".into()

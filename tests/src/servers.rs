@@ -14,6 +14,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its private directory (data, config, log).
     pub dir: tempfile::TempDir,
+    /// Its TLS listener and the test CA that signed its certificate, if it has one.
+    pub tls: Option<(SocketAddr, crate::tls::TestPki)>,
     restart: Vec<String>,
 }
 
@@ -30,6 +32,7 @@ impl Server {
             child: None,
             addr,
             dir,
+            tls: None,
             restart: std::iter::once(program.to_string())
                 .chain(args.iter().cloned())
                 .collect(),
@@ -76,6 +79,12 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The TLS listener's address and the CA file that verifies it (Mosquitto).
+    pub fn tls(&self) -> (SocketAddr, &Path) {
+        let (addr, pki) = self.tls.as_ref().expect("a server with a TLS listener");
+        (*addr, &pki.ca)
     }
 
     /// The process id, while running.
@@ -137,20 +146,53 @@ fn addr() -> SocketAddr {
 /// `fleet::write_registry` (the product's `access::write`) puts beside the registry: write
 /// the registry first.
 pub fn mosquitto(registry_dir: &Path) -> Server {
-    mosquitto_with(registry_dir, addr(), false)
+    mosquitto_with(registry_dir, BrokerSetup::new(), false)
 }
 
-/// [`mosquitto`] on a chosen address (for a blob written before the broker starts).
-pub fn mosquitto_at(registry_dir: &Path, addr: SocketAddr) -> Server {
-    mosquitto_with(registry_dir, addr, false)
+/// Where a test broker listens and the certificate its TLS listener serves, chosen before
+/// it starts (a blob written first names them).
+#[derive(Debug)]
+pub struct BrokerSetup {
+    /// The loopback listener.
+    pub addr: SocketAddr,
+    /// The TLS listener.
+    pub tls_addr: SocketAddr,
+    /// Its CA, certificate and key.
+    pub pki: crate::tls::TestPki,
+    _dir: tempfile::TempDir,
+}
+
+impl BrokerSetup {
+    /// Free ports and a fresh test CA.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            addr: addr(),
+            tls_addr: addr(),
+            pki: crate::tls::pki(dir.path()),
+            _dir: dir,
+        }
+    }
+}
+
+impl Default for BrokerSetup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`mosquitto`] as `setup` says.
+pub fn mosquitto_at(registry_dir: &Path, setup: BrokerSetup) -> Server {
+    mosquitto_with(registry_dir, setup, false)
 }
 
 /// [`mosquitto`] logging everything (`log_type all`: each denied publication too).
 pub fn mosquitto_logging_all(registry_dir: &Path) -> Server {
-    mosquitto_with(registry_dir, addr(), true)
+    mosquitto_with(registry_dir, BrokerSetup::new(), true)
 }
 
-fn mosquitto_with(registry_dir: &Path, addr: SocketAddr, log_all: bool) -> Server {
+fn mosquitto_with(registry_dir: &Path, setup: BrokerSetup, log_all: bool) -> Server {
+    let (addr, tls_addr) = (setup.addr, setup.tls_addr);
     let access = registry_dir.join("broker-access.json");
     assert!(
         access.exists(),
@@ -158,6 +200,19 @@ fn mosquitto_with(registry_dir: &Path, addr: SocketAddr, log_all: bool) -> Serve
         access.display()
     );
     let dir = tempfile::tempdir().unwrap();
+    // The certificate files move into the broker's own directory.
+    let pki = crate::tls::TestPki {
+        ca: dir.path().join("ca.pem"),
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+    };
+    for (from, to) in [
+        (&setup.pki.ca, &pki.ca),
+        (&setup.pki.cert, &pki.cert),
+        (&setup.pki.key, &pki.key),
+    ] {
+        std::fs::copy(from, to).unwrap();
+    }
     let conf_d = dir.path().join("conf.d");
     std::fs::create_dir(&conf_d).unwrap();
     let debian = std::fs::read_to_string("/etc/mosquitto/mosquitto.conf")
@@ -188,8 +243,15 @@ fn mosquitto_with(registry_dir: &Path, addr: SocketAddr, log_all: bool) -> Serve
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.conf");
     let mut vigie = String::new();
     for line in std::fs::read_to_string(project).unwrap().lines() {
-        if line.starts_with("listener ") {
+        // The loopback listener, then the TLS one, each on its own free port.
+        if line.starts_with("listener 1883") {
             vigie.push_str(&format!("listener {} 127.0.0.1\n", addr.port()));
+        } else if line.starts_with("listener 8883") {
+            vigie.push_str(&format!("listener {} 127.0.0.1\n", tls_addr.port()));
+        } else if line.starts_with("certfile ") {
+            vigie.push_str(&format!("certfile {}\n", pki.cert.display()));
+        } else if line.starts_with("keyfile ") {
+            vigie.push_str(&format!("keyfile {}\n", pki.key.display()));
         } else if line.starts_with("plugin_opt_config_file ") {
             vigie.push_str(&format!("plugin_opt_config_file {}\n", access.display()));
         } else {
@@ -200,13 +262,15 @@ fn mosquitto_with(registry_dir: &Path, addr: SocketAddr, log_all: bool) -> Serve
     std::fs::write(conf_d.join("vigie.conf"), vigie).unwrap();
     let path = dir.path().join("mosquitto.conf");
     std::fs::write(&path, main).unwrap();
-    Server::spawn(
+    let mut server = Server::spawn(
         "mosquitto",
         "mosquitto",
         &["-c".into(), path.display().to_string()],
         dir,
         addr,
-    )
+    );
+    server.tls = Some((tls_addr, pki));
+    server
 }
 
 /// InfluxDB 1.x (`influxd`), HTTP API only, everything under a temporary directory.

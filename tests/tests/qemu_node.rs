@@ -1,6 +1,8 @@
 //! The flashable image itself, end to end: the reference node image boots in QEMU with the
-//! blob `gateway devices add` wrote, talks AT to the modem emulator, publishes through real
-//! Mosquitto to the gateway and InfluxDB; then the board is reset and publishes again.
+//! blob `gateway devices add --broker-ca` wrote, talks AT to the modem emulator, logs in
+//! with its own broker account over TLS (the modem's TLS, verifying the broker against the
+//! CA file the blob pins) and publishes through real Mosquitto to the gateway and
+//! InfluxDB; then the board is reset and publishes again.
 //! Then the cellular link goes down; during the outage the board is reset, then loses
 //! power (QEMU killed; its flash file stays) and boots again; the frames waiting in its
 //! flash ring at the power cut are read out of the flash file, and once the link is back
@@ -10,10 +12,11 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::qemu::{self, ModemEmulator, Qemu};
+use vigie_tests::qemu::{Network, TlsListener};
+use vigie_tests::servers::BrokerSetup;
 use vigie_tests::{fleet, influxdb, process, readback, wait_for};
 
 /// Readings to see stored per boot (one per second).
@@ -39,9 +42,10 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
-    // The broker's address is in the blob, so it is chosen first; the broker starts once
-    // `devices add` has written its accounts.
-    let broker_addr = SocketAddr::from(([127, 0, 0, 1], vigie_tests::free_port()));
+    // The broker's address and CA are in the blob, so they are chosen first; the broker
+    // starts once `devices add` has written its accounts.
+    let setup = BrokerSetup::new();
+    let broker_addr = setup.addr;
     fleet::save_registry(
         &dir.path().join("devices.toml"),
         &fleet::registry(Vec::new()),
@@ -78,7 +82,9 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         ])
         .args(["--sample-interval", "1", "--heartbeat", "0"])
         .args(["--broker-host", "127.0.0.1", "--broker-port"])
-        .arg(broker_addr.port().to_string())
+        .arg(setup.tls_addr.port().to_string())
+        .arg("--broker-ca")
+        .arg(&setup.pki.ca)
         .arg("--blob-out")
         .arg(&blob)
         .output()
@@ -88,14 +94,25 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let broker = vigie_tests::servers::mosquitto_at(dir.path(), broker_addr);
+    // The technician loads the CA onto the modem under the name the blob pins.
+    let ca_pem = std::fs::read(&setup.pki.ca).unwrap();
+    let sha = ring::digest::digest(&ring::digest::SHA256, &ca_der(&ca_pem));
+    let ca_name = protocol::provision::ca_file_name(sha.as_ref().try_into().unwrap());
+    let network = Network {
+        plain: setup.addr,
+        tls: Some(TlsListener {
+            addr: setup.tls_addr,
+            ca_files: vec![(ca_name.to_string(), ca_pem)],
+        }),
+    };
+    let broker = vigie_tests::servers::mosquitto_at(dir.path(), setup);
 
     let gw = InProcessGateway::start(config).await;
     let metrics = &gw.metrics;
     let stored = || metrics.total("vigie_readings_stored_total");
 
     // Boot 1.
-    let modem = ModemEmulator::start(broker.addr).await;
+    let modem = ModemEmulator::start_on(network.clone()).await;
     let started = Instant::now();
     let board = Qemu::boot(&image, Some(&blob), modem.addr, dir.path());
     wait_for(
@@ -105,6 +122,13 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     )
     .await;
     let boot_to_first_stored = started.elapsed();
+    // It came in through the TLS listener, logged in with its own account.
+    let tls_port = broker.tls().0.port();
+    let log = broker.log();
+    assert!(
+        log.contains(&format!("on port {tls_port}.")) && log.contains("as lyon.aq-qemu"),
+        "{log}"
+    );
     wait_for("readings of boot 1", Duration::from_secs(60), async || {
         stored() >= PER_BOOT
     })
@@ -277,7 +301,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
 
     // Without a blob the image stops with a reason instead of running unauthenticated.
     let bare = tempfile::tempdir().unwrap();
-    let modem2 = ModemEmulator::start(broker.addr).await;
+    let modem2 = ModemEmulator::start_on(network).await;
     let refused = Qemu::boot(&image, None, modem2.addr, bare.path());
     wait_for(
         "the refusal on the console",
@@ -294,4 +318,13 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     );
 
     gw.stop().await;
+}
+
+/// The DER bytes of the first certificate of a PEM file.
+fn ca_der(pem: &[u8]) -> Vec<u8> {
+    rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
 }

@@ -1,6 +1,7 @@
 //! Attacks on the broker (docs/OPERATIONS.md, "Security"), each by a second client against
 //! real Mosquitto running the shipped `deploy/mosquitto.conf` under Debian's main file,
-//! with the accounts `devices add` / `gateways add` wrote. Each scenario publishes a known
+//! with the accounts `devices add` / `gateways add` wrote. The gateways connect to the
+//! broker's TLS listener and verify it against the test CA. Each scenario publishes a known
 //! load and counts what the database holds: published = stored, nothing lost.
 //!
 //! - an outsider without an account: refused, reads nothing, takes nothing;
@@ -11,7 +12,8 @@
 //!   with a guessed password or with a device's account: refused, the gateway stays
 //!   connected and its queued session survives;
 //! - a revoked device: refused by the broker after its restart, and what it had queued
-//!   before is quarantined by the gateway (`revoked`).
+//!   before is quarantined by the gateway (`revoked`);
+//! - a broker whose certificate the gateway's CA did not sign: the gateway never logs in.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::{Config, DatabaseApi};
@@ -24,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::scenario::{self, TENANT, assert_exactly};
-use vigie_tests::{fleet, influxdb, mosquitto, now_s, process, readback, wait_for};
+use vigie_tests::{Server, fleet, influxdb, mosquitto, now_s, process, readback, wait_for};
 
 /// Connects `client_id` (with an account, or anonymously) and returns the client once the
 /// broker accepted it, or the broker's refusal.
@@ -82,14 +84,13 @@ fn account(user: &str) -> (String, String) {
     (user.to_string(), fleet::password(user).expose().to_string())
 }
 
-fn gateway_config(dir: &Path, id: &str, broker: SocketAddr, influx: SocketAddr) -> Config {
-    let mut c = fleet::gateway_config(
-        dir,
-        id,
-        broker,
-        Some(fleet::database(DatabaseApi::V1, influx)),
-    );
+/// A gateway on the broker's TLS listener, verifying it against the test CA.
+fn gateway_config(dir: &Path, id: &str, broker: &Server, influx: SocketAddr) -> Config {
+    let (tls, ca) = broker.tls();
+    let mut c = fleet::gateway_config(dir, id, tls, Some(fleet::database(DatabaseApi::V1, influx)));
     c.mqtt.group = "vigie".into();
+    c.mqtt.tls = true;
+    c.mqtt.ca_file = Some(ca.to_path_buf());
     c
 }
 
@@ -101,7 +102,7 @@ async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
     let devices = scenario::devices(dir.path(), 4);
     let broker = mosquitto(dir.path());
     let gw =
-        InProcessGateway::start(gateway_config(dir.path(), "gw-a", broker.addr, influx.addr)).await;
+        InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
 
     // An outsider: no account, or a made-up one, or a device's name with a wrong password.
     assert_eq!(
@@ -177,7 +178,7 @@ async fn a_device_cannot_publish_as_another() {
     let devices = scenario::devices(dir.path(), 2);
     let broker = vigie_tests::servers::mosquitto_logging_all(dir.path());
     let gw =
-        InProcessGateway::start(gateway_config(dir.path(), "gw-a", broker.addr, influx.addr)).await;
+        InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
 
     // Device 0 publishes a frame of its own on device 1's topic, and on its ack topic: the
     // broker answers PUBACK "not authorized" (or closes the connection) and delivers
@@ -276,7 +277,7 @@ async fn taking_over_the_gateways_client_id_loses_nothing() {
     );
 
     let broker = mosquitto(dir.path());
-    let mut config = gateway_config(dir.path(), "gw-cli", broker.addr, influx.addr);
+    let mut config = gateway_config(dir.path(), "gw-cli", &broker, influx.addr);
     config.mqtt.password = None;
     config.mqtt.password_file = Some(password_file);
 
@@ -319,7 +320,7 @@ async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 2);
     let mut broker = mosquitto(dir.path());
-    let config = gateway_config(dir.path(), "gw-a", broker.addr, influx.addr);
+    let config = gateway_config(dir.path(), "gw-a", &broker, influx.addr);
     let gw = InProcessGateway::start(config.clone()).await;
     gw.stop().await;
 
@@ -382,4 +383,26 @@ async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
         gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
     assert_eq!(entries.len(), 10);
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario::devices(dir.path(), 1);
+    let broker = mosquitto(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let stranger = vigie_tests::tls::pki(other.path());
+    let mut config = gateway_config(dir.path(), "gw-a", &broker, broker.addr);
+    config.database = None;
+    config.mqtt.ca_file = Some(stranger.ca);
+    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It never logged in: the TLS handshake failed before any password was sent.
+    assert_eq!(metrics.total("vigie_mqtt_connects_total"), 0.0);
+    assert_eq!(metrics.total("vigie_mqtt_connected"), 0.0);
+    assert!(!broker.log().contains("as gw-a"), "{}", broker.log());
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
 }
