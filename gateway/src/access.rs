@@ -247,14 +247,8 @@ pub fn dynsec_config(registry: &Registry) -> Value {
 /// Writes the broker's access file for `registry` atomically, mode 0640, keeping the owner
 /// and group of the file it replaces (Debian's broker reads it as group `mosquitto`).
 pub fn write(path: &Path, registry: &Registry) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let before = std::fs::metadata(path).ok();
     let text = serde_json::to_string_pretty(&dynsec_config(registry))?;
-    crate::fs::write_atomic(path, text.as_bytes(), 0o640)?;
-    if let Some(m) = before {
-        std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))?;
-    }
-    Ok(())
+    crate::fs::replace_keeping_owner(path, text.as_bytes(), 0o640)
 }
 
 /// What to tell the operator after the access file changed: Mosquitto reads it at start

@@ -1,5 +1,5 @@
 //! Operator commands: `check-config`, `devices add|rotate|list|revoke`, `gateways add`,
-//! `quarantine list|replay`.
+//! `broker-cert`, `quarantine list|replay`.
 //! Each returns the text to print or an error message; `main.rs` only prints.
 
 use crate::access;
@@ -160,6 +160,45 @@ pub fn gateways_add(
         password_out.display(),
         password_out.display(),
         access::restart_hint(&g.broker_access())
+    ))
+}
+
+/// `broker-cert`: the deployment's CA (created beside the registry on first use) issues
+/// the broker's TLS certificate for `hosts` into `out_dir` (`vigie-broker.crt`, and
+/// `vigie-broker.key` mode 0640; a replaced file keeps its owner and group).
+pub fn broker_cert(g: &GatewayConfig, hosts: &[String], out_dir: &Path) -> Result<String, String> {
+    let dir = g.registry.parent().unwrap_or(Path::new("."));
+    let files = crate::pki::CaFiles::in_dir(dir);
+    let (ca, created) = crate::pki::load_or_create_ca(&files).map_err(|e| e.to_string())?;
+    let issued = crate::pki::issue_server(&ca, hosts).map_err(|e| e.to_string())?;
+    let (cert, key) = (
+        out_dir.join("vigie-broker.crt"),
+        out_dir.join("vigie-broker.key"),
+    );
+    crate::fs::replace_keeping_owner(&cert, issued.cert_pem.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    crate::fs::replace_keeping_owner(&key, issued.key_pem.as_bytes(), 0o640)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let ca_note = if created {
+        format!(
+            "created the CA {} (its key {} is mode 0600: keep it safe, boards pin this CA)",
+            files.cert.display(),
+            files.key.display()
+        )
+    } else {
+        format!("signed by the CA {}", files.cert.display())
+    };
+    Ok(format!(
+        "broker certificate for {} valid until {}: {} and {}; {ca_note}.\n\
+         Give the key to the broker's group once (`chgrp mosquitto {}`), restart the broker; \
+         use --broker-ca {} with `devices add` and mqtt.ca_file = \"{}\" for gateways on other hosts.",
+        hosts.join(", "),
+        issued.not_after.date(),
+        cert.display(),
+        key.display(),
+        key.display(),
+        files.cert.display(),
+        files.cert.display(),
     ))
 }
 

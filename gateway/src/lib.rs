@@ -28,6 +28,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod pki;
 pub mod pure;
 pub mod quarantine;
 pub mod registry;

@@ -38,6 +38,19 @@ enum Command {
     /// Manage the gateways' broker accounts.
     #[command(subcommand)]
     Gateways(GatewaysCommand),
+    /// Issue the broker's TLS certificate from the deployment's CA (created beside the
+    /// registry on first use).
+    BrokerCert {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// Host name or address devices and gateways dial (repeat for several).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where to write vigie-broker.crt and vigie-broker.key.
+        #[arg(long, default_value = "/etc/mosquitto/certs")]
+        out_dir: PathBuf,
+    },
     /// Inspect or replay rejected frames.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -165,6 +178,13 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
         Command::Devices(cmd) => devices(cmd),
+        Command::BrokerCert {
+            config,
+            hosts,
+            out_dir,
+        } => load(&config)
+            .and_then(|c| cli::broker_cert(&c.gateway, &hosts, &out_dir))
+            .map(|s| println!("{s}")),
         Command::Gateways(GatewaysCommand::Add {
             config,
             username,

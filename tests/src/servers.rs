@@ -159,18 +159,25 @@ pub struct BrokerSetup {
     pub tls_addr: SocketAddr,
     /// Its CA, certificate and key.
     pub pki: crate::tls::TestPki,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl BrokerSetup {
     /// Free ports and a fresh test CA.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut setup = Self::with_pki(crate::tls::pki(dir.path()));
+        setup._dir = Some(dir);
+        setup
+    }
+
+    /// Free ports, and the certificate files `pki` names (`broker-cert` made them).
+    pub fn with_pki(pki: crate::tls::TestPki) -> Self {
         Self {
             addr: addr(),
             tls_addr: addr(),
-            pki: crate::tls::pki(dir.path()),
-            _dir: dir,
+            pki,
+            _dir: None,
         }
     }
 }

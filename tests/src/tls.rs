@@ -1,5 +1,6 @@
-//! A test certificate authority and a server certificate for 127.0.0.1 (rcgen), as PEM
-//! files, for servers the tests run over TLS.
+//! A test certificate authority and a server certificate for 127.0.0.1 and `localhost`, as
+//! PEM files, for servers the tests run over TLS: made by the product's own CA code
+//! (`gateway::pki`, what `broker-cert` runs).
 
 use std::path::{Path, PathBuf};
 
@@ -16,26 +17,16 @@ pub struct TestPki {
 
 /// Generates a fresh CA and server certificate in `dir`.
 pub fn pki(dir: &Path) -> TestPki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Vigie test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let files = gateway::pki::CaFiles::in_dir(dir);
+    let (ca, _) = gateway::pki::load_or_create_ca(&files).unwrap();
+    let issued =
+        gateway::pki::issue_server(&ca, &["localhost".into(), "127.0.0.1".into()]).unwrap();
     let out = TestPki {
-        ca: dir.join("ca.pem"),
+        ca: files.cert,
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
     };
-    std::fs::write(&out.ca, ca.pem()).unwrap();
-    std::fs::write(&out.cert, cert.pem()).unwrap();
-    std::fs::write(&out.key, key.serialize_pem()).unwrap();
+    std::fs::write(&out.cert, issued.cert_pem).unwrap();
+    std::fs::write(&out.key, issued.key_pem).unwrap();
     out
 }

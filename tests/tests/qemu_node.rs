@@ -42,62 +42,84 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
-    // The broker's address and CA are in the blob, so they are chosen first; the broker
-    // starts once `devices add` has written its accounts.
-    let setup = BrokerSetup::new();
-    let broker_addr = setup.addr;
     fleet::save_registry(
         &dir.path().join("devices.toml"),
         &fleet::registry(Vec::new()),
     );
-
-    // The technician's step: `devices add` writes the registry entry, the broker account
-    // and the blob.
-    let config = fleet::gateway_config(
-        dir.path(),
-        "gw-qemu",
-        broker_addr,
-        Some(fleet::database(DatabaseApi::V1, influx.addr)),
-    );
     let config_file = dir.path().join("gateway.toml");
-    let registry_path = config.gateway.registry.clone();
     let text = format!(
-        "[gateway]\ndata_dir = {:?}\nregistry = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[gateway]\ndata_dir = {:?}\nregistry = {:?}\n",
         dir.path().join("cli-data"),
-        config.gateway.registry,
-        broker_addr.port()
+        dir.path().join("devices.toml"),
     );
     std::fs::write(&config_file, text).unwrap();
+    let cli = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(process::binary())
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+
+    // City IT's step: `broker-cert` makes the deployment's CA and the broker's
+    // certificate. The broker's addresses and CA go into the blob, so they are chosen
+    // first; the broker starts once `devices add` has written its accounts.
+    let certs = dir.path().join("certs");
+    cli(&[
+        "broker-cert".as_ref(),
+        "--config".as_ref(),
+        config_file.as_os_str(),
+        "--host".as_ref(),
+        "127.0.0.1".as_ref(),
+        "--out-dir".as_ref(),
+        certs.as_os_str(),
+    ]);
+    let setup = BrokerSetup::with_pki(vigie_tests::tls::TestPki {
+        ca: dir.path().join("ca.pem"),
+        cert: certs.join("vigie-broker.crt"),
+        key: certs.join("vigie-broker.key"),
+    });
+
+    // The technician's step: `devices add` writes the registry entry, the broker account
+    // and the blob, and names the CA file to load onto the modem.
     let blob = dir.path().join("aq-qemu.vgp");
-    let out = std::process::Command::new(process::binary())
-        .args(["devices", "add", "--config"])
-        .arg(&config_file)
-        .args([
-            "--tenant",
-            "lyon",
-            "--id",
-            "aq-qemu",
-            "--kind",
-            "air-quality",
-        ])
-        .args(["--sample-interval", "1", "--heartbeat", "0"])
-        .args(["--broker-host", "127.0.0.1", "--broker-port"])
-        .arg(setup.tls_addr.port().to_string())
-        .arg("--broker-ca")
-        .arg(&setup.pki.ca)
-        .arg("--blob-out")
-        .arg(&blob)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The technician loads the CA onto the modem under the name the blob pins.
+    let tls_port = setup.tls_addr.port().to_string();
+    let added = cli(&[
+        "devices".as_ref(),
+        "add".as_ref(),
+        "--config".as_ref(),
+        config_file.as_os_str(),
+        "--tenant".as_ref(),
+        "lyon".as_ref(),
+        "--id".as_ref(),
+        "aq-qemu".as_ref(),
+        "--kind".as_ref(),
+        "air-quality".as_ref(),
+        "--sample-interval".as_ref(),
+        "1".as_ref(),
+        "--heartbeat".as_ref(),
+        "0".as_ref(),
+        "--broker-host".as_ref(),
+        "127.0.0.1".as_ref(),
+        "--broker-port".as_ref(),
+        tls_port.as_ref(),
+        "--broker-ca".as_ref(),
+        setup.pki.ca.as_os_str(),
+        "--blob-out".as_ref(),
+        blob.as_os_str(),
+    ]);
+    let ca_name = added
+        .split_whitespace()
+        .find(|w| w.starts_with("vigie-ca-"))
+        .unwrap_or_else(|| panic!("no CA file name in: {added}"));
+    // The technician loads the CA onto the modem under that name (`AT+CCERTDOWN`).
     let ca_pem = std::fs::read(&setup.pki.ca).unwrap();
-    let sha = ring::digest::digest(&ring::digest::SHA256, &ca_der(&ca_pem));
-    let ca_name = protocol::provision::ca_file_name(sha.as_ref().try_into().unwrap());
     let network = Network {
         plain: setup.addr,
         tls: Some(TlsListener {
@@ -105,6 +127,13 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
             ca_files: vec![(ca_name.to_string(), ca_pem)],
         }),
     };
+    let config = fleet::gateway_config(
+        dir.path(),
+        "gw-qemu",
+        setup.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    let registry_path = config.gateway.registry.clone();
     let broker = vigie_tests::servers::mosquitto_at(dir.path(), setup);
 
     let gw = InProcessGateway::start(config).await;
@@ -318,13 +347,4 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     );
 
     gw.stop().await;
-}
-
-/// The DER bytes of the first certificate of a PEM file.
-fn ca_der(pem: &[u8]) -> Vec<u8> {
-    rustls_pemfile::certs(&mut &pem[..])
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec()
 }

@@ -9,6 +9,19 @@ use std::path::Path;
 /// temp file, fsync, rename, fsync of the directory. A failed write removes its temp file
 /// (on a full disk it would hold space).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, mode, None)
+}
+
+/// [`write_atomic`] that gives the new file the owner and group of the file it replaces
+/// (a file another service reads through its group, such as the broker's), set before the
+/// rename so the file is never readable by the wrong group.
+pub fn replace_keeping_owner(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    write(path, bytes, mode, owner)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -23,6 +36,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            }
             f.sync_all()
         });
     if let Err(e) = written {
