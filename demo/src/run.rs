@@ -130,6 +130,7 @@ pub async fn run(
         status_every: 12,
         outages: Vec::new(),
         progress: false,
+        ca: None,
     };
     let started = Instant::now();
     let fleet = Fleet::new(devices, options);

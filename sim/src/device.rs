@@ -23,14 +23,14 @@ use firmware::ring::FrameRing;
 use firmware::station::{AirQualityStation, BinStation, Sample, Window};
 use firmware::uplink::Mqtt;
 use protocol::Kind;
-use protocol::provision::Provisioning;
+use protocol::provision::{Provisioning, Transport};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
 use firmware::simulated::{A02yyuwSim, Bme280Sim, NoDelay, Sds011Sim, TiltSim};
 
 use crate::hardware::{Clock, RamFlash, SimEnv};
-use crate::net::Tcp;
+use crate::net::{Link, TrustedCa};
 use crate::signals::mix;
 
 /// Readings a simulated node keeps in RAM while its flash fails, as on the reference board.
@@ -57,6 +57,8 @@ pub struct DeviceOptions {
     pub status_every: u32,
     /// Real-time window (from `started`) during which this device has no network.
     pub outage: Option<(Duration, Duration)>,
+    /// The CA a device with a TLS transport verifies the broker against.
+    pub ca: Option<TrustedCa>,
 }
 
 impl DeviceOptions {
@@ -223,9 +225,21 @@ pub async fn run(
                 _ = stop.changed() => stopping = true,
             }
         }
-        let mut client = match timeout(NET_TIMEOUT, Tcp::connect(opts.broker)).await {
-            Ok(Ok(tcp)) => Some(Mqtt::new(tcp)),
-            _ => None,
+        let p = board.node.provisioning();
+        // TLS as the blob says, verified against its pinned CA; never clear text instead.
+        let tls = match p.transport {
+            Transport::Plain => Ok(None),
+            Transport::Tls { ca_sha256 } => match &opts.ca {
+                Some(ca) if ca.sha256 == ca_sha256 => Ok(Some((ca, p.broker_host.as_str()))),
+                _ => Err(()),
+            },
+        };
+        let mut client = match tls {
+            Ok(tls) => match timeout(NET_TIMEOUT, Link::connect(opts.broker, tls)).await {
+                Ok(Ok(link)) => Some(Mqtt::new(link)),
+                _ => None,
+            },
+            Err(()) => None,
         };
         let connected = match client.as_mut() {
             Some(c) => match timeout(NET_TIMEOUT, board.node.connect(c)).await {
@@ -273,7 +287,7 @@ pub async fn run(
 /// The connected phase; `false` when the connection must be dropped.
 async fn online(
     board: &mut Board,
-    client: &mut Mqtt<Tcp>,
+    client: &mut Mqtt<Link>,
     opts: &DeviceOptions,
     tick: &mut tokio::time::Interval,
     stop: &mut watch::Receiver<bool>,

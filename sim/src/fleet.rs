@@ -29,6 +29,9 @@ pub struct FleetOptions {
     pub outages: Vec<Outage>,
     /// Print a progress line to stderr.
     pub progress: bool,
+    /// The CA that devices with a TLS transport verify the broker against (their blobs
+    /// pin its SHA-256).
+    pub ca: Option<crate::net::TrustedCa>,
 }
 
 /// A network outage of some devices (real time from the fleet's start).
@@ -199,6 +202,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
                 .iter()
                 .find(|o| o.devices.contains(&i))
                 .map(|o| (o.from, o.length)),
+            ca: opts.ca.clone(),
         });
         tasks.spawn_local(device::run(p, options, s.clone(), dev_stop_rx.clone()));
     }

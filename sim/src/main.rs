@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use protocol::provision::{Provisioning, Transport};
+use vigie_sim::net::TrustedCa;
 use vigie_sim::{Fleet, FleetOptions};
 
 /// Simulated fleet: the firmware's code on simulated sensors, publishing to a broker.
@@ -29,9 +30,13 @@ struct Args {
     /// A status report every this many samples.
     #[arg(long, default_value_t = 12)]
     status_every: u32,
+    /// The CA (PEM) blobs made with `devices add --broker-ca` pin: those devices connect
+    /// over TLS and verify the broker against it.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
-fn load(dir: &PathBuf) -> Result<Vec<Provisioning>, String> {
+fn load(dir: &PathBuf, ca: Option<&TrustedCa>) -> Result<Vec<Provisioning>, String> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for e in entries.flatten() {
@@ -39,13 +44,18 @@ fn load(dir: &PathBuf) -> Result<Vec<Provisioning>, String> {
         if path.extension().is_some_and(|x| x == "vgp") {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let p = Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-            // The simulator speaks plain MQTT: it never sends a TLS blob's password in clear.
-            if p.transport != Transport::Plain {
+            // A TLS blob runs only with the CA it pins: never in clear text.
+            if let Transport::Tls { ca_sha256 } = p.transport
+                && ca.is_none_or(|ca| ca.sha256 != ca_sha256)
+            {
                 return Err(format!(
-                    "{}: the blob asks for TLS (devices add --broker-ca), which vigie-sim does \
-                     not speak; add the simulated devices without --broker-ca, against the \
-                     broker's loopback listener",
-                    path.display()
+                    "{}: the blob connects over TLS and pins its broker's CA: {}",
+                    path.display(),
+                    if ca.is_some() {
+                        "--ca names another CA"
+                    } else {
+                        "name that CA with --ca"
+                    }
                 ));
             }
             out.push(p);
@@ -60,7 +70,16 @@ fn load(dir: &PathBuf) -> Result<Vec<Provisioning>, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = (|| -> Result<String, String> {
-        let devices = load(&args.blobs)?;
+        let ca = match &args.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| TrustedCa::from_pem(&pem))
+                    .map_err(|e| format!("--ca {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let devices = load(&args.blobs, ca.as_ref())?;
         let broker = args
             .broker
             .clone()
@@ -80,6 +99,7 @@ fn main() -> ExitCode {
             status_every: args.status_every,
             outages: Vec::new(),
             progress: true,
+            ca,
         };
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let summary = runtime.block_on(async {

@@ -41,7 +41,7 @@ impl Device {
         }
     }
 
-    /// What `devices add` would be given for this device, dialling `broker`.
+    /// What `devices add` would be given for this device, dialling `broker` in clear.
     fn enrolment(&self, broker: SocketAddr, sample_interval_s: u16, heartbeat_s: u16) -> Enrolment {
         Enrolment {
             tenant: self.tenant.clone(),
@@ -87,6 +87,22 @@ impl Device {
         heartbeat_s: u16,
     ) -> Provisioning {
         let e = self.enrolment(broker, sample_interval_s, heartbeat_s);
+        registry::enroll(&e, self.key, 1, &password(&self.username()))
+            .unwrap()
+            .1
+    }
+
+    /// [`Self::provisioning`] for a board that connects over TLS to `broker`, pinning the
+    /// CA whose certificate's SHA-256 is `ca_sha256` (`devices add --broker-ca`).
+    pub fn provisioning_tls(
+        &self,
+        broker: SocketAddr,
+        ca_sha256: [u8; 32],
+        sample_interval_s: u16,
+        heartbeat_s: u16,
+    ) -> Provisioning {
+        let mut e = self.enrolment(broker, sample_interval_s, heartbeat_s);
+        e.transport = Transport::Tls { ca_sha256 };
         registry::enroll(&e, self.key, 1, &password(&self.username()))
             .unwrap()
             .1

@@ -53,6 +53,7 @@ fn fleet(devices: &[Device], broker: SocketAddr, seconds: u64) -> Fleet {
             status_every: 10,
             outages: Vec::new(),
             progress: false,
+            ca: None,
         },
     )
 }

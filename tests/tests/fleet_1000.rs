@@ -60,6 +60,7 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
         status_every: 4,
         outages: Vec::new(),
         progress: false,
+        ca: None,
     };
     let (_fleet_stop, fleet_stop) = watch::channel(false);
     let summary = Fleet::new(provisioning, options).run(fleet_stop).await;

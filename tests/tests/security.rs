@@ -13,7 +13,10 @@
 //!   connected and its queued session survives;
 //! - a revoked device: refused by the broker after its restart, and what it had queued
 //!   before is quarantined by the gateway (`revoked`);
-//! - a broker whose certificate the gateway's CA did not sign: the gateway never logs in.
+//! - a broker whose certificate the gateway's CA did not sign: the gateway never logs in;
+//! - a simulated fleet on TLS end to end (devices pinning the CA, the gateway verifying
+//!   it): every reading acknowledged is stored; a device pinning another CA never
+//!   connects, in clear text or otherwise.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::{Config, DatabaseApi};
@@ -405,4 +408,69 @@ async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
     assert!(!broker.log().contains("as gw-a"), "{}", broker.log());
     stop.send(true).unwrap();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_tls_stores_every_reading_and_a_device_pinning_another_ca_stays_off() {
+    use vigie_sim::net::TrustedCa;
+    use vigie_sim::{Fleet, FleetOptions};
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
+    let gw =
+        InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
+    let (tls, ca_file) = broker.tls();
+    let ca = TrustedCa::from_pem(&std::fs::read(ca_file).unwrap()).unwrap();
+    let options = |duration: u64| FleetOptions {
+        broker: tls,
+        accel: 300.0,
+        duration: Duration::from_secs(duration),
+        status_every: 4,
+        outages: Vec::new(),
+        progress: false,
+        ca: Some(ca.clone()),
+    };
+    let (_keep, never) = tokio::sync::watch::channel(false);
+
+    // A device whose blob pins another CA: it records, never connects.
+    let stranger = vec![devices[3].provisioning_tls(tls, [7; 32], 300, 600)];
+    let summary = Fleet::new(stranger, options(3)).run(never.clone()).await;
+    assert_eq!(
+        (summary.connections, summary.acknowledged),
+        (0, 0),
+        "{summary}"
+    );
+    assert!(summary.recorded > 0, "{summary}");
+
+    let fleet = devices[..3]
+        .iter()
+        .map(|d| d.provisioning_tls(tls, ca.sha256, 300, 600))
+        .collect();
+    let summary = Fleet::new(fleet, options(8)).run(never).await;
+    eprintln!("fleet over TLS: {summary}");
+    assert_eq!(summary.failed, 0, "{summary}");
+    assert!(summary.connections >= 3, "{summary}");
+    assert_eq!(summary.acknowledged, summary.recorded, "{summary}");
+    assert!(summary.acknowledged >= 3 * 3, "{summary}");
+    let want = summary.acknowledged as f64;
+    wait_for(
+        "every reading stored",
+        Duration::from_secs(60),
+        async || gw.metrics.total("vigie_readings_stored_total") >= want,
+    )
+    .await;
+    assert_eq!(gw.metrics.total("vigie_readings_stored_total"), want);
+    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 0.0);
+    // Each logged in with its own account (on the TLS listener: the fleet dials only it).
+    let log = broker.log();
+    for d in &devices[..3] {
+        assert!(log.contains(&format!("as {}", d.username())), "{log}");
+    }
+    assert!(
+        !log.contains(&format!("as {}", devices[3].username())),
+        "{log}"
+    );
+    gw.stop().await;
 }

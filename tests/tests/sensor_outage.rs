@@ -78,6 +78,7 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
             },
         ],
         progress: false,
+        ca: None,
     };
     let fleet = Fleet::new(provisioning, options);
     let (_keep, never) = watch::channel(false);

@@ -64,6 +64,7 @@ fn full_speed(broker: SocketAddr, seconds: u64) -> FleetOptions {
         status_every: 50,
         outages: Vec::new(),
         progress: false,
+        ca: None,
     }
 }
 
