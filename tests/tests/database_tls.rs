@@ -1,8 +1,9 @@
 //! The database over HTTPS: VictoriaMetrics serves TLS with a certificate of a test CA.
 //! A gateway whose `database.ca_file` names that CA stores every reading through the v2
-//! write path (the `influxdb2` crate, given the configured client); a second gateway
-//! without the CA refuses the server (the handshake fails, counted as write errors) and
-//! stores nothing, its readings kept in its buffer.
+//! write path (the `influxdb2` crate, given the configured client), another through the
+//! v1 path (`/write?db=`) to a second server; a gateway without the CA refuses the server
+//! (the handshake fails, counted as write errors) and stores nothing, its readings kept in
+//! its buffer.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
@@ -12,10 +13,10 @@ use vigie_tests::servers::victoria_metrics_tls;
 use vigie_tests::{fleet, mosquitto, now_s, readback, scenario, tls, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
+async fn both_writers_trust_the_configured_ca_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::pki(dir.path());
-    let vm = victoria_metrics_tls(&pki);
+    let (vm, vm_v1) = (victoria_metrics_tls(&pki), victoria_metrics_tls(&pki));
     let devices = scenario::devices(dir.path(), 3);
     let broker = mosquitto(dir.path());
     let https = |ca: Option<std::path::PathBuf>| {
@@ -24,6 +25,16 @@ async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
         db.ca_file = ca;
         db
     };
+    let mut v1 = fleet::database(DatabaseApi::V1, vm_v1.addr);
+    v1.url = format!("https://127.0.0.1:{}", vm_v1.addr.port());
+    v1.ca_file = Some(pki.ca.clone());
+    let trusting_v1 = InProcessGateway::start(fleet::gateway_config(
+        dir.path(),
+        "gw-v1",
+        broker.addr,
+        Some(v1),
+    ))
+    .await;
     let trusting = InProcessGateway::start(fleet::gateway_config(
         dir.path(),
         "gw-ca",
@@ -49,6 +60,12 @@ async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
     )
     .await;
     wait_for(
+        "the trusting v1 gateway stores all",
+        Duration::from_secs(30),
+        async || trusting_v1.total("vigie_readings_stored_total") >= want,
+    )
+    .await;
+    wait_for(
         "the doubting gateway's writes fail",
         Duration::from_secs(30),
         async || doubting.total("vigie_write_errors_total") > 0.0,
@@ -68,6 +85,13 @@ async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
         .filter(|p| p.contains("|pm25|"))
         .collect();
     scenario::assert_exactly(&pm25, &load.expected);
+    let base_v1 = format!("https://127.0.0.1:{}", vm_v1.addr.port());
+    let points = readback::victoria_points_at(&client, &base_v1, &["air_quality"]).await;
+    let pm25_v1: std::collections::BTreeSet<String> = points
+        .into_iter()
+        .filter(|p| p.contains("|pm25|"))
+        .collect();
+    scenario::assert_exactly(&pm25_v1, &load.expected);
     eprintln!(
         "database over TLS: published={} stored_with_ca={} stored_without_ca={} \
          write_errors_without_ca={} buffered_without_ca={} bytes",
@@ -80,5 +104,6 @@ async fn the_v2_writer_trusts_the_configured_ca_and_nothing_else() {
     assert_eq!(doubting.total("vigie_readings_stored_total"), 0.0);
     assert!(doubting.total("vigie_buffer_pending_bytes") > 0.0);
     trusting.stop().await;
+    trusting_v1.stop().await;
     doubting.stop().await;
 }
