@@ -78,20 +78,15 @@ async fn both_writers_trust_the_configured_ca_and_nothing_else() {
         .add_root_certificate(ca)
         .build()
         .unwrap();
-    let base = format!("https://127.0.0.1:{}", vm.addr.port());
-    let points = readback::victoria_points_at(&client, &base, &["air_quality"]).await;
-    let pm25: std::collections::BTreeSet<String> = points
-        .into_iter()
-        .filter(|p| p.contains("|pm25|"))
-        .collect();
-    scenario::assert_exactly(&pm25, &load.expected);
-    let base_v1 = format!("https://127.0.0.1:{}", vm_v1.addr.port());
-    let points = readback::victoria_points_at(&client, &base_v1, &["air_quality"]).await;
-    let pm25_v1: std::collections::BTreeSet<String> = points
-        .into_iter()
-        .filter(|p| p.contains("|pm25|"))
-        .collect();
-    scenario::assert_exactly(&pm25_v1, &load.expected);
+    for server in [&vm, &vm_v1] {
+        let base = format!("https://127.0.0.1:{}", server.addr.port());
+        let points = readback::victoria_points_at(&client, &base, &["air_quality"]).await;
+        let pm25: std::collections::BTreeSet<String> = points
+            .into_iter()
+            .filter(|p| p.contains("|pm25|"))
+            .collect();
+        scenario::assert_exactly(&pm25, &load.expected);
+    }
     eprintln!(
         "database over TLS: published={} stored_with_ca={} stored_without_ca={} \
          write_errors_without_ca={} buffered_without_ca={} bytes",

@@ -83,6 +83,24 @@ async fn received(events: &mut EventLoop, window: Duration) -> usize {
     n
 }
 
+/// Waits until the gateway has stored every reading of `load`, then checks the database
+/// holds exactly its points, field by field; returns how many it holds.
+async fn assert_all_stored(
+    what: &str,
+    gw: &InProcessGateway,
+    influx: SocketAddr,
+    load: &scenario::Load,
+) -> usize {
+    let want = load.expected.len() as f64;
+    wait_for(what, Duration::from_secs(60), async || {
+        gw.metrics.total("vigie_readings_stored_total") >= want
+    })
+    .await;
+    let stored = scenario::stored(influx).await;
+    assert_exactly(&stored, &load.expected);
+    stored.len()
+}
+
 fn account(user: &str) -> (String, String) {
     (user.to_string(), fleet::password(user).expose().to_string())
 }
@@ -156,20 +174,12 @@ async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
     });
     let read = received(&mut rogue_events, Duration::from_secs(3)).await;
     publishing.await.unwrap();
-    wait_for(
-        "every reading stored",
-        Duration::from_secs(60),
-        async || gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64,
-    )
-    .await;
-    let stored = scenario::stored(influx.addr).await;
+    let stored = assert_all_stored("every reading stored", &gw, influx.addr, &load).await;
     eprintln!(
-        "published {} stored {} read by the rogue {read}",
-        load.expected.len(),
-        stored.len()
+        "published {} stored {stored} read by the rogue {read}",
+        load.expected.len()
     );
     assert_eq!(read, 0, "the rogue read uplinks");
-    assert_exactly(&stored, &load.expected);
     gw.stop().await;
 }
 
@@ -213,13 +223,9 @@ async fn a_device_cannot_publish_as_another() {
     // Its own topic works, and only its reading lands.
     let load = scenario::load(&devices[..1], 20, now_s() - 100);
     fleet::publish_all(broker.addr, &load.messages).await;
-    wait_for("stored", Duration::from_secs(30), async || {
-        gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64
-    })
-    .await;
+    assert_all_stored("stored", &gw, influx.addr, &load).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 0.0);
-    assert_exactly(&scenario::stored(influx.addr).await, &load.expected);
     gw.stop().await;
 }
 
@@ -300,19 +306,11 @@ async fn taking_over_the_gateways_client_id_loses_nothing() {
 
     // Back: the queued session delivers everything.
     let gw = InProcessGateway::start(config).await;
-    wait_for(
-        "every queued reading stored",
-        Duration::from_secs(60),
-        async || gw.metrics.total("vigie_readings_stored_total") >= load.expected.len() as f64,
-    )
-    .await;
-    let stored = scenario::stored(influx.addr).await;
+    let stored = assert_all_stored("every queued reading stored", &gw, influx.addr, &load).await;
     eprintln!(
-        "takeover: published {} stored {}",
-        load.expected.len(),
-        stored.len()
+        "takeover: published {} stored {stored}",
+        load.expected.len()
     );
-    assert_exactly(&stored, &load.expected);
     gw.stop().await;
 }
 
