@@ -613,6 +613,14 @@ mod tests {
             ("[mqtt]\ngroup = \"Bad Group\"\n", "mqtt.group"),
             ("[mqtt]\nsession_expiry = \"0s\"\n", "session_expiry"),
             ("[mqtt]\nreceive_maximum = 5000\n", "receive_maximum"),
+            (
+                "[mqtt]\nhost = \"b\"\nclient_id = \"gw-a\"\nusername = \"gw-b\"\n",
+                "mqtt.client_id",
+            ),
+            (
+                "[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n",
+                "mqtt.embedded_listen",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text)

@@ -268,3 +268,44 @@ pub async fn run(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_connects_as_its_username_with_its_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mqtt.password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let cfg = MqttConfig {
+            username: Some("gw-1".into()),
+            password_file: Some(file.clone()),
+            ..MqttConfig::default()
+        };
+        let o = options(&cfg, "broker", 1883).unwrap();
+        assert_eq!(o.client_id(), "gw-1");
+        let login = o.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("gw-1", "s3cret")
+        );
+        // An inline password wins; a missing file is named, its content never.
+        let inline = MqttConfig {
+            password: Some(crate::config::Secret::new("inline")),
+            ..cfg.clone()
+        };
+        let o = options(&inline, "broker", 1883).unwrap();
+        assert_eq!(o.credentials().unwrap().password, "inline");
+        let missing = MqttConfig {
+            password_file: Some(dir.path().join("nope")),
+            ..cfg
+        };
+        let err = options(&missing, "broker", 1883).unwrap_err().to_string();
+        assert!(err.starts_with("mqtt.password_file"), "{err}");
+        // Without an account: the configured client id, no credentials.
+        let o = options(&MqttConfig::default(), "broker", 1883).unwrap();
+        assert_eq!(o.client_id(), "vigie-gateway");
+        assert!(o.credentials().is_none());
+    }
+}
