@@ -244,12 +244,15 @@ pub fn dynsec_config(registry: &Registry) -> Value {
     })
 }
 
-/// Writes the broker's access file for `registry` atomically, mode 0640, keeping the owner
-/// and group of the file it replaces (Debian's broker reads it as group `mosquitto`).
+/// Writes the broker's access file for `registry` atomically, mode 0640, group `mosquitto`
+/// (Debian's broker reads it as that user) or the group of the file it replaces.
 pub fn write(path: &Path, registry: &Registry) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(&dynsec_config(registry))?;
-    crate::fs::replace_keeping_owner(path, text.as_bytes(), 0o640)
+    crate::fs::replace_for_group(path, text.as_bytes(), 0o640, BROKER_GROUP)
 }
+
+/// The group Debian's Mosquitto runs as.
+pub const BROKER_GROUP: &str = "mosquitto";
 
 /// What to tell the operator after the access file changed: Mosquitto reads it at start
 /// only (the plugin ignores SIGHUP).

@@ -165,7 +165,8 @@ pub fn gateways_add(
 
 /// `broker-cert`: the deployment's CA (created beside the registry on first use) issues
 /// the broker's TLS certificate for `hosts` into `out_dir` (`vigie-broker.crt`, and
-/// `vigie-broker.key` mode 0640; a replaced file keeps its owner and group).
+/// `vigie-broker.key` mode 0640, group `mosquitto`; a replaced file keeps its owner and
+/// group).
 pub fn broker_cert(g: &GatewayConfig, hosts: &[String], out_dir: &Path) -> Result<String, String> {
     let dir = g.registry.parent().unwrap_or(Path::new("."));
     let files = crate::pki::CaFiles::in_dir(dir);
@@ -175,9 +176,10 @@ pub fn broker_cert(g: &GatewayConfig, hosts: &[String], out_dir: &Path) -> Resul
         out_dir.join("vigie-broker.crt"),
         out_dir.join("vigie-broker.key"),
     );
-    crate::fs::replace_keeping_owner(&cert, issued.cert_pem.as_bytes(), 0o644)
+    let group = access::BROKER_GROUP;
+    crate::fs::replace_for_group(&cert, issued.cert_pem.as_bytes(), 0o644, group)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
-    crate::fs::replace_keeping_owner(&key, issued.key_pem.as_bytes(), 0o640)
+    crate::fs::replace_for_group(&key, issued.key_pem.as_bytes(), 0o640, group)
         .map_err(|e| format!("{}: {e}", key.display()))?;
     let ca_note = if created {
         format!(
@@ -190,12 +192,11 @@ pub fn broker_cert(g: &GatewayConfig, hosts: &[String], out_dir: &Path) -> Resul
     };
     Ok(format!(
         "broker certificate for {} valid until {}: {} and {}; {ca_note}.\n\
-         Give the key to the broker's group once (`chgrp mosquitto {}`), restart the broker; \
-         use --broker-ca {} with `devices add` and mqtt.ca_file = \"{}\" for gateways on other hosts.",
+         Restart the broker; use --broker-ca {} with `devices add` and \
+         mqtt.ca_file = \"{}\" for gateways on other hosts.",
         hosts.join(", "),
         issued.not_after.date(),
         cert.display(),
-        key.display(),
         key.display(),
         files.cert.display(),
         files.cert.display(),

@@ -12,16 +12,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     write(path, bytes, mode, None)
 }
 
-/// [`write_atomic`] that gives the new file the owner and group of the file it replaces
-/// (a file another service reads through its group, such as the broker's), set before the
-/// rename so the file is never readable by the wrong group.
-pub fn replace_keeping_owner(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// [`write_atomic`] for a file another service reads through its group (the broker's
+/// files): the new file gets the owner and group of the one it replaces, or, when there
+/// is none, the group `group` if this system has it. Set before the rename, so the file is
+/// never readable by the wrong group.
+pub fn replace_for_group(path: &Path, bytes: &[u8], mode: u32, group: &str) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let owner = fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    let owner = match fs::metadata(path) {
+        Ok(m) => Some((Some(m.uid()), Some(m.gid()))),
+        Err(_) => group_id(group).map(|gid| (None, Some(gid))),
+    };
     write(path, bytes, mode, owner)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// The id of group `name` in `/etc/group`.
+fn group_id(name: &str) -> Option<u32> {
+    let text = fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+type Owner = (Option<u32>, Option<u32>);
+
+fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<Owner>) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -37,7 +53,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io:
         .and_then(|mut f| {
             f.write_all(bytes)?;
             if let Some((uid, gid)) = owner {
-                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+                std::os::unix::fs::fchown(&f, uid, gid)?;
             }
             f.sync_all()
         });
@@ -52,4 +68,38 @@ fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io:
 /// Makes a directory entry change (create, rename, delete) durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_file_for_a_group_gets_it_and_keeps_the_group_it_had() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let gid = |p: &Path| fs::metadata(p).unwrap().gid();
+        let mine = {
+            let p = dir.path().join("probe");
+            fs::write(&p, b"").unwrap();
+            gid(&p)
+        };
+        // A new file: the named group if the system has it (the tests run as root).
+        let new = dir.path().join("new");
+        replace_for_group(&new, b"a", 0o640, "root").unwrap();
+        assert_eq!(gid(&new), 0);
+        assert_eq!(
+            fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let unknown = dir.path().join("unknown");
+        replace_for_group(&unknown, b"a", 0o640, "no-such-group").unwrap();
+        assert_eq!(gid(&unknown), mine);
+        // A replaced file keeps the group it was given.
+        std::os::unix::fs::chown(&new, None, Some(1)).unwrap();
+        replace_for_group(&new, b"b", 0o640, "root").unwrap();
+        assert_eq!((gid(&new), fs::read(&new).unwrap()), (1, b"b".to_vec()));
+    }
 }
