@@ -71,21 +71,12 @@ enum DevicesCommand {
     },
     /// Revoke a device: its frames are rejected from the next registry reload, its broker
     /// account is removed.
-    Revoke {
-        /// Configuration file.
-        #[arg(long, env = "VIGIE_CONFIG")]
-        config: PathBuf,
-        /// Tenant id.
-        #[arg(long)]
-        tenant: String,
-        /// Device id.
-        #[arg(long)]
-        id: String,
-    },
+    Revoke(DeviceRef),
 }
 
+/// Which device, in which configuration.
 #[derive(clap::Args)]
-struct DeviceArgs {
+struct DeviceRef {
     /// Configuration file.
     #[arg(long, env = "VIGIE_CONFIG")]
     config: PathBuf,
@@ -95,6 +86,12 @@ struct DeviceArgs {
     /// Device id, e.g. `aq-0001`.
     #[arg(long)]
     id: String,
+}
+
+#[derive(clap::Args)]
+struct DeviceArgs {
+    #[command(flatten)]
+    device: DeviceRef,
     /// Device kind.
     #[arg(long, value_enum)]
     kind: DeviceKind,
@@ -219,21 +216,22 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
         DevicesCommand::List { config } => load(&config)
             .and_then(|c| cli::devices_list(&c))
             .map(|s| println!("{s}")),
-        DevicesCommand::Revoke { config, tenant, id } => load(&config)
-            .and_then(|c| cli::devices_revoke(&c.gateway, &tenant, &id))
+        DevicesCommand::Revoke(d) => load(&d.config)
+            .and_then(|c| cli::devices_revoke(&c.gateway, &d.tenant, &d.id))
             .map(|s| println!("{s}")),
     }
 }
 
 fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
-    let c = load(&a.config)?;
+    let DeviceRef { config, tenant, id } = a.device;
+    let c = load(&config)?;
     let add = cli::AddDevice {
         blob_out: a
             .blob_out
-            .unwrap_or_else(|| PathBuf::from(format!("{}-{}.vgp", a.tenant, a.id))),
+            .unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
         device: Enrolment {
-            tenant: a.tenant,
-            id: a.id,
+            tenant,
+            id,
             kind: a.kind,
             site: a.site,
             zone: a.zone,

@@ -115,24 +115,49 @@ fn gateway_config(dir: &Path, id: &str, broker: &Server, influx: SocketAddr) -> 
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
+/// A scenario's parts: InfluxDB with Lyon's database, `n` devices of Lyon in the registry,
+/// the broker on its accounts, and the gateway `gw-a` connected over TLS.
+struct Scene {
+    influx: Server,
+    _dir: tempfile::TempDir,
+    devices: Vec<fleet::Device>,
+    broker: Server,
+    gw: InProcessGateway,
+}
+
+async fn scene(n: usize, log_all: bool) -> Scene {
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 4);
-    let broker = mosquitto(dir.path());
+    let devices = scenario::devices(dir.path(), n);
+    let broker = if log_all {
+        vigie_tests::servers::mosquitto_logging_all(dir.path())
+    } else {
+        mosquitto(dir.path())
+    };
     let gw =
         InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
+    Scene {
+        influx,
+        _dir: dir,
+        devices,
+        broker,
+        gw,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
+    let s = scene(4, false).await;
 
     // An outsider: no account, or a made-up one, or a device's name with a wrong password.
     assert_eq!(
-        connect(broker.addr, "outsider", None).await.err(),
+        connect(s.broker.addr, "outsider", None).await.err(),
         Some(ConnectReturnCode::NotAuthorized)
     );
     assert_eq!(
         connect(
-            broker.addr,
+            s.broker.addr,
             "vigie-gateway",
             Some(("vigie-gateway", "guess"))
         )
@@ -140,9 +165,9 @@ async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
         .err(),
         Some(ConnectReturnCode::NotAuthorized)
     );
-    let (user, _) = account(&devices[0].username());
+    let (user, _) = account(&s.devices[0].username());
     assert_eq!(
-        connect(broker.addr, &user, Some((&user, "wrong")))
+        connect(s.broker.addr, &user, Some((&user, "wrong")))
             .await
             .err(),
         Some(ConnectReturnCode::NotAuthorized)
@@ -150,8 +175,8 @@ async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
 
     // A device's account (a stolen board) tries to read everything and to join the
     // gateways' shared subscription.
-    let (user, pw) = account(&devices[3].username());
-    let (rogue, mut rogue_events) = connect(broker.addr, &user, Some((&user, &pw)))
+    let (user, pw) = account(&s.devices[3].username());
+    let (rogue, mut rogue_events) = connect(s.broker.addr, &user, Some((&user, &pw)))
         .await
         .unwrap();
     for filter in [
@@ -167,40 +192,34 @@ async fn outsiders_and_device_accounts_cannot_read_or_steal_uplinks() {
     }
 
     // Devices 0 to 2 publish while the rogue stays connected.
-    let load = scenario::load(&devices[..3], 300, now_s() - 3000);
+    let load = scenario::load(&s.devices[..3], 300, now_s() - 3000);
     let publishing = tokio::spawn({
-        let (addr, messages) = (broker.addr, load.messages.clone());
+        let (addr, messages) = (s.broker.addr, load.messages.clone());
         async move { fleet::publish_all(addr, &messages).await }
     });
     let read = received(&mut rogue_events, Duration::from_secs(3)).await;
     publishing.await.unwrap();
-    let stored = assert_all_stored("every reading stored", &gw, influx.addr, &load).await;
+    let stored = assert_all_stored("every reading stored", &s.gw, s.influx.addr, &load).await;
     eprintln!(
         "published {} stored {stored} read by the rogue {read}",
         load.expected.len()
     );
     assert_eq!(read, 0, "the rogue read uplinks");
-    gw.stop().await;
+    s.gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_cannot_publish_as_another() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 2);
-    let broker = vigie_tests::servers::mosquitto_logging_all(dir.path());
-    let gw =
-        InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
+    let s = scene(2, true).await;
 
     // Device 0 publishes a frame of its own on device 1's topic, and on its ack topic: the
     // broker answers PUBACK "not authorized" (or closes the connection) and delivers
     // nothing.
-    let (user, pw) = account(&devices[0].username());
-    let frame = devices[0].frame(&[devices[0].reading(0, now_s() - 10)], 0);
-    let ack_topic = devices[1].topic().replace("/up", "/ack");
-    for topic in [devices[1].topic(), ack_topic] {
-        let (c, mut events) = connect(broker.addr, &user, Some((&user, &pw)))
+    let (user, pw) = account(&s.devices[0].username());
+    let frame = s.devices[0].frame(&[s.devices[0].reading(0, now_s() - 10)], 0);
+    let ack_topic = s.devices[1].topic().replace("/up", "/ack");
+    for topic in [s.devices[1].topic(), ack_topic] {
+        let (c, mut events) = connect(s.broker.addr, &user, Some((&user, &pw)))
             .await
             .unwrap();
         c.publish(topic.clone(), QoS::AtLeastOnce, false, frame.clone())
@@ -218,15 +237,19 @@ async fn a_device_cannot_publish_as_another() {
         };
         assert!(refused, "{topic}");
         let denied = format!("Denied PUBLISH from {user} (d0, q1, r0, m1, '{topic}'");
-        assert!(broker.log().contains(&denied), "{denied}\n{}", broker.log());
+        assert!(
+            s.broker.log().contains(&denied),
+            "{denied}\n{}",
+            s.broker.log()
+        );
     }
     // Its own topic works, and only its reading lands.
-    let load = scenario::load(&devices[..1], 20, now_s() - 100);
-    fleet::publish_all(broker.addr, &load.messages).await;
-    assert_all_stored("stored", &gw, influx.addr, &load).await;
+    let load = scenario::load(&s.devices[..1], 20, now_s() - 100);
+    fleet::publish_all(s.broker.addr, &load.messages).await;
+    assert_all_stored("stored", &s.gw, s.influx.addr, &load).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 0.0);
-    gw.stop().await;
+    assert_eq!(s.gw.metrics.total("vigie_frames_rejected_total"), 0.0);
+    s.gw.stop().await;
 }
 
 /// Connections with Clean Start asking for the gateway's client id `gw-cli`: anonymous,
@@ -412,14 +435,8 @@ async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
 async fn a_fleet_over_tls_stores_every_reading_and_a_device_pinning_another_ca_stays_off() {
     use vigie_sim::net::TrustedCa;
     use vigie_sim::{Fleet, FleetOptions};
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 4);
-    let broker = mosquitto(dir.path());
-    let gw =
-        InProcessGateway::start(gateway_config(dir.path(), "gw-a", &broker, influx.addr)).await;
-    let (tls, ca_file) = broker.tls();
+    let s = scene(4, false).await;
+    let (tls, ca_file) = s.broker.tls();
     let ca = TrustedCa::from_pem(&std::fs::read(ca_file).unwrap()).unwrap();
     let options = |duration: u64| FleetOptions {
         broker: tls,
@@ -433,7 +450,7 @@ async fn a_fleet_over_tls_stores_every_reading_and_a_device_pinning_another_ca_s
     let (_keep, never) = tokio::sync::watch::channel(false);
 
     // A device whose blob pins another CA: it records, never connects.
-    let stranger = vec![devices[3].provisioning_tls(tls, [7; 32], 300, 600)];
+    let stranger = vec![s.devices[3].provisioning_tls(tls, [7; 32], 300, 600)];
     let summary = Fleet::new(stranger, options(3)).run(never.clone()).await;
     assert_eq!(
         (summary.connections, summary.acknowledged),
@@ -442,7 +459,7 @@ async fn a_fleet_over_tls_stores_every_reading_and_a_device_pinning_another_ca_s
     );
     assert!(summary.recorded > 0, "{summary}");
 
-    let fleet = devices[..3]
+    let fleet = s.devices[..3]
         .iter()
         .map(|d| d.provisioning_tls(tls, ca.sha256, 300, 600))
         .collect();
@@ -456,19 +473,19 @@ async fn a_fleet_over_tls_stores_every_reading_and_a_device_pinning_another_ca_s
     wait_for(
         "every reading stored",
         Duration::from_secs(60),
-        async || gw.metrics.total("vigie_readings_stored_total") >= want,
+        async || s.gw.metrics.total("vigie_readings_stored_total") >= want,
     )
     .await;
-    assert_eq!(gw.metrics.total("vigie_readings_stored_total"), want);
-    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 0.0);
+    assert_eq!(s.gw.metrics.total("vigie_readings_stored_total"), want);
+    assert_eq!(s.gw.metrics.total("vigie_frames_rejected_total"), 0.0);
     // Each logged in with its own account (on the TLS listener: the fleet dials only it).
-    let log = broker.log();
-    for d in &devices[..3] {
+    let log = s.broker.log();
+    for d in &s.devices[..3] {
         assert!(log.contains(&format!("as {}", d.username())), "{log}");
     }
     assert!(
-        !log.contains(&format!("as {}", devices[3].username())),
+        !log.contains(&format!("as {}", s.devices[3].username())),
         "{log}"
     );
-    gw.stop().await;
+    s.gw.stop().await;
 }
