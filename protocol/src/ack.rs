@@ -10,9 +10,9 @@
 //! stays true (those frames are held), so a replayed one clears nothing that is not held:
 //! the device keeps no replay state for them.
 
-use crate::crypto::{self, DeviceKey, TAG_LEN};
+use crate::crypto::{self, DeviceKey};
 use crate::error::DecodeError;
-use crate::frame::VERSION;
+use crate::limits::{TAG_LEN, VERSION};
 use crate::topic::Identity;
 
 /// Low nibble of an acknowledgement's header byte (no uplink kind uses it).

@@ -9,11 +9,9 @@ use ascon_aead::{Key, Nonce, Tag, TruncatedAsconAead128};
 use core::fmt;
 use zeroize::Zeroize;
 
+pub use crate::limits::TAG_LEN;
+use crate::limits::{HEADER_LEN, MAX_ID_LEN};
 use crate::topic::Identity;
-use crate::{HEADER_LEN, MAX_ID_LEN};
-
-/// Bytes of the truncated authentication tag on the wire.
-pub const TAG_LEN: usize = 8;
 
 /// Nonce byte 8: traffic direction, so the acknowledgement downlink under the same key
 /// never reuses an uplink nonce.

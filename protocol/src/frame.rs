@@ -10,22 +10,14 @@
 use heapless::Vec;
 
 use crate::codec::{decode_values, encode_values};
-use crate::crypto::{self, DeviceKey, TAG_LEN};
+use crate::crypto::{self, DeviceKey};
 use crate::error::{DecodeError, EncodeError};
+use crate::limits::TAG_LEN;
 use crate::reading::{Kind, Reading};
 use crate::topic::Identity;
 use crate::varint::{Reader, Writer};
 
-/// Protocol version in the header's high nibble.
-pub const VERSION: u8 = 1;
-/// Clear header: version/kind byte and the 32-bit frame counter.
-pub const HEADER_LEN: usize = 5;
-/// Largest frame accepted or built.
-pub const MAX_FRAME_LEN: usize = 1024;
-/// Most readings in one frame.
-pub const MAX_READINGS: usize = 64;
-/// Shortest possible frame: header, time, a one-field reading (2 bytes), tag.
-pub const MIN_FRAME_LEN: usize = HEADER_LEN + 4 + 2 + TAG_LEN;
+pub use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_READINGS, MIN_FRAME_LEN, VERSION};
 
 /// What the clear header says, before anything is authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

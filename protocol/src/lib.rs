@@ -33,6 +33,7 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "serde")]
 pub mod json;
+pub mod limits;
 pub mod provision;
 pub mod reading;
 pub mod replay;

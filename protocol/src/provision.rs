@@ -6,8 +6,9 @@ use core::fmt;
 use heapless::String;
 
 use crate::crypto::DeviceKey;
+use crate::limits::MAX_ID_LEN;
 use crate::reading::Kind;
-use crate::topic::{Id, Identity, MAX_ID_LEN};
+use crate::topic::{Id, Identity};
 
 /// First bytes of every blob: "VGP" and the blob format version 2.
 pub const MAGIC: [u8; 4] = *b"VGP2";

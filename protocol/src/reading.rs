@@ -5,8 +5,7 @@
 use crate::error::EncodeError;
 use crate::varint::{unzigzag, zigzag};
 
-/// Most fields a kind may have (bitmaps are u32 with one bit for the fault-map flag).
-pub const MAX_FIELDS: usize = 16;
+pub use crate::limits::MAX_FIELDS;
 
 /// State of one field of a reading: a sensor that is absent is not a sensor that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

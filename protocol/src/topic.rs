@@ -10,10 +10,7 @@ use heapless::String;
 
 use crate::error::TopicError;
 
-/// Longest tenant, device or group identifier.
-pub const MAX_ID_LEN: usize = 32;
-/// Longest topic this module builds (`$share/<group>/…` with maximal ids fits).
-pub const MAX_TOPIC_LEN: usize = 96;
+pub use crate::limits::{MAX_ID_LEN, MAX_TOPIC_LEN};
 /// First two topic levels: product and topic-scheme version.
 pub const ROOT: &str = "vigie/v1";
 /// Retained status payload while the device is connected.
