@@ -14,6 +14,8 @@
 //! - a revoked device: refused by the broker after its restart, and what it had queued
 //!   before is quarantined by the gateway (`revoked`);
 //! - a broker whose certificate the gateway's CA did not sign: the gateway never logs in;
+//! - a gateway whose login or subscription the broker refuses: not ready, and `/readyz`
+//!   says which and what to check;
 //! - a simulated fleet on TLS end to end (devices pinning the CA, the gateway verifying
 //!   it): every reading acknowledged is stored; a device pinning another CA never
 //!   connects, in clear text or otherwise.
@@ -429,6 +431,48 @@ async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
     assert!(!broker.log().contains("as gw-a"), "{}", broker.log());
     stop.send(true).unwrap();
     run.await.unwrap().unwrap();
+}
+
+/// Runs a gateway on `config` until its `/readyz` answers 503 with a body containing
+/// `expected`; returns that body.
+async fn readyz_names(config: Config, expected: &str) -> String {
+    let url = format!("http://{}/readyz", config.http.listen.unwrap());
+    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
+    let mut body = String::new();
+    wait_for(expected, Duration::from_secs(15), async || {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            body = r.text().await.unwrap_or_default();
+        }
+        body.contains(expected)
+    })
+    .await;
+    assert_eq!(metrics.total("vigie_mqtt_connected"), 0.0);
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_gateway_account_is_named_in_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 1);
+    let broker = mosquitto(dir.path());
+    // A wrong password: the login is refused.
+    let mut config = gateway_config(dir.path(), "gw-a", &broker, broker.addr);
+    config.database = None;
+    config.mqtt.password = Some(gateway::config::Secret::new("wrong"));
+    let body = readyz_names(config.clone(), "refused this gateway's account").await;
+    assert!(!body.contains("wrong"), "{body}");
+    // A device's account in the gateway's config: it logs in, but may not subscribe.
+    let (user, pw) = account(&devices[0].username());
+    config.mqtt.username = Some(user);
+    config.mqtt.client_id = "vigie-gateway".into();
+    config.mqtt.password = Some(gateway::config::Secret::new(pw));
+    readyz_names(config, "refused the subscription").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
