@@ -4,13 +4,13 @@
 
 use crate::access;
 use crate::config::{Config, GatewayConfig};
+use crate::devices::{self, DeviceBook};
 use crate::quarantine;
 use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
 use protocol::json::UtcTime;
 use protocol::provision::{MAX_BLOB_LEN, Transport};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -223,60 +223,65 @@ pub fn transport(ca_pem: Option<&Path>) -> Result<Transport, String> {
 /// `devices list`: the registry, with last-seen times from the running service if it answers.
 pub fn devices_list(config: &Config) -> Result<String, String> {
     let registry = Registry::load(&config.gateway.registry).map_err(|e| e.to_string())?;
-    let seen = config
-        .http
-        .listen
-        .and_then(|addr| http_request(addr, "GET", "/metrics", None).ok())
-        .map(|text| last_seen(&text))
-        .unwrap_or_default();
+    // The running service's state, else what it saved when it last ran.
+    let live = config.http.listen.and_then(|addr| {
+        let text = service_request(addr, reqwest::Method::GET, "/devices", None).ok()?;
+        DeviceBook::from_json(&text).ok()
+    });
+    let (book, source) = match live {
+        Some(book) => (book, None),
+        None => match devices::load_saved(&config.gateway.data_dir) {
+            Ok(book) => (
+                book,
+                Some(" (the gateway service does not answer: state as it last saved it)"),
+            ),
+            Err(_) => (
+                DeviceBook::default(),
+                Some(
+                    " (last seen unknown: the gateway service does not answer and saved no state)",
+                ),
+            ),
+        },
+    };
     let mut out = format!(
-        "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} SITE\n",
-        "TENANT", "DEVICE", "KIND", "EPOCH", "STATE", "LAST SEEN (UTC)"
+        "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} {:>7} {:<7} SITE\n",
+        "TENANT", "DEVICE", "KIND", "EPOCH", "STATE", "LAST SEEN (UTC)", "BATTERY", "STATUS"
     );
     for e in registry.entries() {
-        let when = seen
-            .get(&(e.tenant.clone(), e.id.clone()))
-            .map_or_else(|| "-".to_string(), |t| UtcTime(*t as u32).to_string());
+        let state = book.get(&e.tenant, &e.id);
+        let when = state
+            .and_then(|d| d.last_reading_s)
+            .map_or_else(|| "-".to_string(), |t| UtcTime(t as u32).to_string());
+        let battery = state.and_then(|d| d.battery_mv).map_or_else(
+            || "-".to_string(),
+            |mv| format!("{:.2} V", mv as f64 / 1000.0),
+        );
+        let status = match state.and_then(|d| d.online) {
+            Some(true) => "online",
+            Some(false) => "offline",
+            None => "-",
+        };
         let kind = match e.kind {
             DeviceKind::AirQuality => "air_quality",
             DeviceKind::WasteBin => "waste_bin",
         };
-        let state = if e.revoked { "revoked" } else { "active" };
+        let registered = if e.revoked { "revoked" } else { "active" };
         out.push_str(&format!(
-            "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} {}\n",
+            "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} {:>7} {:<7} {}\n",
             e.tenant,
             e.id,
             kind,
             e.epoch,
-            state,
+            registered,
             when,
+            battery,
+            status,
             e.site.as_deref().unwrap_or("")
         ));
     }
     out.push_str(&format!("{} devices", registry.len()));
-    if config.http.listen.is_some() && seen.is_empty() {
-        out.push_str(" (last seen unknown: the gateway service does not answer on http.listen)");
-    }
+    out.push_str(source.unwrap_or(""));
     Ok(out)
-}
-
-fn last_seen(metrics: &str) -> BTreeMap<(String, String), f64> {
-    let mut out = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("vigie_device_last_seen_timestamp_seconds{"))
-    {
-        let label = |name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            let end = line[start..].find('"')? + start;
-            Some(line[start..end].to_string())
-        };
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let (Some(t), Some(d), Some(v)) = (label("tenant"), label("device"), value) {
-            out.insert((t, d), v);
-        }
-    }
-    out
 }
 
 /// `quarantine list`.
@@ -324,37 +329,47 @@ pub fn quarantine_replay(config: &Config) -> Result<String, String> {
         .admin_token
         .as_ref()
         .ok_or("quarantine replay needs http.admin_token (or VIGIE_ADMIN_TOKEN)")?;
-    let body = http_request(addr, "POST", "/quarantine/replay", Some(token))
-        .map_err(|e| format!("the gateway service on {addr} refused or did not answer ({e})"))?;
+    let body = service_request(
+        addr,
+        reqwest::Method::POST,
+        "/quarantine/replay",
+        Some(token),
+    )
+    .map_err(|e| format!("the gateway service on {addr} refused or did not answer ({e})"))?;
     Ok(format!("replayed through the pipeline: {}", body.trim()))
 }
 
-/// Minimal HTTP/1.1 request to the service's status port; returns the body of a 200.
-fn http_request(
+/// One request to the running service's status port; the body of a 2xx answer.
+fn service_request(
     addr: SocketAddr,
-    method: &str,
+    method: reqwest::Method,
     path: &str,
     token: Option<&crate::config::Secret>,
 ) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| e.to_string())?;
-    let auth = token.map_or(String::new(), |t| {
-        format!("authorization: Bearer {}\r\n", t.expose())
-    });
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed answer")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or("").to_string());
-    }
-    Ok(body.to_string())
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            // A replay re-judges the whole quarantine.
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.request(method, format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            request = request.bearer_auth(t.expose());
+        }
+        let answer = request.send().await.map_err(|e| e.to_string())?;
+        let status = answer.status();
+        let body = answer.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {}", body.trim()))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -517,16 +532,6 @@ mod tests {
             transport(Some(&missing))
                 .unwrap_err()
                 .starts_with("--broker-ca")
-        );
-    }
-
-    #[test]
-    fn parses_last_seen_from_metrics() {
-        let text = "vigie_device_last_seen_timestamp_seconds{tenant=\"lyon\",device=\"aq-1\"} 1795305600\nother 1\n";
-        let seen = last_seen(text);
-        assert_eq!(
-            seen.get(&("lyon".into(), "aq-1".into())),
-            Some(&1_795_305_600.0)
         );
     }
 }

@@ -1,20 +1,27 @@
-//! Status endpoints on a small HTTP/1.1 server (no framework: four routes, one request per
-//! connection): `GET /metrics`, `GET /healthz`, `GET /readyz`, `POST /quarantine/replay`.
-//! It binds to loopback by default. Reading is open to whoever reaches the port; the
-//! state-changing endpoint needs `Authorization: Bearer <http.admin_token>` (compared in
-//! constant time) and is off while no token is configured. Every request is bounded: its
-//! head within [`MAX_HEAD`] bytes, [`MAX_HEADERS`] header lines and [`HEAD_TIMEOUT`], no
-//! body beyond [`MAX_BODY`] bytes; past a bound the connection gets an error and is closed.
+//! Status endpoints (axum on hyper's HTTP/1.1 server): `GET /metrics`, `GET /healthz`,
+//! `GET /readyz`, `GET /devices`, `POST /quarantine/replay`. It binds to loopback by
+//! default. Reading is open to whoever reaches the port; the state-changing endpoint needs
+//! `Authorization: Bearer <http.admin_token>` (compared in constant time) and is off while
+//! no token is configured. Every request is bounded: its head within [`MAX_HEAD`] bytes
+//! and [`MAX_HEADERS`] header lines (else 431), received within [`HEAD_TIMEOUT`] (else the
+//! connection is closed), no body beyond [`MAX_BODY`] bytes (else 413).
 
 use crate::config::Secret;
 use crate::health::Health;
 use crate::ingest::Job;
 use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -24,13 +31,15 @@ pub const MAX_HEAD: usize = 8192;
 pub const MAX_HEADERS: usize = 32;
 /// Longest wait for a whole request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest body announced (no endpoint reads one).
+/// Largest body accepted (no endpoint reads one).
 pub const MAX_BODY: u64 = 1024;
+/// Longest a request may take (a quarantine replay may be long).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the server needs besides its socket.
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// Metrics to render.
+    /// Metrics to render; they hold the device state too.
     pub metrics: Arc<Metrics>,
     /// Health to report.
     pub health: Arc<Health>,
@@ -40,70 +49,126 @@ pub struct Service {
     pub admin_token: Option<Secret>,
 }
 
+/// The routes.
+pub fn router(service: Service) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/devices", get(devices))
+        .route("/quarantine/replay", post(replay))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY as usize))
+        .with_state(Arc::new(service))
+}
+
 /// Serves until shutdown.
 pub async fn serve(listener: TcpListener, service: Service, stopping: CancellationToken) {
-    let service = Arc::new(service);
+    let app = router(service);
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let service = service.clone();
-                // One short request per connection; errors only concern that client. A
-                // replay may take long: only the head has a short deadline.
+                let service = TowerToHyperService::new(app.clone());
+                let stopping = stopping.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(300), handle(stream, &service)).await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEAD_TIMEOUT)
+                        .max_buf_size(MAX_HEAD)
+                        .max_headers(MAX_HEADERS)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Errors only concern that client.
+                    tokio::select! {
+                        _ = tokio::time::timeout(REQUEST_TIMEOUT, conn) => {}
+                        _ = stopping.cancelled() => {}
+                    }
                 });
             }
         }
     }
 }
 
-/// A request head that passed the bounds.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    bearer: Option<String>,
-    body_len: u64,
+/// Binds the listener (so a busy port is reported at start-up).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
 }
 
-/// Why a request head is refused: the status code and a short text.
-type Refusal = (u16, &'static str);
+/// Refuses an announced body over [`MAX_BODY`] before any handler runs.
+async fn limit_body(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+    }
+    next.run(request).await
+}
 
-/// Parses a complete request head (up to and including the blank line). Pure.
-fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
-    let text = std::str::from_utf8(head).map_err(|_| (400, "request head is not UTF-8\n"))?;
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split_whitespace();
-    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    if method.is_empty() || path.is_empty() {
-        return Err((400, "malformed request line\n"));
-    }
-    let mut request = Request {
-        method: method.into(),
-        path: path.into(),
-        bearer: None,
-        body_len: 0,
+type Shared = State<Arc<Service>>;
+
+async fn metrics(State(s): Shared) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// 200 or 503, and in both cases what is wrong: the store's state, held tenants, a failed
+/// registry reload.
+async fn readyz(State(s): Shared) -> impl IntoResponse {
+    let h = s.health.snapshot();
+    let body = serde_json::json!({
+        "ready": h.ready(),
+        "summary": h.summary(),
+        "health": h,
+    });
+    let code = if h.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    for (i, line) in lines.take_while(|l| !l.is_empty()).enumerate() {
-        if i == MAX_HEADERS {
-            return Err((431, "too many header fields\n"));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err((400, "malformed header field\n"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("authorization") {
-            request.bearer = value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
-        } else if name.eq_ignore_ascii_case("content-length") {
-            request.body_len = value.parse().map_err(|_| (400, "bad content-length\n"))?;
-        }
+    (code, axum::Json(body))
+}
+
+async fn devices(State(s): Shared) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.metrics.devices.read(|book| book.to_json()),
+    )
+}
+
+async fn replay(State(s): Shared, headers: HeaderMap) -> Response {
+    let Some(token) = &s.admin_token else {
+        return (
+            StatusCode::FORBIDDEN,
+            "state-changing endpoints are off: set http.admin_token\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| token_matches(token, g.trim())) {
+        tracing::warn!("quarantine replay refused: missing or wrong admin token");
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
-    if request.body_len > MAX_BODY {
-        return Err((413, "request body too large\n"));
+    let (tx, rx) = oneshot::channel();
+    if s.jobs.send(Job::ReplayQuarantine(tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    Ok(request)
+    match rx.await {
+        Ok(summary) => axum::Json(summary).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
 }
 
 /// Whether `given` is the configured token, in time independent of where they differ.
@@ -116,165 +181,78 @@ fn token_matches(configured: &Secret, given: &str) -> bool {
         .into()
 }
 
-/// Binds the listener (so a busy port is reported at start-up).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-async fn handle(mut stream: TcpStream, service: &Service) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_HEAD];
-    let mut len = 0;
-    let read_head = async {
-        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            if len == buf.len() {
-                return Ok(Err((431, "request header too large\n")));
-            }
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                return Ok(Err((400, "")));
-            }
-            len += n;
-        }
-        Ok::<_, std::io::Error>(Ok(()))
-    };
-    let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
-        Err(_) => Err((408, "request head not received in time\n")),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Err(refusal))) => Err(refusal),
-        Ok(Ok(Ok(()))) => {
-            let end = buf[..len]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(len, |i| i + 4);
-            parse_head(&buf[..end])
-        }
-    };
-    let request = match request {
-        Ok(r) => r,
-        Err((_, "")) => return Ok(()), // the client went away
-        Err((code, text)) => return respond(&mut stream, code, "text/plain", text).await,
-    };
-    let Service {
-        metrics,
-        health,
-        jobs,
-        admin_token,
-    } = service;
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/metrics") => {
-            respond(
-                &mut stream,
-                200,
-                "text/plain; version=0.0.4",
-                &metrics.render(),
-            )
-            .await
-        }
-        ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n").await,
-        ("GET", "/readyz") => {
-            // 200 or 503, and in both cases what is wrong: the store's state, held
-            // tenants, a failed registry reload.
-            let s = health.snapshot();
-            let body = serde_json::json!({
-                "ready": s.ready(),
-                "summary": s.summary(),
-                "health": s,
-            });
-            let code = if s.ready() { 200 } else { 503 };
-            respond(&mut stream, code, "application/json", &format!("{body}\n")).await
-        }
-        ("POST", "/quarantine/replay") => {
-            let Some(token) = admin_token else {
-                return respond(
-                    &mut stream,
-                    403,
-                    "text/plain",
-                    "state-changing endpoints are off: set http.admin_token\n",
-                )
-                .await;
-            };
-            if !request.bearer.is_some_and(|b| token_matches(token, &b)) {
-                tracing::warn!("quarantine replay refused: missing or wrong admin token");
-                return respond(
-                    &mut stream,
-                    401,
-                    "text/plain",
-                    "missing or wrong bearer token\n",
-                )
-                .await;
-            }
-            let (tx, rx) = oneshot::channel();
-            if jobs.send(Job::ReplayQuarantine(tx)).await.is_err() {
-                return respond(&mut stream, 503, "text/plain", "shutting down\n").await;
-            }
-            match rx.await {
-                Ok(summary) => {
-                    let body = serde_json::to_string(&summary).unwrap_or_default() + "\n";
-                    respond(&mut stream, 200, "application/json", &body).await
-                }
-                Err(_) => respond(&mut stream, 503, "text/plain", "shutting down\n").await,
-            }
-        }
-        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
 
-    #[test]
-    fn heads_within_bounds_parse_others_are_refused_with_their_code() {
-        let ok = parse_head(
-            b"POST /quarantine/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    fn service(token: Option<&str>) -> Service {
+        Service {
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+            jobs: mpsc::channel(1).0,
+            admin_token: token.map(Secret::new),
+        }
+    }
+
+    async fn call(app: &Router, request: axum::http::Request<axum::body::Body>) -> (u16, String) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let code = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn request(method: &str, path: &str) -> axum::http::request::Builder {
+        axum::http::Request::builder().method(method).uri(path)
+    }
+
+    #[tokio::test]
+    async fn routes_answer_and_the_admin_endpoint_needs_its_token() {
+        let app = router(service(Some("0123456789abcdef")));
+        let empty = axum::body::Body::empty;
+        let (code, text) = call(&app, request("GET", "/metrics").body(empty()).unwrap()).await;
+        assert_eq!(code, 200);
+        assert!(
+            text.contains("# TYPE vigie_frames_rejected counter"),
+            "{text}"
+        );
+        let (code, text) = call(&app, request("GET", "/readyz").body(empty()).unwrap()).await;
+        assert_eq!(code, 503, "not connected yet");
+        assert!(text.contains("not connected to the broker"), "{text}");
+        let (code, text) = call(&app, request("GET", "/devices").body(empty()).unwrap()).await;
+        assert_eq!(
+            (code, text.contains("\"devices\": []")),
+            (200, true),
+            "{text}"
+        );
+        let (code, _) = call(&app, request("GET", "/nope").body(empty()).unwrap()).await;
+        assert_eq!(code, 404);
+        for auth in [
+            None,
+            Some("Bearer 0123456789abcdeF"),
+            Some("0123456789abcdef"),
+        ] {
+            let mut r = request("POST", "/quarantine/replay");
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            let (code, _) = call(&app, r.body(empty()).unwrap()).await;
+            assert_eq!(code, 401, "{auth:?}");
+        }
+        let big = request("POST", "/quarantine/replay")
+            .header("content-length", "5000")
+            .body(axum::body::Body::from(vec![b'x'; 5000]))
+            .unwrap();
+        assert_eq!(call(&app, big).await.0, 413);
+        let off = router(service(None));
+        let (code, _) = call(
+            &off,
+            request("POST", "/quarantine/replay").body(empty()).unwrap(),
         )
-        .unwrap();
-        assert_eq!(
-            (ok.method.as_str(), ok.path.as_str(), ok.bearer.as_deref()),
-            ("POST", "/quarantine/replay", Some("s3cret"))
-        );
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
-        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_head(head.as_bytes()).unwrap_err().0, 431);
-        assert_eq!(
-            parse_head(b"POST / HTTP/1.1\r\ncontent-length: 5000\r\n\r\n")
-                .unwrap_err()
-                .0,
-            413
-        );
-        assert_eq!(parse_head(b"\r\n\r\n").unwrap_err().0, 400);
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n")
-                .unwrap_err()
-                .0,
-            400
-        );
+        .await;
+        assert_eq!(code, 403);
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
 use crate::buffer::{Buffer, BufferError, Recovered};
+use crate::devices::Stored;
 use crate::fs::SharedFs;
 use crate::health::{Health, Store};
-use crate::metrics::{Metrics, labels};
+use crate::metrics::{Metrics, ReasonLabel, TenantLabel, gauge};
 use crate::pure::batch::{self, Outcome};
 use crate::pure::lineproto::StringFields;
 use crate::pure::reason::Reason;
@@ -93,6 +94,12 @@ pub enum Job {
     ReplayQuarantine(oneshot::Sender<ReplaySummary>),
     /// Swap in a reloaded registry.
     Registry(Box<Registry>),
+}
+
+/// The registry's size and tenants in the metrics.
+fn note_registry(metrics: &Metrics, registry: &Registry) {
+    metrics.registry_devices.set(gauge(registry.len() as u64));
+    metrics.know_tenants(registry.entries().iter().map(|e| e.tenant.as_str()));
 }
 
 /// The quarantine of lines the databases refused: the sink adds, the worker replays.
@@ -230,33 +237,14 @@ impl Worker {
                 "buffer recovered"
             );
         }
-        metrics.set(
-            "vigie_buffer_recovered_records",
-            vec![],
-            recovery.records as f64,
-        );
-        metrics.add(
-            "vigie_buffer_torn_tails_total",
-            vec![],
-            recovery.torn_tails as f64,
-        );
-        metrics.add(
-            "vigie_buffer_corrupt_records_total",
-            vec![],
-            recovery.corrupt_records as f64,
-        );
-        metrics.set(
-            "vigie_registry_devices",
-            vec![],
-            setup.registry.len() as f64,
-        );
-        for code in Reason::CODES {
-            metrics.add(
-                "vigie_frames_rejected_total",
-                labels(&[("reason", code)]),
-                0.0,
-            );
-        }
+        metrics
+            .buffer_recovered_records
+            .set(gauge(recovery.records));
+        metrics.buffer_torn_tails.inc_by(recovery.torn_tails);
+        metrics
+            .buffer_corrupt_records
+            .inc_by(recovery.corrupt_records);
+        note_registry(&metrics, &setup.registry);
         let reader = buffer.reader();
         let reserve = Reserve {
             path: setup.snapshot_path.with_file_name("reserve"),
@@ -291,8 +279,7 @@ impl Worker {
                     Job::Message(m) => messages.push(m),
                     Job::Registry(r) => {
                         tracing::info!(devices = r.len(), "registry reloaded");
-                        self.metrics
-                            .set("vigie_registry_devices", vec![], r.len() as f64);
+                        note_registry(&self.metrics, &r);
                         self.registry = *r;
                     }
                     Job::ReplayQuarantine(reply) => {
@@ -312,8 +299,10 @@ impl Worker {
                 break;
             }
             self.collect_garbage();
+            self.metrics.devices.save_if_due();
         }
         self.collect_garbage();
+        self.metrics.devices.save();
     }
 
     /// Judges, stores and acknowledges a batch. `None` if shutdown interrupted it (nothing
@@ -344,17 +333,27 @@ impl Worker {
                 Outcome::Store(_) => {}
                 Outcome::Duplicate => {
                     summary.duplicates += 1;
-                    self.metrics
-                        .add("vigie_frames_duplicate_total", vec![], 1.0);
+                    self.metrics.frames_duplicate.inc();
                 }
                 Outcome::Reject(reason) => {
                     summary.rejected += 1;
                     tracing::debug!(topic = %m.topic, reason = %reason.detail(), "frame rejected");
-                    self.metrics.add(
-                        "vigie_frames_rejected_total",
-                        labels(&[("reason", reason.code())]),
-                        1.0,
-                    );
+                    self.metrics
+                        .frames_rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.code(),
+                        })
+                        .inc();
+                    // Counted on the device only if the topic names a registered one:
+                    // anyone may publish on any name, and the state must stay bounded.
+                    if let Ok(t) = protocol::topic::Topic::parse(&m.topic)
+                        && let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str())
+                        && self.registry.get(tenant, device).is_some()
+                    {
+                        self.metrics
+                            .devices
+                            .update(|b| b.rejected(tenant, device, reason.code()));
+                    }
                     self.quarantine.add(&quarantine::Entry::rejected(
                         m.received_ms,
                         &m.topic,
@@ -367,17 +366,13 @@ impl Worker {
                     device,
                     online,
                 } => {
-                    let l = labels(&[("tenant", tenant), ("device", device)]);
-                    self.metrics
-                        .set("vigie_device_online", l, if *online { 1.0 } else { 0.0 });
+                    self.metrics.devices.update(|b| {
+                        b.status(tenant, device, *online, m.received_ms);
+                    });
                 }
             }
         }
-        self.metrics.add(
-            "vigie_messages_received_total",
-            vec![],
-            messages.len() as f64,
-        );
+        self.metrics.messages_received.inc_by(messages.len() as u64);
         // Make the batch durable and acknowledge it in order, a prefix at a time: the
         // whole batch at once, or, while storing fails, halves of what is left, so that
         // whatever room returns is used at once.
@@ -403,8 +398,9 @@ impl Worker {
                 Ok(()) => {
                     appended = false;
                     let gaps = batch::apply(&mut self.book, accepted.iter().copied());
+                    let now_ms = crate::now_ms();
                     for (a, gap) in accepted.iter().zip(gaps) {
-                        self.account(a, gap);
+                        self.account(a, gap, now_ms);
                     }
                     summary.accepted += accepted.len();
                     // The MQTT task may be gone at shutdown; the broker then redelivers,
@@ -473,8 +469,7 @@ impl Worker {
         .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
         let store = match &result {
             Ok(evicted) => {
-                self.metrics
-                    .add("vigie_quarantine_evicted_total", vec![], *evicted as f64);
+                self.metrics.quarantine_evicted.inc_by(*evicted);
                 // Cleared by the caller once the whole batch is stored, so a batch that
                 // goes through in pieces on a nearly full disk does not flap.
                 return Ok(());
@@ -532,62 +527,42 @@ impl Worker {
     /// Health, metric and one log line when the store's state changes.
     fn report_store(&self, store: Store) {
         let (full, failing) = match &store {
-            Store::Ok => (0.0, 0.0),
-            Store::Full { .. } => (1.0, 0.0),
-            Store::DiskFull { .. } | Store::Failing { .. } => (0.0, 1.0),
+            Store::Ok => (0, 0),
+            Store::Full { .. } => (1, 0),
+            Store::DiskFull { .. } | Store::Failing { .. } => (0, 1),
         };
         let problem = store.problem();
         let previous = self.health.set_store(store.clone());
         if std::mem::discriminant(&previous) == std::mem::discriminant(&store) {
             return;
         }
-        self.metrics.set("vigie_buffer_full", vec![], full);
-        self.metrics.set("vigie_store_failing", vec![], failing);
+        self.metrics.buffer_full.set(full);
+        self.metrics.store_failing.set(failing);
         match problem {
             None => tracing::info!("storage writable again; acknowledgements resume"),
             Some(p) => tracing::warn!("cannot store: {p}; the broker keeps the messages"),
         }
     }
 
-    /// Device metrics for a durable frame.
-    fn account(&mut self, a: &verify::Accepted, gap: u32) {
+    /// Metrics and device state for a durable frame.
+    fn account(&mut self, a: &verify::Accepted, gap: u32, now_ms: u64) {
         let r = &a.record;
-        let device = labels(&[("tenant", &r.tenant), ("device", &r.device)]);
-        if gap > 0 {
-            self.metrics.add(
-                "vigie_device_missing_frames_total",
-                device.clone(),
-                f64::from(gap),
-            );
-        }
-        self.metrics.add("vigie_frames_accepted_total", vec![], 1.0);
-        self.metrics.add(
-            "vigie_readings_accepted_total",
-            labels(&[("tenant", &r.tenant)]),
-            f64::from(r.readings),
-        );
+        self.metrics.frames_accepted.inc();
         self.metrics
-            .add("vigie_readings_flagged_total", vec![], f64::from(a.flagged));
-        let seen = self
-            .metrics
-            .get("vigie_device_last_seen_timestamp_seconds", &device)
-            .unwrap_or(0.0);
-        self.metrics.set(
-            "vigie_device_last_seen_timestamp_seconds",
-            device.clone(),
-            seen.max(f64::from(a.last_time)),
-        );
-        if let Some(mv) = a.battery_mv {
-            self.metrics.set(
-                "vigie_device_battery_volts",
-                device.clone(),
-                mv as f64 / 1000.0,
-            );
-        }
-        if let Some(d) = a.dropped {
-            self.metrics
-                .set("vigie_device_dropped_readings", device, d as f64);
-        }
+            .readings_accepted
+            .get_or_create(&TenantLabel::of(&r.tenant))
+            .inc_by(u64::from(r.readings));
+        self.metrics.readings_flagged.inc_by(u64::from(a.flagged));
+        let frame = Stored {
+            last_time: a.last_time,
+            readings: r.readings,
+            gap,
+            battery_mv: a.battery_mv,
+            dropped: a.dropped,
+        };
+        self.metrics
+            .devices
+            .update(|b| b.stored(&r.tenant, &r.device, frame, now_ms));
     }
 
     /// Snapshots the replay book, then deletes delivered segments: the records they held
@@ -620,16 +595,12 @@ impl Worker {
     }
 
     fn update_buffer_gauges(&self) {
-        self.metrics.set(
-            "vigie_buffer_bytes",
-            vec![],
-            self.buffer.used_bytes() as f64,
-        );
-        self.metrics.set(
-            "vigie_buffer_pending_bytes",
-            vec![],
-            self.buffer.pending_bytes() as f64,
-        );
+        self.metrics
+            .buffer_bytes
+            .set(gauge(self.buffer.used_bytes()));
+        self.metrics
+            .buffer_pending_bytes
+            .set(gauge(self.buffer.pending_bytes()));
     }
 
     /// Re-submits both quarantines. Nothing is removed from a quarantine before what

@@ -14,7 +14,8 @@
 //! - [`health`]: the typed state `/readyz` reports.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, quarantine replay.
 //! - [`broker`]: embedded rumqttd for the no-servers mode.
-//! - [`metrics`]: Prometheus text metrics.
+//! - [`metrics`]: the typed Prometheus metrics.
+//! - [`devices`]: per-device state (last seen, battery, status), saved in `data_dir`.
 //! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
 
 pub mod access;
@@ -22,6 +23,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod fs;
 pub mod health;
 pub mod http;
@@ -175,6 +177,7 @@ pub async fn run_with_metrics(
     let _lock = lock_data_dir(&data)?;
     let registry = registry::Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
+    metrics.devices.restore(&data);
 
     let (host, port) = match &config.mqtt.host {
         Some(h) => (h.clone(), config.mqtt.port),
@@ -334,7 +337,6 @@ async fn reload_on_sighup(
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
-    metrics.add("vigie_registry_reload_failures_total", vec![], 0.0);
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
@@ -345,7 +347,7 @@ async fn reload_on_sighup(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "registry reload failed; the previous registry stays in force");
-                    metrics.add("vigie_registry_reload_failures_total", vec![], 1.0);
+                    metrics.registry_reload_failures.inc();
                     health.set_registry_error(Some(e.to_string()));
                 }
             },

@@ -1,364 +1,529 @@
-//! Metrics in the Prometheus text format, without a metrics framework: a few counters,
-//! gauges and two histograms behind one mutex, updated once per batch on hot paths.
+//! The gateway's metrics: typed fields of one `prometheus-client` registry, each registered
+//! here with its name and help, so renaming one is a one-line, compile-checked change.
+//! Label values known at start (rejection reasons, write error classes, the registry's
+//! tenants) are created at zero so a rate over them exists before the first event.
+//! Per-device gauges are not stored here: they are rendered at each scrape from the device
+//! state ([`crate::devices`]), which is the one record of them. `vigie_build_info` and the
+//! standard `process_*` metrics come with them.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use crate::devices::Devices;
+use crate::pure::reason::Reason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
-/// Label pairs of one series.
-pub type Labels = Vec<(&'static str, String)>;
+/// A tenant label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// Tenant.
+    pub tenant: String,
+}
 
-/// Every metric: name, type, help. Rendering follows this order.
-const CATALOGUE: &[(&str, &str, &str)] = &[
-    (
-        "vigie_registry_devices",
-        "gauge",
-        "Devices in the loaded registry.",
-    ),
-    (
-        "vigie_messages_received_total",
-        "counter",
-        "MQTT messages received on uplink and status topics.",
-    ),
-    (
-        "vigie_frames_accepted_total",
-        "counter",
-        "Frames verified, validated and durably buffered.",
-    ),
-    (
-        "vigie_readings_accepted_total",
-        "counter",
-        "Readings durably buffered, by tenant.",
-    ),
-    (
-        "vigie_readings_flagged_total",
-        "counter",
-        "Readings stored with a quality flag.",
-    ),
-    (
-        "vigie_frames_duplicate_total",
-        "counter",
-        "Frames already stored (redeliveries), acknowledged without storing.",
-    ),
-    (
-        "vigie_frames_rejected_total",
-        "counter",
-        "Frames rejected and quarantined, by reason.",
-    ),
-    (
-        "vigie_quarantine_evicted_total",
-        "counter",
-        "Oldest quarantine entries removed to stay under the size limit.",
-    ),
-    (
-        "vigie_buffer_bytes",
-        "gauge",
-        "Bytes of the durable buffer on disk.",
-    ),
-    (
-        "vigie_buffer_pending_bytes",
-        "gauge",
-        "Buffered bytes not yet written to the database.",
-    ),
-    (
-        "vigie_buffer_full",
-        "gauge",
-        "1 while the buffer is full and the gateway withholds acknowledgements.",
-    ),
-    (
-        "vigie_buffer_recovered_records",
-        "gauge",
-        "Records found in the buffer at start-up.",
-    ),
-    (
-        "vigie_store_failing",
-        "gauge",
-        "1 while the disk refuses writes (full, I/O error) and acknowledgements are withheld.",
-    ),
-    (
-        "vigie_buffer_torn_tails_total",
-        "counter",
-        "Torn tails cut at start-up (writes a crash or a failed write left unfinished; never acknowledged).",
-    ),
-    (
-        "vigie_buffer_corrupt_records_total",
-        "counter",
-        "Corrupt buffer records skipped and quarantined (disk corruption).",
-    ),
-    (
-        "vigie_tenant_behind",
-        "gauge",
-        "1 while a tenant's database refuses writes and its readings wait in the buffer, by tenant.",
-    ),
-    (
-        "vigie_registry_reload_failures_total",
-        "counter",
-        "Registry reloads (SIGHUP) that failed; the previous registry stayed in force.",
-    ),
-    (
-        "vigie_readings_stored_total",
-        "counter",
-        "Readings written to the database (or files), by tenant.",
-    ),
-    (
-        "vigie_write_errors_total",
-        "counter",
-        "Failed database writes, by class (split, config, retry).",
-    ),
-    (
-        "vigie_batch_lines",
-        "histogram",
-        "Lines per database write.",
-    ),
-    (
-        "vigie_write_duration_seconds",
-        "histogram",
-        "Database write latency.",
-    ),
-    (
-        "vigie_sink_healthy",
-        "gauge",
-        "1 when the last database write succeeded.",
-    ),
-    (
-        "vigie_mqtt_connected",
-        "gauge",
-        "1 while connected to the broker with the uplink subscription granted.",
-    ),
-    (
-        "vigie_mqtt_connects_total",
-        "counter",
-        "Successful broker connections (first and reconnects).",
-    ),
-    (
-        "vigie_device_acks_total",
-        "counter",
-        "Acknowledgements published to devices (SPEC §12), one per device per commit.",
-    ),
-    (
-        "vigie_device_acks_waiting",
-        "gauge",
-        "Device acknowledgements waiting for room in the broker client's queue.",
-    ),
-    (
-        "vigie_device_last_seen_timestamp_seconds",
-        "gauge",
-        "Measurement time of the device's latest reading.",
-    ),
-    (
-        "vigie_device_battery_volts",
-        "gauge",
-        "Latest battery voltage reported.",
-    ),
-    (
-        "vigie_device_missing_frames_total",
-        "counter",
-        "Frame-counter gaps: frames a device sent that never arrived.",
-    ),
-    (
-        "vigie_device_dropped_readings",
-        "gauge",
-        "Readings the device's own queue dropped since its boot.",
-    ),
-    (
-        "vigie_device_online",
-        "gauge",
-        "Retained status of the device (1 online, 0 offline).",
-    ),
-];
+impl TenantLabel {
+    /// The label for `tenant`.
+    pub fn of(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+        }
+    }
+}
 
-const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
-const LATENCY_BUCKETS: &[f64] = &[
+/// A rejection reason label (the codes of [`Reason::CODES`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reason code.
+    pub reason: &'static str,
+}
+
+/// A database write error class label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `split`, `config` or `retry` ([`WRITE_ERROR_CLASSES`]).
+    pub class: &'static str,
+}
+
+/// The classes of failed database writes.
+pub const WRITE_ERROR_CLASSES: [&str; 3] = ["split", "config", "retry"];
+
+const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Clone)]
-struct Histogram {
-    buckets: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(buckets: &'static [f64]) -> Self {
-        Self {
-            buckets,
-            counts: vec![0; buckets.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-    fn observe(&mut self, v: f64) {
-        for (b, c) in self.buckets.iter().zip(&mut self.counts) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    values: BTreeMap<(&'static str, Labels), f64>,
-    histograms: BTreeMap<&'static str, Histogram>,
-}
-
-/// The gateway's metrics.
-#[derive(Debug, Default)]
+/// Every metric of the gateway. Counters are rendered with the `_total` suffix.
+#[derive(Debug)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    /// Device state, rendered as per-device gauges.
+    pub devices: Arc<Devices>,
+    /// `vigie_registry_devices`.
+    pub registry_devices: Gauge,
+    /// `vigie_messages_received_total`.
+    pub messages_received: Counter,
+    /// `vigie_frames_accepted_total`.
+    pub frames_accepted: Counter,
+    /// `vigie_readings_accepted_total{tenant}`.
+    pub readings_accepted: Family<TenantLabel, Counter>,
+    /// `vigie_readings_flagged_total`.
+    pub readings_flagged: Counter,
+    /// `vigie_frames_duplicate_total`.
+    pub frames_duplicate: Counter,
+    /// `vigie_frames_rejected_total{reason}`.
+    pub frames_rejected: Family<ReasonLabel, Counter>,
+    /// `vigie_quarantine_evicted_total`.
+    pub quarantine_evicted: Counter,
+    /// `vigie_buffer_bytes`.
+    pub buffer_bytes: Gauge,
+    /// `vigie_buffer_pending_bytes`.
+    pub buffer_pending_bytes: Gauge,
+    /// `vigie_buffer_full`.
+    pub buffer_full: Gauge,
+    /// `vigie_buffer_recovered_records`.
+    pub buffer_recovered_records: Gauge,
+    /// `vigie_store_failing`.
+    pub store_failing: Gauge,
+    /// `vigie_buffer_torn_tails_total`.
+    pub buffer_torn_tails: Counter,
+    /// `vigie_buffer_corrupt_records_total`.
+    pub buffer_corrupt_records: Counter,
+    /// `vigie_tenant_behind{tenant}`.
+    pub tenant_behind: Family<TenantLabel, Gauge>,
+    /// `vigie_registry_reload_failures_total`.
+    pub registry_reload_failures: Counter,
+    /// `vigie_readings_stored_total{tenant}`.
+    pub readings_stored: Family<TenantLabel, Counter>,
+    /// `vigie_write_errors_total{class}`.
+    pub write_errors: Family<ClassLabel, Counter>,
+    /// `vigie_batch_lines`.
+    pub batch_lines: Histogram,
+    /// `vigie_write_duration_seconds`.
+    pub write_duration: Histogram,
+    /// `vigie_sink_healthy`.
+    pub sink_healthy: Gauge,
+    /// `vigie_mqtt_connected`.
+    pub mqtt_connected: Gauge,
+    /// `vigie_mqtt_connects_total`.
+    pub mqtt_connects: Counter,
+    /// `vigie_device_acks_total`.
+    pub device_acks: Counter,
+    /// `vigie_device_acks_waiting`.
+    pub device_acks_waiting: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Adds to a counter.
-    pub fn add(&self, name: &'static str, labels: Labels, v: f64) {
-        self.with(|i| *i.values.entry((name, labels)).or_default() += v);
-    }
-
-    /// Sets a gauge.
-    pub fn set(&self, name: &'static str, labels: Labels, v: f64) {
-        self.with(|i| {
-            i.values.insert((name, labels), v);
-        });
-    }
-
-    /// Records a histogram observation.
-    pub fn observe(&self, name: &'static str, v: f64) {
-        let buckets = if name == "vigie_batch_lines" {
-            BATCH_BUCKETS
-        } else {
-            LATENCY_BUCKETS
+    /// Every metric registered, at zero.
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(Process));
+        let devices = Arc::new(Devices::default());
+        let m = Self {
+            registry: Registry::default(),
+            devices: devices.clone(),
+            registry_devices: Gauge::default(),
+            messages_received: Counter::default(),
+            frames_accepted: Counter::default(),
+            readings_accepted: Family::default(),
+            readings_flagged: Counter::default(),
+            frames_duplicate: Counter::default(),
+            frames_rejected: Family::default(),
+            quarantine_evicted: Counter::default(),
+            buffer_bytes: Gauge::default(),
+            buffer_pending_bytes: Gauge::default(),
+            buffer_full: Gauge::default(),
+            buffer_recovered_records: Gauge::default(),
+            store_failing: Gauge::default(),
+            buffer_torn_tails: Counter::default(),
+            buffer_corrupt_records: Counter::default(),
+            tenant_behind: Family::default(),
+            registry_reload_failures: Counter::default(),
+            readings_stored: Family::default(),
+            write_errors: Family::default(),
+            batch_lines: Histogram::new(BATCH_BUCKETS),
+            write_duration: Histogram::new(LATENCY_BUCKETS),
+            sink_healthy: Gauge::default(),
+            mqtt_connected: Gauge::default(),
+            mqtt_connects: Counter::default(),
+            device_acks: Counter::default(),
+            device_acks_waiting: Gauge::default(),
         };
-        self.with(|i| {
-            i.histograms
-                .entry(name)
-                .or_insert_with(|| Histogram::new(buckets))
-                .observe(v)
-        });
+        let r = root.sub_registry_with_prefix("vigie");
+        r.register(
+            "build",
+            "Version of the running gateway.",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let gauges: [(&str, &str, &Gauge); 9] = [
+            (
+                "registry_devices",
+                "Devices in the loaded registry.",
+                &m.registry_devices,
+            ),
+            (
+                "buffer_bytes",
+                "Bytes of the durable buffer on disk.",
+                &m.buffer_bytes,
+            ),
+            (
+                "buffer_pending_bytes",
+                "Buffered bytes not yet written to the database.",
+                &m.buffer_pending_bytes,
+            ),
+            (
+                "buffer_full",
+                "1 while the buffer is full and the gateway withholds acknowledgements.",
+                &m.buffer_full,
+            ),
+            (
+                "buffer_recovered_records",
+                "Records found in the buffer at start-up.",
+                &m.buffer_recovered_records,
+            ),
+            (
+                "store_failing",
+                "1 while the disk refuses writes (full, I/O error) and acknowledgements are withheld.",
+                &m.store_failing,
+            ),
+            (
+                "sink_healthy",
+                "1 when the last database write succeeded.",
+                &m.sink_healthy,
+            ),
+            (
+                "mqtt_connected",
+                "1 while connected to the broker with the uplink subscription granted.",
+                &m.mqtt_connected,
+            ),
+            (
+                "device_acks_waiting",
+                "Device acknowledgements waiting for room in the broker client's queue.",
+                &m.device_acks_waiting,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+        let counters: [(&str, &str, &Counter); 10] = [
+            (
+                "messages_received",
+                "MQTT messages received on uplink and status topics.",
+                &m.messages_received,
+            ),
+            (
+                "frames_accepted",
+                "Frames verified, validated and durably buffered.",
+                &m.frames_accepted,
+            ),
+            (
+                "readings_flagged",
+                "Readings stored with a quality flag.",
+                &m.readings_flagged,
+            ),
+            (
+                "frames_duplicate",
+                "Frames already stored (redeliveries), acknowledged without storing.",
+                &m.frames_duplicate,
+            ),
+            (
+                "quarantine_evicted",
+                "Oldest quarantine entries removed to stay under the size limit.",
+                &m.quarantine_evicted,
+            ),
+            (
+                "buffer_torn_tails",
+                "Torn tails cut at start-up (writes a crash or a failed write left unfinished; never acknowledged).",
+                &m.buffer_torn_tails,
+            ),
+            (
+                "buffer_corrupt_records",
+                "Corrupt buffer records skipped and quarantined (disk corruption).",
+                &m.buffer_corrupt_records,
+            ),
+            (
+                "registry_reload_failures",
+                "Registry reloads (SIGHUP) that failed; the previous registry stayed in force.",
+                &m.registry_reload_failures,
+            ),
+            (
+                "mqtt_connects",
+                "Successful broker connections (first and reconnects).",
+                &m.mqtt_connects,
+            ),
+            (
+                "device_acks",
+                "Acknowledgements published to devices (SPEC §12), one per device per commit.",
+                &m.device_acks,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "readings_accepted",
+            "Readings durably buffered, by tenant.",
+            m.readings_accepted.clone(),
+        );
+        r.register(
+            "frames_rejected",
+            "Frames rejected and quarantined, by reason.",
+            m.frames_rejected.clone(),
+        );
+        r.register(
+            "tenant_behind",
+            "1 while a tenant's database refuses writes and its readings wait in the buffer, by tenant.",
+            m.tenant_behind.clone(),
+        );
+        r.register(
+            "readings_stored",
+            "Readings written to the database (or files), by tenant.",
+            m.readings_stored.clone(),
+        );
+        r.register(
+            "write_errors",
+            "Failed database writes, by class (split, config, retry).",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "batch_lines",
+            "Lines per database write.",
+            m.batch_lines.clone(),
+        );
+        r.register(
+            "write_duration_seconds",
+            "Database write latency.",
+            m.write_duration.clone(),
+        );
+        r.register_collector(Box::new(DeviceGauges(devices)));
+        for reason in Reason::CODES {
+            let _ = m.frames_rejected.get_or_create(&ReasonLabel { reason });
+        }
+        for class in WRITE_ERROR_CLASSES {
+            let _ = m.write_errors.get_or_create(&ClassLabel { class });
+        }
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
-    /// Sum of a metric over all its label sets.
-    pub fn total(&self, name: &str) -> f64 {
-        self.with(|i| {
-            i.values
-                .iter()
-                .filter(|((n, _), _)| *n == name)
-                .map(|(_, v)| v)
-                .sum()
-        })
+    /// Creates the per-tenant series of `tenants` at zero.
+    pub fn know_tenants<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        for tenant in tenants {
+            let label = TenantLabel::of(tenant);
+            let _ = self.readings_accepted.get_or_create(&label);
+            let _ = self.readings_stored.get_or_create(&label);
+            let _ = self.tenant_behind.get_or_create(&label);
+        }
     }
 
-    /// Value of one series.
-    pub fn get(&self, name: &'static str, labels: &Labels) -> Option<f64> {
-        self.with(|i| i.values.get(&(name, labels.clone())).copied())
-    }
-
-    /// Prometheus text exposition.
+    /// Prometheus (OpenMetrics) text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        self.with(|i| {
-            for (name, kind, help) in CATALOGUE {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                if let Some(h) = i.histograms.get(name) {
-                    for (b, c) in h.buckets.iter().zip(&h.counts) {
-                        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
-                    }
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-                    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
-                }
-                for ((n, labels), v) in i.values.range((*name, Vec::new())..) {
-                    if n != name {
-                        break;
-                    }
-                    out.push_str(name);
-                    if !labels.is_empty() {
-                        out.push('{');
-                        for (k, (key, value)) in labels.iter().enumerate() {
-                            let sep = if k == 0 { "" } else { "," };
-                            let value = value
-                                .replace('\\', "\\\\")
-                                .replace('"', "\\\"")
-                                .replace('\n', "\\n");
-                            let _ = write!(out, "{sep}{key}=\"{value}\"");
-                        }
-                        out.push('}');
-                    }
-                    let _ = writeln!(out, " {v}");
-                }
-            }
-        });
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Sum of every sample of metric `name` (as rendered, e.g. `vigie_readings_stored_total`)
+    /// over its label sets: for the demo's progress line and tests.
+    pub fn total(&self, name: &str) -> f64 {
+        sum_samples(&self.render(), name)
     }
 }
 
-/// Labels helper: `labels(&[("tenant", "lyon")])`.
-pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+/// A count as a gauge value (saturating).
+pub fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Sum of the samples of `name` over its label sets in a text exposition.
+pub fn sum_samples(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Per-device gauges, read from the device state at each scrape.
+#[derive(Debug)]
+struct DeviceGauges(Arc<Devices>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    tenant: String,
+    device: String,
+}
+
+impl Collector for DeviceGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.read(|book| {
+            let labels = |d: &crate::devices::DeviceState| DeviceLabel {
+                tenant: d.tenant.clone(),
+                device: d.device.clone(),
+            };
+            let gauge = |encoder: &mut DescriptorEncoder,
+                         name: &str,
+                         help: &str,
+                         value: &dyn Fn(&crate::devices::DeviceState) -> Option<f64>|
+             -> Result<(), std::fmt::Error> {
+                let example = ConstGauge::new(0.0);
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, example.metric_type())?;
+                for d in book.iter() {
+                    if let Some(v) = value(d) {
+                        ConstGauge::new(v).encode(family.encode_family(&labels(d))?)?;
+                    }
+                }
+                Ok(())
+            };
+            gauge(
+                &mut encoder,
+                "device_last_seen_timestamp_seconds",
+                "Measurement time of the device's latest reading.",
+                &|d| d.last_reading_s.map(|s| s as f64),
+            )?;
+            gauge(
+                &mut encoder,
+                "device_battery_volts",
+                "Latest battery voltage reported.",
+                &|d| d.battery_mv.map(|mv| mv as f64 / 1000.0),
+            )?;
+            gauge(
+                &mut encoder,
+                "device_dropped_readings",
+                "Readings the device's own queue dropped since its boot.",
+                &|d| d.dropped_readings.map(|n| n as f64),
+            )?;
+            gauge(
+                &mut encoder,
+                "device_online",
+                "Retained status of the device (1 online, 0 offline).",
+                &|d| d.online.map(|o| if o { 1.0 } else { 0.0 }),
+            )?;
+            let example = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(
+                "device_missing_frames",
+                "Frame-counter gaps: frames a device sent that never arrived.",
+                None,
+                example.metric_type(),
+            )?;
+            for d in book.iter() {
+                ConstCounter::new(d.missing_frames).encode(family.encode_family(&labels(d))?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The standard process metrics (Linux `/proc/self`), read at each scrape.
+#[derive(Debug)]
+struct Process;
+
+impl Process {
+    /// CPU seconds, resident bytes and start time (Unix s), from `/proc/self/stat`.
+    fn read() -> Option<(f64, f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 on.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let num = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+        let ticks = 100.0; // USER_HZ on every Linux the package targets
+        let page = 4096.0;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let boot = crate::now_ms() as f64 / 1000.0 - uptime;
+        Some((
+            (num(14)? + num(15)?) / ticks,
+            num(24)? * page,
+            boot + num(22)? / ticks,
+        ))
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((cpu, rss, start)) = Self::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(cpu);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let rss = ConstGauge::new(rss);
+        rss.encode(encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            None,
+            rss.metric_type(),
+        )?)?;
+        let start = ConstGauge::new(start);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+            None,
+            start.metric_type(),
+        )?)?;
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64;
+        let fds = ConstGauge::new(fds);
+        fds.encode(encoder.encode_descriptor(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            None,
+            fds.metric_type(),
+        )?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every `"vigie_…"` name the crate's code uses is in the catalogue (an unlisted name
-    /// would be counted and never rendered).
     #[test]
-    fn every_metric_name_in_the_code_is_catalogued() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = vec![src];
-        let mut missing = Vec::new();
-        while let Some(path) = files.pop() {
-            if path.is_dir() {
-                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            for part in text.split("\"vigie_").skip(1) {
-                let name: String = part
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                let name = format!("vigie_{name}");
-                let known = CATALOGUE.iter().any(|(n, _, _)| *n == name);
-                if !known && !name.ends_with('_') && part[name.len() - 6..].starts_with('"') {
-                    missing.push(format!("{} in {}", name, path.display()));
-                }
-            }
-        }
-        assert!(missing.is_empty(), "not in the catalogue: {missing:?}");
-    }
-
-    #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.add(
-            "vigie_frames_rejected_total",
-            labels(&[("reason", "authentication")]),
-            2.0,
-        );
-        m.add(
-            "vigie_frames_rejected_total",
-            labels(&[("reason", "topic")]),
-            1.0,
-        );
-        m.set("vigie_buffer_full", vec![], 1.0);
-        m.observe("vigie_write_duration_seconds", 0.02);
+    fn renders_typed_metrics_with_their_names_and_zeroed_labels() {
+        let m = Metrics::new();
+        m.frames_rejected
+            .get_or_create(&ReasonLabel {
+                reason: "authentication",
+            })
+            .inc_by(2);
+        m.buffer_full.set(1);
+        m.write_duration.observe(0.02);
+        m.know_tenants(["lyon"]);
+        m.devices.update(|b| b.status("lyon", "aq-1", true, 1));
         let text = m.render();
-        assert!(
-            text.contains("vigie_frames_rejected_total{reason=\"authentication\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("vigie_buffer_full 1\n"));
-        assert!(text.contains("vigie_write_duration_seconds_bucket{le=\"0.025\"} 1\n"));
-        assert!(text.contains("vigie_write_duration_seconds_bucket{le=\"0.01\"} 0\n"));
-        assert!(text.contains("# TYPE vigie_batch_lines histogram"));
-        assert_eq!(m.total("vigie_frames_rejected_total"), 3.0);
+        for line in [
+            "vigie_frames_rejected_total{reason=\"authentication\"} 2\n",
+            "vigie_frames_rejected_total{reason=\"topic\"} 0\n",
+            "vigie_write_errors_total{class=\"retry\"} 0\n",
+            "vigie_readings_stored_total{tenant=\"lyon\"} 0\n",
+            "vigie_buffer_full 1\n",
+            "vigie_write_duration_seconds_bucket{le=\"0.025\"} 1\n",
+            "vigie_write_duration_seconds_bucket{le=\"0.01\"} 0\n",
+            "# TYPE vigie_batch_lines histogram\n",
+            "vigie_device_online{tenant=\"lyon\",device=\"aq-1\"} 1",
+            "vigie_device_missing_frames_total{tenant=\"lyon\",device=\"aq-1\"} 0\n",
+            "vigie_build_info{version=\"",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert_eq!(m.total("vigie_frames_rejected_total"), 2.0);
     }
 }

@@ -154,14 +154,18 @@ pub async fn run(
         }
         while let Some((topic, payload)) = downlinks.pop_front() {
             match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload.clone()) {
-                Ok(()) => metrics.add("vigie_device_acks_total", vec![], 1.0),
+                Ok(()) => {
+                    metrics.device_acks.inc();
+                }
                 Err(_) => {
                     downlinks.push_front((topic, payload));
                     break;
                 }
             }
         }
-        metrics.set("vigie_device_acks_waiting", vec![], downlinks.len() as f64);
+        metrics
+            .device_acks_waiting
+            .set(crate::metrics::gauge(downlinks.len() as u64));
         // Draining ends when every message handed over is acked, when the worker has
         // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
         let worker_gone = acks.is_closed() && acks.is_empty() && flow.idle();
@@ -209,7 +213,7 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     flow.on_connack();
                     backoff = Duration::from_millis(100);
-                    metrics.add("vigie_mqtt_connects_total", vec![], 1.0);
+                    metrics.mqtt_connects.inc();
                     tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
                     if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe");
@@ -219,7 +223,7 @@ pub async fn run(
                 // refuses it to an account without the gateway role.
                 Ok(Event::Incoming(Packet::SubAck(s))) => match s.return_codes.first() {
                     Some(SubscribeReasonCode::Success(_)) => {
-                        metrics.set("vigie_mqtt_connected", vec![], 1.0);
+                        metrics.mqtt_connected.set(1);
                         health.set_broker(Ok(()));
                         tracing::info!(%filter, "subscribed");
                     }
@@ -235,7 +239,7 @@ pub async fn run(
                 },
                 Ok(_) => {}
                 Err(e) => {
-                    metrics.set("vigie_mqtt_connected", vec![], 0.0);
+                    metrics.mqtt_connected.set(0);
                     let refused = match &e {
                         ConnectionError::ConnectionRefused(code) => Some(format!(
                             "the broker refused this gateway's account ({code:?}): check \

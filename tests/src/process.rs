@@ -170,20 +170,26 @@ impl GatewayProcess {
 
     /// `GET path`: status code and body; `None` if the process does not answer.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s =
-            std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(300)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_string();
-        Some((code, body))
+        let url = format!("http://{}{path}", self.http);
+        // A thread of its own: callers may be sync code inside an async test.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_millis(300))
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .ok()?;
+                let answer = client.get(url).send().await.ok()?;
+                let code = answer.status().as_u16();
+                Some((code, answer.text().await.ok()?))
+            })
+        })
+        .join()
+        .ok()?
     }
 
     /// `/readyz`: whether ready, and the summary it gives.
@@ -193,15 +199,16 @@ impl GatewayProcess {
         Some((code == 200, v["summary"].as_str()?.to_string()))
     }
 
+    /// `/devices`: the device state it serves; `None` if the process does not answer.
+    pub fn devices(&self) -> Option<gateway::devices::DeviceBook> {
+        let (_, body) = self.get("/devices")?;
+        gateway::devices::DeviceBook::from_json(&body).ok()
+    }
+
     /// Sum of a metric over its labels, from `/metrics`; `None` if the process does not answer.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics")?;
-        let total = text
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        Some(total)
+        Some(gateway::metrics::sum_samples(&text, name))
     }
 
     /// Waits until metric `name` stops changing (unchanged over one second), then returns

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::labels;
+use gateway::metrics::ReasonLabel;
 use gateway::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
@@ -119,10 +119,11 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
             && metrics.total("vigie_frames_rejected_total") >= 10.0
     })
     .await;
-    let reason = |r: &str| {
+    let reason = |reason: &'static str| {
         metrics
-            .get("vigie_frames_rejected_total", &labels(&[("reason", r)]))
-            .unwrap_or(0.0)
+            .frames_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     };
     let counts: Vec<_> = [
         "authentication",
@@ -137,11 +138,11 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     assert_eq!(
         counts,
         [
-            ("authentication", 3.0),
-            ("malformed", 4.0),
-            ("future_timestamp", 1.0),
-            ("stale_timestamp", 1.0),
-            ("kind_mismatch", 1.0),
+            ("authentication", 3),
+            ("malformed", 4),
+            ("future_timestamp", 1),
+            ("stale_timestamp", 1),
+            ("kind_mismatch", 1),
         ]
     );
     assert_eq!(metrics.total("vigie_frames_rejected_total"), 10.0);

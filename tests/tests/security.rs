@@ -22,7 +22,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::{Config, DatabaseApi};
-use gateway::metrics::labels;
+use gateway::metrics::ReasonLabel;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -384,16 +384,14 @@ async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
     let gw = InProcessGateway::start(config.clone()).await;
     let revoked = || {
         gw.metrics
-            .get(
-                "vigie_frames_rejected_total",
-                &labels(&[("reason", "revoked")]),
-            )
-            .unwrap_or(0.0)
+            .frames_rejected
+            .get_or_create(&ReasonLabel { reason: "revoked" })
+            .get()
     };
     wait_for(
         "stored and quarantined",
         Duration::from_secs(60),
-        async || gw.metrics.total("vigie_readings_stored_total") >= 10.0 && revoked() >= 10.0,
+        async || gw.metrics.total("vigie_readings_stored_total") >= 10.0 && revoked() >= 10,
     )
     .await;
     let want: std::collections::BTreeSet<_> = load
@@ -404,7 +402,7 @@ async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
         .collect();
     assert_eq!(want.len(), 10);
     assert_exactly(&scenario::stored(influx.addr).await, &want);
-    assert_eq!(revoked(), 10.0);
+    assert_eq!(revoked(), 10);
     let (entries, _) =
         gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
     assert_eq!(entries.len(), 10);

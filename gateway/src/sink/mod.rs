@@ -20,7 +20,7 @@ use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
 use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
-use crate::metrics::{Metrics, labels};
+use crate::metrics::{ClassLabel, Metrics, ReasonLabel, TenantLabel, gauge};
 use crate::pure::reason::Reason;
 use crate::pure::record::Record;
 use crate::pure::retry::{self, Action};
@@ -137,7 +137,9 @@ pub fn run(mut setup: SinkSetup) {
     for tenant in sink.lanes.behind.keys() {
         sink.s
             .metrics
-            .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 1.0);
+            .tenant_behind
+            .get_or_create(&TenantLabel::of(tenant))
+            .set(1);
     }
     sink.run();
 }
@@ -255,9 +257,7 @@ impl Sink {
                         bytes = c.bytes.len(),
                         "corrupt buffer record skipped; the records after it are kept"
                     );
-                    self.s
-                        .metrics
-                        .add("vigie_buffer_corrupt_records_total", vec![], 1.0);
+                    self.s.metrics.buffer_corrupt_records.inc();
                     self.quarantine_corrupt(&c.bytes);
                 }
                 Ok(None) => {
@@ -350,7 +350,9 @@ impl Sink {
             tracing::error!(tenant, %error, "tenant held: its readings wait in the buffer and are retried on their own; other tenants go on");
             self.s
                 .metrics
-                .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 1.0);
+                .tenant_behind
+                .get_or_create(&TenantLabel::of(tenant))
+                .set(1);
         } else {
             tracing::debug!(tenant, %error, "tenant still held; retrying in {wait:?}");
         }
@@ -363,7 +365,9 @@ impl Sink {
         );
         self.s
             .metrics
-            .set("vigie_tenant_behind", labels(&[("tenant", tenant)]), 0.0);
+            .tenant_behind
+            .get_or_create(&TenantLabel::of(tenant))
+            .set(0);
     }
 
     /// Lets the buffer drop what is stored, persists progress, updates health.
@@ -405,16 +409,11 @@ impl Sink {
             }
         }
         let healthy = self.lanes.behind.values().all(|b| b.error.is_none());
-        self.s.metrics.set(
-            "vigie_sink_healthy",
-            vec![],
-            if healthy { 1.0 } else { 0.0 },
-        );
-        self.s.metrics.set(
-            "vigie_buffer_pending_bytes",
-            vec![],
-            self.s.reader.pending_bytes() as f64,
-        );
+        self.s.metrics.sink_healthy.set(i64::from(healthy));
+        self.s
+            .metrics
+            .buffer_pending_bytes
+            .set(gauge(self.s.reader.pending_bytes()));
     }
 
     /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).
@@ -436,24 +435,21 @@ impl Sink {
         match action {
             Action::Done => {
                 let n = lines.lines().count();
-                metrics.observe(
-                    "vigie_write_duration_seconds",
-                    started.elapsed().as_secs_f64(),
-                );
-                metrics.observe("vigie_batch_lines", n as f64);
-                metrics.add(
-                    "vigie_readings_stored_total",
-                    labels(&[("tenant", tenant)]),
-                    n as f64,
-                );
+                metrics
+                    .write_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.batch_lines.observe(n as f64);
+                metrics
+                    .readings_stored
+                    .get_or_create(&TenantLabel::of(tenant))
+                    .inc_by(n as u64);
                 Written::Stored
             }
             Action::Split => {
-                metrics.add(
-                    "vigie_write_errors_total",
-                    labels(&[("class", "split")]),
-                    1.0,
-                );
+                metrics
+                    .write_errors
+                    .get_or_create(&ClassLabel { class: "split" })
+                    .inc();
                 self.split(tenant, lines, &detail)
             }
             Action::Config | Action::Retry { .. } => {
@@ -462,7 +458,10 @@ impl Sink {
                 } else {
                     "retry"
                 };
-                metrics.add("vigie_write_errors_total", labels(&[("class", class)]), 1.0);
+                metrics
+                    .write_errors
+                    .get_or_create(&ClassLabel { class })
+                    .inc();
                 let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
                 let cfg = &self.s.cfg;
                 let wait = match action {
@@ -500,14 +499,14 @@ impl Sink {
             return match evicted {
                 Ok(n) => {
                     tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");
+                    self.s.metrics.quarantine_evicted.inc_by(n);
                     self.s
                         .metrics
-                        .add("vigie_quarantine_evicted_total", vec![], n as f64);
-                    self.s.metrics.add(
-                        "vigie_frames_rejected_total",
-                        labels(&[("reason", Reason::DatabaseRejected.code())]),
-                        1.0,
-                    );
+                        .frames_rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: Reason::DatabaseRejected.code(),
+                        })
+                        .inc();
                     Written::Stored
                 }
                 Err(e) => Written::Failed {

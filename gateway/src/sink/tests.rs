@@ -1,7 +1,25 @@
 use super::*;
 use crate::buffer::Buffer;
+use crate::metrics::WRITE_ERROR_CLASSES;
 use crate::quarantine::Quarantine;
 use std::sync::Mutex;
+
+/// Readings stored, over the tenants these tests use.
+fn stored(m: &Metrics) -> u64 {
+    ["a", "b", "lyon", "nice"]
+        .iter()
+        .map(|t| m.readings_stored.get_or_create(&TenantLabel::of(t)).get())
+        .sum()
+}
+
+/// Lines the database refused (quarantined).
+fn refused(m: &Metrics) -> u64 {
+    m.frames_rejected
+        .get_or_create(&ReasonLabel {
+            reason: Reason::DatabaseRejected.code(),
+        })
+        .get()
+}
 
 /// A scripted database: per tenant, answers in order, then 204; records what was stored.
 struct Scripted {
@@ -201,19 +219,23 @@ fn retries_outages_and_groups_by_tenant() {
         record("a", 3, "m v=3 3"),
     ];
     let run = start(BTreeMap::from([("a".into(), outage)]), None, records);
-    run.wait_for("3 stored", |r| {
-        r.metrics.total("vigie_readings_stored_total") >= 3.0
-    });
+    run.wait_for("3 stored", |r| stored(&r.metrics) >= 3);
     let (all, metrics, _dir) = run.stop();
     assert_eq!(all, ["a:m v=1 1", "a:m v=3 3", "b:m v=2 2"]);
-    assert_eq!(metrics.total("vigie_readings_stored_total"), 3.0);
+    assert_eq!(stored(&metrics), 3);
     assert_eq!(
-        metrics.get("vigie_write_errors_total", &labels(&[("class", "retry")])),
-        Some(2.0)
+        metrics
+            .write_errors
+            .get_or_create(&ClassLabel { class: "retry" })
+            .get(),
+        2
     );
     assert_eq!(
-        metrics.get("vigie_write_errors_total", &labels(&[("class", "config")])),
-        Some(1.0)
+        metrics
+            .write_errors
+            .get_or_create(&ClassLabel { class: "config" })
+            .get(),
+        1
     );
 }
 
@@ -239,8 +261,10 @@ fn a_refusing_tenant_is_held_while_the_others_flow_then_catches_up() {
     assert!(run.lines().iter().all(|l| l.starts_with("nice:")));
     assert_eq!(
         run.metrics
-            .get("vigie_tenant_behind", &labels(&[("tenant", "lyon")])),
-        Some(1.0)
+            .tenant_behind
+            .get_or_create(&TenantLabel::of("lyon"))
+            .get(),
+        1
     );
     assert!(
         run.buffer.pending_bytes() > 0,
@@ -255,10 +279,13 @@ fn a_refusing_tenant_is_held_while_the_others_flow_then_catches_up() {
     run.wait_for("buffer delivered", |r| r.buffer.pending_bytes() == 0);
     let (all, metrics, _dir) = run.stop();
     assert_eq!(all.len(), 40, "{all:?}");
-    assert_eq!(metrics.total("vigie_readings_stored_total"), 40.0);
+    assert_eq!(stored(&metrics), 40);
     assert_eq!(
-        metrics.get("vigie_tenant_behind", &labels(&[("tenant", "lyon")])),
-        Some(0.0)
+        metrics
+            .tenant_behind
+            .get_or_create(&TenantLabel::of("lyon"))
+            .get(),
+        0
     );
 }
 
@@ -271,18 +298,11 @@ fn a_bad_line_is_isolated_and_quarantined_the_rest_stored() {
     with_bad.insert(4, record("a", 99, "m v=BAD 99"));
     let run = start(BTreeMap::new(), Some("BAD"), with_bad);
     run.wait_for("9 stored and 1 refused", |r| {
-        r.metrics.total("vigie_readings_stored_total") >= 9.0
-            && r.metrics.total("vigie_frames_rejected_total") >= 1.0
+        stored(&r.metrics) >= 9 && refused(&r.metrics) >= 1
     });
     let (all, metrics, dir) = run.stop();
     assert_eq!(all.len(), 9);
-    assert_eq!(
-        metrics.get(
-            "vigie_frames_rejected_total",
-            &labels(&[("reason", "database_rejected")])
-        ),
-        Some(1.0)
-    );
+    assert_eq!(refused(&metrics), 1);
     let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].origin, Origin::Database);
@@ -309,12 +329,17 @@ fn a_refused_line_is_not_dropped_when_the_quarantine_cannot_be_written() {
         Some("BAD"),
         records,
     );
-    run.wait_for("the refused line quarantined", |r| {
-        r.metrics.total("vigie_frames_rejected_total") >= 1.0
-    });
+    run.wait_for("the refused line quarantined", |r| refused(&r.metrics) >= 1);
     assert!(
-        run.metrics.total("vigie_tenant_behind") >= 0.0
-            && run.metrics.total("vigie_write_errors_total") >= 2.0,
+        WRITE_ERROR_CLASSES
+            .iter()
+            .map(|&class| run
+                .metrics
+                .write_errors
+                .get_or_create(&ClassLabel { class })
+                .get())
+            .sum::<u64>()
+            >= 2,
         "the first quarantine failure held the tenant and the batch was written again"
     );
     let (mut lines, _, _) = run.stop();
@@ -362,10 +387,10 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
         |_| {},
     )
     .unwrap();
-    let stored = Arc::new(Mutex::new(Vec::new()));
+    let written = Arc::new(Mutex::new(Vec::new()));
     let writer = Scripted {
         answers: Default::default(),
-        stored: stored.clone(),
+        stored: written.clone(),
         refuse_containing: None,
     };
     let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
@@ -385,6 +410,6 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     };
     stop.cancel();
     super::run(setup);
-    assert!(stored.lock().unwrap().is_empty());
-    assert_eq!(metrics.total("vigie_readings_stored_total"), 0.0);
+    assert!(written.lock().unwrap().is_empty());
+    assert_eq!(stored(&metrics), 0);
 }

@@ -1,0 +1,292 @@
+//! Device state: what the gateway knows of each device from its traffic (last reading,
+//! battery, online, counts, gaps, rejections by reason). The ingest worker updates it as
+//! frames become durable; `/devices` serves it as JSON, `devices list` prints it, and
+//! `/metrics` renders its per-device gauges from it (see [`crate::metrics`]).
+//!
+//! It is saved to `data_dir/devices.json` (atomically, at most every
+//! [`SAVE_INTERVAL`] while traffic flows, and at shutdown) and restored at start, so "last
+//! seen" survives a restart. It is a convenience view, not part of the delivery promise: a
+//! power cut may lose the last few seconds of it, never a reading.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest time a change waits before it is saved while traffic flows.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// File name in `data_dir`.
+pub const FILE_NAME: &str = "devices.json";
+
+/// One device, as its traffic shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceState {
+    /// Tenant.
+    pub tenant: String,
+    /// Device id.
+    pub device: String,
+    /// Measurement time (Unix seconds) of its latest stored reading.
+    pub last_reading_s: Option<u64>,
+    /// When the gateway last stored a frame of it (Unix ms, the gateway's clock).
+    pub last_frame_ms: Option<u64>,
+    /// Latest battery voltage it reported, mV.
+    pub battery_mv: Option<i64>,
+    /// Readings its own queue dropped since its boot, as last reported.
+    pub dropped_readings: Option<i64>,
+    /// Its retained status (`true` online, `false` offline), if it published one.
+    pub online: Option<bool>,
+    /// When that status arrived (Unix ms).
+    pub status_ms: Option<u64>,
+    /// Frames stored.
+    pub frames: u64,
+    /// Readings stored.
+    pub readings: u64,
+    /// Frames it sent that never arrived (frame-counter gaps).
+    pub missing_frames: u64,
+    /// Frames on its topics that were rejected, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// Every device's state. Pure: no I/O, no clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceBook {
+    devices: BTreeMap<(String, String), DeviceState>,
+}
+
+/// The saved form.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    devices: Vec<DeviceState>,
+}
+
+/// What a durable frame tells about its device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stored {
+    /// Latest measurement time in the frame (Unix s).
+    pub last_time: u32,
+    /// Readings in it.
+    pub readings: u32,
+    /// Frames missing before it.
+    pub gap: u32,
+    /// Battery voltage, mV.
+    pub battery_mv: Option<i64>,
+    /// Queue drops since boot.
+    pub dropped: Option<i64>,
+}
+
+impl DeviceBook {
+    fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
+        self.devices
+            .entry((tenant.to_string(), device.to_string()))
+            .or_insert_with(|| DeviceState {
+                tenant: tenant.to_string(),
+                device: device.to_string(),
+                ..DeviceState::default()
+            })
+    }
+
+    /// A frame of the device was made durable at `now_ms`.
+    pub fn stored(&mut self, tenant: &str, device: &str, frame: Stored, now_ms: u64) {
+        let d = self.entry(tenant, device);
+        d.frames += 1;
+        d.readings += u64::from(frame.readings);
+        d.missing_frames += u64::from(frame.gap);
+        d.last_frame_ms = Some(now_ms);
+        d.last_reading_s = d.last_reading_s.max(Some(u64::from(frame.last_time)));
+        d.battery_mv = frame.battery_mv.or(d.battery_mv);
+        d.dropped_readings = frame.dropped.or(d.dropped_readings);
+    }
+
+    /// The device published its status.
+    pub fn status(&mut self, tenant: &str, device: &str, online: bool, now_ms: u64) {
+        let d = self.entry(tenant, device);
+        d.online = Some(online);
+        d.status_ms = Some(now_ms);
+    }
+
+    /// A frame on the device's topics was rejected for `reason`.
+    pub fn rejected(&mut self, tenant: &str, device: &str, reason: &str) {
+        *self
+            .entry(tenant, device)
+            .rejected
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// One device.
+    pub fn get(&self, tenant: &str, device: &str) -> Option<&DeviceState> {
+        self.devices.get(&(tenant.to_string(), device.to_string()))
+    }
+
+    /// Every device, by tenant then id.
+    pub fn iter(&self) -> impl Iterator<Item = &DeviceState> {
+        self.devices.values()
+    }
+
+    /// The saved (and served) JSON.
+    pub fn to_json(&self) -> String {
+        let saved = Saved {
+            devices: self.devices.values().cloned().collect(),
+        };
+        serde_json::to_string_pretty(&saved).unwrap_or_default() + "\n"
+    }
+
+    /// Reads the JSON back.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        let saved: Saved = serde_json::from_str(text)?;
+        let devices = saved
+            .devices
+            .into_iter()
+            .map(|d| ((d.tenant.clone(), d.device.clone()), d))
+            .collect();
+        Ok(Self { devices })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    book: DeviceBook,
+    path: Option<PathBuf>,
+    dirty: bool,
+    saved_at: Option<Instant>,
+}
+
+/// The shared device state: the worker writes, the HTTP server and metrics read.
+#[derive(Debug, Default)]
+pub struct Devices(Mutex<Inner>);
+
+impl Devices {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Restores the state saved in `data_dir` (none yet: empty) and saves there from now
+    /// on. An unreadable file is logged and replaced, never fatal: it holds no reading.
+    pub fn restore(&self, data_dir: &Path) {
+        let path = data_dir.join(FILE_NAME);
+        let book = match std::fs::read_to_string(&path) {
+            Ok(text) => DeviceBook::from_json(&text).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "device state unreadable; starting afresh");
+                DeviceBook::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DeviceBook::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "device state unreadable; starting afresh");
+                DeviceBook::default()
+            }
+        };
+        let mut inner = self.lock();
+        inner.book = book;
+        inner.path = Some(path);
+    }
+
+    /// Changes the state.
+    pub fn update<R>(&self, f: impl FnOnce(&mut DeviceBook) -> R) -> R {
+        let mut inner = self.lock();
+        inner.dirty = true;
+        f(&mut inner.book)
+    }
+
+    /// Reads the state.
+    pub fn read<R>(&self, f: impl FnOnce(&DeviceBook) -> R) -> R {
+        f(&self.lock().book)
+    }
+
+    /// A copy of the state.
+    pub fn snapshot(&self) -> DeviceBook {
+        self.lock().book.clone()
+    }
+
+    /// Saves if something changed and the last save is older than [`SAVE_INTERVAL`].
+    pub fn save_if_due(&self) {
+        let due = self
+            .lock()
+            .saved_at
+            .is_none_or(|t| t.elapsed() >= SAVE_INTERVAL);
+        if due {
+            self.save();
+        }
+    }
+
+    /// Saves if something changed since the last save. Failures are logged (the disk may
+    /// be full; readings have their own, durable path).
+    pub fn save(&self) {
+        let mut inner = self.lock();
+        let Some(path) = inner.path.clone() else {
+            return;
+        };
+        if !inner.dirty {
+            return;
+        }
+        let text = inner.book.to_json();
+        inner.saved_at = Some(Instant::now());
+        match crate::fs::write_atomic(&path, text.as_bytes(), 0o640) {
+            Ok(()) => inner.dirty = false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save the device state")
+            }
+        }
+    }
+}
+
+/// Reads the state a stopped (or running) gateway saved in `data_dir`.
+pub fn load_saved(data_dir: &Path) -> std::io::Result<DeviceBook> {
+    let text = std::fs::read_to_string(data_dir.join(FILE_NAME))?;
+    DeviceBook::from_json(&text).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_status_and_rejections_add_up_and_survive_json() {
+        let mut book = DeviceBook::default();
+        let frame = |t, gap, battery| Stored {
+            last_time: t,
+            readings: 3,
+            gap,
+            battery_mv: battery,
+            dropped: None,
+        };
+        book.stored("lyon", "aq-1", frame(1_000, 0, Some(3_700)), 5);
+        // An older frame (a redelivery after a gap) never moves "last reading" back, and
+        // a frame without a battery report keeps the last one.
+        book.stored("lyon", "aq-1", frame(900, 2, None), 6);
+        book.status("lyon", "aq-1", false, 7);
+        book.rejected("lyon", "aq-1", "authentication");
+        book.rejected("lyon", "aq-1", "authentication");
+        let d = book.get("lyon", "aq-1").unwrap();
+        assert_eq!(
+            (d.frames, d.readings, d.missing_frames, d.last_reading_s),
+            (2, 6, 2, Some(1_000))
+        );
+        assert_eq!(
+            (d.battery_mv, d.online, d.last_frame_ms),
+            (Some(3_700), Some(false), Some(6))
+        );
+        assert_eq!(d.rejected["authentication"], 2);
+        assert_eq!(DeviceBook::from_json(&book.to_json()).unwrap(), book);
+    }
+
+    #[test]
+    fn saved_state_is_restored_and_a_broken_file_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = Devices::default();
+        devices.restore(dir.path());
+        devices.update(|b| b.status("lyon", "bin-2", true, 1));
+        devices.save_if_due();
+        let again = Devices::default();
+        again.restore(dir.path());
+        assert_eq!(again.snapshot(), devices.snapshot());
+        assert_eq!(load_saved(dir.path()).unwrap(), devices.snapshot());
+
+        std::fs::write(dir.path().join(FILE_NAME), "{ not json").unwrap();
+        let broken = Devices::default();
+        broken.restore(dir.path());
+        assert_eq!(broken.snapshot(), DeviceBook::default());
+    }
+}
