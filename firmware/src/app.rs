@@ -1,12 +1,12 @@
-//! The node's main loop, the same on every board: modem up (network time, TCP in
-//! transparent mode), MQTT connect, then sample and exchange every interval (send what
-//! waits, collect acknowledgements); on any link error or time-out, back off, leave
-//! transparent mode and start the link again, sampling all the while once the network
-//! time is known (readings wait in the flash ring meanwhile). Time is 64-bit milliseconds
-//! since boot ([`Uptime`]), so the board's 32-bit clock wrapping after 49.7 days neither
-//! mis-dates readings nor stalls sampling. A board supplies its clock, its modem UART, its sampling
-//! and where messages go ([`Platform`]); time-outs and sleeps are polled on its clock, so
-//! any executor will do, even a plain spin `block_on`.
+//! The node's main loop, the same on every board: it executes the node's [`Link`] (the
+//! schedule and link state machine, shared with the simulator): sample when it says,
+//! wake the modem and read the network time, open the socket in transparent mode (TLS by
+//! the modem when the blob says so), MQTT connect, exchange (send what waits, ping,
+//! collect acknowledgements), escape after a failure. Time is 64-bit milliseconds since
+//! boot ([`Uptime`]), so the board's 32-bit clock wrapping after 49.7 days neither
+//! mis-dates readings nor stalls sampling. A board supplies its clock, its modem UART, its
+//! sampling and where messages go ([`Platform`]); time-outs and waits are polled on its
+//! clock, so any executor will do, even a plain spin `block_on`.
 //!
 //! Also the fixed texts boards print for each failure: `Debug` formatting of the error
 //! types would cost about 15 KiB of flash (measured on the reference image).
@@ -21,6 +21,7 @@ use protocol::provision::{ProvisionError, Transport, ca_file_name};
 use crate::backoff::Backoff;
 use crate::boot::BootError;
 use crate::counter::CounterError;
+use crate::link::{Action, Change, Link, Outcome, Schedule, Step};
 use crate::modem::{Modem, ModemError};
 use crate::node::{Exchange, Node, NodeError};
 use crate::ring::RingError;
@@ -135,80 +136,75 @@ impl Uptime {
     }
 }
 
-/// When the next sample is due; samples go into the node's ring whether the link is up
-/// or not, once the network time is known.
+/// The board's time: milliseconds since boot as 64 bits, and Unix seconds at boot once
+/// the network time is known.
 #[derive(Debug)]
-struct Sampler {
-    interval_ms: u64,
-    next_ms: u64,
-    count: u32,
-    unix_at_boot: Option<u32>,
+struct Time {
     uptime: Uptime,
+    unix_at_boot: Option<u32>,
 }
 
-impl Sampler {
-    fn new<P: Platform>(interval_s: u16, board: &P) -> Self {
+impl Time {
+    fn new<P: Platform>(board: &P) -> Self {
         Self {
-            interval_ms: u64::from(interval_s) * 1000,
-            next_ms: u64::from(FIRST_SAMPLE_MS),
-            count: 0,
-            unix_at_boot: None,
             uptime: Uptime::new(board.millis()),
+            unix_at_boot: None,
         }
     }
 
-    /// Seconds since boot.
-    fn uptime_s<P: Platform>(&mut self, board: &P) -> u64 {
-        self.uptime.at(board.millis()) / 1000
+    /// Milliseconds since boot.
+    fn now_ms<P: Platform>(&mut self, board: &P) -> u64 {
+        self.uptime.at(board.millis())
     }
 
     /// The network time says it is `unix` now: remembers Unix seconds at boot.
-    fn set_time<P: Platform>(&mut self, board: &mut P, unix: u32) {
-        let base = unix.saturating_sub(self.uptime_s(board) as u32);
+    fn set_unix<P: Platform>(&mut self, board: &mut P, unix: u32) {
+        let up_s = (self.now_ms(board) / 1000) as u32;
+        let base = unix.saturating_sub(up_s);
         self.unix_at_boot = Some(base);
         board.set_unix_at_boot(base);
     }
 
-    /// Takes a sample if one is due; returns whether it did.
-    fn tick<F: NorFlash, const Q: usize, P: Platform>(
+    /// Takes a sample now, and a status report with it if `status`.
+    fn sample<F: NorFlash, const Q: usize, P: Platform>(
         &mut self,
         node: &mut Node<F, Q>,
         board: &mut P,
-    ) -> bool {
+        status: bool,
+    ) {
         let Some(base) = self.unix_at_boot else {
-            return false; // readings need a real time
+            return; // readings need a real time (the link never asks before it is known)
         };
-        let ms = self.uptime.at(board.millis());
-        if ms < self.next_ms {
-            return false;
-        }
-        self.next_ms = ms + self.interval_ms;
-        let up_s = (ms / 1000).min(u64::from(u32::MAX)) as u32;
+        let up_s = (self.now_ms(board) / 1000).min(u64::from(u32::MAX)) as u32;
         let now = base.saturating_add(up_s);
         node.record_sample(board.sample(now));
-        self.count += 1;
-        if self.count.is_multiple_of(STATUS_EVERY) {
+        if status {
             node.report_status(now, None, None, up_s);
-        }
-        true
-    }
-
-    /// Waits `ms`, sampling whenever a sample is due.
-    async fn wait<F: NorFlash, const Q: usize, P: Platform>(
-        &mut self,
-        node: &mut Node<F, Q>,
-        board: &mut P,
-        ms: u32,
-    ) {
-        let start = board.millis();
-        while board.millis().wrapping_sub(start) < ms {
-            self.tick(node, board);
-            yield_now().await;
         }
     }
 }
 
-/// Runs the node for ever over `modem`.
+/// Samples and waits as the link says until it asks for a link step; returns that step.
+async fn next_step<F: NorFlash, const Q: usize, P: Platform>(
+    link: &mut Link,
+    node: &mut Node<F, Q>,
+    board: &mut P,
+    time: &mut Time,
+) -> Step {
+    loop {
+        match link.poll(time.now_ms(board)) {
+            Action::Run(step) => return step,
+            Action::Sample { status } => time.sample(node, board, status),
+            Action::WaitUntil(t) => {
+                while time.now_ms(board) < t {
+                    yield_now().await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the node for ever over `modem`, executing its [`Link`].
 pub async fn run<F, const Q: usize, U, P>(
     node: &mut Node<F, Q>,
     mut modem: Modem<U>,
@@ -219,83 +215,115 @@ where
     U: Read + Write,
     P: Platform,
 {
-    let mut backoff = Backoff::new(1, 60);
-    let mut sampler = Sampler::new(node.provisioning().sample_interval_s, board);
+    let mut time = Time::new(board);
+    let mut link = Link::new(Schedule {
+        first_sample_ms: u64::from(FIRST_SAMPLE_MS),
+        interval_ms: u64::from(node.provisioning().sample_interval_s) * 1000,
+        status_every: STATUS_EVERY,
+        idle_ms: Schedule::idle_ms_for(node.uplink().keep_alive_s()),
+        backoff: Backoff::new(1, 60),
+        seed: 0,
+    });
     let mut first_acknowledged = false;
+    let mut tell = |board: &mut P, change: Option<Change>, acknowledged: u32| {
+        match change {
+            Some(Change::Connected) => board.event(Event::Connected(board.millis())),
+            Some(Change::LinkFailed(why, wait)) => board.event(Event::LinkFailed(why, wait)),
+            Some(Change::Reconnecting(why)) => board.event(Event::Reconnecting(why)),
+            None => {}
+        }
+        if acknowledged > 0 && !first_acknowledged {
+            first_acknowledged = true;
+            board.event(Event::FirstReading(board.millis()));
+        }
+    };
+    let mut pending = None;
     loop {
-        // One connection, start to end; one way out (a reason), so a single back-off
-        // and escape path follows it.
-        let mut connected = false;
-        let why = 'session: {
-            // The network time first: with it the node samples, even while the data
-            // link stays down.
-            let clock = async {
-                modem.wake().await?;
-                modem.clock().await
-            };
-            match with_timeout(|| board.millis(), STEP_MS, clock).await {
-                Some(Ok(t)) => sampler.set_time(board, t),
-                Some(Err(e)) => break 'session modem_error(e),
-                None => break 'session "modem: no answer in time",
-            }
-            let p = node.provisioning();
-            // TLS when the blob says so, never a fall-back to clear text.
-            let open = async {
-                match p.transport {
-                    Transport::Plain => modem.open(&p.broker_host, p.broker_port).await,
-                    Transport::Tls { ca_sha256 } => {
-                        let ca = ca_file_name(&ca_sha256);
-                        modem.open_tls(&p.broker_host, p.broker_port, &ca).await
-                    }
-                }
-            };
-            match with_timeout(|| board.millis(), STEP_MS, open).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => break 'session modem_error(e),
-                None => break 'session "modem: no answer in time",
-            }
-            let mut client = Mqtt::new(modem.io());
-            let mut step = with_timeout(|| board.millis(), STEP_MS, async {
-                node.connect(&mut client).await.map(|n| Exchange {
-                    acknowledged: n,
-                    ..Exchange::default()
-                })
-            })
-            .await;
-            loop {
-                let done = match step {
-                    Some(Ok(done)) => done,
-                    Some(Err(e)) => break 'session node_error(e),
-                    None => break 'session "mqtt: no answer in time",
+        let step = match pending.take() {
+            Some(step) => step,
+            None => next_step(&mut link, node, board, &mut time).await,
+        };
+        let outcome = match step {
+            Step::Clock => {
+                let clock = async {
+                    modem.wake().await?;
+                    modem.clock().await
                 };
-                if !connected {
-                    connected = true;
-                    backoff.reset();
-                    board.event(Event::Connected(board.millis()));
+                match with_timeout(|| board.millis(), STEP_MS, clock).await {
+                    Some(Ok(t)) => {
+                        time.set_unix(board, t);
+                        Outcome::Done
+                    }
+                    Some(Err(e)) => Outcome::Failed(modem_error(e)),
+                    None => Outcome::Failed("modem: no answer in time"),
                 }
-                if done.acknowledged > 0 && !first_acknowledged {
-                    first_acknowledged = true;
-                    board.event(Event::FirstReading(board.millis()));
+            }
+            Step::Open => {
+                let p = node.provisioning();
+                // TLS when the blob says so, never a fall-back to clear text.
+                let open = async {
+                    match p.transport {
+                        Transport::Plain => modem.open(&p.broker_host, p.broker_port).await,
+                        Transport::Tls { ca_sha256 } => {
+                            let ca = ca_file_name(&ca_sha256);
+                            modem.open_tls(&p.broker_host, p.broker_port, &ca).await
+                        }
+                    }
+                };
+                match with_timeout(|| board.millis(), STEP_MS, open).await {
+                    Some(Ok(())) => Outcome::Done,
+                    Some(Err(e)) => Outcome::Failed(modem_error(e)),
+                    None => Outcome::Failed("modem: no answer in time"),
                 }
-                while !done.more && !sampler.tick(node, board) {
-                    sleep_ms(|| board.millis(), 10).await;
+            }
+            Step::Connect => {
+                // The connection lives while the link exchanges; any other step needs the
+                // modem back (the client is dropped first).
+                let mut client = Mqtt::new(modem.io());
+                let mut step = Step::Connect;
+                loop {
+                    let done = match step {
+                        Step::Connect => {
+                            with_timeout(|| board.millis(), STEP_MS, async {
+                                node.connect(&mut client).await.map(|n| Exchange {
+                                    acknowledged: n,
+                                    ..Exchange::default()
+                                })
+                            })
+                            .await
+                        }
+                        Step::Exchange => {
+                            with_timeout(|| board.millis(), STEP_MS, node.exchange(&mut client))
+                                .await
+                        }
+                        other => {
+                            pending = Some(other);
+                            break;
+                        }
+                    };
+                    let (outcome, acknowledged) = match done {
+                        Some(Ok(d)) if step == Step::Connect => (Outcome::Done, d.acknowledged),
+                        Some(Ok(d)) => (Outcome::Exchanged { more: d.more }, d.acknowledged),
+                        Some(Err(e)) => (Outcome::Failed(node_error(e)), 0),
+                        None => (Outcome::Failed("mqtt: no answer in time"), 0),
+                    };
+                    let change = link.done(step, outcome, time.now_ms(board));
+                    tell(board, change, acknowledged);
+                    step = next_step(&mut link, node, board, &mut time).await;
                 }
-                step = with_timeout(|| board.millis(), STEP_MS, node.exchange(&mut client)).await;
+                continue;
+            }
+            // Only while connected (above); the link never asks otherwise.
+            Step::Exchange => Outcome::Failed("mqtt: not connected"),
+            Step::Escape => {
+                // Leave transparent mode: `+++` alone, with a second of silence before
+                // and after it (the link's waits).
+                let _ = modem.escape().await;
+                Outcome::Done
             }
         };
-        let wait_s = if connected {
-            board.event(Event::Reconnecting(why));
-            1
-        } else {
-            let wait = backoff.next_delay_s(board.millis());
-            board.event(Event::LinkFailed(why, wait));
-            wait
-        };
-        // Leave transparent mode: `+++` alone, with a second of silence before and after
-        // it, sampling meanwhile.
-        sampler.wait(node, board, wait_s * 1000).await;
-        let _ = modem.escape().await;
-        sampler.wait(node, board, 1000).await;
+        let change = link.done(step, outcome, time.now_ms(board));
+        tell(board, change, 0);
     }
 }
 
@@ -436,13 +464,34 @@ mod tests {
             ms: Cell::new(start),
             samples: Vec::new(),
         };
-        let mut sampler = Sampler::new(60, &board);
+        let mut time = Time::new(&board);
         let unix_now = 1_800_000_000;
-        sampler.set_time(&mut board, unix_now);
-        // Five minutes in 100 ms steps, crossing the wrap after 150 s.
+        let mut link = Link::new(Schedule {
+            first_sample_ms: u64::from(FIRST_SAMPLE_MS),
+            interval_ms: 60_000,
+            status_every: STATUS_EVERY,
+            idle_ms: Schedule::idle_ms_for(600),
+            backoff: Backoff::new(1, 60),
+            seed: 0,
+        });
+        // Five minutes in 100 ms steps, crossing the wrap after 150 s, the network time
+        // known from the first step, the data link down all along.
         for step in 1..=3000u32 {
             board.ms.set(start.wrapping_add(step * 100));
-            sampler.tick(&mut node, &mut board);
+            loop {
+                let now = time.now_ms(&board);
+                match link.poll(now) {
+                    Action::WaitUntil(_) => break,
+                    Action::Sample { status } => time.sample(&mut node, &mut board, status),
+                    Action::Run(Step::Clock) => {
+                        time.set_unix(&mut board, unix_now + (step - 1) / 10);
+                        link.done(Step::Clock, Outcome::Done, now);
+                    }
+                    Action::Run(s) => {
+                        link.done(s, Outcome::Failed("no data link"), now);
+                    }
+                }
+            }
         }
         let gaps: Vec<u32> = board.samples.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(board.samples.len(), 5, "{:?}", board.samples);

@@ -37,6 +37,7 @@ pub mod boot;
 pub mod counter;
 pub mod drivers;
 pub mod flash;
+pub mod link;
 pub mod modem;
 pub mod mqtt;
 pub mod node;

@@ -1,11 +1,12 @@
 //! One simulated device: the firmware's node, station and drivers on simulated sensors,
 //! its virtual clock running `accel` times faster than real time, its uplink a TCP socket.
 //!
-//! The loop is the board's: sample on every interval whether connected or not (readings
-//! wait in the flash ring during an outage), exchange while connected (send what waits,
-//! collect the gateways' acknowledgements), reconnect with back-off, exchange when idle.
-//! On stop it exchanges until every reading is acknowledged (bounded), then disconnects
-//! cleanly.
+//! The schedule and link are the board's own state machine ([`firmware::link`]): sample on
+//! every interval whether connected or not (readings wait in the flash ring during an
+//! outage), exchange while connected (send what waits, ping, collect the gateways'
+//! acknowledgements), back off after failed attempts, exchange when idle. This module only
+//! executes its steps on a TCP (or TLS) socket. On stop it exchanges until every reading
+//! is acknowledged (bounded), then disconnects cleanly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use firmware::drivers::a02yyuw::A02yyuw;
 use firmware::drivers::bme280::{ADDRESS, Bme280};
 use firmware::drivers::sds011::Sds011;
 use firmware::drivers::tilt::Tilt;
+use firmware::link::{Action, Change, Link as NodeLink, Outcome, Schedule, Step};
 use firmware::node::Node;
 use firmware::ring::FrameRing;
 use firmware::station::{AirQualityStation, BinStation, Sample, Window};
@@ -145,17 +147,15 @@ struct Board {
     node: Node<RamFlash, QUEUE>,
     stats: Arc<DeviceStats>,
     booted_at: u32,
-    cycles: u32,
     seed: u64,
 }
 
 impl Board {
-    fn cycle(&mut self, opts: &DeviceOptions) {
+    fn cycle(&mut self, opts: &DeviceOptions, status: bool) {
         let now = opts.virtual_now();
         self.clock.set(now);
         let mut recorded = u64::from(self.node.record_sample(self.station.sample(now)));
-        self.cycles += 1;
-        if self.cycles.is_multiple_of(opts.status_every.max(1)) {
+        if status {
             let battery = 3_600 - (mix(self.seed) % 200) as u16;
             let rssi = -60 - (mix(self.seed ^ 1) % 40) as i16;
             self.node
@@ -179,7 +179,9 @@ impl Board {
     }
 }
 
-/// Runs one device until `stop`, then flushes (bounded) and disconnects.
+/// Runs one device until `stop`, then flushes (bounded) and disconnects. The schedule and
+/// link are the firmware's [`Link`]: this loop only executes its actions, on real time
+/// since the device started.
 pub async fn run(
     p: Provisioning,
     opts: Arc<DeviceOptions>,
@@ -200,132 +202,128 @@ pub async fn run(
         FrameCounter::resume(RamFlash::default(), 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
     let ring = FrameRing::resume(RamFlash::default()).map_err(|e| format!("{e:?}"))?;
     let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
+    let mut link = NodeLink::new(Schedule {
+        // Devices of one fleet start spread over one period, as real ones are.
+        first_sample_ms: (period.as_millis() as u64) * (seed % 1000) / 1000,
+        interval_ms: period.as_millis() as u64,
+        status_every: opts.status_every,
+        idle_ms: Schedule::idle_ms_for(node.uplink().keep_alive_s()),
+        backoff: Backoff::new(1, 60),
+        seed: seed as u32,
+    });
     let mut board = Board {
         booted_at: clock.now(),
         clock,
         station,
         node,
         stats: stats.clone(),
-        cycles: 0,
         seed,
     };
-    // Devices of one fleet start spread over one period, as real ones are.
-    let first = tokio::time::Instant::now() + period.mul_f64((seed % 1000) as f64 / 1000.0);
-    let mut tick = tokio::time::interval_at(first, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = Backoff::new(1, 30);
-    let mut retry_at = Instant::now();
+    let started = Instant::now();
+    let now = || started.elapsed().as_millis() as u64;
+    let mut client: Option<Mqtt<Link>> = None;
     let mut stopping = *stop.borrow();
-
-    loop {
-        // Offline: keep sampling until the back-off ends and the network is there.
-        while !stopping && (Instant::now() < retry_at || opts.link_down()) {
-            tokio::select! {
-                _ = tick.tick() => board.cycle(&opts),
-                _ = stop.changed() => stopping = true,
+    while !stopping {
+        let step = match link.poll(now()) {
+            Action::Sample { status } => {
+                board.cycle(&opts, status);
+                continue;
             }
-        }
-        let p = board.node.provisioning();
-        // TLS as the blob says, verified against its pinned CA; never clear text instead.
-        let tls = match p.transport {
-            Transport::Plain => Ok(None),
-            Transport::Tls { ca_sha256 } => match &opts.ca {
-                Some(ca) if ca.sha256 == ca_sha256 => Ok(Some((ca, p.broker_host.as_str()))),
-                _ => Err(()),
-            },
-        };
-        let mut client = match tls {
-            Ok(tls) => match timeout(NET_TIMEOUT, Link::connect(opts.broker, tls)).await {
-                Ok(Ok(link)) => Some(Mqtt::new(link)),
-                _ => None,
-            },
-            Err(()) => None,
-        };
-        let connected = match client.as_mut() {
-            Some(c) => match timeout(NET_TIMEOUT, board.node.connect(c)).await {
-                Ok(Ok(_)) => {
-                    board.update();
-                    true
+            Action::WaitUntil(t) => {
+                let until = started + Duration::from_millis(t);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = stop.changed() => stopping = true,
                 }
-                _ => false,
-            },
-            None => false,
-        };
-        let (true, Some(mut client)) = (connected, client) else {
-            if stopping {
-                return Ok(());
+                continue;
             }
-            let delay =
-                backoff.next_delay_s(mix(seed ^ retry_at.elapsed().as_nanos() as u64) as u32);
-            retry_at = Instant::now() + Duration::from_secs(u64::from(delay));
-            continue;
+            Action::Run(step) => step,
         };
-        backoff.reset();
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.connected.store(1, Ordering::Relaxed);
-        let ok = online(
-            &mut board,
-            &mut client,
-            &opts,
-            &mut tick,
-            &mut stop,
-            &mut stopping,
-        )
-        .await;
-        stats.connected.store(0, Ordering::Relaxed);
-        if ok && stopping {
-            let _ = timeout(NET_TIMEOUT, board.node.uplink().disconnect(&mut client)).await;
-            return Ok(());
+        let outcome = match step {
+            // The simulator's clock is always known.
+            Step::Clock => Outcome::Done,
+            Step::Open => match open(&board.node, &opts).await {
+                Some(link) => {
+                    client = Some(Mqtt::new(link));
+                    Outcome::Done
+                }
+                None => Outcome::Failed("cannot open the connection"),
+            },
+            Step::Connect => {
+                let connected = match client.as_mut() {
+                    Some(c) => {
+                        matches!(timeout(NET_TIMEOUT, board.node.connect(c)).await, Ok(Ok(_)))
+                    }
+                    None => false,
+                };
+                board.update();
+                if connected {
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    stats.connected.store(1, Ordering::Relaxed);
+                    Outcome::Done
+                } else {
+                    Outcome::Failed("mqtt connect failed")
+                }
+            }
+            Step::Exchange => {
+                // An outage takes the network away: the socket is simply gone.
+                let exchanged = match client.as_mut() {
+                    Some(c) if !opts.link_down() => {
+                        timeout(NET_TIMEOUT, board.node.exchange(c)).await.ok()
+                    }
+                    _ => None,
+                };
+                board.update();
+                match exchanged {
+                    Some(Ok(done)) => Outcome::Exchanged { more: done.more },
+                    _ => Outcome::Failed("exchange failed"),
+                }
+            }
+            Step::Escape => {
+                client = None;
+                Outcome::Done
+            }
+        };
+        if let Some(Change::LinkFailed(..) | Change::Reconnecting(..)) =
+            link.done(step, outcome, now())
+        {
+            stats.connected.store(0, Ordering::Relaxed);
         }
-        if stopping {
-            return Ok(());
-        }
-        retry_at = Instant::now();
     }
+    // Stopping: while connected, exchange until every reading is acknowledged (bounded),
+    // then disconnect cleanly.
+    if let (true, Some(mut c)) = (link.is_up(), client) {
+        let until = Instant::now() + STOP_GRACE;
+        while board.node.unacknowledged() > 0 && Instant::now() < until {
+            match timeout(NET_TIMEOUT, board.node.exchange(&mut c)).await {
+                Ok(Ok(done)) if done.more => continue,
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => break,
+            }
+        }
+        board.update();
+        let _ = timeout(NET_TIMEOUT, board.node.uplink().disconnect(&mut c)).await;
+    }
+    stats.connected.store(0, Ordering::Relaxed);
+    Ok(())
 }
 
-/// The connected phase; `false` when the connection must be dropped.
-async fn online(
-    board: &mut Board,
-    client: &mut Mqtt<Link>,
-    opts: &DeviceOptions,
-    tick: &mut tokio::time::Interval,
-    stop: &mut watch::Receiver<bool>,
-    stopping: &mut bool,
-) -> bool {
-    let idle = Duration::from_secs(u64::from(board.node.uplink().keep_alive_s() / 2).max(1));
-    let mut grace: Option<Instant> = None;
-    loop {
-        if opts.link_down() {
-            return false; // the modem lost the network: the socket is simply gone
-        }
-        let exchanged = timeout(NET_TIMEOUT, board.node.exchange(client)).await;
-        let more = match exchanged {
-            Ok(Ok(done)) => {
-                board.update();
-                done.more
-            }
-            _ => {
-                board.update();
-                return false;
-            }
-        };
-        if more {
-            continue;
-        }
-        if *stopping {
-            // Done once every reading is acknowledged, or after the grace period.
-            let until = *grace.get_or_insert_with(|| Instant::now() + STOP_GRACE);
-            if board.node.unacknowledged() == 0 || Instant::now() >= until {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        tokio::select! {
-            _ = tick.tick() => board.cycle(opts),
-            _ = stop.changed() => *stopping = true,
-            _ = tokio::time::sleep(idle) => {}
-        }
+/// Opens the device's connection to the broker: TLS as the blob says, verified against
+/// its pinned CA, never clear text instead; nothing while its network is down.
+async fn open(node: &Node<RamFlash, QUEUE>, opts: &DeviceOptions) -> Option<Link> {
+    if opts.link_down() {
+        return None;
     }
+    let p = node.provisioning();
+    let tls = match p.transport {
+        Transport::Plain => None,
+        Transport::Tls { ca_sha256 } => match &opts.ca {
+            Some(ca) if ca.sha256 == ca_sha256 => Some((ca, p.broker_host.as_str())),
+            _ => return None,
+        },
+    };
+    timeout(NET_TIMEOUT, Link::connect(opts.broker, tls))
+        .await
+        .ok()?
+        .ok()
 }
