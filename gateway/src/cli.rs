@@ -56,35 +56,36 @@ pub enum Enrol {
 /// blob and the broker's access file.
 pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, String> {
     let d = &a.device;
-    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
-    let existing = registry.get(&d.tenant, &d.id);
-    if mode == Enrol::Rotate && existing.is_none() {
-        return Err(format!(
-            "no device {}/{} in {}: use `devices add`",
-            d.tenant,
-            d.id,
-            g.registry.display()
-        ));
-    }
-    // A re-keying: new key, next epoch, counter may restart.
-    let epoch = existing.map_or(1, |dev| dev.entry.epoch.saturating_add(1));
-    let mut key = [0u8; 16];
-    getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
-    let password = access::new_password()
-        .map_err(|e| format!("no system randomness for the password: {e}"))?;
-    // Each mistake named by the option that carries it.
-    let (entry, blob) = registry::enroll(d, key, epoch, &password).map_err(|e| match e {
-        EnrolError::Tenant(..) => format!("--tenant: {e}"),
-        EnrolError::Id(..) => format!("--id: {e}"),
-        EnrolError::Host(..) => format!("--broker-host: {e}"),
-        EnrolError::Password | EnrolError::Random(_) => e.to_string(),
+    let (epoch, n) = change(g, |registry| {
+        let existing = registry.get(&d.tenant, &d.id);
+        if mode == Enrol::Rotate && existing.is_none() {
+            return Err(format!(
+                "no device {}/{} in {}: use `devices add`",
+                d.tenant,
+                d.id,
+                g.registry.display()
+            ));
+        }
+        // A re-keying: new key, next epoch, counter may restart.
+        let epoch = existing.map_or(1, |dev| dev.entry.epoch.saturating_add(1));
+        let mut key = [0u8; 16];
+        getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
+        let password = access::new_password()
+            .map_err(|e| format!("no system randomness for the password: {e}"))?;
+        // Each mistake named by the option that carries it.
+        let (entry, blob) = registry::enroll(d, key, epoch, &password).map_err(|e| match e {
+            EnrolError::Tenant(..) => format!("--tenant: {e}"),
+            EnrolError::Id(..) => format!("--id: {e}"),
+            EnrolError::Host(..) => format!("--broker-host: {e}"),
+            EnrolError::Password | EnrolError::Random(_) => e.to_string(),
+        })?;
+        registry.upsert(entry).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; MAX_BLOB_LEN];
+        let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
+        crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
+            .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
+        Ok((epoch, n))
     })?;
-    registry.upsert(entry).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; MAX_BLOB_LEN];
-    let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
-    crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
-        .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
-    save(g, &registry)?;
     let transport = match d.transport {
         Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)".into(),
         Transport::Tls { ca_sha256 } => format!(
@@ -93,8 +94,7 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
         ),
     };
     Ok(format!(
-        "{} {}/{} ({:?}, key epoch {epoch}, {transport}); provisioning blob: {} ({n} bytes).\n\
-         Send SIGHUP to a running gateway to load it; {}",
+        "{} {}/{} ({:?}, key epoch {epoch}, {transport}); provisioning blob: {} ({n} bytes).\n{}",
         if epoch == 1 { "added" } else { "re-keyed" },
         d.tenant,
         d.id,
@@ -104,28 +104,84 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
     ))
 }
 
-/// Saves the registry, then the broker's access file derived from it.
-fn save(g: &GatewayConfig, registry: &Registry) -> Result<(), String> {
-    registry.save(&g.registry).map_err(|e| e.to_string())?;
+/// A read-modify-write of the registry under its lock; the broker's access file is
+/// rewritten from the result under the same lock. Nothing is saved if `f` fails.
+fn change<T>(
+    g: &GatewayConfig,
+    f: impl FnOnce(&mut Registry) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut locked = registry::lock(&g.registry).map_err(|e| e.to_string())?;
+    let out = f(&mut locked.registry)?;
+    locked.save().map_err(|e| e.to_string())?;
     let path = g.broker_access();
-    access::write(&path, registry).map_err(|e| format!("{}: {e}", path.display()))
+    access::write(&path, &locked.registry).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(out)
 }
 
 /// `devices revoke`: the gateway rejects the device's frames from its next registry
-/// reload; the broker refuses the device from its next restart.
+/// reload; the broker refuses the device from its next restart. The entry stays (its
+/// frames are counted as `revoked`).
 pub fn devices_revoke(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, String> {
-    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
-    if !registry.revoke(tenant, id) {
-        return Err(format!(
-            "no device {tenant}/{id} in {}",
-            g.registry.display()
-        ));
-    }
-    save(g, &registry)?;
+    change(g, |registry| {
+        registry
+            .revoke(tenant, id)
+            .then_some(())
+            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
+    })?;
     Ok(format!(
-        "revoked {tenant}/{id}; send SIGHUP to a running gateway to apply it; {}",
+        "revoked {tenant}/{id}.\n{}",
         access::restart_hint(&g.broker_access())
     ))
+}
+
+/// `devices remove`: the device leaves the registry and the broker's accounts (its
+/// frames are then `unknown_device`). Its stored readings stay in the database.
+pub fn devices_remove(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, String> {
+    change(g, |registry| {
+        registry
+            .remove(tenant, id)
+            .then_some(())
+            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
+    })?;
+    Ok(format!(
+        "removed {tenant}/{id} from the registry (its stored readings stay in the database).\n{}",
+        access::restart_hint(&g.broker_access())
+    ))
+}
+
+/// After a registry change: asks the running service to load it and says what happened.
+/// An error if the service answered that it cannot load it (the change is saved, but not
+/// in force); without `http.admin_token`, or with the service stopped, says what to do.
+pub fn reload(config: &Config) -> Result<String, String> {
+    const BY_HAND: &str = "run `systemctl reload vigie-gateway` (SIGHUP) to load it";
+    let Some(addr) = config.http.listen else {
+        return Ok(format!(
+            "The gateway's status port is off (http.listen): {BY_HAND}."
+        ));
+    };
+    let Some(token) = &config.http.admin_token else {
+        return Ok(format!(
+            "No http.admin_token, so this command cannot ask the running gateway: {BY_HAND}."
+        ));
+    };
+    match service_request(addr, reqwest::Method::POST, "/registry/reload", Some(token)) {
+        Ok(body) => {
+            let devices = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["devices"].as_u64())
+                .unwrap_or(0);
+            Ok(format!(
+                "The running gateway loaded the registry: {devices} devices."
+            ))
+        }
+        Err(ServiceError::Unreachable(_)) => Ok(format!(
+            "The gateway service does not answer on {addr}: it loads the registry when it starts."
+        )),
+        Err(ServiceError::Refused(why)) => Err(format!(
+            "the registry is saved, but the running gateway cannot load it ({why}); it keeps \
+             the previous registry until this is fixed"
+        )),
+    }
 }
 
 /// `gateways add`: a broker account for one gateway (each gateway of a group needs its
@@ -136,24 +192,24 @@ pub fn gateways_add(
     username: &str,
     password_out: &Path,
 ) -> Result<String, String> {
-    let mut registry = Registry::load(&g.registry).map_err(|e| e.to_string())?;
-    let password = access::new_password()
-        .map_err(|e| format!("no system randomness for the password: {e}"))?;
-    let password_hash = access::PasswordHash::new(&password)
-        .map_err(|e| format!("no system randomness for the salt: {e}"))?;
-    registry
-        .set_gateway(registry::GatewayAccount {
-            username: username.into(),
-            password_hash,
-        })
-        .map_err(|e| e.to_string())?;
-    crate::fs::write_atomic(
-        password_out,
-        format!("{}\n", password.expose()).as_bytes(),
-        0o600,
-    )
-    .map_err(|e| format!("{}: {e}", password_out.display()))?;
-    save(g, &registry)?;
+    change(g, |registry| {
+        let password = access::new_password()
+            .map_err(|e| format!("no system randomness for the password: {e}"))?;
+        let password_hash = access::PasswordHash::new(&password)
+            .map_err(|e| format!("no system randomness for the salt: {e}"))?;
+        registry
+            .set_gateway(registry::GatewayAccount {
+                username: username.into(),
+                password_hash,
+            })
+            .map_err(|e| e.to_string())?;
+        crate::fs::write_atomic(
+            password_out,
+            format!("{}\n", password.expose()).as_bytes(),
+            0o600,
+        )
+        .map_err(|e| format!("{}: {e}", password_out.display()))
+    })?;
     Ok(format!(
         "gateway account {username}: password in {}. In the gateway's config set \
          mqtt.username = \"{username}\" and mqtt.password_file = \"{}\"; {}",
@@ -339,35 +395,53 @@ pub fn quarantine_replay(config: &Config) -> Result<String, String> {
     Ok(format!("replayed through the pipeline: {}", body.trim()))
 }
 
+/// Why a request to the running service failed.
+#[derive(Debug)]
+enum ServiceError {
+    /// No answer (not running, wrong port).
+    Unreachable(String),
+    /// It answered with an error status.
+    Refused(String),
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(e) | Self::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
 /// One request to the running service's status port; the body of a 2xx answer.
 fn service_request(
     addr: SocketAddr,
     method: reqwest::Method,
     path: &str,
     token: Option<&crate::config::Secret>,
-) -> Result<String, String> {
+) -> Result<String, ServiceError> {
+    let unreachable = |e: &dyn std::fmt::Display| ServiceError::Unreachable(e.to_string());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unreachable(&e))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             // A replay re-judges the whole quarantine.
             .timeout(Duration::from_secs(300))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreachable(&e))?;
         let mut request = client.request(method, format!("http://{addr}{path}"));
         if let Some(t) = token {
             request = request.bearer_auth(t.expose());
         }
-        let answer = request.send().await.map_err(|e| e.to_string())?;
+        let answer = request.send().await.map_err(|e| unreachable(&e))?;
         let status = answer.status();
-        let body = answer.text().await.map_err(|e| e.to_string())?;
+        let body = answer.text().await.map_err(|e| unreachable(&e))?;
         if status.is_success() {
             Ok(body)
         } else {
-            Err(format!("{status}: {}", body.trim()))
+            Err(ServiceError::Refused(format!("{status}: {}", body.trim())))
         }
     })
 }

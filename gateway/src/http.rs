@@ -1,6 +1,7 @@
 //! Status endpoints (axum on hyper's HTTP/1.1 server): `GET /metrics`, `GET /healthz`,
-//! `GET /readyz`, `GET /devices`, `POST /quarantine/replay`. It binds to loopback by
-//! default. Reading is open to whoever reaches the port; the state-changing endpoint needs
+//! `GET /readyz`, `GET /devices`, `POST /quarantine/replay`, `POST /registry/reload`. It
+//! binds to loopback by default. Reading is open to whoever reaches the port; the
+//! state-changing endpoints need
 //! `Authorization: Bearer <http.admin_token>` (compared in constant time) and is off while
 //! no token is configured. Every request is bounded: its head within [`MAX_HEAD`] bytes
 //! and [`MAX_HEADERS`] header lines (else 431), received within [`HEAD_TIMEOUT`] (else the
@@ -45,6 +46,8 @@ pub struct Service {
     pub health: Arc<Health>,
     /// The ingest worker, for a quarantine replay.
     pub jobs: mpsc::Sender<Job>,
+    /// Reloads the registry.
+    pub reload: crate::Reload,
     /// Token for state-changing endpoints.
     pub admin_token: Option<Secret>,
 }
@@ -57,6 +60,7 @@ pub fn router(service: Service) -> Router {
         .route("/readyz", get(readyz))
         .route("/devices", get(devices))
         .route("/quarantine/replay", post(replay))
+        .route("/registry/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY as usize))
@@ -145,21 +149,32 @@ async fn devices(State(s): Shared) -> impl IntoResponse {
     )
 }
 
-async fn replay(State(s): Shared, headers: HeaderMap) -> Response {
+/// The state-changing endpoints' check: a configured token, given as a bearer token.
+fn authorize(
+    s: &Service,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), (StatusCode, &'static str)> {
     let Some(token) = &s.admin_token else {
-        return (
+        return Err((
             StatusCode::FORBIDDEN,
             "state-changing endpoints are off: set http.admin_token\n",
-        )
-            .into_response();
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if !given.is_some_and(|g| token_matches(token, g.trim())) {
-        tracing::warn!("quarantine replay refused: missing or wrong admin token");
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+        tracing::warn!("{what} refused: missing or wrong admin token");
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"));
+    }
+    Ok(())
+}
+
+async fn replay(State(s): Shared, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&s, &headers, "quarantine replay") {
+        return refused.into_response();
     }
     let (tx, rx) = oneshot::channel();
     if s.jobs.send(Job::ReplayQuarantine(tx)).await.is_err() {
@@ -168,6 +183,18 @@ async fn replay(State(s): Shared, headers: HeaderMap) -> Response {
     match rx.await {
         Ok(summary) => axum::Json(summary).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// Reloads the registry file (as SIGHUP does) and says whether it worked: the command
+/// that changed the registry reports it.
+async fn reload(State(s): Shared, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&s, &headers, "registry reload") {
+        return refused.into_response();
+    }
+    match s.reload.run().await {
+        Ok(devices) => axum::Json(serde_json::json!({ "devices": devices })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
@@ -187,10 +214,14 @@ mod tests {
     use tower::ServiceExt;
 
     fn service(token: Option<&str>) -> Service {
+        let (metrics, health) = (Arc::new(Metrics::new()), Arc::new(Health::default()));
+        let jobs = mpsc::channel(1).0;
+        let registry = std::path::PathBuf::from("/nonexistent/devices.toml");
         Service {
-            metrics: Arc::new(Metrics::new()),
-            health: Arc::new(Health::default()),
-            jobs: mpsc::channel(1).0,
+            reload: crate::Reload::new(registry, jobs.clone(), metrics.clone(), health.clone()),
+            metrics,
+            health,
+            jobs,
             admin_token: token.map(Secret::new),
         }
     }
@@ -246,6 +277,16 @@ mod tests {
             .body(axum::body::Body::from(vec![b'x'; 5000]))
             .unwrap();
         assert_eq!(call(&app, big).await.0, 413);
+        // A reload that fails says why, and /readyz says it too.
+        let reload = request("POST", "/registry/reload")
+            .header("authorization", "Bearer 0123456789abcdef")
+            .body(empty())
+            .unwrap();
+        let (code, text) = call(&app, reload).await;
+        assert_eq!(code, 500);
+        assert!(text.contains("/nonexistent/devices.toml"), "{text}");
+        let (_, text) = call(&app, request("GET", "/readyz").body(empty()).unwrap()).await;
+        assert!(text.contains("registry reload failed"), "{text}");
         let off = router(service(None));
         let (code, _) = call(
             &off,

@@ -266,6 +266,12 @@ pub async fn run_with_metrics(
         });
     }
 
+    let reload = Reload::new(
+        config.gateway.registry.clone(),
+        jobs_tx.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.http.listen {
         let listener = http::bind(addr)
@@ -276,17 +282,12 @@ pub async fn run_with_metrics(
             metrics: metrics.clone(),
             health: health.clone(),
             jobs: jobs_tx.clone(),
+            reload: reload.clone(),
             admin_token: config.http.admin_token.clone(),
         };
         tasks.spawn(http::serve(listener, service, stopping.clone()));
     }
-    tasks.spawn(reload_on_sighup(
-        config.gateway.registry.clone(),
-        jobs_tx.clone(),
-        metrics.clone(),
-        health.clone(),
-        stopping.clone(),
-    ));
+    tasks.spawn(reload_on_sighup(reload, stopping.clone()));
 
     mqtt::run(
         options,
@@ -326,13 +327,53 @@ fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
     Ok(file)
 }
 
-async fn reload_on_sighup(
+/// Loads the registry file into the running worker: on SIGHUP and on
+/// `POST /registry/reload`. A failure leaves the previous registry in force and is
+/// reported (log line, metric, `/readyz`, and the caller).
+#[derive(Debug, Clone)]
+pub struct Reload {
     path: std::path::PathBuf,
     jobs: mpsc::Sender<ingest::Job>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    stopping: CancellationToken,
-) {
+}
+
+impl Reload {
+    /// Reloads `path` into the worker behind `jobs`, reporting to `metrics` and `health`.
+    pub fn new(
+        path: std::path::PathBuf,
+        jobs: mpsc::Sender<ingest::Job>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            path,
+            jobs,
+            metrics,
+            health,
+        }
+    }
+
+    /// Reloads; the number of devices now in force.
+    pub async fn run(&self) -> Result<usize, registry::RegistryError> {
+        match registry::Registry::load_existing(&self.path) {
+            Ok(r) => {
+                let devices = r.len();
+                self.health.set_registry_error(None);
+                let _ = self.jobs.send(ingest::Job::Registry(Box::new(r))).await;
+                Ok(devices)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "registry reload failed; the previous registry stays in force");
+                self.metrics.registry_reload_failures.inc();
+                self.health.set_registry_error(Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn reload_on_sighup(reload: Reload, stopping: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -340,17 +381,7 @@ async fn reload_on_sighup(
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
-            _ = hup.recv() => match registry::Registry::load_existing(&path) {
-                Ok(r) => {
-                    health.set_registry_error(None);
-                    let _ = jobs.send(ingest::Job::Registry(Box::new(r))).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "registry reload failed; the previous registry stays in force");
-                    metrics.registry_reload_failures.inc();
-                    health.set_registry_error(Some(e.to_string()));
-                }
-            },
+            _ = hup.recv() => { let _ = reload.run().await; }
         }
     }
 }

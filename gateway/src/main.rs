@@ -72,6 +72,9 @@ enum DevicesCommand {
     /// Revoke a device: its frames are rejected from the next registry reload, its broker
     /// account is removed.
     Revoke(DeviceRef),
+    /// Remove a device from the registry and the broker's accounts (its stored readings
+    /// stay in the database).
+    Remove(DeviceRef),
 }
 
 /// Which device, in which configuration.
@@ -186,9 +189,9 @@ fn main() -> ExitCode {
             config,
             username,
             password_out,
-        }) => load(&config)
-            .and_then(|c| cli::gateways_add(&c.gateway, &username, &password_out))
-            .map(|s| println!("{s}")),
+        }) => registry_change(&config, |c| {
+            cli::gateways_add(&c.gateway, &username, &password_out)
+        }),
         Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
             .and_then(|c| cli::quarantine_list(&c))
             .map(|s| println!("{s}")),
@@ -216,15 +219,34 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
         DevicesCommand::List { config } => load(&config)
             .and_then(|c| cli::devices_list(&c))
             .map(|s| println!("{s}")),
-        DevicesCommand::Revoke(d) => load(&d.config)
-            .and_then(|c| cli::devices_revoke(&c.gateway, &d.tenant, &d.id))
-            .map(|s| println!("{s}")),
+        DevicesCommand::Revoke(d) => registry_change(&d.config, |c| {
+            cli::devices_revoke(&c.gateway, &d.tenant, &d.id)
+        }),
+        DevicesCommand::Remove(d) => registry_change(&d.config, |c| {
+            cli::devices_remove(&c.gateway, &d.tenant, &d.id)
+        }),
     }
 }
 
+/// A command that changes the registry: its report, then whether the running gateway
+/// loaded the change.
+fn registry_change(
+    config: &std::path::Path,
+    change: impl FnOnce(&Config) -> Result<String, String>,
+) -> Result<(), String> {
+    let c = load(config)?;
+    println!("{}", change(&c)?);
+    println!("{}", cli::reload(&c)?);
+    Ok(())
+}
+
 fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
-    let DeviceRef { config, tenant, id } = a.device;
-    let c = load(&config)?;
+    let config = a.device.config.clone();
+    registry_change(&config, |c| enrol_in(c, a, mode))
+}
+
+fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, String> {
+    let DeviceRef { tenant, id, .. } = a.device;
     let add = cli::AddDevice {
         blob_out: a
             .blob_out
@@ -252,7 +274,7 @@ fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
             transport: cli::transport(a.broker_ca.as_deref())?,
         },
     };
-    cli::devices_add(&c.gateway, &add, mode).map(|s| println!("{s}"))
+    cli::devices_add(&c.gateway, &add, mode)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

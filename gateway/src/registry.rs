@@ -1,54 +1,23 @@
-//! Device registry: which devices exist, their tenant, kind, key and place. A TOML file
-//! (`[[device]]` tables) that `devices add` / `devices revoke` edit and the service reloads
-//! on SIGHUP. Keys are secrets: the file is written with mode 0600 and keys never appear
-//! in `Debug` output.
+//! The device registry's store: a TOML file (`[[device]]` and `[[gateway]]` tables) that
+//! the `devices` and `gateways` commands edit and the service reloads on SIGHUP. The model
+//! is [`crate::pure::registry`], re-exported here.
+//!
+//! Edits keep the service working: a read-modify-write holds an exclusive lock (parallel
+//! commands all land), the rewrite keeps the file's comments and layout (`toml_edit`),
+//! the new file replaces the old atomically under a unique temporary name with the old
+//! one's owner, group and mode (a new file: group `vigie`, mode 0640, so the service
+//! reads it and nobody else does).
+
+pub use crate::pure::registry::*;
 
 use crate::access::PasswordHash;
 use crate::config::Secret;
 use protocol::provision::{Provisioning, Transport};
-use protocol::{DeviceKey, Id, Kind};
+use protocol::{DeviceKey, Id};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-
-/// Why the registry could not be loaded or saved.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// File I/O.
-    #[error("registry {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax or schema.
-    #[error("registry {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// Parser message.
-        message: String,
-    },
-    /// A gateway account is invalid.
-    #[error("registry gateway account {username:?}: {message}")]
-    Gateway {
-        /// Its username.
-        username: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// An entry is invalid.
-    #[error("registry entry {tenant}/{device}: {message}")]
-    Entry {
-        /// Tenant.
-        tenant: String,
-        /// Device.
-        device: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
 
 /// What one device is enrolled with: the registry entry's fields and the settings its
 /// provisioning blob carries.
@@ -159,88 +128,6 @@ pub fn enroll(
     Ok((entry, blob))
 }
 
-/// Device kind as the registry spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKind {
-    /// Air-quality node.
-    AirQuality,
-    /// Waste-bin node.
-    WasteBin,
-}
-
-impl DeviceKind {
-    /// The observation kind its frames carry (all devices also send status frames).
-    pub fn kind(self) -> Kind {
-        match self {
-            Self::AirQuality => Kind::AirQuality,
-            Self::WasteBin => Kind::WasteBin,
-        }
-    }
-}
-
-/// One registry entry as stored.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceEntry {
-    /// Device id.
-    pub id: String,
-    /// Tenant id.
-    pub tenant: String,
-    /// Kind.
-    pub kind: DeviceKind,
-    /// 32 hex digits.
-    pub key: String,
-    /// Key epoch.
-    pub epoch: u32,
-    /// Site name (database tag).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-    /// Zone (database tag).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    /// WGS84 latitude.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latitude: Option<f64>,
-    /// WGS84 longitude.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub longitude: Option<f64>,
-    /// Bin depth, sensor to bottom (bins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bin_depth_mm: Option<u16>,
-    /// Hash of the device's broker password (Mosquitto's format); none for entries made
-    /// before broker accounts: such a device has no account until `devices rotate`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker_password_hash: Option<PasswordHash>,
-    /// A revoked device's frames are rejected and its broker account removed.
-    #[serde(default)]
-    pub revoked: bool,
-}
-
-/// A gateway's broker account (`gateways add`): may share the uplink subscription and
-/// publish acknowledgements, nothing else.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayAccount {
-    /// Broker username; with `use_username_as_clientid` also its MQTT client id.
-    pub username: String,
-    /// Hash of its password (Mosquitto's format).
-    pub password_hash: PasswordHash,
-}
-
-impl std::fmt::Debug for DeviceEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceEntry")
-            .field("tenant", &self.tenant)
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("key", &"<redacted>")
-            .field("epoch", &self.epoch)
-            .field("revoked", &self.revoked)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -248,23 +135,6 @@ struct File {
     gateway: Vec<GatewayAccount>,
     #[serde(default)]
     device: Vec<DeviceEntry>,
-}
-
-/// A checked registry entry, ready for verification.
-#[derive(Debug, Clone)]
-pub struct Device {
-    /// As stored.
-    pub entry: DeviceEntry,
-    /// Parsed key.
-    pub key: DeviceKey,
-}
-
-/// The registry, by tenant then device (nested so a lookup borrows `&str`, no allocation
-/// on the per-message path).
-#[derive(Debug, Default, Clone)]
-pub struct Registry {
-    tenants: HashMap<String, HashMap<String, Device>>,
-    gateways: Vec<GatewayAccount>,
 }
 
 impl Registry {
@@ -303,141 +173,162 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Builds from entries, checking each.
-    pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
-        let mut tenants: HashMap<String, HashMap<String, Device>> = HashMap::new();
-        for entry in entries {
-            let err = |message: String| RegistryError::Entry {
-                tenant: entry.tenant.clone(),
-                device: entry.id.clone(),
-                message,
-            };
-            Id::new(&entry.tenant).map_err(|e| err(format!("tenant: {e}")))?;
-            Id::new(&entry.id).map_err(|e| err(format!("id: {e}")))?;
-            let key =
-                parse_key(&entry.key).ok_or_else(|| err("key must be 32 hex digits".into()))?;
-            if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
-                return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
-            }
-            let devices = tenants.entry(entry.tenant.clone()).or_default();
-            if devices.contains_key(&entry.id) {
-                return Err(err("listed twice".into()));
-            }
-            let device = Device {
-                key: DeviceKey::new(key, entry.epoch),
-                entry,
-            };
-            devices.insert(device.entry.id.clone(), device);
-        }
-        Ok(Self {
-            tenants,
-            gateways: Vec::new(),
-        })
-    }
-
-    /// Looks a device up.
-    pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
-        self.tenants.get(tenant)?.get(device)
-    }
-
-    fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.tenants.values().flat_map(|d| d.values())
-    }
-
-    /// All entries, sorted by tenant then id.
-    pub fn entries(&self) -> Vec<&DeviceEntry> {
-        let mut v: Vec<_> = self.devices().map(|d| &d.entry).collect();
-        v.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
-        v
-    }
-
-    /// Number of devices.
-    pub fn len(&self) -> usize {
-        self.devices().count()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.tenants.values().all(HashMap::is_empty)
-    }
-
-    /// Adds or replaces an entry (checked).
-    pub fn upsert(&mut self, entry: DeviceEntry) -> Result<(), RegistryError> {
-        let mut entries: Vec<DeviceEntry> = self
-            .devices()
-            .filter(|d| (&d.entry.tenant, &d.entry.id) != (&entry.tenant, &entry.id))
-            .map(|d| d.entry.clone())
-            .collect();
-        entries.push(entry);
-        let gateways = std::mem::take(&mut self.gateways);
-        *self = Self::from_entries(entries)?;
-        self.gateways = gateways;
-        Ok(())
-    }
-
-    /// The gateway broker accounts, by username.
-    pub fn gateways(&self) -> &[GatewayAccount] {
-        &self.gateways
-    }
-
-    /// Adds or replaces a gateway account. Its username must not be a device's: device
-    /// usernames contain a `.`, gateway usernames may not.
-    pub fn set_gateway(&mut self, account: GatewayAccount) -> Result<(), RegistryError> {
-        if Id::new(&account.username).is_err() {
-            return Err(RegistryError::Gateway {
-                username: account.username,
-                message: "a gateway username is 1 to 32 of a-z, 0-9, - (like an identifier)".into(),
-            });
-        }
-        self.gateways.retain(|g| g.username != account.username);
-        self.gateways.push(account);
-        self.gateways.sort_by(|a, b| a.username.cmp(&b.username));
-        Ok(())
-    }
-
-    /// Marks a device revoked; false if it does not exist.
-    pub fn revoke(&mut self, tenant: &str, device: &str) -> bool {
-        match self.tenants.get_mut(tenant).and_then(|d| d.get_mut(device)) {
-            Some(d) => {
-                d.entry.revoked = true;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Writes atomically (temp file, fsync, rename), readable by the owner only.
+    /// Writes the registry to `path`, keeping the comments and layout of the file it
+    /// replaces; atomically, with that file's owner, group and mode (a new file: group
+    /// [`SERVICE_GROUP`], mode 0640). A read-modify-write goes through [`lock`].
     pub fn save(&self, path: &Path) -> Result<(), RegistryError> {
         let io = |source| RegistryError::Io {
             path: path.display().to_string(),
             source,
         };
-        let file = File {
-            gateway: self.gateways.clone(),
-            device: self.entries().into_iter().cloned().collect(),
+        let old = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
         };
-        let text = toml::to_string(&file).map_err(|e| RegistryError::Parse {
+        let text = render(&old, self).map_err(|message| RegistryError::Parse {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
         })?;
-        let text = format!(
-            "# Vigie device registry: contains device keys, keep it private (mode 0600).\n\
-             # Edit with `vigie-gateway devices ...` / `gateways ...`: they also rewrite the\n\
-             # broker's access file.\n\n{text}"
-        );
-        crate::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(io)
+        crate::fs::replace_for_group(path, text.as_bytes(), 0o640, SERVICE_GROUP).map_err(io)
     }
 }
 
-/// Parses 32 hex digits.
-pub fn parse_key(hex_key: &str) -> Option<[u8; 16]> {
-    let bytes = hex::decode(hex_key).ok()?;
-    bytes.try_into().ok()
+/// The group the service runs as: a new registry is readable by it.
+pub const SERVICE_GROUP: &str = "vigie";
+
+/// The first lines of a new registry file.
+const HEADER: &str = "\
+# Vigie device registry: it holds every device's key; readable by the service's group
+# only (mode 0640). Edit it with `vigie-gateway devices ...` / `gateways ...`: they keep
+# this file's comments, and also rewrite the broker's access file.
+
+";
+
+/// The registry loaded under an exclusive lock on its file (a file beside it,
+/// `<name>.lock`), held until this is dropped: a read-modify-write through it cannot lose
+/// a parallel command's change, and files derived from the registry (the broker's
+/// accounts) are written under the same lock.
+#[derive(Debug)]
+pub struct Locked {
+    _lock: std::fs::File,
+    path: std::path::PathBuf,
+    /// The registry as stored when the lock was taken (empty if there is none yet).
+    pub registry: Registry,
+}
+
+/// Locks the registry at `path` and loads it.
+pub fn lock(path: &Path) -> Result<Locked, RegistryError> {
+    let io = |source| RegistryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io)?;
+    lock.lock().map_err(io)?;
+    Ok(Locked {
+        registry: Registry::load(path)?,
+        path: path.to_path_buf(),
+        _lock: lock,
+    })
+}
+
+impl Locked {
+    /// Saves the (changed) registry; the lock stays held.
+    pub fn save(&self) -> Result<(), RegistryError> {
+        self.registry.save(&self.path)
+    }
+}
+
+/// The file's new text: `old` (its comments, key order and layout) with its `[[gateway]]`
+/// and `[[device]]` tables made to match `r`: changed values replaced in place, new
+/// tables appended, tables of removed entries dropped.
+fn render(old: &str, r: &Registry) -> Result<String, String> {
+    let mut doc: DocumentMut = old
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let gateways: Vec<(Vec<String>, Table)> = r
+        .gateways()
+        .iter()
+        .map(|g| Ok((vec![g.username.clone()], table(g)?)))
+        .collect::<Result<_, String>>()?;
+    let devices: Vec<(Vec<String>, Table)> = r
+        .entries()
+        .into_iter()
+        .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
+        .collect::<Result<_, String>>()?;
+    sync(&mut doc, "gateway", &["username"], gateways);
+    sync(&mut doc, "device", &["tenant", "id"], devices);
+    let header = if old.trim().is_empty() { HEADER } else { "" };
+    Ok(format!("{header}{doc}"))
+}
+
+/// `value` as a TOML table.
+fn table(value: &impl Serialize) -> Result<Table, String> {
+    let doc = toml_edit::ser::to_document(value).map_err(|e| e.to_string())?;
+    Ok(doc.as_table().clone())
+}
+
+/// Makes the array of tables `name` in `doc` hold exactly `wanted` (each with the values
+/// of its `key_fields`), keeping the existing tables' order, comments and formatting.
+fn sync(doc: &mut DocumentMut, name: &str, key_fields: &[&str], wanted: Vec<(Vec<String>, Table)>) {
+    let key_of = |t: &Table| -> Vec<String> {
+        key_fields
+            .iter()
+            .map(|f| t.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string())
+            .collect()
+    };
+    if wanted.is_empty() && doc.get(name).is_none() {
+        return;
+    }
+    if !doc.get(name).is_some_and(|i| i.is_array_of_tables()) {
+        doc.insert(name, Item::ArrayOfTables(ArrayOfTables::new()));
+    }
+    let Some(tables) = doc.get_mut(name).and_then(Item::as_array_of_tables_mut) else {
+        return;
+    };
+    tables.retain(|t| wanted.iter().any(|(k, _)| *k == key_of(t)));
+    for (key, new) in wanted {
+        let found = tables.iter().position(|t| key_of(t) == key);
+        match found {
+            Some(i) => {
+                let Some(old) = tables.get_mut(i) else {
+                    continue;
+                };
+                old.retain(|k, _| new.contains_key(k));
+                for (k, item) in new.iter() {
+                    match (old.get_mut(k).and_then(Item::as_value_mut), item.as_value()) {
+                        (Some(o), Some(n)) if o.to_string().trim() != n.to_string().trim() => {
+                            let decor = o.decor().clone();
+                            *o = n.clone();
+                            *o.decor_mut() = decor;
+                        }
+                        (Some(_), Some(_)) => {}
+                        _ => {
+                            old.insert(k, item.clone());
+                        }
+                    }
+                }
+            }
+            None => tables.push(new),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::Kind;
 
     #[test]
     fn enrolment_builds_one_entry_and_its_blob_or_names_the_mistake() {
@@ -530,8 +421,72 @@ mod tests {
         );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode & 0o777, 0o640);
         assert!(!format!("{back:?}").contains("0a0b0c"));
+    }
+
+    #[test]
+    fn edits_keep_comments_owner_and_mode_and_parallel_edits_all_land() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        let edit = |change: &dyn Fn(&mut Registry) -> bool| {
+            let mut l = lock(&path).unwrap();
+            if change(&mut l.registry) {
+                l.save().unwrap();
+            }
+        };
+        edit(&|r| r.upsert(entry("lyon", "aq-0001")).is_ok());
+        // An operator's comments, and a mode they chose.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "[[device]]",
+            "# Bellecour, on the lamp post by the fountain\n[[device]]",
+        );
+        let text = text.replace("epoch = 1", "epoch = 1 # re-keyed after the storm");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut l = lock(&path).unwrap();
+                    l.registry
+                        .upsert(entry("villeurbanne", &format!("bin-{i}")))
+                        .unwrap();
+                    l.save().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        edit(&|r| r.revoke("lyon", "aq-0001"));
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 11, "every parallel edit landed");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# Bellecour, on the lamp post by the fountain\n"),
+            "{text}"
+        );
+        assert!(text.contains("# re-keyed after the storm"), "{text}");
+        assert!(text.starts_with("# Vigie device registry"), "{text}");
+        assert!(back.get("lyon", "aq-0001").unwrap().entry.revoked);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the mode the operator chose is kept");
+        // Removal drops the table and nothing else; a change not saved is not kept.
+        edit(&|r| r.remove("villeurbanne", "bin-3"));
+        edit(&|r| !r.remove("lyon", "aq-0001"));
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 10);
+        assert!(back.get("villeurbanne", "bin-3").is_none());
+        assert!(back.get("lyon", "aq-0001").is_some());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

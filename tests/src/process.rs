@@ -40,6 +40,10 @@ impl GatewaySettings {
     }
 }
 
+/// The admin token of every gateway process's config (`POST /quarantine/replay`,
+/// `POST /registry/reload`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-process-0123456789";
+
 /// A gateway process; killed on drop.
 #[derive(Debug)]
 pub struct GatewayProcess {
@@ -86,7 +90,8 @@ impl GatewayProcess {
              {database}\
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
-             [http]\nlisten = \"{http}\"\n[log]\nlevel = \"info\"\n",
+             [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n[log]\nlevel = \"info\"\n",
+            token = ADMIN_TOKEN,
             data = s
                 .data_dir
                 .clone()

@@ -2,8 +2,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content:
 /// temp file, fsync, rename, fsync of the directory. A failed write removes its temp file
@@ -12,15 +13,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     write(path, bytes, mode, None)
 }
 
-/// [`write_atomic`] for a file another service reads through its group (the broker's
-/// files): the new file gets the owner and group of the one it replaces, or, when there
-/// is none, the group `group` if this system has it. Set before the rename, so the file is
-/// never readable by the wrong group.
+/// [`write_atomic`] for a file another service reads through its group (the registry,
+/// the broker's files): the new file gets the owner, group and mode of the one it
+/// replaces, or, when there is none, mode `mode` and the group `group` if this system has
+/// it. Set before the rename, so the file is never readable by the wrong group.
 pub fn replace_for_group(path: &Path, bytes: &[u8], mode: u32, group: &str) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let owner = match fs::metadata(path) {
-        Ok(m) => Some((Some(m.uid()), Some(m.gid()))),
-        Err(_) => group_id(group).map(|gid| (None, Some(gid))),
+    let (owner, mode) = match fs::metadata(path) {
+        Ok(m) => (Some((Some(m.uid()), Some(m.gid()))), m.mode() & 0o7777),
+        Err(_) => (group_id(group).map(|gid| (None, Some(gid))), mode),
     };
     write(path, bytes, mode, owner)
 }
@@ -43,14 +44,23 @@ fn write(path: &Path, bytes: &[u8], mode: u32, owner: Option<Owner>) -> io::Resu
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write, so two processes replacing one file never share a
+    // temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .and_then(|mut f| {
+            // Exactly `mode`, whatever the umask.
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
             f.write_all(bytes)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::fchown(&f, uid, gid)?;

@@ -3,6 +3,7 @@
 //! crate inside the gateway.)
 //!
 //! - [`reason`]: why a frame is rejected, as stable codes.
+//! - [`registry`]: the device registry as a checked model.
 //! - [`ack_flow`]: which MQTT acknowledgements may go out, in what order.
 //! - [`batch`]: a batch of messages → the verdicts one-at-a-time delivery would give.
 //! - [`verify`]: topic + payload + registry + replay book → accept / duplicate / reject.
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod lineproto;
 pub mod reason;
 pub mod record;
+pub mod registry;
 pub mod replay_book;
 pub mod retry;
 pub mod settle;

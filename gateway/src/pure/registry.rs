@@ -1,0 +1,269 @@
+//! The device registry as a model: which devices exist, their tenant, kind, key, place and
+//! broker account, and the gateways' broker accounts. Checked on construction (identifiers,
+//! keys, bin depths, no device twice); looked up on the per-message path without
+//! allocation. No files here: [`crate::registry`] stores it as TOML. Keys are secrets and
+//! never appear in `Debug` output.
+
+use crate::access::PasswordHash;
+use protocol::{DeviceKey, Id, Kind};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Why the registry could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// File I/O.
+    #[error("registry {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema.
+    #[error("registry {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Parser message.
+        message: String,
+    },
+    /// A gateway account is invalid.
+    #[error("registry gateway account {username:?}: {message}")]
+    Gateway {
+        /// Its username.
+        username: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An entry is invalid.
+    #[error("registry entry {tenant}/{device}: {message}")]
+    Entry {
+        /// Tenant.
+        tenant: String,
+        /// Device.
+        device: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Device kind as the registry spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Air-quality node.
+    AirQuality,
+    /// Waste-bin node.
+    WasteBin,
+}
+
+impl DeviceKind {
+    /// The observation kind its frames carry (all devices also send status frames).
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::AirQuality => Kind::AirQuality,
+            Self::WasteBin => Kind::WasteBin,
+        }
+    }
+}
+
+/// One registry entry as stored.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// Device id.
+    pub id: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// 32 hex digits.
+    pub key: String,
+    /// Key epoch.
+    pub epoch: u32,
+    /// Site name (database tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Zone (database tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// WGS84 latitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// WGS84 longitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// Bin depth, sensor to bottom (bins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_depth_mm: Option<u16>,
+    /// Hash of the device's broker password (Mosquitto's format); none for entries made
+    /// before broker accounts: such a device has no account until `devices rotate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_password_hash: Option<PasswordHash>,
+    /// A revoked device's frames are rejected and its broker account removed.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A gateway's broker account (`gateways add`): may share the uplink subscription and
+/// publish acknowledgements, nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayAccount {
+    /// Broker username; with `use_username_as_clientid` also its MQTT client id.
+    pub username: String,
+    /// Hash of its password (Mosquitto's format).
+    pub password_hash: PasswordHash,
+}
+
+impl std::fmt::Debug for DeviceEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceEntry")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("key", &"<redacted>")
+            .field("epoch", &self.epoch)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked registry entry, ready for verification.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// As stored.
+    pub entry: DeviceEntry,
+    /// Parsed key.
+    pub key: DeviceKey,
+}
+
+/// The registry, by tenant then device (nested so a lookup borrows `&str`, no allocation
+/// on the per-message path).
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    tenants: HashMap<String, HashMap<String, Device>>,
+    gateways: Vec<GatewayAccount>,
+}
+
+impl Registry {
+    /// Builds from entries, checking each.
+    pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
+        let mut tenants: HashMap<String, HashMap<String, Device>> = HashMap::new();
+        for entry in entries {
+            let err = |message: String| RegistryError::Entry {
+                tenant: entry.tenant.clone(),
+                device: entry.id.clone(),
+                message,
+            };
+            Id::new(&entry.tenant).map_err(|e| err(format!("tenant: {e}")))?;
+            Id::new(&entry.id).map_err(|e| err(format!("id: {e}")))?;
+            let key =
+                parse_key(&entry.key).ok_or_else(|| err("key must be 32 hex digits".into()))?;
+            if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
+                return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
+            }
+            let devices = tenants.entry(entry.tenant.clone()).or_default();
+            if devices.contains_key(&entry.id) {
+                return Err(err("listed twice".into()));
+            }
+            let device = Device {
+                key: DeviceKey::new(key, entry.epoch),
+                entry,
+            };
+            devices.insert(device.entry.id.clone(), device);
+        }
+        Ok(Self {
+            tenants,
+            gateways: Vec::new(),
+        })
+    }
+
+    /// Looks a device up.
+    pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
+        self.tenants.get(tenant)?.get(device)
+    }
+
+    fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.tenants.values().flat_map(|d| d.values())
+    }
+
+    /// All entries, sorted by tenant then id.
+    pub fn entries(&self) -> Vec<&DeviceEntry> {
+        let mut v: Vec<_> = self.devices().map(|d| &d.entry).collect();
+        v.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        v
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices().count()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.values().all(HashMap::is_empty)
+    }
+
+    /// Adds or replaces an entry (checked).
+    pub fn upsert(&mut self, entry: DeviceEntry) -> Result<(), RegistryError> {
+        let mut entries: Vec<DeviceEntry> = self
+            .devices()
+            .filter(|d| (&d.entry.tenant, &d.entry.id) != (&entry.tenant, &entry.id))
+            .map(|d| d.entry.clone())
+            .collect();
+        entries.push(entry);
+        let gateways = std::mem::take(&mut self.gateways);
+        *self = Self::from_entries(entries)?;
+        self.gateways = gateways;
+        Ok(())
+    }
+
+    /// The gateway broker accounts, by username.
+    pub fn gateways(&self) -> &[GatewayAccount] {
+        &self.gateways
+    }
+
+    /// Adds or replaces a gateway account. Its username must not be a device's: device
+    /// usernames contain a `.`, gateway usernames may not.
+    pub fn set_gateway(&mut self, account: GatewayAccount) -> Result<(), RegistryError> {
+        if Id::new(&account.username).is_err() {
+            return Err(RegistryError::Gateway {
+                username: account.username,
+                message: "a gateway username is 1 to 32 of a-z, 0-9, - (like an identifier)".into(),
+            });
+        }
+        self.gateways.retain(|g| g.username != account.username);
+        self.gateways.push(account);
+        self.gateways.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(())
+    }
+
+    /// Marks a device revoked; false if it does not exist.
+    pub fn revoke(&mut self, tenant: &str, device: &str) -> bool {
+        match self.tenants.get_mut(tenant).and_then(|d| d.get_mut(device)) {
+            Some(d) => {
+                d.entry.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a device; false if it does not exist.
+    pub fn remove(&mut self, tenant: &str, device: &str) -> bool {
+        let removed = self
+            .tenants
+            .get_mut(tenant)
+            .is_some_and(|d| d.remove(device).is_some());
+        self.tenants.retain(|_, d| !d.is_empty());
+        removed
+    }
+}
+
+/// Parses 32 hex digits.
+pub fn parse_key(hex_key: &str) -> Option<[u8; 16]> {
+    let bytes = hex::decode(hex_key).ok()?;
+    bytes.try_into().ok()
+}
