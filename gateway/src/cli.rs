@@ -14,10 +14,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `check-config FILE`: loads and validates config and registry.
+/// `check-config FILE`: loads and validates the config, the registry (which must exist:
+/// the service refuses to start without it) and the data directory (writable by whoever
+/// runs this: run it as the service user).
 pub fn check_config(path: &Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let registry = Registry::load(&config.gateway.registry).map_err(|e| e.to_string())?;
+    let registry = Registry::load_existing(&config.gateway.registry).map_err(|e| {
+        format!("{e} (the service needs it to start: `devices add` creates it)")
+    })?;
+    check_writable(&config.gateway.data_dir)
+        .map_err(|e| format!("gateway.data_dir {}: {e}", config.gateway.data_dir.display()))?;
     let broker = match &config.mqtt.host {
         Some(h) => format!("{h}:{}", config.mqtt.port),
         None => format!("embedded on {}", config.mqtt.embedded_listen),
@@ -27,10 +33,33 @@ pub fn check_config(path: &Path) -> Result<String, String> {
         None => "none: line-protocol files".into(),
     };
     Ok(format!(
-        "config ok: broker {broker}; database {db}; {} devices in {}",
+        "config ok: broker {broker}; database {db}; {} devices in {}; data in {}",
         registry.len(),
-        config.gateway.registry.display()
+        config.gateway.registry.display(),
+        config.gateway.data_dir.display()
     ))
+}
+
+/// Whether files can be created in `dir` (or in the nearest existing parent, which the
+/// service would create it in).
+fn check_writable(dir: &Path) -> Result<(), String> {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .ok_or("no existing parent directory")?;
+    let probe = existing.join(format!(".vigie-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("not writable ({}: {e})", existing.display())),
+    }
+}
+
+/// `config`: the commented example configuration, every key with its default.
+pub fn example_config() -> &'static str {
+    include_str!("../gateway.example.toml")
 }
 
 /// Options of `devices add` and `devices rotate`.

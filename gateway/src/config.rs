@@ -540,13 +540,55 @@ impl Config {
         if self.quarantine.max_mib == 0 {
             return bad("quarantine.max_mib must be at least 1".into());
         }
+        if let Err(directive) = check_log_level(&self.log.level) {
+            return bad(format!(
+                "log.level: {directive:?} is not a level (trace, debug, info, warn, error, off) \
+                 nor target=level; a word the filter does not know would turn logging off"
+            ));
+        }
         Ok(())
     }
+}
+
+/// Each comma-separated directive of a log filter is a level or `target=level`; the first
+/// that is not, if any.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    for directive in filter.split(',').map(str::trim) {
+        let ok = match directive.split_once('=') {
+            Some((target, l)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+                    && level(l)
+            }
+            None => level(directive),
+        };
+        if !ok {
+            return Err(directive.to_string());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_are_levels_or_target_levels() {
+        for good in ["info", "WARN", "gateway=debug", "info,rumqttc=warn,gateway::mqtt=trace"] {
+            assert_eq!(check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "", "info,", "gateway=loud", "=info", "info debug"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::parse("").unwrap();
+        c.log.level = "verbose".into();
+        assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
 
     #[test]
     fn the_example_file_parses_and_validates() {

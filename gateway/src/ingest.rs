@@ -155,6 +155,44 @@ pub struct Worker {
     reserve: Reserve,
     /// The last snapshot write failed (logged once until it works again).
     snapshot_failing: bool,
+    /// Rate limit of the rejected-frame log lines.
+    reject_log: LogBudget,
+}
+
+/// Log lines for rejected frames: at most [`LogBudget::LINES`] per [`LogBudget::WINDOW_MS`],
+/// so a flood of forged frames cannot flood the journal; what is left out is counted and
+/// said in one line when the window ends (every rejection is in the metrics and the
+/// quarantine anyway). Pure: the time is passed in.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LogBudget {
+    window_start_ms: u64,
+    logged: u32,
+    left_out: u64,
+}
+
+impl LogBudget {
+    /// Lines per window.
+    pub const LINES: u32 = 20;
+    /// The window.
+    pub const WINDOW_MS: u64 = 60_000;
+
+    /// At `now_ms`: whether this rejection gets its line, and how many were left out in the
+    /// window that just ended (to say so), if one did.
+    pub fn admit(&mut self, now_ms: u64) -> (bool, u64) {
+        let mut ended = 0;
+        if now_ms.saturating_sub(self.window_start_ms) >= Self::WINDOW_MS {
+            ended = std::mem::take(&mut self.left_out);
+            self.window_start_ms = now_ms;
+            self.logged = 0;
+        }
+        if self.logged < Self::LINES {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.left_out += 1;
+            (false, ended)
+        }
+    }
 }
 
 /// Everything needed to open the worker.
@@ -264,6 +302,7 @@ impl Worker {
             stopping,
             reserve,
             snapshot_failing: false,
+            reject_log: LogBudget::default(),
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
@@ -337,7 +376,7 @@ impl Worker {
                 }
                 Outcome::Reject(reason) => {
                     summary.rejected += 1;
-                    tracing::debug!(topic = %m.topic, reason = %reason.detail(), "frame rejected");
+                    self.log_rejection(&m.topic, reason, m.received_ms);
                     self.metrics
                         .frames_rejected
                         .get_or_create(&ReasonLabel {
@@ -433,6 +472,38 @@ impl Worker {
         self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
+    }
+
+    /// One warning line per rejected frame, with tenant, device and reason (rate-limited).
+    fn log_rejection(&mut self, topic: &str, reason: &Reason, received_ms: u64) {
+        let (log, left_out) = self.reject_log.admit(received_ms);
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                "more frames were rejected in the last minute than logged; all are counted in \
+                 vigie_frames_rejected_total and kept in the quarantine (`quarantine list`)"
+            );
+        }
+        if !log {
+            return;
+        }
+        // The topic comes from whoever published: named by its identifiers when they are
+        // valid, else quoted (escaped) as it came.
+        match protocol::topic::Topic::parse(topic) {
+            Ok(t) => tracing::warn!(
+                tenant = t.who.tenant.as_str(),
+                device = t.who.device.as_str(),
+                reason = reason.code(),
+                detail = %reason.detail(),
+                "frame rejected"
+            ),
+            Err(_) => tracing::warn!(
+                topic = ?topic,
+                reason = reason.code(),
+                detail = %reason.detail(),
+                "frame rejected"
+            ),
+        }
     }
 
     /// Seals and hands over one acknowledgement per device the commit settled frames of.
@@ -721,5 +792,24 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
             detail,
             payload: hex::encode(bytes),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBudget;
+
+    #[test]
+    fn a_flood_of_rejections_gets_a_bounded_number_of_lines_then_one_summary() {
+        let mut b = LogBudget::default();
+        let start = LogBudget::WINDOW_MS;
+        let logged = (0..1000)
+            .filter(|i| b.admit(start + i).0)
+            .count() as u32;
+        assert_eq!(logged, LogBudget::LINES);
+        // The next window: its first line comes with the count of what was left out.
+        let next = start + LogBudget::WINDOW_MS;
+        assert_eq!(b.admit(next), (true, u64::from(1000 - LogBudget::LINES)));
+        assert_eq!(b.admit(next + 1), (true, 0));
     }
 }

@@ -27,11 +27,14 @@ enum Command {
         #[arg(long, env = "VIGIE_CONFIG")]
         config: PathBuf,
     },
-    /// Check a configuration file and its registry, then exit.
+    /// Check a configuration file, its registry and data directory, then exit (run it as
+    /// the service user).
     CheckConfig {
         /// Configuration file.
         config: PathBuf,
     },
+    /// Print the commented example configuration (every key, with its default).
+    Config,
     /// Manage devices in the registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
@@ -177,6 +180,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
+        Command::Config => {
+            print!("{}", cli::example_config());
+            Ok(())
+        }
         Command::Devices(cmd) => devices(cmd),
         Command::BrokerCert {
             config,

@@ -38,13 +38,11 @@ fn example_config_is_valid_and_devices_add_registers_a_device() {
     let config = config.to_str().unwrap();
     let blob = dir.path().join("aq.vgp");
 
+    // No registry yet: the service could not start, so the check fails and says how.
     let out = gateway(&["check-config", config]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 devices"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("devices.toml") && stderr.contains("`devices add`"), "{stderr}");
 
     let out = gateway(&[
         "devices",
@@ -70,6 +68,7 @@ fn example_config_is_valid_and_devices_add_registers_a_device() {
     assert_eq!(provisioning.device.as_str(), "aq-0001");
 
     let out = gateway(&["check-config", config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 devices"));
     // The key is in the registry file and the blob, never on the terminal.
     let printed = [out.stdout, out.stderr].concat();
@@ -113,4 +112,38 @@ fn a_missing_registry_stops_the_service_at_start_with_its_path() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_bogus_log_level_and_an_unwritable_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    std::fs::write(dir.path().join("devices.toml"), "").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (mistake, named) in [
+        (text.replace("level = \"info\"", "level = \"verbose\""), "log.level"),
+        (
+            text.replace(&dir.path().join("data").display().to_string(), "/proc/vigie/data"),
+            "gateway.data_dir",
+        ),
+    ] {
+        assert_ne!(mistake, text, "the example changed: {named}");
+        std::fs::write(&config, &mistake).unwrap();
+        let out = gateway(&["check-config", config.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{named} accepted");
+        assert!(stderr.contains(named), "{stderr}");
+    }
+}
+
+#[test]
+fn config_prints_the_example_which_is_valid() {
+    let out = gateway(&["config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, include_str!("../gateway.example.toml"));
+    gateway::config::Config::parse(&text)
+        .unwrap()
+        .validate()
+        .unwrap();
 }

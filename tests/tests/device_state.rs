@@ -100,6 +100,17 @@ async fn device_state_counts_what_was_stored_and_survives_a_restart() {
         [(&"authentication".to_string(), &1)]
     );
     assert!(d0.rejected.is_empty());
+    // The rejection is in the log too, for people: one plain line (no colour codes) with
+    // tenant, device and reason.
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("frame rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged:\n{log}"));
+    for part in ["lyon", &aq1.id, "authentication"] {
+        assert!(line.contains(part), "{line}");
+    }
+    assert!(!log.contains('\u{1b}'), "colour codes in a log that is not a terminal");
     assert!(before.get("lyon", &silent.id).is_none());
     // The same figures in /metrics, rendered from that state.
     let series = |name: &str, d: &fleet::Device| {
