@@ -20,9 +20,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
-# Real servers for the end-to-end tests, and QEMU for the firmware image (Debian
-# packages): installed when missing.
-packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm)
+# Real servers for the end-to-end tests, QEMU for the firmware image and lintian for the
+# package (Debian packages): installed when missing.
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm lintian)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -53,6 +53,10 @@ done
 
 step "firmware images for $TARGET_M4 (sizes against the budget; the QEMU test boots one)"
 scripts/build-images.sh
+
+step "Debian package (lintian; the install test installs it on this machine)"
+scripts/package.sh
+lintian --fail-on error,warning target/debian/vigie-gateway_*_amd64.deb
 
 step "tests"
 cargo test --workspace

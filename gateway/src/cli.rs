@@ -19,11 +19,14 @@ use std::time::Duration;
 /// runs this: run it as the service user).
 pub fn check_config(path: &Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let registry = Registry::load_existing(&config.gateway.registry).map_err(|e| {
-        format!("{e} (the service needs it to start: `devices add` creates it)")
+    let registry = Registry::load_existing(&config.gateway.registry)
+        .map_err(|e| format!("{e} (the service needs it to start: `devices add` creates it)"))?;
+    check_writable(&config.gateway.data_dir).map_err(|e| {
+        format!(
+            "gateway.data_dir {}: {e}",
+            config.gateway.data_dir.display()
+        )
     })?;
-    check_writable(&config.gateway.data_dir)
-        .map_err(|e| format!("gateway.data_dir {}: {e}", config.gateway.data_dir.display()))?;
     let broker = match &config.mqtt.host {
         Some(h) => format!("{h}:{}", config.mqtt.port),
         None => format!("embedded on {}", config.mqtt.embedded_listen),
@@ -214,8 +217,9 @@ pub fn reload(config: &Config) -> Result<String, String> {
 }
 
 /// `gateways add`: a broker account for one gateway (each gateway of a group needs its
-/// own: the broker binds the account to one client id, its username). The password goes to `password_out`
-/// (mode 0600), its hash to the registry and the broker's access file.
+/// own: the broker binds the account to one client id, its username). The password goes to
+/// `password_out` (mode 0640, group `vigie`: the service reads it), its hash to the registry
+/// and the broker's access file.
 pub fn gateways_add(
     g: &GatewayConfig,
     username: &str,
@@ -232,10 +236,12 @@ pub fn gateways_add(
                 password_hash,
             })
             .map_err(|e| e.to_string())?;
-        crate::fs::write_atomic(
+        // Read by the service: group vigie, like the registry.
+        crate::fs::replace_for_group(
             password_out,
             format!("{}\n", password.expose()).as_bytes(),
-            0o600,
+            0o640,
+            registry::SERVICE_GROUP,
         )
         .map_err(|e| format!("{}: {e}", password_out.display()))
     })?;

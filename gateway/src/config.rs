@@ -579,10 +579,22 @@ mod tests {
 
     #[test]
     fn log_levels_are_levels_or_target_levels() {
-        for good in ["info", "WARN", "gateway=debug", "info,rumqttc=warn,gateway::mqtt=trace"] {
+        for good in [
+            "info",
+            "WARN",
+            "gateway=debug",
+            "info,rumqttc=warn,gateway::mqtt=trace",
+        ] {
             assert_eq!(check_log_level(good), Ok(()), "{good}");
         }
-        for bad in ["verbose", "", "info,", "gateway=loud", "=info", "info debug"] {
+        for bad in [
+            "verbose",
+            "",
+            "info,",
+            "gateway=loud",
+            "=info",
+            "info debug",
+        ] {
             assert!(check_log_level(bad).is_err(), "{bad}");
         }
         let mut c = Config::parse("").unwrap();

@@ -803,9 +803,7 @@ mod tests {
     fn a_flood_of_rejections_gets_a_bounded_number_of_lines_then_one_summary() {
         let mut b = LogBudget::default();
         let start = LogBudget::WINDOW_MS;
-        let logged = (0..1000)
-            .filter(|i| b.admit(start + i).0)
-            .count() as u32;
+        let logged = (0..1000).filter(|i| b.admit(start + i).0).count() as u32;
         assert_eq!(logged, LogBudget::LINES);
         // The next window: its first line comes with the count of what was left out.
         let next = start + LogBudget::WINDOW_MS;

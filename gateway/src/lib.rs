@@ -288,6 +288,10 @@ pub async fn run_with_metrics(
         tasks.spawn(http::serve(listener, service, stopping.clone()));
     }
     tasks.spawn(reload_on_sighup(reload, stopping.clone()));
+    // Up: stores open, threads running, status port bound. (Connected or not: a broker
+    // that is down is reported by /readyz and retried, not a failed start.)
+    systemd::ready();
+    tasks.spawn(systemd::watchdog(stopping.clone()));
 
     mqtt::run(
         options,
@@ -300,6 +304,7 @@ pub async fn run_with_metrics(
     )
     .await;
     // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
+    systemd::stopping();
     stopping.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
@@ -312,6 +317,42 @@ pub async fn run_with_metrics(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// systemd's notification protocol (`Type=notify`), a no-op outside systemd.
+mod systemd {
+    use sd_notify::NotifyState;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    /// Start-up is done.
+    pub fn ready() {
+        let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+    }
+
+    /// Shutdown has begun (stop consuming, flush, acknowledge).
+    pub fn stopping() {
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    }
+
+    /// Keep-alive pings at half the unit's `WatchdogSec` while the runtime runs; a hung
+    /// runtime stops them and systemd restarts the service. An essential thread that dies
+    /// stops the whole service already (with an error, so `Restart=on-failure` applies).
+    pub async fn watchdog(stopping: CancellationToken) {
+        let mut usec = 0;
+        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
 }
 
 /// One service per data directory: a second one would corrupt the buffer.

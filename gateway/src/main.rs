@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
-    name = "gateway",
+    name = "vigie-gateway",
     version,
     about = "Vigie gateway: authenticated sensor frames from MQTT to InfluxDB, nothing lost"
 )]
@@ -35,6 +35,13 @@ enum Command {
     },
     /// Print the commented example configuration (every key, with its default).
     Config,
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
     /// Manage devices in the registry.
     #[command(subcommand)]
     Devices(DevicesCommand),
@@ -184,6 +191,7 @@ fn main() -> ExitCode {
             print!("{}", cli::example_config());
             Ok(())
         }
+        Command::Generate { out_dir } => generate(&out_dir).map_err(|e| e.to_string()),
         Command::Devices(cmd) => devices(cmd),
         Command::BrokerCert {
             config,
@@ -213,6 +221,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Man pages (one per command) and bash, zsh and fish completions, from the clap
+/// definitions, so they always match the binary.
+fn generate(out_dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let (man, completions) = (out_dir.join("man"), out_dir.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "vigie-gateway", &completions)?;
+    }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {

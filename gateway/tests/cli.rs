@@ -42,7 +42,10 @@ fn example_config_is_valid_and_devices_add_registers_a_device() {
     let out = gateway(&["check-config", config]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("devices.toml") && stderr.contains("`devices add`"), "{stderr}");
+    assert!(
+        stderr.contains("devices.toml") && stderr.contains("`devices add`"),
+        "{stderr}"
+    );
 
     let out = gateway(&[
         "devices",
@@ -68,7 +71,11 @@ fn example_config_is_valid_and_devices_add_registers_a_device() {
     assert_eq!(provisioning.device.as_str(), "aq-0001");
 
     let out = gateway(&["check-config", config]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 devices"));
     // The key is in the registry file and the blob, never on the terminal.
     let printed = [out.stdout, out.stderr].concat();
@@ -121,9 +128,15 @@ fn check_config_refuses_a_bogus_log_level_and_an_unwritable_data_dir() {
     std::fs::write(dir.path().join("devices.toml"), "").unwrap();
     let text = std::fs::read_to_string(&config).unwrap();
     for (mistake, named) in [
-        (text.replace("level = \"info\"", "level = \"verbose\""), "log.level"),
         (
-            text.replace(&dir.path().join("data").display().to_string(), "/proc/vigie/data"),
+            text.replace("level = \"info\"", "level = \"verbose\""),
+            "log.level",
+        ),
+        (
+            text.replace(
+                &dir.path().join("data").display().to_string(),
+                "/proc/vigie/data",
+            ),
             "gateway.data_dir",
         ),
     ] {

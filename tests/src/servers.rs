@@ -159,6 +159,10 @@ pub struct BrokerSetup {
     pub tls_addr: SocketAddr,
     /// Its CA, certificate and key.
     pub pki: crate::tls::TestPki,
+    /// Run as Debian runs it: started as root, it drops to the user `mosquitto`, so it
+    /// reads the project's files only through their group (the install test). Otherwise
+    /// it stays root.
+    pub as_mosquitto_user: bool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -177,6 +181,7 @@ impl BrokerSetup {
             addr: addr(),
             tls_addr: addr(),
             pki,
+            as_mosquitto_user: false,
             _dir: None,
         }
     }
@@ -242,8 +247,20 @@ fn mosquitto_with(registry_dir: &Path, setup: BrokerSetup, log_all: bool) -> Ser
         main.contains("include_dir"),
         "Debian's mosquitto.conf no longer includes conf.d:\n{debian}"
     );
-    // Running as root in CI: keep root rather than dropping to a user that cannot write here.
-    main.push_str("user root\n");
+    if setup.as_mosquitto_user {
+        // Its own directory becomes the broker user's, as /var/lib/mosquitto is.
+        let chown = Command::new("chown")
+            .arg("-R")
+            .arg("mosquitto:mosquitto")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success(), "chown to the mosquitto user (needs root)");
+    } else {
+        // Running as root in CI: keep root rather than dropping to a user that cannot
+        // write here.
+        main.push_str("user root\n");
+    }
     if log_all {
         main.push_str("log_type all\n");
     }

@@ -110,7 +110,10 @@ async fn device_state_counts_what_was_stored_and_survives_a_restart() {
     for part in ["lyon", &aq1.id, "authentication"] {
         assert!(line.contains(part), "{line}");
     }
-    assert!(!log.contains('\u{1b}'), "colour codes in a log that is not a terminal");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
     assert!(before.get("lyon", &silent.id).is_none());
     // The same figures in /metrics, rendered from that state.
     let series = |name: &str, d: &fleet::Device| {
