@@ -222,8 +222,8 @@ pub async fn run(
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
     let mut client: Option<Mqtt<Link>> = None;
-    let mut stopping = *stop.borrow();
-    while !stopping {
+    // Checked before every action: a busy device may never reach a wait.
+    while !*stop.borrow() {
         let step = match link.poll(now()) {
             Action::Sample { status } => {
                 board.cycle(&opts, status);
@@ -233,7 +233,9 @@ pub async fn run(
                 let until = started + Duration::from_millis(t);
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = stop.changed() => stopping = true,
+                    changed = stop.changed() => if changed.is_err() {
+                        break; // the fleet is gone
+                    },
                 }
                 continue;
             }

@@ -129,7 +129,7 @@ async fn broker_limit(
             "1",
         ])
         // The broker lets only gateway accounts read uplinks, through a shared subscription.
-        .args(["-V", "5", "-u", "gw-bench", "-P"])
+        .args(["-V", "5", "-i", "gw-bench", "-u", "gw-bench", "-P"])
         .arg(fleet::password("gw-bench").expose())
         .args(["-t", "$share/bench/vigie/v1/+/+/up", "-F", "%U"])
         .stdout(std::fs::File::create(&out).unwrap())
