@@ -7,9 +7,11 @@ use crate::config::{Config, GatewayConfig};
 use crate::devices::{self, DeviceBook};
 use crate::quarantine;
 use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
+use crate::tenants::{self, TenantsError};
 use protocol::json::UtcTime;
 use protocol::provision::{MAX_BLOB_LEN, Transport};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -375,6 +377,123 @@ pub fn devices_list(config: &Config) -> Result<String, String> {
     Ok(out)
 }
 
+/// `tenants add`: the commune's database, kept for `retention` (default
+/// `database.retention`; none: for ever). Idempotent: an existing database gets the new
+/// retention.
+pub fn tenants_add(
+    config: &Config,
+    tenant: &str,
+    retention: Option<Duration>,
+) -> Result<String, String> {
+    protocol::Id::new(tenant).map_err(|e| format!("--tenant {tenant:?}: {e}"))?;
+    let retention = retention.or(config.database.as_ref().and_then(|d| d.retention));
+    let influx = match tenants::Influx::new(config.database.as_ref()) {
+        Ok(influx) => influx,
+        Err(TenantsError::Unsupported(why)) => {
+            return Ok(format!("{tenant}: nothing to create here. {why}."));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let state = block_on(influx.create(tenant, retention))?.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "database {} ready for {tenant}; readings kept {}",
+        state.name,
+        kept(state.retention.as_deref())
+    ))
+}
+
+/// `tenants list`: the communes of the registry (devices, revoked) and their databases.
+pub fn tenants_list(config: &Config) -> Result<String, String> {
+    let registry = Registry::load(&config.gateway.registry).map_err(|e| e.to_string())?;
+    let mut tenants: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for e in registry.entries() {
+        let t = tenants.entry(e.tenant.as_str()).or_default();
+        t.0 += 1;
+        t.1 += usize::from(e.revoked);
+    }
+    let influx = tenants::Influx::new(config.database.as_ref());
+    let mut out = format!(
+        "{:<16} {:>7} {:>7}  DATABASE\n",
+        "TENANT", "DEVICES", "REVOKED"
+    );
+    for (tenant, (devices, revoked)) in &tenants {
+        let database = match &influx {
+            Ok(influx) => match block_on(influx.state(tenant))? {
+                Ok(s) if s.exists => {
+                    format!(
+                        "{} (readings kept {})",
+                        s.name,
+                        kept(s.retention.as_deref())
+                    )
+                }
+                Ok(s) => format!("{} MISSING: `tenants add --tenant {tenant}`", s.name),
+                Err(e) => format!("unknown ({e})"),
+            },
+            Err(TenantsError::NoDatabase) => "none: line-protocol files".into(),
+            Err(_) => config
+                .database
+                .as_ref()
+                .map_or_else(String::new, |d| d.target(tenant)),
+        };
+        out.push_str(&format!(
+            "{tenant:<16} {devices:>7} {revoked:>7}  {database}\n"
+        ));
+    }
+    out.push_str(&format!("{} tenants", tenants.len()));
+    if let Err(TenantsError::Unsupported(why)) = &influx {
+        out.push_str(&format!(" ({why})"));
+    }
+    Ok(out)
+}
+
+/// `tenants remove`: a commune leaves. Refused while the registry still holds its devices;
+/// its database (and every reading in it) is dropped only with `drop_database`.
+pub fn tenants_remove(
+    config: &Config,
+    tenant: &str,
+    drop_database: bool,
+) -> Result<String, String> {
+    let registry = Registry::load(&config.gateway.registry).map_err(|e| e.to_string())?;
+    let devices = registry
+        .entries()
+        .iter()
+        .filter(|e| e.tenant == tenant)
+        .count();
+    if devices > 0 {
+        return Err(format!(
+            "{devices} devices of {tenant} are in the registry: `devices remove` them first"
+        ));
+    }
+    if !drop_database {
+        return Ok(format!(
+            "{tenant} has no devices left; its readings stay in the database (add \
+             --drop-database to delete them)"
+        ));
+    }
+    let influx = tenants::Influx::new(config.database.as_ref()).map_err(|e| e.to_string())?;
+    let name = block_on(influx.drop(tenant))?.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "dropped database {name} of {tenant} and every reading in it"
+    ))
+}
+
+/// How long a retention keeps readings, in words.
+fn kept(retention: Option<&str>) -> String {
+    match retention {
+        None | Some("0s") => "for ever".into(),
+        Some(d) => format!("for {d}"),
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own (the CLI is synchronous).
+fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    Ok(runtime.block_on(f))
+}
+
 /// `quarantine list`.
 pub fn quarantine_list(config: &Config) -> Result<String, String> {
     let data = &config.gateway.data_dir;
@@ -455,11 +574,7 @@ fn service_request(
     token: Option<&crate::config::Secret>,
 ) -> Result<String, ServiceError> {
     let unreachable = |e: &dyn std::fmt::Display| ServiceError::Unreachable(e.to_string());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| unreachable(&e))?;
-    runtime.block_on(async {
+    block_on(async {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             // A replay re-judges the whole quarantine.
@@ -479,6 +594,7 @@ fn service_request(
             Err(ServiceError::Refused(format!("{status}: {}", body.trim())))
         }
     })
+    .map_err(ServiceError::Unreachable)?
 }
 
 #[cfg(test)]

@@ -240,6 +240,10 @@ pub struct DatabaseConfig {
     /// PEM CA bundle to trust for an `https://` URL (besides the system roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// How long a commune's readings are kept, set by `tenants add` on its database
+    /// (InfluxDB 1.x); none: for ever.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 fn default_db_timeout() -> Duration {

@@ -16,6 +16,7 @@
 //! - [`broker`]: embedded rumqttd for the no-servers mode.
 //! - [`metrics`]: the typed Prometheus metrics.
 //! - [`devices`]: per-device state (last seen, battery, status), saved in `data_dir`.
+//! - [`tenants`]: communes' databases and their retention (`tenants` commands).
 //! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
 
 pub mod access;
@@ -35,6 +36,7 @@ pub mod pure;
 pub mod quarantine;
 pub mod registry;
 pub mod sink;
+pub mod tenants;
 
 use config::{Config, DatabaseApi};
 use health::Health;

@@ -48,6 +48,9 @@ enum Command {
     /// Manage the gateways' broker accounts.
     #[command(subcommand)]
     Gateways(GatewaysCommand),
+    /// Manage the communes' databases and their retention.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// Issue the broker's TLS certificate from the deployment's CA (created beside the
     /// registry on first use).
     BrokerCert {
@@ -145,6 +148,43 @@ struct DeviceArgs {
 }
 
 #[derive(Subcommand)]
+enum TenantsCommand {
+    /// Create a commune's database (InfluxDB 1.x) with its retention; an existing one
+    /// gets the new retention.
+    Add {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The commune's id, as its devices carry it.
+        #[arg(long)]
+        tenant: String,
+        /// How long readings are kept, e.g. `730d` (default: database.retention; none:
+        /// for ever).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
+    },
+    /// List the communes of the registry and their databases.
+    List {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+    },
+    /// A commune leaves: refused while it has devices; its database only with
+    /// --drop-database.
+    Remove {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The commune's id.
+        #[arg(long)]
+        tenant: String,
+        /// Also drop its database and every reading in it.
+        #[arg(long)]
+        drop_database: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum GatewaysCommand {
     /// Create (or renew) a gateway's broker account; each gateway needs its own.
     Add {
@@ -193,6 +233,7 @@ fn main() -> ExitCode {
         }
         Command::Generate { out_dir } => generate(&out_dir).map_err(|e| e.to_string()),
         Command::Devices(cmd) => devices(cmd),
+        Command::Tenants(cmd) => tenants(cmd),
         Command::BrokerCert {
             config,
             hosts,
@@ -240,6 +281,24 @@ fn generate(out_dir: &std::path::Path) -> std::io::Result<()> {
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
+}
+
+fn tenants(cmd: TenantsCommand) -> Result<(), String> {
+    let out = match cmd {
+        TenantsCommand::Add {
+            config,
+            tenant,
+            retention,
+        } => cli::tenants_add(&load(&config)?, &tenant, retention),
+        TenantsCommand::List { config } => cli::tenants_list(&load(&config)?),
+        TenantsCommand::Remove {
+            config,
+            tenant,
+            drop_database,
+        } => cli::tenants_remove(&load(&config)?, &tenant, drop_database),
+    }?;
+    println!("{out}");
+    Ok(())
 }
 
 fn devices(cmd: DevicesCommand) -> Result<(), String> {

@@ -245,6 +245,7 @@ pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
         tenants: Default::default(),
         timeout: Duration::from_secs(5),
         ca_file: None,
+        retention: None,
     }
 }
 

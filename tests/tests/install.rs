@@ -1,7 +1,7 @@
 //! The install of docs/OPERATIONS.md ("Install"), as root on this machine (CI machines are
 //! disposable; a previous install is purged first): the Debian package built by
-//! `scripts/package.sh` installed with `dpkg -i`; the gateway's broker account and a device
-//! added as root with the CLI, the broker's certificate made with `broker-cert`, the
+//! `scripts/package.sh` installed with `dpkg -i`; the gateway's broker account, the
+//! commune's database and a device added as root with the CLI, the broker's certificate made with `broker-cert`, the
 //! config edited as the docs say; `check-config` passed as
 //! the service user; Debian's Mosquitto with its stock configuration and the shipped
 //! drop-in, dropping to its own user and reading the accounts the commands wrote; the
@@ -120,9 +120,8 @@ async fn the_package_installs_and_a_board_reading_reaches_the_database_as_the_do
         "the config is a conffile"
     );
 
-    // 2. The servers: InfluxDB with the commune's database, Mosquitto's ports chosen.
+    // 2. The servers: InfluxDB, and Mosquitto's ports chosen.
     let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
     // The broker's certificate, as the docs make it (its CA beside the registry).
     let certs = tempfile::tempdir().unwrap();
     let certs_dir = certs.path().to_str().unwrap();
@@ -170,6 +169,17 @@ async fn the_package_installs_and_a_board_reading_reaches_the_database_as_the_do
     config["database"]["url"] = toml_edit::value(format!("http://{}", influx.addr));
     config["database"]["prefix"] = toml_edit::value("vigie_");
     std::fs::write(CONFIG, config.to_string()).unwrap();
+    let made = vigie(&[
+        "tenants",
+        "add",
+        "--config",
+        CONFIG,
+        "--tenant",
+        "lyon",
+        "--retention",
+        "730d",
+    ]);
+    assert!(made.contains("vigie_lyon ready"), "{made}");
     let dir = tempfile::tempdir().unwrap();
     // The service user reaches the notification socket in it.
     run("chmod", &["755", dir.path().to_str().unwrap()]);

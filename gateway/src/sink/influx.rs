@@ -35,7 +35,7 @@ pub enum SetupError {
 }
 
 /// Client settings shared by both APIs: timeout, keep-alive, optional extra CA.
-fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, SetupError> {
+pub(crate) fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuilder, SetupError> {
     let mut b = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .pool_idle_timeout(Duration::from_secs(90));

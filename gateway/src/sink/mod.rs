@@ -14,6 +14,7 @@ mod influx;
 pub mod lanes;
 
 pub use file::FileWriter;
+pub(crate) use influx::client_builder;
 pub use influx::{SetupError, V1Writer, V2Writer};
 
 use crate::buffer::{Item, Position, Reader};

@@ -1,0 +1,149 @@
+//! Communes by command against a real InfluxDB 1.x: `tenants add` creates the database
+//! with the retention the config or the command gives (and changes it when run again),
+//! `tenants list` shows each commune's devices and database (a missing one named), and
+//! `tenants remove` refuses while devices remain, keeps the readings unless asked, and
+//! with `--drop-database` drops them. With VictoriaMetrics it says there is nothing to make.
+#![allow(clippy::unwrap_used)]
+
+use gateway::registry::DeviceKind;
+use std::path::Path;
+use std::process::{Command, Output};
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::{influxdb, process, readback};
+
+fn cli(args: &[&str], config: &Path) -> Output {
+    Command::new(process::binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("VIGIE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_add_list_and_remove_manage_databases_and_retention() {
+    let influx = influxdb();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("devices.toml");
+    fleet::write_registry(
+        &registry,
+        &[
+            Device::new("lyon", "aq-1", DeviceKind::AirQuality),
+            Device::new("lyon", "aq-2", DeviceKind::AirQuality),
+            Device::new("nice", "aq-1", DeviceKind::AirQuality),
+        ],
+    );
+    let config = dir.path().join("gateway.toml");
+    let write_config = |kind: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\ndata_dir = \"{}\"\nregistry = \"{}\"\n\
+                 [database]\napi = \"v1\"\nkind = \"{kind}\"\nurl = \"http://{}\"\n\
+                 prefix = \"vigie_\"\nretention = \"30d\"\n",
+                dir.path().join("data").display(),
+                registry.display(),
+                influx.addr
+            ),
+        )
+        .unwrap();
+    };
+    write_config("influxdb");
+    let policy = async |db: &str| {
+        let body =
+            readback::influx_query(influx.addr, db, &format!("SHOW RETENTION POLICIES ON {db}"))
+                .await;
+        let row = body["results"][0]["series"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[4].as_bool() == Some(true))
+            .cloned()
+            .unwrap();
+        (
+            row[0].as_str().unwrap().to_string(),
+            row[1].as_str().unwrap().to_string(),
+        )
+    };
+    // Whether a database exists: InfluxDB answers its retention policies, or an error.
+    let exists = async |db: &str| {
+        let body =
+            readback::influx_query(influx.addr, db, &format!("SHOW RETENTION POLICIES ON {db}"))
+                .await;
+        body["results"][0]["error"].is_null()
+    };
+
+    // The config's retention, then the command's.
+    let out = cli(&["tenants", "add", "--tenant", "lyon"], &config);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("vigie_lyon ready"), "{}", text(&out));
+    assert_eq!(
+        policy("vigie_lyon").await,
+        ("vigie".into(), "720h0m0s".into())
+    );
+    let out = cli(
+        &["tenants", "add", "--tenant", "lyon", "--retention", "90d"],
+        &config,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(policy("vigie_lyon").await.1, "2160h0m0s");
+
+    let out = cli(&["tenants", "list"], &config);
+    let listed = text(&out);
+    assert!(out.status.success(), "{listed}");
+    let line = |t: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(t))
+            .unwrap_or_else(|| panic!("no {t} in:\n{listed}"))
+            .to_string()
+    };
+    assert!(
+        line("lyon").contains("vigie_lyon (readings kept for 2160h0m0s)"),
+        "{listed}"
+    );
+    assert_eq!(
+        line("lyon").split_whitespace().nth(1),
+        Some("2"),
+        "{listed}"
+    );
+    assert!(line("nice").contains("vigie_nice MISSING"), "{listed}");
+
+    // Leaving: refused while devices remain; readings kept unless asked.
+    let out = cli(&["tenants", "remove", "--tenant", "lyon"], &config);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("2 devices of lyon"), "{}", text(&out));
+    for id in ["aq-1", "aq-2"] {
+        let out = cli(
+            &["devices", "remove", "--tenant", "lyon", "--id", id],
+            &config,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = cli(&["tenants", "remove", "--tenant", "lyon"], &config);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(exists("vigie_lyon").await);
+    let out = cli(
+        &["tenants", "remove", "--tenant", "lyon", "--drop-database"],
+        &config,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!exists("vigie_lyon").await);
+
+    // VictoriaMetrics: one store, one retention.
+    write_config("victoriametrics");
+    let out = cli(&["tenants", "add", "--tenant", "nice"], &config);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing to create"), "{}", text(&out));
+    assert!(!exists("vigie_nice").await);
+    println!("tenants: created with 720h then 2160h, listed, refused with devices, dropped");
+}
