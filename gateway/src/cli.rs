@@ -19,7 +19,7 @@ use std::time::Duration;
 /// `check-config FILE`: loads and validates the config, the registry (which must exist:
 /// the service refuses to start without it) and the data directory (writable by whoever
 /// runs this: run it as the service user).
-pub fn check_config(path: &Path) -> Result<String, String> {
+pub fn check_config(path: &Path, connect: bool) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let registry = Registry::load_existing(&config.gateway.registry)
         .map_err(|e| format!("{e} (the service needs it to start: `devices add` creates it)"))?;
@@ -37,12 +37,67 @@ pub fn check_config(path: &Path) -> Result<String, String> {
         Some(d) => format!("{:?} API at {}", d.api, d.url),
         None => "none: line-protocol files".into(),
     };
-    Ok(format!(
+    let mut out = format!(
         "config ok: broker {broker}; database {db}; {} devices in {}; data in {}",
         registry.len(),
         config.gateway.registry.display(),
         config.gateway.data_dir.display()
-    ))
+    );
+    if connect {
+        out.push('\n');
+        out.push_str(&check_connections(&config, &registry)?);
+    }
+    Ok(out)
+}
+
+/// `check-config --connect`: the broker answers, and each commune of the registry has its
+/// database. An error naming every problem found.
+fn check_connections(config: &Config, registry: &Registry) -> Result<String, String> {
+    let mut ok = Vec::new();
+    let mut problems = Vec::new();
+    if let Some(host) = &config.mqtt.host {
+        let target = format!("{host}:{}", config.mqtt.port);
+        let reached = std::net::ToSocketAddrs::to_socket_addrs(&target)
+            .map_err(|e| e.to_string())
+            .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
+            .and_then(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                    .map_err(|e| e.to_string())
+            });
+        match reached {
+            // Its account is checked when the service connects (`/readyz` names a refusal):
+            // logging in here with the service's client id would take over its session.
+            Ok(_) => ok.push(format!("broker {target} answers")),
+            Err(e) => problems.push(format!("broker {target}: {e}")),
+        }
+    }
+    let mut tenants: Vec<&str> = registry
+        .entries()
+        .iter()
+        .map(|e| e.tenant.as_str())
+        .collect();
+    tenants.dedup();
+    match tenants::Influx::new(config.database.as_ref()) {
+        Ok(influx) => {
+            for tenant in tenants {
+                match block_on(influx.state(tenant))? {
+                    Ok(s) if s.exists => ok.push(format!("database {} exists", s.name)),
+                    Ok(s) => problems.push(format!(
+                        "database {} of {tenant} is missing: `tenants add --tenant {tenant}`",
+                        s.name
+                    )),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+        }
+        Err(TenantsError::NoDatabase | TenantsError::Unsupported(_)) => {}
+        Err(e) => problems.push(e.to_string()),
+    }
+    if problems.is_empty() {
+        Ok(format!("connections ok: {}", ok.join("; ")))
+    } else {
+        Err(format!("check-config --connect: {}", problems.join("; ")))
+    }
 }
 
 /// Whether files can be created in `dir` (or in the nearest existing parent, which the

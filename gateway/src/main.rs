@@ -32,6 +32,9 @@ enum Command {
     CheckConfig {
         /// Configuration file.
         config: PathBuf,
+        /// Also reach the broker and check that each commune's database exists.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the commented example configuration (every key, with its default).
     Config,
@@ -226,7 +229,9 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.to_string()),
         },
-        Command::CheckConfig { config } => cli::check_config(&config).map(|s| println!("{s}")),
+        Command::CheckConfig { config, connect } => {
+            cli::check_config(&config, connect).map(|s| println!("{s}"))
+        }
         Command::Config => {
             print!("{}", cli::example_config());
             Ok(())

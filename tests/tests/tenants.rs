@@ -1,6 +1,7 @@
 //! Communes by command against a real InfluxDB 1.x: `tenants add` creates the database
 //! with the retention the config or the command gives (and changes it when run again),
-//! `tenants list` shows each commune's devices and database (a missing one named), and
+//! `tenants list` and `check-config --connect` show each commune's database (a missing one
+//! named), and
 //! `tenants remove` refuses while devices remain, keeps the readings unless asked, and
 //! with `--drop-database` drops them. With VictoriaMetrics it says there is nothing to make.
 #![allow(clippy::unwrap_used)]
@@ -82,6 +83,25 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
         body["results"][0]["error"].is_null()
     };
 
+    // check-config --connect names each commune without its database.
+    let connect = || {
+        Command::new(process::binary())
+            .args(["check-config", "--connect"])
+            .arg(&config)
+            .env_remove("VIGIE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = connect();
+    assert!(!out.status.success());
+    for db in ["vigie_lyon", "vigie_nice"] {
+        assert!(
+            text(&out).contains(&format!("database {db}")),
+            "{}",
+            text(&out)
+        );
+    }
+
     // The config's retention, then the command's.
     let out = cli(&["tenants", "add", "--tenant", "lyon"], &config);
     assert!(out.status.success(), "{}", text(&out));
@@ -97,6 +117,12 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(policy("vigie_lyon").await.1, "2160h0m0s");
 
+    let out = connect();
+    assert!(
+        !text(&out).contains("vigie_lyon") && text(&out).contains("vigie_nice of nice is missing"),
+        "{}",
+        text(&out)
+    );
     let out = cli(&["tenants", "list"], &config);
     let listed = text(&out);
     assert!(out.status.success(), "{listed}");
