@@ -73,6 +73,25 @@ pub fn binary() -> PathBuf {
     })
 }
 
+/// Runs the gateway binary's command `args` to its end (never with `VIGIE_CONFIG` from
+/// the environment).
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("VIGIE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// A command's standard output and error, together.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 impl GatewayProcess {
     /// Writes the config under `dir` and starts the process.
     pub fn start(dir: &Path, s: &GatewaySettings) -> Self {

@@ -6,7 +6,6 @@
 
 use protocol::json::UtcTime;
 use protocol::{DeviceStatus, Field, Reading, Values};
-use std::process::Command;
 use std::time::Duration;
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings};
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario, wait_for};
@@ -135,12 +134,7 @@ async fn device_state_counts_what_was_stored_and_survives_a_restart() {
 
     // Stopped: `devices list` reads the state the service saved.
     gw.terminate();
-    let list = Command::new(process::binary())
-        .args(["devices", "list", "--config"])
-        .arg(&gw.config)
-        .env_remove("VIGIE_CONFIG")
-        .output()
-        .unwrap();
+    let list = process::cli(&["devices", "list", "--config", gw.config.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(list.status.success(), "{text}");
     let line = |d: &fleet::Device| {

@@ -5,7 +5,7 @@
 //! one of those strings appears in any output, error message or log line.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 use vigie_tests::process::binary;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario};
@@ -14,21 +14,7 @@ const MQTT_PASSWORD: &str = "mqtt-S3CRET-pw-7f3a";
 const DB_TOKEN: &str = "db-S3CRET-token-91c2";
 const ADMIN_TOKEN: &str = "admin-S3CRET-token-5d0e";
 
-fn run(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("VIGIE_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use vigie_tests::process::{cli as run, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_output_or_log() {

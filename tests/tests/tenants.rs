@@ -8,26 +8,15 @@
 
 use gateway::registry::DeviceKind;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::{influxdb, process, readback};
+use vigie_tests::process::{self, text};
+use vigie_tests::{influxdb, readback};
 
+/// The gateway's command `args` on the config at `config`.
 fn cli(args: &[&str], config: &Path) -> Output {
-    Command::new(process::binary())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("VIGIE_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    let config = config.to_str().unwrap();
+    process::cli(&[args, &["--config", config]].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,14 +73,7 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
     };
 
     // check-config --connect names each commune without its database.
-    let connect = || {
-        Command::new(process::binary())
-            .args(["check-config", "--connect"])
-            .arg(&config)
-            .env_remove("VIGIE_CONFIG")
-            .output()
-            .unwrap()
-    };
+    let connect = || process::cli(&["check-config", "--connect", config.to_str().unwrap()]);
     let out = connect();
     assert!(!out.status.success());
     for db in ["vigie_lyon", "vigie_nice"] {
