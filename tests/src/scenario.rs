@@ -31,8 +31,14 @@ pub struct Load {
 
 /// `per_device` single-reading frames per device, readings one second apart from `start`.
 pub fn load(devices: &[Device], per_device: u32, start: u32) -> Load {
+    load_from(devices, 0, per_device, start)
+}
+
+/// [`load`] from frame counter (and reading number) `first` on: what the same devices
+/// send next.
+pub fn load_from(devices: &[Device], first: u32, per_device: u32, start: u32) -> Load {
     let mut l = Load::default();
-    for n in 0..per_device {
+    for n in first..first + per_device {
         for d in devices {
             let r = d.reading(n, start + n);
             let pm25 = f64::from(100 + n % 500) / 10.0;

@@ -8,7 +8,8 @@
 //! service started as its installed unit would (its `User=` and `ExecStart=`, with systemd's
 //! notification socket); a simulated board running the blob `devices add` wrote. Every
 //! reading the board recorded is stored; the service reported ready, pinged its watchdog
-//! and stopped cleanly.
+//! and stopped cleanly; the package installed again (as an upgrade would) kept the edited
+//! config, the registry and the state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -353,6 +354,22 @@ async fn the_package_installs_and_a_board_reading_reaches_the_database_as_the_do
     listener.join().unwrap();
     let messages = notes.lock().unwrap().clone();
     assert_eq!(stat("%U", "/var/lib/vigie/buffer"), user);
+
+    // 8. An upgrade (here the same version installed again) keeps the edited config,
+    // the registry and the state.
+    let registry_before = std::fs::read_to_string("/etc/vigie/devices.toml").unwrap();
+    let config_before = std::fs::read_to_string(CONFIG).unwrap();
+    run("dpkg", &["-i", deb]);
+    assert_eq!(std::fs::read_to_string(CONFIG).unwrap(), config_before);
+    assert_eq!(
+        std::fs::read_to_string("/etc/vigie/devices.toml").unwrap(),
+        registry_before
+    );
+    assert_eq!(stat("%U:%G %a", CONFIG), "root:vigie 640");
+    assert!(
+        Path::new("/var/lib/vigie/buffer").is_dir(),
+        "the state is kept"
+    );
     drop(broker);
     let pings = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
     println!(
