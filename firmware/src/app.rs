@@ -142,6 +142,8 @@ impl Uptime {
 struct Time {
     uptime: Uptime,
     unix_at_boot: Option<u32>,
+    /// The time of the last sample: the next one is later, always.
+    last_sample: Option<u32>,
 }
 
 impl Time {
@@ -149,6 +151,7 @@ impl Time {
         Self {
             uptime: Uptime::new(board.millis()),
             unix_at_boot: None,
+            last_sample: None,
         }
     }
 
@@ -176,7 +179,14 @@ impl Time {
             return; // readings need a real time (the link never asks before it is known)
         };
         let up_s = (self.now_ms(board) / 1000).min(u64::from(u32::MAX)) as u32;
-        let now = base.saturating_add(up_s);
+        // Each network-time reading re-bases the clock; when the board's crystal ran fast
+        // that moves it back, and a sample could take the second of the one before (the
+        // database keeps one point per series and second). Strictly later, then.
+        let now = match (base.saturating_add(up_s), self.last_sample) {
+            (now, Some(last)) if now <= last => last.saturating_add(1),
+            (now, _) => now,
+        };
+        self.last_sample = Some(now);
         node.record_sample(board.sample(now));
         if status {
             node.report_status(now, None, None, up_s);
@@ -430,6 +440,40 @@ mod tests {
             }
         }
         fn event(&mut self, _: Event) {}
+    }
+
+    #[test]
+    fn a_clock_moved_back_by_the_network_time_never_dates_two_samples_alike() {
+        let p = Provisioning {
+            tenant: "lyon".try_into().unwrap(),
+            device: "aq-1".try_into().unwrap(),
+            kind: Kind::AirQuality,
+            key: DeviceKey::new([7; 16], 1),
+            sample_interval_s: 1,
+            heartbeat_s: 0,
+            bin_depth_mm: 0,
+            broker_host: "broker".try_into().unwrap(),
+            broker_port: 1883,
+            broker_password: "pw".try_into().unwrap(),
+            transport: Transport::Plain,
+        };
+        let counter = FrameCounter::resume(RamFlash::<2048, 512>::default(), 0, 16).unwrap();
+        let ring = FrameRing::resume(RamFlash::<2048, 512>::default()).unwrap();
+        let mut node: Node<_, 4> = Node::new(p, counter, ring).unwrap();
+        let mut board = Board {
+            ms: Cell::new(10_000),
+            samples: Vec::new(),
+        };
+        let mut time = Time::new(&board);
+        time.set_unix(&mut board, 1_800_000_010);
+        time.sample(&mut node, &mut board, false);
+        // One second later by the board, but the network says no time has passed.
+        board.ms.set(11_000);
+        time.set_unix(&mut board, 1_800_000_010);
+        time.sample(&mut node, &mut board, false);
+        board.ms.set(12_000);
+        time.sample(&mut node, &mut board, false);
+        assert_eq!(board.samples, [1_800_000_010, 1_800_000_011, 1_800_000_012]);
     }
 
     #[test]
