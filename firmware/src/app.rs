@@ -442,14 +442,14 @@ mod tests {
         fn event(&mut self, _: Event) {}
     }
 
-    #[test]
-    fn a_clock_moved_back_by_the_network_time_never_dates_two_samples_alike() {
+    /// An air-quality node sampling every `sample_interval_s`, on RAM flash.
+    fn node(sample_interval_s: u16) -> Node<RamFlash<2048, 512>, 4> {
         let p = Provisioning {
             tenant: "lyon".try_into().unwrap(),
             device: "aq-1".try_into().unwrap(),
             kind: Kind::AirQuality,
             key: DeviceKey::new([7; 16], 1),
-            sample_interval_s: 1,
+            sample_interval_s,
             heartbeat_s: 0,
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
@@ -457,9 +457,14 @@ mod tests {
             broker_password: "pw".try_into().unwrap(),
             transport: Transport::Plain,
         };
-        let counter = FrameCounter::resume(RamFlash::<2048, 512>::default(), 0, 16).unwrap();
-        let ring = FrameRing::resume(RamFlash::<2048, 512>::default()).unwrap();
-        let mut node: Node<_, 4> = Node::new(p, counter, ring).unwrap();
+        let counter = FrameCounter::resume(RamFlash::default(), 0, 16).unwrap();
+        let ring = FrameRing::resume(RamFlash::default()).unwrap();
+        Node::new(p, counter, ring).unwrap()
+    }
+
+    #[test]
+    fn a_clock_moved_back_by_the_network_time_never_dates_two_samples_alike() {
+        let mut node = node(1);
         let mut board = Board {
             ms: Cell::new(10_000),
             samples: Vec::new(),
@@ -486,22 +491,7 @@ mod tests {
 
     #[test]
     fn sampling_keeps_its_pace_and_its_dates_across_the_clock_wrap() {
-        let p = Provisioning {
-            tenant: "lyon".try_into().unwrap(),
-            device: "aq-1".try_into().unwrap(),
-            kind: Kind::AirQuality,
-            key: DeviceKey::new([7; 16], 1),
-            sample_interval_s: 60,
-            heartbeat_s: 0,
-            bin_depth_mm: 0,
-            broker_host: "broker".try_into().unwrap(),
-            broker_port: 1883,
-            broker_password: "pw".try_into().unwrap(),
-            transport: Transport::Plain,
-        };
-        let counter = FrameCounter::resume(RamFlash::<2048, 512>::default(), 0, 16).unwrap();
-        let ring = FrameRing::resume(RamFlash::<2048, 512>::default()).unwrap();
-        let mut node: Node<_, 4> = Node::new(p, counter, ring).unwrap();
+        let mut node = node(60);
         // The board has run for just under 2^32 ms (49.7 days) when the time is known.
         let start = u32::MAX - 150_000;
         let mut board = Board {

@@ -207,16 +207,25 @@ fn change<T>(
     Ok(out)
 }
 
+/// [`change`] of one existing device by `f` (false: no such device).
+fn change_device(
+    g: &GatewayConfig,
+    tenant: &str,
+    id: &str,
+    f: impl FnOnce(&mut Registry, &str, &str) -> bool,
+) -> Result<(), String> {
+    change(g, |registry| {
+        f(registry, tenant, id)
+            .then_some(())
+            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
+    })
+}
+
 /// `devices revoke`: the gateway rejects the device's frames from its next registry
 /// reload; the broker refuses the device from its next restart. The entry stays (its
 /// frames are counted as `revoked`).
 pub fn devices_revoke(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, String> {
-    change(g, |registry| {
-        registry
-            .revoke(tenant, id)
-            .then_some(())
-            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
-    })?;
+    change_device(g, tenant, id, Registry::revoke)?;
     Ok(format!(
         "revoked {tenant}/{id}.\n{}",
         access::restart_hint(&g.broker_access())
@@ -226,12 +235,7 @@ pub fn devices_revoke(g: &GatewayConfig, tenant: &str, id: &str) -> Result<Strin
 /// `devices remove`: the device leaves the registry and the broker's accounts (its
 /// frames are then `unknown_device`). Its stored readings stay in the database.
 pub fn devices_remove(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, String> {
-    change(g, |registry| {
-        registry
-            .remove(tenant, id)
-            .then_some(())
-            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
-    })?;
+    change_device(g, tenant, id, Registry::remove)?;
     Ok(format!(
         "removed {tenant}/{id} from the registry (its stored readings stay in the database).\n{}",
         access::restart_hint(&g.broker_access())
