@@ -5,6 +5,8 @@
 use crate::access;
 use crate::config::{Config, GatewayConfig};
 use crate::devices::{self, DeviceBook};
+use crate::erase;
+use crate::pure::erase::Scope;
 use crate::quarantine;
 use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
 use crate::tenants::{self, TenantsError};
@@ -606,6 +608,69 @@ pub fn quarantine_replay(config: &Config) -> Result<String, String> {
     )
     .map_err(|e| format!("the gateway service on {addr} refused or did not answer ({e})"))?;
     Ok(format!("replayed through the pipeline: {}", body.trim()))
+}
+
+/// `erase`: the readings of a commune, or of one of its devices, optionally only those
+/// measured before a time, removed from every place they are kept (see [`crate::erase`]).
+/// Without `yes`, a dry run that says what would go.
+pub fn erase(
+    config: &Config,
+    tenant: &str,
+    device: Option<&str>,
+    before_s: Option<u32>,
+    yes: bool,
+) -> Result<String, String> {
+    protocol::Id::new(tenant).map_err(|e| format!("--tenant {tenant:?}: {e}"))?;
+    if let Some(d) = device {
+        protocol::Id::new(d).map_err(|e| format!("--device {d:?}: {e}"))?;
+    }
+    let scope = Scope {
+        tenant: tenant.into(),
+        device: device.map(String::from),
+        before_s,
+    };
+    let report = block_on(erase::run(config, &scope, yes))?.map_err(|e| e.to_string())?;
+    let whose = match device {
+        Some(d) => format!("{tenant}/{d}"),
+        None => format!("every device of {tenant}"),
+    };
+    let when = before_s.map_or(String::new(), |b| {
+        format!(" measured before {}", UtcTime(b))
+    });
+    let verb = if yes { "erased" } else { "would erase" };
+    let mut out = format!(
+        "{verb} the readings of {whose}{when}:\n  buffer: {} readings\n  quarantine: {} \
+         entries\n  line-protocol files: {} lines\n  database: {}\n",
+        report.buffer_readings, report.quarantine_entries, report.file_lines, report.database
+    );
+    if report.progress_reset {
+        out.push_str("  (the service writes its buffer again from the start at its next run; the database keeps each point once)\n");
+    }
+    out.push_str(&if yes {
+        format!(
+            "audit line appended to {}",
+            config.gateway.data_dir.join("audit.log").display()
+        )
+    } else {
+        "nothing changed: run again with --yes to erase".into()
+    });
+    Ok(out)
+}
+
+/// A UTC time for `--before`: `2026-01-01` (midnight) or `2026-01-01T12:00:00Z`.
+pub fn parse_utc(text: &str) -> Result<u32, String> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let t = humantime::parse_rfc3339(&full)
+        .map_err(|e| format!("{e}: expected 2026-01-01 or 2026-01-01T12:00:00Z"))?;
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "before 1970".to_string())?
+        .as_secs();
+    u32::try_from(secs).map_err(|_| "after 2106".into())
 }
 
 /// Why a request to the running service failed.

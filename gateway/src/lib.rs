@@ -25,6 +25,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod erase;
 pub mod fs;
 pub mod health;
 pub mod http;
@@ -357,14 +358,21 @@ mod systemd {
     }
 }
 
-/// One service per data directory: a second one would corrupt the buffer.
-fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
+/// One service per data directory: a second one would corrupt the buffer. (`erase` takes
+/// it too.) A lock file made by root (`erase` before the first start) gets the
+/// directory's owner, so the service can still open it.
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join("lock");
     let file = File::create(&path).map_err(|source| RunError::Path {
         what: "lock file",
         path,
         source,
     })?;
+    if let Ok(m) = std::fs::metadata(dir) {
+        // Only root may change it, and only root needs to.
+        let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+    }
     file.try_lock()
         .map_err(|_| RunError::Locked(dir.to_path_buf()))?;
     Ok(file)

@@ -70,6 +70,27 @@ enum Command {
     /// Inspect or replay rejected frames.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Erase a commune's or a device's readings everywhere (GDPR): database, buffer,
+    /// quarantine, line-protocol files; with the service stopped. Without --yes, only
+    /// says what it would erase.
+    Erase {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The commune.
+        #[arg(long)]
+        tenant: String,
+        /// Only this device of the commune.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only readings measured before this UTC time: `2026-01-01` or
+        /// `2026-01-01T12:00:00Z`.
+        #[arg(long, value_parser = cli::parse_utc)]
+        before: Option<u32>,
+        /// Erase for good (otherwise a dry run).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +279,15 @@ fn main() -> ExitCode {
             .map(|s| println!("{s}")),
         Command::Quarantine(QuarantineCommand::Replay { config }) => load(&config)
             .and_then(|c| cli::quarantine_replay(&c))
+            .map(|s| println!("{s}")),
+        Command::Erase {
+            config,
+            tenant,
+            device,
+            before,
+            yes,
+        } => load(&config)
+            .and_then(|c| cli::erase(&c, &tenant, device.as_deref(), before, yes))
             .map(|s| println!("{s}")),
     };
     match result {

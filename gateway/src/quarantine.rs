@@ -249,6 +249,52 @@ impl Quarantine {
     }
 }
 
+/// Rewrites the quarantine in `dir` with the service stopped (`erase`): `edit` gets each
+/// entry and returns it, changed or not, or `None` to remove it. A file with a change is
+/// replaced atomically, keeping its owner, group and mode; lines that do not parse stay.
+/// With `apply` false nothing is written. Returns how many entries changed or went.
+pub fn rewrite_offline(
+    dir: &Path,
+    apply: bool,
+    mut edit: impl FnMut(Entry) -> Option<Entry>,
+) -> io::Result<u64> {
+    let mut changed = 0;
+    for name in [PREVIOUS, CURRENT] {
+        let path = dir.join(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut edits = 0;
+        for line in bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(entry) = serde_json::from_slice::<Entry>(line).map(Entry::upgrade) else {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+                continue;
+            };
+            match edit(entry.clone()) {
+                Some(kept) if kept == entry => out.extend_from_slice(line),
+                Some(kept) => {
+                    edits += 1;
+                    serde_json::to_writer(&mut out, &kept).map_err(io::Error::other)?;
+                }
+                None => {
+                    edits += 1;
+                    continue;
+                }
+            }
+            out.push(b'\n');
+        }
+        if edits > 0 && apply {
+            crate::fs::replace_for_group(&path, &out, 0o600, "vigie")?;
+        }
+        changed += edits;
+    }
+    Ok(changed)
+}
+
 /// Reads every entry, oldest first. Lines that do not parse are skipped and counted.
 pub fn read_all(dir: &Path) -> io::Result<(Vec<Entry>, usize)> {
     read_all_on(&crate::fs::RealFs, dir)
@@ -367,6 +413,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_offline_rewrite_removes_and_changes_entries_in_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(crate::fs::real(), dir.path(), 1_000).unwrap();
+        for i in 0..12 {
+            q.add(&entry(i));
+            q.sync().unwrap();
+        }
+        let (before, _) = read_all(dir.path()).unwrap();
+        assert!(dir.path().join(PREVIOUS).exists(), "rotated once at least");
+        let touched = before.iter().filter(|e| e.received_ms % 3 != 2).count() as u64;
+        let edit = |e: Entry| match e.received_ms % 3 {
+            0 => None,
+            1 => Some(Entry {
+                payload: "00".into(),
+                ..e
+            }),
+            _ => Some(e),
+        };
+        // A dry run counts and writes nothing.
+        assert_eq!(rewrite_offline(dir.path(), false, edit).unwrap(), touched);
+        assert_eq!(read_all(dir.path()).unwrap().0, before);
+        assert_eq!(rewrite_offline(dir.path(), true, edit).unwrap(), touched);
+        let want: Vec<_> = before.into_iter().filter_map(edit).collect();
+        assert_eq!(read_all(dir.path()).unwrap().0, want);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! - InfluxDB 2.x/3.x buckets (`api = "v2"`, `kind = "influxdb"`): with its own
 //!   `influx bucket create`; this command says so.
 
-use crate::config::{DatabaseApi, DatabaseConfig, DatabaseKind, Secret};
+use crate::config::{DatabaseApi, DatabaseConfig, DatabaseKind};
 use std::time::Duration;
 
 /// Why a database command failed.
@@ -89,15 +89,26 @@ impl Influx {
         }
     }
 
-    /// One InfluxQL statement; the answer's first result.
+    /// One InfluxQL statement on the server; the answer's first result.
     async fn query(&self, q: &str) -> Result<serde_json::Value, TenantsError> {
+        self.send(q, None).await
+    }
+
+    /// One InfluxQL statement in `database` (`DELETE`, `SELECT`); the answer's first
+    /// result.
+    pub async fn query_in(
+        &self,
+        database: &str,
+        q: &str,
+    ) -> Result<serde_json::Value, TenantsError> {
+        self.send(q, Some(database)).await
+    }
+
+    async fn send(&self, q: &str, db: Option<&str>) -> Result<serde_json::Value, TenantsError> {
         let url = format!("{}/query", self.cfg.url.trim_end_matches('/'));
-        let mut request = self.client.post(&url).form(&[("q", q)]);
-        if let Some(user) = &self.cfg.username {
-            request = request.basic_auth(user, self.cfg.password.as_ref().map(Secret::expose));
-        } else if let Some(token) = &self.cfg.token {
-            request = request.header("Authorization", format!("Token {}", token.expose()));
-        }
+        let mut form = vec![("q", q)];
+        form.extend(db.map(|db| ("db", db)));
+        let request = crate::sink::authorize(self.client.post(&url).form(&form), &self.cfg);
         let unreachable = |e: reqwest::Error| TenantsError::Unreachable {
             url: self.cfg.url.clone(),
             error: e.without_url().to_string(),

@@ -153,6 +153,19 @@ async fn no_secret_in_any_output_or_log() {
     let _ = service.wait();
     outputs.push(std::fs::read_to_string(&log).unwrap());
     outputs.push(std::fs::read_to_string(dir.path().join("service.err")).unwrap());
+    // Erasure, with the service stopped, and its audit line.
+    for yes in [&[][..], &["--yes"]] {
+        let args = [
+            &[
+                "erase", "--config", cfg, "--tenant", "lyon", "--device", "aq-new",
+            ],
+            yes,
+        ];
+        let erased = run(&args.concat());
+        assert!(erased.status.success(), "{}", text(&erased));
+        outputs.push(text(&erased));
+    }
+    outputs.push(std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap());
 
     let mut secrets = vec![
         MQTT_PASSWORD.to_string(),

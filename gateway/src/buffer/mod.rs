@@ -348,7 +348,6 @@ impl Buffer {
         Ok((buffer, recovery))
     }
 
-    /// A reader starting at the oldest record.
     /// A reader from the oldest record still on disk.
     pub fn reader(&self) -> Reader {
         let first = self
@@ -559,6 +558,56 @@ impl Buffer {
             .wait_timeout_while(s, timeout, |s| s.delivered == before)
             .unwrap_or_else(|e| e.into_inner());
     }
+}
+
+/// Rewrites, with the service stopped (`erase`), every record of the buffer in `dir`
+/// whose payload `edit` changes (`Some(new payload)`; it must not be empty). A changed
+/// segment is replaced whole and atomically, keeping its owner, group and mode (the
+/// command runs as root, the service as its own user); corrupt stretches and torn tails
+/// are copied as they are, for the recovery at the next start. Returns how many records
+/// changed. Record offsets move: whatever remembered a position in the log (the sink's
+/// progress) must be dropped by the caller. With `apply` false nothing is written.
+pub fn rewrite_offline(
+    dir: &Path,
+    apply: bool,
+    mut edit: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> io::Result<u64> {
+    let mut changed = 0;
+    let names = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        let path = dir.join(name);
+        let data = std::fs::read(&path)?;
+        if data.len() < MAGIC.len() {
+            continue;
+        }
+        let mut out = data[..MAGIC.len()].to_vec();
+        let mut edits = 0;
+        let mut copied = MAGIC.len();
+        for piece in format::scan(&data, MAGIC.len()) {
+            let Piece::Record { start, end } = piece else {
+                continue;
+            };
+            if let Some(new) = edit(&data[start + format::HEADER..end]) {
+                out.extend_from_slice(&data[copied..start]);
+                format::encode(&mut out, &new);
+                copied = end;
+                edits += 1;
+            }
+        }
+        if edits > 0 && apply {
+            out.extend_from_slice(&data[copied..]);
+            crate::fs::replace_for_group(&path, &out, 0o600, "vigie")?;
+        }
+        changed += edits;
+    }
+    Ok(changed)
 }
 
 /// Creates (or empties a leftover of) segment `seq` with its magic, durable with its

@@ -3,6 +3,7 @@ use crate::fs::model::{Fault, ModelFs};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::fs as stdfs;
+use std::io::Write as _;
 
 const WAIT: Duration = Duration::from_millis(10);
 
@@ -211,6 +212,62 @@ fn a_corrupt_record_in_the_middle_is_skipped_reported_and_the_rest_kept() {
         drop(b);
         stdfs::write(&seg, &full).unwrap();
     }
+}
+
+#[test]
+fn an_offline_rewrite_changes_only_what_it_edits_and_keeps_damage_for_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, _, _) = open_real(dir.path());
+    let all: Vec<_> = (0..30).map(payload).collect();
+    for chunk in all.chunks(4) {
+        b.append(chunk).unwrap();
+    }
+    drop(b);
+    // Damage in the first segment and a torn tail in the last stay as they are.
+    let first = segment_path(dir.path(), 1);
+    let mut bytes = stdfs::read(&first).unwrap();
+    bytes[MAGIC.len() + format::HEADER] ^= 0x04;
+    stdfs::write(&first, &bytes).unwrap();
+    let last = stdfs::read_dir(dir.path()).unwrap().count() as u64;
+    let mut tail = stdfs::OpenOptions::new()
+        .append(true)
+        .open(segment_path(dir.path(), last))
+        .unwrap();
+    tail.write_all(&[0, 0, 0, 9, 1]).unwrap();
+    drop(tail);
+
+    // Every record whose number is odd gets a shorter payload.
+    let odd = |p: &[u8]| {
+        let text = std::str::from_utf8(p).unwrap();
+        let n: usize = text.split('-').nth(1).unwrap().parse().unwrap();
+        (n % 2 == 1).then(|| format!("odd-{n}").into_bytes())
+    };
+    // A dry run counts and writes nothing.
+    let segments = |d: &Path| {
+        let mut all: Vec<_> = stdfs::read_dir(d)
+            .unwrap()
+            .map(|e| stdfs::read(e.unwrap().path()).unwrap())
+            .collect();
+        all.sort();
+        all
+    };
+    let untouched = segments(dir.path());
+    assert_eq!(rewrite_offline(dir.path(), false, odd).unwrap(), 15);
+    assert_eq!(segments(dir.path()), untouched);
+    assert_eq!(rewrite_offline(dir.path(), true, odd).unwrap(), 15);
+    let (_, rec, seen) = open_real(dir.path());
+    let want: Vec<_> = (1..30)
+        .map(|n| match n % 2 {
+            1 => format!("odd-{n}").into_bytes(),
+            _ => payload(n),
+        })
+        .collect();
+    assert_eq!(seen, want, "record 0 is the damaged one");
+    assert_eq!((rec.corrupt_records, rec.torn_tails), (1, 1));
+    // Nothing to change: nothing rewritten; no buffer at all: nothing to do.
+    assert_eq!(rewrite_offline(dir.path(), true, |_| None).unwrap(), 0);
+    let none = dir.path().join("none");
+    assert_eq!(rewrite_offline(&none, true, |_| None).unwrap(), 0);
 }
 
 #[test]

@@ -13,9 +13,11 @@
 //! - [`retry`]: database answer → what to do, and backoff.
 //! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
 //! - [`record`]: the buffer's record payload.
+//! - [`erase`]: which readings and quarantined frames an erasure covers.
 
 pub mod ack_flow;
 pub mod batch;
+pub mod erase;
 pub mod lineproto;
 pub mod reason;
 pub mod record;

@@ -7,9 +7,10 @@
 
 use super::{Answer, LineWriter};
 use crate::fs::{Open, SharedFs};
+use crate::pure::erase::Scope;
 use protocol::json::UtcTime;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Writes line protocol files.
 #[derive(Debug)]
@@ -54,6 +55,38 @@ impl FileWriter {
         }
         Ok(())
     }
+}
+
+/// Removes the lines `scope` covers from the files of its tenant under `dir`, with the
+/// service stopped (`erase`): a file left empty is deleted, the others are replaced
+/// atomically with their owner, group and mode. With `apply` false nothing is written.
+/// Returns the lines removed.
+pub fn erase_offline(dir: &Path, scope: &Scope, apply: bool) -> std::io::Result<u64> {
+    let dir = dir.join(&scope.tenant);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "lp") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let (kept, gone) = scope.keep_lines(&scope.tenant, &text);
+        removed += gone as u64;
+        match (gone, apply) {
+            (0, _) | (_, false) => {}
+            _ if kept.is_empty() => std::fs::remove_file(&path)?,
+            _ => crate::fs::replace_for_group(&path, kept.as_bytes(), 0o600, "vigie")?,
+        }
+    }
+    if removed > 0 && apply {
+        crate::fs::real().sync_dir(&dir)?;
+    }
+    Ok(removed)
 }
 
 impl LineWriter for FileWriter {

@@ -53,6 +53,20 @@ pub(crate) fn client_builder(cfg: &DatabaseConfig) -> Result<reqwest::ClientBuil
     Ok(b)
 }
 
+/// `request` with the configured credentials: v1 username and password, or a token.
+pub(crate) fn authorize(
+    request: reqwest::RequestBuilder,
+    cfg: &DatabaseConfig,
+) -> reqwest::RequestBuilder {
+    if let Some(user) = &cfg.username {
+        request.basic_auth(user, cfg.password.as_ref().map(Secret::expose))
+    } else if let Some(token) = &cfg.token {
+        request.header("Authorization", format!("Token {}", token.expose()))
+    } else {
+        request
+    }
+}
+
 /// `POST {url}/write?db=<db>&precision=ms`.
 #[derive(Debug)]
 pub struct V1Writer {
@@ -76,7 +90,7 @@ impl V1Writer {
 impl LineWriter for V1Writer {
     fn write(&mut self, tenant: &str, lines: &str) -> Answer {
         let url = format!("{}/write", self.cfg.url.trim_end_matches('/'));
-        let mut req = self
+        let req = self
             .client
             .post(url)
             .query(&[
@@ -84,11 +98,7 @@ impl LineWriter for V1Writer {
                 ("precision", "ms"),
             ])
             .body(lines.to_string());
-        if let Some(user) = &self.cfg.username {
-            req = req.basic_auth(user, self.cfg.password.as_ref().map(Secret::expose));
-        } else if let Some(token) = &self.cfg.token {
-            req = req.header("Authorization", format!("Token {}", token.expose()));
-        }
+        let req = authorize(req, &self.cfg);
         self.runtime.block_on(async move {
             match req.send().await {
                 Ok(resp) => {

@@ -13,9 +13,9 @@ mod file;
 mod influx;
 pub mod lanes;
 
-pub use file::FileWriter;
-pub(crate) use influx::client_builder;
+pub use file::{FileWriter, erase_offline as erase_files};
 pub use influx::{SetupError, V1Writer, V2Writer};
+pub(crate) use influx::{authorize, client_builder};
 
 use crate::buffer::{Item, Position, Reader};
 use crate::config::BatchConfig;
@@ -419,6 +419,10 @@ impl Sink {
 
     /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).
     fn write(&mut self, tenant: &str, lines: &str) -> Written {
+        if lines.is_empty() {
+            // Records `erase` emptied: nothing to send.
+            return Written::Stored;
+        }
         let started = Instant::now();
         let answer = self.s.writer.write(tenant, lines);
         let (action, detail) = match &answer {
