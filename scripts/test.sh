@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 TARGET_M4=thumbv7em-none-eabihf
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started (minutes:seconds into the run): where the time goes.
+step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "toolchain: rustfmt, clippy, $TARGET_M4"
 rustup component add rustfmt clippy >/dev/null
@@ -20,9 +21,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
-# Real servers for the end-to-end tests, QEMU for the firmware image and lintian for the
-# package (Debian packages): installed when missing.
-packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm lintian)
+# Real servers for the end-to-end tests, QEMU for the firmware image, lintian for the
+# packages, the arm64 cross toolchain and qemu-user to run the arm64 binary (Debian
+# packages): installed when missing.
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm lintian
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,9 +57,22 @@ done
 step "firmware images for $TARGET_M4 (sizes against the budget; the QEMU test boots one)"
 scripts/build-images.sh
 
-step "Debian package (lintian; the install test installs it on this machine)"
-scripts/package.sh
-lintian --fail-on error,warning target/debian/vigie-gateway_*_amd64.deb
+step "Debian packages: amd64 (the install test installs it on this machine), arm64 (cross-built)"
+scripts/package.sh --arm64
+for arch in amd64 arm64; do
+    deb="$(ls target/debian/vigie-gateway_*_"$arch".deb)"
+    dpkg-deb --field "$deb" Architecture | grep -qx "$arch"
+    lintian --fail-on error,warning "$deb"
+done
+# The arm64 binary runs (under qemu-user): it enrols a device and passes its own check.
+arm64_root="$(mktemp -d)"
+dpkg-deb -x target/debian/vigie-gateway_*_arm64.deb "$arm64_root"
+arm64() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$arm64_root/usr/bin/vigie-gateway" "$@"; }
+printf '[gateway]\ndata_dir = "%s/data"\nregistry = "%s/devices.toml"\n' "$arm64_root" "$arm64_root" >"$arm64_root/gateway.toml"
+arm64 devices add --config "$arm64_root/gateway.toml" --tenant lyon --id aq-1 --kind air-quality \
+    --blob-out "$arm64_root/aq-1.vgp" >/dev/null
+arm64 check-config "$arm64_root/gateway.toml"
+rm -rf "$arm64_root"
 
 step "tests"
 cargo test --workspace
