@@ -114,6 +114,8 @@ pub struct Metrics {
     pub device_acks: Counter,
     /// `vigie_device_acks_waiting`.
     pub device_acks_waiting: Gauge,
+    /// `vigie_device_acks_superseded_total`.
+    pub device_acks_superseded: Counter,
 }
 
 impl Default for Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             mqtt_connects: Counter::default(),
             device_acks: Counter::default(),
             device_acks_waiting: Gauge::default(),
+            device_acks_superseded: Counter::default(),
         };
         let r = root.sub_registry_with_prefix("vigie");
         r.register(
@@ -214,7 +217,7 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             r.register(name, help, gauge.clone());
         }
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "messages_received",
                 "MQTT messages received on uplink and status topics.",
@@ -264,6 +267,13 @@ impl Metrics {
                 "device_acks",
                 "Acknowledgements published to devices (SPEC §12), one per device per commit.",
                 &m.device_acks,
+            ),
+            (
+                "device_acks_superseded",
+                "Waiting device acknowledgements replaced by a newer one of the same device \
+                 (the broker took them more slowly than the gateway committed); the device \
+                 resends what only the older one covered.",
+                &m.device_acks_superseded,
             ),
         ];
         for (name, help, counter) in counters {

@@ -1,9 +1,16 @@
 //! MQTT shell (rumqttc, MQTT 5): the only place that polls the event loop. It never
 //! awaits anything that needs the event loop to progress: received messages wait in a
-//! local queue (bounded by the broker's in-flight window, Receive Maximum) until the
-//! worker has room, and acknowledgements go out with `try_ack` as the pure
+//! local queue until the worker has room, and acknowledgements go out with `try_ack` as
+//! the pure
 //! [`AckFlow`] orders them (arrival order, never for an
 //! earlier connection, never dropped).
+//!
+//! The queue is bounded here, not by trusting the broker: at Receive Maximum messages the
+//! loop stops reading the socket, so TCP flow control keeps the rest at the broker until
+//! the worker catches up. (Draining a backlog, Mosquitto 2.0.11 was seen sending 9,000 to
+//! 16,000 unacknowledged messages with Receive Maximum 1,000; a queue that trusted it grew
+//! with the backlog, to ≈ 200 MiB at 2 million readings.) Acknowledgements wait in the
+//! client's request queue meanwhile and go out at the next poll.
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
 //! unacknowledged messages across gateway restarts and redelivers them.
@@ -13,6 +20,7 @@ use crate::health::Health;
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
 use crate::pure::ack_flow::AckFlow;
+use crate::pure::downlinks::Downlinks;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
@@ -29,6 +37,11 @@ use tokio_util::sync::CancellationToken;
 const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 /// Longest wait at shutdown for the acks of messages already handed to the worker.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Device acknowledgements in flight to the broker at most (it may allow fewer).
+const OUTGOING_INFLIGHT: u16 = 1000;
+/// Device acknowledgements that may wait for the broker before a device's older one gives
+/// way to its newer one ([`Downlinks`]).
+const DOWNLINKS: usize = 4096;
 
 /// Why the MQTT client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +89,9 @@ pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, S
             cfg.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
         ))
         .set_receive_maximum(Some(cfg.receive_maximum))
+        // Our own QoS 1 publishes in flight (device acknowledgements). Without a limit
+        // rumqttc sizes its table for 65,535 of them: 14 MB of the process's memory.
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_max_packet_size(Some(MAX_INCOMING_PACKET))
         .set_manual_acks(true);
     if let Some(user) = &cfg.username {
@@ -134,12 +150,12 @@ pub async fn run(
     health: Arc<Health>,
     stopping: CancellationToken,
 ) {
-    let cap = usize::from(options.receive_maximum().unwrap_or(1000)) + 64;
-    let (client, mut eventloop) = AsyncClient::new(options, cap);
+    let intake = usize::from(options.receive_maximum().unwrap_or(1000));
+    let (client, mut eventloop) = AsyncClient::new(options, intake + 64);
     let mut flow = AckFlow::default();
     let mut queue: VecDeque<Inbound> = VecDeque::new();
     // Device acknowledgements waiting for room in the client's request queue.
-    let mut downlinks: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+    let mut downlinks = Downlinks::new(DOWNLINKS);
     let mut backoff = Duration::from_millis(100);
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
@@ -152,13 +168,13 @@ pub async fn run(
             }
             flow.sent();
         }
-        while let Some((topic, payload)) = downlinks.pop_front() {
+        while let Some((topic, payload)) = downlinks.pop() {
             match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload.clone()) {
                 Ok(()) => {
                     metrics.device_acks.inc();
                 }
                 Err(_) => {
-                    downlinks.push_front((topic, payload));
+                    downlinks.unpop((topic, payload));
                     break;
                 }
             }
@@ -188,7 +204,11 @@ pub async fn run(
                 while let Some(message) = next.take() {
                     match message {
                         ToBroker::Ack(token) => flow.on_durable(token),
-                        ToBroker::Downlink { topic, payload } => downlinks.push_back((topic, payload)),
+                        ToBroker::Downlink { topic, payload } => {
+                            if downlinks.push(topic, payload) {
+                                metrics.device_acks_superseded.inc();
+                            }
+                        }
                     }
                     next = acks.try_recv().ok();
                 }
@@ -200,7 +220,8 @@ pub async fn run(
                     permit.send(Job::Message(m));
                 }
             }
-            event = eventloop.poll() => match event {
+            // Not while the queue is full (see the module note).
+            event = eventloop.poll(), if queue.len() < intake => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| flow.on_publish(p.pkid));
                     queue.push_back(Inbound {

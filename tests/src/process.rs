@@ -23,6 +23,8 @@ pub struct GatewaySettings {
     pub linger: Duration,
     /// Data directory (default: `data-<client id>` in the test directory).
     pub data_dir: Option<PathBuf>,
+    /// The database at `influx` is VictoriaMetrics (its InfluxDB-compatible `/write`).
+    pub victoria: bool,
 }
 
 impl GatewaySettings {
@@ -36,6 +38,7 @@ impl GatewaySettings {
             buffer_mib: (64, 8),
             linger: Duration::from_millis(200),
             data_dir: None,
+            victoria: false,
         }
     }
 }
@@ -73,6 +76,27 @@ pub fn binary() -> PathBuf {
     })
 }
 
+/// CPU seconds (user and system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime is the 14th, stime the 15th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Peak resident set size of process `pid`, MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Runs the gateway binary's command `args` to its end (never with `VIGIE_CONFIG` from
 /// the environment).
 pub fn cli(args: &[&str]) -> std::process::Output {
@@ -98,7 +122,13 @@ impl GatewayProcess {
         let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let database = match s.influx {
             Some(addr) => format!(
-                "[database]\napi = \"v1\"\nurl = \"http://{addr}\"\nprefix = \"vigie_\"\ntimeout = \"3s\"\n"
+                "[database]\napi = \"v1\"\nkind = \"{kind}\"\nurl = \"http://{addr}\"\n\
+                 prefix = \"vigie_\"\ntimeout = \"3s\"\n",
+                kind = if s.victoria {
+                    "victoriametrics"
+                } else {
+                    "influxdb"
+                }
             ),
             None => String::new(),
         };

@@ -5,6 +5,7 @@
 //! - [`reason`]: why a frame is rejected, as stable codes.
 //! - [`registry`]: the device registry as a checked model.
 //! - [`ack_flow`]: which MQTT acknowledgements may go out, in what order.
+//! - [`downlinks`]: device acknowledgements waiting for the broker, bounded.
 //! - [`batch`]: a batch of messages → the verdicts one-at-a-time delivery would give.
 //! - [`verify`]: topic + payload + registry + replay book → accept / duplicate / reject.
 //! - [`validate`]: time window and plausibility flags.
@@ -17,6 +18,7 @@
 
 pub mod ack_flow;
 pub mod batch;
+pub mod downlinks;
 pub mod erase;
 pub mod lineproto;
 pub mod reason;

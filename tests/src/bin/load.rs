@@ -22,7 +22,7 @@ use rumqttc::v5::{AsyncClient, MqttOptions};
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions, FleetSummary};
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::process::{GatewayProcess, GatewaySettings, cpu_seconds, peak_rss_mib};
 use vigie_tests::{influxdb, mosquitto, now_s, readback};
 
 /// How the run is sized.
@@ -66,25 +66,6 @@ fn full_speed(broker: SocketAddr, seconds: u64) -> FleetOptions {
         progress: false,
         ca: None,
     }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: utime is the 14th, stime the 15th.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
