@@ -53,7 +53,8 @@ pub struct DeviceState {
 /// Every device's state. Pure: no I/O, no clock.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceBook {
-    devices: BTreeMap<(String, String), DeviceState>,
+    /// By tenant, then device: looked up per frame with borrowed ids, no allocation.
+    devices: BTreeMap<String, BTreeMap<String, DeviceState>>,
 }
 
 /// The saved form.
@@ -79,13 +80,24 @@ pub struct Stored {
 
 impl DeviceBook {
     fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
-        self.devices
-            .entry((tenant.to_string(), device.to_string()))
-            .or_insert_with(|| DeviceState {
+        if !self.devices.contains_key(tenant) {
+            self.devices.insert(tenant.to_string(), BTreeMap::new());
+        }
+        let Some(devices) = self.devices.get_mut(tenant) else {
+            unreachable!("inserted above")
+        };
+        if !devices.contains_key(device) {
+            let state = DeviceState {
                 tenant: tenant.to_string(),
                 device: device.to_string(),
                 ..DeviceState::default()
-            })
+            };
+            devices.insert(device.to_string(), state);
+        }
+        let Some(state) = devices.get_mut(device) else {
+            unreachable!("inserted above")
+        };
+        state
     }
 
     /// A frame of the device was made durable at `now_ms`.
@@ -118,18 +130,18 @@ impl DeviceBook {
 
     /// One device.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&DeviceState> {
-        self.devices.get(&(tenant.to_string(), device.to_string()))
+        self.devices.get(tenant)?.get(device)
     }
 
     /// Every device, by tenant then id.
     pub fn iter(&self) -> impl Iterator<Item = &DeviceState> {
-        self.devices.values()
+        self.devices.values().flat_map(BTreeMap::values)
     }
 
     /// The saved (and served) JSON.
     pub fn to_json(&self) -> String {
         let saved = Saved {
-            devices: self.devices.values().cloned().collect(),
+            devices: self.iter().cloned().collect(),
         };
         serde_json::to_string_pretty(&saved).unwrap_or_default() + "\n"
     }
@@ -137,12 +149,12 @@ impl DeviceBook {
     /// Reads the JSON back.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         let saved: Saved = serde_json::from_str(text)?;
-        let devices = saved
-            .devices
-            .into_iter()
-            .map(|d| ((d.tenant.clone(), d.device.clone()), d))
-            .collect();
-        Ok(Self { devices })
+        let mut book = Self::default();
+        for d in saved.devices {
+            let (tenant, device) = (d.tenant.clone(), d.device.clone());
+            *book.entry(&tenant, &device) = d;
+        }
+        Ok(book)
     }
 }
 

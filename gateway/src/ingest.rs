@@ -26,6 +26,8 @@ use crate::pure::validate::TimeRules;
 use crate::pure::verify::{self, Context};
 use crate::quarantine::{self, Origin, Quarantine};
 use crate::registry::Registry;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,6 +159,9 @@ pub struct Worker {
     snapshot_failing: bool,
     /// Rate limit of the rejected-frame log lines.
     reject_log: LogBudget,
+    /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
+    /// an allocated label under a lock, per frame otherwise).
+    tenant_readings: HashMap<String, Counter>,
 }
 
 /// Log lines for rejected frames: at most [`LogBudget::LINES`] per [`LogBudget::WINDOW_MS`],
@@ -303,6 +308,7 @@ impl Worker {
             reserve,
             snapshot_failing: false,
             reject_log: LogBudget::default(),
+            tenant_readings: HashMap::new(),
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
@@ -619,10 +625,17 @@ impl Worker {
     fn account(&mut self, a: &verify::Accepted, gap: u32, now_ms: u64) {
         let r = &a.record;
         self.metrics.frames_accepted.inc();
-        self.metrics
-            .readings_accepted
-            .get_or_create(&TenantLabel::of(&r.tenant))
-            .inc_by(u64::from(r.readings));
+        if !self.tenant_readings.contains_key(&r.tenant) {
+            let counter = self
+                .metrics
+                .readings_accepted
+                .get_or_create(&TenantLabel::of(&r.tenant))
+                .clone();
+            self.tenant_readings.insert(r.tenant.clone(), counter);
+        }
+        if let Some(counter) = self.tenant_readings.get(&r.tenant) {
+            counter.inc_by(u64::from(r.readings));
+        }
         self.metrics.readings_flagged.inc_by(u64::from(a.flagged));
         let frame = Stored {
             last_time: a.last_time,

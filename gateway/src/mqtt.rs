@@ -6,11 +6,15 @@
 //! earlier connection, never dropped).
 //!
 //! The queue is bounded here, not by trusting the broker: at Receive Maximum messages the
-//! loop stops reading the socket, so TCP flow control keeps the rest at the broker until
-//! the worker catches up. (Draining a backlog, Mosquitto 2.0.11 was seen sending 9,000 to
-//! 16,000 unacknowledged messages with Receive Maximum 1,000; a queue that trusted it grew
-//! with the backlog, to ≈ 200 MiB at 2 million readings.) Acknowledgements wait in the
-//! client's request queue meanwhile and go out at the next poll.
+//! loop stops reading the socket while the worker is taking messages, so TCP flow control
+//! keeps the rest at the broker until the worker catches up. (Draining a backlog,
+//! Mosquitto 2.0.11 was seen sending 9,000 to 16,000 unacknowledged messages with Receive
+//! Maximum 1,000 while acknowledgements flowed; a queue that trusted it grew with the
+//! backlog, to ≈ 200 MiB at 2 million readings.) Acknowledgements wait in the client's
+//! request queue meanwhile and go out at the next poll. When the worker takes nothing for
+//! [`STALLED`] (a full disk or buffer), the loop polls again regardless: the connection
+//! must stay alive (keep-alive pings, the subscription's answer after a reconnect), and
+//! with no acknowledgement flowing the broker's own in-flight limit holds.
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
 //! unacknowledged messages across gateway restarts and redelivers them.
@@ -37,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 /// Longest wait at shutdown for the acks of messages already handed to the worker.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long the worker may take nothing before the loop reads the socket again with a
+/// full queue.
+const STALLED: Duration = Duration::from_millis(500);
 /// Device acknowledgements in flight to the broker at most (it may allow fewer).
 const OUTGOING_INFLIGHT: u16 = 1000;
 /// Device acknowledgements that may wait for the broker before a device's older one gives
@@ -158,6 +165,13 @@ pub async fn run(
     let mut downlinks = Downlinks::new(DOWNLINKS);
     let mut backoff = Duration::from_millis(100);
     let mut draining: Option<tokio::time::Instant> = None;
+    // When the worker last took a message from the queue.
+    let mut taken = tokio::time::Instant::now();
+    // Whether to read the socket: not while the queue is full and the worker is taking
+    // from it (see the module note).
+    let reading = |queue: &VecDeque<Inbound>, taken: tokio::time::Instant| {
+        queue.len() < intake || taken.elapsed() >= STALLED
+    };
     loop {
         while let Some(token) = flow.next_ack() {
             let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
@@ -218,10 +232,12 @@ pub async fn run(
                 if let Some(m) = queue.pop_front() {
                     flow.handed_over(m.ack);
                     permit.send(Job::Message(m));
+                    taken = tokio::time::Instant::now();
                 }
             }
-            // Not while the queue is full (see the module note).
-            event = eventloop.poll(), if queue.len() < intake => match event {
+            // Reading paused: wakes when the pause turns into a stall (then `poll` runs).
+            _ = tokio::time::sleep_until(taken + STALLED), if !reading(&queue, taken) => {}
+            event = eventloop.poll(), if reading(&queue, taken) => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let ack = (p.qos != QoS::AtMostOnce).then(|| flow.on_publish(p.pkid));
                     queue.push_back(Inbound {
