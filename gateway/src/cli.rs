@@ -640,8 +640,13 @@ pub fn erase(
     let verb = if yes { "erased" } else { "would erase" };
     let mut out = format!(
         "{verb} the readings of {whose}{when}:\n  buffer: {} readings\n  quarantine: {} \
-         entries\n  line-protocol files: {} lines\n  database: {}\n",
-        report.buffer_readings, report.quarantine_entries, report.file_lines, report.database
+         entries\n  line-protocol files: {} lines\n  device state (last seen, battery): {} \
+         devices\n  database: {}\n",
+        report.buffer_readings,
+        report.quarantine_entries,
+        report.file_lines,
+        report.device_states,
+        report.database
     );
     if report.progress_reset {
         out.push_str("  (the service writes its buffer again from the start at its next run; the database keeps each point once)\n");

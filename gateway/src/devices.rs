@@ -128,6 +128,25 @@ impl DeviceBook {
             .or_default() += 1;
     }
 
+    /// Forgets a tenant's devices, or one of them (`erase`); returns how many.
+    pub fn forget(&mut self, tenant: &str, device: Option<&str>) -> usize {
+        let Some(devices) = self.devices.get_mut(tenant) else {
+            return 0;
+        };
+        let before = devices.len();
+        match device {
+            Some(d) => {
+                devices.remove(d);
+            }
+            None => devices.clear(),
+        }
+        let gone = before - devices.len();
+        if devices.is_empty() {
+            self.devices.remove(tenant);
+        }
+        gone
+    }
+
     /// One device.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&DeviceState> {
         self.devices.get(tenant)?.get(device)
@@ -253,6 +272,24 @@ pub fn load_saved(data_dir: &Path) -> std::io::Result<DeviceBook> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erasure_forgets_one_device_or_a_whole_tenant() {
+        let mut book = DeviceBook::default();
+        for (t, d) in [("lyon", "a"), ("lyon", "b"), ("paris", "a")] {
+            book.status(t, d, true, 1);
+        }
+        assert_eq!(book.forget("lyon", Some("a")), 1);
+        assert_eq!(book.forget("lyon", Some("a")), 0);
+        assert!(book.get("lyon", "b").is_some() && book.get("paris", "a").is_some());
+        assert_eq!(book.forget("lyon", None), 1);
+        assert_eq!(book.forget("nowhere", None), 0);
+        let left: Vec<_> = book
+            .iter()
+            .map(|d| (d.tenant.as_str(), d.device.as_str()))
+            .collect();
+        assert_eq!(left, [("paris", "a")]);
+    }
 
     #[test]
     fn frames_status_and_rejections_add_up_and_survive_json() {

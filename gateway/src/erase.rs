@@ -155,6 +155,9 @@ pub struct Report {
     pub quarantine_entries: u64,
     /// Lines removed from the line-protocol files.
     pub file_lines: u64,
+    /// Devices whose saved state (last seen, battery) was forgotten: a whole device or
+    /// commune only, not with `--before`.
+    pub device_states: u64,
     /// What the database did.
     pub database: String,
     /// The sink's progress was reset (the buffer's records moved).
@@ -243,6 +246,21 @@ fn local(data: &Path, scope: &Scope, apply: bool) -> Result<Report, EraseError> 
     let export = data.join("export");
     report.file_lines = crate::sink::erase_files(&export, scope, apply)
         .map_err(io("line-protocol files", export))?;
+    if scope.before_s.is_none() {
+        let path = data.join(crate::devices::FILE_NAME);
+        match crate::devices::load_saved(data) {
+            Ok(mut book) => {
+                let gone = book.forget(&scope.tenant, scope.device.as_deref());
+                report.device_states = gone as u64;
+                if gone > 0 && apply {
+                    crate::fs::replace_for_group(&path, book.to_json().as_bytes(), 0o640, "vigie")
+                        .map_err(io("device state", path))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("device state", path)(e)),
+        }
+    }
     Ok(report)
 }
 
@@ -359,6 +377,7 @@ fn audit(data: &Path, scope: &Scope, report: &Report) -> Result<(), EraseError> 
         "buffer_readings": report.buffer_readings,
         "quarantine_entries": report.quarantine_entries,
         "file_lines": report.file_lines,
+        "device_states": report.device_states,
         "database": report.database,
     });
     let write = || -> std::io::Result<()> {

@@ -32,6 +32,22 @@ pub fn now_s() -> u32 {
     (gateway::now_ms() / 1000) as u32
 }
 
+/// A benchmark's command line: `--flag NUMBER` pairs, each flag one of `known`, in order.
+/// Panics with the known flags on anything else.
+pub fn number_flags(known: &[&'static str]) -> Vec<(&'static str, u64)> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    argv.chunks(2)
+        .map(|pair| {
+            let flag = known
+                .iter()
+                .find(|k| **k == pair[0])
+                .unwrap_or_else(|| panic!("unknown flag {} ({})", pair[0], known.join(", ")));
+            let value = pair.get(1).and_then(|v| v.parse().ok());
+            (*flag, value.unwrap_or_else(|| panic!("{flag} NUMBER")))
+        })
+        .collect()
+}
+
 /// Polls `done` every 50 ms until it holds, panicking with `what` after `limit`.
 pub async fn wait_for(what: &str, limit: std::time::Duration, mut done: impl AsyncFnMut() -> bool) {
     let until = std::time::Instant::now() + limit;

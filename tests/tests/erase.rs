@@ -193,8 +193,15 @@ async fn erasing_a_device_before_a_time_then_a_whole_device_leaves_nothing_of_th
     });
     scenario::all_stored(influx.addr, &expected, Duration::from_secs(60)).await;
 
-    // Then the whole of aq-2.
+    // Then the whole of aq-2, its saved state (last seen, battery) included.
     gw.terminate();
+    let saved = |d: &str| {
+        gateway::devices::load_saved(&data)
+            .unwrap()
+            .get("lyon", d)
+            .is_some()
+    };
+    assert!(saved("aq-2") && saved("aq-1"));
     let (ok, out) = erase(
         &gw.config,
         &["--tenant", "lyon", "--device", "aq-2", "--yes"],
@@ -202,6 +209,7 @@ async fn erasing_a_device_before_a_time_then_a_whole_device_leaves_nothing_of_th
     assert!(ok, "{out}");
     assert!(buffered(&data).iter().all(|(_, d, _)| d != "aq-2"));
     assert_eq!(quarantined(&data), ["vigie/v1/lyon/aq-1/up"]);
+    assert!(!saved("aq-2") && saved("aq-1"));
     assert!(
         influx_points(influx.addr)
             .await
@@ -219,11 +227,13 @@ async fn erasing_a_device_before_a_time_then_a_whole_device_leaves_nothing_of_th
         (
             &lines[1]["device"],
             &lines[1]["before"],
-            &lines[1]["quarantine_entries"]
+            &lines[1]["quarantine_entries"],
+            &lines[1]["device_states"]
         ),
         (
             &serde_json::json!("aq-2"),
             &serde_json::Value::Null,
+            &serde_json::json!(1),
             &serde_json::json!(1)
         )
     );

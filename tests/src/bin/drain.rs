@@ -39,17 +39,11 @@ fn args() -> Args {
         devices: 100,
         max_rss: 48.0,
     };
-    let argv: Vec<String> = std::env::args().collect();
-    for pair in argv[1..].chunks(2) {
-        let value = pair
-            .get(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .expect("--flag NUMBER");
-        match pair[0].as_str() {
+    for (flag, value) in vigie_tests::number_flags(&["--readings", "--devices", "--max-rss"]) {
+        match flag {
             "--readings" => a.readings = value.clamp(1_000, 10_000_000),
             "--devices" => a.devices = value.clamp(1, 1_000),
-            "--max-rss" => a.max_rss = value as f64,
-            other => panic!("unknown flag {other} (--readings, --devices, --max-rss)"),
+            _ => a.max_rss = value as f64,
         }
     }
     a

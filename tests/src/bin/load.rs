@@ -38,17 +38,11 @@ fn args() -> Args {
         seconds: 15,
         probes: 60,
     };
-    let argv: Vec<String> = std::env::args().collect();
-    for pair in argv[1..].chunks(2) {
-        let value = pair
-            .get(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .expect("--flag NUMBER");
-        match pair[0].as_str() {
+    for (flag, value) in vigie_tests::number_flags(&["--devices", "--seconds", "--probes"]) {
+        match flag {
             "--devices" => a.devices = value as usize,
             "--seconds" => a.seconds = value.min(120),
-            "--probes" => a.probes = value.min(1000) as u32,
-            other => panic!("unknown flag {other} (--devices, --seconds, --probes)"),
+            _ => a.probes = value.min(1000) as u32,
         }
     }
     a
