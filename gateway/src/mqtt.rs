@@ -12,7 +12,7 @@
 //! Maximum 1,000 while acknowledgements flowed; a queue that trusted it grew with the
 //! backlog, to ≈ 200 MiB at 2 million readings.) Acknowledgements wait in the client's
 //! request queue meanwhile and go out at the next poll. When the worker takes nothing for
-//! [`STALLED`] (a full disk or buffer), the loop polls again regardless: the connection
+//! half a second (a full disk or buffer), the loop polls again regardless: the connection
 //! must stay alive (keep-alive pings, the subscription's answer after a reconnect), and
 //! with no acknowledgement flowing the broker's own in-flight limit holds.
 //!
