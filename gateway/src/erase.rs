@@ -80,7 +80,7 @@ pub enum Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Files => write!(f, "no database configured"),
+            Target::Files => write!(f, "none configured (line-protocol files only)"),
             Target::InfluxQl {
                 database,
                 statement,
@@ -173,7 +173,10 @@ pub async fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, 
     let _lock = if apply { Some(lock(data)?) } else { None };
     let mut report = local(data, scope, apply)?;
     if !apply {
-        report.database = format!("would erase from {target}");
+        report.database = match target {
+            Target::Files => target.to_string(),
+            _ => format!("would erase from {target}"),
+        };
         return Ok(report);
     }
     let done = match config.database.as_ref() {
