@@ -22,10 +22,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # Real servers for the end-to-end tests, QEMU for the firmware image, lintian for the
-# packages, the arm64 cross toolchain and qemu-user to run the arm64 binary (Debian
-# packages): installed when missing.
+# packages, the arm64 cross toolchain and qemu-user to run the arm64 binary, Chromium and
+# its WebDriver for the status page (Debian packages): installed when missing.
 packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm lintian
-    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

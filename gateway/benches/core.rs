@@ -49,6 +49,8 @@ fn setup() -> (Registry, Vec<u8>, u64) {
         latitude: None,
         longitude: None,
         bin_depth_mm: None,
+        sample_interval_s: None,
+        heartbeat_s: None,
         broker_password_hash: None,
         revoked: false,
     };

@@ -546,6 +546,125 @@ fn kept(retention: Option<&str>) -> String {
     }
 }
 
+/// What `devices watch` saw.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Events printed.
+    pub events: usize,
+    /// Frames stored.
+    pub stored: usize,
+    /// Resent frames.
+    pub duplicates: usize,
+    /// Frames rejected.
+    pub rejected: usize,
+}
+
+impl Watched {
+    /// The closing line.
+    pub fn summary(&self, who: &str) -> String {
+        format!(
+            "watched {who}: {} frames stored, {} duplicates, {} rejected",
+            self.stored, self.duplicates, self.rejected
+        )
+    }
+}
+
+/// `devices watch`: prints each new frame of one device as the running service judges
+/// it, through `out`, until `count` frames, `timeout` or Ctrl-C.
+pub fn devices_watch(
+    config: &Config,
+    tenant: &str,
+    device: &str,
+    count: Option<usize>,
+    timeout: Option<Duration>,
+    out: &mut dyn FnMut(&str),
+) -> Result<Watched, String> {
+    let addr = config
+        .http
+        .listen
+        .ok_or("http.listen is off: the live feed comes from the running service's status port")?;
+    if let Ok(registry) = Registry::load(&config.gateway.registry)
+        && registry.get(tenant, device).is_none()
+    {
+        out(&format!(
+            "{tenant}/{device} is not in the registry: its frames will show as rejected (unknown_device)"
+        ));
+    }
+    let feed = |after: u64| async move {
+        let path = format!("/devices/{tenant}/{device}/frames?after={after}");
+        let text = request(addr, reqwest::Method::GET, &path, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("the service's answer: {e}"))
+    };
+    let started = std::time::Instant::now();
+    let mut seen = Watched::default();
+    block_on(async {
+        // From the newest event on: what arrives from now.
+        let mut after = feed(u64::MAX).await?["last_seq"].as_u64().unwrap_or(0);
+        out(&format!(
+            "watching {tenant}/{device}: waiting for frames (Ctrl-C to stop)"
+        ));
+        loop {
+            let page = feed(after).await?;
+            for e in page["events"].as_array().into_iter().flatten() {
+                after = after.max(e["seq"].as_u64().unwrap_or(0));
+                out(&watch_line(e));
+                seen.events += 1;
+                match e["verdict"].as_str() {
+                    Some("stored") => seen.stored += 1,
+                    Some("duplicate") => seen.duplicates += 1,
+                    Some("rejected") => seen.rejected += 1,
+                    _ => {}
+                }
+            }
+            if count.is_some_and(|n| seen.events >= n) {
+                return Ok(());
+            }
+            if let Some(t) = timeout.filter(|t| started.elapsed() >= *t) {
+                return Err(format!(
+                    "nothing more within {}s; {}",
+                    t.as_secs(),
+                    seen.summary(&format!("{tenant}/{device}"))
+                ));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })??;
+    Ok(seen)
+}
+
+/// One line of `devices watch`.
+fn watch_line(e: &serde_json::Value) -> String {
+    use chrono::{Local, TimeZone};
+    let at = Local
+        .timestamp_millis_opt(e["at_ms"].as_i64().unwrap_or(0))
+        .single()
+        .map_or_else(|| "?".into(), |t| t.format("%H:%M:%S").to_string());
+    let counter = e["counter"]
+        .as_u64()
+        .map_or_else(String::new, |c| format!(" frame {c}"));
+    match e["verdict"].as_str().unwrap_or("?") {
+        "stored" => match e["readings"].as_u64().unwrap_or(0) {
+            1 => format!("{at}{counter}: stored, 1 reading"),
+            n => format!("{at}{counter}: stored, {n} readings"),
+        },
+        "rejected" => {
+            let reason = e["reason"].as_str().unwrap_or("?");
+            format!(
+                "{at}: rejected ({reason}): {}",
+                crate::pure::reason::Reason::hint(reason)
+            )
+        }
+        "duplicate" => format!("{at}: duplicate of a stored frame (a resend), acknowledged again"),
+        other => format!("{at}: {other}"),
+    }
+}
+
 /// Runs `f` to completion on a runtime of its own (the CLI is synchronous).
 fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -702,28 +821,35 @@ fn service_request(
     path: &str,
     token: Option<&crate::config::Secret>,
 ) -> Result<String, ServiceError> {
+    block_on(request(addr, method, path, token)).map_err(ServiceError::Unreachable)?
+}
+
+/// One request to the running service.
+async fn request(
+    addr: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&crate::config::Secret>,
+) -> Result<String, ServiceError> {
     let unreachable = |e: &dyn std::fmt::Display| ServiceError::Unreachable(e.to_string());
-    block_on(async {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            // A replay re-judges the whole quarantine.
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| unreachable(&e))?;
-        let mut request = client.request(method, format!("http://{addr}{path}"));
-        if let Some(t) = token {
-            request = request.bearer_auth(t.expose());
-        }
-        let answer = request.send().await.map_err(|e| unreachable(&e))?;
-        let status = answer.status();
-        let body = answer.text().await.map_err(|e| unreachable(&e))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(ServiceError::Refused(format!("{status}: {}", body.trim())))
-        }
-    })
-    .map_err(ServiceError::Unreachable)?
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        // A replay re-judges the whole quarantine.
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| unreachable(&e))?;
+    let mut request = client.request(method, format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        request = request.bearer_auth(t.expose());
+    }
+    let answer = request.send().await.map_err(|e| unreachable(&e))?;
+    let status = answer.status();
+    let body = answer.text().await.map_err(|e| unreachable(&e))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(ServiceError::Refused(format!("{status}: {}", body.trim())))
+    }
 }
 
 #[cfg(test)]

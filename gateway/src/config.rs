@@ -359,6 +359,10 @@ pub struct HttpConfig {
     /// Bearer token for the state-changing endpoints (`POST /quarantine/replay`); unset
     /// turns them off. Also `VIGIE_ADMIN_TOKEN`.
     pub admin_token: Option<Secret>,
+    /// The citizens' read-only view (commune pages without device ids); unset disables.
+    pub public_listen: Option<SocketAddr>,
+    /// The communes the public view shows.
+    pub public_tenants: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -366,6 +370,8 @@ impl Default for HttpConfig {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9650))),
             admin_token: None,
+            public_listen: None,
+            public_tenants: Vec::new(),
         }
     }
 }
@@ -498,6 +504,21 @@ impl Config {
             return bad(
                 "http.admin_token: at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
             );
+        }
+        if self.http.public_listen.is_some() && self.http.public_tenants.is_empty() {
+            return bad(
+                "http.public_listen is set but http.public_tenants names no commune to show".into(),
+            );
+        }
+        if let Some(t) = self
+            .http
+            .public_tenants
+            .iter()
+            .find(|t| protocol::Id::new(t).is_err())
+        {
+            return bad(format!(
+                "http.public_tenants: {t:?} is not a tenant identifier"
+            ));
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad(

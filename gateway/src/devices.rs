@@ -8,6 +8,9 @@
 //! seen" survives a restart. It is a convenience view, not part of the delivery promise: a
 //! power cut may lose the last few seconds of it, never a reading.
 
+use crate::pure::condition::{self, Condition};
+use crate::pure::glance::{Glance, History};
+use crate::registry::{DeviceEntry, DeviceKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,54 @@ pub struct DeviceState {
     pub missing_frames: u64,
     /// Frames on its topics that were rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Latest values and the last day's hourly means (status page).
+    pub history: History,
+}
+
+/// A registered device as the status views list it: the registry entry without its key
+/// or broker password.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listing {
+    /// Tenant (served with the state's).
+    #[serde(skip)]
+    pub tenant: String,
+    /// Device id (served with the state's).
+    #[serde(skip)]
+    pub device: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Site name.
+    pub site: Option<String>,
+    /// Zone.
+    pub zone: Option<String>,
+    /// WGS84 latitude.
+    pub latitude: Option<f64>,
+    /// WGS84 longitude.
+    pub longitude: Option<f64>,
+    /// Sampling interval, s.
+    pub sample_interval_s: Option<u16>,
+    /// Heartbeat, s.
+    pub heartbeat_s: Option<u16>,
+    /// Key revoked.
+    pub revoked: bool,
+}
+
+impl Listing {
+    /// The listing of a registry entry.
+    pub fn of(e: &DeviceEntry) -> Self {
+        Self {
+            tenant: e.tenant.clone(),
+            device: e.id.clone(),
+            kind: e.kind,
+            site: e.site.clone(),
+            zone: e.zone.clone(),
+            latitude: e.latitude,
+            longitude: e.longitude,
+            sample_interval_s: e.sample_interval_s,
+            heartbeat_s: e.heartbeat_s,
+            revoked: e.revoked,
+        }
+    }
 }
 
 /// Every device's state. Pure: no I/O, no clock.
@@ -101,8 +152,16 @@ impl DeviceBook {
     }
 
     /// A frame of the device was made durable at `now_ms`.
-    pub fn stored(&mut self, tenant: &str, device: &str, frame: Stored, now_ms: u64) {
+    pub fn stored(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        frame: Stored,
+        glance: &Glance,
+        now_ms: u64,
+    ) {
         let d = self.entry(tenant, device);
+        d.history.merge(glance);
         d.frames += 1;
         d.readings += u64::from(frame.readings);
         d.missing_frames += u64::from(frame.gap);
@@ -177,9 +236,55 @@ impl DeviceBook {
     }
 }
 
+/// One device as `GET /devices` serves it: its state, its registry listing, the silence
+/// it is allowed and its condition.
+#[derive(Serialize)]
+struct Served<'a> {
+    #[serde(flatten)]
+    state: std::borrow::Cow<'a, DeviceState>,
+    #[serde(flatten)]
+    listing: &'a Listing,
+    due_s: u64,
+    condition: Condition,
+}
+
+/// `GET /devices`: every registered device (of `tenant` if given), never heard from or
+/// not, as JSON (`{"devices": [...]}`; schema in OPERATIONS.md, "Monitoring").
+pub fn served_json(
+    roster: &[Listing],
+    book: &DeviceBook,
+    now_ms: u64,
+    tenant: Option<&str>,
+) -> String {
+    let devices: Vec<Served> = roster
+        .iter()
+        .filter(|l| tenant.is_none_or(|t| t == l.tenant))
+        .map(|l| {
+            let state = book.get(&l.tenant, &l.device);
+            Served {
+                condition: condition::assess(l, state, now_ms),
+                due_s: condition::due_s(l),
+                state: match state {
+                    Some(s) => std::borrow::Cow::Borrowed(s),
+                    None => std::borrow::Cow::Owned(DeviceState {
+                        tenant: l.tenant.clone(),
+                        device: l.device.clone(),
+                        ..DeviceState::default()
+                    }),
+                },
+                listing: l,
+            }
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "devices": devices })).unwrap_or_default()
+        + "\n"
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     book: DeviceBook,
+    /// The registry's devices, as last loaded.
+    roster: Vec<Listing>,
     path: Option<PathBuf>,
     dirty: bool,
     saved_at: Option<Instant>,
@@ -224,6 +329,17 @@ impl Devices {
     /// Reads the state.
     pub fn read<R>(&self, f: impl FnOnce(&DeviceBook) -> R) -> R {
         f(&self.lock().book)
+    }
+
+    /// Sets the registered devices (at start and at each registry reload).
+    pub fn set_roster<'a>(&self, entries: impl IntoIterator<Item = &'a DeviceEntry>) {
+        self.lock().roster = entries.into_iter().map(Listing::of).collect();
+    }
+
+    /// Reads the registered devices and their state.
+    pub fn read_all<R>(&self, f: impl FnOnce(&[Listing], &DeviceBook) -> R) -> R {
+        let inner = self.lock();
+        f(&inner.roster, &inner.book)
     }
 
     /// A copy of the state.
@@ -301,10 +417,16 @@ mod tests {
             battery_mv: battery,
             dropped: None,
         };
-        book.stored("lyon", "aq-1", frame(1_000, 0, Some(3_700)), 5);
+        book.stored(
+            "lyon",
+            "aq-1",
+            frame(1_000, 0, Some(3_700)),
+            &Glance::default(),
+            5,
+        );
         // An older frame (a redelivery after a gap) never moves "last reading" back, and
         // a frame without a battery report keeps the last one.
-        book.stored("lyon", "aq-1", frame(900, 2, None), 6);
+        book.stored("lyon", "aq-1", frame(900, 2, None), &Glance::default(), 6);
         book.status("lyon", "aq-1", false, 7);
         book.rejected("lyon", "aq-1", "authentication");
         book.rejected("lyon", "aq-1", "authentication");

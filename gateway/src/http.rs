@@ -1,9 +1,14 @@
-//! Status endpoints (axum on hyper's HTTP/1.1 server): `GET /metrics`, `GET /healthz`,
-//! `GET /readyz`, `GET /devices`, `POST /quarantine/replay`, `POST /registry/reload`. It
-//! binds to loopback by default. Reading is open to whoever reaches the port; the
-//! state-changing endpoints need
-//! `Authorization: Bearer <http.admin_token>` (compared in constant time) and is off while
-//! no token is configured. Every request is bounded: its head within [`MAX_HEAD`] bytes
+//! Status endpoints (axum on hyper's HTTP/1.1 server): the status page (`GET /`,
+//! `/commune/<tenant>`, `/commune/<tenant>/<device>`, see [`crate::page`]),
+//! `GET /devices[?tenant=T]`, `GET /devices/<tenant>/<device>/frames?after=N` (the live
+//! feed `devices watch` reads), `GET /metrics`, `GET /healthz`, `GET /readyz`,
+//! `POST /quarantine/replay`, `POST /registry/reload`. It binds to loopback by default.
+//! Reading is open to whoever reaches the port; the state-changing endpoints need
+//! `Authorization: Bearer <http.admin_token>` (compared in constant time) and are off while
+//! no token is configured. The public view ([`public_router`], on `http.public_listen`)
+//! serves only the commune pages of `http.public_tenants`, without device ids.
+//!
+//! Every request is bounded: its head within [`MAX_HEAD`] bytes
 //! and [`MAX_HEADERS`] header lines (else 431), received within [`HEAD_TIMEOUT`] (else the
 //! connection is closed), no body beyond [`MAX_BODY`] bytes (else 413).
 
@@ -11,11 +16,12 @@ use crate::config::Secret;
 use crate::health::Health;
 use crate::ingest::Job;
 use crate::metrics::Metrics;
+use crate::page::{self, Lang, View};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -55,6 +61,10 @@ pub struct Service {
 /// The routes.
 pub fn router(service: Service) -> Router {
     Router::new()
+        .route("/", get(overview))
+        .route("/commune/:tenant", get(commune))
+        .route("/commune/:tenant/:device", get(device_page))
+        .route("/devices/:tenant/:device/frames", get(frames))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -67,9 +77,26 @@ pub fn router(service: Service) -> Router {
         .with_state(Arc::new(service))
 }
 
-/// Serves until shutdown.
-pub async fn serve(listener: TcpListener, service: Service, stopping: CancellationToken) {
-    let app = router(service);
+/// The public view's routes: the commune pages of `tenants`, nothing else.
+pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>) -> Router {
+    Router::new()
+        .route("/", get(public_index))
+        .route("/commune/:tenant", get(public_commune))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY as usize))
+        .with_state(Arc::new(Public { metrics, tenants }))
+}
+
+/// What the public view reads.
+#[derive(Debug)]
+struct Public {
+    metrics: Arc<Metrics>,
+    tenants: Vec<String>,
+}
+
+/// Serves `app` until shutdown.
+pub async fn serve(listener: TcpListener, app: Router, stopping: CancellationToken) {
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
@@ -142,11 +169,126 @@ async fn readyz(State(s): Shared) -> impl IntoResponse {
     (code, axum::Json(body))
 }
 
-async fn devices(State(s): Shared) -> impl IntoResponse {
+/// Query of the pages and of `/devices`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct PageQuery {
+    lang: Option<String>,
+    tenant: Option<String>,
+    after: Option<u64>,
+}
+
+async fn devices(State(s): Shared, Query(q): Query<PageQuery>) -> impl IntoResponse {
+    let now = crate::now_ms();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        s.metrics.devices.read(|book| book.to_json()),
+        s.metrics.devices.read_all(|roster, book| {
+            crate::devices::served_json(roster, book, now, q.tenant.as_deref())
+        }),
     )
+}
+
+/// Events of the live feed kept per request at most.
+const MAX_FRAMES: usize = 200;
+
+async fn frames(
+    State(s): Shared,
+    Path((tenant, device)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> impl IntoResponse {
+    let events = s
+        .metrics
+        .feed
+        .of(&tenant, &device, q.after.unwrap_or(0), MAX_FRAMES);
+    axum::Json(serde_json::json!({
+        "last_seq": s.metrics.feed.last_seq(),
+        "events": events,
+    }))
+}
+
+/// Renders a page of the view of the communes `shown` accepts, or 404.
+fn page(
+    metrics: &Metrics,
+    health: Option<&crate::health::Snapshot>,
+    lang: Option<&str>,
+    shown: impl Fn(&str) -> bool,
+    render: impl FnOnce(&View) -> Option<String>,
+) -> Response {
+    let now = crate::now_ms();
+    let html = metrics.devices.read_all(|roster, book| {
+        let mut v = View::new(roster, book, now, shown);
+        v.lang = Lang::from_query(lang);
+        v.health = health;
+        v.public = health.is_none();
+        render(&v)
+    });
+    match html {
+        Some(html) => Html(html).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Html("<!DOCTYPE html><title>404</title><p>not found</p>"),
+        )
+            .into_response(),
+    }
+}
+
+async fn overview(State(s): Shared, Query(q): Query<PageQuery>) -> Response {
+    let health = s.health.snapshot();
+    page(
+        &s.metrics,
+        Some(&health),
+        q.lang.as_deref(),
+        |_| true,
+        |v| Some(page::overview(v)),
+    )
+}
+
+async fn commune(
+    State(s): Shared,
+    Path(tenant): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let health = s.health.snapshot();
+    page(
+        &s.metrics,
+        Some(&health),
+        q.lang.as_deref(),
+        |_| true,
+        |v| page::commune(v, &tenant),
+    )
+}
+
+async fn device_page(
+    State(s): Shared,
+    Path((tenant, device)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let health = s.health.snapshot();
+    let events = s.metrics.feed.of(&tenant, &device, 0, 50);
+    page(
+        &s.metrics,
+        Some(&health),
+        q.lang.as_deref(),
+        |_| true,
+        |v| page::device(v, &tenant, &device, &events),
+    )
+}
+
+async fn public_index(State(p): State<Arc<Public>>, Query(q): Query<PageQuery>) -> Response {
+    let shown = |t: &str| p.tenants.iter().any(|x| x == t);
+    page(&p.metrics, None, q.lang.as_deref(), shown, |v| {
+        Some(page::overview(v))
+    })
+}
+
+async fn public_commune(
+    State(p): State<Arc<Public>>,
+    Path(tenant): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let shown = |t: &str| p.tenants.iter().any(|x| x == t);
+    page(&p.metrics, None, q.lang.as_deref(), shown, |v| {
+        page::commune(v, &tenant)
+    })
 }
 
 /// The state-changing endpoints' check: a configured token, given as a bearer token.

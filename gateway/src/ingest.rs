@@ -13,6 +13,7 @@
 
 use crate::buffer::{Buffer, BufferError, Recovered};
 use crate::devices::Stored;
+use crate::feed::{self, Verdict};
 use crate::fs::SharedFs;
 use crate::health::{Health, Store};
 use crate::metrics::{Metrics, ReasonLabel, TenantLabel, gauge};
@@ -102,6 +103,7 @@ pub enum Job {
 fn note_registry(metrics: &Metrics, registry: &Registry) {
     metrics.registry_devices.set(gauge(registry.len() as u64));
     metrics.know_tenants(registry.entries().iter().map(|e| e.tenant.as_str()));
+    metrics.devices.set_roster(registry.entries());
 }
 
 /// The quarantine of lines the databases refused: the sink adds, the worker replays.
@@ -379,6 +381,7 @@ impl Worker {
                 Outcome::Duplicate => {
                     summary.duplicates += 1;
                     self.metrics.frames_duplicate.inc();
+                    self.to_feed(m, Verdict::Duplicate, None);
                 }
                 Outcome::Reject(reason) => {
                     summary.rejected += 1;
@@ -389,6 +392,7 @@ impl Worker {
                             reason: reason.code(),
                         })
                         .inc();
+                    self.to_feed(m, Verdict::Rejected, Some(reason.code()));
                     // Counted on the device only if the topic names a registered one:
                     // anyone may publish on any name, and the state must stay bounded.
                     if let Ok(t) = protocol::topic::Topic::parse(&m.topic)
@@ -414,6 +418,12 @@ impl Worker {
                     self.metrics.devices.update(|b| {
                         b.status(tenant, device, *online, m.received_ms);
                     });
+                    let verdict = if *online {
+                        Verdict::Online
+                    } else {
+                        Verdict::Offline
+                    };
+                    self.to_feed(m, verdict, None);
                 }
             }
         }
@@ -646,7 +656,31 @@ impl Worker {
         };
         self.metrics
             .devices
-            .update(|b| b.stored(&r.tenant, &r.device, frame, now_ms));
+            .update(|b| b.stored(&r.tenant, &r.device, frame, &a.glance, now_ms));
+        self.metrics.feed.push(feed::New {
+            at_ms: now_ms,
+            tenant: &r.tenant,
+            device: &r.device,
+            verdict: Verdict::Stored,
+            reason: None,
+            counter: Some(r.counter),
+            readings: Some(r.readings),
+        });
+    }
+
+    /// Tells the live feed what became of a message whose topic names a device.
+    fn to_feed(&self, m: &Inbound, verdict: Verdict, reason: Option<&'static str>) {
+        if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
+            self.metrics.feed.push(feed::New {
+                at_ms: m.received_ms,
+                tenant: t.who.tenant.as_str(),
+                device: t.who.device.as_str(),
+                verdict,
+                reason,
+                counter: None,
+                readings: None,
+            });
+        }
     }
 
     /// Snapshots the replay book, then deletes delivered segments: the records they held

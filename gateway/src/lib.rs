@@ -26,12 +26,14 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod erase;
+pub mod feed;
 pub mod fs;
 pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod page;
 pub mod pki;
 pub mod pure;
 pub mod quarantine;
@@ -280,7 +282,7 @@ pub async fn run_with_metrics(
         let listener = http::bind(addr)
             .await
             .map_err(|source| RunError::Listen { addr, source })?;
-        tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+        tracing::info!(%addr, "status page on http://{addr}/, metrics on http://{addr}/metrics");
         let service = http::Service {
             metrics: metrics.clone(),
             health: health.clone(),
@@ -288,7 +290,19 @@ pub async fn run_with_metrics(
             reload: reload.clone(),
             admin_token: config.http.admin_token.clone(),
         };
-        tasks.spawn(http::serve(listener, service, stopping.clone()));
+        tasks.spawn(http::serve(
+            listener,
+            http::router(service),
+            stopping.clone(),
+        ));
+    }
+    if let Some(addr) = config.http.public_listen {
+        let listener = http::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })?;
+        tracing::info!(%addr, tenants = ?config.http.public_tenants, "public status view on http://{addr}/");
+        let app = http::public_router(metrics.clone(), config.http.public_tenants.clone());
+        tasks.spawn(http::serve(listener, app, stopping.clone()));
     }
     tasks.spawn(reload_on_sighup(reload, stopping.clone()));
     // Up: stores open, threads running, status port bound. (Connected or not: a broker

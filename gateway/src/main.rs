@@ -106,6 +106,21 @@ enum DevicesCommand {
         #[arg(long, env = "VIGIE_CONFIG")]
         config: PathBuf,
     },
+    /// Show each frame of one device as the running service judges it (stored, or
+    /// rejected and why): the field check after flashing a board.
+    Watch {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The device, as `tenant/device`, e.g. `lyon/aq-0001`.
+        device: String,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Give up after this many seconds (an error if --count was not reached).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Revoke a device: its frames are rejected from the next registry reload, its broker
     /// account is removed.
     Revoke(DeviceRef),
@@ -343,6 +358,23 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
         DevicesCommand::List { config } => load(&config)
             .and_then(|c| cli::devices_list(&c))
             .map(|s| println!("{s}")),
+        DevicesCommand::Watch {
+            config,
+            device,
+            count,
+            timeout,
+        } => {
+            let c = load(&config)?;
+            let (tenant, id) = device
+                .split_once('/')
+                .ok_or_else(|| format!("{device:?}: name the device as tenant/device"))?;
+            let timeout = timeout.map(std::time::Duration::from_secs);
+            let seen = cli::devices_watch(&c, tenant, id, count, timeout, &mut |line| {
+                println!("{line}")
+            })?;
+            println!("{}", seen.summary(&device));
+            Ok(())
+        }
         DevicesCommand::Revoke(d) => registry_change(&d.config, |c| {
             cli::devices_revoke(&c.gateway, &d.tenant, &d.id)
         }),

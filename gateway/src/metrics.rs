@@ -7,6 +7,7 @@
 //! standard `process_*` metrics come with them.
 
 use crate::devices::Devices;
+use crate::feed::Feed;
 use crate::pure::reason::Reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -62,6 +63,8 @@ pub struct Metrics {
     registry: Registry,
     /// Device state, rendered as per-device gauges.
     pub devices: Arc<Devices>,
+    /// The live feed of frames and verdicts (not rendered).
+    pub feed: Feed,
     /// `vigie_registry_devices`.
     pub registry_devices: Gauge,
     /// `vigie_messages_received_total`.
@@ -133,6 +136,7 @@ impl Metrics {
         let m = Self {
             registry: Registry::default(),
             devices: devices.clone(),
+            feed: Feed::default(),
             registry_devices: Gauge::default(),
             messages_received: Counter::default(),
             frames_accepted: Counter::default(),

@@ -122,6 +122,8 @@ pub fn enroll(
         latitude: e.latitude,
         longitude: e.longitude,
         bin_depth_mm: e.bin_depth_mm,
+        sample_interval_s: Some(e.sample_interval_s),
+        heartbeat_s: Some(e.heartbeat_s),
         broker_password_hash,
         revoked: false,
     };
@@ -395,6 +397,8 @@ mod tests {
             latitude: Some(45.757),
             longitude: Some(4.832),
             bin_depth_mm: None,
+            sample_interval_s: None,
+            heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,
         }

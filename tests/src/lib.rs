@@ -3,9 +3,11 @@
 //! PID when dropped (also when a test panics). Tests live in `tests/tests/`.
 //!
 //! The servers come from Debian's packages (`mosquitto`, `influxdb`, `victoria-metrics`),
-//! which `scripts/test.sh` installs when missing.
+//! which `scripts/test.sh` installs when missing, as it does Chromium and its WebDriver
+//! (`chromium`, `chromium-driver`) for the status page.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod fleet;
 pub mod process;
 pub mod qemu;

@@ -25,6 +25,9 @@ pub struct GatewaySettings {
     pub data_dir: Option<PathBuf>,
     /// The database at `influx` is VictoriaMetrics (its InfluxDB-compatible `/write`).
     pub victoria: bool,
+    /// The public status view's address and communes (`http.public_listen`,
+    /// `http.public_tenants`).
+    pub public: Option<(SocketAddr, Vec<String>)>,
 }
 
 impl GatewaySettings {
@@ -39,6 +42,7 @@ impl GatewaySettings {
             linger: Duration::from_millis(200),
             data_dir: None,
             victoria: false,
+            public: None,
         }
     }
 }
@@ -139,8 +143,14 @@ impl GatewayProcess {
              {database}\
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
-             [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n[log]\nlevel = \"info\"\n",
+             [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n{public}[log]\nlevel = \"info\"\n",
             token = ADMIN_TOKEN,
+            public = s
+                .public
+                .as_ref()
+                .map_or_else(String::new, |(addr, tenants)| format!(
+                    "public_listen = \"{addr}\"\npublic_tenants = {tenants:?}\n"
+                )),
             data = s
                 .data_dir
                 .clone()
@@ -180,6 +190,8 @@ impl GatewayProcess {
         let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(&self.config)
+            // Times on the status page in UTC, as the tests compute them.
+            .env("TZ", "UTC")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -113,7 +113,19 @@ async fn device_state_counts_what_was_stored_and_survives_a_restart() {
         !log.contains('\u{1b}'),
         "colour codes in a log that is not a terminal"
     );
-    assert!(before.get("lyon", &silent.id).is_none());
+    // The silent device is listed, with nothing heard, and red for it.
+    let quiet = before.get("lyon", &silent.id).unwrap();
+    assert_eq!((quiet.frames, quiet.last_frame_ms), (0, None));
+    let (_, served) = gw.get("/devices?tenant=lyon").unwrap();
+    let served: serde_json::Value = serde_json::from_str(&served).unwrap();
+    let quiet = served["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == silent.id.as_str())
+        .unwrap();
+    assert_eq!(quiet["condition"]["light"], "red");
+    assert_eq!(quiet["condition"]["reasons"][0]["reason"], "never_heard");
     // The same figures in /metrics, rendered from that state.
     let series = |name: &str, d: &fleet::Device| {
         gw.metric(&format!("{name}{{tenant=\"lyon\",device=\"{}\"}}", d.id))

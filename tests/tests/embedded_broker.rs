@@ -35,6 +35,8 @@ fn entry(tenant: &str, id: &str, kind: DeviceKind, key: [u8; 16]) -> DeviceEntry
         latitude: None,
         longitude: None,
         bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
+        sample_interval_s: None,
+        heartbeat_s: None,
         broker_password_hash: None,
         revoked: false,
     }

@@ -342,6 +342,17 @@ async fn the_package_installs_and_a_board_reading_reaches_the_database_as_the_do
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(stored().await.len(), kept, "{summary}\n{}", service_log());
+    // The status page the docs point to lists the board, heard from.
+    let page = reqwest::get(format!("http://{http}/commune/lyon"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"id="device-aq-0001""#) && !page.contains("jamais entendu"),
+        "{page}"
+    );
 
     // 7. Watchdog pings, then a stop as systemd does it.
     wait_for("WATCHDOG=1", Duration::from_secs(10), noted("WATCHDOG=1")).await;

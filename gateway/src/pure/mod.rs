@@ -15,11 +15,17 @@
 //! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
 //! - [`record`]: the buffer's record payload.
 //! - [`erase`]: which readings and quarantined frames an erasure covers.
+//! - [`condition`]: a device's colour and the reasons for it.
+//! - [`atmo`]: the ATMO index's PM sub-index bands.
+//! - [`glance`]: the latest values and hourly means the status page shows.
 
 pub mod ack_flow;
+pub mod atmo;
 pub mod batch;
+pub mod condition;
 pub mod downlinks;
 pub mod erase;
+pub mod glance;
 pub mod lineproto;
 pub mod reason;
 pub mod record;
@@ -62,6 +68,8 @@ pub(crate) mod fixtures {
             latitude: None,
             longitude: None,
             bin_depth_mm: None,
+            sample_interval_s: None,
+            heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,
         };

@@ -94,6 +94,33 @@ impl Reason {
         }
     }
 
+    /// What a technician does about a rejection with this code (`devices watch`).
+    pub fn hint(code: &str) -> &'static str {
+        match code {
+            "topic" => "not a device uplink topic: check the blob's tenant and id",
+            "unknown_device" => "not in the registry: enrol it with `devices add`",
+            "revoked" => "the device is revoked: re-key it with `devices rotate`",
+            "authentication" => {
+                "the tag does not verify: flash the device's current blob (wrong key or epoch) or check it publishes on its own topic"
+            }
+            "malformed" => {
+                "the frame cannot be decoded: firmware and gateway disagree on the format"
+            }
+            "kind_mismatch" => "a kind of reading the device is not registered for: check --kind",
+            "replay_too_old" => {
+                "counter below the replay window: a replay, or a frame held back too long"
+            }
+            "counter_reused" => {
+                "a counter already used with other content: the device lost its counter store"
+            }
+            "future_timestamp" => "a reading is in the future: the device's clock is wrong",
+            "stale_timestamp" => {
+                "a reading is older than validation.max_age: the device's clock is wrong or its queue very old"
+            }
+            _ => "",
+        }
+    }
+
     /// Code plus detail, for quarantine listings and logs.
     pub fn detail(&self) -> String {
         match self {

@@ -97,6 +97,12 @@ pub struct DeviceEntry {
     /// Bin depth, sensor to bottom (bins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_depth_mm: Option<u16>,
+    /// Sampling interval its blob sets, s: with the heartbeat, when a frame is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_interval_s: Option<u16>,
+    /// Longest quiet time its blob allows before it sends anyway, s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_s: Option<u16>,
     /// Hash of the device's broker password (Mosquitto's format); none for entries made
     /// before broker accounts: such a device has no account until `devices rotate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -90,6 +90,8 @@ mod tests {
             latitude: None,
             longitude: None,
             bin_depth_mm: Some(depth),
+            sample_interval_s: None,
+            heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,
         }

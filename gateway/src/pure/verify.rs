@@ -3,6 +3,7 @@
 //! doubtful values and encode line protocol. Pure: the registry, the replay book and the
 //! clock are passed in; nothing is changed here.
 
+use super::glance::Glance;
 use super::lineproto::{self, StringFields, Tags};
 use super::reason::Reason;
 use super::record::Record;
@@ -51,6 +52,8 @@ pub struct Accepted {
     pub battery_mv: Option<i64>,
     /// On-board queue drops since boot, if a status frame reports it.
     pub dropped: Option<i64>,
+    /// What the status page shows of it.
+    pub glance: Glance,
 }
 
 /// What a judgement depends on besides the message: the registry, the counters already
@@ -138,7 +141,9 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     };
     let mut lines = String::with_capacity(readings.len() * 160);
     let (mut flagged, mut battery_mv, mut dropped) = (0, None, None);
+    let mut glance = Glance::default();
     for r in &readings {
+        glance.add(r);
         let flags = validate::quality_flags(&r.values, &dev.entry);
         flagged += u32::from(!flags.is_empty());
         lineproto::encode(&mut lines, r, &tags, &flags, counter, strings);
@@ -167,6 +172,7 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         last_time,
         battery_mv,
         dropped,
+        glance,
     }))
 }
 
@@ -199,6 +205,8 @@ mod tests {
             latitude: None,
             longitude: None,
             bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
+            sample_interval_s: None,
+            heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,
         }

@@ -1,0 +1,154 @@
+//! Everything the status page says, in French and in English.
+
+use crate::pure::atmo::Band;
+use crate::pure::condition::{Light, Sensor, Why};
+
+/// The page's language: French by default, English on `?lang=en`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    /// Français.
+    #[default]
+    Fr,
+    /// English.
+    En,
+}
+
+impl Lang {
+    /// From the `lang` query parameter.
+    pub fn from_query(lang: Option<&str>) -> Self {
+        match lang {
+            Some("en") => Lang::En,
+            _ => Lang::Fr,
+        }
+    }
+
+    /// The HTML `lang` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Fr => "fr",
+            Lang::En => "en",
+        }
+    }
+
+    /// The other language: its code and its name in itself.
+    pub fn other(self) -> (&'static str, &'static str) {
+        match self {
+            Lang::Fr => ("en", "English"),
+            Lang::En => ("fr", "Français"),
+        }
+    }
+
+    /// The French or the English text.
+    pub fn pick(self, fr: &'static str, en: &'static str) -> &'static str {
+        match self {
+            Lang::Fr => fr,
+            Lang::En => en,
+        }
+    }
+
+    /// A number with `decimals` decimals, with a decimal comma in French.
+    pub fn number(self, v: f64, decimals: usize) -> String {
+        let s = format!("{v:.decimals$}");
+        match self {
+            Lang::Fr => s.replace('.', ","),
+            Lang::En => s,
+        }
+    }
+
+    /// A light in words.
+    pub fn light(self, light: Light) -> &'static str {
+        match light {
+            Light::Green => self.pick("en service", "working"),
+            Light::Amber => self.pick("à surveiller", "needs attention"),
+            Light::Red => self.pick("en panne ou muet", "down or silent"),
+        }
+    }
+
+    /// An ATMO band in words.
+    pub fn band(self, band: Band) -> &'static str {
+        match band {
+            Band::Good => self.pick("Bon", "Good"),
+            Band::Fair => self.pick("Moyen", "Fair"),
+            Band::Degraded => self.pick("Dégradé", "Degraded"),
+            Band::Poor => self.pick("Mauvais", "Poor"),
+            Band::VeryPoor => self.pick("Très mauvais", "Very poor"),
+            Band::ExtremelyPoor => self.pick("Extrêmement mauvais", "Extremely poor"),
+        }
+    }
+
+    /// What a technician does about a rejection (its reason code).
+    pub fn hint(self, code: &str) -> &'static str {
+        match self {
+            Lang::En => crate::pure::reason::Reason::hint(code),
+            Lang::Fr => match code {
+                "topic" => {
+                    "pas un sujet de remontée d'appareil : vérifier l'identifiant et la commune du blob"
+                }
+                "unknown_device" => "absent du registre : l'enregistrer avec `devices add`",
+                "revoked" => "appareil révoqué : lui donner une nouvelle clé avec `devices rotate`",
+                "authentication" => {
+                    "l'authentification échoue : flasher le blob actuel de l'appareil (mauvaise clé ou époque) ou vérifier qu'il publie sur son propre sujet"
+                }
+                "malformed" => {
+                    "trame illisible : micrologiciel et passerelle ne parlent pas le même format"
+                }
+                "kind_mismatch" => {
+                    "type de mesure non enregistré pour cet appareil : vérifier --kind"
+                }
+                "replay_too_old" => {
+                    "compteur sous la fenêtre : rejeu, ou trame retenue trop longtemps"
+                }
+                "counter_reused" => {
+                    "compteur déjà utilisé avec un autre contenu : l'appareil a perdu sa mémoire de compteur"
+                }
+                "future_timestamp" => "mesure datée du futur : l'horloge de l'appareil est fausse",
+                "stale_timestamp" => {
+                    "mesure plus ancienne que validation.max_age : horloge fausse ou file très ancienne"
+                }
+                _ => "",
+            },
+        }
+    }
+
+    /// A reason in words; `clock` puts a time into words.
+    pub fn why(self, why: &Why, clock: impl Fn(u64) -> String) -> String {
+        match why {
+            Why::NeverHeard => self.pick("jamais entendu", "never heard from").into(),
+            Why::Revoked => self.pick("clé révoquée", "key revoked").into(),
+            Why::Silent { since_ms, .. } => {
+                format!(
+                    "{} {}",
+                    self.pick("muet depuis", "silent since"),
+                    clock(*since_ms)
+                )
+            }
+            Why::Offline { since_ms } => format!(
+                "{} {}",
+                self.pick("hors ligne depuis", "offline since"),
+                clock(*since_ms)
+            ),
+            Why::FireSuspected => self.pick("suspicion d'incendie", "fire suspected").into(),
+            Why::Battery { mv } => format!(
+                "{} {} V",
+                self.pick("batterie", "battery"),
+                self.number(*mv as f64 / 1000.0, 1)
+            ),
+            Why::SensorFault { sensor } => match sensor {
+                Sensor::Pm => self.pick("capteur de particules en panne", "PM sensor fault"),
+                Sensor::Climate => self.pick("capteur climatique en panne", "climate sensor fault"),
+                Sensor::Distance => {
+                    self.pick("capteur de distance en panne", "distance sensor fault")
+                }
+                Sensor::Storage => self.pick("mémoire en panne", "storage fault"),
+                Sensor::Other => self.pick("capteur en panne", "sensor fault"),
+            }
+            .into(),
+            Why::BinFull { percent } => match self {
+                Lang::Fr => format!("bac plein à {percent} %"),
+                Lang::En => format!("bin {percent} % full"),
+            },
+            Why::Tilted => self.pick("bac renversé", "bin tilted").into(),
+            Why::LidOpen => self.pick("couvercle ouvert", "lid open").into(),
+        }
+    }
+}

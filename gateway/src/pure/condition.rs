@@ -1,0 +1,311 @@
+//! A device's condition at a glance: green, amber or red, with the reasons in a form the
+//! status page puts into words ("silent since 14:05", "battery 3.3 V", "PM sensor
+//! fault", "bin 85 % full"). Pure: the listing from the registry, the state from its
+//! traffic, and the time.
+//!
+//! Red: never heard from; silent longer than its heartbeat plus two sampling intervals
+//! (the registry's values, else [`DEFAULT_HEARTBEAT_S`] and [`DEFAULT_INTERVAL_S`]; a
+//! heartbeat of 0, "only on change", allows [`NO_HEARTBEAT_DUE_S`]); offline by its own
+//! status message with no frame since; fire suspected; revoked. Amber: battery below
+//! [`LOW_BATTERY_MV`]; a sensor fault (a faulted field in its latest reading, or an error
+//! flag in its latest status); a bin at or above [`BIN_FULL_PERCENT`], tilted or with
+//! its lid open. Green otherwise.
+
+use crate::devices::{DeviceState, Listing};
+use protocol::reading::{bin_flags, error_flags};
+use serde::Serialize;
+
+/// Battery voltage under which a device is amber, mV.
+pub const LOW_BATTERY_MV: i64 = 3_400;
+/// Fill level from which a bin is amber, %.
+pub const BIN_FULL_PERCENT: u8 = 80;
+/// Heartbeat assumed when the registry has none (the enrolment default), s.
+pub const DEFAULT_HEARTBEAT_S: u64 = 3_600;
+/// Sampling interval assumed when the registry has none (the enrolment default), s.
+pub const DEFAULT_INTERVAL_S: u64 = 300;
+/// Longest silence allowed to a device that only reports on change, s.
+pub const NO_HEARTBEAT_DUE_S: u64 = 24 * 3_600;
+
+/// The colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Light {
+    /// Working.
+    Green,
+    /// Working, needs attention.
+    Amber,
+    /// Not working, or revoked.
+    Red,
+}
+
+/// Which sensor failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensor {
+    /// Particulate matter.
+    Pm,
+    /// Temperature, humidity, pressure.
+    Climate,
+    /// Bin distance.
+    Distance,
+    /// Configuration or counter storage.
+    Storage,
+    /// Any other measured field (NO2, O3, CO2, noise).
+    Other,
+}
+
+/// One reason for a colour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Why {
+    /// Registered, no frame ever stored.
+    NeverHeard,
+    /// Its key was revoked.
+    Revoked,
+    /// No frame since `since_ms` (Unix ms), longer than the `due_s` it is allowed.
+    Silent {
+        /// Last frame stored.
+        since_ms: u64,
+        /// Allowed silence.
+        due_s: u64,
+    },
+    /// It said it went offline (its will, or a clean disconnect) at `since_ms`.
+    Offline {
+        /// When.
+        since_ms: u64,
+    },
+    /// The bin's temperature suggests a fire.
+    FireSuspected,
+    /// Low battery.
+    Battery {
+        /// Volts × 1000.
+        mv: i64,
+    },
+    /// A sensor failed.
+    SensorFault {
+        /// Which.
+        sensor: Sensor,
+    },
+    /// The bin is nearly full.
+    BinFull {
+        /// Fill level.
+        percent: u8,
+    },
+    /// The bin is tilted or knocked over.
+    Tilted,
+    /// The bin's lid is open.
+    LidOpen,
+}
+
+impl Why {
+    /// The colour this reason alone gives.
+    pub fn light(&self) -> Light {
+        match self {
+            Why::NeverHeard
+            | Why::Revoked
+            | Why::Silent { .. }
+            | Why::Offline { .. }
+            | Why::FireSuspected => Light::Red,
+            _ => Light::Amber,
+        }
+    }
+}
+
+/// A device's condition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Condition {
+    /// The worst colour of the reasons; green without any.
+    pub light: Light,
+    /// Worst first.
+    pub reasons: Vec<Why>,
+}
+
+/// The allowed silence of a listed device, s.
+pub fn due_s(listing: &Listing) -> u64 {
+    let interval = listing
+        .sample_interval_s
+        .map_or(DEFAULT_INTERVAL_S, u64::from);
+    match listing.heartbeat_s.map_or(DEFAULT_HEARTBEAT_S, u64::from) {
+        0 => NO_HEARTBEAT_DUE_S,
+        heartbeat => heartbeat + 2 * interval,
+    }
+}
+
+/// The condition of a device at `now_ms`.
+pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Condition {
+    let mut reasons = Vec::new();
+    if listing.revoked {
+        reasons.push(Why::Revoked);
+    }
+    match state.and_then(|s| s.last_frame_ms) {
+        None => reasons.push(Why::NeverHeard),
+        Some(last) => {
+            let due = due_s(listing);
+            if now_ms.saturating_sub(last) > due * 1000 {
+                reasons.push(Why::Silent {
+                    since_ms: last,
+                    due_s: due,
+                });
+            }
+        }
+    }
+    if let Some(s) = state {
+        if s.online == Some(false) && s.status_ms >= s.last_frame_ms {
+            reasons.push(Why::Offline {
+                since_ms: s.status_ms.unwrap_or_default(),
+            });
+        }
+        reasons.extend(readings(s));
+    }
+    reasons.sort_by_key(|w| std::cmp::Reverse(w.light()));
+    Condition {
+        light: reasons.iter().map(Why::light).max().unwrap_or(Light::Green),
+        reasons,
+    }
+}
+
+/// What the latest values say.
+fn readings(s: &DeviceState) -> Vec<Why> {
+    let latest = &s.history.latest;
+    let mut out = Vec::new();
+    let flags = latest.bin_flags.unwrap_or(0);
+    if flags & bin_flags::FIRE_SUSPECTED != 0 {
+        out.push(Why::FireSuspected);
+    }
+    if let Some(mv) = s.battery_mv.filter(|mv| *mv < LOW_BATTERY_MV) {
+        out.push(Why::Battery { mv });
+    }
+    let mut sensors: Vec<Sensor> = latest.faults.iter().map(|f| sensor_of(f)).collect();
+    let errors = latest.error_flags.unwrap_or(0);
+    for (bit, sensor) in [
+        (error_flags::PM_SENSOR, Sensor::Pm),
+        (error_flags::CLIMATE_SENSOR, Sensor::Climate),
+        (error_flags::DISTANCE_SENSOR, Sensor::Distance),
+        (error_flags::STORAGE, Sensor::Storage),
+    ] {
+        if errors & bit != 0 {
+            sensors.push(sensor);
+        }
+    }
+    let mut seen = Vec::new();
+    for sensor in sensors {
+        if !seen.contains(&sensor) {
+            seen.push(sensor);
+            out.push(Why::SensorFault { sensor });
+        }
+    }
+    if let Some(percent) = latest.fill_percent.filter(|p| *p >= BIN_FULL_PERCENT) {
+        out.push(Why::BinFull { percent });
+    }
+    if flags & bin_flags::TILTED != 0 {
+        out.push(Why::Tilted);
+    }
+    if flags & bin_flags::LID_OPEN != 0 {
+        out.push(Why::LidOpen);
+    }
+    out
+}
+
+/// The sensor behind a stored field name.
+fn sensor_of(field: &str) -> Sensor {
+    match field {
+        "pm1" | "pm25" | "pm10" => Sensor::Pm,
+        "temperature" | "relativeHumidity" | "atmosphericPressure" => Sensor::Climate,
+        "distance" | "fillingLevel" => Sensor::Distance,
+        _ => Sensor::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::DeviceKind;
+
+    fn listing() -> Listing {
+        Listing {
+            tenant: "lyon".into(),
+            device: "aq-1".into(),
+            kind: DeviceKind::AirQuality,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            sample_interval_s: Some(60),
+            heartbeat_s: Some(600),
+            revoked: false,
+        }
+    }
+
+    fn heard(at_ms: u64) -> DeviceState {
+        DeviceState {
+            last_frame_ms: Some(at_ms),
+            ..DeviceState::default()
+        }
+    }
+
+    #[test]
+    fn silence_turns_red_after_heartbeat_and_two_intervals() {
+        let l = listing();
+        assert_eq!(due_s(&l), 720);
+        let s = heard(1_000_000);
+        assert_eq!(
+            assess(&l, Some(&s), 1_000_000 + 720_000).light,
+            Light::Green
+        );
+        let c = assess(&l, Some(&s), 1_000_000 + 720_001);
+        assert_eq!(c.light, Light::Red);
+        assert_eq!(
+            c.reasons,
+            [Why::Silent {
+                since_ms: 1_000_000,
+                due_s: 720
+            }]
+        );
+        assert_eq!(assess(&l, None, 0).reasons, [Why::NeverHeard]);
+        let quiet = Listing {
+            heartbeat_s: Some(0),
+            ..listing()
+        };
+        assert_eq!(due_s(&quiet), NO_HEARTBEAT_DUE_S);
+    }
+
+    #[test]
+    fn offline_counts_until_the_next_frame() {
+        let l = listing();
+        let mut s = heard(1_000);
+        s.online = Some(false);
+        s.status_ms = Some(2_000);
+        assert_eq!(
+            assess(&l, Some(&s), 3_000).reasons,
+            [Why::Offline { since_ms: 2_000 }]
+        );
+        s.last_frame_ms = Some(2_500);
+        assert_eq!(assess(&l, Some(&s), 3_000).light, Light::Green);
+    }
+
+    #[test]
+    fn battery_faults_and_a_full_bin_are_amber_fire_is_red() {
+        let l = listing();
+        let mut s = heard(1_000);
+        s.battery_mv = Some(3_300);
+        s.history.latest.faults = vec!["pm25".into(), "pm10".into()];
+        s.history.latest.error_flags = Some(error_flags::PM_SENSOR | error_flags::STORAGE);
+        s.history.latest.fill_percent = Some(85);
+        let c = assess(&l, Some(&s), 2_000);
+        assert_eq!(c.light, Light::Amber);
+        assert_eq!(
+            c.reasons,
+            [
+                Why::Battery { mv: 3_300 },
+                Why::SensorFault { sensor: Sensor::Pm },
+                Why::SensorFault {
+                    sensor: Sensor::Storage
+                },
+                Why::BinFull { percent: 85 },
+            ]
+        );
+        s.history.latest.bin_flags = Some(bin_flags::FIRE_SUSPECTED);
+        let c = assess(&l, Some(&s), 2_000);
+        assert_eq!((c.light, &c.reasons[0]), (Light::Red, &Why::FireSuspected));
+    }
+}
