@@ -285,6 +285,8 @@ struct Inner {
     book: DeviceBook,
     /// The registry's devices, as last loaded.
     roster: Vec<Listing>,
+    /// Bumped at each load of the registry.
+    roster_version: u64,
     path: Option<PathBuf>,
     dirty: bool,
     saved_at: Option<Instant>,
@@ -333,7 +335,15 @@ impl Devices {
 
     /// Sets the registered devices (at start and at each registry reload).
     pub fn set_roster<'a>(&self, entries: impl IntoIterator<Item = &'a DeviceEntry>) {
-        self.lock().roster = entries.into_iter().map(Listing::of).collect();
+        let mut inner = self.lock();
+        inner.roster = entries.into_iter().map(Listing::of).collect();
+        inner.roster_version += 1;
+    }
+
+    /// The registered devices and how many registry loads they come from.
+    pub fn roster(&self) -> (u64, Vec<Listing>) {
+        let inner = self.lock();
+        (inner.roster_version, inner.roster.clone())
     }
 
     /// Reads the registered devices and their state.

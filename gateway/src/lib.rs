@@ -24,6 +24,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod device_info;
 pub mod devices;
 pub mod erase;
 pub mod feed;
@@ -228,15 +229,26 @@ pub async fn run_with_metrics(
     let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
 
     let runtime = tokio::runtime::Handle::current();
-    let writer: Box<dyn sink::LineWriter> = match &config.database {
-        None => {
-            tracing::info!(dir = %data.join("export").display(), "no database configured: writing line-protocol files");
-            Box::new(sink::FileWriter::new(fs.clone(), data.join("export")))
-        }
-        Some(db) if db.api == DatabaseApi::V1 => {
-            Box::new(sink::V1Writer::new(db.clone(), runtime.clone())?)
-        }
-        Some(db) => Box::new(sink::V2Writer::new(db.clone(), runtime.clone())?),
+    let make_writer = || -> Result<Box<dyn sink::LineWriter>, RunError> {
+        Ok(match &config.database {
+            None => Box::new(sink::FileWriter::new(fs.clone(), data.join("export"))),
+            Some(db) if db.api == DatabaseApi::V1 => {
+                Box::new(sink::V1Writer::new(db.clone(), runtime.clone())?)
+            }
+            Some(db) => Box::new(sink::V2Writer::new(db.clone(), runtime.clone())?),
+        })
+    };
+    if config.database.is_none() {
+        tracing::info!(dir = %data.join("export").display(), "no database configured: writing line-protocol files");
+    }
+    let writer = make_writer()?;
+    let info_stop = CancellationToken::new();
+    let info_thread = {
+        let (writer, devices, stop) = (make_writer()?, metrics.devices.clone(), info_stop.clone());
+        std::thread::Builder::new()
+            .name("device-info".into())
+            .spawn(move || device_info::run(writer, devices, stop))
+            .map_err(|e| RunError::Thread("device-info", e))?
     };
 
     let died = Death::default();
@@ -329,6 +341,8 @@ pub async fn run_with_metrics(
     sink_stop.cancel();
     wake_sink.interrupt();
     let _ = tokio::task::spawn_blocking(move || sink_thread.join()).await;
+    info_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || info_thread.join()).await;
     if let Some(which) = died.which.get() {
         return Err(RunError::Died(which));
     }

@@ -342,6 +342,9 @@ fn victoria_metrics_with(extra: &[String]) -> Server {
         format!("-storageDataPath={}/data", dir.path().display()),
         format!("-httpListenAddr={http}"),
         "-retentionPeriod=100y".to_string(),
+        // Queries see samples as soon as they are flushed (the default hides the last 30 s,
+        // for scrapes still arriving), so a test can query what it just wrote.
+        "-search.latencyOffset=1s".to_string(),
     ];
     args.extend_from_slice(extra);
     Server::spawn("victoria-metrics", "victoria-metrics", &args, dir, http)

@@ -211,8 +211,23 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert_eq!(reason("future_timestamp"), 1);
     assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
 
-    // Exactly the valid readings, once each, in the right tenant.
-    let lines = exported(&config.gateway.data_dir.join("export"));
+    // Exactly the valid readings, once each, in the right tenant; beside them, each
+    // registered device's metadata (`device_info`) in its own commune's files.
+    let (info, lines): (Vec<String>, Vec<String>) =
+        exported(&config.gateway.data_dir.join("export"))
+            .into_iter()
+            .partition(|l| l.contains(":device_info,"));
+    for who in [
+        "lyon:device_info,device=aq-1,kind=air_quality,tenant=lyon ",
+        "lyon:device_info,device=aq-rev,kind=air_quality,tenant=lyon ",
+        "villeurbanne:device_info,device=bin-1,kind=waste_bin,tenant=villeurbanne ",
+    ] {
+        assert_eq!(
+            info.iter().filter(|l| l.starts_with(who)).count(),
+            1,
+            "{info:#?}"
+        );
+    }
     assert_eq!(lines.len(), 30, "{lines:#?}");
     let unique: BTreeSet<_> = lines.iter().collect();
     assert_eq!(unique.len(), 30);

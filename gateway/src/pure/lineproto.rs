@@ -183,6 +183,55 @@ fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
     out.push_str(itoa::Buffer::new().format(frac));
 }
 
+/// Appends one `device_info` line (docs/SCHEMA.md): what the registry says of a device,
+/// at `time_ms`. Tags `device`, `kind`, `site`, `tenant`, `zone`; fields `latitude`,
+/// `longitude` (WGS84 degrees, when set), `sampleInterval`, `heartbeat` (s, integers, when
+/// known) and `revoked` (integer 0 or 1, so VictoriaMetrics keeps it too).
+pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) {
+    out.push_str("device_info");
+    let kind = match l.kind {
+        crate::registry::DeviceKind::AirQuality => "air_quality",
+        crate::registry::DeviceKind::WasteBin => "waste_bin",
+    };
+    let tags = [
+        ("device", Some(l.device.as_str())),
+        ("kind", Some(kind)),
+        ("site", l.site.as_deref()),
+        ("tenant", Some(l.tenant.as_str())),
+        ("zone", l.zone.as_deref()),
+    ];
+    for (key, value) in tags {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            out.push(',');
+            out.push_str(key);
+            out.push('=');
+            escape_tag(out, v);
+        }
+    }
+    let mut sep = ' ';
+    let degrees = |v: Option<f64>| v.filter(|v| v.is_finite()).map(|v| format!("{v}"));
+    let seconds = |v: Option<u16>| v.map(|v| format!("{v}i"));
+    let fields = [
+        ("heartbeat", seconds(l.heartbeat_s)),
+        ("latitude", degrees(l.latitude)),
+        ("longitude", degrees(l.longitude)),
+        ("revoked", Some(format!("{}i", u8::from(l.revoked)))),
+        ("sampleInterval", seconds(l.sample_interval_s)),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            out.push(sep);
+            sep = ',';
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&v);
+        }
+    }
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(time_ms));
+    out.push('\n');
+}
+
 /// Escapes a tag value: `,`, `=` and space get a backslash; control characters become `_`.
 fn escape_tag(out: &mut String, v: &str) {
     for c in v.chars() {
@@ -201,6 +250,29 @@ fn escape_tag(out: &mut String, v: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_info_carries_the_listing_escaped() {
+        let l = crate::devices::Listing {
+            tenant: "lyon".into(),
+            device: "bin-1".into(),
+            kind: crate::registry::DeviceKind::WasteBin,
+            site: Some("Place Bellecour, nord".into()),
+            zone: None,
+            latitude: Some(45.757),
+            longitude: Some(4.832),
+            sample_interval_s: Some(300),
+            heartbeat_s: None,
+            revoked: false,
+        };
+        let mut out = String::new();
+        device_info(&mut out, &l, 1_000);
+        assert_eq!(
+            out,
+            "device_info,device=bin-1,kind=waste_bin,site=Place\\ Bellecour\\,\\ nord,tenant=lyon \
+             latitude=45.757,longitude=4.832,revoked=0i,sampleInterval=300i 1000\n"
+        );
+    }
     use protocol::reading::bin_flags;
     use protocol::{AirQuality, DeviceStatus, Values, WasteBin};
 

@@ -1,0 +1,333 @@
+//! The Grafana dashboards under `deploy/grafana/dashboards/`: every panel's query, and
+//! every template variable's, run against real InfluxDB 1.x and VictoriaMetrics filled by
+//! a simulated fleet (the firmware's node code on simulated sensors, through Mosquitto
+//! and two gateway processes, one per database), each returning data. The gateway's own
+//! metrics reach VictoriaMetrics as a scrape would bring them (`/api/v1/import/prometheus`
+//! of its `/metrics`, twice, so rates have two samples).
+//!
+//! Grafana's macros are replaced as Grafana would for the last 24 hours: `$timeFilter` →
+//! `time > now() - 24h`, `$__interval` → `1h`, `$__rate_interval` → `5m`, `$tenant` →
+//! the commune; the datasource variables pick the database the panel is made for.
+#![allow(clippy::unwrap_used)]
+
+use gateway::registry::DeviceKind;
+use protocol::{AirQuality, Field, Reading, Values};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use vigie_sim::{Fleet, FleetOptions};
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::{influxdb, mosquitto, now_s, readback, victoria_metrics, wait_for};
+
+/// One query of a dashboard.
+#[derive(Debug)]
+struct Query {
+    panel: String,
+    /// `influxdb` or `prometheus`.
+    kind: String,
+    text: String,
+}
+
+/// Every panel target and query variable of a dashboard file.
+fn queries(file: &str) -> Vec<Query> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/dashboards")
+        .join(file);
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        let kind = p["datasource"]["type"].as_str().unwrap().to_string();
+        let targets = p["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty(),
+            "{file}: panel {} has no query",
+            p["title"]
+        );
+        for t in targets {
+            let text = t["query"].as_str().or(t["expr"].as_str()).unwrap();
+            out.push(Query {
+                panel: p["title"].as_str().unwrap().to_string(),
+                kind: kind.clone(),
+                text: text.to_string(),
+            });
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] == "query" {
+            out.push(Query {
+                panel: format!("variable {}", v["name"]),
+                kind: v["datasource"]["type"].as_str().unwrap().to_string(),
+                text: v["query"]["query"].as_str().unwrap().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The lines of every fenced code block, with its language; comment lines left out.
+fn code_lines(markdown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut lang: Option<String> = None;
+    for line in markdown.lines() {
+        match (line.strip_prefix("```"), &lang) {
+            (Some(l), None) => lang = Some(l.trim().to_string()),
+            (Some(_), Some(_)) => lang = None,
+            (None, Some(l)) => {
+                let t = line.trim();
+                if !t.is_empty() && !t.starts_with("--") && !t.starts_with('#') {
+                    out.push((l.clone(), t.to_string()));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn expand(q: &str, tenant: &str) -> String {
+    q.replace("$timeFilter", "time > now() - 24h")
+        .replace("$__rate_interval", "5m")
+        .replace("$__interval", "1h")
+        .replace("$tenant", tenant)
+}
+
+/// Runs a PromQL/MetricsQL query at now; its result series (or label values).
+async fn promql(vm: std::net::SocketAddr, q: &str) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let v: Value = if let Some(label) = q
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let (metric, label) = label.split_once(", ").unwrap();
+        client
+            .get(format!("http://{vm}/api/v1/label/{label}/values"))
+            .query(&[("match[]", metric)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    } else {
+        client
+            .get(format!("http://{vm}/api/v1/query"))
+            .query(&[("query", q)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    match &v["data"] {
+        Value::Array(values) => values.clone(),
+        data => data["result"].as_array().unwrap().clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let vm = victoria_metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet_devices = [
+        Device::new("lyon", "aq-0", DeviceKind::AirQuality),
+        Device::new("lyon", "aq-1", DeviceKind::AirQuality),
+        Device::new("lyon", "bin-0", DeviceKind::WasteBin),
+    ];
+    // A station whose frames are written by hand: a sensor fault and an implausible
+    // reading, which simulated sensors do not produce.
+    let lab = Device::new("lyon", "aq-lab", DeviceKind::AirQuality);
+    let entries = fleet_devices
+        .iter()
+        .chain([&lab])
+        .enumerate()
+        .map(|(i, d)| {
+            let mut e = d.entry();
+            e.site = Some(format!("Site {i}"));
+            e.latitude = Some(45.75 + i as f64 / 100.0);
+            e.longitude = Some(4.83 + i as f64 / 100.0);
+            e
+        })
+        .collect();
+    fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
+    let broker = mosquitto(dir.path());
+    let gw_influx = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings::new("gw-a", broker.addr, Some(influx.addr)),
+    );
+    let mut settings = GatewaySettings::new("gw-b", broker.addr, Some(vm.addr));
+    settings.victoria = true;
+    let gw_vm = GatewayProcess::start(dir.path(), &settings);
+
+    let provisioning = fleet_devices
+        .iter()
+        .map(|d| d.provisioning(broker.addr, 60, 600))
+        .collect();
+    let (_never, stop) = watch::channel(false);
+    let summary = Fleet::new(
+        provisioning,
+        FleetOptions {
+            broker: broker.addr,
+            accel: 120.0,
+            duration: Duration::from_secs(8),
+            status_every: 5,
+            outages: Vec::new(),
+            progress: false,
+            ca: None,
+        },
+    )
+    .run(stop)
+    .await;
+    assert!(summary.failed == 0 && summary.recorded > 0, "{summary}");
+    let now = now_s();
+    let lab_reading = |time, pm1, pm25| Reading {
+        time,
+        values: Values::AirQuality(AirQuality {
+            pm1: Field::Value(pm1),
+            pm25,
+            pm10: Field::Value(300),
+            ..AirQuality::default()
+        }),
+    };
+    fleet::publish_all(
+        broker.addr,
+        &[
+            (
+                lab.topic(),
+                lab.frame(&[lab_reading(now - 60, 100, Field::Fault)], 1),
+            ),
+            // PM1 above PM2.5: flagged `pm1_above_pm25`.
+            (
+                lab.topic(),
+                lab.frame(&[lab_reading(now - 30, 250, Field::Value(120))], 2),
+            ),
+        ],
+    )
+    .await;
+    let want = (summary.recorded - summary.dropped + 2) as f64;
+    for gw in [&gw_influx, &gw_vm] {
+        wait_for(
+            "every reading stored",
+            Duration::from_secs(60),
+            async || gw.metric("vigie_readings_stored_total").unwrap_or(0.0) >= want,
+        )
+        .await;
+    }
+    // The device metadata (`device_info`) is written by its own thread.
+    wait_for(
+        "device_info in InfluxDB",
+        Duration::from_secs(30),
+        async || {
+            let v = readback::influx_query(
+                influx.addr,
+                "vigie_lyon",
+                "SELECT count(\"revoked\") FROM device_info",
+            )
+            .await;
+            v["results"][0]["series"][0]["values"][0][1].as_u64() == Some(4)
+        },
+    )
+    .await;
+    // The gateway's metrics, scraped twice, 2 s apart (rates need two samples).
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let (_, text) = gw_influx.get("/metrics").unwrap();
+        let answer = client
+            .post(format!("http://{}/api/v1/import/prometheus", vm.addr))
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{}",
+            answer.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    client
+        .post(format!("http://{}/internal/force_flush", vm.addr))
+        .send()
+        .await
+        .unwrap();
+
+    let mut ran = 0;
+    for (file, expect) in [
+        ("vigie-influxdb.json", ["influxdb", "prometheus"].as_slice()),
+        ("vigie-victoriametrics.json", ["prometheus"].as_slice()),
+    ] {
+        let all = queries(file);
+        let kinds: std::collections::BTreeSet<&str> = all.iter().map(|q| q.kind.as_str()).collect();
+        assert_eq!(kinds.into_iter().collect::<Vec<_>>(), expect, "{file}");
+        for q in &all {
+            let text = expand(&q.text, "lyon");
+            match q.kind.as_str() {
+                "influxdb" => {
+                    let v = readback::influx_query(influx.addr, "vigie_lyon", &text).await;
+                    let series = v["results"][0]["series"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    assert!(
+                        !series.is_empty(),
+                        "{file}: {}: {text} returned no data: {v}",
+                        q.panel
+                    );
+                }
+                _ => {
+                    let result = promql(vm.addr, &text).await;
+                    assert!(
+                        !result.is_empty(),
+                        "{file}: {}: {text} returned no data",
+                        q.panel
+                    );
+                    if text.starts_with("label_values") {
+                        assert_eq!(result, [Value::from("lyon")]);
+                    }
+                }
+            }
+            ran += 1;
+        }
+    }
+    // The example queries of docs/SCHEMA.md (InfluxQL and PromQL; Flux needs InfluxDB 2).
+    let schema = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/SCHEMA.md"),
+    )
+    .unwrap();
+    let mut examples = 0;
+    for (lang, query) in code_lines(&schema) {
+        match lang.as_str() {
+            "sql" => {
+                let v = readback::influx_query(influx.addr, "vigie_lyon", &query).await;
+                let series = v["results"][0]["series"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                assert!(
+                    !series.is_empty(),
+                    "SCHEMA.md: {query} returned no data: {v}"
+                );
+            }
+            "promql" => {
+                assert!(
+                    !promql(vm.addr, &query).await.is_empty(),
+                    "SCHEMA.md: {query} returned no data"
+                );
+            }
+            _ => continue,
+        }
+        examples += 1;
+    }
+    assert!(
+        examples >= 10,
+        "{examples} example queries found in SCHEMA.md"
+    );
+    println!(
+        "dashboards: {ran} queries, each returned data; SCHEMA.md: {examples} example queries, each returned data"
+    );
+}
