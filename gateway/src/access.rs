@@ -13,7 +13,8 @@
 //!   only to its own uplink and status topics, subscribe to and receive only its own
 //!   acknowledgement topic;
 //! - each gateway account of the registry: may join a shared subscription of the uplink
-//!   topics, receive uplinks and publish acknowledgements; nothing else.
+//!   topics, receive uplinks, subscribe to and receive the devices' status topics, and
+//!   publish acknowledgements; nothing else.
 //!
 //! Everything else is refused: anonymous clients (`allow_anonymous false`), other topics,
 //! other subscriptions. Each account is bound to one client id, its username, so no
@@ -208,6 +209,8 @@ pub fn dynsec_config(registry: &Registry) -> Value {
         "acls": [
             acl("subscribePattern", "$share/+/vigie/v1/+/+/up"),
             acl("publishClientReceive", "vigie/v1/+/+/up"),
+            acl("subscribePattern", protocol::topic::STATUS_FILTER),
+            acl("publishClientReceive", protocol::topic::STATUS_FILTER),
             acl("publishClientSend", "vigie/v1/+/+/ack"),
         ],
     })];

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::pure::ack_flow::AckFlow;
 use crate::pure::downlinks::Downlinks;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use std::collections::VecDeque;
@@ -252,23 +252,33 @@ pub async fn run(
                     backoff = Duration::from_millis(100);
                     metrics.mqtt_connects.inc();
                     tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    // The uplinks (shared by the group) and every device's status (SPEC §7).
+                    let filters = [
+                        Filter::new(filter.clone(), QoS::AtLeastOnce),
+                        Filter::new(protocol::topic::STATUS_FILTER, QoS::AtLeastOnce),
+                    ];
+                    if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot subscribe");
                     }
                 }
                 // Ready only once the broker granted the subscription: a locked-down broker
                 // refuses it to an account without the gateway role.
-                Ok(Event::Incoming(Packet::SubAck(s))) => match s.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(_)) => {
+                Ok(Event::Incoming(Packet::SubAck(s))) => match s
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    None => {
                         metrics.mqtt_connected.set(1);
                         health.set_broker(Ok(()));
                         tracing::info!(%filter, "subscribed");
                     }
-                    refused => {
+                    Some(refused) => {
                         let why = format!(
-                            "the broker refused the subscription {filter} ({refused:?}): check \
+                            "the broker refused the subscription {filter} or {} ({refused:?}): check \
                              that mqtt.username is a gateway account (`gateways add`) and that \
-                             the broker was restarted since"
+                             the broker was restarted since",
+                            protocol::topic::STATUS_FILTER
                         );
                         tracing::error!("{why}");
                         health.set_broker(Err(Some(why)));

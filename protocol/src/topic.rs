@@ -17,6 +17,9 @@ pub const ROOT: &str = "vigie/v1";
 pub const STATUS_ONLINE: &[u8] = b"online";
 /// Status payload the broker publishes as the device's last will.
 pub const STATUS_OFFLINE: &[u8] = b"offline";
+/// Every device's status topic: a gateway subscribes to it on its own (not shared:
+/// retained messages reach no shared subscription, and every gateway shows every status).
+pub const STATUS_FILTER: &str = "vigie/v1/+/+/status";
 
 // The longest topic built here must fit the fixed-capacity string.
 const _: () =

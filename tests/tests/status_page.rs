@@ -143,6 +143,21 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
             .to_string()
     };
 
+    // Paris's station says it goes offline (its last will, as the broker would publish
+    // it): red, "hors ligne depuis".
+    fleet::publish_all(
+        broker.addr,
+        &[(
+            "vigie/v1/paris/aq-0/status".to_string(),
+            protocol::topic::STATUS_OFFLINE.to_vec(),
+        )],
+    )
+    .await;
+    wait_for("paris/aq-0 offline", Duration::from_secs(10), async || {
+        devices_json(&gw, "paris")["aq-0"]["condition"]["reasons"][0]["reason"] == "offline"
+    })
+    .await;
+
     // aq-1 falls silent: wait past its allowed silence.
     let last_ms = devices_json(&gw, "lyon")["aq-1"]["last_frame_ms"]
         .as_u64()
@@ -159,7 +174,8 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
     browser.goto(&format!("{gw_url}/")).await;
     let row = browser.text("#commune-lyon").await.unwrap();
     assert!(row.contains("lyon") && row.contains('3'), "{row}");
-    assert!(browser.text("#commune-paris").await.is_some());
+    let paris = browser.text("#commune-paris").await.unwrap();
+    assert!(paris.contains("1 en panne ou muet"), "{paris}");
     browser.screenshot(&out.join("overview.png")).await;
 
     browser.goto(&format!("{gw_url}/commune/lyon")).await;
