@@ -10,6 +10,7 @@
 
 use crate::pure::condition::{self, Condition};
 use crate::pure::glance::{Glance, History};
+use crate::pure::missing::{self, Gap};
 use crate::registry::{DeviceEntry, DeviceKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,8 +48,14 @@ pub struct DeviceState {
     pub frames: u64,
     /// Readings stored.
     pub readings: u64,
-    /// Frames it sent that never arrived (frame-counter gaps).
+    /// Frames it sent that never arrived (frame-counter gaps, [`crate::pure::missing`]).
     pub missing_frames: u64,
+    /// Counter jumps of the replay window's width or more (not counted as missing).
+    pub counter_jumps: u64,
+    /// Counters above the highest stored that arrived and were refused after their tag
+    /// verified: not missing when a stored frame passes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub arrived_ahead: Vec<u32>,
     /// Frames on its topics that were rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
     /// Latest values and the last day's hourly means (status page).
@@ -121,8 +128,10 @@ pub struct Stored {
     pub last_time: u32,
     /// Readings in it.
     pub readings: u32,
-    /// Frames missing before it.
-    pub gap: u32,
+    /// Its counter.
+    pub counter: u32,
+    /// What it says of missing counters.
+    pub gap: Gap,
     /// Battery voltage, mV.
     pub battery_mv: Option<i64>,
     /// Queue drops since boot.
@@ -164,11 +173,37 @@ impl DeviceBook {
         d.history.merge(glance);
         d.frames += 1;
         d.readings += u64::from(frame.readings);
-        d.missing_frames += u64::from(frame.gap);
+        match frame.gap {
+            Gap::Skipped { from, count } => {
+                let arrived = d
+                    .arrived_ahead
+                    .iter()
+                    .filter(|c| (from + 1..frame.counter).contains(*c))
+                    .count() as u64;
+                d.missing_frames += u64::from(count).saturating_sub(arrived);
+            }
+            Gap::Late => d.missing_frames = d.missing_frames.saturating_sub(1),
+            Gap::Jump => d.counter_jumps += 1,
+            Gap::None | Gap::Reboot => {}
+        }
+        d.arrived_ahead.retain(|c| *c > frame.counter);
         d.last_frame_ms = Some(now_ms);
         d.last_reading_s = d.last_reading_s.max(Some(u64::from(frame.last_time)));
         d.battery_mv = frame.battery_mv.or(d.battery_mv);
         d.dropped_readings = frame.dropped.or(d.dropped_readings);
+    }
+
+    /// A frame of the device with `counter` was refused after its tag verified (it
+    /// arrived: not missing); `highest` is the highest counter stored before it.
+    pub fn refused(&mut self, tenant: &str, device: &str, counter: u32, highest: Option<u32>) {
+        let d = self.entry(tenant, device);
+        match highest {
+            Some(h) if counter < h => d.missing_frames = d.missing_frames.saturating_sub(1),
+            _ if d.arrived_ahead.len() < missing::AHEAD && !d.arrived_ahead.contains(&counter) => {
+                d.arrived_ahead.push(counter);
+            }
+            _ => {}
+        }
     }
 
     /// The device published its status.
@@ -417,26 +452,32 @@ mod tests {
         assert_eq!(left, [("paris", "a")]);
     }
 
-    #[test]
-    fn frames_status_and_rejections_add_up_and_survive_json() {
-        let mut book = DeviceBook::default();
-        let frame = |t, gap, battery| Stored {
+    fn frame(t: u32, counter: u32, gap: Gap, battery: Option<i64>) -> Stored {
+        Stored {
             last_time: t,
             readings: 3,
+            counter,
             gap,
             battery_mv: battery,
             dropped: None,
-        };
+        }
+    }
+
+    #[test]
+    fn frames_status_and_rejections_add_up_and_survive_json() {
+        let mut book = DeviceBook::default();
+        let none = Glance::default();
         book.stored(
             "lyon",
             "aq-1",
-            frame(1_000, 0, Some(3_700)),
-            &Glance::default(),
+            frame(1_000, 1, Gap::None, Some(3_700)),
+            &none,
             5,
         );
         // An older frame (a redelivery after a gap) never moves "last reading" back, and
         // a frame without a battery report keeps the last one.
-        book.stored("lyon", "aq-1", frame(900, 2, None), &Glance::default(), 6);
+        let skipped = Gap::Skipped { from: 1, count: 2 };
+        book.stored("lyon", "aq-1", frame(900, 4, skipped, None), &none, 6);
         book.status("lyon", "aq-1", false, 7);
         book.rejected("lyon", "aq-1", "authentication");
         book.rejected("lyon", "aq-1", "authentication");
@@ -451,6 +492,35 @@ mod tests {
         );
         assert_eq!(d.rejected["authentication"], 2);
         assert_eq!(DeviceBook::from_json(&book.to_json()).unwrap(), book);
+    }
+
+    #[test]
+    fn missing_frames_leave_out_what_arrived_reboots_and_jumps() {
+        let mut book = DeviceBook::default();
+        let none = Glance::default();
+        let missing = |b: &DeviceBook| b.get("lyon", "aq-1").unwrap().missing_frames;
+        book.stored("lyon", "aq-1", frame(1, 10, Gap::None, None), &none, 1);
+        // 11 and 12 arrive but are refused (say, a wrong clock); 14 is stored: only 13 is
+        // missing.
+        book.refused("lyon", "aq-1", 11, Some(10));
+        book.refused("lyon", "aq-1", 12, Some(10));
+        let skip = Gap::Skipped { from: 10, count: 3 };
+        book.stored("lyon", "aq-1", frame(2, 14, skip, None), &none, 2);
+        assert_eq!(missing(&book), 1);
+        // 13 comes late: nothing missing.
+        book.stored("lyon", "aq-1", frame(3, 13, Gap::Late, None), &none, 3);
+        assert_eq!(missing(&book), 0);
+        // Skipped 15 and 16, then 15 refused late: one missing.
+        let skip = Gap::Skipped { from: 14, count: 2 };
+        book.stored("lyon", "aq-1", frame(4, 17, skip, None), &none, 4);
+        book.refused("lyon", "aq-1", 15, Some(17));
+        assert_eq!(missing(&book), 1);
+        // A reboot and a jump count nothing; the jump is counted apart.
+        book.stored("lyon", "aq-1", frame(5, 64, Gap::Reboot, None), &none, 5);
+        book.stored("lyon", "aq-1", frame(6, 99_999, Gap::Jump, None), &none, 6);
+        let d = book.get("lyon", "aq-1").unwrap();
+        assert_eq!((d.missing_frames, d.counter_jumps), (1, 1));
+        assert!(d.arrived_ahead.is_empty());
     }
 
     #[test]

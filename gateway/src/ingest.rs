@@ -19,6 +19,7 @@ use crate::health::{Health, Store};
 use crate::metrics::{Metrics, ReasonLabel, TenantLabel, gauge};
 use crate::pure::batch::{self, Outcome};
 use crate::pure::lineproto::StringFields;
+use crate::pure::missing::Gap;
 use crate::pure::reason::Reason;
 use crate::pure::record::Record;
 use crate::pure::replay_book::ReplayBook;
@@ -397,11 +398,23 @@ impl Worker {
                     // anyone may publish on any name, and the state must stay bounded.
                     if let Ok(t) = protocol::topic::Topic::parse(&m.topic)
                         && let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str())
-                        && self.registry.get(tenant, device).is_some()
+                        && let Some(dev) = self.registry.get(tenant, device)
                     {
-                        self.metrics
-                            .devices
-                            .update(|b| b.rejected(tenant, device, reason.code()));
+                        // A frame whose tag verified arrived: its counter is not missing.
+                        let arrived = reason
+                            .after_authentication()
+                            .then(|| protocol::peek(&m.payload).ok())
+                            .flatten()
+                            .filter(|_| {
+                                !matches!(reason, Reason::CounterReused | Reason::ReplayTooOld)
+                            });
+                        let highest = self.book.highest(tenant, device, dev.key.epoch());
+                        self.metrics.devices.update(|b| {
+                            b.rejected(tenant, device, reason.code());
+                            if let Some(h) = arrived {
+                                b.refused(tenant, device, h.counter, highest);
+                            }
+                        });
                     }
                     self.quarantine.add(&quarantine::Entry::rejected(
                         m.received_ms,
@@ -632,7 +645,7 @@ impl Worker {
     }
 
     /// Metrics and device state for a durable frame.
-    fn account(&mut self, a: &verify::Accepted, gap: u32, now_ms: u64) {
+    fn account(&mut self, a: &verify::Accepted, gap: Gap, now_ms: u64) {
         let r = &a.record;
         self.metrics.frames_accepted.inc();
         if !self.tenant_readings.contains_key(&r.tenant) {
@@ -650,6 +663,7 @@ impl Worker {
         let frame = Stored {
             last_time: a.last_time,
             readings: r.readings,
+            counter: r.counter,
             gap,
             battery_mv: a.battery_mv,
             dropped: a.dropped,

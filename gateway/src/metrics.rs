@@ -425,16 +425,18 @@ impl Collector for DeviceGauges {
                 "Retained status of the device (1 online, 0 offline).",
                 &|d| d.online.map(|o| if o { 1.0 } else { 0.0 }),
             )?;
-            let example = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(
+            gauge(
+                &mut encoder,
                 "device_missing_frames",
-                "Frame-counter gaps: frames a device sent that never arrived.",
-                None,
-                example.metric_type(),
+                "Frames the device sent that never arrived (counter gaps, less reboots' skipped reservations and frames that arrived late or were refused).",
+                &|d| Some(d.missing_frames as f64),
             )?;
-            for d in book.iter() {
-                ConstCounter::new(d.missing_frames).encode(family.encode_family(&labels(d))?)?;
-            }
+            gauge(
+                &mut encoder,
+                "device_counter_jumps",
+                "Counter jumps of 2048 or more (not counted as missing frames).",
+                &|d| Some(d.counter_jumps as f64),
+            )?;
             Ok(())
         })
     }
@@ -532,7 +534,7 @@ mod tests {
             "vigie_write_duration_seconds_bucket{le=\"0.01\"} 0\n",
             "# TYPE vigie_batch_lines histogram\n",
             "vigie_device_online{tenant=\"lyon\",device=\"aq-1\"} 1",
-            "vigie_device_missing_frames_total{tenant=\"lyon\",device=\"aq-1\"} 0\n",
+            "vigie_device_missing_frames{tenant=\"lyon\",device=\"aq-1\"} 0.0\n",
             "vigie_build_info{version=\"",
             "process_resident_memory_bytes ",
         ] {

@@ -136,7 +136,7 @@ async fn device_state_counts_what_was_stored_and_survives_a_restart() {
         f64::from(status_time)
     );
     assert_eq!(
-        series("vigie_device_missing_frames_total", aq0),
+        series("vigie_device_missing_frames", aq0),
         f64::from(skipped)
     );
     assert_eq!(

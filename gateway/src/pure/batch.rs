@@ -4,6 +4,7 @@
 //! ingest worker turns the plan into I/O: records to append, entries to quarantine,
 //! acknowledgements; then, once durable, it applies the accepted frames to the book.
 
+use super::missing::Gap;
 use super::reason::Reason;
 use super::replay_book::ReplayBook;
 use super::verify::{self, Accepted, Context, Verdict};
@@ -79,11 +80,12 @@ pub fn judge<'m>(
     plan
 }
 
-/// Applies a durable plan's accepted frames to the book; returns each frame's counter gap.
+/// Applies a durable plan's accepted frames to the book; returns what each says of
+/// missing counters.
 pub fn apply<'a>(
     book: &mut ReplayBook,
     accepted: impl IntoIterator<Item = &'a Accepted>,
-) -> Vec<u32> {
+) -> Vec<Gap> {
     accepted
         .into_iter()
         .map(|a| {

@@ -10,6 +10,7 @@
 //! - [`verify`]: topic + payload + registry + replay book → accept / duplicate / reject.
 //! - [`validate`]: time window and plausibility flags.
 //! - [`lineproto`]: readings → InfluxDB line protocol.
+//! - [`missing`]: which skipped counters count as missing frames.
 //! - [`replay_book`]: replay windows of every device, persisted as a snapshot.
 //! - [`retry`]: database answer → what to do, and backoff.
 //! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
@@ -27,6 +28,7 @@ pub mod downlinks;
 pub mod erase;
 pub mod glance;
 pub mod lineproto;
+pub mod missing;
 pub mod reason;
 pub mod record;
 pub mod registry;

@@ -16,6 +16,7 @@
 //! u32 epoch, window, u8 n, n × (u32 counter, 8-byte tag)`, then CRC-32 of everything
 //! before. `"VGR1"` snapshots (no tags) still load.
 
+use super::missing::{self, Gap};
 use protocol::{Freshness, ReplayWindow};
 use std::collections::HashMap;
 
@@ -111,17 +112,17 @@ impl Slot {
         }
     }
 
-    /// Records a durable counter; returns the counters skipped since the highest.
-    fn accept(&mut self, epoch: u32, counter: u32, tag: Option<Tag>) -> u32 {
+    /// Records a durable counter; returns what it says of missing counters.
+    fn accept(&mut self, epoch: u32, counter: u32, tag: Option<Tag>) -> Gap {
         if self.epoch < epoch {
             *self = Self::new(epoch);
         }
         if self.epoch > epoch {
-            return 0;
+            return Gap::None;
         }
-        let gap = match self.window.highest() {
-            Some(h) if counter > h => counter - h - 1,
-            _ => 0,
+        let gap = match self.window.check(counter) {
+            Freshness::Fresh => missing::gap(self.window.highest(), counter),
+            _ => Gap::None,
         };
         self.window.accept(counter);
         if let Some(tag) = tag {
@@ -166,8 +167,8 @@ impl ReplayBook {
         self.windows.get(tenant).and_then(|d| d.get(device))
     }
 
-    /// Records a durable counter (with its frame's tag when known). Returns how many
-    /// counters were skipped between the previous highest and this one.
+    /// Records a durable counter (with its frame's tag when known). Returns what it says
+    /// of missing counters.
     pub fn accept(
         &mut self,
         tenant: &str,
@@ -175,7 +176,7 @@ impl ReplayBook {
         epoch: u32,
         counter: u32,
         tag: Option<Tag>,
-    ) -> u32 {
+    ) -> Gap {
         let devices = match self.windows.get_mut(tenant) {
             Some(d) => d,
             None => self.windows.entry(tenant.to_string()).or_default(),
@@ -187,6 +188,13 @@ impl ReplayBook {
                 .or_insert_with(|| Slot::new(epoch)),
         };
         slot.accept(epoch, counter, tag)
+    }
+
+    /// The highest counter accepted of `tenant`/`device` under key `epoch`.
+    pub fn highest(&self, tenant: &str, device: &str, epoch: u32) -> Option<u32> {
+        self.slot(tenant, device)
+            .filter(|s| s.epoch == epoch)
+            .and_then(|s| s.window.highest())
     }
 
     /// Whether `counter` of `tenant`/`device` under key `epoch` is held durably (inside
@@ -347,8 +355,19 @@ mod tests {
     #[test]
     fn epochs_gaps_and_snapshot() {
         let mut b = ReplayBook::default();
-        assert_eq!(b.accept("t", "d", 1, 10, Some(T1)), 0);
-        assert_eq!(b.accept("t", "d", 1, 14, Some(T2)), 3, "11, 12, 13 missing");
+        assert_eq!(b.accept("t", "d", 1, 10, Some(T1)), Gap::None);
+        assert_eq!(
+            b.accept("t", "d", 1, 14, Some(T2)),
+            Gap::Skipped { from: 10, count: 3 },
+            "11, 12, 13 missing"
+        );
+        assert_eq!(b.highest("t", "d", 1), Some(14));
+        assert_eq!(b.accept("t", "d", 1, 11, None), Gap::Late);
+        assert_eq!(
+            b.accept("t", "d", 1, 11, None),
+            Gap::None,
+            "a duplicate fills nothing"
+        );
         assert_eq!(b.seen("t", "d", 1, 14, &T2), Seen::Duplicate);
         assert_eq!(b.seen("t", "d", 1, 14, &T1), Seen::Reused);
         assert_eq!(b.seen("t", "d", 1, 12, &T1), Seen::Fresh);
