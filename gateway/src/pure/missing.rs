@@ -50,7 +50,7 @@ pub fn gap(highest: Option<u32>, counter: u32) -> Gap {
         Gap::None
     } else if skipped >= WINDOW {
         Gap::Jump
-    } else if counter % RESERVATION == 0 && skipped < RESERVATION {
+    } else if counter.is_multiple_of(RESERVATION) && skipped < RESERVATION {
         Gap::Reboot
     } else {
         Gap::Skipped {
