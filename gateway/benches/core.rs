@@ -90,6 +90,7 @@ fn per_reading(c: &mut Criterion) {
         rules: &rules,
         strings: StringFields::Fields,
         now_s: now,
+        recovering: false,
     };
     assert!(matches!(assess(topic, &frame, &cx), Verdict::Accept(_)));
     let mut g = c.benchmark_group("per_reading");
@@ -152,6 +153,7 @@ fn batch_overlay(_: &mut Criterion) {
         rules: &rules,
         strings: StringFields::Fields,
         now_s: now,
+        recovering: false,
     };
     let topic = "vigie/v1/lyon/aq-0001/up";
     let time = |f: &dyn Fn()| ns_per(20, frames.len(), f);
@@ -161,7 +163,7 @@ fn batch_overlay(_: &mut Criterion) {
         }
     });
     let batched = time(&|| {
-        let plan = batch::judge(frames.iter().map(|f| (topic, f.as_slice())), &cx);
+        let plan = batch::judge(frames.iter().map(|f| (topic, f.as_slice(), false)), &cx);
         assert_eq!(plan.accepted.len(), frames.len());
         black_box(plan);
     });

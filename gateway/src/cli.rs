@@ -157,8 +157,17 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
                 g.registry.display()
             ));
         }
-        // A re-keying: new key, next epoch, counter may restart.
-        let epoch = existing.map_or(1, |dev| dev.entry.epoch.saturating_add(1));
+        // A re-keying: new key, next epoch, counter may restart (SPEC §13.8: the first
+        // epoch is 1; 2³²−1 is the last).
+        let epoch = match existing {
+            None => 1,
+            Some(dev) => dev.entry.epoch.checked_add(1).ok_or_else(|| {
+                format!(
+                    "{}/{} is at the last key epoch (2^32-1): remove it and add it under a new id",
+                    d.tenant, d.id
+                )
+            })?,
+        };
         let mut key = [0u8; 16];
         getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
         let password = access::new_password()
@@ -168,6 +177,8 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
             EnrolError::Tenant(..) => format!("--tenant: {e}"),
             EnrolError::Id(..) => format!("--id: {e}"),
             EnrolError::Host(..) => format!("--broker-host: {e}"),
+            EnrolError::Interval => format!("--sample-interval: {e}"),
+            EnrolError::BinDepth => format!("--bin-depth-mm: {e}"),
             EnrolError::Password | EnrolError::Random(_) => e.to_string(),
         })?;
         registry.upsert(entry).map_err(|e| e.to_string())?;

@@ -72,6 +72,9 @@ pub struct Inbound {
     pub received_ms: u64,
     /// Ack to send once durable (`None` for QoS 0 or a quarantine replay).
     pub ack: Option<AckToken>,
+    /// A frame replayed from the quarantine, where it went for its time: judged without
+    /// the replay window's lower edge (SPEC §13.2).
+    pub recovering: bool,
 }
 
 /// What a quarantine replay did.
@@ -365,11 +368,12 @@ impl Worker {
             rules: &self.rules,
             strings: self.strings,
             now_s: crate::now_ms() / 1000,
+            recovering: false,
         };
         let plan = batch::judge(
             messages
                 .iter()
-                .map(|m| (m.topic.as_str(), m.payload.as_slice())),
+                .map(|m| (m.topic.as_str(), m.payload.as_slice(), m.recovering)),
             &cx,
         );
         let mut summary = ReplaySummary {
@@ -760,6 +764,9 @@ impl Worker {
                     payload,
                     received_ms: e.received_ms,
                     ack: None,
+                    recovering: [Reason::FutureTimestamp, Reason::StaleTimestamp]
+                        .iter()
+                        .any(|r| r.code() == e.reason),
                 }),
                 // Not replayable (damaged buffer bytes): kept as it is.
                 _ => self.quarantine.add(e),

@@ -245,6 +245,7 @@ pub async fn run(
                         payload: p.payload.to_vec(),
                         received_ms: crate::now_ms(),
                         ack,
+                        recovering: false,
                     });
                 }
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {

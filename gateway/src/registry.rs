@@ -66,6 +66,12 @@ pub enum EnrolError {
     /// The broker password does not fit the blob (never shown).
     #[error("broker password: 1 to 32 printable ASCII characters without space")]
     Password,
+    /// A sampling interval of 0 (the firmware refuses to run).
+    #[error("the sampling interval must be 1 to 65535 s")]
+    Interval,
+    /// A bin without its depth, or with one beyond what the sensor measures.
+    #[error("a waste bin needs its depth, sensor to bottom, 1 to 10000 mm")]
+    BinDepth,
     /// No system randomness for the password's salt.
     #[error("no system randomness: {0}")]
     Random(getrandom::Error),
@@ -84,6 +90,13 @@ pub fn enroll(
     let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
     let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
     let host = e.broker_host.as_str();
+    if e.sample_interval_s == 0 {
+        return Err(EnrolError::Interval);
+    }
+    if e.kind == DeviceKind::WasteBin && !e.bin_depth_mm.is_some_and(|d| (1..=10_000).contains(&d))
+    {
+        return Err(EnrolError::BinDepth);
+    }
     let blob = Provisioning {
         // Valid identifiers always fit.
         tenant: tenant

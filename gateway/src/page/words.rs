@@ -86,6 +86,9 @@ impl Lang {
                 }
                 "unknown_device" => "absent du registre : l'enregistrer avec `devices add`",
                 "revoked" => "appareil révoqué : lui donner une nouvelle clé avec `devices rotate`",
+                "bad_status" => {
+                    "message d'état autre que `online` ou `offline` : pas un micrologiciel Vigie"
+                }
                 "authentication" => {
                     "l'authentification échoue : flasher le blob actuel de l'appareil (mauvaise clé ou époque) ou vérifier qu'il publie sur son propre sujet"
                 }

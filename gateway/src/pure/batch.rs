@@ -38,21 +38,22 @@ pub struct Plan {
     pub accepted: Vec<Accepted>,
 }
 
-/// Judges `messages` (topic, payload) in order against the book in `cx` and the frames
-/// accepted before them in the same batch.
+/// Judges `messages` (topic, payload, recovering: see [`Context::recovering`]) in order
+/// against the book in `cx` and the frames accepted before them in the same batch.
 pub fn judge<'m>(
-    messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
+    messages: impl IntoIterator<Item = (&'m str, &'m [u8], bool)>,
     cx: &Context<'_, ReplayBook>,
 ) -> Plan {
     let mut pending = cx.counters.pending();
     let mut plan = Plan::default();
-    for (topic, payload) in messages {
+    for (topic, payload, recovering) in messages {
         let cx = Context {
             registry: cx.registry,
             counters: &pending,
             rules: cx.rules,
             strings: cx.strings,
             now_s: cx.now_s,
+            recovering,
         };
         let outcome = match verify::assess(topic, payload, &cx) {
             Verdict::Accept(a) => {
@@ -144,8 +145,12 @@ mod tests {
                 rules: &RULES,
                 strings: StringFields::Fields,
                 now_s: NOW,
+                recovering: false,
             };
-            let plan = judge(batch.iter().map(|(t, p)| (t.as_str(), p.as_slice())), &cx);
+            let plan = judge(
+                batch.iter().map(|(t, p)| (t.as_str(), p.as_slice(), false)),
+                &cx,
+            );
             out.extend(plan.outcomes.iter().map(|o| match o {
                 Outcome::Store(_) => "store".to_string(),
                 Outcome::Duplicate => "duplicate".into(),

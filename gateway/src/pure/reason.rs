@@ -11,6 +11,8 @@ pub enum Reason {
     UnknownDevice,
     /// The device is revoked.
     Revoked,
+    /// A status message whose payload is neither `online` nor `offline`.
+    BadStatus,
     /// The tag does not verify (forged, altered, wrong key, or sent on another device's topic).
     Authentication,
     /// The frame cannot be decoded (before or after authentication).
@@ -40,6 +42,7 @@ impl Reason {
             Self::Topic
             | Self::UnknownDevice
             | Self::Revoked
+            | Self::BadStatus
             | Self::Authentication
             | Self::DatabaseRejected
             | Self::BufferCorrupt => false,
@@ -61,10 +64,11 @@ impl Reason {
     }
 
     /// Every reason code, for metrics that list zero counts too.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "topic",
         "unknown_device",
         "revoked",
+        "bad_status",
         "authentication",
         "malformed",
         "kind_mismatch",
@@ -82,6 +86,7 @@ impl Reason {
             Self::Topic => "topic",
             Self::UnknownDevice => "unknown_device",
             Self::Revoked => "revoked",
+            Self::BadStatus => "bad_status",
             Self::Authentication => "authentication",
             Self::Malformed(_) => "malformed",
             Self::KindMismatch => "kind_mismatch",
@@ -100,6 +105,7 @@ impl Reason {
             "topic" => "not a device uplink topic: check the blob's tenant and id",
             "unknown_device" => "not in the registry: enrol it with `devices add`",
             "revoked" => "the device is revoked: re-key it with `devices rotate`",
+            "bad_status" => "a status message other than `online` or `offline`: not Vigie firmware",
             "authentication" => {
                 "the tag does not verify: flash the device's current blob (wrong key or epoch) or check it publishes on its own topic"
             }

@@ -120,9 +120,12 @@ mod tests {
             rules: &RULES,
             strings: StringFields::Fields,
             now_s: NOW,
+            recovering: false,
         };
         let plan = batch::judge(
-            messages.iter().map(|(t, p)| (t.as_str(), p.as_slice())),
+            messages
+                .iter()
+                .map(|(t, p)| (t.as_str(), p.as_slice(), false)),
             &cx,
         );
         let mut settled = Settled::default();

@@ -70,6 +70,11 @@ pub struct Context<'a, C: ?Sized> {
     pub strings: StringFields,
     /// Unix seconds now.
     pub now_s: u64,
+    /// The frame comes back from the quarantine, where it went for its time
+    /// (`future_timestamp`, `stale_timestamp`): the replay window's lower edge does not
+    /// apply, so a fixed clock recovers it however far the device has moved on. Storing
+    /// it twice is harmless (the same database point, SPEC §6 "Stored time").
+    pub recovering: bool,
 }
 
 /// Judges one message.
@@ -80,28 +85,35 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         rules,
         strings,
         now_s,
+        recovering,
     } = *cx;
     let Ok(parsed) = Topic::parse(topic) else {
         return Verdict::Reject(Reason::Topic);
     };
     let (tenant, device) = (parsed.who.tenant.as_str(), parsed.who.device.as_str());
-    match parsed.channel {
-        Channel::Uplink => {}
-        Channel::Status => {
-            return Verdict::Status {
-                tenant: tenant.into(),
-                device: device.into(),
-                online: payload == topic::STATUS_ONLINE,
-            };
-        }
-        // Gateways publish acknowledgements; one arriving here is not an uplink.
-        Channel::Ack => return Verdict::Reject(Reason::Topic),
+    // Gateways publish acknowledgements; one arriving here is not a device's message.
+    if parsed.channel == Channel::Ack {
+        return Verdict::Reject(Reason::Topic);
     }
     let Some(dev) = registry.get(tenant, device) else {
         return Verdict::Reject(Reason::UnknownDevice);
     };
     if dev.entry.revoked {
         return Verdict::Reject(Reason::Revoked);
+    }
+    if parsed.channel == Channel::Status {
+        // Not sealed (a last will is set at connect time): the broker's account check
+        // (only the device's own account may publish there) is its authentication.
+        let online = match payload {
+            topic::STATUS_ONLINE => true,
+            topic::STATUS_OFFLINE => false,
+            _ => return Verdict::Reject(Reason::BadStatus),
+        };
+        return Verdict::Status {
+            tenant: tenant.into(),
+            device: device.into(),
+            online,
+        };
     }
     // Decoded in place: a `Frame` returned by value would copy all 64 reading slots.
     let mut readings = protocol::Readings::new();
@@ -125,6 +137,7 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
             };
         }
         Seen::Reused => return Verdict::Reject(Reason::CounterReused),
+        Seen::TooOld if recovering => {}
         Seen::TooOld => return Verdict::Reject(Reason::ReplayTooOld),
     }
     for r in &readings {
@@ -252,6 +265,7 @@ mod tests {
             rules: &RULES,
             strings: StringFields::Fields,
             now_s: NOW,
+            recovering: false,
         };
         assess(topic, payload, &cx)
     }
@@ -367,6 +381,26 @@ mod tests {
             judge("vigie/v1/lyon/aq-1/up", &late, &book),
             Verdict::Accept(_)
         ));
+        // Back from the quarantine, where it went for its time: the window's edge does not
+        // apply (SPEC §13.2).
+        let registry = registry();
+        let cx = Context {
+            registry: &registry,
+            counters: &book,
+            rules: &RULES,
+            strings: StringFields::Fields,
+            now_s: NOW,
+            recovering: true,
+        };
+        assert!(matches!(
+            assess("vigie/v1/lyon/aq-1/up", &old, &cx),
+            Verdict::Accept(_)
+        ));
+        assert_eq!(
+            assess("vigie/v1/lyon/aq-1/up", &reused, &cx),
+            Verdict::Reject(Reason::CounterReused),
+            "but never a reused counter"
+        );
     }
 
     #[test]
