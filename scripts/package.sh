@@ -3,17 +3,21 @@
 # target/debian/vigie-gateway_<version>-1_<arch>.deb for this machine's architecture
 # (amd64), and with --arm64 also for arm64 (Raspberry Pi class boxes), cross-built with
 # Debian's cross toolchain (gcc-aarch64-linux-gnu, installed when missing, as is the Rust
-# target and cargo-deb).
+# target and cargo-deb). --arm64-only builds just the arm64 package, from the man pages
+# and completions an earlier amd64 run generated (scripts/test.sh runs it in the
+# background while the tests run).
 # The binaries are release builds; man pages and shell completions come from the binary's
 # own command-line definitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+amd64=true
 arm64=false
 case "${1:-}" in
     "") ;;
     --arm64) arm64=true ;;
-    *) echo "usage: $0 [--arm64]" >&2; exit 2 ;;
+    --arm64-only) amd64=false; arm64=true ;;
+    *) echo "usage: $0 [--arm64 | --arm64-only]" >&2; exit 2 ;;
 esac
 
 CARGO_DEB_VERSION=3.8.0
@@ -22,24 +26,26 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi
 
-# One package per architecture in target/debian: this version's.
-rm -f target/debian/vigie-gateway_*.deb
-
-# What goes into every package besides the binary, from this machine's build.
-cargo build --release --quiet -p gateway --bin gateway
-rm -rf target/package
-target/release/gateway generate --out-dir target/package
-gzip -9n target/package/man/*.1
-
 # The Mosquitto drop-in names Debian's plugin path, which holds the architecture.
 dropin() {
     sed "s|/usr/lib/x86_64-linux-gnu/|/usr/lib/$1/|" deploy/mosquitto.conf >target/package/mosquitto.conf
 }
 
-dropin x86_64-linux-gnu
-cargo deb -p gateway --no-build --quiet
+if $amd64; then
+    # One package per architecture in target/debian: this version's.
+    rm -f target/debian/vigie-gateway_*.deb
+    # What goes into every package besides the binary, from this machine's build.
+    cargo build --release --quiet -p gateway --bin gateway
+    rm -rf target/package
+    target/release/gateway generate --out-dir target/package
+    gzip -9n target/package/man/*.1
+    dropin x86_64-linux-gnu
+    cargo deb -p gateway --no-build --quiet
+fi
 
 if $arm64; then
+    [ -d target/package/man ] || { echo "$0: run it without --arm64-only first (man pages)" >&2; exit 1; }
+    rm -f target/debian/vigie-gateway_*_arm64.deb
     triple=aarch64-unknown-linux-gnu
     if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
         echo "==> installing Debian's arm64 cross toolchain"
