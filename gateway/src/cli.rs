@@ -8,7 +8,7 @@ use crate::devices::{self, DeviceBook};
 use crate::erase;
 use crate::pure::erase::Scope;
 use crate::quarantine;
-use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Registry};
+use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Metadata, Registry};
 use crate::tenants::{self, TenantsError};
 use protocol::json::UtcTime;
 use protocol::provision::{MAX_BLOB_LEN, Transport};
@@ -129,6 +129,8 @@ pub fn example_config() -> &'static str {
 pub struct AddDevice {
     /// The device and the settings its blob carries.
     pub device: Enrolment,
+    /// Where it stands and what it watches.
+    pub meta: Metadata,
     /// Where to write the provisioning blob.
     pub blob_out: PathBuf,
 }
@@ -181,6 +183,19 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
             EnrolError::BinDepth => format!("--bin-depth-mm: {e}"),
             EnrolError::Password | EnrolError::Random(_) => e.to_string(),
         })?;
+        let mut entry = entry;
+        // A re-keyed device keeps what it was given before, unless given anew.
+        if let Some(old) = existing {
+            for (to, from) in [
+                (&mut entry.place, &old.entry.place),
+                (&mut entry.insee, &old.entry.insee),
+                (&mut entry.container, &old.entry.container),
+            ] {
+                to.clone_from(from);
+            }
+            entry.capacity_l = old.entry.capacity_l;
+        }
+        a.meta.apply(&mut entry)?;
         registry.upsert(entry).map_err(|e| e.to_string())?;
         let mut buf = [0u8; MAX_BLOB_LEN];
         let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
@@ -232,6 +247,28 @@ fn change_device(
             .then_some(())
             .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))
     })
+}
+
+/// `devices edit`: sets what `meta` gives on an existing device; its key stays.
+pub fn devices_edit(
+    g: &GatewayConfig,
+    tenant: &str,
+    id: &str,
+    meta: &Metadata,
+) -> Result<String, String> {
+    if *meta == Metadata::default() {
+        return Err("nothing to change: give --site, --zone, --latitude, --longitude, --place, --insee, --container or --capacity-l".into());
+    }
+    change(g, |registry| {
+        let mut entry = registry
+            .get(tenant, id)
+            .ok_or_else(|| format!("no device {tenant}/{id} in {}", g.registry.display()))?
+            .entry
+            .clone();
+        meta.apply(&mut entry)?;
+        registry.upsert(entry).map_err(|e| e.to_string())
+    })?;
+    Ok(format!("edited {tenant}/{id} (key unchanged)"))
 }
 
 /// `devices revoke`: the gateway rejects the device's frames from its next registry
@@ -677,7 +714,7 @@ fn watch_line(e: &serde_json::Value) -> String {
 }
 
 /// Runs `f` to completion on a runtime of its own (the CLI is synchronous).
-fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
+pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -915,6 +952,12 @@ mod tests {
                 broker_port: 8883,
                 transport: Transport::Tls { ca_sha256: [7; 32] },
             },
+            meta: Metadata {
+                insee: Some("69123".into()),
+                container: Some("ground".into()),
+                capacity_l: Some(660),
+                ..Metadata::default()
+            },
             blob_out: dir.path().join("bin-7.vgp"),
         };
         // Rotating a device that does not exist is refused.
@@ -974,6 +1017,63 @@ mod tests {
         assert_ne!(blob2.broker_password, blob.broker_password);
         let hash2 = dev2.entry.broker_password_hash.clone().unwrap();
         assert!(hash2.verify(&blob2.broker_password) && !hash2.verify(&blob.broker_password));
+        // Its metadata came with it, and `devices edit` changes it without a new key.
+        assert_eq!(
+            (
+                dev2.entry.insee.as_deref(),
+                dev2.entry.container.as_deref(),
+                dev2.entry.capacity_l
+            ),
+            (Some("69123"), Some("ground"), Some(660))
+        );
+        let moved = Metadata {
+            latitude: Some(45.7578),
+            longitude: Some(4.832),
+            place: Some("Place Bellecour".into()),
+            ..Metadata::default()
+        };
+        devices_edit(&g, "lyon", "bin-7", &moved).unwrap();
+        let edited = Registry::load(&g.registry).unwrap();
+        let dev3 = edited.get("lyon", "bin-7").unwrap();
+        assert_eq!(dev3.key, dev2.key, "the key stays");
+        assert_eq!(
+            (
+                dev3.entry.latitude,
+                dev3.entry.place.as_deref(),
+                dev3.entry.capacity_l
+            ),
+            (Some(45.7578), Some("Place Bellecour"), Some(660))
+        );
+        for (bad, says) in [
+            (
+                Metadata {
+                    latitude: Some(91.0),
+                    ..Metadata::default()
+                },
+                "--latitude",
+            ),
+            (
+                Metadata {
+                    insee: Some("6912".into()),
+                    ..Metadata::default()
+                },
+                "--insee",
+            ),
+            (
+                Metadata {
+                    container: Some("bag".into()),
+                    ..Metadata::default()
+                },
+                "--container",
+            ),
+            (Metadata::default(), "nothing to change"),
+        ] {
+            assert!(
+                devices_edit(&g, "lyon", "bin-7", &bad)
+                    .unwrap_err()
+                    .contains(says)
+            );
+        }
         // Bad ids get a clear message.
         a.device.id = "Bin 7".into();
         assert!(

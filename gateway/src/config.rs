@@ -89,6 +89,30 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Open-data exports.
+    pub export: ExportConfig,
+}
+
+/// Open-data exports (`export`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// The fields each commune publishes (stored names, docs/SCHEMA.md); a commune not
+    /// named publishes [`crate::pure::opendata::DEFAULT_PUBLIC`].
+    pub public_fields: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ExportConfig {
+    /// The public fields of `tenant`.
+    pub fn public(&self, tenant: &str) -> Vec<String> {
+        match self.public_fields.get(tenant) {
+            Some(fields) => fields.clone(),
+            None => crate::pure::opendata::DEFAULT_PUBLIC
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// Paths.
@@ -504,6 +528,17 @@ impl Config {
             return bad(
                 "http.admin_token: at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
             );
+        }
+        for (tenant, fields) in &self.export.public_fields {
+            if let Some(f) = fields
+                .iter()
+                .find(|f| !crate::pure::opendata::DEFAULT_PUBLIC.contains(&f.as_str()))
+            {
+                return bad(format!(
+                    "export.public_fields.{tenant}: {f:?} is not a field that can be published (one of {})",
+                    crate::pure::opendata::DEFAULT_PUBLIC.join(", ")
+                ));
+            }
         }
         if self.http.public_listen.is_some() && self.http.public_tenants.is_empty() {
             return bad(

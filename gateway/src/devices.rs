@@ -82,6 +82,14 @@ pub struct Listing {
     pub latitude: Option<f64>,
     /// WGS84 longitude.
     pub longitude: Option<f64>,
+    /// Address or place.
+    pub place: Option<String>,
+    /// INSEE code of its commune.
+    pub insee: Option<String>,
+    /// Bin category.
+    pub container: Option<String>,
+    /// Bin capacity, litres.
+    pub capacity_l: Option<u32>,
     /// Sampling interval, s.
     pub sample_interval_s: Option<u16>,
     /// Heartbeat, s.
@@ -101,6 +109,10 @@ impl Listing {
             zone: e.zone.clone(),
             latitude: e.latitude,
             longitude: e.longitude,
+            place: e.place.clone(),
+            insee: e.insee.clone(),
+            container: e.container.clone(),
+            capacity_l: e.capacity_l,
             sample_interval_s: e.sample_interval_s,
             heartbeat_s: e.heartbeat_s,
             revoked: e.revoked,

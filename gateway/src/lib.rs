@@ -27,6 +27,7 @@ pub mod config;
 pub mod device_info;
 pub mod devices;
 pub mod erase;
+pub mod export;
 pub mod feed;
 pub mod fs;
 pub mod health;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use gateway::cli;
 use gateway::config::{Config, LogFormat};
-use gateway::registry::{DeviceKind, Enrolment};
+use gateway::registry::{DeviceKind, Enrolment, Metadata};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::sync::watch;
@@ -47,7 +47,7 @@ enum Command {
     },
     /// Manage devices in the registry.
     #[command(subcommand)]
-    Devices(DevicesCommand),
+    Devices(Box<DevicesCommand>),
     /// Manage the gateways' broker accounts.
     #[command(subcommand)]
     Gateways(GatewaysCommand),
@@ -70,6 +70,31 @@ enum Command {
     /// Inspect or replay rejected frames.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Export a commune's readings as open data (FIWARE NGSI-LD, CSV, GeoJSON), read back
+    /// from the database; only the commune's public fields, no keys or counters.
+    Export {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The commune.
+        #[arg(long)]
+        tenant: String,
+        /// From this UTC time (included): `2026-11-01` or `2026-11-01T06:00:00Z`.
+        #[arg(long, value_parser = cli::parse_utc)]
+        from: u32,
+        /// To this UTC time (excluded).
+        #[arg(long, value_parser = cli::parse_utc)]
+        to: u32,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: gateway::export::Format,
+        /// Every reading, or hourly or daily means.
+        #[arg(long, value_enum, default_value = "raw")]
+        resolution: gateway::pure::opendata::Resolution,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Erase a commune's or a device's readings everywhere (GDPR): database, buffer,
     /// quarantine, line-protocol files; with the service stopped. Without --yes, only
     /// says what it would erase.
@@ -121,6 +146,14 @@ enum DevicesCommand {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Change where a device stands or what it watches (site, zone, coordinates, place,
+    /// INSEE code, bin container and capacity): no new key, no new blob.
+    Edit {
+        #[command(flatten)]
+        device: DeviceRef,
+        #[command(flatten)]
+        meta: Metadata,
+    },
     /// Revoke a device: its frames are rejected from the next registry reload, its broker
     /// account is removed.
     Revoke(DeviceRef),
@@ -150,18 +183,8 @@ struct DeviceArgs {
     /// Device kind.
     #[arg(long, value_enum)]
     kind: DeviceKind,
-    /// Site name (database tag).
-    #[arg(long)]
-    site: Option<String>,
-    /// Zone (database tag).
-    #[arg(long)]
-    zone: Option<String>,
-    /// Latitude (WGS84).
-    #[arg(long)]
-    latitude: Option<f64>,
-    /// Longitude (WGS84).
-    #[arg(long)]
-    longitude: Option<f64>,
+    #[command(flatten)]
+    meta: Metadata,
     /// Bin depth from sensor to bottom, mm (bins).
     #[arg(long)]
     bin_depth_mm: Option<u16>,
@@ -273,7 +296,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Generate { out_dir } => generate(&out_dir).map_err(|e| e.to_string()),
-        Command::Devices(cmd) => devices(cmd),
+        Command::Devices(cmd) => devices(*cmd),
         Command::Tenants(cmd) => tenants(cmd),
         Command::BrokerCert {
             config,
@@ -288,6 +311,26 @@ fn main() -> ExitCode {
             password_out,
         }) => registry_change(&config, |c| {
             cli::gateways_add(&c.gateway, &username, &password_out)
+        }),
+        Command::Export {
+            config,
+            tenant,
+            from,
+            to,
+            format,
+            resolution,
+            out,
+        } => load(&config).and_then(|c| {
+            let request = gateway::export::Request {
+                tenant,
+                from_s: u64::from(from),
+                to_s: u64::from(to),
+                format,
+                resolution,
+                out,
+            };
+            // The data may be on standard output: the summary goes to the other stream.
+            gateway::export::run(&c, &request).map(|s| eprintln!("{}", s.line(&request)))
         }),
         Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
             .and_then(|c| cli::quarantine_list(&c))
@@ -375,6 +418,9 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
             println!("{}", seen.summary(&device));
             Ok(())
         }
+        DevicesCommand::Edit { device, meta } => registry_change(&device.config, |c| {
+            cli::devices_edit(&c.gateway, &device.tenant, &device.id, &meta)
+        }),
         DevicesCommand::Revoke(d) => registry_change(&d.config, |c| {
             cli::devices_revoke(&c.gateway, &d.tenant, &d.id)
         }),
@@ -411,10 +457,10 @@ fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, Strin
             tenant,
             id,
             kind: a.kind,
-            site: a.site,
-            zone: a.zone,
-            latitude: a.latitude,
-            longitude: a.longitude,
+            site: a.meta.site.clone(),
+            zone: a.meta.zone.clone(),
+            latitude: a.meta.latitude,
+            longitude: a.meta.longitude,
             bin_depth_mm: a.bin_depth_mm,
             sample_interval_s: a.sample_interval,
             heartbeat_s: a.heartbeat,
@@ -429,6 +475,7 @@ fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, Strin
             }),
             transport: cli::transport(a.broker_ca.as_deref())?,
         },
+        meta: a.meta,
     };
     cli::devices_add(&c.gateway, &add, mode)
 }

@@ -77,6 +77,94 @@ pub enum EnrolError {
     Random(getrandom::Error),
 }
 
+/// What the registry says of a device besides its key and settings: where it stands and,
+/// for a bin, what container it watches (`devices add` and `devices edit`). It goes to the
+/// database as `device_info` and to open-data exports.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args)]
+pub struct Metadata {
+    /// Site name (database tag).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Zone (database tag).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Latitude (WGS84 degrees).
+    #[arg(long, allow_negative_numbers = true)]
+    pub latitude: Option<f64>,
+    /// Longitude (WGS84 degrees).
+    #[arg(long, allow_negative_numbers = true)]
+    pub longitude: Option<f64>,
+    /// Address or place name, e.g. "12 place Bellecour".
+    #[arg(long)]
+    pub place: Option<String>,
+    /// INSEE code of the commune the device stands in, e.g. 69123.
+    #[arg(long)]
+    pub insee: Option<String>,
+    /// Bin category: fixed, ground, other, portable, underground (FIWARE WasteContainer).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Bin capacity, litres.
+    #[arg(long)]
+    pub capacity_l: Option<u32>,
+}
+
+/// FIWARE `WasteContainer.category` values.
+pub const CONTAINER_CATEGORIES: &[&str] = &["fixed", "ground", "other", "portable", "underground"];
+
+impl Metadata {
+    /// Sets on `entry` what was given, checked first (nothing changes on an error).
+    pub fn apply(&self, entry: &mut DeviceEntry) -> Result<(), String> {
+        if self.latitude.is_some_and(|v| !(-90.0..=90.0).contains(&v)) {
+            return Err("--latitude: WGS84 degrees, -90 to 90".into());
+        }
+        if self
+            .longitude
+            .is_some_and(|v| !(-180.0..=180.0).contains(&v))
+        {
+            return Err("--longitude: WGS84 degrees, -180 to 180".into());
+        }
+        if let Some(code) = &self.insee {
+            let ok = code.len() == 5
+                && code.is_ascii()
+                && (code.bytes().all(|b| b.is_ascii_digit())
+                    || (code.starts_with("2A") || code.starts_with("2B"))
+                        && code[2..].bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                return Err(format!(
+                    "--insee {code:?}: five digits (2A/2B for Corsica), e.g. 69123"
+                ));
+            }
+        }
+        if let Some(c) = &self.container
+            && !CONTAINER_CATEGORIES.contains(&c.as_str())
+        {
+            return Err(format!(
+                "--container {c:?}: one of {}",
+                CONTAINER_CATEGORIES.join(", ")
+            ));
+        }
+        if (self.container.is_some() || self.capacity_l.is_some())
+            && entry.kind != DeviceKind::WasteBin
+        {
+            return Err("--container and --capacity-l describe a waste bin".into());
+        }
+        let set = |to: &mut Option<String>, from: &Option<String>| {
+            if let Some(v) = from {
+                *to = (!v.is_empty()).then(|| v.clone());
+            }
+        };
+        set(&mut entry.site, &self.site);
+        set(&mut entry.zone, &self.zone);
+        set(&mut entry.place, &self.place);
+        set(&mut entry.insee, &self.insee);
+        set(&mut entry.container, &self.container);
+        entry.latitude = self.latitude.or(entry.latitude);
+        entry.longitude = self.longitude.or(entry.longitude);
+        entry.capacity_l = self.capacity_l.or(entry.capacity_l);
+        Ok(())
+    }
+}
+
 /// The registry entry and the provisioning blob of one device under `key` and `epoch`,
 /// with broker `password` (the entry keeps only its hash): the one place where a device's
 /// identity, key and settings are put together (the `devices add` command, the demo and
@@ -136,6 +224,10 @@ pub fn enroll(
         longitude: e.longitude,
         bin_depth_mm: e.bin_depth_mm,
         sample_interval_s: Some(e.sample_interval_s),
+        place: None,
+        insee: None,
+        container: None,
+        capacity_l: None,
         heartbeat_s: Some(e.heartbeat_s),
         broker_password_hash,
         revoked: false,
@@ -411,6 +503,10 @@ mod tests {
             longitude: Some(4.832),
             bin_depth_mm: None,
             sample_interval_s: None,
+            place: None,
+            insee: None,
+            container: None,
+            capacity_l: None,
             heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,

@@ -239,8 +239,16 @@ async fn erasing_a_device_before_a_time_then_a_whole_device_leaves_nothing_of_th
     );
 }
 
-/// Lines of every line-protocol file of `tenant`.
+/// Reading lines of every line-protocol file of `tenant` (without the `device_info`
+/// points the gateway writes beside them).
 fn file_lines(data: &Path, tenant: &str) -> Vec<String> {
+    let mut lines = all_file_lines(data, tenant);
+    lines.retain(|l| !l.starts_with("device_info,"));
+    lines
+}
+
+/// Every line of every line-protocol file of `tenant`.
+fn all_file_lines(data: &Path, tenant: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(data.join("export").join(tenant)) else {
         return Vec::new();
     };
@@ -280,16 +288,20 @@ async fn erasing_a_commune_empties_its_files_and_leaves_the_other_commune_alone(
     let paris = file_lines(&data, "paris");
     assert_eq!(paris.len(), 15);
 
+    // Its devices' metadata goes with its readings.
+    let info = all_file_lines(&data, "lyon").len() - file_lines(&data, "lyon").len();
+    assert_eq!(info, 2, "one device_info point per lyon device");
     let (ok, out) = erase(&gw.config, &["--tenant", "lyon", "--yes"]);
     assert!(ok, "{out}");
-    assert!(out.contains("line-protocol files: 30 lines"), "{out}");
-    assert!(file_lines(&data, "lyon").is_empty());
+    let erased = format!("line-protocol files: {} lines", 30 + info);
+    assert!(out.contains(&erased), "{out}");
+    assert!(all_file_lines(&data, "lyon").is_empty());
     assert!(buffered(&data).iter().all(|(t, _, _)| t == "paris"));
     assert_eq!(file_lines(&data, "paris"), paris);
     let line = &audit(&data)[0];
     assert_eq!(
         (&line["tenant"], &line["file_lines"]),
-        (&serde_json::json!("lyon"), &serde_json::json!(30))
+        (&serde_json::json!("lyon"), &serde_json::json!(30 + info))
     );
 }
 

@@ -184,9 +184,10 @@ fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
 }
 
 /// Appends one `device_info` line (docs/SCHEMA.md): what the registry says of a device,
-/// at `time_ms`. Tags `device`, `kind`, `site`, `tenant`, `zone`; fields `latitude`,
-/// `longitude` (WGS84 degrees, when set), `sampleInterval`, `heartbeat` (s, integers, when
-/// known) and `revoked` (integer 0 or 1, so VictoriaMetrics keeps it too).
+/// at `time_ms`. Tags `container`, `device`, `insee`, `kind`, `place`, `site`, `tenant`,
+/// `zone` (strings as tags, so VictoriaMetrics keeps them too); fields `latitude`,
+/// `longitude` (WGS84 degrees, when set), `binCapacity` (litres), `sampleInterval`,
+/// `heartbeat` (s, integers, when known) and `revoked` (integer 0 or 1).
 pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) {
     out.push_str("device_info");
     let kind = match l.kind {
@@ -194,8 +195,11 @@ pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) 
         crate::registry::DeviceKind::WasteBin => "waste_bin",
     };
     let tags = [
+        ("container", l.container.as_deref()),
         ("device", Some(l.device.as_str())),
+        ("insee", l.insee.as_deref()),
         ("kind", Some(kind)),
+        ("place", l.place.as_deref()),
         ("site", l.site.as_deref()),
         ("tenant", Some(l.tenant.as_str())),
         ("zone", l.zone.as_deref()),
@@ -212,6 +216,7 @@ pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) 
     let degrees = |v: Option<f64>| v.filter(|v| v.is_finite()).map(|v| format!("{v}"));
     let seconds = |v: Option<u16>| v.map(|v| format!("{v}i"));
     let fields = [
+        ("binCapacity", l.capacity_l.map(|v| format!("{v}i"))),
         ("heartbeat", seconds(l.heartbeat_s)),
         ("latitude", degrees(l.latitude)),
         ("longitude", degrees(l.longitude)),
@@ -261,6 +266,10 @@ mod tests {
             zone: None,
             latitude: Some(45.757),
             longitude: Some(4.832),
+            place: None,
+            insee: None,
+            container: None,
+            capacity_l: None,
             sample_interval_s: Some(300),
             heartbeat_s: None,
             revoked: false,

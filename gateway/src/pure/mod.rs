@@ -11,6 +11,7 @@
 //! - [`validate`]: time window and plausibility flags.
 //! - [`lineproto`]: readings → InfluxDB line protocol.
 //! - [`missing`]: which skipped counters count as missing frames.
+//! - [`opendata`]: stored readings → open-data rows, CSV, NGSI-LD, GeoJSON.
 //! - [`replay_book`]: replay windows of every device, persisted as a snapshot.
 //! - [`retry`]: database answer → what to do, and backoff.
 //! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
@@ -29,6 +30,7 @@ pub mod erase;
 pub mod glance;
 pub mod lineproto;
 pub mod missing;
+pub mod opendata;
 pub mod reason;
 pub mod record;
 pub mod registry;
@@ -71,6 +73,10 @@ pub(crate) mod fixtures {
             longitude: None,
             bin_depth_mm: None,
             sample_interval_s: None,
+            place: None,
+            insee: None,
+            container: None,
+            capacity_l: None,
             heartbeat_s: None,
             broker_password_hash: None,
             revoked: false,

@@ -97,6 +97,19 @@ pub struct DeviceEntry {
     /// Bin depth, sensor to bottom (bins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_depth_mm: Option<u16>,
+    /// Address or place name (open data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
+    /// INSEE code of the commune the device stands in (open data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insee: Option<String>,
+    /// Bin category, FIWARE `WasteContainer.category`: `fixed`, `ground`, `other`,
+    /// `portable`, `underground` (bins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Bin capacity, litres (bins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_l: Option<u32>,
     /// Sampling interval its blob sets, s: with the heartbeat, when a frame is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_interval_s: Option<u16>,
