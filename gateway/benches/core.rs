@@ -39,24 +39,14 @@ fn ns_per(runs: u32, items: usize, f: &dyn Fn()) -> f64 {
 fn setup() -> (Registry, Vec<u8>, u64) {
     let key = [7u8; 16];
     let entry = DeviceEntry {
-        id: "aq-0001".into(),
-        tenant: "lyon".into(),
-        kind: DeviceKind::AirQuality,
-        key: hex::encode(key),
-        epoch: 1,
         site: Some("Bellecour".into()),
-        zone: None,
-        latitude: None,
-        longitude: None,
-        bin_depth_mm: None,
-        sample_interval_s: None,
-        place: None,
-        insee: None,
-        container: None,
-        capacity_l: None,
-        heartbeat_s: None,
-        broker_password_hash: None,
-        revoked: false,
+        ..DeviceEntry::new(
+            "lyon",
+            "aq-0001",
+            DeviceKind::AirQuality,
+            hex::encode(key),
+            1,
+        )
     };
     let registry = Registry::from_entries(vec![entry]).unwrap();
     let now = gateway::now_ms() / 1000;

@@ -491,25 +491,12 @@ mod tests {
     }
 
     fn entry(tenant: &str, id: &str) -> DeviceEntry {
+        let key = "000102030405060708090a0b0c0d0e0f".to_string();
         DeviceEntry {
-            id: id.into(),
-            tenant: tenant.into(),
-            kind: DeviceKind::AirQuality,
-            key: "000102030405060708090a0b0c0d0e0f".into(),
-            epoch: 1,
             site: Some("Place Bellecour".into()),
-            zone: None,
             latitude: Some(45.757),
             longitude: Some(4.832),
-            bin_depth_mm: None,
-            sample_interval_s: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            heartbeat_s: None,
-            broker_password_hash: None,
-            revoked: false,
+            ..DeviceEntry::new(tenant, id, DeviceKind::AirQuality, key, 1)
         }
     }
 

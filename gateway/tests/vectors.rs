@@ -28,29 +28,19 @@ fn registry(case: &Value) -> Registry {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| DeviceEntry {
-            id: d["device"].as_str().unwrap().into(),
-            tenant: d["tenant"].as_str().unwrap().into(),
-            kind: match d["kind"].as_str().unwrap() {
+        .map(|d| {
+            let kind = match d["kind"].as_str().unwrap() {
                 "air_quality" => DeviceKind::AirQuality,
                 "waste_bin" => DeviceKind::WasteBin,
                 other => panic!("kind {other}"),
-            },
-            key: d["key"].as_str().unwrap().into(),
-            epoch: d["epoch"].as_u64().unwrap() as u32,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: d["bin_depth_mm"].as_u64().map(|v| v as u16),
-            sample_interval_s: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            heartbeat_s: None,
-            broker_password_hash: None,
-            revoked: d["revoked"].as_bool().unwrap(),
+            };
+            let (tenant, id) = (d["tenant"].as_str().unwrap(), d["device"].as_str().unwrap());
+            let key = d["key"].as_str().unwrap().to_string();
+            DeviceEntry {
+                bin_depth_mm: d["bin_depth_mm"].as_u64().map(|v| v as u16),
+                revoked: d["revoked"].as_bool().unwrap(),
+                ..DeviceEntry::new(tenant, id, kind, key, d["epoch"].as_u64().unwrap() as u32)
+            }
         })
         .collect();
     Registry::from_entries(entries).unwrap()

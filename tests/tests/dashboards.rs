@@ -96,31 +96,21 @@ fn expand(q: &str, tenant: &str) -> String {
 /// Runs a PromQL/MetricsQL query at now; its result series (or label values).
 async fn promql(vm: std::net::SocketAddr, q: &str) -> Vec<Value> {
     let client = reqwest::Client::new();
-    let v: Value = if let Some(label) = q
+    let request = match q
         .strip_prefix("label_values(")
         .and_then(|r| r.strip_suffix(')'))
     {
-        let (metric, label) = label.split_once(", ").unwrap();
-        client
-            .get(format!("http://{vm}/api/v1/label/{label}/values"))
-            .query(&[("match[]", metric)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    } else {
-        client
+        Some(label) => {
+            let (metric, label) = label.split_once(", ").unwrap();
+            client
+                .get(format!("http://{vm}/api/v1/label/{label}/values"))
+                .query(&[("match[]", metric)])
+        }
+        None => client
             .get(format!("http://{vm}/api/v1/query"))
-            .query(&[("query", q)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .query(&[("query", q)]),
     };
+    let v: Value = request.send().await.unwrap().json().await.unwrap();
     assert_eq!(v["status"], "success", "{q}: {v}");
     match &v["data"] {
         Value::Array(values) => values.clone(),

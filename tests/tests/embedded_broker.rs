@@ -25,24 +25,8 @@ fn free_addr() -> SocketAddr {
 
 fn entry(tenant: &str, id: &str, kind: DeviceKind, key: [u8; 16]) -> DeviceEntry {
     DeviceEntry {
-        id: id.into(),
-        tenant: tenant.into(),
-        kind,
-        key: hex::encode(key),
-        epoch: 1,
-        site: None,
-        zone: None,
-        latitude: None,
-        longitude: None,
         bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
-        sample_interval_s: None,
-        place: None,
-        insee: None,
-        container: None,
-        capacity_l: None,
-        heartbeat_s: None,
-        broker_password_hash: None,
-        revoked: false,
+        ..DeviceEntry::new(tenant, id, kind, hex::encode(key), 1)
     }
 }
 

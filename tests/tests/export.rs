@@ -69,6 +69,23 @@ fn keep(name: &str, data: &str) {
     std::fs::write(dir.join(name), data).unwrap();
 }
 
+/// A CSV text read by a standard parser: its header, and each record by column.
+fn csv_rows(data: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
+    let mut reader = csv::Reader::from_reader(data.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
+
 /// Entities by id.
 fn by_id(text: &str) -> BTreeMap<String, Value> {
     let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -281,8 +298,7 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     let (ok, data, said) = export(&gw_influx.config, &out, &args);
     assert!(ok, "{said}");
     keep("readings.csv", &data);
-    let mut reader = csv::Reader::from_reader(data.as_bytes());
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let (header, rows) = csv_rows(&data);
     for column in [
         "station",
         "timestamp (UTC)",
@@ -293,16 +309,7 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     ] {
         assert!(header.iter().any(|h| h == column), "{column} in {header:?}");
     }
-    let rows: Vec<BTreeMap<String, String>> = reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(String::from))
-                .collect()
-        })
-        .collect();
+
     assert_eq!(rows.len(), 8);
     let aq0_rows: Vec<_> = rows.iter().filter(|r| r["station"] == "aq-0").collect();
     for (row, r) in aq0_rows.iter().zip(&aq0_readings) {
@@ -325,18 +332,7 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     let (ok, data, said) = export(&gw_vm.config, &out, &args);
     assert!(ok, "{said}");
     keep("hourly.csv", &data);
-    let mut reader = csv::Reader::from_reader(data.as_bytes());
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let hourly: Vec<BTreeMap<String, String>> = reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(String::from))
-                .collect()
-        })
-        .collect();
+    let (_, hourly) = csv_rows(&data);
     let aq0_hour = hourly.iter().find(|r| r["station"] == "aq-0").unwrap();
     assert_eq!(aq0_hour["timestamp (UTC)"], iso(hour));
     assert_eq!(aq0_hour["readings"], "4");

@@ -61,25 +61,9 @@ pub(crate) mod fixtures {
 
     /// Air-quality devices `ids` of tenant `lyon`, keyed by [`key`], epoch 1.
     pub fn registry(ids: &[&str]) -> Registry {
-        let entry = |id: &str| DeviceEntry {
-            id: id.into(),
-            tenant: "lyon".into(),
-            kind: DeviceKind::AirQuality,
-            key: hex::encode(key(id).expose_secret()),
-            epoch: 1,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: None,
-            sample_interval_s: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            heartbeat_s: None,
-            broker_password_hash: None,
-            revoked: false,
+        let entry = |id: &str| {
+            let key = hex::encode(key(id).expose_secret());
+            DeviceEntry::new("lyon", id, DeviceKind::AirQuality, key, 1)
         };
         Registry::from_entries(ids.iter().map(|id| entry(id)).collect())
             .unwrap_or_else(|e| panic!("{e}"))

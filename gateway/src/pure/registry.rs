@@ -136,6 +136,32 @@ pub struct GatewayAccount {
     pub password_hash: PasswordHash,
 }
 
+impl DeviceEntry {
+    /// A device of `kind` with its key (32 hex digits) and epoch, nothing else set.
+    pub fn new(tenant: &str, id: &str, kind: DeviceKind, key: String, epoch: u32) -> Self {
+        Self {
+            id: id.into(),
+            tenant: tenant.into(),
+            kind,
+            key,
+            epoch,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: None,
+            place: None,
+            insee: None,
+            container: None,
+            capacity_l: None,
+            sample_interval_s: None,
+            heartbeat_s: None,
+            broker_password_hash: None,
+            revoked: false,
+        }
+    }
+}
+
 impl std::fmt::Debug for DeviceEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceEntry")

@@ -80,24 +80,8 @@ mod tests {
 
     fn bin_entry(depth: u16) -> DeviceEntry {
         DeviceEntry {
-            id: "bin-1".into(),
-            tenant: "t".into(),
-            kind: DeviceKind::WasteBin,
-            key: String::new(),
-            epoch: 1,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
             bin_depth_mm: Some(depth),
-            sample_interval_s: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            heartbeat_s: None,
-            broker_password_hash: None,
-            revoked: false,
+            ..DeviceEntry::new("t", "bin-1", DeviceKind::WasteBin, String::new(), 1)
         }
     }
 

@@ -208,24 +208,9 @@ mod tests {
 
     fn entry(tenant: &str, id: &str, kind: DeviceKind) -> DeviceEntry {
         DeviceEntry {
-            id: id.into(),
-            tenant: tenant.into(),
-            kind,
-            key: hex::encode([id.len() as u8; 16]),
-            epoch: 1,
             site: Some("Bellecour".into()),
-            zone: None,
-            latitude: None,
-            longitude: None,
             bin_depth_mm: (kind == DeviceKind::WasteBin).then_some(1000),
-            sample_interval_s: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            heartbeat_s: None,
-            broker_password_hash: None,
-            revoked: false,
+            ..DeviceEntry::new(tenant, id, kind, hex::encode([id.len() as u8; 16]), 1)
         }
     }
 
