@@ -63,11 +63,12 @@ deb="$(ls target/debian/vigie-gateway_*_amd64.deb)"
 dpkg-deb --field "$deb" Architecture | grep -qx amd64
 lintian --fail-on error,warning "$deb"
 
-# The arm64 package is cross-built in the background at the lowest priority while the
-# tests run (they mostly wait on servers), then checked after them.
+# The arm64 package is cross-built in the background at the lowest CPU and disk priority
+# while the tests run (they mostly wait on servers, and their fsyncs must not queue
+# behind the build's writes), then checked after them.
 step "Debian package: arm64 (cross-built in the background during the tests)"
 arm64_log="$(mktemp)"
-nice -n 19 scripts/package.sh --arm64-only >"$arm64_log" 2>&1 &
+nice -n 19 ionice -c 3 scripts/package.sh --arm64-only >"$arm64_log" 2>&1 &
 arm64_build=$!
 # A failing step ends the run: the build goes with it.
 trap 'kill "$arm64_build" 2>/dev/null || true' EXIT

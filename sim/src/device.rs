@@ -292,9 +292,27 @@ pub async fn run(
             stats.connected.store(0, Ordering::Relaxed);
         }
     }
-    // Stopping: while connected, exchange until every reading is acknowledged (bounded),
-    // then disconnect cleanly.
-    if let (true, Some(mut c)) = (link.is_up(), client) {
+    // Stopping: a device whose network is back but whose link still waits out its backoff
+    // connects once more (a real one would at its next attempt), so the run does not end
+    // on where a backoff happened to fall.
+    let mut up = link.is_up();
+    if !up && !opts.link_down() {
+        client = None;
+        if let Some(l) = open(&board.node, &opts).await {
+            let mut c = Mqtt::new(l);
+            if matches!(
+                timeout(NET_TIMEOUT, board.node.connect(&mut c)).await,
+                Ok(Ok(_))
+            ) {
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                (up, client) = (true, Some(c));
+            }
+        }
+        board.update();
+    }
+    // Then, while connected, exchange until every reading is acknowledged (bounded), and
+    // disconnect cleanly.
+    if let (true, Some(mut c)) = (up, client) {
         let until = Instant::now() + STOP_GRACE;
         while board.node.unacknowledged() > 0 && Instant::now() < until {
             match timeout(NET_TIMEOUT, board.node.exchange(&mut c)).await {
