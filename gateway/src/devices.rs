@@ -120,6 +120,18 @@ impl Listing {
     }
 }
 
+#[cfg(test)]
+impl Listing {
+    /// A device of `lyon` sampling every 60 s with a 600 s heartbeat, nothing else set.
+    pub(crate) fn for_test(device: &str, kind: DeviceKind) -> Self {
+        Self::of(&DeviceEntry {
+            sample_interval_s: Some(60),
+            heartbeat_s: Some(600),
+            ..DeviceEntry::new("lyon", device, kind, String::new(), 1)
+        })
+    }
+}
+
 /// Every device's state. Pure: no I/O, no clock.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceBook {

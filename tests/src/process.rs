@@ -47,6 +47,21 @@ impl GatewaySettings {
     }
 }
 
+/// One gateway process per database of the same fleet: `gw-a` writing InfluxDB 1.x at
+/// `influx`, `gw-b` writing VictoriaMetrics at `victoria`, each in its own group (so each
+/// gets every message).
+pub fn one_per_database(
+    dir: &Path,
+    broker: SocketAddr,
+    influx: SocketAddr,
+    victoria: SocketAddr,
+) -> (GatewayProcess, GatewayProcess) {
+    let to_influx = GatewayProcess::start(dir, &GatewaySettings::new("gw-a", broker, Some(influx)));
+    let mut settings = GatewaySettings::new("gw-b", broker, Some(victoria));
+    settings.victoria = true;
+    (to_influx, GatewayProcess::start(dir, &settings))
+}
+
 /// The admin token of every gateway process's config (`POST /quarantine/replay`,
 /// `POST /registry/reload`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-process-0123456789";

@@ -113,6 +113,21 @@ pub async fn influx_points(
     out
 }
 
+/// The series an InfluxQL query `q` in `db` returns (none on an error, which the panic
+/// message of a caller shows with the answer).
+pub async fn influx_series(
+    server: SocketAddr,
+    db: &str,
+    q: &str,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let v = influx_query(server, db, q).await;
+    let series = v["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    (series, v)
+}
+
 /// Every sample of metrics named `<measurement>_<field>` in VictoriaMetrics.
 pub async fn victoria_points(server: SocketAddr, measurements: &[&str]) -> BTreeSet<String> {
     victoria_points_at(

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions};
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::process;
 use vigie_tests::{influxdb, mosquitto, now_s, readback, victoria_metrics, wait_for};
 
 /// One query of a dashboard.
@@ -146,13 +146,8 @@ async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
         .collect();
     fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
     let broker = mosquitto(dir.path());
-    let gw_influx = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings::new("gw-a", broker.addr, Some(influx.addr)),
-    );
-    let mut settings = GatewaySettings::new("gw-b", broker.addr, Some(vm.addr));
-    settings.victoria = true;
-    let gw_vm = GatewayProcess::start(dir.path(), &settings);
+    let (gw_influx, gw_vm) =
+        process::one_per_database(dir.path(), broker.addr, influx.addr, vm.addr);
 
     let provisioning = fleet_devices
         .iter()
@@ -258,11 +253,8 @@ async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
             let text = expand(&q.text, "lyon");
             match q.kind.as_str() {
                 "influxdb" => {
-                    let v = readback::influx_query(influx.addr, "vigie_lyon", &text).await;
-                    let series = v["results"][0]["series"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
+                    let (series, v) =
+                        readback::influx_series(influx.addr, "vigie_lyon", &text).await;
                     assert!(
                         !series.is_empty(),
                         "{file}: {}: {text} returned no data: {v}",
@@ -293,11 +285,7 @@ async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
     for (lang, query) in code_lines(&schema) {
         match lang.as_str() {
             "sql" => {
-                let v = readback::influx_query(influx.addr, "vigie_lyon", &query).await;
-                let series = v["results"][0]["series"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
+                let (series, v) = readback::influx_series(influx.addr, "vigie_lyon", &query).await;
                 assert!(
                     !series.is_empty(),
                     "SCHEMA.md: {query} returned no data: {v}"

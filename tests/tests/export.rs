@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::process::{self, GatewayProcess, GatewaySettings};
+use vigie_tests::process;
 use vigie_tests::{influxdb, mosquitto, now_s, readback, victoria_metrics, wait_for};
 
 /// An air reading: PM2.5, PM10, temperature and humidity in wire units.
@@ -125,13 +125,8 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     entries[2].capacity_l = Some(660);
     fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
     let broker = mosquitto(dir.path());
-    let gw_influx = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings::new("gw-a", broker.addr, Some(influx.addr)),
-    );
-    let mut settings = GatewaySettings::new("gw-b", broker.addr, Some(vm.addr));
-    settings.victoria = true;
-    let gw_vm = GatewayProcess::start(dir.path(), &settings);
+    let (gw_influx, gw_vm) =
+        process::one_per_database(dir.path(), broker.addr, influx.addr, vm.addr);
 
     // Within one UTC hour two hours back, so hourly means have known periods.
     let hour = (now_s() / 3600 - 2) * 3600;

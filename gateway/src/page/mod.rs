@@ -726,20 +726,8 @@ mod tests {
 
     fn listing(device: &str, kind: DeviceKind, site: Option<&str>) -> Listing {
         Listing {
-            tenant: "lyon".into(),
-            device: device.into(),
-            kind,
             site: site.map(str::to_string),
-            zone: None,
-            latitude: None,
-            longitude: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            sample_interval_s: Some(60),
-            heartbeat_s: Some(600),
-            revoked: false,
+            ..Listing::for_test(device, kind)
         }
     }
 

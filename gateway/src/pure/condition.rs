@@ -222,22 +222,7 @@ mod tests {
     use crate::registry::DeviceKind;
 
     fn listing() -> Listing {
-        Listing {
-            tenant: "lyon".into(),
-            device: "aq-1".into(),
-            kind: DeviceKind::AirQuality,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
-            sample_interval_s: Some(60),
-            heartbeat_s: Some(600),
-            revoked: false,
-        }
+        Listing::for_test("aq-1", DeviceKind::AirQuality)
     }
 
     fn heard(at_ms: u64) -> DeviceState {

@@ -259,20 +259,12 @@ mod tests {
     #[test]
     fn device_info_carries_the_listing_escaped() {
         let l = crate::devices::Listing {
-            tenant: "lyon".into(),
-            device: "bin-1".into(),
-            kind: crate::registry::DeviceKind::WasteBin,
             site: Some("Place Bellecour, nord".into()),
-            zone: None,
             latitude: Some(45.757),
             longitude: Some(4.832),
-            place: None,
-            insee: None,
-            container: None,
-            capacity_l: None,
             sample_interval_s: Some(300),
             heartbeat_s: None,
-            revoked: false,
+            ..crate::devices::Listing::for_test("bin-1", crate::registry::DeviceKind::WasteBin)
         };
         let mut out = String::new();
         device_info(&mut out, &l, 1_000);
