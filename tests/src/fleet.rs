@@ -246,6 +246,7 @@ pub fn database(api: DatabaseApi, server: SocketAddr) -> DatabaseConfig {
         timeout: Duration::from_secs(5),
         ca_file: None,
         retention: None,
+        gzip: false,
     }
 }
 

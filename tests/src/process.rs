@@ -25,6 +25,8 @@ pub struct GatewaySettings {
     pub data_dir: Option<PathBuf>,
     /// The database at `influx` is VictoriaMetrics (its InfluxDB-compatible `/write`).
     pub victoria: bool,
+    /// Write bodies gzip-compressed (`database.gzip`).
+    pub gzip: bool,
     /// The public status view's address and communes (`http.public_listen`,
     /// `http.public_tenants`).
     pub public: Option<(SocketAddr, Vec<String>)>,
@@ -42,6 +44,7 @@ impl GatewaySettings {
             linger: Duration::from_millis(200),
             data_dir: None,
             victoria: false,
+            gzip: false,
             public: None,
         }
     }
@@ -142,12 +145,13 @@ impl GatewayProcess {
         let database = match s.influx {
             Some(addr) => format!(
                 "[database]\napi = \"v1\"\nkind = \"{kind}\"\nurl = \"http://{addr}\"\n\
-                 prefix = \"vigie_\"\ntimeout = \"3s\"\n",
+                 prefix = \"vigie_\"\ntimeout = \"3s\"\ngzip = {gzip}\n",
                 kind = if s.victoria {
                     "victoriametrics"
                 } else {
                     "influxdb"
-                }
+                },
+                gzip = s.gzip,
             ),
             None => String::new(),
         };

@@ -31,6 +31,7 @@ struct Args {
     readings: u64,
     devices: u64,
     max_rss: f64,
+    gzip: bool,
 }
 
 fn args() -> Args {
@@ -38,11 +39,14 @@ fn args() -> Args {
         readings: 1_000_000,
         devices: 100,
         max_rss: 48.0,
+        gzip: false,
     };
-    for (flag, value) in vigie_tests::number_flags(&["--readings", "--devices", "--max-rss"]) {
+    let flags = ["--readings", "--devices", "--max-rss", "--gzip"];
+    for (flag, value) in vigie_tests::number_flags(&flags) {
         match flag {
             "--readings" => a.readings = value.clamp(1_000, 10_000_000),
             "--devices" => a.devices = value.clamp(1, 1_000),
+            "--gzip" => a.gzip = value != 0,
             _ => a.max_rss = value as f64,
         }
     }
@@ -224,6 +228,7 @@ async fn gateway_drain(
     victoria: bool,
     per_device: u64,
     dir: &Path,
+    gzip: bool,
 ) -> Drain {
     let broker = mosquitto(dir);
     let id = if victoria { "gw-v2" } else { "gw-v1" };
@@ -231,6 +236,7 @@ async fn gateway_drain(
     settings.victoria = victoria;
     settings.linger = Duration::from_millis(200);
     settings.buffer_mib = (1024, 64);
+    settings.gzip = gzip;
     // Its session and subscription first, then away while the backlog builds.
     let mut gw = GatewayProcess::start(dir, &settings);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -296,7 +302,15 @@ async fn main() {
     limit.print(broker_rate);
     let mut failures = Vec::new();
     for (database, is_victoria) in [(&influx, false), (&victoria, true)] {
-        let d = gateway_drain(&devices, database, is_victoria, per_device, dir.path()).await;
+        let d = gateway_drain(
+            &devices,
+            database,
+            is_victoria,
+            per_device,
+            dir.path(),
+            a.gzip,
+        )
+        .await;
         d.print(broker_rate);
         if d.stored != Some(n) {
             failures.push(format!("{}: stored {:?} of {n}", d.what, d.stored));
