@@ -6,7 +6,8 @@
 # the ratio to the broker, CPU µs per reading of consumer, broker and database, and peak
 # RSS, and fails unless each database holds exactly the backlog and the gateway's peak RSS
 # stays under --max-rss.
-# Arguments go to `drain`: --readings N (1000000), --devices D (100), --max-rss MiB (48).
+# Arguments go to `drain`: --readings N (1000000), --devices D (100), --max-rss MiB (48),
+# --gzip 1 (database.gzip on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p gateway -p vigie-tests --bin gateway --bin drain
