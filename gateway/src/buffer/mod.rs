@@ -314,7 +314,13 @@ impl Buffer {
                 (1, MAGIC.len() as u64)
             }
         };
-        let file = fs.open(&segment_path(dir, seq), Open::Append)?;
+        let mut file = fs.open(&segment_path(dir, seq), Open::Append)?;
+        // The segment appends go to may be one whose creation a crash or a failed roll
+        // left unsynced (its magic written, its directory entry not yet durable): an
+        // fsync of its data then of the directory, before anything is acknowledged in it,
+        // or a power cut could take the whole file and its acknowledged records with it.
+        file.sync_data()?;
+        fs.sync_dir(dir)?;
         let first = segments.first_key_value().map_or(seq, |(&s, _)| s);
         let durable = Position {
             segment: seq,
