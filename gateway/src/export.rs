@@ -6,7 +6,7 @@
 
 use crate::config::{Config, DatabaseApi, DatabaseConfig, DatabaseKind};
 use crate::pure::opendata::{self, Aggregator, Datum, Resolution, Row, Sample, Station};
-use crate::registry::{DeviceKind, Registry};
+use crate::registry::Registry;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -249,12 +249,6 @@ fn stations(registry: &Registry, tenant: &str) -> BTreeMap<String, Station> {
         .filter(|e| e.tenant == tenant)
         .map(|e| {
             let station = Station {
-                id: e.id.clone(),
-                measurement: match e.kind {
-                    DeviceKind::AirQuality => "air_quality",
-                    DeviceKind::WasteBin => "waste_bin",
-                }
-                .into(),
                 site: e.site.clone(),
                 place: e.place.clone(),
                 insee: e.insee.clone(),

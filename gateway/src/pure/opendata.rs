@@ -36,10 +36,6 @@ pub const DEFAULT_PUBLIC: &[&str] = &[
 /// What a station is, from the registry (no key, no counter).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Station {
-    /// Device id.
-    pub id: String,
-    /// `air_quality` or `waste_bin`.
-    pub measurement: String,
     /// Site name.
     pub site: Option<String>,
     /// Address or place.
@@ -474,8 +470,6 @@ mod tests {
     #[test]
     fn entities_follow_the_models_and_need_a_location() {
         let station = Station {
-            id: "aq-1".into(),
-            measurement: "air_quality".into(),
             latitude: Some(45.75),
             longitude: Some(4.85),
             insee: Some("69123".into()),
