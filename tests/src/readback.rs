@@ -60,17 +60,28 @@ pub async fn influx_create_db(server: SocketAddr, db: &str) {
     );
 }
 
-/// An InfluxQL query on InfluxDB 1.x, times in Unix seconds; the JSON answer.
+/// An InfluxQL query on InfluxDB 1.x, times in Unix seconds; the JSON answer. InfluxDB
+/// 1.6 busy with writes has been seen answering a query once with a body that is not
+/// JSON: such an answer is asked again (a few times, then the test fails with it).
 pub async fn influx_query(server: SocketAddr, db: &str, q: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("http://{server}/query"))
-        .query(&[("db", db), ("q", q), ("epoch", "s")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let client = reqwest::Client::new();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let answer = client
+            .get(format!("http://{server}/query"))
+            .query(&[("db", db), ("q", q), ("epoch", "s")])
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let body = answer.text().await.unwrap();
+        match serde_json::from_str(&body) {
+            Ok(v) => return v,
+            Err(e) => last = format!("{status}, {e}: {body:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("InfluxDB answered {q:?} with no JSON five times; last: {last}")
 }
 
 /// Every field of `measurements` in InfluxDB database `db`, tagged `tenant`.
