@@ -84,22 +84,29 @@ pub struct New<'a> {
 impl Feed {
     /// Appends an event, dropping the oldest beyond [`CAPACITY`].
     pub fn push(&self, e: New<'_>) {
+        self.push_all([e]);
+    }
+
+    /// Appends events in order under one lock.
+    pub fn push_all<'a>(&self, events: impl IntoIterator<Item = New<'a>>) {
         let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        ring.next += 1;
-        let seq = ring.next;
-        if ring.events.len() == CAPACITY {
-            ring.events.pop_front();
+        for e in events {
+            ring.next += 1;
+            let seq = ring.next;
+            if ring.events.len() == CAPACITY {
+                ring.events.pop_front();
+            }
+            ring.events.push_back(Event {
+                seq,
+                at_ms: e.at_ms,
+                tenant: e.tenant.to_string(),
+                device: e.device.to_string(),
+                verdict: e.verdict,
+                reason: e.reason,
+                counter: e.counter,
+                readings: e.readings,
+            });
         }
-        ring.events.push_back(Event {
-            seq,
-            at_ms: e.at_ms,
-            tenant: e.tenant.to_string(),
-            device: e.device.to_string(),
-            verdict: e.verdict,
-            reason: e.reason,
-            counter: e.counter,
-            readings: e.readings,
-        });
     }
 
     /// The device's events after `after` (a `seq`), oldest first, at most `limit` of the

@@ -17,6 +17,7 @@ use crate::feed::{self, Verdict};
 use crate::fs::SharedFs;
 use crate::health::{Health, Store};
 use crate::metrics::{Metrics, ReasonLabel, TenantLabel, gauge};
+use crate::pure::FastMap;
 use crate::pure::batch::{self, Outcome};
 use crate::pure::lineproto::StringFields;
 use crate::pure::missing::Gap;
@@ -29,7 +30,6 @@ use crate::pure::verify::{self, Context};
 use crate::quarantine::{self, Origin, Quarantine};
 use crate::registry::Registry;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,7 +167,7 @@ pub struct Worker {
     reject_log: LogBudget,
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
     /// an allocated label under a lock, per frame otherwise).
-    tenant_readings: HashMap<String, Counter>,
+    tenant_readings: FastMap<String, Counter>,
 }
 
 /// Log lines for rejected frames: at most [`LogBudget::LINES`] per [`LogBudget::WINDOW_MS`],
@@ -314,7 +314,7 @@ impl Worker {
             reserve,
             snapshot_failing: false,
             reject_log: LogBudget::default(),
-            tenant_readings: HashMap::new(),
+            tenant_readings: FastMap::default(),
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
@@ -470,10 +470,7 @@ impl Worker {
                 Ok(()) => {
                     appended = false;
                     let gaps = batch::apply(&mut self.book, accepted.iter().copied());
-                    let now_ms = crate::now_ms();
-                    for (a, gap) in accepted.iter().zip(gaps) {
-                        self.account(a, gap, now_ms);
-                    }
+                    self.account(&accepted, gaps, crate::now_ms());
                     summary.accepted += accepted.len();
                     // The MQTT task may be gone at shutdown; the broker then redelivers,
                     // and devices resend what no acknowledgement covered.
@@ -541,19 +538,24 @@ impl Worker {
 
     /// Seals and hands over one acknowledgement per device the commit settled frames of.
     fn acknowledge_devices(&self, settled: &Settled, to_broker: &BrokerTx) {
-        for (tenant, device, ack) in settled.acks(&self.book, &self.registry) {
+        let acks = settled.acks(&self.book, &self.registry);
+        // Fresh ids for all of them in one system call.
+        let mut ids = vec![0u8; 8 * acks.len()];
+        if let Err(e) = getrandom::fill(&mut ids) {
+            // Without a fresh id the nonce could repeat: send nothing, the devices resend.
+            tracing::error!(error = %e, "no system randomness for an acknowledgement id");
+            return;
+        }
+        let ids = ids
+            .chunks_exact(8)
+            .filter_map(|id| <[u8; 8]>::try_from(id).ok());
+        for ((tenant, device, ack), id) in acks.into_iter().zip(ids) {
             let (Some(dev), Ok(who)) = (
                 self.registry.get(&tenant, &device),
                 protocol::Identity::new(&tenant, &device),
             ) else {
                 continue;
             };
-            let mut id = [0u8; 8];
-            if let Err(e) = getrandom::fill(&mut id) {
-                // Without a fresh id the nonce could repeat: send nothing, the device resends.
-                tracing::error!(error = %e, "no system randomness for an acknowledgement id");
-                return;
-            }
             let _ = to_broker.send(ToBroker::Downlink {
                 topic: protocol::topic::ack(who).to_string(),
                 payload: ack.seal(id, &dev.key, who).to_vec(),
@@ -648,42 +650,50 @@ impl Worker {
         }
     }
 
-    /// Metrics and device state for a durable frame.
-    fn account(&mut self, a: &verify::Accepted, gap: Gap, now_ms: u64) {
-        let r = &a.record;
-        self.metrics.frames_accepted.inc();
-        if !self.tenant_readings.contains_key(&r.tenant) {
-            let counter = self
-                .metrics
-                .readings_accepted
-                .get_or_create(&TenantLabel::of(&r.tenant))
-                .clone();
-            self.tenant_readings.insert(r.tenant.clone(), counter);
+    /// Metrics, device state and live feed for durable frames (one lock each per commit).
+    fn account(&mut self, accepted: &[&verify::Accepted], gaps: Vec<Gap>, now_ms: u64) {
+        self.metrics.frames_accepted.inc_by(accepted.len() as u64);
+        let flagged = accepted.iter().map(|a| u64::from(a.flagged)).sum();
+        self.metrics.readings_flagged.inc_by(flagged);
+        for a in accepted {
+            let tenant = &a.record.tenant;
+            if !self.tenant_readings.contains_key(tenant) {
+                let counter = self
+                    .metrics
+                    .readings_accepted
+                    .get_or_create(&TenantLabel::of(tenant))
+                    .clone();
+                self.tenant_readings.insert(tenant.clone(), counter);
+            }
+            if let Some(counter) = self.tenant_readings.get(tenant) {
+                counter.inc_by(u64::from(a.record.readings));
+            }
         }
-        if let Some(counter) = self.tenant_readings.get(&r.tenant) {
-            counter.inc_by(u64::from(r.readings));
-        }
-        self.metrics.readings_flagged.inc_by(u64::from(a.flagged));
-        let frame = Stored {
-            last_time: a.last_time,
-            readings: r.readings,
-            counter: r.counter,
-            gap,
-            battery_mv: a.battery_mv,
-            dropped: a.dropped,
-        };
-        self.metrics
-            .devices
-            .update(|b| b.stored(&r.tenant, &r.device, frame, &a.glance, now_ms));
-        self.metrics.feed.push(feed::New {
-            at_ms: now_ms,
-            tenant: &r.tenant,
-            device: &r.device,
-            verdict: Verdict::Stored,
-            reason: None,
-            counter: Some(r.counter),
-            readings: Some(r.readings),
+        self.metrics.devices.update(|b| {
+            for (a, gap) in accepted.iter().zip(gaps) {
+                let r = &a.record;
+                let frame = Stored {
+                    last_time: a.last_time,
+                    readings: r.readings,
+                    counter: r.counter,
+                    gap,
+                    battery_mv: a.battery_mv,
+                    dropped: a.dropped,
+                };
+                b.stored(&r.tenant, &r.device, frame, &a.glance, now_ms);
+            }
         });
+        self.metrics
+            .feed
+            .push_all(accepted.iter().map(|a| feed::New {
+                at_ms: now_ms,
+                tenant: &a.record.tenant,
+                device: &a.record.device,
+                verdict: Verdict::Stored,
+                reason: None,
+                counter: Some(a.record.counter),
+                readings: Some(a.record.readings),
+            }));
     }
 
     /// Tells the live feed what became of a message whose topic names a device.

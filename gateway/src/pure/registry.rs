@@ -4,10 +4,10 @@
 //! allocation. No files here: [`crate::registry`] stores it as TOML. Keys are secrets and
 //! never appear in `Debug` output.
 
+use super::FastMap;
 use crate::access::PasswordHash;
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Why the registry could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -188,14 +188,14 @@ pub struct Device {
 /// on the per-message path).
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    tenants: HashMap<String, HashMap<String, Device>>,
+    tenants: FastMap<String, FastMap<String, Device>>,
     gateways: Vec<GatewayAccount>,
 }
 
 impl Registry {
     /// Builds from entries, checking each.
     pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
-        let mut tenants: HashMap<String, HashMap<String, Device>> = HashMap::new();
+        let mut tenants: FastMap<String, FastMap<String, Device>> = FastMap::default();
         for entry in entries {
             let err = |message: String| RegistryError::Entry {
                 tenant: entry.tenant.clone(),
@@ -248,7 +248,7 @@ impl Registry {
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.tenants.values().all(HashMap::is_empty)
+        self.tenants.values().all(FastMap::is_empty)
     }
 
     /// Adds or replaces an entry (checked).

@@ -16,9 +16,9 @@
 //! u32 epoch, window, u8 n, n × (u32 counter, 8-byte tag)`, then CRC-32 of everything
 //! before. `"VGR1"` snapshots (no tags) still load.
 
+use super::FastMap;
 use super::missing::{self, Gap};
 use protocol::{Freshness, ReplayWindow};
-use std::collections::HashMap;
 
 /// How many recent (counter, tag) pairs are kept per device.
 pub const RECENT: usize = 64;
@@ -142,7 +142,7 @@ pub trait Counters {
 /// (nested so a lookup borrows `&str`: no allocation per message).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReplayBook {
-    windows: HashMap<String, HashMap<String, Slot>>,
+    windows: FastMap<String, FastMap<String, Slot>>,
 }
 
 /// A snapshot that does not parse or whose checksum fails.
@@ -197,29 +197,30 @@ impl ReplayBook {
             .and_then(|s| s.window.highest())
     }
 
-    /// Whether `counter` of `tenant`/`device` under key `epoch` is held durably (inside
-    /// the window and accepted): what an acknowledgement may claim.
-    pub fn holds(&self, tenant: &str, device: &str, epoch: u32, counter: u32) -> bool {
-        self.slot(tenant, device)
-            .is_some_and(|s| s.epoch == epoch && s.window.check(counter) == Freshness::Duplicate)
+    /// Which counters of `tenant`/`device` under key `epoch` are held durably (inside the
+    /// window and accepted): what an acknowledgement may claim. One lookup for the device,
+    /// then a test per counter.
+    pub fn holds(&self, tenant: &str, device: &str, epoch: u32) -> impl Fn(u32) -> bool + '_ {
+        let slot = self.slot(tenant, device).filter(|s| s.epoch == epoch);
+        move |counter| slot.is_some_and(|s| s.window.check(counter) == Freshness::Duplicate)
     }
 
     /// An overlay for judging one batch.
     pub fn pending(&self) -> Pending<'_> {
         Pending {
             book: self,
-            touched: HashMap::new(),
+            touched: FastMap::default(),
         }
     }
 
     /// Number of devices tracked.
     pub fn len(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.windows.values().map(FastMap::len).sum()
     }
 
     /// True when no device is tracked.
     pub fn is_empty(&self) -> bool {
-        self.windows.values().all(HashMap::is_empty)
+        self.windows.values().all(FastMap::is_empty)
     }
 
     /// Serializes the whole book.
@@ -271,7 +272,7 @@ impl ReplayBook {
         };
         let u32_of = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         let count = u32_of(take(4)?);
-        let mut windows: HashMap<String, HashMap<String, Slot>> = HashMap::new();
+        let mut windows: FastMap<String, FastMap<String, Slot>> = FastMap::default();
         for _ in 0..count {
             let mut text = || -> Result<String, SnapshotError> {
                 let len = take(1)?[0] as usize;
@@ -313,7 +314,7 @@ impl ReplayBook {
 pub struct Pending<'a> {
     book: &'a ReplayBook,
     /// Copies of the slots this batch changed, by tenant then device (lookups borrow).
-    touched: HashMap<String, HashMap<String, Slot>>,
+    touched: FastMap<String, FastMap<String, Slot>>,
 }
 
 impl Pending<'_> {

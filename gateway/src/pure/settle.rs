@@ -12,16 +12,17 @@ use crate::registry::Registry;
 use protocol::{Ack, Topic};
 use std::collections::BTreeMap;
 
-/// The frames a commit settled, by device (tenant, device) → counters.
+/// The frames a commit settled, by device (tenant, device) → counters. Borrows the names
+/// from the batch (no allocation per frame).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Settled {
-    by_device: BTreeMap<(String, String), Vec<u32>>,
+pub struct Settled<'a> {
+    by_device: BTreeMap<(&'a str, &'a str), Vec<u32>>,
 }
 
-impl Settled {
+impl<'a> Settled<'a> {
     /// Notes the message `index` of a judged batch, if its outcome settles an
     /// authenticated frame.
-    pub fn note(&mut self, plan: &Plan, index: usize, topic: &str, payload: &[u8]) {
+    pub fn note(&mut self, plan: &'a Plan, index: usize, topic: &'a str, payload: &[u8]) {
         let counter = match &plan.outcomes[index] {
             Outcome::Store(i) => {
                 let r = &plan.accepted[*i].record;
@@ -39,9 +40,9 @@ impl Settled {
         }
     }
 
-    fn add(&mut self, tenant: &str, device: &str, counter: u32) {
+    fn add(&mut self, tenant: &'a str, device: &'a str, counter: u32) {
         self.by_device
-            .entry((tenant.to_string(), device.to_string()))
+            .entry((tenant, device))
             .or_default()
             .push(counter);
     }
@@ -71,13 +72,13 @@ impl Settled {
             for &c in counters {
                 ack.set(c);
             }
-            let epoch = dev.key.epoch();
+            let holds = book.holds(tenant, device, dev.key.epoch());
             for c in base..=base.saturating_add(protocol::ack::ACK_SPAN - 1) {
-                if book.holds(tenant, device, epoch, c) {
+                if holds(c) {
                     ack.set(c);
                 }
             }
-            out.push((tenant.clone(), device.clone(), ack));
+            out.push((tenant.to_string(), device.to_string(), ack));
         }
         out
     }
