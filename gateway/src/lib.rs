@@ -9,7 +9,7 @@
 //! - [`buffer`]: the durable segment log (design note at its top).
 //! - [`quarantine`]: bounded on-disk store of rejected frames and refused lines.
 //! - [`ingest`]: the worker thread that judges, stores, then acknowledges.
-//! - [`mqtt`]: the MQTT 5 shell (rumqttc): event loop, in-order acks, reconnect.
+//! - [`mqtt`]: the MQTT 5 shell (its own connection, rumqttc's codec): in-order acks, reconnect.
 //! - [`sink`]: delivery thread, per-tenant lanes, writers (InfluxDB v1, v2, files).
 //! - [`health`]: the typed state `/readyz` reports.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, quarantine replay.

@@ -18,21 +18,30 @@
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
 //! unacknowledged messages across gateway restarts and redelivers them.
+//!
+//! The connection itself ([`conn`]) is the gateway's own, with rumqttc's packet codec: one
+//! write per turn of the loop carries every acknowledgement due (rumqttc's event loop
+//! wrote each on its own).
 
-use crate::config::MqttConfig;
+mod conn;
+
+use crate::config::{MqttConfig, Secret};
 use crate::health::Health;
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
 use crate::pure::ack_flow::AckFlow;
 use crate::pure::downlinks::Downlinks;
+use conn::{ConnError, Connection};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, Publish, Subscribe,
+    SubscribeReasonCode,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Largest packet accepted from the broker. Larger than any valid frame, so an oversized
@@ -85,43 +94,83 @@ pub enum SetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the client options.
-pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<MqttOptions, SetupError> {
-    // An account connects with its own username as client id (deploy/mosquitto.conf).
-    let client_id = cfg.username.as_ref().unwrap_or(&cfg.client_id);
-    let mut o = MqttOptions::new(client_id.clone(), host, port);
-    o.set_keep_alive(cfg.keep_alive)
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(
-            cfg.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
-        ))
-        .set_receive_maximum(Some(cfg.receive_maximum))
-        // Our own QoS 1 publishes in flight (device acknowledgements). Without a limit
-        // rumqttc sizes its table for 65,535 of them: 14 MB of the process's memory.
-        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
-        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
-        .set_manual_acks(true);
-    if let Some(user) = &cfg.username {
-        let password = match (&cfg.password, &cfg.password_file) {
-            (Some(p), _) => p.expose().to_string(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| SetupError::PasswordRead {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            (None, None) => String::new(),
-        };
-        o.set_credentials(user.clone(), password);
-    }
-    if cfg.tls {
-        o.set_transport(Transport::Tls(tls_config(cfg)?));
-    }
-    Ok(o)
+/// How to reach the broker, from `[mqtt]`.
+#[derive(Clone)]
+pub struct Options {
+    /// Broker host (name or address; the TLS server name too).
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id: an account's username (deploy/mosquitto.conf), else `mqtt.client_id`.
+    pub client_id: String,
+    /// Username and password, for an account.
+    pub login: Option<(String, Secret)>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Session expiry, seconds.
+    pub session_expiry_s: u32,
+    /// Messages the broker may send unacknowledged (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Largest packet accepted from the broker.
+    pub max_incoming_packet: u32,
+    /// TLS, with the CA that signed the broker's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, SetupError> {
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("login", &self.login)
+            .field("keep_alive", &self.keep_alive)
+            .field("session_expiry_s", &self.session_expiry_s)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Builds the client options.
+pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<Options, SetupError> {
+    let login = match &cfg.username {
+        None => None,
+        Some(user) => {
+            let password = match (&cfg.password, &cfg.password_file) {
+                (Some(p), _) => p.clone(),
+                (None, Some(path)) => Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(|source| SetupError::PasswordRead {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .trim_end_matches(['\r', '\n']),
+                ),
+                (None, None) => Secret::default(),
+            };
+            Some((user.clone(), password))
+        }
+    };
+    Ok(Options {
+        host: host.to_string(),
+        port,
+        // An account connects with its own username as client id (deploy/mosquitto.conf).
+        client_id: cfg.username.as_ref().unwrap_or(&cfg.client_id).clone(),
+        login,
+        keep_alive: cfg.keep_alive,
+        session_expiry_s: cfg.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32,
+        receive_maximum: cfg.receive_maximum,
+        max_incoming_packet: MAX_INCOMING_PACKET,
+        tls: if cfg.tls {
+            Some(tls_config(cfg)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn tls_config(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, SetupError> {
     let path = cfg.ca_file.as_ref().ok_or(SetupError::NoCaFile)?;
     let parse = |reason: String| SetupError::CaParse {
         path: path.clone(),
@@ -144,181 +193,308 @@ fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, SetupError> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
+}
+
+/// Longest wait for the broker's CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Packet id of the SUBSCRIBE: above every publish's (`1..=OUTGOING_INFLIGHT`).
+const SUBSCRIBE_ID: u16 = u16::MAX;
+
+/// The shell's state across connections.
+struct Shell {
+    filter: String,
+    jobs: mpsc::Sender<Job>,
+    acks: mpsc::UnboundedReceiver<ToBroker>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stopping: CancellationToken,
+    /// Messages the worker may hold unacknowledged before reading pauses.
+    intake: usize,
+    /// Our keep-alive (the broker's Server Keep Alive wins).
+    keep_alive: Duration,
+    flow: AckFlow,
+    /// Received messages waiting for room in the worker's channel.
+    queue: VecDeque<Inbound>,
+    /// Device acknowledgements waiting for, and in flight to, the broker.
+    downlinks: Downlinks,
+    /// Shutdown began: stop handing messages over, send the acks due, until this instant.
+    draining: Option<Instant>,
+    /// When the worker last took a message from the queue.
+    taken: Instant,
+}
+
+/// How a connection ended.
+enum End {
+    /// Shutdown finished: acknowledgements sent.
+    Done,
+    /// The connection failed.
+    Lost(ConnError),
 }
 
 /// Runs the MQTT side until shutdown.
 pub async fn run(
-    options: MqttOptions,
+    options: Options,
     filter: String,
     jobs: mpsc::Sender<Job>,
-    mut acks: mpsc::UnboundedReceiver<ToBroker>,
+    acks: mpsc::UnboundedReceiver<ToBroker>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stopping: CancellationToken,
 ) {
-    let intake = usize::from(options.receive_maximum().unwrap_or(1000));
-    let (client, mut eventloop) = AsyncClient::new(options, intake + 64);
-    let mut flow = AckFlow::default();
-    let mut queue: VecDeque<Inbound> = VecDeque::new();
-    // Device acknowledgements waiting for room in the client's request queue.
-    let mut downlinks = Downlinks::new(DOWNLINKS);
-    let mut backoff = Duration::from_millis(100);
-    let mut draining: Option<tokio::time::Instant> = None;
-    // When the worker last took a message from the queue.
-    let mut taken = tokio::time::Instant::now();
-    // Whether to read the socket: not while the queue is full and the worker is taking
-    // from it (see the module note).
-    let reading = |queue: &VecDeque<Inbound>, taken: tokio::time::Instant| {
-        queue.len() < intake || taken.elapsed() >= STALLED
+    let mut shell = Shell {
+        filter,
+        jobs,
+        acks,
+        metrics,
+        health,
+        stopping,
+        intake: usize::from(options.receive_maximum),
+        keep_alive: options.keep_alive,
+        flow: AckFlow::default(),
+        queue: VecDeque::new(),
+        downlinks: Downlinks::new(DOWNLINKS, OUTGOING_INFLIGHT),
+        draining: None,
+        taken: Instant::now(),
     };
+    let mut backoff = Duration::from_millis(100);
     loop {
-        while let Some(token) = flow.next_ack() {
-            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
-            p.pkid = token.pkid;
-            if client.try_ack(&p).is_err() {
-                // Full: the event loop drains it on its next poll; try again then.
-                break;
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&options)) => {
+                opened.unwrap_or(Err(ConnError::Timeout(CONNECT_TIMEOUT)))
             }
-            flow.sent();
-        }
-        while let Some((topic, payload)) = downlinks.pop() {
-            match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload.clone()) {
-                Ok(()) => {
-                    metrics.device_acks.inc();
-                }
-                Err(_) => {
-                    downlinks.unpop((topic, payload));
-                    break;
+            _ = shell.stopping.cancelled() => return,
+        };
+        let error = match opened {
+            Ok((mut conn, connack)) => {
+                backoff = Duration::from_millis(100);
+                match shell.connected(&mut conn, &connack).await {
+                    End::Done => {
+                        // Flush the disconnect so the broker keeps the session cleanly.
+                        let bye = Packet::Disconnect(Disconnect::new(
+                            DisconnectReasonCode::NormalDisconnection,
+                        ));
+                        if conn.queue(&bye).is_ok() {
+                            let _ = tokio::time::timeout(Duration::from_millis(500), conn.flush())
+                                .await;
+                        }
+                        return;
+                    }
+                    End::Lost(e) => e,
                 }
             }
+            Err(e) => e,
+        };
+        shell.metrics.mqtt_connected.set(0);
+        let refused = match &error {
+            ConnError::Refused(code) => Some(format!(
+                "the broker refused this gateway's account ({code:?}): check mqtt.username \
+                 and its password, and that the broker was restarted since `gateways add`"
+            )),
+            _ => None,
+        };
+        shell.health.set_broker(Err(refused.clone()));
+        if shell.draining.is_some() || shell.stopping.is_cancelled() {
+            return;
         }
-        metrics
-            .device_acks_waiting
-            .set(crate::metrics::gauge(downlinks.len() as u64));
-        // Draining ends when every message handed over is acked, when the worker has
-        // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
-        let worker_gone = acks.is_closed() && acks.is_empty() && flow.idle();
-        if draining.is_some_and(|until| {
-            flow.settled() || worker_gone || tokio::time::Instant::now() >= until
-        }) {
-            break;
+        match refused {
+            Some(why) => tracing::error!("{why}; retrying in {backoff:?}"),
+            None => {
+                tracing::warn!(error = %error, "broker connection lost; reconnecting in {backoff:?}")
+            }
         }
         tokio::select! {
-            biased;
-            _ = stopping.cancelled(), if draining.is_none() => {
-                // Stop taking new messages; keep polling so acks for stored ones go out.
-                draining = Some(tokio::time::Instant::now() + DRAIN);
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shell.stopping.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+impl Shell {
+    /// Whether to read the socket: not while the queue is full and the worker is taking
+    /// from it, nor with a full queue at shutdown (see the module note).
+    fn reading(&self) -> bool {
+        self.queue.len() < self.intake
+            || (self.draining.is_none() && self.taken.elapsed() >= STALLED)
+    }
+
+    /// Serves one connection until it fails or shutdown has sent what it could.
+    async fn connected(&mut self, conn: &mut Connection, connack: &ConnAck) -> End {
+        self.flow.on_connack();
+        let broker_limit = connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.receive_max)
+            .unwrap_or(u16::MAX);
+        self.downlinks.reconnected(broker_limit);
+        self.metrics.mqtt_connects.inc();
+        tracing::info!(session_present = connack.session_present, filter = %self.filter, "connected to the broker");
+        // The uplinks (shared by the group) and every device's status (SPEC §7).
+        let mut subscribe = Subscribe::new_many(
+            [
+                Filter::new(self.filter.clone(), QoS::AtLeastOnce),
+                Filter::new(protocol::topic::STATUS_FILTER, QoS::AtLeastOnce),
+            ],
+            None,
+        );
+        subscribe.pkid = SUBSCRIBE_ID;
+        if let Err(e) = conn.queue(&Packet::Subscribe(subscribe)) {
+            return End::Lost(e);
+        }
+        let keep_alive = connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.server_keep_alive)
+            .map_or(self.keep_alive, |s| Duration::from_secs(u64::from(s)))
+            .max(Duration::from_secs(1));
+        let mut ping_due = Instant::now() + keep_alive;
+        let mut awaiting_pong = false;
+        loop {
+            // Everything due goes out in one write: acknowledgements in arrival order,
+            // then device acknowledgements while the broker has room for them.
+            while let Some(token) = self.flow.next_ack() {
+                if let Err(e) = conn.queue(&Packet::PubAck(PubAck::new(token.pkid, None))) {
+                    return End::Lost(e);
+                }
+                self.flow.sent();
             }
-            // Draining: wakes at the deadline (acks and events wake it before).
-            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => {}
-            // `None`: the worker has stopped; the loop's top sees it (no more acks can come).
-            received = acks.recv(), if !acks.is_closed() || !acks.is_empty() => {
-                let mut next = received;
-                while let Some(message) = next.take() {
-                    match message {
-                        ToBroker::Ack(token) => flow.on_durable(token),
-                        ToBroker::Downlink { topic, payload } => {
-                            if downlinks.push(topic, payload) {
-                                metrics.device_acks_superseded.inc();
+            while let Some((pkid, (topic, payload))) = self.downlinks.next_publish() {
+                let mut p = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload.clone(), None);
+                p.pkid = pkid;
+                p.retain = true;
+                if let Err(e) = conn.queue(&Packet::Publish(p)) {
+                    return End::Lost(e);
+                }
+                self.metrics.device_acks.inc();
+            }
+            self.metrics
+                .device_acks_waiting
+                .set(crate::metrics::gauge(self.downlinks.len() as u64));
+            if let Err(e) = conn.flush().await {
+                return End::Lost(e);
+            }
+            // Draining ends when every message handed over is acked, when the worker has
+            // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
+            let worker_gone = self.acks.is_closed() && self.acks.is_empty() && self.flow.idle();
+            if self
+                .draining
+                .is_some_and(|until| self.flow.settled() || worker_gone || Instant::now() >= until)
+            {
+                return End::Done;
+            }
+            let reading = self.reading();
+            let mut got = None;
+            tokio::select! {
+                biased;
+                _ = self.stopping.cancelled(), if self.draining.is_none() => {
+                    // Stop taking new messages; keep going so acks for stored ones go out.
+                    self.draining = Some(Instant::now() + DRAIN);
+                }
+                // Draining: wakes at the deadline (acks and packets wake it before).
+                _ = tokio::time::sleep_until(self.draining.unwrap_or_else(Instant::now)), if self.draining.is_some() => {}
+                // `None`: the worker has stopped; the loop's top sees it.
+                received = self.acks.recv(), if !self.acks.is_closed() || !self.acks.is_empty() => {
+                    let mut next = received;
+                    while let Some(message) = next.take() {
+                        match message {
+                            ToBroker::Ack(token) => self.flow.on_durable(token),
+                            ToBroker::Downlink { topic, payload } => {
+                                if self.downlinks.push(topic, payload) {
+                                    self.metrics.device_acks_superseded.inc();
+                                }
                             }
                         }
+                        next = self.acks.try_recv().ok();
                     }
-                    next = acks.try_recv().ok();
                 }
+                permit = self.jobs.reserve(), if !self.queue.is_empty() && self.draining.is_none() => {
+                    let Ok(permit) = permit else { return End::Done };
+                    // Everything queued the channel has room for, in one go.
+                    let mut permit = Some(permit);
+                    while let Some(p) = permit.take() {
+                        let Some(m) = self.queue.pop_front() else { break };
+                        self.flow.handed_over(m.ack);
+                        p.send(Job::Message(m));
+                        permit = self.jobs.try_reserve().ok();
+                    }
+                    self.taken = Instant::now();
+                }
+                _ = tokio::time::sleep_until(ping_due) => {
+                    if awaiting_pong {
+                        return End::Lost(ConnError::PingTimeout);
+                    }
+                    if let Err(e) = conn.queue(&Packet::PingReq(PingReq)) {
+                        return End::Lost(e);
+                    }
+                    awaiting_pong = true;
+                    ping_due = Instant::now() + keep_alive;
+                }
+                // Reading paused: wakes when the pause turns into a stall.
+                _ = tokio::time::sleep_until(self.taken + STALLED), if !reading => {}
+                read = conn.read(), if reading => got = Some(read),
             }
-            permit = jobs.reserve(), if !queue.is_empty() && draining.is_none() => {
-                let Ok(permit) = permit else { break };
-                if let Some(m) = queue.pop_front() {
-                    flow.handed_over(m.ack);
-                    permit.send(Job::Message(m));
-                    taken = tokio::time::Instant::now();
-                }
-            }
-            // Reading paused: wakes when the pause turns into a stall (then `poll` runs).
-            _ = tokio::time::sleep_until(taken + STALLED), if !reading(&queue, taken) => {}
-            event = eventloop.poll(), if reading(&queue, taken) => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| flow.on_publish(p.pkid));
-                    queue.push_back(Inbound {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.to_vec(),
-                        received_ms: crate::now_ms(),
-                        ack,
-                        recovering: false,
-                    });
-                }
-                Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                    flow.on_connack();
-                    backoff = Duration::from_millis(100);
-                    metrics.mqtt_connects.inc();
-                    tracing::info!(session_present = c.session_present, %filter, "connected to the broker");
-                    // The uplinks (shared by the group) and every device's status (SPEC §7).
-                    let filters = [
-                        Filter::new(filter.clone(), QoS::AtLeastOnce),
-                        Filter::new(protocol::topic::STATUS_FILTER, QoS::AtLeastOnce),
-                    ];
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(error = %e, "cannot subscribe");
+            // Bytes from the broker: every whole packet in them.
+            if let Some(read) = got {
+                let handled = read.and_then(|()| {
+                    while let Some(packet) = conn.next_packet()? {
+                        self.on_packet(packet, &mut awaiting_pong)?;
                     }
-                }
-                // Ready only once the broker granted the subscription: a locked-down broker
-                // refuses it to an account without the gateway role.
-                Ok(Event::Incoming(Packet::SubAck(s))) => match s
-                    .return_codes
-                    .iter()
-                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                {
-                    None => {
-                        metrics.mqtt_connected.set(1);
-                        health.set_broker(Ok(()));
-                        tracing::info!(%filter, "subscribed");
-                    }
-                    Some(refused) => {
-                        let why = format!(
-                            "the broker refused the subscription {filter} or {} ({refused:?}): check \
-                             that mqtt.username is a gateway account (`gateways add`) and that \
-                             the broker was restarted since",
-                            protocol::topic::STATUS_FILTER
-                        );
-                        tracing::error!("{why}");
-                        health.set_broker(Err(Some(why)));
-                    }
-                },
-                Ok(_) => {}
-                Err(e) => {
-                    metrics.mqtt_connected.set(0);
-                    let refused = match &e {
-                        ConnectionError::ConnectionRefused(code) => Some(format!(
-                            "the broker refused this gateway's account ({code:?}): check \
-                             mqtt.username and its password, and that the broker was restarted \
-                             since `gateways add`"
-                        )),
-                        _ => None,
-                    };
-                    health.set_broker(Err(refused.clone()));
-                    if draining.is_some() {
-                        break;
-                    }
-                    match refused {
-                        Some(why) => tracing::error!("{why}; retrying in {backoff:?}"),
-                        None => tracing::warn!(error = %e, "broker connection lost; reconnecting in {backoff:?}"),
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stopping.cancelled() => { draining = Some(tokio::time::Instant::now()); }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    Ok(())
+                });
+                if let Err(e) = handled {
+                    return End::Lost(e);
                 }
             }
         }
     }
-    let _ = client.try_disconnect();
-    // Flush the disconnect so the broker keeps the session cleanly.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+
+    /// One packet from the broker.
+    fn on_packet(&mut self, packet: Packet, awaiting_pong: &mut bool) -> Result<(), ConnError> {
+        match packet {
+            Packet::Publish(p) => {
+                let ack = (p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid));
+                self.queue.push_back(Inbound {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    received_ms: crate::now_ms(),
+                    ack,
+                    recovering: false,
+                });
+            }
+            Packet::PubAck(a) => {
+                self.downlinks.on_puback(a.pkid);
+            }
+            Packet::PingResp(_) => *awaiting_pong = false,
+            // Ready only once the broker granted the subscription: a locked-down broker
+            // refuses it to an account without the gateway role.
+            Packet::SubAck(s) => match s
+                .return_codes
+                .iter()
+                .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+            {
+                None => {
+                    self.metrics.mqtt_connected.set(1);
+                    self.health.set_broker(Ok(()));
+                    tracing::info!(filter = %self.filter, "subscribed");
+                }
+                Some(refused) => {
+                    let why = format!(
+                        "the broker refused the subscription {} or {} ({refused:?}): check \
+                         that mqtt.username is a gateway account (`gateways add`) and that \
+                         the broker was restarted since",
+                        self.filter,
+                        protocol::topic::STATUS_FILTER
+                    );
+                    tracing::error!("{why}");
+                    self.health.set_broker(Err(Some(why)));
+                }
+            },
+            Packet::Disconnect(d) => return Err(ConnError::Disconnected(d.reason_code)),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -336,19 +512,20 @@ mod tests {
             ..MqttConfig::default()
         };
         let o = options(&cfg, "broker", 1883).unwrap();
-        assert_eq!(o.client_id(), "gw-1");
-        let login = o.credentials().unwrap();
-        assert_eq!(
-            (login.username.as_str(), login.password.as_str()),
-            ("gw-1", "s3cret")
+        assert_eq!(o.client_id, "gw-1");
+        let (user, password) = o.login.clone().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("gw-1", "s3cret"));
+        assert!(
+            !format!("{o:?}").contains("s3cret"),
+            "never in Debug: {o:?}"
         );
         // An inline password wins; a missing file is named, its content never.
         let inline = MqttConfig {
-            password: Some(crate::config::Secret::new("inline")),
+            password: Some(Secret::new("inline")),
             ..cfg.clone()
         };
         let o = options(&inline, "broker", 1883).unwrap();
-        assert_eq!(o.credentials().unwrap().password, "inline");
+        assert_eq!(o.login.unwrap().1.expose(), "inline");
         let missing = MqttConfig {
             password_file: Some(dir.path().join("nope")),
             ..cfg
@@ -357,7 +534,7 @@ mod tests {
         assert!(err.starts_with("mqtt.password_file"), "{err}");
         // Without an account: the configured client id, no credentials.
         let o = options(&MqttConfig::default(), "broker", 1883).unwrap();
-        assert_eq!(o.client_id(), "vigie-gateway");
-        assert!(o.credentials().is_none());
+        assert_eq!(o.client_id, "vigie-gateway");
+        assert!(o.login.is_none());
     }
 }

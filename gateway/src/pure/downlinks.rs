@@ -1,60 +1,167 @@
-//! Device acknowledgements (SPEC §12) waiting for room in the broker client's request
-//! queue, bounded. They are published retained, one topic per device, and each covers the
-//! counters of one commit; while the broker takes them more slowly than the gateway
-//! commits (draining a backlog), they would pile up without end (49,000 for 100 devices
-//! at a million-reading backlog, measured). Past the bound, a device's older waiting
-//! acknowledgement gives way to its newer one: the frames only the older one covered are
-//! resent by the device and acknowledged as duplicates, so nothing is lost, and memory
-//! stays bounded by the bound or the number of devices, whichever is larger.
+//! Device acknowledgements (SPEC §12) on their way to the broker: waiting, bounded, then
+//! published QoS 1 under a packet id until the broker's PUBACK. They are published
+//! retained, one topic per device, and each covers the counters of one commit; while the
+//! broker takes them more slowly than the gateway commits (draining a backlog), they would
+//! pile up without end (49,000 for 100 devices at a million-reading backlog, measured).
+//! Past the bound, a device's older waiting acknowledgement gives way to its newer one: the
+//! frames only the older one covered are resent by the device and acknowledged as
+//! duplicates, so nothing is lost, and memory stays bounded by the bound or the number of
+//! devices, whichever is larger.
+//!
+//! In flight: at most the broker's Receive Maximum (and the limit given to
+//! [`Downlinks::new`]) at once, under packet ids `1..=limit`; those still unanswered when
+//! the connection drops go first on the next one.
 
+use super::FastMap;
 use std::collections::VecDeque;
 
-/// The waiting acknowledgements, oldest first.
+/// A device acknowledgement: its topic and sealed payload.
+pub type Downlink = (String, Vec<u8>);
+
+/// The acknowledgements waiting (oldest first) and in flight.
 #[derive(Debug)]
 pub struct Downlinks {
-    waiting: VecDeque<(String, Vec<u8>)>,
+    /// Oldest first; `None` where one gave way to a newer one of its device.
+    waiting: VecDeque<Option<Downlink>>,
+    /// Sequence number of `waiting`'s front.
+    front: u64,
+    /// Each topic's waiting ones, by sequence number, oldest first (so that giving way
+    /// costs a lookup, not a scan of thousands of topics per commit).
+    by_topic: FastMap<String, VecDeque<u64>>,
+    /// How many wait (not counting those that gave way).
+    live: usize,
     bound: usize,
+    /// Slot `i` holds the publish with packet id `i + 1`, numbered in sending order.
+    in_flight: Vec<Option<(u64, Downlink)>>,
+    flying: usize,
+    sent: u64,
+    /// In flight at most on this connection.
+    limit: usize,
+    /// Where the search for a free packet id starts.
+    cursor: usize,
 }
 
 impl Downlinks {
-    /// An empty queue that starts replacing older acknowledgements at `bound`.
-    pub fn new(bound: usize) -> Self {
+    /// An empty queue that starts replacing older acknowledgements at `bound`, with at
+    /// most `limit` in flight.
+    pub fn new(bound: usize, limit: u16) -> Self {
+        let limit = usize::from(limit.max(1));
         Self {
             waiting: VecDeque::new(),
+            // Room below for those put back first after a reconnect.
+            front: 1 << 40,
+            by_topic: FastMap::default(),
+            live: 0,
             bound,
+            in_flight: vec![None; limit],
+            flying: 0,
+            sent: 0,
+            limit,
+            cursor: 0,
         }
     }
 
     /// Queues an acknowledgement for `topic`; true when it replaced an older one of the
     /// same device.
     pub fn push(&mut self, topic: String, payload: Vec<u8>) -> bool {
-        let replaced = self.waiting.len() >= self.bound
-            && match self.waiting.iter().position(|(t, _)| *t == topic) {
-                Some(i) => self.waiting.remove(i).is_some(),
-                None => false,
-            };
-        self.waiting.push_back((topic, payload));
-        replaced
+        let seq = self.front + self.waiting.len() as u64;
+        let queued = self.by_topic.entry(topic.clone()).or_default();
+        let older = if self.live >= self.bound {
+            queued.pop_front()
+        } else {
+            None
+        };
+        queued.push_back(seq);
+        if let Some(older) = older {
+            self.waiting[(older - self.front) as usize] = None;
+            self.live -= 1;
+        }
+        self.waiting.push_back(Some((topic, payload)));
+        self.live += 1;
+        older.is_some()
     }
 
-    /// The oldest one, to publish.
-    pub fn pop(&mut self) -> Option<(String, Vec<u8>)> {
-        self.waiting.pop_front()
+    /// The oldest waiting one, out of the queue.
+    fn pop(&mut self) -> Option<Downlink> {
+        while let Some(front) = self.waiting.pop_front() {
+            self.front += 1;
+            let Some(d) = front else { continue };
+            if let Some(queued) = self.by_topic.get_mut(&d.0) {
+                queued.pop_front();
+                if queued.is_empty() {
+                    self.by_topic.remove(&d.0);
+                }
+            }
+            self.live -= 1;
+            return Some(d);
+        }
+        None
     }
 
-    /// Puts back the one [`Self::pop`] gave when it could not be published.
-    pub fn unpop(&mut self, downlink: (String, Vec<u8>)) {
-        self.waiting.push_front(downlink);
+    /// Puts `d` first in the queue.
+    fn push_front(&mut self, d: Downlink) {
+        self.front -= 1;
+        self.by_topic
+            .entry(d.0.clone())
+            .or_default()
+            .push_front(self.front);
+        self.waiting.push_front(Some(d));
+        self.live += 1;
     }
 
-    /// How many wait.
+    /// The oldest waiting one and the packet id to publish it under, now in flight; `None`
+    /// when none waits or the limit is reached.
+    pub fn next_publish(&mut self) -> Option<(u16, &Downlink)> {
+        if self.flying >= self.limit || self.live == 0 {
+            return None;
+        }
+        let n = self.in_flight.len();
+        let slot = (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .find(|&i| self.in_flight[i].is_none())?;
+        self.sent += 1;
+        self.in_flight[slot] = self.pop().map(|d| (self.sent, d));
+        self.flying += 1;
+        self.cursor = (slot + 1) % n;
+        let id = u16::try_from(slot + 1).unwrap_or(u16::MAX);
+        self.in_flight[slot].as_ref().map(|(_, d)| (id, d))
+    }
+
+    /// The broker's PUBACK for `pkid`: true if it answered one of ours in flight.
+    pub fn on_puback(&mut self, pkid: u16) -> bool {
+        let slot = usize::from(pkid).checked_sub(1);
+        match slot.and_then(|i| self.in_flight.get_mut(i)) {
+            Some(d @ Some(_)) => {
+                *d = None;
+                self.flying -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A new connection, whose broker takes `broker_limit` publishes in flight: those left
+    /// unanswered by the last one go first again, in the order they were sent (a device's
+    /// newer acknowledgement stays the retained one).
+    pub fn reconnected(&mut self, broker_limit: u16) {
+        let mut unanswered: Vec<_> = self.in_flight.iter_mut().filter_map(Option::take).collect();
+        unanswered.sort_unstable_by_key(|(sent, _)| *sent);
+        for (_, d) in unanswered.into_iter().rev() {
+            self.push_front(d);
+        }
+        self.flying = 0;
+        self.cursor = 0;
+        self.limit = usize::from(broker_limit).clamp(1, self.in_flight.len());
+    }
+
+    /// How many wait (those in flight not counted).
     pub fn len(&self) -> usize {
-        self.waiting.len()
+        self.live
     }
 
     /// True when none waits.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
+        self.live == 0
     }
 }
 
@@ -62,9 +169,13 @@ impl Downlinks {
 mod tests {
     use super::*;
 
+    fn sent(d: &mut Downlinks) -> Vec<(u16, u8)> {
+        std::iter::from_fn(|| d.next_publish().map(|(id, x)| (id, x.1[0]))).collect()
+    }
+
     #[test]
     fn past_the_bound_a_devices_newer_acknowledgement_replaces_its_older_one() {
-        let mut d = Downlinks::new(3);
+        let mut d = Downlinks::new(3, 100);
         for (topic, n) in [("a", 1), ("b", 1), ("a", 2)] {
             assert!(
                 !d.push(topic.into(), vec![n]),
@@ -77,7 +188,8 @@ mod tests {
             "no older one of c: kept, over the bound"
         );
         assert!(d.push("a".into(), vec![3]), "a's oldest gives way");
-        let order: Vec<_> = std::iter::from_fn(|| d.pop()).collect();
+        let order: Vec<_> =
+            std::iter::from_fn(|| d.next_publish().map(|(_, x)| x.clone())).collect();
         assert_eq!(
             order,
             [
@@ -88,9 +200,62 @@ mod tests {
             ]
         );
         assert!(d.is_empty());
-        d.push("x".into(), vec![9]);
-        let first = d.pop().unwrap();
-        d.unpop(first.clone());
-        assert_eq!((d.len(), d.pop()), (1, Some(first)));
+    }
+
+    proptest::proptest! {
+        /// Same acknowledgements, same order, same replacements as the plain queue that
+        /// scans for a device's older one.
+        #[test]
+        fn giving_way_matches_a_plain_scan(
+            ops in proptest::collection::vec((0u8..6, 0u8..4), 0..200),
+            bound in 1usize..8,
+        ) {
+            let mut d = Downlinks::new(bound, 3);
+            let mut model: VecDeque<Downlink> = VecDeque::new();
+            for (i, (device, op)) in ops.into_iter().enumerate() {
+                if op == 0 {
+                    let got = d.next_publish().map(|(id, x)| (id, x.clone()));
+                    if let Some((id, x)) = got {
+                        proptest::prop_assert_eq!(Some(x), model.pop_front());
+                        proptest::prop_assert!(d.on_puback(id));
+                    } else {
+                        proptest::prop_assert!(model.is_empty());
+                    }
+                } else {
+                    let topic = format!("t{device}");
+                    let replaced = model.len() >= bound
+                        && match model.iter().position(|(t, _)| *t == topic) {
+                            Some(i) => model.remove(i).is_some(),
+                            None => false,
+                        };
+                    model.push_back((topic.clone(), vec![i as u8]));
+                    proptest::prop_assert_eq!(d.push(topic, vec![i as u8]), replaced);
+                }
+                proptest::prop_assert_eq!(d.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_up_to_the_limit_under_free_packet_ids_and_again_after_a_reconnect() {
+        let mut d = Downlinks::new(100, 2);
+        for n in 0..4 {
+            d.push(format!("t{n}"), vec![n]);
+        }
+        assert_eq!(sent(&mut d), [(1, 0), (2, 1)], "two in flight at most");
+        assert!(!d.on_puback(7), "not ours");
+        assert!(d.on_puback(1));
+        assert!(!d.on_puback(1), "answered once");
+        assert_eq!(sent(&mut d), [(1, 2)]);
+        // The connection drops with 1 (id 2) and 2 (id 1) unanswered: they go first again,
+        // in the order they were sent, to a broker that takes one at a time.
+        d.reconnected(1);
+        assert_eq!(d.len(), 3);
+        for want in [1, 2, 3] {
+            let now = sent(&mut d);
+            assert_eq!(now.iter().map(|x| x.1).collect::<Vec<_>>(), [want]);
+            assert!(d.on_puback(now[0].0));
+        }
+        assert!(d.is_empty() && sent(&mut d).is_empty());
     }
 }

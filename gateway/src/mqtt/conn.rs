@@ -1,0 +1,159 @@
+//! One MQTT 5 connection to the broker: TCP or TLS, packets encoded and decoded with
+//! rumqttc's codec (`mqttbytes`), and everything queued in a turn of the shell's loop
+//! written in one system call.
+//!
+//! Why not rumqttc's event loop: it writes and flushes each request on its own, so every
+//! PUBACK cost the gateway a `write` (and the broker a `read`): 300,000 writes for 300,000
+//! readings drained, a third of the MQTT thread's time (`perf`, docs/PERFORMANCE.md).
+//! Here the shell queues the acknowledgements of a whole commit and sends them at once.
+
+use super::Options;
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::Error as CodecError;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Login, Packet,
+};
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Room kept free in the read buffer before each read.
+const READ_ROOM: usize = 64 * 1024;
+
+/// A byte stream to the broker.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Why a connection failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The socket or TLS failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A packet could not be encoded or decoded.
+    #[error("MQTT packet: {0}")]
+    Codec(CodecError),
+    /// The broker refused the CONNECT.
+    #[error("connection refused: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The broker answered the CONNECT with another packet.
+    #[error("the broker answered the connection with something other than CONNACK")]
+    NoConnAck,
+    /// The broker closed the connection.
+    #[error("connection closed by the broker")]
+    Closed,
+    /// The broker sent DISCONNECT.
+    #[error("the broker ended the connection: {0:?}")]
+    Disconnected(DisconnectReasonCode),
+    /// No PINGRESP within the keep-alive.
+    #[error("no answer to a ping within the keep-alive")]
+    PingTimeout,
+    /// No CONNACK in time.
+    #[error("no answer from the broker within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An open connection.
+pub struct Connection {
+    stream: Box<dyn Stream>,
+    read: BytesMut,
+    write: BytesMut,
+    max_incoming: u32,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered_in", &self.read.len())
+            .field("queued_out", &self.write.len())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects, sends CONNECT and waits for the broker's CONNACK (refused: an error).
+    pub async fn open(o: &Options) -> Result<(Self, ConnAck), ConnError> {
+        let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
+        // Writes are whole turns of the loop already; Nagle would only delay them.
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &o.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(o.host.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                Box::new(connector.connect(name, tcp).await?)
+            }
+        };
+        let mut conn = Self {
+            stream,
+            read: BytesMut::with_capacity(READ_ROOM),
+            write: BytesMut::new(),
+            max_incoming: o.max_incoming_packet,
+        };
+        let mut properties = ConnectProperties::new();
+        properties.session_expiry_interval = Some(o.session_expiry_s);
+        properties.receive_maximum = Some(o.receive_maximum);
+        properties.max_packet_size = Some(o.max_incoming_packet);
+        let connect = Connect {
+            keep_alive: u16::try_from(o.keep_alive.as_secs()).unwrap_or(u16::MAX),
+            client_id: o.client_id.clone(),
+            clean_start: false,
+            properties: Some(properties),
+        };
+        let login = o
+            .login
+            .as_ref()
+            .map(|(user, password)| Login::new(user.clone(), password.expose()));
+        conn.queue(&Packet::Connect(connect, None, login))?;
+        conn.flush().await?;
+        loop {
+            match conn.next_packet()? {
+                Some(Packet::ConnAck(c)) if c.code == ConnectReturnCode::Success => {
+                    return Ok((conn, c));
+                }
+                Some(Packet::ConnAck(c)) => return Err(ConnError::Refused(c.code)),
+                Some(_) => return Err(ConnError::NoConnAck),
+                None => conn.read().await?,
+            }
+        }
+    }
+
+    /// Waits for bytes from the broker and buffers them. Cancel-safe: cancelled, it has
+    /// read nothing.
+    pub async fn read(&mut self) -> Result<(), ConnError> {
+        self.read.reserve(READ_ROOM);
+        match self.stream.read_buf(&mut self.read).await? {
+            0 => Err(ConnError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next whole packet buffered, if any.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, ConnError> {
+        match Packet::read(&mut self.read, Some(self.max_incoming)) {
+            Ok(p) => Ok(Some(p)),
+            Err(CodecError::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(ConnError::Codec(e)),
+        }
+    }
+
+    /// Queues a packet for the next [`Self::flush`].
+    pub fn queue(&mut self, packet: &Packet) -> Result<(), ConnError> {
+        packet
+            .write(&mut self.write, None)
+            .map(drop)
+            .map_err(ConnError::Codec)
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write).await?;
+            self.stream.flush().await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+}
