@@ -81,26 +81,28 @@ pub fn encode(
     let as_tags = strings == StringFields::Tags;
 
     out.push_str(reading.values.kind().measurement());
-    let string_tag = |v: &str| (as_tags && !v.is_empty()).then_some(v.to_string());
+    let string_tag = |v| Some(v).filter(|_| as_tags);
     // Sorted by key: device, faults, firmwareVersion, quality, site, tenant, zone.
-    let pairs = [
-        ("device", Some(tags.device.to_string())),
-        ("faults", string_tag(&faults)),
+    let pairs: [(&str, Option<&str>); 7] = [
+        ("device", Some(tags.device)),
+        ("faults", string_tag(faults.as_str())),
         (
             "firmwareVersion",
-            version_text.as_ref().and_then(|(_, v)| string_tag(v)),
+            version_text
+                .as_ref()
+                .and_then(|(_, v)| string_tag(v.as_str())),
         ),
-        ("quality", string_tag(&quality_text)),
-        ("site", tags.site.map(str::to_string)),
-        ("tenant", Some(tags.tenant.to_string())),
-        ("zone", tags.zone.map(str::to_string)),
+        ("quality", string_tag(quality_text.as_str())),
+        ("site", tags.site),
+        ("tenant", Some(tags.tenant)),
+        ("zone", tags.zone),
     ];
     for (key, value) in pairs {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             out.push(',');
             out.push_str(key);
             out.push('=');
-            escape_tag(out, &v);
+            escape_tag(out, v);
         }
     }
     let mut sep = ' ';
@@ -239,6 +241,14 @@ pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) 
 
 /// Escapes a tag value: `,`, `=` and space get a backslash; control characters become `_`.
 fn escape_tag(out: &mut String, v: &str) {
+    // Most values (ids, plain names) need nothing: copied whole.
+    if !v
+        .bytes()
+        .any(|b| matches!(b, b',' | b'=' | b' ' | b'\\') || b.is_ascii_control() || b >= 0x80)
+    {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             ',' | '=' | ' ' => {
