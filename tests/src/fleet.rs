@@ -294,7 +294,9 @@ async fn publish_as(broker: SocketAddr, user: String, messages: Vec<(String, Vec
         })
     };
     let mut acked = 0;
-    let until = Instant::now() + Duration::from_secs(60);
+    // A minute, and more for a large preload (100 devices × 20,000 share the broker).
+    let until =
+        Instant::now() + Duration::from_secs(60) + Duration::from_millis(5) * messages.len() as u32;
     while acked < messages.len() {
         assert!(
             Instant::now() < until,
