@@ -1,27 +1,26 @@
-//! MQTT shell (rumqttc, MQTT 5): the only place that polls the event loop. It never
-//! awaits anything that needs the event loop to progress: received messages wait in a
-//! local queue until the worker has room, and acknowledgements go out with `try_ack` as
-//! the pure
-//! [`AckFlow`] orders them (arrival order, never for an
-//! earlier connection, never dropped).
+//! MQTT shell (MQTT 5): the only place that touches the broker connection. Each turn of
+//! its loop writes what is due in one go (the acknowledgements the pure [`AckFlow`]
+//! releases: arrival order, never for an earlier connection, never dropped; then the
+//! device acknowledgements the broker has room for), then waits for the first of: bytes
+//! from the broker, acknowledgements from the worker, room in the worker's channel, the
+//! keep-alive, shutdown. It never awaits the worker while holding received messages:
+//! they wait in a local queue until the worker has room.
 //!
 //! The queue is bounded here, not by trusting the broker: at Receive Maximum messages the
 //! loop stops reading the socket while the worker is taking messages, so TCP flow control
 //! keeps the rest at the broker until the worker catches up. (Draining a backlog,
 //! Mosquitto 2.0.11 was seen sending 9,000 to 16,000 unacknowledged messages with Receive
 //! Maximum 1,000 while acknowledgements flowed; a queue that trusted it grew with the
-//! backlog, to ≈ 200 MiB at 2 million readings.) Acknowledgements wait in the client's
-//! request queue meanwhile and go out at the next poll. When the worker takes nothing for
-//! half a second (a full disk or buffer), the loop polls again regardless: the connection
-//! must stay alive (keep-alive pings, the subscription's answer after a reconnect), and
-//! with no acknowledgement flowing the broker's own in-flight limit holds.
+//! backlog, to ≈ 200 MiB at 2 million readings.) When the worker takes nothing for half a
+//! second (a full disk or buffer), the loop reads again regardless: the connection must
+//! stay alive (the broker's ping answers, the subscription's answer after a reconnect),
+//! and with no acknowledgement flowing the broker's own in-flight limit holds.
 //!
 //! Session: stable client id, Clean Start 0 and a session expiry, so the broker keeps
 //! unacknowledged messages across gateway restarts and redelivers them.
 //!
-//! The connection itself ([`conn`]) is the gateway's own, with rumqttc's packet codec: one
-//! write per turn of the loop carries every acknowledgement due (rumqttc's event loop
-//! wrote each on its own).
+//! The connection (`conn.rs`) is the gateway's own, with rumqttc's packet codec: rumqttc's
+//! event loop wrote each acknowledgement in its own system call (docs/PERFORMANCE.md).
 
 mod conn;
 
