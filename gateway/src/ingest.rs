@@ -323,7 +323,7 @@ impl Worker {
     /// Runs until the job channel closes or shutdown interrupts a commit.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: BrokerTx) {
         while let Some(first) = jobs.blocking_recv() {
-            let mut messages = Vec::new();
+            let mut messages = Vec::with_capacity(jobs.len().min(MAX_BATCH) + 1);
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
