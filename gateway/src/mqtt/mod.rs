@@ -435,9 +435,10 @@ impl Shell {
             }
             // Bytes from the broker: every whole packet in them.
             if let Some(read) = got {
+                let received_ms = crate::now_ms();
                 let handled = read.and_then(|()| {
                     while let Some(packet) = conn.next_packet()? {
-                        self.on_packet(packet, &mut awaiting_pong)?;
+                        self.on_packet(packet, received_ms, &mut awaiting_pong)?;
                     }
                     Ok(())
                 });
@@ -448,15 +449,20 @@ impl Shell {
         }
     }
 
-    /// One packet from the broker.
-    fn on_packet(&mut self, packet: Packet, awaiting_pong: &mut bool) -> Result<(), ConnError> {
+    /// One packet from the broker, read at `received_ms`.
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        received_ms: u64,
+        awaiting_pong: &mut bool,
+    ) -> Result<(), ConnError> {
         match packet {
             Packet::Publish(p) => {
                 let ack = (p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid));
                 self.queue.push_back(Inbound {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
-                    received_ms: crate::now_ms(),
+                    received_ms,
                     ack,
                     recovering: false,
                 });
