@@ -323,16 +323,15 @@ pub async fn run_with_metrics(
     systemd::ready();
     tasks.spawn(systemd::watchdog(stopping.clone()));
 
-    mqtt::run(
-        options,
+    let links = mqtt::Links {
         filter,
-        jobs_tx,
-        acks_rx,
-        metrics.clone(),
-        health.clone(),
-        stopping.clone(),
-    )
-    .await;
+        jobs: jobs_tx,
+        acks: acks_rx,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        stopping: stopping.clone(),
+    };
+    mqtt::run(options, links).await;
     // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
     systemd::stopping();
     stopping.cancel();

@@ -200,14 +200,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Packet id of the SUBSCRIBE: above every publish's (`1..=OUTGOING_INFLIGHT`).
 const SUBSCRIBE_ID: u16 = u16::MAX;
 
+/// What the shell talks to.
+#[derive(Debug)]
+pub struct Links {
+    /// The uplink filter (the gateway group's shared subscription).
+    pub filter: String,
+    /// Received messages, to the worker.
+    pub jobs: mpsc::Sender<Job>,
+    /// What the worker made durable: acknowledgements to send.
+    pub acks: mpsc::UnboundedReceiver<ToBroker>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health (`/readyz`).
+    pub health: Arc<Health>,
+    /// Shutdown.
+    pub stopping: CancellationToken,
+}
+
 /// The shell's state across connections.
 struct Shell {
-    filter: String,
-    jobs: mpsc::Sender<Job>,
-    acks: mpsc::UnboundedReceiver<ToBroker>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    stopping: CancellationToken,
+    links: Links,
     /// Messages the worker may hold unacknowledged before reading pauses.
     intake: usize,
     /// Our keep-alive (the broker's Server Keep Alive wins).
@@ -232,22 +244,9 @@ enum End {
 }
 
 /// Runs the MQTT side until shutdown.
-pub async fn run(
-    options: Options,
-    filter: String,
-    jobs: mpsc::Sender<Job>,
-    acks: mpsc::UnboundedReceiver<ToBroker>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    stopping: CancellationToken,
-) {
+pub async fn run(options: Options, links: Links) {
     let mut shell = Shell {
-        filter,
-        jobs,
-        acks,
-        metrics,
-        health,
-        stopping,
+        links,
         intake: usize::from(options.receive_maximum),
         keep_alive: options.keep_alive,
         flow: AckFlow::default(),
@@ -262,7 +261,7 @@ pub async fn run(
             opened = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&options)) => {
                 opened.unwrap_or(Err(ConnError::Timeout(CONNECT_TIMEOUT)))
             }
-            _ = shell.stopping.cancelled() => return,
+            _ = shell.links.stopping.cancelled() => return,
         };
         let error = match opened {
             Ok((mut conn, connack)) => {
@@ -284,7 +283,7 @@ pub async fn run(
             }
             Err(e) => e,
         };
-        shell.metrics.mqtt_connected.set(0);
+        shell.links.metrics.mqtt_connected.set(0);
         let refused = match &error {
             ConnError::Refused(code) => Some(format!(
                 "the broker refused this gateway's account ({code:?}): check mqtt.username \
@@ -292,8 +291,8 @@ pub async fn run(
             )),
             _ => None,
         };
-        shell.health.set_broker(Err(refused.clone()));
-        if shell.draining.is_some() || shell.stopping.is_cancelled() {
+        shell.links.health.set_broker(Err(refused.clone()));
+        if shell.draining.is_some() || shell.links.stopping.is_cancelled() {
             return;
         }
         match refused {
@@ -304,7 +303,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shell.stopping.cancelled() => return,
+            _ = shell.links.stopping.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
@@ -327,12 +326,12 @@ impl Shell {
             .and_then(|p| p.receive_max)
             .unwrap_or(u16::MAX);
         self.downlinks.reconnected(broker_limit);
-        self.metrics.mqtt_connects.inc();
-        tracing::info!(session_present = connack.session_present, filter = %self.filter, "connected to the broker");
+        self.links.metrics.mqtt_connects.inc();
+        tracing::info!(session_present = connack.session_present, filter = %self.links.filter, "connected to the broker");
         // The uplinks (shared by the group) and every device's status (SPEC §7).
         let mut subscribe = Subscribe::new_many(
             [
-                Filter::new(self.filter.clone(), QoS::AtLeastOnce),
+                Filter::new(self.links.filter.clone(), QoS::AtLeastOnce),
                 Filter::new(protocol::topic::STATUS_FILTER, QoS::AtLeastOnce),
             ],
             None,
@@ -365,9 +364,10 @@ impl Shell {
                 if let Err(e) = conn.queue(&Packet::Publish(p)) {
                     return End::Lost(e);
                 }
-                self.metrics.device_acks.inc();
+                self.links.metrics.device_acks.inc();
             }
-            self.metrics
+            self.links
+                .metrics
                 .device_acks_waiting
                 .set(crate::metrics::gauge(self.downlinks.len() as u64));
             if let Err(e) = conn.flush().await {
@@ -375,7 +375,8 @@ impl Shell {
             }
             // Draining ends when every message handed over is acked, when the worker has
             // stopped (no ack can come: the broker redelivers the rest), or at the deadline.
-            let worker_gone = self.acks.is_closed() && self.acks.is_empty() && self.flow.idle();
+            let worker_gone =
+                self.links.acks.is_closed() && self.links.acks.is_empty() && self.flow.idle();
             if self
                 .draining
                 .is_some_and(|until| self.flow.settled() || worker_gone || Instant::now() >= until)
@@ -386,28 +387,28 @@ impl Shell {
             let mut got = None;
             tokio::select! {
                 biased;
-                _ = self.stopping.cancelled(), if self.draining.is_none() => {
+                _ = self.links.stopping.cancelled(), if self.draining.is_none() => {
                     // Stop taking new messages; keep going so acks for stored ones go out.
                     self.draining = Some(Instant::now() + DRAIN);
                 }
                 // Draining: wakes at the deadline (acks and packets wake it before).
                 _ = tokio::time::sleep_until(self.draining.unwrap_or_else(Instant::now)), if self.draining.is_some() => {}
                 // `None`: the worker has stopped; the loop's top sees it.
-                received = self.acks.recv(), if !self.acks.is_closed() || !self.acks.is_empty() => {
+                received = self.links.acks.recv(), if !self.links.acks.is_closed() || !self.links.acks.is_empty() => {
                     let mut next = received;
                     while let Some(message) = next.take() {
                         match message {
                             ToBroker::Ack(token) => self.flow.on_durable(token),
                             ToBroker::Downlink { topic, payload } => {
                                 if self.downlinks.push(topic, payload) {
-                                    self.metrics.device_acks_superseded.inc();
+                                    self.links.metrics.device_acks_superseded.inc();
                                 }
                             }
                         }
-                        next = self.acks.try_recv().ok();
+                        next = self.links.acks.try_recv().ok();
                     }
                 }
-                permit = self.jobs.reserve(), if !self.queue.is_empty() && self.draining.is_none() => {
+                permit = self.links.jobs.reserve(), if !self.queue.is_empty() && self.draining.is_none() => {
                     let Ok(permit) = permit else { return End::Done };
                     // Everything queued the channel has room for, in one go.
                     let mut permit = Some(permit);
@@ -415,7 +416,7 @@ impl Shell {
                         let Some(m) = self.queue.pop_front() else { break };
                         self.flow.handed_over(m.ack);
                         p.send(Job::Message(m));
-                        permit = self.jobs.try_reserve().ok();
+                        permit = self.links.jobs.try_reserve().ok();
                     }
                     self.taken = Instant::now();
                 }
@@ -479,20 +480,20 @@ impl Shell {
                 .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
             {
                 None => {
-                    self.metrics.mqtt_connected.set(1);
-                    self.health.set_broker(Ok(()));
-                    tracing::info!(filter = %self.filter, "subscribed");
+                    self.links.metrics.mqtt_connected.set(1);
+                    self.links.health.set_broker(Ok(()));
+                    tracing::info!(filter = %self.links.filter, "subscribed");
                 }
                 Some(refused) => {
                     let why = format!(
                         "the broker refused the subscription {} or {} ({refused:?}): check \
                          that mqtt.username is a gateway account (`gateways add`) and that \
                          the broker was restarted since",
-                        self.filter,
+                        self.links.filter,
                         protocol::topic::STATUS_FILTER
                     );
                     tracing::error!("{why}");
-                    self.health.set_broker(Err(Some(why)));
+                    self.links.health.set_broker(Err(Some(why)));
                 }
             },
             Packet::Disconnect(d) => return Err(ConnError::Disconnected(d.reason_code)),
