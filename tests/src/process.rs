@@ -30,6 +30,8 @@ pub struct GatewaySettings {
     /// The public status view's address and communes (`http.public_listen`,
     /// `http.public_tenants`).
     pub public: Option<(SocketAddr, Vec<String>)>,
+    /// `mqtt.keep_alive` (the gateway's default when `None`).
+    pub keep_alive: Option<Duration>,
 }
 
 impl GatewaySettings {
@@ -46,6 +48,7 @@ impl GatewaySettings {
             victoria: false,
             gzip: false,
             public: None,
+            keep_alive: None,
         }
     }
 }
@@ -158,12 +161,15 @@ impl GatewayProcess {
         let text = format!(
             "[gateway]\ndata_dir = \"{data}\"\nregistry = \"{registry}\"\n\
              [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"{id}\"\ngroup = \"{group}\"\n\
-             username = \"{id}\"\npassword = \"{password}\"\n\
+             username = \"{id}\"\npassword = \"{password}\"\n{keep_alive}\
              {database}\
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
              [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n{public}[log]\nlevel = \"info\"\n",
             token = ADMIN_TOKEN,
+            keep_alive = s.keep_alive.map_or_else(String::new, |k| {
+                format!("keep_alive = \"{}s\"\n", k.as_secs())
+            }),
             public = s
                 .public
                 .as_ref()

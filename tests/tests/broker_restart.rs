@@ -1,7 +1,8 @@
 //! Scenario 4: Mosquitto restarts (clean stop, persistence on) while messages for the
 //! gateway wait in its session queue; after the restart they are delivered and stored.
 //! Then the broker restarts under a running gateway, which reconnects by itself. Also
-//! checks the gateway's graceful shutdown: SIGTERM, bounded time, exit code 0.
+//! checks the gateway's graceful shutdown: SIGTERM, bounded time, exit code 0. And a broker
+//! that hangs rather than dies, found by the gateway's keep-alive.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -67,4 +68,66 @@ async fn queued_messages_survive_a_broker_restart() {
         "broker_restart: {got} queued_across_restart=1000 gateway_shutdown={shutdown:?} reconnected_after_broker_restart=yes",
     );
     gw.terminate();
+}
+
+/// The broker hangs (SIGSTOP: its sockets stay open, nothing answers). The gateway's own
+/// keep-alive finds it within two keep-alive periods: `/readyz` turns unready. When the
+/// broker resumes, the gateway connects again by itself, and what was published before and
+/// after is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_is_found_by_the_keep_alive() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 2);
+    let broker = mosquitto(dir.path());
+    let settings = GatewaySettings {
+        keep_alive: Some(Duration::from_secs(2)),
+        ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
+    };
+    let gw = GatewayProcess::start(dir.path(), &settings);
+    let load = scenario::load(&devices, 200, now_s() - 3600);
+    let (before, after) = load.messages.split_at(load.messages.len() / 2);
+    fleet::publish_all(broker.addr, before).await;
+    wait_for(
+        "the first half stored",
+        Duration::from_secs(30),
+        async || stored(influx.addr).await.len() >= before.len(),
+    )
+    .await;
+    let connects = gw.metric("vigie_mqtt_connects_total").unwrap();
+    let signal = |sig: &str| {
+        let pid = broker.pid().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let hung = std::time::Instant::now();
+    wait_for(
+        "/readyz to say the broker is gone",
+        Duration::from_secs(15),
+        async || gw.readyz().is_some_and(|(ready, _)| !ready),
+    )
+    .await;
+    let found = hung.elapsed();
+    signal("-CONT");
+    wait_for(
+        "the gateway to connect again",
+        Duration::from_secs(60),
+        async || {
+            gw.metric("vigie_mqtt_connects_total").unwrap_or(0.0) > connects
+                && gw.readyz().is_some_and(|(ready, _)| ready)
+        },
+    )
+    .await;
+    fleet::publish_all(broker.addr, after).await;
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(60)).await;
+    println!("broker_hang: {got} hung_broker_found_after={found:?} reconnected=yes");
+    assert!(
+        found <= Duration::from_secs(6),
+        "two keep-alive periods of 2 s, and a poll: {found:?}"
+    );
 }
