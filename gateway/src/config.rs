@@ -180,7 +180,8 @@ pub struct MqttConfig {
     pub session_expiry: Duration,
     /// Unacknowledged QoS 1 messages the broker may send at once (MQTT 5 Receive Maximum).
     pub receive_maximum: u16,
-    /// MQTT keep-alive.
+    /// MQTT keep-alive: a ping at this period, and a broker that does not answer one before
+    /// the next counts as lost. Zero turns it off (MQTT's meaning).
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Listen address of the embedded broker (used when `host` is unset).

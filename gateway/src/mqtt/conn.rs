@@ -7,7 +7,7 @@
 //! readings drained, a third of the MQTT thread's time (`perf`, docs/PERFORMANCE.md).
 //! Here the shell queues the acknowledgements of a whole commit and sends them at once.
 
-use super::Options;
+use super::{MAX_INCOMING_PACKET, Options};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::mqttbytes::v5::{
@@ -59,7 +59,6 @@ pub struct Connection {
     stream: Box<dyn Stream>,
     read: BytesMut,
     write: BytesMut,
-    max_incoming: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -90,12 +89,11 @@ impl Connection {
             stream,
             read: BytesMut::with_capacity(READ_ROOM),
             write: BytesMut::new(),
-            max_incoming: o.max_incoming_packet,
         };
         let mut properties = ConnectProperties::new();
         properties.session_expiry_interval = Some(o.session_expiry_s);
         properties.receive_maximum = Some(o.receive_maximum);
-        properties.max_packet_size = Some(o.max_incoming_packet);
+        properties.max_packet_size = Some(MAX_INCOMING_PACKET);
         let connect = Connect {
             keep_alive: u16::try_from(o.keep_alive.as_secs()).unwrap_or(u16::MAX),
             client_id: o.client_id.clone(),
@@ -132,7 +130,7 @@ impl Connection {
 
     /// The next whole packet buffered, if any.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, ConnError> {
-        match Packet::read(&mut self.read, Some(self.max_incoming)) {
+        match Packet::read(&mut self.read, Some(MAX_INCOMING_PACKET)) {
             Ok(p) => Ok(Some(p)),
             Err(CodecError::InsufficientBytes(_)) => Ok(None),
             Err(e) => Err(ConnError::Codec(e)),

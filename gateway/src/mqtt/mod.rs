@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 /// Largest packet accepted from the broker. Larger than any valid frame, so an oversized
 /// frame still reaches the worker and is quarantined (`too_long`) rather than breaking the
 /// connection; the broker's own `message_size_limit` caps it.
-const MAX_INCOMING_PACKET: u32 = 256 * 1024;
+pub(crate) const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 /// Longest wait at shutdown for the acks of messages already handed to the worker.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long the worker may take nothing before the loop reads the socket again with a
@@ -110,8 +110,6 @@ pub struct Options {
     pub session_expiry_s: u32,
     /// Messages the broker may send unacknowledged (MQTT 5 Receive Maximum).
     pub receive_maximum: u16,
-    /// Largest packet accepted from the broker.
-    pub max_incoming_packet: u32,
     /// TLS, with the CA that signed the broker's certificate.
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -160,7 +158,6 @@ pub fn options(cfg: &MqttConfig, host: &str, port: u16) -> Result<Options, Setup
         keep_alive: cfg.keep_alive,
         session_expiry_s: cfg.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32,
         receive_maximum: cfg.receive_maximum,
-        max_incoming_packet: MAX_INCOMING_PACKET,
         tls: if cfg.tls {
             Some(tls_config(cfg)?)
         } else {
@@ -344,8 +341,9 @@ impl Shell {
             .properties
             .as_ref()
             .and_then(|p| p.server_keep_alive)
-            .map_or(self.keep_alive, |s| Duration::from_secs(u64::from(s)))
-            .max(Duration::from_secs(1));
+            .map_or(self.keep_alive, |s| Duration::from_secs(u64::from(s)));
+        // Zero is MQTT's "no keep-alive": no pings then.
+        let pinging = !keep_alive.is_zero();
         let mut ping_due = Instant::now() + keep_alive;
         let mut awaiting_pong = false;
         loop {
@@ -420,7 +418,7 @@ impl Shell {
                     }
                     self.taken = Instant::now();
                 }
-                _ = tokio::time::sleep_until(ping_due) => {
+                _ = tokio::time::sleep_until(ping_due), if pinging => {
                     if awaiting_pong {
                         return End::Lost(ConnError::PingTimeout);
                     }
