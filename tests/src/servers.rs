@@ -20,14 +20,15 @@ pub struct Server {
 }
 
 impl Server {
-    fn spawn(
+    /// A server not started yet.
+    fn new(
         name: &'static str,
         program: &str,
         args: &[String],
         dir: tempfile::TempDir,
         addr: SocketAddr,
     ) -> Self {
-        let mut s = Self {
+        Self {
             name,
             child: None,
             addr,
@@ -36,13 +37,23 @@ impl Server {
             restart: std::iter::once(program.to_string())
                 .chain(args.iter().cloned())
                 .collect(),
-        };
-        s.start();
-        s
+        }
     }
 
     /// Starts (or restarts) the process with the same arguments and directory.
     pub fn start(&mut self) {
+        if let Err(log) = self.try_start() {
+            panic!(
+                "{} could not bind its port:
+{log}",
+                self.name
+            );
+        }
+    }
+
+    /// Starts the process; `Err` with its log when it exited before listening because a
+    /// port it was given is taken (any other early exit panics).
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -62,7 +73,7 @@ impl Server {
                 )
             });
         self.child = Some(child);
-        self.wait_listening();
+        self.wait_listening()
     }
 
     /// Stops the process: SIGTERM (clean shutdown, state saved), or SIGKILL.
@@ -101,14 +112,19 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn wait_listening(&mut self) {
+    fn wait_listening(&mut self) -> Result<(), String> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
             {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                let log = self.log();
+                if log.to_lowercase().contains("address already in use") {
+                    return Err(log);
+                }
                 panic!(
                     "{} exited with {status} before listening:\n{}",
                     self.name,
@@ -137,6 +153,22 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
 }
 
+/// Starts the server `make` sets up on ports it picks itself. A port can be taken between
+/// [`crate::free_port`] and the server's bind (the kernel hands the same ports to other
+/// processes' outgoing connections): then the server is set up again on new ports, up to
+/// five times.
+fn launch(make: impl Fn() -> Server) -> Server {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut server = make();
+        match server.try_start() {
+            Ok(()) => return server,
+            Err(log) => last = log,
+        }
+    }
+    panic!("every port picked was taken before the server bound it (five tries):\n{last}");
+}
+
 /// Mosquitto as Debian installs it with the project's drop-in: Debian's own
 /// `/etc/mosquitto/mosquitto.conf` as the main file (pid file, persistence directory, log
 /// and include directory swapped for the test's own) including `deploy/mosquitto.conf`
@@ -146,7 +178,7 @@ fn addr() -> SocketAddr {
 /// `fleet::write_registry` (the product's `access::write`) puts beside the registry: write
 /// the registry first.
 pub fn mosquitto(registry_dir: &Path) -> Server {
-    mosquitto_with(registry_dir, BrokerSetup::new(), false)
+    launch(|| mosquitto_with(registry_dir, BrokerSetup::new(), false))
 }
 
 /// Where a test broker listens and the certificate its TLS listener serves, chosen before
@@ -193,16 +225,19 @@ impl Default for BrokerSetup {
     }
 }
 
-/// [`mosquitto`] as `setup` says.
+/// [`mosquitto`] as `setup` says (on its ports: no second try if one is taken).
 pub fn mosquitto_at(registry_dir: &Path, setup: BrokerSetup) -> Server {
-    mosquitto_with(registry_dir, setup, false)
+    let mut server = mosquitto_with(registry_dir, setup, false);
+    server.start();
+    server
 }
 
 /// [`mosquitto`] logging everything (`log_type all`: each denied publication too).
 pub fn mosquitto_logging_all(registry_dir: &Path) -> Server {
-    mosquitto_with(registry_dir, BrokerSetup::new(), true)
+    launch(|| mosquitto_with(registry_dir, BrokerSetup::new(), true))
 }
 
+/// The broker `setup` describes, not started.
 fn mosquitto_with(registry_dir: &Path, setup: BrokerSetup, log_all: bool) -> Server {
     let (addr, tls_addr) = (setup.addr, setup.tls_addr);
     let access = registry_dir.join("broker-access.json");
@@ -286,7 +321,7 @@ fn mosquitto_with(registry_dir: &Path, setup: BrokerSetup, log_all: bool) -> Ser
     std::fs::write(conf_d.join("vigie.conf"), vigie).unwrap();
     let path = dir.path().join("mosquitto.conf");
     std::fs::write(&path, main).unwrap();
-    let mut server = Server::spawn(
+    let mut server = Server::new(
         "mosquitto",
         "mosquitto",
         &["-c".into(), path.display().to_string()],
@@ -299,6 +334,10 @@ fn mosquitto_with(registry_dir: &Path, setup: BrokerSetup, log_all: bool) -> Ser
 
 /// InfluxDB 1.x (`influxd`), HTTP API only, everything under a temporary directory.
 pub fn influxdb() -> Server {
+    launch(influxdb_setup)
+}
+
+fn influxdb_setup() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (http, rpc) = (addr(), addr());
     let d = dir.path().display();
@@ -312,7 +351,7 @@ pub fn influxdb() -> Server {
     );
     let path = dir.path().join("influxdb.conf");
     std::fs::write(&path, conf).unwrap();
-    Server::spawn(
+    Server::new(
         "influxd",
         "influxd",
         &["-config".into(), path.display().to_string()],
@@ -336,8 +375,15 @@ pub fn victoria_metrics_tls(pki: &crate::tls::TestPki) -> Server {
 }
 
 fn victoria_metrics_with(extra: &[String]) -> Server {
+    launch(|| victoria_metrics_setup(extra))
+}
+
+fn victoria_metrics_setup(extra: &[String]) -> Server {
+    victoria_metrics_on(addr(), extra)
+}
+
+fn victoria_metrics_on(http: SocketAddr, extra: &[String]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let http = addr();
     let mut args = vec![
         format!("-storageDataPath={}/data", dir.path().display()),
         format!("-httpListenAddr={http}"),
@@ -347,5 +393,32 @@ fn victoria_metrics_with(extra: &[String]) -> Server {
         "-search.latencyOffset=1s".to_string(),
     ];
     args.extend_from_slice(extra);
-    Server::spawn("victoria-metrics", "victoria-metrics", &args, dir, http)
+    Server::new("victoria-metrics", "victoria-metrics", &args, dir, http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port was taken before it bound it is set up again on a new one.
+    #[test]
+    fn a_port_taken_before_the_bind_is_picked_again() {
+        // Taken the way CI saw it: the local end of another process's outgoing connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let outgoing = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let taken = outgoing.local_addr().unwrap();
+        let tries = std::cell::Cell::new(0);
+        let server = launch(|| {
+            tries.set(tries.get() + 1);
+            let port = if tries.get() == 1 { taken } else { addr() };
+            victoria_metrics_on(port, &[])
+        });
+        assert_eq!(
+            tries.get(),
+            2,
+            "one try on the taken port, one on a new one"
+        );
+        assert_ne!(server.addr, taken);
+        assert!(std::net::TcpStream::connect(server.addr).is_ok());
+    }
 }
