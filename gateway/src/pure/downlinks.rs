@@ -6,7 +6,8 @@
 //! Past the bound, a device's older waiting acknowledgement gives way to its newer one: the
 //! frames only the older one covered are resent by the device and acknowledged as
 //! duplicates, so nothing is lost, and memory stays bounded by the bound or the number of
-//! devices, whichever is larger.
+//! devices, whichever is larger (the queue's places, empty ones included: at most twice
+//! that).
 //!
 //! In flight: at most the broker's Receive Maximum (and the limit given to
 //! [`Downlinks::new`]) at once, under packet ids `1..=limit`; those still unanswered when
@@ -17,6 +18,10 @@ use std::collections::VecDeque;
 
 /// A device acknowledgement: its topic and sealed payload.
 pub type Downlink = (String, Vec<u8>);
+
+/// Empty places below this many are never worth a compaction (a few in unit tests, so
+/// the property test below goes through compactions).
+const MIN_COMPACT: usize = if cfg!(test) { 2 } else { 64 };
 
 /// The acknowledgements waiting (oldest first) and in flight.
 #[derive(Debug)]
@@ -78,7 +83,29 @@ impl Downlinks {
         }
         self.waiting.push_back(Some((topic, payload)));
         self.live += 1;
+        if self.waiting.len() - self.live > self.live.max(MIN_COMPACT) {
+            self.compact();
+        }
         older.is_some()
+    }
+
+    /// Drops the places of acknowledgements that gave way. Without it the queue keeps one
+    /// place per commit until the broker reaches it, and while a backlog drains that grows
+    /// with the backlog (65,536 places, 3 MiB, at 2,000,000 readings, measured). Run when
+    /// the empty places outnumber the waiting ones, so each push pays O(1) on average and
+    /// the queue holds at most twice what waits.
+    fn compact(&mut self) {
+        self.waiting.retain(Option::is_some);
+        for queued in self.by_topic.values_mut() {
+            queued.clear();
+        }
+        for (i, d) in self.waiting.iter().enumerate() {
+            if let Some((topic, _)) = d
+                && let Some(queued) = self.by_topic.get_mut(topic)
+            {
+                queued.push_back(self.front + i as u64);
+            }
+        }
     }
 
     /// The oldest waiting one, out of the queue.
@@ -200,6 +227,24 @@ mod tests {
             ]
         );
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_places_of_those_that_gave_way_do_not_pile_up() {
+        let mut d = Downlinks::new(4, 1);
+        for n in 0..10_000u32 {
+            d.push(format!("t{}", n % 3), n.to_be_bytes().to_vec());
+            assert!(d.waiting.len() <= 2 * d.len().max(MIN_COMPACT) + 1);
+        }
+        assert_eq!(d.len(), 4);
+        let last: Vec<_> = std::iter::from_fn(|| d.next_publish().map(|(id, x)| (id, x.1.clone())))
+            .take(1)
+            .collect();
+        assert_eq!(
+            last,
+            [(1, 9_996u32.to_be_bytes().to_vec())],
+            "oldest kept first"
+        );
     }
 
     proptest::proptest! {
