@@ -200,17 +200,18 @@ macro_rules! measurements {
         const $table: &[FieldSpec] = &[ $( $spec ),+ ];
 
         impl $name {
-            /// Field `i` (bitmap order) widened to `i64`.
+            /// Field `i` (bitmap order) widened to `i64`; absent past the last.
             pub fn get(&self, i: usize) -> Field<i64> {
-                self.all().get(i).copied().unwrap_or(Field::Absent)
-            }
-
-            /// Every field in bitmap order, widened to `i64`.
-            fn all(&self) -> heapless::Vec<Field<i64>, MAX_FIELDS> {
-                let mut out = heapless::Vec::new();
-                // The const assertion below proves every kind fits MAX_FIELDS.
-                $( let _ = out.push(self.$field.map(i64::from)); )+
-                out
+                // Same shape as `set`: the constant indices fold into compares, no copy.
+                let mut n = 0;
+                $(
+                    if i == n {
+                        return self.$field.map(i64::from);
+                    }
+                    n += 1;
+                )+
+                let _ = n;
+                Field::Absent
             }
 
             /// Sets field `i` (bitmap order). The caller has checked the range against the
@@ -393,17 +394,10 @@ impl Values {
         }
     }
 
-    fn all(&self) -> heapless::Vec<Field<i64>, MAX_FIELDS> {
-        match self {
-            Self::AirQuality(v) => v.all(),
-            Self::WasteBin(v) => v.all(),
-            Self::DeviceStatus(v) => v.all(),
-        }
-    }
-
-    /// Every field with its description, in bitmap order.
+    /// Every field with its description, in bitmap order (read in place, not copied).
     pub fn fields(&self) -> impl Iterator<Item = (&'static FieldSpec, Field<i64>)> + '_ {
-        self.kind().fields().iter().zip(self.all())
+        let specs = self.kind().fields().iter().enumerate();
+        specs.map(move |(i, spec)| (spec, self.get(i)))
     }
 }
 

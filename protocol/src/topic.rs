@@ -118,16 +118,30 @@ pub struct Topic<'a> {
 impl<'a> Topic<'a> {
     /// Parses `vigie/v1/<tenant>/<device>/<up|status|ack>`.
     pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
-        let mut levels = topic.split('/');
-        let mut next = || levels.next().ok_or(TopicError::Shape);
-        let (root, version, tenant, device, channel) =
-            (next()?, next()?, next()?, next()?, next()?);
-        if levels.next().is_some() {
-            return Err(TopicError::Shape);
-        }
-        if root != "vigie" || version != "v1" {
-            return Err(TopicError::Root);
-        }
+        // The usual topic: the root compared whole, then two splits; anything else goes
+        // level by level for its exact error.
+        let usual = topic
+            .strip_prefix(ROOT)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(tenant, rest)| Some((tenant, rest.split_once('/')?)))
+            .filter(|(_, (_, channel))| !channel.contains('/'));
+        let (tenant, device, channel) = match usual {
+            Some((tenant, (device, channel))) => (tenant, device, channel),
+            None => {
+                let mut levels = topic.split('/');
+                let mut next = || levels.next().ok_or(TopicError::Shape);
+                let (root, version, tenant, device, channel) =
+                    (next()?, next()?, next()?, next()?, next()?);
+                if levels.next().is_some() {
+                    return Err(TopicError::Shape);
+                }
+                if root != "vigie" || version != "v1" {
+                    return Err(TopicError::Root);
+                }
+                (tenant, device, channel)
+            }
+        };
         let channel = match channel {
             "up" => Channel::Uplink,
             "status" => Channel::Status,
@@ -262,5 +276,37 @@ mod tests {
         let who = Identity::new(&long, &long).unwrap();
         assert_eq!(Topic::parse(status(who).as_str()).unwrap().who, who);
         assert!(shared_uplink_filter(Id::new(&long).unwrap()).len() > MAX_ID_LEN);
+    }
+
+    /// The level-by-level parse the usual-topic shortcut must agree with.
+    fn by_levels(topic: &str) -> Result<Topic<'_>, TopicError> {
+        let levels: std::vec::Vec<&str> = topic.split('/').collect();
+        let [root, version, tenant, device, channel] = levels[..] else {
+            return Err(TopicError::Shape);
+        };
+        if (root, version) != ("vigie", "v1") {
+            return Err(TopicError::Root);
+        }
+        let channel = match channel {
+            "up" => Channel::Uplink,
+            "status" => Channel::Status,
+            "ack" => Channel::Ack,
+            _ => return Err(TopicError::Channel),
+        };
+        Ok(Topic {
+            who: Identity::new(tenant, device)?,
+            channel,
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shortcut_agrees_with_the_levels(
+            levels in proptest::collection::vec(
+                "(vigie|v1|v2|up|status|ack|lyon|aq-1|Lyon|-x|)", 0..8),
+        ) {
+            let topic = levels.join("/");
+            proptest::prop_assert_eq!(Topic::parse(&topic), by_levels(&topic));
+        }
     }
 }
