@@ -8,6 +8,7 @@
 //! seen" survives a restart. It is a convenience view, not part of the delivery promise: a
 //! power cut may lose the last few seconds of it, never a reading.
 
+use crate::pure::FastMap;
 use crate::pure::condition::{self, Condition};
 use crate::pure::glance::{Glance, History};
 use crate::pure::missing::{self, Gap};
@@ -135,8 +136,10 @@ impl Listing {
 /// Every device's state. Pure: no I/O, no clock.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceBook {
-    /// By tenant, then device: looked up per frame with borrowed ids, no allocation.
-    devices: BTreeMap<String, BTreeMap<String, DeviceState>>,
+    /// By tenant, then device: looked up per frame with borrowed ids, no allocation, and
+    /// hashed (a tree lookup compared ids 18 times per frame for 100 devices: 5 % of the
+    /// gateway's instructions while draining). Sorted when listed.
+    devices: FastMap<String, FastMap<String, DeviceState>>,
 }
 
 /// The saved form.
@@ -165,7 +168,7 @@ pub struct Stored {
 impl DeviceBook {
     fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
         if !self.devices.contains_key(tenant) {
-            self.devices.insert(tenant.to_string(), BTreeMap::new());
+            self.devices.insert(tenant.to_string(), FastMap::default());
         }
         let Some(devices) = self.devices.get_mut(tenant) else {
             unreachable!("inserted above")
@@ -272,7 +275,9 @@ impl DeviceBook {
 
     /// Every device, by tenant then id.
     pub fn iter(&self) -> impl Iterator<Item = &DeviceState> {
-        self.devices.values().flat_map(BTreeMap::values)
+        let mut all: Vec<_> = self.devices.values().flat_map(FastMap::values).collect();
+        all.sort_unstable_by(|a, b| (&a.tenant, &a.device).cmp(&(&b.tenant, &b.device)));
+        all.into_iter()
     }
 
     /// The saved (and served) JSON.

@@ -93,14 +93,23 @@ impl Feed {
         for e in events {
             ring.next += 1;
             let seq = ring.next;
-            if ring.events.len() == CAPACITY {
-                ring.events.pop_front();
-            }
+            // Once full, the oldest event's strings take the new names: no allocation
+            // per frame.
+            let oldest = if ring.events.len() == CAPACITY {
+                ring.events.pop_front()
+            } else {
+                None
+            };
+            let (mut tenant, mut device) = oldest.map(|o| (o.tenant, o.device)).unwrap_or_default();
+            tenant.clear();
+            tenant.push_str(e.tenant);
+            device.clear();
+            device.push_str(e.device);
             ring.events.push_back(Event {
                 seq,
                 at_ms: e.at_ms,
-                tenant: e.tenant.to_string(),
-                device: e.device.to_string(),
+                tenant,
+                device,
                 verdict: e.verdict,
                 reason: e.reason,
                 counter: e.counter,

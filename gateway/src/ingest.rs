@@ -656,14 +656,14 @@ impl Worker {
         let flagged = accepted.iter().map(|a| u64::from(a.flagged)).sum();
         self.metrics.readings_flagged.inc_by(flagged);
         for a in accepted {
-            let tenant = &a.record.tenant;
+            let tenant: &str = &a.record.tenant;
             if !self.tenant_readings.contains_key(tenant) {
                 let counter = self
                     .metrics
                     .readings_accepted
                     .get_or_create(&TenantLabel::of(tenant))
                     .clone();
-                self.tenant_readings.insert(tenant.clone(), counter);
+                self.tenant_readings.insert(tenant.to_owned(), counter);
             }
             if let Some(counter) = self.tenant_readings.get(tenant) {
                 counter.inc_by(u64::from(a.record.readings));
@@ -797,8 +797,8 @@ impl Worker {
                 };
                 let mut payload = Vec::new();
                 Record {
-                    tenant: e.topic.clone(),
-                    device: String::new(),
+                    tenant: e.topic.as_str().into(),
+                    device: "".into(),
                     epoch: 0,
                     counter: 0,
                     readings: text.lines().count() as u32,
@@ -857,7 +857,7 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
         Some(r) => quarantine::Entry {
             received_ms,
             origin: Origin::Database,
-            topic: r.tenant,
+            topic: r.tenant.to_string(),
             reason: reason.code().into(),
             detail,
             payload: hex::encode(r.lines.as_bytes()),

@@ -382,6 +382,8 @@ struct DeviceLabel {
 impl Collector for DeviceGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.0.read(|book| {
+            // Listed (sorted) once for the six families.
+            let devices: Vec<_> = book.iter().collect();
             let labels = |d: &crate::devices::DeviceState| DeviceLabel {
                 tenant: d.tenant.clone(),
                 device: d.device.clone(),
@@ -394,7 +396,7 @@ impl Collector for DeviceGauges {
                 let example = ConstGauge::new(0.0);
                 let mut family =
                     encoder.encode_descriptor(name, help, None, example.metric_type())?;
-                for d in book.iter() {
+                for &d in &devices {
                     if let Some(v) = value(d) {
                         ConstGauge::new(v).encode(family.encode_family(&labels(d))?)?;
                     }

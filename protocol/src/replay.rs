@@ -27,8 +27,10 @@ pub enum Freshness {
 pub struct ReplayWindow {
     /// Highest counter accepted; meaningless while nothing was accepted.
     top: u32,
-    /// Bit `age` (word `age / 64`, bit `age % 64`) set: counter `top - age` was accepted.
-    /// All zero means nothing accepted yet (once something is, bit 0 is always set).
+    /// A ring: bit `c % WINDOW` (word `/ 64`, bit `% 64`) set means counter `c` of the
+    /// window, `top - WINDOW < c <= top`, was accepted; the bits of counters below the
+    /// window are cleared as the top passes them, so a step up touches one bit instead of
+    /// shifting the whole map. Nothing accepted yet while the top's own bit is clear.
     seen: [u64; WORDS],
 }
 
@@ -50,8 +52,27 @@ impl ReplayWindow {
         }
     }
 
+    const fn slot(counter: u32) -> (usize, u32) {
+        let i = counter % WINDOW;
+        ((i / 64) as usize, i % 64)
+    }
+
+    const fn has(&self, counter: u32) -> bool {
+        let (word, bit) = Self::slot(counter);
+        self.seen[word] >> bit & 1 == 1
+    }
+
+    const fn set(&mut self, counter: u32, on: bool) {
+        let (word, bit) = Self::slot(counter);
+        if on {
+            self.seen[word] |= 1 << bit;
+        } else {
+            self.seen[word] &= !(1 << bit);
+        }
+    }
+
     const fn empty(&self) -> bool {
-        self.seen[0] & 1 == 0
+        !self.has(self.top)
     }
 
     /// Highest counter accepted so far.
@@ -67,7 +88,7 @@ impl ReplayWindow {
         let age = self.top - counter;
         if age >= WINDOW {
             Freshness::TooOld
-        } else if self.seen[(age / 64) as usize] >> (age % 64) & 1 == 1 {
+        } else if self.has(counter) {
             Freshness::Duplicate
         } else {
             Freshness::Fresh
@@ -84,42 +105,43 @@ impl ReplayWindow {
         if self.empty() {
             self.top = counter;
         } else if counter > self.top {
-            self.age_by(counter - self.top);
-            self.top = counter;
+            self.raise(counter);
         }
-        let age = self.top - counter;
-        self.seen[(age / 64) as usize] |= 1 << (age % 64);
+        self.set(counter, true);
         verdict
     }
 
-    /// Moves every remembered counter `shift` places older (the top moved up).
-    fn age_by(&mut self, shift: u32) {
-        if shift >= WINDOW {
+    /// Moves the top up to `counter`: the counters that fall below the window leave it.
+    fn raise(&mut self, counter: u32) {
+        if counter - self.top >= WINDOW {
             self.seen = [0; WORDS];
-            return;
+        } else {
+            // Counter `c` shares its bit with `c - WINDOW`, the one leaving.
+            for c in self.top + 1..=counter {
+                self.set(c, false);
+            }
         }
-        let (words, bits) = ((shift / 64) as usize, shift % 64);
-        for i in (0..WORDS).rev() {
-            let from = |j: usize| if j < WORDS { self.seen[j] } else { 0 };
-            let hi = if i >= words {
-                from(i - words) << bits
-            } else {
-                0
-            };
-            let lo = if bits > 0 && i > words {
-                from(i - words - 1) >> (64 - bits)
-            } else {
-                0
-            };
-            self.seen[i] = hi | lo;
-        }
+        self.top = counter;
     }
 
-    /// Compact persistent form: `top` (u32 BE) then the bitmap words (u64 BE, age 0 first).
+    /// Compact persistent form: `top` (u32 BE) then the map by age (u64 BE words, age 0
+    /// first: bit `age` set means counter `top - age` was accepted). The same bytes as
+    /// when the map itself was kept by age, so saved states read back unchanged.
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut by_age = [0u64; WORDS];
+        for (word, &bits) in self.seen.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let index = word as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                // The counter in the window with this bit is `top - age`.
+                let age = self.top.wrapping_sub(index) % WINDOW;
+                by_age[(age / 64) as usize] |= 1 << (age % 64);
+            }
+        }
         let mut out = [0u8; Self::ENCODED_LEN];
         out[..4].copy_from_slice(&self.top.to_be_bytes());
-        for (i, w) in self.seen.iter().enumerate() {
+        for (i, w) in by_age.iter().enumerate() {
             out[4 + 8 * i..12 + 8 * i].copy_from_slice(&w.to_be_bytes());
         }
         out
@@ -129,10 +151,15 @@ impl ReplayWindow {
     pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Self {
         let mut w = Self::new();
         w.top = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        for (i, word) in w.seen.iter_mut().enumerate() {
+        for word in 0..WORDS {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[4 + 8 * i..12 + 8 * i]);
-            *word = u64::from_be_bytes(b);
+            b.copy_from_slice(&bytes[4 + 8 * word..12 + 8 * word]);
+            let mut bits = u64::from_be_bytes(b);
+            while bits != 0 {
+                let age = word as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                w.set(w.top.wrapping_sub(age), true);
+            }
         }
         w
     }
@@ -198,6 +225,23 @@ mod tests {
         w.accept(u32::MAX);
         assert_eq!(w.check(u32::MAX), Duplicate);
         assert_eq!(w.check(u32::MAX - 1), Fresh);
+    }
+
+    #[test]
+    fn the_bytes_keep_the_map_by_age() {
+        let mut w = ReplayWindow::new();
+        for c in [3000, 2999, 2990, 2936, 1000] {
+            w.accept(c);
+        }
+        let bytes = w.to_bytes();
+        assert_eq!(bytes[..4], 3000u32.to_be_bytes());
+        let word = |i: usize| u64::from_be_bytes(bytes[4 + 8 * i..12 + 8 * i].try_into().unwrap());
+        // Ages 0, 1, 10 in word 0; age 64 is bit 0 of word 1; age 2000 in word 31.
+        assert_eq!(word(0), 1 | 1 << 1 | 1 << 10);
+        assert_eq!(word(1), 1);
+        assert_eq!(word(31), 1 << (2000 - 31 * 64));
+        assert!((2..31).all(|i| word(i) == 0));
+        assert_eq!(ReplayWindow::from_bytes(&bytes), w);
     }
 
     #[test]

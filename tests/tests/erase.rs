@@ -40,7 +40,7 @@ fn buffered(data: &Path) -> BTreeSet<(String, String, u64)> {
                     Record::decode(&bytes[start + gateway::buffer::format::HEADER..end]).unwrap();
                 for line in r.lines.lines() {
                     let ms = line.rsplit(' ').next().unwrap().parse().unwrap();
-                    out.insert((r.tenant.clone(), r.device.clone(), ms));
+                    out.insert((r.tenant.to_string(), r.device.to_string(), ms));
                 }
             }
         }

@@ -82,8 +82,10 @@ pub struct Glance {
     pub latest: Latest,
     /// Whether it held a measurement (air or bin): its faults then replace the old ones.
     pub measured: bool,
-    /// Hourly sums, oldest first.
-    pub hours: Vec<Hour>,
+    /// Hourly sums, oldest first: the first inline (a frame seldom spans two hours, and
+    /// this saves an allocation per frame), any others after it.
+    first_hour: Option<Hour>,
+    more_hours: Vec<Hour>,
 }
 
 impl Glance {
@@ -121,14 +123,20 @@ impl Glance {
                 return;
             }
         }
-        match self.hours.last_mut() {
+        match self.more_hours.last_mut().or(self.first_hour.as_mut()) {
             Some(last) if last.hour == hour => {
                 last.pm25.merge(h.pm25);
                 last.pm10.merge(h.pm10);
                 last.fill.merge(h.fill);
             }
-            _ => self.hours.push(h),
+            Some(_) => self.more_hours.push(h),
+            None => self.first_hour = Some(h),
         }
+    }
+
+    /// Hourly sums, oldest first.
+    pub fn hours(&self) -> impl Iterator<Item = &Hour> {
+        self.first_hour.iter().chain(&self.more_hours)
     }
 
     fn measurement(&mut self, values: &Values) {
@@ -168,7 +176,7 @@ impl History {
         if g.measured {
             old.faults.clone_from(&new.faults);
         }
-        for h in &g.hours {
+        for h in g.hours() {
             match self.hours.binary_search_by_key(&h.hour, |x| x.hour) {
                 Ok(i) => {
                     let x = &mut self.hours[i];
@@ -238,10 +246,11 @@ mod tests {
         assert_eq!(g.latest.faults, ["pm25"]);
         assert_eq!(g.latest.firmware.as_deref(), Some("1.2.3"));
         assert_eq!(g.latest.error_flags, Some(1));
-        assert_eq!(g.hours.len(), 2);
-        assert_eq!(g.hours[0].pm25.value(), Some(20.0));
-        assert_eq!(g.hours[1].pm25.value(), None);
-        assert_eq!(g.hours[1].pm10.value(), Some(50.0));
+        let hours: Vec<_> = g.hours().collect();
+        assert_eq!(hours.len(), 2);
+        assert_eq!(hours[0].pm25.value(), Some(20.0));
+        assert_eq!(hours[1].pm25.value(), None);
+        assert_eq!(hours[1].pm10.value(), Some(50.0));
     }
 
     #[test]

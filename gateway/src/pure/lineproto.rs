@@ -27,6 +27,41 @@ pub struct Tags<'a> {
     pub zone: Option<&'a str>,
 }
 
+/// A device's tags escaped once, when the registry loads, in the two pieces around the
+/// per-reading string tags: `,device=…` and `,site=…,tenant=…,zone=…` (keys sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagSet {
+    head: String,
+    tail: String,
+}
+
+impl TagSet {
+    /// Escapes `tags`.
+    pub fn new(tags: &Tags<'_>) -> Self {
+        let mut head = String::new();
+        push_tag(&mut head, "device", Some(tags.device));
+        let mut tail = String::new();
+        for (key, value) in [
+            ("site", tags.site),
+            ("tenant", Some(tags.tenant)),
+            ("zone", tags.zone),
+        ] {
+            push_tag(&mut tail, key, value);
+        }
+        Self { head, tail }
+    }
+}
+
+/// Appends `,key=value` (escaped) unless the value is missing or empty.
+fn push_tag(out: &mut String, key: &str, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        out.push(',');
+        out.push_str(key);
+        out.push('=');
+        escape_tag(out, v);
+    }
+}
+
 /// Where string values go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +85,7 @@ pub const fn timestamp_ms(time: u32, counter: u32) -> u64 {
 pub fn encode(
     out: &mut String,
     reading: &Reading,
-    tags: &Tags<'_>,
+    tags: &TagSet,
     quality: &[&str],
     counter: u32,
     strings: StringFields,
@@ -81,30 +116,18 @@ pub fn encode(
     let as_tags = strings == StringFields::Tags;
 
     out.push_str(reading.values.kind().measurement());
-    let string_tag = |v| Some(v).filter(|_| as_tags);
-    // Sorted by key: device, faults, firmwareVersion, quality, site, tenant, zone.
-    let pairs: [(&str, Option<&str>); 7] = [
-        ("device", Some(tags.device)),
-        ("faults", string_tag(faults.as_str())),
-        (
+    out.push_str(&tags.head);
+    if as_tags {
+        // Sorted by key between device and site: faults, firmwareVersion, quality.
+        push_tag(out, "faults", Some(&faults));
+        push_tag(
+            out,
             "firmwareVersion",
-            version_text
-                .as_ref()
-                .and_then(|(_, v)| string_tag(v.as_str())),
-        ),
-        ("quality", string_tag(quality_text.as_str())),
-        ("site", tags.site),
-        ("tenant", Some(tags.tenant)),
-        ("zone", tags.zone),
-    ];
-    for (key, value) in pairs {
-        if let Some(v) = value.filter(|v| !v.is_empty()) {
-            out.push(',');
-            out.push_str(key);
-            out.push('=');
-            escape_tag(out, v);
-        }
+            version_text.as_ref().map(|(_, v)| v.as_str()),
+        );
+        push_tag(out, "quality", Some(&quality_text));
     }
+    out.push_str(&tags.tail);
     let mut sep = ' ';
     let mut field = |out: &mut String, name: &str| {
         out.push(sep);
@@ -165,13 +188,21 @@ pub fn encode(
 /// `raw / divisor` in decimal, exactly (no binary floating point), without trailing zeros:
 /// 82/10 → `8.2`, 3600/1000 → `3.6`, 120/10 → `12`. Divisors are powers of ten.
 fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
-    let d = u64::from(divisor);
     let a = raw.unsigned_abs();
-    let (int, mut frac, mut width) = (a / d, a % d, divisor.ilog10() as usize);
+    // Most fields are tenths: a constant divisor is a multiplication, not a division.
+    let (int, mut frac, mut width) = match divisor {
+        10 => (a / 10, a % 10, 1),
+        _ => (
+            a / u64::from(divisor),
+            a % u64::from(divisor),
+            divisor.ilog10() as usize,
+        ),
+    };
     if raw < 0 {
         out.push('-');
     }
-    out.push_str(itoa::Buffer::new().format(int));
+    let mut digits = itoa::Buffer::new();
+    out.push_str(digits.format(int));
     if frac == 0 {
         return;
     }
@@ -180,9 +211,11 @@ fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
         width -= 1;
     }
     out.push('.');
-    let digits = itoa::Buffer::new().format(frac).len();
-    out.extend(std::iter::repeat_n('0', width - digits));
-    out.push_str(itoa::Buffer::new().format(frac));
+    let frac = digits.format(frac);
+    for _ in frac.len()..width {
+        out.push('0');
+    }
+    out.push_str(frac);
 }
 
 /// Appends one `device_info` line (docs/SCHEMA.md): what the registry says of a device,
@@ -207,12 +240,7 @@ pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) 
         ("zone", l.zone.as_deref()),
     ];
     for (key, value) in tags {
-        if let Some(v) = value.filter(|v| !v.is_empty()) {
-            out.push(',');
-            out.push_str(key);
-            out.push('=');
-            escape_tag(out, v);
-        }
+        push_tag(out, key, value);
     }
     let mut sep = ' ';
     let degrees = |v: Option<f64>| v.filter(|v| v.is_finite()).map(|v| format!("{v}"));
@@ -314,7 +342,7 @@ mod tests {
         encode(
             &mut s,
             &r,
-            &tags(),
+            &TagSet::new(&tags()),
             &["pm1_above_pm25"],
             1234,
             StringFields::Fields,
@@ -329,7 +357,7 @@ mod tests {
         encode(
             &mut s,
             &r,
-            &tags(),
+            &TagSet::new(&tags()),
             &["pm1_above_pm25"],
             1234,
             StringFields::Tags,
@@ -390,11 +418,11 @@ mod tests {
         encode(
             &mut s,
             &bin,
-            &Tags {
+            &TagSet::new(&Tags {
                 zone: Some("nord"),
                 site: None,
                 ..tags()
-            },
+            }),
             &[],
             0,
             StringFields::Fields,
@@ -416,10 +444,10 @@ mod tests {
         encode(
             &mut s,
             &status,
-            &Tags {
+            &TagSet::new(&Tags {
                 site: None,
                 ..tags()
-            },
+            }),
             &[],
             7,
             StringFields::Fields,
@@ -432,10 +460,10 @@ mod tests {
         encode(
             &mut s,
             &status,
-            &Tags {
+            &TagSet::new(&Tags {
                 site: None,
                 ..tags()
-            },
+            }),
             &[],
             7,
             StringFields::Tags,
@@ -457,10 +485,10 @@ mod tests {
         encode(
             &mut s,
             &dead,
-            &Tags {
+            &TagSet::new(&Tags {
                 site: None,
                 ..tags()
-            },
+            }),
             &[],
             1000,
             StringFields::Tags,

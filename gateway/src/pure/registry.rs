@@ -5,9 +5,11 @@
 //! never appear in `Debug` output.
 
 use super::FastMap;
+use super::lineproto::{TagSet, Tags};
 use crate::access::PasswordHash;
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Why the registry could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,11 @@ pub struct Device {
     pub entry: DeviceEntry,
     /// Parsed key.
     pub key: DeviceKey,
+    /// Tenant and device id, shared with every record of the device (a count, not a copy,
+    /// per accepted frame).
+    pub names: (Arc<str>, Arc<str>),
+    /// Its database tags, escaped once.
+    pub tags: TagSet,
 }
 
 /// The registry, by tenant then device (nested so a lookup borrows `&str`, no allocation
@@ -215,6 +222,13 @@ impl Registry {
             }
             let device = Device {
                 key: DeviceKey::new(key, entry.epoch),
+                names: (entry.tenant.as_str().into(), entry.id.as_str().into()),
+                tags: TagSet::new(&Tags {
+                    tenant: &entry.tenant,
+                    device: &entry.id,
+                    site: entry.site.as_deref(),
+                    zone: entry.zone.as_deref(),
+                }),
                 entry,
             };
             devices.insert(device.entry.id.clone(), device);

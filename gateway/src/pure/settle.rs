@@ -6,17 +6,17 @@
 //! the lowest counter settled in the commit, its bitmap every counter from there that the
 //! commit settled or the replay book holds.
 
+use super::FastMap;
 use super::batch::{Outcome, Plan};
 use super::replay_book::ReplayBook;
 use crate::registry::Registry;
 use protocol::{Ack, Topic};
-use std::collections::BTreeMap;
 
 /// The frames a commit settled, by device (tenant, device) → counters. Borrows the names
-/// from the batch (no allocation per frame).
+/// from the batch (no allocation per frame); hashed per frame, sorted once per commit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Settled<'a> {
-    by_device: BTreeMap<(&'a str, &'a str), Vec<u32>>,
+    by_device: FastMap<(&'a str, &'a str), Vec<u32>>,
 }
 
 impl<'a> Settled<'a> {
@@ -61,7 +61,9 @@ impl<'a> Settled<'a> {
     /// Devices no longer in the registry (or revoked) get none.
     pub fn acks(&self, book: &ReplayBook, registry: &Registry) -> Vec<(String, String, Ack)> {
         let mut out = Vec::with_capacity(self.by_device.len());
-        for ((tenant, device), counters) in &self.by_device {
+        let mut devices: Vec<_> = self.by_device.iter().collect();
+        devices.sort_unstable_by_key(|(names, _)| **names);
+        for (&(tenant, device), counters) in devices {
             let Some(dev) = registry.get(tenant, device).filter(|d| !d.entry.revoked) else {
                 continue;
             };

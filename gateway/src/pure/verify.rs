@@ -4,7 +4,7 @@
 //! clock are passed in; nothing is changed here.
 
 use super::glance::Glance;
-use super::lineproto::{self, StringFields, Tags};
+use super::lineproto::{self, StringFields};
 use super::reason::Reason;
 use super::record::Record;
 use super::replay_book::{Counters, Seen, Tag};
@@ -146,20 +146,15 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         }
     }
 
-    let tags = Tags {
-        tenant,
-        device,
-        site: dev.entry.site.as_deref(),
-        zone: dev.entry.zone.as_deref(),
-    };
-    let mut lines = String::with_capacity(readings.len() * 160);
+    // A six-value air-quality line with its tags is about 170 bytes: room for it first time.
+    let mut lines = String::with_capacity(readings.len() * 256);
     let (mut flagged, mut battery_mv, mut dropped) = (0, None, None);
     let mut glance = Glance::default();
     for r in &readings {
         glance.add(r);
         let flags = validate::quality_flags(&r.values, &dev.entry);
         flagged += u32::from(!flags.is_empty());
-        lineproto::encode(&mut lines, r, &tags, &flags, counter, strings);
+        lineproto::encode(&mut lines, r, &dev.tags, &flags, counter, strings);
         match &r.values {
             Values::DeviceStatus(s) => {
                 battery_mv = s.battery.value().map(i64::from).or(battery_mv);
@@ -172,8 +167,8 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     let last_time = readings.last().map_or(0, |r| r.time);
     Verdict::Accept(Box::new(Accepted {
         record: Record {
-            tenant: tenant.into(),
-            device: device.into(),
+            tenant: dev.names.0.clone(),
+            device: dev.names.1.clone(),
             epoch,
             counter,
             readings: readings.len() as u32,

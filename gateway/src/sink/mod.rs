@@ -23,7 +23,7 @@ use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{ClassLabel, Metrics, ReasonLabel, TenantLabel, gauge};
 use crate::pure::reason::Reason;
-use crate::pure::record::Record;
+use crate::pure::record::RecordView;
 use crate::pure::retry::{self, Action};
 use crate::quarantine::{self, Origin};
 use lanes::Lanes;
@@ -226,20 +226,21 @@ impl Sink {
             match self.s.reader.next(wait) {
                 Ok(Some(Item::Record(e))) => {
                     batch.end = Some(e.end);
-                    match Record::decode(&e.payload) {
-                        Ok(r) if self.lanes.is_behind(&r.tenant) => {}
+                    match RecordView::decode(&e.payload) {
+                        Ok(r) if self.lanes.is_behind(r.tenant) => {}
                         Ok(r) => {
                             deadline.get_or_insert_with(|| now + self.s.cfg.linger);
                             batch.lines += r.readings as usize;
-                            batch
-                                .by_tenant
-                                .entry(r.tenant)
-                                .or_insert_with(|| Chunk {
+                            if !batch.by_tenant.contains_key(r.tenant) {
+                                let chunk = Chunk {
                                     lines: String::new(),
                                     first: e.start,
-                                })
-                                .lines
-                                .push_str(&r.lines);
+                                };
+                                batch.by_tenant.insert(r.tenant.to_owned(), chunk);
+                            }
+                            if let Some(chunk) = batch.by_tenant.get_mut(r.tenant) {
+                                chunk.lines.push_str(r.lines);
+                            }
                             if batch.lines >= self.s.cfg.max_lines {
                                 return batch;
                             }
@@ -301,12 +302,12 @@ impl Sink {
                 loop {
                     match cursor.next_before(head) {
                         Ok(Some(Item::Record(e))) => {
-                            if let Ok(r) = Record::decode(&e.payload)
+                            if let Ok(r) = RecordView::decode(&e.payload)
                                 && r.tenant == tenant
                             {
                                 first.get_or_insert(e.start);
                                 count += r.readings as usize;
-                                lines.push_str(&r.lines);
+                                lines.push_str(r.lines);
                                 if count >= self.s.cfg.max_lines {
                                     break;
                                 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::buffer::Buffer;
 use crate::metrics::WRITE_ERROR_CLASSES;
+use crate::pure::record::Record;
 use crate::quarantine::Quarantine;
 use std::sync::Mutex;
 
