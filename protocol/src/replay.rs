@@ -1,5 +1,5 @@
 //! Replay window: classifies a verified frame counter against per-device state (the
-//! highest counter accepted and a 64-bit map of the ones just below it), like IPsec's
+//! highest counter accepted and a map of the [`WINDOW`] counters up to it), like IPsec's
 //! anti-replay window (RFC 4303 §3.4.3). Pure and serializable; the gateway persists it
 //! together with the readings it protects. SPEC.md §6.
 
