@@ -216,9 +216,9 @@ async fn main() {
 
     let limit = broker_limit(&devices, broker.addr, a.seconds, dir.path()).await;
 
-    // Phase 2: the gateway, 1 s linger, InfluxDB 1.x.
+    // Phase 2: the gateway with the default linger, InfluxDB 1.x.
     let mut settings = GatewaySettings::new("gw-bench", broker.addr, Some(influx.addr));
-    settings.linger = Duration::from_secs(1);
+    settings.linger = gateway::config::BatchConfig::default().linger;
     settings.buffer_mib = (256, 16);
     let gw = GatewayProcess::start(dir.path(), &settings);
     let pid = gw.pid().unwrap();
@@ -251,7 +251,8 @@ async fn main() {
         stored / elapsed
     );
     println!(
-        "latency publish→queryable (linger 1 s, {} probes): p50 {:.3} s, p99 {:.3} s",
+        "latency publish→queryable (linger {} ms, {} probes): p50 {:.3} s, p99 {:.3} s",
+        settings.linger.as_millis(),
         latencies.len(),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
