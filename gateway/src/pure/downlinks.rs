@@ -237,11 +237,12 @@ mod tests {
             assert!(d.waiting.len() <= 2 * d.len().max(MIN_COMPACT) + 1);
         }
         assert_eq!(d.len(), 4);
-        let last: Vec<_> = std::iter::from_fn(|| d.next_publish().map(|(id, x)| (id, x.1.clone())))
-            .take(1)
-            .collect();
+        let first: Vec<_> =
+            std::iter::from_fn(|| d.next_publish().map(|(id, x)| (id, x.1.clone())))
+                .take(1)
+                .collect();
         assert_eq!(
-            last,
+            first,
             [(1, 9_996u32.to_be_bytes().to_vec())],
             "oldest kept first"
         );
