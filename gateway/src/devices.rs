@@ -481,6 +481,25 @@ mod tests {
         assert_eq!(left, [("paris", "a")]);
     }
 
+    #[test]
+    fn devices_are_listed_by_tenant_then_id_whatever_the_order_heard() {
+        let mut book = DeviceBook::default();
+        let heard = [("paris", "b"), ("lyon", "z"), ("paris", "a"), ("lyon", "a")];
+        for (t, d) in heard {
+            book.status(t, d, true, 1);
+        }
+        let listed: Vec<_> = book
+            .iter()
+            .map(|d| (d.tenant.as_str(), d.device.as_str()))
+            .collect();
+        let mut sorted = heard.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(listed, sorted);
+        let saved = book.to_json();
+        let at = |id: &str| saved.find(&format!("\"device\": \"{id}\"")).unwrap();
+        assert!(at("z") < at("b"), "lyon's devices are saved before paris's");
+    }
+
     fn frame(t: u32, counter: u32, gap: Gap, battery: Option<i64>) -> Stored {
         Stored {
             last_time: t,
