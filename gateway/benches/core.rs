@@ -84,7 +84,7 @@ fn per_reading(c: &mut Criterion) {
         rules: &rules,
         strings: StringFields::Fields,
         now_s: now,
-        recovering: false,
+        clock_synced: true,
     };
     assert!(matches!(assess(topic, &frame, &cx), Verdict::Accept(_)));
     let mut g = c.benchmark_group("per_reading");
@@ -147,7 +147,7 @@ fn batch_overlay(_: &mut Criterion) {
         rules: &rules,
         strings: StringFields::Fields,
         now_s: now,
-        recovering: false,
+        clock_synced: true,
     };
     let topic = "vigie/v1/lyon/aq-0001/up";
     let time = |f: &dyn Fn()| ns_per(20, frames.len(), f);
@@ -157,7 +157,7 @@ fn batch_overlay(_: &mut Criterion) {
         }
     });
     let batched = time(&|| {
-        let plan = batch::judge(frames.iter().map(|f| (topic, f.as_slice(), false)), &cx);
+        let plan = batch::judge(frames.iter().map(|f| (topic, f.as_slice())), &cx);
         assert_eq!(plan.accepted.len(), frames.len());
         black_box(plan);
     });

@@ -365,12 +365,17 @@ impl Default for QuarantineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidationConfig {
-    /// Readings further in the future than this are rejected (device clock wrong).
+    /// Frames with a reading further in the future than this are held, not
+    /// acknowledged, until they are not (a device clock ahead, a gateway clock behind).
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
-    /// Readings older than this are rejected (beyond the database's retention).
+    /// Frames with a reading older than this are refused, when the host clock is
+    /// synchronised (else held).
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// How the gateway knows its host clock is synchronised: `"kernel"` (adjtimex, as
+    /// `timedatectl` reads it), `"always"`, or the path of a file that exists while it is.
+    pub host_clock: crate::clock::SyncSource,
 }
 
 impl Default for ValidationConfig {
@@ -378,6 +383,7 @@ impl Default for ValidationConfig {
         Self {
             max_future_skew: Duration::from_secs(300),
             max_age: Duration::from_secs(90 * 86_400),
+            host_clock: crate::clock::SyncSource::Kernel,
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct DeviceState {
     pub arrived_ahead: Vec<u32>,
     /// Frames on its topics that were rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Its frames held since the last one stored (a reading's time outside the window:
+    /// not acknowledged, the device keeps them): the reason and when, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<(String, u64)>,
     /// Latest values and the last day's hourly means (status page).
     pub history: History,
 }
@@ -214,6 +218,7 @@ impl DeviceBook {
             Gap::None | Gap::Reboot => {}
         }
         d.arrived_ahead.retain(|c| *c > frame.counter);
+        d.held = None;
         d.last_frame_ms = Some(now_ms);
         d.last_reading_s = d.last_reading_s.max(Some(u64::from(frame.last_time)));
         d.battery_mv = frame.battery_mv.or(d.battery_mv);
@@ -238,6 +243,11 @@ impl DeviceBook {
         let d = self.entry(tenant, device);
         d.online = Some(online);
         d.status_ms = Some(now_ms);
+    }
+
+    /// A frame of the device was held for `reason` at `at_ms` (not acknowledged).
+    pub fn held(&mut self, tenant: &str, device: &str, reason: &str, at_ms: u64) {
+        self.entry(tenant, device).held = Some((reason.to_string(), at_ms));
     }
 
     /// A frame on the device's topics was rejected for `reason`.

@@ -22,6 +22,9 @@ pub enum Verdict {
     Duplicate,
     /// Refused, with `reason`.
     Rejected,
+    /// Held, with `reason`: a time outside the window; not acknowledged, the device
+    /// keeps it and resends it.
+    Held,
     /// The device said it is online.
     Online,
     /// The device said it is offline.

@@ -81,6 +81,9 @@ pub struct Snapshot {
     pub tenants: BTreeMap<String, Tenant>,
     /// The last registry reload failed (the previous registry stays in force).
     pub registry_error: Option<String>,
+    /// The host clock is not known to be synchronised (`clock.synchronised`): readings
+    /// older than `validation.max_age` are held, not refused (SPEC §13.3).
+    pub clock_unsynchronised: bool,
 }
 
 impl Snapshot {
@@ -106,6 +109,9 @@ impl Snapshot {
         }
         if let Some(e) = &self.registry_error {
             problems.push(format!("registry reload failed: {e}"));
+        }
+        if self.clock_unsynchronised {
+            problems.push("readings held: host clock not synchronised".into());
         }
         if problems.is_empty() {
             "ready".into()
@@ -145,6 +151,11 @@ impl Health {
     /// Sets a tenant's delivery state; returns the previous one.
     pub fn set_tenant(&self, tenant: &str, state: Tenant) -> Option<Tenant> {
         self.lock().tenants.insert(tenant.to_string(), state)
+    }
+
+    /// Records whether the host clock is synchronised.
+    pub fn set_clock_synchronised(&self, synced: bool) {
+        self.lock().clock_unsynchronised = !synced;
     }
 
     /// Records the outcome of a registry reload.

@@ -12,6 +12,7 @@
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
 use crate::buffer::{Buffer, BufferError, Recovered};
+use crate::clock::HostClock;
 use crate::devices::Stored;
 use crate::feed::{self, Verdict};
 use crate::fs::SharedFs;
@@ -72,9 +73,9 @@ pub struct Inbound {
     pub received_ms: u64,
     /// Ack to send once durable (`None` for QoS 0 or a quarantine replay).
     pub ack: Option<AckToken>,
-    /// A frame replayed from the quarantine, where it went for its time: judged without
-    /// the replay window's lower edge (SPEC §13.2).
-    pub recovering: bool,
+    /// Re-submitted from the quarantine: if it is held again it goes back there (its
+    /// device forgot it when an earlier version acknowledged it).
+    pub from_quarantine: bool,
 }
 
 /// What a quarantine replay did.
@@ -88,6 +89,8 @@ pub struct ReplaySummary {
     pub duplicates: usize,
     /// Rejected again (back in quarantine).
     pub rejected: usize,
+    /// Held: storable later, not now (a time outside the window); back in quarantine.
+    pub held: usize,
     /// Lines a database had refused, queued for writing again.
     pub database_lines: usize,
 }
@@ -165,6 +168,10 @@ pub struct Worker {
     snapshot_failing: bool,
     /// Rate limit of the rejected-frame log lines.
     reject_log: LogBudget,
+    /// Rate limit of the held-frame log lines.
+    hold_log: LogBudget,
+    /// Whether the host clock is synchronised (a stale reading is refused only then).
+    clock: HostClock,
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
     /// an allocated label under a lock, per frame otherwise).
     tenant_readings: FastMap<String, Counter>,
@@ -229,6 +236,8 @@ pub struct WorkerSetup {
     pub rules: TimeRules,
     /// Where string values go in line protocol.
     pub strings: StringFields,
+    /// How the host clock's synchronisation is known.
+    pub host_clock: crate::clock::SyncSource,
 }
 
 impl Worker {
@@ -299,6 +308,11 @@ impl Worker {
             path: setup.snapshot_path.with_file_name("reserve"),
         };
         reserve.restore(book.snapshot().len());
+        let clock = HostClock::new(
+            setup.host_clock,
+            health.clone(),
+            metrics.host_clock_synchronised.clone(),
+        );
         let worker = Self {
             registry: setup.registry,
             book,
@@ -314,6 +328,8 @@ impl Worker {
             reserve,
             snapshot_failing: false,
             reject_log: LogBudget::default(),
+            hold_log: LogBudget::default(),
+            clock,
             tenant_readings: FastMap::default(),
         };
         worker.update_buffer_gauges();
@@ -368,12 +384,12 @@ impl Worker {
             rules: &self.rules,
             strings: self.strings,
             now_s: crate::now_ms() / 1000,
-            recovering: false,
+            clock_synced: self.clock.synchronised(),
         };
         let plan = batch::judge(
             messages
                 .iter()
-                .map(|m| (m.topic.as_str(), m.payload.as_slice(), m.recovering)),
+                .map(|m| (m.topic.as_str(), m.payload.as_slice())),
             &cx,
         );
         let mut summary = ReplaySummary {
@@ -409,9 +425,7 @@ impl Worker {
                             .after_authentication()
                             .then(|| protocol::peek(&m.payload).ok())
                             .flatten()
-                            .filter(|_| {
-                                !matches!(reason, Reason::CounterReused | Reason::ReplayTooOld)
-                            });
+                            .filter(|_| *reason != Reason::CounterReused);
                         let highest = self.book.highest(tenant, device, dev.key.epoch());
                         self.metrics.devices.update(|b| {
                             b.rejected(tenant, device, reason.code());
@@ -426,6 +440,10 @@ impl Worker {
                         &m.payload,
                         reason,
                     ));
+                }
+                Outcome::Hold(reason) => {
+                    summary.held += 1;
+                    self.hold(m, *reason);
                 }
                 Outcome::Status {
                     tenant,
@@ -502,6 +520,51 @@ impl Worker {
         self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
+    }
+
+    /// A frame storable later, not now (SPEC §13.3): counted, logged (rate-limited) and
+    /// shown on its device; no acknowledgement, so the device keeps it and resends it.
+    /// One re-submitted from the quarantine goes back there: its device forgot it.
+    fn hold(&mut self, m: &Inbound, reason: Reason) {
+        self.metrics
+            .frames_held
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .inc();
+        self.to_feed(m, Verdict::Held, Some(reason.code()));
+        if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
+            let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str());
+            self.metrics
+                .devices
+                .update(|b| b.held(tenant, device, reason.code(), m.received_ms));
+            let (log, left_out) = self.hold_log.admit(m.received_ms);
+            if left_out > 0 {
+                tracing::warn!(
+                    left_out,
+                    "more frames were held in the last minute than logged; all are counted in \
+                     vigie_frames_held_total"
+                );
+            }
+            if log {
+                tracing::warn!(
+                    tenant,
+                    device,
+                    reason = reason.code(),
+                    clock_synchronised = self.clock.synchronised(),
+                    "frame held, not acknowledged: its time is outside the window; the device \
+                     keeps it and resends it"
+                );
+            }
+        }
+        if m.from_quarantine {
+            self.quarantine.add(&quarantine::Entry::rejected(
+                m.received_ms,
+                &m.topic,
+                &m.payload,
+                &reason,
+            ));
+        }
     }
 
     /// One warning line per rejected frame, with tenant, device and reason (rate-limited).
@@ -774,9 +837,7 @@ impl Worker {
                     payload,
                     received_ms: e.received_ms,
                     ack: None,
-                    recovering: [Reason::FutureTimestamp, Reason::StaleTimestamp]
-                        .iter()
-                        .any(|r| r.code() == e.reason),
+                    from_quarantine: true,
                 }),
                 // Not replayable (damaged buffer bytes): kept as it is.
                 _ => self.quarantine.add(e),

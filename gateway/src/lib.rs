@@ -3,6 +3,7 @@
 //! Module map:
 //! - [`pure`]: the pure core (verification, batch verdicts, validation, line protocol,
 //!   replay book, retry classification, buffer record format). No I/O, time passed in.
+//! - [`clock`]: whether the host clock is synchronised (a stale reading is refused only then).
 //! - [`config`]: TOML configuration, defaults, environment overrides, validation.
 //! - [`registry`]: the device registry file.
 //! - [`fs`]: the filesystem seam under every durable store (real, and a model for tests).
@@ -23,6 +24,7 @@ pub mod access;
 pub mod broker;
 pub mod buffer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device_info;
 pub mod devices;
@@ -226,6 +228,7 @@ pub async fn run_with_metrics(
             .as_ref()
             .map(|d| d.string_fields())
             .unwrap_or_default(),
+        host_clock: config.validation.host_clock.clone(),
     };
     let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
 

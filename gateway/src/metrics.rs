@@ -79,6 +79,10 @@ pub struct Metrics {
     pub frames_duplicate: Counter,
     /// `vigie_frames_rejected_total{reason}`.
     pub frames_rejected: Family<ReasonLabel, Counter>,
+    /// `vigie_frames_held_total{reason}`.
+    pub frames_held: Family<ReasonLabel, Counter>,
+    /// `vigie_host_clock_synchronised`.
+    pub host_clock_synchronised: Gauge,
     /// `vigie_quarantine_evicted_total`.
     pub quarantine_evicted: Counter,
     /// `vigie_buffer_bytes`.
@@ -144,6 +148,8 @@ impl Metrics {
             readings_flagged: Counter::default(),
             frames_duplicate: Counter::default(),
             frames_rejected: Family::default(),
+            frames_held: Family::default(),
+            host_clock_synchronised: Gauge::default(),
             quarantine_evicted: Counter::default(),
             buffer_bytes: Gauge::default(),
             buffer_pending_bytes: Gauge::default(),
@@ -171,7 +177,7 @@ impl Metrics {
             "Version of the running gateway.",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let gauges: [(&str, &str, &Gauge); 9] = [
+        let gauges: [(&str, &str, &Gauge); 10] = [
             (
                 "registry_devices",
                 "Devices in the loaded registry.",
@@ -216,6 +222,11 @@ impl Metrics {
                 "device_acks_waiting",
                 "Device acknowledgements waiting for room in the broker client's queue.",
                 &m.device_acks_waiting,
+            ),
+            (
+                "host_clock_synchronised",
+                "1 while the host clock is known to be synchronised (clock.synchronised); at 0, readings older than validation.max_age are held, not refused.",
+                &m.host_clock_synchronised,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -294,6 +305,11 @@ impl Metrics {
             m.frames_rejected.clone(),
         );
         r.register(
+            "frames_held",
+            "Frames not acknowledged because a reading's time is outside the window (the device keeps and resends them), by reason.",
+            m.frames_held.clone(),
+        );
+        r.register(
             "tenant_behind",
             "1 while a tenant's database refuses writes and its readings wait in the buffer, by tenant.",
             m.tenant_behind.clone(),
@@ -321,6 +337,11 @@ impl Metrics {
         r.register_collector(Box::new(DeviceGauges(devices)));
         for reason in Reason::CODES {
             let _ = m.frames_rejected.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in [Reason::FutureTimestamp, Reason::StaleTimestamp] {
+            let _ = m.frames_held.get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            });
         }
         for class in WRITE_ERROR_CLASSES {
             let _ = m.write_errors.get_or_create(&ClassLabel { class });

@@ -140,13 +140,10 @@ fn run(case: &Value, batches: &[usize]) -> Vec<Value> {
             rules: &rules,
             strings: StringFields::Fields,
             now_s: case["now"].as_u64().unwrap(),
-            recovering: false,
+            clock_synced: case["clock_synchronised"].as_bool().unwrap_or(true),
         };
         let chunk = &messages[at..at + n];
-        let plan = batch::judge(
-            chunk.iter().map(|(t, p)| (t.as_str(), p.as_slice(), false)),
-            &cx,
-        );
+        let plan = batch::judge(chunk.iter().map(|(t, p)| (t.as_str(), p.as_slice())), &cx);
         for outcome in &plan.outcomes {
             verdicts.push(match outcome {
                 Outcome::Store(i) => json!({
@@ -159,6 +156,7 @@ fn run(case: &Value, batches: &[usize]) -> Vec<Value> {
                     json!({ "verdict": "refused", "reason": "malformed", "detail": e.code() })
                 }
                 Outcome::Reject(r) => json!({ "verdict": "refused", "reason": r.code() }),
+                Outcome::Hold(r) => json!({ "verdict": "held", "reason": r.code() }),
             });
         }
         batch::apply(&mut book, plan.accepted.iter());

@@ -185,6 +185,10 @@ fn malformed(detail: &str) -> Value {
     json!({ "verdict": "refused", "reason": "malformed", "detail": detail })
 }
 
+fn held(reason: &str) -> Value {
+    json!({ "verdict": "held", "reason": reason })
+}
+
 fn duplicate() -> Value {
     json!({ "verdict": "duplicate" })
 }
@@ -198,6 +202,8 @@ struct Case {
     stored: Vec<Value>,
     messages: Vec<Value>,
     batches: Option<Vec<usize>>,
+    /// The receiver's host clock is known to be synchronised (§13.3).
+    clock_synchronised: bool,
     expect: Vec<Value>,
 }
 
@@ -207,6 +213,7 @@ fn case(name: &'static str, messages: Vec<Value>, expect: Vec<Value>) -> Case {
         stored: Vec::new(),
         messages,
         batches: None,
+        clock_synchronised: true,
         expect,
     }
 }
@@ -584,11 +591,16 @@ fn cases() -> Vec<Case> {
     let edge_out = AQ.seal(&[aq(t)], 2952);
     let top = AQ.seal(&[aq(t - 10)], 5000);
     out.push(Case {
-        name: "replay: the window's edge (highest 5000: 2953 in, 2952 out)",
+        name: "replay: below the window's edge is stored too (highest 5000: 2953 and 2952)",
         stored: vec![json!({ "tenant": "lyon", "device": "aq-1", "epoch": 1, "counter": 5000, "tag": tag(&top) })],
         messages: vec![msg(&AQ.up(), &edge_in), msg(&AQ.up(), &edge_out), msg(&AQ.up(), &top)],
         batches: None,
-        expect: vec![stored(vec![aq_point(&AQ, t, 2953)]), refused("replay_too_old"), duplicate()],
+        clock_synchronised: true,
+        expect: vec![
+            stored(vec![aq_point(&AQ, t, 2953)]),
+            stored(vec![aq_point(&AQ, t, 2952)]),
+            duplicate(),
+        ],
     });
     let old_dup = AQ.seal(&[aq(NOW - MAX_AGE - 10)], 7);
     out.push(Case {
@@ -596,6 +608,7 @@ fn cases() -> Vec<Case> {
         stored: vec![json!({ "tenant": "lyon", "device": "aq-1", "epoch": 1, "counter": 7, "tag": tag(&old_dup) })],
         messages: vec![msg(&AQ.up(), &old_dup)],
         batches: None,
+        clock_synchronised: true,
         expect: vec![duplicate()],
     });
     let c10 = AQ.seal(&[aq(t - 3)], 10);
@@ -631,21 +644,19 @@ fn cases() -> Vec<Case> {
             stored: Vec::new(),
             messages: sequence.clone(),
             batches: Some(batches),
+            clock_synchronised: true,
             expect: sequence_expect.clone(),
         });
     }
     let refused_first = AQ.seal(&[aq(NOW + 3_600)], 20);
     let same_counter_good = AQ.seal(&[aq(t)], 20);
     out.push(case(
-        "replay: a refused frame leaves the state unchanged",
+        "replay: a held frame leaves the state unchanged",
         vec![
             msg(&AQ.up(), &refused_first),
             msg(&AQ.up(), &same_counter_good),
         ],
-        vec![
-            refused("future_timestamp"),
-            stored(vec![aq_point(&AQ, t, 20)]),
-        ],
+        vec![held("future_timestamp"), stored(vec![aq_point(&AQ, t, 20)])],
     ));
 
     // 8. The time window (check 10, §13.3), inclusive bounds.
@@ -666,15 +677,33 @@ fn cases() -> Vec<Case> {
         let f = AQ.seal(&[aq(time)], 30);
         let e = match expect {
             None => stored(vec![aq_point(&AQ, time, 30)]),
+            Some("future_timestamp") => held("future_timestamp"),
             Some(reason) => refused(reason),
         };
         out.push(case(name, vec![msg(&AQ.up(), &f)], vec![e]));
     }
     out.push(case(
-        "time: one reading in the future refuses the frame",
+        "time: one reading in the future holds the frame",
         vec![msg(&AQ.up(), &AQ.seal(&[aq(t), aq(NOW + 3_600)], 31))],
-        vec![refused("future_timestamp")],
+        vec![held("future_timestamp")],
     ));
+    // An unsynchronised host clock refuses nothing for its time: stale is held too.
+    out.push(Case {
+        clock_synchronised: false,
+        ..case(
+            "time: an unsynchronised clock holds what is stale and what is in the future",
+            vec![
+                msg(&AQ.up(), &AQ.seal(&[aq(NOW - MAX_AGE - 1)], 33)),
+                msg(&AQ.up(), &AQ.seal(&[aq(NOW + SKEW + 1)], 34)),
+                msg(&AQ.up(), &AQ.seal(&[aq(t)], 35)),
+            ],
+            vec![
+                held("stale_timestamp"),
+                held("future_timestamp"),
+                stored(vec![aq_point(&AQ, t, 35)]),
+            ],
+        )
+    });
     out.push(case(
         "time: the first failing reading gives the reason",
         vec![msg(
@@ -895,6 +924,7 @@ pub fn render() -> String {
             "now": NOW,
             "max_future_skew": SKEW,
             "max_age": MAX_AGE,
+            "clock_synchronised": c.clock_synchronised,
             "stored": c.stored,
             "messages": c.messages,
             "expect": c.expect,

@@ -173,7 +173,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         (up("lyon", "aq-rev"), revoked_frame), // revoked
         (up("lyon", "aq-1"), valid[3].1[..12].to_vec()), // malformed (too short)
         (up("lyon", "aq-1"), vec![0x5a; 40]),  // malformed (version)
-        (up("lyon", "aq-1"), future),          // future_timestamp
+        (up("lyon", "aq-1"), future),          // future_timestamp: held
         (up("lyon", "aq-1"), vec![0x11; 2000]), // malformed (oversized)
         (up("lyon", "aq-1"), noise),           // malformed (random bytes)
     ];
@@ -181,10 +181,15 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     all.extend(hostile);
     fleet::publish_all(config.mqtt.embedded_listen, &all).await;
 
-    wait_for("stored and rejected", Duration::from_secs(20), async || {
-        metrics.total("vigie_readings_stored_total") >= 30.0
-            && metrics.total("vigie_frames_rejected_total") >= 9.0
-    })
+    wait_for(
+        "stored, rejected and held",
+        Duration::from_secs(20),
+        async || {
+            metrics.total("vigie_readings_stored_total") >= 30.0
+                && metrics.total("vigie_frames_rejected_total") >= 8.0
+                && metrics.total("vigie_frames_held_total") >= 1.0
+        },
+    )
     .await;
     let reason = |reason: &'static str| {
         metrics
@@ -196,7 +201,9 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert_eq!(reason("unknown_device"), 1);
     assert_eq!(reason("revoked"), 1);
     assert_eq!(reason("malformed"), 4);
-    assert_eq!(reason("future_timestamp"), 1);
+    // Held, not refused: neither acknowledged nor quarantined (SPEC §13.3).
+    assert_eq!(metrics.total("vigie_frames_rejected_total"), 8.0);
+    assert_eq!(metrics.total("vigie_frames_held_total"), 1.0);
     assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
 
     // Exactly the valid readings, once each, in the right tenant; beside them, each
@@ -244,7 +251,6 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     let want = [
         "authentication",
         "authentication",
-        "future_timestamp",
         "malformed",
         "malformed",
         "malformed",
@@ -255,7 +261,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert_eq!(reasons, want);
     let listing = gateway::cli::quarantine_list(&config).unwrap();
     assert!(
-        listing.contains("9 quarantined") && listing.contains("unknown_device=1"),
+        listing.contains("8 quarantined") && listing.contains("unknown_device=1"),
         "{listing}"
     );
 
@@ -314,7 +320,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         &format!("authorization: Bearer {TOKEN}\r\n"),
     );
     assert!(
-        answer.contains("\"accepted\":1") && answer.contains("\"rejected\":8"),
+        answer.contains("\"accepted\":1") && answer.contains("\"rejected\":7"),
         "{answer}"
     );
     wait_for(

@@ -38,12 +38,14 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     );
     let broker = mosquitto(dir.path());
 
-    let config = fleet::gateway_config(
+    let mut config = fleet::gateway_config(
         dir.path(),
         "gw-hostile",
         broker.addr,
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
+    // A synchronised clock refuses the stale frame (unsynchronised, it would hold it).
+    config.validation.host_clock = gateway::clock::SyncSource::Always;
     let gw = InProcessGateway::start(config.clone()).await;
     let metrics = &gw.metrics;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -106,7 +108,7 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         (aq.topic(), vec![0x11; 2000]),                 // malformed: oversized
         (aq.topic(), noise),                            // malformed: random
         (aq.topic(), vec![0x5a; 40]),                   // malformed: unknown version
-        (aq.topic(), aq.frame(&[at(now + 3600)], 100)), // future_timestamp
+        (aq.topic(), aq.frame(&[at(now + 3600)], 100)), // future_timestamp: held
         (aq.topic(), aq.frame(&[at(now - 200 * 86_400)], 101)), // stale_timestamp
         (aq.topic(), aq.frame(&[wrong_kind], 102)),     // kind_mismatch
     ];
@@ -114,10 +116,15 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     all.extend(hostile);
     fleet::publish_all(broker.addr, &all).await;
 
-    wait_for("stored and rejected", Duration::from_secs(30), async || {
-        metrics.total("vigie_readings_stored_total") >= 31.0
-            && metrics.total("vigie_frames_rejected_total") >= 10.0
-    })
+    wait_for(
+        "stored, rejected and held",
+        Duration::from_secs(30),
+        async || {
+            metrics.total("vigie_readings_stored_total") >= 31.0
+                && metrics.total("vigie_frames_rejected_total") >= 9.0
+                && metrics.total("vigie_frames_held_total") >= 1.0
+        },
+    )
     .await;
     let reason = |reason: &'static str| {
         metrics
@@ -128,7 +135,6 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     let counts: Vec<_> = [
         "authentication",
         "malformed",
-        "future_timestamp",
         "stale_timestamp",
         "kind_mismatch",
     ]
@@ -140,19 +146,27 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         [
             ("authentication", 3),
             ("malformed", 4),
-            ("future_timestamp", 1),
             ("stale_timestamp", 1),
             ("kind_mismatch", 1),
         ]
     );
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 10.0);
+    assert_eq!(metrics.total("vigie_frames_rejected_total"), 9.0);
+    // The future frame is held, not refused: no acknowledgement, no quarantine entry.
+    let held = metrics
+        .frames_held
+        .get_or_create(&ReasonLabel {
+            reason: "future_timestamp",
+        })
+        .get();
+    assert_eq!(held, 1);
+    assert_eq!(metrics.total("vigie_frames_held_total"), 1.0);
     assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
     assert_eq!(metrics.total("vigie_readings_stored_total"), 31.0);
 
     // Every rejected frame is in quarantine with its reason.
     let (entries, _) =
         gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
-    assert_eq!(entries.len(), 10);
+    assert_eq!(entries.len(), 9);
 
     // Every valid reading, exactly once, with its value and own time, in its tenant.
     let mut got = BTreeSet::new();

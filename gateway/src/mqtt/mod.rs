@@ -463,7 +463,7 @@ impl Shell {
                     payload: p.payload.to_vec(),
                     received_ms,
                     ack,
-                    recovering: false,
+                    from_quarantine: false,
                 });
             }
             Packet::PubAck(a) => {

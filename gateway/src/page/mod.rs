@@ -685,6 +685,17 @@ pub fn device(v: &View, tenant: &str, device: &str, events: &[Event]) -> Option<
                     v.lang.hint(reason)
                 )
             }
+            Verdict::Held => {
+                let reason = e.reason.unwrap_or("?");
+                format!(
+                    "{} : {reason} ({})",
+                    v.lang.pick(
+                        "gardée par l'appareil, non acquittée",
+                        "kept by the device, not acknowledged"
+                    ),
+                    v.lang.hint(reason)
+                )
+            }
             Verdict::Online => v.lang.pick("en ligne", "online").into(),
             Verdict::Offline => v.lang.pick("hors ligne", "offline").into(),
         };

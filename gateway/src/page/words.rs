@@ -98,13 +98,12 @@ impl Lang {
                 "kind_mismatch" => {
                     "type de mesure non enregistré pour cet appareil : vérifier --kind"
                 }
-                "replay_too_old" => {
-                    "compteur sous la fenêtre : rejeu, ou trame retenue trop longtemps"
-                }
                 "counter_reused" => {
                     "compteur déjà utilisé avec un autre contenu : l'appareil a perdu sa mémoire de compteur"
                 }
-                "future_timestamp" => "mesure datée du futur : l'horloge de l'appareil est fausse",
+                "future_timestamp" => {
+                    "mesures datées du futur, gardées par l'appareil : son horloge avance, ou celle de la passerelle retarde"
+                }
                 "stale_timestamp" => {
                     "mesure plus ancienne que validation.max_age : horloge fausse ou file très ancienne"
                 }
@@ -152,6 +151,21 @@ impl Lang {
             },
             Why::Tilted => self.pick("bac renversé", "bin tilted").into(),
             Why::LidOpen => self.pick("couvercle ouvert", "lid open").into(),
+            Why::Held { code, since_ms } => format!(
+                "{} {} ({})",
+                match code.as_str() {
+                    "future_timestamp" => self.pick(
+                        "mesures datées du futur gardées par l'appareil (horloge en avance, ou celle de la passerelle en retard), dernière à",
+                        "readings dated in the future kept by the device (its clock ahead, or the gateway's behind), last at"
+                    ),
+                    _ => self.pick(
+                        "mesures trop anciennes gardées par l'appareil tant que l'horloge de la passerelle n'est pas synchronisée, dernière à",
+                        "readings too old kept by the device while the gateway's clock is not synchronised, last at"
+                    ),
+                },
+                clock(*since_ms),
+                self.pick("non acquittées, renvoyées", "not acknowledged, sent again"),
+            ),
         }
     }
 }

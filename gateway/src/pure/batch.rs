@@ -18,6 +18,9 @@ pub enum Outcome {
     Duplicate,
     /// Quarantined with this reason.
     Reject(Reason),
+    /// Not storable now, storable later (a time outside the window, SPEC §13.3): not
+    /// stored, not quarantined, not acknowledged; the device keeps it and resends it.
+    Hold(Reason),
     /// A status message (`online` / `offline`).
     Status {
         /// Tenant.
@@ -38,22 +41,22 @@ pub struct Plan {
     pub accepted: Vec<Accepted>,
 }
 
-/// Judges `messages` (topic, payload, recovering: see [`Context::recovering`]) in order
-/// against the book in `cx` and the frames accepted before them in the same batch.
+/// Judges `messages` (topic, payload) in order against the book in `cx` and the frames
+/// accepted before them in the same batch.
 pub fn judge<'m>(
-    messages: impl IntoIterator<Item = (&'m str, &'m [u8], bool)>,
+    messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
     cx: &Context<'_, ReplayBook>,
 ) -> Plan {
     let mut pending = cx.counters.pending();
     let mut plan = Plan::default();
-    for (topic, payload, recovering) in messages {
+    for (topic, payload) in messages {
         let cx = Context {
             registry: cx.registry,
             counters: &pending,
             rules: cx.rules,
             strings: cx.strings,
             now_s: cx.now_s,
-            recovering,
+            clock_synced: cx.clock_synced,
         };
         let outcome = match verify::assess(topic, payload, &cx) {
             Verdict::Accept(a) => {
@@ -66,6 +69,7 @@ pub fn judge<'m>(
             }
             Verdict::Duplicate { .. } => Outcome::Duplicate,
             Verdict::Reject(reason) => Outcome::Reject(reason),
+            Verdict::Hold(reason) => Outcome::Hold(reason),
             Verdict::Status {
                 tenant,
                 device,
@@ -145,16 +149,14 @@ mod tests {
                 rules: &RULES,
                 strings: StringFields::Fields,
                 now_s: NOW,
-                recovering: false,
+                clock_synced: true,
             };
-            let plan = judge(
-                batch.iter().map(|(t, p)| (t.as_str(), p.as_slice(), false)),
-                &cx,
-            );
+            let plan = judge(batch.iter().map(|(t, p)| (t.as_str(), p.as_slice())), &cx);
             out.extend(plan.outcomes.iter().map(|o| match o {
                 Outcome::Store(_) => "store".to_string(),
                 Outcome::Duplicate => "duplicate".into(),
                 Outcome::Reject(r) => r.code().into(),
+                Outcome::Hold(r) => format!("hold {}", r.code()),
                 Outcome::Status { .. } => "status".into(),
             }));
             apply(&mut book, &plan.accepted);
@@ -170,7 +172,8 @@ mod tests {
             message("a", 10, 0),     // exact duplicate
             message("a", 10, 1),     // counter reused with other content
             message("a", w + 20, 0), // moves the window
-            message("a", 11, 0),     // now below it
+            message("a", 11, 0),     // now below it: stored (SPEC §13.2)
+            message("a", 11, 0),     // and again: below the window nothing is known
         ];
         let one_by_one = verdicts(&seq, &[1]);
         assert_eq!(
@@ -180,7 +183,8 @@ mod tests {
                 "duplicate",
                 "counter_reused",
                 "store",
-                "replay_too_old"
+                "store",
+                "store"
             ]
         );
         assert_eq!(verdicts(&seq, &[seq.len()]), one_by_one);

@@ -9,7 +9,7 @@
 //! status message with no frame since; fire suspected; revoked. Amber: battery below
 //! [`LOW_BATTERY_MV`]; a sensor fault (a faulted field in its latest reading, or an error
 //! flag in its latest status); a bin at or above [`BIN_FULL_PERCENT`], tilted or with
-//! its lid open. Green otherwise.
+//! its lid open; frames held for their time (a clock ahead or behind). Green otherwise.
 
 use crate::devices::{DeviceState, Listing};
 use protocol::reading::{bin_flags, error_flags};
@@ -95,6 +95,15 @@ pub enum Why {
     Tilted,
     /// The bin's lid is open.
     LidOpen,
+    /// Its frames are held, not acknowledged, since `since_ms`: a reading's time
+    /// outside the window (`future_timestamp`: its clock ahead, or the gateway's
+    /// behind; `stale_timestamp` while the gateway's clock is not synchronised).
+    Held {
+        /// The reason code.
+        code: String,
+        /// When the last one was held, Unix ms.
+        since_ms: u64,
+    },
 }
 
 impl Why {
@@ -153,6 +162,12 @@ pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Co
         if s.online == Some(false) && s.status_ms >= s.last_frame_ms {
             reasons.push(Why::Offline {
                 since_ms: s.status_ms.unwrap_or_default(),
+            });
+        }
+        if let Some((code, since_ms)) = &s.held {
+            reasons.push(Why::Held {
+                code: code.clone(),
+                since_ms: *since_ms,
             });
         }
         reasons.extend(readings(s));

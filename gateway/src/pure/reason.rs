@@ -19,13 +19,13 @@ pub enum Reason {
     Malformed(DecodeError),
     /// An observation kind the device is not registered for.
     KindMismatch,
-    /// Counter below the replay window: a replay, or a frame delayed too long.
-    ReplayTooOld,
     /// A counter already accepted, with other content: the device reused a counter.
     CounterReused,
-    /// A reading is further in the future than the allowed clock skew.
+    /// A reading is further in the future than the allowed clock skew: held, never
+    /// refused (SPEC §13.3): the device keeps the frame and resends it.
     FutureTimestamp,
-    /// A reading is older than the configured horizon.
+    /// A reading is older than the configured horizon: refused when the host clock is
+    /// synchronised, else held (SPEC §13.3).
     StaleTimestamp,
     /// The database refused the line (400/422) after the batch was split down to it.
     DatabaseRejected,
@@ -56,7 +56,6 @@ impl Reason {
                     | DecodeError::Authentication
             ),
             Self::KindMismatch
-            | Self::ReplayTooOld
             | Self::CounterReused
             | Self::FutureTimestamp
             | Self::StaleTimestamp => true,
@@ -64,7 +63,7 @@ impl Reason {
     }
 
     /// Every reason code, for metrics that list zero counts too.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 12] = [
         "topic",
         "unknown_device",
         "revoked",
@@ -72,7 +71,6 @@ impl Reason {
         "authentication",
         "malformed",
         "kind_mismatch",
-        "replay_too_old",
         "counter_reused",
         "future_timestamp",
         "stale_timestamp",
@@ -90,7 +88,6 @@ impl Reason {
             Self::Authentication => "authentication",
             Self::Malformed(_) => "malformed",
             Self::KindMismatch => "kind_mismatch",
-            Self::ReplayTooOld => "replay_too_old",
             Self::CounterReused => "counter_reused",
             Self::FutureTimestamp => "future_timestamp",
             Self::StaleTimestamp => "stale_timestamp",
@@ -113,13 +110,12 @@ impl Reason {
                 "the frame cannot be decoded: firmware and gateway disagree on the format"
             }
             "kind_mismatch" => "a kind of reading the device is not registered for: check --kind",
-            "replay_too_old" => {
-                "counter below the replay window: a replay, or a frame held back too long"
-            }
             "counter_reused" => {
                 "a counter already used with other content: the device lost its counter store"
             }
-            "future_timestamp" => "a reading is in the future: the device's clock is wrong",
+            "future_timestamp" => {
+                "a reading is in the future: held until it is not (the device resends it); the device's clock is ahead, or the gateway's behind"
+            }
             "stale_timestamp" => {
                 "a reading is older than validation.max_age: the device's clock is wrong or its queue very old"
             }

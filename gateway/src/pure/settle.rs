@@ -33,7 +33,8 @@ impl<'a> Settled<'a> {
             Outcome::Reject(reason) if reason.after_authentication() => {
                 protocol::peek(payload).ok().map(|h| h.counter)
             }
-            Outcome::Reject(_) | Outcome::Status { .. } => None,
+            // Held: storable later; the device must keep it (SPEC §12).
+            Outcome::Reject(_) | Outcome::Hold(_) | Outcome::Status { .. } => None,
         };
         if let (Some(counter), Ok(t)) = (counter, Topic::parse(topic)) {
             self.add(t.who.tenant.as_str(), t.who.device.as_str(), counter);
@@ -123,12 +124,10 @@ mod tests {
             rules: &RULES,
             strings: StringFields::Fields,
             now_s: NOW,
-            recovering: false,
+            clock_synced: true,
         };
         let plan = batch::judge(
-            messages
-                .iter()
-                .map(|(t, p)| (t.as_str(), p.as_slice(), false)),
+            messages.iter().map(|(t, p)| (t.as_str(), p.as_slice())),
             &cx,
         );
         let mut settled = Settled::default();
@@ -150,18 +149,26 @@ mod tests {
         let acks = commit(&mut book, &[frame(10, t), frame(12, t + 1)]);
         assert_eq!(acks.len(), 1);
         assert!(acks[0].covers(10) && acks[0].covers(12) && !acks[0].covers(11));
-        // Next commit: a redelivery of 12, a fresh 11, a stale 13 (final), a forged 14.
+        // Next commit: a redelivery of 12, a fresh 11, a stale 13 (final: the clock is
+        // synchronised), a forged 14, a future 15 (held: the device must keep it).
         let mut forged = frame(14, t + 3);
         let last = forged.1.len() - 1;
         forged.1[last] ^= 1;
+        let future = frame(15, NOW as u32 + 3_600);
         let acks = commit(
             &mut book,
-            &[frame(12, t + 1), frame(11, t + 2), frame(13, 1_000), forged],
+            &[
+                frame(12, t + 1),
+                frame(11, t + 2),
+                frame(13, 1_000),
+                forged,
+                future,
+            ],
         );
         assert_eq!(acks.len(), 1);
         let a = acks[0];
         assert_eq!(a.base, 11);
-        for c in [10, 14] {
+        for c in [10, 14, 15] {
             assert!(!a.covers(c), "{c}");
         }
         for c in [11, 12, 13] {

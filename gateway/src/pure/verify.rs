@@ -26,6 +26,9 @@ pub enum Verdict {
     },
     /// Quarantine with the reason, then acknowledge.
     Reject(Reason),
+    /// Storable later, not now (a reading's time outside the window, SPEC §13.3): no
+    /// acknowledgement, no quarantine entry; the device keeps the frame and resends it.
+    Hold(Reason),
     /// A retained status message (`online` / `offline`): nothing to store.
     Status {
         /// Tenant.
@@ -70,11 +73,9 @@ pub struct Context<'a, C: ?Sized> {
     pub strings: StringFields,
     /// Unix seconds now.
     pub now_s: u64,
-    /// The frame comes back from the quarantine, where it went for its time
-    /// (`future_timestamp`, `stale_timestamp`): the replay window's lower edge does not
-    /// apply, so a fixed clock recovers it however far the device has moved on. Storing
-    /// it twice is harmless (the same database point, SPEC §6 "Stored time").
-    pub recovering: bool,
+    /// The host clock is known to be synchronised (`clock.synchronised`): only then is a
+    /// reading judged too old for good; otherwise it is held (SPEC §13.3).
+    pub clock_synced: bool,
 }
 
 /// Judges one message.
@@ -85,7 +86,7 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         rules,
         strings,
         now_s,
-        recovering,
+        clock_synced,
     } = *cx;
     let Ok(parsed) = Topic::parse(topic) else {
         return Verdict::Reject(Reason::Topic);
@@ -129,7 +130,6 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     let (epoch, counter) = (dev.key.epoch(), header.counter);
     let tag = frame_tag(payload);
     match counters.seen(tenant, device, epoch, counter, &tag) {
-        Seen::Fresh => {}
         Seen::Duplicate => {
             return Verdict::Duplicate {
                 tenant: tenant.into(),
@@ -137,12 +137,17 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
             };
         }
         Seen::Reused => return Verdict::Reject(Reason::CounterReused),
-        Seen::TooOld if recovering => {}
-        Seen::TooOld => return Verdict::Reject(Reason::ReplayTooOld),
+        // Below the window nothing is known of the counter: stored (SPEC §13.2). An
+        // authentic frame stored twice lands on its own database point again.
+        Seen::Fresh | Seen::TooOld => {}
     }
     for r in &readings {
-        if let Err(reason) = validate::check_time(r, now_s, rules) {
-            return Verdict::Reject(reason);
+        match validate::check_time(r, now_s, rules) {
+            Ok(()) => {}
+            Err(Reason::StaleTimestamp) if clock_synced => {
+                return Verdict::Reject(Reason::StaleTimestamp);
+            }
+            Err(reason) => return Verdict::Hold(reason),
         }
     }
 
@@ -242,6 +247,10 @@ mod tests {
     }
 
     fn judge(topic: &str, payload: &[u8], book: &ReplayBook) -> Verdict {
+        judge_with_clock(topic, payload, book, true)
+    }
+
+    fn judge_with_clock(topic: &str, payload: &[u8], book: &ReplayBook, synced: bool) -> Verdict {
         let registry = registry();
         let cx = Context {
             registry: &registry,
@@ -249,7 +258,7 @@ mod tests {
             rules: &RULES,
             strings: StringFields::Fields,
             now_s: NOW,
-            recovering: false,
+            clock_synced: synced,
         };
         assess(topic, payload, &cx)
     }
@@ -315,11 +324,6 @@ mod tests {
             ),
             (
                 "vigie/v1/lyon/aq-1/up",
-                frame(("lyon", "aq-1"), &[aq(t + 301)], 6),
-                Reason::FutureTimestamp,
-            ),
-            (
-                "vigie/v1/lyon/aq-1/up",
                 frame(("lyon", "aq-1"), &[aq(t - 86_401)], 7),
                 Reason::StaleTimestamp,
             ),
@@ -331,6 +335,20 @@ mod tests {
                 "{topic} {want:?}"
             );
         }
+        // Time: a future reading is held whatever the clock; a stale one is refused only
+        // by a synchronised clock (SPEC §13.3).
+        let future = frame(("lyon", "aq-1"), &[aq(t + 301)], 6);
+        let stale = frame(("lyon", "aq-1"), &[aq(t - 86_401)], 7);
+        for synced in [true, false] {
+            assert_eq!(
+                judge_with_clock("vigie/v1/lyon/aq-1/up", &future, &book, synced),
+                Verdict::Hold(Reason::FutureTimestamp)
+            );
+        }
+        assert_eq!(
+            judge_with_clock("vigie/v1/lyon/aq-1/up", &stale, &book, false),
+            Verdict::Hold(Reason::StaleTimestamp)
+        );
         let bin_as_aq = frame(("lyon", "bin-1"), &[aq(t)], 1);
         assert_eq!(
             judge("vigie/v1/lyon/bin-1/up", &bin_as_aq, &book),
@@ -339,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_and_too_old_follow_the_book() {
+    fn duplicates_follow_the_book_and_below_the_window_is_stored() {
         let t = NOW as u32;
         let mut book = ReplayBook::default();
         let top = protocol::replay::WINDOW + 100;
@@ -355,36 +373,18 @@ mod tests {
             judge("vigie/v1/lyon/aq-1/up", &reused, &book),
             Verdict::Reject(Reason::CounterReused)
         );
+        // Below the window (its last frame may never have been stored): stored, so an
+        // acknowledgement never covers a frame no database holds (SPEC §13.2).
         let old = frame(("lyon", "aq-1"), &[aq(t)], 100);
-        assert_eq!(
+        assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &old, &book),
-            Verdict::Reject(Reason::ReplayTooOld)
-        );
+            Verdict::Accept(_)
+        ));
         let late = frame(("lyon", "aq-1"), &[aq(t)], 101);
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &late, &book),
             Verdict::Accept(_)
         ));
-        // Back from the quarantine, where it went for its time: the window's edge does not
-        // apply (SPEC §13.2).
-        let registry = registry();
-        let cx = Context {
-            registry: &registry,
-            counters: &book,
-            rules: &RULES,
-            strings: StringFields::Fields,
-            now_s: NOW,
-            recovering: true,
-        };
-        assert!(matches!(
-            assess("vigie/v1/lyon/aq-1/up", &old, &cx),
-            Verdict::Accept(_)
-        ));
-        assert_eq!(
-            assess("vigie/v1/lyon/aq-1/up", &reused, &cx),
-            Verdict::Reject(Reason::CounterReused),
-            "but never a reused counter"
-        );
     }
 
     #[test]
