@@ -21,10 +21,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
-# Real servers for the end-to-end tests, QEMU for the firmware image, lintian for the
+# Real servers for the end-to-end tests, faketime to move the gateway's clock, QEMU for
+# the firmware image, lintian for the
 # packages, the arm64 cross toolchain and qemu-user to run the arm64 binary, Chromium and
 # its WebDriver for the status page (Debian packages): installed when missing.
-packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm lintian
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm faketime lintian
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do

@@ -166,6 +166,7 @@ pub const GATEWAYS: &[&str] = &[
     "gw-fleet",
     "gw-crash",
     "gw-outage",
+    "gw-clock",
 ];
 
 /// The broker password of a test account, derived from its username (tests only).

@@ -32,6 +32,10 @@ pub struct GatewaySettings {
     pub public: Option<(SocketAddr, Vec<String>)>,
     /// `mqtt.keep_alive` (the gateway's default when `None`).
     pub keep_alive: Option<Duration>,
+    /// More TOML appended to the config (whole sections, e.g. `[validation]`).
+    pub extra_toml: String,
+    /// Environment of the process (e.g. libfaketime's, to move its clock).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewaySettings {
@@ -49,6 +53,8 @@ impl GatewaySettings {
             gzip: false,
             public: None,
             keep_alive: None,
+            extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -81,6 +87,7 @@ pub struct GatewayProcess {
     /// Its metrics endpoint.
     pub http: SocketAddr,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// The `gateway` binary of the same profile: next to this executable (a `src/bin`
@@ -165,7 +172,8 @@ impl GatewayProcess {
              {database}\
              [batch]\nlinger = \"{linger}ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
              [buffer]\nmax_mib = {max}\nsegment_mib = {seg}\n\
-             [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n{public}[log]\nlevel = \"info\"\n",
+             [http]\nlisten = \"{http}\"\nadmin_token = \"{token}\"\n{public}[log]\nlevel = \"info\"\n{extra}",
+            extra = s.extra_toml,
             token = ADMIN_TOKEN,
             keep_alive = s.keep_alive.map_or_else(String::new, |k| {
                 format!("keep_alive = \"{}s\"\n", k.as_secs())
@@ -199,6 +207,7 @@ impl GatewayProcess {
             config,
             http,
             log,
+            env: s.env.clone(),
         };
         g.restart();
         g
@@ -217,6 +226,7 @@ impl GatewayProcess {
             .arg(&self.config)
             // Times on the status page in UTC, as the tests compute them.
             .env("TZ", "UTC")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -137,3 +137,61 @@ pub fn assert_exactly(got: &BTreeSet<String>, expected: &BTreeSet<String>) {
         &extra[..extra.len().min(3)]
     );
 }
+
+/// What a simulated fleet's readings become in the database.
+const FLEET_MEASUREMENTS: [&str; 2] = ["air_quality", "device_status"];
+
+/// Distinct readings of [`TENANT`] stored (measurement|device|second) and the number of
+/// points.
+pub async fn fleet_stored(influx: SocketAddr) -> (BTreeSet<String>, usize) {
+    let db = format!("vigie_{TENANT}");
+    let points = readback::influx_points(influx, &db, &FLEET_MEASUREMENTS).await;
+    let readings = points
+        .iter()
+        .map(|p| p.split('|').skip(1).take(3).collect::<Vec<_>>().join("|"))
+        .collect();
+    let mut rows = 0;
+    for m in FLEET_MEASUREMENTS {
+        let body = readback::influx_query(influx, &db, &format!("SELECT * FROM {m}")).await;
+        rows += body["results"][0]["series"][0]["values"]
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    (readings, rows)
+}
+
+/// Waits (up to a minute) until InfluxDB holds what a simulated fleet recorded, then
+/// counts: (stored, lost, duplicated), from the devices' own count and the database.
+pub async fn fleet_outcome(
+    influx: SocketAddr,
+    summary: &vigie_sim::FleetSummary,
+) -> (usize, usize, usize) {
+    let recorded = (summary.recorded - summary.dropped) as usize;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        crate::wait_for(
+            "every recorded reading stored",
+            std::time::Duration::from_secs(60),
+            async || fleet_stored(influx).await.0.len() >= recorded,
+        ),
+    )
+    .await;
+    let (readings, rows) = fleet_stored(influx).await;
+    let lost = recorded.saturating_sub(readings.len());
+    (readings.len(), lost, rows - readings.len())
+}
+
+/// What every fleet scenario must end with: all devices ran, each has every reading
+/// acknowledged, and InfluxDB holds each reading the devices kept exactly once.
+pub fn assert_all_stored(
+    summary: &vigie_sim::FleetSummary,
+    (stored, lost, duplicated): (usize, usize, usize),
+) {
+    assert_eq!(summary.failed, 0);
+    assert_eq!(
+        summary.waiting, 0,
+        "every reading acknowledged by the end: {summary}"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(stored as u64, summary.recorded - summary.dropped);
+}

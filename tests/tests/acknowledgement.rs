@@ -13,13 +13,13 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::registry::DeviceKind;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
-use vigie_sim::{Fleet, FleetOptions, FleetSummary};
+use vigie_sim::{Fleet, FleetOptions};
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::InProcessGateway;
+use vigie_tests::scenario::{assert_all_stored, fleet_outcome as outcome};
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 const DEVICES: usize = 8;
@@ -30,7 +30,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Virtual seconds between samples; at 120× two samples a real second per device.
 const INTERVAL: u16 = 60;
 const ACCEL: f64 = 120.0;
-const MEASUREMENTS: [&str; 2] = ["air_quality", "device_status"];
 
 fn devices() -> Vec<Device> {
     (0..DEVICES)
@@ -56,53 +55,6 @@ fn fleet(devices: &[Device], broker: SocketAddr, seconds: u64) -> Fleet {
             ca: None,
         },
     )
-}
-
-/// Distinct readings stored (measurement|device|second) and the number of points.
-async fn stored(influx: SocketAddr) -> (BTreeSet<String>, usize) {
-    let points = readback::influx_points(influx, "vigie_lyon", &MEASUREMENTS).await;
-    let readings = points
-        .iter()
-        .map(|p| p.split('|').skip(1).take(3).collect::<Vec<_>>().join("|"))
-        .collect();
-    let mut rows = 0;
-    for m in MEASUREMENTS {
-        let body =
-            readback::influx_query(influx, "vigie_lyon", &format!("SELECT * FROM {m}")).await;
-        rows += body["results"][0]["series"][0]["values"]
-            .as_array()
-            .map_or(0, Vec::len);
-    }
-    (readings, rows)
-}
-
-/// Waits until InfluxDB holds what the devices recorded, then counts.
-async fn outcome(influx: SocketAddr, summary: &FleetSummary) -> (usize, usize, usize) {
-    let recorded = (summary.recorded - summary.dropped) as usize;
-    let _ = tokio::time::timeout(
-        Duration::from_secs(60),
-        wait_for(
-            "every recorded reading stored",
-            Duration::from_secs(60),
-            async || stored(influx).await.0.len() >= recorded,
-        ),
-    )
-    .await;
-    let (readings, rows) = stored(influx).await;
-    let lost = recorded.saturating_sub(readings.len());
-    (readings.len(), lost, rows - readings.len())
-}
-
-/// What every scenario here must end with: all devices ran, each has every reading
-/// acknowledged, and InfluxDB holds each reading the devices kept exactly once.
-fn assert_all_stored(summary: &FleetSummary, (stored, lost, duplicated): (usize, usize, usize)) {
-    assert_eq!(summary.failed, 0);
-    assert_eq!(
-        summary.waiting, 0,
-        "every reading acknowledged by the end: {summary}"
-    );
-    assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(stored as u64, summary.recorded - summary.dropped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
