@@ -45,6 +45,57 @@ pub struct ParseError {
     pub reason: String,
 }
 
+impl ParseError {
+    /// The error at byte range `span` of `text`, for `message` (the parser's own, which
+    /// for `toml` and `toml_edit` never holds the line but for serde may quote a value:
+    /// anything quoted is left out).
+    pub fn at(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> Self {
+        let start = span.map_or(0, |s| s.start.min(text.len()));
+        let start = (0..=start)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        let before = &text[..start];
+        Self {
+            line: before.matches('\n').count() + 1,
+            column: before.chars().count()
+                - before
+                    .rfind('\n')
+                    .map_or(0, |i| before[..=i].chars().count())
+                + 1,
+            reason: without_quoted(message.trim()),
+        }
+    }
+}
+
+/// `message` with whatever stands between quotes or backticks replaced by `…`: serde's
+/// messages quote the value they reject (`invalid type: string "…", expected u32`), and
+/// that value may be a key or a password.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A password or token: deserialized like a string, never shown by `Debug`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -462,15 +513,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        toml::from_str(text).map_err(|e| {
-            let start = e.span().map_or(0, |s| s.start.min(text.len()));
-            let before = &text[..start];
-            ParseError {
-                line: before.matches('\n').count() + 1,
-                column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-                reason: e.message().trim().to_string(),
-            }
-        })
+        toml::from_str(text).map_err(|e| ParseError::at(text, e.span(), e.message()))
     }
 
     /// Environment overrides, so secrets need not sit in the file (systemd `LoadCredential`,

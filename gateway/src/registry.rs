@@ -11,7 +11,7 @@
 pub use crate::pure::registry::*;
 
 use crate::access::PasswordHash;
-use crate::config::Secret;
+use crate::config::{ParseError, Secret};
 use protocol::provision::{Provisioning, Transport};
 use protocol::{DeviceKey, Id};
 use serde::{Deserialize, Serialize};
@@ -269,9 +269,11 @@ impl Registry {
                 });
             }
         };
+        // Line, column and reason only: toml's own `Display` quotes the line, and a
+        // registry line holds a device key.
         let file: File = toml::from_str(&text).map_err(|e| RegistryError::Parse {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: ParseError::at(&text, e.span(), e.message()).to_string(),
         })?;
         let mut registry = Self::from_entries(file.device)?;
         for g in file.gateway {
@@ -361,9 +363,9 @@ impl Locked {
 /// and `[[device]]` tables made to match `r`: changed values replaced in place, new
 /// tables appended, tables of removed entries dropped.
 fn render(old: &str, r: &Registry) -> Result<String, String> {
-    let mut doc: DocumentMut = old
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let mut doc: DocumentMut = old.parse().map_err(|e: toml_edit::TomlError| {
+        ParseError::at(old, e.span(), e.message()).to_string()
+    })?;
     let gateways: Vec<(Vec<String>, Table)> = r
         .gateways()
         .iter()
@@ -619,5 +621,38 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// A broken registry line names line and column, never the line: it may hold a key
+    /// (an unterminated string, a mistyped value, the save path too).
+    #[test]
+    fn a_broken_line_is_named_by_position_never_quoted() {
+        let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75e";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        // (text, line named, a syntax error that saving over it also reports)
+        for (text, line, syntax) in [
+            (
+                format!("[[device]]\ntenant = \"lyon\"\nkey = \"{key}\n"),
+                3,
+                true,
+            ),
+            (
+                format!("[[device]]\ntenant = \"lyon\"\nepoch = \"{key}\"\n"),
+                3,
+                false,
+            ),
+            (format!("[[device]]\nkey = {key}\n"), 2, true),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let err = Registry::load(&path).unwrap_err().to_string();
+            assert!(!err.contains("5ec2e7"), "{err}");
+            assert!(err.contains(&format!("line {line}, column")), "{err}");
+            if syntax {
+                let saved = Registry::default().save(&path).unwrap_err().to_string();
+                assert!(!saved.contains("5ec2e7"), "{saved}");
+                assert!(saved.contains(&format!("line {line}, column")), "{saved}");
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Secrets never leak: a configuration holding a broker password, a database token and an
 //! admin token, a registry holding device keys, the broker passwords `devices add` and
 //! `gateways add` generate, go through every CLI command and a scenario (the service at
-//! debug level, valid and forged frames, a quarantine replay, a broken config file); not
+//! debug level, valid and forged frames, a quarantine replay, a broken config file, a
+//! registry line left unterminated with its key); not
 //! one of those strings appears in any output, error message or log line.
 #![allow(clippy::unwrap_used)]
 
@@ -147,6 +148,45 @@ async fn no_secret_in_any_output_or_log() {
     let replay = run(&["quarantine", "replay", "--config", cfg]);
     assert!(replay.status.success(), "{}", text(&replay));
     outputs.push(text(&replay));
+    // A registry line left unterminated, key and all: the reload is refused and the
+    // error names line and column everywhere it shows, never the line.
+    let good_registry = std::fs::read_to_string(&registry_path).unwrap();
+    let key = hex::encode(devices[0].key);
+    assert!(good_registry.contains(&format!("\"{key}\"")));
+    std::fs::write(
+        &registry_path,
+        good_registry.replacen(&format!("\"{key}\""), &format!("\"{key}"), 1),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let reload = client
+        .post(format!("http://{http}/registry/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(!reload.status().is_success());
+    outputs.push(reload.text().await.unwrap());
+    for page in ["/readyz", "/", "/devices", "/metrics"] {
+        let body = reqwest::get(format!("http://{http}{page}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page == "/readyz" {
+            assert!(body.contains("line ") && body.contains("column"), "{body}");
+        }
+        outputs.push(body);
+    }
+    for args in [
+        &["check-config", cfg][..],
+        &["devices", "list", "--config", cfg],
+        &["quarantine", "list", "--config", cfg],
+    ] {
+        outputs.push(text(&run(args)));
+    }
+    std::fs::write(&registry_path, good_registry).unwrap();
     let _ = Command::new("kill")
         .args(["-TERM", &service.id().to_string()])
         .status();

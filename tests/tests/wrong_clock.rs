@@ -59,13 +59,13 @@ async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
     std::fs::write(&offset, "+0").unwrap();
     let synced_flag = dir.path().join("clock-synchronised");
     let settings = GatewaySettings {
-        extra_toml: format!(
-            "[validation]\nhost_clock = \"{}\"\n",
-            synced_flag.display()
-        ),
+        extra_toml: format!("[validation]\nhost_clock = \"{}\"\n", synced_flag.display()),
         env: vec![
             ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-            ("FAKETIME_TIMESTAMP_FILE".into(), offset.display().to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".into(),
+                offset.display().to_string(),
+            ),
             ("FAKETIME_CACHE_DURATION".into(), "1".into()),
             // Timers, keep-alives and back-offs on the real monotonic clock.
             ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
@@ -121,10 +121,14 @@ async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
         );
         (run.await.unwrap(), during, stale_held, amber, readyz)
     };
-    wait_for("the clock known synchronised again", Duration::from_secs(10), async || {
-        gw.readyz()
-            .is_some_and(|(_, r)| !r.contains("host clock not synchronised"))
-    })
+    wait_for(
+        "the clock known synchronised again",
+        Duration::from_secs(10),
+        async || {
+            gw.readyz()
+                .is_some_and(|(_, r)| !r.contains("host clock not synchronised"))
+        },
+    )
     .await;
     let (stored, lost, duplicated) = fleet_outcome(influx.addr, &summary).await;
     eprintln!(
@@ -137,8 +141,14 @@ async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
         gw.metric("vigie_frames_rejected_total").unwrap_or(-1.0),
     );
     assert_all_stored(&summary, (stored, lost, duplicated));
-    assert!(held_seen >= 10.0, "the fault happened: {held_seen} frames held");
-    assert!(stale_held > 0.0, "the clock 100 days ahead held stale frames");
+    assert!(
+        held_seen >= 10.0,
+        "the fault happened: {held_seen} frames held"
+    );
+    assert!(
+        stale_held > 0.0,
+        "the clock 100 days ahead held stale frames"
+    );
     assert!(amber > 0, "devices with held frames are shown as such");
     assert!(
         readyz_seen.contains("readings held: host clock not synchronised"),
