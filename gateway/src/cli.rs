@@ -9,6 +9,7 @@ use crate::erase;
 use crate::pure::erase::Scope;
 use crate::quarantine;
 use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Metadata, Registry};
+use crate::retention;
 use crate::tenants::{self, TenantsError};
 use protocol::json::UtcTime;
 use protocol::provision::{MAX_BLOB_LEN, Transport};
@@ -73,12 +74,21 @@ fn check_connections(config: &Config, registry: &Registry) -> Result<String, Str
             Err(e) => problems.push(format!("broker {target}: {e}")),
         }
     }
-    let mut tenants: Vec<&str> = registry
-        .entries()
-        .iter()
-        .map(|e| e.tenant.as_str())
-        .collect();
-    tenants.dedup();
+    let tenants = registry.tenants();
+    if let Some(db) = &config.database {
+        let max_age = config.validation.max_age;
+        match block_on(retention::ask(db, &tenants))? {
+            Ok(keeps) => match retention::bound(max_age, &keeps) {
+                (_, short) if short.is_empty() && !keeps.is_empty() => ok.push(format!(
+                    "every database keeps validation.max_age ({})",
+                    retention::words(max_age)
+                )),
+                (_, short) if short.is_empty() => {}
+                (bound, short) => problems.push(retention::warning(max_age, bound, &short)),
+            },
+            Err(e) => problems.push(format!("retention not checked: {e}")),
+        }
+    }
     match tenants::Influx::new(config.database.as_ref()) {
         Ok(influx) => {
             for tenant in tenants {
@@ -503,6 +513,17 @@ pub fn tenants_add(
         }
         Err(e) => return Err(e.to_string()),
     };
+    let max_age = config.validation.max_age;
+    if let Some(keeps) = retention.filter(|r| *r < max_age + retention::MARGIN) {
+        return Err(format!(
+            "a retention of {} keeps less than validation.max_age ({}) and a day's margin: \
+             readings the gateway accepts would be discarded by the database. Give at least \
+             {}, or lower validation.max_age in the config first",
+            retention::words(keeps),
+            retention::words(max_age),
+            retention::words(max_age + retention::MARGIN),
+        ));
+    }
     let state = block_on(influx.create(tenant, retention))?.map_err(|e| e.to_string())?;
     Ok(format!(
         "database {} ready for {tenant}; readings kept {}",

@@ -32,16 +32,19 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Where a config text is wrong and why: line, column and the parser's reason, never the
-/// text of the line (it may hold a password or token).
+/// Where a config text is wrong and why: line, column, the key on that line and the
+/// parser's reason, never the text of the line or a value (it may hold a password, a
+/// token or a device key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}, column {column}: {reason}")]
+#[error("line {line}, column {column}{}: {reason}", key.as_ref().map(|k| format!(" (`{k}`)")).unwrap_or_default())]
 pub struct ParseError {
     /// 1-based line.
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// The parser's reason.
+    /// The key the line sets, when it reads as `key = …`.
+    pub key: Option<String>,
+    /// The parser's reason, values left out.
     pub reason: String,
 }
 
@@ -56,7 +59,18 @@ impl ParseError {
             .find(|i| text.is_char_boundary(*i))
             .unwrap_or(0);
         let before = &text[..start];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let key = text[line_start..]
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+            .map(String::from);
         Self {
+            key,
             line: before.matches('\n').count() + 1,
             column: before.chars().count()
                 - before
@@ -68,10 +82,12 @@ impl ParseError {
     }
 }
 
-/// `message` with whatever stands between quotes or backticks replaced by `…`: serde's
-/// messages quote the value they reject (`invalid type: string "…", expected u32`), and
-/// that value may be a key or a password.
+/// `message` with the values serde quotes replaced by `…`: a string in double quotes
+/// (`invalid type: string "…", expected u32`), a number, character or boolean in
+/// backticks (`integer `…``); field names in backticks stay (`unknown field `pasword``).
+/// The value may be a key or a password.
 fn without_quoted(message: &str) -> String {
+    const VALUES: [&str; 4] = ["integer ", "floating point ", "character ", "boolean "];
     let mut out = String::with_capacity(message.len());
     let mut open: Option<char> = None;
     for c in message.chars() {
@@ -83,8 +99,9 @@ fn without_quoted(message: &str) -> String {
             }
             Some(_) => {}
             None => {
+                let value = c == '"' || (c == '`' && VALUES.iter().any(|v| out.ends_with(v)));
                 out.push(c);
-                if c == '"' || c == '`' {
+                if value {
                     open = Some(c);
                 }
             }
@@ -94,6 +111,24 @@ fn without_quoted(message: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+#[test]
+fn serde_values_are_left_out_field_names_kept() {
+    assert_eq!(
+        without_quoted("invalid type: string \"s3cret\", expected u32"),
+        "invalid type: string \"…\", expected u32"
+    );
+    assert_eq!(
+        without_quoted("invalid type: integer `1234`, expected a string"),
+        "invalid type: integer `…`, expected a string"
+    );
+    assert_eq!(
+        without_quoted("unknown field `pasword`, expected one of `password`"),
+        "unknown field `pasword`, expected one of `password`"
+    );
+    assert_eq!(without_quoted("unterminated \"abc"), "unterminated \"…");
 }
 
 /// A password or token: deserialized like a string, never shown by `Debug`.

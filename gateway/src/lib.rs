@@ -6,6 +6,7 @@
 //! - [`clock`]: whether the host clock is synchronised (a stale reading is refused only then).
 //! - [`config`]: TOML configuration, defaults, environment overrides, validation.
 //! - [`registry`]: the device registry file.
+//! - [`retention`]: what each database keeps, against `validation.max_age`.
 //! - [`fs`]: the filesystem seam under every durable store (real, and a model for tests).
 //! - [`buffer`]: the durable segment log (design note at its top).
 //! - [`quarantine`]: bounded on-disk store of rejected frames and refused lines.
@@ -42,6 +43,7 @@ pub mod pki;
 pub mod pure;
 pub mod quarantine;
 pub mod registry;
+pub mod retention;
 pub mod sink;
 pub mod tenants;
 
@@ -210,6 +212,7 @@ pub async fn run_with_metrics(
             .map_err(RunError::Quarantine)
     };
     let db_quarantine = Arc::new(Mutex::new(open_quarantine("quarantine-db")?));
+    let max_age = retention::at_start(&config, &registry.tenants()).await;
     let setup = WorkerSetup {
         fs: fs.clone(),
         registry,
@@ -221,7 +224,7 @@ pub async fn run_with_metrics(
         snapshot_path: data.join("replay.state"),
         rules: pure::validate::TimeRules {
             max_future_skew_s: config.validation.max_future_skew.as_secs(),
-            max_age_s: config.validation.max_age.as_secs(),
+            max_age_s: max_age.as_secs(),
         },
         strings: config
             .database

@@ -365,6 +365,12 @@ pub fn victoria_metrics() -> Server {
     victoria_metrics_with(&[])
 }
 
+/// VictoriaMetrics as Debian's package runs it: no `-retentionPeriod`, so one month
+/// (it answers 204 while it drops older samples).
+pub fn victoria_metrics_debian_default() -> Server {
+    launch(|| victoria_metrics_on(addr(), &["-retentionPeriod=".to_string()]))
+}
+
 /// VictoriaMetrics serving HTTPS with the test CA's server certificate.
 pub fn victoria_metrics_tls(pki: &crate::tls::TestPki) -> Server {
     victoria_metrics_with(&[
@@ -392,7 +398,11 @@ fn victoria_metrics_on(http: SocketAddr, extra: &[String]) -> Server {
         // for scrapes still arriving), so a test can query what it just wrote.
         "-search.latencyOffset=1s".to_string(),
     ];
-    args.extend_from_slice(extra);
+    // `-retentionPeriod=` alone: the flag left at its default, as Debian runs it.
+    if extra.iter().any(|a| a == "-retentionPeriod=") {
+        args.retain(|a| !a.starts_with("-retentionPeriod"));
+    }
+    args.extend(extra.iter().filter(|a| *a != "-retentionPeriod=").cloned());
     Server::new("victoria-metrics", "victoria-metrics", &args, dir, http)
 }
 

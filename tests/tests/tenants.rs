@@ -84,20 +84,31 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
         );
     }
 
-    // The config's retention, then the command's.
+    // The config's retention (30 days) keeps less than validation.max_age (90 days by
+    // default): refused, nothing made. Then the command's, a year.
     let out = cli(&["tenants", "add", "--tenant", "lyon"], &config);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("vigie_lyon ready"), "{}", text(&out));
-    assert_eq!(
-        policy("vigie_lyon").await,
-        ("vigie".into(), "720h0m0s".into())
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("30 days keeps less than validation.max_age (90 days)"),
+        "{}",
+        text(&out)
     );
+    assert!(!exists("vigie_lyon").await);
     let out = cli(
         &["tenants", "add", "--tenant", "lyon", "--retention", "90d"],
         &config,
     );
+    assert!(!out.status.success(), "no day to spare: {}", text(&out));
+    let out = cli(
+        &["tenants", "add", "--tenant", "lyon", "--retention", "365d"],
+        &config,
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(policy("vigie_lyon").await.1, "2160h0m0s");
+    assert!(text(&out).contains("vigie_lyon ready"), "{}", text(&out));
+    assert_eq!(
+        policy("vigie_lyon").await,
+        ("vigie".into(), "8760h0m0s".into())
+    );
 
     let out = connect();
     assert!(
@@ -116,7 +127,7 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
             .to_string()
     };
     assert!(
-        line("lyon").contains("vigie_lyon (readings kept for 2160h0m0s)"),
+        line("lyon").contains("vigie_lyon (readings kept for 8760h0m0s)"),
         "{listed}"
     );
     assert_eq!(
@@ -153,5 +164,7 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("nothing to create"), "{}", text(&out));
     assert!(!exists("vigie_nice").await);
-    println!("tenants: created with 720h then 2160h, listed, refused with devices, dropped");
+    println!(
+        "tenants: 30d and 90d refused (under max_age), created with 8760h, listed, refused with devices, dropped"
+    );
 }

@@ -255,6 +255,13 @@ impl Registry {
         v
     }
 
+    /// The tenants with devices, sorted.
+    pub fn tenants(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.tenants.keys().map(|t| t.as_ref()).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Number of devices.
     pub fn len(&self) -> usize {
         self.devices().count()

@@ -1,0 +1,155 @@
+//! A database that keeps less than the gateway accepts never deletes an acknowledged
+//! reading (SPEC §13.3, issue: "a database that keeps less than we accept").
+//!
+//! Two gateway processes, each in its own group so each gets every frame: one writes to
+//! InfluxDB 1.x whose commune database was made outside Vigie with a 30-day retention
+//! policy, the other to VictoriaMetrics as Debian runs it (no `-retentionPeriod`: one
+//! month, and a 204 for every sample it drops). A device sends 20 frames of readings 40
+//! days old and 20 of readings an hour old. Each gateway asked its database at start and
+//! judges by 29 days: the old frames are refused (`stale_timestamp`, kept in the
+//! quarantine), never acknowledged as stored and then discarded. Counting per database:
+//! readings acknowledged as durably buffered (`vigie_readings_accepted_total`) against
+//! the points the database holds, field by field.
+#![allow(clippy::unwrap_used)]
+
+use gateway::registry::DeviceKind;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::{self, GatewayProcess, GatewaySettings, text};
+use vigie_tests::servers::victoria_metrics_debian_default;
+use vigie_tests::{influxdb, mosquitto, now_s, readback, wait_for};
+
+const FRAMES: u32 = 20;
+const DAY: u32 = 86_400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_keeping_less_than_max_age_lose_no_acknowledged_reading() {
+    let influx = influxdb();
+    let vm = victoria_metrics_debian_default();
+    // Made by hand, as an operator might have: a month's policy.
+    let made = readback::influx_query(
+        influx.addr,
+        "",
+        "CREATE DATABASE vigie_lyon WITH DURATION 30d NAME \"month\"",
+    )
+    .await;
+    assert!(made["results"][0]["error"].is_null(), "{made}");
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    // The clock trusted, so stale is final (refused), not held.
+    let clock = "[validation]\nhost_clock = \"always\"\n".to_string();
+    let to_influx = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            extra_toml: clock.clone(),
+            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx.addr))
+        },
+    );
+    let to_vm = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            extra_toml: clock,
+            victoria: true,
+            ..GatewaySettings::new("gw-v2", broker.addr, Some(vm.addr))
+        },
+    );
+
+    let now = now_s();
+    let mut messages = Vec::new();
+    let mut recent = BTreeSet::new();
+    for i in 0..2 * FRAMES {
+        let time = if i < FRAMES {
+            now - 40 * DAY + i * 60
+        } else {
+            now - 3_600 + i * 60
+        };
+        if i >= FRAMES {
+            recent.insert(u64::from(time));
+        }
+        messages.push((aq.topic(), aq.frame(&[aq.reading(i, time)], i + 1)));
+    }
+    fleet::publish_all(broker.addr, &messages).await;
+
+    let gateways = [
+        ("InfluxDB 30-day policy", &to_influx),
+        ("VictoriaMetrics, Debian default", &to_vm),
+    ];
+    for (_, gw) in gateways {
+        wait_for("every frame judged", Duration::from_secs(30), async || {
+            gw.metric("vigie_readings_accepted_total").unwrap_or(0.0)
+                + gw.metric("vigie_frames_rejected_total").unwrap_or(0.0)
+                >= f64::from(2 * FRAMES)
+        })
+        .await;
+    }
+    // What each database holds, pm25 point by point, once the sink is done.
+    let held = async |victoria: bool| -> BTreeSet<u64> {
+        let points = if victoria {
+            readback::victoria_points(vm.addr, &["air_quality"]).await
+        } else {
+            readback::influx_points(influx.addr, "vigie_lyon", &["air_quality"]).await
+        };
+        points
+            .iter()
+            .filter(|p| p.contains("|pm25|"))
+            .map(|p| p.split('|').nth(3).unwrap().parse().unwrap())
+            .collect()
+    };
+    // Counted for both before any assertion, so a failure shows both figures.
+    let mut outcomes = Vec::new();
+    for (name, gw) in gateways {
+        let victoria = std::ptr::eq(gw, &to_vm);
+        let accepted = gw.metric("vigie_readings_accepted_total").unwrap();
+        // Counted after at most 15 s whatever happens, so a loss is a figure.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            wait_for(
+                "the acknowledged readings written",
+                Duration::from_secs(30),
+                async || held(victoria).await.len() as f64 >= accepted,
+            ),
+        )
+        .await;
+        let stored = held(victoria).await;
+        let lost = accepted as usize - stored.len().min(accepted as usize);
+        let refused = gw
+            .metric("vigie_frames_rejected_total{reason=\"stale_timestamp\"}")
+            .unwrap();
+        let (entries, _) = gateway::quarantine::read_all(&dir.path().join(format!(
+            "data-{}/quarantine",
+            if victoria { "gw-v2" } else { "gw-v1" }
+        )))
+        .unwrap();
+        let kept = entries
+            .iter()
+            .filter(|e| e.reason == "stale_timestamp")
+            .count();
+        eprintln!(
+            "{name}: sent={} acknowledged_stored={accepted} in_database={} lost={lost} \
+             refused_stale={refused} in_quarantine={kept}",
+            2 * FRAMES,
+            stored.len()
+        );
+        // check-config --connect names the short retention too.
+        let check = process::cli(&["check-config", "--connect", gw.config.to_str().unwrap()]);
+        outcomes.push((name, lost, stored, refused, kept, gw.log(), check));
+    }
+    for (name, lost, stored, refused, kept, log, check) in outcomes {
+        assert_eq!(
+            lost, 0,
+            "{name}: acknowledged as stored, not in the database"
+        );
+        assert_eq!(stored, recent, "{name}: exactly the recent readings");
+        assert_eq!(refused, f64::from(FRAMES), "{name}");
+        assert_eq!(kept, FRAMES as usize, "{name}: every refused frame kept");
+        assert!(
+            log.contains("keeps 30 days") && log.contains("older than 29 days are refused"),
+            "{name}: said at start:\n{log}"
+        );
+        assert!(!check.status.success(), "{}", text(&check));
+        assert!(text(&check).contains("keeps 30 days"), "{}", text(&check));
+    }
+}
