@@ -480,6 +480,7 @@ mod tests {
             reason: "database_rejected".into(),
             detail: String::new(),
             payload: hex::encode(lines),
+            acknowledged: true,
         };
         let s = scope(Some("aq-1"), None);
         let cut = entry(&s, refused.clone()).unwrap();

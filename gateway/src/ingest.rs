@@ -386,7 +386,7 @@ impl Worker {
             now_s: crate::now_ms() / 1000,
             clock_synced: self.clock.synchronised(),
         };
-        let plan = batch::judge(
+        let mut plan = batch::judge(
             messages
                 .iter()
                 .map(|m| (m.topic.as_str(), m.payload.as_slice())),
@@ -396,8 +396,20 @@ impl Worker {
             replayed: messages.len(),
             ..ReplaySummary::default()
         };
-        for (m, outcome) in messages.iter().zip(&plan.outcomes) {
-            match outcome {
+        for (m, outcome) in messages.iter().zip(plan.outcomes.iter_mut()) {
+            // A refusal after the tag verified is acknowledged, so its quarantine entry is
+            // the frame's only copy and is never evicted: past that room's bound (the
+            // device's share, or all of it) the frame is held instead, and its device
+            // keeps it.
+            if let Outcome::Reject(reason) = *outcome
+                && reason.after_authentication()
+                && !self
+                    .quarantine
+                    .admits_kept(&m.topic, quarantine::entry_bytes(&m.topic, &m.payload))
+            {
+                *outcome = Outcome::Hold(reason);
+            }
+            match &*outcome {
                 Outcome::Store(_) => {}
                 Outcome::Duplicate => {
                     summary.duplicates += 1;
@@ -522,8 +534,9 @@ impl Worker {
         Some(summary)
     }
 
-    /// A frame storable later, not now (SPEC §13.3): counted, logged (rate-limited) and
-    /// shown on its device; no acknowledgement, so the device keeps it and resends it.
+    /// A frame storable later, not now (SPEC §13.3), or refused when the quarantine has
+    /// no room for its entry: counted, logged (rate-limited) and shown on its device; no
+    /// acknowledgement, so the device keeps it and resends it.
     /// One re-submitted from the quarantine goes back there: its device forgot it.
     fn hold(&mut self, m: &Inbound, reason: Reason) {
         self.metrics
@@ -546,7 +559,7 @@ impl Worker {
                      vigie_frames_held_total"
                 );
             }
-            if log {
+            if log && matches!(reason, Reason::FutureTimestamp | Reason::StaleTimestamp) {
                 tracing::warn!(
                     tenant,
                     device,
@@ -554,6 +567,15 @@ impl Worker {
                     clock_synchronised = self.clock.synchronised(),
                     "frame held, not acknowledged: its time is outside the window; the device \
                      keeps it and resends it"
+                );
+            } else if log {
+                tracing::warn!(
+                    tenant,
+                    device,
+                    reason = reason.code(),
+                    "frame held, not acknowledged: refused, but the quarantine has no room left \
+                     for this device's refused frames (`quarantine list`, then `quarantine \
+                     replay` or `erase`); the device keeps it and resends it"
                 );
             }
         }
@@ -639,6 +661,15 @@ impl Worker {
         let store = match &result {
             Ok(evicted) => {
                 self.metrics.quarantine_evicted.inc_by(*evicted);
+                if *evicted > 0 {
+                    // Once per half of quarantine.max_mib filled: no flood.
+                    tracing::warn!(
+                        evicted,
+                        "quarantine full: its oldest entries of unacknowledged frames (forged, \
+                         unknown or revoked devices: their senders still hold them) were \
+                         evicted; entries of acknowledged frames are never evicted"
+                    );
+                }
                 // Cleared by the caller once the whole batch is stored, so a batch that
                 // goes through in pieces on a nearly full disk does not flap.
                 return Ok(());
@@ -922,6 +953,8 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
             reason: reason.code().into(),
             detail,
             payload: hex::encode(r.lines.as_bytes()),
+            // Acknowledged readings: their only copy.
+            acknowledged: true,
         },
         None => quarantine::Entry {
             received_ms,
@@ -930,6 +963,7 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
             reason: reason.code().into(),
             detail,
             payload: hex::encode(bytes),
+            acknowledged: true,
         },
     }
 }

@@ -6,6 +6,16 @@
 //! `previous.jsonl` (replacing the one before, whose entries are counted as evicted). So
 //! the quarantine holds at most `max_bytes` and always the newest entries.
 //!
+//! Except the entries of **acknowledged** frames (refused after their tag verified: SPEC
+//! §12): their device forgot them, so the quarantine holds their only copy, and rotation
+//! never evicts them. It carries them from the file it drops into the new `current.jsonl`
+//! (written first as `next.jsonl`, fsynced, then renamed: a crash in between leaves them
+//! in one file or the other, and [`Quarantine::open`] finishes the move). They have a
+//! bound of their own: a quarter of `max_bytes` in all and a sixteenth per device
+//! ([`Quarantine::admits_kept`]); a frame whose entry would pass it is held instead of
+//! refused (not acknowledged: its device keeps it), so one device flooding refusals
+//! cannot push out another's.
+//!
 //! Failure-atomic like the buffer: [`Quarantine::add`] only queues an entry in memory;
 //! [`Quarantine::sync`] writes the queue and fsyncs, and on any failure cuts the file back
 //! to its last durable length and keeps the queue for the next try. The ingest worker
@@ -54,6 +64,10 @@ pub struct Entry {
     pub detail: String,
     /// The payload, hex.
     pub payload: String,
+    /// The frame was acknowledged to its device (refused after its tag verified): this
+    /// entry is its only copy, never evicted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acknowledged: bool,
 }
 
 impl Entry {
@@ -66,6 +80,7 @@ impl Entry {
             reason: reason.code().into(),
             detail: reason.detail(),
             payload: hex::encode(payload),
+            acknowledged: reason.after_authentication(),
         }
     }
 
@@ -100,10 +115,20 @@ pub struct Quarantine {
     queued: Vec<u8>,
     /// Rotations so far (a mark names the file it was taken in).
     rotations: u64,
+    /// Bytes of acknowledged entries (durable or queued), by topic, and in all.
+    kept: std::collections::HashMap<String, u64>,
+    kept_total: u64,
 }
 
 const CURRENT: &str = "current.jsonl";
 const PREVIOUS: &str = "previous.jsonl";
+/// The acknowledged entries a rotation carries over, before they become `current.jsonl`.
+const NEXT: &str = "next.jsonl";
+
+/// The encoded size of an entry for `payload` on `topic` (its JSON line, about).
+pub fn entry_bytes(topic: &str, payload: &[u8]) -> u64 {
+    (topic.len() + 2 * payload.len() + 160) as u64
+}
 
 impl Quarantine {
     /// Opens or creates the quarantine in `dir`.
@@ -117,12 +142,58 @@ impl Quarantine {
             size: 0,
             queued: Vec::new(),
             rotations: 0,
+            kept: Default::default(),
+            kept_total: 0,
         };
         q.reopen()?;
+        q.count_kept()?;
         Ok(q)
     }
 
+    /// A rotation a crash interrupted: `next.jsonl` holds the acknowledged entries it
+    /// carried. Once `current.jsonl` was renamed away it is the new current; before that,
+    /// the entries are still in the files and it goes.
+    fn finish_rotation(&self) -> io::Result<()> {
+        let next = self.dir.join(NEXT);
+        match self.fs.read(&next) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match self.fs.read(&self.dir.join(CURRENT)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.fs.rename(&next, &self.dir.join(CURRENT))?
+            }
+            _ => self.fs.remove(&next)?,
+        }
+        self.fs.sync_dir(&self.dir)
+    }
+
+    /// Counts the acknowledged entries on disk, by topic.
+    fn count_kept(&mut self) -> io::Result<()> {
+        let (entries, _) = read_all_on(self.fs.as_ref(), &self.dir)?;
+        self.kept.clear();
+        self.kept_total = 0;
+        for e in entries.iter().filter(|e| e.acknowledged) {
+            let n = (e.topic.len() + e.payload.len() + 160) as u64;
+            *self.kept.entry(e.topic.clone()).or_default() += n;
+            self.kept_total += n;
+        }
+        Ok(())
+    }
+
+    /// Whether the entry of an acknowledged frame of `bytes` ([`entry_bytes`]) on `topic`
+    /// fits the acknowledged entries' bounds: a quarter of the quarantine in all, a
+    /// sixteenth per device. If not, the frame is to be held, not refused.
+    pub fn admits_kept(&self, topic: &str, bytes: u64) -> bool {
+        let device = self.kept.get(topic).copied().unwrap_or(0);
+        self.kept_total + bytes <= self.max_bytes / 4 && device + bytes <= self.max_bytes / 16
+    }
+
     fn reopen(&mut self) -> io::Result<()> {
+        // Before `current.jsonl` is made anew: it may be missing because a rotation
+        // stopped between its renames, with the carried entries in `next.jsonl`.
+        self.finish_rotation()?;
         let f = self.fs.open(&self.dir.join(CURRENT), Open::Append)?;
         self.size = f.size()?;
         self.file = Some(f);
@@ -134,6 +205,13 @@ impl Quarantine {
         // Serialising plain strings and numbers cannot fail.
         if serde_json::to_writer(&mut self.queued, entry).is_ok() {
             self.queued.push(b'\n');
+        }
+        if entry.acknowledged {
+            // Counted once queued (a withdrawn one stays counted until the next count:
+            // the bound errs on the safe side).
+            let n = (entry.topic.len() + entry.payload.len() + 160) as u64;
+            *self.kept.entry(entry.topic.clone()).or_default() += n;
+            self.kept_total += n;
         }
     }
 
@@ -183,20 +261,35 @@ impl Quarantine {
         Ok(evicted)
     }
 
+    /// `current` becomes `previous`; the entries of the old `previous` are evicted,
+    /// except those of acknowledged frames, carried into the new `current` first.
     fn rotate(&mut self) -> io::Result<u64> {
         let previous = self.dir.join(PREVIOUS);
-        let evicted = self
-            .fs
-            .read(&previous)
-            .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
-            .unwrap_or(0);
+        let old = match self.fs.read(&previous) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (mut carried, mut evicted) = (Vec::new(), 0);
+        for line in old.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Entry>(line) {
+                Ok(e) if e.acknowledged => {
+                    carried.extend_from_slice(line);
+                    carried.push(b'\n');
+                }
+                _ => evicted += 1,
+            }
+        }
         self.file = None;
+        let next = self.dir.join(NEXT);
+        let mut f = self.fs.open(&next, Open::Truncate)?;
+        f.write_all(&carried)?;
+        f.sync_data()?;
+        drop(f);
         self.fs.rename(&self.dir.join(CURRENT), &previous)?;
         self.rotations += 1;
-        let f = self.fs.open(&self.dir.join(CURRENT), Open::Truncate)?;
-        self.fs.sync_dir(&self.dir)?;
-        self.file = Some(f);
-        self.size = 0;
+        self.fs.rename(&next, &self.dir.join(CURRENT))?;
+        self.reopen()?;
         Ok(evicted)
     }
 
@@ -245,7 +338,8 @@ impl Quarantine {
             Err(e) => return Err(e),
         }
         self.fs.sync_dir(&self.dir)?;
-        self.reopen()
+        self.reopen()?;
+        self.count_kept()
     }
 }
 
@@ -333,7 +427,108 @@ mod tests {
             reason: "unknown_device".into(),
             detail: "unknown_device".into(),
             payload: "11223344".into(),
+            acknowledged: false,
         }
+    }
+
+    /// The entry of an acknowledged frame (refused after its tag verified) of `device`.
+    fn acked(i: u64, device: &str) -> Entry {
+        Entry {
+            topic: format!("vigie/v1/lyon/{device}/up"),
+            reason: "counter_reused".into(),
+            detail: "counter_reused".into(),
+            acknowledged: true,
+            ..entry(i)
+        }
+    }
+
+    #[test]
+    fn rotation_never_evicts_the_entries_of_acknowledged_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(crate::fs::real(), dir.path(), 4_000).unwrap();
+        let mut evicted = 0;
+        for i in 0..200 {
+            let e = if i % 50 == 0 {
+                acked(i, "aq-2")
+            } else {
+                entry(i)
+            };
+            q.add(&e);
+            evicted += q.sync().unwrap();
+        }
+        let (entries, _) = read_all(dir.path()).unwrap();
+        let kept: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.acknowledged)
+            .map(|e| e.received_ms)
+            .collect();
+        assert_eq!(kept, [0, 50, 100, 150], "every acknowledged entry, once");
+        assert!(evicted > 100, "the others rotate out: {evicted}");
+        assert_eq!(
+            entries.len() as u64 + evicted,
+            200,
+            "every entry kept or counted"
+        );
+        // And across a reopen, counted again.
+        let q = Quarantine::open(crate::fs::real(), dir.path(), 4_000).unwrap();
+        assert_eq!(q.kept_total, 4 * (21 + 8 + 160));
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_a_rotation_loses_no_acknowledged_entry() {
+        for at in 0..12 {
+            let fs = ModelFs::new();
+            let shared: SharedFs = Arc::new(fs.clone());
+            let mut q = Quarantine::open(shared.clone(), Path::new("q"), 2_000).unwrap();
+            q.add(&acked(0, "aq-2"));
+            q.sync().unwrap();
+            // Fill to two rotations, then fail one step of the next and cut the power.
+            for i in 1..12 {
+                q.add(&entry(i));
+                q.sync().unwrap();
+            }
+            fs.fail_at(fs.ops() + at, Fault::Io);
+            for i in 12..20 {
+                q.add(&entry(i));
+                let _ = q.sync();
+            }
+            fs.power_cut();
+            let q = Quarantine::open(shared, Path::new("q"), 2_000).unwrap();
+            let (got, bad) = read_all_on(&fs, Path::new("q")).unwrap();
+            let kept = got.iter().filter(|e| e.acknowledged).count();
+            assert_eq!((kept, bad), (1, 0), "fault at op +{at}");
+            assert_eq!(q.kept_total, 21 + 8 + 160);
+        }
+    }
+
+    #[test]
+    fn acknowledged_entries_have_a_bound_in_all_and_per_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(crate::fs::real(), dir.path(), 16_000).unwrap();
+        let one = entry_bytes("vigie/v1/lyon/aq-1/up", &[0x11, 0x22, 0x33, 0x44]);
+        // A sixteenth per device: 1,000 bytes, five entries of 189.
+        let mut n = 0;
+        while q.admits_kept("vigie/v1/lyon/aq-1/up", one) {
+            q.add(&acked(n, "aq-1"));
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        assert!(
+            q.admits_kept("vigie/v1/lyon/aq-2/up", one),
+            "another device has room"
+        );
+        // A quarter in all: 4,000 bytes.
+        for d in 2..6 {
+            let topic = format!("vigie/v1/lyon/aq-{d}/up");
+            while q.admits_kept(&topic, one) {
+                q.add(&acked(n, &format!("aq-{d}")));
+                n += 1;
+            }
+        }
+        assert!(!q.admits_kept("vigie/v1/lyon/aq-9/up", one));
+        assert!(q.kept_total <= 4_000);
+        q.sync().unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().0.len() as u64, n);
     }
 
     #[test]

@@ -158,9 +158,13 @@ impl Lang {
                         "mesures datées du futur gardées par l'appareil (horloge en avance, ou celle de la passerelle en retard), dernière à",
                         "readings dated in the future kept by the device (its clock ahead, or the gateway's behind), last at"
                     ),
-                    _ => self.pick(
+                    "stale_timestamp" => self.pick(
                         "mesures trop anciennes gardées par l'appareil tant que l'horloge de la passerelle n'est pas synchronisée, dernière à",
                         "readings too old kept by the device while the gateway's clock is not synchronised, last at"
+                    ),
+                    _ => self.pick(
+                        "trames refusées gardées par l'appareil : la quarantaine n'a plus de place pour les siennes, dernière à",
+                        "refused frames kept by the device: the quarantine has no room left for its own, last at"
                     ),
                 },
                 clock(*since_ms),

@@ -500,8 +500,24 @@ impl Sink {
                 reason: Reason::DatabaseRejected.code().into(),
                 detail: detail.to_string(),
                 payload: hex::encode(lines.as_bytes()),
+                // An acknowledged reading: this entry is its only copy.
+                acknowledged: true,
             };
-            let evicted = lock(&self.s.quarantine).write(&entry);
+            let mut q = lock(&self.s.quarantine);
+            if !q.admits_kept(tenant, quarantine::entry_bytes(tenant, lines.as_bytes())) {
+                // Never evicted, so bounded apart: past the bound the commune waits, its
+                // readings in the buffer, until the quarantine is replayed or erased.
+                return Written::Failed {
+                    error: format!(
+                        "the database refuses lines ({detail}) and the quarantine's room for \
+                         acknowledged readings of {tenant} is full: `quarantine list`, fix the \
+                         cause, `quarantine replay`"
+                    ),
+                    wait: self.s.cfg.max_backoff,
+                };
+            }
+            let evicted = q.write(&entry);
+            drop(q);
             return match evicted {
                 Ok(n) => {
                     tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");
