@@ -143,49 +143,108 @@ pub struct AddDevice {
     pub meta: Metadata,
     /// Where to write the provisioning blob.
     pub blob_out: PathBuf,
+    /// Which settings with a default the command was given: on a rotation the others
+    /// are the device's own.
+    pub given: Given,
+}
+
+/// The settings of `devices add` / `rotate` that have a default, and whether the
+/// command gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    /// `--sample-interval`.
+    pub sample_interval: bool,
+    /// `--heartbeat`.
+    pub heartbeat: bool,
+    /// `--broker-host`.
+    pub broker_host: bool,
+    /// `--broker-port`.
+    pub broker_port: bool,
+    /// `--broker-ca`.
+    pub broker_ca: bool,
+}
+
+impl AddDevice {
+    /// The enrolment of a rotation: what the command did not give is `old`'s (site, zone,
+    /// coordinates, bin depth, intervals, the broker and the CA its blob named).
+    fn over(&self, old: &registry::DeviceEntry) -> Enrolment {
+        let mut d = self.device.clone();
+        d.site = d.site.or_else(|| old.site.clone());
+        d.zone = d.zone.or_else(|| old.zone.clone());
+        d.latitude = d.latitude.or(old.latitude);
+        d.longitude = d.longitude.or(old.longitude);
+        d.bin_depth_mm = d.bin_depth_mm.or(old.bin_depth_mm);
+        let g = self.given;
+        if let (false, Some(v)) = (g.sample_interval, old.sample_interval_s) {
+            d.sample_interval_s = v;
+        }
+        if let (false, Some(v)) = (g.heartbeat, old.heartbeat_s) {
+            d.heartbeat_s = v;
+        }
+        if let (false, Some(h)) = (g.broker_host, &old.broker_host) {
+            d.broker_host.clone_from(h);
+        }
+        if let (false, Some(p)) = (g.broker_port, old.broker_port) {
+            d.broker_port = p;
+        }
+        if !g.broker_ca && old.broker_host.is_some() {
+            d.transport = old
+                .broker_ca_sha256
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok()?.try_into().ok())
+                .map_or(Transport::Plain, |ca_sha256| Transport::Tls { ca_sha256 });
+        }
+        d
+    }
 }
 
 /// Whether a device must be new or must exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enrol {
-    /// `devices add`: a new device, or a re-keying of an existing one.
+    /// `devices add`: a new device (an id that exists is refused; one removed before
+    /// continues its key epochs).
     Add,
     /// `devices rotate`: an existing device gets a new key, epoch and broker password.
     Rotate,
 }
 
-/// `devices add` / `devices rotate`: generates a key (the next epoch's for an existing
-/// device) and a broker password, writes the registry entry, the board's provisioning
-/// blob and the broker's access file.
+/// `devices add` / `devices rotate`: generates a key and a broker password, writes the
+/// registry entry, the board's provisioning blob and the broker's access file. `add`
+/// refuses an id that exists (a repeated command must not re-key a deployed board);
+/// an id removed before starts at the key epoch after its last, so the new board never
+/// inherits the old one's replay state. `rotate` keeps what it is not given again.
 pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, String> {
-    let d = &a.device;
-    let (epoch, n) = change(g, |registry| {
-        let existing = registry.get(&d.tenant, &d.id);
-        if mode == Enrol::Rotate && existing.is_none() {
-            return Err(format!(
-                "no device {}/{} in {}: use `devices add`",
-                d.tenant,
-                d.id,
-                g.registry.display()
-            ));
-        }
-        // A re-keying: new key, next epoch, counter may restart (SPEC §13.8: the first
-        // epoch is 1; 2³²−1 is the last).
-        let epoch = match existing {
-            None => 1,
-            Some(dev) => dev.entry.epoch.checked_add(1).ok_or_else(|| {
-                format!(
-                    "{}/{} is at the last key epoch (2^32-1): remove it and add it under a new id",
-                    d.tenant, d.id
-                )
-            })?,
+    let name = format!("{}/{}", a.device.tenant, a.device.id);
+    let (epoch, n, d) = change(g, |registry| {
+        let existing = registry.get(&a.device.tenant, &a.device.id);
+        let d = match (mode, existing) {
+            (Enrol::Rotate, None) => {
+                return Err(format!(
+                    "no device {name} in {}: use `devices add`",
+                    g.registry.display()
+                ));
+            }
+            (Enrol::Add, Some(dev)) => {
+                return Err(format!(
+                    "{name} is already enrolled (key epoch {}): nothing changed. `devices \
+                     rotate` gives it a new key; to enrol another board under this id, \
+                     `devices remove` it first",
+                    dev.entry.epoch
+                ));
+            }
+            (_, Some(dev)) => a.over(&dev.entry),
+            (_, None) => a.device.clone(),
         };
+        // SPEC §13.8: the first epoch is 1; 2³²−1 is the last.
+        let epoch = registry.next_epoch(&d.tenant, &d.id).ok_or_else(|| {
+            format!("{name} is at the last key epoch (2^32-1): enrol the board under a new id")
+        })?;
         let mut key = [0u8; 16];
         getrandom::fill(&mut key).map_err(|e| format!("no system randomness for the key: {e}"))?;
         let password = access::new_password()
             .map_err(|e| format!("no system randomness for the password: {e}"))?;
         // Each mistake named by the option that carries it.
-        let (entry, blob) = registry::enroll(d, key, epoch, &password).map_err(|e| match e {
+        let (entry, blob) = registry::enroll(&d, key, epoch, &password).map_err(|e| match e {
             EnrolError::Tenant(..) => format!("--tenant: {e}"),
             EnrolError::Id(..) => format!("--id: {e}"),
             EnrolError::Host(..) => format!("--broker-host: {e}"),
@@ -211,7 +270,7 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
         let n = blob.encode(&mut buf).map_err(|e| e.to_string())?;
         crate::fs::write_atomic(&a.blob_out, &buf[..n], 0o600)
             .map_err(|e| format!("{}: {e}", a.blob_out.display()))?;
-        Ok((epoch, n))
+        Ok((epoch, n, d))
     })?;
     let transport = match d.transport {
         Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)".into(),
@@ -221,11 +280,15 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
         ),
     };
     Ok(format!(
-        "{} {}/{} ({:?}, key epoch {epoch}, {transport}); provisioning blob: {} ({n} bytes).\n{}",
-        if epoch == 1 { "added" } else { "re-keyed" },
-        d.tenant,
-        d.id,
+        "{} {name} ({:?}, key epoch {epoch}, broker {}:{}, {transport}); provisioning blob: {} ({n} bytes).\n{}",
+        if mode == Enrol::Add {
+            "added"
+        } else {
+            "re-keyed"
+        },
         d.kind,
+        d.broker_host,
+        d.broker_port,
         a.blob_out.display(),
         access::restart_hint(&g.broker_access())
     ))
@@ -980,6 +1043,7 @@ mod tests {
                 ..Metadata::default()
             },
             blob_out: dir.path().join("bin-7.vgp"),
+            given: Given::default(),
         };
         // Rotating a device that does not exist is refused.
         assert!(
@@ -1095,6 +1159,66 @@ mod tests {
                     .contains(says)
             );
         }
+        // `add` again, as a repeated shell command would: refused, nothing changed.
+        let before = std::fs::read(&g.registry).unwrap();
+        assert!(
+            devices_add(&g, &a, Enrol::Add)
+                .unwrap_err()
+                .contains("already enrolled (key epoch 2): nothing changed")
+        );
+        assert_eq!(std::fs::read(&g.registry).unwrap(), before);
+        // A rotation given none of the settings keeps the device's: zone, intervals,
+        // broker and the CA its blob pinned (not the command's defaults).
+        let mut bare = a.clone();
+        bare.device.zone = None;
+        bare.device.sample_interval_s = 300;
+        bare.device.heartbeat_s = 3600;
+        bare.device.broker_host = "127.0.0.1".into();
+        bare.device.broker_port = 1883;
+        bare.device.transport = Transport::Plain;
+        bare.blob_out = dir.path().join("bin-7c.vgp");
+        assert!(
+            devices_add(&g, &bare, Enrol::Rotate)
+                .unwrap()
+                .contains("key epoch 3")
+        );
+        let blob3 = Provisioning::decode(&std::fs::read(&bare.blob_out).unwrap()).unwrap();
+        assert_eq!(
+            (
+                blob3.sample_interval_s,
+                blob3.heartbeat_s,
+                blob3.broker_host.as_str(),
+                blob3.broker_port,
+                blob3.transport,
+            ),
+            (600, 3600, "mqtt.lyon.example", 8883, a.device.transport)
+        );
+        let kept = Registry::load(&g.registry).unwrap();
+        assert_eq!(
+            kept.get("lyon", "bin-7").unwrap().entry.zone.as_deref(),
+            Some("nord")
+        );
+        // What a rotation is given, it takes.
+        let mut moved = bare.clone();
+        moved.device.sample_interval_s = 120;
+        moved.given.sample_interval = true;
+        devices_add(&g, &moved, Enrol::Rotate).unwrap();
+        let blob4 = Provisioning::decode(&std::fs::read(&moved.blob_out).unwrap()).unwrap();
+        assert_eq!((blob4.sample_interval_s, blob4.key.epoch()), (120, 4));
+        // Removed and added again: the next epoch, never 1 again (its replay state is
+        // the old board's), and a fresh entry.
+        devices_remove(&g, "lyon", "bin-7").unwrap();
+        let out = devices_add(&g, &a, Enrol::Add).unwrap();
+        assert!(
+            out.starts_with("added lyon/bin-7") && out.contains("key epoch 5"),
+            "{out}"
+        );
+        let readded = Registry::load(&g.registry).unwrap();
+        assert_eq!(readded.get("lyon", "bin-7").unwrap().key.epoch(), 5);
+        assert!(
+            readded.removed().is_empty(),
+            "the tombstone goes with the new entry"
+        );
         // Bad ids get a clear message.
         a.device.id = "Bin 7".into();
         assert!(

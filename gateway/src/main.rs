@@ -120,10 +120,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevicesCommand {
-    /// Register a device (or re-key an existing one), write its provisioning blob and its
-    /// broker account.
+    /// Register a new device, write its provisioning blob and its broker account (an id
+    /// that exists is refused: `rotate` re-keys).
     Add(DeviceArgs),
-    /// Re-key an existing device: new key, key epoch and broker password, new blob.
+    /// Re-key an existing device: new key, key epoch and broker password, new blob; what
+    /// is not given again stays as it was.
     Rotate(DeviceArgs),
     /// List devices, with last-seen times from the running service.
     List {
@@ -188,20 +189,23 @@ struct DeviceArgs {
     /// Bin depth from sensor to bottom, mm (bins).
     #[arg(long)]
     bin_depth_mm: Option<u16>,
-    /// Seconds between samples.
-    #[arg(long, default_value_t = 300)]
-    sample_interval: u16,
-    /// Seconds after which a reading is sent even without change.
-    #[arg(long, default_value_t = 3600)]
-    heartbeat: u16,
-    /// Broker host the board connects to (default: mqtt.host).
+    /// Seconds between samples (default: 300; `rotate`: the device's).
+    #[arg(long)]
+    sample_interval: Option<u16>,
+    /// Seconds after which a reading is sent even without change (default: 3600;
+    /// `rotate`: the device's).
+    #[arg(long)]
+    heartbeat: Option<u16>,
+    /// Broker host the board connects to (default: mqtt.host; `rotate`: the one its
+    /// blob named).
     #[arg(long)]
     broker_host: Option<String>,
-    /// Broker port the board connects to (default: mqtt.port).
+    /// Broker port the board connects to (default: mqtt.port; `rotate`: its blob's).
     #[arg(long)]
     broker_port: Option<u16>,
     /// PEM certificate of the CA that signed the broker's certificate: the board then
-    /// connects over TLS and accepts only a broker chaining to it. Without it: plain TCP.
+    /// connects over TLS and accepts only a broker chaining to it. Without it: plain TCP
+    /// (`rotate`: the CA its blob pinned).
     #[arg(long)]
     broker_ca: Option<PathBuf>,
     /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
@@ -449,7 +453,15 @@ fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
 
 fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, String> {
     let DeviceRef { tenant, id, .. } = a.device;
+    let given = cli::Given {
+        sample_interval: a.sample_interval.is_some(),
+        heartbeat: a.heartbeat.is_some(),
+        broker_host: a.broker_host.is_some(),
+        broker_port: a.broker_port.is_some(),
+        broker_ca: a.broker_ca.is_some(),
+    };
     let add = cli::AddDevice {
+        given,
         blob_out: a
             .blob_out
             .unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
@@ -462,8 +474,8 @@ fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, Strin
             latitude: a.meta.latitude,
             longitude: a.meta.longitude,
             bin_depth_mm: a.bin_depth_mm,
-            sample_interval_s: a.sample_interval,
-            heartbeat_s: a.heartbeat,
+            sample_interval_s: a.sample_interval.unwrap_or(300),
+            heartbeat_s: a.heartbeat.unwrap_or(3600),
             broker_host: a
                 .broker_host
                 .or(c.mqtt.host.clone())

@@ -230,6 +230,12 @@ pub fn enroll(
         capacity_l: None,
         heartbeat_s: Some(e.heartbeat_s),
         broker_password_hash,
+        broker_host: Some(e.broker_host.clone()),
+        broker_port: Some(e.broker_port),
+        broker_ca_sha256: match e.transport {
+            Transport::Plain => None,
+            Transport::Tls { ca_sha256 } => Some(hex::encode(ca_sha256)),
+        },
         revoked: false,
     };
     Ok((entry, blob))
@@ -242,6 +248,8 @@ struct File {
     gateway: Vec<GatewayAccount>,
     #[serde(default)]
     device: Vec<DeviceEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<Removed>,
 }
 
 impl Registry {
@@ -279,6 +287,7 @@ impl Registry {
         for g in file.gateway {
             registry.set_gateway(g)?;
         }
+        registry.set_removed(file.removed);
         Ok(registry)
     }
 
@@ -359,8 +368,8 @@ impl Locked {
     }
 }
 
-/// The file's new text: `old` (its comments, key order and layout) with its `[[gateway]]`
-/// and `[[device]]` tables made to match `r`: changed values replaced in place, new
+/// The file's new text: `old` (its comments, key order and layout) with its `[[gateway]]`,
+/// `[[device]]` and `[[removed]]` tables made to match `r`: changed values replaced in place, new
 /// tables appended, tables of removed entries dropped.
 fn render(old: &str, r: &Registry) -> Result<String, String> {
     let mut doc: DocumentMut = old.parse().map_err(|e: toml_edit::TomlError| {
@@ -376,8 +385,14 @@ fn render(old: &str, r: &Registry) -> Result<String, String> {
         .into_iter()
         .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
         .collect::<Result<_, String>>()?;
+    let removed: Vec<(Vec<String>, Table)> = r
+        .removed()
+        .iter()
+        .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
+        .collect::<Result<_, String>>()?;
     sync(&mut doc, "gateway", &["username"], gateways);
     sync(&mut doc, "device", &["tenant", "id"], devices);
+    sync(&mut doc, "removed", &["tenant", "id"], removed);
     let header = if old.trim().is_empty() { HEADER } else { "" };
     Ok(format!("{header}{doc}"))
 }

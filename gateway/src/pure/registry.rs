@@ -122,9 +122,33 @@ pub struct DeviceEntry {
     /// before broker accounts: such a device has no account until `devices rotate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_password_hash: Option<PasswordHash>,
+    /// The broker its blob names (host, port), and the SHA-256 of the CA it pins (hex;
+    /// none: plain TCP): what `devices rotate` gives its next blob unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_host: Option<String>,
+    /// See `broker_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_port: Option<u16>,
+    /// See `broker_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_ca_sha256: Option<String>,
     /// A revoked device's frames are rejected and its broker account removed.
     #[serde(default)]
     pub revoked: bool,
+}
+
+/// A device removed from the registry: its last key epoch, so that the same id added
+/// again starts at the next one (a new, empty replay state: SPEC §13.2) and never
+/// inherits the old board's counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    /// Tenant id.
+    pub tenant: String,
+    /// Device id.
+    pub id: String,
+    /// Its last key epoch.
+    pub epoch: u32,
 }
 
 /// A gateway's broker account (`gateways add`): may share the uplink subscription and
@@ -159,6 +183,9 @@ impl DeviceEntry {
             sample_interval_s: None,
             heartbeat_s: None,
             broker_password_hash: None,
+            broker_host: None,
+            broker_port: None,
+            broker_ca_sha256: None,
             revoked: false,
         }
     }
@@ -197,6 +224,7 @@ pub struct Device {
 pub struct Registry {
     tenants: FastMap<String, FastMap<String, Device>>,
     gateways: Vec<GatewayAccount>,
+    removed: Vec<Removed>,
 }
 
 impl Registry {
@@ -236,6 +264,7 @@ impl Registry {
         Ok(Self {
             tenants,
             gateways: Vec::new(),
+            removed: Vec::new(),
         })
     }
 
@@ -279,10 +308,14 @@ impl Registry {
             .filter(|d| (&d.entry.tenant, &d.entry.id) != (&entry.tenant, &entry.id))
             .map(|d| d.entry.clone())
             .collect();
+        self.removed
+            .retain(|r| (&r.tenant, &r.id) != (&entry.tenant, &entry.id));
         entries.push(entry);
         let gateways = std::mem::take(&mut self.gateways);
+        let removed = std::mem::take(&mut self.removed);
         *self = Self::from_entries(entries)?;
         self.gateways = gateways;
+        self.removed = removed;
         Ok(())
     }
 
@@ -317,14 +350,44 @@ impl Registry {
         }
     }
 
-    /// Removes a device; false if it does not exist.
+    /// Removes a device, keeping its last key epoch ([`Removed`]); false if it does not
+    /// exist.
     pub fn remove(&mut self, tenant: &str, device: &str) -> bool {
-        let removed = self
-            .tenants
-            .get_mut(tenant)
-            .is_some_and(|d| d.remove(device).is_some());
+        let Some(gone) = self.tenants.get_mut(tenant).and_then(|d| d.remove(device)) else {
+            return false;
+        };
         self.tenants.retain(|_, d| !d.is_empty());
-        removed
+        self.removed
+            .retain(|r| (r.tenant.as_str(), r.id.as_str()) != (tenant, device));
+        self.removed.push(Removed {
+            tenant: tenant.into(),
+            id: device.into(),
+            epoch: gone.entry.epoch,
+        });
+        true
+    }
+
+    /// The devices removed, with their last key epoch.
+    pub fn removed(&self) -> &[Removed] {
+        &self.removed
+    }
+
+    /// Sets the removed devices (from the file).
+    pub fn set_removed(&mut self, removed: Vec<Removed>) {
+        self.removed = removed;
+    }
+
+    /// The key epoch a device enrolled now starts at: after its current one, or after
+    /// the last one it had before it was removed; 1 for an id never seen. `None` past
+    /// 2³²−1.
+    pub fn next_epoch(&self, tenant: &str, device: &str) -> Option<u32> {
+        let last = self.get(tenant, device).map(|d| d.entry.epoch).or_else(|| {
+            self.removed
+                .iter()
+                .find(|r| (r.tenant.as_str(), r.id.as_str()) == (tenant, device))
+                .map(|r| r.epoch)
+        });
+        last.map_or(Some(1), |e| e.checked_add(1))
     }
 }
 

@@ -1,0 +1,160 @@
+//! A device removed and enrolled again loses nothing (issue: "a fleet's life loses
+//! nothing").
+//!
+//! Real Mosquitto (the project's config and accounts), InfluxDB 1.x, the gateway process,
+//! the operator's CLI and the fleet simulator (the firmware's node code). The old board
+//! runs under its enrolment (key epoch 1); the operator runs `devices remove`, then
+//! `devices add` for the same id, restarts the broker for the new account, and a new
+//! board runs the new blob, its frame counter starting at 0 again. The id continues at
+//! key epoch 2, so the new board's frames are judged on a fresh replay state: with epoch
+//! 1 again (before) its counters met the old board's history, and 35 of 35 readings were
+//! judged duplicates or reused counters, acknowledged and lost. A second `devices add`
+//! of the same id is refused and changes nothing.
+//!
+//! Counting: recorded by both boards (the simulator), stored as distinct readings in
+//! InfluxDB, duplicated as points beyond one per reading.
+#![allow(clippy::unwrap_used)]
+
+use gateway::registry::DeviceKind;
+use std::time::Duration;
+use tokio::sync::watch;
+use vigie_sim::{Fleet, FleetOptions, FleetSummary};
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::{self, GatewayProcess, GatewaySettings, text};
+use vigie_tests::scenario::fleet_stored;
+use vigie_tests::{influxdb, mosquitto, readback, wait_for};
+
+async fn run(
+    p: protocol::provision::Provisioning,
+    broker: std::net::SocketAddr,
+    accel: f64,
+) -> FleetSummary {
+    let fleet = Fleet::new(
+        vec![p],
+        FleetOptions {
+            broker,
+            accel,
+            duration: Duration::from_secs(8),
+            status_every: 10,
+            outages: Vec::new(),
+            progress: false,
+            ca: None,
+        },
+    );
+    let (_keep, never) = watch::channel(false);
+    fleet.run(never).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_removed_and_added_again_loses_nothing() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let mut broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
+    );
+    let config = gw.config.to_str().unwrap().to_string();
+
+    // The old board: 60 virtual seconds between samples, every one sent.
+    let old = run(aq.provisioning(broker.addr, 60, 0), broker.addr, 120.0).await;
+    assert_eq!((old.failed, old.waiting), (0, 0), "{old}");
+
+    // Removed, then the same id added again for a new board.
+    let out = process::cli(&[
+        "devices", "remove", "--config", &config, "--tenant", "lyon", "--id", "aq-1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let blob = dir.path().join("aq-1-new.vgp");
+    let port = broker.addr.port().to_string();
+    let add = |blob: &std::path::Path| {
+        process::cli(&[
+            "devices",
+            "add",
+            "--config",
+            &config,
+            "--tenant",
+            "lyon",
+            "--id",
+            "aq-1",
+            "--kind",
+            "air-quality",
+            "--sample-interval",
+            "60",
+            "--heartbeat",
+            "0",
+            "--broker-host",
+            "127.0.0.1",
+            "--broker-port",
+            &port,
+            "--blob-out",
+            blob.to_str().unwrap(),
+        ])
+    };
+    let out = add(&blob);
+    assert!(out.status.success(), "{}", text(&out));
+    let added = text(&out);
+    let registry_before = std::fs::read(dir.path().join("devices.toml")).unwrap();
+    let again = add(&dir.path().join("aq-1-again.vgp"));
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("already enrolled (key epoch ")
+            && text(&again).contains("nothing changed"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("devices.toml")).unwrap(),
+        registry_before
+    );
+    assert!(!dir.path().join("aq-1-again.vgp").exists());
+    // The broker learns the new account when it restarts (the command says so).
+    broker.stop(false);
+    broker.start();
+    wait_for(
+        "the gateway back on the broker",
+        Duration::from_secs(30),
+        async || gw.metric("vigie_mqtt_connected") == Some(1.0),
+    )
+    .await;
+
+    // The new board, counter from 0; its readings come after the old board's (60×).
+    let p = protocol::provision::Provisioning::decode(&std::fs::read(&blob).unwrap()).unwrap();
+    let epoch = p.key.epoch();
+    let new = run(p, broker.addr, 60.0).await;
+    assert_eq!((new.failed, new.waiting), (0, 0), "{new}");
+
+    let recorded = (old.recorded - old.dropped + new.recorded - new.dropped) as usize;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_for(
+            "every reading stored",
+            Duration::from_secs(60),
+            async || fleet_stored(influx.addr).await.0.len() >= recorded,
+        ),
+    )
+    .await;
+    let (readings, rows) = fleet_stored(influx.addr).await;
+    let (lost, duplicated) = (
+        recorded.saturating_sub(readings.len()),
+        rows - readings.len(),
+    );
+    let refused = gw.metric("vigie_frames_rejected_total").unwrap();
+    eprintln!(
+        "remove + add: old board recorded={} new board recorded={} (epoch {epoch}) stored={} \
+         lost={lost} duplicated={duplicated} refused={refused} duplicates_seen={}",
+        old.recorded,
+        new.recorded,
+        readings.len(),
+        gw.metric("vigie_frames_duplicate_total").unwrap(),
+    );
+    assert!(old.recorded > 5 && new.recorded > 5, "both boards ran");
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(readings.len(), recorded);
+    assert_eq!(refused, 0.0);
+    assert_eq!(epoch, 2, "{added}");
+    assert!(added.contains("key epoch 2"), "{added}");
+}
