@@ -31,7 +31,7 @@ use tokio::time::timeout;
 
 use firmware::simulated::{A02yyuwSim, Bme280Sim, NoDelay, Sds011Sim, TiltSim};
 
-use crate::hardware::{Clock, RamFlash, SimEnv};
+use crate::hardware::{Clock, Flash, SimEnv};
 use crate::net::{Link, TrustedCa};
 use crate::signals::mix;
 
@@ -61,6 +61,9 @@ pub struct DeviceOptions {
     pub outage: Option<(Duration, Duration)>,
     /// The CA a device with a TLS transport verifies the broker against.
     pub ca: Option<TrustedCa>,
+    /// Where each device's flash (frame counter, ring) is kept across runs; none: in
+    /// memory, gone with the run.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl DeviceOptions {
@@ -144,7 +147,7 @@ impl Station {
 struct Board {
     clock: Clock,
     station: Station,
-    node: Node<RamFlash, QUEUE>,
+    node: Node<Flash, QUEUE>,
     stats: Arc<DeviceStats>,
     booted_at: u32,
     seed: u64,
@@ -198,9 +201,21 @@ pub async fn run(
     let station = Station::new(&p, &clock, seed)?;
     let period = Duration::from_secs_f64(f64::from(p.sample_interval_s) / opts.accel)
         .max(Duration::from_millis(10));
+    let (counter_flash, ring_flash) = match &opts.state_dir {
+        // Per key epoch: a new blob (new key) starts a new counter and ring.
+        Some(dir) => {
+            let base = dir.join(format!("{}-{}-e{}", p.tenant, p.device, p.key.epoch()));
+            let flash = |ext| {
+                Flash::file(base.with_extension(ext))
+                    .map_err(|e| format!("{}: {e}", base.display()))
+            };
+            (flash("counter")?, flash("ring")?)
+        }
+        None => (Flash::ram(), Flash::ram()),
+    };
     let counter =
-        FrameCounter::resume(RamFlash::default(), 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
-    let ring = FrameRing::resume(RamFlash::default()).map_err(|e| format!("{e:?}"))?;
+        FrameCounter::resume(counter_flash, 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
+    let ring = FrameRing::resume(ring_flash).map_err(|e| format!("{e:?}"))?;
     let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
     let mut link = NodeLink::new(Schedule {
         // Devices of one fleet start spread over one period, as real ones are.
@@ -330,7 +345,7 @@ pub async fn run(
 
 /// Opens the device's connection to the broker: TLS as the blob says, verified against
 /// its pinned CA, never clear text instead; nothing while its network is down.
-async fn open(node: &Node<RamFlash, QUEUE>, opts: &DeviceOptions) -> Option<Link> {
+async fn open(node: &Node<Flash, QUEUE>, opts: &DeviceOptions) -> Option<Link> {
     if opts.link_down() {
         return None;
     }

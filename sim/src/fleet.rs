@@ -97,6 +97,72 @@ fn totals(stats: &[Arc<DeviceStats>]) -> FleetSummary {
     }
 }
 
+impl FleetSummary {
+    /// Whether the run did what it should: every device connected and every reading it
+    /// took acknowledged; otherwise what went wrong, in words (`vigie-sim`'s exit status).
+    pub fn verdict(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err(
+                "no device could connect: check the broker address, that it was restarted \
+                 after `devices add` (the accounts), and --ca for TLS blobs"
+                    .into(),
+            );
+        }
+        if self.failed > 0 {
+            return Err(format!(
+                "{} of {} devices failed",
+                self.failed, self.devices
+            ));
+        }
+        if self.waiting > 0 {
+            return Err(format!(
+                "{} readings were not acknowledged by a gateway: they stay on the boards' \
+                 flash (state/) and go at the next run; is the gateway running and connected?",
+                self.waiting
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_run_that_connected_nothing_or_left_readings_is_a_failure() {
+    let ok = FleetSummary {
+        devices: 2,
+        recorded: 10,
+        acknowledged: 10,
+        connections: 2,
+        ..FleetSummary::default()
+    };
+    assert_eq!(ok.verdict(), Ok(()));
+    let refused_login = FleetSummary {
+        connections: 0,
+        acknowledged: 0,
+        ..ok
+    };
+    assert!(
+        refused_login
+            .verdict()
+            .unwrap_err()
+            .contains("no device could connect")
+    );
+    let waiting = FleetSummary { waiting: 3, ..ok };
+    assert!(
+        waiting
+            .verdict()
+            .unwrap_err()
+            .starts_with("3 readings were not acknowledged")
+    );
+    let failed = FleetSummary { failed: 1, ..ok };
+    assert!(
+        failed
+            .verdict()
+            .unwrap_err()
+            .contains("1 of 2 devices failed")
+    );
+}
+
 /// Live totals of a running fleet.
 #[derive(Debug, Clone)]
 pub struct FleetHandle(Arc<Vec<Arc<DeviceStats>>>);
@@ -122,6 +188,7 @@ pub struct Fleet {
     devices: Vec<Provisioning>,
     stats: Vec<Arc<DeviceStats>>,
     opts: FleetOptions,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl Fleet {
@@ -132,7 +199,16 @@ impl Fleet {
             devices,
             stats,
             opts,
+            state_dir: None,
         }
+    }
+
+    /// Keeps each device's flash (frame counter, ring) in `dir`, one file each per key
+    /// epoch, so a second run of the same blobs resumes where the first stopped, as a
+    /// board does after a power cycle.
+    pub fn with_state(mut self, dir: std::path::PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
     }
 
     /// Live totals, readable while the fleet runs.
@@ -179,6 +255,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
         devices,
         stats,
         opts,
+        state_dir,
     } = fleet;
     let started = Instant::now();
     // Ten real seconds of headroom for the final flush, thirty days at most (the gateway
@@ -203,6 +280,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
                 .find(|o| o.devices.contains(&i))
                 .map(|o| (o.from, o.length)),
             ca: opts.ca.clone(),
+            state_dir: state_dir.clone(),
         });
         tasks.spawn_local(device::run(p, options, s.clone(), dev_stop_rx.clone()));
     }

@@ -1,11 +1,12 @@
 //! The host side of a simulated board: the [`Environment`] the firmware's simulated
-//! sensors (`firmware::simulated`) measure, from [`signals`] on a virtual clock, and a NOR
-//! flash in memory for the frame counter.
+//! sensors (`firmware::simulated`) measure, from [`signals`] on a virtual clock, and the
+//! NOR flash of its frame counter and ring (in memory, or kept in a file across runs).
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use firmware::simulated::{Environment, Sensor};
 
 use crate::signals;
@@ -95,6 +96,90 @@ impl Environment for SimEnv {
 /// Small pages matter: a full ring drops its oldest page, so with two large pages half
 /// of it could go at once (a 3 s outage at 3000× lost readings that way).
 pub type RamFlash = firmware::simulated::RamFlash<4096, 512>;
+
+/// A simulated node's flash: [`RamFlash`], kept in a file when the node has one. Every
+/// erase and write reaches the file before it returns, as a board's flash keeps what was
+/// programmed: a second run of the same blobs resumes its frame counter and its ring of
+/// unacknowledged frames instead of reusing counters (SPEC §6).
+#[derive(Debug)]
+pub struct Flash {
+    mem: RamFlash,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Flash {
+    /// Erased RAM, gone with the run.
+    pub fn ram() -> Self {
+        Self {
+            mem: RamFlash::default(),
+            file: None,
+        }
+    }
+
+    /// The flash kept in `path`: what it held, or erased if it does not exist yet.
+    pub fn file(path: std::path::PathBuf) -> std::io::Result<Self> {
+        let mut mem = RamFlash::default();
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == mem.bytes_mut().len() => {
+                mem.bytes_mut().copy_from_slice(&bytes);
+            }
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{}: not a simulated flash image",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            mem,
+            file: Some(path),
+        })
+    }
+
+    /// Writes the memory to its file (a new file renamed over the old one).
+    fn keep(&mut self) -> Result<(), NorFlashErrorKind> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, self.mem.bytes_mut())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|_| NorFlashErrorKind::Other)
+    }
+}
+
+impl ErrorType for Flash {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for Flash {
+    const READ_SIZE: usize = RamFlash::READ_SIZE;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.mem.read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.mem.capacity()
+    }
+}
+
+impl NorFlash for Flash {
+    const WRITE_SIZE: usize = RamFlash::WRITE_SIZE;
+    const ERASE_SIZE: usize = RamFlash::ERASE_SIZE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.mem.erase(from, to)?;
+        self.keep()
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.mem.write(offset, bytes)?;
+        self.keep()
+    }
+}
 
 #[cfg(test)]
 mod tests {

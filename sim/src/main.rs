@@ -1,5 +1,8 @@
 //! `vigie-sim`: runs the provisioning blobs in a directory (what `gateway devices add`
-//! writes, what technicians flash) as a simulated fleet against a real broker.
+//! writes, what technicians flash) as a simulated fleet against a real broker. Each
+//! board's flash (frame counter, ring of unacknowledged frames) is kept in `state/`
+//! beside the blobs, so a second run continues where the first stopped. The exit status
+//! says whether every reading was acknowledged.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -69,7 +72,7 @@ fn load(dir: &PathBuf, ca: Option<&TrustedCa>) -> Result<Vec<Provisioning>, Stri
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = (|| -> Result<String, String> {
+    let result = (|| -> Result<(), String> {
         let ca = match &args.ca {
             Some(path) => Some(
                 std::fs::read(path)
@@ -101,6 +104,8 @@ fn main() -> ExitCode {
             progress: true,
             ca,
         };
+        let state = args.blobs.join("state");
+        std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let summary = runtime.block_on(async {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -108,15 +113,16 @@ fn main() -> ExitCode {
                 let _ = tokio::signal::ctrl_c().await;
                 let _ = stop_tx.send(true);
             });
-            Fleet::new(devices, opts).run(stop_rx).await
+            Fleet::new(devices, opts)
+                .with_state(state)
+                .run(stop_rx)
+                .await
         });
-        Ok(summary.to_string())
+        println!("{summary}");
+        summary.verdict()
     })();
     match result {
-        Ok(summary) => {
-            println!("{summary}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
