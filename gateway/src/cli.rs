@@ -37,7 +37,7 @@ pub fn check_config(path: &Path, connect: bool) -> Result<String, String> {
         None => format!("embedded on {}", config.mqtt.embedded_listen),
     };
     let db = match &config.database {
-        Some(d) => format!("{:?} API at {}", d.api, d.url),
+        Some(d) => format!("{:?} API at {}", d.api, d.url_shown()),
         None => "none: line-protocol files".into(),
     };
     let mut out = format!(

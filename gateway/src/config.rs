@@ -366,7 +366,38 @@ fn default_db_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `url` as messages and pages show it: without the user and password it may carry
+/// (`http://user:pw@host`) and without its query (InfluxDB 1.x takes `?u=…&p=…`).
+pub fn shown_url(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn shown_urls_carry_no_credentials() {
+    assert_eq!(
+        shown_url("https://vigie:S3cret@db.example:8086/x?u=a&p=b"),
+        "https://db.example:8086/x"
+    );
+    assert_eq!(shown_url("http://127.0.0.1:8086"), "http://127.0.0.1:8086");
+    assert_eq!(shown_url("http://h/write?db=x&p=pw"), "http://h/write");
+}
+
 impl DatabaseConfig {
+    /// [`shown_url`] of its `url`.
+    pub fn url_shown(&self) -> String {
+        shown_url(&self.url)
+    }
+
     /// Where string values go in line protocol for this server.
     pub fn string_fields(&self) -> crate::pure::lineproto::StringFields {
         match self.kind {

@@ -113,7 +113,10 @@ impl Source {
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> String {
-        format!("the database at {} did not answer: {e}", self.cfg.url)
+        format!(
+            "the database at {} did not answer: {e}",
+            self.cfg.url_shown()
+        )
     }
 
     async fn influx(&self, tenant: &str, from: u64, to: u64) -> Result<Vec<Sample>, String> {

@@ -194,8 +194,23 @@ impl Quarantine {
         // Before `current.jsonl` is made anew: it may be missing because a rotation
         // stopped between its renames, with the carried entries in `next.jsonl`.
         self.finish_rotation()?;
-        let f = self.fs.open(&self.dir.join(CURRENT), Open::Append)?;
+        let mut f = self.fs.open(&self.dir.join(CURRENT), Open::Append)?;
         self.size = f.size()?;
+        // A tail torn by a crash (a line without its newline) is cut, or the next
+        // entry would be appended to it and both lost to the reader.
+        if self.size > 0 {
+            let text = self.fs.read(&self.dir.join(CURRENT))?;
+            if text.last() != Some(&b'\n') {
+                let keep = text.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+                f.set_len(keep as u64)?;
+                f.sync_data()?;
+                tracing::warn!(
+                    cut = text.len() - keep,
+                    "quarantine: a torn last line was cut (a crash during a write)"
+                );
+                self.size = keep as u64;
+            }
+        }
         self.file = Some(f);
         self.fs.sync_dir(&self.dir)
     }
@@ -499,6 +514,23 @@ mod tests {
             assert_eq!((kept, bad), (1, 0), "fault at op +{at}");
             assert_eq!(q.kept_total, 21 + 8 + 160);
         }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_open_so_the_next_entry_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Quarantine::open(crate::fs::real(), dir.path(), 1 << 20).unwrap();
+        q.add(&entry(1));
+        q.sync().unwrap();
+        drop(q);
+        // A crash in the middle of the next line.
+        let mut text = std::fs::read(dir.path().join(CURRENT)).unwrap();
+        text.extend_from_slice(b"{\"received_ms\":2,\"orig");
+        std::fs::write(dir.path().join(CURRENT), &text).unwrap();
+        let mut q = Quarantine::open(crate::fs::real(), dir.path(), 1 << 20).unwrap();
+        q.add(&entry(3));
+        q.sync().unwrap();
+        assert_eq!(read_all(dir.path()).unwrap(), (vec![entry(1), entry(3)], 0));
     }
 
     #[test]

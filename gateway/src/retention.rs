@@ -139,7 +139,7 @@ pub async fn ask(
             .map_err(crate::sink::SetupError::from)?;
         let url = format!("{}/metrics", cfg.url.trim_end_matches('/'));
         let unreachable = |e: reqwest::Error| TenantsError::Unreachable {
-            url: cfg.url.clone(),
+            url: cfg.url_shown(),
             error: e.without_url().to_string(),
         };
         let text = crate::sink::authorize(client.get(&url), cfg)

@@ -110,7 +110,7 @@ impl Influx {
         form.extend(db.map(|db| ("db", db)));
         let request = crate::sink::authorize(self.client.post(&url).form(&form), &self.cfg);
         let unreachable = |e: reqwest::Error| TenantsError::Unreachable {
-            url: self.cfg.url.clone(),
+            url: self.cfg.url_shown(),
             error: e.without_url().to_string(),
         };
         let answer = request.send().await.map_err(unreachable)?;

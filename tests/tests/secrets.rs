@@ -14,6 +14,7 @@ use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario};
 const MQTT_PASSWORD: &str = "mqtt-S3CRET-pw-7f3a";
 const DB_TOKEN: &str = "db-S3CRET-token-91c2";
 const ADMIN_TOKEN: &str = "admin-S3CRET-token-5d0e";
+const URL_PASSWORD: &str = "url-S3CRET-pw-2b8c";
 
 use vigie_tests::process::{cli as run, text};
 
@@ -89,6 +90,29 @@ async fn no_secret_in_any_output_or_log() {
     assert!(account.status.success(), "{}", text(&account));
     outputs.push(text(&account));
     outputs.push(text(&run(&["devices", "list", "--config", cfg])));
+    // Credentials in the database URL (a closed port: --connect's error path too).
+    let url_config = dir.path().join("url.toml");
+    std::fs::write(
+        &url_config,
+        config_text.replace(
+            &format!("url = \"http://{}\"", influx.addr),
+            &format!("url = \"http://vigie:{URL_PASSWORD}@127.0.0.1:9/?p={URL_PASSWORD}\""),
+        ),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&url_config)
+            .unwrap()
+            .contains(URL_PASSWORD)
+    );
+    for connect in [false, true] {
+        let mut args = vec!["check-config"];
+        if connect {
+            args.push("--connect");
+        }
+        args.push(url_config.to_str().unwrap());
+        outputs.push(text(&run(&args)));
+    }
     // A broken file: the token's line unterminated, then a mistyped secret.
     for broken in [
         config_text.replace(&format!("{ADMIN_TOKEN}\""), ADMIN_TOKEN),
@@ -211,6 +235,7 @@ async fn no_secret_in_any_output_or_log() {
         MQTT_PASSWORD.to_string(),
         DB_TOKEN.into(),
         ADMIN_TOKEN.into(),
+        URL_PASSWORD.into(),
     ];
     secrets.extend(devices.iter().map(|d| hex::encode(d.key)));
     let registry = gateway::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
