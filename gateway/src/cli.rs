@@ -663,6 +663,25 @@ pub fn tenants_remove(
              --drop-database to delete them)"
         ));
     }
+    if let Some(db) = &config.database {
+        let name = db.target(tenant);
+        // Another commune writing to the same database (database.tenants maps it there,
+        // or its default name is this one): dropping it would take that one's readings.
+        let mut others: Vec<&str> = registry
+            .tenants()
+            .into_iter()
+            .chain(db.tenants.keys().map(String::as_str))
+            .filter(|t| *t != tenant && db.target(t) == name)
+            .collect();
+        others.dedup();
+        if !others.is_empty() {
+            return Err(format!(
+                "database {name} also holds the readings of {}: not dropped (the communes \
+                 share it through database.tenants)",
+                others.join(", ")
+            ));
+        }
+    }
     let influx = tenants::Influx::new(config.database.as_ref()).map_err(|e| e.to_string())?;
     let name = block_on(influx.drop(tenant))?.map_err(|e| e.to_string())?;
     Ok(format!(

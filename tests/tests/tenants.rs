@@ -151,6 +151,22 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
     let out = cli(&["tenants", "remove", "--tenant", "lyon"], &config);
     assert!(out.status.success(), "{}", text(&out));
     assert!(exists("vigie_lyon").await);
+    // Another commune mapped to the same database: dropping it is refused.
+    let shared = dir.path().join("shared.toml");
+    let mut text_shared = std::fs::read_to_string(&config).unwrap();
+    text_shared.push_str("[database.tenants]\nnice = \"vigie_lyon\"\n");
+    std::fs::write(&shared, text_shared).unwrap();
+    let out = cli(
+        &["tenants", "remove", "--tenant", "lyon", "--drop-database"],
+        &shared,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("also holds the readings of nice"),
+        "{}",
+        text(&out)
+    );
+    assert!(exists("vigie_lyon").await, "not dropped");
     let out = cli(
         &["tenants", "remove", "--tenant", "lyon", "--drop-database"],
         &config,

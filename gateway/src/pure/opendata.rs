@@ -277,8 +277,8 @@ pub fn csv_record(row: &Row, station: &Station, public: &[String]) -> Vec<String
     let mut r = vec![
         row.station.clone(),
         row.measurement.clone(),
-        opt(&station.place).or_site(&station.site),
-        opt(&station.insee),
+        text_cell(&opt(&station.place).or_site(&station.site)),
+        text_cell(&opt(&station.insee)),
         num(station.latitude),
         num(station.longitude),
         iso(row.time_s),
@@ -295,6 +295,17 @@ pub fn csv_record(row: &Row, station: &Station, public: &[String]) -> Vec<String
     r.push(row.quality.clone());
     r.push(row.faults.clone());
     r
+}
+
+/// A free-text cell a spreadsheet must not run: one that starts as a formula would
+/// (`=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'` (OWASP's advice for
+/// CSV injection). Numbers are written by the export itself and never go through here.
+fn text_cell(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
 }
 
 trait OrSite {
@@ -449,6 +460,30 @@ mod tests {
 
     fn public() -> Vec<String> {
         DEFAULT_PUBLIC.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_place_or_site_that_reads_as_a_formula_is_written_as_text() {
+        let mut a = Aggregator::new(Resolution::Raw, public());
+        assert!(a.add(&sample(3_600, 10.0, "")).is_none());
+        let row = a.finish().remove(0);
+        for (place, site, cell) in [
+            (
+                Some("=HYPERLINK(\"http://x\",\"clic\")"),
+                None,
+                "'=HYPERLINK(\"http://x\",\"clic\")",
+            ),
+            (None, Some("@SUM(A1)"), "'@SUM(A1)"),
+            (Some("-3 rue Haute"), None, "'-3 rue Haute"),
+            (Some("Place Bellecour"), None, "Place Bellecour"),
+        ] {
+            let station = Station {
+                place: place.map(String::from),
+                site: site.map(String::from),
+                ..Station::default()
+            };
+            assert_eq!(csv_record(&row, &station, &public())[2], cell);
+        }
     }
 
     #[test]
