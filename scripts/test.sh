@@ -25,7 +25,7 @@ fi
 # the firmware image, lintian for the
 # packages, the arm64 cross toolchain and qemu-user to run the arm64 binary, Chromium and
 # its WebDriver for the status page (Debian packages): installed when missing.
-packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm faketime lintian
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm faketime systemd lintian
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
@@ -63,6 +63,9 @@ scripts/package.sh
 deb="$(ls target/debian/vigie-gateway_*_amd64.deb)"
 dpkg-deb --field "$deb" Architecture | grep -qx amd64
 lintian --fail-on error,warning "$deb"
+
+step "systemd unit: exposure at most 1.2 (systemd-analyze security, docs/OPERATIONS.md)"
+systemd-analyze security --offline=yes --threshold=12 deploy/vigie-gateway.service | tail -n 1
 
 # The arm64 package is cross-built in the background at the lowest CPU and disk priority
 # while the tests run (they mostly wait on servers, and their fsyncs must not queue

@@ -623,6 +623,17 @@ mod tests {
                 .to_string()
                 .contains("bin_depth_mm")
         );
+        // Tags are bounded: a frame of 64 readings must fit one buffer record.
+        let mut long = entry("lyon", "aq-long");
+        long.site = Some("é".repeat(MAX_TEXT_CHARS));
+        assert!(Registry::from_entries(vec![long.clone()]).is_ok());
+        long.zone = Some("z".repeat(MAX_TEXT_CHARS + 1));
+        assert!(
+            Registry::from_entries(vec![long])
+                .unwrap_err()
+                .to_string()
+                .contains("zone: at most 64 characters")
+        );
         let dup = vec![entry("lyon", "a"), entry("lyon", "a")];
         assert!(
             Registry::from_entries(dup)

@@ -137,6 +137,9 @@ pub struct DeviceEntry {
     pub revoked: bool,
 }
 
+/// The longest site, zone or place, in characters.
+pub const MAX_TEXT_CHARS: usize = 64;
+
 /// A device removed from the registry: its last key epoch, so that the same id added
 /// again starts at the next one (a new, empty replay state: SPEC §13.2) and never
 /// inherits the old board's counters.
@@ -241,6 +244,17 @@ impl Registry {
             Id::new(&entry.id).map_err(|e| err(format!("id: {e}")))?;
             let key =
                 parse_key(&entry.key).ok_or_else(|| err("key must be 32 hex digits".into()))?;
+            // Tags go into every line of the device's readings: bounded, so that a frame of
+            // 64 readings always fits a buffer record (64 KiB).
+            for (name, value) in [
+                ("site", &entry.site),
+                ("zone", &entry.zone),
+                ("place", &entry.place),
+            ] {
+                if value.as_ref().is_some_and(|v| v.chars().count() > MAX_TEXT_CHARS) {
+                    return Err(err(format!("{name}: at most {MAX_TEXT_CHARS} characters")));
+                }
+            }
             if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
                 return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
             }
