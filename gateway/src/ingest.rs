@@ -73,9 +73,11 @@ pub struct Inbound {
     pub received_ms: u64,
     /// Ack to send once durable (`None` for QoS 0 or a quarantine replay).
     pub ack: Option<AckToken>,
-    /// Re-submitted from the quarantine: if it is held again it goes back there (its
-    /// device forgot it when an earlier version acknowledged it).
-    pub from_quarantine: bool,
+    /// Re-submitted from the quarantine, where it was for this reason: held again, it
+    /// goes back there (its device forgot it when an earlier version acknowledged it),
+    /// and so does a reused counter now judged a duplicate (its tag no longer kept: the
+    /// evidence stays).
+    pub quarantined_as: Option<String>,
 }
 
 /// What a quarantine replay did.
@@ -411,6 +413,19 @@ impl Worker {
             }
             match &*outcome {
                 Outcome::Store(_) => {}
+                Outcome::Duplicate
+                    if m.quarantined_as.as_deref() == Some(Reason::CounterReused.code()) =>
+                {
+                    // Its counter's tag is no longer kept: not proof that it is the
+                    // stored frame. Kept as it was.
+                    summary.rejected += 1;
+                    self.quarantine.add(&quarantine::Entry::rejected(
+                        m.received_ms,
+                        &m.topic,
+                        &m.payload,
+                        &Reason::CounterReused,
+                    ));
+                }
                 Outcome::Duplicate => {
                     summary.duplicates += 1;
                     self.metrics.frames_duplicate.inc();
@@ -579,7 +594,7 @@ impl Worker {
                 );
             }
         }
-        if m.from_quarantine {
+        if m.quarantined_as.is_some() {
             self.quarantine.add(&quarantine::Entry::rejected(
                 m.received_ms,
                 &m.topic,
@@ -868,7 +883,7 @@ impl Worker {
                     payload,
                     received_ms: e.received_ms,
                     ack: None,
-                    from_quarantine: true,
+                    quarantined_as: Some(e.reason.clone()),
                 }),
                 // Not replayable (damaged buffer bytes): kept as it is.
                 _ => self.quarantine.add(e),

@@ -192,3 +192,74 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
 
     gw.stop().await;
 }
+
+/// Replaying the quarantine never destroys the evidence of a reused counter: once 64
+/// newer frames are stored its counter's tag is no longer kept, and the replay would have
+/// judged it a duplicate and deleted it (issue: "evidence that disappears").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_reused_counter_stays_in_the_quarantine() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    let mut config = fleet::gateway_config(
+        dir.path(),
+        "gw-hostile",
+        broker.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    config.http.admin_token = Some(gateway::config::Secret::new("replay-token-0123456789"));
+    let gw = InProcessGateway::start(config.clone()).await;
+    let now = now_s();
+    let first = vec![
+        (aq.topic(), aq.frame(&[aq.reading(0, now - 500)], 10)),
+        (aq.topic(), aq.frame(&[aq.reading(1, now - 499)], 10)),
+    ];
+    fleet::publish_all(broker.addr, &first).await;
+    let reused = || {
+        gw.metrics
+            .frames_rejected
+            .get_or_create(&ReasonLabel {
+                reason: "counter_reused",
+            })
+            .get()
+    };
+    wait_for(
+        "the reused counter refused",
+        Duration::from_secs(20),
+        async || reused() == 1,
+    )
+    .await;
+    // 70 newer frames: counter 10's tag is no longer among the 64 kept.
+    let newer: Vec<_> = (11..81)
+        .map(|c| (aq.topic(), aq.frame(&[aq.reading(c, now - 490 + c)], c)))
+        .collect();
+    fleet::publish_all(broker.addr, &newer).await;
+    wait_for(
+        "the newer frames stored",
+        Duration::from_secs(20),
+        async || gw.metrics.total("vigie_frames_accepted_total") >= 71.0,
+    )
+    .await;
+    // The operator's command (it blocks: off the test's runtime).
+    let cfg = config.clone();
+    let answer = tokio::task::spawn_blocking(move || gateway::cli::quarantine_replay(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let qdir = config.gateway.data_dir.join("quarantine");
+    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let kept: Vec<_> = entries
+        .iter()
+        .filter(|e| e.reason == "counter_reused")
+        .collect();
+    eprintln!(
+        "replay: {answer}; counter_reused entries after it: {}",
+        kept.len()
+    );
+    assert_eq!(kept.len(), 1, "the evidence stays: {answer}");
+    assert_eq!(kept[0].payload, hex::encode(&first[1].1));
+    gw.stop().await;
+}

@@ -463,7 +463,7 @@ impl Shell {
                     payload: p.payload.to_vec(),
                     received_ms,
                     ack,
-                    from_quarantine: false,
+                    quarantined_as: None,
                 });
             }
             Packet::PubAck(a) => {

@@ -251,7 +251,10 @@ impl Registry {
                 ("zone", &entry.zone),
                 ("place", &entry.place),
             ] {
-                if value.as_ref().is_some_and(|v| v.chars().count() > MAX_TEXT_CHARS) {
+                if value
+                    .as_ref()
+                    .is_some_and(|v| v.chars().count() > MAX_TEXT_CHARS)
+                {
                     return Err(err(format!("{name}: at most {MAX_TEXT_CHARS} characters")));
                 }
             }
