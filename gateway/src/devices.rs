@@ -63,6 +63,9 @@ pub struct DeviceState {
     /// not acknowledged, the device keeps them): the reason and when, Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<(String, u64)>,
+    /// Its last frame refused since the last one stored: the reason and when, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_since: Option<(String, u64)>,
     /// Latest values and the last day's hourly means (status page).
     pub history: History,
 }
@@ -219,6 +222,7 @@ impl DeviceBook {
         }
         d.arrived_ahead.retain(|c| *c > frame.counter);
         d.held = None;
+        d.refused_since = None;
         d.last_frame_ms = Some(now_ms);
         d.last_reading_s = d.last_reading_s.max(Some(u64::from(frame.last_time)));
         d.battery_mv = frame.battery_mv.or(d.battery_mv);
@@ -239,10 +243,17 @@ impl DeviceBook {
     }
 
     /// The device published its status.
+    /// The status is retained, so every gateway or broker restart delivers it again:
+    /// only a change moves `status_ms`, and an `offline` learnt with no state before dates
+    /// from the device's last frame (it was last heard then), not from the restart.
     pub fn status(&mut self, tenant: &str, device: &str, online: bool, now_ms: u64) {
         let d = self.entry(tenant, device);
+        match d.online {
+            Some(was) if was == online && d.status_ms.is_some() => return,
+            None if !online => d.status_ms = d.last_frame_ms.or(Some(now_ms)),
+            _ => d.status_ms = Some(now_ms),
+        }
         d.online = Some(online);
-        d.status_ms = Some(now_ms);
     }
 
     /// A frame of the device was held for `reason` at `at_ms` (not acknowledged).
@@ -250,13 +261,11 @@ impl DeviceBook {
         self.entry(tenant, device).held = Some((reason.to_string(), at_ms));
     }
 
-    /// A frame on the device's topics was rejected for `reason`.
-    pub fn rejected(&mut self, tenant: &str, device: &str, reason: &str) {
-        *self
-            .entry(tenant, device)
-            .rejected
-            .entry(reason.to_string())
-            .or_default() += 1;
+    /// A frame on the device's topics was rejected for `reason` at `at_ms`.
+    pub fn rejected(&mut self, tenant: &str, device: &str, reason: &str, at_ms: u64) {
+        let d = self.entry(tenant, device);
+        *d.rejected.entry(reason.to_string()).or_default() += 1;
+        d.refused_since = Some((reason.to_string(), at_ms));
     }
 
     /// Forgets a tenant's devices, or one of them (`erase`); returns how many.
@@ -537,8 +546,8 @@ mod tests {
         let skipped = Gap::Skipped { from: 1, count: 2 };
         book.stored("lyon", "aq-1", frame(900, 4, skipped, None), &none, 6);
         book.status("lyon", "aq-1", false, 7);
-        book.rejected("lyon", "aq-1", "authentication");
-        book.rejected("lyon", "aq-1", "authentication");
+        book.rejected("lyon", "aq-1", "authentication", 8);
+        book.rejected("lyon", "aq-1", "authentication", 9);
         let d = book.get("lyon", "aq-1").unwrap();
         assert_eq!(
             (d.frames, d.readings, d.missing_frames, d.last_reading_s),
@@ -550,6 +559,33 @@ mod tests {
         );
         assert_eq!(d.rejected["authentication"], 2);
         assert_eq!(DeviceBook::from_json(&book.to_json()).unwrap(), book);
+    }
+
+    #[test]
+    fn offline_since_is_the_change_or_the_last_frame_never_a_restart() {
+        let mut book = DeviceBook::default();
+        let none = Glance::default();
+        book.stored(
+            "lyon",
+            "aq-1",
+            frame(1_000, 1, Gap::None, None),
+            &none,
+            5_000,
+        );
+        // Learnt offline with no status before (a gateway started after the device
+        // went): since its last frame.
+        book.status("lyon", "aq-1", false, 90_000);
+        assert_eq!(book.get("lyon", "aq-1").unwrap().status_ms, Some(5_000));
+        // The retained status again (a gateway or broker restart): unchanged.
+        book.status("lyon", "aq-1", false, 120_000);
+        let restored = DeviceBook::from_json(&book.to_json()).unwrap();
+        let mut book = restored;
+        book.status("lyon", "aq-1", false, 150_000);
+        assert_eq!(book.get("lyon", "aq-1").unwrap().status_ms, Some(5_000));
+        // A change is dated when it came.
+        book.status("lyon", "aq-1", true, 160_000);
+        book.status("lyon", "aq-1", false, 170_000);
+        assert_eq!(book.get("lyon", "aq-1").unwrap().status_ms, Some(170_000));
     }
 
     #[test]

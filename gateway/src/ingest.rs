@@ -455,7 +455,7 @@ impl Worker {
                             .filter(|_| *reason != Reason::CounterReused);
                         let highest = self.book.highest(tenant, device, dev.key.epoch());
                         self.metrics.devices.update(|b| {
-                            b.rejected(tenant, device, reason.code());
+                            b.rejected(tenant, device, reason.code(), m.received_ms);
                             if let Some(h) = arrived {
                                 b.refused(tenant, device, h.counter, highest);
                             }

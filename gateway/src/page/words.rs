@@ -151,6 +151,12 @@ impl Lang {
             },
             Why::Tilted => self.pick("bac renversé", "bin tilted").into(),
             Why::LidOpen => self.pick("couvercle ouvert", "lid open").into(),
+            Why::Refused { code, since_ms } => format!(
+                "{} {} ({code} : {})",
+                self.pick("trames refusées depuis", "frames refused since"),
+                clock(*since_ms),
+                self.hint(code),
+            ),
             Why::Held { code, since_ms } => format!(
                 "{} {} ({})",
                 match code.as_str() {

@@ -9,7 +9,8 @@
 //! status message with no frame since; fire suspected; revoked. Amber: battery below
 //! [`LOW_BATTERY_MV`]; a sensor fault (a faulted field in its latest reading, or an error
 //! flag in its latest status); a bin at or above [`BIN_FULL_PERCENT`], tilted or with
-//! its lid open; frames held for their time (a clock ahead or behind). Green otherwise.
+//! its lid open; frames held for their time (a clock ahead or behind). Red too: frames
+//! refused with none stored since. Green otherwise.
 
 use crate::devices::{DeviceState, Listing};
 use protocol::reading::{bin_flags, error_flags};
@@ -95,6 +96,13 @@ pub enum Why {
     Tilted,
     /// The bin's lid is open.
     LidOpen,
+    /// Its frames are refused, none stored since `since_ms`: its data does not flow.
+    Refused {
+        /// The last reason code.
+        code: String,
+        /// When the last one was refused, Unix ms.
+        since_ms: u64,
+    },
     /// Its frames are held, not acknowledged, since `since_ms`: a reading's time
     /// outside the window (`future_timestamp`: its clock ahead, or the gateway's
     /// behind; `stale_timestamp` while the gateway's clock is not synchronised).
@@ -114,6 +122,7 @@ impl Why {
             | Why::Revoked
             | Why::Silent { .. }
             | Why::Offline { .. }
+            | Why::Refused { .. }
             | Why::FireSuspected => Light::Red,
             _ => Light::Amber,
         }
@@ -162,6 +171,12 @@ pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Co
         if s.online == Some(false) && s.status_ms >= s.last_frame_ms {
             reasons.push(Why::Offline {
                 since_ms: s.status_ms.unwrap_or_default(),
+            });
+        }
+        if let Some((code, since_ms)) = &s.refused_since {
+            reasons.push(Why::Refused {
+                code: code.clone(),
+                since_ms: *since_ms,
             });
         }
         if let Some((code, since_ms)) = &s.held {
@@ -271,6 +286,22 @@ mod tests {
             ..listing()
         };
         assert_eq!(due_s(&quiet), NO_HEARTBEAT_DUE_S);
+    }
+
+    #[test]
+    fn a_refused_device_is_red_at_once_until_a_frame_is_stored() {
+        let l = listing();
+        let mut s = heard(1_000);
+        s.refused_since = Some(("authentication".into(), 1_500));
+        let c = assess(&l, Some(&s), 2_000);
+        assert_eq!(c.light, Light::Red);
+        assert_eq!(
+            c.reasons,
+            [Why::Refused {
+                code: "authentication".into(),
+                since_ms: 1_500
+            }]
+        );
     }
 
     #[test]
