@@ -121,6 +121,8 @@ struct Sink {
     /// What was last persisted.
     saved: Lanes,
     save_failed: bool,
+    /// Buffer reads that failed in a row (logged at 1, 2, 4, 8… of them, not each).
+    read_errors: u64,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -134,6 +136,7 @@ pub fn run(mut setup: SinkSetup) {
         saved: lanes.clone(),
         lanes,
         save_failed: false,
+        read_errors: 0,
     };
     for tenant in sink.lanes.behind.keys() {
         sink.s
@@ -225,6 +228,7 @@ impl Sink {
             };
             match self.s.reader.next(wait) {
                 Ok(Some(Item::Record(e))) => {
+                    self.read_errors = 0;
                     batch.end = Some(e.end);
                     match RecordView::decode(&e.payload) {
                         Ok(r) if self.lanes.is_behind(r.tenant) => {}
@@ -268,8 +272,17 @@ impl Sink {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "buffer read failed; retrying");
-                    self.pause(self.s.cfg.min_backoff);
+                    self.read_errors += 1;
+                    if self.read_errors.is_power_of_two() {
+                        tracing::error!(error = %e, failures = self.read_errors, "buffer read failed; retrying with back-off");
+                    }
+                    let wait = retry::backoff(
+                        self.read_errors.min(32) as u32,
+                        self.s.cfg.min_backoff,
+                        self.s.cfg.max_backoff,
+                        jitter(),
+                    );
+                    self.pause(wait);
                     return batch;
                 }
             }
@@ -317,7 +330,19 @@ impl Sink {
                         Ok(Some(Item::Corrupt(_))) => {}
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::error!(error = %e, "buffer read failed; retrying");
+                            // Its next try scheduled like a refused write's: returning
+                            // without one left it due at once, a spin (out of descriptors:
+                            // 364,564 lines in 5 s).
+                            let attempt = self.lanes.behind.get(&tenant).map_or(0, |b| b.attempt);
+                            let cfg = &self.s.cfg;
+                            let wait =
+                                retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+                            self.fall_behind(
+                                &tenant,
+                                from,
+                                format!("buffer read failed: {e}"),
+                                wait,
+                            );
                             return;
                         }
                     }
