@@ -64,16 +64,20 @@ pub struct DeviceOptions {
     /// Where each device's flash (frame counter, ring) is kept across runs; none: in
     /// memory, gone with the run.
     pub state_dir: Option<std::path::PathBuf>,
+    /// How far the devices' clocks run ahead of the real one (a board whose network time
+    /// is wrong), seconds.
+    pub clock_ahead_s: u64,
 }
 
 impl DeviceOptions {
-    /// Virtual time, never ahead of the real clock: once it has caught up it follows it.
+    /// Virtual time, never ahead of the real clock (plus `clock_ahead_s`): once it has
+    /// caught up it follows it.
     fn virtual_now(&self) -> u32 {
         let elapsed = self.started.elapsed().as_secs_f64() * self.accel;
         let real = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        (u64::from(self.start_time) + elapsed as u64).min(real) as u32
+        (u64::from(self.start_time) + elapsed as u64).min(real + self.clock_ahead_s) as u32
     }
 
     fn link_down(&self) -> bool {

@@ -189,6 +189,7 @@ pub struct Fleet {
     stats: Vec<Arc<DeviceStats>>,
     opts: FleetOptions,
     state_dir: Option<std::path::PathBuf>,
+    clock_ahead: Duration,
 }
 
 impl Fleet {
@@ -200,7 +201,17 @@ impl Fleet {
             stats,
             opts,
             state_dir: None,
+            clock_ahead: Duration::ZERO,
         }
+    }
+
+    /// Runs the devices' clocks `ahead` of where they would be (a board whose network
+    /// time is wrong): the timeline, which starts `(duration + 10 s) × accel` in the past
+    /// and never passes the real clock, is shifted by `ahead`, so its readings are dated up
+    /// to `ahead` in the future.
+    pub fn with_clock_ahead(mut self, ahead: Duration) -> Self {
+        self.clock_ahead = ahead;
+        self
     }
 
     /// Keeps each device's flash (frame counter, ring) in `dir`, one file each per key
@@ -256,6 +267,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
         stats,
         opts,
         state_dir,
+        clock_ahead,
     } = fleet;
     let started = Instant::now();
     // Ten real seconds of headroom for the final flush, thirty days at most (the gateway
@@ -264,7 +276,8 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let start_time = now.saturating_sub(history as u64) as u32;
+    // A clock ahead shifts the whole timeline: the start and the cap.
+    let start_time = (now.saturating_sub(history as u64) + clock_ahead.as_secs()) as u32;
     let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (p, s)) in devices.into_iter().zip(&stats).enumerate() {
@@ -281,6 +294,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
                 .map(|o| (o.from, o.length)),
             ca: opts.ca.clone(),
             state_dir: state_dir.clone(),
+            clock_ahead_s: clock_ahead.as_secs(),
         });
         tasks.spawn_local(device::run(p, options, s.clone(), dev_stop_rx.clone()));
     }

@@ -158,3 +158,65 @@ async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
     assert_eq!(summary.dropped, 0, "no ring overflowed: {summary}");
     assert_eq!(gw.metric("vigie_frames_rejected_total"), Some(0.0));
 }
+
+/// A device whose clock runs ahead: its readings are held until their time comes, then
+/// stored; none acknowledged before. At test scale: 35 s ahead against a 30 s bound
+/// (`validation.max_future_skew`), the same rule as 10 minutes against the default 5.
+/// The fleet runs at real pace (its timeline 35 s behind, shifted 70 s ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_clock_ahead_loses_no_acknowledged_reading() {
+    use vigie_tests::process::InProcessGateway;
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Device> = (0..3)
+        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
+        .collect();
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
+    let mut config = fleet::gateway_config(
+        dir.path(),
+        "gw-clock",
+        broker.addr,
+        Some(fleet::database(
+            gateway::config::DatabaseApi::V1,
+            influx.addr,
+        )),
+    );
+    config.validation.max_future_skew = Duration::from_secs(30);
+    let gw = InProcessGateway::start(config).await;
+    let provisioning = devices
+        .iter()
+        .map(|d| d.provisioning(broker.addr, 2, 0))
+        .collect();
+    let fleet = Fleet::new(
+        provisioning,
+        FleetOptions {
+            broker: broker.addr,
+            accel: 1.0,
+            duration: Duration::from_secs(25),
+            status_every: 10,
+            outages: Vec::new(),
+            progress: false,
+            ca: None,
+        },
+    )
+    .with_clock_ahead(Duration::from_secs(70));
+    let (_keep, never) = watch::channel(false);
+    let summary = fleet.run(never).await;
+    let (stored, lost, duplicated) = fleet_outcome(influx.addr, &summary).await;
+    let held = gw.total("vigie_frames_held_total");
+    eprintln!(
+        "device clock 35 s ahead (bound 30 s): recorded={} acknowledged={} resent={} \
+         stored={stored} lost={lost} duplicated={duplicated} waiting={} held={held} rejected={}",
+        summary.recorded,
+        summary.acknowledged,
+        summary.resent,
+        summary.waiting,
+        gw.total("vigie_frames_rejected_total"),
+    );
+    assert_all_stored(&summary, (stored, lost, duplicated));
+    assert!(held > 0.0, "readings ahead were held: {held}");
+    assert_eq!(gw.total("vigie_frames_rejected_total"), 0.0);
+    gw.stop().await;
+}
