@@ -10,7 +10,10 @@
 //!
 //! Every request is bounded: its head within [`MAX_HEAD`] bytes
 //! and [`MAX_HEADERS`] header lines (else 431), received within [`HEAD_TIMEOUT`] (else the
-//! connection is closed), no body beyond [`MAX_BODY`] bytes (else 413).
+//! connection is closed), no body beyond [`MAX_BODY`] bytes (else 413). Each listener
+//! holds at most [`MAX_CONNECTIONS`] connections: past that a new one is closed at once,
+//! so a client holding sockets open cannot take the descriptors the buffer and the
+//! databases need; a failed accept (out of descriptors) waits [`ACCEPT_BACKOFF`].
 
 use crate::config::Secret;
 use crate::health::Health;
@@ -38,6 +41,10 @@ pub const MAX_HEAD: usize = 8192;
 pub const MAX_HEADERS: usize = 32;
 /// Longest wait for a whole request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections a listener holds at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Wait after a failed accept (`EMFILE`: out of descriptors), instead of a spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest body accepted (no endpoint reads one).
 pub const MAX_BODY: u64 = 1024;
 /// Longest a request may take (a quarantine replay may be long).
@@ -97,14 +104,26 @@ struct Public {
 
 /// Serves `app` until shutdown.
 pub async fn serve(listener: TcpListener, app: Router, stopping: CancellationToken) {
+    let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                // Full: closed at once (dropped), its descriptor freed.
+                let Ok(permit) = room.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let service = TowerToHyperService::new(app.clone());
                 let stopping = stopping.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEAD_TIMEOUT)
