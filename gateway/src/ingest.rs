@@ -80,6 +80,13 @@ pub struct Inbound {
     pub quarantined_as: Option<String>,
 }
 
+impl Inbound {
+    /// What it holds in memory, about (its topic and payload).
+    pub fn bytes(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
 /// What a quarantine replay did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReplaySummary {
@@ -364,7 +371,11 @@ impl Worker {
                     next = jobs.try_recv().ok();
                 }
             }
-            if self.commit(messages, &acks).is_none() {
+            let bytes: usize = messages.iter().map(Inbound::bytes).sum();
+            let done = self.commit(messages, &acks);
+            // Out of memory once committed (the shell counted them in).
+            self.metrics.intake_bytes.dec_by(bytes as i64);
+            if done.is_none() {
                 break;
             }
             self.collect_garbage();

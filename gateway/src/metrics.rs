@@ -83,6 +83,10 @@ pub struct Metrics {
     pub frames_held: Family<ReasonLabel, Counter>,
     /// `vigie_host_clock_synchronised`.
     pub host_clock_synchronised: Gauge,
+    /// `vigie_intake_bytes`: received messages in memory, not yet committed.
+    pub intake_bytes: Gauge,
+    /// `vigie_mqtt_qos0_dropped_total`.
+    pub qos0_dropped: Counter,
     /// `vigie_quarantine_evicted_total`.
     pub quarantine_evicted: Counter,
     /// `vigie_buffer_bytes`.
@@ -150,6 +154,8 @@ impl Metrics {
             frames_rejected: Family::default(),
             frames_held: Family::default(),
             host_clock_synchronised: Gauge::default(),
+            intake_bytes: Gauge::default(),
+            qos0_dropped: Counter::default(),
             quarantine_evicted: Counter::default(),
             buffer_bytes: Gauge::default(),
             buffer_pending_bytes: Gauge::default(),
@@ -177,7 +183,7 @@ impl Metrics {
             "Version of the running gateway.",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let gauges: [(&str, &str, &Gauge); 10] = [
+        let gauges: [(&str, &str, &Gauge); 11] = [
             (
                 "registry_devices",
                 "Devices in the loaded registry.",
@@ -224,6 +230,11 @@ impl Metrics {
                 &m.device_acks_waiting,
             ),
             (
+                "intake_bytes",
+                "Bytes of received messages in memory, not yet committed (queue, channel, batch).",
+                &m.intake_bytes,
+            ),
+            (
                 "host_clock_synchronised",
                 "1 while the host clock is known to be synchronised (clock.synchronised); at 0, readings older than validation.max_age are held, not refused.",
                 &m.host_clock_synchronised,
@@ -232,11 +243,16 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             r.register(name, help, gauge.clone());
         }
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "messages_received",
                 "MQTT messages received on uplink and status topics.",
                 &m.messages_received,
+            ),
+            (
+                "mqtt_qos0_dropped",
+                "QoS 0 messages dropped while the received messages in memory passed their bound (their devices resend them).",
+                &m.qos0_dropped,
             ),
             (
                 "frames_accepted",

@@ -47,6 +47,10 @@ use tokio_util::sync::CancellationToken;
 /// frame still reaches the worker and is quarantined (`too_long`) rather than breaking the
 /// connection; the broker's own `message_size_limit` caps it.
 pub(crate) const MAX_INCOMING_PACKET: u32 = 256 * 1024;
+/// Bytes of received messages in memory (not yet committed) past which QoS 0 publishes
+/// are dropped and counted: they have no PUBACK to withhold, and their devices resend
+/// what no end-to-end acknowledgement covered. QoS 1 is bounded by Receive Maximum.
+pub const MAX_INTAKE_BYTES: i64 = 16 << 20;
 /// Longest wait at shutdown for the acks of messages already handed to the worker.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long the worker may take nothing before the loop reads the socket again with a
@@ -457,14 +461,21 @@ impl Shell {
     ) -> Result<(), ConnError> {
         match packet {
             Packet::Publish(p) => {
+                let intake = &self.links.metrics.intake_bytes;
+                if p.qos == QoS::AtMostOnce && intake.get() >= MAX_INTAKE_BYTES {
+                    self.links.metrics.qos0_dropped.inc();
+                    return Ok(());
+                }
                 let ack = (p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid));
-                self.queue.push_back(Inbound {
+                let m = Inbound {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
                     received_ms,
                     ack,
                     quarantined_as: None,
-                });
+                };
+                intake.inc_by(m.bytes() as i64);
+                self.queue.push_back(m);
             }
             Packet::PubAck(a) => {
                 self.downlinks.on_puback(a.pkid);

@@ -1,0 +1,92 @@
+//! QoS 0 intake is bounded in bytes (issue 30: with the worker stalled, one device account
+//! publishing 6,000 × 32 KB at QoS 0 grew the gateway from 14 to 198 MiB, linear).
+//!
+//! Real Mosquitto (the project's config) and InfluxDB 1.x, the gateway process with a
+//! 2 MiB buffer and its database stopped: the buffer fills and the worker takes nothing.
+//! Then one device account floods its topic at QoS 0. The gateway drops what passes its
+//! bound on received messages in memory (`mqtt::MAX_INTAKE_BYTES`, 16 MiB) and counts it;
+//! its peak resident memory stays bounded; once the database is back the valid readings
+//! all land.
+#![allow(clippy::unwrap_used)]
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use std::time::Duration;
+use vigie_tests::process::{GatewayProcess, GatewaySettings, peak_rss_mib};
+use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario, wait_for};
+
+const FLOOD: usize = 6_000;
+const SIZE: usize = 32 * 1024;
+/// The bound on the gateway's peak resident memory through the flood.
+const MAX_RSS_MIB: f64 = 96.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_flood_with_the_worker_stalled_keeps_memory_bounded() {
+    let mut influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    influx.stop(false);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 5);
+    let broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            buffer_mib: (2, 1),
+            ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
+        },
+    );
+    let pid = gw.pid().unwrap();
+    // Valid readings until the buffer is full: the worker stalls.
+    let load = scenario::load(&devices, 5_000, now_s() - 10_000);
+    let messages = load.messages.clone();
+    let broker_addr = broker.addr;
+    let publishing = tokio::spawn(async move { fleet::publish_all(broker_addr, &messages).await });
+    wait_for("the buffer to fill", Duration::from_secs(60), async || {
+        gw.metric("vigie_buffer_full") == Some(1.0)
+    })
+    .await;
+    let before = peak_rss_mib(pid);
+
+    // The flood, at QoS 0, from aq-0's own account.
+    let flooder = &devices[0];
+    let user = gateway::access::device_username(&flooder.tenant, &flooder.id);
+    let mut o = MqttOptions::new(&user, broker.addr.ip().to_string(), broker.addr.port());
+    o.set_credentials(&user, fleet::password(&user).expose());
+    let (client, mut events) = AsyncClient::new(o, 64);
+    let topic = flooder.topic();
+    let sender = tokio::spawn(async move {
+        for i in 0..FLOOD {
+            let payload = vec![(i % 251) as u8; SIZE];
+            client
+                .publish(&topic, QoS::AtMostOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client.disconnect().await.unwrap();
+    });
+    // The client's event loop runs until the disconnect ends it (two minutes at most).
+    let _ = tokio::time::timeout(Duration::from_secs(120), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+    sender.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = peak_rss_mib(pid);
+    let dropped = gw.metric("vigie_mqtt_qos0_dropped_total").unwrap();
+    let in_memory = gw.metric("vigie_intake_bytes").unwrap();
+
+    // The database back: every valid reading lands.
+    influx.start();
+    publishing.await.unwrap();
+    let outcome = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(180)).await;
+    eprintln!(
+        "QoS 0 flood: {FLOOD} x {SIZE} B with the worker stalled; peak RSS {before:.1} -> \
+         {peak:.1} MiB; dropped {dropped}; in memory {in_memory} B; then {outcome}"
+    );
+    assert!(dropped > 0.0, "the bound was reached");
+    assert!(
+        in_memory <= (gateway::mqtt::MAX_INTAKE_BYTES + 2 * 64 * 1024) as f64,
+        "{in_memory}"
+    );
+    assert!(peak <= MAX_RSS_MIB, "peak resident memory {peak:.1} MiB");
+}
