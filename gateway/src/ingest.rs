@@ -179,6 +179,9 @@ pub struct Worker {
     reject_log: LogBudget,
     /// Rate limit of the held-frame log lines.
     hold_log: LogBudget,
+    /// Frames refused before their tag verified lately: resent, they are counted, not
+    /// quarantined again.
+    refused_lately: crate::pure::recent::Recent,
     /// Whether the host clock is synchronised (a stale reading is refused only then).
     clock: HostClock,
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
@@ -338,6 +341,7 @@ impl Worker {
             snapshot_failing: false,
             reject_log: LogBudget::default(),
             hold_log: LogBudget::default(),
+            refused_lately: Default::default(),
             clock,
             tenant_readings: FastMap::default(),
         };
@@ -472,12 +476,17 @@ impl Worker {
                             }
                         });
                     }
-                    self.quarantine.add(&quarantine::Entry::rejected(
-                        m.received_ms,
-                        &m.topic,
-                        &m.payload,
-                        reason,
-                    ));
+                    // Never acknowledged, so resent as it is: once in the quarantine.
+                    if reason.after_authentication()
+                        || self.refused_lately.first_time(&m.topic, &m.payload)
+                    {
+                        self.quarantine.add(&quarantine::Entry::rejected(
+                            m.received_ms,
+                            &m.topic,
+                            &m.payload,
+                            reason,
+                        ));
+                    }
                 }
                 Outcome::Hold(reason) => {
                     summary.held += 1;

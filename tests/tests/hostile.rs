@@ -263,3 +263,54 @@ async fn a_replayed_reused_counter_stays_in_the_quarantine() {
     assert_eq!(kept[0].payload, hex::encode(&first[1].1));
     gw.stop().await;
 }
+
+/// A board resending the same refused bytes (its old blob's key after a rotation) is
+/// counted each time but quarantined once (issue: 8,255 entries in 80 s for one board).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    let config = fleet::gateway_config(
+        dir.path(),
+        "gw-hostile",
+        broker.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    let gw = InProcessGateway::start(config.clone()).await;
+    let mut old_key = aq.clone();
+    old_key.key[0] ^= 1;
+    let now = now_s();
+    let outbox: Vec<_> = (0..5)
+        .map(|c| {
+            (
+                aq.topic(),
+                old_key.frame(&[aq.reading(c, now - 100 + c)], c),
+            )
+        })
+        .collect();
+    // The same five frames, sent twenty times over.
+    let resent: Vec<_> = (0..20).flat_map(|_| outbox.clone()).collect();
+    fleet::publish_all(broker.addr, &resent).await;
+    wait_for("every resend judged", Duration::from_secs(20), async || {
+        gw.metrics.total("vigie_frames_rejected_total") >= 100.0
+    })
+    .await;
+    let qdir = config.gateway.data_dir.join("quarantine");
+    wait_for("committed", Duration::from_secs(10), async || {
+        gateway::quarantine::read_all(&qdir).unwrap().0.len() >= 5
+    })
+    .await;
+    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    eprintln!(
+        "resent refused frames: {} arrivals counted, {} quarantine entries",
+        gw.metrics.total("vigie_frames_rejected_total"),
+        entries.len()
+    );
+    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 100.0);
+    assert_eq!(entries.len(), 5, "each refused frame once");
+    gw.stop().await;
+}

@@ -3,6 +3,7 @@
 //! crate inside the gateway.)
 //!
 //! - [`reason`]: why a frame is rejected, as stable codes.
+//! - [`recent`]: the frames refused lately, so a resent one is quarantined once.
 //! - [`registry`]: the device registry as a checked model.
 //! - [`ack_flow`]: which MQTT acknowledgements may go out, in what order.
 //! - [`downlinks`]: device acknowledgements waiting for the broker, bounded.
@@ -32,6 +33,7 @@ pub mod lineproto;
 pub mod missing;
 pub mod opendata;
 pub mod reason;
+pub mod recent;
 pub mod record;
 pub mod registry;
 pub mod replay_book;
