@@ -5,7 +5,6 @@
 //! fingerprint goes first.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
 
 /// How many fingerprints are kept.
 pub const CAPACITY: usize = 8192;
