@@ -518,6 +518,9 @@ pub struct HttpConfig {
     pub public_listen: Option<SocketAddr>,
     /// The communes the public view shows.
     pub public_tenants: Vec<String>,
+    /// Host names the listeners answer to besides IP addresses and `localhost` (a reverse
+    /// proxy's public name); any other `Host` gets 421 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -527,6 +530,7 @@ impl Default for HttpConfig {
             admin_token: None,
             public_listen: None,
             public_tenants: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -84,6 +84,78 @@ pub fn router(service: Service) -> Router {
         .with_state(Arc::new(service))
 }
 
+/// What every page and endpoint of both listeners gets around it: a `Host` check against
+/// DNS rebinding (a page of an attacker's domain that resolves to this address would read
+/// the status port: only an IP address, `localhost` or a name of `http.allowed_hosts` is
+/// served; else 421), and headers that keep the pages out of frames and scripts out of
+/// them (they have none).
+pub fn guarded(app: Router, allowed_hosts: Vec<String>) -> Router {
+    let allowed: Arc<[String]> = allowed_hosts.into();
+    app.layer(middleware::from_fn(secure_headers))
+        .layer(middleware::from_fn_with_state(allowed, check_host))
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) may be served.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:9650
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+async fn check_host(
+    State(allowed): State<Arc<[String]>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(host, &allowed) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown Host: name it in http.allowed_hosts to serve it\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// The pages are made here, with inline styles and SVG and no script.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; \
+                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn secure_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// The public view's routes: the commune pages of `tenants`, nothing else.
 pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>) -> Router {
     Router::new()
@@ -398,6 +470,56 @@ mod tests {
 
     fn request(method: &str, path: &str) -> axum::http::request::Builder {
         axum::http::Request::builder().method(method).uri(path)
+    }
+
+    #[test]
+    fn hosts_by_address_or_by_a_name_allowed() {
+        let allowed = vec!["air.lyon.fr".to_string()];
+        for ok in [
+            "127.0.0.1:9650",
+            "127.0.0.1",
+            "[::1]:9650",
+            "localhost:9650",
+            "192.0.2.7",
+            "AIR.lyon.fr",
+            "air.lyon.fr:443",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9650",
+            "",
+            "127.0.0.1.evil.example",
+            "[evil]:80",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answer_has_its_security_headers_and_a_foreign_host_gets_none() {
+        let app = guarded(router(service(None)), Vec::new());
+        let get = |host: &str| {
+            request("GET", "/")
+                .header(header::HOST, host)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let response = app.clone().oneshot(get("127.0.0.1:9650")).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let h = response.headers();
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert!(
+            h[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'")
+        );
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let (code, text) = call(&app, get("rebind.evil.example:9650")).await;
+        assert_eq!(code, 421);
+        assert!(text.contains("http.allowed_hosts"), "{text}");
     }
 
     #[tokio::test]

@@ -311,7 +311,7 @@ pub async fn run_with_metrics(
         };
         tasks.spawn(http::serve(
             listener,
-            http::router(service),
+            http::guarded(http::router(service), config.http.allowed_hosts.clone()),
             stopping.clone(),
         ));
     }
@@ -320,7 +320,10 @@ pub async fn run_with_metrics(
             .await
             .map_err(|source| RunError::Listen { addr, source })?;
         tracing::info!(%addr, tenants = ?config.http.public_tenants, "public status view on http://{addr}/");
-        let app = http::public_router(metrics.clone(), config.http.public_tenants.clone());
+        let app = http::guarded(
+            http::public_router(metrics.clone(), config.http.public_tenants.clone()),
+            config.http.allowed_hosts.clone(),
+        );
         tasks.spawn(http::serve(listener, app, stopping.clone()));
     }
     tasks.spawn(reload_on_sighup(reload, stopping.clone()));

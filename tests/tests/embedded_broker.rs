@@ -92,7 +92,7 @@ fn raw(addr: SocketAddr, request: &[u8]) -> String {
 fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> String {
     raw(
         addr,
-        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{extra}content-length: 0\r\n\r\n")
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{extra}content-length: 0\r\n\r\n")
             .as_bytes(),
     )
 }
