@@ -390,18 +390,26 @@ pub fn run(config: &Config, r: &Request) -> Result<Summary, String> {
     }
     let source = Source::new(config)?;
     let public = config.export.public(&r.tenant);
-    let out: Box<dyn Write> = match &r.out {
+    // Written beside the target, renamed over it only when complete: a failed or empty
+    // export leaves a file already there as it was (no half file, no file of nothing).
+    let partial = r.out.as_ref().map(|path| {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".partial-{}", std::process::id()));
+        path.with_file_name(name)
+    });
+    let out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let result = crate::cli::block_on(stream(&source, r, &stations, &public, out))?;
-    // No half-written file, and no file of nothing.
-    if !result.as_ref().is_ok_and(|s| s.readings > 0)
-        && let Some(path) = &r.out
-    {
-        let _ = std::fs::remove_file(path);
+    if let (Some(tmp), Some(path)) = (&partial, &r.out) {
+        if result.as_ref().is_ok_and(|s| s.readings > 0) {
+            std::fs::rename(tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        } else {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
     let summary = result?;
     if summary.readings == 0 {

@@ -387,6 +387,7 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     assert!(!ok && said.contains("no commune \"nice\""), "{said}");
     let empty_from = iso(hour - 86_400 * 10);
     let empty_to = iso(hour - 86_400 * 9);
+    let _ = std::fs::remove_file(&out);
     let (ok, _, said) = export(
         &gw_influx.config,
         &out,
@@ -403,6 +404,28 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
     );
     assert!(!ok && said.contains("no readings of lyon"), "{said}");
     assert!(!out.exists(), "no file for an empty export");
+    // An export already there stays as it was (it was truncated, then deleted).
+    std::fs::write(&out, "an earlier export\n").unwrap();
+    let (ok, _, _) = export(
+        &gw_influx.config,
+        &out,
+        &[
+            "--tenant",
+            "lyon",
+            "--from",
+            &empty_from,
+            "--to",
+            &empty_to,
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(!ok);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "an earlier export\n"
+    );
+    std::fs::remove_file(&out).unwrap();
     let (ok, _, said) = export(
         &gw_influx.config,
         &out,
