@@ -123,6 +123,8 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// `vigie_device_acks_total`.
     pub device_acks: Counter,
+    /// `vigie_device_acks_refused_total`.
+    pub device_acks_refused: Counter,
     /// `vigie_device_acks_waiting`.
     pub device_acks_waiting: Gauge,
     /// `vigie_device_acks_superseded_total`.
@@ -174,6 +176,7 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             mqtt_connects: Counter::default(),
             device_acks: Counter::default(),
+            device_acks_refused: Counter::default(),
             device_acks_waiting: Gauge::default(),
             device_acks_superseded: Counter::default(),
         };
@@ -243,7 +246,7 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             r.register(name, help, gauge.clone());
         }
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "messages_received",
                 "MQTT messages received on uplink and status topics.",
@@ -296,8 +299,13 @@ impl Metrics {
             ),
             (
                 "device_acks",
-                "Acknowledgements published to devices (SPEC §12), one per device per commit.",
+                "Acknowledgements to devices the broker took (SPEC §12), one per device per commit.",
                 &m.device_acks,
+            ),
+            (
+                "device_acks_refused",
+                "Acknowledgements to devices the broker refused (its PUBACK reason): the devices resend.",
+                &m.device_acks_refused,
             ),
             (
                 "device_acks_superseded",

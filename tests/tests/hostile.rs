@@ -314,3 +314,50 @@ async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
     assert_eq!(entries.len(), 5, "each refused frame once");
     gw.stop().await;
 }
+
+/// A broker refusing the gateway's device acknowledgements (its account may not publish
+/// on the ack topics) is seen: counted as refused, not as sent (issue 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_acknowledgements_the_broker_refuses_are_counted_as_refused() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    // The gateway role loses its right to publish acknowledgements.
+    let access = dir.path().join("broker-access.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&access).unwrap()).unwrap();
+    for role in config["roles"].as_array_mut().unwrap() {
+        if let Some(acls) = role["acls"].as_array_mut() {
+            acls.retain(|a| {
+                a["topic"] != "vigie/v1/+/+/ack" || a["acltype"] != "publishClientSend"
+            });
+        }
+    }
+    std::fs::write(&access, serde_json::to_string(&config).unwrap()).unwrap();
+    let broker = mosquitto(dir.path());
+    let gw_config = fleet::gateway_config(
+        dir.path(),
+        "gw-hostile",
+        broker.addr,
+        Some(fleet::database(DatabaseApi::V1, influx.addr)),
+    );
+    let gw = InProcessGateway::start(gw_config).await;
+    let now = now_s();
+    let frames: Vec<_> = (0..10)
+        .map(|c| (aq.topic(), aq.frame(&[aq.reading(c, now - 100 + c)], c)))
+        .collect();
+    fleet::publish_all(broker.addr, &frames).await;
+    wait_for("the refusals seen", Duration::from_secs(20), async || {
+        gw.metrics.total("vigie_device_acks_refused_total") >= 1.0
+    })
+    .await;
+    eprintln!(
+        "acknowledgements refused by the broker: refused={} counted as sent={}",
+        gw.metrics.total("vigie_device_acks_refused_total"),
+        gw.metrics.total("vigie_device_acks_total")
+    );
+    assert_eq!(gw.metrics.total("vigie_device_acks_total"), 0.0);
+    gw.stop().await;
+}

@@ -33,8 +33,8 @@ use crate::pure::downlinks::Downlinks;
 use conn::{ConnError, Connection};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, Publish, Subscribe,
-    SubscribeReasonCode,
+    ConnAck, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, PubAckReason,
+    Publish, Subscribe, SubscribeReasonCode,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -366,7 +366,6 @@ impl Shell {
                 if let Err(e) = conn.queue(&Packet::Publish(p)) {
                     return End::Lost(e);
                 }
-                self.links.metrics.device_acks.inc();
             }
             self.links
                 .metrics
@@ -477,9 +476,27 @@ impl Shell {
                 intake.inc_by(m.bytes() as i64);
                 self.queue.push_back(m);
             }
-            Packet::PubAck(a) => {
-                self.downlinks.on_puback(a.pkid);
-            }
+            // Counted when the broker took it, by its answer: a refusal (the gateway's
+            // account may not publish there) is seen, not counted as sent.
+            Packet::PubAck(a) if self.downlinks.on_puback(a.pkid) => match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                    self.links.metrics.device_acks.inc();
+                }
+                refused => {
+                    self.links.metrics.device_acks_refused.inc();
+                    let n = self.links.metrics.device_acks_refused.get();
+                    if n.is_power_of_two() {
+                        tracing::error!(
+                            reason = ?refused,
+                            refused = n,
+                            "the broker refused a device acknowledgement: devices resend what \
+                             it covered; check that the gateway's account may publish on \
+                             vigie/v1/+/+/ack (gateways add, then restart the broker)"
+                        );
+                    }
+                }
+            },
+            Packet::PubAck(_) => {}
             Packet::PingResp(_) => *awaiting_pong = false,
             // Ready only once the broker granted the subscription: a locked-down broker
             // refuses it to an account without the gateway role.
