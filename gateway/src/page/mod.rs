@@ -19,7 +19,7 @@ use crate::devices::{DeviceBook, DeviceState, Listing};
 use crate::feed::{Event, Verdict};
 use crate::health::{Snapshot, Tenant};
 use crate::pure::atmo::{self, Band};
-use crate::pure::condition::{self, Condition, Light};
+use crate::pure::condition::{self, Condition, Light, Why};
 use crate::pure::glance::Hour;
 use crate::registry::DeviceKind;
 use chart::Series;
@@ -179,9 +179,19 @@ fn reasons(v: &View, c: &Condition) -> String {
     let words: Vec<String> = c
         .reasons
         .iter()
+        .filter(|w| !v.public || for_citizens(w))
         .map(|w| esc(&v.lang.why(w, |ms| clock(ms, v.now_ms))))
         .collect();
     format!(r#"<span class="reasons">{}</span>"#, words.join(" · "))
+}
+
+/// What the public view says of a device's condition: what a citizen can see at the
+/// bin; not its battery, key, silence, faults or refused frames (the operators' page).
+fn for_citizens(w: &Why) -> bool {
+    matches!(
+        w,
+        Why::BinFull { .. } | Why::Tilted | Why::LidOpen | Why::FireSuspected
+    )
 }
 
 /// How a station is named: its site, else its id; in the public view its site or its
@@ -781,6 +791,10 @@ mod tests {
             "{public}"
         );
         assert!(public.contains("Station 1"));
+        assert!(
+            !public.contains("never heard from") && !public.contains("battery"),
+            "operators' reasons stay off the public view: {public}"
+        );
         assert!(commune(&v, "paris").is_none());
     }
 }
