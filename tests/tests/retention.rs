@@ -153,3 +153,81 @@ async fn databases_keeping_less_than_max_age_lose_no_acknowledged_reading() {
         assert!(text(&check).contains("keeps 30 days"), "{}", text(&check));
     }
 }
+
+/// A database that drops a whole batch for its retention (a device's old backlog,
+/// accepted before the gateway could know the database's policy) costs one quarantine
+/// entry and one log line per batch, not a split down to each line (before: 2,000 ERROR
+/// lines and 3,955 split writes for 2,000 readings). Every such reading is kept in the
+/// quarantine, never evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dropped_for_retention_is_quarantined_whole_not_split() {
+    let influx = influxdb();
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    // Started before the commune's database exists: its retention cannot be asked.
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            extra_toml: "[validation]\nhost_clock = \"always\"\n".into(),
+            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx.addr))
+        },
+    );
+    let made = readback::influx_query(
+        influx.addr,
+        "",
+        "CREATE DATABASE vigie_lyon WITH DURATION 30d NAME \"month\"",
+    )
+    .await;
+    assert!(made["results"][0]["error"].is_null(), "{made}");
+    const OLD: u32 = 200;
+    let now = now_s();
+    let messages: Vec<_> = (0..OLD)
+        .map(|i| {
+            (
+                aq.topic(),
+                aq.frame(&[aq.reading(i, now - 40 * DAY + i * 60)], i + 1),
+            )
+        })
+        .collect();
+    fleet::publish_all(broker.addr, &messages).await;
+    let refused = || {
+        gw.metric("vigie_frames_rejected_total{reason=\"database_rejected\"}")
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "every old reading quarantined",
+        Duration::from_secs(60),
+        async || refused() >= f64::from(OLD),
+    )
+    .await;
+    let (entries, _) =
+        gateway::quarantine::read_all(&dir.path().join("data-gw-v1/quarantine-db")).unwrap();
+    let lines: usize = entries
+        .iter()
+        .map(|e| {
+            String::from_utf8(hex::decode(&e.payload).unwrap())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    let splits = gw
+        .metric("vigie_write_errors_total{class=\"split\"}")
+        .unwrap();
+    let logged = gw.log().matches("database refused lines").count();
+    eprintln!(
+        "dropped for retention: {OLD} readings -> {} quarantine entries holding {lines} lines \
+         (all acknowledged: {}), {splits} refused writes, {logged} log lines",
+        entries.len(),
+        entries.iter().all(|e| e.acknowledged),
+    );
+    assert_eq!(lines, OLD as usize, "every reading kept");
+    assert!(entries.iter().all(|e| e.acknowledged));
+    assert!(
+        entries.len() <= 10 && splits <= 10.0,
+        "not split line by line"
+    );
+    assert!(logged <= 10);
+}

@@ -53,6 +53,33 @@ pub fn backoff(attempt: u32, min_delay: Duration, max_delay: Duration, unit: f64
     base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
+/// Whether a database's answer `detail` says it dropped every one of `lines` lines for
+/// its retention (InfluxDB 1.x: `partial write: points beyond retention policy
+/// dropped=N`, N the whole batch).
+pub fn all_beyond_retention(detail: &str, lines: usize) -> bool {
+    detail
+        .split("points beyond retention policy dropped=")
+        .nth(1)
+        .and_then(|rest| {
+            let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            n.parse::<usize>().ok()
+        })
+        .is_some_and(|n| n == lines)
+}
+
+#[cfg(test)]
+#[test]
+fn a_batch_dropped_whole_for_retention_is_told_from_a_partial_one() {
+    let answer = |n: usize| {
+        format!(
+            "HTTP 400: {{\"error\":\"partial write: points beyond retention policy dropped={n}\"}}"
+        )
+    };
+    assert!(all_beyond_retention(&answer(40), 40));
+    assert!(!all_beyond_retention(&answer(2), 40));
+    assert!(!all_beyond_retention("HTTP 400: unable to parse", 40));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,8 @@ struct Sink {
     save_failed: bool,
     /// Buffer reads that failed in a row (logged at 1, 2, 4, 8… of them, not each).
     read_errors: u64,
+    /// Rate limit of the refused-line log lines.
+    refused_log: crate::ingest::LogBudget,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -137,6 +139,7 @@ pub fn run(mut setup: SinkSetup) {
         lanes,
         save_failed: false,
         read_errors: 0,
+        refused_log: Default::default(),
     };
     for tenant in sink.lanes.behind.keys() {
         sink.s
@@ -514,10 +517,12 @@ impl Sink {
         }
     }
 
-    /// Halves a refused batch until the refused lines are alone; quarantines those.
+    /// Halves a refused batch until the refused lines are alone; quarantines those. A
+    /// batch the database dropped whole for its retention (a device's old backlog) goes
+    /// to the quarantine as it is, in one entry and one line, not line by line.
     fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
         let all: Vec<&str> = lines.lines().collect();
-        if all.len() <= 1 {
+        if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
             let entry = quarantine::Entry {
                 received_ms: crate::now_ms(),
                 origin: Origin::Database,
@@ -545,7 +550,16 @@ impl Sink {
             drop(q);
             return match evicted {
                 Ok(n) => {
-                    tracing::error!(tenant, line = lines.trim(), %detail, "database refused a line; quarantined");
+                    let (log, left_out) = self.refused_log.admit(crate::now_ms());
+                    if left_out > 0 {
+                        tracing::error!(
+                            left_out,
+                            "more refused lines were quarantined in the last minute than logged (vigie_frames_rejected_total{{reason=\"database_rejected\"}})"
+                        );
+                    }
+                    if log {
+                        tracing::error!(tenant, lines = all.len(), first = all.first().copied().unwrap_or_default(), %detail, "database refused lines; quarantined");
+                    }
                     self.s.metrics.quarantine_evicted.inc_by(n);
                     self.s
                         .metrics
@@ -553,7 +567,7 @@ impl Sink {
                         .get_or_create(&ReasonLabel {
                             reason: Reason::DatabaseRejected.code(),
                         })
-                        .inc();
+                        .inc_by(all.len() as u64);
                     Written::Stored
                 }
                 Err(e) => Written::Failed {
