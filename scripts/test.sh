@@ -114,7 +114,7 @@ step "fuzz (${FUZZ_SECONDS}s per target)"
 # cargo-fuzz passes nightly-only flags (-Zsanitizer); this machine has only the stable
 # toolchain and no other can be fetched, so unlock them for this build alone.
 export RUSTC_BOOTSTRAP=1
-for target in open body; do
+for target in open body blob; do
     log="$(mktemp)"
     if ! cargo fuzz run --fuzz-dir fuzz -O "$target" -- -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1; then
         tail -n 60 "$log" >&2
