@@ -166,7 +166,11 @@ pub async fn fleet_outcome(
     influx: SocketAddr,
     summary: &vigie_sim::FleetSummary,
 ) -> (usize, usize, usize) {
-    let recorded = (summary.recorded - summary.dropped) as usize;
+    recorded_outcome(influx, (summary.recorded - summary.dropped) as usize).await
+}
+
+/// [`fleet_outcome`] of `recorded` readings (the devices' count, several runs summed).
+pub async fn recorded_outcome(influx: SocketAddr, recorded: usize) -> (usize, usize, usize) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         crate::wait_for(

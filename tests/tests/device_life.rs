@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions, FleetSummary};
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings, text};
-use vigie_tests::scenario::fleet_stored;
+use vigie_tests::scenario::recorded_outcome;
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
 async fn run(
@@ -142,32 +142,19 @@ async fn a_device_removed_and_added_again_loses_nothing() {
     assert_eq!((new.failed, new.waiting), (0, 0), "{new}");
 
     let recorded = (old.recorded - old.dropped + new.recorded - new.dropped) as usize;
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        wait_for(
-            "every reading stored",
-            Duration::from_secs(60),
-            async || fleet_stored(influx.addr).await.0.len() >= recorded,
-        ),
-    )
-    .await;
-    let (readings, rows) = fleet_stored(influx.addr).await;
-    let (lost, duplicated) = (
-        recorded.saturating_sub(readings.len()),
-        rows - readings.len(),
-    );
+    let (stored, lost, duplicated) = recorded_outcome(influx.addr, recorded).await;
     let refused = gw.metric("vigie_frames_rejected_total").unwrap();
     eprintln!(
         "remove + add: old board recorded={} new board recorded={} (epoch {epoch}) stored={} \
          lost={lost} duplicated={duplicated} refused={refused} duplicates_seen={}",
         old.recorded,
         new.recorded,
-        readings.len(),
+        stored,
         gw.metric("vigie_frames_duplicate_total").unwrap(),
     );
     assert!(old.recorded > 5 && new.recorded > 5, "both boards ran");
     assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(readings.len(), recorded);
+    assert_eq!(stored, recorded);
     assert_eq!(refused, 0.0);
     assert_eq!(epoch, 2, "{added}");
     assert!(added.contains("key epoch 2"), "{added}");
@@ -210,25 +197,12 @@ async fn the_simulator_run_twice_with_the_same_blobs_loses_nothing() {
         .iter()
         .map(|s| (s.recorded - s.dropped) as usize)
         .sum();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        wait_for(
-            "every reading stored",
-            Duration::from_secs(60),
-            async || fleet_stored(influx.addr).await.0.len() >= recorded,
-        ),
-    )
-    .await;
-    let (readings, rows) = fleet_stored(influx.addr).await;
-    let (lost, duplicated) = (
-        recorded.saturating_sub(readings.len()),
-        rows - readings.len(),
-    );
+    let (stored, lost, duplicated) = recorded_outcome(influx.addr, recorded).await;
     let refused = gw.metric("vigie_frames_rejected_total").unwrap();
     eprintln!(
         "simulator twice: recorded={recorded} stored={} lost={lost} duplicated={duplicated} \
          refused={refused}",
-        readings.len()
+        stored
     );
     for s in &summaries {
         assert_eq!(s.verdict(), Ok(()), "{s}");

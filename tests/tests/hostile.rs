@@ -193,23 +193,51 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
     gw.stop().await;
 }
 
-/// Replaying the quarantine never destroys the evidence of a reused counter: once 64
-/// newer frames are stored its counter's tag is no longer kept, and the replay would have
-/// judged it a duplicate and deleted it (issue: "evidence that disappears").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_reused_counter_stays_in_the_quarantine() {
+/// One air-quality device `lyon/aq-1`, InfluxDB with its database, Mosquitto with its
+/// accounts (`broker_access` may change them first), and a gateway config for them.
+struct OneDevice {
+    influx: vigie_tests::Server,
+    broker: vigie_tests::Server,
+    dir: tempfile::TempDir,
+    aq: Device,
+    config: gateway::config::Config,
+}
+
+async fn one_device(broker_access: impl FnOnce(&std::path::Path)) -> OneDevice {
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
     let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    broker_access(&dir.path().join("broker-access.json"));
     let broker = mosquitto(dir.path());
-    let mut config = fleet::gateway_config(
+    let config = fleet::gateway_config(
         dir.path(),
         "gw-hostile",
         broker.addr,
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
+    OneDevice {
+        influx,
+        broker,
+        dir,
+        aq,
+        config,
+    }
+}
+
+/// Replaying the quarantine never destroys the evidence of a reused counter: once 64
+/// newer frames are stored its counter's tag is no longer kept, and the replay would have
+/// judged it a duplicate and deleted it (issue: "evidence that disappears").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_reused_counter_stays_in_the_quarantine() {
+    let OneDevice {
+        influx: _influx,
+        dir: _dir,
+        broker,
+        aq,
+        mut config,
+    } = one_device(|_| {}).await;
     config.http.admin_token = Some(gateway::config::Secret::new("replay-token-0123456789"));
     let gw = InProcessGateway::start(config.clone()).await;
     let now = now_s();
@@ -268,18 +296,13 @@ async fn a_replayed_reused_counter_stays_in_the_quarantine() {
 /// counted each time but quarantined once (issue: 8,255 entries in 80 s for one board).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let broker = mosquitto(dir.path());
-    let config = fleet::gateway_config(
-        dir.path(),
-        "gw-hostile",
-        broker.addr,
-        Some(fleet::database(DatabaseApi::V1, influx.addr)),
-    );
+    let OneDevice {
+        influx: _influx,
+        dir: _dir,
+        broker,
+        aq,
+        config,
+    } = one_device(|_| {}).await;
     let gw = InProcessGateway::start(config.clone()).await;
     let mut old_key = aq.clone();
     old_key.key[0] ^= 1;
@@ -319,31 +342,27 @@ async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
 /// on the ack topics) is seen: counted as refused, not as sent (issue 30).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_acknowledgements_the_broker_refuses_are_counted_as_refused() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
     // The gateway role loses its right to publish acknowledgements.
-    let access = dir.path().join("broker-access.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&access).unwrap()).unwrap();
-    for role in config["roles"].as_array_mut().unwrap() {
-        if let Some(acls) = role["acls"].as_array_mut() {
-            acls.retain(|a| {
-                a["topic"] != "vigie/v1/+/+/ack" || a["acltype"] != "publishClientSend"
-            });
+    let OneDevice {
+        influx: _influx,
+        dir: _dir,
+        broker,
+        aq,
+        config,
+    } = one_device(|access| {
+        let mut dynsec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(access).unwrap()).unwrap();
+        for role in dynsec["roles"].as_array_mut().unwrap() {
+            if let Some(acls) = role["acls"].as_array_mut() {
+                acls.retain(|a| {
+                    a["topic"] != "vigie/v1/+/+/ack" || a["acltype"] != "publishClientSend"
+                });
+            }
         }
-    }
-    std::fs::write(&access, serde_json::to_string(&config).unwrap()).unwrap();
-    let broker = mosquitto(dir.path());
-    let gw_config = fleet::gateway_config(
-        dir.path(),
-        "gw-hostile",
-        broker.addr,
-        Some(fleet::database(DatabaseApi::V1, influx.addr)),
-    );
-    let gw = InProcessGateway::start(gw_config).await;
+        std::fs::write(access, serde_json::to_string(&dynsec).unwrap()).unwrap();
+    })
+    .await;
+    let gw = InProcessGateway::start(config).await;
     let now = now_s();
     let frames: Vec<_> = (0..10)
         .map(|c| (aq.topic(), aq.frame(&[aq.reading(c, now - 100 + c)], c)))
