@@ -122,6 +122,27 @@ async fn a_flooding_device_never_evicts_another_devices_settled_frames() {
             && rejected("kind_mismatch") + held("kind_mismatch") >= u64::from(5 + WRONG_KIND)
     })
     .await;
+    // More forged waves until rotation has evicted something: a rotation evicts the file
+    // before it, so how many it takes depends on how the flood was batched (six at most).
+    for wave in 1..=6u32 {
+        if metrics.total("vigie_quarantine_evicted_total") > 0.0 {
+            break;
+        }
+        let forged: Vec<_> = (0..FORGED)
+            .map(|i| {
+                let mut f = victim.frame(&[flooder.reading(i, now - 50)], wave * 100_000 + i);
+                f.extend_from_slice(&[0u8; 64]);
+                (flooder.topic(), f)
+            })
+            .collect();
+        fleet::publish_all(broker.addr, &forged).await;
+        wait_for("the wave judged", Duration::from_secs(60), async || {
+            rejected("authentication") >= u64::from(FORGED * (wave + 1))
+        })
+        .await;
+        // Rotations happen at the commit after the entries are counted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Counted when judged, durable at the commit: read once the commit is done.
     let qdir = config.gateway.data_dir.join("quarantine");

@@ -27,6 +27,9 @@ use vigie_tests::process::{GatewayProcess, GatewaySettings};
 use vigie_tests::scenario::{assert_all_stored, fleet_outcome};
 use vigie_tests::{influxdb, mosquitto, readback, wait_for};
 
+/// One scenario at a time: both pace their clocks against real time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// Virtual seconds between samples; at 20× one sample every 3 real seconds per device,
 /// and the fleet's virtual clock ends within minutes of the real one.
@@ -43,6 +46,7 @@ async fn set_offset(file: &std::path::Path, offset: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
+    let _serial = SERIAL.lock().await;
     assert!(
         std::path::Path::new(LIBFAKETIME).exists(),
         "libfaketime missing: scripts/test.sh installs Debian's faketime"
@@ -165,6 +169,7 @@ async fn a_gateway_clock_ahead_or_behind_loses_no_acknowledged_reading() {
 /// The fleet runs at real pace (its timeline 35 s behind, shifted 70 s ahead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_clock_ahead_loses_no_acknowledged_reading() {
+    let _serial = SERIAL.lock().await;
     use vigie_tests::process::InProcessGateway;
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
