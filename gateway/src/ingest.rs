@@ -282,7 +282,7 @@ impl Worker {
                     if let Ok(r) = Record::decode(payload)
                         && !r.device.is_empty()
                     {
-                        book.accept(&r.tenant, &r.device, r.epoch, r.counter, r.tag);
+                        book.accept(&r);
                     }
                 }
                 Recovered::Corrupt(bytes) => {

@@ -9,6 +9,7 @@
 use gateway::pure::batch::{self, Outcome};
 use gateway::pure::lineproto::StringFields;
 use gateway::pure::reason::Reason;
+use gateway::pure::record::Record;
 use gateway::pure::replay_book::ReplayBook;
 use gateway::pure::validate::TimeRules;
 use gateway::pure::verify::Context;
@@ -108,13 +109,16 @@ fn run(case: &Value, batches: &[usize]) -> Vec<Value> {
             .unwrap()
             .try_into()
             .unwrap();
-        book.accept(
-            s["tenant"].as_str().unwrap(),
-            s["device"].as_str().unwrap(),
-            s["epoch"].as_u64().unwrap() as u32,
-            s["counter"].as_u64().unwrap() as u32,
-            Some(tag),
-        );
+        // No lines: the case's prior state says nothing of when it was measured.
+        book.accept(&Record {
+            tenant: s["tenant"].as_str().unwrap().into(),
+            device: s["device"].as_str().unwrap().into(),
+            epoch: s["epoch"].as_u64().unwrap() as u32,
+            counter: s["counter"].as_u64().unwrap() as u32,
+            readings: 0,
+            tag: Some(tag),
+            lines: String::new(),
+        });
     }
     let rules = TimeRules {
         max_future_skew_s: case["max_future_skew"].as_u64().unwrap(),

@@ -173,6 +173,21 @@ fn aq_point(dev: &Dev, time: u32, counter: u32) -> Value {
     )
 }
 
+/// The point of the status reading of the kind cases.
+fn status_point(dev: &Dev, time: u32, counter: u32) -> Value {
+    point(
+        dev,
+        "device_status",
+        time,
+        counter,
+        json!({
+            "batteryVoltage": float(3.65), "rssi": int(-71),
+            "firmwareVersion": { "type": "string", "value": "1.4.2" },
+            "uptime": int(86_400), "errorFlags": int(0), "droppedReadings": int(0),
+        }),
+    )
+}
+
 fn stored(points: Vec<Value>) -> Value {
     json!({ "verdict": "stored", "points": points })
 }
@@ -556,17 +571,7 @@ fn cases() -> Vec<Case> {
     out.push(case(
         "kind: device status from any device; its field types",
         vec![msg(&AQ.up(), &AQ.seal(&[status_reading], 5))],
-        vec![stored(vec![point(
-            &AQ,
-            "device_status",
-            t,
-            5,
-            json!({
-                "batteryVoltage": float(3.65), "rssi": int(-71),
-                "firmwareVersion": { "type": "string", "value": "1.4.2" },
-                "uptime": int(86_400), "errorFlags": int(0), "droppedReadings": int(0),
-            }),
-        )])],
+        vec![stored(vec![status_point(&AQ, t, 5)])],
     ));
     let late_kind = AQ.seal(&[bin_reading(NOW + 3_600, 40)], 5);
     out.push(case(
@@ -611,6 +616,54 @@ fn cases() -> Vec<Case> {
         clock_synchronised: true,
         expect: vec![duplicate()],
     });
+    // Stored time (check 11, §13.2): counters 1000 apart share a millisecond.
+    let c3 = AQ.seal(&[aq(t - 5)], 3);
+    out.push(case(
+        "stored time: counters 3 and 1003 in one second, the second refused",
+        vec![
+            msg(&AQ.up(), &c3),
+            msg(&AQ.up(), &AQ.seal(&[aq(t - 5)], 1003)),
+        ],
+        vec![
+            stored(vec![aq_point(&AQ, t - 5, 3)]),
+            refused("time_collision"),
+        ],
+    ));
+    out.push(case(
+        "stored time: a frame spanning a second another block stored is refused",
+        vec![
+            msg(&AQ.up(), &c3),
+            msg(&AQ.up(), &AQ.seal(&[aq(t - 9), aq(t - 1)], 1500)),
+        ],
+        vec![
+            stored(vec![aq_point(&AQ, t - 5, 3)]),
+            refused("time_collision"),
+        ],
+    ));
+    out.push(case(
+        "stored time: the next block one second later, the same block's second, a status",
+        vec![
+            msg(&AQ.up(), &c3),
+            msg(&AQ.up(), &AQ.seal(&[aq(t - 4)], 1003)),
+            msg(&AQ.up(), &AQ.seal(&[aq(t - 5)], 999)),
+            msg(
+                &AQ.up(),
+                &AQ.seal(
+                    &[Reading {
+                        time: t - 5,
+                        ..status_reading
+                    }],
+                    2003,
+                ),
+            ),
+        ],
+        vec![
+            stored(vec![aq_point(&AQ, t - 5, 3)]),
+            stored(vec![aq_point(&AQ, t - 4, 1003)]),
+            stored(vec![aq_point(&AQ, t - 5, 999)]),
+            stored(vec![status_point(&AQ, t - 5, 2003)]),
+        ],
+    ));
     let c10 = AQ.seal(&[aq(t - 3)], 10);
     let c11 = AQ.seal(&[aq(t - 2)], 11);
     let c12 = AQ.seal(&[aq(t - 1)], 12);

@@ -380,3 +380,57 @@ async fn device_acknowledgements_the_broker_refuses_are_counted_as_refused() {
     assert_eq!(gw.metrics.total("vigie_device_acks_total"), 0.0);
     gw.stop().await;
 }
+
+/// Counters 1000 apart carrying one second would share a stored millisecond (SPEC §6):
+/// counter 1003 dated at counter 3's second overwrote 3's values, both acknowledged
+/// (issue 27: "77.7 overwrote 66.6"). Now the later frame is refused `time_collision`
+/// and kept in the quarantine, counter 3's values stay, and what follows flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_a_thousand_apart_in_one_second_never_overwrite() {
+    let OneDevice {
+        influx,
+        dir: _dir,
+        broker,
+        aq,
+        config,
+    } = one_device(|_| {}).await;
+    let gw = InProcessGateway::start(config.clone()).await;
+    let start = now_s() - 3000;
+    let devices = std::slice::from_ref(&aq);
+    let before = vigie_tests::scenario::load(devices, 20, start);
+    // The board's clock went back: frame 1003 measured at frame 3's second, other values.
+    let colliding = aq.frame(&[aq.reading(7, start + 3)], 1003);
+    let after = vigie_tests::scenario::load_from(devices, 1004, 10, start);
+    let mut messages = before.messages.clone();
+    messages.push((aq.topic(), colliding.clone()));
+    messages.extend(after.messages.iter().cloned());
+    fleet::publish_all(broker.addr, &messages).await;
+    let expected: BTreeSet<String> = before.expected.union(&after.expected).cloned().collect();
+    let outcome =
+        vigie_tests::scenario::all_stored(influx.addr, &expected, Duration::from_secs(30)).await;
+    let collided = gw
+        .metrics
+        .frames_rejected
+        .get_or_create(&ReasonLabel {
+            reason: "time_collision",
+        })
+        .get();
+    let qdir = config.gateway.data_dir.join("quarantine");
+    wait_for(
+        "the refused frame kept",
+        Duration::from_secs(10),
+        async || !gateway::quarantine::read_all(&qdir).unwrap().0.is_empty(),
+    )
+    .await;
+    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    eprintln!(
+        "counters 1000 apart: {outcome}; refused time_collision {collided}; quarantine {}",
+        entries.len()
+    );
+    assert_eq!(outcome.lost, 0);
+    assert_eq!(collided, 1);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].reason, "time_collision");
+    assert_eq!(entries[0].payload, hex::encode(&colliding));
+    gw.stop().await;
+}

@@ -60,10 +60,7 @@ pub fn judge<'m>(
         };
         let outcome = match verify::assess(topic, payload, &cx) {
             Verdict::Accept(a) => {
-                let r = &a.record;
-                if let Some(tag) = r.tag {
-                    pending.accept(&r.tenant, &r.device, r.epoch, r.counter, tag);
-                }
+                pending.accept(&a.record);
                 plan.accepted.push(*a);
                 Outcome::Store(plan.accepted.len() - 1)
             }
@@ -93,10 +90,7 @@ pub fn apply<'a>(
 ) -> Vec<Gap> {
     accepted
         .into_iter()
-        .map(|a| {
-            let r = &a.record;
-            book.accept(&r.tenant, &r.device, r.epoch, r.counter, r.tag)
-        })
+        .map(|a| book.accept(&a.record))
         .collect()
 }
 
@@ -115,10 +109,11 @@ mod tests {
     }
 
     /// A message: device, counter, and a value that makes frames under one counter differ.
+    /// A later counter is a later second, as from an honest clock.
     fn message(device: &str, counter: u32, variant: u8) -> (String, Vec<u8>) {
         let key = fixtures::key(device);
         let reading = Reading {
-            time: NOW as u32 - 100 + u32::from(variant),
+            time: NOW as u32 - 3000 + counter + u32::from(variant),
             values: Values::AirQuality(AirQuality {
                 pm25: Field::Value(100 + u16::from(variant)),
                 ..AirQuality::default()

@@ -27,6 +27,9 @@ pub enum Reason {
     /// A reading is older than the configured horizon: refused when the host clock is
     /// synchronised, else held (SPEC §13.3).
     StaleTimestamp,
+    /// A reading would share its stored point (second + counter mod 1000) with a reading
+    /// of another block of 1000 counters: the device's clock went back (SPEC §13.2).
+    TimeCollision,
     /// The database refused the line (400/422) after the batch was split down to it.
     DatabaseRejected,
     /// Bytes of the durable buffer that are not a valid record (disk corruption).
@@ -58,12 +61,13 @@ impl Reason {
             Self::KindMismatch
             | Self::CounterReused
             | Self::FutureTimestamp
-            | Self::StaleTimestamp => true,
+            | Self::StaleTimestamp
+            | Self::TimeCollision => true,
         }
     }
 
     /// Every reason code, for metrics that list zero counts too.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "topic",
         "unknown_device",
         "revoked",
@@ -74,6 +78,7 @@ impl Reason {
         "counter_reused",
         "future_timestamp",
         "stale_timestamp",
+        "time_collision",
         "database_rejected",
         "buffer_corrupt",
     ];
@@ -91,6 +96,7 @@ impl Reason {
             Self::CounterReused => "counter_reused",
             Self::FutureTimestamp => "future_timestamp",
             Self::StaleTimestamp => "stale_timestamp",
+            Self::TimeCollision => "time_collision",
             Self::DatabaseRejected => "database_rejected",
             Self::BufferCorrupt => "buffer_corrupt",
         }
@@ -118,6 +124,9 @@ impl Reason {
             }
             "stale_timestamp" => {
                 "a reading is older than validation.max_age: the device's clock is wrong or its queue very old"
+            }
+            "time_collision" => {
+                "a reading at a second this device already used 1000 counters earlier: its clock went back; the quarantine keeps the frame"
             }
             _ => "",
         }

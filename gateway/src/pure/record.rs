@@ -9,9 +9,11 @@
 //! Records written before the tag existed start directly with the tenant's length (ids
 //! are at most 32 bytes, so never 0xFF); they still decode, with no tag.
 
-/// One accepted frame.
+use super::replay_book::Seconds;
+use protocol::Kind;
 use std::sync::Arc;
 
+/// One accepted frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Tenant id.
@@ -28,6 +30,37 @@ pub struct Record {
     pub tag: Option<[u8; 8]>,
     /// Line protocol, one line per reading, each ending in `\n`.
     pub lines: String,
+}
+
+impl Record {
+    /// The frame's kind and the seconds its readings were measured at, read back from its
+    /// lines (measurement first, millisecond timestamp last): what the replay book keeps
+    /// of a stored frame's time. `None` for lines that do not end in a timestamp.
+    pub fn seconds(&self) -> Option<Seconds> {
+        let mut out: Option<Seconds> = None;
+        for line in self.lines.lines() {
+            let measurement = line.split([',', ' ']).next()?;
+            let kind = Kind::ALL
+                .into_iter()
+                .find(|k| k.measurement() == measurement)?;
+            let ms: u64 = line.rsplit(' ').next()?.parse().ok()?;
+            let s = u32::try_from(ms / 1000).ok()?;
+            let here = Seconds {
+                kind: kind.code(),
+                first: s,
+                last: s,
+            };
+            match &mut out {
+                Some(o) if o.kind == here.kind => {
+                    o.first = o.first.min(s);
+                    o.last = o.last.max(s);
+                }
+                Some(_) => return None,
+                None => out = Some(here),
+            }
+        }
+        out
+    }
 }
 
 /// A payload that does not parse (the checksum matched, so this is a bug or an old format).
@@ -160,5 +193,26 @@ mod tests {
         for cut in 0..28 {
             assert_eq!(Record::decode(&buf[..cut]), Err(RecordError), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn seconds_are_read_back_from_the_lines() {
+        let mut r = Record {
+            tenant: "lyon".into(),
+            device: "aq-1".into(),
+            epoch: 1,
+            counter: 1003,
+            readings: 2,
+            tag: None,
+            lines: "air_quality,site=a\\ b pm25=1 1795305600003\n\
+                    air_quality,site=a pm25=2,q=\"x y\" 1795305660003\n"
+                .into(),
+        };
+        let s = r.seconds().unwrap();
+        assert_eq!((s.kind, s.first, s.last), (1, 1_795_305_600, 1_795_305_660));
+        r.lines = "device_status battery=3.6 1795305600003\nair_quality pm25=1 1\n".into();
+        assert_eq!(r.seconds(), None, "two kinds in one frame: none");
+        r.lines = "air_quality pm25=1\n".into();
+        assert_eq!(r.seconds(), None, "no timestamp");
     }
 }

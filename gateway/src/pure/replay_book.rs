@@ -12,12 +12,23 @@
 //! counter ([`Seen::Reused`]). Older counters inside the window have no tag kept and count
 //! as duplicates.
 //!
-//! Snapshot: `"VGR2"`, u32 count, then per device `u8 len, tenant, u8 len, device,
-//! u32 epoch, window, u8 n, n × (u32 counter, 8-byte tag)`, then CRC-32 of everything
-//! before. `"VGR1"` snapshots (no tags) still load.
+//! **Stored time.** A reading is stored at its second plus the counter modulo 1000 as
+//! milliseconds (SPEC §6), so counters `c` and `c + 1000·k` of one second would become one
+//! point. Such counters always fall in different blocks of [`BLOCK`] counters, so the book
+//! keeps, per device and kind, the span of seconds each block stored ([`Span`]); a frame
+//! whose seconds overlap another block's span is refused (`time_collision`, SPEC §13.2).
+//! An honest clock never trips it: a block's seconds all come after the block before.
+//! Past [`SPANS`] blocks the oldest are merged into one span per kind, which counts as
+//! another block for every frame: stricter, never weaker.
+//!
+//! Snapshot: `"VGR3"`, u32 count, then per device `u8 len, tenant, u8 len, device,
+//! u32 epoch, window, u8 n, n × (u32 counter, 8-byte tag), u8 m, m × (u32 epoch,
+//! u32 block, u8 kind, u32 first, u32 last)`, then CRC-32 of everything before. `"VGR2"`
+//! (no spans) and `"VGR1"` (no tags) snapshots still load.
 
 use super::FastMap;
 use super::missing::{self, Gap};
+use super::record::Record;
 use protocol::{Freshness, ReplayWindow};
 
 /// How many recent (counter, tag) pairs are kept per device.
@@ -25,6 +36,45 @@ pub const RECENT: usize = 64;
 
 /// A frame's authentication tag: what tells two frames under one counter apart.
 pub type Tag = [u8; 8];
+
+/// Counters per block of the stored-time check: `c` and `c + 1000·k` share a millisecond.
+pub const BLOCK: u32 = 1000;
+
+/// Blocks whose spans are kept one by one per device; older ones are merged.
+pub const SPANS: usize = 64;
+
+/// The block number of merged spans (no counter has it: `u32::MAX / BLOCK` is smaller).
+const MERGED: u32 = u32::MAX;
+
+/// The seconds a frame's readings (or a block's frames) of one kind were measured at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds {
+    /// The frame's kind code (readings and status reports are different series).
+    pub kind: u8,
+    /// Earliest second.
+    pub first: u32,
+    /// Latest second.
+    pub last: u32,
+}
+
+impl Seconds {
+    fn overlaps(&self, other: &Seconds) -> bool {
+        self.kind == other.kind && self.first <= other.last && other.first <= self.last
+    }
+
+    fn widen(&mut self, other: &Seconds) {
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+}
+
+/// The seconds one block of counters (under one key epoch) stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    epoch: u32,
+    block: u32,
+    seconds: Seconds,
+}
 
 /// What the book says of a verified counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +135,8 @@ struct Slot {
     epoch: u32,
     window: ReplayWindow,
     recent: Recent,
+    /// Kept across key epochs: a new epoch's counters restart and can meet old seconds.
+    spans: Vec<Span>,
 }
 
 impl Slot {
@@ -112,13 +164,78 @@ impl Slot {
         }
     }
 
+    /// Whether a frame with `seconds` could share a stored point with another block's.
+    fn collides(&self, epoch: u32, counter: u32, seconds: &Seconds) -> bool {
+        let block = counter / BLOCK;
+        self.spans
+            .iter()
+            .any(|s| (s.epoch, s.block) != (epoch, block) && s.seconds.overlaps(seconds))
+    }
+
+    fn note_seconds(&mut self, epoch: u32, counter: u32, seconds: Seconds) {
+        let block = counter / BLOCK;
+        let kind = seconds.kind;
+        match self
+            .spans
+            .iter_mut()
+            .find(|s| (s.epoch, s.block, s.seconds.kind) == (epoch, block, kind))
+        {
+            Some(s) => s.seconds.widen(&seconds),
+            None => self.spans.push(Span {
+                epoch,
+                block,
+                seconds,
+            }),
+        }
+        while self.spans.iter().filter(|s| s.block != MERGED).count() > SPANS {
+            self.merge_oldest();
+        }
+    }
+
+    /// Folds the block span that ends earliest into its kind's merged span.
+    fn merge_oldest(&mut self) {
+        let Some(i) = (0..self.spans.len())
+            .filter(|&i| self.spans[i].block != MERGED)
+            .min_by_key(|&i| self.spans[i].seconds.last)
+        else {
+            return;
+        };
+        let old = self.spans.swap_remove(i);
+        let kind = old.seconds.kind;
+        match self
+            .spans
+            .iter_mut()
+            .find(|s| s.block == MERGED && s.seconds.kind == kind)
+        {
+            Some(m) => m.seconds.widen(&old.seconds),
+            None => self.spans.push(Span {
+                epoch: 0,
+                block: MERGED,
+                ..old
+            }),
+        }
+    }
+
     /// Records a durable counter; returns what it says of missing counters.
-    fn accept(&mut self, epoch: u32, counter: u32, tag: Option<Tag>) -> Gap {
+    fn accept(
+        &mut self,
+        epoch: u32,
+        counter: u32,
+        tag: Option<Tag>,
+        seconds: Option<Seconds>,
+    ) -> Gap {
         if self.epoch < epoch {
-            *self = Self::new(epoch);
+            let spans = std::mem::take(&mut self.spans);
+            *self = Self {
+                spans,
+                ..Self::new(epoch)
+            };
         }
         if self.epoch > epoch {
             return Gap::None;
+        }
+        if let Some(seconds) = seconds {
+            self.note_seconds(epoch, counter, seconds);
         }
         let gap = match self.window.check(counter) {
             Freshness::Fresh => missing::gap(self.window.highest(), counter),
@@ -136,6 +253,10 @@ impl Slot {
 pub trait Counters {
     /// Classifies a verified counter of `tenant`/`device` under key `epoch`.
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen;
+
+    /// Whether a fresh frame's readings could land on a point another block of counters
+    /// stored (SPEC §13.2 "Stored time").
+    fn collides(&self, who: (&str, &str), epoch: u32, counter: u32, seconds: &Seconds) -> bool;
 }
 
 /// Key epoch, replay window and recent tags of each device, by tenant then device
@@ -151,7 +272,8 @@ pub struct ReplayBook {
 pub struct SnapshotError;
 
 const MAGIC_V1: &[u8; 4] = b"VGR1";
-const MAGIC: &[u8; 4] = b"VGR2";
+const MAGIC_V2: &[u8; 4] = b"VGR2";
+const MAGIC: &[u8; 4] = b"VGR3";
 
 impl Counters for ReplayBook {
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen {
@@ -160,6 +282,11 @@ impl Counters for ReplayBook {
             Some(s) => s.seen(epoch, counter, Some(tag)),
         }
     }
+
+    fn collides(&self, who: (&str, &str), epoch: u32, counter: u32, seconds: &Seconds) -> bool {
+        self.slot(who.0, who.1)
+            .is_some_and(|s| s.collides(epoch, counter, seconds))
+    }
 }
 
 impl ReplayBook {
@@ -167,15 +294,21 @@ impl ReplayBook {
         self.windows.get(tenant).and_then(|d| d.get(device))
     }
 
-    /// Records a durable counter (with its frame's tag when known). Returns what it says
-    /// of missing counters.
-    pub fn accept(
+    /// Records a durable frame (its tag and the seconds of its readings when known).
+    /// Returns what it says of missing counters.
+    pub fn accept(&mut self, record: &Record) -> Gap {
+        let r = record;
+        self.accept_counter(&r.tenant, &r.device, r.epoch, r.counter, r.tag, r.seconds())
+    }
+
+    fn accept_counter(
         &mut self,
         tenant: &str,
         device: &str,
         epoch: u32,
         counter: u32,
         tag: Option<Tag>,
+        seconds: Option<Seconds>,
     ) -> Gap {
         let devices = match self.windows.get_mut(tenant) {
             Some(d) => d,
@@ -187,7 +320,7 @@ impl ReplayBook {
                 .entry(device.to_string())
                 .or_insert_with(|| Slot::new(epoch)),
         };
-        slot.accept(epoch, counter, tag)
+        slot.accept(epoch, counter, tag, seconds)
     }
 
     /// The highest counter accepted of `tenant`/`device` under key `epoch`.
@@ -245,13 +378,22 @@ impl ReplayBook {
                 out.extend_from_slice(&counter.to_be_bytes());
                 out.extend_from_slice(tag);
             }
+            // At most SPANS blocks plus one merged span per kind: fits a byte.
+            out.push(slot.spans.len() as u8);
+            for s in &slot.spans {
+                out.extend_from_slice(&s.epoch.to_be_bytes());
+                out.extend_from_slice(&s.block.to_be_bytes());
+                out.push(s.seconds.kind);
+                out.extend_from_slice(&s.seconds.first.to_be_bytes());
+                out.extend_from_slice(&s.seconds.last.to_be_bytes());
+            }
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
 
-    /// Parses a snapshot (this version's or the one before, which has no tags).
+    /// Parses a snapshot (this version's, or an older one without spans or tags).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let (body, crc) = bytes
             .split_at_checked(bytes.len().saturating_sub(4))
@@ -259,9 +401,10 @@ impl ReplayBook {
         if crc.len() != 4 || crc32fast::hash(body).to_be_bytes() != crc {
             return Err(SnapshotError);
         }
-        let with_tags = match body.get(..4) {
-            Some(m) if m == MAGIC => true,
-            Some(m) if m == MAGIC_V1 => false,
+        let (with_tags, with_spans) = match body.get(..4) {
+            Some(m) if m == MAGIC => (true, true),
+            Some(m) if m == MAGIC_V2 => (true, false),
+            Some(m) if m == MAGIC_V1 => (false, false),
             _ => return Err(SnapshotError),
         };
         let mut rest = &body[4..];
@@ -287,6 +430,7 @@ impl ReplayBook {
                 epoch,
                 window: ReplayWindow::from_bytes(&w),
                 recent: Recent::default(),
+                spans: Vec::new(),
             };
             if with_tags {
                 let n = take(1)?[0] as usize;
@@ -297,6 +441,20 @@ impl ReplayBook {
                     let counter = u32_of(take(4)?);
                     let tag: Tag = take(8)?.try_into().map_err(|_| SnapshotError)?;
                     slot.recent.push((counter, tag));
+                }
+            }
+            if with_spans {
+                let m = take(1)?[0] as usize;
+                for _ in 0..m {
+                    let (epoch, block) = (u32_of(take(4)?), u32_of(take(4)?));
+                    let kind = take(1)?[0];
+                    let (first, last) = (u32_of(take(4)?), u32_of(take(4)?));
+                    let seconds = Seconds { kind, first, last };
+                    slot.spans.push(Span {
+                        epoch,
+                        block,
+                        seconds,
+                    });
                 }
             }
             windows.entry(tenant).or_default().insert(device, slot);
@@ -319,7 +477,8 @@ pub struct Pending<'a> {
 
 impl Pending<'_> {
     /// Notes a frame this batch accepts.
-    pub fn accept(&mut self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: Tag) {
+    pub fn accept(&mut self, record: &Record) {
+        let (tenant, device, epoch) = (&*record.tenant, &*record.device, record.epoch);
         let devices = match self.touched.get_mut(tenant) {
             Some(d) => d,
             None => self.touched.entry(tenant.to_string()).or_default(),
@@ -333,7 +492,7 @@ impl Pending<'_> {
                     .unwrap_or_else(|| Slot::new(epoch))
             }),
         };
-        slot.accept(epoch, counter, Some(tag));
+        slot.accept(epoch, record.counter, record.tag, record.seconds());
     }
 }
 
@@ -342,6 +501,13 @@ impl Counters for Pending<'_> {
         match self.touched.get(tenant).and_then(|d| d.get(device)) {
             Some(slot) => slot.seen(epoch, counter, Some(tag)),
             None => self.book.seen(tenant, device, epoch, counter, tag),
+        }
+    }
+
+    fn collides(&self, who: (&str, &str), epoch: u32, counter: u32, seconds: &Seconds) -> bool {
+        match self.touched.get(who.0).and_then(|d| d.get(who.1)) {
+            Some(slot) => slot.collides(epoch, counter, seconds),
+            None => self.book.collides(who, epoch, counter, seconds),
         }
     }
 }
@@ -353,19 +519,105 @@ mod tests {
     const T1: Tag = [1; 8];
     const T2: Tag = [2; 8];
 
+    /// A stored frame of `t`/`d` (epoch 1) with one air-quality reading at second 100.
+    fn rec(counter: u32, tag: Tag) -> Record {
+        Record {
+            tenant: "t".into(),
+            device: "d".into(),
+            epoch: 1,
+            counter,
+            readings: 1,
+            tag: Some(tag),
+            lines: "air_quality pm25=1 100000\n".into(),
+        }
+    }
+
+    fn secs(kind: u8, first: u32, last: u32) -> Seconds {
+        Seconds { kind, first, last }
+    }
+
+    #[test]
+    fn counters_a_thousand_apart_never_share_a_second() {
+        let mut b = ReplayBook::default();
+        let aq = |c, s| (c, Some(secs(1, s, s)));
+        for (c, s) in [aq(3, 100), aq(4, 160)] {
+            b.accept_counter("t", "d", 1, c, None, s);
+        }
+        let who = ("t", "d");
+        assert!(
+            b.collides(who, 1, 1003, &secs(1, 100, 100)),
+            "3 and 1003 at 100"
+        );
+        assert!(
+            b.collides(who, 1, 1003, &secs(1, 90, 130)),
+            "a span over 100"
+        );
+        assert!(
+            !b.collides(who, 1, 1003, &secs(1, 161, 200)),
+            "after the block"
+        );
+        assert!(
+            !b.collides(who, 1, 999, &secs(1, 100, 100)),
+            "same block: by mod"
+        );
+        assert!(
+            !b.collides(who, 1, 1003, &secs(3, 100, 100)),
+            "status: own series"
+        );
+        assert!(!b.collides(("t", "e"), 1, 1003, &secs(1, 100, 100)));
+        // A new key epoch restarts the counter, not the seconds.
+        b.accept_counter("t", "d", 2, 0, None, Some(secs(1, 500, 500)));
+        assert!(
+            b.collides(who, 2, 3, &secs(1, 100, 100)),
+            "epoch 1's block 0"
+        );
+        assert!(!b.collides(who, 2, 3, &secs(1, 500, 501)), "its own block");
+        // Past SPANS blocks the oldest merge: still refused, the newest still exact.
+        for blk in 1..=(SPANS as u32 + 5) {
+            b.accept_counter(
+                "t",
+                "d",
+                2,
+                blk * BLOCK,
+                None,
+                Some(secs(1, 1000 + blk, 1000 + blk)),
+            );
+        }
+        assert!(
+            b.collides(who, 2, 7, &secs(1, 100, 100)),
+            "merged, still there"
+        );
+        let snap = b.snapshot();
+        assert_eq!(ReplayBook::from_snapshot(&snap), Ok(b.clone()));
+        let slot = b.slot("t", "d").unwrap();
+        assert_eq!(
+            slot.spans.iter().filter(|s| s.block != MERGED).count(),
+            SPANS
+        );
+        assert_eq!(slot.spans.iter().filter(|s| s.block == MERGED).count(), 1);
+        let top = SPANS as u32 + 5;
+        assert!(!b.collides(who, 2, top * BLOCK + 1, &secs(1, 1000 + top, 1000 + top)));
+        assert!(b.collides(
+            who,
+            2,
+            top * BLOCK + 1,
+            &secs(1, 1000 + top - 1, 1000 + top)
+        ));
+    }
+
     #[test]
     fn epochs_gaps_and_snapshot() {
         let mut b = ReplayBook::default();
-        assert_eq!(b.accept("t", "d", 1, 10, Some(T1)), Gap::None);
+        assert_eq!(b.accept_counter("t", "d", 1, 10, Some(T1), None), Gap::None);
         assert_eq!(
-            b.accept("t", "d", 1, 14, Some(T2)),
+            b.accept_counter("t", "d", 1, 14, Some(T2), None),
             Gap::Skipped { from: 10, count: 3 },
             "11, 12, 13 missing"
         );
         assert_eq!(b.highest("t", "d", 1), Some(14));
-        assert_eq!(b.accept("t", "d", 1, 11, None), Gap::Late);
+        assert_eq!(b.accept_counter("t", "d", 1, 11, None, None), Gap::Late);
         assert_eq!(
-            b.accept("t", "d", 1, 11, None),
+            b.accept_counter("t", "d", 1, 11, None, None),
             Gap::None,
             "a duplicate fills nothing"
         );
@@ -383,7 +635,7 @@ mod tests {
             "old epoch refused"
         );
         assert_eq!(b.seen("t", "other", 1, 14, &T1), Seen::Fresh);
-        b.accept("u", "d", 3, 0, None);
+        b.accept_counter("u", "d", 3, 0, None, None);
         let snap = b.snapshot();
         assert_eq!(ReplayBook::from_snapshot(&snap), Ok(b.clone()));
         for i in 0..snap.len() {
@@ -396,7 +648,7 @@ mod tests {
             );
         }
         assert_eq!(ReplayBook::from_snapshot(&snap[..3]), Err(SnapshotError));
-        b.accept("t", "d", 2, 5, None);
+        b.accept_counter("t", "d", 2, 5, None, None);
         assert_eq!(b.seen("t", "d", 1, 20, &T1), Seen::TooOld);
     }
 
@@ -404,7 +656,7 @@ mod tests {
     fn only_the_last_counters_keep_their_tag() {
         let mut b = ReplayBook::default();
         for c in 0..(RECENT as u32 + 10) {
-            b.accept("t", "d", 1, c, Some([c as u8; 8]));
+            b.accept_counter("t", "d", 1, c, Some([c as u8; 8]), None);
         }
         assert_eq!(
             b.seen("t", "d", 1, 3, &T2),
@@ -418,13 +670,13 @@ mod tests {
     #[test]
     fn a_pending_batch_sees_its_own_frames_and_leaves_the_book_alone() {
         let mut b = ReplayBook::default();
-        b.accept("t", "d", 1, 5000, Some(T1));
+        b.accept_counter("t", "d", 1, 5000, Some(T1), None);
         let mut p = b.pending();
         assert_eq!(p.seen("t", "d", 1, 5001, &T1), Seen::Fresh);
-        p.accept("t", "d", 1, 5001, T1);
+        p.accept(&rec(5001, T1));
         assert_eq!(p.seen("t", "d", 1, 5001, &T1), Seen::Duplicate);
         assert_eq!(p.seen("t", "d", 1, 5001, &T2), Seen::Reused);
-        p.accept("t", "d", 1, 8000, T2);
+        p.accept(&rec(8000, T2));
         assert_eq!(
             p.seen("t", "d", 1, 5002, &T2),
             Seen::TooOld,
@@ -441,7 +693,7 @@ mod tests {
     #[test]
     fn version_1_snapshots_still_load() {
         let mut b = ReplayBook::default();
-        b.accept("t", "d", 1, 7, None);
+        b.accept_counter("t", "d", 1, 7, None, None);
         let mut v1 = MAGIC_V1.to_vec();
         v1.extend_from_slice(&1u32.to_be_bytes());
         for s in ["t", "d"] {

@@ -7,7 +7,7 @@ use super::glance::Glance;
 use super::lineproto::{self, StringFields};
 use super::reason::Reason;
 use super::record::Record;
-use super::replay_book::{Counters, Seen, Tag};
+use super::replay_book::{Counters, Seconds, Seen, Tag};
 use super::validate::{self, TimeRules};
 use crate::registry::Registry;
 use protocol::{Channel, DecodeError, Kind, Topic, Values, topic};
@@ -148,6 +148,17 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
                 return Verdict::Reject(Reason::StaleTimestamp);
             }
             Err(reason) => return Verdict::Hold(reason),
+        }
+    }
+    // Readings are in time order: the first and last carry the frame's span.
+    if let (Some(first), Some(last)) = (readings.first(), readings.last()) {
+        let seconds = Seconds {
+            kind: kind.code(),
+            first: first.time,
+            last: last.time,
+        };
+        if counters.collides((tenant, device), epoch, counter, &seconds) {
+            return Verdict::Reject(Reason::TimeCollision);
         }
     }
 
@@ -362,7 +373,15 @@ mod tests {
         let mut book = ReplayBook::default();
         let top = protocol::replay::WINDOW + 100;
         let dup = frame(("lyon", "aq-1"), &[aq(t)], top);
-        book.accept("lyon", "aq-1", 1, top, Some(frame_tag(&dup)));
+        book.accept(&Record {
+            tenant: "lyon".into(),
+            device: "aq-1".into(),
+            epoch: 1,
+            counter: top,
+            readings: 0,
+            tag: Some(frame_tag(&dup)),
+            lines: String::new(),
+        });
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &dup, &book),
             Verdict::Duplicate { .. }
