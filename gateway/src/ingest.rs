@@ -111,8 +111,9 @@ pub enum Job {
     Message(Inbound),
     /// Re-submit every quarantined frame and refused line through the pipeline.
     ReplayQuarantine(oneshot::Sender<ReplaySummary>),
-    /// Swap in a reloaded registry.
-    Registry(Box<Registry>),
+    /// Swap in a reloaded registry, and the age bound its databases' retention allows
+    /// (when asked).
+    Registry(Box<Registry>, Option<Duration>),
 }
 
 /// The registry's size and tenants in the metrics.
@@ -357,8 +358,11 @@ impl Worker {
             while let Some(job) = next.take() {
                 match job {
                     Job::Message(m) => messages.push(m),
-                    Job::Registry(r) => {
+                    Job::Registry(r, max_age) => {
                         tracing::info!(devices = r.len(), "registry reloaded");
+                        if let Some(max_age) = max_age {
+                            self.rules.max_age_s = max_age.as_secs();
+                        }
                         note_registry(&self.metrics, &r);
                         self.registry = *r;
                     }

@@ -212,7 +212,7 @@ pub async fn run_with_metrics(
             .map_err(RunError::Quarantine)
     };
     let db_quarantine = Arc::new(Mutex::new(open_quarantine("quarantine-db")?));
-    let max_age = retention::at_start(&config, &registry.tenants()).await;
+    let max_age = retention::check(&config, &registry.tenants()).await;
     let setup = WorkerSetup {
         fs: fs.clone(),
         registry,
@@ -295,7 +295,8 @@ pub async fn run_with_metrics(
         jobs_tx.clone(),
         metrics.clone(),
         health.clone(),
-    );
+    )
+    .checking_retention(Arc::new(config.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.http.listen {
         let listener = http::bind(addr)
@@ -417,13 +418,16 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
 
 /// Loads the registry file into the running worker: on SIGHUP and on
 /// `POST /registry/reload`. A failure leaves the previous registry in force and is
-/// reported (log line, metric, `/readyz`, and the caller).
+/// reported (log line, metric, `/readyz`, and the caller). With a configuration, the
+/// retention of every commune's database is asked again (a commune added since the start
+/// may keep less than `validation.max_age`) and the age bound follows it.
 #[derive(Debug, Clone)]
 pub struct Reload {
     path: std::path::PathBuf,
     jobs: mpsc::Sender<ingest::Job>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    retention_of: Option<Arc<Config>>,
 }
 
 impl Reload {
@@ -439,6 +443,15 @@ impl Reload {
             jobs,
             metrics,
             health,
+            retention_of: None,
+        }
+    }
+
+    /// Asks the databases of `config` their retention at each reload.
+    pub fn checking_retention(self, config: Arc<Config>) -> Self {
+        Self {
+            retention_of: Some(config),
+            ..self
         }
     }
 
@@ -448,7 +461,12 @@ impl Reload {
             Ok(r) => {
                 let devices = r.len();
                 self.health.set_registry_error(None);
-                let _ = self.jobs.send(ingest::Job::Registry(Box::new(r))).await;
+                let max_age = match &self.retention_of {
+                    Some(config) => Some(retention::check(config, &r.tenants()).await),
+                    None => None,
+                };
+                let job = ingest::Job::Registry(Box::new(r), max_age);
+                let _ = self.jobs.send(job).await;
                 Ok(devices)
             }
             Err(e) => {

@@ -179,10 +179,10 @@ pub async fn ask(
     Ok(out)
 }
 
-/// At start: the age bound to judge by, asked of the databases of `config` for
-/// `tenants` (ten seconds at most), and said in one line. The configured bound when they
+/// At start and at each registry reload: the age bound to judge by, asked of the
+/// databases of `config` for `tenants` (ten seconds at most), and said in one line. The configured bound when they
 /// cannot be asked (said too: the sink holds a commune whose database does not answer).
-pub async fn at_start(config: &crate::config::Config, tenants: &[&str]) -> Duration {
+pub async fn check(config: &crate::config::Config, tenants: &[&str]) -> Duration {
     let max_age = config.validation.max_age;
     let Some(db) = &config.database else {
         return max_age;

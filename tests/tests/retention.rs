@@ -231,3 +231,89 @@ async fn a_batch_dropped_for_retention_is_quarantined_whole_not_split() {
     );
     assert!(logged <= 10);
 }
+
+/// A retention shortened while the gateway runs is found at the next registry reload
+/// (SIGHUP), and the age bound follows it: readings the database would now discard are
+/// refused before any acknowledgement says they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_shortened_while_running_is_found_at_reload() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            extra_toml: "[validation]\nhost_clock = \"always\"\n".into(),
+            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx.addr))
+        },
+    );
+    // An operator shortens the commune's policy, then reloads the registry.
+    let altered = readback::influx_query(
+        influx.addr,
+        "",
+        "ALTER RETENTION POLICY autogen ON vigie_lyon DURATION 30d SHARD DURATION 1d",
+    )
+    .await;
+    assert!(altered["results"][0]["error"].is_null(), "{altered}");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for(
+        "the reload's retention line",
+        Duration::from_secs(20),
+        async || gw.log().contains("keeps 30 days"),
+    )
+    .await;
+    let now = now_s();
+    let messages: Vec<_> = (0..FRAMES)
+        .map(|i| {
+            let time = if i % 2 == 0 {
+                now - 40 * DAY
+            } else {
+                now - 3_600
+            } + i * 60;
+            (aq.topic(), aq.frame(&[aq.reading(i, time)], i + 1))
+        })
+        .collect();
+    fleet::publish_all(broker.addr, &messages).await;
+    wait_for("every frame judged", Duration::from_secs(30), async || {
+        gw.metric("vigie_readings_accepted_total").unwrap_or(0.0)
+            + gw.metric("vigie_frames_rejected_total").unwrap_or(0.0)
+            >= f64::from(FRAMES)
+    })
+    .await;
+    let accepted = gw.metric("vigie_readings_accepted_total").unwrap();
+    let held = async || {
+        readback::influx_points(influx.addr, "vigie_lyon", &["air_quality"])
+            .await
+            .iter()
+            .filter(|p| p.contains("|pm25|"))
+            .count()
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        wait_for(
+            "the accepted readings written",
+            Duration::from_secs(30),
+            async || held().await as f64 >= accepted,
+        ),
+    )
+    .await;
+    let stored = held().await;
+    let refused = gw
+        .metric("vigie_frames_rejected_total{reason=\"stale_timestamp\"}")
+        .unwrap_or(0.0);
+    let lost = (accepted as usize).saturating_sub(stored);
+    eprintln!(
+        "retention shortened at run time: sent={FRAMES} acknowledged_stored={accepted} \
+         in_database={stored} lost={lost} refused_stale={refused}"
+    );
+    assert_eq!(lost, 0, "acknowledged as stored, not in the database");
+    assert_eq!(stored, FRAMES as usize / 2, "the recent half");
+    assert_eq!(refused, f64::from(FRAMES / 2));
+}
