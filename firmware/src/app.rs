@@ -6,7 +6,8 @@
 //! boot ([`Uptime`]), so the board's 32-bit clock wrapping after 49.7 days neither
 //! mis-dates readings nor stalls sampling. A board supplies its clock, its modem UART, its
 //! sampling and where messages go ([`Platform`]); time-outs and waits are polled on its
-//! clock, so any executor will do, even a plain spin `block_on`.
+//! clock, so any executor will do: a plain spin [`block_on`], or [`block_on_idle`] with
+//! the board's `wfi`, which sleeps between interrupts.
 //!
 //! Also the fixed texts boards print for each failure: `Debug` formatting of the error
 //! types would cost about 15 KiB of flash (measured on the reference image).
@@ -66,12 +67,22 @@ pub trait Platform {
 /// Runs a future to completion on this core: poll, and poll again. Every waker is a no-op:
 /// the node's futures poll their UART and clock rather than wait for interrupts.
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    block_on_idle(f, || {})
+}
+
+/// [`block_on`], calling `idle` whenever the future is pending: a board passes its
+/// `wfi`, so the core sleeps until the next interrupt (its millisecond tick, a byte from
+/// the modem) instead of spinning. Every wait of the node returns `Pending` once per
+/// poll (`yield_now`), so nothing is due before the next interrupt: the time-outs and
+/// sample deadlines are read on the tick's clock.
+pub fn block_on_idle<F: Future>(f: F, mut idle: impl FnMut()) -> F::Output {
     let mut f = core::pin::pin!(f);
     let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
     loop {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;
         }
+        idle();
     }
 }
 

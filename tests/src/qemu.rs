@@ -330,6 +330,11 @@ impl Qemu {
         }
     }
 
+    /// The QEMU process id (its CPU time is the emulated core's activity).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Power cut: QEMU killed (SIGKILL); only the PSRAM file (the flash) remains.
     pub fn power_cut(mut self) {
         let _ = self.child.kill();

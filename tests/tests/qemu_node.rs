@@ -348,3 +348,62 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
 
     gw.stop().await;
 }
+
+/// The node sleeps while nothing is due (issue 29): with a valid blob and a modem that
+/// never answers, the image waits out its AT time-outs and its retry back-off. QEMU runs
+/// its virtual CPU only while the core executes, so the host CPU time of the QEMU process
+/// is the emulated core's activity: spinning, the image kept 96 % of a host core busy
+/// (issue 29); asleep in `wfi` between its millisecond ticks, a small fraction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_sleeps_while_its_modem_is_silent() {
+    let image = qemu::image();
+    let dir = tempfile::tempdir().unwrap();
+    // A modem that takes the bytes and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let modem = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut uart, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 256];
+                while matches!(uart.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let aq = fleet::Device::new(
+        "lyon",
+        "aq-quiet",
+        gateway::registry::DeviceKind::AirQuality,
+    );
+    let mut blob = [0u8; 1024];
+    let n = aq.provisioning(modem, 60, 0).encode(&mut blob).unwrap();
+    let blob_file = dir.path().join("quiet.vgp");
+    std::fs::write(&blob_file, &blob[..n]).unwrap();
+    let board = Qemu::boot(&image, Some(&blob_file), modem, dir.path());
+    wait_for("the boot line", Duration::from_secs(20), async || {
+        board.console().contains("next counter")
+    })
+    .await;
+    // Three windows of 5 s; the median is the figure.
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let (cpu0, t0) = (process::cpu_seconds(board.pid()), Instant::now());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cpu = process::cpu_seconds(board.pid()) - cpu0;
+        shares.push(cpu / t0.elapsed().as_secs_f64());
+    }
+    shares.sort_by(f64::total_cmp);
+    eprintln!(
+        "QEMU host CPU while the modem is silent: median {:.1} % of a core (min {:.1}, max {:.1}); console:\n{}",
+        shares[1] * 100.0,
+        shares[0] * 100.0,
+        shares[2] * 100.0,
+        board.console()
+    );
+    assert!(
+        !board.console().contains("halted"),
+        "the image runs: {}",
+        board.console()
+    );
+    assert!(shares[1] < 0.25, "the core sleeps while nothing is due");
+}

@@ -47,18 +47,56 @@ fn SysTick() {
     MILLIS.fetch_add(1, Ordering::Relaxed);
 }
 
-// The AN386 has 32 external interrupts; the node uses none of them (it polls), so they
-// all go to cortex-m-rt's default handler.
+// The AN386 has 32 external interrupts. The node uses one: UART0's receive interrupt
+// (IRQ 0), only to wake the core from `wfi` when the modem sends a byte; the node still
+// reads the byte by polling. The others go to cortex-m-rt's default handler.
 #[allow(unsafe_code)] // declaring the linker-provided handler; it is never called from Rust
 unsafe extern "C" {
     fn DefaultHandler();
 }
 
+/// UART0's receive interrupt number on the AN386.
+const UART0_RX_IRQ: u16 = 0;
+
 /// The interrupt part of the vector table.
 #[allow(unsafe_code)] // placing the table where the linker script expects it
 #[unsafe(link_section = ".vector_table.interrupts")]
 #[unsafe(no_mangle)]
-static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];
+static __INTERRUPTS: [unsafe extern "C" fn(); 32] = {
+    let mut table: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];
+    table[UART0_RX_IRQ as usize] = uart0_rx;
+    table
+};
+
+/// A byte arrived from the modem: clear the UART's interrupt flag. Waking the core from
+/// `wfi` was the whole point; the main loop reads the byte.
+extern "C" fn uart0_rx() {
+    Uart { base: UART0_BASE }.write_reg(INTCLEAR, INT_RX);
+}
+
+/// Lets UART0's receive interrupt reach the core, so `wfi` returns on a modem byte.
+pub fn wake_on_modem_bytes() {
+    #[derive(Clone, Copy)]
+    struct Uart0Rx;
+    // SAFETY: the interrupt number of the AN386's UART0 receive line.
+    #[allow(unsafe_code)]
+    unsafe impl cortex_m::interrupt::InterruptNumber for Uart0Rx {
+        fn number(self) -> u16 {
+            UART0_RX_IRQ
+        }
+    }
+    // SAFETY: its handler only clears the UART's flag; no critical section depends on
+    // this interrupt staying masked.
+    #[allow(unsafe_code)]
+    unsafe {
+        cortex_m::peripheral::NVIC::unmask(Uart0Rx)
+    };
+}
+
+/// Sleeps until the next interrupt: the millisecond tick or a byte from the modem.
+pub fn idle() {
+    cortex_m::asm::wfi();
+}
 
 /// A CMSDK APB UART.
 #[derive(Debug)]
@@ -66,28 +104,35 @@ pub struct Uart {
     base: usize,
 }
 
+const UART0_BASE: usize = 0x4000_4000;
 const DATA: usize = 0x000;
 const STATE: usize = 0x004;
 const CTRL: usize = 0x008;
+/// Interrupt status on read, clear on write.
+const INTCLEAR: usize = 0x00C;
 const BAUDDIV: usize = 0x010;
+const CTRL_TX_RX: u32 = 0b11;
+const CTRL_RX_INTERRUPT: u32 = 1 << 3;
+const INT_RX: u32 = 1 << 1;
 const STATE_TX_FULL: u32 = 1 << 0;
 const STATE_RX_FULL: u32 = 1 << 1;
 
 impl Uart {
-    /// UART0, wired to the cellular modem.
+    /// UART0, wired to the cellular modem; its receive interrupt raised (see
+    /// [`wake_on_modem_bytes`]).
     pub fn uart0() -> Self {
-        Self::enable(0x4000_4000)
+        Self::enable(UART0_BASE, CTRL_TX_RX | CTRL_RX_INTERRUPT)
     }
 
-    /// UART1, the console.
+    /// UART1, the console: no interrupts.
     pub fn uart1() -> Self {
-        Self::enable(0x4000_5000)
+        Self::enable(0x4000_5000, CTRL_TX_RX)
     }
 
-    fn enable(base: usize) -> Self {
+    fn enable(base: usize, ctrl: u32) -> Self {
         let u = Self { base };
         u.write_reg(BAUDDIV, SYSCLK_HZ / 115_200);
-        u.write_reg(CTRL, 0b11); // TX and RX enabled, no interrupts
+        u.write_reg(CTRL, ctrl);
         u
     }
 

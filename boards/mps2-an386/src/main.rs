@@ -92,6 +92,7 @@ fn main() -> ! {
         halt(&mut console, "core peripherals taken")
     };
     hw::start_clock(cp.SYST);
+    hw::wake_on_modem_bytes();
     console.line(&[
         Part::S("vigie: node "),
         Part::S(env!("CARGO_PKG_VERSION")),
@@ -141,7 +142,11 @@ fn main() -> ! {
         halt(&mut console, "started twice")
     };
     let mut board = Mps2 { console, station };
-    app::block_on(app::run(node, Modem::new(Uart::uart0()), &mut board))
+    // Sleeps between interrupts: the millisecond tick and the modem's bytes.
+    app::block_on_idle(
+        app::run(node, Modem::new(Uart::uart0()), &mut board),
+        hw::idle,
+    )
 }
 
 /// The board as the node's main loop sees it.
