@@ -340,7 +340,7 @@ impl Metrics {
         );
         r.register(
             "readings_stored",
-            "Readings written to the database (or files), by tenant.",
+            "Readings the database holds (a 2xx from InfluxDB; VictoriaMetrics: once its counters of dropped rows vouch for the write), or the files, by tenant.",
             m.readings_stored.clone(),
         );
         r.register(

@@ -371,6 +371,12 @@ pub fn victoria_metrics_debian_default() -> Server {
     launch(|| victoria_metrics_on(addr(), &["-retentionPeriod=".to_string()]))
 }
 
+/// VictoriaMetrics that keeps at most `series` new series an hour
+/// (`-storage.maxHourlySeries`): it answers 204 and drops the samples of any series beyond.
+pub fn victoria_metrics_series_limit(series: u32) -> Server {
+    launch(move || victoria_metrics_on(addr(), &[format!("-storage.maxHourlySeries={series}")]))
+}
+
 /// VictoriaMetrics serving HTTPS with the test CA's server certificate.
 pub fn victoria_metrics_tls(pki: &crate::tls::TestPki) -> Server {
     victoria_metrics_with(&[

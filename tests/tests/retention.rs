@@ -317,3 +317,107 @@ async fn a_retention_shortened_while_running_is_found_at_reload() {
     assert_eq!(stored, FRAMES as usize / 2, "the recent half");
     assert_eq!(refused, f64::from(FRAMES / 2));
 }
+
+/// A database that answers 204 and then drops rows for a cause no start-up check sees:
+/// VictoriaMetrics at its hourly series limit. The sink reads VictoriaMetrics' own
+/// counters of dropped rows after its writes: what they do not vouch for goes to the
+/// database quarantine (`database_discarded`), so every acknowledged reading is in the
+/// database or kept, field for field, and none is counted as stored unless confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_victoria_metrics_drops_after_a_204_are_kept() {
+    const DEVICES: usize = 4;
+    let vm = vigie_tests::servers::victoria_metrics_series_limit(4);
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Device> = (0..DEVICES)
+        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
+        .collect();
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            victoria: true,
+            ..GatewaySettings::new("gw-v2", broker.addr, Some(vm.addr))
+        },
+    );
+    let load = vigie_tests::scenario::load(&devices, FRAMES, now_s() - 3_600);
+    fleet::publish_all(broker.addr, &load.messages).await;
+    let expected = load.expected.len();
+    let quarantined = || -> BTreeSet<String> {
+        let dir = dir.path().join("data-gw-v2/quarantine-db");
+        let (entries, _) = gateway::quarantine::read_all(&dir).unwrap_or_default();
+        entries
+            .iter()
+            .filter(|e| e.reason == "database_discarded")
+            .flat_map(|e| {
+                let text = String::from_utf8(hex::decode(&e.payload).unwrap()).unwrap();
+                text.lines().filter_map(pm25_key).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let in_vm = async || -> BTreeSet<String> {
+        readback::victoria_points(vm.addr, &["air_quality"])
+            .await
+            .into_iter()
+            .filter(|p| p.contains("|pm25|"))
+            .collect()
+    };
+    // Every reading confirmed as stored or kept; counted after 40 s whatever happens.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(40),
+        wait_for(
+            "every reading accounted for",
+            Duration::from_secs(60),
+            async || {
+                let held: BTreeSet<String> = in_vm().await.union(&quarantined()).cloned().collect();
+                held.intersection(&load.expected).count() == expected
+            },
+        ),
+    )
+    .await;
+    let (stored, kept) = (in_vm().await, quarantined());
+    let held: BTreeSet<String> = stored.union(&kept).cloned().collect();
+    let lost = load.expected.difference(&held).count();
+    let counted = gw.metric("vigie_readings_stored_total").unwrap_or(0.0);
+    let confirmed_in_vm = stored.intersection(&load.expected).count();
+    eprintln!(
+        "VictoriaMetrics at its series limit: sent={expected} in_database={confirmed_in_vm} \
+         kept_in_quarantine={} lost={lost}; counted as stored {counted}",
+        kept.len()
+    );
+    assert_eq!(
+        lost, 0,
+        "acknowledged, dropped by the database, and not kept"
+    );
+    assert!(
+        !kept.is_empty(),
+        "the series limit dropped rows (the fault happened)"
+    );
+    assert!(
+        gw.log()
+            .contains("VictoriaMetrics dropped rows it had accepted"),
+        "said in the log"
+    );
+    assert!(
+        counted <= confirmed_in_vm as f64,
+        "counted as stored only what the database holds: {counted} > {confirmed_in_vm}"
+    );
+}
+
+/// The `pm25` key of one line-protocol line of `lyon`'s air quality (as
+/// `readback::key` writes it), if it has one.
+fn pm25_key(line: &str) -> Option<String> {
+    let (head, rest) = line.split_once(' ')?;
+    let (fields, ms) = rest.rsplit_once(' ')?;
+    let device = head.split(',').find_map(|t| t.strip_prefix("device="))?;
+    let pm25 = fields.split(',').find_map(|f| f.strip_prefix("pm25="))?;
+    let time = ms.parse::<u64>().ok()? / 1000;
+    Some(readback::key(
+        "lyon",
+        "air_quality",
+        device,
+        time,
+        "pm25",
+        pm25.parse().ok()?,
+    ))
+}

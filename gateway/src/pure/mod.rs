@@ -15,6 +15,7 @@
 //! - [`opendata`]: stored readings → open-data rows, CSV, NGSI-LD, GeoJSON.
 //! - [`replay_book`]: replay windows of every device, persisted as a snapshot.
 //! - [`retry`]: database answer → what to do, and backoff.
+//! - [`discards`]: the rows VictoriaMetrics dropped after answering 204.
 //! - [`settle`]: which frames a durable commit settled, and each device's acknowledgement.
 //! - [`record`]: the buffer's record payload.
 //! - [`erase`]: which readings and quarantined frames an erasure covers.
@@ -26,6 +27,7 @@ pub mod ack_flow;
 pub mod atmo;
 pub mod batch;
 pub mod condition;
+pub mod discards;
 pub mod downlinks;
 pub mod erase;
 pub mod glance;

@@ -32,6 +32,9 @@ pub enum Reason {
     TimeCollision,
     /// The database refused the line (400/422) after the batch was split down to it.
     DatabaseRejected,
+    /// The database answered 2xx and then dropped rows (VictoriaMetrics outside its
+    /// retention or beyond its series limits): the lines written meanwhile, kept.
+    DatabaseDiscarded,
     /// Bytes of the durable buffer that are not a valid record (disk corruption).
     BufferCorrupt,
 }
@@ -48,6 +51,7 @@ impl Reason {
             | Self::BadStatus
             | Self::Authentication
             | Self::DatabaseRejected
+            | Self::DatabaseDiscarded
             | Self::BufferCorrupt => false,
             // Errors of the clear header come before the tag check.
             Self::Malformed(e) => !matches!(
@@ -67,7 +71,7 @@ impl Reason {
     }
 
     /// Every reason code, for metrics that list zero counts too.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "topic",
         "unknown_device",
         "revoked",
@@ -80,6 +84,7 @@ impl Reason {
         "stale_timestamp",
         "time_collision",
         "database_rejected",
+        "database_discarded",
         "buffer_corrupt",
     ];
 
@@ -98,6 +103,7 @@ impl Reason {
             Self::StaleTimestamp => "stale_timestamp",
             Self::TimeCollision => "time_collision",
             Self::DatabaseRejected => "database_rejected",
+            Self::DatabaseDiscarded => "database_discarded",
             Self::BufferCorrupt => "buffer_corrupt",
         }
     }

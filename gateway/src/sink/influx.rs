@@ -3,7 +3,8 @@
 //! on the service's tokio runtime from the delivery thread.
 
 use super::{Answer, LineWriter};
-use crate::config::{DatabaseConfig, Secret};
+use crate::config::{DatabaseConfig, DatabaseKind, Secret};
+use crate::pure::discards::Discards;
 use std::time::Duration;
 use tokio::runtime::Handle;
 
@@ -121,6 +122,22 @@ impl LineWriter for V1Writer {
                 Err(e) => Answer::Transport(e.to_string()),
             }
         })
+    }
+
+    fn discards(&mut self) -> Option<Result<Discards, String>> {
+        if self.cfg.kind != DatabaseKind::Victoriametrics {
+            return None;
+        }
+        let url = format!("{}/metrics", self.cfg.url.trim_end_matches('/'));
+        let req = authorize(self.client.get(url), &self.cfg);
+        Some(self.runtime.block_on(async move {
+            let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("GET /metrics: HTTP {}", resp.status().as_u16()));
+            }
+            let text = resp.text().await.map_err(|e| e.without_url().to_string())?;
+            Ok(Discards::parse(&text))
+        }))
     }
 }
 

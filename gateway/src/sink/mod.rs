@@ -9,6 +9,7 @@
 //! split to isolate the bad line, which goes to the database quarantine (replayable);
 //! if that quarantine cannot be written, the lines are not dropped: the tenant waits.
 
+mod confirm;
 mod file;
 mod influx;
 pub mod lanes;
@@ -22,10 +23,12 @@ use crate::config::BatchConfig;
 use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{ClassLabel, Metrics, ReasonLabel, TenantLabel, gauge};
+use crate::pure::discards::Discards;
 use crate::pure::reason::Reason;
 use crate::pure::record::RecordView;
 use crate::pure::retry::{self, Action};
 use crate::quarantine::{self, Origin};
+use confirm::{Confirm, Settled};
 use lanes::Lanes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +57,13 @@ pub enum Answer {
 pub trait LineWriter: Send {
     /// Writes `lines` (newline-terminated) to `tenant`'s database or bucket.
     fn write(&mut self, tenant: &str, lines: &str) -> Answer;
+
+    /// For a database whose 2xx does not prove it keeps every row (VictoriaMetrics): its
+    /// counters of rows dropped after accepting them (`confirm.rs`). `None`: a 2xx is
+    /// proof (InfluxDB answers 400 for a partial write; files are synced).
+    fn discards(&mut self) -> Option<Result<Discards, String>> {
+        None
+    }
 }
 
 /// Behind tenants tried per cycle, in batches, before the head reads again.
@@ -125,6 +135,10 @@ struct Sink {
     read_errors: u64,
     /// Rate limit of the refused-line log lines.
     refused_log: crate::ingest::LogBudget,
+    /// Writes awaiting confirmation (VictoriaMetrics only).
+    confirm: Option<Confirm>,
+    /// Counter readings that failed in a row (logged at 1, 2, 4, 8…).
+    confirm_errors: u64,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -133,6 +147,12 @@ pub fn run(mut setup: SinkSetup) {
     if let Some(head) = lanes.head {
         setup.reader = setup.reader.at(head);
     }
+    let confirm = setup.writer.discards().map(|first| {
+        if let Err(e) = &first {
+            tracing::warn!(error = %e, "cannot read VictoriaMetrics' counters of dropped rows; writes wait until they can be read");
+        }
+        Confirm::new(first.ok())
+    });
     let sink = Sink {
         s: setup,
         saved: lanes.clone(),
@@ -140,6 +160,8 @@ pub fn run(mut setup: SinkSetup) {
         save_failed: false,
         read_errors: 0,
         refused_log: Default::default(),
+        confirm,
+        confirm_errors: 0,
     };
     for tenant in sink.lanes.behind.keys() {
         sink.s
@@ -196,11 +218,15 @@ impl Sink {
                 }
             }
             if let Some(end) = batch.end {
-                self.lanes.head = Some(end);
+                match &mut self.confirm {
+                    Some(c) => self.lanes.head = c.batch_end(end).or(self.lanes.head),
+                    None => self.lanes.head = Some(end),
+                }
             }
             if !stopping {
                 self.catch_up();
             }
+            self.confirm_due();
             self.publish();
             // Stopping: what flows is written until nothing is left or time is up; held
             // tenants are not retried.
@@ -473,10 +499,16 @@ impl Sink {
                     .write_duration
                     .observe(started.elapsed().as_secs_f64());
                 metrics.batch_lines.observe(n as f64);
-                metrics
-                    .readings_stored
-                    .get_or_create(&TenantLabel::of(tenant))
-                    .inc_by(n as u64);
+                match &mut self.confirm {
+                    // Stored once the database's counters say it kept them.
+                    Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
+                    None => {
+                        metrics
+                            .readings_stored
+                            .get_or_create(&TenantLabel::of(tenant))
+                            .inc_by(n as u64);
+                    }
+                }
                 Written::Stored
             }
             Action::Split => {
@@ -523,33 +555,8 @@ impl Sink {
     fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
         let all: Vec<&str> = lines.lines().collect();
         if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
-            let entry = quarantine::Entry {
-                received_ms: crate::now_ms(),
-                origin: Origin::Database,
-                topic: tenant.to_string(),
-                reason: Reason::DatabaseRejected.code().into(),
-                detail: detail.to_string(),
-                payload: hex::encode(lines.as_bytes()),
-                // An acknowledged reading: this entry is its only copy.
-                acknowledged: true,
-            };
-            let mut q = lock(&self.s.quarantine);
-            if !q.admits_kept(tenant, quarantine::entry_bytes(tenant, lines.as_bytes())) {
-                // Never evicted, so bounded apart: past the bound the commune waits, its
-                // readings in the buffer, until the quarantine is replayed or erased.
-                return Written::Failed {
-                    error: format!(
-                        "the database refuses lines ({detail}) and the quarantine's room for \
-                         acknowledged readings of {tenant} is full: `quarantine list`, fix the \
-                         cause, `quarantine replay`"
-                    ),
-                    wait: self.s.cfg.max_backoff,
-                };
-            }
-            let evicted = q.write(&entry);
-            drop(q);
-            return match evicted {
-                Ok(n) => {
+            return match self.keep(tenant, lines, Reason::DatabaseRejected, detail) {
+                Ok(()) => {
                     let (log, left_out) = self.refused_log.admit(crate::now_ms());
                     if left_out > 0 {
                         tracing::error!(
@@ -560,20 +567,10 @@ impl Sink {
                     if log {
                         tracing::error!(tenant, lines = all.len(), first = all.first().copied().unwrap_or_default(), %detail, "database refused lines; quarantined");
                     }
-                    self.s.metrics.quarantine_evicted.inc_by(n);
-                    self.s
-                        .metrics
-                        .frames_rejected
-                        .get_or_create(&ReasonLabel {
-                            reason: Reason::DatabaseRejected.code(),
-                        })
-                        .inc_by(all.len() as u64);
                     Written::Stored
                 }
-                Err(e) => Written::Failed {
-                    error: format!(
-                        "database refused a line and the quarantine cannot be written: {e}"
-                    ),
+                Err(error) => Written::Failed {
+                    error,
                     wait: self.s.cfg.max_backoff,
                 },
             };
@@ -587,6 +584,129 @@ impl Sink {
             }
         }
         Written::Stored
+    }
+
+    /// Keeps `lines` of `tenant` that the database refused or dropped in the database
+    /// quarantine, as one entry of acknowledged readings (its only copy: never evicted,
+    /// bounded apart), counted under `reason`. The error says why it could not.
+    fn keep(
+        &mut self,
+        tenant: &str,
+        lines: &str,
+        reason: Reason,
+        detail: &str,
+    ) -> Result<(), String> {
+        let entry = quarantine::Entry {
+            received_ms: crate::now_ms(),
+            origin: Origin::Database,
+            topic: tenant.to_string(),
+            reason: reason.code().into(),
+            detail: detail.to_string(),
+            payload: hex::encode(lines.as_bytes()),
+            // An acknowledged reading: this entry is its only copy.
+            acknowledged: true,
+        };
+        let mut q = lock(&self.s.quarantine);
+        if !q.admits_kept(tenant, quarantine::entry_bytes(tenant, lines.as_bytes())) {
+            // Past the bound the commune waits, its readings in the buffer, until the
+            // quarantine is replayed or erased.
+            return Err(format!(
+                "the database refuses lines ({detail}) and the quarantine's room for \
+                 acknowledged readings of {tenant} is full: `quarantine list`, fix the \
+                 cause, `quarantine replay`"
+            ));
+        }
+        let evicted = q.write(&entry).map_err(|e| {
+            format!("the database refused lines and the quarantine cannot be written: {e}")
+        })?;
+        drop(q);
+        self.s.metrics.quarantine_evicted.inc_by(evicted);
+        self.s
+            .metrics
+            .frames_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .inc_by(lines.lines().count() as u64);
+        Ok(())
+    }
+
+    /// Reads the database's counters of dropped rows when a write waits long enough for
+    /// them ([`confirm::SETTLE`]); counts what they confirm as stored and quarantines the
+    /// rest. With too much waiting, waits for the reading before writing more.
+    fn confirm_due(&mut self) {
+        let Some(c) = &self.confirm else { return };
+        if c.full() && !c.due(Instant::now()) {
+            self.pause(confirm::SETTLE);
+        }
+        let read_at = Instant::now();
+        if !self.confirm.as_ref().is_some_and(|c| c.due(read_at)) {
+            return;
+        }
+        let settled = match self.s.writer.discards() {
+            Some(Ok(now)) => match &mut self.confirm {
+                Some(c) => c.settle(read_at, now),
+                None => return,
+            },
+            Some(Err(e)) => {
+                self.confirm_errors += 1;
+                if self.confirm_errors.is_power_of_two() {
+                    tracing::error!(error = %e, failures = self.confirm_errors, "cannot read VictoriaMetrics' counters of dropped rows; the buffer keeps what was written until they can be read");
+                }
+                if self.confirm.as_ref().is_some_and(Confirm::full) {
+                    self.pause(confirm::SETTLE);
+                }
+                return;
+            }
+            None => return,
+        };
+        self.confirm_errors = 0;
+        self.settled(settled);
+    }
+
+    fn settled(&mut self, settled: Settled) {
+        let stored = |sink: &Self, tenant: &str, n: u64| {
+            sink.s
+                .metrics
+                .readings_stored
+                .get_or_create(&TenantLabel::of(tenant))
+                .inc_by(n);
+        };
+        match settled {
+            Settled::Kept { stored: done, head } => {
+                for (tenant, n) in done {
+                    stored(self, &tenant, n);
+                }
+                self.lanes.head = head.or(self.lanes.head);
+            }
+            Settled::Dropped {
+                rows,
+                causes,
+                writes,
+                head,
+            } => {
+                let lines: u64 = writes.iter().map(|w| w.count).sum();
+                let detail = format!(
+                    "VictoriaMetrics answered 204 and dropped {rows} rows ({causes}); every line written since its last reading is kept here"
+                );
+                tracing::error!(rows, lines, %causes, "VictoriaMetrics dropped rows it had accepted: the lines written since its last reading are in the database quarantine (quarantine replay once the cause is fixed: -retentionPeriod, series limits)");
+                let mut kept_all = true;
+                for w in &writes {
+                    if let Err(e) =
+                        self.keep(&w.tenant, &w.lines, Reason::DatabaseDiscarded, &detail)
+                    {
+                        tracing::error!(tenant = %w.tenant, error = %e, "lines VictoriaMetrics may have dropped could not be quarantined; the buffer keeps everything from here until the next start, which writes it again");
+                        kept_all = false;
+                    }
+                }
+                // Which lines it kept it does not say (and its rows are samples, one per
+                // field): none is counted as stored until a replay writes it again.
+                match &mut self.confirm {
+                    Some(c) if !kept_all => c.freeze(),
+                    _ => self.lanes.head = head.or(self.lanes.head),
+                }
+            }
+        }
     }
 
     /// Sleeps, waking early on stop.
