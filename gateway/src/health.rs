@@ -84,6 +84,9 @@ pub struct Snapshot {
     /// The host clock is not known to be synchronised (`clock.synchronised`): readings
     /// older than `validation.max_age` are held, not refused (SPEC §13.3).
     pub clock_unsynchronised: bool,
+    /// The database dropped rows it had answered 2xx for, and what was done, until a
+    /// later write is confirmed kept.
+    pub database_dropped: Option<String>,
 }
 
 impl Snapshot {
@@ -113,6 +116,7 @@ impl Snapshot {
         if self.clock_unsynchronised {
             problems.push("readings held: host clock not synchronised".into());
         }
+        problems.extend(self.database_dropped.clone());
         if problems.is_empty() {
             "ready".into()
         } else {
@@ -156,6 +160,11 @@ impl Health {
     /// Records whether the host clock is synchronised.
     pub fn set_clock_synchronised(&self, synced: bool) {
         self.lock().clock_unsynchronised = !synced;
+    }
+
+    /// Says (or stops saying) that the database dropped rows it had accepted.
+    pub fn set_database_dropped(&self, what: Option<String>) {
+        self.lock().database_dropped = what;
     }
 
     /// Records the outcome of a registry reload.

@@ -398,6 +398,8 @@ async fn rows_victoria_metrics_drops_after_a_204_are_kept() {
             .contains("VictoriaMetrics dropped rows it had accepted"),
         "said in the log"
     );
+    let (_, readyz) = gw.readyz().unwrap();
+    assert!(readyz.contains("VictoriaMetrics dropped"), "{readyz}");
     assert!(
         counted <= confirmed_in_vm as f64,
         "counted as stored only what the database holds: {counted} > {confirmed_in_vm}"

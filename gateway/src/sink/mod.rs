@@ -674,6 +674,9 @@ impl Sink {
         };
         match settled {
             Settled::Kept { stored: done, head } => {
+                if !done.is_empty() {
+                    self.s.health.set_database_dropped(None);
+                }
                 for (tenant, n) in done {
                     stored(self, &tenant, n);
                 }
@@ -690,6 +693,10 @@ impl Sink {
                     "VictoriaMetrics answered 204 and dropped {rows} rows ({causes}); every line written since its last reading is kept here"
                 );
                 tracing::error!(rows, lines, %causes, "VictoriaMetrics dropped rows it had accepted: the lines written since its last reading are in the database quarantine (quarantine replay once the cause is fixed: -retentionPeriod, series limits)");
+                self.s.health.set_database_dropped(Some(format!(
+                    "VictoriaMetrics dropped {rows} rows it had accepted ({causes}): {lines} lines \
+                     kept in the database quarantine; fix the cause, then `quarantine replay`"
+                )));
                 let mut kept_all = true;
                 for w in &writes {
                     if let Err(e) =
