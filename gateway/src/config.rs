@@ -63,11 +63,7 @@ impl ParseError {
         let key = text[line_start..]
             .split_once('=')
             .map(|(k, _)| k.trim())
-            .filter(|k| {
-                !k.is_empty()
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-            })
+            .filter(|k| looks_like_a_name(k))
             .map(String::from);
         Self {
             key,
@@ -77,33 +73,68 @@ impl ParseError {
                     .rfind('\n')
                     .map_or(0, |i| before[..=i].chars().count())
                 + 1,
-            reason: without_quoted(message.trim()),
+            reason: never_from(text, &without_quoted(&unknown_name_out(message.trim()))),
         }
     }
 }
 
+/// serde's `unknown field `NAME`, expected …` (and `unknown variant`) with NAME left out
+/// unless it reads as one of ours; NAME may itself hold backticks, so it runs to the last
+/// "`, " of the message.
+fn unknown_name_out(message: &str) -> String {
+    for head in ["unknown field `", "unknown variant `"] {
+        if let Some(rest) = message.strip_prefix(head)
+            && let Some(end) = rest.rfind("`, ").or_else(|| rest.rfind('`'))
+        {
+            let name = &rest[..end];
+            let shown = if looks_like_a_name(name) { name } else { "…" };
+            return format!("{head}{shown}{}", &rest[end..]);
+        }
+    }
+    message.to_string()
+}
+
+/// `reason` with every run of 16 or more letters and digits that `text` holds replaced by
+/// `…`: the last guard, whatever a parser's message quotes (a key is 32 hex digits).
+fn never_from(text: &str, reason: &str) -> String {
+    let mut out = reason.to_string();
+    for run in reason
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|r| r.len() >= 16 && text.contains(*r))
+    {
+        out = out.replace(run, "…");
+    }
+    out
+}
+
 /// `message` with the values serde quotes replaced by `…`: a string in double quotes
 /// (`invalid type: string "…", expected u32`), a number, character or boolean in
-/// backticks (`integer `…``); field names in backticks stay (`unknown field `pasword``).
-/// The value may be a key or a password.
+/// backticks (`integer `…``). Field names in backticks stay (`unknown field `pasword``)
+/// when they read as one of ours ([`looks_like_a_name`]): an unknown "field" may be a key
+/// or a password pasted on a line of its own (found by `fuzz-gateway`).
 fn without_quoted(message: &str) -> String {
     const VALUES: [&str; 4] = ["integer ", "floating point ", "character ", "boolean "];
     let mut out = String::with_capacity(message.len());
-    let mut open: Option<char> = None;
+    // The quote that opened, whether it holds a value, and what it holds so far.
+    let mut open: Option<(char, bool, String)> = None;
     for c in message.chars() {
-        match open {
-            Some(q) if c == q => {
-                out.push('…');
+        match &mut open {
+            Some((q, value, held)) if c == *q => {
+                if !*value && looks_like_a_name(held) {
+                    out.push_str(held);
+                } else {
+                    out.push('…');
+                }
                 out.push(c);
                 open = None;
             }
-            Some(_) => {}
+            Some((_, _, held)) => held.push(c),
             None => {
-                let value = c == '"' || (c == '`' && VALUES.iter().any(|v| out.ends_with(v)));
-                out.push(c);
-                if value {
-                    open = Some(c);
+                if c == '"' || c == '`' {
+                    let value = c == '"' || VALUES.iter().any(|v| out.ends_with(v));
+                    open = Some((c, value, String::new()));
                 }
+                out.push(c);
             }
         }
     }
@@ -111,6 +142,18 @@ fn without_quoted(message: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// A configuration or registry field name as this schema spells them (`max_age`,
+/// `broker_access`): lowercase, at most 40 characters, no run of 16 letters or digits.
+/// Anything else in a key's place is not shown: it may be a secret.
+fn looks_like_a_name(s: &str) -> bool {
+    s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c))
+        && s.split(|c: char| !c.is_ascii_alphanumeric())
+            .all(|run| run.len() < 16)
 }
 
 #[cfg(test)]
@@ -129,6 +172,29 @@ fn serde_values_are_left_out_field_names_kept() {
         "unknown field `pasword`, expected one of `password`"
     );
     assert_eq!(without_quoted("unterminated \"abc"), "unterminated \"…");
+    // A key or password where a field name goes is not one of ours: left out.
+    assert_eq!(
+        without_quoted("unknown field `00112233445566778899aabbccddeeff`, expected `device`"),
+        "unknown field `…`, expected `device`"
+    );
+    assert_eq!(
+        without_quoted("unknown field `1JJJJJJJJJJJJJJJJJJ`"),
+        "unknown field `…`"
+    );
+    let e = ParseError::at(
+        "00112233445566778899aabbccddeeff = 1\n",
+        Some(0..1),
+        "unknown",
+    );
+    assert_eq!(e.key, None);
+    let e = ParseError::at(
+        "k`p,act77777777777777z2ed\n",
+        Some(0..1),
+        "unknown field `k`p,act77777777777777z2ed`, expected `device`",
+    );
+    assert_eq!(e.reason, "unknown field `…`, expected `device`");
+    let e = ParseError::at("max_age = \"x\"\n", Some(0..1), "bad");
+    assert_eq!(e.key.as_deref(), Some("max_age"));
 }
 
 /// A password or token: deserialized like a string, never shown by `Debug`.

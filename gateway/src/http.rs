@@ -192,26 +192,34 @@ pub async fn serve(listener: TcpListener, app: Router, stopping: CancellationTok
                 let Ok(permit) = room.clone().try_acquire_owned() else {
                     continue;
                 };
-                let service = TowerToHyperService::new(app.clone());
-                let stopping = stopping.clone();
+                let (app, stopping) = (app.clone(), stopping.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEAD_TIMEOUT)
-                        .max_buf_size(MAX_HEAD)
-                        .max_headers(MAX_HEADERS)
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service);
-                    // Errors only concern that client.
                     tokio::select! {
-                        _ = tokio::time::timeout(REQUEST_TIMEOUT, conn) => {}
+                        () = connection(stream, app) => {}
                         _ = stopping.cancelled() => {}
                     }
                 });
             }
         }
     }
+}
+
+/// Serves one connection (`io`: a socket, or what a fuzz target feeds): one request,
+/// its head bounded in size, headers and time, the whole request in time.
+pub async fn connection<I>(io: I, app: Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    // Errors only concern that client.
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
 }
 
 /// Binds the listener (so a busy port is reported at start-up).

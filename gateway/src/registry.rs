@@ -277,11 +277,16 @@ impl Registry {
                 });
             }
         };
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a registry file's `text` (`path` names it in errors).
+    pub fn parse(text: &str, path: &str) -> Result<Self, RegistryError> {
         // Line, column and reason only: toml's own `Display` quotes the line, and a
         // registry line holds a device key.
-        let file: File = toml::from_str(&text).map_err(|e| RegistryError::Parse {
-            path: path.display().to_string(),
-            message: ParseError::at(&text, e.span(), e.message()).to_string(),
+        let file: File = toml::from_str(text).map_err(|e| RegistryError::Parse {
+            path: path.to_string(),
+            message: ParseError::at(text, e.span(), e.message()).to_string(),
         })?;
         let mut registry = Self::from_entries(file.device)?;
         for g in file.gateway {
