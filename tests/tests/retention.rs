@@ -23,18 +23,51 @@ use vigie_tests::{influxdb, mosquitto, now_s, readback, wait_for};
 const FRAMES: u32 = 20;
 const DAY: u32 = 86_400;
 
+/// An administration statement on InfluxDB that must succeed.
+async fn influx_admin(influx: std::net::SocketAddr, statement: &str) {
+    let answer = readback::influx_query(influx, "", statement).await;
+    assert!(answer["results"][0]["error"].is_null(), "{answer}");
+}
+
+/// One air-quality device `lyon/aq-1`, Mosquitto with its accounts, and a gateway process
+/// writing to `influx` that trusts its clock (so a stale reading is refused, final).
+struct OneDevice {
+    dir: tempfile::TempDir,
+    aq: Device,
+    broker: vigie_tests::Server,
+    gw: GatewayProcess,
+}
+
+fn one_device(influx: std::net::SocketAddr) -> OneDevice {
+    let dir = tempfile::tempdir().unwrap();
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            extra_toml: "[validation]\nhost_clock = \"always\"\n".into(),
+            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx))
+        },
+    );
+    OneDevice {
+        dir,
+        aq,
+        broker,
+        gw,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn databases_keeping_less_than_max_age_lose_no_acknowledged_reading() {
     let influx = influxdb();
     let vm = victoria_metrics_debian_default();
     // Made by hand, as an operator might have: a month's policy.
-    let made = readback::influx_query(
+    influx_admin(
         influx.addr,
-        "",
         "CREATE DATABASE vigie_lyon WITH DURATION 30d NAME \"month\"",
     )
     .await;
-    assert!(made["results"][0]["error"].is_null(), "{made}");
     let dir = tempfile::tempdir().unwrap();
     let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
@@ -162,25 +195,19 @@ async fn databases_keeping_less_than_max_age_lose_no_acknowledged_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_dropped_for_retention_is_quarantined_whole_not_split() {
     let influx = influxdb();
-    let dir = tempfile::tempdir().unwrap();
-    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let broker = mosquitto(dir.path());
     // Started before the commune's database exists: its retention cannot be asked.
-    let gw = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings {
-            extra_toml: "[validation]\nhost_clock = \"always\"\n".into(),
-            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx.addr))
-        },
-    );
-    let made = readback::influx_query(
+    let OneDevice {
+        dir,
+        aq,
+        broker,
+        gw,
+        ..
+    } = one_device(influx.addr);
+    influx_admin(
         influx.addr,
-        "",
         "CREATE DATABASE vigie_lyon WITH DURATION 30d NAME \"month\"",
     )
     .await;
-    assert!(made["results"][0]["error"].is_null(), "{made}");
     const OLD: u32 = 200;
     let now = now_s();
     let messages: Vec<_> = (0..OLD)
@@ -239,25 +266,18 @@ async fn a_batch_dropped_for_retention_is_quarantined_whole_not_split() {
 async fn a_retention_shortened_while_running_is_found_at_reload() {
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let broker = mosquitto(dir.path());
-    let gw = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings {
-            extra_toml: "[validation]\nhost_clock = \"always\"\n".into(),
-            ..GatewaySettings::new("gw-v1", broker.addr, Some(influx.addr))
-        },
-    );
+    let OneDevice {
+        dir: _dir,
+        aq,
+        broker,
+        gw,
+    } = one_device(influx.addr);
     // An operator shortens the commune's policy, then reloads the registry.
-    let altered = readback::influx_query(
+    influx_admin(
         influx.addr,
-        "",
         "ALTER RETENTION POLICY autogen ON vigie_lyon DURATION 30d SHARD DURATION 1d",
     )
     .await;
-    assert!(altered["results"][0]["error"].is_null(), "{altered}");
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &gw.pid().unwrap().to_string()])
         .status()
