@@ -54,6 +54,19 @@ pub enum ConnError {
     Timeout(Duration),
 }
 
+/// The next whole packet in `read`: `None` while it is incomplete (more bytes will come).
+/// A packet whose fixed header promises more than its fields hold (a truncated PUBLISH) is
+/// an error that ends the connection: it is never taken, so it is never left without its
+/// PUBACK holding one of the broker's in-flight slots (issue 30); the broker redelivers
+/// it on the next connection of the session.
+fn next_packet(read: &mut BytesMut) -> Result<Option<Packet>, ConnError> {
+    match Packet::read(read, Some(MAX_INCOMING_PACKET)) {
+        Ok(p) => Ok(Some(p)),
+        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        Err(e) => Err(ConnError::Codec(e)),
+    }
+}
+
 /// An open connection.
 pub struct Connection {
     stream: Box<dyn Stream>,
@@ -130,11 +143,7 @@ impl Connection {
 
     /// The next whole packet buffered, if any.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, ConnError> {
-        match Packet::read(&mut self.read, Some(MAX_INCOMING_PACKET)) {
-            Ok(p) => Ok(Some(p)),
-            Err(CodecError::InsufficientBytes(_)) => Ok(None),
-            Err(e) => Err(ConnError::Codec(e)),
-        }
+        next_packet(&mut self.read)
     }
 
     /// Queues a packet for the next [`Self::flush`].
@@ -153,5 +162,52 @@ impl Connection {
             self.write.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+
+    fn publish_bytes() -> BytesMut {
+        let mut p = Publish::new(
+            "vigie/v1/lyon/aq-1/up",
+            QoS::AtLeastOnce,
+            vec![7u8; 40],
+            None,
+        );
+        p.pkid = 9;
+        let mut out = BytesMut::new();
+        Packet::Publish(p).write(&mut out, None).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_whole_publish_is_read_and_a_partial_one_waits() {
+        let whole = publish_bytes();
+        let mut buf = BytesMut::from(&whole[..whole.len() - 5]);
+        assert!(
+            matches!(next_packet(&mut buf), Ok(None)),
+            "incomplete: wait"
+        );
+        buf.extend_from_slice(&whole[whole.len() - 5..]);
+        match next_packet(&mut buf) {
+            Ok(Some(Packet::Publish(p))) => assert_eq!(p.pkid, 9),
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_publish_ends_the_connection_instead_of_being_taken() {
+        // The fixed header says 3 bytes follow; the topic's length says 21.
+        let mut buf = BytesMut::from(&[0x32, 3, 0, 21, b'v'][..]);
+        assert!(matches!(next_packet(&mut buf), Err(ConnError::Codec(_))));
+        // A topic length beyond the packet, the rest present.
+        let mut p = publish_bytes();
+        p[3] = 0xFF;
+        assert!(matches!(next_packet(&mut p), Err(ConnError::Codec(_))));
     }
 }
