@@ -15,7 +15,7 @@
 //! **Stored time.** A reading is stored at its second plus the counter modulo 1000 as
 //! milliseconds (SPEC §6), so counters `c` and `c + 1000·k` of one second would become one
 //! point. Such counters always fall in different blocks of [`BLOCK`] counters, so the book
-//! keeps, per device and kind, the span of seconds each block stored ([`Span`]); a frame
+//! keeps, per device and kind, the span of seconds each block stored (`Span`); a frame
 //! whose seconds overlap another block's span is refused (`time_collision`, SPEC §13.2).
 //! An honest clock never trips it: a block's seconds all come after the block before.
 //! Past [`SPANS`] blocks the oldest are merged into one span per kind, which counts as
