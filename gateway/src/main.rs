@@ -126,6 +126,32 @@ enum DevicesCommand {
     /// Re-key an existing device: new key, key epoch and broker password, new blob; what
     /// is not given again stays as it was.
     Rotate(DeviceArgs),
+    /// Enrol many devices from a CSV file, each row as `devices add` would (the same
+    /// checks; an id that exists is refused), one blob per device, one summary line.
+    /// Columns, named on the first line: tenant, id, kind (air-quality, waste-bin), and
+    /// any of site, zone, latitude, longitude, place, insee, container, capacity_l,
+    /// bin_depth_mm, sample_interval, heartbeat.
+    Import {
+        /// Configuration file.
+        #[arg(long, env = "VIGIE_CONFIG")]
+        config: PathBuf,
+        /// The CSV file.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Folder for the blobs, `<tenant>-<id>.vgp` each.
+        #[arg(long, default_value = ".")]
+        blob_dir: PathBuf,
+        /// Broker host every board connects to (default: mqtt.host).
+        #[arg(long)]
+        broker_host: Option<String>,
+        /// Broker port (default: mqtt.port).
+        #[arg(long)]
+        broker_port: Option<u16>,
+        /// The CA of the broker's certificate: the boards connect over TLS (as `devices
+        /// add --broker-ca`).
+        #[arg(long)]
+        broker_ca: Option<PathBuf>,
+    },
     /// List devices, with last-seen times from the running service.
     List {
         /// Configuration file.
@@ -402,6 +428,19 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
     match cmd {
         DevicesCommand::Add(a) => enrol(a, cli::Enrol::Add),
         DevicesCommand::Rotate(a) => enrol(a, cli::Enrol::Rotate),
+        DevicesCommand::Import {
+            config,
+            csv,
+            blob_dir,
+            broker_host,
+            broker_port,
+            broker_ca,
+        } => import(
+            &config,
+            &csv,
+            &blob_dir,
+            (broker_host, broker_port, broker_ca),
+        ),
         DevicesCommand::List { config } => load(&config)
             .and_then(|c| cli::devices_list(&c))
             .map(|s| println!("{s}")),
@@ -490,6 +529,131 @@ fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, Strin
         meta: a.meta,
     };
     cli::devices_add(&c.gateway, &add, mode)
+}
+
+/// One row of a `devices import` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvDevice {
+    tenant: String,
+    id: String,
+    kind: String,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+    #[serde(default)]
+    place: Option<String>,
+    #[serde(default)]
+    insee: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    capacity_l: Option<u32>,
+    #[serde(default)]
+    bin_depth_mm: Option<u16>,
+    #[serde(default)]
+    sample_interval: Option<u16>,
+    #[serde(default)]
+    heartbeat: Option<u16>,
+}
+
+/// `devices import`: each row enrolled on its own; the refused ones named by line, the
+/// others kept. Run again after fixing, the rows already added are refused as enrolled.
+fn import(
+    config: &std::path::Path,
+    csv_path: &std::path::Path,
+    blob_dir: &std::path::Path,
+    broker: (Option<String>, Option<u16>, Option<PathBuf>),
+) -> Result<(), String> {
+    let c = load(config)?;
+    let file = || format!("{}", csv_path.display());
+    let mut reader = csv::Reader::from_path(csv_path).map_err(|e| format!("{}: {e}", file()))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("{}: {e}", file()))?
+        .clone();
+    let (mut added, mut refused) = (0usize, Vec::new());
+    for record in reader.records() {
+        let line = record
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map_or(0, |p| p.line());
+        let row = record
+            .and_then(|r| r.deserialize::<CsvDevice>(Some(&headers)))
+            .map_err(|e| e.to_string())
+            .and_then(|d| import_args(config, blob_dir, &broker, d))
+            .and_then(|a| enrol_in(&c, a, cli::Enrol::Add));
+        match row {
+            Ok(_) => added += 1,
+            Err(e) => refused.push(format!("{}:{line}: {e}", file())),
+        }
+    }
+    for r in &refused {
+        eprintln!("{r}");
+    }
+    println!(
+        "{}: {added} devices added, {} refused; blobs in {}",
+        file(),
+        refused.len(),
+        blob_dir.display()
+    );
+    if added > 0 {
+        println!(
+            "{}",
+            gateway::access::restart_hint(&c.gateway.broker_access())
+        );
+        println!("{}", cli::reload(&c)?);
+    }
+    match refused.len() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} rows refused (above): fix them and import the same file again (the rows \
+             added are then refused as already enrolled)"
+        )),
+    }
+}
+
+/// The `devices add` arguments of one imported row.
+fn import_args(
+    config: &std::path::Path,
+    blob_dir: &std::path::Path,
+    broker: &(Option<String>, Option<u16>, Option<PathBuf>),
+    d: CsvDevice,
+) -> Result<DeviceArgs, String> {
+    use clap::ValueEnum;
+    let kind = DeviceKind::from_str(&d.kind, true)
+        .map_err(|_| format!("kind {:?}: air-quality or waste-bin", d.kind))?;
+    Ok(DeviceArgs {
+        blob_out: Some(blob_dir.join(format!("{}-{}.vgp", d.tenant, d.id))),
+        device: DeviceRef {
+            config: config.to_path_buf(),
+            tenant: d.tenant,
+            id: d.id,
+        },
+        kind,
+        meta: Metadata {
+            site: d.site,
+            zone: d.zone,
+            latitude: d.latitude,
+            longitude: d.longitude,
+            place: d.place,
+            insee: d.insee,
+            container: d.container,
+            capacity_l: d.capacity_l,
+        },
+        bin_depth_mm: d.bin_depth_mm,
+        sample_interval: d.sample_interval,
+        heartbeat: d.heartbeat,
+        broker_host: broker.0.clone(),
+        broker_port: broker.1,
+        broker_ca: broker.2.clone(),
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -160,3 +160,78 @@ fn config_prints_the_example_which_is_valid() {
         .validate()
         .unwrap();
 }
+
+/// `devices import`: a commune's 200 bins in one file. Each row goes through the checks of
+/// `devices add`; the refused ones are named by line and the others kept; importing the
+/// same file again adds nothing and refuses every row as already enrolled.
+#[test]
+fn devices_import_enrols_a_csv_file_row_by_row_and_names_the_refused_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let config = config.to_str().unwrap();
+    let csv = dir.path().join("bins.csv");
+    std::fs::write(
+        &csv,
+        "tenant,id,kind,site,latitude,longitude,bin_depth_mm,sample_interval\n\
+         lyon,bin-1,waste-bin,Place Bellecour,45.757,4.832,1200,600\n\
+         lyon,bin-2,waste-bin,\"Quai Saint-Antoine, nord\",,,1000,\n\
+         lyon,aq-1,air-quality,,,,,\n\
+         lyon,bin-3,rubbish-bin,,,,,\n\
+         lyon,Bin 4,waste-bin,,,,,\n\
+         lyon,bin-1,waste-bin,,,,,\n",
+    )
+    .unwrap();
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    let import = || {
+        gateway(&[
+            "devices",
+            "import",
+            "--config",
+            config,
+            "--csv",
+            csv.to_str().unwrap(),
+            "--blob-dir",
+            blobs.to_str().unwrap(),
+        ])
+    };
+    let out = import();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "rows were refused: {stdout}{stderr}");
+    assert!(stdout.contains("3 devices added, 3 refused"), "{stdout}");
+    for line in [
+        ":5: kind \"rubbish-bin\"",
+        ":6: --id",
+        ":7: lyon/bin-1 is already enrolled",
+    ] {
+        assert!(stderr.contains(line), "{line} in {stderr}");
+    }
+    let registry = gateway::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
+    assert_eq!(registry.len(), 3);
+    let bin1 = registry.get("lyon", "bin-1").unwrap();
+    assert_eq!(bin1.entry.site.as_deref(), Some("Place Bellecour"));
+    assert_eq!(bin1.entry.sample_interval_s, Some(600));
+    let bin2 = registry.get("lyon", "bin-2").unwrap();
+    assert_eq!(bin2.entry.site.as_deref(), Some("Quai Saint-Antoine, nord"));
+    for id in ["bin-1", "bin-2", "aq-1"] {
+        let bytes = std::fs::read(blobs.join(format!("lyon-{id}.vgp"))).unwrap();
+        let p = protocol::provision::Provisioning::decode(&bytes).unwrap();
+        assert_eq!(p.device.as_str(), id);
+    }
+    // Again: nothing changes, every row refused.
+    let before = std::fs::read(dir.path().join("devices.toml")).unwrap();
+    let again = import();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("0 devices added, 6 refused"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("devices.toml")).unwrap(),
+        before
+    );
+}
