@@ -8,7 +8,7 @@ use crate::devices::{self, DeviceBook};
 use crate::erase;
 use crate::pure::erase::Scope;
 use crate::quarantine;
-use crate::registry::{self, DeviceKind, EnrolError, Enrolment, Metadata, Registry};
+use crate::registry::{self, EnrolError, Enrolment, Metadata, Registry};
 use crate::retention;
 use crate::tenants::{self, TenantsError};
 use protocol::json::UtcTime;
@@ -280,13 +280,13 @@ pub fn devices_add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<Stri
         ),
     };
     Ok(format!(
-        "{} {name} ({:?}, key epoch {epoch}, broker {}:{}, {transport}); provisioning blob: {} ({n} bytes).\n{}",
+        "{} {name} ({}, key epoch {epoch}, broker {}:{}, {transport}); provisioning blob: {} ({n} bytes).\n{}",
         if mode == Enrol::Add {
             "added"
         } else {
             "re-keyed"
         },
-        d.kind,
+        d.kind.name(),
         d.broker_host,
         d.broker_port,
         a.blob_out.display(),
@@ -375,7 +375,18 @@ pub fn reload(config: &Config) -> Result<String, String> {
             "The gateway's status port is off (http.listen): {BY_HAND}."
         ));
     };
+    let not_running = || {
+        format!(
+            "The gateway service does not answer on {addr}: it loads the registry when it starts."
+        )
+    };
     let Some(token) = &config.http.admin_token else {
+        // No warning before the service ever ran: it will load the file when it starts.
+        if let Err(ServiceError::Unreachable(_)) =
+            service_request(addr, reqwest::Method::GET, "/healthz", None)
+        {
+            return Ok(not_running());
+        }
         return Ok(format!(
             "No http.admin_token, so this command cannot ask the running gateway: {BY_HAND}."
         ));
@@ -390,9 +401,7 @@ pub fn reload(config: &Config) -> Result<String, String> {
                 "The running gateway loaded the registry: {devices} devices."
             ))
         }
-        Err(ServiceError::Unreachable(_)) => Ok(format!(
-            "The gateway service does not answer on {addr}: it loads the registry when it starts."
-        )),
+        Err(ServiceError::Unreachable(_)) => Ok(not_running()),
         Err(ServiceError::Refused(why)) => Err(format!(
             "the registry is saved, but the running gateway cannot load it ({why}); it keeps \
              the previous registry until this is fixed"
@@ -518,10 +527,20 @@ pub fn devices_list(config: &Config) -> Result<String, String> {
             ),
         },
     };
-    let mut out = format!(
-        "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} {:>7} {:<7} SITE\n",
-        "TENANT", "DEVICE", "KIND", "EPOCH", "STATE", "LAST SEEN (UTC)", "BATTERY", "STATUS"
-    );
+    let mut rows = vec![
+        [
+            "TENANT",
+            "DEVICE",
+            "KIND",
+            "EPOCH",
+            "STATE",
+            "LAST SEEN (UTC)",
+            "BATTERY",
+            "STATUS",
+            "SITE",
+        ]
+        .map(String::from),
+    ];
     for e in registry.entries() {
         let state = book.get(&e.tenant, &e.id);
         let when = state
@@ -536,27 +555,48 @@ pub fn devices_list(config: &Config) -> Result<String, String> {
             Some(false) => "offline",
             None => "-",
         };
-        let kind = match e.kind {
-            DeviceKind::AirQuality => "air_quality",
-            DeviceKind::WasteBin => "waste_bin",
-        };
         let registered = if e.revoked { "revoked" } else { "active" };
-        out.push_str(&format!(
-            "{:<16} {:<16} {:<12} {:>5} {:<8} {:<21} {:>7} {:<7} {}\n",
-            e.tenant,
-            e.id,
-            kind,
-            e.epoch,
-            registered,
+        rows.push([
+            e.tenant.clone(),
+            e.id.clone(),
+            e.kind.name().to_string(),
+            e.epoch.to_string(),
+            registered.to_string(),
             when,
             battery,
-            status,
-            e.site.as_deref().unwrap_or("")
-        ));
+            status.to_string(),
+            e.site.clone().unwrap_or_default(),
+        ]);
     }
+    let mut out = table(&rows);
     out.push_str(&format!("{} devices", registry.len()));
     out.push_str(source.unwrap_or(""));
     Ok(out)
+}
+
+/// `rows` as columns as wide as their widest cell (ids go up to 32 characters, site names
+/// further): the last column unpadded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `tenants add`: the commune's database, kept for `retention` (default
@@ -690,10 +730,12 @@ pub fn tenants_remove(
 }
 
 /// How long a retention keeps readings, in words.
+/// InfluxDB's retention text in words: `17520h0m0s` → `for 730 days`.
 fn kept(retention: Option<&str>) -> String {
-    match retention {
-        None | Some("0s") => "for ever".into(),
-        Some(d) => format!("for {d}"),
+    match retention.map(|d| (d, retention::parse_influx(d))) {
+        None | Some((_, Some(None))) => "for ever".into(),
+        Some((_, Some(Some(d)))) => format!("for {}", retention::words(d)),
+        Some((d, None)) => format!("for {d}"),
     }
 }
 
@@ -1006,7 +1048,29 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::DeviceKind;
     use protocol::provision::Provisioning;
+
+    #[test]
+    fn retentions_read_in_days_and_columns_hold_long_names() {
+        assert_eq!(kept(Some("17520h0m0s")), "for 730 days");
+        assert_eq!(kept(Some("0s")), "for ever");
+        assert_eq!(kept(None), "for ever");
+        assert_eq!(kept(Some("36h0m0s")), "for 36 hours");
+        let row = |a: &str, b: &str, c: &str| [a.to_string(), b.to_string(), c.to_string()];
+        let t = table(&[
+            row("TENANT", "DEVICE", "SITE"),
+            row("villefranche-sur-saone", "bin-0001", "Place des Arts"),
+            row("lyon", "aq-1", ""),
+        ]);
+        let starts: Vec<Option<usize>> = t
+            .lines()
+            .zip(["DEVICE", "bin-0001", "aq-1"])
+            .map(|(l, d)| l.find(d))
+            .collect();
+        assert_eq!(starts, [Some(24); 3], "{t}");
+        assert!(t.lines().all(|l| !l.ends_with(' ')), "{t}");
+    }
 
     /// The accounts and ACLs of the access file, as (username, [(acltype, topic)]).
     fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {

@@ -202,6 +202,11 @@ fn devices_import_enrols_a_csv_file_row_by_row_and_names_the_refused_lines() {
     );
     assert!(!out.status.success(), "rows were refused: {stdout}{stderr}");
     assert!(stdout.contains("3 devices added, 3 refused"), "{stdout}");
+    // No admin token and no service yet: no warning, it loads the registry when it starts.
+    assert!(
+        stdout.contains("does not answer") && !stdout.contains("admin_token"),
+        "{stdout}"
+    );
     for line in [
         ":5: kind \"rubbish-bin\"",
         ":6: --id",

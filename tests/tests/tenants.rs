@@ -127,7 +127,7 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
             .to_string()
     };
     assert!(
-        line("lyon").contains("vigie_lyon (readings kept for 8760h0m0s)"),
+        line("lyon").contains("vigie_lyon (readings kept for 365 days)"),
         "{listed}"
     );
     assert_eq!(

@@ -61,6 +61,14 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// As the commands spell it (`--kind air-quality`), in every listing and message.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AirQuality => "air-quality",
+            Self::WasteBin => "waste-bin",
+        }
+    }
+
     /// The observation kind its frames carry (all devices also send status frames).
     pub fn kind(self) -> Kind {
         match self {
