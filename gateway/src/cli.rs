@@ -645,10 +645,15 @@ pub fn tenants_list(config: &Config) -> Result<String, String> {
         t.1 += usize::from(e.revoked);
     }
     let influx = tenants::Influx::new(config.database.as_ref());
-    let mut out = format!(
-        "{:<16} {:>7} {:>7}  DATABASE\n",
-        "TENANT", "DEVICES", "REVOKED"
-    );
+    // Communes made with `tenants add` before any device was enrolled are listed too.
+    let made = match &influx {
+        Ok(influx) => block_on(influx.communes())?.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    for tenant in &made {
+        tenants.entry(tenant.as_str()).or_default();
+    }
+    let mut rows = vec![["TENANT", "DEVICES", "REVOKED", "DATABASE"].map(String::from)];
     for (tenant, (devices, revoked)) in &tenants {
         let database = match &influx {
             Ok(influx) => match block_on(influx.state(tenant))? {
@@ -668,10 +673,14 @@ pub fn tenants_list(config: &Config) -> Result<String, String> {
                 .as_ref()
                 .map_or_else(String::new, |d| d.target(tenant)),
         };
-        out.push_str(&format!(
-            "{tenant:<16} {devices:>7} {revoked:>7}  {database}\n"
-        ));
+        rows.push([
+            tenant.to_string(),
+            devices.to_string(),
+            revoked.to_string(),
+            database,
+        ]);
     }
+    let mut out = table(&rows);
     out.push_str(&format!("{} tenants", tenants.len()));
     if let Err(TenantsError::Unsupported(why)) = &influx {
         out.push_str(&format!(" ({why})"));

@@ -131,6 +131,28 @@ impl Influx {
         }
     }
 
+    /// The communes whose database exists on the server: the databases named by
+    /// `database.tenants`, and those named `<prefix><tenant>`.
+    pub async fn communes(&self) -> Result<Vec<String>, TenantsError> {
+        let databases = self.query("SHOW DATABASES").await?;
+        let names: Vec<String> = rows(&databases)
+            .filter_map(|row| row[0].as_str().map(String::from))
+            .collect();
+        Ok(names
+            .iter()
+            .filter_map(|name| {
+                let mapped = self.cfg.tenants.iter().find(|(_, db)| *db == name);
+                match mapped {
+                    Some((tenant, _)) => Some(tenant.clone()),
+                    None => name
+                        .strip_prefix(self.cfg.prefix.as_str())
+                        .filter(|t| !self.cfg.prefix.is_empty() && protocol::Id::new(t).is_ok())
+                        .map(String::from),
+                }
+            })
+            .collect())
+    }
+
     /// The database of `tenant` as it stands.
     pub async fn state(&self, tenant: &str) -> Result<DatabaseState, TenantsError> {
         let name = self.cfg.target(tenant);

@@ -116,6 +116,20 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
         "{}",
         text(&out)
     );
+    // A commune made before any of its devices is enrolled is listed too (it was "0
+    // tenants" right after two `tenants add`), its long name not shifting the columns.
+    let out = cli(
+        &[
+            "tenants",
+            "add",
+            "--tenant",
+            "villefranche-sur-saone",
+            "--retention",
+            "730d",
+        ],
+        &config,
+    );
+    assert!(out.status.success(), "{}", text(&out));
     let out = cli(&["tenants", "list"], &config);
     let listed = text(&out);
     assert!(out.status.success(), "{listed}");
@@ -136,6 +150,18 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
         "{listed}"
     );
     assert!(line("nice").contains("vigie_nice MISSING"), "{listed}");
+    let villefranche = line("villefranche-sur-saone");
+    assert!(
+        villefranche.contains("vigie_villefranche-sur-saone (readings kept for 730 days)")
+            && villefranche.split_whitespace().nth(1) == Some("0"),
+        "{listed}"
+    );
+    assert_eq!(
+        line("lyon").find("vigie_lyon"),
+        villefranche.find("vigie_villefranche"),
+        "one column: {listed}"
+    );
+    assert!(listed.contains("3 tenants"), "{listed}");
 
     // Leaving: refused while devices remain; readings kept unless asked.
     let out = cli(&["tenants", "remove", "--tenant", "lyon"], &config);
@@ -181,6 +207,6 @@ async fn tenants_add_list_and_remove_manage_databases_and_retention() {
     assert!(text(&out).contains("nothing to create"), "{}", text(&out));
     assert!(!exists("vigie_nice").await);
     println!(
-        "tenants: 30d and 90d refused (under max_age), created with 8760h, listed, refused with devices, dropped"
+        "tenants: 30d and 90d refused (under max_age), created with 365 days, a commune without devices listed, refused with devices, dropped"
     );
 }
