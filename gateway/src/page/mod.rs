@@ -592,7 +592,7 @@ fn details(v: &View, s: &Station) -> String {
     let l = s.listing;
     let d = s.state;
     let dash = || "–".to_string();
-    let seconds = |x: Option<u16>| x.map_or_else(dash, |x| format!("{x} s"));
+    let seconds = |x: Option<u16>| x.map_or_else(dash, |x| v.lang.duration(u64::from(x)));
     let mut rows = vec![
         (v.lang.pick("Type", "Kind"), kind(v, l.kind).to_string()),
         (
@@ -620,7 +620,7 @@ fn details(v: &View, s: &Station) -> String {
         ),
         (
             v.lang.pick("Silence toléré", "Allowed silence"),
-            format!("{} s", condition::due_s(l)),
+            v.lang.duration(condition::due_s(l)),
         ),
         (
             v.lang.pick("Dernière trame", "Last frame"),

@@ -55,6 +55,26 @@ impl Lang {
         }
     }
 
+    /// A duration in words at its two largest units: `45 s`, `5 min`, `1 h 10 min`,
+    /// `2 j 3 h` / `2 d 3 h` (an interval of 4200 s reads as 1 h 10 min).
+    pub fn duration(self, seconds: u64) -> String {
+        let day = self.pick("j", "d");
+        let units = [(86_400, day), (3_600, "h"), (60, "min"), (1, "s")];
+        let mut parts = Vec::new();
+        let mut rest = seconds;
+        for (size, name) in units {
+            let n = rest / size;
+            if n > 0 || (parts.is_empty() && size == 1) {
+                parts.push(format!("{n} {name}"));
+                rest %= size;
+            }
+            if parts.len() == 2 || (!parts.is_empty() && rest == 0) {
+                break;
+            }
+        }
+        parts.join(" ")
+    }
+
     /// A light in words.
     pub fn light(self, light: Light) -> &'static str {
         match light {
@@ -177,5 +197,23 @@ impl Lang {
                 self.pick("non acquittées, renvoyées", "not acknowledged, sent again"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_words_not_seconds() {
+        let en = Lang::En;
+        assert_eq!(en.duration(4_200), "1 h 10 min");
+        assert_eq!(en.duration(300), "5 min");
+        assert_eq!(en.duration(3_600), "1 h");
+        assert_eq!(en.duration(45), "45 s");
+        assert_eq!(en.duration(0), "0 s");
+        assert_eq!(en.duration(90), "1 min 30 s");
+        assert_eq!(en.duration(2 * 86_400 + 3 * 3_600 + 59), "2 d 3 h");
+        assert_eq!(Lang::Fr.duration(2 * 86_400), "2 j");
     }
 }
