@@ -326,3 +326,48 @@ async fn publish_as(broker: SocketAddr, user: String, messages: Vec<(String, Vec
     client.disconnect().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
 }
+
+/// Floods `device`'s uplink topic at QoS 0 from its own account: `count` payloads, the
+/// `i`-th of `size(i)` bytes, for at most `limit`; how many went out (the broker may end
+/// the connection, on an oversized one for instance, which ends the flood).
+pub async fn flood_qos0(
+    broker: SocketAddr,
+    device: &Device,
+    count: usize,
+    size: impl Fn(usize) -> usize,
+    limit: Duration,
+) -> usize {
+    let user = access::device_username(&device.tenant, &device.id);
+    let mut o = MqttOptions::new(&user, broker.ip().to_string(), broker.port());
+    o.set_credentials(&user, password(&user).expose());
+    o.set_max_packet_size(Some(2 << 20));
+    let (client, mut events) = AsyncClient::new(o, 64);
+    // The client's event loop in a task of its own; whatever was sent by `limit` is the
+    // flood, and nothing here can wait for ever.
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let topic = device.topic();
+    let mut sent = 0;
+    let _ = tokio::time::timeout(limit, async {
+        for i in 0..count {
+            let payload = vec![(i % 251) as u8; size(i)];
+            if client
+                .publish(&topic, QoS::AtMostOnce, false, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = client.disconnect().await;
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !poller.is_finished() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    poller.abort();
+    sent
+}

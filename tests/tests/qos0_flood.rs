@@ -9,8 +9,6 @@
 //! all land.
 #![allow(clippy::unwrap_used)]
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, MqttOptions};
 use std::time::Duration;
 use vigie_tests::process::{GatewayProcess, GatewaySettings, peak_rss_mib};
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario, wait_for};
@@ -49,39 +47,15 @@ async fn a_qos0_flood_with_the_worker_stalled_keeps_memory_bounded() {
     .await;
     let before = peak_rss_mib(pid);
 
-    // The flood, at QoS 0, from the sixth device's own account.
-    let flooder = &devices[5];
-    let user = gateway::access::device_username(&flooder.tenant, &flooder.id);
-    let mut o = MqttOptions::new(&user, broker.addr.ip().to_string(), broker.addr.port());
-    o.set_credentials(&user, fleet::password(&user).expose());
-    let (client, mut events) = AsyncClient::new(o, 64);
-    let topic = flooder.topic();
-    // The client's event loop in a task of its own; the flood bounded in time (90 s):
-    // whatever was sent by then is the flood, and nothing here can wait for ever.
-    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    let mut sent = 0;
-    let _ = tokio::time::timeout(Duration::from_secs(90), async {
-        for i in 0..FLOOD {
-            let payload = vec![(i % 251) as u8; SIZE];
-            if client
-                .publish(&topic, QoS::AtMostOnce, false, payload)
-                .await
-                .is_err()
-            {
-                break;
-            }
-            sent += 1;
-        }
-        let _ = client.disconnect().await;
-    })
+    // The flood, at QoS 0, from the sixth device's own account, bounded in time (90 s).
+    let sent = fleet::flood_qos0(
+        broker.addr,
+        &devices[5],
+        FLOOD,
+        |_| SIZE,
+        Duration::from_secs(90),
+    )
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while !poller.is_finished() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    poller.abort();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let peak = peak_rss_mib(pid);
     let dropped = gw.metric("vigie_mqtt_qos0_dropped_total").unwrap();
