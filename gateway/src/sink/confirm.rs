@@ -83,6 +83,17 @@ impl Confirm {
         }
     }
 
+    /// Whether the counters were read once: before that nothing written could be vouched
+    /// for, so the sink reads them before its first write ([`Self::baseline`]).
+    pub fn has_baseline(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// The counters before any write.
+    pub fn baseline(&mut self, counters: Discards) {
+        self.last.get_or_insert(counters);
+    }
+
     /// A write answered 2xx.
     pub fn wrote(&mut self, at: Instant, tenant: &str, lines: &str, count: u64) {
         self.bytes += lines.len();
@@ -133,7 +144,12 @@ impl Confirm {
             // Nothing to compare with: what waits cannot be vouched for.
             return self.drop_all(0, "counters not read before these writes".into());
         };
-        let rows = now.total().saturating_sub(last.total());
+        // Counters lower than before: VictoriaMetrics restarted and counts from 0 again,
+        // so all it counts now was dropped since.
+        let rows = match now.total().checked_sub(last.total()) {
+            Some(rose) => rose,
+            None => now.total(),
+        };
         if rows > 0 {
             return self.drop_all(rows, now.since(&last));
         }
@@ -227,6 +243,26 @@ mod tests {
         assert!(matches!(
             c.settle(t0 + 3 * SETTLE, counters(6)),
             Settled::Kept { head: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_restarted_victoria_metrics_counts_from_zero_again() {
+        let t0 = Instant::now();
+        let mut c = Confirm::new(None);
+        assert!(!c.has_baseline());
+        c.baseline(counters(40));
+        assert!(c.has_baseline());
+        c.wrote(t0, "lyon", "a 1\n", 1);
+        // Restarted: 3 dropped since, not "37 fewer".
+        assert!(matches!(
+            c.settle(t0 + SETTLE, counters(3)),
+            Settled::Dropped { rows: 3, .. }
+        ));
+        c.wrote(t0 + SETTLE, "lyon", "b 1\n", 1);
+        assert!(matches!(
+            c.settle(t0 + 2 * SETTLE, counters(3)),
+            Settled::Kept { .. }
         ));
     }
 

@@ -478,6 +478,12 @@ impl Sink {
             // Records `erase` emptied: nothing to send.
             return Written::Stored;
         }
+        if let Some(error) = self.confirm_baseline() {
+            let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
+            let cfg = &self.s.cfg;
+            let wait = retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+            return Written::Failed { error, wait };
+        }
         let started = Instant::now();
         let answer = self.s.writer.write(tenant, lines);
         let (action, detail) = match &answer {
@@ -629,6 +635,23 @@ impl Sink {
             })
             .inc_by(lines.lines().count() as u64);
         Ok(())
+    }
+
+    /// Before the first write to VictoriaMetrics, its counters of dropped rows: without
+    /// them nothing written could be vouched for, so nothing is written (the commune is
+    /// held, retried) until they can be read. The error, if they cannot.
+    fn confirm_baseline(&mut self) -> Option<String> {
+        let c = self.confirm.as_mut().filter(|c| !c.has_baseline())?;
+        match self.s.writer.discards()? {
+            Ok(counters) => {
+                c.baseline(counters);
+                None
+            }
+            Err(e) => Some(format!(
+                "cannot read VictoriaMetrics' counters of dropped rows ({e}): nothing is \
+                 written until they can be, so that every write can be confirmed"
+            )),
+        }
     }
 
     /// Reads the database's counters of dropped rows when a write waits long enough for
