@@ -1,8 +1,9 @@
 use super::*;
 use crate::buffer::Buffer;
-use crate::metrics::WRITE_ERROR_CLASSES;
+use crate::metrics::{ReasonLabel, WRITE_ERROR_CLASSES};
+use crate::pure::reason::Reason;
 use crate::pure::record::Record;
-use crate::quarantine::Quarantine;
+use crate::quarantine::{self, Origin, Quarantine};
 use std::sync::Mutex;
 
 /// Readings stored, over the tenants these tests use.
