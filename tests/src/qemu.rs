@@ -26,10 +26,14 @@ pub const RING_LEN: usize = 4 * 4096;
 /// The PSRAM size QEMU's mps2-an386 requires.
 const PSRAM: u64 = 16 << 20;
 
-/// The image `scripts/build-images.sh` builds.
+/// The image `scripts/build-images.sh` builds, or the one `VIGIE_QEMU_IMAGE` names
+/// (`scripts/bench-idle.sh` compares the spinning build with it).
 pub fn image() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let elf = root.join("target/boards/thumbv7em-none-eabihf/release/vigie-node-mps2");
+    let elf = std::env::var_os("VIGIE_QEMU_IMAGE").map_or_else(
+        || root.join("target/boards/thumbv7em-none-eabihf/release/vigie-node-mps2"),
+        PathBuf::from,
+    );
     assert!(
         elf.exists(),
         "{} missing: scripts/test.sh builds it (scripts/build-images.sh)",

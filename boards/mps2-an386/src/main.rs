@@ -142,11 +142,14 @@ fn main() -> ! {
         halt(&mut console, "started twice")
     };
     let mut board = Mps2 { console, station };
-    // Sleeps between interrupts: the millisecond tick and the modem's bytes.
-    app::block_on_idle(
-        app::run(node, Modem::new(Uart::uart0()), &mut board),
-        hw::idle,
-    )
+    // Sleeps between interrupts: the millisecond tick and the modem's bytes. Feature
+    // `spin`: the old busy loop, the reference of `scripts/bench-idle.sh`.
+    let idle: fn() = if cfg!(feature = "spin") {
+        || {}
+    } else {
+        hw::idle
+    };
+    app::block_on_idle(app::run(node, Modem::new(Uart::uart0()), &mut board), idle)
 }
 
 /// The board as the node's main loop sees it.
