@@ -1,6 +1,7 @@
 use super::*;
 use crate::buffer::Buffer;
 use crate::metrics::{ReasonLabel, WRITE_ERROR_CLASSES};
+use crate::pure::discards::Discards;
 use crate::pure::reason::Reason;
 use crate::pure::record::Record;
 use crate::quarantine::{self, Origin, Quarantine};
@@ -28,6 +29,9 @@ struct Scripted {
     answers: Arc<Mutex<BTreeMap<String, Vec<Answer>>>>,
     stored: Arc<Mutex<Vec<(String, String)>>>,
     refuse_containing: Option<&'static str>,
+    /// VictoriaMetrics' dropped-row counters as read in turn (`None`: unreadable; the
+    /// last repeats); no script: a database whose 2xx is proof.
+    counters: Option<Vec<Option<u64>>>,
 }
 
 fn status(code: u16, body: &str) -> Answer {
@@ -56,6 +60,23 @@ impl LineWriter for Scripted {
             .unwrap()
             .push((tenant.into(), lines.into()));
         status(204, "")
+    }
+
+    fn discards(&mut self) -> Option<Result<Discards, String>> {
+        let script = self.counters.as_mut()?;
+        let next = if script.len() > 1 {
+            script.remove(0)
+        } else {
+            script.first().copied().flatten()
+        };
+        Some(next.map_or_else(
+            || Err("HTTP 401".to_string()),
+            |n| {
+                Ok(Discards {
+                    by_cause: vec![("small_timestamp".into(), n)],
+                })
+            },
+        ))
     }
 }
 
@@ -93,7 +114,7 @@ fn start(
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
-    start_with(dir, q, answers, refuse, records)
+    start_with(dir, q, answers, refuse, records, None)
 }
 
 fn start_with(
@@ -102,6 +123,7 @@ fn start_with(
     answers: BTreeMap<String, Vec<Answer>>,
     refuse: Option<&'static str>,
     records: Vec<Vec<u8>>,
+    counters: Option<Vec<Option<u64>>>,
 ) -> Run {
     let (mut buffer, _) = Buffer::open(
         crate::fs::real(),
@@ -118,6 +140,7 @@ fn start_with(
         answers: answers.clone(),
         stored: stored.clone(),
         refuse_containing: refuse,
+        counters,
     };
     let cfg = BatchConfig {
         max_lines: 100,
@@ -330,6 +353,7 @@ fn a_refused_line_is_not_dropped_when_the_quarantine_cannot_be_written() {
         BTreeMap::new(),
         Some("BAD"),
         records,
+        None,
     );
     run.wait_for("the refused line quarantined", |r| refused(&r.metrics) >= 1);
     assert!(
@@ -394,6 +418,7 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
         answers: Default::default(),
         stored: written.clone(),
         refuse_containing: None,
+        counters: None,
     };
     let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
     let stop = CancellationToken::new();
@@ -414,4 +439,49 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     super::run(setup);
     assert!(written.lock().unwrap().is_empty());
     assert_eq!(stored(&metrics), 0);
+}
+
+/// A sink writing to VictoriaMetrics (`start_with` with a counter script).
+fn start_counted(records: Vec<Vec<u8>>, counters: Vec<Option<u64>>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Quarantine::open(crate::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
+    start_with(dir, q, BTreeMap::new(), None, records, Some(counters))
+}
+
+#[test]
+fn a_victoria_metrics_write_counts_as_stored_only_once_its_counters_vouch_for_it() {
+    // Counters unreadable at first: nothing written (the commune held), then 0 for good.
+    let run = start_counted(vec![record("a", 1, "m v=1 1")], vec![None, None, Some(0)]);
+    let started = Instant::now();
+    run.wait_for("written", |r| !r.lines().is_empty());
+    assert_eq!(stored(&run.metrics), 0, "written, not yet confirmed");
+    run.wait_for("confirmed", |r| stored(&r.metrics) == 1);
+    assert!(
+        started.elapsed() >= confirm::SETTLE,
+        "read after the settle time"
+    );
+    let (all, metrics, dir) = run.stop();
+    assert_eq!(all, ["a:m v=1 1"]);
+    assert_eq!(refused(&metrics), 0);
+    let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
+    assert!(q.is_empty());
+}
+
+#[test]
+fn lines_victoria_metrics_dropped_after_a_204_go_to_the_quarantine() {
+    // 0 before the writes, then 2 dropped.
+    let records = vec![record("a", 1, "m v=1 1"), record("a", 2, "m v=2 2")];
+    let run = start_counted(records, vec![Some(0), Some(2)]);
+    run.wait_for("kept", |r| {
+        quarantine::read_all(&r.dir.path().join("q")).is_ok_and(|(q, _)| !q.is_empty())
+    });
+    let (_, metrics, dir) = run.stop();
+    assert_eq!(stored(&metrics), 0, "nothing vouched for");
+    let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
+    let kept: String = q
+        .iter()
+        .filter(|e| e.reason == "database_discarded")
+        .map(|e| String::from_utf8(hex::decode(&e.payload).unwrap()).unwrap())
+        .collect();
+    assert_eq!(kept, "m v=1 1\nm v=2 2\n");
 }
