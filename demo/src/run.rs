@@ -8,6 +8,7 @@
 use gateway::access;
 use gateway::config::Config;
 use gateway::metrics::Metrics;
+use gateway::registry::RegistryFile;
 use gateway::registry::{self, DeviceKind, Enrolment, Registry};
 use protocol::provision::{Provisioning, Transport};
 use std::io::Write;

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|w| w.len() >= 16)
         .collect();
     let errors = [
-        gateway::registry::Registry::parse(text, "devices.toml")
+        <gateway::registry::Registry as gateway::registry::RegistryFile>::parse(text, "devices.toml")
             .err()
             .map(|e| e.to_string()),
         gateway::config::Config::parse(text)

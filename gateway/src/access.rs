@@ -26,135 +26,50 @@
 
 use crate::config::Secret;
 use crate::registry::Registry;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use std::fmt;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::str::FromStr;
 
 /// PBKDF2 iterations, Mosquitto's own default. The passwords are random (143 bits), so
 /// the work factor protects nothing more; the broker pays it at every connection.
 pub const ITERATIONS: u32 = 101;
 const SALT_LEN: usize = 12;
-const HASH_LEN: usize = 64;
+use vigie_core::fleet::HASH_LEN;
 /// Length of a generated password: 24 characters of `[A-Za-z0-9]`, 142.9 bits.
 pub const PASSWORD_LEN: usize = 24;
 
-/// A password as Mosquitto stores it: `$7$<iterations>$<salt>$<hash>`, PBKDF2-SHA512,
-/// base64.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PasswordHash {
-    iterations: u32,
-    salt: Vec<u8>,
-    hash: Vec<u8>,
+pub use vigie_core::fleet::{HashFormatError, PasswordHash};
+
+/// Hashes `password` under a fresh random salt.
+pub fn hash_password(password: &Secret) -> Result<PasswordHash, getrandom::Error> {
+    let mut salt = vec![0u8; SALT_LEN];
+    getrandom::fill(&mut salt)?;
+    Ok(derive(password.expose(), salt, ITERATIONS))
 }
 
-impl PasswordHash {
-    /// Hashes `password` under a fresh random salt.
-    pub fn new(password: &Secret) -> Result<Self, getrandom::Error> {
-        let mut salt = vec![0u8; SALT_LEN];
-        getrandom::fill(&mut salt)?;
-        Ok(Self::derive(password.expose(), salt, ITERATIONS))
-    }
-
-    fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> Self {
-        let mut hash = vec![0u8; HASH_LEN];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA512,
-            NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN),
-            &salt,
-            password.as_bytes(),
-            &mut hash,
-        );
-        Self {
-            iterations,
-            salt,
-            hash,
-        }
-    }
-
-    /// True when `password` is the one hashed (constant-time comparison).
-    pub fn verify(&self, password: &str) -> bool {
-        ring::pbkdf2::verify(
-            ring::pbkdf2::PBKDF2_HMAC_SHA512,
-            NonZeroU32::new(self.iterations).unwrap_or(NonZeroU32::MIN),
-            &self.salt,
-            password.as_bytes(),
-            &self.hash,
-        )
-        .is_ok()
-    }
-
-    /// The dynamic-security plugin's fields for this password.
-    fn dynsec_fields(&self) -> (String, String, u32) {
-        (
-            B64.encode(&self.salt),
-            B64.encode(&self.hash),
-            self.iterations,
-        )
-    }
+fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> PasswordHash {
+    let mut hash = vec![0u8; HASH_LEN];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA512,
+        NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN),
+        &salt,
+        password.as_bytes(),
+        &mut hash,
+    );
+    // Parts of the right sizes by construction.
+    PasswordHash::from_parts(iterations.max(1), salt, hash).unwrap_or_else(|_| unreachable!())
 }
 
-impl fmt::Display for PasswordHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (salt, hash, iterations) = self.dynsec_fields();
-        write!(f, "$7${iterations}${salt}${hash}")
-    }
-}
-
-/// Hashes are not secret, but long and useless in logs.
-impl fmt::Debug for PasswordHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PasswordHash($7$…)")
-    }
-}
-
-/// Why a stored hash does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a Mosquitto password hash ($7$<iterations>$<salt>$<hash>, base64)")]
-pub struct HashFormatError;
-
-impl FromStr for PasswordHash {
-    type Err = HashFormatError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.strip_prefix("$7$").ok_or(HashFormatError)?.split('$');
-        let (Some(iterations), Some(salt), Some(hash), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(HashFormatError);
-        };
-        let iterations = iterations
-            .parse()
-            .ok()
-            .filter(|i| *i > 0)
-            .ok_or(HashFormatError)?;
-        let salt = B64.decode(salt).map_err(|_| HashFormatError)?;
-        let hash = B64.decode(hash).map_err(|_| HashFormatError)?;
-        if salt.is_empty() || hash.len() != HASH_LEN {
-            return Err(HashFormatError);
-        }
-        Ok(Self {
-            iterations,
-            salt,
-            hash,
-        })
-    }
-}
-
-impl serde::Serialize for PasswordHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PasswordHash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+/// True when `password` is the one `stored` hashes (constant-time comparison).
+pub fn verify(stored: &PasswordHash, password: &str) -> bool {
+    ring::pbkdf2::verify(
+        ring::pbkdf2::PBKDF2_HMAC_SHA512,
+        NonZeroU32::new(stored.iterations()).unwrap_or(NonZeroU32::MIN),
+        stored.salt(),
+        password.as_bytes(),
+        stored.hash(),
+    )
+    .is_ok()
 }
 
 /// A new random password: [`PASSWORD_LEN`] characters of `[A-Za-z0-9]` (rejection
@@ -275,13 +190,13 @@ mod tests {
     #[test]
     fn hash_round_trips_in_mosquitto_format_and_verifies() {
         let pw = Secret::new("correct horse");
-        let h = PasswordHash::new(&pw).unwrap();
+        let h = hash_password(&pw).unwrap();
         let text = h.to_string();
         assert!(text.starts_with("$7$101$"), "{text}");
         let back: PasswordHash = text.parse().unwrap();
         assert_eq!(back, h);
-        assert!(back.verify("correct horse"));
-        assert!(!back.verify("correct horsf"));
+        assert!(verify(&back, "correct horse"));
+        assert!(!verify(&back, "correct horsf"));
         for bad in [
             "",
             "$6$101$a$b",
@@ -299,7 +214,7 @@ mod tests {
         // `mosquitto_passwd -b f user secret` wrote this line (Mosquitto 2.0.11).
         let line = "$7$101$M/0AH5HggN6asdKR$L5UPgj3sMu9/H+yBFqWNvR177YsoZp/gdodvFf9BvjJS8DZGcPzcYp5RdLY+urvOxiayt+ENEITEs/+voL1g0g==";
         let h: PasswordHash = line.parse().unwrap();
-        assert!(h.verify("gwpass"));
+        assert!(verify(&h, "gwpass"));
         assert_eq!(h.to_string(), line);
     }
 

@@ -6,8 +6,8 @@ use crate::access;
 use crate::config::{Config, GatewayConfig};
 use crate::devices::{self, DeviceBook};
 use crate::erase;
-use crate::pure::erase::Scope;
 use crate::quarantine;
+use crate::registry::RegistryFile;
 use crate::registry::{self, EnrolError, Enrolment, Metadata, Registry};
 use crate::retention;
 use crate::tenants::{self, TenantsError};
@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vigie_core::erase::Scope;
 
 /// `check-config FILE`: loads and validates the config, the registry (which must exist:
 /// the service refuses to start without it) and the data directory (writable by whoever
@@ -421,7 +422,7 @@ pub fn gateways_add(
     change(g, |registry| {
         let password = access::new_password()
             .map_err(|e| format!("no system randomness for the password: {e}"))?;
-        let password_hash = access::PasswordHash::new(&password)
+        let password_hash = access::hash_password(&password)
             .map_err(|e| format!("no system randomness for the salt: {e}"))?;
         registry
             .set_gateway(registry::GatewayAccount {
@@ -859,7 +860,7 @@ fn watch_line(e: &serde_json::Value) -> String {
             let reason = e["reason"].as_str().unwrap_or("?");
             format!(
                 "{at}: rejected ({reason}): {}",
-                crate::pure::reason::Reason::hint(reason)
+                vigie_core::judge::reason::Reason::hint(reason)
             )
         }
         "duplicate" => format!("{at}: duplicate of a stored frame (a resend), acknowledged again"),
@@ -1155,7 +1156,7 @@ mod tests {
         assert_eq!(blob.transport, a.device.transport);
         // The registry keeps the password's hash only; the blob the password.
         let hash = dev.entry.broker_password_hash.clone().unwrap();
-        assert!(hash.verify(&blob.broker_password));
+        assert!(access::verify(&hash, &blob.broker_password));
         let text = std::fs::read_to_string(&g.registry).unwrap();
         assert!(!text.contains(blob.broker_password.as_str()));
         // The device's account may publish its uplink and status, read its acks.
@@ -1178,7 +1179,7 @@ mod tests {
         let secret = std::fs::read_to_string(&pw).unwrap();
         assert_eq!(secret.trim().len(), access::PASSWORD_LEN);
         let gw = Registry::load(&g.registry).unwrap().gateways()[0].clone();
-        assert!(gw.password_hash.verify(secret.trim()));
+        assert!(access::verify(&gw.password_hash, secret.trim()));
         assert!(
             gateways_add(&g, "lyon.bin-7", &pw).is_err(),
             "a device's name"
@@ -1193,7 +1194,10 @@ mod tests {
         assert_ne!(dev2.key.expose_secret(), dev.key.expose_secret());
         assert_ne!(blob2.broker_password, blob.broker_password);
         let hash2 = dev2.entry.broker_password_hash.clone().unwrap();
-        assert!(hash2.verify(&blob2.broker_password) && !hash2.verify(&blob.broker_password));
+        assert!(
+            access::verify(&hash2, &blob2.broker_password)
+                && !access::verify(&hash2, &blob.broker_password)
+        );
         // Its metadata came with it, and `devices edit` changes it without a new key.
         assert_eq!(
             (

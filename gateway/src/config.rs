@@ -3,10 +3,10 @@
 //! can act on. The commented reference is `gateway/gateway.example.toml`.
 
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use vigie_core::Secret;
 
 /// A configuration mistake, said so that it can be fixed without reading code.
 #[derive(Debug, thiserror::Error)]
@@ -197,28 +197,6 @@ fn serde_values_are_left_out_field_names_kept() {
     assert_eq!(e.key.as_deref(), Some("max_age"));
 }
 
-/// A password or token: deserialized like a string, never shown by `Debug`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -250,7 +228,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ExportConfig {
     /// The fields each commune publishes (stored names, docs/SCHEMA.md); a commune not
-    /// named publishes [`crate::pure::opendata::DEFAULT_PUBLIC`].
+    /// named publishes [`vigie_core::output::opendata::DEFAULT_PUBLIC`].
     pub public_fields: std::collections::BTreeMap<String, Vec<String>>,
 }
 
@@ -259,7 +237,7 @@ impl ExportConfig {
     pub fn public(&self, tenant: &str) -> Vec<String> {
         match self.public_fields.get(tenant) {
             Some(fields) => fields.clone(),
-            None => crate::pure::opendata::DEFAULT_PUBLIC
+            None => vigie_core::output::opendata::DEFAULT_PUBLIC
                 .iter()
                 .map(|f| f.to_string())
                 .collect(),
@@ -465,10 +443,10 @@ impl DatabaseConfig {
     }
 
     /// Where string values go in line protocol for this server.
-    pub fn string_fields(&self) -> crate::pure::lineproto::StringFields {
+    pub fn string_fields(&self) -> vigie_core::output::lineproto::StringFields {
         match self.kind {
-            DatabaseKind::Influxdb => crate::pure::lineproto::StringFields::Fields,
-            DatabaseKind::Victoriametrics => crate::pure::lineproto::StringFields::Tags,
+            DatabaseKind::Influxdb => vigie_core::output::lineproto::StringFields::Fields,
+            DatabaseKind::Victoriametrics => vigie_core::output::lineproto::StringFields::Tags,
         }
     }
 
@@ -663,20 +641,20 @@ impl Config {
             self.mqtt.host = Some(v);
         }
         if let Some(v) = get("VIGIE_MQTT_PASSWORD") {
-            self.mqtt.password = Some(Secret(v));
+            self.mqtt.password = Some(Secret::new(v));
         }
         if let Some(v) = get("VIGIE_ADMIN_TOKEN") {
-            self.http.admin_token = Some(Secret(v));
+            self.http.admin_token = Some(Secret::new(v));
         }
         if let Some(db) = &mut self.database {
             if let Some(v) = get("VIGIE_DATABASE_URL") {
                 db.url = v;
             }
             if let Some(v) = get("VIGIE_DATABASE_TOKEN") {
-                db.token = Some(Secret(v));
+                db.token = Some(Secret::new(v));
             }
             if let Some(v) = get("VIGIE_DATABASE_PASSWORD") {
-                db.password = Some(Secret(v));
+                db.password = Some(Secret::new(v));
             }
         }
     }
@@ -732,11 +710,11 @@ impl Config {
         for (tenant, fields) in &self.export.public_fields {
             if let Some(f) = fields
                 .iter()
-                .find(|f| !crate::pure::opendata::DEFAULT_PUBLIC.contains(&f.as_str()))
+                .find(|f| !vigie_core::output::opendata::DEFAULT_PUBLIC.contains(&f.as_str()))
             {
                 return bad(format!(
                     "export.public_fields.{tenant}: {f:?} is not a field that can be published (one of {})",
-                    crate::pure::opendata::DEFAULT_PUBLIC.join(", ")
+                    vigie_core::output::opendata::DEFAULT_PUBLIC.join(", ")
                 ));
             }
         }

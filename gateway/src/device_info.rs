@@ -6,12 +6,12 @@
 //! every [`RETRY`] until it takes it, without holding readings back.
 
 use crate::devices::{Devices, Listing};
-use crate::pure::lineproto;
 use crate::sink::{Answer, LineWriter};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use vigie_core::output::lineproto;
 
 /// Wait between attempts while a database refuses.
 pub const RETRY: Duration = Duration::from_secs(30);

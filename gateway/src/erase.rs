@@ -11,13 +11,13 @@
 //! erase (a time bound on VictoriaMetrics) is refused before anything changes.
 
 use crate::config::{Config, DatabaseApi, DatabaseConfig, DatabaseKind};
-use crate::pure::erase::Scope;
-use crate::pure::record::Record;
 use crate::quarantine::{self, Entry, Origin};
 use crate::tenants::{Influx, TenantsError};
 use protocol::json::UtcTime;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use vigie_core::erase::Scope;
+use vigie_core::record::Record;
 
 /// Why an erasure did not (wholly) happen.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,17 @@
 //! `export`: a commune's stored readings read back from its database (InfluxDB 1.x or
 //! VictoriaMetrics, as the config names) and written as open data: FIWARE NGSI-LD
-//! entities, CSV or GeoJSON ([`crate::pure::opendata`] decides the content). It reads one
+//! entities, CSV or GeoJSON ([`vigie_core::output::opendata`] decides the content). It reads one
 //! hour of the commune at a time and writes as it goes, so memory is bounded by one hour
 //! of readings whatever the range; a terminal shows progress, and a summary line ends it.
 
 use crate::config::{Config, DatabaseApi, DatabaseConfig, DatabaseKind};
-use crate::pure::opendata::{self, Aggregator, Datum, Resolution, Row, Sample, Station};
 use crate::registry::Registry;
+use crate::registry::RegistryFile;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use vigie_core::output::opendata::{self, Aggregator, Datum, Resolution, Row, Sample, Station};
 
 /// One read of the database spans this long.
 pub const WINDOW_S: u64 = 3_600;

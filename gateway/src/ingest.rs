@@ -1,6 +1,6 @@
 //! The ingest worker: one thread that owns the registry, the replay book, the durable
 //! buffer and the quarantine. It takes every message waiting (up to a batch), judges the
-//! batch with the pure core ([`crate::pure::batch`]: each message gets the verdict it
+//! batch with the pure core ([`vigie_core::judge::batch`]: each message gets the verdict it
 //! would get alone), appends the accepted records and quarantines the rejected ones,
 //! fsyncs (group commit), only then advances the replay windows, and hands back the
 //! broker acknowledgements in arrival order and one sealed acknowledgement per device
@@ -18,16 +18,6 @@ use crate::feed::{self, Verdict};
 use crate::fs::SharedFs;
 use crate::health::{Health, Store};
 use crate::metrics::{Metrics, ReasonLabel, TenantLabel, gauge};
-use crate::pure::FastMap;
-use crate::pure::batch::{self, Outcome};
-use crate::pure::lineproto::StringFields;
-use crate::pure::missing::Gap;
-use crate::pure::reason::Reason;
-use crate::pure::record::Record;
-use crate::pure::replay_book::ReplayBook;
-use crate::pure::settle::Settled;
-use crate::pure::validate::TimeRules;
-use crate::pure::verify::{self, Context};
 use crate::quarantine::{self, Origin, Quarantine};
 use crate::registry::Registry;
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +26,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use vigie_core::FastMap;
+use vigie_core::ack::settle::Settled;
+use vigie_core::condition::missing::Gap;
+use vigie_core::judge::batch::{self, Outcome};
+use vigie_core::judge::reason::Reason;
+use vigie_core::judge::replay_book::ReplayBook;
+use vigie_core::judge::validate::TimeRules;
+use vigie_core::judge::verify::{self, Context};
+use vigie_core::output::lineproto::StringFields;
+use vigie_core::record::Record;
 
 /// Most messages judged and committed together.
 const MAX_BATCH: usize = 2048;
@@ -43,7 +43,7 @@ const MAX_BATCH: usize = 2048;
 /// freed by an operator has no event).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-pub use crate::pure::ack_flow::AckToken;
+pub use vigie_core::ack::flow::AckToken;
 
 /// What the worker hands the MQTT task once a commit is durable.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ pub struct Worker {
     hold_log: LogBudget,
     /// Frames refused before their tag verified lately: resent, they are counted, not
     /// quarantined again.
-    refused_lately: crate::pure::recent::Recent,
+    refused_lately: vigie_core::judge::recent::Recent,
     /// Whether the host clock is synchronised (a stale reading is refused only then).
     clock: HostClock,
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes

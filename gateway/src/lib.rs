@@ -1,8 +1,10 @@
 //! Vigie gateway: MQTT ingest → verify → validate → durable buffer → batched writes.
 //!
 //! Module map:
-//! - [`pure`]: the pure core (verification, batch verdicts, validation, line protocol,
-//!   replay book, retry classification, buffer record format). No I/O, time passed in.
+//! The decisions themselves (verification, batch verdicts, validation, line protocol,
+//! replay book, retry classification, buffer record format) are the functional core,
+//! crate [`vigie_core`]: no I/O, time passed in. This crate is its shells.
+//!
 //! - [`clock`]: whether the host clock is synchronised (a stale reading is refused only then).
 //! - [`config`]: TOML configuration, defaults, environment overrides, validation.
 //! - [`registry`]: the device registry file.
@@ -40,7 +42,6 @@ pub mod metrics;
 pub mod mqtt;
 pub mod page;
 pub mod pki;
-pub mod pure;
 pub mod quarantine;
 pub mod registry;
 pub mod retention;
@@ -58,7 +59,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::RegistryFile;
 pub use protocol;
+pub use vigie_core;
 
 /// How long shutdown waits for the sink to write what is buffered before leaving it for
 /// the next start.
@@ -222,7 +225,7 @@ pub async fn run_with_metrics(
         quarantine: open_quarantine("quarantine")?,
         db_quarantine: db_quarantine.clone(),
         snapshot_path: data.join("replay.state"),
-        rules: pure::validate::TimeRules {
+        rules: vigie_core::judge::validate::TimeRules {
             max_future_skew_s: config.validation.max_future_skew.as_secs(),
             max_age_s: max_age.as_secs(),
         },

@@ -7,6 +7,7 @@ use gateway::registry::{DeviceKind, Enrolment, Metadata};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::sync::watch;
+use vigie_core::output::opendata::Resolution;
 
 #[derive(Parser)]
 #[command(
@@ -89,8 +90,8 @@ enum Command {
         #[arg(long, value_enum)]
         format: gateway::export::Format,
         /// Every reading, or hourly or daily means.
-        #[arg(long, value_enum, default_value = "raw")]
-        resolution: gateway::pure::opendata::Resolution,
+        #[arg(long, default_value = "raw", value_parser = choice::<Resolution>(Resolution::NAMES))]
+        resolution: Resolution,
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -203,12 +204,23 @@ struct DeviceRef {
     id: String,
 }
 
+/// A value of a core enum, checked by clap against its names (so help, man pages and
+/// completions list them) and parsed by the core.
+fn choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
+
 #[derive(clap::Args)]
 struct DeviceArgs {
     #[command(flatten)]
     device: DeviceRef,
     /// Device kind.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<DeviceKind>(DeviceKind::NAMES))]
     kind: DeviceKind,
     #[command(flatten)]
     meta: Metadata,
@@ -626,9 +638,7 @@ fn import_args(
     broker: &(Option<String>, Option<u16>, Option<PathBuf>),
     d: CsvDevice,
 ) -> Result<DeviceArgs, String> {
-    use clap::ValueEnum;
-    let kind = DeviceKind::from_str(&d.kind, true)
-        .map_err(|_| format!("kind {:?}: air-quality or waste-bin", d.kind))?;
+    let kind: DeviceKind = d.kind.parse().map_err(|e| format!("{e}"))?;
     Ok(DeviceArgs {
         blob_out: Some(blob_dir.join(format!("{}-{}.vgp", d.tenant, d.id))),
         device: DeviceRef {

@@ -8,7 +8,6 @@
 
 use crate::devices::Devices;
 use crate::feed::Feed;
-use crate::pure::reason::Reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -18,6 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use vigie_core::judge::reason::Reason;
 
 /// A tenant label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -29,10 +29,10 @@
 //! Only the running service writes; `quarantine list` only reads.
 
 use crate::fs::{FsFile, Open, SharedFs};
-use crate::pure::reason::Reason;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
+use vigie_core::judge::reason::Reason;
 
 /// Where a quarantined entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -58,7 +58,7 @@ pub struct Entry {
     pub origin: Origin,
     /// MQTT topic, or the tenant for [`Origin::Database`].
     pub topic: String,
-    /// Reason code (see `pure::reason`).
+    /// Reason code (see `vigie_core::judge::reason`).
     pub reason: String,
     /// Human detail.
     pub detail: String,

@@ -1,6 +1,6 @@
 //! The device registry's store: a TOML file (`[[device]]` and `[[gateway]]` tables) that
 //! the `devices` and `gateways` commands edit and the service reloads on SIGHUP. The model
-//! is [`crate::pure::registry`], re-exported here.
+//! is [`vigie_core::fleet`], re-exported here.
 //!
 //! Edits keep the service working: a read-modify-write holds an exclusive lock (parallel
 //! commands all land), the rewrite keeps the file's comments and layout (`toml_edit`),
@@ -8,9 +8,8 @@
 //! one's owner, group and mode (a new file: group `vigie`, mode 0640, so the service
 //! reads it and nobody else does).
 
-pub use crate::pure::registry::*;
+pub use vigie_core::fleet::*;
 
-use crate::access::PasswordHash;
 use crate::config::{ParseError, Secret};
 use protocol::provision::{Provisioning, Transport};
 use protocol::{DeviceKey, Id};
@@ -211,7 +210,8 @@ pub fn enroll(
             .ok_or(EnrolError::Password)?,
         transport: e.transport,
     };
-    let broker_password_hash = Some(PasswordHash::new(password).map_err(EnrolError::Random)?);
+    let broker_password_hash =
+        Some(crate::access::hash_password(password).map_err(EnrolError::Random)?);
     let entry = DeviceEntry {
         id: e.id.clone(),
         tenant: e.tenant.clone(),
@@ -252,10 +252,25 @@ struct File {
     removed: Vec<Removed>,
 }
 
-impl Registry {
+/// The registry file: [`Registry`] (the core's model) read from and written to TOML.
+pub trait RegistryFile: Sized {
     /// The service's load: the file must exist (an empty file is an empty registry). A
     /// missing registry at start or on reload is an error, never "no devices".
-    pub fn load_existing(path: &Path) -> Result<Self, RegistryError> {
+    fn load_existing(path: &Path) -> Result<Self, RegistryError>;
+    /// Loads the file; a missing file is an empty registry (for `devices add`).
+    fn load(path: &Path) -> Result<Self, RegistryError>;
+    /// Parses a registry file's `text` (`path` names it in errors).
+    fn parse(text: &str, path: &str) -> Result<Self, RegistryError>;
+    /// Writes the registry to `path`, keeping the comments and layout of the file it
+    /// replaces; atomically, with that file's owner, group and mode (a new file: group
+    /// [`SERVICE_GROUP`], mode 0640). A read-modify-write goes through [`lock`].
+    fn save(&self, path: &Path) -> Result<(), RegistryError>;
+}
+
+impl RegistryFile for Registry {
+    /// The service's load: the file must exist (an empty file is an empty registry). A
+    /// missing registry at start or on reload is an error, never "no devices".
+    fn load_existing(path: &Path) -> Result<Self, RegistryError> {
         if let Err(source) = std::fs::metadata(path) {
             return Err(RegistryError::Io {
                 path: path.display().to_string(),
@@ -266,7 +281,7 @@ impl Registry {
     }
 
     /// Loads the file; a missing file is an empty registry (for `devices add`).
-    pub fn load(path: &Path) -> Result<Self, RegistryError> {
+    fn load(path: &Path) -> Result<Self, RegistryError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -281,7 +296,7 @@ impl Registry {
     }
 
     /// Parses a registry file's `text` (`path` names it in errors).
-    pub fn parse(text: &str, path: &str) -> Result<Self, RegistryError> {
+    fn parse(text: &str, path: &str) -> Result<Self, RegistryError> {
         // Line, column and reason only: toml's own `Display` quotes the line, and a
         // registry line holds a device key.
         let file: File = toml::from_str(text).map_err(|e| RegistryError::Parse {
@@ -299,7 +314,7 @@ impl Registry {
     /// Writes the registry to `path`, keeping the comments and layout of the file it
     /// replaces; atomically, with that file's owner, group and mode (a new file: group
     /// [`SERVICE_GROUP`], mode 0640). A read-modify-write goes through [`lock`].
-    pub fn save(&self, path: &Path) -> Result<(), RegistryError> {
+    fn save(&self, path: &Path) -> Result<(), RegistryError> {
         let io = |source| RegistryError::Io {
             path: path.display().to_string(),
             source,

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed setup step should stop it loudly
 
+use gateway::registry::RegistryFile;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,9 +1,11 @@
 //! Test devices: registry entries with known keys, sealed frames, QoS 1 publishing that
 //! waits for every PUBACK, and a gateway configuration pointing at the test servers.
 
-use gateway::access::{self, PasswordHash};
+use gateway::access;
 use gateway::config::{Config, DatabaseApi, DatabaseConfig, Secret};
-use gateway::registry::{self, DeviceEntry, DeviceKind, Enrolment, GatewayAccount, Registry};
+use gateway::registry::{
+    self, DeviceEntry, DeviceKind, Enrolment, GatewayAccount, Registry, RegistryFile,
+};
 use protocol::provision::{Provisioning, Transport};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use rumqttc::v5::mqttbytes::QoS;
@@ -182,7 +184,7 @@ pub fn registry(entries: Vec<DeviceEntry>) -> Registry {
     for g in GATEWAYS {
         r.set_gateway(GatewayAccount {
             username: (*g).into(),
-            password_hash: PasswordHash::new(&password(g)).unwrap(),
+            password_hash: access::hash_password(&password(g)).unwrap(),
         })
         .unwrap();
     }

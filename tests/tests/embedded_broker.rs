@@ -6,6 +6,7 @@
 
 use gateway::config::Config;
 use gateway::metrics::{Metrics, ReasonLabel};
+use gateway::registry::RegistryFile;
 use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
@@ -239,7 +240,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     // Counter 0: the reading's second, 0 ms (SPEC §6, stored time).
     let first = format!(
         "lyon:air_quality,device=aq-1,tenant=lyon pm25=10,pm10=15 {}",
-        gateway::pure::lineproto::timestamp_ms(now - 100, 0)
+        vigie_core::output::lineproto::timestamp_ms(now - 100, 0)
     );
     assert!(lines.contains(&first), "{lines:#?}");
 

@@ -7,12 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::pure::record::Record;
 use gateway::quarantine;
 use gateway::registry::DeviceKind;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
+use vigie_core::record::Record;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings, InProcessGateway};
 use vigie_tests::{influxdb, mosquitto, now_s, readback, scenario, victoria_metrics, wait_for};

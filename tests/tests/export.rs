@@ -440,5 +440,5 @@ async fn a_commune_exports_the_same_open_data_from_both_databases() {
 }
 
 fn iso(t: u32) -> String {
-    gateway::pure::opendata::iso(u64::from(t))
+    vigie_core::output::opendata::iso(u64::from(t))
 }

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
+use gateway::registry::RegistryFile;
 use std::time::{Duration, Instant};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::qemu::{self, ModemEmulator, Qemu};

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::registry::Registry;
+use gateway::registry::RegistryFile;
 use std::process::{Command, Output, Stdio};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings};
 use vigie_tests::{mosquitto, scenario};

@@ -16,6 +16,7 @@ const DB_TOKEN: &str = "db-S3CRET-token-91c2";
 const ADMIN_TOKEN: &str = "admin-S3CRET-token-5d0e";
 const URL_PASSWORD: &str = "url-S3CRET-pw-2b8c";
 
+use gateway::registry::RegistryFile;
 use vigie_tests::process::{cli as run, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +31,7 @@ async fn no_secret_in_any_output_or_log() {
     registry
         .set_gateway(gateway::registry::GatewayAccount {
             username: "vigie-gateway".into(),
-            password_hash: gateway::access::PasswordHash::new(&gateway::config::Secret::new(
+            password_hash: gateway::access::hash_password(&gateway::config::Secret::new(
                 MQTT_PASSWORD,
             ))
             .unwrap(),

@@ -9,13 +9,13 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::page::Lang;
-use gateway::pure::atmo;
 use gateway::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use vigie_core::condition::atmo;
 use vigie_tests::browser::Browser;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings};

@@ -28,8 +28,6 @@ use crate::config::{MqttConfig, Secret};
 use crate::health::Health;
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::metrics::Metrics;
-use crate::pure::ack_flow::AckFlow;
-use crate::pure::downlinks::Downlinks;
 use conn::{ConnError, Connection};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -42,6 +40,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use vigie_core::ack::downlinks::Downlinks;
+use vigie_core::ack::flow::AckFlow;
 
 /// Largest packet accepted from the broker. Larger than any valid frame, so an oversized
 /// frame still reaches the worker and is quarantined (`too_long`) rather than breaking the

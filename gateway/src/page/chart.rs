@@ -2,7 +2,7 @@
 //! script, no external library): one line per series, one point per hour with data.
 
 use super::esc;
-use crate::pure::glance::{HOURS, Hour, Mean};
+use vigie_core::condition::glance::{HOURS, Hour, Mean};
 
 const WIDTH: f64 = 240.0;
 const HEIGHT: f64 = 64.0;

@@ -2,9 +2,9 @@
 //! `/`, one page per commune at `/commune/<tenant>`, one per device with its live frames
 //! at `/commune/<tenant>/<device>`; French, with an English switch (`?lang=en`). No
 //! script, no external resource: readable on a phone and without JavaScript. Each device
-//! is green, amber or red with its reasons in words ([`crate::pure::condition`]); each
+//! is green, amber or red with its reasons in words ([`vigie_core::condition`]); each
 //! air-quality station shows the ATMO sub-index bands of its PM2.5 and PM10 means over
-//! the last 24 hours ([`crate::pure::atmo`]) and its 24-hour chart.
+//! the last 24 hours ([`vigie_core::condition::atmo`]) and its 24-hour chart.
 //!
 //! The public view (`http.public_listen`, communes in `http.public_tenants`) renders the
 //! same commune page without device ids, counters, rejections or gateway health.
@@ -18,13 +18,13 @@ pub mod words;
 use crate::devices::{DeviceBook, DeviceState, Listing};
 use crate::feed::{Event, Verdict};
 use crate::health::{Snapshot, Tenant};
-use crate::pure::atmo::{self, Band};
-use crate::pure::condition::{self, Condition, Light, Why};
-use crate::pure::glance::Hour;
 use crate::registry::DeviceKind;
 use chart::Series;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use vigie_core::condition::atmo::{self, Band};
+use vigie_core::condition::glance::Hour;
+use vigie_core::condition::{self, Condition, Light, Why};
 pub use words::Lang;
 
 /// One device on a page.
@@ -742,14 +742,16 @@ pub fn device(v: &View, tenant: &str, device: &str, events: &[Event]) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::glance::Glance;
     use protocol::{AirQuality, Field, Reading, Values};
+    use vigie_core::condition::glance::Glance;
 
     fn listing(device: &str, kind: DeviceKind, site: Option<&str>) -> Listing {
-        Listing {
+        Listing::of(&vigie_core::fleet::DeviceEntry {
             site: site.map(str::to_string),
-            ..Listing::for_test(device, kind)
-        }
+            sample_interval_s: Some(60),
+            heartbeat_s: Some(600),
+            ..vigie_core::fleet::DeviceEntry::new("lyon", device, kind, String::new(), 1)
+        })
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Everything the status page says, in French and in English.
 
-use crate::pure::atmo::Band;
-use crate::pure::condition::{Light, Sensor, Why};
+use vigie_core::condition::atmo::Band;
+use vigie_core::condition::{Light, Sensor, Why};
 
 /// The page's language: French by default, English on `?lang=en`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,7 +99,7 @@ impl Lang {
     /// What a technician does about a rejection (its reason code).
     pub fn hint(self, code: &str) -> &'static str {
         match self {
-            Lang::En => crate::pure::reason::Reason::hint(code),
+            Lang::En => vigie_core::judge::reason::Reason::hint(code),
             Lang::Fr => match code {
                 "topic" => {
                     "pas un sujet de remontée d'appareil : vérifier l'identifiant et la commune du blob"

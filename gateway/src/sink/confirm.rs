@@ -14,9 +14,9 @@
 //! seconds after such a write, with VictoriaMetrics dropping it, would lose it).
 
 use crate::buffer::Position;
-use crate::pure::discards::Discards;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use vigie_core::deliver::discards::Discards;
 
 /// Age of a write before a counter reading surely covers it: VictoriaMetrics refreshes
 /// its storage metrics every second (measured: a drop shows 1.03 s later at most).

@@ -7,10 +7,10 @@
 
 use super::{Answer, LineWriter};
 use crate::fs::{Open, SharedFs};
-use crate::pure::erase::Scope;
 use protocol::json::UtcTime;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use vigie_core::erase::Scope;
 
 /// Writes line protocol files.
 #[derive(Debug)]

@@ -4,9 +4,9 @@
 
 use super::{Answer, LineWriter};
 use crate::config::{DatabaseConfig, DatabaseKind, Secret};
-use crate::pure::discards::Discards;
 use std::time::Duration;
 use tokio::runtime::Handle;
+use vigie_core::deliver::discards::Discards;
 
 /// Why a database writer could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@ use super::confirm::{self, Confirm, Settled};
 use super::{Sink, Written};
 use crate::ingest::lock;
 use crate::metrics::{ReasonLabel, TenantLabel};
-use crate::pure::reason::Reason;
-use crate::pure::retry;
 use crate::quarantine::{self, Origin};
 use std::time::Instant;
+use vigie_core::deliver::retry;
+use vigie_core::judge::reason::Reason;
 
 impl Sink {
     /// Halves a refused batch until the refused lines are alone; quarantines those. A

@@ -5,7 +5,7 @@
 //! **Per tenant.** A tenant whose database refuses (missing database, credentials, 5xx,
 //! timeouts) falls behind on its own cursor and is retried on its own backoff while the
 //! others keep flowing ([`lanes`]); health and the `vigie_tenant_behind` metric name it.
-//! Answers are classified by `pure::retry`: a batch the database refuses (400/422) is
+//! Answers are classified by `vigie_core::deliver::retry`: a batch the database refuses (400/422) is
 //! split to isolate the bad line, which goes to the database quarantine (replayable);
 //! if that quarantine cannot be written, the lines are not dropped: the tenant waits.
 
@@ -24,9 +24,6 @@ use crate::config::BatchConfig;
 use crate::health::{Health, Tenant};
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::metrics::{ClassLabel, Metrics, TenantLabel, gauge};
-use crate::pure::discards::Discards;
-use crate::pure::record::RecordView;
-use crate::pure::retry::{self, Action};
 use confirm::Confirm;
 use lanes::Lanes;
 use std::collections::BTreeMap;
@@ -35,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use vigie_core::deliver::discards::Discards;
+use vigie_core::deliver::retry::{self, Action};
+use vigie_core::record::RecordView;
 
 /// The outcome of one write request.
 #[derive(Debug, Clone, PartialEq, Eq)]

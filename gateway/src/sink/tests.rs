@@ -1,11 +1,11 @@
 use super::*;
 use crate::buffer::Buffer;
 use crate::metrics::{ReasonLabel, WRITE_ERROR_CLASSES};
-use crate::pure::discards::Discards;
-use crate::pure::reason::Reason;
-use crate::pure::record::Record;
 use crate::quarantine::{self, Origin, Quarantine};
 use std::sync::Mutex;
+use vigie_core::deliver::discards::Discards;
+use vigie_core::judge::reason::Reason;
+use vigie_core::record::Record;
 
 /// Readings stored, over the tenants these tests use.
 fn stored(m: &Metrics) -> u64 {

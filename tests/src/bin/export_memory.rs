@@ -63,7 +63,7 @@ async fn post(client: &reqwest::Client, url: &str, db: &str, body: String) {
 
 /// One export run: seconds, peak RSS (MiB), what it said.
 fn export(config: &Path, from: u64, to: u64, format: &str, out: &Path) -> (f64, f64, String) {
-    let iso = |t: u64| gateway::pure::opendata::iso(t);
+    let iso = |t: u64| vigie_core::output::opendata::iso(t);
     let started = Instant::now();
     let mut child =
         Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/gateway"))

@@ -174,7 +174,7 @@ async fn probes(probe: Device, broker: SocketAddr, influx: SocketAddr, count: u3
             // Stored at its second plus the frame counter's milliseconds (SCHEMA.md).
             let q = format!(
                 "SELECT pm25 FROM air_quality WHERE device='probe' AND time = {}ms",
-                gateway::pure::lineproto::timestamp_ms(r.time, n)
+                vigie_core::output::lineproto::timestamp_ms(r.time, n)
             );
             while sent.elapsed() < Duration::from_secs(20) {
                 let body = readback::influx_query(influx, "vigie_lyon", &q).await;

@@ -79,7 +79,7 @@ pub struct Sample {
 }
 
 /// Time resolution of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
     /// Every reading.
     Raw,
@@ -89,7 +89,28 @@ pub enum Resolution {
     Day,
 }
 
+/// A resolution name that is none of [`Resolution::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("resolution {0:?}: raw, hour or day")]
+pub struct UnknownResolution(pub String);
+
+impl std::str::FromStr for Resolution {
+    type Err = UnknownResolution;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            _ => Err(UnknownResolution(s.to_string())),
+        }
+    }
+}
+
 impl Resolution {
+    /// Every resolution's name, as `export --resolution` takes it.
+    pub const NAMES: &[&str] = &["raw", "hour", "day"];
+
     /// The period a time falls in (its start), or the time itself when raw.
     pub fn period(self, time_s: u64) -> u64 {
         match self {

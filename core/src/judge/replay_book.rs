@@ -26,9 +26,9 @@
 //! u32 block, u8 kind, u32 first, u32 last)`, then CRC-32 of everything before. `"VGR2"`
 //! (no spans) and `"VGR1"` (no tags) snapshots still load.
 
-use super::FastMap;
-use super::missing::{self, Gap};
-use super::record::Record;
+use crate::FastMap;
+use crate::condition::missing::{self, Gap};
+use crate::record::Record;
 use protocol::{Freshness, ReplayWindow};
 
 /// How many recent (counter, tag) pairs are kept per device.

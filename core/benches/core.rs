@@ -6,14 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::pure::lineproto::StringFields;
-use gateway::pure::replay_book::ReplayBook;
-use gateway::pure::validate::TimeRules;
-use gateway::pure::verify::{Context, Verdict, assess};
-use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+use vigie_core::fleet::{DeviceEntry, DeviceKind, Registry};
+use vigie_core::judge::replay_book::ReplayBook;
+use vigie_core::judge::validate::TimeRules;
+use vigie_core::judge::verify::{Context, Verdict, assess};
+use vigie_core::output::lineproto::StringFields;
 
 const SENML: &str = r#"[{"bn":"urn:dev:vigie:lyon:aq-0001:","bt":1795305600,"n":"pm1","u":"ug/m3","v":8.2},{"n":"pm25","u":"ug/m3","v":12.3},{"n":"pm10","u":"ug/m3","v":20.1},{"n":"temperature","u":"Cel","v":21.4},{"n":"humidity","u":"%RH","v":55.5},{"n":"pressure","u":"Pa","v":101320}]"#;
 
@@ -49,7 +49,9 @@ fn setup() -> (Registry, Vec<u8>, u64) {
         )
     };
     let registry = Registry::from_entries(vec![entry]).unwrap();
-    let now = gateway::now_ms() / 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let reading = Reading {
         time: now as u32,
         values: Values::AirQuality(AirQuality {
@@ -117,7 +119,7 @@ fn per_reading(c: &mut Criterion) {
 /// counters, so every frame after the first goes through the overlay. Printed as a ratio
 /// measured back to back.
 fn batch_overlay(_: &mut Criterion) {
-    use gateway::pure::batch;
+    use vigie_core::judge::batch;
     let (registry, _, now) = setup();
     let key = DeviceKey::new([7u8; 16], 1);
     let who = Identity::new("lyon", "aq-0001").unwrap();

@@ -12,7 +12,12 @@
 //! its lid open; frames held for their time (a clock ahead or behind). Red too: frames
 //! refused with none stored since. Green otherwise.
 
-use crate::devices::{DeviceState, Listing};
+pub mod atmo;
+pub mod book;
+pub mod glance;
+pub mod missing;
+
+use crate::condition::book::{DeviceState, Listing};
 use protocol::reading::{bin_flags, error_flags};
 use serde::Serialize;
 
@@ -249,7 +254,7 @@ fn sensor_of(field: &str) -> Sensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::DeviceKind;
+    use crate::fleet::DeviceKind;
 
     fn listing() -> Listing {
         Listing::for_test("aq-1", DeviceKind::AirQuality)

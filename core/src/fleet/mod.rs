@@ -1,15 +1,17 @@
 //! The device registry as a model: which devices exist, their tenant, kind, key, place and
 //! broker account, and the gateways' broker accounts. Checked on construction (identifiers,
 //! keys, bin depths, no device twice); looked up on the per-message path without
-//! allocation. No files here: [`crate::registry`] stores it as TOML. Keys are secrets and
+//! allocation. No files here: the gateway's `registry` module stores it as TOML. Keys are secrets and
 //! never appear in `Debug` output.
 
-use super::FastMap;
-use super::lineproto::{TagSet, Tags};
-use crate::access::PasswordHash;
+use crate::FastMap;
+use crate::output::lineproto::{TagSet, Tags};
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+mod password;
+pub use password::{HASH_LEN, HashFormatError, PasswordHash};
 
 /// Why the registry could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ pub enum RegistryError {
 }
 
 /// Device kind as the registry spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     /// Air-quality node.
@@ -60,7 +62,27 @@ pub enum DeviceKind {
     WasteBin,
 }
 
+/// A kind name that is none of [`DeviceKind::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kind {0:?}: air-quality or waste-bin")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for DeviceKind {
+    type Err = UnknownKind;
+
+    /// A kind by its name (`air-quality`, `waste-bin`), any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::AirQuality, Self::WasteBin]
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
 impl DeviceKind {
+    /// Every kind's name, as the commands take it.
+    pub const NAMES: &[&str] = &["air-quality", "waste-bin"];
+
     /// As the commands spell it (`--kind air-quality`), in every listing and message.
     pub fn name(self) -> &'static str {
         match self {

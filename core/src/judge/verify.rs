@@ -3,13 +3,13 @@
 //! doubtful values and encode line protocol. Pure: the registry, the replay book and the
 //! clock are passed in; nothing is changed here.
 
-use super::glance::Glance;
-use super::lineproto::{self, StringFields};
-use super::reason::Reason;
-use super::record::Record;
-use super::replay_book::{Counters, Seconds, Seen, Tag};
-use super::validate::{self, TimeRules};
-use crate::registry::Registry;
+use crate::condition::glance::Glance;
+use crate::fleet::Registry;
+use crate::judge::reason::Reason;
+use crate::judge::replay_book::{Counters, Seconds, Seen, Tag};
+use crate::judge::validate::{self, TimeRules};
+use crate::output::lineproto::{self, StringFields};
+use crate::record::Record;
 use protocol::{Channel, DecodeError, Kind, Topic, Values, topic};
 
 /// What to do with one message.
@@ -211,11 +211,11 @@ fn frame_tag(payload: &[u8]) -> Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::replay_book::ReplayBook;
-    use crate::registry::{DeviceEntry, DeviceKind};
+    use crate::fleet::{DeviceEntry, DeviceKind};
+    use crate::judge::replay_book::ReplayBook;
     use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, WasteBin};
 
-    use crate::pure::fixtures::{NOW, RULES};
+    use crate::fixtures::{NOW, RULES};
 
     fn entry(tenant: &str, id: &str, kind: DeviceKind) -> DeviceEntry {
         DeviceEntry {

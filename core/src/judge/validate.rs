@@ -2,8 +2,8 @@
 //! rejected, so it can be replayed after a fix); physically doubtful values are kept and
 //! flagged with a quality code, never dropped.
 
-use super::reason::Reason;
-use crate::registry::DeviceEntry;
+use crate::fleet::DeviceEntry;
+use crate::judge::reason::Reason;
 use protocol::{Field, Reading, Values};
 
 /// Time window, in seconds.
@@ -75,7 +75,7 @@ pub fn quality_flags(values: &Values, device: &DeviceEntry) -> Vec<&'static str>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::DeviceKind;
+    use crate::fleet::DeviceKind;
     use protocol::{AirQuality, WasteBin};
 
     fn bin_entry(depth: u16) -> DeviceEntry {

@@ -13,7 +13,7 @@
 //! [`Downlinks::new`]) at once, under packet ids `1..=limit`; those still unanswered when
 //! the connection drops go first on the next one.
 
-use super::FastMap;
+use crate::FastMap;
 use std::collections::VecDeque;
 
 /// A device acknowledgement: its topic and sealed payload.

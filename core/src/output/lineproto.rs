@@ -223,11 +223,11 @@ fn write_decimal(out: &mut String, raw: i64, divisor: u32) {
 /// `zone` (strings as tags, so VictoriaMetrics keeps them too); fields `latitude`,
 /// `longitude` (WGS84 degrees, when set), `binCapacity` (litres), `sampleInterval`,
 /// `heartbeat` (s, integers, when known) and `revoked` (integer 0 or 1).
-pub fn device_info(out: &mut String, l: &crate::devices::Listing, time_ms: u64) {
+pub fn device_info(out: &mut String, l: &crate::condition::book::Listing, time_ms: u64) {
     out.push_str("device_info");
     let kind = match l.kind {
-        crate::registry::DeviceKind::AirQuality => "air_quality",
-        crate::registry::DeviceKind::WasteBin => "waste_bin",
+        crate::fleet::DeviceKind::AirQuality => "air_quality",
+        crate::fleet::DeviceKind::WasteBin => "waste_bin",
     };
     let tags = [
         ("container", l.container.as_deref()),
@@ -296,13 +296,13 @@ mod tests {
 
     #[test]
     fn device_info_carries_the_listing_escaped() {
-        let l = crate::devices::Listing {
+        let l = crate::condition::book::Listing {
             site: Some("Place Bellecour, nord".into()),
             latitude: Some(45.757),
             longitude: Some(4.832),
             sample_interval_s: Some(300),
             heartbeat_s: None,
-            ..crate::devices::Listing::for_test("bin-1", crate::registry::DeviceKind::WasteBin)
+            ..crate::condition::book::Listing::for_test("bin-1", crate::fleet::DeviceKind::WasteBin)
         };
         let mut out = String::new();
         device_info(&mut out, &l, 1_000);

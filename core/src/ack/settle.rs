@@ -6,10 +6,10 @@
 //! the lowest counter settled in the commit, its bitmap every counter from there that the
 //! commit settled or the replay book holds.
 
-use super::FastMap;
-use super::batch::{Outcome, Plan};
-use super::replay_book::ReplayBook;
-use crate::registry::Registry;
+use crate::FastMap;
+use crate::fleet::Registry;
+use crate::judge::batch::{Outcome, Plan};
+use crate::judge::replay_book::ReplayBook;
 use protocol::{Ack, Topic};
 
 /// The frames a commit settled, by device (tenant, device) → counters. Borrows the names
@@ -90,10 +90,10 @@ impl<'a> Settled<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::batch;
-    use crate::pure::fixtures::{self, NOW, RULES};
-    use crate::pure::lineproto::StringFields;
-    use crate::pure::verify::Context;
+    use crate::fixtures::{self, NOW, RULES};
+    use crate::judge::batch;
+    use crate::judge::verify::Context;
+    use crate::output::lineproto::StringFields;
     use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
     fn registry() -> Registry {

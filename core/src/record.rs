@@ -9,7 +9,7 @@
 //! Records written before the tag existed start directly with the tenant's length (ids
 //! are at most 32 bytes, so never 0xFF); they still decode, with no tag.
 
-use super::replay_book::Seconds;
+use crate::judge::replay_book::Seconds;
 use protocol::Kind;
 use std::sync::Arc;
 

@@ -1,13 +1,13 @@
 //! Judging a batch of messages, pure: each message gets the verdict it would get alone,
 //! in arrival order, because the frames accepted earlier in the batch count (through a
-//! [`Pending`](super::replay_book::Pending) overlay) before the batch is durable. The
+//! [`Pending`](crate::judge::replay_book::Pending) overlay) before the batch is durable. The
 //! ingest worker turns the plan into I/O: records to append, entries to quarantine,
 //! acknowledgements; then, once durable, it applies the accepted frames to the book.
 
-use super::missing::Gap;
-use super::reason::Reason;
-use super::replay_book::ReplayBook;
-use super::verify::{self, Accepted, Context, Verdict};
+use crate::condition::missing::Gap;
+use crate::judge::reason::Reason;
+use crate::judge::replay_book::ReplayBook;
+use crate::judge::verify::{self, Accepted, Context, Verdict};
 
 /// The verdict of one message, by index into the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,12 +97,12 @@ pub fn apply<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pure::lineproto::StringFields;
-    use crate::registry::Registry;
+    use crate::fleet::Registry;
+    use crate::output::lineproto::StringFields;
     use proptest::prelude::*;
     use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
-    use crate::pure::fixtures::{self, NOW, RULES};
+    use crate::fixtures::{self, NOW, RULES};
 
     fn registry() -> Registry {
         fixtures::registry(&["a", "bb"])

@@ -6,16 +6,16 @@
 //! against the code's reasons and the decoder's codes, so the names cannot drift.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gateway::pure::batch::{self, Outcome};
-use gateway::pure::lineproto::StringFields;
-use gateway::pure::reason::Reason;
-use gateway::pure::record::Record;
-use gateway::pure::replay_book::ReplayBook;
-use gateway::pure::validate::TimeRules;
-use gateway::pure::verify::Context;
-use gateway::registry::{DeviceEntry, DeviceKind, Registry};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use vigie_core::fleet::{DeviceEntry, DeviceKind, Registry};
+use vigie_core::judge::batch::{self, Outcome};
+use vigie_core::judge::reason::Reason;
+use vigie_core::judge::replay_book::ReplayBook;
+use vigie_core::judge::validate::TimeRules;
+use vigie_core::judge::verify::Context;
+use vigie_core::output::lineproto::StringFields;
+use vigie_core::record::Record;
 
 fn root(path: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
