@@ -5,11 +5,11 @@
 //! `--duration`, waits for the pipeline to drain, and prints
 //! `acknowledged=<n> stored=<n> rejected=<n>`.
 
-use gateway::access;
 use gateway::config::Config;
-use gateway::metrics::Metrics;
-use gateway::registry::RegistryFile;
-use gateway::registry::{self, DeviceKind, Enrolment, Registry};
+use gateway::fleet::access;
+use gateway::fleet::registry::RegistryFile;
+use gateway::fleet::registry::{self, DeviceKind, Enrolment, Registry};
+use gateway::observe::metrics::Metrics;
 use protocol::provision::{Provisioning, Transport};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -5,8 +5,8 @@
 #![no_main]
 
 use gateway::config::Secret;
-use gateway::health::Health;
-use gateway::metrics::Metrics;
+use gateway::observe::health::Health;
+use gateway::observe::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +23,16 @@ fuzz_target!(|data: &[u8]| {
         let (metrics, health) = (Arc::new(Metrics::new()), Arc::new(Health::default()));
         let jobs = tokio::sync::mpsc::channel(1).0;
         let registry = std::path::PathBuf::from("/nonexistent/devices.toml");
-        let service = gateway::http::Service {
+        let service = gateway::web::http::Service {
             reload: gateway::Reload::new(registry, jobs.clone(), metrics.clone(), health.clone()),
             metrics,
             health,
             jobs,
             admin_token: Some(Secret::new(TOKEN)),
         };
-        let app = gateway::http::guarded(gateway::http::router(service), Vec::new());
+        let app = gateway::web::http::guarded(gateway::web::http::router(service), Vec::new());
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(gateway::http::connection(server, app));
+        let served = tokio::spawn(gateway::web::http::connection(server, app));
         let mut answer = Vec::new();
         let exchange = async {
             let _ = client.write_all(data).await;

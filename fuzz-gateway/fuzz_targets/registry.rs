@@ -15,9 +15,12 @@ fuzz_target!(|data: &[u8]| {
         .filter(|w| w.len() >= 16)
         .collect();
     let errors = [
-        <gateway::registry::Registry as gateway::registry::RegistryFile>::parse(text, "devices.toml")
-            .err()
-            .map(|e| e.to_string()),
+        <gateway::fleet::registry::Registry as gateway::fleet::registry::RegistryFile>::parse(
+            text,
+            "devices.toml",
+        )
+        .err()
+        .map(|e| e.to_string()),
         gateway::config::Config::parse(text)
             .err()
             .map(|e| e.to_string()),

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use gateway::buffer::Buffer;
+use gateway::store::buffer::Buffer;
 use std::time::Duration;
 
 /// About the size of one accepted air-quality frame's record (line protocol included).
@@ -14,8 +14,14 @@ fn append(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4)).sample_size(20);
     for batch in [1usize, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut buffer, _) =
-            Buffer::open(gateway::fs::real(), dir.path(), 8 << 20, 1 << 40, |_| {}).unwrap();
+        let (mut buffer, _) = Buffer::open(
+            gateway::store::fs::real(),
+            dir.path(),
+            8 << 20,
+            1 << 40,
+            |_| {},
+        )
+        .unwrap();
         let records = vec![vec![0x5au8; RECORD]; batch];
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("records_per_fsync_{batch}"), |b| {
@@ -31,8 +37,14 @@ fn recover(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let n = 100_000u64;
     {
-        let (mut buffer, _) =
-            Buffer::open(gateway::fs::real(), dir.path(), 8 << 20, 1 << 40, |_| {}).unwrap();
+        let (mut buffer, _) = Buffer::open(
+            gateway::store::fs::real(),
+            dir.path(),
+            8 << 20,
+            1 << 40,
+            |_| {},
+        )
+        .unwrap();
         let records = vec![vec![0x5au8; RECORD]; 1000];
         for _ in 0..n / 1000 {
             buffer.append(&records).unwrap();
@@ -44,11 +56,14 @@ fn recover(c: &mut Criterion) {
             || (),
             |()| {
                 let mut seen = 0u64;
-                let (_b, rec) =
-                    Buffer::open(gateway::fs::real(), dir.path(), 8 << 20, 1 << 40, |_| {
-                        seen += 1
-                    })
-                    .unwrap();
+                let (_b, rec) = Buffer::open(
+                    gateway::store::fs::real(),
+                    dir.path(),
+                    8 << 20,
+                    1 << 40,
+                    |_| seen += 1,
+                )
+                .unwrap();
                 assert_eq!((seen, rec.records), (n, n));
             },
             BatchSize::PerIteration,

@@ -1,57 +1,33 @@
-//! Vigie gateway: MQTT ingest → verify → validate → durable buffer → batched writes.
+//! Vigie gateway: the shells around the functional core ([`vigie_core`]: every decision,
+//! no I/O, time passed in). The folders follow one reading:
 //!
-//! Module map:
-//! The decisions themselves (verification, batch verdicts, validation, line protocol,
-//! replay book, retry classification, buffer record format) are the functional core,
-//! crate [`vigie_core`]: no I/O, time passed in. This crate is its shells.
+//! - [`intake`]: MQTT in and acknowledgements out (own MQTT 5 connection, or the embedded
+//!   broker of the no-servers mode).
+//! - [`ingest`]: the worker thread that judges a batch, commits it, then acknowledges; the
+//!   host clock's sync state.
+//! - [`store`]: the durable buffer, the quarantine, the filesystem seam under both.
+//! - [`deliver`]: per-commune delivery to InfluxDB (v1, v2) or VictoriaMetrics, and what
+//!   each database keeps (retention, device metadata, communes' databases).
 //!
-//! - [`clock`]: whether the host clock is synchronised (a stale reading is refused only then).
-//! - [`config`]: TOML configuration, defaults, environment overrides, validation.
-//! - [`registry`]: the device registry file.
-//! - [`retention`]: what each database keeps, against `validation.max_age`.
-//! - [`fs`]: the filesystem seam under every durable store (real, and a model for tests).
-//! - [`buffer`]: the durable segment log (design note at its top).
-//! - [`quarantine`]: bounded on-disk store of rejected frames and refused lines.
-//! - [`ingest`]: the worker thread that judges, stores, then acknowledges.
-//! - [`mqtt`]: the MQTT 5 shell (its own connection, rumqttc's codec): in-order acks, reconnect.
-//! - [`sink`]: delivery thread, per-tenant lanes, writers (InfluxDB v1, v2, files).
-//! - [`health`]: the typed state `/readyz` reports.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, quarantine replay.
-//! - [`broker`]: embedded rumqttd for the no-servers mode.
-//! - [`metrics`]: the typed Prometheus metrics.
-//! - [`devices`]: per-device state (last seen, battery, status), saved in `data_dir`.
-//! - [`tenants`]: communes' databases and their retention (`tenants` commands).
-//! - [`cli`]: the operator commands (`devices`, `quarantine`, `check-config`).
+//! Beside them: [`web`] (HTTP server, status pages, live feed), [`observe`] (metrics,
+//! health, device state), [`fleet`] (registry file, broker accounts, the CA), [`config`]
+//! (the configuration file), and [`ops`] (the operator commands, one file per group).
+//! `docs/ARCHITECTURE.md` draws the map.
 
-pub mod access;
-pub mod broker;
-pub mod buffer;
-pub mod cli;
-pub mod clock;
 pub mod config;
-pub mod device_info;
-pub mod devices;
-pub mod erase;
-pub mod export;
-pub mod feed;
-pub mod fs;
-pub mod health;
-pub mod http;
+pub mod deliver;
+pub mod fleet;
 pub mod ingest;
-pub mod metrics;
-pub mod mqtt;
-pub mod page;
-pub mod pki;
-pub mod quarantine;
-pub mod registry;
-pub mod retention;
-pub mod sink;
-pub mod tenants;
+pub mod intake;
+pub mod observe;
+pub mod ops;
+pub mod store;
+pub mod web;
 
 use config::{Config, DatabaseApi};
-use health::Health;
 use ingest::{Worker, WorkerSetup};
-use metrics::Metrics;
+use observe::health::Health;
+use observe::metrics::Metrics;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::RegistryFile;
+use crate::fleet::registry::RegistryFile;
 pub use protocol;
 pub use vigie_core;
 
@@ -88,16 +64,16 @@ pub enum RunError {
     Thread(&'static str, std::io::Error),
     /// The embedded broker.
     #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    Broker(#[from] intake::broker::BrokerError),
     /// The MQTT client's settings.
     #[error(transparent)]
-    Mqtt(#[from] mqtt::SetupError),
+    Mqtt(#[from] intake::mqtt::SetupError),
     /// `mqtt.group` is not an identifier.
     #[error("mqtt.group: {0}")]
     Group(protocol::TopicError),
     /// The database writer.
     #[error(transparent)]
-    Database(#[from] sink::SetupError),
+    Database(#[from] deliver::SetupError),
     /// `http.listen`.
     #[error("http.listen {addr}: {source}")]
     Listen {
@@ -108,10 +84,10 @@ pub enum RunError {
     },
     /// Registry.
     #[error(transparent)]
-    Registry(#[from] registry::RegistryError),
+    Registry(#[from] fleet::registry::RegistryError),
     /// Buffer.
     #[error(transparent)]
-    Buffer(#[from] buffer::BufferError),
+    Buffer(#[from] store::buffer::BufferError),
     /// Quarantine.
     #[error("quarantine: {0}")]
     Quarantine(std::io::Error),
@@ -189,14 +165,14 @@ pub async fn run_with_metrics(
         source,
     })?;
     let _lock = lock_data_dir(&data)?;
-    let registry = registry::Registry::load_existing(&config.gateway.registry)?;
+    let registry = fleet::registry::Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
     metrics.devices.restore(&data);
 
     let (host, port) = match &config.mqtt.host {
         Some(h) => (h.clone(), config.mqtt.port),
         None => {
-            broker::start(config.mqtt.embedded_listen)?;
+            intake::broker::start(config.mqtt.embedded_listen)?;
             tracing::info!(listen = %config.mqtt.embedded_listen, "embedded broker started");
             (
                 config.mqtt.embedded_listen.ip().to_string(),
@@ -204,18 +180,22 @@ pub async fn run_with_metrics(
             )
         }
     };
-    let options = mqtt::options(&config.mqtt, &host, port)?;
+    let options = intake::mqtt::options(&config.mqtt, &host, port)?;
     let group = protocol::Id::new(&config.mqtt.group).map_err(RunError::Group)?;
     let filter = protocol::topic::shared_uplink_filter(group).to_string();
 
-    let fs = fs::real();
+    let fs = store::fs::real();
     let health = Arc::new(Health::default());
     let open_quarantine = |dir: &str| {
-        quarantine::Quarantine::open(fs.clone(), &data.join(dir), config.quarantine.max_mib << 20)
-            .map_err(RunError::Quarantine)
+        store::quarantine::Quarantine::open(
+            fs.clone(),
+            &data.join(dir),
+            config.quarantine.max_mib << 20,
+        )
+        .map_err(RunError::Quarantine)
     };
     let db_quarantine = Arc::new(Mutex::new(open_quarantine("quarantine-db")?));
-    let max_age = retention::check(&config, &registry.tenants()).await;
+    let max_age = deliver::retention::check(&config, &registry.tenants()).await;
     let setup = WorkerSetup {
         fs: fs.clone(),
         registry,
@@ -239,13 +219,13 @@ pub async fn run_with_metrics(
     let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
 
     let runtime = tokio::runtime::Handle::current();
-    let make_writer = || -> Result<Box<dyn sink::LineWriter>, RunError> {
+    let make_writer = || -> Result<Box<dyn deliver::LineWriter>, RunError> {
         Ok(match &config.database {
-            None => Box::new(sink::FileWriter::new(fs.clone(), data.join("export"))),
+            None => Box::new(deliver::FileWriter::new(fs.clone(), data.join("export"))),
             Some(db) if db.api == DatabaseApi::V1 => {
-                Box::new(sink::V1Writer::new(db.clone(), runtime.clone())?)
+                Box::new(deliver::V1Writer::new(db.clone(), runtime.clone())?)
             }
-            Some(db) => Box::new(sink::V2Writer::new(db.clone(), runtime.clone())?),
+            Some(db) => Box::new(deliver::V2Writer::new(db.clone(), runtime.clone())?),
         })
     };
     if config.database.is_none() {
@@ -257,7 +237,7 @@ pub async fn run_with_metrics(
         let (writer, devices, stop) = (make_writer()?, metrics.devices.clone(), info_stop.clone());
         std::thread::Builder::new()
             .name("device-info".into())
-            .spawn(move || device_info::run(writer, devices, stop))
+            .spawn(move || deliver::device_info::run(writer, devices, stop))
             .map_err(|e| RunError::Thread("device-info", e))?
     };
 
@@ -269,7 +249,7 @@ pub async fn run_with_metrics(
         worker.run(jobs_rx, acks_tx)
     })?;
     let wake_sink = reader.interrupter();
-    let sink_setup = sink::SinkSetup {
+    let sink_setup = deliver::SinkSetup {
         reader,
         writer,
         quarantine: db_quarantine,
@@ -282,7 +262,7 @@ pub async fn run_with_metrics(
         flush: SHUTDOWN_FLUSH,
     };
     let sink_thread = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
-        sink::run(sink_setup)
+        deliver::run(sink_setup)
     })?;
     {
         // A dead essential thread stops the service like a signal, but with an error.
@@ -302,33 +282,36 @@ pub async fn run_with_metrics(
     .checking_retention(Arc::new(config.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.http.listen {
-        let listener = http::bind(addr)
+        let listener = web::http::bind(addr)
             .await
             .map_err(|source| RunError::Listen { addr, source })?;
         tracing::info!(%addr, "status page on http://{addr}/, metrics on http://{addr}/metrics");
-        let service = http::Service {
+        let service = web::http::Service {
             metrics: metrics.clone(),
             health: health.clone(),
             jobs: jobs_tx.clone(),
             reload: reload.clone(),
             admin_token: config.http.admin_token.clone(),
         };
-        tasks.spawn(http::serve(
+        tasks.spawn(web::http::serve(
             listener,
-            http::guarded(http::router(service), config.http.allowed_hosts.clone()),
+            web::http::guarded(
+                web::http::router(service),
+                config.http.allowed_hosts.clone(),
+            ),
             stopping.clone(),
         ));
     }
     if let Some(addr) = config.http.public_listen {
-        let listener = http::bind(addr)
+        let listener = web::http::bind(addr)
             .await
             .map_err(|source| RunError::Listen { addr, source })?;
         tracing::info!(%addr, tenants = ?config.http.public_tenants, "public status view on http://{addr}/");
-        let app = http::guarded(
-            http::public_router(metrics.clone(), config.http.public_tenants.clone()),
+        let app = web::http::guarded(
+            web::http::public_router(metrics.clone(), config.http.public_tenants.clone()),
             config.http.allowed_hosts.clone(),
         );
-        tasks.spawn(http::serve(listener, app, stopping.clone()));
+        tasks.spawn(web::http::serve(listener, app, stopping.clone()));
     }
     tasks.spawn(reload_on_sighup(reload, stopping.clone()));
     // Up: stores open, threads running, status port bound. (Connected or not: a broker
@@ -336,7 +319,7 @@ pub async fn run_with_metrics(
     systemd::ready();
     tasks.spawn(systemd::watchdog(stopping.clone()));
 
-    let links = mqtt::Links {
+    let links = intake::mqtt::Links {
         filter,
         jobs: jobs_tx,
         acks: acks_rx,
@@ -344,7 +327,7 @@ pub async fn run_with_metrics(
         health: health.clone(),
         stopping: stopping.clone(),
     };
-    mqtt::run(options, links).await;
+    intake::mqtt::run(options, links).await;
     // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
     systemd::stopping();
     stopping.cancel();
@@ -459,13 +442,13 @@ impl Reload {
     }
 
     /// Reloads; the number of devices now in force.
-    pub async fn run(&self) -> Result<usize, registry::RegistryError> {
-        match registry::Registry::load_existing(&self.path) {
+    pub async fn run(&self) -> Result<usize, fleet::registry::RegistryError> {
+        match fleet::registry::Registry::load_existing(&self.path) {
             Ok(r) => {
                 let devices = r.len();
                 self.health.set_registry_error(None);
                 let max_age = match &self.retention_of {
-                    Some(config) => Some(retention::check(config, &r.tenants()).await),
+                    Some(config) => Some(deliver::retention::check(config, &r.tenants()).await),
                     None => None,
                 };
                 let job = ingest::Job::Registry(Box::new(r), max_age);

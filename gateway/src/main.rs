@@ -1,9 +1,9 @@
 //! `gateway` binary: parses the command line, sets up logging, runs the command.
 
 use clap::{Parser, Subcommand};
-use gateway::cli;
 use gateway::config::{Config, LogFormat};
-use gateway::registry::{DeviceKind, Enrolment, Metadata};
+use gateway::fleet::registry::{DeviceKind, Enrolment, Metadata};
+use gateway::ops;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::sync::watch;
@@ -81,14 +81,14 @@ enum Command {
         #[arg(long)]
         tenant: String,
         /// From this UTC time (included): `2026-11-01` or `2026-11-01T06:00:00Z`.
-        #[arg(long, value_parser = cli::parse_utc)]
+        #[arg(long, value_parser = ops::parse_utc)]
         from: u32,
         /// To this UTC time (excluded).
-        #[arg(long, value_parser = cli::parse_utc)]
+        #[arg(long, value_parser = ops::parse_utc)]
         to: u32,
         /// Output format.
         #[arg(long, value_enum)]
-        format: gateway::export::Format,
+        format: ops::export::Format,
         /// Every reading, or hourly or daily means.
         #[arg(long, default_value = "raw", value_parser = choice::<Resolution>(Resolution::NAMES))]
         resolution: Resolution,
@@ -111,7 +111,7 @@ enum Command {
         device: Option<String>,
         /// Only readings measured before this UTC time: `2026-01-01` or
         /// `2026-01-01T12:00:00Z`.
-        #[arg(long, value_parser = cli::parse_utc)]
+        #[arg(long, value_parser = ops::parse_utc)]
         before: Option<u32>,
         /// Erase for good (otherwise a dry run).
         #[arg(long)]
@@ -331,10 +331,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::CheckConfig { config, connect } => {
-            cli::check_config(&config, connect).map(|s| println!("{s}"))
+            ops::check_config(&config, connect).map(|s| println!("{s}"))
         }
         Command::Config => {
-            print!("{}", cli::example_config());
+            print!("{}", ops::example_config());
             Ok(())
         }
         Command::Generate { out_dir } => generate(&out_dir).map_err(|e| e.to_string()),
@@ -345,14 +345,14 @@ fn main() -> ExitCode {
             hosts,
             out_dir,
         } => load(&config)
-            .and_then(|c| cli::broker_cert(&c.gateway, &hosts, &out_dir))
+            .and_then(|c| ops::broker_cert(&c.gateway, &hosts, &out_dir))
             .map(|s| println!("{s}")),
         Command::Gateways(GatewaysCommand::Add {
             config,
             username,
             password_out,
         }) => registry_change(&config, |c| {
-            cli::gateways_add(&c.gateway, &username, &password_out)
+            ops::gateways_add(&c.gateway, &username, &password_out)
         }),
         Command::Export {
             config,
@@ -363,7 +363,7 @@ fn main() -> ExitCode {
             resolution,
             out,
         } => load(&config).and_then(|c| {
-            let request = gateway::export::Request {
+            let request = ops::export::Request {
                 tenant,
                 from_s: u64::from(from),
                 to_s: u64::from(to),
@@ -372,13 +372,13 @@ fn main() -> ExitCode {
                 out,
             };
             // The data may be on standard output: the summary goes to the other stream.
-            gateway::export::run(&c, &request).map(|s| eprintln!("{}", s.line(&request)))
+            ops::export::run(&c, &request).map(|s| eprintln!("{}", s.line(&request)))
         }),
         Command::Quarantine(QuarantineCommand::List { config }) => load(&config)
-            .and_then(|c| cli::quarantine_list(&c))
+            .and_then(|c| ops::quarantine_list(&c))
             .map(|s| println!("{s}")),
         Command::Quarantine(QuarantineCommand::Replay { config }) => load(&config)
-            .and_then(|c| cli::quarantine_replay(&c))
+            .and_then(|c| ops::quarantine_replay(&c))
             .map(|s| println!("{s}")),
         Command::Erase {
             config,
@@ -387,7 +387,7 @@ fn main() -> ExitCode {
             before,
             yes,
         } => load(&config)
-            .and_then(|c| cli::erase(&c, &tenant, device.as_deref(), before, yes))
+            .and_then(|c| ops::erase(&c, &tenant, device.as_deref(), before, yes))
             .map(|s| println!("{s}")),
     };
     match result {
@@ -424,13 +424,13 @@ fn tenants(cmd: TenantsCommand) -> Result<(), String> {
             config,
             tenant,
             retention,
-        } => cli::tenants_add(&load(&config)?, &tenant, retention),
-        TenantsCommand::List { config } => cli::tenants_list(&load(&config)?),
+        } => ops::tenants_add(&load(&config)?, &tenant, retention),
+        TenantsCommand::List { config } => ops::tenants_list(&load(&config)?),
         TenantsCommand::Remove {
             config,
             tenant,
             drop_database,
-        } => cli::tenants_remove(&load(&config)?, &tenant, drop_database),
+        } => ops::tenants_remove(&load(&config)?, &tenant, drop_database),
     }?;
     println!("{out}");
     Ok(())
@@ -438,8 +438,8 @@ fn tenants(cmd: TenantsCommand) -> Result<(), String> {
 
 fn devices(cmd: DevicesCommand) -> Result<(), String> {
     match cmd {
-        DevicesCommand::Add(a) => enrol(a, cli::Enrol::Add),
-        DevicesCommand::Rotate(a) => enrol(a, cli::Enrol::Rotate),
+        DevicesCommand::Add(a) => enrol(a, ops::Enrol::Add),
+        DevicesCommand::Rotate(a) => enrol(a, ops::Enrol::Rotate),
         DevicesCommand::Import {
             config,
             csv,
@@ -454,7 +454,7 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
             (broker_host, broker_port, broker_ca),
         ),
         DevicesCommand::List { config } => load(&config)
-            .and_then(|c| cli::devices_list(&c))
+            .and_then(|c| ops::devices_list(&c))
             .map(|s| println!("{s}")),
         DevicesCommand::Watch {
             config,
@@ -467,20 +467,20 @@ fn devices(cmd: DevicesCommand) -> Result<(), String> {
                 .split_once('/')
                 .ok_or_else(|| format!("{device:?}: name the device as tenant/device"))?;
             let timeout = timeout.map(std::time::Duration::from_secs);
-            let seen = cli::devices_watch(&c, tenant, id, count, timeout, &mut |line| {
+            let seen = ops::devices_watch(&c, tenant, id, count, timeout, &mut |line| {
                 println!("{line}")
             })?;
             println!("{}", seen.summary(&device));
             Ok(())
         }
         DevicesCommand::Edit { device, meta } => registry_change(&device.config, |c| {
-            cli::devices_edit(&c.gateway, &device.tenant, &device.id, &meta)
+            ops::devices_edit(&c.gateway, &device.tenant, &device.id, &meta)
         }),
         DevicesCommand::Revoke(d) => registry_change(&d.config, |c| {
-            cli::devices_revoke(&c.gateway, &d.tenant, &d.id)
+            ops::devices_revoke(&c.gateway, &d.tenant, &d.id)
         }),
         DevicesCommand::Remove(d) => registry_change(&d.config, |c| {
-            cli::devices_remove(&c.gateway, &d.tenant, &d.id)
+            ops::devices_remove(&c.gateway, &d.tenant, &d.id)
         }),
     }
 }
@@ -493,25 +493,25 @@ fn registry_change(
 ) -> Result<(), String> {
     let c = load(config)?;
     println!("{}", change(&c)?);
-    println!("{}", cli::reload(&c)?);
+    println!("{}", ops::reload(&c)?);
     Ok(())
 }
 
-fn enrol(a: DeviceArgs, mode: cli::Enrol) -> Result<(), String> {
+fn enrol(a: DeviceArgs, mode: ops::Enrol) -> Result<(), String> {
     let config = a.device.config.clone();
     registry_change(&config, |c| enrol_in(c, a, mode))
 }
 
-fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, String> {
+fn enrol_in(c: &Config, a: DeviceArgs, mode: ops::Enrol) -> Result<String, String> {
     let DeviceRef { tenant, id, .. } = a.device;
-    let given = cli::Given {
+    let given = ops::Given {
         sample_interval: a.sample_interval.is_some(),
         heartbeat: a.heartbeat.is_some(),
         broker_host: a.broker_host.is_some(),
         broker_port: a.broker_port.is_some(),
         broker_ca: a.broker_ca.is_some(),
     };
-    let add = cli::AddDevice {
+    let add = ops::AddDevice {
         given,
         blob_out: a
             .blob_out
@@ -536,11 +536,11 @@ fn enrol_in(c: &Config, a: DeviceArgs, mode: cli::Enrol) -> Result<String, Strin
             } else {
                 c.mqtt.embedded_listen.port()
             }),
-            transport: cli::transport(a.broker_ca.as_deref())?,
+            transport: ops::transport(a.broker_ca.as_deref())?,
         },
         meta: a.meta,
     };
-    cli::devices_add(&c.gateway, &add, mode)
+    ops::devices_add(&c.gateway, &add, mode)
 }
 
 /// One row of a `devices import` file.
@@ -600,7 +600,7 @@ fn import(
             .and_then(|r| r.deserialize::<CsvDevice>(Some(&headers)))
             .map_err(|e| e.to_string())
             .and_then(|d| import_args(config, blob_dir, &broker, d))
-            .and_then(|a| enrol_in(&c, a, cli::Enrol::Add));
+            .and_then(|a| enrol_in(&c, a, ops::Enrol::Add));
         match row {
             Ok(_) => added += 1,
             Err(e) => refused.push(format!("{}:{line}: {e}", file())),
@@ -618,9 +618,9 @@ fn import(
     if added > 0 {
         println!(
             "{}",
-            gateway::access::restart_hint(&c.gateway.broker_access())
+            gateway::fleet::access::restart_hint(&c.gateway.broker_access())
         );
-        println!("{}", cli::reload(&c)?);
+        println!("{}", ops::reload(&c)?);
     }
     match refused.len() {
         0 => Ok(()),

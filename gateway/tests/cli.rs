@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed setup step should stop it loudly
 
-use gateway::registry::RegistryFile;
+use gateway::fleet::registry::RegistryFile;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -215,7 +215,8 @@ fn devices_import_enrols_a_csv_file_row_by_row_and_names_the_refused_lines() {
     ] {
         assert!(stderr.contains(line), "{line} in {stderr}");
     }
-    let registry = gateway::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
+    let registry =
+        gateway::fleet::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
     assert_eq!(registry.len(), 3);
     let bin1 = registry.get("lyon", "bin-1").unwrap();
     assert_eq!(bin1.entry.site.as_deref(), Some("Place Bellecour"));

@@ -1,9 +1,9 @@
 //! Test devices: registry entries with known keys, sealed frames, QoS 1 publishing that
 //! waits for every PUBACK, and a gateway configuration pointing at the test servers.
 
-use gateway::access;
 use gateway::config::{Config, DatabaseApi, DatabaseConfig, Secret};
-use gateway::registry::{
+use gateway::fleet::access;
+use gateway::fleet::registry::{
     self, DeviceEntry, DeviceKind, Enrolment, GatewayAccount, Registry, RegistryFile,
 };
 use protocol::provision::{Provisioning, Transport};

@@ -301,15 +301,15 @@ impl GatewayProcess {
     }
 
     /// `/devices`: the device state it serves; `None` if the process does not answer.
-    pub fn devices(&self) -> Option<gateway::devices::DeviceBook> {
+    pub fn devices(&self) -> Option<gateway::observe::devices::DeviceBook> {
         let (_, body) = self.get("/devices")?;
-        gateway::devices::DeviceBook::from_json(&body).ok()
+        gateway::observe::devices::DeviceBook::from_json(&body).ok()
     }
 
     /// Sum of a metric over its labels, from `/metrics`; `None` if the process does not answer.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics")?;
-        Some(gateway::metrics::sum_samples(&text, name))
+        Some(gateway::observe::metrics::sum_samples(&text, name))
     }
 
     /// Waits until metric `name` stops changing (unchanged over one second), then returns
@@ -350,7 +350,7 @@ impl Drop for GatewayProcess {
 #[derive(Debug)]
 pub struct InProcessGateway {
     /// Its metrics, read directly.
-    pub metrics: std::sync::Arc<gateway::metrics::Metrics>,
+    pub metrics: std::sync::Arc<gateway::observe::metrics::Metrics>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), gateway::RunError>>,
 }
@@ -358,7 +358,7 @@ pub struct InProcessGateway {
 impl InProcessGateway {
     /// Starts it on `config` and waits until it is connected to the broker.
     pub async fn start(config: gateway::config::Config) -> Self {
-        let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+        let metrics = std::sync::Arc::new(gateway::observe::metrics::Metrics::default());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
         crate::wait_for("gateway connected", Duration::from_secs(20), async || {

@@ -3,7 +3,7 @@
 
 use crate::fleet::{self, Device};
 use crate::readback::{self, key};
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;

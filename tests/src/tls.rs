@@ -1,6 +1,6 @@
 //! A test certificate authority and a server certificate for 127.0.0.1 and `localhost`, as
 //! PEM files, for servers the tests run over TLS: made by the product's own CA code
-//! (`gateway::pki`, what `broker-cert` runs).
+//! (`gateway::fleet::pki`, what `broker-cert` runs).
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +17,10 @@ pub struct TestPki {
 
 /// Generates a fresh CA and server certificate in `dir`.
 pub fn pki(dir: &Path) -> TestPki {
-    let files = gateway::pki::CaFiles::in_dir(dir);
-    let (ca, _) = gateway::pki::load_or_create_ca(&files).unwrap();
+    let files = gateway::fleet::pki::CaFiles::in_dir(dir);
+    let (ca, _) = gateway::fleet::pki::load_or_create_ca(&files).unwrap();
     let issued =
-        gateway::pki::issue_server(&ca, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        gateway::fleet::pki::issue_server(&ca, &["localhost".into(), "127.0.0.1".into()]).unwrap();
     let out = TestPki {
         ca: files.cert,
         cert: dir.join("server.pem"),

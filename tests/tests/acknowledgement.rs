@@ -12,7 +12,7 @@
 //! (measurement, device, second) points in InfluxDB, duplicated is points beyond that.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;

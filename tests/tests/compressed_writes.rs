@@ -4,7 +4,7 @@
 //! the InfluxDB 2.x client is refused.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings};

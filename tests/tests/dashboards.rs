@@ -10,7 +10,7 @@
 //! the commune; the datasource variables pick the database the panel is made for.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values};
 use serde_json::Value;
 use std::path::PathBuf;

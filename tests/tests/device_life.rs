@@ -15,7 +15,7 @@
 //! InfluxDB, duplicated as points beyond one per reading.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::Config;
-use gateway::metrics::{Metrics, ReasonLabel};
-use gateway::registry::RegistryFile;
-use gateway::registry::{DeviceEntry, DeviceKind, Registry};
+use gateway::fleet::registry::RegistryFile;
+use gateway::fleet::registry::{DeviceEntry, DeviceKind, Registry};
+use gateway::observe::metrics::{Metrics, ReasonLabel};
 use protocol::{AirQuality, DeviceKey, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
@@ -246,7 +246,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
 
     // Quarantine holds each rejected frame with its reason.
     let qdir = config.gateway.data_dir.join("quarantine");
-    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     let mut reasons: Vec<_> = entries.iter().map(|e| e.reason.as_str()).collect();
     reasons.sort();
     let want = [
@@ -260,7 +260,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         "unknown_device",
     ];
     assert_eq!(reasons, want);
-    let listing = gateway::cli::quarantine_list(&config).unwrap();
+    let listing = gateway::ops::quarantine_list(&config).unwrap();
     assert!(
         listing.contains("8 quarantined") && listing.contains("unknown_device=1"),
         "{listing}"
@@ -305,7 +305,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert!(slow.is_empty(), "{slow}");
     let waited = started.elapsed();
     assert!(
-        waited >= gateway::http::HEAD_TIMEOUT - Duration::from_millis(500)
+        waited >= gateway::web::http::HEAD_TIMEOUT - Duration::from_millis(500)
             && waited < Duration::from_secs(10),
         "{waited:?}"
     );

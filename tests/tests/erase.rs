@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::quarantine;
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
+use gateway::store::quarantine;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -34,10 +34,13 @@ fn buffered(data: &Path) -> BTreeSet<(String, String, u64)> {
     };
     for e in entries {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
-        for piece in gateway::buffer::format::scan(&bytes, gateway::buffer::format::MAGIC.len()) {
-            if let gateway::buffer::format::Piece::Record { start, end } = piece {
-                let r =
-                    Record::decode(&bytes[start + gateway::buffer::format::HEADER..end]).unwrap();
+        for piece in gateway::store::buffer::format::scan(
+            &bytes,
+            gateway::store::buffer::format::MAGIC.len(),
+        ) {
+            if let gateway::store::buffer::format::Piece::Record { start, end } = piece {
+                let r = Record::decode(&bytes[start + gateway::store::buffer::format::HEADER..end])
+                    .unwrap();
                 for line in r.lines.lines() {
                     let ms = line.rsplit(' ').next().unwrap().parse().unwrap();
                     out.insert((r.tenant.to_string(), r.device.to_string(), ms));
@@ -196,7 +199,7 @@ async fn erasing_a_device_before_a_time_then_a_whole_device_leaves_nothing_of_th
     // Then the whole of aq-2, its saved state (last seen, battery) included.
     gw.terminate();
     let saved = |d: &str| {
-        gateway::devices::load_saved(&data)
+        gateway::observe::devices::load_saved(&data)
             .unwrap()
             .get("lyon", d)
             .is_some()

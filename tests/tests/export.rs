@@ -9,7 +9,7 @@
 //! refused with a clear error.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use serde_json::Value;
 use std::collections::BTreeMap;

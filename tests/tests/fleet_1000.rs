@@ -4,7 +4,7 @@
 //! and every device appears there.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::Metrics;
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
+use gateway::observe::metrics::Metrics;
 use protocol::reading::bin_flags;
 use protocol::{AirQuality, DeviceStatus, Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;

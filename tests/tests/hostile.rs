@@ -11,8 +11,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::ReasonLabel;
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
+use gateway::observe::metrics::ReasonLabel;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -45,7 +45,7 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
     // A synchronised clock refuses the stale frame (unsynchronised, it would hold it).
-    config.validation.host_clock = gateway::clock::SyncSource::Always;
+    config.validation.host_clock = gateway::ingest::clock::SyncSource::Always;
     let gw = InProcessGateway::start(config.clone()).await;
     let metrics = &gw.metrics;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -165,7 +165,7 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
 
     // Every rejected frame is in quarantine with its reason.
     let (entries, _) =
-        gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
+        gateway::store::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
     assert_eq!(entries.len(), 9);
 
     // Every valid reading, exactly once, with its value and own time, in its tenant.
@@ -273,12 +273,12 @@ async fn a_replayed_reused_counter_stays_in_the_quarantine() {
     .await;
     // The operator's command (it blocks: off the test's runtime).
     let cfg = config.clone();
-    let answer = tokio::task::spawn_blocking(move || gateway::cli::quarantine_replay(&cfg))
+    let answer = tokio::task::spawn_blocking(move || gateway::ops::quarantine_replay(&cfg))
         .await
         .unwrap()
         .unwrap();
     let qdir = config.gateway.data_dir.join("quarantine");
-    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     let kept: Vec<_> = entries
         .iter()
         .filter(|e| e.reason == "counter_reused")
@@ -324,10 +324,10 @@ async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
     .await;
     let qdir = config.gateway.data_dir.join("quarantine");
     wait_for("committed", Duration::from_secs(10), async || {
-        gateway::quarantine::read_all(&qdir).unwrap().0.len() >= 5
+        gateway::store::quarantine::read_all(&qdir).unwrap().0.len() >= 5
     })
     .await;
-    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     eprintln!(
         "resent refused frames: {} arrivals counted, {} quarantine entries",
         gw.metrics.total("vigie_frames_rejected_total"),
@@ -419,10 +419,15 @@ async fn counters_a_thousand_apart_in_one_second_never_overwrite() {
     wait_for(
         "the refused frame kept",
         Duration::from_secs(10),
-        async || !gateway::quarantine::read_all(&qdir).unwrap().0.is_empty(),
+        async || {
+            !gateway::store::quarantine::read_all(&qdir)
+                .unwrap()
+                .0
+                .is_empty()
+        },
     )
     .await;
-    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     eprintln!(
         "counters 1000 apart: {outcome}; refused time_collision {collided}; quarantine {}",
         entries.len()

@@ -127,7 +127,7 @@ async fn every_attack_at_once_keeps_the_bounds_and_loses_nothing() {
         held_status.len(),
         held_public.len(),
     );
-    let cap = gateway::http::MAX_CONNECTIONS;
+    let cap = gateway::web::http::MAX_CONNECTIONS;
     assert!(
         held_status.len() > cap && held_public.len() > cap,
         "the socket attack happened"

@@ -8,7 +8,7 @@
 //! stored, and the log stays small.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
@@ -89,12 +89,12 @@ async fn idle_sockets_on_the_public_port_leave_ingest_and_delivery_running() {
         frames.len()
     );
     assert!(
-        held.len() > gateway::http::MAX_CONNECTIONS,
+        held.len() > gateway::web::http::MAX_CONNECTIONS,
         "the attack happened: {} sockets",
         held.len()
     );
     assert!(
-        during <= before + gateway::http::MAX_CONNECTIONS + 16,
+        during <= before + gateway::web::http::MAX_CONNECTIONS + 16,
         "descriptors bounded: {before} -> {during}"
     );
     assert_eq!(got, frames.len(), "ingest and delivery ran");

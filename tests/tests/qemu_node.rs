@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::registry::RegistryFile;
+use gateway::fleet::registry::RegistryFile;
 use std::time::{Duration, Instant};
 use vigie_tests::process::InProcessGateway;
 use vigie_tests::qemu::{self, ModemEmulator, Qemu};
@@ -177,7 +177,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     // power cut happen during the outage. How far the board got is read from its flash
     // file while it runs (a snapshot; the ring takes a torn record for the end), so the
     // test waits for the board, not for a guessed time.
-    let registry = gateway::registry::Registry::load(&registry_path).unwrap();
+    let registry = gateway::fleet::registry::Registry::load(&registry_path).unwrap();
     let key = registry.get("lyon", "aq-qemu").unwrap().key.clone();
     let who = protocol::Identity::new("lyon", "aq-qemu").unwrap();
     let readings_in = |frames: &[Vec<u8>]| -> Vec<(u32, u32, protocol::Kind)> {
@@ -374,7 +374,7 @@ async fn the_image_sleeps_while_its_modem_is_silent() {
     let aq = fleet::Device::new(
         "lyon",
         "aq-quiet",
-        gateway::registry::DeviceKind::AirQuality,
+        gateway::fleet::registry::DeviceKind::AirQuality,
     );
     let mut blob = [0u8; 1024];
     let n = aq.provisioning(modem, 60, 0).encode(&mut blob).unwrap();

@@ -71,7 +71,7 @@ async fn a_qos0_flood_with_the_worker_stalled_keeps_memory_bounded() {
     );
     assert!(dropped > 0.0, "the bound was reached");
     assert!(
-        in_memory <= (gateway::mqtt::MAX_INTAKE_BYTES + 2 * 64 * 1024) as f64,
+        in_memory <= (gateway::intake::mqtt::MAX_INTAKE_BYTES + 2 * 64 * 1024) as f64,
         "{in_memory}"
     );
     assert!(peak <= MAX_RSS_MIB, "peak resident memory {peak:.1} MiB");

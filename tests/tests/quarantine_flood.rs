@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::DatabaseApi;
-use gateway::metrics::ReasonLabel;
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
+use gateway::observe::metrics::ReasonLabel;
 use protocol::{Field, Reading, Values, WasteBin};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -147,11 +147,11 @@ async fn a_flooding_device_never_evicts_another_devices_settled_frames() {
     // Counted when judged, durable at the commit: read once the commit is done.
     let qdir = config.gateway.data_dir.join("quarantine");
     wait_for("the last commit", Duration::from_secs(20), async || {
-        let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+        let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
         entries.iter().filter(|e| e.acknowledged).count() as u64 >= rejected("kind_mismatch")
     })
     .await;
-    let (entries, _) = gateway::quarantine::read_all(&qdir).unwrap();
+    let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     let settled_in_quarantine = |device: &str| {
         entries
             .iter()

@@ -5,8 +5,8 @@
 //! every rewrite; with the service stopped the command says it loads the registry at start.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::Registry;
-use gateway::registry::RegistryFile;
+use gateway::fleet::registry::Registry;
+use gateway::fleet::registry::RegistryFile;
 use std::process::{Command, Output, Stdio};
 use vigie_tests::process::{self, GatewayProcess, GatewaySettings};
 use vigie_tests::{mosquitto, scenario};

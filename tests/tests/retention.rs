@@ -12,7 +12,7 @@
 //! the points the database holds, field by field.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
@@ -151,7 +151,7 @@ async fn databases_keeping_less_than_max_age_lose_no_acknowledged_reading() {
         let refused = gw
             .metric("vigie_frames_rejected_total{reason=\"stale_timestamp\"}")
             .unwrap();
-        let (entries, _) = gateway::quarantine::read_all(&dir.path().join(format!(
+        let (entries, _) = gateway::store::quarantine::read_all(&dir.path().join(format!(
             "data-{}/quarantine",
             if victoria { "gw-v2" } else { "gw-v1" }
         )))
@@ -230,7 +230,7 @@ async fn a_batch_dropped_for_retention_is_quarantined_whole_not_split() {
     )
     .await;
     let (entries, _) =
-        gateway::quarantine::read_all(&dir.path().join("data-gw-v1/quarantine-db")).unwrap();
+        gateway::store::quarantine::read_all(&dir.path().join("data-gw-v1/quarantine-db")).unwrap();
     let lines: usize = entries
         .iter()
         .map(|e| {
@@ -365,7 +365,7 @@ async fn rows_victoria_metrics_drops_after_a_204_are_kept() {
     let expected = load.expected.len();
     let quarantined = || -> BTreeSet<String> {
         let dir = dir.path().join("data-gw-v2/quarantine-db");
-        let (entries, _) = gateway::quarantine::read_all(&dir).unwrap_or_default();
+        let (entries, _) = gateway::store::quarantine::read_all(&dir).unwrap_or_default();
         entries
             .iter()
             .filter(|e| e.reason == "database_discarded")

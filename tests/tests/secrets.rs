@@ -16,7 +16,7 @@ const DB_TOKEN: &str = "db-S3CRET-token-91c2";
 const ADMIN_TOKEN: &str = "admin-S3CRET-token-5d0e";
 const URL_PASSWORD: &str = "url-S3CRET-pw-2b8c";
 
-use gateway::registry::RegistryFile;
+use gateway::fleet::registry::RegistryFile;
 use vigie_tests::process::{cli as run, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,11 +27,11 @@ async fn no_secret_in_any_output_or_log() {
     let devices = scenario::devices(dir.path(), 2);
     // The service's broker account, with the password its config file holds.
     let registry_path = dir.path().join("devices.toml");
-    let mut registry = gateway::registry::Registry::load(&registry_path).unwrap();
+    let mut registry = gateway::fleet::registry::Registry::load(&registry_path).unwrap();
     registry
-        .set_gateway(gateway::registry::GatewayAccount {
+        .set_gateway(gateway::fleet::registry::GatewayAccount {
             username: "vigie-gateway".into(),
-            password_hash: gateway::access::hash_password(&gateway::config::Secret::new(
+            password_hash: gateway::fleet::access::hash_password(&gateway::config::Secret::new(
                 MQTT_PASSWORD,
             ))
             .unwrap(),
@@ -239,7 +239,8 @@ async fn no_secret_in_any_output_or_log() {
         URL_PASSWORD.into(),
     ];
     secrets.extend(devices.iter().map(|d| hex::encode(d.key)));
-    let registry = gateway::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
+    let registry =
+        gateway::fleet::registry::Registry::load(&dir.path().join("devices.toml")).unwrap();
     let added_key = registry.get("lyon", "aq-new").unwrap().key.expose_secret();
     secrets.push(hex::encode(added_key));
     let blob = protocol::provision::Provisioning::decode(&std::fs::read(&blob).unwrap()).unwrap();

@@ -22,7 +22,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::{Config, DatabaseApi};
-use gateway::metrics::ReasonLabel;
+use gateway::observe::metrics::ReasonLabel;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -404,7 +404,7 @@ async fn a_revoked_device_is_refused_and_its_queued_frames_quarantined() {
     assert_exactly(&scenario::stored(influx.addr).await, &want);
     assert_eq!(revoked(), 10);
     let (entries, _) =
-        gateway::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
+        gateway::store::quarantine::read_all(&config.gateway.data_dir.join("quarantine")).unwrap();
     assert_eq!(entries.len(), 10);
     gw.stop().await;
 }
@@ -419,7 +419,7 @@ async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
     let mut config = gateway_config(dir.path(), "gw-a", &broker, broker.addr);
     config.database = None;
     config.mqtt.ca_file = Some(stranger.ca);
-    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let metrics = std::sync::Arc::new(gateway::observe::metrics::Metrics::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -435,7 +435,7 @@ async fn a_gateway_does_not_talk_to_a_broker_its_ca_did_not_sign() {
 /// `expected`; returns that body.
 async fn readyz_names(config: Config, expected: &str) -> String {
     let url = format!("http://{}/readyz", config.http.listen.unwrap());
-    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let metrics = std::sync::Arc::new(gateway::observe::metrics::Metrics::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
     let mut body = String::new();

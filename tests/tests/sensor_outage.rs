@@ -5,7 +5,7 @@
 //! status frames, equal to what the node counted: a loss is reported, never silent.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::time::Duration;
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions, Outage};

@@ -8,8 +8,8 @@
 //! last-seen time and condition. Screenshots go to `target/test-output/status_page/`.
 #![allow(clippy::unwrap_used)]
 
-use gateway::page::Lang;
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
+use gateway::web::page::Lang;
 use protocol::{AirQuality, Field, Reading, Values, WasteBin};
 use std::net::SocketAddr;
 use std::path::PathBuf;

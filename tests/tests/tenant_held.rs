@@ -5,7 +5,7 @@
 //! exactly once.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use vigie_tests::fleet::{self, Device};

@@ -6,7 +6,7 @@
 //! with `--drop-database` drops them. With VictoriaMetrics it says there is nothing to make.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::path::Path;
 use std::process::Output;
 use vigie_tests::fleet::{self, Device};

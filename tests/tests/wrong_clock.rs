@@ -18,7 +18,7 @@
 //! every held reading here.
 #![allow(clippy::unwrap_used)]
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use vigie_sim::{Fleet, FleetOptions};

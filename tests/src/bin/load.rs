@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway::registry::DeviceKind;
+use gateway::fleet::registry::DeviceKind;
 use protocol::{AirQuality, Field, Reading, Values};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};

@@ -1,0 +1,198 @@
+//! What the sink keeps when a database will not: lines it refused or dropped go to the
+//! database quarantine (their only copy, never evicted), and VictoriaMetrics' writes wait
+//! for its counters of dropped rows ([`super::confirm`]) before they count as stored.
+
+use super::confirm::{self, Confirm, Settled};
+use super::{Sink, Written};
+use crate::ingest::lock;
+use crate::observe::metrics::{ReasonLabel, TenantLabel};
+use crate::store::quarantine::{self, Origin};
+use std::time::Instant;
+use vigie_core::deliver::retry;
+use vigie_core::judge::reason::Reason;
+
+impl Sink {
+    /// Halves a refused batch until the refused lines are alone; quarantines those. A
+    /// batch the database dropped whole for its retention (a device's old backlog) goes
+    /// to the quarantine as it is, in one entry and one line, not line by line.
+    pub(super) fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
+        let all: Vec<&str> = lines.lines().collect();
+        if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
+            return match self.keep(tenant, lines, Reason::DatabaseRejected, detail) {
+                Ok(()) => {
+                    let (log, left_out) = self.refused_log.admit(crate::now_ms());
+                    if left_out > 0 {
+                        tracing::error!(
+                            left_out,
+                            "more refused lines were quarantined in the last minute than logged (vigie_frames_rejected_total{{reason=\"database_rejected\"}})"
+                        );
+                    }
+                    if log {
+                        tracing::error!(tenant, lines = all.len(), first = all.first().copied().unwrap_or_default(), %detail, "database refused lines; quarantined");
+                    }
+                    Written::Stored
+                }
+                Err(error) => Written::Failed {
+                    error,
+                    wait: self.s.cfg.max_backoff,
+                },
+            };
+        }
+        let (a, b) = all.split_at(all.len() / 2);
+        for half in [a, b] {
+            let mut text = half.join("\n");
+            text.push('\n');
+            if let failed @ Written::Failed { .. } = self.write(tenant, &text) {
+                return failed;
+            }
+        }
+        Written::Stored
+    }
+
+    /// Keeps `lines` of `tenant` that the database refused or dropped in the database
+    /// quarantine, as one entry of acknowledged readings (its only copy: never evicted,
+    /// bounded apart), counted under `reason`. The error says why it could not.
+    pub(super) fn keep(
+        &mut self,
+        tenant: &str,
+        lines: &str,
+        reason: Reason,
+        detail: &str,
+    ) -> Result<(), String> {
+        let entry = quarantine::Entry {
+            received_ms: crate::now_ms(),
+            origin: Origin::Database,
+            topic: tenant.to_string(),
+            reason: reason.code().into(),
+            detail: detail.to_string(),
+            payload: hex::encode(lines.as_bytes()),
+            // An acknowledged reading: this entry is its only copy.
+            acknowledged: true,
+        };
+        let mut q = lock(&self.s.quarantine);
+        if !q.admits_kept(tenant, quarantine::entry_bytes(tenant, lines.as_bytes())) {
+            // Past the bound the commune waits, its readings in the buffer, until the
+            // quarantine is replayed or erased.
+            return Err(format!(
+                "the database refuses lines ({detail}) and the quarantine's room for \
+                 acknowledged readings of {tenant} is full: `quarantine list`, fix the \
+                 cause, `quarantine replay`"
+            ));
+        }
+        let evicted = q.write(&entry).map_err(|e| {
+            format!("the database refused lines and the quarantine cannot be written: {e}")
+        })?;
+        drop(q);
+        self.s.metrics.quarantine_evicted.inc_by(evicted);
+        self.s
+            .metrics
+            .frames_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .inc_by(lines.lines().count() as u64);
+        Ok(())
+    }
+
+    /// Before the first write to VictoriaMetrics, its counters of dropped rows: without
+    /// them nothing written could be vouched for, so nothing is written (the commune is
+    /// held, retried) until they can be read. The error, if they cannot.
+    pub(super) fn confirm_baseline(&mut self) -> Option<String> {
+        let c = self.confirm.as_mut().filter(|c| !c.has_baseline())?;
+        match self.s.writer.discards()? {
+            Ok(counters) => {
+                c.baseline(counters);
+                None
+            }
+            Err(e) => Some(format!(
+                "cannot read VictoriaMetrics' counters of dropped rows ({e}): nothing is \
+                 written until they can be, so that every write can be confirmed"
+            )),
+        }
+    }
+
+    /// Reads the database's counters of dropped rows when a write waits long enough for
+    /// them ([`confirm::SETTLE`]); counts what they confirm as stored and quarantines the
+    /// rest. With too much waiting, waits for the reading before writing more.
+    pub(super) fn confirm_due(&mut self) {
+        let Some(c) = &self.confirm else { return };
+        if c.full() && !c.due(Instant::now()) {
+            self.pause(confirm::SETTLE);
+        }
+        let read_at = Instant::now();
+        if !self.confirm.as_ref().is_some_and(|c| c.due(read_at)) {
+            return;
+        }
+        let settled = match self.s.writer.discards() {
+            Some(Ok(now)) => match &mut self.confirm {
+                Some(c) => c.settle(read_at, now),
+                None => return,
+            },
+            Some(Err(e)) => {
+                self.confirm_errors += 1;
+                if self.confirm_errors.is_power_of_two() {
+                    tracing::error!(error = %e, failures = self.confirm_errors, "cannot read VictoriaMetrics' counters of dropped rows; the buffer keeps what was written until they can be read");
+                }
+                if self.confirm.as_ref().is_some_and(Confirm::full) {
+                    self.pause(confirm::SETTLE);
+                }
+                return;
+            }
+            None => return,
+        };
+        self.confirm_errors = 0;
+        self.settled(settled);
+    }
+
+    pub(super) fn settled(&mut self, settled: Settled) {
+        let stored = |sink: &Self, tenant: &str, n: u64| {
+            sink.s
+                .metrics
+                .readings_stored
+                .get_or_create(&TenantLabel::of(tenant))
+                .inc_by(n);
+        };
+        match settled {
+            Settled::Kept { stored: done, head } => {
+                if !done.is_empty() {
+                    self.s.health.set_database_dropped(None);
+                }
+                for (tenant, n) in done {
+                    stored(self, &tenant, n);
+                }
+                self.lanes.head = head.or(self.lanes.head);
+            }
+            Settled::Dropped {
+                rows,
+                causes,
+                writes,
+                head,
+            } => {
+                let lines: u64 = writes.iter().map(|w| w.count).sum();
+                let detail = format!(
+                    "VictoriaMetrics answered 204 and dropped {rows} rows ({causes}); every line written since its last reading is kept here"
+                );
+                tracing::error!(rows, lines, %causes, "VictoriaMetrics dropped rows it had accepted: the lines written since its last reading are in the database quarantine (quarantine replay once the cause is fixed: -retentionPeriod, series limits)");
+                self.s.health.set_database_dropped(Some(format!(
+                    "VictoriaMetrics dropped {rows} rows it had accepted ({causes}): {lines} lines \
+                     kept in the database quarantine; fix the cause, then `quarantine replay`"
+                )));
+                let mut kept_all = true;
+                for w in &writes {
+                    if let Err(e) =
+                        self.keep(&w.tenant, &w.lines, Reason::DatabaseDiscarded, &detail)
+                    {
+                        tracing::error!(tenant = %w.tenant, error = %e, "lines VictoriaMetrics may have dropped could not be quarantined; the buffer keeps everything from here until the next start, which writes it again");
+                        kept_all = false;
+                    }
+                }
+                // Which lines it kept it does not say (and its rows are samples, one per
+                // field): none is counted as stored until a replay writes it again.
+                match &mut self.confirm {
+                    Some(c) if !kept_all => c.freeze(),
+                    _ => self.lanes.head = head.or(self.lanes.head),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! Delivery: reads the durable buffer in order, batches lines per tenant (size and
+//! linger), writes them, and only then lets the buffer drop them. Runs on its own thread;
+//! the HTTP writers drive their futures on the service's tokio runtime.
+//!
+//! **Per tenant.** A tenant whose database refuses (missing database, credentials, 5xx,
+//! timeouts) falls behind on its own cursor and is retried on its own backoff while the
+//! others keep flowing ([`lanes`]); health and the `vigie_tenant_behind` metric name it.
+//! Answers are classified by `vigie_core::deliver::retry`: a batch the database refuses (400/422) is
+//! split to isolate the bad line, which goes to the database quarantine (replayable);
+//! if that quarantine cannot be written, the lines are not dropped: the tenant waits.
+
+pub mod device_info;
+pub mod retention;
+pub mod tenants;
+
+mod confirm;
+mod file;
+mod influx;
+mod kept;
+pub mod lanes;
+
+pub use file::{FileWriter, erase_offline as erase_files};
+pub use influx::{SetupError, V1Writer, V2Writer};
+pub(crate) use influx::{authorize, client_builder};
+
+use crate::config::BatchConfig;
+use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
+use crate::observe::health::{Health, Tenant};
+use crate::observe::metrics::{ClassLabel, Metrics, TenantLabel, gauge};
+use crate::store::buffer::{Item, Position, Reader};
+use confirm::Confirm;
+use lanes::Lanes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use vigie_core::deliver::discards::Discards;
+use vigie_core::deliver::retry::{self, Action};
+use vigie_core::record::RecordView;
+
+/// The outcome of one write request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The HTTP status, `Retry-After` if any, and the body (for error details).
+    Status {
+        /// Status code.
+        code: u16,
+        /// `Retry-After` header.
+        retry_after: Option<String>,
+        /// Response body.
+        body: String,
+    },
+    /// No HTTP answer: connection refused, timeout, TLS failure.
+    Transport(String),
+}
+
+/// A database (or file) that takes line protocol for one tenant.
+pub trait LineWriter: Send {
+    /// Writes `lines` (newline-terminated) to `tenant`'s database or bucket.
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer;
+
+    /// For a database whose 2xx does not prove it keeps every row (VictoriaMetrics): its
+    /// counters of rows dropped after accepting them (`confirm.rs`). `None`: a 2xx is
+    /// proof (InfluxDB answers 400 for a partial write; files are synced).
+    fn discards(&mut self) -> Option<Result<Discards, String>> {
+        None
+    }
+}
+
+/// Behind tenants tried per cycle, in batches, before the head reads again.
+const CATCH_UP_BATCHES: usize = 4;
+/// Longest idle wait of the delivery loop (it also wakes on every append).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// One tenant's lines in a batch.
+#[derive(Debug)]
+struct Chunk {
+    lines: String,
+    first: Position,
+}
+
+/// What the head read in one cycle.
+#[derive(Debug, Default)]
+struct Batch {
+    by_tenant: BTreeMap<String, Chunk>,
+    lines: usize,
+    end: Option<Position>,
+}
+
+/// A write's result for the lane bookkeeping.
+enum Written {
+    Stored,
+    Failed { error: String, wait: Duration },
+}
+
+/// Everything the delivery thread needs.
+#[derive(Debug)]
+pub struct SinkSetup {
+    /// Cursor at the oldest record.
+    pub reader: Reader,
+    /// Where the lines go.
+    pub writer: Box<dyn LineWriter>,
+    /// Quarantine for refused lines.
+    pub quarantine: SharedQuarantine,
+    /// Batching and backoff.
+    pub cfg: BatchConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+    /// Runtime the HTTP writers and the waits run on.
+    pub runtime: Handle,
+    /// Cancelled when delivery must stop.
+    pub stop: CancellationToken,
+    /// Where progress persists (`None`: not persisted, tests).
+    pub state_path: Option<PathBuf>,
+    /// After `stop`, how long delivery goes on writing what flows; the rest waits on disk
+    /// for the next start.
+    pub flush: Duration,
+}
+
+impl std::fmt::Debug for dyn LineWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineWriter")
+    }
+}
+
+/// The delivery loop.
+struct Sink {
+    s: SinkSetup,
+    lanes: Lanes,
+    /// What was last persisted.
+    saved: Lanes,
+    save_failed: bool,
+    /// Buffer reads that failed in a row (logged at 1, 2, 4, 8… of them, not each).
+    read_errors: u64,
+    /// Rate limit of the refused-line log lines.
+    refused_log: crate::ingest::LogBudget,
+    /// Writes awaiting confirmation (VictoriaMetrics only).
+    confirm: Option<Confirm>,
+    /// Counter readings that failed in a row (logged at 1, 2, 4, 8…).
+    confirm_errors: u64,
+}
+
+/// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
+pub fn run(mut setup: SinkSetup) {
+    let lanes = load_lanes(&setup);
+    if let Some(head) = lanes.head {
+        setup.reader = setup.reader.at(head);
+    }
+    let confirm = setup.writer.discards().map(|first| {
+        if let Err(e) = &first {
+            tracing::warn!(error = %e, "cannot read VictoriaMetrics' counters of dropped rows; writes wait until they can be read");
+        }
+        Confirm::new(first.ok())
+    });
+    let sink = Sink {
+        s: setup,
+        saved: lanes.clone(),
+        lanes,
+        save_failed: false,
+        read_errors: 0,
+        refused_log: Default::default(),
+        confirm,
+        confirm_errors: 0,
+    };
+    for tenant in sink.lanes.behind.keys() {
+        sink.s
+            .metrics
+            .tenant_behind
+            .get_or_create(&TenantLabel::of(tenant))
+            .set(1);
+    }
+    sink.run();
+}
+
+/// Progress saved by the last run, if it fits this buffer.
+fn load_lanes(setup: &SinkSetup) -> Lanes {
+    let Some(path) = &setup.state_path else {
+        return Lanes::default();
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return Lanes::default();
+    };
+    let durable = setup.reader.durable();
+    match serde_json::from_slice::<Lanes>(&bytes) {
+        Ok(l)
+            if l.head.is_none_or(|h| h <= durable)
+                && l.behind.values().all(|b| b.from <= durable) =>
+        {
+            l
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "delivery state points past the buffer's end; starting from the oldest record");
+            Lanes::default()
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "delivery state unreadable; starting from the oldest record (some lines are written twice, harmlessly)");
+            Lanes::default()
+        }
+    }
+}
+
+impl Sink {
+    fn run(mut self) {
+        let mut flush_until = None;
+        loop {
+            let stopping = self.s.stop.is_cancelled();
+            if stopping {
+                flush_until.get_or_insert_with(|| Instant::now() + self.s.flush);
+            }
+            let batch = self.collect(stopping);
+            for (tenant, chunk) in &batch.by_tenant {
+                match self.write(tenant, &chunk.lines) {
+                    Written::Stored => {}
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(tenant, chunk.first, error, wait);
+                    }
+                }
+            }
+            if let Some(end) = batch.end {
+                match &mut self.confirm {
+                    Some(c) => self.lanes.head = c.batch_end(end).or(self.lanes.head),
+                    None => self.lanes.head = Some(end),
+                }
+            }
+            if !stopping {
+                self.catch_up();
+            }
+            self.confirm_due();
+            self.publish();
+            // Stopping: what flows is written until nothing is left or time is up; held
+            // tenants are not retried.
+            if stopping && (batch.end.is_none() || flush_until.is_some_and(|t| Instant::now() >= t))
+            {
+                return;
+            }
+        }
+    }
+
+    /// Reads a batch from the head: records of tenants that are behind are left to their
+    /// own cursor; corrupt stretches go to the quarantine.
+    fn collect(&mut self, stopping: bool) -> Batch {
+        let mut batch = Batch::default();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let wait = if stopping {
+                Duration::ZERO
+            } else if let Some(d) = deadline {
+                d.saturating_duration_since(now)
+            } else {
+                let retry = self
+                    .lanes
+                    .next_attempt_in(crate::now_ms())
+                    .map_or(IDLE, Duration::from_millis);
+                retry.min(IDLE)
+            };
+            match self.s.reader.next(wait) {
+                Ok(Some(Item::Record(e))) => {
+                    self.read_errors = 0;
+                    batch.end = Some(e.end);
+                    match RecordView::decode(&e.payload) {
+                        Ok(r) if self.lanes.is_behind(r.tenant) => {}
+                        Ok(r) => {
+                            deadline.get_or_insert_with(|| now + self.s.cfg.linger);
+                            batch.lines += r.readings as usize;
+                            if !batch.by_tenant.contains_key(r.tenant) {
+                                let chunk = Chunk {
+                                    lines: String::new(),
+                                    first: e.start,
+                                };
+                                batch.by_tenant.insert(r.tenant.to_owned(), chunk);
+                            }
+                            if let Some(chunk) = batch.by_tenant.get_mut(r.tenant) {
+                                chunk.lines.push_str(r.lines);
+                            }
+                            if batch.lines >= self.s.cfg.max_lines {
+                                return batch;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "buffer record does not parse; quarantined");
+                            self.quarantine_corrupt(&e.payload);
+                        }
+                    }
+                }
+                Ok(Some(Item::Corrupt(c))) => {
+                    batch.end = Some(c.end);
+                    tracing::error!(
+                        segment = c.start.segment,
+                        offset = c.start.offset,
+                        bytes = c.bytes.len(),
+                        "corrupt buffer record skipped; the records after it are kept"
+                    );
+                    self.s.metrics.buffer_corrupt_records.inc();
+                    self.quarantine_corrupt(&c.bytes);
+                }
+                Ok(None) => {
+                    if deadline.is_none() {
+                        return batch;
+                    }
+                }
+                Err(e) => {
+                    self.read_errors += 1;
+                    if self.read_errors.is_power_of_two() {
+                        tracing::error!(error = %e, failures = self.read_errors, "buffer read failed; retrying with back-off");
+                    }
+                    let wait = retry::backoff(
+                        self.read_errors.min(32) as u32,
+                        self.s.cfg.min_backoff,
+                        self.s.cfg.max_backoff,
+                        jitter(),
+                    );
+                    self.pause(wait);
+                    return batch;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return batch;
+            }
+        }
+    }
+
+    fn quarantine_corrupt(&mut self, bytes: &[u8]) {
+        let mut q = lock(&self.s.quarantine);
+        q.add(&corrupt_entry(crate::now_ms(), bytes));
+        if let Err(e) = q.sync() {
+            tracing::error!(error = %e, "cannot write the quarantine");
+        }
+    }
+
+    /// Retries behind tenants that are due, each from its own cursor up to the head.
+    fn catch_up(&mut self) {
+        let Some(head) = self.lanes.head else { return };
+        for tenant in self.lanes.due(crate::now_ms()) {
+            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
+                continue;
+            };
+            let mut cursor = self.s.reader.at(from);
+            for _ in 0..CATCH_UP_BATCHES {
+                let mut lines = String::new();
+                let mut first = None;
+                let mut count = 0;
+                loop {
+                    match cursor.next_before(head) {
+                        Ok(Some(Item::Record(e))) => {
+                            if let Ok(r) = RecordView::decode(&e.payload)
+                                && r.tenant == tenant
+                            {
+                                first.get_or_insert(e.start);
+                                count += r.readings as usize;
+                                lines.push_str(r.lines);
+                                if count >= self.s.cfg.max_lines {
+                                    break;
+                                }
+                            }
+                        }
+                        // The head reported it already.
+                        Ok(Some(Item::Corrupt(_))) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            // Its next try scheduled like a refused write's: returning
+                            // without one left it due at once, a spin (out of descriptors:
+                            // 364,564 lines in 5 s).
+                            let attempt = self.lanes.behind.get(&tenant).map_or(0, |b| b.attempt);
+                            let cfg = &self.s.cfg;
+                            let wait =
+                                retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+                            self.fall_behind(
+                                &tenant,
+                                from,
+                                format!("buffer read failed: {e}"),
+                                wait,
+                            );
+                            return;
+                        }
+                    }
+                }
+                let Some(first) = first else {
+                    if self.lanes.caught_up_to(&tenant, head) {
+                        self.rejoined(&tenant);
+                    }
+                    break;
+                };
+                match self.write(&tenant, &lines) {
+                    Written::Stored => {
+                        if self.lanes.caught_up_to(&tenant, cursor.position()) {
+                            self.rejoined(&tenant);
+                            break;
+                        }
+                    }
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(&tenant, first, error, wait);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fall_behind(&mut self, tenant: &str, from: Position, error: String, wait: Duration) {
+        let first = !self.lanes.is_behind(tenant);
+        self.lanes
+            .failed(tenant, from, error.clone(), wait, crate::now_ms());
+        if first {
+            tracing::error!(tenant, %error, "tenant held: its readings wait in the buffer and are retried on their own; other tenants go on");
+            self.s
+                .metrics
+                .tenant_behind
+                .get_or_create(&TenantLabel::of(tenant))
+                .set(1);
+        } else {
+            tracing::debug!(tenant, %error, "tenant still held; retrying in {wait:?}");
+        }
+    }
+
+    fn rejoined(&self, tenant: &str) {
+        tracing::info!(
+            tenant,
+            "tenant caught up; its database accepts writes again"
+        );
+        self.s
+            .metrics
+            .tenant_behind
+            .get_or_create(&TenantLabel::of(tenant))
+            .set(0);
+    }
+
+    /// Lets the buffer drop what is stored, persists progress, updates health.
+    fn publish(&mut self) {
+        if let Some(w) = self.lanes.watermark() {
+            if let Some(path) = &self.s.state_path
+                && self.lanes.moved_from(&self.saved)
+            {
+                let text = serde_json::to_vec(&self.lanes).unwrap_or_default();
+                match crate::store::fs::write_atomic(path, &text, 0o600) {
+                    Ok(()) => self.saved = self.lanes.clone(),
+                    // Logged once: retried at the next change; a restart before that
+                    // writes some lines again (harmless, same points).
+                    Err(e) if self.saved.head.is_some() || !self.save_failed => {
+                        tracing::warn!(error = %e, "cannot save delivery progress (a restart would write some lines again)");
+                        self.saved = Lanes::default();
+                        self.save_failed = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.s.reader.mark_delivered(w);
+        }
+        let snapshot = self.s.health.snapshot();
+        for (tenant, b) in &self.lanes.behind {
+            if let Some(error) = &b.error {
+                self.s.health.set_tenant(
+                    tenant,
+                    Tenant::Held {
+                        error: error.clone(),
+                        since_ms: b.since_ms,
+                    },
+                );
+            }
+        }
+        for tenant in snapshot.tenants.keys() {
+            if !self.lanes.is_behind(tenant) {
+                self.s.health.set_tenant(tenant, Tenant::Flowing);
+            }
+        }
+        let healthy = self.lanes.behind.values().all(|b| b.error.is_none());
+        self.s.metrics.sink_healthy.set(i64::from(healthy));
+        self.s
+            .metrics
+            .buffer_pending_bytes
+            .set(gauge(self.s.reader.pending_bytes()));
+    }
+
+    /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).
+    fn write(&mut self, tenant: &str, lines: &str) -> Written {
+        if lines.is_empty() {
+            // Records `erase` emptied: nothing to send.
+            return Written::Stored;
+        }
+        if let Some(error) = self.confirm_baseline() {
+            let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
+            let cfg = &self.s.cfg;
+            let wait = retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+            return Written::Failed { error, wait };
+        }
+        let started = Instant::now();
+        let answer = self.s.writer.write(tenant, lines);
+        let (action, detail) = match &answer {
+            Answer::Status {
+                code,
+                retry_after,
+                body,
+            } => (
+                retry::classify(*code, retry_after.as_deref()),
+                format!("HTTP {code}: {}", body.trim()),
+            ),
+            Answer::Transport(e) => (Action::Retry { after: None }, e.clone()),
+        };
+        let metrics = &self.s.metrics;
+        match action {
+            Action::Done => {
+                let n = lines.lines().count();
+                metrics
+                    .write_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.batch_lines.observe(n as f64);
+                match &mut self.confirm {
+                    // Stored once the database's counters say it kept them.
+                    Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
+                    None => {
+                        metrics
+                            .readings_stored
+                            .get_or_create(&TenantLabel::of(tenant))
+                            .inc_by(n as u64);
+                    }
+                }
+                Written::Stored
+            }
+            Action::Split => {
+                metrics
+                    .write_errors
+                    .get_or_create(&ClassLabel { class: "split" })
+                    .inc();
+                self.split(tenant, lines, &detail)
+            }
+            Action::Config | Action::Retry { .. } => {
+                let class = if action == Action::Config {
+                    "config"
+                } else {
+                    "retry"
+                };
+                metrics
+                    .write_errors
+                    .get_or_create(&ClassLabel { class })
+                    .inc();
+                let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
+                let cfg = &self.s.cfg;
+                let wait = match action {
+                    Action::Retry { after: Some(after) } => after,
+                    Action::Config => {
+                        retry::backoff(attempt + 3, cfg.min_backoff, cfg.max_backoff, jitter())
+                    }
+                    _ => retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter()),
+                };
+                let error = if action == Action::Config {
+                    format!(
+                        "{detail} (the database refuses our configuration: URL, credentials or database name)"
+                    )
+                } else {
+                    detail
+                };
+                Written::Failed { error, wait }
+            }
+        }
+    }
+
+    /// Sleeps, waking early on stop.
+    fn pause(&self, d: Duration) {
+        let stop = self.s.stop.clone();
+        self.s.runtime.block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// A random number in [0, 1) for backoff jitter.
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,704 @@
+//! The device registry's store: a TOML file (`[[device]]` and `[[gateway]]` tables) that
+//! the `devices` and `gateways` commands edit and the service reloads on SIGHUP. The model
+//! is [`vigie_core::fleet`], re-exported here.
+//!
+//! Edits keep the service working: a read-modify-write holds an exclusive lock (parallel
+//! commands all land), the rewrite keeps the file's comments and layout (`toml_edit`),
+//! the new file replaces the old atomically under a unique temporary name with the old
+//! one's owner, group and mode (a new file: group `vigie`, mode 0640, so the service
+//! reads it and nobody else does).
+
+pub use vigie_core::fleet::*;
+
+use crate::config::{ParseError, Secret};
+use protocol::provision::{Provisioning, Transport};
+use protocol::{DeviceKey, Id};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
+
+/// What one device is enrolled with: the registry entry's fields and the settings its
+/// provisioning blob carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolment {
+    /// Tenant id.
+    pub tenant: String,
+    /// Device id.
+    pub id: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Site name (database tag).
+    pub site: Option<String>,
+    /// Zone (database tag).
+    pub zone: Option<String>,
+    /// WGS84 latitude.
+    pub latitude: Option<f64>,
+    /// WGS84 longitude.
+    pub longitude: Option<f64>,
+    /// Bin depth, sensor to bottom (bins).
+    pub bin_depth_mm: Option<u16>,
+    /// Seconds between samples.
+    pub sample_interval_s: u16,
+    /// Seconds after which an unchanged reading is sent anyway (0: never).
+    pub heartbeat_s: u16,
+    /// Broker host the device dials.
+    pub broker_host: String,
+    /// Broker port.
+    pub broker_port: u16,
+    /// How the board's connection to the broker is protected.
+    pub transport: Transport,
+}
+
+/// Why a device cannot be enrolled as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// The tenant id breaks the identifier rules.
+    #[error("tenant {0:?}: {1}")]
+    Tenant(String, protocol::TopicError),
+    /// The device id breaks the identifier rules.
+    #[error("device id {0:?}: {1}")]
+    Id(String, protocol::TopicError),
+    /// The broker host does not fit the blob.
+    #[error("broker host {0:?}: 1 to 64 ASCII bytes")]
+    Host(String),
+    /// The broker password does not fit the blob (never shown).
+    #[error("broker password: 1 to 32 printable ASCII characters without space")]
+    Password,
+    /// A sampling interval of 0 (the firmware refuses to run).
+    #[error("the sampling interval must be 1 to 65535 s")]
+    Interval,
+    /// A bin without its depth, or with one beyond what the sensor measures.
+    #[error("a waste bin needs its depth, sensor to bottom, 1 to 10000 mm")]
+    BinDepth,
+    /// No system randomness for the password's salt.
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
+}
+
+/// What the registry says of a device besides its key and settings: where it stands and,
+/// for a bin, what container it watches (`devices add` and `devices edit`). It goes to the
+/// database as `device_info` and to open-data exports.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args)]
+pub struct Metadata {
+    /// Site name (database tag).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Zone (database tag).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Latitude (WGS84 degrees).
+    #[arg(long, allow_negative_numbers = true)]
+    pub latitude: Option<f64>,
+    /// Longitude (WGS84 degrees).
+    #[arg(long, allow_negative_numbers = true)]
+    pub longitude: Option<f64>,
+    /// Address or place name, e.g. "12 place Bellecour".
+    #[arg(long)]
+    pub place: Option<String>,
+    /// INSEE code of the commune the device stands in, e.g. 69123.
+    #[arg(long)]
+    pub insee: Option<String>,
+    /// Bin category: fixed, ground, other, portable, underground (FIWARE WasteContainer).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Bin capacity, litres.
+    #[arg(long)]
+    pub capacity_l: Option<u32>,
+}
+
+/// FIWARE `WasteContainer.category` values.
+pub const CONTAINER_CATEGORIES: &[&str] = &["fixed", "ground", "other", "portable", "underground"];
+
+impl Metadata {
+    /// Sets on `entry` what was given, checked first (nothing changes on an error).
+    pub fn apply(&self, entry: &mut DeviceEntry) -> Result<(), String> {
+        if self.latitude.is_some_and(|v| !(-90.0..=90.0).contains(&v)) {
+            return Err("--latitude: WGS84 degrees, -90 to 90".into());
+        }
+        if self
+            .longitude
+            .is_some_and(|v| !(-180.0..=180.0).contains(&v))
+        {
+            return Err("--longitude: WGS84 degrees, -180 to 180".into());
+        }
+        if let Some(code) = &self.insee {
+            let ok = code.len() == 5
+                && code.is_ascii()
+                && (code.bytes().all(|b| b.is_ascii_digit())
+                    || (code.starts_with("2A") || code.starts_with("2B"))
+                        && code[2..].bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                return Err(format!(
+                    "--insee {code:?}: five digits (2A/2B for Corsica), e.g. 69123"
+                ));
+            }
+        }
+        if let Some(c) = &self.container
+            && !CONTAINER_CATEGORIES.contains(&c.as_str())
+        {
+            return Err(format!(
+                "--container {c:?}: one of {}",
+                CONTAINER_CATEGORIES.join(", ")
+            ));
+        }
+        if (self.container.is_some() || self.capacity_l.is_some())
+            && entry.kind != DeviceKind::WasteBin
+        {
+            return Err("--container and --capacity-l describe a waste bin".into());
+        }
+        let set = |to: &mut Option<String>, from: &Option<String>| {
+            if let Some(v) = from {
+                *to = (!v.is_empty()).then(|| v.clone());
+            }
+        };
+        set(&mut entry.site, &self.site);
+        set(&mut entry.zone, &self.zone);
+        set(&mut entry.place, &self.place);
+        set(&mut entry.insee, &self.insee);
+        set(&mut entry.container, &self.container);
+        entry.latitude = self.latitude.or(entry.latitude);
+        entry.longitude = self.longitude.or(entry.longitude);
+        entry.capacity_l = self.capacity_l.or(entry.capacity_l);
+        Ok(())
+    }
+}
+
+/// The registry entry and the provisioning blob of one device under `key` and `epoch`,
+/// with broker `password` (the entry keeps only its hash): the one place where a device's
+/// identity, key and settings are put together (the `devices add` command, the demo and
+/// the test harness).
+pub fn enroll(
+    e: &Enrolment,
+    key: [u8; 16],
+    epoch: u32,
+    password: &Secret,
+) -> Result<(DeviceEntry, Provisioning), EnrolError> {
+    let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
+    let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
+    let host = e.broker_host.as_str();
+    if e.sample_interval_s == 0 {
+        return Err(EnrolError::Interval);
+    }
+    if e.kind == DeviceKind::WasteBin && !e.bin_depth_mm.is_some_and(|d| (1..=10_000).contains(&d))
+    {
+        return Err(EnrolError::BinDepth);
+    }
+    let blob = Provisioning {
+        // Valid identifiers always fit.
+        tenant: tenant
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Tenant(e.tenant.clone(), protocol::TopicError::IdLength))?,
+        device: id
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Id(e.id.clone(), protocol::TopicError::IdLength))?,
+        kind: e.kind.kind(),
+        key: DeviceKey::new(key, epoch),
+        sample_interval_s: e.sample_interval_s,
+        heartbeat_s: e.heartbeat_s,
+        bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
+        broker_host: (!host.is_empty() && host.is_ascii())
+            .then(|| host.try_into().ok())
+            .flatten()
+            .ok_or_else(|| EnrolError::Host(host.to_string()))?,
+        broker_port: e.broker_port,
+        broker_password: protocol::provision::password_ok(password.expose())
+            .then(|| password.expose().try_into().ok())
+            .flatten()
+            .ok_or(EnrolError::Password)?,
+        transport: e.transport,
+    };
+    let broker_password_hash =
+        Some(crate::fleet::access::hash_password(password).map_err(EnrolError::Random)?);
+    let entry = DeviceEntry {
+        id: e.id.clone(),
+        tenant: e.tenant.clone(),
+        kind: e.kind,
+        key: hex::encode(key),
+        epoch,
+        site: e.site.clone(),
+        zone: e.zone.clone(),
+        latitude: e.latitude,
+        longitude: e.longitude,
+        bin_depth_mm: e.bin_depth_mm,
+        sample_interval_s: Some(e.sample_interval_s),
+        place: None,
+        insee: None,
+        container: None,
+        capacity_l: None,
+        heartbeat_s: Some(e.heartbeat_s),
+        broker_password_hash,
+        broker_host: Some(e.broker_host.clone()),
+        broker_port: Some(e.broker_port),
+        broker_ca_sha256: match e.transport {
+            Transport::Plain => None,
+            Transport::Tls { ca_sha256 } => Some(hex::encode(ca_sha256)),
+        },
+        revoked: false,
+    };
+    Ok((entry, blob))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gateway: Vec<GatewayAccount>,
+    #[serde(default)]
+    device: Vec<DeviceEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<Removed>,
+}
+
+/// The registry file: [`Registry`] (the core's model) read from and written to TOML.
+pub trait RegistryFile: Sized {
+    /// The service's load: the file must exist (an empty file is an empty registry). A
+    /// missing registry at start or on reload is an error, never "no devices".
+    fn load_existing(path: &Path) -> Result<Self, RegistryError>;
+    /// Loads the file; a missing file is an empty registry (for `devices add`).
+    fn load(path: &Path) -> Result<Self, RegistryError>;
+    /// Parses a registry file's `text` (`path` names it in errors).
+    fn parse(text: &str, path: &str) -> Result<Self, RegistryError>;
+    /// Writes the registry to `path`, keeping the comments and layout of the file it
+    /// replaces; atomically, with that file's owner, group and mode (a new file: group
+    /// [`SERVICE_GROUP`], mode 0640). A read-modify-write goes through [`lock`].
+    fn save(&self, path: &Path) -> Result<(), RegistryError>;
+}
+
+impl RegistryFile for Registry {
+    /// The service's load: the file must exist (an empty file is an empty registry). A
+    /// missing registry at start or on reload is an error, never "no devices".
+    fn load_existing(path: &Path) -> Result<Self, RegistryError> {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(RegistryError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        Self::load(path)
+    }
+
+    /// Loads the file; a missing file is an empty registry (for `devices add`).
+    fn load(path: &Path) -> Result<Self, RegistryError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(RegistryError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a registry file's `text` (`path` names it in errors).
+    fn parse(text: &str, path: &str) -> Result<Self, RegistryError> {
+        // Line, column and reason only: toml's own `Display` quotes the line, and a
+        // registry line holds a device key.
+        let file: File = toml::from_str(text).map_err(|e| RegistryError::Parse {
+            path: path.to_string(),
+            message: ParseError::at(text, e.span(), e.message()).to_string(),
+        })?;
+        let mut registry = Self::from_entries(file.device)?;
+        for g in file.gateway {
+            registry.set_gateway(g)?;
+        }
+        registry.set_removed(file.removed);
+        Ok(registry)
+    }
+
+    /// Writes the registry to `path`, keeping the comments and layout of the file it
+    /// replaces; atomically, with that file's owner, group and mode (a new file: group
+    /// [`SERVICE_GROUP`], mode 0640). A read-modify-write goes through [`lock`].
+    fn save(&self, path: &Path) -> Result<(), RegistryError> {
+        let io = |source| RegistryError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let old = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let text = render(&old, self).map_err(|message| RegistryError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        crate::store::fs::replace_for_group(path, text.as_bytes(), 0o640, SERVICE_GROUP).map_err(io)
+    }
+}
+
+/// The group the service runs as: a new registry is readable by it.
+pub const SERVICE_GROUP: &str = "vigie";
+
+/// The first lines of a new registry file.
+const HEADER: &str = "\
+# Vigie device registry: it holds every device's key; readable by the service's group
+# only (mode 0640). Edit it with `vigie-gateway devices ...` / `gateways ...`: they keep
+# this file's comments, and also rewrite the broker's access file.
+
+";
+
+/// The registry loaded under an exclusive lock on its file (a file beside it,
+/// `<name>.lock`), held until this is dropped: a read-modify-write through it cannot lose
+/// a parallel command's change, and files derived from the registry (the broker's
+/// accounts) are written under the same lock.
+#[derive(Debug)]
+pub struct Locked {
+    _lock: std::fs::File,
+    path: std::path::PathBuf,
+    /// The registry as stored when the lock was taken (empty if there is none yet).
+    pub registry: Registry,
+}
+
+/// Locks the registry at `path` and loads it.
+pub fn lock(path: &Path) -> Result<Locked, RegistryError> {
+    let io = |source| RegistryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io)?;
+    lock.lock().map_err(io)?;
+    Ok(Locked {
+        registry: Registry::load(path)?,
+        path: path.to_path_buf(),
+        _lock: lock,
+    })
+}
+
+impl Locked {
+    /// Saves the (changed) registry; the lock stays held.
+    pub fn save(&self) -> Result<(), RegistryError> {
+        self.registry.save(&self.path)
+    }
+}
+
+/// The file's new text: `old` (its comments, key order and layout) with its `[[gateway]]`,
+/// `[[device]]` and `[[removed]]` tables made to match `r`: changed values replaced in place, new
+/// tables appended, tables of removed entries dropped.
+fn render(old: &str, r: &Registry) -> Result<String, String> {
+    let mut doc: DocumentMut = old.parse().map_err(|e: toml_edit::TomlError| {
+        ParseError::at(old, e.span(), e.message()).to_string()
+    })?;
+    let gateways: Vec<(Vec<String>, Table)> = r
+        .gateways()
+        .iter()
+        .map(|g| Ok((vec![g.username.clone()], table(g)?)))
+        .collect::<Result<_, String>>()?;
+    let devices: Vec<(Vec<String>, Table)> = r
+        .entries()
+        .into_iter()
+        .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
+        .collect::<Result<_, String>>()?;
+    let removed: Vec<(Vec<String>, Table)> = r
+        .removed()
+        .iter()
+        .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
+        .collect::<Result<_, String>>()?;
+    sync(&mut doc, "gateway", &["username"], gateways);
+    sync(&mut doc, "device", &["tenant", "id"], devices);
+    sync(&mut doc, "removed", &["tenant", "id"], removed);
+    let header = if old.trim().is_empty() { HEADER } else { "" };
+    Ok(format!("{header}{doc}"))
+}
+
+/// `value` as a TOML table.
+fn table(value: &impl Serialize) -> Result<Table, String> {
+    let doc = toml_edit::ser::to_document(value).map_err(|e| e.to_string())?;
+    Ok(doc.as_table().clone())
+}
+
+/// Makes the array of tables `name` in `doc` hold exactly `wanted` (each with the values
+/// of its `key_fields`), keeping the existing tables' order, comments and formatting.
+fn sync(doc: &mut DocumentMut, name: &str, key_fields: &[&str], wanted: Vec<(Vec<String>, Table)>) {
+    let key_of = |t: &Table| -> Vec<String> {
+        key_fields
+            .iter()
+            .map(|f| t.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string())
+            .collect()
+    };
+    if wanted.is_empty() && doc.get(name).is_none() {
+        return;
+    }
+    if !doc.get(name).is_some_and(|i| i.is_array_of_tables()) {
+        doc.insert(name, Item::ArrayOfTables(ArrayOfTables::new()));
+    }
+    let Some(tables) = doc.get_mut(name).and_then(Item::as_array_of_tables_mut) else {
+        return;
+    };
+    tables.retain(|t| wanted.iter().any(|(k, _)| *k == key_of(t)));
+    for (key, new) in wanted {
+        let found = tables.iter().position(|t| key_of(t) == key);
+        match found {
+            Some(i) => {
+                let Some(old) = tables.get_mut(i) else {
+                    continue;
+                };
+                old.retain(|k, _| new.contains_key(k));
+                for (k, item) in new.iter() {
+                    match (old.get_mut(k).and_then(Item::as_value_mut), item.as_value()) {
+                        (Some(o), Some(n)) if o.to_string().trim() != n.to_string().trim() => {
+                            let decor = o.decor().clone();
+                            *o = n.clone();
+                            *o.decor_mut() = decor;
+                        }
+                        (Some(_), Some(_)) => {}
+                        _ => {
+                            old.insert(k, item.clone());
+                        }
+                    }
+                }
+            }
+            None => tables.push(new),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Kind;
+
+    #[test]
+    fn enrolment_builds_one_entry_and_its_blob_or_names_the_mistake() {
+        let e = Enrolment {
+            tenant: "lyon".into(),
+            id: "bin-1".into(),
+            kind: DeviceKind::WasteBin,
+            site: Some("Bellecour".into()),
+            zone: None,
+            latitude: Some(45.76),
+            longitude: Some(4.83),
+            bin_depth_mm: Some(1100),
+            sample_interval_s: 600,
+            heartbeat_s: 3600,
+            broker_host: "mqtt.lyon.example".into(),
+            broker_port: 8883,
+            transport: Transport::Plain,
+        };
+        let pw = Secret::new("Pa55word");
+        let (entry, blob) = enroll(&e, [9; 16], 3, &pw).unwrap();
+        let registry = Registry::from_entries(vec![entry]).unwrap();
+        let dev = registry.get("lyon", "bin-1").unwrap();
+        assert_eq!(dev.key, blob.key, "the registry and the blob hold one key");
+        assert_eq!(blob.key.epoch(), 3);
+        assert_eq!(
+            (blob.bin_depth_mm, blob.broker_port, blob.kind),
+            (1100, 8883, Kind::WasteBin)
+        );
+        let bad = |f: fn(&mut Enrolment)| {
+            let mut b = e.clone();
+            f(&mut b);
+            enroll(&b, [9; 16], 1, &pw).unwrap_err()
+        };
+        for p in ["", "has space", &"x".repeat(33)] {
+            assert_eq!(
+                enroll(&e, [9; 16], 1, &Secret::new(p)).unwrap_err(),
+                EnrolError::Password
+            );
+        }
+        assert!(matches!(
+            bad(|b| b.tenant = "Lyon".into()),
+            EnrolError::Tenant(..)
+        ));
+        assert!(matches!(bad(|b| b.id = "bin 1".into()), EnrolError::Id(..)));
+        assert!(matches!(
+            bad(|b| b.broker_host = "h".repeat(65)),
+            EnrolError::Host(..)
+        ));
+        assert!(matches!(
+            bad(|b| b.broker_host = String::new()),
+            EnrolError::Host(..)
+        ));
+    }
+
+    fn entry(tenant: &str, id: &str) -> DeviceEntry {
+        let key = "000102030405060708090a0b0c0d0e0f".to_string();
+        DeviceEntry {
+            site: Some("Place Bellecour".into()),
+            latitude: Some(45.757),
+            longitude: Some(4.832),
+            ..DeviceEntry::new(tenant, id, DeviceKind::AirQuality, key, 1)
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        let mut r = Registry::default();
+        r.upsert(entry("lyon", "aq-0001")).unwrap();
+        r.upsert(entry("villeurbanne", "aq-0001")).unwrap();
+        assert!(r.revoke("lyon", "aq-0001"));
+        r.save(&path).unwrap();
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.get("lyon", "aq-0001").unwrap().entry.revoked);
+        assert_eq!(
+            back.get("villeurbanne", "aq-0001")
+                .unwrap()
+                .key
+                .expose_secret()[15],
+            15
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert!(!format!("{back:?}").contains("0a0b0c"));
+    }
+
+    #[test]
+    fn edits_keep_comments_owner_and_mode_and_parallel_edits_all_land() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        let edit = |change: &dyn Fn(&mut Registry) -> bool| {
+            let mut l = lock(&path).unwrap();
+            if change(&mut l.registry) {
+                l.save().unwrap();
+            }
+        };
+        edit(&|r| r.upsert(entry("lyon", "aq-0001")).is_ok());
+        // An operator's comments, and a mode they chose.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "[[device]]",
+            "# Bellecour, on the lamp post by the fountain\n[[device]]",
+        );
+        let text = text.replace("epoch = 1", "epoch = 1 # re-keyed after the storm");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut l = lock(&path).unwrap();
+                    l.registry
+                        .upsert(entry("villeurbanne", &format!("bin-{i}")))
+                        .unwrap();
+                    l.save().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        edit(&|r| r.revoke("lyon", "aq-0001"));
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 11, "every parallel edit landed");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# Bellecour, on the lamp post by the fountain\n"),
+            "{text}"
+        );
+        assert!(text.contains("# re-keyed after the storm"), "{text}");
+        assert!(text.starts_with("# Vigie device registry"), "{text}");
+        assert!(back.get("lyon", "aq-0001").unwrap().entry.revoked);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the mode the operator chose is kept");
+        // Removal drops the table and nothing else; a change not saved is not kept.
+        edit(&|r| r.remove("villeurbanne", "bin-3"));
+        edit(&|r| !r.remove("lyon", "aq-0001"));
+        let back = Registry::load(&path).unwrap();
+        assert_eq!(back.len(), 10);
+        assert!(back.get("villeurbanne", "bin-3").is_none());
+        assert!(back.get("lyon", "aq-0001").is_some());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let mut e = entry("lyon", "aq-0001");
+        e.key = "abc".into();
+        let err = Registry::from_entries(vec![e]).unwrap_err().to_string();
+        assert!(
+            err.contains("lyon/aq-0001") && err.contains("32 hex"),
+            "{err}"
+        );
+        let mut bin = entry("lyon", "bin-1");
+        bin.kind = DeviceKind::WasteBin;
+        assert!(
+            Registry::from_entries(vec![bin])
+                .unwrap_err()
+                .to_string()
+                .contains("bin_depth_mm")
+        );
+        // Tags are bounded: a frame of 64 readings must fit one buffer record.
+        let mut long = entry("lyon", "aq-long");
+        long.site = Some("é".repeat(MAX_TEXT_CHARS));
+        assert!(Registry::from_entries(vec![long.clone()]).is_ok());
+        long.zone = Some("z".repeat(MAX_TEXT_CHARS + 1));
+        assert!(
+            Registry::from_entries(vec![long])
+                .unwrap_err()
+                .to_string()
+                .contains("zone: at most 64 characters")
+        );
+        let dup = vec![entry("lyon", "a"), entry("lyon", "a")];
+        assert!(
+            Registry::from_entries(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        assert!(Registry::from_entries(vec![entry("Lyon", "a")]).is_err());
+        assert!(
+            Registry::load(Path::new("/nonexistent/devices.toml"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A broken registry line names line and column, never the line: it may hold a key
+    /// (an unterminated string, a mistyped value, the save path too).
+    #[test]
+    fn a_broken_line_is_named_by_position_never_quoted() {
+        let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75e";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        // (text, line named, a syntax error that saving over it also reports)
+        for (text, line, syntax) in [
+            (
+                format!("[[device]]\ntenant = \"lyon\"\nkey = \"{key}\n"),
+                3,
+                true,
+            ),
+            (
+                format!("[[device]]\ntenant = \"lyon\"\nepoch = \"{key}\"\n"),
+                3,
+                false,
+            ),
+            (format!("[[device]]\nkey = {key}\n"), 2, true),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let err = Registry::load(&path).unwrap_err().to_string();
+            assert!(!err.contains("5ec2e7"), "{err}");
+            assert!(err.contains(&format!("line {line}, column")), "{err}");
+            if syntax {
+                let saved = Registry::default().save(&path).unwrap_err().to_string();
+                assert!(!saved.contains("5ec2e7"), "{saved}");
+                assert!(saved.contains(&format!("line {line}, column")), "{saved}");
+            }
+        }
+    }
+}

@@ -1,0 +1,802 @@
+//! The status page, rendered on the server as plain HTML: an overview of the communes at
+//! `/`, one page per commune at `/commune/<tenant>`, one per device with its live frames
+//! at `/commune/<tenant>/<device>`; French, with an English switch (`?lang=en`). No
+//! script, no external resource: readable on a phone and without JavaScript. Each device
+//! is green, amber or red with its reasons in words ([`vigie_core::condition`]); each
+//! air-quality station shows the ATMO sub-index bands of its PM2.5 and PM10 means over
+//! the last 24 hours ([`vigie_core::condition::atmo`]) and its 24-hour chart.
+//!
+//! The public view (`http.public_listen`, communes in `http.public_tenants`) renders the
+//! same commune page without device ids, counters, rejections or gateway health.
+//!
+//! Rendering is pure: a [`View`] (registry listing, device state, health, time) in, HTML
+//! out.
+
+pub mod chart;
+pub mod words;
+
+use crate::fleet::registry::DeviceKind;
+use crate::observe::devices::{DeviceBook, DeviceState, Listing};
+use crate::observe::health::{Snapshot, Tenant};
+use crate::web::feed::{Event, Verdict};
+use chart::Series;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use vigie_core::condition::atmo::{self, Band};
+use vigie_core::condition::glance::Hour;
+use vigie_core::condition::{self, Condition, Light, Why};
+pub use words::Lang;
+
+/// One device on a page.
+#[derive(Debug)]
+pub struct Station<'a> {
+    /// From the registry.
+    pub listing: &'a Listing,
+    /// From its traffic; none before its first frame.
+    pub state: Option<&'a DeviceState>,
+    /// Its colour and reasons now.
+    pub condition: Condition,
+}
+
+/// What a page is rendered from.
+#[derive(Debug)]
+pub struct View<'a> {
+    /// Language.
+    pub lang: Lang,
+    /// Now (Unix ms).
+    pub now_ms: u64,
+    /// The citizens' view: no ids, counters, rejections or health.
+    pub public: bool,
+    /// Gateway health (not in the public view).
+    pub health: Option<&'a Snapshot>,
+    /// Devices by commune, in registry order.
+    pub communes: BTreeMap<&'a str, Vec<Station<'a>>>,
+}
+
+impl<'a> View<'a> {
+    /// The registered devices of the communes `shown` accepts, with their state.
+    pub fn new(
+        roster: &'a [Listing],
+        book: &'a DeviceBook,
+        now_ms: u64,
+        shown: impl Fn(&str) -> bool,
+    ) -> Self {
+        let mut communes: BTreeMap<&str, Vec<Station>> = BTreeMap::new();
+        for listing in roster.iter().filter(|l| shown(&l.tenant)) {
+            let state = book.get(&listing.tenant, &listing.device);
+            communes
+                .entry(listing.tenant.as_str())
+                .or_default()
+                .push(Station {
+                    listing,
+                    state,
+                    condition: condition::assess(listing, state, now_ms),
+                });
+        }
+        Self {
+            lang: Lang::Fr,
+            now_ms,
+            public: false,
+            health: None,
+            communes,
+        }
+    }
+}
+
+/// HTML-escapes text.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The JSON name of a unit variant (`green`, `degraded`, `stored`), for classes and
+/// `data-` attributes.
+fn code(x: impl serde::Serialize) -> String {
+    match serde_json::to_value(x) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// A time in the gateway's time zone: "14:05" today, "26/11 14:05" before.
+pub fn clock(ms: u64, now_ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    let at = |ms: u64| Local.timestamp_millis_opt(ms as i64).single();
+    match (at(ms), at(now_ms)) {
+        (Some(t), Some(now)) if t.date_naive() == now.date_naive() => t.format("%H:%M").to_string(),
+        (Some(t), _) => t.format("%d/%m %H:%M").to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// A time of day to the second, in the gateway's time zone (the live frames).
+fn clock_seconds(ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    Local
+        .timestamp_millis_opt(ms as i64)
+        .single()
+        .map_or_else(|| "?".into(), |t| t.format("%H:%M:%S").to_string())
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:64rem;margin:auto;padding:.5rem 1rem;color:#111;background:#fff;line-height:1.4}\
+a{color:#0b4f9c}header{display:flex;justify-content:space-between;align-items:baseline;flex-wrap:wrap}\
+.cards{display:flex;flex-wrap:wrap;gap:.75rem;padding:0;list-style:none}\
+.card{border:1px solid #bbb;border-radius:.4rem;padding:.5rem .75rem;min-width:15rem;flex:1 1 15rem}\
+.card h3{margin:.1rem 0 .4rem;font-size:1.05rem}\
+.light{display:inline-block;border-radius:1rem;padding:0 .6rem;font-weight:600}\
+.green{background:#d5f5dc;color:#0b3d1c}.amber{background:#ffe6a8;color:#4d3300}.red{background:#ffd4d4;color:#6b0000}\
+.band{display:inline-block;border-radius:.3rem;padding:0 .4rem;margin:.1rem 0}\
+table{border-collapse:collapse;width:100%;font-size:.92rem}th,td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #ddd;vertical-align:top}\
+.scroll{overflow-x:auto}figure{margin:.3rem 0}figcaption{font-size:.8rem;color:#333}\
+.key{border-left:.8rem solid;padding-left:.3rem;margin-right:.5rem}\
+meter{width:10rem;height:1rem}.muted{color:#444;font-size:.9rem}";
+
+fn layout(v: &View, title: &str, path: &str, refresh: bool, body: &str) -> String {
+    let (other, other_name) = v.lang.other();
+    let refresh = if refresh {
+        r#"<meta http-equiv="refresh" content="5">"#
+    } else {
+        ""
+    };
+    format!(
+        r#"<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}<title>{title} · Vigie</title><style>{STYLE}</style></head><body><header><p><a href="/{q}">Vigie</a></p><p><a href="{path}?lang={other}" hreflang="{other}" lang="{other}">{other_name}</a></p></header><main><h1>{title}</h1><p class="muted">{updated} {now}</p>{body}</main></body></html>"#,
+        lang = v.lang.code(),
+        title = esc(title),
+        q = query(v.lang),
+        path = esc(path),
+        updated = v.lang.pick("État à", "As of"),
+        now = clock(v.now_ms, v.now_ms),
+    )
+}
+
+/// The query string that keeps the language on links.
+fn query(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Fr => "",
+        Lang::En => "?lang=en",
+    }
+}
+
+fn light(v: &View, c: &Condition) -> String {
+    format!(
+        r#"<span class="light {}">{}</span>"#,
+        code(c.light),
+        v.lang.light(c.light)
+    )
+}
+
+fn reasons(v: &View, c: &Condition) -> String {
+    let words: Vec<String> = c
+        .reasons
+        .iter()
+        .filter(|w| !v.public || for_citizens(w))
+        .map(|w| esc(&v.lang.why(w, |ms| clock(ms, v.now_ms))))
+        .collect();
+    format!(r#"<span class="reasons">{}</span>"#, words.join(" · "))
+}
+
+/// What the public view says of a device's condition: what a citizen can see at the
+/// bin; not its battery, key, silence, faults or refused frames (the operators' page).
+fn for_citizens(w: &Why) -> bool {
+    matches!(
+        w,
+        Why::BinFull { .. } | Why::Tilted | Why::LidOpen | Why::FireSuspected
+    )
+}
+
+/// How a station is named: its site, else its id; in the public view its site or its
+/// rank, never its id.
+fn name(v: &View, s: &Station, rank: usize) -> String {
+    match (&s.listing.site, v.public) {
+        (Some(site), _) => site.clone(),
+        (None, false) => s.listing.device.clone(),
+        (None, true) => match s.listing.kind {
+            DeviceKind::AirQuality => format!("{} {rank}", v.lang.pick("Station", "Station")),
+            DeviceKind::WasteBin => format!("{} {rank}", v.lang.pick("Bac", "Bin")),
+        },
+    }
+}
+
+fn hours<'s>(s: &'s Station, now_ms: u64) -> Vec<&'s Hour> {
+    s.state
+        .map(|d| d.history.recent(now_ms / 1000).collect())
+        .unwrap_or_default()
+}
+
+fn band(v: &View, pollutant: &str, label: &str, mean: Option<f64>, f: fn(f64) -> Band) -> String {
+    match mean {
+        Some(m) => {
+            let b = f(m);
+            format!(
+                r#"<span class="band" data-pollutant="{pollutant}" data-band="{}" style="background:{};color:{}">{label} : <strong>{}</strong> ({} µg/m³)</span>"#,
+                code(b),
+                b.colour(),
+                b.ink(),
+                v.lang.band(b),
+                v.lang.number(m, 1)
+            )
+        }
+        None => format!(
+            r#"<span class="band" data-pollutant="{pollutant}" data-band="none">{label} : {}</span>"#,
+            v.lang.pick("pas de mesure", "no reading")
+        ),
+    }
+}
+
+fn air_card(v: &View, s: &Station, rank: usize) -> String {
+    let (pm25, pm10) = s
+        .state
+        .map(|d| d.history.pm_means(v.now_ms / 1000))
+        .unwrap_or((None, None));
+    let series = [
+        Series {
+            label: "PM2.5",
+            colour: "#1f4e9c",
+            value: |h| h.pm25,
+        },
+        Series {
+            label: "PM10",
+            colour: "#8a3b00",
+            value: |h| h.pm10,
+        },
+    ];
+    let summary = format!(
+        "{} {}",
+        v.lang.pick(
+            "PM2,5 et PM10 des 24 dernières heures, station",
+            "PM2.5 and PM10 over the last 24 hours, station"
+        ),
+        name(v, s, rank)
+    );
+    card(
+        v,
+        s,
+        rank,
+        &format!(
+            "<p>{}<br>{}</p>{}",
+            band(v, "pm25", "PM2,5", pm25, atmo::pm25),
+            band(v, "pm10", "PM10", pm10, atmo::pm10),
+            chart::chart(
+                &hours(s, v.now_ms),
+                v.now_ms / 1000,
+                &series,
+                25.0,
+                "µg/m³",
+                &summary
+            )
+        ),
+    )
+}
+
+fn bin_card(v: &View, s: &Station, rank: usize) -> String {
+    let fill = s.state.and_then(|d| d.history.latest.fill_percent);
+    let level = match fill {
+        Some(p) => format!(
+            r#"<p class="fill" data-fill="{p}"><label>{} <meter min="0" max="100" low="60" high="80" optimum="0" value="{p}">{p} %</meter> {p} %</label></p>"#,
+            v.lang.pick("Remplissage", "Fill level")
+        ),
+        None => format!(
+            r#"<p class="fill">{}</p>"#,
+            v.lang.pick("Remplissage inconnu", "Fill level unknown")
+        ),
+    };
+    let series = [Series {
+        label: "%",
+        colour: "#2d5e1e",
+        value: |h| h.fill,
+    }];
+    let summary = format!(
+        "{} {}",
+        v.lang.pick(
+            "Remplissage des 24 dernières heures, bac",
+            "Fill level over the last 24 hours, bin"
+        ),
+        name(v, s, rank)
+    );
+    card(
+        v,
+        s,
+        rank,
+        &(level
+            + &chart::chart(
+                &hours(s, v.now_ms),
+                v.now_ms / 1000,
+                &series,
+                100.0,
+                "%",
+                &summary,
+            )),
+    )
+}
+
+fn card(v: &View, s: &Station, rank: usize, inner: &str) -> String {
+    let id = if v.public {
+        String::new()
+    } else {
+        format!(r#" id="station-{}""#, esc(&s.listing.device))
+    };
+    format!(
+        r#"<li class="card"{id} data-light="{}"><h3>{}</h3><p>{} {}</p>{inner}</li>"#,
+        code(s.condition.light),
+        esc(&name(v, s, rank)),
+        light(v, &s.condition),
+        reasons(v, &s.condition)
+    )
+}
+
+fn health(v: &View, only: Option<&str>) -> String {
+    let Some(h) = v.health else {
+        return String::new();
+    };
+    let item = |good: bool, text: String| {
+        let class = if good { "green" } else { "red" };
+        format!(
+            r#"<li><span class="light {class}">{}</span></li>"#,
+            esc(&text)
+        )
+    };
+    let mut items = vec![item(
+        h.broker_connected,
+        if h.broker_connected {
+            v.lang
+                .pick("Broker MQTT connecté", "MQTT broker connected")
+                .into()
+        } else {
+            format!(
+                "{}{}",
+                v.lang
+                    .pick("Broker MQTT injoignable", "MQTT broker unreachable"),
+                h.broker_error
+                    .as_ref()
+                    .map(|e| format!(" : {e}"))
+                    .unwrap_or_default()
+            )
+        },
+    )];
+    items.push(item(
+        h.store.problem().is_none(),
+        h.store.problem().unwrap_or_else(|| {
+            v.lang
+                .pick("Mémoire tampon disponible", "Buffer taking writes")
+                .into()
+        }),
+    ));
+    let mut held = 0;
+    for (tenant, state) in &h.tenants {
+        if let Tenant::Held { error, since_ms } = state
+            && only.is_none_or(|t| t == tenant)
+        {
+            held += 1;
+            items.push(item(
+                false,
+                format!(
+                    "{} {tenant} : {} {} ({error})",
+                    v.lang.pick("Base de données", "Database"),
+                    v.lang
+                        .pick("refuse les écritures depuis", "refusing writes since"),
+                    clock(*since_ms, v.now_ms)
+                ),
+            ));
+        }
+    }
+    if held == 0 {
+        items.push(item(
+            true,
+            v.lang
+                .pick(
+                    "Base de données : aucune écriture en échec",
+                    "Database: no failing write",
+                )
+                .into(),
+        ));
+    }
+    if let Some(e) = &h.registry_error {
+        items.push(item(
+            false,
+            format!(
+                "{} : {e}",
+                v.lang.pick("Registre illisible", "Registry reload failed")
+            ),
+        ));
+    }
+    format!(
+        r#"<section aria-labelledby="gw"><h2 id="gw">{}</h2><ul class="cards" id="health">{}</ul></section>"#,
+        v.lang.pick("Passerelle", "Gateway"),
+        items.concat()
+    )
+}
+
+fn counts(v: &View, stations: &[Station]) -> String {
+    let mut out = Vec::new();
+    for l in [Light::Green, Light::Amber, Light::Red] {
+        let n = stations.iter().filter(|s| s.condition.light == l).count();
+        if n > 0 {
+            out.push(format!(
+                r#"<span class="light {}">{n} {}</span>"#,
+                code(l),
+                v.lang.light(l)
+            ));
+        }
+    }
+    out.join(" ")
+}
+
+/// `/`: every commune, with its counts and worst ATMO band; gateway health.
+pub fn overview(v: &View) -> String {
+    let mut rows = String::new();
+    for (tenant, stations) in &v.communes {
+        let worst = stations
+            .iter()
+            .filter_map(|s| s.state)
+            .filter_map(|d| {
+                let (a, b) = d.history.pm_means(v.now_ms / 1000);
+                [a.map(atmo::pm25), b.map(atmo::pm10)]
+                    .into_iter()
+                    .flatten()
+                    .max()
+            })
+            .max();
+        let worst = worst.map_or_else(
+            || "–".to_string(),
+            |b| {
+                format!(
+                    r#"<span class="band" style="background:{};color:{}">{}</span>"#,
+                    b.colour(),
+                    b.ink(),
+                    v.lang.band(b)
+                )
+            },
+        );
+        let _ = write!(
+            rows,
+            r#"<tr id="commune-{t}"><th scope="row"><a href="/commune/{t}{q}">{t}</a></th><td>{}</td><td>{}</td><td>{worst}</td></tr>"#,
+            stations.len(),
+            counts(v, stations),
+            t = esc(tenant),
+            q = query(v.lang),
+        );
+    }
+    let body = format!(
+        r#"<section aria-labelledby="communes"><h2 id="communes">{}</h2><div class="scroll"><table><thead><tr><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th></tr></thead><tbody>{rows}</tbody></table></div></section>{}"#,
+        v.lang.pick("Communes", "Communes"),
+        v.lang.pick("Commune", "Commune"),
+        v.lang.pick("Capteurs", "Sensors"),
+        v.lang.pick("État", "Condition"),
+        v.lang.pick(
+            "Air (pire indice ATMO, 24 h)",
+            "Air (worst ATMO band, 24 h)"
+        ),
+        health(v, None)
+    );
+    layout(
+        v,
+        v.lang.pick("État des capteurs", "Sensor status"),
+        "/",
+        false,
+        &body,
+    )
+}
+
+/// `/commune/<tenant>`: its stations, bins and devices; `None` for an unknown commune.
+pub fn commune(v: &View, tenant: &str) -> Option<String> {
+    let stations = v.communes.get(tenant)?;
+    let mut air = String::new();
+    let mut bins = String::new();
+    let (mut a, mut b) = (0, 0);
+    for s in stations {
+        match s.listing.kind {
+            DeviceKind::AirQuality => {
+                a += 1;
+                air += &air_card(v, s, a);
+            }
+            DeviceKind::WasteBin => {
+                b += 1;
+                bins += &bin_card(v, s, b);
+            }
+        }
+    }
+    let mut body = format!("<p>{}</p>", counts(v, stations));
+    if a > 0 {
+        let _ = write!(
+            body,
+            r#"<section aria-labelledby="air"><h2 id="air">{}</h2><p class="muted">{}</p><ul class="cards">{air}</ul></section>"#,
+            v.lang.pick("Qualité de l'air", "Air quality"),
+            v.lang.pick(
+                "Sous-indices ATMO (arrêté du 10 juillet 2020) des moyennes de PM2,5 et PM10 sur les 24 dernières heures.",
+                "ATMO sub-indices (French regulation of 10 July 2020) of the PM2.5 and PM10 means over the last 24 hours."
+            )
+        );
+    }
+    if b > 0 {
+        let _ = write!(
+            body,
+            r#"<section aria-labelledby="bins"><h2 id="bins">{}</h2><ul class="cards">{bins}</ul></section>"#,
+            v.lang.pick("Bacs", "Bins")
+        );
+    }
+    if !v.public {
+        body += &devices_table(v, tenant, stations);
+        body += &health(v, Some(tenant));
+    }
+    Some(layout(
+        v,
+        tenant,
+        &format!("/commune/{tenant}"),
+        false,
+        &body,
+    ))
+}
+
+fn devices_table(v: &View, tenant: &str, stations: &[Station]) -> String {
+    let mut rows = String::new();
+    for s in stations {
+        let d = s.state;
+        let last = d
+            .and_then(|d| d.last_frame_ms)
+            .map_or_else(|| "–".into(), |ms| clock(ms, v.now_ms));
+        let battery = d.and_then(|d| d.battery_mv).map_or_else(
+            || "–".into(),
+            |mv| format!("{} V", v.lang.number(mv as f64 / 1000.0, 2)),
+        );
+        let firmware = d
+            .and_then(|d| d.history.latest.firmware.clone())
+            .unwrap_or_else(|| "–".into());
+        let rejected: u64 = d.map_or(0, |d| d.rejected.values().sum());
+        let _ = write!(
+            rows,
+            r#"<tr id="device-{id}" data-light="{light}"><th scope="row"><a href="/commune/{t}/{id}{q}">{id}</a></th><td>{}</td><td>{} {}</td><td>{last}</td><td>{battery}</td><td>{}</td><td>{}</td><td>{rejected}</td></tr>"#,
+            kind(v, s.listing.kind),
+            light(v, &s.condition),
+            reasons(v, &s.condition),
+            esc(&firmware),
+            d.map_or(0, |d| d.missing_frames),
+            id = esc(&s.listing.device),
+            t = esc(tenant),
+            q = query(v.lang),
+            light = code(s.condition.light),
+        );
+    }
+    format!(
+        r#"<section aria-labelledby="devices"><h2 id="devices">{}</h2><div class="scroll"><table><thead><tr><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th></tr></thead><tbody>{rows}</tbody></table></div></section>"#,
+        v.lang.pick("Appareils", "Devices"),
+        v.lang.pick("Appareil", "Device"),
+        v.lang.pick("Type", "Kind"),
+        v.lang.pick("État", "Condition"),
+        v.lang.pick("Dernière trame", "Last frame"),
+        v.lang.pick("Batterie", "Battery"),
+        v.lang.pick("Micrologiciel", "Firmware"),
+        v.lang.pick("Trames manquantes", "Missing frames"),
+        v.lang.pick("Trames refusées", "Rejected frames"),
+    )
+}
+
+fn kind(v: &View, kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::AirQuality => v.lang.pick("qualité de l'air", "air quality"),
+        DeviceKind::WasteBin => v.lang.pick("bac", "waste bin"),
+    }
+}
+
+/// What the registry and the device's traffic say of it.
+fn details(v: &View, s: &Station) -> String {
+    let l = s.listing;
+    let d = s.state;
+    let dash = || "–".to_string();
+    let seconds = |x: Option<u16>| x.map_or_else(dash, |x| v.lang.duration(u64::from(x)));
+    let mut rows = vec![
+        (v.lang.pick("Type", "Kind"), kind(v, l.kind).to_string()),
+        (
+            v.lang.pick("Lieu", "Site"),
+            l.site.clone().unwrap_or_else(dash),
+        ),
+        (
+            v.lang.pick("Zone", "Zone"),
+            l.zone.clone().unwrap_or_else(dash),
+        ),
+        (
+            v.lang.pick("Coordonnées", "Coordinates"),
+            match (l.latitude, l.longitude) {
+                (Some(lat), Some(lon)) => format!("{lat:.5}, {lon:.5}"),
+                _ => dash(),
+            },
+        ),
+        (
+            v.lang.pick("Intervalle de mesure", "Sampling interval"),
+            seconds(l.sample_interval_s),
+        ),
+        (
+            v.lang.pick("Battement de cœur", "Heartbeat"),
+            seconds(l.heartbeat_s),
+        ),
+        (
+            v.lang.pick("Silence toléré", "Allowed silence"),
+            v.lang.duration(condition::due_s(l)),
+        ),
+        (
+            v.lang.pick("Dernière trame", "Last frame"),
+            d.and_then(|d| d.last_frame_ms)
+                .map_or_else(dash, |ms| clock(ms, v.now_ms)),
+        ),
+        (
+            v.lang.pick("Batterie", "Battery"),
+            d.and_then(|d| d.battery_mv).map_or_else(dash, |mv| {
+                format!("{} V", v.lang.number(mv as f64 / 1000.0, 2))
+            }),
+        ),
+        (
+            v.lang.pick("Micrologiciel", "Firmware"),
+            d.and_then(|d| d.history.latest.firmware.clone())
+                .unwrap_or_else(dash),
+        ),
+        (
+            v.lang.pick("Trames enregistrées", "Frames stored"),
+            d.map_or(0, |d| d.frames).to_string(),
+        ),
+        (
+            v.lang.pick("Trames manquantes", "Missing frames"),
+            d.map_or(0, |d| d.missing_frames).to_string(),
+        ),
+    ];
+    for (reason, n) in d.iter().flat_map(|d| &d.rejected) {
+        rows.push((v.lang.pick("Refusées", "Rejected"), format!("{n} {reason}")));
+    }
+    let rows: String = rows
+        .iter()
+        .map(|(k, x)| format!(r#"<tr><th scope="row">{k}</th><td>{}</td></tr>"#, esc(x)))
+        .collect();
+    format!(
+        r#"<section aria-labelledby="about"><h2 id="about">{}</h2><table id="details">{rows}</table></section>"#,
+        v.lang.pick("Fiche", "Details")
+    )
+}
+
+/// `/commune/<tenant>/<device>`: one device, and its frames as they arrive (the page
+/// reloads itself every 5 seconds); `None` for an unknown device.
+pub fn device(v: &View, tenant: &str, device: &str, events: &[Event]) -> Option<String> {
+    let stations = v.communes.get(tenant)?;
+    let (rank, s) = stations
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.listing.device == device)?;
+    let card = match s.listing.kind {
+        DeviceKind::AirQuality => air_card(v, s, rank + 1),
+        DeviceKind::WasteBin => bin_card(v, s, rank + 1),
+    };
+    let mut rows = String::new();
+    for e in events.iter().rev() {
+        let verdict = match e.verdict {
+            Verdict::Stored => {
+                let n = e.readings.unwrap_or(0);
+                let unit = match n {
+                    1 => v.lang.pick("mesure", "reading"),
+                    _ => v.lang.pick("mesures", "readings"),
+                };
+                format!("{} ({n} {unit})", v.lang.pick("enregistrée", "stored"))
+            }
+            Verdict::Duplicate => v
+                .lang
+                .pick("doublon (déjà reçue)", "duplicate (already stored)")
+                .into(),
+            Verdict::Rejected => {
+                let reason = e.reason.unwrap_or("?");
+                format!(
+                    "{} : {reason} ({})",
+                    v.lang.pick("refusée", "rejected"),
+                    v.lang.hint(reason)
+                )
+            }
+            Verdict::Held => {
+                let reason = e.reason.unwrap_or("?");
+                format!(
+                    "{} : {reason} ({})",
+                    v.lang.pick(
+                        "gardée par l'appareil, non acquittée",
+                        "kept by the device, not acknowledged"
+                    ),
+                    v.lang.hint(reason)
+                )
+            }
+            Verdict::Online => v.lang.pick("en ligne", "online").into(),
+            Verdict::Offline => v.lang.pick("hors ligne", "offline").into(),
+        };
+        let _ = write!(
+            rows,
+            r#"<tr data-verdict="{}"><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            code(e.verdict),
+            clock_seconds(e.at_ms),
+            e.counter.map_or_else(|| "–".into(), |c| c.to_string()),
+            esc(&verdict)
+        );
+    }
+    let body = format!(
+        r#"<ul class="cards">{card}</ul>{}<section aria-labelledby="live"><h2 id="live">{}</h2><p class="muted">{}</p><div class="scroll"><table id="frames"><thead><tr><th scope="col">{}</th><th scope="col">{}</th><th scope="col">{}</th></tr></thead><tbody>{rows}</tbody></table></div></section>"#,
+        details(v, s),
+        v.lang.pick("Trames reçues", "Frames received"),
+        v.lang.pick(
+            "Les plus récentes en haut ; la page se met à jour toutes les 5 secondes.",
+            "Newest first; the page updates itself every 5 seconds."
+        ),
+        v.lang.pick("Heure", "Time"),
+        v.lang.pick("Compteur", "Counter"),
+        v.lang.pick("Verdict", "Verdict"),
+    );
+    Some(layout(
+        v,
+        &format!("{tenant} / {device}"),
+        &format!("/commune/{tenant}/{device}"),
+        true,
+        &body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{AirQuality, Field, Reading, Values};
+    use vigie_core::condition::glance::Glance;
+
+    fn listing(device: &str, kind: DeviceKind, site: Option<&str>) -> Listing {
+        Listing::of(&vigie_core::fleet::DeviceEntry {
+            site: site.map(str::to_string),
+            sample_interval_s: Some(60),
+            heartbeat_s: Some(600),
+            ..vigie_core::fleet::DeviceEntry::new("lyon", device, kind, String::new(), 1)
+        })
+    }
+
+    #[test]
+    fn a_commune_page_shows_bands_lights_and_reasons_and_the_public_one_hides_ids() {
+        let now_ms = 1_795_305_600_000;
+        let roster = vec![
+            listing("aq-1", DeviceKind::AirQuality, None),
+            listing("aq-2", DeviceKind::AirQuality, Some("École <Jaurès>")),
+        ];
+        let mut book = DeviceBook::default();
+        let mut g = Glance::default();
+        g.add(&Reading {
+            time: (now_ms / 1000) as u32 - 60,
+            values: Values::AirQuality(AirQuality {
+                pm25: Field::Value(221),
+                pm10: Field::Value(300),
+                ..AirQuality::default()
+            }),
+        });
+        let frame = crate::observe::devices::Stored::default();
+        book.stored("lyon", "aq-1", frame, &g, now_ms - 1_000);
+        let mut v = View::new(&roster, &book, now_ms, |_| true);
+        let html = commune(&v, "lyon").unwrap();
+        assert!(
+            html.contains(r#"data-pollutant="pm25" data-band="degraded""#),
+            "{html}"
+        );
+        assert!(html.contains("PM2,5 : <strong>Dégradé</strong> (22,1 µg/m³)"));
+        assert!(html.contains(r#"data-pollutant="pm10" data-band="fair""#));
+        assert!(html.contains(r#"id="device-aq-2" data-light="red""#));
+        assert!(html.contains("jamais entendu"));
+        assert!(html.contains("École &lt;Jaurès&gt;"));
+        v.lang = Lang::En;
+        assert!(commune(&v, "lyon").unwrap().contains("never heard from"));
+        v.public = true;
+        let public = commune(&v, "lyon").unwrap();
+        assert!(
+            !public.contains("aq-1") && !public.contains("aq-2"),
+            "{public}"
+        );
+        assert!(public.contains("Station 1"));
+        assert!(
+            !public.contains("never heard from") && !public.contains("battery"),
+            "operators' reasons stay off the public view: {public}"
+        );
+        assert!(commune(&v, "paris").is_none());
+    }
+}
