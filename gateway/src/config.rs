@@ -778,7 +778,7 @@ impl Config {
         if self.quarantine.max_mib == 0 {
             return bad("quarantine.max_mib must be at least 1".into());
         }
-        if let Err(directive) = check_log_level(&self.log.level) {
+        if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(
                 "log.level: {directive:?} is not a level (trace, debug, info, warn, error, off) \
                  nor target=level; a word the filter does not know would turn logging off"
@@ -790,7 +790,7 @@ impl Config {
 
 /// Each comma-separated directive of a log filter is a level or `target=level`; the first
 /// that is not, if any.
-fn check_log_level(filter: &str) -> Result<(), String> {
+fn bad_log_directive(filter: &str) -> Option<&str> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
     for directive in filter.split(',').map(str::trim) {
@@ -805,10 +805,10 @@ fn check_log_level(filter: &str) -> Result<(), String> {
             None => level(directive),
         };
         if !ok {
-            return Err(directive.to_string());
+            return Some(directive);
         }
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -823,7 +823,7 @@ mod tests {
             "gateway=debug",
             "info,rumqttc=warn,gateway::intake::mqtt=trace",
         ] {
-            assert_eq!(check_log_level(good), Ok(()), "{good}");
+            assert_eq!(bad_log_directive(good), None, "{good}");
         }
         for bad in [
             "verbose",
@@ -833,7 +833,7 @@ mod tests {
             "=info",
             "info debug",
         ] {
-            assert!(check_log_level(bad).is_err(), "{bad}");
+            assert!(bad_log_directive(bad).is_some(), "{bad}");
         }
         let mut c = Config::parse("").unwrap();
         c.log.level = "verbose".into();

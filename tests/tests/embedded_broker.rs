@@ -260,7 +260,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         "unknown_device",
     ];
     assert_eq!(reasons, want);
-    let listing = gateway::ops::quarantine_list(&config).unwrap();
+    let listing = gateway::ops::quarantine::list(&config).unwrap();
     assert!(
         listing.contains("8 quarantined") && listing.contains("unknown_device=1"),
         "{listing}"

@@ -273,7 +273,7 @@ async fn a_replayed_reused_counter_stays_in_the_quarantine() {
     .await;
     // The operator's command (it blocks: off the test's runtime).
     let cfg = config.clone();
-    let answer = tokio::task::spawn_blocking(move || gateway::ops::quarantine_replay(&cfg))
+    let answer = tokio::task::spawn_blocking(move || gateway::ops::quarantine::replay(&cfg))
         .await
         .unwrap()
         .unwrap();

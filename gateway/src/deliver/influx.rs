@@ -2,7 +2,7 @@
 //! `influxdb2` crate. One client each, kept alive for the life of the service; futures run
 //! on the service's tokio runtime from the delivery thread.
 
-use super::{Answer, LineWriter};
+use super::{Answer, CountersError, LineWriter};
 use crate::config::{DatabaseConfig, DatabaseKind, Secret};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -124,18 +124,19 @@ impl LineWriter for V1Writer {
         })
     }
 
-    fn discards(&mut self) -> Option<Result<Discards, String>> {
+    fn discards(&mut self) -> Option<Result<Discards, CountersError>> {
         if self.cfg.kind != DatabaseKind::Victoriametrics {
             return None;
         }
         let url = format!("{}/metrics", self.cfg.url.trim_end_matches('/'));
         let req = authorize(self.client.get(url), &self.cfg);
         Some(self.runtime.block_on(async move {
-            let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+            let http = |e: reqwest::Error| CountersError::Http(e.without_url());
+            let resp = req.send().await.map_err(http)?;
             if !resp.status().is_success() {
-                return Err(format!("GET /metrics: HTTP {}", resp.status().as_u16()));
+                return Err(CountersError::Status(resp.status().as_u16()));
             }
-            let text = resp.text().await.map_err(|e| e.without_url().to_string())?;
+            let text = resp.text().await.map_err(http)?;
             Ok(Discards::parse(&text))
         }))
     }

@@ -11,6 +11,25 @@ use std::time::Instant;
 use vigie_core::deliver::retry;
 use vigie_core::judge::reason::Reason;
 
+/// Why lines a database will not keep could not be quarantined.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// The quarantine's room for acknowledged readings of the commune is full.
+    #[error(
+        "the database refuses lines ({detail}) and the quarantine's room for acknowledged \
+         readings of {tenant} is full: `quarantine list`, fix the cause, `quarantine replay`"
+    )]
+    Full {
+        /// The database's reason.
+        detail: String,
+        /// The commune.
+        tenant: String,
+    },
+    /// The quarantine cannot be written.
+    #[error("the database refused lines and the quarantine cannot be written: {0}")]
+    Write(std::io::Error),
+}
+
 impl Sink {
     /// Halves a refused batch until the refused lines are alone; quarantines those. A
     /// batch the database dropped whole for its retention (a device's old backlog) goes
@@ -33,7 +52,7 @@ impl Sink {
                     Written::Stored
                 }
                 Err(error) => Written::Failed {
-                    error,
+                    error: error.to_string(),
                     wait: self.s.cfg.max_backoff,
                 },
             };
@@ -58,7 +77,7 @@ impl Sink {
         lines: &str,
         reason: Reason,
         detail: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), KeepError> {
         let entry = quarantine::Entry {
             received_ms: crate::now_ms(),
             origin: Origin::Database,
@@ -73,15 +92,12 @@ impl Sink {
         if !q.admits_kept(tenant, quarantine::entry_bytes(tenant, lines.as_bytes())) {
             // Past the bound the commune waits, its readings in the buffer, until the
             // quarantine is replayed or erased.
-            return Err(format!(
-                "the database refuses lines ({detail}) and the quarantine's room for \
-                 acknowledged readings of {tenant} is full: `quarantine list`, fix the \
-                 cause, `quarantine replay`"
-            ));
+            return Err(KeepError::Full {
+                detail: detail.to_string(),
+                tenant: tenant.to_string(),
+            });
         }
-        let evicted = q.write(&entry).map_err(|e| {
-            format!("the database refused lines and the quarantine cannot be written: {e}")
-        })?;
+        let evicted = q.write(&entry).map_err(KeepError::Write)?;
         drop(q);
         self.s.metrics.quarantine_evicted.inc_by(evicted);
         self.s

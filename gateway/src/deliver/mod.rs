@@ -64,9 +64,20 @@ pub trait LineWriter: Send {
     /// For a database whose 2xx does not prove it keeps every row (VictoriaMetrics): its
     /// counters of rows dropped after accepting them (`confirm.rs`). `None`: a 2xx is
     /// proof (InfluxDB answers 400 for a partial write; files are synced).
-    fn discards(&mut self) -> Option<Result<Discards, String>> {
+    fn discards(&mut self) -> Option<Result<Discards, CountersError>> {
         None
     }
+}
+
+/// Why a database's counters of dropped rows could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CountersError {
+    /// No answer.
+    #[error("{0}")]
+    Http(reqwest::Error),
+    /// An error status.
+    #[error("GET /metrics: HTTP {0}")]
+    Status(u16),
 }
 
 /// Behind tenants tried per cycle, in batches, before the head reads again.

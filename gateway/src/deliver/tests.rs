@@ -62,7 +62,7 @@ impl LineWriter for Scripted {
         status(204, "")
     }
 
-    fn discards(&mut self) -> Option<Result<Discards, String>> {
+    fn discards(&mut self) -> Option<Result<Discards, CountersError>> {
         let script = self.counters.as_mut()?;
         let next = if script.len() > 1 {
             script.remove(0)
@@ -70,7 +70,7 @@ impl LineWriter for Scripted {
             script.first().copied().flatten()
         };
         Some(next.map_or_else(
-            || Err("HTTP 401".to_string()),
+            || Err(CountersError::Status(401)),
             |n| {
                 Ok(Discards {
                     by_cause: vec![("small_timestamp".into(), n)],

@@ -76,94 +76,6 @@ pub enum EnrolError {
     Random(getrandom::Error),
 }
 
-/// What the registry says of a device besides its key and settings: where it stands and,
-/// for a bin, what container it watches (`devices add` and `devices edit`). It goes to the
-/// database as `device_info` and to open-data exports.
-#[derive(Debug, Default, Clone, PartialEq, clap::Args)]
-pub struct Metadata {
-    /// Site name (database tag).
-    #[arg(long)]
-    pub site: Option<String>,
-    /// Zone (database tag).
-    #[arg(long)]
-    pub zone: Option<String>,
-    /// Latitude (WGS84 degrees).
-    #[arg(long, allow_negative_numbers = true)]
-    pub latitude: Option<f64>,
-    /// Longitude (WGS84 degrees).
-    #[arg(long, allow_negative_numbers = true)]
-    pub longitude: Option<f64>,
-    /// Address or place name, e.g. "12 place Bellecour".
-    #[arg(long)]
-    pub place: Option<String>,
-    /// INSEE code of the commune the device stands in, e.g. 69123.
-    #[arg(long)]
-    pub insee: Option<String>,
-    /// Bin category: fixed, ground, other, portable, underground (FIWARE WasteContainer).
-    #[arg(long)]
-    pub container: Option<String>,
-    /// Bin capacity, litres.
-    #[arg(long)]
-    pub capacity_l: Option<u32>,
-}
-
-/// FIWARE `WasteContainer.category` values.
-pub const CONTAINER_CATEGORIES: &[&str] = &["fixed", "ground", "other", "portable", "underground"];
-
-impl Metadata {
-    /// Sets on `entry` what was given, checked first (nothing changes on an error).
-    pub fn apply(&self, entry: &mut DeviceEntry) -> Result<(), String> {
-        if self.latitude.is_some_and(|v| !(-90.0..=90.0).contains(&v)) {
-            return Err("--latitude: WGS84 degrees, -90 to 90".into());
-        }
-        if self
-            .longitude
-            .is_some_and(|v| !(-180.0..=180.0).contains(&v))
-        {
-            return Err("--longitude: WGS84 degrees, -180 to 180".into());
-        }
-        if let Some(code) = &self.insee {
-            let ok = code.len() == 5
-                && code.is_ascii()
-                && (code.bytes().all(|b| b.is_ascii_digit())
-                    || (code.starts_with("2A") || code.starts_with("2B"))
-                        && code[2..].bytes().all(|b| b.is_ascii_digit()));
-            if !ok {
-                return Err(format!(
-                    "--insee {code:?}: five digits (2A/2B for Corsica), e.g. 69123"
-                ));
-            }
-        }
-        if let Some(c) = &self.container
-            && !CONTAINER_CATEGORIES.contains(&c.as_str())
-        {
-            return Err(format!(
-                "--container {c:?}: one of {}",
-                CONTAINER_CATEGORIES.join(", ")
-            ));
-        }
-        if (self.container.is_some() || self.capacity_l.is_some())
-            && entry.kind != DeviceKind::WasteBin
-        {
-            return Err("--container and --capacity-l describe a waste bin".into());
-        }
-        let set = |to: &mut Option<String>, from: &Option<String>| {
-            if let Some(v) = from {
-                *to = (!v.is_empty()).then(|| v.clone());
-            }
-        };
-        set(&mut entry.site, &self.site);
-        set(&mut entry.zone, &self.zone);
-        set(&mut entry.place, &self.place);
-        set(&mut entry.insee, &self.insee);
-        set(&mut entry.container, &self.container);
-        entry.latitude = self.latitude.or(entry.latitude);
-        entry.longitude = self.longitude.or(entry.longitude);
-        entry.capacity_l = self.capacity_l.or(entry.capacity_l);
-        Ok(())
-    }
-}
-
 /// The registry entry and the provisioning blob of one device under `key` and `epoch`,
 /// with broker `password` (the entry keeps only its hash): the one place where a device's
 /// identity, key and settings are put together (the `devices add` command, the demo and
@@ -324,9 +236,9 @@ impl RegistryFile for Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(e)),
         };
-        let text = render(&old, self).map_err(|message| RegistryError::Parse {
+        let text = render(&old, self).map_err(|e| RegistryError::Parse {
             path: path.display().to_string(),
-            message,
+            message: e.to_string(),
         })?;
         crate::store::fs::replace_for_group(path, text.as_bytes(), 0o640, SERVICE_GROUP).map_err(io)
     }
@@ -391,25 +303,25 @@ impl Locked {
 /// The file's new text: `old` (its comments, key order and layout) with its `[[gateway]]`,
 /// `[[device]]` and `[[removed]]` tables made to match `r`: changed values replaced in place, new
 /// tables appended, tables of removed entries dropped.
-fn render(old: &str, r: &Registry) -> Result<String, String> {
+fn render(old: &str, r: &Registry) -> Result<String, RenderError> {
     let mut doc: DocumentMut = old.parse().map_err(|e: toml_edit::TomlError| {
-        ParseError::at(old, e.span(), e.message()).to_string()
+        RenderError::Old(ParseError::at(old, e.span(), e.message()))
     })?;
     let gateways: Vec<(Vec<String>, Table)> = r
         .gateways()
         .iter()
         .map(|g| Ok((vec![g.username.clone()], table(g)?)))
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, RenderError>>()?;
     let devices: Vec<(Vec<String>, Table)> = r
         .entries()
         .into_iter()
         .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, RenderError>>()?;
     let removed: Vec<(Vec<String>, Table)> = r
         .removed()
         .iter()
         .map(|d| Ok((vec![d.tenant.clone(), d.id.clone()], table(d)?)))
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, RenderError>>()?;
     sync(&mut doc, "gateway", &["username"], gateways);
     sync(&mut doc, "device", &["tenant", "id"], devices);
     sync(&mut doc, "removed", &["tenant", "id"], removed);
@@ -417,9 +329,20 @@ fn render(old: &str, r: &Registry) -> Result<String, String> {
     Ok(format!("{header}{doc}"))
 }
 
+/// Why the registry's new text could not be made.
+#[derive(Debug, thiserror::Error)]
+enum RenderError {
+    /// The file it replaces does not parse (where and why, never the line's text).
+    #[error(transparent)]
+    Old(ParseError),
+    /// An entry does not serialize.
+    #[error(transparent)]
+    Serialize(#[from] toml_edit::ser::Error),
+}
+
 /// `value` as a TOML table.
-fn table(value: &impl Serialize) -> Result<Table, String> {
-    let doc = toml_edit::ser::to_document(value).map_err(|e| e.to_string())?;
+fn table(value: &impl Serialize) -> Result<Table, RenderError> {
+    let doc = toml_edit::ser::to_document(value)?;
     Ok(doc.as_table().clone())
 }
 

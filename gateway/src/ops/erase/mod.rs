@@ -10,6 +10,8 @@
 //! broker queues what they send. The database is checked first: a scope the server cannot
 //! erase (a time bound on VictoriaMetrics) is refused before anything changes.
 
+pub mod command;
+
 use crate::config::{Config, DatabaseApi, DatabaseConfig, DatabaseKind};
 use crate::deliver::tenants::{Influx, TenantsError};
 use crate::store::quarantine::{self, Entry, Origin};
@@ -46,7 +48,30 @@ pub enum EraseError {
         "the gateway's copies are erased, the database's are not: {0}; run the same command \
          again once the database answers"
     )]
-    Database(String),
+    Database(DatabaseRefusal),
+}
+
+/// Why the database did not erase.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseRefusal {
+    /// Its client could not be set up.
+    #[error(transparent)]
+    Setup(#[from] crate::deliver::SetupError),
+    /// An InfluxDB 1.x server.
+    #[error(transparent)]
+    Influx(#[from] TenantsError),
+    /// An InfluxDB 2.x server.
+    #[error(transparent)]
+    V2(#[from] influxdb2::RequestError),
+    /// The InfluxDB 2.x client.
+    #[error(transparent)]
+    V2Client(#[from] influxdb2::BuildError),
+    /// The HTTP request.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// VictoriaMetrics answered with an error status.
+    #[error("VictoriaMetrics answered {0}")]
+    Status(reqwest::StatusCode),
 }
 
 /// How the database erases the scope's readings.
@@ -297,15 +322,14 @@ fn entry(scope: &Scope, e: Entry) -> Option<Entry> {
 }
 
 /// Carries the plan out on the database.
-async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
-    let refused = |e: &dyn std::fmt::Display| e.to_string();
+async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), DatabaseRefusal> {
     match target {
         Target::Files => Ok(()),
         Target::InfluxQl {
             database,
             statement,
         } => {
-            let influx = Influx::new(Some(cfg)).map_err(|e| refused(&e))?;
+            let influx = Influx::new(Some(cfg))?;
             match influx.query_in(database, statement).await {
                 Ok(_) => Ok(()),
                 // A database that was never made holds nothing to erase.
@@ -314,7 +338,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
                 {
                     Ok(())
                 }
-                Err(e) => Err(refused(&e)),
+                Err(e) => Err(e.into()),
             }
         }
         Target::InfluxV2 {
@@ -322,7 +346,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
             predicate,
             stop_s,
         } => {
-            let builder = crate::deliver::client_builder(cfg).map_err(|e| refused(&e))?;
+            let builder = crate::deliver::client_builder(cfg)?;
             let token = cfg.token.as_ref().map(|t| t.expose().to_string());
             let org = cfg.org.clone().unwrap_or_default();
             let client = influxdb2::ClientBuilder::with_builder(
@@ -331,8 +355,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
                 org,
                 token.unwrap_or_default(),
             )
-            .build()
-            .map_err(|e| refused(&e))?;
+            .build()?;
             let at = |s: u32| {
                 chrono::DateTime::from_timestamp(i64::from(s), 0)
                     .unwrap_or_default()
@@ -341,12 +364,12 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
             client
                 .delete(bucket, at(0), at(*stop_s), Some(predicate.clone()))
                 .await
-                .map_err(|e| refused(&e))
+                .map_err(DatabaseRefusal::from)
         }
         Target::Victoria { selector } => {
-            let client = crate::deliver::client_builder(cfg)
-                .and_then(|b| Ok(b.build()?))
-                .map_err(|e| refused(&e))?;
+            let client = crate::deliver::client_builder(cfg)?
+                .build()
+                .map_err(|e| DatabaseRefusal::Http(e.without_url()))?;
             let url = format!(
                 "{}/api/v1/admin/tsdb/delete_series",
                 cfg.url.trim_end_matches('/')
@@ -355,10 +378,10 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), String> {
             let answer = crate::deliver::authorize(request, cfg)
                 .send()
                 .await
-                .map_err(|e| refused(&e.without_url()))?;
+                .map_err(|e| DatabaseRefusal::Http(e.without_url()))?;
             match answer.status() {
                 s if s.is_success() => Ok(()),
-                s => Err(format!("VictoriaMetrics answered {s}")),
+                s => Err(DatabaseRefusal::Status(s)),
             }
         }
     }

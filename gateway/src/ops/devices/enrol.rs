@@ -1,0 +1,739 @@
+//! `devices add`, `devices rotate` and `devices import`: a key, a broker password and a
+//! provisioning blob per device, the registry entry and the broker's accounts in step.
+
+use super::{DeviceRef, Metadata, change, registry_change};
+use crate::config::{Config, GatewayConfig};
+use crate::fleet::access;
+use crate::fleet::registry::{self, DeviceEntry, DeviceKind, EnrolError, Enrolment};
+use crate::ops::error::file;
+use crate::ops::text::choice;
+use crate::ops::{OpsError, load};
+use protocol::provision::{MAX_BLOB_LEN, Provisioning, Transport};
+use std::path::{Path, PathBuf};
+
+/// `devices add` and `devices rotate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    #[command(flatten)]
+    pub device: DeviceRef,
+    /// Device kind.
+    #[arg(long, value_parser = choice::<DeviceKind>(DeviceKind::NAMES))]
+    pub kind: DeviceKind,
+    #[command(flatten)]
+    pub meta: Metadata,
+    /// Bin depth from sensor to bottom, mm (bins).
+    #[arg(long)]
+    pub bin_depth_mm: Option<u16>,
+    /// Seconds between samples (default: 300; `rotate`: the device's).
+    #[arg(long)]
+    pub sample_interval: Option<u16>,
+    /// Seconds after which a reading is sent even without change (default: 3600;
+    /// `rotate`: the device's).
+    #[arg(long)]
+    pub heartbeat: Option<u16>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
+    #[arg(long)]
+    pub blob_out: Option<PathBuf>,
+}
+
+/// The broker a board dials, when not the configuration's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BrokerArgs {
+    /// Broker host the board connects to (default: mqtt.host; `rotate`: the one its
+    /// blob named).
+    #[arg(long)]
+    pub broker_host: Option<String>,
+    /// Broker port the board connects to (default: mqtt.port; `rotate`: its blob's).
+    #[arg(long)]
+    pub broker_port: Option<u16>,
+    /// PEM certificate of the CA that signed the broker's certificate: the board then
+    /// connects over TLS and accepts only a broker chaining to it. Without it: plain TCP
+    /// (`rotate`: the CA its blob pinned).
+    #[arg(long)]
+    pub broker_ca: Option<PathBuf>,
+}
+
+/// `devices import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// Configuration file.
+    #[arg(long, env = "VIGIE_CONFIG")]
+    pub config: PathBuf,
+    /// The CSV file.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Folder for the blobs, `<tenant>-<id>.vgp` each.
+    #[arg(long, default_value = ".")]
+    pub blob_dir: PathBuf,
+    /// Every board's broker, as `devices add` takes it.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Options of `devices add` and `devices rotate`, resolved against the configuration.
+#[derive(Debug, Clone)]
+pub struct AddDevice {
+    /// The device and the settings its blob carries.
+    pub device: Enrolment,
+    /// Where it stands and what it watches.
+    pub meta: Metadata,
+    /// Where to write the provisioning blob.
+    pub blob_out: PathBuf,
+    /// Which settings with a default the command was given: on a rotation the others
+    /// are the device's own.
+    pub given: Given,
+}
+
+/// The settings of `devices add` / `rotate` that have a default, and whether the
+/// command gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    /// `--sample-interval`.
+    pub sample_interval: bool,
+    /// `--heartbeat`.
+    pub heartbeat: bool,
+    /// `--broker-host`.
+    pub broker_host: bool,
+    /// `--broker-port`.
+    pub broker_port: bool,
+    /// `--broker-ca`.
+    pub broker_ca: bool,
+}
+
+/// Whether a device must be new or must exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrol {
+    /// `devices add`: a new device (an id that exists is refused; one removed before
+    /// continues its key epochs).
+    Add,
+    /// `devices rotate`: an existing device gets a new key, epoch and broker password.
+    Rotate,
+}
+
+impl AddDevice {
+    /// The command's arguments against the configuration `c`: the broker is `mqtt.host`
+    /// (or the embedded broker's address) unless given.
+    pub fn from_args(c: &Config, a: DeviceArgs) -> Result<Self, OpsError> {
+        let DeviceRef { tenant, id, .. } = a.device;
+        let b = a.broker;
+        let given = Given {
+            sample_interval: a.sample_interval.is_some(),
+            heartbeat: a.heartbeat.is_some(),
+            broker_host: b.broker_host.is_some(),
+            broker_port: b.broker_port.is_some(),
+            broker_ca: b.broker_ca.is_some(),
+        };
+        let (host, port) = match &c.mqtt.host {
+            Some(h) => (h.clone(), c.mqtt.port),
+            None => (
+                c.mqtt.embedded_listen.ip().to_string(),
+                c.mqtt.embedded_listen.port(),
+            ),
+        };
+        Ok(Self {
+            given,
+            blob_out: a
+                .blob_out
+                .unwrap_or_else(|| PathBuf::from(format!("{tenant}-{id}.vgp"))),
+            device: Enrolment {
+                tenant,
+                id,
+                kind: a.kind,
+                site: a.meta.site.clone(),
+                zone: a.meta.zone.clone(),
+                latitude: a.meta.latitude,
+                longitude: a.meta.longitude,
+                bin_depth_mm: a.bin_depth_mm,
+                sample_interval_s: a.sample_interval.unwrap_or(300),
+                heartbeat_s: a.heartbeat.unwrap_or(3600),
+                broker_host: b.broker_host.unwrap_or(host),
+                broker_port: b.broker_port.unwrap_or(port),
+                transport: transport(b.broker_ca.as_deref())?,
+            },
+            meta: a.meta,
+        })
+    }
+
+    /// The enrolment of a rotation: what the command did not give is `old`'s (site, zone,
+    /// coordinates, bin depth, intervals, the broker and the CA its blob named).
+    fn over(&self, old: &DeviceEntry) -> Enrolment {
+        let mut d = self.device.clone();
+        d.site = d.site.or_else(|| old.site.clone());
+        d.zone = d.zone.or_else(|| old.zone.clone());
+        d.latitude = d.latitude.or(old.latitude);
+        d.longitude = d.longitude.or(old.longitude);
+        d.bin_depth_mm = d.bin_depth_mm.or(old.bin_depth_mm);
+        let g = self.given;
+        if let (false, Some(v)) = (g.sample_interval, old.sample_interval_s) {
+            d.sample_interval_s = v;
+        }
+        if let (false, Some(v)) = (g.heartbeat, old.heartbeat_s) {
+            d.heartbeat_s = v;
+        }
+        if let (false, Some(h)) = (g.broker_host, &old.broker_host) {
+            d.broker_host.clone_from(h);
+        }
+        if let (false, Some(p)) = (g.broker_port, old.broker_port) {
+            d.broker_port = p;
+        }
+        if !g.broker_ca && old.broker_host.is_some() {
+            d.transport = old
+                .broker_ca_sha256
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok()?.try_into().ok())
+                .map_or(Transport::Plain, |ca_sha256| Transport::Tls { ca_sha256 });
+        }
+        d
+    }
+}
+
+/// `devices add` / `rotate` from the command line: the report, then the reload.
+pub fn enrol(a: DeviceArgs, mode: Enrol) -> Result<(), OpsError> {
+    let config = a.device.config.clone();
+    registry_change(&config, |c| {
+        add(&c.gateway, &AddDevice::from_args(c, a)?, mode)
+    })
+}
+
+/// `devices add` / `devices rotate`: generates a key and a broker password, writes the
+/// registry entry, the board's provisioning blob and the broker's access file. `add`
+/// refuses an id that exists (a repeated command must not re-key a deployed board);
+/// an id removed before starts at the key epoch after its last, so the new board never
+/// inherits the old one's replay state. `rotate` keeps what it is not given again.
+pub fn add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, OpsError> {
+    let name = format!("{}/{}", a.device.tenant, a.device.id);
+    let (epoch, n, d) = change(g, |registry| {
+        let existing = registry.get(&a.device.tenant, &a.device.id);
+        let d = match (mode, existing) {
+            (Enrol::Rotate, None) => {
+                return Err(OpsError::NotEnrolled {
+                    name: name.clone(),
+                    registry: g.registry.clone(),
+                });
+            }
+            (Enrol::Add, Some(dev)) => {
+                return Err(OpsError::AlreadyEnrolled {
+                    name: name.clone(),
+                    epoch: dev.entry.epoch,
+                });
+            }
+            (_, Some(dev)) => a.over(&dev.entry),
+            (_, None) => a.device.clone(),
+        };
+        // SPEC §13.8: the first epoch is 1; 2³²−1 is the last.
+        let epoch = registry
+            .next_epoch(&d.tenant, &d.id)
+            .ok_or_else(|| OpsError::LastEpoch(name.clone()))?;
+        let (mut entry, blob) = enrolled(&d, epoch)?;
+        // A re-keyed device keeps what it was given before, unless given anew.
+        if let Some(old) = existing {
+            keep_described(&mut entry, &old.entry);
+        }
+        a.meta.apply(&mut entry)?;
+        registry.upsert(entry)?;
+        // Last: nothing is written if anything above failed.
+        let n = write_blob(&blob, &a.blob_out)?;
+        Ok((epoch, n, d))
+    })?;
+    Ok(format!(
+        "{} {name} ({}, key epoch {epoch}, broker {}:{}, {}); provisioning blob: {} ({n} bytes).\n{}",
+        if mode == Enrol::Add {
+            "added"
+        } else {
+            "re-keyed"
+        },
+        d.kind.name(),
+        d.broker_host,
+        d.broker_port,
+        transport_words(d.transport),
+        a.blob_out.display(),
+        access::restart_hint(&g.broker_access())
+    ))
+}
+
+/// The registry entry and the provisioning blob of `d` under a fresh key and broker
+/// password at `epoch`.
+fn enrolled(d: &Enrolment, epoch: u32) -> Result<(DeviceEntry, Provisioning), OpsError> {
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key).map_err(|source| OpsError::Random {
+        what: "key",
+        reason: source,
+    })?;
+    let password = access::new_password().map_err(|source| OpsError::Random {
+        what: "password",
+        reason: source,
+    })?;
+    // Each mistake named by the option that carries it.
+    registry::enroll(d, key, epoch, &password).map_err(|e| {
+        let option = match e {
+            EnrolError::Tenant(..) => "--tenant",
+            EnrolError::Id(..) => "--id",
+            EnrolError::Host(..) => "--broker-host",
+            EnrolError::Interval => "--sample-interval",
+            EnrolError::BinDepth => "--bin-depth-mm",
+            EnrolError::Password | EnrolError::Random(_) => return OpsError::Enrolment(e),
+        };
+        OpsError::Enrol { option, source: e }
+    })
+}
+
+/// Writes `blob` to `path` (mode 0600); its length.
+fn write_blob(blob: &Provisioning, path: &Path) -> Result<usize, OpsError> {
+    let mut buf = [0u8; MAX_BLOB_LEN];
+    let n = blob.encode(&mut buf).map_err(OpsError::Blob)?;
+    crate::store::fs::write_atomic(path, &buf[..n], 0o600).map_err(file(path))?;
+    Ok(n)
+}
+
+/// What a re-keyed device keeps of its old entry that `devices add` has no option for.
+fn keep_described(entry: &mut DeviceEntry, old: &DeviceEntry) {
+    for (to, from) in [
+        (&mut entry.place, &old.place),
+        (&mut entry.insee, &old.insee),
+        (&mut entry.container, &old.container),
+    ] {
+        to.clone_from(from);
+    }
+    entry.capacity_l = old.capacity_l;
+}
+
+fn transport_words(t: Transport) -> String {
+    match t {
+        Transport::Plain => "plain TCP (no --broker-ca: the password travels in clear)".into(),
+        Transport::Tls { ca_sha256 } => format!(
+            "TLS: load the CA onto the board's modem as {} (docs/FLASHING.md)",
+            protocol::provision::ca_file_name(&ca_sha256)
+        ),
+    }
+}
+
+/// The `transport` a board gets: TLS pinned to the CA in `ca_pem` (its first
+/// certificate), or plain TCP without one.
+pub fn transport(ca_pem: Option<&Path>) -> Result<Transport, OpsError> {
+    let Some(path) = ca_pem else {
+        return Ok(Transport::Plain);
+    };
+    let unreadable = |source| OpsError::BrokerCa {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(unreadable)?;
+    let cert = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| OpsError::BrokerCaEmpty(path.to_path_buf()))?
+        .map_err(unreadable)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut ca_sha256 = [0u8; 32];
+    ca_sha256.copy_from_slice(digest.as_ref());
+    Ok(Transport::Tls { ca_sha256 })
+}
+
+/// One row of a `devices import` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvDevice {
+    tenant: String,
+    id: String,
+    kind: String,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+    #[serde(default)]
+    place: Option<String>,
+    #[serde(default)]
+    insee: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    capacity_l: Option<u32>,
+    #[serde(default)]
+    bin_depth_mm: Option<u16>,
+    #[serde(default)]
+    sample_interval: Option<u16>,
+    #[serde(default)]
+    heartbeat: Option<u16>,
+}
+
+/// `devices import`: each row enrolled on its own; the refused ones named by line, the
+/// others kept. Run again after fixing, the rows already added are refused as enrolled.
+pub fn import(a: &ImportArgs) -> Result<(), OpsError> {
+    let c = load(&a.config)?;
+    let csv_error = |source| OpsError::Csv {
+        path: a.csv.clone(),
+        source,
+    };
+    let mut reader = csv::Reader::from_path(&a.csv).map_err(csv_error)?;
+    let headers = reader.headers().map_err(csv_error)?.clone();
+    let (mut added, mut refused) = (0usize, Vec::new());
+    for record in reader.records() {
+        let line = record
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map_or(0, |p| p.line());
+        let row = record
+            .and_then(|r| r.deserialize::<CsvDevice>(Some(&headers)))
+            .map_err(csv_error)
+            .and_then(|d| import_args(a, d))
+            .and_then(|args| add(&c.gateway, &AddDevice::from_args(&c, args)?, Enrol::Add));
+        match row {
+            Ok(_) => added += 1,
+            Err(OpsError::Csv { source, .. }) => {
+                refused.push(format!("{}:{line}: {source}", a.csv.display()))
+            }
+            Err(e) => refused.push(format!("{}:{line}: {e}", a.csv.display())),
+        }
+    }
+    for r in &refused {
+        eprintln!("{r}");
+    }
+    println!(
+        "{}: {added} devices added, {} refused; blobs in {}",
+        a.csv.display(),
+        refused.len(),
+        a.blob_dir.display()
+    );
+    if added > 0 {
+        println!("{}", access::restart_hint(&c.gateway.broker_access()));
+        println!("{}", crate::ops::service::reload(&c)?);
+    }
+    match refused.len() {
+        0 => Ok(()),
+        n => Err(OpsError::ImportRefused(n)),
+    }
+}
+
+/// The `devices add` arguments of one imported row.
+fn import_args(a: &ImportArgs, d: CsvDevice) -> Result<DeviceArgs, OpsError> {
+    let kind: DeviceKind = d.kind.parse()?;
+    Ok(DeviceArgs {
+        blob_out: Some(a.blob_dir.join(format!("{}-{}.vgp", d.tenant, d.id))),
+        device: DeviceRef {
+            config: a.config.clone(),
+            tenant: d.tenant,
+            id: d.id,
+        },
+        kind,
+        meta: Metadata {
+            site: d.site,
+            zone: d.zone,
+            latitude: d.latitude,
+            longitude: d.longitude,
+            place: d.place,
+            insee: d.insee,
+            container: d.container,
+            capacity_l: d.capacity_l,
+        },
+        bin_depth_mm: d.bin_depth_mm,
+        sample_interval: d.sample_interval,
+        heartbeat: d.heartbeat,
+        broker: a.broker.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::registry::Registry;
+    use crate::fleet::registry::RegistryFile;
+    use protocol::provision::Provisioning;
+
+    /// The accounts and ACLs of the access file, as (username, [(acltype, topic)]).
+    fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(g.broker_access()).unwrap()).unwrap();
+        let roles = v["roles"].as_array().unwrap();
+        v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let role = c["roles"][0]["rolename"].as_str().unwrap();
+                let r = roles.iter().find(|r| r["rolename"] == role).unwrap();
+                let acls = r["acls"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| (a["acltype"].to_string(), a["topic"].to_string()))
+                    .collect();
+                (c["username"].as_str().unwrap().to_string(), acls)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GatewayConfig {
+            data_dir: dir.path().join("data"),
+            registry: dir.path().join("devices.toml"),
+            broker_access: None,
+        };
+        let mut a = AddDevice {
+            device: Enrolment {
+                tenant: "lyon".into(),
+                id: "bin-7".into(),
+                kind: DeviceKind::WasteBin,
+                site: None,
+                zone: Some("nord".into()),
+                latitude: None,
+                longitude: None,
+                bin_depth_mm: Some(1100),
+                sample_interval_s: 600,
+                heartbeat_s: 3600,
+                broker_host: "mqtt.lyon.example".into(),
+                broker_port: 8883,
+                transport: Transport::Tls { ca_sha256: [7; 32] },
+            },
+            meta: Metadata {
+                insee: Some("69123".into()),
+                container: Some("ground".into()),
+                capacity_l: Some(660),
+                ..Metadata::default()
+            },
+            blob_out: dir.path().join("bin-7.vgp"),
+            given: Given::default(),
+        };
+        // Rotating a device that does not exist is refused.
+        assert!(
+            add(&g, &a, Enrol::Rotate)
+                .unwrap_err()
+                .to_string()
+                .contains("devices add")
+        );
+        add(&g, &a, Enrol::Add).unwrap();
+        let blob = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
+        let registry = Registry::load(&g.registry).unwrap();
+        let dev = registry.get("lyon", "bin-7").unwrap();
+        assert_eq!(blob.key, dev.key, "blob and registry hold the same key");
+        assert_eq!(
+            (blob.bin_depth_mm, blob.broker_port, blob.key.epoch()),
+            (1100, 8883, 1)
+        );
+        assert_eq!(blob.transport, a.device.transport);
+        // The registry keeps the password's hash only; the blob the password.
+        let hash = dev.entry.broker_password_hash.clone().unwrap();
+        assert!(access::verify(&hash, &blob.broker_password));
+        let text = std::fs::read_to_string(&g.registry).unwrap();
+        assert!(!text.contains(blob.broker_password.as_str()));
+        // The device's account may publish its uplink and status, read its acks.
+        let q = |s: &str| format!("{s:?}");
+        assert_eq!(
+            accounts(&g),
+            [(
+                "lyon.bin-7".to_string(),
+                vec![
+                    (q("publishClientSend"), q("vigie/v1/lyon/bin-7/up")),
+                    (q("publishClientSend"), q("vigie/v1/lyon/bin-7/status")),
+                    (q("subscribeLiteral"), q("vigie/v1/lyon/bin-7/ack")),
+                    (q("publishClientReceive"), q("vigie/v1/lyon/bin-7/ack")),
+                ]
+            )]
+        );
+        // A gateway account: may share the uplink subscription and acknowledge.
+        let pw = dir.path().join("gw.password");
+        crate::ops::gateways::add(&g, "gw-mairie", &pw).unwrap();
+        let secret = std::fs::read_to_string(&pw).unwrap();
+        assert_eq!(secret.trim().len(), access::PASSWORD_LEN);
+        let gw = Registry::load(&g.registry).unwrap().gateways()[0].clone();
+        assert!(access::verify(&gw.password_hash, secret.trim()));
+        assert!(
+            crate::ops::gateways::add(&g, "lyon.bin-7", &pw).is_err(),
+            "a device's name"
+        );
+        // Rotating: next epoch, new key, new password; the gateway account stays.
+        a.blob_out = dir.path().join("bin-7b.vgp");
+        add(&g, &a, Enrol::Rotate).unwrap();
+        let blob2 = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
+        let again = Registry::load(&g.registry).unwrap();
+        let dev2 = again.get("lyon", "bin-7").unwrap();
+        assert_eq!(dev2.key.epoch(), 2);
+        assert_ne!(dev2.key.expose_secret(), dev.key.expose_secret());
+        assert_ne!(blob2.broker_password, blob.broker_password);
+        let hash2 = dev2.entry.broker_password_hash.clone().unwrap();
+        assert!(
+            access::verify(&hash2, &blob2.broker_password)
+                && !access::verify(&hash2, &blob.broker_password)
+        );
+        // Its metadata came with it, and `devices edit` changes it without a new key.
+        assert_eq!(
+            (
+                dev2.entry.insee.as_deref(),
+                dev2.entry.container.as_deref(),
+                dev2.entry.capacity_l
+            ),
+            (Some("69123"), Some("ground"), Some(660))
+        );
+        let moved = Metadata {
+            latitude: Some(45.7578),
+            longitude: Some(4.832),
+            place: Some("Place Bellecour".into()),
+            ..Metadata::default()
+        };
+        crate::ops::devices::edit(&g, "lyon", "bin-7", &moved).unwrap();
+        let edited = Registry::load(&g.registry).unwrap();
+        let dev3 = edited.get("lyon", "bin-7").unwrap();
+        assert_eq!(dev3.key, dev2.key, "the key stays");
+        assert_eq!(
+            (
+                dev3.entry.latitude,
+                dev3.entry.place.as_deref(),
+                dev3.entry.capacity_l
+            ),
+            (Some(45.7578), Some("Place Bellecour"), Some(660))
+        );
+        for (bad, says) in [
+            (
+                Metadata {
+                    latitude: Some(91.0),
+                    ..Metadata::default()
+                },
+                "--latitude",
+            ),
+            (
+                Metadata {
+                    insee: Some("6912".into()),
+                    ..Metadata::default()
+                },
+                "--insee",
+            ),
+            (
+                Metadata {
+                    container: Some("bag".into()),
+                    ..Metadata::default()
+                },
+                "--container",
+            ),
+            (Metadata::default(), "nothing to change"),
+        ] {
+            assert!(
+                crate::ops::devices::edit(&g, "lyon", "bin-7", &bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains(says)
+            );
+        }
+        // `add` again, as a repeated shell command would: refused, nothing changed.
+        let before = std::fs::read(&g.registry).unwrap();
+        assert!(
+            add(&g, &a, Enrol::Add)
+                .unwrap_err()
+                .to_string()
+                .contains("already enrolled (key epoch 2): nothing changed")
+        );
+        assert_eq!(std::fs::read(&g.registry).unwrap(), before);
+        // A rotation given none of the settings keeps the device's: zone, intervals,
+        // broker and the CA its blob pinned (not the command's defaults).
+        let mut bare = a.clone();
+        bare.device.zone = None;
+        bare.device.sample_interval_s = 300;
+        bare.device.heartbeat_s = 3600;
+        bare.device.broker_host = "127.0.0.1".into();
+        bare.device.broker_port = 1883;
+        bare.device.transport = Transport::Plain;
+        bare.blob_out = dir.path().join("bin-7c.vgp");
+        assert!(
+            add(&g, &bare, Enrol::Rotate)
+                .unwrap()
+                .contains("key epoch 3")
+        );
+        let blob3 = Provisioning::decode(&std::fs::read(&bare.blob_out).unwrap()).unwrap();
+        assert_eq!(
+            (
+                blob3.sample_interval_s,
+                blob3.heartbeat_s,
+                blob3.broker_host.as_str(),
+                blob3.broker_port,
+                blob3.transport,
+            ),
+            (600, 3600, "mqtt.lyon.example", 8883, a.device.transport)
+        );
+        let kept = Registry::load(&g.registry).unwrap();
+        assert_eq!(
+            kept.get("lyon", "bin-7").unwrap().entry.zone.as_deref(),
+            Some("nord")
+        );
+        // What a rotation is given, it takes.
+        let mut moved = bare.clone();
+        moved.device.sample_interval_s = 120;
+        moved.given.sample_interval = true;
+        add(&g, &moved, Enrol::Rotate).unwrap();
+        let blob4 = Provisioning::decode(&std::fs::read(&moved.blob_out).unwrap()).unwrap();
+        assert_eq!((blob4.sample_interval_s, blob4.key.epoch()), (120, 4));
+        // Removed and added again: the next epoch, never 1 again (its replay state is
+        // the old board's), and a fresh entry.
+        crate::ops::devices::remove(&g, "lyon", "bin-7").unwrap();
+        let out = add(&g, &a, Enrol::Add).unwrap();
+        assert!(
+            out.starts_with("added lyon/bin-7") && out.contains("key epoch 5"),
+            "{out}"
+        );
+        let readded = Registry::load(&g.registry).unwrap();
+        assert_eq!(readded.get("lyon", "bin-7").unwrap().key.epoch(), 5);
+        assert!(
+            readded.removed().is_empty(),
+            "the tombstone goes with the new entry"
+        );
+        // Bad ids get a clear message.
+        a.device.id = "Bin 7".into();
+        assert!(
+            add(&g, &a, Enrol::Add)
+                .unwrap_err()
+                .to_string()
+                .contains("--id")
+        );
+        assert!(
+            crate::ops::devices::revoke(&g, "lyon", "nope")
+                .unwrap_err()
+                .to_string()
+                .contains("no device")
+        );
+        // Revoking removes the device's broker account, keeps the gateway's.
+        crate::ops::devices::revoke(&g, "lyon", "bin-7").unwrap();
+        let reg = Registry::load(&g.registry).unwrap();
+        assert!(reg.get("lyon", "bin-7").unwrap().entry.revoked);
+        let names: Vec<_> = accounts(&g).into_iter().map(|(u, _)| u).collect();
+        assert_eq!(names, ["gw-mairie"]);
+    }
+
+    #[test]
+    fn broker_ca_pins_the_sha256_of_the_first_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(transport(None).unwrap(), Transport::Plain);
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
+             -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let want = ring::digest::digest(&ring::digest::SHA256, &[0, 1, 2]);
+        assert_eq!(
+            transport(Some(&pem)).unwrap(),
+            Transport::Tls {
+                ca_sha256: want.as_ref().try_into().unwrap()
+            }
+        );
+        std::fs::write(&pem, "not a certificate").unwrap();
+        assert!(
+            transport(Some(&pem))
+                .unwrap_err()
+                .to_string()
+                .contains("no PEM certificate")
+        );
+        let missing = dir.path().join("missing.pem");
+        assert!(
+            transport(Some(&missing))
+                .unwrap_err()
+                .to_string()
+                .starts_with("--broker-ca")
+        );
+    }
+}
