@@ -536,7 +536,7 @@ pub struct ValidationConfig {
     pub max_age: Duration,
     /// How the gateway knows its host clock is synchronised: `"kernel"` (adjtimex, as
     /// `timedatectl` reads it), `"always"`, or the path of a file that exists while it is.
-    pub host_clock: crate::ingest::clock::SyncSource,
+    pub host_clock: crate::clock::SyncSource,
 }
 
 impl Default for ValidationConfig {
@@ -544,7 +544,7 @@ impl Default for ValidationConfig {
         Self {
             max_future_skew: Duration::from_secs(300),
             max_age: Duration::from_secs(90 * 86_400),
-            host_clock: crate::ingest::clock::SyncSource::Kernel,
+            host_clock: crate::clock::SyncSource::Kernel,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! (the configuration file), and [`ops`] (the operator commands, one file per group).
 //! `docs/ARCHITECTURE.md` draws the map.
 
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod fleet;
@@ -215,6 +216,7 @@ pub async fn run_with_metrics(
             .map(|d| d.string_fields())
             .unwrap_or_default(),
         host_clock: config.validation.host_clock.clone(),
+        clock: clock::Clock::system(),
     };
     let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
 

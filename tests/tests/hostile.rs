@@ -45,7 +45,7 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
     // A synchronised clock refuses the stale frame (unsynchronised, it would hold it).
-    config.validation.host_clock = gateway::ingest::clock::SyncSource::Always;
+    config.validation.host_clock = gateway::clock::SyncSource::Always;
     let gw = InProcessGateway::start(config.clone()).await;
     let metrics = &gw.metrics;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -1,4 +1,7 @@
-//! The host clock: whether it is known to be synchronised. A reading is refused as too
+//! The service's one clock: [`Clock`], the time every part of the service reads (the
+//! system's, or one a test sets), and whether the host clock is known to be synchronised.
+//!
+//! Synchronised or not: A reading is refused as too
 //! old only by a synchronised clock (SPEC §13.3); until then it is held, so a gateway
 //! host without a real-time clock that boots with last week's time (a Raspberry Pi before
 //! NTP answers) judges nothing for good. A reading in the future is held whatever the
@@ -12,7 +15,43 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Wall-clock time in Unix milliseconds: the system's, or one a test sets and moves. The
+/// composition root makes one and hands it to every part that judges or stamps time
+/// (ingest, delivery, MQTT intake, the status pages).
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Option<Arc<AtomicU64>>);
+
+impl Clock {
+    /// The system's clock.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A clock standing at `ms` until [`Clock::set`] moves it.
+    pub fn fixed(ms: u64) -> Self {
+        Self(Some(Arc::new(AtomicU64::new(ms))))
+    }
+
+    /// Moves a fixed clock to `ms` (no effect on the system's).
+    pub fn set(&self, ms: u64) {
+        if let Some(t) = &self.0 {
+            t.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        match &self.0 {
+            Some(t) => t.load(Ordering::Relaxed),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+}
 
 /// Where the gateway learns whether its host clock is synchronised
 /// (`clock.synchronised`).

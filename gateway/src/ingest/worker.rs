@@ -1,0 +1,437 @@
+//! The worker's loop: take what waits, judge it, make it durable, acknowledge it; and the
+//! buffer's upkeep around that (free space, delete what is delivered, gauges).
+
+use super::reserve::Reserve;
+use super::{
+    BrokerTx, Inbound, Job, LogBudget, MAX_BATCH, RETRY_PAUSE, ReplaySummary, ToBroker, Worker,
+    WorkerSetup, corrupt_entry, lock,
+};
+use crate::clock::HostClock;
+use crate::observe::health::{Health, Store};
+use crate::observe::metrics::{Metrics, gauge};
+use crate::store::buffer::{Buffer, BufferError, Recovered, Recovery};
+use crate::store::quarantine::{self, Origin};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vigie_core::FastMap;
+use vigie_core::ack::settle::Settled;
+use vigie_core::fleet::Registry;
+use vigie_core::judge::batch::{self, Outcome, Plan};
+use vigie_core::judge::replay_book::ReplayBook;
+use vigie_core::judge::verify::{self, Context};
+use vigie_core::record::Record;
+
+/// The registry's size and tenants in the metrics.
+pub(super) fn note_registry(metrics: &Metrics, registry: &Registry) {
+    metrics.registry_devices.set(gauge(registry.len() as u64));
+    metrics.know_tenants(registry.entries().iter().map(|e| e.tenant.as_str()));
+    metrics.devices.set_roster(registry.entries());
+}
+
+impl Worker {
+    /// Opens the buffer and rebuilds the replay book (snapshot, then every record still in
+    /// the buffer); corrupt buffer records go to the quarantine. Returns the worker and a
+    /// reader for the sink.
+    pub fn open(
+        setup: WorkerSetup,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        stopping: CancellationToken,
+    ) -> Result<(Self, crate::store::buffer::Reader), BufferError> {
+        let mut setup = setup;
+        let (buffer, book) = recover(&mut setup, &metrics)?;
+        note_registry(&metrics, &setup.registry);
+        let reader = buffer.reader();
+        let reserve = Reserve {
+            path: setup.snapshot_path.with_file_name("reserve"),
+        };
+        reserve.restore(book.snapshot().len());
+        let host_clock = HostClock::new(
+            setup.host_clock,
+            health.clone(),
+            metrics.host_clock_synchronised.clone(),
+        );
+        let worker = Self {
+            registry: setup.registry,
+            book,
+            buffer,
+            quarantine: setup.quarantine,
+            db_quarantine: setup.db_quarantine,
+            snapshot_path: setup.snapshot_path,
+            rules: setup.rules,
+            strings: setup.strings,
+            metrics,
+            health,
+            stopping,
+            reserve,
+            snapshot_failing: false,
+            reject_log: LogBudget::default(),
+            hold_log: LogBudget::default(),
+            refused_lately: Default::default(),
+            host_clock,
+            clock: setup.clock,
+            tenant_readings: FastMap::default(),
+        };
+        worker.update_buffer_gauges();
+        Ok((worker, reader))
+    }
+
+    /// Runs until the job channel closes or shutdown interrupts a commit.
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: BrokerTx) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut messages = Vec::with_capacity(jobs.len().min(MAX_BATCH) + 1);
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Message(m) => messages.push(m),
+                    Job::Registry(r, max_age) => {
+                        tracing::info!(devices = r.len(), "registry reloaded");
+                        if let Some(max_age) = max_age {
+                            self.rules.max_age_s = max_age.as_secs();
+                        }
+                        note_registry(&self.metrics, &r);
+                        self.registry = *r;
+                    }
+                    Job::ReplayQuarantine(reply) => {
+                        // Commit what came before, then replay on its own.
+                        if self.commit(std::mem::take(&mut messages), &acks).is_none() {
+                            return;
+                        }
+                        let summary = self.replay_quarantine(&acks);
+                        let _ = reply.send(summary);
+                    }
+                }
+                if messages.len() < MAX_BATCH {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            let bytes: usize = messages.iter().map(Inbound::bytes).sum();
+            let done = self.commit(messages, &acks);
+            // Out of memory once committed (the shell counted them in).
+            self.metrics.intake_bytes.dec_by(bytes as i64);
+            if done.is_none() {
+                break;
+            }
+            self.collect_garbage();
+            self.metrics.devices.save_if_due();
+        }
+        self.collect_garbage();
+        self.metrics.devices.save();
+    }
+
+    /// Judges, stores and acknowledges a batch. `None` if shutdown interrupted it (nothing
+    /// of it was acknowledged).
+    pub(super) fn commit(
+        &mut self,
+        messages: Vec<Inbound>,
+        acks: &BrokerTx,
+    ) -> Option<ReplaySummary> {
+        if messages.is_empty() {
+            return Some(ReplaySummary::default());
+        }
+        let cx = Context {
+            registry: &self.registry,
+            counters: &self.book,
+            rules: &self.rules,
+            strings: self.strings,
+            now_s: self.clock.now_ms() / 1000,
+            clock_synced: self.host_clock.synchronised(),
+        };
+        let mut plan = batch::judge(
+            messages
+                .iter()
+                .map(|m| (m.topic.as_str(), m.payload.as_slice())),
+            &cx,
+        );
+        let mut summary = ReplaySummary {
+            replayed: messages.len(),
+            ..ReplaySummary::default()
+        };
+        for (m, outcome) in messages.iter().zip(plan.outcomes.iter_mut()) {
+            self.hold_without_room(m, outcome);
+            self.note(m, outcome, &mut summary);
+        }
+        self.metrics.messages_received.inc_by(messages.len() as u64);
+        summary.accepted = self.make_durable(&messages, &plan, acks)?;
+        self.report_store(Store::Ok);
+        self.update_buffer_gauges();
+        Some(summary)
+    }
+
+    /// A refusal after the tag verified is acknowledged, so its quarantine entry is the
+    /// frame's only copy and is never evicted: past that room's bound (the device's share,
+    /// or all of it) the frame is held instead, and its device keeps it.
+    fn hold_without_room(&self, m: &Inbound, outcome: &mut Outcome) {
+        if let Outcome::Reject(reason) = *outcome
+            && reason.after_authentication()
+            && !self
+                .quarantine
+                .admits_kept(&m.topic, quarantine::entry_bytes(&m.topic, &m.payload))
+        {
+            *outcome = Outcome::Hold(reason);
+        }
+    }
+
+    /// Makes the batch durable and acknowledges it in order, a prefix at a time: the whole
+    /// batch at once, or, while storing fails, halves of what is left, so that whatever
+    /// room returns is used at once. The frames stored; `None` on shutdown.
+    fn make_durable(
+        &mut self,
+        messages: &[Inbound],
+        plan: &Plan,
+        acks: &BrokerTx,
+    ) -> Option<usize> {
+        let (mut done, mut step, mut appended, mut stored) = (0, messages.len(), false, 0);
+        while done < messages.len() {
+            let end = (done + step).min(messages.len());
+            let accepted: Vec<&verify::Accepted> = plan.outcomes[done..end]
+                .iter()
+                .filter_map(|o| match o {
+                    Outcome::Store(i) => Some(&plan.accepted[*i]),
+                    _ => None,
+                })
+                .collect();
+            let payloads: Vec<Vec<u8>> = accepted.iter().map(|a| encode(&a.record)).collect();
+            if self.store(&payloads, &mut appended).is_ok() {
+                appended = false;
+                let gaps = batch::apply(&mut self.book, accepted.iter().copied());
+                self.account(&accepted, gaps, self.clock.now_ms());
+                stored += accepted.len();
+                self.acknowledge(&messages[done..end], plan, done, acks);
+                done = end;
+                continue;
+            }
+            if self.stopping.is_cancelled() {
+                return None;
+            }
+            // A chunk already in the buffer (the quarantine failed) is retried as it is,
+            // never split and appended again.
+            if step > 1 && !appended {
+                step = step.div_ceil(2);
+            } else {
+                self.free_space();
+                self.buffer.wait_for_delivery(RETRY_PAUSE);
+            }
+        }
+        Some(stored)
+    }
+
+    /// The broker's acknowledgements of `chunk` (messages `first..` of the plan), in
+    /// order, and one sealed acknowledgement per device whose frames it settled.
+    fn acknowledge(&self, chunk: &[Inbound], plan: &Plan, first: usize, acks: &BrokerTx) {
+        // The MQTT task may be gone at shutdown; the broker then redelivers, and devices
+        // resend what no acknowledgement covered.
+        for token in chunk.iter().filter_map(|m| m.ack) {
+            let _ = acks.send(ToBroker::Ack(token));
+        }
+        let mut settled = Settled::default();
+        for (i, m) in chunk.iter().enumerate() {
+            settled.note(plan, first + i, &m.topic, &m.payload);
+        }
+        self.acknowledge_devices(&settled, acks);
+    }
+
+    /// One attempt to append `payloads` (unless `appended` says a previous attempt did)
+    /// and to make the queued quarantine entries durable. Reports the store's state either
+    /// way. A failed append leaves nothing in the buffer.
+    pub(super) fn store(&mut self, payloads: &[Vec<u8>], appended: &mut bool) -> Result<(), ()> {
+        let result = if *appended || payloads.is_empty() {
+            Ok(())
+        } else {
+            self.buffer.append(payloads).map(|_| *appended = true)
+        }
+        .and_then(|()| self.quarantine.sync().map_err(BufferError::Io));
+        let store = match &result {
+            Ok(evicted) => {
+                self.metrics.quarantine_evicted.inc_by(*evicted);
+                if *evicted > 0 {
+                    // Once per half of quarantine.max_mib filled: no flood.
+                    tracing::warn!(
+                        evicted,
+                        "quarantine full: its oldest entries of unacknowledged frames (forged, \
+                         unknown or revoked devices: their senders still hold them) were \
+                         evicted; entries of acknowledged frames are never evicted"
+                    );
+                }
+                // Cleared by the caller once the whole batch is stored, so a batch that
+                // goes through in pieces on a nearly full disk does not flap.
+                return Ok(());
+            }
+            Err(BufferError::Full { used, max }) => Store::Full {
+                used: *used,
+                max: *max,
+            },
+            Err(e) if e.is_no_space() => Store::DiskFull {
+                error: e.to_string(),
+            },
+            Err(e) => Store::Failing {
+                error: e.to_string(),
+            },
+        };
+        self.report_store(store);
+        result.map(drop).map_err(drop)
+    }
+
+    /// Stores `payloads` whole, waiting while storing fails. False on shutdown.
+    pub(super) fn store_all(&mut self, payloads: &[Vec<u8>]) -> bool {
+        let mut appended = false;
+        while self.store(payloads, &mut appended).is_err() {
+            if self.stopping.is_cancelled() {
+                return false;
+            }
+            self.free_space();
+            self.buffer.wait_for_delivery(RETRY_PAUSE);
+        }
+        self.report_store(Store::Ok);
+        true
+    }
+    /// While storing fails: delete what is delivered, and if everything is, roll past the
+    /// current segment so it can go too (with the reserve released on a full disk).
+    fn free_space(&mut self) {
+        self.collect_garbage();
+        if self.buffer.pending_bytes() > 0 {
+            return;
+        }
+        let mut rolled = self.buffer.roll_if_drained();
+        if rolled.as_ref().is_err_and(crate::store::fs::is_no_space) && self.reserve.release() {
+            tracing::warn!(
+                "disk full: the space reserve is released to start a new buffer segment"
+            );
+            rolled = self.buffer.roll_if_drained();
+        }
+        match rolled {
+            Ok(true) => self.collect_garbage(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot start a new buffer segment yet"),
+        }
+    }
+    /// Health, metric and one log line when the store's state changes.
+    fn report_store(&self, store: Store) {
+        let (full, failing) = match &store {
+            Store::Ok => (0, 0),
+            Store::Full { .. } => (1, 0),
+            Store::DiskFull { .. } | Store::Failing { .. } => (0, 1),
+        };
+        let problem = store.problem();
+        let previous = self.health.set_store(store.clone());
+        if std::mem::discriminant(&previous) == std::mem::discriminant(&store) {
+            return;
+        }
+        self.metrics.buffer_full.set(full);
+        self.metrics.store_failing.set(failing);
+        match problem {
+            None => tracing::info!("storage writable again; acknowledgements resume"),
+            Some(p) => tracing::warn!("cannot store: {p}; the broker keeps the messages"),
+        }
+    }
+    /// Snapshots the replay book, then deletes delivered segments: the records they held
+    /// are in the database and their counters in the snapshot.
+    fn collect_garbage(&mut self) {
+        if self.buffer.deletable_segments() == 0 {
+            return;
+        }
+        let snapshot = self.book.snapshot();
+        let mut written = crate::store::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
+        if written.as_ref().is_err_and(crate::store::fs::is_no_space) && self.reserve.release() {
+            tracing::warn!(
+                "disk full: the space reserve is released so delivered segments can be deleted"
+            );
+            written = crate::store::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
+        }
+        if let Err(e) = written {
+            if !self.snapshot_failing {
+                tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments until it works");
+            }
+            self.snapshot_failing = true;
+            return;
+        }
+        self.snapshot_failing = false;
+        if let Err(e) = self.buffer.delete_delivered() {
+            tracing::error!(error = %e, "cannot delete delivered buffer segments");
+        }
+        self.reserve.restore(snapshot.len());
+        self.update_buffer_gauges();
+    }
+    fn update_buffer_gauges(&self) {
+        self.metrics
+            .buffer_bytes
+            .set(gauge(self.buffer.used_bytes()));
+        self.metrics
+            .buffer_pending_bytes
+            .set(gauge(self.buffer.pending_bytes()));
+    }
+}
+
+/// A record as the buffer stores it.
+pub(super) fn encode(record: &Record) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(record.lines.len() + 56);
+    record.encode(&mut payload);
+    payload
+}
+
+/// The buffer of `setup`, and the replay book rebuilt from the snapshot and every record
+/// still in it; corrupt records go to their quarantine.
+fn recover(
+    setup: &mut WorkerSetup,
+    metrics: &Metrics,
+) -> Result<(Buffer, ReplayBook), BufferError> {
+    let mut book = match std::fs::read(&setup.snapshot_path) {
+        Ok(bytes) => ReplayBook::from_snapshot(&bytes).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "replay state unreadable; starting empty (old frames may be stored again, harmlessly, as identical points)");
+            ReplayBook::default()
+        }),
+        Err(_) => ReplayBook::default(),
+    };
+    let quarantine = &mut setup.quarantine;
+    let mut refused = lock(&setup.db_quarantine);
+    let now = setup.clock.now_ms();
+    let (buffer, recovery) = Buffer::open(
+        setup.fs.clone(),
+        &setup.buffer_dir,
+        setup.segment_bytes,
+        setup.max_bytes,
+        |item| match item {
+            Recovered::Record(payload) => {
+                if let Ok(r) = Record::decode(payload)
+                    && !r.device.is_empty()
+                {
+                    book.accept(&r);
+                }
+            }
+            Recovered::Corrupt(bytes) => {
+                let entry = corrupt_entry(now, bytes);
+                match entry.origin {
+                    Origin::Database => refused.add(&entry),
+                    _ => quarantine.add(&entry),
+                }
+            }
+        },
+    )?;
+    quarantine.sync()?;
+    refused.sync()?;
+    drop(refused);
+    log_recovery(&recovery, metrics);
+    Ok((buffer, book))
+}
+
+/// One log line and the recovery metrics.
+fn log_recovery(recovery: &Recovery, metrics: &Metrics) {
+    if recovery.records > 0 || recovery.cut_bytes > 0 || recovery.corrupt_records > 0 {
+        tracing::info!(
+            records = recovery.records,
+            bytes = recovery.bytes,
+            torn_tails = recovery.torn_tails,
+            cut_bytes = recovery.cut_bytes,
+            corrupt_records = recovery.corrupt_records,
+            "buffer recovered"
+        );
+    }
+    metrics
+        .buffer_recovered_records
+        .set(gauge(recovery.records));
+    metrics.buffer_torn_tails.inc_by(recovery.torn_tails);
+    metrics
+        .buffer_corrupt_records
+        .inc_by(recovery.corrupt_records);
+}
