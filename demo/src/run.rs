@@ -86,7 +86,7 @@ pub async fn run(
     let dir = std::env::temp_dir().join(format!(
         "vigie-demo-{}-{}",
         std::process::id(),
-        gateway::now_ms()
+        gateway::clock::Clock::system().now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     let registry_path = dir.join("devices.toml");

@@ -31,7 +31,7 @@ pub fn free_port() -> u16 {
 
 /// Unix seconds now.
 pub fn now_s() -> u32 {
-    (gateway::now_ms() / 1000) as u32
+    (gateway::clock::Clock::system().now_ms() / 1000) as u32
 }
 
 /// A benchmark's command line: `--flag NUMBER` pairs, each flag one of `known`, in order.

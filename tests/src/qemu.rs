@@ -266,7 +266,8 @@ async fn serve(
 
 /// `yy/MM/dd,hh:mm:ss` in UTC, from the ISO 8601 form `2026-11-22T18:30:05Z`.
 fn cclk_now() -> String {
-    let iso = protocol::json::UtcTime((gateway::now_ms() / 1000) as u32).to_string();
+    let iso = protocol::json::UtcTime((gateway::clock::Clock::system().now_ms() / 1000) as u32)
+        .to_string();
     format!(
         "{}/{}/{},{}",
         &iso[2..4],

@@ -138,7 +138,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     // The subscription follows the CONNACK; give the broker a moment to register it.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let now = (gateway::now_ms() / 1000) as u32;
+    let now = (gateway::clock::Clock::system().now_ms() / 1000) as u32;
     let up = |t: &str, d: &str| format!("vigie/v1/{t}/{d}/up");
     let mut valid = Vec::new();
     for i in 0..20u32 {

@@ -191,7 +191,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         out
     };
     modem.set_network(false);
-    let outage = gateway::now_ms() / 1000;
+    let outage = gateway::clock::Clock::system().now_ms() / 1000;
     let from_outage =
         |q: &[(u32, u32, protocol::Kind)]| q.iter().filter(|r| u64::from(r.1) >= outage).count();
     // The exchange in flight waits out its 10 s time-out first (the node samples between

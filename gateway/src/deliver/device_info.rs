@@ -5,6 +5,7 @@
 //! source, and it is written again at every load): a database that refuses is retried
 //! every [`RETRY`] until it takes it, without holding readings back.
 
+use crate::clock::Clock;
 use crate::deliver::{Answer, LineWriter};
 use crate::observe::devices::{Devices, Listing};
 use std::collections::BTreeMap;
@@ -28,7 +29,12 @@ pub fn lines(roster: &[Listing], time_ms: u64) -> BTreeMap<String, String> {
 }
 
 /// Writes the metadata of every registry load through `writer` until `stop`.
-pub fn run(mut writer: Box<dyn LineWriter>, devices: Arc<Devices>, stop: CancellationToken) {
+pub fn run(
+    mut writer: Box<dyn LineWriter>,
+    devices: Arc<Devices>,
+    stop: CancellationToken,
+    clock: Clock,
+) {
     let mut written = 0;
     let mut pending = BTreeMap::new();
     let mut next_try = Instant::now();
@@ -36,7 +42,7 @@ pub fn run(mut writer: Box<dyn LineWriter>, devices: Arc<Devices>, stop: Cancell
         let (version, roster) = devices.roster();
         if version != written {
             written = version;
-            pending = lines(&roster, crate::now_ms());
+            pending = lines(&roster, clock.now_ms());
             next_try = Instant::now();
         }
         if !pending.is_empty() && Instant::now() >= next_try {

@@ -39,7 +39,7 @@ impl Sink {
         if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
             return match self.keep(tenant, lines, Reason::DatabaseRejected, detail) {
                 Ok(()) => {
-                    let (log, left_out) = self.refused_log.admit(crate::now_ms());
+                    let (log, left_out) = self.refused_log.admit(self.s.clock.now_ms());
                     if left_out > 0 {
                         tracing::error!(
                             left_out,
@@ -79,7 +79,7 @@ impl Sink {
         detail: &str,
     ) -> Result<(), KeepError> {
         let entry = quarantine::Entry {
-            received_ms: crate::now_ms(),
+            received_ms: self.s.clock.now_ms(),
             origin: Origin::Database,
             topic: tenant.to_string(),
             reason: reason.code().into(),

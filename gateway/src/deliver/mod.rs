@@ -23,6 +23,7 @@ pub use file::{FileWriter, erase_offline as erase_files};
 pub use influx::{SetupError, V1Writer, V2Writer};
 pub(crate) use influx::{authorize, client_builder};
 
+use crate::clock::Clock;
 use crate::config::BatchConfig;
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::observe::health::{Health, Tenant};
@@ -130,6 +131,8 @@ pub struct SinkSetup {
     /// After `stop`, how long delivery goes on writing what flows; the rest waits on disk
     /// for the next start.
     pub flush: Duration,
+    /// The service's clock.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for dyn LineWriter {
@@ -265,7 +268,7 @@ impl Sink {
             } else {
                 let retry = self
                     .lanes
-                    .next_attempt_in(crate::now_ms())
+                    .next_attempt_in(self.s.clock.now_ms())
                     .map_or(IDLE, Duration::from_millis);
                 retry.min(IDLE)
             };
@@ -337,7 +340,7 @@ impl Sink {
 
     fn quarantine_corrupt(&mut self, bytes: &[u8]) {
         let mut q = lock(&self.s.quarantine);
-        q.add(&corrupt_entry(crate::now_ms(), bytes));
+        q.add(&corrupt_entry(self.s.clock.now_ms(), bytes));
         if let Err(e) = q.sync() {
             tracing::error!(error = %e, "cannot write the quarantine");
         }
@@ -346,7 +349,7 @@ impl Sink {
     /// Retries behind tenants that are due, each from its own cursor up to the head.
     fn catch_up(&mut self) {
         let Some(head) = self.lanes.head else { return };
-        for tenant in self.lanes.due(crate::now_ms()) {
+        for tenant in self.lanes.due(self.s.clock.now_ms()) {
             let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
                 continue;
             };
@@ -415,7 +418,7 @@ impl Sink {
     fn fall_behind(&mut self, tenant: &str, from: Position, error: String, wait: Duration) {
         let first = !self.lanes.is_behind(tenant);
         self.lanes
-            .failed(tenant, from, error.clone(), wait, crate::now_ms());
+            .failed(tenant, from, error.clone(), wait, self.s.clock.now_ms());
         if first {
             tracing::error!(tenant, %error, "tenant held: its readings wait in the buffer and are retried on their own; other tenants go on");
             self.s

@@ -167,6 +167,7 @@ fn start_with(
         runtime: rt.handle().clone(),
         stop: stop.clone(),
         state_path: Some(dir.path().join("sink.state")),
+        clock: Clock::system(),
         flush: Duration::from_secs(1),
     };
     let handle = std::thread::spawn(move || run(setup));
@@ -433,6 +434,7 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
         runtime: _rt.handle().clone(),
         stop: stop.clone(),
         state_path: Some(dir.path().join("sink.state")),
+        clock: Clock::system(),
         flush: Duration::from_secs(1),
     };
     stop.cancel();

@@ -508,7 +508,7 @@ impl Process {
             .next()?
             .parse()
             .ok()?;
-        let boot = crate::now_ms() as f64 / 1000.0 - uptime;
+        let boot = crate::clock::Clock::system().now_ms() as f64 / 1000.0 - uptime;
         Some((
             (num(14)? + num(15)?) / ticks,
             num(24)? * page,

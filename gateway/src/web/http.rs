@@ -15,6 +15,7 @@
 //! so a client holding sockets open cannot take the descriptors the buffer and the
 //! databases need; a failed accept (out of descriptors) waits [`ACCEPT_BACKOFF`].
 
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::ingest::Job;
 use crate::observe::health::Health;
@@ -63,6 +64,8 @@ pub struct Service {
     pub reload: crate::Reload,
     /// Token for state-changing endpoints.
     pub admin_token: Option<Secret>,
+    /// The service's clock.
+    pub clock: Clock,
 }
 
 /// The routes.
@@ -157,14 +160,18 @@ async fn secure_headers(request: Request, next: Next) -> Response {
 }
 
 /// The public view's routes: the commune pages of `tenants`, nothing else.
-pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>) -> Router {
+pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>, clock: Clock) -> Router {
     Router::new()
         .route("/", get(public_index))
         .route("/commune/:tenant", get(public_commune))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY as usize))
-        .with_state(Arc::new(Public { metrics, tenants }))
+        .with_state(Arc::new(Public {
+            metrics,
+            tenants,
+            clock,
+        }))
 }
 
 /// What the public view reads.
@@ -172,6 +179,7 @@ pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>) -> Router {
 struct Public {
     metrics: Arc<Metrics>,
     tenants: Vec<String>,
+    clock: Clock,
 }
 
 /// Serves `app` until shutdown.
@@ -277,7 +285,7 @@ struct PageQuery {
 }
 
 async fn devices(State(s): Shared, Query(q): Query<PageQuery>) -> impl IntoResponse {
-    let now = crate::now_ms();
+    let now = s.clock.now_ms();
     (
         [(header::CONTENT_TYPE, "application/json")],
         s.metrics.devices.read_all(|roster, book| {
@@ -307,12 +315,12 @@ async fn frames(
 /// Renders a page of the view of the communes `shown` accepts, or 404.
 fn page(
     metrics: &Metrics,
+    now: u64,
     health: Option<&crate::observe::health::Snapshot>,
     lang: Option<&str>,
     shown: impl Fn(&str) -> bool,
     render: impl FnOnce(&View) -> Option<String>,
 ) -> Response {
-    let now = crate::now_ms();
     let html = metrics.devices.read_all(|roster, book| {
         let mut v = View::new(roster, book, now, shown);
         v.lang = Lang::from_query(lang);
@@ -334,6 +342,7 @@ async fn overview(State(s): Shared, Query(q): Query<PageQuery>) -> Response {
     let health = s.health.snapshot();
     page(
         &s.metrics,
+        s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
         |_| true,
@@ -349,6 +358,7 @@ async fn commune(
     let health = s.health.snapshot();
     page(
         &s.metrics,
+        s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
         |_| true,
@@ -365,6 +375,7 @@ async fn device_page(
     let events = s.metrics.feed.of(&tenant, &device, 0, 50);
     page(
         &s.metrics,
+        s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
         |_| true,
@@ -374,9 +385,14 @@ async fn device_page(
 
 async fn public_index(State(p): State<Arc<Public>>, Query(q): Query<PageQuery>) -> Response {
     let shown = |t: &str| p.tenants.iter().any(|x| x == t);
-    page(&p.metrics, None, q.lang.as_deref(), shown, |v| {
-        Some(page::overview(v))
-    })
+    page(
+        &p.metrics,
+        p.clock.now_ms(),
+        None,
+        q.lang.as_deref(),
+        shown,
+        |v| Some(page::overview(v)),
+    )
 }
 
 async fn public_commune(
@@ -385,9 +401,14 @@ async fn public_commune(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let shown = |t: &str| p.tenants.iter().any(|x| x == t);
-    page(&p.metrics, None, q.lang.as_deref(), shown, |v| {
-        page::commune(v, &tenant)
-    })
+    page(
+        &p.metrics,
+        p.clock.now_ms(),
+        None,
+        q.lang.as_deref(),
+        shown,
+        |v| page::commune(v, &tenant),
+    )
 }
 
 /// The state-changing endpoints' check: a configured token, given as a bearer token.
@@ -459,6 +480,7 @@ mod tests {
         let jobs = mpsc::channel(1).0;
         let registry = std::path::PathBuf::from("/nonexistent/devices.toml");
         Service {
+            clock: Clock::system(),
             reload: crate::Reload::new(registry, jobs.clone(), metrics.clone(), health.clone()),
             metrics,
             health,

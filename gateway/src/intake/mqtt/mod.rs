@@ -24,6 +24,7 @@
 
 mod conn;
 
+use crate::clock::Clock;
 use crate::config::{MqttConfig, Secret};
 use crate::ingest::{Inbound, Job, ToBroker};
 use crate::observe::health::Health;
@@ -216,6 +217,8 @@ pub struct Links {
     pub health: Arc<Health>,
     /// Shutdown.
     pub stopping: CancellationToken,
+    /// The service's clock (receive times).
+    pub clock: Clock,
 }
 
 /// The shell's state across connections.
@@ -437,7 +440,7 @@ impl Shell {
             }
             // Bytes from the broker: every whole packet in them.
             if let Some(read) = got {
-                let received_ms = crate::now_ms();
+                let received_ms = self.links.clock.now_ms();
                 let handled = read.and_then(|()| {
                     while let Some(packet) = conn.next_packet()? {
                         self.on_packet(packet, received_ms, &mut awaiting_pong)?;

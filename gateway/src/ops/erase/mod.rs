@@ -391,7 +391,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), DatabaseR
 /// no reading.
 fn audit(data: &Path, scope: &Scope, report: &Report) -> Result<(), EraseError> {
     let path = data.join("audit.log");
-    let now = u32::try_from(crate::now_ms() / 1000).unwrap_or(u32::MAX);
+    let now = u32::try_from(crate::clock::Clock::system().now_ms() / 1000).unwrap_or(u32::MAX);
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| {

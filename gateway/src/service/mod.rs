@@ -1,0 +1,310 @@
+//! The composition root: the service wired from its configuration, run until a signal,
+//! stopped in order. It makes the one shutdown token and the one clock, opens the
+//! stores, starts the threads ([`threads`]), the status ports and the MQTT intake, and
+//! waits.
+
+mod reload;
+mod systemd;
+mod threads;
+
+pub use reload::Reload;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fleet::registry::{Registry, RegistryFile};
+use crate::ingest::{SharedQuarantine, Worker, WorkerSetup};
+use crate::observe::health::Health;
+use crate::observe::metrics::Metrics;
+use crate::store::{fs, quarantine::Quarantine};
+use crate::{deliver, intake, store, web};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use threads::{Parts, Threads};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for the sink to write what is buffered before leaving it for
+/// the next start.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A directory or file the service needs.
+    #[error("{what} {path}: {source}")]
+    Path {
+        /// The setting or file it is.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another gateway holds the data directory.
+    #[error("another gateway is running on data directory {0}")]
+    Locked(PathBuf),
+    /// A thread could not be started.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    /// The embedded broker.
+    #[error(transparent)]
+    Broker(#[from] intake::broker::BrokerError),
+    /// The MQTT client's settings.
+    #[error(transparent)]
+    Mqtt(#[from] intake::mqtt::SetupError),
+    /// `mqtt.group` is not an identifier.
+    #[error("mqtt.group: {0}")]
+    Group(protocol::TopicError),
+    /// The database writer.
+    #[error(transparent)]
+    Database(#[from] deliver::SetupError),
+    /// `http.listen`.
+    #[error("http.listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Registry.
+    #[error(transparent)]
+    Registry(#[from] crate::fleet::registry::RegistryError),
+    /// Buffer.
+    #[error(transparent)]
+    Buffer(#[from] store::buffer::BufferError),
+    /// Quarantine.
+    #[error("quarantine: {0}")]
+    Quarantine(std::io::Error),
+    /// An essential thread stopped while the service was running.
+    #[error(
+        "the {0} thread stopped unexpectedly; exiting so the service manager restarts the gateway"
+    )]
+    Died(&'static str),
+}
+
+/// Runs the service until `shutdown` turns true.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    run_with_metrics(config, shutdown, Arc::new(Metrics::default())).await
+}
+
+/// [`run`] with caller-held metrics (the demo and tests read them).
+pub async fn run_with_metrics(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
+    let (stopping, clock) = (token_of(shutdown), Clock::system());
+    let data = config.gateway.data_dir.clone();
+    let _lock = open_data_dir(&data)?;
+    let registry = Registry::load_existing(&config.gateway.registry)?;
+    tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
+    metrics.devices.restore(&data);
+    let (options, filter) = mqtt(&config)?;
+    let health = Arc::new(Health::default());
+    let (worker, reader, db_quarantine) =
+        open_worker(&config, registry, &metrics, &health, &stopping, &clock).await?;
+    let parts = Parts {
+        worker,
+        reader,
+        db_quarantine,
+        fs: fs::real(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        stopping: stopping.clone(),
+        clock: clock.clone(),
+    };
+    let mut threads = Threads::start(&config, &data, parts)?;
+    stop_when_dead(&threads, &stopping);
+    let reload = Reload::new(
+        config.gateway.registry.clone(),
+        threads.jobs.clone(),
+        metrics.clone(),
+        health.clone(),
+    )
+    .checking_retention(Arc::new(config.clone()));
+    let mut tasks = serve_http(
+        &config, &metrics, &health, &threads, &reload, &stopping, &clock,
+    )
+    .await?;
+    tasks.spawn(reload::on_sighup(reload, stopping.clone()));
+    // Up: stores open, threads running, status port bound. (Connected or not: a broker
+    // that is down is reported by /readyz and retried, not a failed start.)
+    systemd::ready();
+    tasks.spawn(systemd::watchdog(stopping.clone()));
+    let links = intake::mqtt::Links {
+        filter,
+        jobs: threads.jobs.clone(),
+        acks: threads.acks.take().ok_or(RunError::Died("mqtt"))?,
+        metrics,
+        health,
+        stopping: stopping.clone(),
+        clock,
+    };
+    intake::mqtt::run(options, links).await;
+    // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
+    systemd::stopping();
+    stopping.cancel();
+    while tasks.join_next().await.is_some() {}
+    threads.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One token for the whole service: the signal watch only feeds it.
+fn token_of(mut shutdown: watch::Receiver<bool>) -> CancellationToken {
+    let stopping = CancellationToken::new();
+    let token = stopping.clone();
+    tokio::spawn(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+        token.cancel();
+    });
+    stopping
+}
+
+/// A dead essential thread stops the service like a signal, but with an error.
+fn stop_when_dead(threads: &Threads, stopping: &CancellationToken) {
+    let (died, stopping) = (threads.died.token.clone(), stopping.clone());
+    tokio::spawn(async move {
+        died.cancelled().await;
+        stopping.cancel();
+    });
+}
+
+/// The data directory, made if missing, locked for this service.
+fn open_data_dir(data: &Path) -> Result<File, RunError> {
+    std::fs::create_dir_all(data).map_err(|source| RunError::Path {
+        what: "gateway.data_dir",
+        path: data.to_path_buf(),
+        source,
+    })?;
+    lock_data_dir(data)
+}
+
+/// The MQTT client's options and the uplink filter; the embedded broker started when no
+/// broker host is configured.
+fn mqtt(config: &Config) -> Result<(intake::mqtt::Options, String), RunError> {
+    let (host, port) = match &config.mqtt.host {
+        Some(h) => (h.clone(), config.mqtt.port),
+        None => {
+            let listen = config.mqtt.embedded_listen;
+            intake::broker::start(listen)?;
+            tracing::info!(%listen, "embedded broker started");
+            (listen.ip().to_string(), listen.port())
+        }
+    };
+    let options = intake::mqtt::options(&config.mqtt, &host, port)?;
+    let group = protocol::Id::new(&config.mqtt.group).map_err(RunError::Group)?;
+    Ok((
+        options,
+        protocol::topic::shared_uplink_filter(group).to_string(),
+    ))
+}
+
+/// The ingest worker on its stores (buffer, both quarantines), the buffer's reader for
+/// the sink, and the database quarantine they share.
+async fn open_worker(
+    config: &Config,
+    registry: Registry,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    stopping: &CancellationToken,
+    clock: &Clock,
+) -> Result<(Worker, store::buffer::Reader, SharedQuarantine), RunError> {
+    let data = &config.gateway.data_dir;
+    let open_quarantine = |dir: &str| {
+        Quarantine::open(fs::real(), &data.join(dir), config.quarantine.max_mib << 20)
+            .map_err(RunError::Quarantine)
+    };
+    let db_quarantine = Arc::new(Mutex::new(open_quarantine("quarantine-db")?));
+    let max_age = deliver::retention::check(config, &registry.tenants()).await;
+    if config.database.is_none() {
+        tracing::info!(dir = %data.join("export").display(), "no database configured: writing line-protocol files");
+    }
+    let setup = WorkerSetup {
+        fs: fs::real(),
+        registry,
+        buffer_dir: data.join("buffer"),
+        segment_bytes: config.buffer.segment_mib << 20,
+        max_bytes: config.buffer.max_mib << 20,
+        quarantine: open_quarantine("quarantine")?,
+        db_quarantine: db_quarantine.clone(),
+        snapshot_path: data.join("replay.state"),
+        rules: vigie_core::judge::validate::TimeRules {
+            max_future_skew_s: config.validation.max_future_skew.as_secs(),
+            max_age_s: max_age.as_secs(),
+        },
+        strings: config
+            .database
+            .as_ref()
+            .map(|d| d.string_fields())
+            .unwrap_or_default(),
+        host_clock: config.validation.host_clock.clone(),
+        clock: clock.clone(),
+    };
+    let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
+    Ok((worker, reader, db_quarantine))
+}
+
+/// The status port and the public view, each if configured, serving until `stopping`.
+async fn serve_http(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    threads: &Threads,
+    reload: &Reload,
+    stopping: &CancellationToken,
+    clock: &Clock,
+) -> Result<JoinSet<()>, RunError> {
+    let mut tasks = JoinSet::new();
+    let hosts = &config.http.allowed_hosts;
+    if let Some(addr) = config.http.listen {
+        let listener = web::http::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })?;
+        tracing::info!(%addr, "status page on http://{addr}/, metrics on http://{addr}/metrics");
+        let service = web::http::Service {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            jobs: threads.jobs.clone(),
+            reload: reload.clone(),
+            admin_token: config.http.admin_token.clone(),
+            clock: clock.clone(),
+        };
+        let app = web::http::guarded(web::http::router(service), hosts.clone());
+        tasks.spawn(web::http::serve(listener, app, stopping.clone()));
+    }
+    if let Some(addr) = config.http.public_listen {
+        let listener = web::http::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen { addr, source })?;
+        let tenants = config.http.public_tenants.clone();
+        tracing::info!(%addr, ?tenants, "public status view on http://{addr}/");
+        let router = web::http::public_router(metrics.clone(), tenants, clock.clone());
+        let app = web::http::guarded(router, hosts.clone());
+        tasks.spawn(web::http::serve(listener, app, stopping.clone()));
+    }
+    Ok(tasks)
+}
+
+/// One service per data directory: a second one would corrupt the buffer. (`erase` takes
+/// it too.) A lock file made by root (`erase` before the first start) gets the
+/// directory's owner, so the service can still open it.
+pub fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join("lock");
+    let file = File::create(&path).map_err(|source| RunError::Path {
+        what: "lock file",
+        path,
+        source,
+    })?;
+    if let Ok(m) = std::fs::metadata(dir) {
+        // Only root may change it, and only root needs to.
+        let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+    }
+    file.try_lock()
+        .map_err(|_| RunError::Locked(dir.to_path_buf()))?;
+    Ok(file)
+}

@@ -1,0 +1,188 @@
+//! The service's threads: ingest and delivery (essential: if one ends early the service
+//! exits with an error) and the device-metadata writer; started together, stopped in
+//! order.
+
+use super::{RunError, SHUTDOWN_FLUSH};
+use crate::clock::Clock;
+use crate::config::{Config, DatabaseApi};
+use crate::deliver::{self, LineWriter};
+use crate::ingest::{BrokerTx, Job, SharedQuarantine, ToBroker, Worker};
+use crate::observe::health::Health;
+use crate::observe::metrics::Metrics;
+use crate::store::buffer::{Interrupter, Reader};
+use crate::store::fs::SharedFs;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Which essential thread died first, and the token that stops the service then.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Death {
+    pub(super) token: CancellationToken,
+    pub(super) which: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+/// Spawns a thread the service cannot run without: if it ends (or panics) before
+/// `stopping` is cancelled, `died` records it and the service exits with an error.
+pub(super) fn spawn_essential(
+    name: &'static str,
+    stopping: CancellationToken,
+    died: Death,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RunError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            if !stopping.is_cancelled() {
+                tracing::error!(
+                    thread = name,
+                    panicked = result.is_err(),
+                    "essential thread stopped; the gateway exits"
+                );
+                let _ = died.which.set(name);
+                died.token.cancel();
+            }
+        })
+        .map_err(|e| RunError::Thread(name, e))
+}
+
+/// What the threads need from the composition root.
+#[derive(Debug)]
+pub(super) struct Parts {
+    pub(super) worker: Worker,
+    pub(super) reader: Reader,
+    pub(super) db_quarantine: SharedQuarantine,
+    pub(super) fs: SharedFs,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<Health>,
+    pub(super) stopping: CancellationToken,
+    pub(super) clock: Clock,
+}
+
+/// The running threads and the channels into and out of the worker.
+#[derive(Debug)]
+pub(super) struct Threads {
+    worker: JoinHandle<()>,
+    sink: JoinHandle<()>,
+    info: JoinHandle<()>,
+    sink_stop: CancellationToken,
+    info_stop: CancellationToken,
+    wake_sink: Interrupter,
+    pub(super) died: Death,
+    /// Messages and commands to the worker.
+    pub(super) jobs: mpsc::Sender<Job>,
+    /// What the worker made durable, to acknowledge (taken by the MQTT task).
+    pub(super) acks: Option<mpsc::UnboundedReceiver<ToBroker>>,
+}
+
+impl Threads {
+    /// Starts the worker, the sink and the device-metadata writer.
+    pub(super) fn start(config: &Config, data: &Path, p: Parts) -> Result<Self, RunError> {
+        let died = Death::default();
+        let (jobs, jobs_rx) = mpsc::channel(4096);
+        let (acks_tx, acks): (BrokerTx, _) = mpsc::unbounded_channel();
+        let (info_stop, sink_stop) = (CancellationToken::new(), CancellationToken::new());
+        let info = {
+            let (writer, devices) = (writer(config, &p.fs, data)?, p.metrics.devices.clone());
+            let (stop, clock) = (info_stop.clone(), p.clock.clone());
+            std::thread::Builder::new()
+                .name("device-info".into())
+                .spawn(move || deliver::device_info::run(writer, devices, stop, clock))
+                .map_err(|e| RunError::Thread("device-info", e))?
+        };
+        let worker = p.worker;
+        let worker = spawn_essential("ingest", p.stopping.clone(), died.clone(), move || {
+            worker.run(jobs_rx, acks_tx)
+        })?;
+        let wake_sink = p.reader.interrupter();
+        let setup = deliver::SinkSetup {
+            reader: p.reader,
+            writer: writer(config, &p.fs, data)?,
+            quarantine: p.db_quarantine,
+            cfg: config.batch.clone(),
+            metrics: p.metrics,
+            health: p.health,
+            runtime: tokio::runtime::Handle::current(),
+            stop: sink_stop.clone(),
+            state_path: Some(data.join("sink.state")),
+            flush: SHUTDOWN_FLUSH,
+            clock: p.clock,
+        };
+        let sink = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
+            deliver::run(setup)
+        })?;
+        Ok(Self {
+            worker,
+            sink,
+            info,
+            sink_stop,
+            info_stop,
+            wake_sink,
+            died,
+            jobs,
+            acks: Some(acks),
+        })
+    }
+
+    /// Once the MQTT task stopped: the worker finishes its commit, the sink writes what
+    /// flows for at most [`SHUTDOWN_FLUSH`] (the rest waits on disk), then the metadata
+    /// writer stops. An error if an essential thread had died.
+    pub(super) async fn stop(self) -> Result<(), RunError> {
+        let Self {
+            worker, sink, info, ..
+        } = self;
+        drop(self.jobs);
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        self.sink_stop.cancel();
+        self.wake_sink.interrupt();
+        let _ = tokio::task::spawn_blocking(move || sink.join()).await;
+        self.info_stop.cancel();
+        let _ = tokio::task::spawn_blocking(move || info.join()).await;
+        match self.died.which.get() {
+            Some(which) => Err(RunError::Died(which)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where lines go: the configured database, or line-protocol files under `data`.
+fn writer(config: &Config, fs: &SharedFs, data: &Path) -> Result<Box<dyn LineWriter>, RunError> {
+    let runtime = tokio::runtime::Handle::current();
+    Ok(match &config.database {
+        None => Box::new(deliver::FileWriter::new(fs.clone(), data.join("export"))),
+        Some(db) if db.api == DatabaseApi::V1 => {
+            Box::new(deliver::V1Writer::new(db.clone(), runtime)?)
+        }
+        Some(db) => Box::new(deliver::V2Writer::new(db.clone(), runtime)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_essential_thread_that_dies_is_reported_one_that_is_stopped_is_not() {
+        let (stopping, died) = (CancellationToken::new(), Death::default());
+        let t =
+            spawn_essential("ingest", stopping.clone(), died.clone(), || panic!("boom")).unwrap();
+        let _ = t.join();
+        assert!(died.token.is_cancelled(), "a panic is a death");
+        assert_eq!(died.which.get(), Some(&"ingest"));
+        let died = Death::default();
+        let t = spawn_essential("sink", stopping.clone(), died.clone(), || {}).unwrap();
+        let _ = t.join();
+        assert!(died.token.is_cancelled(), "returning early is a death too");
+        let died = Death::default();
+        stopping.cancel();
+        let t = spawn_essential("sink", stopping, died.clone(), || {}).unwrap();
+        let _ = t.join();
+        assert!(
+            !died.token.is_cancelled(),
+            "ending after the stop is normal"
+        );
+    }
+}
