@@ -108,11 +108,9 @@ pub async fn run(
         gw_stop_rx,
         metrics.clone(),
     ));
-    wait_until(Duration::from_secs(15), || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
-    })
-    .await
-    .map_err(|()| DemoError::NotConnected)?;
+    wait_until(Duration::from_secs(15), || metrics.counts().mqtt_connected)
+        .await
+        .map_err(|()| DemoError::NotConnected)?;
     eprintln!(
         "demo: {} devices in {} tenants → embedded broker {broker} → gateway → {}",
         devices.len(),
@@ -152,7 +150,7 @@ pub async fn run(
     let want = fleet_summary.acknowledged as f64;
     let _ = wait_until(Duration::from_secs(20), || {
         progress(started, &handle, &metrics);
-        metrics.total("vigie_readings_stored_total") >= want
+        (metrics.counts().readings_stored as f64) >= want
     })
     .await;
     eprintln!();
@@ -164,8 +162,8 @@ pub async fn run(
     }
     let summary = DemoSummary {
         acknowledged: fleet_summary.acknowledged,
-        stored: metrics.total("vigie_readings_stored_total") as u64,
-        rejected: metrics.total("vigie_frames_rejected_total") as u64,
+        stored: metrics.counts().readings_stored,
+        rejected: metrics.counts().frames_rejected,
     };
     if opts.keep_data {
         eprintln!("demo: data kept in {}", dir.display());
@@ -181,9 +179,9 @@ fn progress(started: Instant, fleet: &FleetHandle, m: &Metrics) {
         started.elapsed().as_secs_f64(),
         fleet.connected(),
         fleet.totals().acknowledged,
-        m.total("vigie_readings_stored_total") as u64,
-        m.total("vigie_frames_rejected_total") as u64,
-        m.total("vigie_buffer_pending_bytes") as u64 / 1024
+        m.counts().readings_stored,
+        m.counts().frames_rejected,
+        m.counts().buffer_pending_bytes / 1024
     );
     let _ = std::io::stderr().flush();
 }

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             jobs,
             admin_token: Some(Secret::new(TOKEN)),
             clock: gateway::clock::Clock::system(),
+            traffic: gateway::observe::Traffic::default(),
         };
         let app = gateway::web::http::guarded(gateway::web::http::router(service), Vec::new());
         let (mut client, server) = tokio::io::duplex(1 << 16);

@@ -362,7 +362,7 @@ impl InProcessGateway {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
         crate::wait_for("gateway connected", Duration::from_secs(20), async || {
-            metrics.total("vigie_mqtt_connected") >= 1.0
+            metrics.counts().mqtt_connected
         })
         .await;
         Self {
@@ -386,9 +386,9 @@ impl InProcessGateway {
         Self::start(fleet::gateway_config(dir, id, broker, Some(db))).await
     }
 
-    /// Sum of a metric over its labels.
-    pub fn total(&self, name: &str) -> f64 {
-        self.metrics.total(name)
+    /// What it counted so far.
+    pub fn counts(&self) -> gateway::observe::metrics::Counts {
+        self.metrics.counts()
     }
 
     /// Shuts it down and checks it ended cleanly.

@@ -86,13 +86,13 @@ async fn five_broker_crashes_under_load_lose_nothing() {
         summary.resent,
         summary.dropped,
         summary.waiting,
-        gw.total("vigie_frames_duplicate_total"),
-        gw.total("vigie_device_acks_total"),
+        (gw.counts().frames_duplicate as f64),
+        (gw.counts().device_acks as f64),
     );
     assert_all_stored(&summary, (stored, lost, duplicated));
     assert!(summary.recorded > 300, "{summary}");
     assert_eq!(summary.dropped, 0, "no ring overflowed: {summary}");
-    assert_eq!(gw.total("vigie_frames_rejected_total"), 0.0);
+    assert_eq!(gw.counts().frames_rejected, 0);
     gw.stop().await;
 }
 

@@ -56,19 +56,19 @@ async fn both_writers_trust_the_configured_ca_and_nothing_else() {
     wait_for(
         "the trusting gateway stores all",
         Duration::from_secs(30),
-        async || trusting.total("vigie_readings_stored_total") >= want,
+        async || (trusting.counts().readings_stored as f64) >= want,
     )
     .await;
     wait_for(
         "the trusting v1 gateway stores all",
         Duration::from_secs(30),
-        async || trusting_v1.total("vigie_readings_stored_total") >= want,
+        async || (trusting_v1.counts().readings_stored as f64) >= want,
     )
     .await;
     wait_for(
         "the doubting gateway's writes fail",
         Duration::from_secs(30),
-        async || doubting.total("vigie_write_errors_total") > 0.0,
+        async || doubting.counts().write_errors > 0,
     )
     .await;
 
@@ -91,13 +91,13 @@ async fn both_writers_trust_the_configured_ca_and_nothing_else() {
         "database over TLS: published={} stored_with_ca={} stored_without_ca={} \
          write_errors_without_ca={} buffered_without_ca={} bytes",
         load.expected.len(),
-        trusting.total("vigie_readings_stored_total") as u64,
-        doubting.total("vigie_readings_stored_total") as u64,
-        doubting.total("vigie_write_errors_total") as u64,
-        doubting.total("vigie_buffer_pending_bytes") as u64,
+        trusting.counts().readings_stored,
+        doubting.counts().readings_stored,
+        doubting.counts().write_errors,
+        doubting.counts().buffer_pending_bytes,
     );
-    assert_eq!(doubting.total("vigie_readings_stored_total"), 0.0);
-    assert!(doubting.total("vigie_buffer_pending_bytes") > 0.0);
+    assert_eq!(doubting.counts().readings_stored, 0);
+    assert!(doubting.counts().buffer_pending_bytes > 0);
     trusting.stop().await;
     trusting_v1.stop().await;
     doubting.stop().await;

@@ -132,7 +132,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         metrics.clone(),
     ));
     wait_for("connection", Duration::from_secs(15), async || {
-        metrics.total("vigie_mqtt_connected") >= 1.0
+        metrics.counts().mqtt_connected
     })
     .await;
     // The subscription follows the CONNACK; give the broker a moment to register it.
@@ -186,9 +186,9 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         "stored, rejected and held",
         Duration::from_secs(20),
         async || {
-            metrics.total("vigie_readings_stored_total") >= 30.0
-                && metrics.total("vigie_frames_rejected_total") >= 8.0
-                && metrics.total("vigie_frames_held_total") >= 1.0
+            metrics.counts().readings_stored >= 30
+                && metrics.counts().frames_rejected >= 8
+                && metrics.counts().frames_held >= 1
         },
     )
     .await;
@@ -203,9 +203,9 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     assert_eq!(reason("revoked"), 1);
     assert_eq!(reason("malformed"), 4);
     // Held, not refused: neither acknowledged nor quarantined (SPEC §13.3).
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 8.0);
-    assert_eq!(metrics.total("vigie_frames_held_total"), 1.0);
-    assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
+    assert_eq!(metrics.counts().frames_rejected, 8);
+    assert_eq!(metrics.counts().frames_held, 1);
+    assert_eq!(metrics.counts().frames_duplicate, 1);
 
     // Exactly the valid readings, once each, in the right tenant; beside them, each
     // registered device's metadata (`device_info`) in its own commune's files.
@@ -277,7 +277,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         .status();
     assert!(kill.unwrap().success());
     wait_for("registry reload", Duration::from_secs(10), async || {
-        metrics.total("vigie_registry_devices") >= 4.0
+        metrics.counts().registry_devices >= 4
     })
     .await;
     // The admin endpoint: refused without the token or with a wrong one, and bounded.
@@ -310,7 +310,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
         "{waited:?}"
     );
     assert_eq!(
-        metrics.total("vigie_readings_stored_total"),
+        (metrics.counts().readings_stored as f64),
         30.0,
         "nothing replayed without the token"
     );
@@ -327,7 +327,7 @@ async fn valid_traffic_stored_once_hostile_traffic_quarantined_then_replayed() {
     wait_for(
         "replayed frame stored",
         Duration::from_secs(10),
-        async || metrics.total("vigie_readings_stored_total") >= 31.0,
+        async || metrics.counts().readings_stored >= 31,
     )
     .await;
     let lines = exported(&config.gateway.data_dir.join("export"));

@@ -120,9 +120,9 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         "stored, rejected and held",
         Duration::from_secs(30),
         async || {
-            metrics.total("vigie_readings_stored_total") >= 31.0
-                && metrics.total("vigie_frames_rejected_total") >= 9.0
-                && metrics.total("vigie_frames_held_total") >= 1.0
+            metrics.counts().readings_stored >= 31
+                && metrics.counts().frames_rejected >= 9
+                && metrics.counts().frames_held >= 1
         },
     )
     .await;
@@ -150,7 +150,7 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
             ("kind_mismatch", 1),
         ]
     );
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 9.0);
+    assert_eq!(metrics.counts().frames_rejected, 9);
     // The future frame is held, not refused: no acknowledgement, no quarantine entry.
     let held = metrics
         .frames_held
@@ -159,9 +159,9 @@ async fn hostile_frames_are_rejected_with_their_reason_and_valid_ones_all_land()
         })
         .get();
     assert_eq!(held, 1);
-    assert_eq!(metrics.total("vigie_frames_held_total"), 1.0);
-    assert_eq!(metrics.total("vigie_frames_duplicate_total"), 1.0);
-    assert_eq!(metrics.total("vigie_readings_stored_total"), 31.0);
+    assert_eq!(metrics.counts().frames_held, 1);
+    assert_eq!(metrics.counts().frames_duplicate, 1);
+    assert_eq!(metrics.counts().readings_stored, 31);
 
     // Every rejected frame is in quarantine with its reason.
     let (entries, _) =
@@ -268,7 +268,7 @@ async fn a_replayed_reused_counter_stays_in_the_quarantine() {
     wait_for(
         "the newer frames stored",
         Duration::from_secs(20),
-        async || gw.metrics.total("vigie_frames_accepted_total") >= 71.0,
+        async || gw.metrics.counts().frames_accepted >= 71,
     )
     .await;
     // The operator's command (it blocks: off the test's runtime).
@@ -319,7 +319,7 @@ async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
     let resent: Vec<_> = (0..20).flat_map(|_| outbox.clone()).collect();
     fleet::publish_all(broker.addr, &resent).await;
     wait_for("every resend judged", Duration::from_secs(20), async || {
-        gw.metrics.total("vigie_frames_rejected_total") >= 100.0
+        gw.metrics.counts().frames_rejected >= 100
     })
     .await;
     let qdir = config.gateway.data_dir.join("quarantine");
@@ -330,10 +330,10 @@ async fn a_refused_frame_resent_is_counted_each_time_and_quarantined_once() {
     let (entries, _) = gateway::store::quarantine::read_all(&qdir).unwrap();
     eprintln!(
         "resent refused frames: {} arrivals counted, {} quarantine entries",
-        gw.metrics.total("vigie_frames_rejected_total"),
+        (gw.metrics.counts().frames_rejected as f64),
         entries.len()
     );
-    assert_eq!(gw.metrics.total("vigie_frames_rejected_total"), 100.0);
+    assert_eq!(gw.metrics.counts().frames_rejected, 100);
     assert_eq!(entries.len(), 5, "each refused frame once");
     gw.stop().await;
 }
@@ -369,15 +369,15 @@ async fn device_acknowledgements_the_broker_refuses_are_counted_as_refused() {
         .collect();
     fleet::publish_all(broker.addr, &frames).await;
     wait_for("the refusals seen", Duration::from_secs(20), async || {
-        gw.metrics.total("vigie_device_acks_refused_total") >= 1.0
+        gw.metrics.counts().device_acks_refused >= 1
     })
     .await;
     eprintln!(
         "acknowledgements refused by the broker: refused={} counted as sent={}",
-        gw.metrics.total("vigie_device_acks_refused_total"),
-        gw.metrics.total("vigie_device_acks_total")
+        (gw.metrics.counts().device_acks_refused as f64),
+        (gw.metrics.counts().device_acks as f64)
     );
-    assert_eq!(gw.metrics.total("vigie_device_acks_total"), 0.0);
+    assert_eq!(gw.metrics.counts().device_acks, 0);
     gw.stop().await;
 }
 

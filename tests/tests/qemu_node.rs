@@ -139,7 +139,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
 
     let gw = InProcessGateway::start(config).await;
     let metrics = &gw.metrics;
-    let stored = || metrics.total("vigie_readings_stored_total");
+    let stored = || metrics.counts().readings_stored as f64;
 
     // Boot 1.
     let modem = ModemEmulator::start_on(network.clone()).await;
@@ -280,7 +280,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
             tokio::time::sleep(Duration::from_millis(500)).await;
             let (now, settled) = (stored(), last == stored());
             last = now;
-            settled && metrics.total("vigie_buffer_pending_bytes") == 0.0
+            settled && metrics.counts().buffer_pending_bytes == 0
         },
     )
     .await;
@@ -295,10 +295,10 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         stored() as u64,
         queued.len(),
         waiting.len(),
-        metrics.total("vigie_frames_accepted_total") as u64,
-        metrics.total("vigie_frames_duplicate_total") as u64,
-        metrics.total("vigie_frames_rejected_total") as u64,
-        metrics.total("vigie_device_acks_total") as u64,
+        metrics.counts().frames_accepted,
+        metrics.counts().frames_duplicate,
+        metrics.counts().frames_rejected,
+        metrics.counts().device_acks,
         modem.connections.load(std::sync::atomic::Ordering::Relaxed)
     );
     assert_eq!(console.matches("vigie: node").count(), 4, "{console}");
@@ -317,7 +317,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     let highest_queued = queued.iter().map(|q| q.0).max().unwrap_or(0);
     assert!(counters[3] > highest_queued, "{counters:?} {queued:?}");
     // No counter reused, nothing forged or malformed: the gateway rejected nothing.
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
+    assert_eq!(metrics.counts().frames_rejected, 0);
 
     // The database holds each stored reading once: one (measurement, time) per reading.
     let points =

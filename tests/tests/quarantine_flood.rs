@@ -83,7 +83,7 @@ async fn a_flooding_device_never_evicts_another_devices_settled_frames() {
     wait_for(
         "the victim's refusals quarantined",
         Duration::from_secs(20),
-        async || metrics.total("vigie_frames_rejected_total") >= 5.0,
+        async || metrics.counts().frames_rejected >= 5,
     )
     .await;
     // The flood: forged frames on its own topic (another device's key), frames of the
@@ -125,7 +125,7 @@ async fn a_flooding_device_never_evicts_another_devices_settled_frames() {
     // More forged waves until rotation has evicted something: a rotation evicts the file
     // before it, so how many it takes depends on how the flood was batched (six at most).
     for wave in 1..=6u32 {
-        if metrics.total("vigie_quarantine_evicted_total") > 0.0 {
+        if metrics.counts().quarantine_evicted > 0 {
             break;
         }
         let forged: Vec<_> = (0..FORGED)
@@ -158,7 +158,7 @@ async fn a_flooding_device_never_evicts_another_devices_settled_frames() {
             .filter(|e| e.acknowledged && e.topic == format!("vigie/v1/lyon/{device}/up"))
             .count() as u64
     };
-    let evicted = metrics.total("vigie_quarantine_evicted_total");
+    let evicted = metrics.counts().quarantine_evicted as f64;
     eprintln!(
         "quarantine flood: forged={FORGED} evicted={evicted} victim settled={} in quarantine={}; \
          flooder wrong kind={WRONG_KIND} refused={} (in quarantine {}) held={}",

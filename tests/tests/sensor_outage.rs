@@ -100,13 +100,13 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
     wait_for(
         "every acknowledged reading stored",
         Duration::from_secs(30),
-        async || metrics.total("vigie_readings_stored_total") >= want,
+        async || (metrics.counts().readings_stored as f64) >= want,
     )
     .await;
     // Every acknowledged reading is stored. A few of those the full ring dropped may be
     // stored too: the gateway held them, but its acknowledgement never reached the device
     // before the link went down, so the node counts them lost (an upper bound).
-    let stored = metrics.total("vigie_readings_stored_total");
+    let stored = metrics.counts().readings_stored as f64;
     eprintln!(
         "sensor_outage: recorded={} stored={stored} lost={} dropped_by_the_node={} \
          (of which stored anyway: {})",
@@ -119,7 +119,7 @@ async fn queued_readings_arrive_with_their_times_and_overflow_is_counted() {
         stored >= want && stored <= (summary.recorded) as f64,
         "stored {stored}: {summary}"
     );
-    assert_eq!(metrics.total("vigie_frames_rejected_total"), 0.0);
+    assert_eq!(metrics.counts().frames_rejected, 0);
 
     // The short outage left no hole: consecutive readings are about one interval apart,
     // the queued ones with their own times. At 3000× a 0.1 s scheduling hiccup of the

@@ -210,7 +210,7 @@ async fn a_device_clock_ahead_loses_no_acknowledged_reading() {
     let (_keep, never) = watch::channel(false);
     let summary = fleet.run(never).await;
     let (stored, lost, duplicated) = fleet_outcome(influx.addr, &summary).await;
-    let held = gw.total("vigie_frames_held_total");
+    let held = gw.counts().frames_held as f64;
     eprintln!(
         "device clock 35 s ahead (bound 30 s): recorded={} acknowledged={} resent={} \
          stored={stored} lost={lost} duplicated={duplicated} waiting={} held={held} rejected={}",
@@ -218,10 +218,10 @@ async fn a_device_clock_ahead_loses_no_acknowledged_reading() {
         summary.acknowledged,
         summary.resent,
         summary.waiting,
-        gw.total("vigie_frames_rejected_total"),
+        (gw.counts().frames_rejected as f64),
     );
     assert_all_stored(&summary, (stored, lost, duplicated));
     assert!(held > 0.0, "readings ahead were held: {held}");
-    assert_eq!(gw.total("vigie_frames_rejected_total"), 0.0);
+    assert_eq!(gw.counts().frames_rejected, 0);
     gw.stop().await;
 }

@@ -5,7 +5,7 @@
 use super::confirm::{self, Confirm, Settled};
 use super::{Sink, Written};
 use crate::ingest::lock;
-use crate::observe::metrics::{ReasonLabel, TenantLabel};
+use crate::observe::metrics::ReasonLabel;
 use crate::store::quarantine::{self, Origin};
 use std::time::Instant;
 use vigie_core::deliver::retry;
@@ -162,11 +162,7 @@ impl Sink {
 
     pub(super) fn settled(&mut self, settled: Settled) {
         let stored = |sink: &Self, tenant: &str, n: u64| {
-            sink.s
-                .metrics
-                .readings_stored
-                .get_or_create(&TenantLabel::of(tenant))
-                .inc_by(n);
+            sink.s.metrics.readings_stored.of(tenant).inc_by(n);
         };
         match settled {
             Settled::Kept { stored: done, head } => {

@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::config::BatchConfig;
 use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
 use crate::observe::health::{Health, Tenant};
-use crate::observe::metrics::{ClassLabel, Metrics, TenantLabel, gauge};
+use crate::observe::metrics::{ClassLabel, Metrics, gauge};
 use crate::store::buffer::{Item, Position, Reader};
 use confirm::Confirm;
 use lanes::Lanes;
@@ -181,11 +181,7 @@ pub fn run(mut setup: SinkSetup) {
         confirm_errors: 0,
     };
     for tenant in sink.lanes.behind.keys() {
-        sink.s
-            .metrics
-            .tenant_behind
-            .get_or_create(&TenantLabel::of(tenant))
-            .set(1);
+        sink.s.metrics.tenant_behind.of(tenant).set(1);
     }
     sink.run();
 }
@@ -421,11 +417,7 @@ impl Sink {
             .failed(tenant, from, error.clone(), wait, self.s.clock.now_ms());
         if first {
             tracing::error!(tenant, %error, "tenant held: its readings wait in the buffer and are retried on their own; other tenants go on");
-            self.s
-                .metrics
-                .tenant_behind
-                .get_or_create(&TenantLabel::of(tenant))
-                .set(1);
+            self.s.metrics.tenant_behind.of(tenant).set(1);
         } else {
             tracing::debug!(tenant, %error, "tenant still held; retrying in {wait:?}");
         }
@@ -436,11 +428,7 @@ impl Sink {
             tenant,
             "tenant caught up; its database accepts writes again"
         );
-        self.s
-            .metrics
-            .tenant_behind
-            .get_or_create(&TenantLabel::of(tenant))
-            .set(0);
+        self.s.metrics.tenant_behind.of(tenant).set(0);
     }
 
     /// Lets the buffer drop what is stored, persists progress, updates health.
@@ -526,10 +514,7 @@ impl Sink {
                     // Stored once the database's counters say it kept them.
                     Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
                     None => {
-                        metrics
-                            .readings_stored
-                            .get_or_create(&TenantLabel::of(tenant))
-                            .inc_by(n as u64);
+                        metrics.readings_stored.of(tenant).inc_by(n as u64);
                     }
                 }
                 Written::Stored

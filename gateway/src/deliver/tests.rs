@@ -11,7 +11,7 @@ use vigie_core::record::Record;
 fn stored(m: &Metrics) -> u64 {
     ["a", "b", "lyon", "nice"]
         .iter()
-        .map(|t| m.readings_stored.get_or_create(&TenantLabel::of(t)).get())
+        .map(|t| m.readings_stored.of(t).get())
         .sum()
 }
 
@@ -285,13 +285,7 @@ fn a_refusing_tenant_is_held_while_the_others_flow_then_catches_up() {
         )
     });
     assert!(run.lines().iter().all(|l| l.starts_with("nice:")));
-    assert_eq!(
-        run.metrics
-            .tenant_behind
-            .get_or_create(&TenantLabel::of("lyon"))
-            .get(),
-        1
-    );
+    assert_eq!(run.metrics.tenant_behind.of("lyon").get(), 1);
     assert!(
         run.buffer.pending_bytes() > 0,
         "lyon's records stay in the buffer"
@@ -306,13 +300,7 @@ fn a_refusing_tenant_is_held_while_the_others_flow_then_catches_up() {
     let (all, metrics, _dir) = run.stop();
     assert_eq!(all.len(), 40, "{all:?}");
     assert_eq!(stored(&metrics), 40);
-    assert_eq!(
-        metrics
-            .tenant_behind
-            .get_or_create(&TenantLabel::of("lyon"))
-            .get(),
-        0
-    );
+    assert_eq!(metrics.tenant_behind.of("lyon").get(), 0);
 }
 
 #[test]

@@ -146,6 +146,8 @@ pub struct Worker {
     host_clock: HostClock,
     /// The service's clock.
     clock: Clock,
+    /// Device state and live feed.
+    traffic: crate::observe::Traffic,
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
     /// an allocated label under a lock, per frame otherwise).
     tenant_readings: FastMap<String, Counter>,
@@ -214,6 +216,8 @@ pub struct WorkerSetup {
     pub host_clock: clock::SyncSource,
     /// The service's clock.
     pub clock: Clock,
+    /// Device state and live feed, written as frames are judged.
+    pub traffic: crate::observe::Traffic,
 }
 
 /// Locks a shared quarantine (a panic elsewhere leaves it usable: its state is on disk).

@@ -3,9 +3,9 @@
 
 use super::{BrokerTx, Inbound, ReplaySummary, ToBroker, Worker};
 use crate::observe::devices::Stored;
-use crate::observe::metrics::{ReasonLabel, TenantLabel};
+use crate::observe::feed::{self, Verdict};
+use crate::observe::metrics::ReasonLabel;
 use crate::store::quarantine;
-use crate::web::feed::{self, Verdict};
 use vigie_core::ack::settle::Settled;
 use vigie_core::condition::missing::Gap;
 use vigie_core::judge::batch::Outcome;
@@ -48,7 +48,7 @@ impl Worker {
                 device,
                 online,
             } => {
-                self.metrics.devices.update(|b| {
+                self.traffic.devices.update(|b| {
                     b.status(tenant, device, *online, m.received_ms);
                 });
                 let verdict = if *online {
@@ -85,7 +85,7 @@ impl Worker {
                 .flatten()
                 .filter(|_| *reason != Reason::CounterReused);
             let highest = self.book.highest(tenant, device, dev.key.epoch());
-            self.metrics.devices.update(|b| {
+            self.traffic.devices.update(|b| {
                 b.rejected(tenant, device, reason.code(), m.received_ms);
                 if let Some(h) = arrived {
                     b.refused(tenant, device, h.counter, highest);
@@ -117,7 +117,7 @@ impl Worker {
         self.to_feed(m, Verdict::Held, Some(reason.code()));
         if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
             let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str());
-            self.metrics
+            self.traffic
                 .devices
                 .update(|b| b.held(tenant, device, reason.code(), m.received_ms));
             let (log, left_out) = self.hold_log.admit(m.received_ms);
@@ -222,18 +222,14 @@ impl Worker {
         for a in accepted {
             let tenant: &str = &a.record.tenant;
             if !self.tenant_readings.contains_key(tenant) {
-                let counter = self
-                    .metrics
-                    .readings_accepted
-                    .get_or_create(&TenantLabel::of(tenant))
-                    .clone();
+                let counter = self.metrics.readings_accepted.of(tenant).clone();
                 self.tenant_readings.insert(tenant.to_owned(), counter);
             }
             if let Some(counter) = self.tenant_readings.get(tenant) {
                 counter.inc_by(u64::from(a.record.readings));
             }
         }
-        self.metrics.devices.update(|b| {
+        self.traffic.devices.update(|b| {
             for (a, gap) in accepted.iter().zip(gaps) {
                 let r = &a.record;
                 let frame = Stored {
@@ -247,7 +243,7 @@ impl Worker {
                 b.stored(&r.tenant, &r.device, frame, &a.glance, now_ms);
             }
         });
-        self.metrics
+        self.traffic
             .feed
             .push_all(accepted.iter().map(|a| feed::New {
                 at_ms: now_ms,
@@ -262,7 +258,7 @@ impl Worker {
     /// Tells the live feed what became of a message whose topic names a device.
     fn to_feed(&self, m: &Inbound, verdict: Verdict, reason: Option<&'static str>) {
         if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
-            self.metrics.feed.push(feed::New {
+            self.traffic.feed.push(feed::New {
                 at_ms: m.received_ms,
                 tenant: t.who.tenant.as_str(),
                 device: t.who.device.as_str(),

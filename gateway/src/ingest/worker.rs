@@ -7,6 +7,7 @@ use super::{
     WorkerSetup, corrupt_entry, lock,
 };
 use crate::clock::HostClock;
+use crate::observe::Traffic;
 use crate::observe::health::{Health, Store};
 use crate::observe::metrics::{Metrics, gauge};
 use crate::store::buffer::{Buffer, BufferError, Recovered, Recovery};
@@ -23,10 +24,10 @@ use vigie_core::judge::verify::{self, Context};
 use vigie_core::record::Record;
 
 /// The registry's size and tenants in the metrics.
-pub(super) fn note_registry(metrics: &Metrics, registry: &Registry) {
+pub(super) fn note_registry(metrics: &Metrics, traffic: &Traffic, registry: &Registry) {
     metrics.registry_devices.set(gauge(registry.len() as u64));
     metrics.know_tenants(registry.entries().iter().map(|e| e.tenant.as_str()));
-    metrics.devices.set_roster(registry.entries());
+    traffic.devices.set_roster(registry.entries());
 }
 
 impl Worker {
@@ -41,7 +42,7 @@ impl Worker {
     ) -> Result<(Self, crate::store::buffer::Reader), BufferError> {
         let mut setup = setup;
         let (buffer, book) = recover(&mut setup, &metrics)?;
-        note_registry(&metrics, &setup.registry);
+        note_registry(&metrics, &setup.traffic, &setup.registry);
         let reader = buffer.reader();
         let reserve = Reserve {
             path: setup.snapshot_path.with_file_name("reserve"),
@@ -71,6 +72,7 @@ impl Worker {
             refused_lately: Default::default(),
             host_clock,
             clock: setup.clock,
+            traffic: setup.traffic,
             tenant_readings: FastMap::default(),
         };
         worker.update_buffer_gauges();
@@ -90,7 +92,7 @@ impl Worker {
                         if let Some(max_age) = max_age {
                             self.rules.max_age_s = max_age.as_secs();
                         }
-                        note_registry(&self.metrics, &r);
+                        note_registry(&self.metrics, &self.traffic, &r);
                         self.registry = *r;
                     }
                     Job::ReplayQuarantine(reply) => {
@@ -114,10 +116,10 @@ impl Worker {
                 break;
             }
             self.collect_garbage();
-            self.metrics.devices.save_if_due();
+            self.traffic.devices.save_if_due();
         }
         self.collect_garbage();
-        self.metrics.devices.save();
+        self.traffic.devices.save();
     }
 
     /// Judges, stores and acknowledges a batch. `None` if shutdown interrupted it (nothing

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::registry::{Registry, RegistryFile};
 use crate::ingest::{SharedQuarantine, Worker, WorkerSetup};
+use crate::observe::Traffic;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::store::{fs, quarantine::Quarantine};
@@ -21,7 +22,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use threads::{Parts, Threads};
+use threads::Threads;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -90,63 +91,65 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     run_with_metrics(config, shutdown, Arc::new(Metrics::default())).await
 }
 
+/// What every part of the running service shares: counters, health, what the traffic
+/// shows, the one clock and the one shutdown token.
+#[derive(Debug, Clone)]
+pub(crate) struct Common {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) traffic: Traffic,
+    pub(crate) clock: Clock,
+    pub(crate) stopping: CancellationToken,
+}
+
 /// [`run`] with caller-held metrics (the demo and tests read them).
 pub async fn run_with_metrics(
     config: Config,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
-    let (stopping, clock) = (token_of(shutdown), Clock::system());
     let data = config.gateway.data_dir.clone();
     let _lock = open_data_dir(&data)?;
     let registry = Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
-    metrics.devices.restore(&data);
-    let (options, filter) = mqtt(&config)?;
-    let health = Arc::new(Health::default());
-    let (worker, reader, db_quarantine) =
-        open_worker(&config, registry, &metrics, &health, &stopping, &clock).await?;
-    let parts = Parts {
-        worker,
-        reader,
-        db_quarantine,
-        fs: fs::real(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        stopping: stopping.clone(),
-        clock: clock.clone(),
+    let c = Common {
+        metrics,
+        health: Arc::new(Health::default()),
+        traffic: Traffic::default(),
+        clock: Clock::system(),
+        stopping: token_of(shutdown),
     };
-    let mut threads = Threads::start(&config, &data, parts)?;
-    stop_when_dead(&threads, &stopping);
+    c.traffic.devices.restore(&data);
+    let (options, filter) = mqtt(&config)?;
+    let (worker, reader, db_quarantine) = open_worker(&config, registry, &c).await?;
+    let mut threads = Threads::start(&config, &data, worker, reader, db_quarantine, &c)?;
+    stop_when_dead(&threads, &c.stopping);
     let reload = Reload::new(
         config.gateway.registry.clone(),
         threads.jobs.clone(),
-        metrics.clone(),
-        health.clone(),
+        c.metrics.clone(),
+        c.health.clone(),
     )
     .checking_retention(Arc::new(config.clone()));
-    let mut tasks = serve_http(
-        &config, &metrics, &health, &threads, &reload, &stopping, &clock,
-    )
-    .await?;
-    tasks.spawn(reload::on_sighup(reload, stopping.clone()));
+    let mut tasks = serve_http(&config, &threads, &reload, &c).await?;
+    tasks.spawn(reload::on_sighup(reload, c.stopping.clone()));
     // Up: stores open, threads running, status port bound. (Connected or not: a broker
     // that is down is reported by /readyz and retried, not a failed start.)
     systemd::ready();
-    tasks.spawn(systemd::watchdog(stopping.clone()));
+    tasks.spawn(systemd::watchdog(c.stopping.clone()));
     let links = intake::mqtt::Links {
         filter,
         jobs: threads.jobs.clone(),
         acks: threads.acks.take().ok_or(RunError::Died("mqtt"))?,
-        metrics,
-        health,
-        stopping: stopping.clone(),
-        clock,
+        metrics: c.metrics.clone(),
+        health: c.health.clone(),
+        stopping: c.stopping.clone(),
+        clock: c.clock.clone(),
     };
     intake::mqtt::run(options, links).await;
     // MQTT has stopped consuming and sent the acks for what was stored. Let the others go.
     systemd::stopping();
-    stopping.cancel();
+    c.stopping.cancel();
     while tasks.join_next().await.is_some() {}
     threads.stop().await?;
     tracing::info!("stopped");
@@ -208,10 +211,7 @@ fn mqtt(config: &Config) -> Result<(intake::mqtt::Options, String), RunError> {
 async fn open_worker(
     config: &Config,
     registry: Registry,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
-    stopping: &CancellationToken,
-    clock: &Clock,
+    c: &Common,
 ) -> Result<(Worker, store::buffer::Reader, SharedQuarantine), RunError> {
     let data = &config.gateway.data_dir;
     let open_quarantine = |dir: &str| {
@@ -242,21 +242,24 @@ async fn open_worker(
             .map(|d| d.string_fields())
             .unwrap_or_default(),
         host_clock: config.validation.host_clock.clone(),
-        clock: clock.clone(),
+        clock: c.clock.clone(),
+        traffic: c.traffic.clone(),
     };
-    let (worker, reader) = Worker::open(setup, metrics.clone(), health.clone(), stopping.clone())?;
+    let (worker, reader) = Worker::open(
+        setup,
+        c.metrics.clone(),
+        c.health.clone(),
+        c.stopping.clone(),
+    )?;
     Ok((worker, reader, db_quarantine))
 }
 
 /// The status port and the public view, each if configured, serving until `stopping`.
 async fn serve_http(
     config: &Config,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
     threads: &Threads,
     reload: &Reload,
-    stopping: &CancellationToken,
-    clock: &Clock,
+    c: &Common,
 ) -> Result<JoinSet<()>, RunError> {
     let mut tasks = JoinSet::new();
     let hosts = &config.http.allowed_hosts;
@@ -266,15 +269,16 @@ async fn serve_http(
             .map_err(|source| RunError::Listen { addr, source })?;
         tracing::info!(%addr, "status page on http://{addr}/, metrics on http://{addr}/metrics");
         let service = web::http::Service {
-            metrics: metrics.clone(),
-            health: health.clone(),
+            metrics: c.metrics.clone(),
+            health: c.health.clone(),
             jobs: threads.jobs.clone(),
             reload: reload.clone(),
             admin_token: config.http.admin_token.clone(),
-            clock: clock.clone(),
+            clock: c.clock.clone(),
+            traffic: c.traffic.clone(),
         };
         let app = web::http::guarded(web::http::router(service), hosts.clone());
-        tasks.spawn(web::http::serve(listener, app, stopping.clone()));
+        tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
     }
     if let Some(addr) = config.http.public_listen {
         let listener = web::http::bind(addr)
@@ -282,9 +286,9 @@ async fn serve_http(
             .map_err(|source| RunError::Listen { addr, source })?;
         let tenants = config.http.public_tenants.clone();
         tracing::info!(%addr, ?tenants, "public status view on http://{addr}/");
-        let router = web::http::public_router(metrics.clone(), tenants, clock.clone());
+        let router = web::http::public_router(c.traffic.clone(), tenants, c.clock.clone());
         let app = web::http::guarded(router, hosts.clone());
-        tasks.spawn(web::http::serve(listener, app, stopping.clone()));
+        tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
     }
     Ok(tasks)
 }

@@ -2,13 +2,10 @@
 //! exits with an error) and the device-metadata writer; started together, stopped in
 //! order.
 
-use super::{RunError, SHUTDOWN_FLUSH};
-use crate::clock::Clock;
+use super::{Common, RunError, SHUTDOWN_FLUSH};
 use crate::config::{Config, DatabaseApi};
 use crate::deliver::{self, LineWriter};
 use crate::ingest::{BrokerTx, Job, SharedQuarantine, ToBroker, Worker};
-use crate::observe::health::Health;
-use crate::observe::metrics::Metrics;
 use crate::store::buffer::{Interrupter, Reader};
 use crate::store::fs::SharedFs;
 use std::path::Path;
@@ -49,19 +46,6 @@ pub(super) fn spawn_essential(
         .map_err(|e| RunError::Thread(name, e))
 }
 
-/// What the threads need from the composition root.
-#[derive(Debug)]
-pub(super) struct Parts {
-    pub(super) worker: Worker,
-    pub(super) reader: Reader,
-    pub(super) db_quarantine: SharedQuarantine,
-    pub(super) fs: SharedFs,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) health: Arc<Health>,
-    pub(super) stopping: CancellationToken,
-    pub(super) clock: Clock,
-}
-
 /// The running threads and the channels into and out of the worker.
 #[derive(Debug)]
 pub(super) struct Threads {
@@ -80,36 +64,43 @@ pub(super) struct Threads {
 
 impl Threads {
     /// Starts the worker, the sink and the device-metadata writer.
-    pub(super) fn start(config: &Config, data: &Path, p: Parts) -> Result<Self, RunError> {
+    pub(super) fn start(
+        config: &Config,
+        data: &Path,
+        worker: Worker,
+        reader: Reader,
+        db_quarantine: SharedQuarantine,
+        c: &Common,
+    ) -> Result<Self, RunError> {
+        let fs = crate::store::fs::real();
         let died = Death::default();
         let (jobs, jobs_rx) = mpsc::channel(4096);
         let (acks_tx, acks): (BrokerTx, _) = mpsc::unbounded_channel();
         let (info_stop, sink_stop) = (CancellationToken::new(), CancellationToken::new());
         let info = {
-            let (writer, devices) = (writer(config, &p.fs, data)?, p.metrics.devices.clone());
-            let (stop, clock) = (info_stop.clone(), p.clock.clone());
+            let (writer, devices) = (writer(config, &fs, data)?, c.traffic.devices.clone());
+            let (stop, clock) = (info_stop.clone(), c.clock.clone());
             std::thread::Builder::new()
                 .name("device-info".into())
                 .spawn(move || deliver::device_info::run(writer, devices, stop, clock))
                 .map_err(|e| RunError::Thread("device-info", e))?
         };
-        let worker = p.worker;
-        let worker = spawn_essential("ingest", p.stopping.clone(), died.clone(), move || {
+        let worker = spawn_essential("ingest", c.stopping.clone(), died.clone(), move || {
             worker.run(jobs_rx, acks_tx)
         })?;
-        let wake_sink = p.reader.interrupter();
+        let wake_sink = reader.interrupter();
         let setup = deliver::SinkSetup {
-            reader: p.reader,
-            writer: writer(config, &p.fs, data)?,
-            quarantine: p.db_quarantine,
+            reader,
+            writer: writer(config, &fs, data)?,
+            quarantine: db_quarantine,
             cfg: config.batch.clone(),
-            metrics: p.metrics,
-            health: p.health,
+            metrics: c.metrics.clone(),
+            health: c.health.clone(),
             runtime: tokio::runtime::Handle::current(),
             stop: sink_stop.clone(),
             state_path: Some(data.join("sink.state")),
             flush: SHUTDOWN_FLUSH,
-            clock: p.clock,
+            clock: c.clock.clone(),
         };
         let sink = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
             deliver::run(setup)

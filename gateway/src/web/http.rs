@@ -18,6 +18,8 @@
 use crate::clock::Clock;
 use crate::config::Secret;
 use crate::ingest::Job;
+use crate::observe::Traffic;
+use crate::observe::devices::Devices;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::web::page::{self, Lang, View};
@@ -66,6 +68,8 @@ pub struct Service {
     pub admin_token: Option<Secret>,
     /// The service's clock.
     pub clock: Clock,
+    /// Device state and live feed.
+    pub traffic: Traffic,
 }
 
 /// The routes.
@@ -160,7 +164,7 @@ async fn secure_headers(request: Request, next: Next) -> Response {
 }
 
 /// The public view's routes: the commune pages of `tenants`, nothing else.
-pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>, clock: Clock) -> Router {
+pub fn public_router(traffic: Traffic, tenants: Vec<String>, clock: Clock) -> Router {
     Router::new()
         .route("/", get(public_index))
         .route("/commune/:tenant", get(public_commune))
@@ -168,7 +172,7 @@ pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>, clock: Clock) 
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY as usize))
         .with_state(Arc::new(Public {
-            metrics,
+            traffic,
             tenants,
             clock,
         }))
@@ -177,7 +181,7 @@ pub fn public_router(metrics: Arc<Metrics>, tenants: Vec<String>, clock: Clock) 
 /// What the public view reads.
 #[derive(Debug)]
 struct Public {
-    metrics: Arc<Metrics>,
+    traffic: Traffic,
     tenants: Vec<String>,
     clock: Clock,
 }
@@ -255,7 +259,7 @@ async fn metrics(State(s): Shared) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        s.metrics.render(&s.traffic.devices),
     )
 }
 
@@ -288,7 +292,7 @@ async fn devices(State(s): Shared, Query(q): Query<PageQuery>) -> impl IntoRespo
     let now = s.clock.now_ms();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        s.metrics.devices.read_all(|roster, book| {
+        s.traffic.devices.read_all(|roster, book| {
             crate::observe::devices::served_json(roster, book, now, q.tenant.as_deref())
         }),
     )
@@ -303,25 +307,25 @@ async fn frames(
     Query(q): Query<PageQuery>,
 ) -> impl IntoResponse {
     let events = s
-        .metrics
+        .traffic
         .feed
         .of(&tenant, &device, q.after.unwrap_or(0), MAX_FRAMES);
     axum::Json(serde_json::json!({
-        "last_seq": s.metrics.feed.last_seq(),
+        "last_seq": s.traffic.feed.last_seq(),
         "events": events,
     }))
 }
 
 /// Renders a page of the view of the communes `shown` accepts, or 404.
 fn page(
-    metrics: &Metrics,
+    devices: &Devices,
     now: u64,
     health: Option<&crate::observe::health::Snapshot>,
     lang: Option<&str>,
     shown: impl Fn(&str) -> bool,
     render: impl FnOnce(&View) -> Option<String>,
 ) -> Response {
-    let html = metrics.devices.read_all(|roster, book| {
+    let html = devices.read_all(|roster, book| {
         let mut v = View::new(roster, book, now, shown);
         v.lang = Lang::from_query(lang);
         v.health = health;
@@ -341,7 +345,7 @@ fn page(
 async fn overview(State(s): Shared, Query(q): Query<PageQuery>) -> Response {
     let health = s.health.snapshot();
     page(
-        &s.metrics,
+        &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
@@ -357,7 +361,7 @@ async fn commune(
 ) -> Response {
     let health = s.health.snapshot();
     page(
-        &s.metrics,
+        &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
@@ -372,9 +376,9 @@ async fn device_page(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let health = s.health.snapshot();
-    let events = s.metrics.feed.of(&tenant, &device, 0, 50);
+    let events = s.traffic.feed.of(&tenant, &device, 0, 50);
     page(
-        &s.metrics,
+        &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
         q.lang.as_deref(),
@@ -386,7 +390,7 @@ async fn device_page(
 async fn public_index(State(p): State<Arc<Public>>, Query(q): Query<PageQuery>) -> Response {
     let shown = |t: &str| p.tenants.iter().any(|x| x == t);
     page(
-        &p.metrics,
+        &p.traffic.devices,
         p.clock.now_ms(),
         None,
         q.lang.as_deref(),
@@ -402,7 +406,7 @@ async fn public_commune(
 ) -> Response {
     let shown = |t: &str| p.tenants.iter().any(|x| x == t);
     page(
-        &p.metrics,
+        &p.traffic.devices,
         p.clock.now_ms(),
         None,
         q.lang.as_deref(),
@@ -481,6 +485,7 @@ mod tests {
         let registry = std::path::PathBuf::from("/nonexistent/devices.toml");
         Service {
             clock: Clock::system(),
+            traffic: Traffic::default(),
             reload: crate::Reload::new(registry, jobs.clone(), metrics.clone(), health.clone()),
             metrics,
             health,

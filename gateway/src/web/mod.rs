@@ -1,6 +1,5 @@
 //! The web side: the HTTP server (`/metrics`, `/healthz`, `/readyz`, `/devices`, the
-//! status pages, quarantine replay) and the live feed it shows.
+//! status pages, quarantine replay).
 
-pub mod feed;
 pub mod http;
 pub mod page;

@@ -17,8 +17,8 @@ pub mod words;
 
 use crate::fleet::registry::DeviceKind;
 use crate::observe::devices::{DeviceBook, DeviceState, Listing};
+use crate::observe::feed::{Event, Verdict};
 use crate::observe::health::{Snapshot, Tenant};
-use crate::web::feed::{Event, Verdict};
 use chart::Series;
 use std::collections::BTreeMap;
 use std::fmt::Write;
