@@ -25,6 +25,7 @@ pub mod judge;
 pub mod output;
 pub mod record;
 mod secret;
+pub mod session;
 
 pub use secret::Secret;
 

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 const READ_ROOM: usize = 64 * 1024;
 
 /// A byte stream to the broker.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Why a connection failed or ended.
@@ -87,6 +87,12 @@ impl Connection {
     /// Connects, sends CONNECT and waits for the broker's CONNACK (refused: an error).
     pub async fn open(o: &Options) -> Result<(Self, ConnAck), ConnError> {
         let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
+        let stream = Self::secure(o, tcp).await?;
+        Self::handshake(stream, o).await
+    }
+
+    /// TCP as it is, or TLS over it, as `o` says.
+    async fn secure(o: &Options, tcp: TcpStream) -> Result<Box<dyn Stream>, ConnError> {
         // Writes are whole turns of the loop already; Nagle would only delay them.
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Stream> = match &o.tls {
@@ -98,6 +104,24 @@ impl Connection {
                 Box::new(connector.connect(name, tcp).await?)
             }
         };
+        Ok(stream)
+    }
+
+    /// A connection over `stream` whose handshake is done (tests: a scripted broker).
+    #[cfg(test)]
+    pub fn over(stream: Box<dyn Stream>) -> Self {
+        Self {
+            stream,
+            read: BytesMut::with_capacity(READ_ROOM),
+            write: BytesMut::new(),
+        }
+    }
+
+    /// Sends CONNECT over `stream` and waits for the broker's CONNACK (refused: an error).
+    pub async fn handshake(
+        stream: Box<dyn Stream>,
+        o: &Options,
+    ) -> Result<(Self, ConnAck), ConnError> {
         let mut conn = Self {
             stream,
             read: BytesMut::with_capacity(READ_ROOM),
