@@ -1,0 +1,132 @@
+//! The configuration: parsing, defaults, environment overrides, validation, secrets.
+
+use super::validate::bad_log_directive;
+use super::*;
+
+#[test]
+fn log_levels_are_levels_or_target_levels() {
+    for good in [
+        "info",
+        "WARN",
+        "gateway=debug",
+        "info,rumqttc=warn,gateway::intake::mqtt=trace",
+    ] {
+        assert_eq!(bad_log_directive(good), None, "{good}");
+    }
+    for bad in [
+        "verbose",
+        "",
+        "info,",
+        "gateway=loud",
+        "=info",
+        "info debug",
+    ] {
+        assert!(bad_log_directive(bad).is_some(), "{bad}");
+    }
+    let mut c = Config::parse("").unwrap();
+    c.log.level = "verbose".into();
+    assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+}
+
+#[test]
+fn the_example_file_parses_and_validates() {
+    let text = include_str!("../../gateway.example.toml");
+    let c = Config::parse(text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.batch.max_lines, 5000);
+}
+
+#[test]
+fn empty_file_means_defaults_embedded_broker_and_file_sink() {
+    let c = Config::parse("").unwrap();
+    c.validate().unwrap();
+    assert!(c.mqtt.host.is_none() && c.database.is_none());
+    assert_eq!(c.batch.linger, Duration::from_millis(500));
+}
+
+#[test]
+fn a_broken_config_never_prints_its_secrets() {
+    let secret = "Sup3rS3cretToken-do-not-print";
+    for text in [
+        format!("[database]\napi = \"v2\"\nurl = \"http://x\"\ntoken = \"{secret}\n"),
+        format!("[mqtt]\npassword = {secret}\n"),
+        format!("[http]\nadmin_token = [\"{secret}\"]\n"),
+        format!("[database]\napi = \"v1\"\nurl = \"http://x\"\npasswrd = \"{secret}\"\n"),
+    ] {
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(!err.contains(secret), "{err}");
+        assert!(err.contains("line "), "{err}");
+    }
+    let mut c = Config::parse(&format!("[http]\nadmin_token = \"{secret}\"\n")).unwrap();
+    c.mqtt.password = Some(Secret::new(secret));
+    assert!(!format!("{c:?}").contains(secret));
+}
+
+#[test]
+fn mistakes_get_messages_that_name_the_key() {
+    let err = Config::parse("[batch]\nmax_line = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_line"), "{err}");
+    let err = Config::parse("[batch]\nlinger = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linger") || err.contains("soon"), "{err}");
+    let cases = [
+        (
+            "[database]\napi = \"v2\"\nurl = \"http://x\"\n",
+            "database.org",
+        ),
+        (
+            "[database]\napi = \"v1\"\nurl = \"ftp://x\"\n",
+            "database.url",
+        ),
+        (
+            "[database]\napi = \"v1\"\nurl = \"http://\"\n",
+            "database.url",
+        ),
+        (
+            "[database]\napi = \"v1\"\nurl = \"influx:8086\"\n",
+            "database.url",
+        ),
+        ("[buffer]\nmax_mib = 8\nsegment_mib = 8\n", "buffer.max_mib"),
+        ("[mqtt]\ngroup = \"Bad Group\"\n", "mqtt.group"),
+        ("[mqtt]\nsession_expiry = \"0s\"\n", "session_expiry"),
+        ("[mqtt]\nreceive_maximum = 5000\n", "receive_maximum"),
+        (
+            "[mqtt]\nhost = \"b\"\nclient_id = \"gw-a\"\nusername = \"gw-b\"\n",
+            "mqtt.client_id",
+        ),
+        (
+            "[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n",
+            "mqtt.embedded_listen",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn env_overrides_and_secrets_stay_hidden() {
+    let mut c = Config::parse("[database]\napi = \"v1\"\nurl = \"http://a\"\n").unwrap();
+    c.apply_env(|k| match k {
+        "VIGIE_DATABASE_URL" => Some("http://b".into()),
+        "VIGIE_DATABASE_PASSWORD" => Some("hunter2".into()),
+        "VIGIE_MQTT_PASSWORD" => Some("swordfish".into()),
+        _ => None,
+    });
+    let db = c.database.as_ref().unwrap();
+    assert_eq!(db.url, "http://b");
+    assert_eq!(db.password.as_ref().unwrap().expose(), "hunter2");
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("swordfish"),
+        "{shown}"
+    );
+}
