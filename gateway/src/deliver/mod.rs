@@ -18,6 +18,7 @@ mod file;
 mod influx;
 mod kept;
 pub mod lanes;
+mod read;
 
 pub use file::{FileWriter, erase_offline as erase_files};
 pub use influx::{SetupError, V1Writer, V2Writer};
@@ -25,10 +26,10 @@ pub(crate) use influx::{authorize, client_builder};
 
 use crate::clock::Clock;
 use crate::config::BatchConfig;
-use crate::ingest::{SharedQuarantine, corrupt_entry, lock};
+use crate::ingest::SharedQuarantine;
 use crate::observe::health::{Health, Tenant};
 use crate::observe::metrics::{ClassLabel, Metrics, gauge};
-use crate::store::buffer::{Item, Position, Reader};
+use crate::store::buffer::{Position, Reader};
 use confirm::Confirm;
 use lanes::Lanes;
 use std::collections::BTreeMap;
@@ -39,7 +40,6 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use vigie_core::deliver::discards::Discards;
 use vigie_core::deliver::retry::{self, Action};
-use vigie_core::record::RecordView;
 
 /// The outcome of one write request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,167 +250,6 @@ impl Sink {
         }
     }
 
-    /// Reads a batch from the head: records of tenants that are behind are left to their
-    /// own cursor; corrupt stretches go to the quarantine.
-    fn collect(&mut self, stopping: bool) -> Batch {
-        let mut batch = Batch::default();
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            let wait = if stopping {
-                Duration::ZERO
-            } else if let Some(d) = deadline {
-                d.saturating_duration_since(now)
-            } else {
-                let retry = self
-                    .lanes
-                    .next_attempt_in(self.s.clock.now_ms())
-                    .map_or(IDLE, Duration::from_millis);
-                retry.min(IDLE)
-            };
-            match self.s.reader.next(wait) {
-                Ok(Some(Item::Record(e))) => {
-                    self.read_errors = 0;
-                    batch.end = Some(e.end);
-                    match RecordView::decode(&e.payload) {
-                        Ok(r) if self.lanes.is_behind(r.tenant) => {}
-                        Ok(r) => {
-                            deadline.get_or_insert_with(|| now + self.s.cfg.linger);
-                            batch.lines += r.readings as usize;
-                            if !batch.by_tenant.contains_key(r.tenant) {
-                                let chunk = Chunk {
-                                    lines: String::new(),
-                                    first: e.start,
-                                };
-                                batch.by_tenant.insert(r.tenant.to_owned(), chunk);
-                            }
-                            if let Some(chunk) = batch.by_tenant.get_mut(r.tenant) {
-                                chunk.lines.push_str(r.lines);
-                            }
-                            if batch.lines >= self.s.cfg.max_lines {
-                                return batch;
-                            }
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, "buffer record does not parse; quarantined");
-                            self.quarantine_corrupt(&e.payload);
-                        }
-                    }
-                }
-                Ok(Some(Item::Corrupt(c))) => {
-                    batch.end = Some(c.end);
-                    tracing::error!(
-                        segment = c.start.segment,
-                        offset = c.start.offset,
-                        bytes = c.bytes.len(),
-                        "corrupt buffer record skipped; the records after it are kept"
-                    );
-                    self.s.metrics.buffer_corrupt_records.inc();
-                    self.quarantine_corrupt(&c.bytes);
-                }
-                Ok(None) => {
-                    if deadline.is_none() {
-                        return batch;
-                    }
-                }
-                Err(e) => {
-                    self.read_errors += 1;
-                    if self.read_errors.is_power_of_two() {
-                        tracing::error!(error = %e, failures = self.read_errors, "buffer read failed; retrying with back-off");
-                    }
-                    let wait = retry::backoff(
-                        self.read_errors.min(32) as u32,
-                        self.s.cfg.min_backoff,
-                        self.s.cfg.max_backoff,
-                        jitter(),
-                    );
-                    self.pause(wait);
-                    return batch;
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return batch;
-            }
-        }
-    }
-
-    fn quarantine_corrupt(&mut self, bytes: &[u8]) {
-        let mut q = lock(&self.s.quarantine);
-        q.add(&corrupt_entry(self.s.clock.now_ms(), bytes));
-        if let Err(e) = q.sync() {
-            tracing::error!(error = %e, "cannot write the quarantine");
-        }
-    }
-
-    /// Retries behind tenants that are due, each from its own cursor up to the head.
-    fn catch_up(&mut self) {
-        let Some(head) = self.lanes.head else { return };
-        for tenant in self.lanes.due(self.s.clock.now_ms()) {
-            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
-                continue;
-            };
-            let mut cursor = self.s.reader.at(from);
-            for _ in 0..CATCH_UP_BATCHES {
-                let mut lines = String::new();
-                let mut first = None;
-                let mut count = 0;
-                loop {
-                    match cursor.next_before(head) {
-                        Ok(Some(Item::Record(e))) => {
-                            if let Ok(r) = RecordView::decode(&e.payload)
-                                && r.tenant == tenant
-                            {
-                                first.get_or_insert(e.start);
-                                count += r.readings as usize;
-                                lines.push_str(r.lines);
-                                if count >= self.s.cfg.max_lines {
-                                    break;
-                                }
-                            }
-                        }
-                        // The head reported it already.
-                        Ok(Some(Item::Corrupt(_))) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            // Its next try scheduled like a refused write's: returning
-                            // without one left it due at once, a spin (out of descriptors:
-                            // 364,564 lines in 5 s).
-                            let attempt = self.lanes.behind.get(&tenant).map_or(0, |b| b.attempt);
-                            let cfg = &self.s.cfg;
-                            let wait =
-                                retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
-                            self.fall_behind(
-                                &tenant,
-                                from,
-                                format!("buffer read failed: {e}"),
-                                wait,
-                            );
-                            return;
-                        }
-                    }
-                }
-                let Some(first) = first else {
-                    if self.lanes.caught_up_to(&tenant, head) {
-                        self.rejoined(&tenant);
-                    }
-                    break;
-                };
-                match self.write(&tenant, &lines) {
-                    Written::Stored => {
-                        if self.lanes.caught_up_to(&tenant, cursor.position()) {
-                            self.rejoined(&tenant);
-                            break;
-                        }
-                    }
-                    Written::Failed { error, wait } => {
-                        self.fall_behind(&tenant, first, error, wait);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
     fn fall_behind(&mut self, tenant: &str, from: Position, error: String, wait: Duration) {
         let first = !self.lanes.is_behind(tenant);
         self.lanes
@@ -434,34 +273,18 @@ impl Sink {
     /// Lets the buffer drop what is stored, persists progress, updates health.
     fn publish(&mut self) {
         if let Some(w) = self.lanes.watermark() {
-            if let Some(path) = &self.s.state_path
-                && self.lanes.moved_from(&self.saved)
-            {
-                let text = serde_json::to_vec(&self.lanes).unwrap_or_default();
-                match crate::store::fs::write_atomic(path, &text, 0o600) {
-                    Ok(()) => self.saved = self.lanes.clone(),
-                    // Logged once: retried at the next change; a restart before that
-                    // writes some lines again (harmless, same points).
-                    Err(e) if self.saved.head.is_some() || !self.save_failed => {
-                        tracing::warn!(error = %e, "cannot save delivery progress (a restart would write some lines again)");
-                        self.saved = Lanes::default();
-                        self.save_failed = true;
-                    }
-                    Err(_) => {}
-                }
-            }
+            self.save_progress();
             self.s.reader.mark_delivered(w);
         }
         let snapshot = self.s.health.snapshot();
         for (tenant, b) in &self.lanes.behind {
             if let Some(error) = &b.error {
-                self.s.health.set_tenant(
-                    tenant,
-                    Tenant::Held {
-                        error: error.clone(),
-                        since_ms: b.since_ms,
-                    },
-                );
+                let since_ms = b.since_ms;
+                let held = Tenant::Held {
+                    error: error.clone(),
+                    since_ms,
+                };
+                self.s.health.set_tenant(tenant, held);
             }
         }
         for tenant in snapshot.tenants.keys() {
@@ -471,10 +294,30 @@ impl Sink {
         }
         let healthy = self.lanes.behind.values().all(|b| b.error.is_none());
         self.s.metrics.sink_healthy.set(i64::from(healthy));
-        self.s
-            .metrics
-            .buffer_pending_bytes
-            .set(gauge(self.s.reader.pending_bytes()));
+        let pending = gauge(self.s.reader.pending_bytes());
+        self.s.metrics.buffer_pending_bytes.set(pending);
+    }
+
+    /// Saves the lanes' progress when it moved.
+    fn save_progress(&mut self) {
+        let Some(path) = &self.s.state_path else {
+            return;
+        };
+        if !self.lanes.moved_from(&self.saved) {
+            return;
+        }
+        let text = serde_json::to_vec(&self.lanes).unwrap_or_default();
+        match crate::store::fs::write_atomic(path, &text, 0o600) {
+            Ok(()) => self.saved = self.lanes.clone(),
+            // Logged once: retried at the next change; a restart before that writes some
+            // lines again (harmless, same points).
+            Err(e) if self.saved.head.is_some() || !self.save_failed => {
+                tracing::warn!(error = %e, "cannot save delivery progress (a restart would write some lines again)");
+                self.saved = Lanes::default();
+                self.save_failed = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).

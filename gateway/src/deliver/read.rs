@@ -1,0 +1,189 @@
+//! Reading the buffer for delivery: the head's batches (records of held tenants left to
+//! their own cursor, corrupt stretches quarantined), and the catch-up of held tenants from
+//! their own cursors up to the head.
+
+use super::{Batch, CATCH_UP_BATCHES, Chunk, IDLE, Sink, Written, jitter};
+use crate::ingest::{corrupt_entry, lock};
+use crate::store::buffer::{Entry, Item, Position, Reader};
+use std::time::{Duration, Instant};
+use vigie_core::deliver::retry;
+use vigie_core::record::RecordView;
+
+impl Sink {
+    /// Reads a batch from the head.
+    pub(super) fn collect(&mut self, stopping: bool) -> Batch {
+        let mut batch = Batch::default();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let wait = self.collect_wait(stopping, deadline, now);
+            match self.s.reader.next(wait) {
+                Ok(Some(Item::Record(e))) => {
+                    self.read_errors = 0;
+                    batch.end = Some(e.end);
+                    if self.add(&mut batch, &e) {
+                        deadline.get_or_insert_with(|| now + self.s.cfg.linger);
+                    }
+                    if batch.lines >= self.s.cfg.max_lines {
+                        return batch;
+                    }
+                }
+                Ok(Some(Item::Corrupt(c))) => {
+                    batch.end = Some(c.end);
+                    tracing::error!(
+                        segment = c.start.segment,
+                        offset = c.start.offset,
+                        bytes = c.bytes.len(),
+                        "corrupt buffer record skipped; the records after it are kept"
+                    );
+                    self.s.metrics.buffer_corrupt_records.inc();
+                    self.quarantine_corrupt(&c.bytes);
+                }
+                Ok(None) if deadline.is_none() => return batch,
+                Ok(None) => {}
+                Err(e) => {
+                    self.read_failed(&e);
+                    return batch;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return batch;
+            }
+        }
+    }
+
+    /// How long the head's read may wait: nothing when stopping, the batch's linger once
+    /// it has lines, else until the next held tenant is due (at most [`IDLE`]).
+    fn collect_wait(&self, stopping: bool, deadline: Option<Instant>, now: Instant) -> Duration {
+        if stopping {
+            return Duration::ZERO;
+        }
+        if let Some(d) = deadline {
+            return d.saturating_duration_since(now);
+        }
+        let retry = self
+            .lanes
+            .next_attempt_in(self.s.clock.now_ms())
+            .map_or(IDLE, Duration::from_millis);
+        retry.min(IDLE)
+    }
+
+    /// Adds a record to the batch unless its tenant is held; whether it added lines.
+    fn add(&mut self, batch: &mut Batch, e: &Entry) -> bool {
+        match RecordView::decode(&e.payload) {
+            Ok(r) if self.lanes.is_behind(r.tenant) => false,
+            Ok(r) => {
+                batch.lines += r.readings as usize;
+                let chunk = batch
+                    .by_tenant
+                    .entry(r.tenant.to_owned())
+                    .or_insert_with(|| Chunk {
+                        lines: String::new(),
+                        first: e.start,
+                    });
+                chunk.lines.push_str(r.lines);
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "buffer record does not parse; quarantined");
+                self.quarantine_corrupt(&e.payload);
+                false
+            }
+        }
+    }
+
+    /// A failed read of the buffer: logged (at powers of two), then a backed-off pause.
+    fn read_failed(&mut self, e: &std::io::Error) {
+        self.read_errors += 1;
+        if self.read_errors.is_power_of_two() {
+            tracing::error!(error = %e, failures = self.read_errors, "buffer read failed; retrying with back-off");
+        }
+        let cfg = &self.s.cfg;
+        let attempt = self.read_errors.min(32) as u32;
+        let wait = retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+        self.pause(wait);
+    }
+
+    pub(super) fn quarantine_corrupt(&mut self, bytes: &[u8]) {
+        let mut q = lock(&self.s.quarantine);
+        q.add(&corrupt_entry(self.s.clock.now_ms(), bytes));
+        if let Err(e) = q.sync() {
+            tracing::error!(error = %e, "cannot write the quarantine");
+        }
+    }
+
+    /// Retries held tenants that are due, each from its own cursor up to the head.
+    pub(super) fn catch_up(&mut self) {
+        let Some(head) = self.lanes.head else { return };
+        for tenant in self.lanes.due(self.s.clock.now_ms()) {
+            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
+                continue;
+            };
+            let mut cursor = self.s.reader.at(from);
+            for _ in 0..CATCH_UP_BATCHES {
+                let (first, lines) = match self.read_behind(&mut cursor, &tenant, head) {
+                    Ok(Some(read)) => read,
+                    Ok(None) => {
+                        if self.lanes.caught_up_to(&tenant, head) {
+                            self.rejoined(&tenant);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        // Its next try scheduled like a refused write's: returning without
+                        // one left it due at once, a spin (out of descriptors: 364,564
+                        // lines in 5 s).
+                        let attempt = self.lanes.behind.get(&tenant).map_or(0, |b| b.attempt);
+                        let cfg = &self.s.cfg;
+                        let wait =
+                            retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+                        self.fall_behind(&tenant, from, format!("buffer read failed: {e}"), wait);
+                        return;
+                    }
+                };
+                match self.write(&tenant, &lines) {
+                    Written::Stored if self.lanes.caught_up_to(&tenant, cursor.position()) => {
+                        self.rejoined(&tenant);
+                        break;
+                    }
+                    Written::Stored => {}
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(&tenant, first, error, wait);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next batch of `tenant`'s lines from `cursor` up to `head`, with the position of
+    /// its first record; `None` when there are none left.
+    fn read_behind(
+        &self,
+        cursor: &mut Reader,
+        tenant: &str,
+        head: Position,
+    ) -> std::io::Result<Option<(Position, String)>> {
+        let (mut lines, mut first, mut count) = (String::new(), None, 0);
+        loop {
+            match cursor.next_before(head)? {
+                Some(Item::Record(e)) => {
+                    if let Ok(r) = RecordView::decode(&e.payload)
+                        && r.tenant == tenant
+                    {
+                        first.get_or_insert(e.start);
+                        count += r.readings as usize;
+                        lines.push_str(r.lines);
+                        if count >= self.s.cfg.max_lines {
+                            break;
+                        }
+                    }
+                }
+                // The head reported it already.
+                Some(Item::Corrupt(_)) => {}
+                None => break,
+            }
+        }
+        Ok(first.map(|f| (f, lines)))
+    }
+}
