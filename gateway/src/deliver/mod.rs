@@ -327,75 +327,72 @@ impl Sink {
             return Written::Stored;
         }
         if let Some(error) = self.confirm_baseline() {
-            let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
-            let cfg = &self.s.cfg;
-            let wait = retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+            let wait = self.backoff(tenant, 0);
             return Written::Failed { error, wait };
         }
         let started = Instant::now();
-        let answer = self.s.writer.write(tenant, lines);
-        let (action, detail) = match &answer {
+        let (action, detail) = match self.s.writer.write(tenant, lines) {
             Answer::Status {
                 code,
                 retry_after,
                 body,
             } => (
-                retry::classify(*code, retry_after.as_deref()),
+                retry::classify(code, retry_after.as_deref()),
                 format!("HTTP {code}: {}", body.trim()),
             ),
-            Answer::Transport(e) => (Action::Retry { after: None }, e.clone()),
+            Answer::Transport(e) => (Action::Retry { after: None }, e),
         };
-        let metrics = &self.s.metrics;
-        match action {
+        let class = match action {
             Action::Done => {
-                let n = lines.lines().count();
-                metrics
-                    .write_duration
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.batch_lines.observe(n as f64);
-                match &mut self.confirm {
-                    // Stored once the database's counters say it kept them.
-                    Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
-                    None => {
-                        metrics.readings_stored.of(tenant).inc_by(n as u64);
-                    }
-                }
-                Written::Stored
+                self.written(tenant, lines, started);
+                return Written::Stored;
             }
-            Action::Split => {
-                metrics
-                    .write_errors
-                    .get_or_create(&ClassLabel { class: "split" })
-                    .inc();
-                self.split(tenant, lines, &detail)
-            }
-            Action::Config | Action::Retry { .. } => {
-                let class = if action == Action::Config {
-                    "config"
-                } else {
-                    "retry"
-                };
-                metrics
-                    .write_errors
-                    .get_or_create(&ClassLabel { class })
-                    .inc();
-                let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt);
-                let cfg = &self.s.cfg;
-                let wait = match action {
-                    Action::Retry { after: Some(after) } => after,
-                    Action::Config => {
-                        retry::backoff(attempt + 3, cfg.min_backoff, cfg.max_backoff, jitter())
-                    }
-                    _ => retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter()),
-                };
-                let error = if action == Action::Config {
-                    format!(
-                        "{detail} (the database refuses our configuration: URL, credentials or database name)"
-                    )
-                } else {
-                    detail
-                };
-                Written::Failed { error, wait }
+            Action::Split => "split",
+            Action::Config => "config",
+            Action::Retry { .. } => "retry",
+        };
+        let errors = &self.s.metrics.write_errors;
+        errors.get_or_create(&ClassLabel { class }).inc();
+        match action {
+            Action::Split => self.split(tenant, lines, &detail),
+            Action::Retry { after: Some(wait) } => Written::Failed {
+                error: detail,
+                wait,
+            },
+            // A refused configuration is retried more slowly.
+            Action::Config => Written::Failed {
+                error: format!(
+                    "{detail} (the database refuses our configuration: URL, credentials or database name)"
+                ),
+                wait: self.backoff(tenant, 3),
+            },
+            _ => Written::Failed {
+                error: detail,
+                wait: self.backoff(tenant, 0),
+            },
+        }
+    }
+
+    /// The wait before `tenant`'s next try: its attempts so far, plus `more`.
+    fn backoff(&self, tenant: &str, more: u32) -> Duration {
+        let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt) + more;
+        let cfg = &self.s.cfg;
+        retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter())
+    }
+
+    /// A write the database answered 2xx: timed, and stored once the database's counters
+    /// say it kept the lines (VictoriaMetrics), at once otherwise.
+    fn written(&mut self, tenant: &str, lines: &str, started: Instant) {
+        let n = lines.lines().count();
+        let metrics = &self.s.metrics;
+        metrics
+            .write_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_lines.observe(n as f64);
+        match &mut self.confirm {
+            Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
+            None => {
+                metrics.readings_stored.of(tenant).inc_by(n as u64);
             }
         }
     }

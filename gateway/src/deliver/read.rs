@@ -133,10 +133,7 @@ impl Sink {
                         // Its next try scheduled like a refused write's: returning without
                         // one left it due at once, a spin (out of descriptors: 364,564
                         // lines in 5 s).
-                        let attempt = self.lanes.behind.get(&tenant).map_or(0, |b| b.attempt);
-                        let cfg = &self.s.cfg;
-                        let wait =
-                            retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter());
+                        let wait = self.backoff(&tenant, 0);
                         self.fall_behind(&tenant, from, format!("buffer read failed: {e}"), wait);
                         return;
                     }
