@@ -45,6 +45,7 @@
 
 pub mod format;
 mod reader;
+mod recover;
 
 pub use format::MAX_PAYLOAD;
 pub use reader::{Corrupt, Entry, Item, Reader};
@@ -230,130 +231,6 @@ pub enum Recovered<'a> {
 }
 
 impl Buffer {
-    /// Opens (or creates) the buffer in `dir`, recovering from any crash. `on_item` sees
-    /// every valid payload and every corrupt stretch, oldest first.
-    pub fn open(
-        fs: SharedFs,
-        dir: &Path,
-        segment_size: u64,
-        max_bytes: u64,
-        mut on_item: impl FnMut(Recovered<'_>),
-    ) -> Result<(Self, Recovery), BufferError> {
-        fs.create_dir_all(dir)?;
-        let mut seqs: Vec<u64> = fs
-            .list(dir)?
-            .iter()
-            .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
-            .collect();
-        seqs.sort_unstable();
-        let mut recovery = Recovery::default();
-        let mut segments = BTreeMap::new();
-        let mut skip = BTreeMap::new();
-        let mut damage = None;
-        for (i, &seq) in seqs.iter().enumerate() {
-            let last = i + 1 == seqs.len();
-            let path = segment_path(dir, seq);
-            let data = fs.read(&path)?;
-            if data.len() < MAGIC.len() {
-                // Created at the instant of a crash: start it again.
-                create_segment(&fs, dir, seq)?;
-                segments.insert(seq, MAGIC.len() as u64);
-                continue;
-            }
-            if !data.starts_with(MAGIC) {
-                tracing::error!(segment = %path.display(), "buffer segment without its magic; reading its records anyway");
-            }
-            let mut valid = data.len();
-            for piece in format::scan(&data, MAGIC.len()) {
-                match piece {
-                    Piece::Record { start, end } => {
-                        on_item(Recovered::Record(&data[start + format::HEADER..end]));
-                        recovery.records += 1;
-                        recovery.bytes += (end - start) as u64;
-                    }
-                    Piece::Corrupt { start, end } => {
-                        on_item(Recovered::Corrupt(&data[start..end]));
-                        recovery.corrupt_records += 1;
-                        recovery.corrupt_bytes += (end - start) as u64;
-                        let at = |offset: usize| Position {
-                            segment: seq,
-                            offset: offset as u64,
-                        };
-                        skip.insert(at(start), at(end));
-                        tracing::error!(segment = %path.display(), offset = start, bytes = end - start, "corrupt buffer record skipped; the records after it are kept");
-                    }
-                    Piece::TornTail { start } => {
-                        valid = start;
-                        recovery.torn_tails += 1;
-                        recovery.cut_bytes += (data.len() - start) as u64;
-                    }
-                }
-            }
-            if valid < data.len() {
-                let cut = data.len() - valid;
-                tracing::warn!(segment = %path.display(), cut_bytes = cut, "torn tail cut (a write a crash or a failed write left unfinished; never acknowledged)");
-                let result = fs.open(&path, Open::Append).and_then(|mut f| {
-                    f.set_len(valid as u64)?;
-                    f.sync_data()
-                });
-                if let Err(e) = result {
-                    // The reader stops at `valid` anyway; the next append cuts it first.
-                    tracing::error!(segment = %path.display(), error = %e, "cannot cut the torn tail now; retried before the next append");
-                    if last {
-                        damage = Some(Damage::default());
-                    }
-                }
-            }
-            segments.insert(seq, valid as u64);
-        }
-        let (seq, len) = match segments.last_key_value() {
-            Some((&seq, &len)) => (seq, len),
-            None => {
-                create_segment(&fs, dir, 1)?;
-                segments.insert(1, MAGIC.len() as u64);
-                (1, MAGIC.len() as u64)
-            }
-        };
-        let mut file = fs.open(&segment_path(dir, seq), Open::Append)?;
-        // The segment appends go to may be one whose creation a crash or a failed roll
-        // left unsynced (its magic written, its directory entry not yet durable): an
-        // fsync of its data then of the directory, before anything is acknowledged in it,
-        // or a power cut could take the whole file and its acknowledged records with it.
-        file.sync_data()?;
-        fs.sync_dir(dir)?;
-        let first = segments.first_key_value().map_or(seq, |(&s, _)| s);
-        let durable = Position {
-            segment: seq,
-            offset: len,
-        };
-        let state = State {
-            segments,
-            durable,
-            delivered: Position {
-                segment: first,
-                offset: 0,
-            },
-            skip,
-            interrupted: false,
-        };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            changed: Condvar::new(),
-        });
-        let buffer = Self {
-            fs,
-            dir: dir.to_path_buf(),
-            segment_size,
-            max_bytes,
-            file,
-            durable,
-            damage,
-            shared,
-            scratch: Vec::new(),
-        };
-        Ok((buffer, recovery))
-    }
-
     /// A reader from the oldest record still on disk.
     pub fn reader(&self) -> Reader {
         let first = self
