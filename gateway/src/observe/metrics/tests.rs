@@ -1,0 +1,37 @@
+//! The exposition: names, zeroed labels, typed counts.
+
+use super::*;
+
+#[test]
+fn renders_typed_metrics_with_their_names_and_zeroed_labels() {
+    let m = Metrics::new();
+    m.frames_rejected
+        .get_or_create(&ReasonLabel {
+            reason: "authentication",
+        })
+        .inc_by(2);
+    m.buffer_full.set(1);
+    m.write_duration.observe(0.02);
+    m.know_tenants(["lyon"]);
+    let devices = Arc::new(Devices::default());
+    devices.update(|b| b.status("lyon", "aq-1", true, 1));
+    let text = m.render(&devices);
+    for line in [
+        "vigie_frames_rejected_total{reason=\"authentication\"} 2\n",
+        "vigie_frames_rejected_total{reason=\"topic\"} 0\n",
+        "vigie_write_errors_total{class=\"retry\"} 0\n",
+        "vigie_readings_stored_total{tenant=\"lyon\"} 0\n",
+        "vigie_buffer_full 1\n",
+        "vigie_write_duration_seconds_bucket{le=\"0.025\"} 1\n",
+        "vigie_write_duration_seconds_bucket{le=\"0.01\"} 0\n",
+        "# TYPE vigie_batch_lines histogram\n",
+        "vigie_device_online{tenant=\"lyon\",device=\"aq-1\"} 1",
+        "vigie_device_missing_frames{tenant=\"lyon\",device=\"aq-1\"} 0.0\n",
+        "vigie_build_info{version=\"",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert_eq!(m.counts().frames_rejected, 2);
+    assert_eq!(m.rejected(Reason::Authentication), 2);
+}
