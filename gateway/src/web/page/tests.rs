@@ -1,0 +1,60 @@
+//! The pages: bands, lights, reasons, the public view, the device page.
+
+use super::*;
+use protocol::{AirQuality, Field, Reading, Values};
+use vigie_core::condition::glance::Glance;
+
+fn listing(device: &str, kind: DeviceKind, site: Option<&str>) -> Listing {
+    Listing::of(&vigie_core::fleet::DeviceEntry {
+        site: site.map(str::to_string),
+        sample_interval_s: Some(60),
+        heartbeat_s: Some(600),
+        ..vigie_core::fleet::DeviceEntry::new("lyon", device, kind, String::new(), 1)
+    })
+}
+
+#[test]
+fn a_commune_page_shows_bands_lights_and_reasons_and_the_public_one_hides_ids() {
+    let now_ms = 1_795_305_600_000;
+    let roster = vec![
+        listing("aq-1", DeviceKind::AirQuality, None),
+        listing("aq-2", DeviceKind::AirQuality, Some("École <Jaurès>")),
+    ];
+    let mut book = DeviceBook::default();
+    let mut g = Glance::default();
+    g.add(&Reading {
+        time: (now_ms / 1000) as u32 - 60,
+        values: Values::AirQuality(AirQuality {
+            pm25: Field::Value(221),
+            pm10: Field::Value(300),
+            ..AirQuality::default()
+        }),
+    });
+    let frame = crate::observe::devices::Stored::default();
+    book.stored("lyon", "aq-1", frame, &g, now_ms - 1_000);
+    let mut v = View::new(&roster, &book, now_ms, |_| true);
+    let html = commune(&v, "lyon").unwrap();
+    assert!(
+        html.contains(r#"data-pollutant="pm25" data-band="degraded""#),
+        "{html}"
+    );
+    assert!(html.contains("PM2,5 : <strong>Dégradé</strong> (22,1 µg/m³)"));
+    assert!(html.contains(r#"data-pollutant="pm10" data-band="fair""#));
+    assert!(html.contains(r#"id="device-aq-2" data-light="red""#));
+    assert!(html.contains("jamais entendu"));
+    assert!(html.contains("École &lt;Jaurès&gt;"));
+    v.lang = Lang::En;
+    assert!(commune(&v, "lyon").unwrap().contains("never heard from"));
+    v.public = true;
+    let public = commune(&v, "lyon").unwrap();
+    assert!(
+        !public.contains("aq-1") && !public.contains("aq-2"),
+        "{public}"
+    );
+    assert!(public.contains("Station 1"));
+    assert!(
+        !public.contains("never heard from") && !public.contains("battery"),
+        "operators' reasons stay off the public view: {public}"
+    );
+    assert!(commune(&v, "paris").is_none());
+}
