@@ -54,27 +54,7 @@ pub fn chart(
         esc(summary),
         esc(summary)
     );
-    for (s, pts) in series.iter().zip(&all) {
-        if pts.len() == 1 {
-            let (i, v) = pts[0];
-            svg += &format!(
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2" fill="{}"/>"#,
-                x(i),
-                y(v),
-                s.colour
-            );
-        } else if !pts.is_empty() {
-            let line: Vec<String> = pts
-                .iter()
-                .map(|(i, v)| format!("{:.1},{:.1}", x(*i), y(*v)))
-                .collect();
-            svg += &format!(
-                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-                s.colour,
-                line.join(" ")
-            );
-        }
-    }
+    svg += &lines(series, &all, x, y);
     svg += &format!(
         r##"<line x1="{PAD}" y1="{TOP}" x2="{:.0}" y2="{TOP}" stroke="#ccc" stroke-dasharray="2 2"/><text x="{:.0}" y="10" font-size="9" text-anchor="end" fill="#333">{} {}</text></svg>"##,
         WIDTH - PAD,
@@ -82,15 +62,7 @@ pub fn chart(
         (top * 10.0).round() / 10.0,
         esc(unit)
     );
-    let legend: Vec<String> = series
-        .iter()
-        .map(|s| {
-            format!(
-                r#"<span class="key" style="border-color:{}">{}</span>"#,
-                s.colour, s.label
-            )
-        })
-        .collect();
+    let legend = legend(series);
     format!(
         r#"<figure class="plot">{svg}<figcaption>{} · 24 h</figcaption></figure>"#,
         legend.join(" ")
@@ -128,4 +100,49 @@ mod tests {
         // The newest hour at the right edge; 20 of a 25 scale.
         assert!(svg.contains(" 236.0,23.2\""), "{svg}");
     }
+}
+
+/// Each series as a line, or a dot when it has one point.
+fn lines(
+    series: &[Series],
+    all: &[Vec<(u64, f64)>],
+    x: impl Fn(u64) -> f64,
+    y: impl Fn(f64) -> f64,
+) -> String {
+    let mut out = String::new();
+    for (s, pts) in series.iter().zip(all) {
+        if pts.len() == 1 {
+            let (i, v) = pts[0];
+            out += &format!(
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2" fill="{}"/>"#,
+                x(i),
+                y(v),
+                s.colour
+            );
+        } else if !pts.is_empty() {
+            let line: Vec<String> = pts
+                .iter()
+                .map(|(i, v)| format!("{:.1},{:.1}", x(*i), y(*v)))
+                .collect();
+            out += &format!(
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+                s.colour,
+                line.join(" ")
+            );
+        }
+    }
+    out
+}
+
+/// The legend's keys.
+fn legend(series: &[Series]) -> Vec<String> {
+    series
+        .iter()
+        .map(|s| {
+            format!(
+                r#"<span class="key" style="border-color:{}">{}</span>"#,
+                s.colour, s.label
+            )
+        })
+        .collect()
 }

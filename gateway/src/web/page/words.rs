@@ -132,6 +132,35 @@ impl Lang {
         }
     }
 
+    /// A faulty sensor in words.
+    fn fault(self, sensor: Sensor) -> &'static str {
+        match sensor {
+            Sensor::Pm => self.pick("capteur de particules en panne", "PM sensor fault"),
+            Sensor::Climate => self.pick("capteur climatique en panne", "climate sensor fault"),
+            Sensor::Distance => self.pick("capteur de distance en panne", "distance sensor fault"),
+            Sensor::Storage => self.pick("mémoire en panne", "storage fault"),
+            Sensor::Other => self.pick("capteur en panne", "sensor fault"),
+        }
+    }
+
+    /// Why frames were held, in words.
+    fn held(self, code: &str) -> &'static str {
+        match code {
+            "future_timestamp" => self.pick(
+                "mesures datées du futur gardées par l'appareil (horloge en avance, ou celle de la passerelle en retard), dernière à",
+                "readings dated in the future kept by the device (its clock ahead, or the gateway's behind), last at"
+            ),
+            "stale_timestamp" => self.pick(
+                "mesures trop anciennes gardées par l'appareil tant que l'horloge de la passerelle n'est pas synchronisée, dernière à",
+                "readings too old kept by the device while the gateway's clock is not synchronised, last at"
+            ),
+            _ => self.pick(
+                "trames refusées gardées par l'appareil : la quarantaine n'a plus de place pour les siennes, dernière à",
+                "refused frames kept by the device: the quarantine has no room left for its own, last at"
+            ),
+        }
+    }
+
     /// A reason in words; `clock` puts a time into words.
     pub fn why(self, why: &Why, clock: impl Fn(u64) -> String) -> String {
         match why {
@@ -155,16 +184,7 @@ impl Lang {
                 self.pick("batterie", "battery"),
                 self.number(*mv as f64 / 1000.0, 1)
             ),
-            Why::SensorFault { sensor } => match sensor {
-                Sensor::Pm => self.pick("capteur de particules en panne", "PM sensor fault"),
-                Sensor::Climate => self.pick("capteur climatique en panne", "climate sensor fault"),
-                Sensor::Distance => {
-                    self.pick("capteur de distance en panne", "distance sensor fault")
-                }
-                Sensor::Storage => self.pick("mémoire en panne", "storage fault"),
-                Sensor::Other => self.pick("capteur en panne", "sensor fault"),
-            }
-            .into(),
+            Why::SensorFault { sensor } => self.fault(*sensor).into(),
             Why::BinFull { percent } => match self {
                 Lang::Fr => format!("bac plein à {percent} %"),
                 Lang::En => format!("bin {percent} % full"),
@@ -179,20 +199,7 @@ impl Lang {
             ),
             Why::Held { code, since_ms } => format!(
                 "{} {} ({})",
-                match code.as_str() {
-                    "future_timestamp" => self.pick(
-                        "mesures datées du futur gardées par l'appareil (horloge en avance, ou celle de la passerelle en retard), dernière à",
-                        "readings dated in the future kept by the device (its clock ahead, or the gateway's behind), last at"
-                    ),
-                    "stale_timestamp" => self.pick(
-                        "mesures trop anciennes gardées par l'appareil tant que l'horloge de la passerelle n'est pas synchronisée, dernière à",
-                        "readings too old kept by the device while the gateway's clock is not synchronised, last at"
-                    ),
-                    _ => self.pick(
-                        "trames refusées gardées par l'appareil : la quarantaine n'a plus de place pour les siennes, dernière à",
-                        "refused frames kept by the device: the quarantine has no room left for its own, last at"
-                    ),
-                },
+                self.held(code),
                 clock(*since_ms),
                 self.pick("non acquittées, renvoyées", "not acknowledged, sent again"),
             ),
