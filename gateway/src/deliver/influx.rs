@@ -154,62 +154,6 @@ fn gzip(lines: &str) -> std::io::Result<Vec<u8>> {
     z.finish()
 }
 
-/// `POST {url}/api/v2/write?org=&bucket=&precision=ms` through `influxdb2`.
-#[derive(Debug)]
-pub struct V2Writer {
-    client: influxdb2::Client,
-    cfg: DatabaseConfig,
-    runtime: Handle,
-}
-
-impl V2Writer {
-    /// Builds the writer and its client.
-    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, SetupError> {
-        // The same client settings as v1, the configured CA included.
-        let builder = client_builder(&cfg)?;
-        let org = cfg.org.clone().unwrap_or_default();
-        let token = cfg
-            .token
-            .as_ref()
-            .map(|t| t.expose().to_string())
-            .unwrap_or_default();
-        let client =
-            influxdb2::ClientBuilder::with_builder(builder, cfg.url.clone(), org, token).build()?;
-        Ok(Self {
-            client,
-            cfg,
-            runtime,
-        })
-    }
-}
-
-impl LineWriter for V2Writer {
-    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
-        let org = self.cfg.org.clone().unwrap_or_default();
-        let bucket = self.cfg.target(tenant);
-        let body = lines.to_string();
-        let fut = self.client.write_line_protocol_with_precision(
-            &org,
-            &bucket,
-            body,
-            influxdb2::api::write::TimestampPrecision::Milliseconds,
-        );
-        match self.runtime.block_on(fut) {
-            Ok(()) => Answer::Status {
-                code: 204,
-                retry_after: None,
-                body: String::new(),
-            },
-            Err(influxdb2::RequestError::Http { status, text }) => Answer::Status {
-                code: status.as_u16(),
-                retry_after: None,
-                body: text,
-            },
-            Err(e) => Answer::Transport(e.to_string()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

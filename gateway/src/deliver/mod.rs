@@ -19,10 +19,12 @@ mod influx;
 mod kept;
 pub mod lanes;
 mod read;
+pub mod v2;
 
 pub use file::{FileWriter, erase_offline as erase_files};
-pub use influx::{SetupError, V1Writer, V2Writer};
+pub use influx::{SetupError, V1Writer};
 pub(crate) use influx::{authorize, client_builder};
+pub use v2::V2Writer;
 
 use crate::clock::Clock;
 use crate::config::BatchConfig;

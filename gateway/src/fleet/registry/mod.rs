@@ -86,42 +86,7 @@ pub fn enroll(
     epoch: u32,
     password: &Secret,
 ) -> Result<(DeviceEntry, Provisioning), EnrolError> {
-    let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
-    let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
-    let host = e.broker_host.as_str();
-    if e.sample_interval_s == 0 {
-        return Err(EnrolError::Interval);
-    }
-    if e.kind == DeviceKind::WasteBin && !e.bin_depth_mm.is_some_and(|d| (1..=10_000).contains(&d))
-    {
-        return Err(EnrolError::BinDepth);
-    }
-    let blob = Provisioning {
-        // Valid identifiers always fit.
-        tenant: tenant
-            .as_str()
-            .try_into()
-            .map_err(|_| EnrolError::Tenant(e.tenant.clone(), protocol::TopicError::IdLength))?,
-        device: id
-            .as_str()
-            .try_into()
-            .map_err(|_| EnrolError::Id(e.id.clone(), protocol::TopicError::IdLength))?,
-        kind: e.kind.kind(),
-        key: DeviceKey::new(key, epoch),
-        sample_interval_s: e.sample_interval_s,
-        heartbeat_s: e.heartbeat_s,
-        bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
-        broker_host: (!host.is_empty() && host.is_ascii())
-            .then(|| host.try_into().ok())
-            .flatten()
-            .ok_or_else(|| EnrolError::Host(host.to_string()))?,
-        broker_port: e.broker_port,
-        broker_password: protocol::provision::password_ok(password.expose())
-            .then(|| password.expose().try_into().ok())
-            .flatten()
-            .ok_or(EnrolError::Password)?,
-        transport: e.transport,
-    };
+    let blob = blob(e, key, epoch, password)?;
     let broker_password_hash =
         Some(crate::fleet::access::hash_password(password).map_err(EnrolError::Random)?);
     let entry = DeviceEntry {
@@ -242,6 +207,51 @@ impl RegistryFile for Registry {
         })?;
         crate::store::fs::replace_for_group(path, text.as_bytes(), 0o640, SERVICE_GROUP).map_err(io)
     }
+}
+
+/// The provisioning blob of one device, its settings checked.
+fn blob(
+    e: &Enrolment,
+    key: [u8; 16],
+    epoch: u32,
+    password: &Secret,
+) -> Result<Provisioning, EnrolError> {
+    let tenant = Id::new(&e.tenant).map_err(|err| EnrolError::Tenant(e.tenant.clone(), err))?;
+    let id = Id::new(&e.id).map_err(|err| EnrolError::Id(e.id.clone(), err))?;
+    let host = e.broker_host.as_str();
+    if e.sample_interval_s == 0 {
+        return Err(EnrolError::Interval);
+    }
+    if e.kind == DeviceKind::WasteBin && !e.bin_depth_mm.is_some_and(|d| (1..=10_000).contains(&d))
+    {
+        return Err(EnrolError::BinDepth);
+    }
+    Ok(Provisioning {
+        // Valid identifiers always fit.
+        tenant: tenant
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Tenant(e.tenant.clone(), protocol::TopicError::IdLength))?,
+        device: id
+            .as_str()
+            .try_into()
+            .map_err(|_| EnrolError::Id(e.id.clone(), protocol::TopicError::IdLength))?,
+        kind: e.kind.kind(),
+        key: DeviceKey::new(key, epoch),
+        sample_interval_s: e.sample_interval_s,
+        heartbeat_s: e.heartbeat_s,
+        bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
+        broker_host: (!host.is_empty() && host.is_ascii())
+            .then(|| host.try_into().ok())
+            .flatten()
+            .ok_or_else(|| EnrolError::Host(host.to_string()))?,
+        broker_port: e.broker_port,
+        broker_password: protocol::provision::password_ok(password.expose())
+            .then(|| password.expose().try_into().ok())
+            .flatten()
+            .ok_or(EnrolError::Password)?,
+        transport: e.transport,
+    })
 }
 
 /// The group the service runs as: a new registry is readable by it.

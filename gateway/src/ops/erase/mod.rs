@@ -62,10 +62,7 @@ pub enum DatabaseRefusal {
     Influx(#[from] TenantsError),
     /// An InfluxDB 2.x server.
     #[error(transparent)]
-    V2(#[from] influxdb2::RequestError),
-    /// The InfluxDB 2.x client.
-    #[error(transparent)]
-    V2Client(#[from] influxdb2::BuildError),
+    V2(#[from] crate::deliver::v2::DeleteError),
     /// The HTTP request.
     #[error(transparent)]
     Http(#[from] reqwest::Error),
@@ -275,26 +272,33 @@ fn local(data: &Path, scope: &Scope, apply: bool) -> Result<Report, EraseError> 
     report.file_lines = crate::deliver::erase_files(&export, scope, apply)
         .map_err(io("line-protocol files", export))?;
     if scope.before_s.is_none() {
-        let path = data.join(crate::observe::devices::FILE_NAME);
-        match crate::observe::devices::load_saved(data) {
-            Ok(mut book) => {
-                let gone = book.forget(&scope.tenant, scope.device.as_deref());
-                report.device_states = gone as u64;
-                if gone > 0 && apply {
-                    crate::store::fs::replace_for_group(
-                        &path,
-                        book.to_json().as_bytes(),
-                        0o640,
-                        "vigie",
-                    )
-                    .map_err(io("device state", path))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("device state", path)(e)),
-        }
+        report.device_states = device_states(data, scope, apply)?;
     }
     Ok(report)
+}
+
+/// The device state a stopped gateway saved, without the erased devices; how many.
+fn device_states(data: &Path, scope: &Scope, apply: bool) -> Result<u64, EraseError> {
+    let io = |path: PathBuf| {
+        move |source: std::io::Error| EraseError::Io {
+            what: "device state",
+            path,
+            source,
+        }
+    };
+    let path = data.join(crate::observe::devices::FILE_NAME);
+    let mut book = match crate::observe::devices::load_saved(data) {
+        Ok(book) => book,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let gone = book.forget(&scope.tenant, scope.device.as_deref());
+    if gone > 0 && apply {
+        let json = book.to_json();
+        crate::store::fs::replace_for_group(&path, json.as_bytes(), 0o640, "vigie")
+            .map_err(io(path))?;
+    }
+    Ok(gone as u64)
 }
 
 /// A quarantined entry after the erasure: frames by topic and arrival, database lines by
@@ -345,27 +349,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), DatabaseR
             bucket,
             predicate,
             stop_s,
-        } => {
-            let builder = crate::deliver::client_builder(cfg)?;
-            let token = cfg.token.as_ref().map(|t| t.expose().to_string());
-            let org = cfg.org.clone().unwrap_or_default();
-            let client = influxdb2::ClientBuilder::with_builder(
-                builder,
-                cfg.url.clone(),
-                org,
-                token.unwrap_or_default(),
-            )
-            .build()?;
-            let at = |s: u32| {
-                chrono::DateTime::from_timestamp(i64::from(s), 0)
-                    .unwrap_or_default()
-                    .naive_utc()
-            };
-            client
-                .delete(bucket, at(0), at(*stop_s), Some(predicate.clone()))
-                .await
-                .map_err(DatabaseRefusal::from)
-        }
+        } => Ok(crate::deliver::v2::delete(cfg, bucket, *stop_s, predicate).await?),
         Target::Victoria { selector } => {
             let client = crate::deliver::client_builder(cfg)?
                 .build()

@@ -69,39 +69,6 @@ pub fn chart(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_line_per_series_within_the_last_day() {
-        let hour = |h: u64, v: f64| Hour {
-            hour: h,
-            pm25: Mean { sum: v, n: 1 },
-            ..Hour::default()
-        };
-        let hours = [hour(10, 5.0), hour(30, 10.0), hour(40, 20.0)];
-        let refs: Vec<&Hour> = hours.iter().collect();
-        let pm25 = Series {
-            label: "PM2.5",
-            colour: "#1f4e9c",
-            value: |h| h.pm25,
-        };
-        let pm10 = Series {
-            label: "PM10",
-            colour: "#8a3b00",
-            value: |h| h.pm10,
-        };
-        let svg = chart(&refs, 40 * 3600 + 5, &[pm25, pm10], 25.0, "µg/m³", "PM <a>");
-        // Hour 10 is more than a day old; hours 30 and 40 make one line; PM10 none.
-        assert_eq!(svg.matches("<polyline").count(), 1);
-        assert!(svg.contains("aria-label=\"PM &lt;a&gt;\""));
-        assert!(svg.contains(">25 µg/m³<"), "{svg}");
-        // The newest hour at the right edge; 20 of a 25 scale.
-        assert!(svg.contains(" 236.0,23.2\""), "{svg}");
-    }
-}
-
 /// Each series as a line, or a dot when it has one point.
 fn lines(
     series: &[Series],
@@ -145,4 +112,37 @@ fn legend(series: &[Series]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_per_series_within_the_last_day() {
+        let hour = |h: u64, v: f64| Hour {
+            hour: h,
+            pm25: Mean { sum: v, n: 1 },
+            ..Hour::default()
+        };
+        let hours = [hour(10, 5.0), hour(30, 10.0), hour(40, 20.0)];
+        let refs: Vec<&Hour> = hours.iter().collect();
+        let pm25 = Series {
+            label: "PM2.5",
+            colour: "#1f4e9c",
+            value: |h| h.pm25,
+        };
+        let pm10 = Series {
+            label: "PM10",
+            colour: "#8a3b00",
+            value: |h| h.pm10,
+        };
+        let svg = chart(&refs, 40 * 3600 + 5, &[pm25, pm10], 25.0, "µg/m³", "PM <a>");
+        // Hour 10 is more than a day old; hours 30 and 40 make one line; PM10 none.
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert!(svg.contains("aria-label=\"PM &lt;a&gt;\""));
+        assert!(svg.contains(">25 µg/m³<"), "{svg}");
+        // The newest hour at the right edge; 20 of a 25 scale.
+        assert!(svg.contains(" 236.0,23.2\""), "{svg}");
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::*;
 
+/// What the workload below did, to check what a reader finds afterwards.
 #[derive(Debug, Default)]
 struct Ledger {
     /// Ids whose append returned `Ok`, in order.

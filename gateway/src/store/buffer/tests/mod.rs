@@ -324,8 +324,6 @@ fn a_segment_left_empty_by_a_failed_roll_does_not_wedge_the_log() {
     assert_eq!(seen.len(), 31);
 }
 
-/// What the workload below did, to check what a reader finds afterwards.
-
 /// Every fault the filesystem model injects, and power cuts, against a ledger of what was
 /// acknowledged.
 mod faults;
