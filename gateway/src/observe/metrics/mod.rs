@@ -236,6 +236,7 @@ impl Metrics {
         );
         m.register_gauges(r);
         m.register_counters(r);
+        m.register_link_counters(r);
         m.register_families(r);
         m.zero_labels();
         Self {
@@ -346,7 +347,7 @@ impl Metrics {
     }
 
     fn register_counters(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 8] = [
             (
                 "messages_received",
                 "MQTT messages received on uplink and status topics.",
@@ -387,6 +388,15 @@ impl Metrics {
                 "Corrupt buffer records skipped and quarantined (disk corruption).",
                 &self.buffer_corrupt_records,
             ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+    }
+
+    /// The broker link's counters and the registry reloads'.
+    fn register_link_counters(&self, r: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 5] = [
             (
                 "registry_reload_failures",
                 "Registry reloads (SIGHUP) that failed; the previous registry stayed in force.",

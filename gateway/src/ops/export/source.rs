@@ -90,44 +90,7 @@ impl Source {
                 database: db,
             });
         }
-        let mut out = Vec::new();
-        for series in body["results"][0]["series"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let measurement = series["name"].as_str().unwrap_or_default();
-            let columns: Vec<&str> = series["columns"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            for row in series["values"].as_array().into_iter().flatten() {
-                let mut s = Sample {
-                    measurement: measurement.to_string(),
-                    ..Sample::default()
-                };
-                for (col, v) in columns.iter().zip(row.as_array().into_iter().flatten()) {
-                    match (*col, v) {
-                        ("time", v) => s.time_s = v.as_u64().unwrap_or_default(),
-                        ("device", Value::String(d)) => s.station = d.clone(),
-                        ("quality", Value::String(q)) => s.quality = q.clone(),
-                        ("faults", Value::String(f)) => s.faults = f.clone(),
-                        (name, Value::Number(n)) => {
-                            s.values
-                                .insert(name.to_string(), Datum::Number(n.as_f64().unwrap_or(0.0)));
-                        }
-                        (name, Value::Bool(b)) => {
-                            s.values.insert(name.to_string(), Datum::Flag(*b));
-                        }
-                        _ => {}
-                    }
-                }
-                out.push(s);
-            }
-        }
-        Ok(out)
+        Ok(influx_samples(&body))
     }
 
     async fn victoria(&self, tenant: &str, from: u64, to: u64) -> Result<Vec<Sample>, ExportError> {
@@ -188,5 +151,53 @@ impl Source {
             }
         }
         Ok(by_point.into_values().collect())
+    }
+}
+
+/// The samples of an InfluxQL answer: one per row of each series, its columns as tags
+/// (device, quality, faults), time and fields.
+fn influx_samples(body: &Value) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for series in body["results"][0]["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let measurement = series["name"].as_str().unwrap_or_default();
+        let columns: Vec<&str> = series["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for row in series["values"].as_array().into_iter().flatten() {
+            let mut s = Sample {
+                measurement: measurement.to_string(),
+                ..Sample::default()
+            };
+            for (col, v) in columns.iter().zip(row.as_array().into_iter().flatten()) {
+                column(&mut s, col, v);
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// One column of an InfluxQL row into its sample.
+fn column(s: &mut Sample, col: &str, v: &Value) {
+    match (col, v) {
+        ("time", v) => s.time_s = v.as_u64().unwrap_or_default(),
+        ("device", Value::String(d)) => s.station = d.clone(),
+        ("quality", Value::String(q)) => s.quality = q.clone(),
+        ("faults", Value::String(f)) => s.faults = f.clone(),
+        (name, Value::Number(n)) => {
+            let datum = Datum::Number(n.as_f64().unwrap_or(0.0));
+            s.values.insert(name.to_string(), datum);
+        }
+        (name, Value::Bool(b)) => {
+            s.values.insert(name.to_string(), Datum::Flag(*b));
+        }
+        _ => {}
     }
 }
