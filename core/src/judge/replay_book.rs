@@ -401,68 +401,105 @@ impl ReplayBook {
         if crc.len() != 4 || crc32fast::hash(body).to_be_bytes() != crc {
             return Err(SnapshotError);
         }
-        let (with_tags, with_spans) = match body.get(..4) {
-            Some(m) if m == MAGIC => (true, true),
-            Some(m) if m == MAGIC_V2 => (true, false),
-            Some(m) if m == MAGIC_V1 => (false, false),
+        let version = match body.get(..4) {
+            Some(m) if m == MAGIC => Version {
+                tags: true,
+                spans: true,
+            },
+            Some(m) if m == MAGIC_V2 => Version {
+                tags: true,
+                spans: false,
+            },
+            Some(m) if m == MAGIC_V1 => Version {
+                tags: false,
+                spans: false,
+            },
             _ => return Err(SnapshotError),
         };
-        let mut rest = &body[4..];
-        let mut take = |n: usize| -> Result<&[u8], SnapshotError> {
-            let (h, t) = rest.split_at_checked(n).ok_or(SnapshotError)?;
-            rest = t;
-            Ok(h)
-        };
-        let u32_of = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        let count = u32_of(take(4)?);
+        let mut r = Bytes(&body[4..]);
+        let count = r.u32()?;
         let mut windows: FastMap<String, FastMap<String, Slot>> = FastMap::default();
         for _ in 0..count {
-            let mut text = || -> Result<String, SnapshotError> {
-                let len = take(1)?[0] as usize;
-                String::from_utf8(take(len)?.to_vec()).map_err(|_| SnapshotError)
-            };
-            let (tenant, device) = (text()?, text()?);
-            let epoch = u32_of(take(4)?);
-            let w: [u8; ReplayWindow::ENCODED_LEN] = take(ReplayWindow::ENCODED_LEN)?
-                .try_into()
-                .map_err(|_| SnapshotError)?;
-            let mut slot = Slot {
-                epoch,
-                window: ReplayWindow::from_bytes(&w),
-                recent: Recent::default(),
-                spans: Vec::new(),
-            };
-            if with_tags {
-                let n = take(1)?[0] as usize;
-                if n > RECENT {
-                    return Err(SnapshotError);
-                }
-                for _ in 0..n {
-                    let counter = u32_of(take(4)?);
-                    let tag: Tag = take(8)?.try_into().map_err(|_| SnapshotError)?;
-                    slot.recent.push((counter, tag));
-                }
-            }
-            if with_spans {
-                let m = take(1)?[0] as usize;
-                for _ in 0..m {
-                    let (epoch, block) = (u32_of(take(4)?), u32_of(take(4)?));
-                    let kind = take(1)?[0];
-                    let (first, last) = (u32_of(take(4)?), u32_of(take(4)?));
-                    let seconds = Seconds { kind, first, last };
-                    slot.spans.push(Span {
-                        epoch,
-                        block,
-                        seconds,
-                    });
-                }
-            }
+            let (tenant, device) = (r.text()?, r.text()?);
+            let slot = r.slot(version)?;
             windows.entry(tenant).or_default().insert(device, slot);
         }
-        if take(1).is_ok() {
+        if r.take(1).is_ok() {
             return Err(SnapshotError);
         }
         Ok(Self { windows })
+    }
+}
+
+/// What a snapshot's version holds besides the windows.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    tags: bool,
+    spans: bool,
+}
+
+/// A snapshot being read.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let (head, tail) = self.0.split_at_checked(n).ok_or(SnapshotError)?;
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn text(&mut self) -> Result<String, SnapshotError> {
+        let len = self.u8()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| SnapshotError)
+    }
+
+    /// One device's slot: epoch, window, and what `version` adds.
+    fn slot(&mut self, version: Version) -> Result<Slot, SnapshotError> {
+        let epoch = self.u32()?;
+        let w: [u8; ReplayWindow::ENCODED_LEN] = self
+            .take(ReplayWindow::ENCODED_LEN)?
+            .try_into()
+            .map_err(|_| SnapshotError)?;
+        let mut slot = Slot {
+            epoch,
+            window: ReplayWindow::from_bytes(&w),
+            recent: Recent::default(),
+            spans: Vec::new(),
+        };
+        if version.tags {
+            let n = self.u8()? as usize;
+            if n > RECENT {
+                return Err(SnapshotError);
+            }
+            for _ in 0..n {
+                let counter = self.u32()?;
+                let tag: Tag = self.take(8)?.try_into().map_err(|_| SnapshotError)?;
+                slot.recent.push((counter, tag));
+            }
+        }
+        if version.spans {
+            for _ in 0..self.u8()? {
+                let (epoch, block) = (self.u32()?, self.u32()?);
+                let kind = self.u8()?;
+                let (first, last) = (self.u32()?, self.u32()?);
+                let seconds = Seconds { kind, first, last };
+                slot.spans.push(Span {
+                    epoch,
+                    block,
+                    seconds,
+                });
+            }
+        }
+        Ok(slot)
     }
 }
 

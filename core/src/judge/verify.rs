@@ -80,14 +80,6 @@ pub struct Context<'a, C: ?Sized> {
 
 /// Judges one message.
 pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_, C>) -> Verdict {
-    let Context {
-        registry,
-        counters,
-        rules,
-        strings,
-        now_s,
-        clock_synced,
-    } = *cx;
     let Ok(parsed) = Topic::parse(topic) else {
         return Verdict::Reject(Reason::Topic);
     };
@@ -96,25 +88,14 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     if parsed.channel == Channel::Ack {
         return Verdict::Reject(Reason::Topic);
     }
-    let Some(dev) = registry.get(tenant, device) else {
+    let Some(dev) = cx.registry.get(tenant, device) else {
         return Verdict::Reject(Reason::UnknownDevice);
     };
     if dev.entry.revoked {
         return Verdict::Reject(Reason::Revoked);
     }
     if parsed.channel == Channel::Status {
-        // Not sealed (a last will is set at connect time): the broker's account check
-        // (only the device's own account may publish there) is its authentication.
-        let online = match payload {
-            topic::STATUS_ONLINE => true,
-            topic::STATUS_OFFLINE => false,
-            _ => return Verdict::Reject(Reason::BadStatus),
-        };
-        return Verdict::Status {
-            tenant: tenant.into(),
-            device: device.into(),
-            online,
-        };
+        return status(tenant, device, payload);
     }
     // Decoded in place: a `Frame` returned by value would copy all 64 reading slots.
     let mut readings = protocol::Readings::new();
@@ -127,50 +108,102 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     if kind != Kind::DeviceStatus && kind != dev.entry.kind.kind() {
         return Verdict::Reject(Reason::KindMismatch);
     }
-    let (epoch, counter) = (dev.key.epoch(), header.counter);
-    let tag = frame_tag(payload);
-    match counters.seen(tenant, device, epoch, counter, &tag) {
+    let frame = Opened {
+        who: (tenant, device),
+        epoch: dev.key.epoch(),
+        counter: header.counter,
+        kind,
+        tag: frame_tag(payload),
+    };
+    if let Some(refused) = replayed_or_untimely(&frame, &readings, cx) {
+        return refused;
+    }
+    accept(dev, &frame, &readings, cx.strings)
+}
+
+/// A verified frame's facts the later checks need.
+struct Opened<'a> {
+    who: (&'a str, &'a str),
+    epoch: u32,
+    counter: u32,
+    kind: Kind,
+    tag: Tag,
+}
+
+/// A status message: not sealed (a last will is set at connect time); the broker's
+/// account check (only the device's own account may publish there) is its authentication.
+fn status(tenant: &str, device: &str, payload: &[u8]) -> Verdict {
+    let online = match payload {
+        topic::STATUS_ONLINE => true,
+        topic::STATUS_OFFLINE => false,
+        _ => return Verdict::Reject(Reason::BadStatus),
+    };
+    Verdict::Status {
+        tenant: tenant.into(),
+        device: device.into(),
+        online,
+    }
+}
+
+/// The verdict of a verified frame that is a resend, reuses a counter, carries a time
+/// outside the window or collides with another frame's stored seconds; `None` if it is
+/// none of these.
+fn replayed_or_untimely<C: Counters + ?Sized>(
+    f: &Opened<'_>,
+    readings: &protocol::Readings,
+    cx: &Context<'_, C>,
+) -> Option<Verdict> {
+    let (tenant, device) = f.who;
+    match cx.counters.seen(tenant, device, f.epoch, f.counter, &f.tag) {
         Seen::Duplicate => {
-            return Verdict::Duplicate {
+            return Some(Verdict::Duplicate {
                 tenant: tenant.into(),
                 device: device.into(),
-            };
+            });
         }
-        Seen::Reused => return Verdict::Reject(Reason::CounterReused),
+        Seen::Reused => return Some(Verdict::Reject(Reason::CounterReused)),
         // Below the window nothing is known of the counter: stored (SPEC §13.2). An
         // authentic frame stored twice lands on its own database point again.
         Seen::Fresh | Seen::TooOld => {}
     }
-    for r in &readings {
-        match validate::check_time(r, now_s, rules) {
+    for r in readings {
+        match validate::check_time(r, cx.now_s, cx.rules) {
             Ok(()) => {}
-            Err(Reason::StaleTimestamp) if clock_synced => {
-                return Verdict::Reject(Reason::StaleTimestamp);
+            Err(Reason::StaleTimestamp) if cx.clock_synced => {
+                return Some(Verdict::Reject(Reason::StaleTimestamp));
             }
-            Err(reason) => return Verdict::Hold(reason),
+            Err(reason) => return Some(Verdict::Hold(reason)),
         }
     }
     // Readings are in time order: the first and last carry the frame's span.
-    if let (Some(first), Some(last)) = (readings.first(), readings.last()) {
-        let seconds = Seconds {
-            kind: kind.code(),
-            first: first.time,
-            last: last.time,
-        };
-        if counters.collides((tenant, device), epoch, counter, &seconds) {
-            return Verdict::Reject(Reason::TimeCollision);
-        }
-    }
+    let (first, last) = (readings.first()?, readings.last()?);
+    let seconds = Seconds {
+        kind: f.kind.code(),
+        first: first.time,
+        last: last.time,
+    };
+    cx.counters
+        .collides(f.who, f.epoch, f.counter, &seconds)
+        .then_some(Verdict::Reject(Reason::TimeCollision))
+}
 
+/// An accepted frame: its record (line protocol with quality flags) and what it tells
+/// of its device.
+fn accept(
+    dev: &crate::fleet::Device,
+    f: &Opened<'_>,
+    readings: &protocol::Readings,
+    strings: StringFields,
+) -> Verdict {
     // A six-value air-quality line with its tags is about 170 bytes: room for it first time.
     let mut lines = String::with_capacity(readings.len() * 256);
     let (mut flagged, mut battery_mv, mut dropped) = (0, None, None);
     let mut glance = Glance::default();
-    for r in &readings {
+    for r in readings {
         glance.add(r);
         let flags = validate::quality_flags(&r.values, &dev.entry);
         flagged += u32::from(!flags.is_empty());
-        lineproto::encode(&mut lines, r, &dev.tags, &flags, counter, strings);
+        lineproto::encode(&mut lines, r, &dev.tags, &flags, f.counter, strings);
         match &r.values {
             Values::DeviceStatus(s) => {
                 battery_mv = s.battery.value().map(i64::from).or(battery_mv);
@@ -180,20 +213,19 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
             Values::AirQuality(_) => {}
         }
     }
-    let last_time = readings.last().map_or(0, |r| r.time);
     Verdict::Accept(Box::new(Accepted {
         record: Record {
             tenant: dev.names.0.clone(),
             device: dev.names.1.clone(),
-            epoch,
-            counter,
+            epoch: f.epoch,
+            counter: f.counter,
             readings: readings.len() as u32,
-            tag: Some(tag),
+            tag: Some(f.tag),
             lines,
         },
-        kind,
+        kind: f.kind,
         flagged,
-        last_time,
+        last_time: readings.last().map_or(0, |r| r.time),
         battery_mv,
         dropped,
         glance,

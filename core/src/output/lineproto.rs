@@ -90,9 +90,47 @@ pub fn encode(
     counter: u32,
     strings: StringFields,
 ) {
+    let (faults, fault_count, version) = faults_and_version(reading);
+    let quality_text = quality.join(",");
+    let as_tags = strings == StringFields::Tags;
+    out.push_str(reading.values.kind().measurement());
+    out.push_str(&tags.head);
+    if as_tags {
+        // Sorted by key between device and site: faults, firmwareVersion, quality.
+        push_tag(out, "faults", Some(&faults));
+        let version_tag = version.as_ref().map(|(_, v)| v.as_str());
+        push_tag(out, "firmwareVersion", version_tag);
+        push_tag(out, "quality", Some(&quality_text));
+    }
+    out.push_str(&tags.tail);
+    let mut w = Fields { sep: ' ' };
+    let shown = if as_tags { None } else { version.as_ref() };
+    let fields = w.values(out, reading, shown);
+    if as_tags {
+        let only_strings = fields == usize::from(version.is_some());
+        if fault_count > 0 || only_strings {
+            w.name(out, "faultCount");
+            out.push_str(itoa::Buffer::new().format(fault_count));
+            out.push('i');
+        }
+    } else {
+        for (name, text) in [("faults", &faults), ("quality", &quality_text)] {
+            if !text.is_empty() {
+                w.name(out, name);
+                let _ = write!(out, "\"{text}\"");
+            }
+        }
+    }
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(timestamp_ms(reading.time, counter)));
+    out.push('\n');
+}
+
+/// The names of `reading`'s faulted fields (comma-separated) and their count, and its
+/// firmware version field as text (`1.2.3`), if it has one.
+fn faults_and_version(reading: &Reading) -> (String, u32, Option<(&'static str, String)>) {
     let mut faults = String::new();
-    let mut fault_count = 0u32;
-    let mut version = None;
+    let (mut fault_count, mut version) = (0u32, None);
     for (spec, value) in reading.values.fields() {
         match (value, spec.render) {
             (Field::Fault, _) => {
@@ -102,87 +140,67 @@ pub fn encode(
                 faults.push_str(spec.name);
                 fault_count += 1;
             }
-            (Field::Value(raw), Render::Version) => version = Some((spec.name, raw)),
+            (Field::Value(raw), Render::Version) => {
+                let text = format!("{}.{}.{}", raw >> 16 & 0xff, raw >> 8 & 0xff, raw & 0xff);
+                version = Some((spec.name, text));
+            }
             _ => {}
         }
     }
-    let version_text = version.map(|(name, raw)| {
-        (
-            name,
-            format!("{}.{}.{}", raw >> 16 & 0xff, raw >> 8 & 0xff, raw & 0xff),
-        )
-    });
-    let quality_text = quality.join(",");
-    let as_tags = strings == StringFields::Tags;
+    (faults, fault_count, version)
+}
 
-    out.push_str(reading.values.kind().measurement());
-    out.push_str(&tags.head);
-    if as_tags {
-        // Sorted by key between device and site: faults, firmwareVersion, quality.
-        push_tag(out, "faults", Some(&faults));
-        push_tag(
-            out,
-            "firmwareVersion",
-            version_text.as_ref().map(|(_, v)| v.as_str()),
-        );
-        push_tag(out, "quality", Some(&quality_text));
-    }
-    out.push_str(&tags.tail);
-    let mut sep = ' ';
-    let mut field = |out: &mut String, name: &str| {
-        out.push(sep);
-        sep = ',';
+/// The field set of one line: a space before the first field, commas between.
+struct Fields {
+    sep: char,
+}
+
+impl Fields {
+    fn name(&mut self, out: &mut String, name: &str) {
+        out.push(self.sep);
+        self.sep = ',';
         out.push_str(name);
         out.push('=');
-    };
-    let mut fields = 0usize;
-    for (spec, value) in reading.values.fields() {
-        let Field::Value(raw) = value else { continue };
-        fields += 1;
-        match spec.render {
-            Render::Number { divisor: 1 } => {
-                field(out, spec.name);
-                out.push_str(itoa::Buffer::new().format(raw));
-                out.push('i');
-            }
-            Render::Number { divisor } => {
-                field(out, spec.name);
-                write_decimal(out, raw, divisor);
-            }
-            Render::Flags(names) => {
-                for (bit, name) in names.iter().enumerate() {
-                    field(out, name);
-                    out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
+    }
+
+    /// The reading's values (a version as a string field when `version` is given); how
+    /// many fields have a value.
+    fn values(
+        &mut self,
+        out: &mut String,
+        reading: &Reading,
+        version: Option<&(&'static str, String)>,
+    ) -> usize {
+        let mut fields = 0usize;
+        for (spec, value) in reading.values.fields() {
+            let Field::Value(raw) = value else { continue };
+            fields += 1;
+            match spec.render {
+                Render::Number { divisor: 1 } => {
+                    self.name(out, spec.name);
+                    out.push_str(itoa::Buffer::new().format(raw));
+                    out.push('i');
+                }
+                Render::Number { divisor } => {
+                    self.name(out, spec.name);
+                    write_decimal(out, raw, divisor);
+                }
+                Render::Flags(names) => {
+                    for (bit, name) in names.iter().enumerate() {
+                        self.name(out, name);
+                        out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
+                    }
+                }
+                Render::Version => {
+                    if let Some((name, text)) = version {
+                        self.name(out, name);
+                        let _ = write!(out, "\"{text}\"");
+                    }
                 }
             }
-            Render::Version => {
-                if let (false, Some((name, text))) = (as_tags, &version_text) {
-                    field(out, name);
-                    let _ = write!(out, "\"{text}\"");
-                }
-            }
         }
+        fields
     }
-    if as_tags {
-        let only_strings = fields == usize::from(version_text.is_some());
-        if fault_count > 0 || only_strings {
-            field(out, "faultCount");
-            out.push_str(itoa::Buffer::new().format(fault_count));
-            out.push('i');
-        }
-    } else {
-        if !faults.is_empty() {
-            field(out, "faults");
-            let _ = write!(out, "\"{faults}\"");
-        }
-        if !quality_text.is_empty() {
-            field(out, "quality");
-            let _ = write!(out, "\"{quality_text}\"");
-        }
-    }
-    out.push(' ');
-    out.push_str(itoa::Buffer::new().format(timestamp_ms(reading.time, counter)));
-    out.push('\n');
 }
 
 /// `raw / divisor` in decimal, exactly (no binary floating point), without trailing zeros:
