@@ -245,19 +245,7 @@ where
         backoff: Backoff::new(1, 60),
         seed: 0,
     });
-    let mut first_acknowledged = false;
-    let mut tell = |board: &mut P, change: Option<Change>, acknowledged: u32| {
-        match change {
-            Some(Change::Connected) => board.event(Event::Connected(board.millis())),
-            Some(Change::LinkFailed(why, wait)) => board.event(Event::LinkFailed(why, wait)),
-            Some(Change::Reconnecting(why)) => board.event(Event::Reconnecting(why)),
-            None => {}
-        }
-        if acknowledged > 0 && !first_acknowledged {
-            first_acknowledged = true;
-            board.event(Event::FirstReading(board.millis()));
-        }
-    };
+    let mut told = Told::default();
     let mut pending = None;
     loop {
         let step = match pending.take() {
@@ -265,73 +253,18 @@ where
             None => next_step(&mut link, node, board, &mut time).await,
         };
         let outcome = match step {
-            Step::Clock => {
-                let clock = async {
-                    modem.wake().await?;
-                    modem.clock().await
-                };
-                match with_timeout(|| board.millis(), STEP_MS, clock).await {
-                    Some(Ok(t)) => {
-                        time.set_unix(board, t);
-                        Outcome::Done
-                    }
-                    Some(Err(e)) => Outcome::Failed(modem_error(e)),
-                    None => Outcome::Failed("modem: no answer in time"),
-                }
-            }
-            Step::Open => {
-                let p = node.provisioning();
-                // TLS when the blob says so, never a fall-back to clear text.
-                let open = async {
-                    match p.transport {
-                        Transport::Plain => modem.open(&p.broker_host, p.broker_port).await,
-                        Transport::Tls { ca_sha256 } => {
-                            let ca = ca_file_name(&ca_sha256);
-                            modem.open_tls(&p.broker_host, p.broker_port, &ca).await
-                        }
-                    }
-                };
-                match with_timeout(|| board.millis(), STEP_MS, open).await {
-                    Some(Ok(())) => Outcome::Done,
-                    Some(Err(e)) => Outcome::Failed(modem_error(e)),
-                    None => Outcome::Failed("modem: no answer in time"),
-                }
-            }
+            Step::Clock => clock(&mut modem, board, &mut time).await,
+            Step::Open => open(&mut modem, node, board).await,
             Step::Connect => {
-                // The connection lives while the link exchanges; any other step needs the
-                // modem back (the client is dropped first).
                 let mut client = Mqtt::new(modem.io());
-                let mut step = Step::Connect;
-                loop {
-                    let done = match step {
-                        Step::Connect => {
-                            with_timeout(|| board.millis(), STEP_MS, async {
-                                node.connect(&mut client).await.map(|n| Exchange {
-                                    acknowledged: n,
-                                    ..Exchange::default()
-                                })
-                            })
-                            .await
-                        }
-                        Step::Exchange => {
-                            with_timeout(|| board.millis(), STEP_MS, node.exchange(&mut client))
-                                .await
-                        }
-                        other => {
-                            pending = Some(other);
-                            break;
-                        }
-                    };
-                    let (outcome, acknowledged) = match done {
-                        Some(Ok(d)) if step == Step::Connect => (Outcome::Done, d.acknowledged),
-                        Some(Ok(d)) => (Outcome::Exchanged { more: d.more }, d.acknowledged),
-                        Some(Err(e)) => (Outcome::Failed(node_error(e)), 0),
-                        None => (Outcome::Failed("mqtt: no answer in time"), 0),
-                    };
-                    let change = link.done(step, outcome, time.now_ms(board));
-                    tell(board, change, acknowledged);
-                    step = next_step(&mut link, node, board, &mut time).await;
-                }
+                let mut s = Session {
+                    node: &mut *node,
+                    link: &mut link,
+                    board: &mut *board,
+                    time: &mut time,
+                    told: &mut told,
+                };
+                pending = Some(s.connected(&mut client).await);
                 continue;
             }
             // Only while connected (above); the link never asks otherwise.
@@ -344,7 +277,118 @@ where
             }
         };
         let change = link.done(step, outcome, time.now_ms(board));
-        tell(board, change, 0);
+        told.tell(board, change, 0);
+    }
+}
+
+/// What the board has been told: link changes as they come, the first acknowledged
+/// reading once.
+#[derive(Default)]
+struct Told {
+    first_acknowledged: bool,
+}
+
+impl Told {
+    fn tell<P: Platform>(&mut self, board: &mut P, change: Option<Change>, acknowledged: u32) {
+        match change {
+            Some(Change::Connected) => board.event(Event::Connected(board.millis())),
+            Some(Change::LinkFailed(why, wait)) => board.event(Event::LinkFailed(why, wait)),
+            Some(Change::Reconnecting(why)) => board.event(Event::Reconnecting(why)),
+            None => {}
+        }
+        if acknowledged > 0 && !self.first_acknowledged {
+            self.first_acknowledged = true;
+            board.event(Event::FirstReading(board.millis()));
+        }
+    }
+}
+
+/// The network's time, from the modem.
+async fn clock<U: Read + Write, P: Platform>(
+    modem: &mut Modem<U>,
+    board: &mut P,
+    time: &mut Time,
+) -> Outcome {
+    let ask = async {
+        modem.wake().await?;
+        modem.clock().await
+    };
+    match with_timeout(|| board.millis(), STEP_MS, ask).await {
+        Some(Ok(t)) => {
+            time.set_unix(board, t);
+            Outcome::Done
+        }
+        Some(Err(e)) => Outcome::Failed(modem_error(e)),
+        None => Outcome::Failed("modem: no answer in time"),
+    }
+}
+
+/// Opens the broker connection the blob names: TLS when it says so, never a fall-back
+/// to clear text.
+async fn open<F: NorFlash, const Q: usize, U: Read + Write, P: Platform>(
+    modem: &mut Modem<U>,
+    node: &Node<F, Q>,
+    board: &mut P,
+) -> Outcome {
+    let p = node.provisioning();
+    let open = async {
+        match p.transport {
+            Transport::Plain => modem.open(&p.broker_host, p.broker_port).await,
+            Transport::Tls { ca_sha256 } => {
+                let ca = ca_file_name(&ca_sha256);
+                modem.open_tls(&p.broker_host, p.broker_port, &ca).await
+            }
+        }
+    };
+    match with_timeout(|| board.millis(), STEP_MS, open).await {
+        Some(Ok(())) => Outcome::Done,
+        Some(Err(e)) => Outcome::Failed(modem_error(e)),
+        None => Outcome::Failed("modem: no answer in time"),
+    }
+}
+
+/// What a connection's steps work on.
+struct Session<'a, F: NorFlash, const Q: usize, P: Platform> {
+    node: &'a mut Node<F, Q>,
+    link: &'a mut Link,
+    board: &'a mut P,
+    time: &'a mut Time,
+    told: &'a mut Told,
+}
+
+impl<F: NorFlash, const Q: usize, P: Platform> Session<'_, F, Q, P> {
+    /// Connects and exchanges while the link asks for it; the first other step it asks
+    /// for. The connection lives while the link exchanges; any other step needs the modem
+    /// back (the client is dropped first).
+    async fn connected<C: Read + Write>(&mut self, client: &mut Mqtt<C>) -> Step {
+        let mut step = Step::Connect;
+        loop {
+            let board = &mut *self.board;
+            let done = match step {
+                Step::Connect => {
+                    let connect = async {
+                        self.node.connect(client).await.map(|n| Exchange {
+                            acknowledged: n,
+                            ..Exchange::default()
+                        })
+                    };
+                    with_timeout(|| board.millis(), STEP_MS, connect).await
+                }
+                Step::Exchange => {
+                    with_timeout(|| board.millis(), STEP_MS, self.node.exchange(client)).await
+                }
+                other => return other,
+            };
+            let (outcome, acknowledged) = match done {
+                Some(Ok(d)) if step == Step::Connect => (Outcome::Done, d.acknowledged),
+                Some(Ok(d)) => (Outcome::Exchanged { more: d.more }, d.acknowledged),
+                Some(Err(e)) => (Outcome::Failed(node_error(e)), 0),
+                None => (Outcome::Failed("mqtt: no answer in time"), 0),
+            };
+            let change = self.link.done(step, outcome, self.time.now_ms(board));
+            self.told.tell(board, change, acknowledged);
+            step = next_step(self.link, self.node, board, self.time).await;
+        }
     }
 }
 
