@@ -49,6 +49,21 @@ for b in "${BOARDS[@]}"; do cargo fmt --manifest-path "$b" -- --check; done
 step "clippy (host, all targets and features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "layout: functions of 60 lines at most, files of 600, a core without I/O (docs/ARCHITECTURE.md)"
+# Non-test code of the gateway, its core and the firmware (clippy.toml sets the threshold).
+cargo clippy -p gateway -p vigie-core -p firmware -- -D warnings -W clippy::too_many_lines
+big=$(find gateway/src core/src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 > 600')
+if [ -n "$big" ]; then echo "files over 600 lines:"; echo "$big"; exit 1; fi
+if git grep -nE 'Result<[^>]*, ?String>' gateway/src | grep -v '^gateway/src/main.rs'; then
+    echo "Result<_, String> outside main.rs: give the error a type"; exit 1
+fi
+if cargo tree -p vigie-core -e normal --prefix none | grep -E '^(tokio|axum|hyper|reqwest|clap|toml_edit) '; then
+    echo "vigie-core depends on a runtime, server or command-line crate"; exit 1
+fi
+if git grep -nE 'crate::(devices|registry|access|config)' core/src; then
+    echo "vigie-core reaches into the gateway's modules"; exit 1
+fi
+
 step "clippy (no_std crates on $TARGET_M4)"
 cargo clippy -p protocol -p firmware --target "$TARGET_M4" --features firmware/defmt -- -D warnings
 for b in "${BOARDS[@]}"; do

@@ -11,7 +11,7 @@
 //!   [`Answer`], classified like v1's.
 //!
 //! The client shares v1's settings (timeout, the configured CA) through
-//! [`client_builder`].
+//! `client_builder`.
 
 use super::{Answer, LineWriter, SetupError, client_builder};
 use crate::config::DatabaseConfig;

@@ -1,6 +1,6 @@
 //! The composition root: the service wired from its configuration, run until a signal,
 //! stopped in order. It makes the one shutdown token and the one clock, opens the
-//! stores, starts the threads ([`threads`]), the status ports and the MQTT intake, and
+//! stores, starts the threads (`threads.rs`), the status ports and the MQTT intake, and
 //! waits.
 
 mod reload;

@@ -3,7 +3,7 @@
 //! Label values known at start (rejection reasons, write error classes, the registry's
 //! tenants) are created at zero so a rate over them exists before the first event.
 //! The metrics only count: per-device gauges are rendered at each scrape from the device
-//! state ([`crate::observe::Traffic`]), which is the one record of them ([`collect`]);
+//! state ([`crate::observe::Traffic`]), which is the one record of them (`collect.rs`);
 //! `vigie_build_info` and the standard `process_*` metrics come with them. Tests and the
 //! demo read the counts through [`Metrics::counts`], never by parsing the exposition.
 

@@ -1,0 +1,196 @@
+//! The replay book: windows, reused counters, time collisions, snapshots of every version.
+
+use super::*;
+
+const T1: Tag = [1; 8];
+const T2: Tag = [2; 8];
+
+/// A stored frame of `t`/`d` (epoch 1) with one air-quality reading at second 100.
+fn rec(counter: u32, tag: Tag) -> Record {
+    Record {
+        tenant: "t".into(),
+        device: "d".into(),
+        epoch: 1,
+        counter,
+        readings: 1,
+        tag: Some(tag),
+        lines: "air_quality pm25=1 100000\n".into(),
+    }
+}
+
+fn secs(kind: u8, first: u32, last: u32) -> Seconds {
+    Seconds { kind, first, last }
+}
+
+#[test]
+fn counters_a_thousand_apart_never_share_a_second() {
+    let mut b = ReplayBook::default();
+    let aq = |c, s| (c, Some(secs(1, s, s)));
+    for (c, s) in [aq(3, 100), aq(4, 160)] {
+        b.accept_counter("t", "d", 1, c, None, s);
+    }
+    let who = ("t", "d");
+    assert!(
+        b.collides(who, 1, 1003, &secs(1, 100, 100)),
+        "3 and 1003 at 100"
+    );
+    assert!(
+        b.collides(who, 1, 1003, &secs(1, 90, 130)),
+        "a span over 100"
+    );
+    assert!(
+        !b.collides(who, 1, 1003, &secs(1, 161, 200)),
+        "after the block"
+    );
+    assert!(
+        !b.collides(who, 1, 999, &secs(1, 100, 100)),
+        "same block: by mod"
+    );
+    assert!(
+        !b.collides(who, 1, 1003, &secs(3, 100, 100)),
+        "status: own series"
+    );
+    assert!(!b.collides(("t", "e"), 1, 1003, &secs(1, 100, 100)));
+    // A new key epoch restarts the counter, not the seconds.
+    b.accept_counter("t", "d", 2, 0, None, Some(secs(1, 500, 500)));
+    assert!(
+        b.collides(who, 2, 3, &secs(1, 100, 100)),
+        "epoch 1's block 0"
+    );
+    assert!(!b.collides(who, 2, 3, &secs(1, 500, 501)), "its own block");
+    // Past SPANS blocks the oldest merge: still refused, the newest still exact.
+    for blk in 1..=(SPANS as u32 + 5) {
+        b.accept_counter(
+            "t",
+            "d",
+            2,
+            blk * BLOCK,
+            None,
+            Some(secs(1, 1000 + blk, 1000 + blk)),
+        );
+    }
+    assert!(
+        b.collides(who, 2, 7, &secs(1, 100, 100)),
+        "merged, still there"
+    );
+    let snap = b.snapshot();
+    assert_eq!(ReplayBook::from_snapshot(&snap), Ok(b.clone()));
+    let slot = b.slot("t", "d").unwrap();
+    assert_eq!(
+        slot.spans.iter().filter(|s| s.block != MERGED).count(),
+        SPANS
+    );
+    assert_eq!(slot.spans.iter().filter(|s| s.block == MERGED).count(), 1);
+    let top = SPANS as u32 + 5;
+    assert!(!b.collides(who, 2, top * BLOCK + 1, &secs(1, 1000 + top, 1000 + top)));
+    assert!(b.collides(
+        who,
+        2,
+        top * BLOCK + 1,
+        &secs(1, 1000 + top - 1, 1000 + top)
+    ));
+}
+
+#[test]
+fn epochs_gaps_and_snapshot() {
+    let mut b = ReplayBook::default();
+    assert_eq!(b.accept_counter("t", "d", 1, 10, Some(T1), None), Gap::None);
+    assert_eq!(
+        b.accept_counter("t", "d", 1, 14, Some(T2), None),
+        Gap::Skipped { from: 10, count: 3 },
+        "11, 12, 13 missing"
+    );
+    assert_eq!(b.highest("t", "d", 1), Some(14));
+    assert_eq!(b.accept_counter("t", "d", 1, 11, None, None), Gap::Late);
+    assert_eq!(
+        b.accept_counter("t", "d", 1, 11, None, None),
+        Gap::None,
+        "a duplicate fills nothing"
+    );
+    assert_eq!(b.seen("t", "d", 1, 14, &T2), Seen::Duplicate);
+    assert_eq!(b.seen("t", "d", 1, 14, &T1), Seen::Reused);
+    assert_eq!(b.seen("t", "d", 1, 12, &T1), Seen::Fresh);
+    assert_eq!(
+        b.seen("t", "d", 2, 0, &T1),
+        Seen::Fresh,
+        "new epoch restarts"
+    );
+    assert_eq!(
+        b.seen("t", "d", 0, 99, &T1),
+        Seen::TooOld,
+        "old epoch refused"
+    );
+    assert_eq!(b.seen("t", "other", 1, 14, &T1), Seen::Fresh);
+    b.accept_counter("u", "d", 3, 0, None, None);
+    let snap = b.snapshot();
+    assert_eq!(ReplayBook::from_snapshot(&snap), Ok(b.clone()));
+    for i in 0..snap.len() {
+        let mut bad = snap.clone();
+        bad[i] ^= 1;
+        assert_eq!(
+            ReplayBook::from_snapshot(&bad),
+            Err(SnapshotError),
+            "byte {i}"
+        );
+    }
+    assert_eq!(ReplayBook::from_snapshot(&snap[..3]), Err(SnapshotError));
+    b.accept_counter("t", "d", 2, 5, None, None);
+    assert_eq!(b.seen("t", "d", 1, 20, &T1), Seen::TooOld);
+}
+
+#[test]
+fn only_the_last_counters_keep_their_tag() {
+    let mut b = ReplayBook::default();
+    for c in 0..(RECENT as u32 + 10) {
+        b.accept_counter("t", "d", 1, c, Some([c as u8; 8]), None);
+    }
+    assert_eq!(
+        b.seen("t", "d", 1, 3, &T2),
+        Seen::Duplicate,
+        "tag forgotten"
+    );
+    let last = RECENT as u32 + 9;
+    assert_eq!(b.seen("t", "d", 1, last, &T2), Seen::Reused);
+}
+
+#[test]
+fn a_pending_batch_sees_its_own_frames_and_leaves_the_book_alone() {
+    let mut b = ReplayBook::default();
+    b.accept_counter("t", "d", 1, 5000, Some(T1), None);
+    let mut p = b.pending();
+    assert_eq!(p.seen("t", "d", 1, 5001, &T1), Seen::Fresh);
+    p.accept(&rec(5001, T1));
+    assert_eq!(p.seen("t", "d", 1, 5001, &T1), Seen::Duplicate);
+    assert_eq!(p.seen("t", "d", 1, 5001, &T2), Seen::Reused);
+    p.accept(&rec(8000, T2));
+    assert_eq!(
+        p.seen("t", "d", 1, 5002, &T2),
+        Seen::TooOld,
+        "below the moved window"
+    );
+    drop(p);
+    assert_eq!(
+        b.seen("t", "d", 1, 5001, &T1),
+        Seen::Fresh,
+        "book untouched"
+    );
+}
+
+#[test]
+fn version_1_snapshots_still_load() {
+    let mut b = ReplayBook::default();
+    b.accept_counter("t", "d", 1, 7, None, None);
+    let mut v1 = MAGIC_V1.to_vec();
+    v1.extend_from_slice(&1u32.to_be_bytes());
+    for s in ["t", "d"] {
+        v1.push(1);
+        v1.extend_from_slice(s.as_bytes());
+    }
+    v1.extend_from_slice(&1u32.to_be_bytes());
+    let mut w = ReplayWindow::new();
+    w.accept(7);
+    v1.extend_from_slice(&w.to_bytes());
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_be_bytes());
+    assert_eq!(ReplayBook::from_snapshot(&v1), Ok(b));
+}
