@@ -195,6 +195,52 @@ pub async fn run(
     stats: Arc<DeviceStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let (board, mut link) = boot(p, &opts, &stats)?;
+    let mut device = Device {
+        board,
+        client: None,
+        opts,
+        stats,
+    };
+    let started = Instant::now();
+    let now = || started.elapsed().as_millis() as u64;
+    // Checked before every action: a busy device may never reach a wait.
+    while !*stop.borrow() {
+        let step = match link.poll(now()) {
+            Action::Sample { status } => {
+                device.board.cycle(&device.opts, status);
+                continue;
+            }
+            Action::WaitUntil(t) => {
+                let until = started + Duration::from_millis(t);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    changed = stop.changed() => if changed.is_err() {
+                        break; // the fleet is gone
+                    },
+                }
+                continue;
+            }
+            Action::Run(step) => step,
+        };
+        let outcome = device.step(step).await;
+        if let Some(Change::LinkFailed(..) | Change::Reconnecting(..)) =
+            link.done(step, outcome, now())
+        {
+            device.stats.connected.store(0, Ordering::Relaxed);
+        }
+    }
+    device.finish(link.is_up()).await;
+    Ok(())
+}
+
+/// The device as it boots: its station, counter and ring (on files under the state
+/// directory, per key epoch, or in memory), and its link's schedule.
+fn boot(
+    p: Provisioning,
+    opts: &DeviceOptions,
+    stats: &Arc<DeviceStats>,
+) -> Result<(Board, NodeLink), String> {
     let seed = mix(p
         .tenant
         .bytes()
@@ -221,7 +267,7 @@ pub async fn run(
         FrameCounter::resume(counter_flash, 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
     let ring = FrameRing::resume(ring_flash).map_err(|e| format!("{e:?}"))?;
     let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
-    let mut link = NodeLink::new(Schedule {
+    let link = NodeLink::new(Schedule {
         // Devices of one fleet start spread over one period, as real ones are.
         first_sample_ms: (period.as_millis() as u64) * (seed % 1000) / 1000,
         interval_ms: period.as_millis() as u64,
@@ -230,7 +276,7 @@ pub async fn run(
         backoff: Backoff::new(1, 60),
         seed: seed as u32,
     });
-    let mut board = Board {
+    let board = Board {
         booted_at: clock.now(),
         clock,
         station,
@@ -238,49 +284,32 @@ pub async fn run(
         stats: stats.clone(),
         seed,
     };
-    let started = Instant::now();
-    let now = || started.elapsed().as_millis() as u64;
-    let mut client: Option<Mqtt<Link>> = None;
-    // Checked before every action: a busy device may never reach a wait.
-    while !*stop.borrow() {
-        let step = match link.poll(now()) {
-            Action::Sample { status } => {
-                board.cycle(&opts, status);
-                continue;
-            }
-            Action::WaitUntil(t) => {
-                let until = started + Duration::from_millis(t);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    changed = stop.changed() => if changed.is_err() {
-                        break; // the fleet is gone
-                    },
-                }
-                continue;
-            }
-            Action::Run(step) => step,
-        };
-        let outcome = match step {
+    Ok((board, link))
+}
+
+/// A running device: what executes its link's steps.
+struct Device {
+    board: Board,
+    client: Option<Mqtt<Link>>,
+    opts: Arc<DeviceOptions>,
+    stats: Arc<DeviceStats>,
+}
+
+impl Device {
+    /// Executes one step of the link.
+    async fn step(&mut self, step: Step) -> Outcome {
+        match step {
             // The simulator's clock is always known.
             Step::Clock => Outcome::Done,
-            Step::Open => match open(&board.node, &opts).await {
+            Step::Open => match open(&self.board.node, &self.opts).await {
                 Some(link) => {
-                    client = Some(Mqtt::new(link));
+                    self.client = Some(Mqtt::new(link));
                     Outcome::Done
                 }
                 None => Outcome::Failed("cannot open the connection"),
             },
             Step::Connect => {
-                let connected = match client.as_mut() {
-                    Some(c) => {
-                        matches!(timeout(NET_TIMEOUT, board.node.connect(c)).await, Ok(Ok(_)))
-                    }
-                    None => false,
-                };
-                board.update();
-                if connected {
-                    stats.connections.fetch_add(1, Ordering::Relaxed);
-                    stats.connected.store(1, Ordering::Relaxed);
+                if self.connect().await {
                     Outcome::Done
                 } else {
                     Outcome::Failed("mqtt connect failed")
@@ -288,63 +317,66 @@ pub async fn run(
             }
             Step::Exchange => {
                 // An outage takes the network away: the socket is simply gone.
-                let exchanged = match client.as_mut() {
-                    Some(c) if !opts.link_down() => {
-                        timeout(NET_TIMEOUT, board.node.exchange(c)).await.ok()
+                let exchanged = match self.client.as_mut() {
+                    Some(c) if !self.opts.link_down() => {
+                        timeout(NET_TIMEOUT, self.board.node.exchange(c)).await.ok()
                     }
                     _ => None,
                 };
-                board.update();
+                self.board.update();
                 match exchanged {
                     Some(Ok(done)) => Outcome::Exchanged { more: done.more },
                     _ => Outcome::Failed("exchange failed"),
                 }
             }
             Step::Escape => {
-                client = None;
+                self.client = None;
                 Outcome::Done
             }
-        };
-        if let Some(Change::LinkFailed(..) | Change::Reconnecting(..)) =
-            link.done(step, outcome, now())
-        {
-            stats.connected.store(0, Ordering::Relaxed);
         }
     }
-    // Stopping: a device whose network is back but whose link still waits out its backoff
-    // connects once more (a real one would at its next attempt), so the run does not end
-    // on where a backoff happened to fall.
-    let mut up = link.is_up();
-    if !up && !opts.link_down() {
-        client = None;
-        if let Some(l) = open(&board.node, &opts).await {
-            let mut c = Mqtt::new(l);
-            if matches!(
-                timeout(NET_TIMEOUT, board.node.connect(&mut c)).await,
+
+    /// MQTT CONNECT over the open connection; whether the broker took it.
+    async fn connect(&mut self) -> bool {
+        let connected = match self.client.as_mut() {
+            Some(c) => matches!(
+                timeout(NET_TIMEOUT, self.board.node.connect(c)).await,
                 Ok(Ok(_))
-            ) {
-                stats.connections.fetch_add(1, Ordering::Relaxed);
-                (up, client) = (true, Some(c));
-            }
+            ),
+            None => false,
+        };
+        self.board.update();
+        if connected {
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.connected.store(1, Ordering::Relaxed);
         }
-        board.update();
+        connected
     }
-    // Then, while connected, exchange until every reading is acknowledged (bounded), and
-    // disconnect cleanly.
-    if let (true, Some(mut c)) = (up, client) {
-        let until = Instant::now() + STOP_GRACE;
-        while board.node.unacknowledged() > 0 && Instant::now() < until {
-            match timeout(NET_TIMEOUT, board.node.exchange(&mut c)).await {
-                Ok(Ok(done)) if done.more => continue,
-                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => break,
-            }
+
+    /// Stopping: a device whose network is back but whose link still waits out its
+    /// backoff connects once more (a real one would at its next attempt), so the run does
+    /// not end on where a backoff happened to fall; then, while connected, it exchanges
+    /// until every reading is acknowledged (bounded) and disconnects cleanly.
+    async fn finish(mut self, up: bool) {
+        let mut up = up;
+        if !up && !self.opts.link_down() {
+            self.client = open(&self.board.node, &self.opts).await.map(Mqtt::new);
+            up = self.connect().await;
         }
-        board.update();
-        let _ = timeout(NET_TIMEOUT, board.node.uplink().disconnect(&mut c)).await;
+        if let (true, Some(mut c)) = (up, self.client.take()) {
+            let until = Instant::now() + STOP_GRACE;
+            while self.board.node.unacknowledged() > 0 && Instant::now() < until {
+                match timeout(NET_TIMEOUT, self.board.node.exchange(&mut c)).await {
+                    Ok(Ok(done)) if done.more => continue,
+                    Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    _ => break,
+                }
+            }
+            self.board.update();
+            let _ = timeout(NET_TIMEOUT, self.board.node.uplink().disconnect(&mut c)).await;
+        }
+        self.stats.connected.store(0, Ordering::Relaxed);
     }
-    stats.connected.store(0, Ordering::Relaxed);
-    Ok(())
 }
 
 /// Opens the device's connection to the broker: TLS as the blob says, verified against

@@ -270,14 +270,7 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
         clock_ahead,
     } = fleet;
     let started = Instant::now();
-    // Ten real seconds of headroom for the final flush, thirty days at most (the gateway
-    // refuses readings older than its horizon, 90 days by default).
-    let history = ((opts.duration.as_secs_f64() + 10.0) * opts.accel).min(30.0 * 86_400.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // A clock ahead shifts the whole timeline: the start and the cap.
-    let start_time = (now.saturating_sub(history as u64) + clock_ahead.as_secs()) as u32;
+    let start_time = start_time(&opts, clock_ahead);
     let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (p, s)) in devices.into_iter().zip(&stats).enumerate() {
@@ -326,6 +319,17 @@ async fn run_local(fleet: Fleet, mut stop: watch::Receiver<bool>) -> FleetSummar
         failed,
         ..handle.totals()
     }
+}
+
+/// The simulated time the fleet starts at: far enough back that the run ends now (ten
+/// real seconds of headroom for the final flush, thirty days at most: the gateway refuses
+/// readings older than its horizon, 90 days by default); a clock ahead shifts it all.
+fn start_time(opts: &FleetOptions, clock_ahead: Duration) -> u32 {
+    let history = ((opts.duration.as_secs_f64() + 10.0) * opts.accel).min(30.0 * 86_400.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (now.saturating_sub(history as u64) + clock_ahead.as_secs()) as u32
 }
 
 fn progress(started: Instant, fleet: &FleetHandle) {
