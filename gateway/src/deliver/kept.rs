@@ -2,14 +2,16 @@
 //! database quarantine (their only copy, never evicted), and VictoriaMetrics' writes wait
 //! for its counters of dropped rows ([`super::confirm`]) before they count as stored.
 
-use super::confirm::{self, Confirm, Settled};
+use super::confirm::{self, Confirm, Lines, Settled};
 use super::{Sink, Written};
 use crate::ingest::lock;
 use crate::observe::metrics::ReasonLabel;
+use crate::store::buffer::Item;
 use crate::store::quarantine::{self, Origin};
 use std::time::Instant;
 use vigie_core::deliver::retry;
 use vigie_core::judge::reason::Reason;
+use vigie_core::record::RecordView;
 
 /// Why lines a database will not keep could not be quarantined.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,7 @@ impl Sink {
         for half in [a, b] {
             let mut text = half.join("\n");
             text.push('\n');
-            if let failed @ Written::Failed { .. } = self.write(tenant, &text) {
+            if let failed @ Written::Failed { .. } = self.write(tenant, &text, None) {
                 return failed;
             }
         }
@@ -191,9 +193,13 @@ impl Sink {
                 )));
                 let mut kept_all = true;
                 for w in &writes {
-                    if let Err(e) =
-                        self.keep(&w.tenant, &w.lines, Reason::DatabaseDiscarded, &detail)
-                    {
+                    let kept = self
+                        .lines_of(w)
+                        .map_err(KeepError::Write)
+                        .and_then(|lines| {
+                            self.keep(&w.tenant, &lines, Reason::DatabaseDiscarded, &detail)
+                        });
+                    if let Err(e) = kept {
                         tracing::error!(tenant = %w.tenant, error = %e, "lines VictoriaMetrics may have dropped could not be quarantined; the buffer keeps everything from here until the next start, which writes it again");
                         kept_all = false;
                     }
@@ -206,5 +212,26 @@ impl Sink {
                 }
             }
         }
+    }
+
+    /// A waiting write's lines: held, or read again from the buffer (its head chunk: the
+    /// commune's records from the chunk's first to the batch's end, which the buffer keeps
+    /// until the write is confirmed).
+    fn lines_of(&self, w: &confirm::Write) -> std::io::Result<String> {
+        let (first, end) = match &w.lines {
+            Lines::Text(t) => return Ok(t.clone()),
+            Lines::Records { first, end } => (*first, *end),
+        };
+        let mut cursor = self.s.reader.at(first);
+        let mut lines = String::new();
+        while let Some(item) = cursor.next_before(end)? {
+            if let Item::Record(e) = item
+                && let Ok(r) = RecordView::decode(&e.payload)
+                && r.tenant == w.tenant
+            {
+                lines.push_str(r.lines);
+            }
+        }
+        Ok(lines)
     }
 }

@@ -32,7 +32,7 @@ use crate::ingest::SharedQuarantine;
 use crate::observe::health::{Health, Tenant};
 use crate::observe::metrics::{ClassLabel, Metrics, gauge};
 use crate::store::buffer::{Position, Reader};
-use confirm::Confirm;
+use confirm::{Confirm, Lines};
 use lanes::Lanes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -225,7 +225,11 @@ impl Sink {
             }
             let batch = self.collect(stopping);
             for (tenant, chunk) in &batch.by_tenant {
-                match self.write(tenant, &chunk.lines) {
+                let records = batch.end.map(|end| Lines::Records {
+                    first: chunk.first,
+                    end,
+                });
+                match self.write(tenant, &chunk.lines, records) {
                     Written::Stored => {}
                     Written::Failed { error, wait } => {
                         self.fall_behind(tenant, chunk.first, error, wait);
@@ -322,8 +326,9 @@ impl Sink {
         }
     }
 
-    /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines).
-    fn write(&mut self, tenant: &str, lines: &str) -> Written {
+    /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines);
+    /// `records` says where they are in the buffer, when they are a head chunk.
+    fn write(&mut self, tenant: &str, lines: &str, records: Option<Lines>) -> Written {
         if lines.is_empty() {
             // Records `erase` emptied: nothing to send.
             return Written::Stored;
@@ -346,7 +351,7 @@ impl Sink {
         };
         let class = match action {
             Action::Done => {
-                self.written(tenant, lines, started);
+                self.written(tenant, lines, records, started);
                 return Written::Stored;
             }
             Action::Split => "split",
@@ -384,7 +389,7 @@ impl Sink {
 
     /// A write the database answered 2xx: timed, and stored once the database's counters
     /// say it kept the lines (VictoriaMetrics), at once otherwise.
-    fn written(&mut self, tenant: &str, lines: &str, started: Instant) {
+    fn written(&mut self, tenant: &str, lines: &str, records: Option<Lines>, started: Instant) {
         let n = lines.lines().count();
         let metrics = &self.s.metrics;
         metrics
@@ -392,7 +397,10 @@ impl Sink {
             .observe(started.elapsed().as_secs_f64());
         metrics.batch_lines.observe(n as f64);
         match &mut self.confirm {
-            Some(c) => c.wrote(Instant::now(), tenant, lines, n as u64),
+            Some(c) => {
+                let kept = records.unwrap_or_else(|| Lines::Text(lines.to_string()));
+                c.wrote(Instant::now(), tenant, kept, n as u64);
+            }
             None => {
                 metrics.readings_stored.of(tenant).inc_by(n as u64);
             }

@@ -138,7 +138,7 @@ impl Sink {
                         return;
                     }
                 };
-                match self.write(&tenant, &lines) {
+                match self.write(&tenant, &lines, None) {
                     Written::Stored if self.lanes.caught_up_to(&tenant, cursor.position()) => {
                         self.rejoined(&tenant);
                         break;

@@ -459,19 +459,26 @@ fn a_victoria_metrics_write_counts_as_stored_only_once_its_counters_vouch_for_it
 
 #[test]
 fn lines_victoria_metrics_dropped_after_a_204_go_to_the_quarantine() {
-    // 0 before the writes, then 2 dropped.
-    let records = vec![record("a", 1, "m v=1 1"), record("a", 2, "m v=2 2")];
+    // 0 before the writes, then 2 dropped. Two communes in one batch: each one's lines are
+    // read back from the buffer on their own.
+    let records = vec![
+        record("a", 1, "m v=1 1"),
+        record("b", 1, "m v=3 3"),
+        record("a", 2, "m v=2 2"),
+    ];
     let run = start_counted(records, vec![Some(0), Some(2)]);
     run.wait_for("kept", |r| {
-        quarantine::read_all(&r.dir.path().join("q")).is_ok_and(|(q, _)| !q.is_empty())
+        quarantine::read_all(&r.dir.path().join("q")).is_ok_and(|(q, _)| q.len() >= 2)
     });
     let (_, metrics, dir) = run.stop();
     assert_eq!(stored(&metrics), 0, "nothing vouched for");
     let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
-    let kept: String = q
-        .iter()
-        .filter(|e| e.reason == "database_discarded")
-        .map(|e| String::from_utf8(hex::decode(&e.payload).unwrap()).unwrap())
-        .collect();
-    assert_eq!(kept, "m v=1 1\nm v=2 2\n");
+    let kept = |tenant: &str| -> String {
+        q.iter()
+            .filter(|e| e.reason == "database_discarded" && e.topic == tenant)
+            .map(|e| String::from_utf8(hex::decode(&e.payload).unwrap()).unwrap())
+            .collect()
+    };
+    assert_eq!(kept("a"), "m v=1 1\nm v=2 2\n");
+    assert_eq!(kept("b"), "m v=3 3\n");
 }
