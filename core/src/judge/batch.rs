@@ -186,6 +186,21 @@ mod tests {
         assert_eq!(verdicts(&seq, &[2, 3]), one_by_one);
     }
 
+    #[test]
+    fn a_board_whose_counter_went_back_is_never_told_duplicate() {
+        // 100 frames stored, then the board erased and flashed again with the same blob:
+        // its counter restarts at 0 and its new frames differ. Every one of them, however
+        // far back in the window, is refused out loud, never acknowledged as a duplicate
+        // (with tags kept for the last 64 counters only, all 30 were "duplicates", their
+        // readings deleted by the device: issue 28's 30 of 30).
+        let mut seq: Vec<_> = (0..100).map(|c| message("a", c, 0)).collect();
+        seq.extend((0..30).map(|c| message("a", c, 1)));
+        let v = verdicts(&seq, &[16]);
+        assert!(v[..100].iter().all(|v| v == "store"), "{v:?}");
+        assert!(v[100..].iter().all(|v| v == "counter_reused"), "{v:?}");
+        assert_eq!(verdicts(&seq, &[1]), v);
+    }
+
     fn sequence() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         let w = protocol::replay::WINDOW;
         let counter = prop_oneof![0u32..6, (w..w + 6)];

@@ -6,11 +6,14 @@
 //! While a batch is judged, a [`Pending`] overlay sees the frames earlier in the same
 //! batch, so a batch gets exactly the verdicts one-at-a-time delivery would.
 //!
-//! **Counter reuse.** The tag (the frame's last 8 bytes) of the last [`RECENT`] counters
-//! accepted per device is kept. A frame whose counter is one of them with the same tag is
-//! a duplicate (a redelivery); with another tag it is a different frame under a used
-//! counter ([`Seen::Reused`]). Older counters inside the window have no tag kept and count
-//! as duplicates.
+//! **Counter reuse.** For every counter of the window a device stored, a 32-bit
+//! fingerprint of its tag (the first 4 of the frame's last 8 bytes) is kept: 8 KiB per
+//! device. A frame whose counter was stored with the same fingerprint is a duplicate (a
+//! redelivery); with another one it is a different frame under a used counter
+//! ([`Seen::Reused`]): refused out loud and quarantined, never acknowledged as a duplicate
+//! and deleted by its device (a re-flashed board whose counter restarted). A counter
+//! stored with no tag known (lines written again from the database quarantine, a state
+//! saved before fingerprints beyond its last 64 tags) counts as a duplicate.
 //!
 //! **Stored time.** A reading is stored at its second plus the counter modulo 1000 as
 //! milliseconds (SPEC §6), so counters `c` and `c + 1000·k` of one second would become one
@@ -21,17 +24,20 @@
 //! Past [`SPANS`] blocks the oldest are merged into one span per kind, which counts as
 //! another block for every frame: stricter, never weaker.
 //!
-//! Snapshot: `"VGR3"`, u32 count, then per device `u8 len, tenant, u8 len, device,
-//! u32 epoch, window, u8 n, n × (u32 counter, 8-byte tag), u8 m, m × (u32 epoch,
-//! u32 block, u8 kind, u32 first, u32 last)`, then CRC-32 of everything before. `"VGR2"`
-//! (no spans) and `"VGR1"` (no tags) snapshots still load.
+//! Snapshot: `"VGR4"`, u32 count, then per device `u8 len, tenant, u8 len, device,
+//! u32 epoch, window, one u32 fingerprint per stored counter of the window (highest
+//! first; 0: none known), u8 m, m × (u32 epoch, u32 block, u8 kind, u32 first, u32 last)`,
+//! then CRC-32 of everything before. `"VGR3"` (the last 64 tags as `u8 n, n × (u32
+//! counter, 8-byte tag)`, then spans), `"VGR2"` (no spans) and `"VGR1"` (no tags)
+//! snapshots still load.
 
 use crate::FastMap;
 use crate::condition::missing::{self, Gap};
 use crate::record::Record;
+use protocol::replay::WINDOW;
 use protocol::{Freshness, ReplayWindow};
 
-/// How many recent (counter, tag) pairs are kept per device.
+/// How many (counter, tag) pairs a `"VGR3"` snapshot kept per device.
 pub const RECENT: usize = 64;
 
 /// A frame's authentication tag: what tells two frames under one counter apart.
@@ -89,57 +95,74 @@ pub enum Seen {
     TooOld,
 }
 
-/// The last [`RECENT`] (counter, tag) pairs, oldest first; a fixed ring, so copying a
-/// device's state for a batch allocates nothing.
-#[derive(Debug, Clone, Copy)]
-struct Recent {
-    items: [(u32, Tag); RECENT],
-    len: u8,
-    next: u8,
+/// The fingerprint of a tag: its first 4 bytes, never 0 (0 says "none known").
+fn fingerprint(tag: &Tag) -> u32 {
+    u32::from_be_bytes([tag[0], tag[1], tag[2], tag[3]]).max(1)
 }
 
-impl Default for Recent {
+/// The tag fingerprints of the window's counters, indexed by counter modulo [`WINDOW`]:
+/// meaningful for a counter the window holds as stored (a later counter of the same
+/// index has moved the window past it).
+#[derive(Clone)]
+struct Prints(Box<[u32; WINDOW as usize]>);
+
+impl std::fmt::Debug for Prints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let known = self.0.iter().filter(|p| **p != 0).count();
+        write!(f, "Prints({known} known)")
+    }
+}
+
+impl Default for Prints {
     fn default() -> Self {
-        Self {
-            items: [(0, [0; 8]); RECENT],
-            len: 0,
-            next: 0,
-        }
+        Self(Box::new([0; WINDOW as usize]))
     }
 }
 
-impl PartialEq for Recent {
-    fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
-
-impl Recent {
-    fn push(&mut self, item: (u32, Tag)) {
-        self.items[usize::from(self.next)] = item;
-        self.next = ((usize::from(self.next) + 1) % RECENT) as u8;
-        self.len = (usize::from(self.len) + 1).min(RECENT) as u8;
+impl Prints {
+    fn get(&self, counter: u32) -> u32 {
+        self.0[(counter % WINDOW) as usize]
     }
 
-    /// Oldest first.
-    fn iter(&self) -> impl Iterator<Item = &(u32, Tag)> {
-        let len = usize::from(self.len);
-        let start = (usize::from(self.next) + RECENT - len) % RECENT;
-        (0..len).map(move |i| &self.items[(start + i) % RECENT])
+    fn set(&mut self, counter: u32, print: u32) {
+        self.0[(counter % WINDOW) as usize] = print;
     }
 }
 
 /// One device's state.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 struct Slot {
     epoch: u32,
     window: ReplayWindow,
-    recent: Recent,
+    prints: Prints,
     /// Kept across key epochs: a new epoch's counters restart and can meet old seconds.
     spans: Vec<Span>,
 }
 
+/// Equal states: the same window, spans and fingerprints of the counters it holds (what
+/// a slot's index still holds of counters below the window does not count).
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch
+            && self.window == other.window
+            && self.spans == other.spans
+            && self
+                .stored()
+                .all(|c| self.prints.get(c) == other.prints.get(c))
+    }
+}
+
 impl Slot {
+    /// The window's stored counters, highest first: the order of their fingerprints in a
+    /// snapshot.
+    fn stored(&self) -> impl Iterator<Item = u32> + '_ {
+        let high = self.window.highest();
+        let span = high.map_or(0, |h| h.min(WINDOW - 1) + 1);
+        (0..span)
+            .filter_map(move |i| high.map(|h| h - i))
+            .filter(|&c| self.window.check(c) == Freshness::Duplicate)
+    }
+
     fn new(epoch: u32) -> Self {
         Self {
             epoch,
@@ -157,8 +180,8 @@ impl Slot {
         match self.window.check(counter) {
             Freshness::Fresh => Seen::Fresh,
             Freshness::TooOld => Seen::TooOld,
-            Freshness::Duplicate => match (tag, self.recent.iter().find(|(c, _)| *c == counter)) {
-                (Some(tag), Some((_, kept))) if kept != tag => Seen::Reused,
+            Freshness::Duplicate => match (tag.map(fingerprint), self.prints.get(counter)) {
+                (Some(print), kept) if kept != 0 && kept != print => Seen::Reused,
                 _ => Seen::Duplicate,
             },
         }
@@ -237,14 +260,15 @@ impl Slot {
         if let Some(seconds) = seconds {
             self.note_seconds(epoch, counter, seconds);
         }
-        let gap = match self.window.check(counter) {
-            Freshness::Fresh => missing::gap(self.window.highest(), counter),
-            _ => Gap::None,
-        };
-        self.window.accept(counter);
-        if let Some(tag) = tag {
-            self.recent.push((counter, tag));
+        if self.window.check(counter) != Freshness::Fresh {
+            // Stored already, or below the window: its fingerprint (if any) stays.
+            self.window.accept(counter);
+            return Gap::None;
         }
+        let gap = missing::gap(self.window.highest(), counter);
+        self.window.accept(counter);
+        self.prints
+            .set(counter, tag.as_ref().map_or(0, fingerprint));
         gap
     }
 }
@@ -259,7 +283,7 @@ pub trait Counters {
     fn collides(&self, who: (&str, &str), epoch: u32, counter: u32, seconds: &Seconds) -> bool;
 }
 
-/// Key epoch, replay window and recent tags of each device, by tenant then device
+/// Key epoch, replay window and tag fingerprints of each device, by tenant then device
 /// (nested so a lookup borrows `&str`: no allocation per message).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReplayBook {
@@ -273,7 +297,8 @@ pub struct SnapshotError;
 
 const MAGIC_V1: &[u8; 4] = b"VGR1";
 const MAGIC_V2: &[u8; 4] = b"VGR2";
-const MAGIC: &[u8; 4] = b"VGR3";
+const MAGIC_V3: &[u8; 4] = b"VGR3";
+const MAGIC: &[u8; 4] = b"VGR4";
 
 impl Counters for ReplayBook {
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen {
@@ -373,10 +398,8 @@ impl ReplayBook {
             }
             out.extend_from_slice(&slot.epoch.to_be_bytes());
             out.extend_from_slice(&slot.window.to_bytes());
-            out.push(slot.recent.len);
-            for (counter, tag) in slot.recent.iter() {
-                out.extend_from_slice(&counter.to_be_bytes());
-                out.extend_from_slice(tag);
+            for counter in slot.stored() {
+                out.extend_from_slice(&slot.prints.get(counter).to_be_bytes());
             }
             // At most SPANS blocks plus one merged span per kind: fits a byte.
             out.push(slot.spans.len() as u8);
@@ -403,15 +426,19 @@ impl ReplayBook {
         }
         let version = match body.get(..4) {
             Some(m) if m == MAGIC => Version {
-                tags: true,
+                tags: Kept::Window,
+                spans: true,
+            },
+            Some(m) if m == MAGIC_V3 => Version {
+                tags: Kept::Last64,
                 spans: true,
             },
             Some(m) if m == MAGIC_V2 => Version {
-                tags: true,
+                tags: Kept::Last64,
                 spans: false,
             },
             Some(m) if m == MAGIC_V1 => Version {
-                tags: false,
+                tags: Kept::None,
                 spans: false,
             },
             _ => return Err(SnapshotError),
@@ -434,8 +461,19 @@ impl ReplayBook {
 /// What a snapshot's version holds besides the windows.
 #[derive(Debug, Clone, Copy)]
 struct Version {
-    tags: bool,
+    tags: Kept,
     spans: bool,
+}
+
+/// Which tags a snapshot's version kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// None (`"VGR1"`).
+    None,
+    /// The last [`RECENT`] counters' whole tags (`"VGR2"`, `"VGR3"`).
+    Last64,
+    /// A fingerprint per stored counter of the window (`"VGR4"`).
+    Window,
 }
 
 /// A snapshot being read.
@@ -462,6 +500,23 @@ impl<'a> Bytes<'a> {
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| SnapshotError)
     }
 
+    /// The last tags an older snapshot kept, as fingerprints of the counters the window
+    /// still holds.
+    fn last_tags(&mut self, slot: &mut Slot) -> Result<(), SnapshotError> {
+        let n = self.u8()? as usize;
+        if n > RECENT {
+            return Err(SnapshotError);
+        }
+        for _ in 0..n {
+            let counter = self.u32()?;
+            let tag: Tag = self.take(8)?.try_into().map_err(|_| SnapshotError)?;
+            if slot.window.check(counter) == Freshness::Duplicate {
+                slot.prints.set(counter, fingerprint(&tag));
+            }
+        }
+        Ok(())
+    }
+
     /// One device's slot: epoch, window, and what `version` adds.
     fn slot(&mut self, version: Version) -> Result<Slot, SnapshotError> {
         let epoch = self.u32()?;
@@ -472,18 +527,17 @@ impl<'a> Bytes<'a> {
         let mut slot = Slot {
             epoch,
             window: ReplayWindow::from_bytes(&w),
-            recent: Recent::default(),
+            prints: Prints::default(),
             spans: Vec::new(),
         };
-        if version.tags {
-            let n = self.u8()? as usize;
-            if n > RECENT {
-                return Err(SnapshotError);
-            }
-            for _ in 0..n {
-                let counter = self.u32()?;
-                let tag: Tag = self.take(8)?.try_into().map_err(|_| SnapshotError)?;
-                slot.recent.push((counter, tag));
+        match version.tags {
+            Kept::None => {}
+            Kept::Last64 => self.last_tags(&mut slot)?,
+            Kept::Window => {
+                let stored: Vec<u32> = slot.stored().collect();
+                for counter in stored {
+                    slot.prints.set(counter, self.u32()?);
+                }
             }
         }
         if version.spans {
