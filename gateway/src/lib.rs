@@ -3,16 +3,16 @@
 //!
 //! - [`intake`]: MQTT in and acknowledgements out (own MQTT 5 connection, or the embedded
 //!   broker of the no-servers mode).
-//! - [`ingest`]: the worker thread that judges a batch, commits it, then acknowledges; the
-//!   host clock's sync state.
+//! - [`ingest`]: the worker thread that judges a batch, commits it, then acknowledges.
 //! - [`store`]: the durable buffer, the quarantine, the filesystem seam under both.
 //! - [`deliver`]: per-commune delivery to InfluxDB (v1, v2) or VictoriaMetrics, and what
 //!   each database keeps (retention, device metadata, communes' databases).
 //!
-//! Beside them: [`web`] (HTTP server, status pages, live feed), [`observe`] (metrics,
-//! health, device state), [`fleet`] (registry file, broker accounts, the CA), [`config`]
-//! (the configuration file), and [`ops`] (the operator commands, one file per group).
-//! `docs/ARCHITECTURE.md` draws the map.
+//! Beside them: [`web`] (HTTP server, status pages), [`observe`] (metrics, health, device
+//! state and live feed), [`fleet`] (registry file, broker accounts, the CA), [`config`]
+//! (the configuration file), [`clock`] (the one clock, and whether the host's is
+//! synchronised), [`service`] (the composition root) and [`ops`] (the operator commands,
+//! one file per group). `docs/ARCHITECTURE.md` draws the map.
 
 pub mod clock;
 pub mod config;
