@@ -315,4 +315,24 @@ mod tests {
             Settled::Kept { .. }
         ));
     }
+
+    #[test]
+    fn what_waits_is_bounded_in_writes_and_in_lines_held_apart() {
+        let t0 = Instant::now();
+        let at = |offset| Position { segment: 1, offset };
+        let mut c = Confirm::new(Some(counters(0)));
+        for i in 0..MAX_WRITES as u64 - 1 {
+            let records = Lines::Records {
+                first: at(i),
+                end: at(i + 1),
+            };
+            c.wrote(t0, "lyon", records, 1);
+        }
+        assert!(!c.full(), "buffer ranges hold no lines");
+        c.wrote(t0, "lyon", text("a 1\n"), 1);
+        assert!(c.full(), "at most MAX_WRITES wait");
+        let mut c = Confirm::new(Some(counters(0)));
+        c.wrote(t0, "lyon", Lines::Text("x".repeat(MAX_BYTES)), 1);
+        assert!(c.full(), "at most MAX_BYTES of lines held apart");
+    }
 }

@@ -122,7 +122,7 @@ pub async fn run_with_metrics(
     c.traffic.devices.restore(&data);
     let (options, filter) = mqtt(&config)?;
     let (worker, reader, db_quarantine) = open_worker(&config, registry, &c).await?;
-    let mut threads = Threads::start(&config, &data, worker, reader, db_quarantine, &c)?;
+    let (threads, acks) = Threads::start(&config, &data, worker, reader, db_quarantine, &c)?;
     stop_when_dead(&threads, &c.stopping);
     let reload = Reload::new(
         config.gateway.registry.clone(),
@@ -140,7 +140,7 @@ pub async fn run_with_metrics(
     let links = intake::mqtt::Links {
         filter,
         jobs: threads.jobs.clone(),
-        acks: threads.acks.take().ok_or(RunError::Died("mqtt"))?,
+        acks,
         metrics: c.metrics.clone(),
         health: c.health.clone(),
         stopping: c.stopping.clone(),

@@ -58,12 +58,11 @@ pub(super) struct Threads {
     pub(super) died: Death,
     /// Messages and commands to the worker.
     pub(super) jobs: mpsc::Sender<Job>,
-    /// What the worker made durable, to acknowledge (taken by the MQTT task).
-    pub(super) acks: Option<mpsc::UnboundedReceiver<ToBroker>>,
 }
 
 impl Threads {
-    /// Starts the worker, the sink and the device-metadata writer.
+    /// Starts the worker, the sink and the device-metadata writer; with them, the channel
+    /// of what the worker makes durable.
     pub(super) fn start(
         config: &Config,
         data: &Path,
@@ -71,7 +70,7 @@ impl Threads {
         reader: Reader,
         db_quarantine: SharedQuarantine,
         c: &Common,
-    ) -> Result<Self, RunError> {
+    ) -> Result<(Self, mpsc::UnboundedReceiver<ToBroker>), RunError> {
         let fs = crate::store::fs::real();
         let died = Death::default();
         let (jobs, jobs_rx) = mpsc::channel(4096);
@@ -105,7 +104,7 @@ impl Threads {
         let sink = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
             deliver::run(setup)
         })?;
-        Ok(Self {
+        let threads = Self {
             worker,
             sink,
             info,
@@ -114,8 +113,9 @@ impl Threads {
             wake_sink,
             died,
             jobs,
-            acks: Some(acks),
-        })
+        };
+        // What the worker makes durable, to acknowledge: the MQTT task's.
+        Ok((threads, acks))
     }
 
     /// Once the MQTT task stopped: the worker finishes its commit, the sink writes what

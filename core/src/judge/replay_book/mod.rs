@@ -158,8 +158,9 @@ impl Slot {
     fn stored(&self) -> impl Iterator<Item = u32> + '_ {
         let high = self.window.highest();
         let span = high.map_or(0, |h| h.min(WINDOW - 1) + 1);
+        let high = high.unwrap_or(0);
         (0..span)
-            .filter_map(move |i| high.map(|h| h - i))
+            .map(move |i| high - i)
             .filter(|&c| self.window.check(c) == Freshness::Duplicate)
     }
 
