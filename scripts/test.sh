@@ -8,11 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+# A clean clone gains nothing from incremental compilation: its caches took 1.5 GB of
+# the disk a CI machine ran out of.
+export CARGO_INCREMENTAL=0
 TARGET_M4=thumbv7em-none-eabihf
 
 # Each step says when it started (minutes:seconds into the run): where the time goes.
 step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
+step "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free (the run writes about 7 GB, docs/TESTING.md)"
 step "toolchain: rustfmt, clippy, $TARGET_M4"
 rustup component add rustfmt clippy >/dev/null
 rustup target add "$TARGET_M4" >/dev/null
@@ -162,4 +166,5 @@ for target in registry http; do
     rm -f "$log"
 done
 
+step "disk written by the builds: $(du -sch target fuzz/target fuzz-gateway/target | tail -n 1 | cut -f 1)"
 step "all checks passed"
