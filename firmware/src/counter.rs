@@ -123,11 +123,28 @@ impl<F: NorFlash> FrameCounter<F> {
         self.next
     }
 
+    /// Moves the next counter up to `counter` (a gateway said the device's counter went
+    /// back, SPEC §12.1), persisting a reservation that covers it first; never down.
+    pub fn skip_to(&mut self, counter: u32) -> Result<(), CounterError> {
+        if counter <= self.next {
+            return Ok(());
+        }
+        if counter > self.limit {
+            // Reserved from the multiple of the step just below it: the limit stays a
+            // multiple of the step, as every limit (SPEC §6).
+            self.reserve_from(counter - counter % self.step)?;
+        }
+        self.next = counter;
+        Ok(())
+    }
+
     fn reserve(&mut self) -> Result<(), CounterError> {
-        let limit = self
-            .limit
-            .checked_add(self.step)
-            .ok_or(CounterError::Exhausted)?;
+        self.reserve_from(self.limit)
+    }
+
+    /// Persists `from + step` as the limit; only then is it the limit.
+    fn reserve_from(&mut self, from: u32) -> Result<(), CounterError> {
+        let limit = from.checked_add(self.step).ok_or(CounterError::Exhausted)?;
         let mut rec = [0u8; RECORD];
         rec[..4].copy_from_slice(&limit.to_le_bytes());
         rec[4..].copy_from_slice(&(!limit).to_le_bytes());
@@ -280,6 +297,26 @@ mod tests {
             f.writes
         );
         assert!(frames > 15_000);
+    }
+
+    #[test]
+    fn skipping_ahead_persists_first_and_never_goes_back() {
+        let mut c = FrameCounter::resume(flash(), 64, 16).unwrap();
+        assert_eq!(c.take(), Ok(0));
+        c.skip_to(1_000).unwrap();
+        assert_eq!(c.take(), Ok(1_000));
+        // Never down, and within the reservation no write.
+        c.skip_to(5).unwrap();
+        let writes = c.flash.writes;
+        c.skip_to(1_003).unwrap();
+        assert_eq!((c.take(), c.flash.writes), (Ok(1_003), writes));
+        // A reboot resumes above the skip, at a multiple of the step.
+        let mut again = FrameCounter::resume(c.release(), 64, 16).unwrap();
+        assert_eq!(again.take(), Ok(1_008));
+        // A failed write skips nothing: the counter stays where it was.
+        again.flash.fail_next = true;
+        assert!(again.skip_to(5_000).is_err());
+        assert_eq!(again.take(), Ok(1_009));
     }
 
     #[test]

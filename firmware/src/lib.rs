@@ -13,6 +13,8 @@
 //!   wear-levelled, bounded (the oldest page goes, counted, when full).
 //! - [`node`]: identity, counter, ring and uplink together: seal, publish, forget on a
 //!   gateway's acknowledgement, resend what none covered.
+//! - [`downlink`]: a gateway's downlinks applied: forget what it holds, count what it
+//!   refused, re-seal under fresh counters what it had seen under a used counter.
 //! - [`mqtt`]: the MQTT 5 a node needs (connect with will, QoS 1 publish, one QoS 0
 //!   subscription, ping), small enough for the image budget.
 //! - [`uplink`]: the node's topics and session over [`mqtt`].
@@ -35,6 +37,7 @@ pub mod app;
 pub mod backoff;
 pub mod boot;
 pub mod counter;
+pub mod downlink;
 pub mod drivers;
 pub mod flash;
 pub mod link;

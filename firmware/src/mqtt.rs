@@ -149,8 +149,9 @@ impl<T: Read + Write> Mqtt<T> {
         .await
     }
 
-    /// Subscribes to `filter` at QoS 0 and waits for the SUBACK (retained messages may
-    /// arrive before it: `on_message`).
+    /// Subscribes to `filter` at QoS 0 with Retain Handling 2 (no retained message at
+    /// subscribe: an old acknowledgement could clear frames a board sealed after its
+    /// counter went back) and waits for the SUBACK (messages meanwhile: `on_message`).
     pub async fn subscribe(
         &mut self,
         filter: &str,
@@ -161,7 +162,7 @@ impl<T: Read + Write> Mqtt<T> {
         self.put(&pid.to_be_bytes()).await?;
         self.put(&[0]).await?; // no properties
         self.string(filter).await?;
-        self.put(&[0]).await?; // maximum QoS 0
+        self.put(&[0x20]).await?; // maximum QoS 0, Retain Handling 2
         self.flush().await?;
         self.until(on_message, |i| match i {
             Incoming::SubAck(p, code) if *p == pid => Some(code_result(*code)),
@@ -461,7 +462,8 @@ mod tests {
         assert_eq!(block_on(c.subscribe("a/ack", &mut |_| {})), Ok(()));
         assert_eq!(
             c.io.sent,
-            [0x82, 11, 0, 1, 0, 0, 5, b'a', b'/', b'a', b'c', b'k', 0]
+            [0x82, 11, 0, 1, 0, 0, 5, b'a', b'/', b'a', b'c', b'k', 0x20],
+            "QoS 0, Retain Handling 2"
         );
         // An oversized message is read away, then the PINGRESP still arrives.
         let mut inbox = std::vec![0x30, 0xc8, 0x01]; // 200 bytes

@@ -14,9 +14,10 @@ use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
 use protocol::provision::Provisioning;
 use protocol::reading::error_flags;
-use protocol::{Ack, DeviceStatus, EncodeError, Field, Reading, Values};
+use protocol::{DeviceStatus, EncodeError, Field, Reading, Values};
 
 use crate::counter::{CounterError, FrameCounter};
+use crate::downlink::{Heard, Store};
 use crate::outbox::Outbox;
 use crate::ring::{self, FrameRing, Pos, RingError};
 use crate::station::Sample;
@@ -77,8 +78,10 @@ pub struct Exchange {
     pub sent: u32,
     /// Of those, frames this boot had sent before (no acknowledgement came for them).
     pub resent: u32,
-    /// Readings a gateway acknowledged.
+    /// Readings a gateway acknowledged (holds).
     pub acknowledged: u32,
+    /// Readings a gateway refused for good (its quarantine keeps them).
+    pub refused: u32,
     /// More frames wait to be sent on this connection: exchange again now.
     pub more: bool,
 }
@@ -103,6 +106,10 @@ pub struct Node<F, const Q: usize> {
     lost: u32,
     /// Readings acknowledged since boot.
     acknowledged: u32,
+    /// Readings refused for good since boot.
+    refused: u32,
+    /// Frames re-sealed since boot because their counter had been used (SPEC §12.1).
+    resealed: u32,
     /// Frames sent again since boot.
     resent: u32,
     errors: u16,
@@ -132,6 +139,8 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             resend_after: RESEND_AFTER,
             lost: 0,
             acknowledged: 0,
+            refused: 0,
+            resealed: 0,
             resent: 0,
             errors: 0,
         })
@@ -208,6 +217,17 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         self.resent
     }
 
+    /// Readings a gateway refused for good since boot (for the simulator's figures).
+    pub fn refused(&self) -> u32 {
+        self.refused
+    }
+
+    /// Frames re-sealed under fresh counters since boot, because a gateway had seen their
+    /// counters already (the board's counter went back).
+    pub fn resealed(&self) -> u32 {
+        self.resealed
+    }
+
     /// The next counter the node will use (for logs and tests).
     pub fn next_counter(&self) -> u32 {
         self.counter.peek()
@@ -224,16 +244,33 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         let Self {
             uplink,
             ring,
+            counter,
             provisioning,
             ..
         } = self;
-        let mut acknowledged = 0;
-        let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+        let mut heard = Heard::default();
+        let mut store = Store {
+            ring,
+            counter,
+            provisioning,
+        };
+        let mut on_message = |m: &[u8]| store.apply(m, &mut heard);
         let password = provisioning.broker_password.as_str();
         let connected = uplink.connect(client, password, &mut on_message).await;
-        self.acknowledged = self.acknowledged.saturating_add(acknowledged);
+        self.count(&heard);
         connected?;
-        Ok(acknowledged)
+        Ok(heard.acknowledged)
+    }
+
+    /// Counts what the downlinks of an exchange did.
+    fn count(&mut self, heard: &Heard) {
+        self.acknowledged = self.acknowledged.saturating_add(heard.acknowledged);
+        self.refused = self.refused.saturating_add(heard.refused);
+        self.resealed = self.resealed.saturating_add(heard.resealed);
+        self.lost = self.lost.saturating_add(heard.lost);
+        if heard.failed {
+            self.errors |= error_flags::STORAGE;
+        }
     }
 
     /// Sends every frame not yet sent on this connection, each awaited until its PUBACK,
@@ -280,13 +317,14 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         let Self {
             uplink,
             ring,
+            counter,
             provisioning,
             sent_up_to,
             high_water,
             resent,
             ..
         } = self;
-        let mut acknowledged = 0;
+        let mut heard = Heard::default();
         let result = 'exchange: {
             loop {
                 let pos = match ring.next_unacked(*sent_up_to) {
@@ -308,18 +346,31 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
                 } else {
                     *high_water = Some(pos);
                 }
-                let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+                let mut store = Store {
+                    ring,
+                    counter,
+                    provisioning,
+                };
+                let mut on_message = |m: &[u8]| store.apply(m, &mut heard);
                 if let Err(e) = uplink.publish(client, &frame[..n], &mut on_message).await {
                     break 'exchange Err(e.into());
                 }
                 *sent_up_to = Some(pos);
                 done.sent += 1;
             }
-            let mut on_message = |m: &[u8]| acknowledged += settle(ring, provisioning, m);
+            let mut store = Store {
+                ring,
+                counter,
+                provisioning,
+            };
+            let mut on_message = |m: &[u8]| store.apply(m, &mut heard);
             client.ping(&mut on_message).await.map_err(NodeError::from)
         };
-        done.acknowledged += acknowledged;
-        self.acknowledged = self.acknowledged.saturating_add(acknowledged);
+        done.acknowledged += heard.acknowledged;
+        done.refused += heard.refused;
+        // Re-sealed frames wait at the end of the ring: send them now.
+        done.more |= heard.resealed > 0;
+        self.count(&heard);
         result
     }
 
@@ -353,16 +404,6 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
                 }
             }
         }
-    }
-}
-
-/// Applies one received message, if it is a valid acknowledgement for this device;
-/// returns the readings it acknowledged.
-fn settle<F: NorFlash>(ring: &mut FrameRing<F>, p: &Provisioning, message: &[u8]) -> u32 {
-    let Ok(who) = p.identity() else { return 0 };
-    match Ack::open(message, &p.key, who) {
-        Ok(ack) => ring.acknowledge(&ack).unwrap_or(0),
-        Err(_) => 0,
     }
 }
 
@@ -413,6 +454,10 @@ mod tests {
         /// A frame the broker loses (PUBACK sent, never delivered): no acknowledgement.
         loses: Option<u32>,
         dead: bool,
+        /// A gateway with a replay state: counter → the frame it stored (SPEC §13.2, a
+        /// window as wide as the counters used here); answers a counter it holds under
+        /// other bytes with verdicts asking for a re-seal (§12.1).
+        book: Option<std::collections::BTreeMap<u32, Vec<u8>>>,
     }
 
     impl Broker {
@@ -457,6 +502,9 @@ mod tests {
                         if uplink && self.gateway && !lost {
                             self.acknowledge(&payload);
                         }
+                        if uplink && !lost && self.book.is_some() {
+                            self.judge(payload);
+                        }
                     }
                     8 => self
                         .to_client
@@ -471,14 +519,44 @@ mod tests {
         fn acknowledge(&mut self, frame: &[u8]) {
             let counter = protocol::peek(frame).unwrap().counter;
             let who = Identity::new("lyon", "aq-1").unwrap();
-            let ack = Ack::new(counter).seal([counter as u8; 8], &key(), who);
+            let ack = protocol::Ack::new(counter).seal([counter as u8; 8], &key(), who);
+            self.downlink(&ack);
+        }
+
+        /// The gateway with a book: stores a fresh counter (or acknowledges the same
+        /// bytes again), asks for a re-seal of a used one.
+        fn judge(&mut self, frame: Vec<u8>) {
+            let counter = protocol::peek(&frame).unwrap().counter;
+            let who = Identity::new("lyon", "aq-1").unwrap();
+            let book = self.book.get_or_insert_default();
+            let id = [counter as u8, book.len() as u8, 0, 0, 0, 0, 0, 1];
+            let sealed = match book.get(&counter) {
+                Some(held) if *held != frame => {
+                    let highest = book.keys().max().copied().unwrap_or(0);
+                    let mut v = protocol::Verdicts {
+                        base: counter,
+                        resume: highest + 1,
+                        ..Default::default()
+                    };
+                    v.reseal(counter);
+                    v.seal(id, &key(), who).to_vec()
+                }
+                _ => {
+                    book.insert(counter, frame);
+                    protocol::Ack::new(counter).seal(id, &key(), who).to_vec()
+                }
+            };
+            self.downlink(&sealed);
+        }
+
+        fn downlink(&mut self, payload: &[u8]) {
             let topic = b"vigie/v1/lyon/aq-1/ack";
-            let len = 2 + topic.len() + 1 + ack.len();
+            let len = 2 + topic.len() + 1 + payload.len();
             self.to_client
                 .extend([0x30, len as u8, 0, topic.len() as u8]);
             self.to_client.extend(topic);
             self.to_client.push_back(0); // no properties
-            self.to_client.extend(ack);
+            self.to_client.extend(payload);
         }
     }
 
@@ -604,6 +682,7 @@ mod tests {
                 sent: 3,
                 resent: 1,
                 acknowledged: 3,
+                refused: 0,
                 more: false
             })
         );
@@ -686,6 +765,46 @@ mod tests {
             1,
             "the resend went to the same lossy broker"
         );
+    }
+
+    #[test]
+    fn a_board_erased_then_told_its_counter_went_back_reseals_and_is_stored() {
+        let mut gateway = Broker {
+            book: Some(Default::default()),
+            ..Broker::default()
+        };
+        let mut old = boot(Default::default());
+        for i in 0..10 {
+            old.record(aq(1_795_305_600 + 60 * i));
+        }
+        session(&mut old, &mut gateway, 4).unwrap();
+        assert_eq!(old.unacknowledged(), 0);
+        let before = gateway.uplinks.len();
+
+        // Chip erase, the same blob flashed again: the counter restarts at 0.
+        let mut new = boot(Default::default());
+        let times: Vec<u32> = (0..3).map(|i| 1_795_400_000 + 60 * i).collect();
+        for &t in &times {
+            new.record(aq(t));
+        }
+        gateway.uplinks.clear();
+        session(&mut new, &mut gateway, 4).unwrap();
+        assert_eq!(new.unacknowledged(), 0);
+        assert_eq!((new.resealed(), new.refused()), (3, 0));
+        let book = gateway.book.take().unwrap_or_default();
+        assert_eq!(book.len(), before + 3, "every reading stored, once");
+        // What the new board sent after the first verdict: fresh counters only.
+        let sent = counters(&gateway.uplinks);
+        assert_eq!(&sent[..1], [0]);
+        assert!(
+            sent[1..].iter().all(|c| [1, 2].contains(c) || *c >= 10),
+            "{sent:?}"
+        );
+        for (c, t) in (10..).zip(&times) {
+            let f = protocol::open(&book[&c], &key(), Identity::new("lyon", "aq-1").unwrap());
+            assert_eq!(f.map(|f| f.readings[0].time), Ok(*t), "counter {c}");
+        }
+        assert!(new.next_counter() > 12);
     }
 
     #[test]

@@ -208,6 +208,14 @@ impl<F: NorFlash> FrameRing<F> {
         Ok(None)
     }
 
+    /// Readings the frame at `pos` carries.
+    pub fn readings_at(&mut self, pos: Pos) -> Result<u8, RingError> {
+        let r = self
+            .record(pos.seq, pos.offset)?
+            .ok_or(RingError::Unsupported)?;
+        Ok(r.readings)
+    }
+
     /// Copies the frame at `pos` into `buf`; returns its length.
     pub fn read(&mut self, pos: Pos, buf: &mut [u8; MAX_FRAME]) -> Result<usize, RingError> {
         let page = self.page_of(pos.seq)?.ok_or(RingError::Unsupported)?;

@@ -596,15 +596,30 @@ fn cases() -> Vec<Case> {
     let edge_out = AQ.seal(&[aq(t)], 2952);
     let top = AQ.seal(&[aq(t - 10)], 5000);
     out.push(Case {
-        name: "replay: below the window's edge is stored too (highest 5000: 2953 and 2952)",
+        name: "replay: below the window's edge the counter went back (highest 5000: 2953 stored, 2952 refused)",
         stored: vec![json!({ "tenant": "lyon", "device": "aq-1", "epoch": 1, "counter": 5000, "tag": tag(&top) })],
         messages: vec![msg(&AQ.up(), &edge_in), msg(&AQ.up(), &edge_out), msg(&AQ.up(), &top)],
         batches: None,
         clock_synchronised: true,
         expect: vec![
             stored(vec![aq_point(&AQ, t, 2953)]),
-            stored(vec![aq_point(&AQ, t, 2952)]),
+            refused("counter_reused"),
             duplicate(),
+        ],
+    });
+    // A board erased and flashed again: its frame under counter 5 is refused; re-sealed
+    // under the counter the verdict downlink names (§12.1: highest + 1), it is stored.
+    let erased = AQ.seal(&[aq(t - 3)], 5);
+    let resealed = AQ.seal(&[aq(t - 3)], 5001);
+    out.push(Case {
+        name: "replay: a counter gone back, then the same readings re-sealed under the resume counter",
+        stored: vec![json!({ "tenant": "lyon", "device": "aq-1", "epoch": 1, "counter": 5000, "tag": tag(&top) })],
+        messages: vec![msg(&AQ.up(), &erased), msg(&AQ.up(), &resealed)],
+        batches: None,
+        clock_synchronised: true,
+        expect: vec![
+            refused("counter_reused"),
+            stored(vec![aq_point(&AQ, t - 3, 5001)]),
         ],
     });
     let old_dup = AQ.seal(&[aq(NOW - MAX_AGE - 10)], 7);

@@ -17,7 +17,9 @@ use crate::topic::Identity;
 /// never reuses an uplink nonce.
 const DIRECTION_UPLINK: u8 = 0x01;
 /// Nonce byte 8 of an acknowledgement (SPEC §12).
-const DIRECTION_ACK: u8 = 0x02;
+pub(crate) const DIRECTION_ACK: u8 = 0x02;
+/// Nonce byte 8 of a verdict downlink (SPEC §12.1).
+pub(crate) const DIRECTION_VERDICTS: u8 = 0x03;
 
 /// Longest clear part bound as associated data: an acknowledgement's header and id.
 const CLEAR_MAX: usize = 9;
@@ -84,13 +86,14 @@ pub(crate) fn nonce(epoch: u32, counter: u32) -> [u8; 16] {
     n
 }
 
-/// The 16-byte acknowledgement nonce: epoch (BE), id bytes 0–3, direction 0x02, id bytes
-/// 4–7, three zero bytes. Byte 8 tells it from every uplink nonce.
-pub(crate) fn ack_nonce(epoch: u32, id: &[u8; 8]) -> [u8; 16] {
+/// The 16-byte downlink nonce: epoch (BE), id bytes 0–3, the direction (0x02 for an
+/// acknowledgement, 0x03 for a verdict downlink), id bytes 4–7, three zero bytes. Byte 8
+/// tells it from every uplink nonce and the two downlinks from each other.
+pub(crate) fn downlink_nonce(epoch: u32, id: &[u8; 8], direction: u8) -> [u8; 16] {
     let mut n = [0u8; 16];
     n[..4].copy_from_slice(&epoch.to_be_bytes());
     n[4..8].copy_from_slice(&id[..4]);
-    n[8] = DIRECTION_ACK;
+    n[8] = direction;
     n[9..13].copy_from_slice(&id[4..]);
     n
 }
@@ -221,9 +224,10 @@ mod tests {
             [1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 1, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(
-            ack_nonce(
+            downlink_nonce(
                 0x0102_0304,
-                &[0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7]
+                &[0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7],
+                DIRECTION_ACK
             ),
             [
                 1, 2, 3, 4, 0xa0, 0xa1, 0xa2, 0xa3, 2, 0xa4, 0xa5, 0xa6, 0xa7, 0, 0, 0

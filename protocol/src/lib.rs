@@ -13,7 +13,7 @@
 //! - [`crypto`]: Ascon-AEAD128 with 64-bit tag, [`DeviceKey`], nonce and associated data.
 //! - [`topic`]: identifiers and MQTT topics (uplink, status/last will, shared filter).
 //! - [`replay`]: sliding replay window with a persistable state.
-//! - [`ack`]: the acknowledgement downlink (which frames a gateway holds durably).
+//! - [`ack`]: the downlinks (which frames a gateway holds durably, which it refused).
 //! - [`provision`]: the checksummed provisioning blob (identity, key, settings).
 //! - `json` (feature `serde`): JSON view of readings with the storage schema's names.
 //! - [`error`]: one flat error enum per concern.
@@ -40,12 +40,12 @@ pub mod replay;
 pub mod topic;
 pub mod varint;
 
-pub use ack::{ACK_LEN, Ack};
+pub use ack::{ACK_LEN, Ack, Downlink, VERDICTS_LEN, Verdicts};
 pub use crypto::{DeviceKey, TAG_LEN};
 pub use error::{DecodeError, EncodeError, TopicError};
 pub use frame::{
     Frame, FrameWriter, HEADER_LEN, Header, MAX_FRAME_LEN, MAX_READINGS, MIN_FRAME_LEN, Readings,
-    VERSION, open, open_into, peek, seal,
+    VERSION, open, open_into, peek, reseal, seal,
 };
 pub use reading::{
     AirQuality, DeviceStatus, Field, FieldSpec, Kind, Reading, Render, Values, WasteBin,

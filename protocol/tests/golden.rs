@@ -146,3 +146,26 @@ fn spec_acknowledgement_byte_for_byte() {
     assert_eq!(opened.settled, 0x1c);
     assert!(opened.covers(42) && opened.covers(44) && !opened.covers(41));
 }
+
+/// §12.1's verdict downlink: gateway id bytes 08…01, base 40, counter 40 held, 41 refused
+/// for good, 42 and 43 to re-seal, resume 5001.
+#[test]
+fn spec_verdicts_byte_for_byte() {
+    let key = DeviceKey::new(common::KEY, 1);
+    let who = Identity::new("lyon", "aq-0001").unwrap();
+    let mut v = protocol::Verdicts {
+        base: 40,
+        resume: 5001,
+        ..Default::default()
+    };
+    assert!(v.settle(40, false) && v.settle(41, true) && v.reseal(42) && v.reseal(43));
+    let sealed = v.seal([8, 7, 6, 5, 4, 3, 2, 1], &key, who);
+    assert_eq!(
+        sealed.to_vec(),
+        spec_hex("verdicts"),
+        "SPEC.md verdicts differ: built {}",
+        hex::encode(sealed)
+    );
+    assert_eq!((v.settled, v.refused), (0x3, 0xe));
+    assert_eq!(protocol::Verdicts::open(&sealed, &key, who), Ok(v));
+}

@@ -95,6 +95,10 @@ pub struct DeviceStats {
     pub recorded: AtomicU64,
     /// Readings a gateway acknowledged (durably held).
     pub acknowledged: AtomicU64,
+    /// Readings a gateway refused for good (kept in its quarantine).
+    pub refused: AtomicU64,
+    /// Frames re-sealed under fresh counters (the board's counter had gone back).
+    pub resealed: AtomicU64,
     /// Frames sent again because no acknowledgement covered them.
     pub resent: AtomicU64,
     /// Readings lost by the node (full ring), as its status frames report.
@@ -181,6 +185,10 @@ impl Board {
             .store(self.node.unacknowledged() as u64, Ordering::Relaxed);
         s.acknowledged
             .store(u64::from(self.node.acknowledged()), Ordering::Relaxed);
+        s.refused
+            .store(u64::from(self.node.refused()), Ordering::Relaxed);
+        s.resealed
+            .store(u64::from(self.node.resealed()), Ordering::Relaxed);
         s.resent
             .store(u64::from(self.node.resent()), Ordering::Relaxed);
     }

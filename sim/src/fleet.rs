@@ -54,6 +54,11 @@ pub struct FleetSummary {
     pub recorded: u64,
     /// Readings a gateway acknowledged as durably held.
     pub acknowledged: u64,
+    /// Readings a gateway refused for good (its quarantine keeps them).
+    pub refused: u64,
+    /// Frames re-sealed under fresh counters because a gateway had seen their counters
+    /// (a board whose counter went back: state/ deleted, a blob flashed again).
+    pub resealed: u64,
     /// Frames sent again because no acknowledgement covered them in time.
     pub resent: u64,
     /// Readings lost by full node rings (reported in status frames).
@@ -70,10 +75,12 @@ impl std::fmt::Display for FleetSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "devices={} recorded={} acknowledged={} resent={} dropped={} waiting={} connections={} failed={}",
+            "devices={} recorded={} acknowledged={} refused={} resealed={} resent={} dropped={} waiting={} connections={} failed={}",
             self.devices,
             self.recorded,
             self.acknowledged,
+            self.refused,
+            self.resealed,
             self.resent,
             self.dropped,
             self.waiting,
@@ -89,6 +96,8 @@ fn totals(stats: &[Arc<DeviceStats>]) -> FleetSummary {
         devices: stats.len(),
         recorded: sum(|s| s.recorded.load(Ordering::Relaxed)),
         acknowledged: sum(|s| s.acknowledged.load(Ordering::Relaxed)),
+        refused: sum(|s| s.refused.load(Ordering::Relaxed)),
+        resealed: sum(|s| s.resealed.load(Ordering::Relaxed)),
         resent: sum(|s| s.resent.load(Ordering::Relaxed)),
         dropped: sum(|s| s.dropped.load(Ordering::Relaxed)),
         waiting: sum(|s| s.waiting.load(Ordering::Relaxed)),
@@ -112,6 +121,13 @@ impl FleetSummary {
             return Err(format!(
                 "{} of {} devices failed",
                 self.failed, self.devices
+            ));
+        }
+        if self.refused > 0 {
+            return Err(format!(
+                "{} readings were refused by the gateway and are not in the database: \
+                 `vigie-gateway quarantine list` says why",
+                self.refused
             ));
         }
         if self.waiting > 0 {
@@ -146,6 +162,13 @@ fn a_run_that_connected_nothing_or_left_readings_is_a_failure() {
             .verdict()
             .unwrap_err()
             .contains("no device could connect")
+    );
+    let refused = FleetSummary { refused: 2, ..ok };
+    assert!(
+        refused
+            .verdict()
+            .unwrap_err()
+            .starts_with("2 readings were refused")
     );
     let waiting = FleetSummary { waiting: 3, ..ok };
     assert!(

@@ -2,7 +2,7 @@
 //! writes, what technicians flash) as a simulated fleet against a real broker. Each
 //! board's flash (frame counter, ring of unacknowledged frames) is kept in `state/`
 //! beside the blobs, so a second run continues where the first stopped. The exit status
-//! says whether every reading was acknowledged.
+//! says whether every reading was acknowledged and none refused.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;

@@ -223,3 +223,63 @@ async fn futures_join<F: Future<Output = FleetSummary> + Send + 'static>(
     }
     out
 }
+
+/// Boards erased (their flash gone: counter pages and ring) and run again with the same
+/// blobs: their counters restart at 0 under a key the gateway knows. The gateway refuses
+/// each such frame as `counter_reused` without acknowledging it and tells the board where
+/// to resume (SPEC §12.1); the board re-seals what it holds under fresh counters and
+/// every reading is stored. Before: the refused frames were acknowledged and their
+/// readings lost (the issue's 30 of 30; 52 of 219 for a second simulator run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_erased_and_flashed_again_lose_nothing() {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Device> = (0..2)
+        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
+        .collect();
+    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+    let broker = mosquitto(dir.path());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
+    );
+    let state = dir.path().join("state");
+    let mut summaries = Vec::new();
+    for accel in [120.0, 60.0] {
+        // Each run on blank flash: the second is a chip erase of every board.
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).unwrap();
+        let runs = devices.iter().map(|d| {
+            run_kept(
+                d.provisioning(broker.addr, 60, 0),
+                broker.addr,
+                accel,
+                Some(state.clone()),
+            )
+        });
+        summaries.extend(futures_join(runs).await);
+    }
+    let recorded: usize = summaries
+        .iter()
+        .map(|s| (s.recorded - s.dropped) as usize)
+        .sum();
+    let (stored, lost, duplicated) = recorded_outcome(influx.addr, recorded).await;
+    let reused = gw.metric("vigie_frames_rejected_total{reason=\"counter_reused\"}");
+    let resealed: u64 = summaries.iter().map(|s| s.resealed).sum();
+    eprintln!(
+        "boards erased: recorded={recorded} stored={stored} lost={lost} duplicated={duplicated} \
+         refused_as_reused={reused:?} resealed={resealed}"
+    );
+    for s in &summaries {
+        assert_eq!(s.verdict(), Ok(()), "{s}");
+    }
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(stored, recorded);
+    assert!(reused > Some(0.0) && resealed > 0, "the erase was noticed");
+    assert!(recorded > 20, "{recorded}");
+    // The evidence stays: the refused frames are in the quarantine.
+    let config = gw.config.to_string_lossy().into_owned();
+    let listed = text(&process::cli(&["quarantine", "list", "--config", &config]));
+    assert!(listed.contains("counter_reused"), "{listed}");
+}

@@ -1,6 +1,6 @@
 //! Device acknowledgements (SPEC §12) on their way to the broker: waiting, bounded, then
-//! published QoS 1 under a packet id until the broker's PUBACK. They are published
-//! retained, one topic per device, and each covers the counters of one commit; while the
+//! published QoS 1 under a packet id until the broker's PUBACK. They go to one topic per
+//! device, and each covers the counters of one commit; while the
 //! broker takes them more slowly than the gateway commits (draining a backlog), they would
 //! pile up without end (49,000 for 100 devices at a million-reading backlog, measured).
 //! Past the bound, a device's older waiting acknowledgement gives way to its newer one: the

@@ -1,51 +1,67 @@
-//! Which frames a durable commit settled, and the acknowledgement each device gets for
-//! them (SPEC §12). Pure: the caller seals and publishes.
+//! Which frames a durable commit settled, and the downlink each device gets for them
+//! (SPEC §12). Pure: the caller seals and publishes.
 //!
 //! A frame is settled when it is stored, was already held (a duplicate), or got a final
-//! verdict after its tag verified. Per device and commit one acknowledgement: its base is
-//! the lowest counter settled in the commit, its bitmap every counter from there that the
-//! commit settled or the replay book holds.
+//! verdict after its tag verified. Per device and commit one downlink: its base is the
+//! lowest counter the commit judged after the tag, its bitmap every counter from there
+//! that the commit settled; never a counter only the replay book holds, which may be
+//! another frame's (a board whose counter went back holds different frames under the
+//! same counters: told "held" for them, it would forget them unstored). When the commit
+//! refused any of the device's frames it is a verdict downlink (§12.1), which also names
+//! those refused for good and those to re-seal, with the counter to resume from.
 
 use crate::FastMap;
 use crate::fleet::Registry;
 use crate::judge::batch::{Outcome, Plan};
+use crate::judge::reason::Reason;
 use crate::judge::replay_book::ReplayBook;
-use protocol::{Ack, Topic};
+use protocol::{Downlink, Topic, Verdicts};
+
+/// What the device is told of one of its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Stored, or already held: forget it.
+    Held,
+    /// Refused for good (quarantined): forget it.
+    Refused,
+    /// Its counter was used before: re-seal it under a fresh counter.
+    Reseal,
+}
 
 /// The frames a commit settled, by device (tenant, device) → counters. Borrows the names
 /// from the batch (no allocation per frame); hashed per frame, sorted once per commit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Settled<'a> {
-    by_device: FastMap<(&'a str, &'a str), Vec<u32>>,
+    by_device: FastMap<(&'a str, &'a str), Vec<(u32, Fate)>>,
 }
 
 impl<'a> Settled<'a> {
     /// Notes the message `index` of a judged batch, if its outcome settles an
     /// authenticated frame.
     pub fn note(&mut self, plan: &'a Plan, index: usize, topic: &'a str, payload: &[u8]) {
-        let counter = match &plan.outcomes[index] {
+        let fate = match &plan.outcomes[index] {
             Outcome::Store(i) => {
                 let r = &plan.accepted[*i].record;
-                self.add(&r.tenant, &r.device, r.counter);
+                self.add(&r.tenant, &r.device, r.counter, Fate::Held);
                 return;
             }
-            Outcome::Duplicate => protocol::peek(payload).ok().map(|h| h.counter),
-            Outcome::Reject(reason) if reason.after_authentication() => {
-                protocol::peek(payload).ok().map(|h| h.counter)
-            }
+            Outcome::Duplicate => Fate::Held,
+            Outcome::Reject(Reason::CounterReused) => Fate::Reseal,
+            Outcome::Reject(reason) if reason.settles() => Fate::Refused,
             // Held: storable later; the device must keep it (SPEC §12).
-            Outcome::Reject(_) | Outcome::Hold(_) | Outcome::Status { .. } => None,
+            Outcome::Reject(_) | Outcome::Hold(_) | Outcome::Status { .. } => return,
         };
-        if let (Some(counter), Ok(t)) = (counter, Topic::parse(topic)) {
-            self.add(t.who.tenant.as_str(), t.who.device.as_str(), counter);
+        if let (Ok(h), Ok(t)) = (protocol::peek(payload), Topic::parse(topic)) {
+            let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str());
+            self.add(tenant, device, h.counter, fate);
         }
     }
 
-    fn add(&mut self, tenant: &'a str, device: &'a str, counter: u32) {
+    fn add(&mut self, tenant: &'a str, device: &'a str, counter: u32, fate: Fate) {
         self.by_device
             .entry((tenant, device))
             .or_default()
-            .push(counter);
+            .push((counter, fate));
     }
 
     /// Devices with settled frames.
@@ -58,30 +74,46 @@ impl<'a> Settled<'a> {
         self.by_device.is_empty()
     }
 
-    /// One acknowledgement per device, once the commit is durable and `book` updated.
-    /// Devices no longer in the registry (or revoked) get none.
-    pub fn acks(&self, book: &ReplayBook, registry: &Registry) -> Vec<(String, String, Ack)> {
+    /// One downlink per device, once the commit is durable and `book` updated. Devices
+    /// no longer in the registry (or revoked) get none.
+    pub fn acks(&self, book: &ReplayBook, registry: &Registry) -> Vec<(String, String, Downlink)> {
         let mut out = Vec::with_capacity(self.by_device.len());
         let mut devices: Vec<_> = self.by_device.iter().collect();
         devices.sort_unstable_by_key(|(names, _)| **names);
-        for (&(tenant, device), counters) in devices {
+        for (&(tenant, device), frames) in devices {
             let Some(dev) = registry.get(tenant, device).filter(|d| !d.entry.revoked) else {
                 continue;
             };
-            let Some(&base) = counters.iter().min() else {
+            let Some(base) = frames.iter().map(|(c, _)| *c).min() else {
                 continue;
             };
-            let mut ack = Ack { base, settled: 0 };
-            for &c in counters {
-                ack.set(c);
+            let mut v = Verdicts {
+                base,
+                ..Verdicts::default()
+            };
+            for &(c, fate) in frames {
+                match fate {
+                    Fate::Held => v.settle(c, false),
+                    Fate::Refused => v.settle(c, true),
+                    Fate::Reseal => continue,
+                };
             }
-            let holds = book.holds(tenant, device, dev.key.epoch());
-            for c in base..=base.saturating_add(protocol::ack::ACK_SPAN - 1) {
-                if holds(c) {
-                    ack.set(c);
+            // Last, so that it wins: a redelivery in the same batch of the frame stored
+            // under that counter is not the device's own.
+            let reseal = frames.iter().filter(|(_, f)| *f == Fate::Reseal);
+            for &(c, _) in reseal.clone() {
+                v.reseal(c);
+            }
+            let downlink = if v.refused == 0 {
+                Downlink::Ack(v.ack())
+            } else {
+                if let Some(top) = reseal.map(|(c, _)| *c).max() {
+                    let highest = book.highest(tenant, device, dev.key.epoch()).unwrap_or(0);
+                    v.resume = top.max(highest).saturating_add(1);
                 }
-            }
-            out.push((tenant.to_string(), device.to_string(), ack));
+                Downlink::Verdicts(v)
+            };
+            out.push((tenant.to_string(), device.to_string(), downlink));
         }
         out
     }
@@ -94,7 +126,7 @@ mod tests {
     use crate::judge::batch;
     use crate::judge::verify::Context;
     use crate::output::lineproto::StringFields;
-    use protocol::{AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
+    use protocol::{Ack, AirQuality, Field, Identity, MAX_FRAME_LEN, Reading, Values};
 
     fn registry() -> Registry {
         fixtures::registry(&["a"])
@@ -115,8 +147,8 @@ mod tests {
         ("vigie/v1/lyon/a/up".into(), f.to_vec())
     }
 
-    /// Judges and "commits" `messages` like the worker; returns the acks it would send.
-    fn commit(book: &mut ReplayBook, messages: &[(String, Vec<u8>)]) -> Vec<Ack> {
+    /// Judges and "commits" `messages` like the worker; returns the downlinks it would send.
+    fn downlinks(book: &mut ReplayBook, messages: &[(String, Vec<u8>)]) -> Vec<Downlink> {
         let registry = registry();
         let cx = Context {
             registry: &registry,
@@ -140,6 +172,60 @@ mod tests {
             .into_iter()
             .map(|(_, _, a)| a)
             .collect()
+    }
+
+    /// The acknowledgement part of each downlink.
+    fn commit(book: &mut ReplayBook, messages: &[(String, Vec<u8>)]) -> Vec<Ack> {
+        let acks = downlinks(book, messages).into_iter().map(|d| match d {
+            Downlink::Ack(a) => a,
+            Downlink::Verdicts(v) => v.ack(),
+        });
+        acks.collect()
+    }
+
+    #[test]
+    fn a_counter_gone_back_is_to_be_resealed_above_the_highest_never_settled() {
+        let mut book = ReplayBook::default();
+        let t = NOW as u32 - 1_000;
+        let first: Vec<_> = (0..40).map(|c| frame(c, t + c)).collect();
+        assert!(matches!(
+            downlinks(&mut book, &first)[..],
+            [Downlink::Ack(_)]
+        ));
+        // The board erased: counters 0.. again with new readings, the old board's frame 5
+        // redelivered in the same batch, and a fresh stale one (refused for good).
+        let again = [
+            frame(0, t + 100),
+            frame(41, 1_000),
+            frame(5, t + 5),
+            frame(2, t + 102),
+        ];
+        let d = downlinks(&mut book, &again);
+        let [Downlink::Verdicts(v)] = d[..] else {
+            panic!("{d:?}");
+        };
+        assert_eq!((v.base, v.resume), (0, 40));
+        assert!(v.to_reseal().covers(0) && v.to_reseal().covers(2));
+        assert!(
+            !v.ack().covers(0) && !v.ack().covers(2),
+            "never forgotten unstored"
+        );
+        assert!(v.refused_for_good().covers(41), "stale: refused for good");
+        // Counter 5: the old board's frame redelivered, held. Counter 3: the book holds
+        // the old board's frame under it, which says nothing of the board's own frame 3
+        // (with the book's counters in the bitmap, the board forgot it unstored).
+        assert!(v.ack().covers(5) && !v.refused_for_good().covers(5));
+        assert!(!v.ack().covers(3) && !v.to_reseal().covers(3));
+        // A frame of the erased board far below the window is a counter gone back too.
+        let w = protocol::replay::WINDOW;
+        let top: Vec<_> = (0..3).map(|c| frame(w + 100 + c, t + 200 + c)).collect();
+        downlinks(&mut book, &top);
+        let d = downlinks(&mut book, &[frame(50, t + 300)]);
+        let [Downlink::Verdicts(v)] = d[..] else {
+            panic!("{d:?}");
+        };
+        assert_eq!((v.base, v.settled, v.resume), (50, 0, w + 103));
+        assert!(v.to_reseal().covers(50));
     }
 
     #[test]

@@ -167,8 +167,8 @@ mod tests {
             message("a", 10, 0),     // exact duplicate
             message("a", 10, 1),     // counter reused with other content
             message("a", w + 20, 0), // moves the window
-            message("a", 11, 0),     // now below it: stored (SPEC §13.2)
-            message("a", 11, 0),     // and again: below the window nothing is known
+            message("a", 11, 0),     // now below it: a counter gone back (SPEC §13.2)
+            message("a", 11, 0),     // and again
         ];
         let one_by_one = verdicts(&seq, &[1]);
         assert_eq!(
@@ -178,8 +178,8 @@ mod tests {
                 "duplicate",
                 "counter_reused",
                 "store",
-                "store",
-                "store"
+                "counter_reused",
+                "counter_reused"
             ]
         );
         assert_eq!(verdicts(&seq, &[seq.len()]), one_by_one);

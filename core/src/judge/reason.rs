@@ -70,6 +70,13 @@ impl Reason {
         }
     }
 
+    /// Whether the device is told the frame is settled (SPEC §12): a final verdict after
+    /// the tag verified. A reused counter is not: the device re-seals that frame under a
+    /// fresh counter and sends it again (§12.1), so its readings are stored after all.
+    pub fn settles(&self) -> bool {
+        self.after_authentication() && *self != Self::CounterReused
+    }
+
     /// Every reason code, for metrics that list zero counts too.
     pub const CODES: [&'static str; 14] = [
         "topic",
@@ -123,7 +130,7 @@ impl Reason {
             }
             "kind_mismatch" => "a kind of reading the device is not registered for: check --kind",
             "counter_reused" => {
-                "a counter already used with other content: the device lost its counter store"
+                "a counter already used (or far behind): the device lost its counter store; it is told where to resume and re-seals the frame"
             }
             "future_timestamp" => {
                 "a reading is in the future: held until it is not (the device resends it); the device's clock is ahead, or the gateway's behind"

@@ -161,10 +161,11 @@ fn replayed_or_untimely<C: Counters + ?Sized>(
                 device: device.into(),
             });
         }
-        Seen::Reused => return Some(Verdict::Reject(Reason::CounterReused)),
-        // Below the window nothing is known of the counter: stored (SPEC §13.2). An
-        // authentic frame stored twice lands on its own database point again.
-        Seen::Fresh | Seen::TooOld => {}
+        // Another frame under a stored counter, or a counter 2048 or more below the
+        // highest stored (which a device only sends when its counter went back): refused,
+        // not acknowledged; the device re-seals it under a fresh counter (SPEC §12.1).
+        Seen::Reused | Seen::TooOld => return Some(Verdict::Reject(Reason::CounterReused)),
+        Seen::Fresh => {}
     }
     for r in readings {
         match validate::check_time(r, cx.now_s, cx.rules) {
@@ -400,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_follow_the_book_and_below_the_window_is_stored() {
+    fn duplicates_follow_the_book_and_below_the_window_is_a_counter_gone_back() {
         let t = NOW as u32;
         let mut book = ReplayBook::default();
         let top = protocol::replay::WINDOW + 100;
@@ -424,13 +425,13 @@ mod tests {
             judge("vigie/v1/lyon/aq-1/up", &reused, &book),
             Verdict::Reject(Reason::CounterReused)
         );
-        // Below the window (its last frame may never have been stored): stored, so an
-        // acknowledgement never covers a frame no database holds (SPEC §13.2).
+        // Below the window: the device's counter went back (a board erased, swapped or
+        // restored): refused unacknowledged, so the device re-seals it (SPEC §13.2).
         let old = frame(("lyon", "aq-1"), &[aq(t)], 100);
-        assert!(matches!(
+        assert_eq!(
             judge("vigie/v1/lyon/aq-1/up", &old, &book),
-            Verdict::Accept(_)
-        ));
+            Verdict::Reject(Reason::CounterReused)
+        );
         let late = frame(("lyon", "aq-1"), &[aq(t)], 101);
         assert!(matches!(
             judge("vigie/v1/lyon/aq-1/up", &late, &book),

@@ -6,6 +6,7 @@ use crate::observe::devices::Stored;
 use crate::observe::feed::{self, Verdict};
 use crate::observe::metrics::ReasonLabel;
 use crate::store::quarantine;
+use protocol::Downlink;
 use vigie_core::ack::settle::Settled;
 use vigie_core::condition::missing::Gap;
 use vigie_core::judge::batch::Outcome;
@@ -92,8 +93,9 @@ impl Worker {
                 }
             });
         }
-        // Never acknowledged, so resent as it is: once in the quarantine.
-        if reason.after_authentication() || self.refused_lately.first_time(&m.topic, &m.payload) {
+        // Never acknowledged, so resent as it is (or, from firmware that cannot re-seal, a
+        // reused counter): once in the quarantine.
+        if reason.settles() || self.refused_lately.first_time(&m.topic, &m.payload) {
             self.quarantine.add(&quarantine::Entry::rejected(
                 m.received_ms,
                 &m.topic,
@@ -188,7 +190,8 @@ impl Worker {
             ),
         }
     }
-    /// Seals and hands over one acknowledgement per device the commit settled frames of.
+    /// Seals and hands over one downlink per device the commit settled frames of (an
+    /// acknowledgement, or verdicts when some were refused: SPEC §12).
     pub(super) fn acknowledge_devices(&self, settled: &Settled, to_broker: &BrokerTx) {
         let acks = settled.acks(&self.book, &self.registry);
         // Fresh ids for all of them in one system call.
@@ -201,16 +204,20 @@ impl Worker {
         let ids = ids
             .chunks_exact(8)
             .filter_map(|id| <[u8; 8]>::try_from(id).ok());
-        for ((tenant, device, ack), id) in acks.into_iter().zip(ids) {
+        for ((tenant, device, downlink), id) in acks.into_iter().zip(ids) {
             let (Some(dev), Ok(who)) = (
                 self.registry.get(&tenant, &device),
                 protocol::Identity::new(&tenant, &device),
             ) else {
                 continue;
             };
+            let payload = match downlink {
+                Downlink::Ack(ack) => ack.seal(id, &dev.key, who).to_vec(),
+                Downlink::Verdicts(v) => v.seal(id, &dev.key, who).to_vec(),
+            };
             let _ = to_broker.send(ToBroker::Downlink {
                 topic: protocol::topic::ack(who).to_string(),
-                payload: ack.seal(id, &dev.key, who).to_vec(),
+                payload,
             });
         }
     }

@@ -161,12 +161,12 @@ impl Worker {
         Some(summary)
     }
 
-    /// A refusal after the tag verified is acknowledged, so its quarantine entry is the
+    /// A refusal that settles the frame is acknowledged, so its quarantine entry is the
     /// frame's only copy and is never evicted: past that room's bound (the device's share,
     /// or all of it) the frame is held instead, and its device keeps it.
     fn hold_without_room(&self, m: &Inbound, outcome: &mut Outcome) {
         if let Outcome::Reject(reason) = *outcome
-            && reason.after_authentication()
+            && reason.settles()
             && !self
                 .quarantine
                 .admits_kept(&m.topic, quarantine::entry_bytes(&m.topic, &m.payload))

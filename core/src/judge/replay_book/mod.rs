@@ -356,14 +356,6 @@ impl ReplayBook {
             .and_then(|s| s.window.highest())
     }
 
-    /// Which counters of `tenant`/`device` under key `epoch` are held durably (inside the
-    /// window and accepted): what an acknowledgement may claim. One lookup for the device,
-    /// then a test per counter.
-    pub fn holds(&self, tenant: &str, device: &str, epoch: u32) -> impl Fn(u32) -> bool + '_ {
-        let slot = self.slot(tenant, device).filter(|s| s.epoch == epoch);
-        move |counter| slot.is_some_and(|s| s.window.check(counter) == Freshness::Duplicate)
-    }
-
     /// An overlay for judging one batch.
     pub fn pending(&self) -> Pending<'_> {
         Pending {

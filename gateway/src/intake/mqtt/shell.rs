@@ -130,8 +130,10 @@ impl Shell {
         }
         while let Some((pkid, (topic, payload))) = self.downlinks.next_publish() {
             let mut p = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload.clone(), None);
+            // Not retained: an acknowledgement is about frames of the device's current
+            // connection; one kept for the next could clear frames of a board whose
+            // counter went back (SPEC §7).
             p.pkid = pkid;
-            p.retain = true;
             conn.queue(&Packet::Publish(p))?;
         }
         let waiting = gauge(self.downlinks.len() as u64);

@@ -80,7 +80,7 @@ impl Entry {
             reason: reason.code().into(),
             detail: reason.detail(),
             payload: hex::encode(payload),
-            acknowledged: reason.after_authentication(),
+            acknowledged: reason.settles(),
         }
     }
 

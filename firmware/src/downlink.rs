@@ -1,0 +1,100 @@
+//! What the node does with a gateway's downlinks (SPEC §12): forget the frames an
+//! acknowledgement covers, count those refused for good, and re-seal under fresh counters
+//! the frames whose counter the gateway had already seen (the board's counter went back:
+//! erased, swapped, restored), so that their readings are stored after all and no nonce
+//! is ever used for two contents.
+
+use embedded_storage::nor_flash::NorFlash;
+use protocol::provision::Provisioning;
+use protocol::{Ack, Downlink, Identity, Verdicts};
+
+use crate::counter::FrameCounter;
+use crate::node::NodeError;
+use crate::ring::{self, FrameRing};
+
+/// What the downlinks received during one exchange did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// Readings a gateway holds (stored, or duplicates of stored ones): forgotten.
+    pub acknowledged: u32,
+    /// Readings a gateway refused for good (kept in its quarantine): forgotten.
+    pub refused: u32,
+    /// Frames re-sealed under fresh counters: they wait to be sent.
+    pub resealed: u32,
+    /// Readings dropped from a full ring to make room for re-sealed frames.
+    pub lost: u32,
+    /// A re-seal failed (flash): the frames wait as they were.
+    pub failed: bool,
+}
+
+/// The flash the node applies downlinks to.
+pub(crate) struct Store<'a, F> {
+    pub ring: &'a mut FrameRing<F>,
+    pub counter: &'a mut FrameCounter<F>,
+    pub provisioning: &'a Provisioning,
+}
+
+impl<F: NorFlash> Store<'_, F> {
+    /// Applies one received message if it is a valid downlink for this device (anything
+    /// else is ignored).
+    pub fn apply(&mut self, message: &[u8], heard: &mut Heard) {
+        let Ok(who) = self.provisioning.identity() else {
+            return;
+        };
+        match Downlink::open(message, &self.provisioning.key, who) {
+            Ok(Downlink::Ack(ack)) => heard.acknowledged += self.forget(&ack),
+            Ok(Downlink::Verdicts(v)) => {
+                heard.refused += self.forget(&v.refused_for_good());
+                heard.acknowledged += self.forget(&v.ack());
+                if v.to_reseal().settled != 0 {
+                    match self.reseal(&v, who) {
+                        Ok((resealed, lost)) => {
+                            heard.resealed += resealed;
+                            heard.lost += lost;
+                        }
+                        Err(_) => heard.failed = true,
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn forget(&mut self, ack: &Ack) -> u32 {
+        self.ring.acknowledge(ack).unwrap_or(0)
+    }
+
+    /// Moves the counter to `v.resume`, then, for each waiting frame `v` names (and only
+    /// below `v.resume`, where every frame re-sealed here goes above), keeps a copy
+    /// re-sealed under the next counter and forgets the old one. Returns the frames
+    /// re-sealed and the readings a full ring dropped for them. A power cut between the
+    /// two writes leaves both: the old one is refused again and its readings stored twice
+    /// (at two points), never lost.
+    fn reseal(&mut self, v: &Verdicts, who: Identity<'_>) -> Result<(u32, u32), NodeError> {
+        let names = v.to_reseal();
+        self.counter.skip_to(v.resume).map_err(NodeError::Counter)?;
+        let (mut resealed, mut lost) = (0, 0);
+        let mut buf = [0u8; ring::MAX_FRAME];
+        let mut at = None;
+        while let Some(pos) = self.ring.next_unacked(at)? {
+            at = Some(pos);
+            let n = self.ring.read(pos, &mut buf)?;
+            let frame = &mut buf[..n];
+            let Ok(old) = protocol::peek(frame).map(|h| h.counter) else {
+                continue;
+            };
+            if old >= v.resume || !names.covers(old) {
+                continue;
+            }
+            let readings = self.ring.readings_at(pos)?;
+            let fresh = self.counter.take().map_err(NodeError::Counter)?;
+            if protocol::reseal(frame, fresh, &self.provisioning.key, who).is_err() {
+                continue; // not this device's frame under this key: left as it is
+            }
+            lost += self.ring.append(frame, readings)?;
+            self.ring.acknowledge(&Ack::new(old))?;
+            resealed += 1;
+        }
+        Ok((resealed, lost))
+    }
+}
