@@ -135,6 +135,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         Some(fleet::database(DatabaseApi::V1, influx.addr)),
     );
     let registry_path = config.gateway.registry.clone();
+    let quarantine_dir = config.gateway.data_dir.join("quarantine");
     let broker = vigie_tests::servers::mosquitto_at(dir.path(), setup);
 
     let gw = InProcessGateway::start(config).await;
@@ -328,6 +329,67 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         .collect();
     assert_eq!(readings.len() as f64, stored());
     assert!(readings.iter().all(|r| r.contains("|aq-qemu|")));
+
+    // Boot 5: the flash chip-erased (counter pages and ring gone), the same blob loaded
+    // again. The counter restarts at 0 under a key the gateway knows: each frame sealed
+    // before the board learns it is refused `counter_reused`, quarantined, never
+    // acknowledged; the verdict downlink names the counter to resume from, and the board
+    // re-seals and sends them again (SPEC §12.1).
+    std::fs::remove_file(dir.path().join("flash.bin")).unwrap();
+    let before_erase = stored();
+    let board = Qemu::boot(&image, Some(&blob), modem.addr, dir.path());
+    let reused = || metrics.rejected(vigie_core::judge::reason::Reason::CounterReused);
+    wait_for("boot 5 readings stored", Duration::from_secs(90), async || {
+        stored() >= before_erase + PER_BOOT && reused() > 0
+    })
+    .await;
+    wait_for("boot 5's ring emptied", Duration::from_secs(60), async || {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        qemu::waiting_frames(dir.path()).is_empty()
+    })
+    .await;
+    let console = board.console();
+    board.power_cut();
+    let counters = next_counters(&console);
+    assert_eq!(counters.get(4), Some(&0), "boot 5 on blank flash: {console}");
+    // Every refused frame's readings are in InfluxDB all the same, each once.
+    let (entries, _) = gateway::store::quarantine::read_all(&quarantine_dir).unwrap();
+    let refused: Vec<_> = entries.iter().filter(|e| e.reason == "counter_reused").collect();
+    let refused_readings = readings_in(
+        &refused
+            .iter()
+            .map(|e| hex::decode(&e.payload).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let points =
+        readback::influx_points(influx.addr, "vigie_lyon", &["air_quality", "device_status"]).await;
+    let after: std::collections::BTreeSet<_> = points
+        .iter()
+        .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
+        .collect();
+    let unstored: Vec<_> = refused_readings
+        .iter()
+        .filter(|(_, time, kind)| {
+            let m = if *kind == protocol::Kind::DeviceStatus {
+                "device_status"
+            } else {
+                "air_quality"
+            };
+            !after.contains(&format!("lyon|{m}|aq-qemu|{time}"))
+        })
+        .collect();
+    eprintln!(
+        "qemu, flash erased: refused counter_reused {} frames ({} readings), not stored {}; \
+         stored after the erase {}; next counter per boot {counters:?}",
+        refused.len(),
+        refused_readings.len(),
+        unstored.len(),
+        stored() - before_erase,
+    );
+    assert!(!refused.is_empty() && reused() >= refused.len() as u64);
+    assert!(unstored.is_empty(), "{unstored:?}");
+    assert_eq!(metrics.counts().frames_rejected, reused(), "nothing else refused");
+    assert_eq!(after.len() as f64, stored(), "each reading once");
 
     // Without a blob the image stops with a reason instead of running unauthenticated.
     let bare = tempfile::tempdir().unwrap();
