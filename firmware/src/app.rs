@@ -511,6 +511,7 @@ mod tests {
             broker_port: 1883,
             broker_password: "pw".try_into().unwrap(),
             transport: Transport::Plain,
+            previous: None,
         };
         let counter = FrameCounter::resume(RamFlash::default(), 0, 16).unwrap();
         let ring = FrameRing::resume(RamFlash::default()).unwrap();

@@ -57,6 +57,7 @@ mod tests {
             broker_port: 1883,
             broker_password: "pw".try_into().unwrap(),
             transport: protocol::provision::Transport::Plain,
+            previous: None,
         }
     }
 

@@ -2,11 +2,12 @@
 //! acknowledgement covers, count those refused for good, and re-seal under fresh counters
 //! the frames whose counter the gateway had already seen (the board's counter went back:
 //! erased, swapped, restored), so that their readings are stored after all and no nonce
-//! is ever used for two contents.
+//! is ever used for two contents. And, at boot on a new blob, re-seal under the new key
+//! what waits under the previous one (`devices rotate`, SPEC §11).
 
 use embedded_storage::nor_flash::NorFlash;
 use protocol::provision::Provisioning;
-use protocol::{Ack, Downlink, Identity, Verdicts};
+use protocol::{Ack, DeviceKey, Downlink, Identity, Verdicts};
 
 use crate::counter::FrameCounter;
 use crate::node::NodeError;
@@ -64,15 +65,59 @@ impl<F: NorFlash> Store<'_, F> {
         self.ring.acknowledge(ack).unwrap_or(0)
     }
 
-    /// Moves the counter to `v.resume`, then, for each waiting frame `v` names (and only
-    /// below `v.resume`, where every frame re-sealed here goes above), keeps a copy
-    /// re-sealed under the next counter and forgets the old one. Returns the frames
-    /// re-sealed and the readings a full ring dropped for them. A power cut between the
-    /// two writes leaves both: the old one is refused again and its readings stored twice
-    /// (at two points), never lost.
+    /// Moves the counter to `v.resume`, then re-seals the waiting frames `v` names (only
+    /// below `v.resume`, where every frame re-sealed here goes above).
     fn reseal(&mut self, v: &Verdicts, who: Identity<'_>) -> Result<(u32, u32), NodeError> {
         let names = v.to_reseal();
         self.counter.skip_to(v.resume).map_err(NodeError::Counter)?;
+        let key = self.provisioning.key.clone();
+        self.reseal_waiting(&key, who, |old| old < v.resume && names.covers(old))
+    }
+
+    /// At boot: re-seals under the blob's key what waits under its previous one (a board
+    /// flashed with the blob `devices rotate` wrote), then forgets, counted as lost, what
+    /// neither key opens (a key older still, another identity's blob): no gateway could
+    /// ever verify it, and resending it would only fill a quarantine.
+    pub fn adopt_blob(&mut self, heard: &mut Heard) -> Result<(), NodeError> {
+        let who = self
+            .provisioning
+            .identity()
+            .map_err(|_| NodeError::Identity)?;
+        if let Some(previous) = self.provisioning.previous.clone() {
+            let (resealed, lost) = self.reseal_waiting(&previous, who, |_| true)?;
+            heard.resealed += resealed;
+            heard.lost += lost;
+        }
+        let mut buf = [0u8; ring::MAX_FRAME];
+        let mut at = None;
+        while let Some(pos) = self.ring.next_unacked(at)? {
+            at = Some(pos);
+            let n = self.ring.read(pos, &mut buf)?;
+            let frame = &mut buf[..n];
+            let Ok(counter) = protocol::peek(frame).map(|h| h.counter) else {
+                continue;
+            };
+            // Re-sealed under its own counter and key: fails exactly when it does not verify.
+            if protocol::reseal(frame, counter, &self.provisioning.key, who).is_err() {
+                let readings = self.ring.readings_at(pos)?;
+                self.ring.acknowledge(&Ack::new(counter))?;
+                heard.lost += u32::from(readings);
+            }
+        }
+        Ok(())
+    }
+
+    /// For each waiting frame `pick` chooses (by counter) that opens under `from`: keeps
+    /// a copy sealed under the next counter and the blob's key, then forgets the old one.
+    /// Returns the frames re-sealed and the readings a full ring dropped for them. A
+    /// power cut between the two writes leaves both: the old one is refused again and its
+    /// readings stored twice (at two points), never lost.
+    fn reseal_waiting(
+        &mut self,
+        from: &DeviceKey,
+        who: Identity<'_>,
+        mut pick: impl FnMut(u32) -> bool,
+    ) -> Result<(u32, u32), NodeError> {
         let (mut resealed, mut lost) = (0, 0);
         let mut buf = [0u8; ring::MAX_FRAME];
         let mut at = None;
@@ -83,14 +128,19 @@ impl<F: NorFlash> Store<'_, F> {
             let Ok(old) = protocol::peek(frame).map(|h| h.counter) else {
                 continue;
             };
-            if old >= v.resume || !names.covers(old) {
+            if !pick(old) {
                 continue;
             }
-            let readings = self.ring.readings_at(pos)?;
-            let fresh = self.counter.take().map_err(NodeError::Counter)?;
-            if protocol::reseal(frame, fresh, &self.provisioning.key, who).is_err() {
-                continue; // not this device's frame under this key: left as it is
+            // Sealed under the counter `take` returns next, which is reserved only then.
+            let fresh = self.counter.peek();
+            let to = &self.provisioning.key;
+            if protocol::rekey(frame, fresh, from, to, who).is_err() {
+                continue; // not sealed under `from`: left as it is
             }
+            if self.counter.take().map_err(NodeError::Counter)? != fresh {
+                return Err(NodeError::Counter(crate::counter::CounterError::Verify));
+            }
+            let readings = self.ring.readings_at(pos)?;
             lost += self.ring.append(frame, readings)?;
             self.ring.acknowledge(&Ack::new(old))?;
             resealed += 1;

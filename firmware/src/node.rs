@@ -117,7 +117,9 @@ pub struct Node<F, const Q: usize> {
 
 impl<F: NorFlash, const Q: usize> Node<F, Q> {
     /// A node for `provisioning`, counting frames with `counter` and keeping them in
-    /// `ring`. The MQTT keep-alive is twice the sample interval.
+    /// `ring`. The MQTT keep-alive is twice the sample interval. What waits in the ring
+    /// under the blob's previous key is re-sealed under its key; what no key of the blob
+    /// opens is forgotten and counted as lost ([`Store::adopt_blob`]).
     pub fn new(
         provisioning: Provisioning,
         counter: FrameCounter<F>,
@@ -126,7 +128,7 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
         let who = provisioning.identity().map_err(|_| NodeError::Identity)?;
         let keep_alive = provisioning.sample_interval_s.saturating_mul(2);
         let uplink = Uplink::new(who, keep_alive);
-        Ok(Self {
+        let mut node = Self {
             provisioning,
             uplink,
             counter,
@@ -143,7 +145,16 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
             resealed: 0,
             resent: 0,
             errors: 0,
-        })
+        };
+        let mut heard = Heard::default();
+        let mut store = Store {
+            ring: &mut node.ring,
+            counter: &mut node.counter,
+            provisioning: &node.provisioning,
+        };
+        heard.failed = store.adopt_blob(&mut heard).is_err();
+        node.count(&heard);
+        Ok(node)
     }
 
     /// The provisioning the node runs with.
@@ -603,6 +614,7 @@ mod tests {
             broker_port: 1883,
             broker_password: "pw".try_into().unwrap(),
             transport: protocol::provision::Transport::Plain,
+            previous: None,
         }
     }
 
@@ -805,6 +817,57 @@ mod tests {
             assert_eq!(f.map(|f| f.readings[0].time), Ok(*t), "counter {c}");
         }
         assert!(new.next_counter() > 12);
+    }
+
+    #[test]
+    fn a_board_flashed_with_its_rotated_blob_reseals_what_waited_under_the_old_key() {
+        let old_key = DeviceKey::new([3; 16], 1);
+        let old_blob = Provisioning {
+            key: old_key.clone(),
+            ..provisioning()
+        };
+        let boot_on = |p: Provisioning, flash: (Flash, Flash)| -> Node<Flash, 8> {
+            let counter = FrameCounter::resume(flash.0, 0, 4).unwrap();
+            Node::new(p, counter, FrameRing::resume(flash.1).unwrap()).unwrap()
+        };
+        let mut node = boot_on(old_blob.clone(), Default::default());
+        let times: Vec<u32> = (0..3).map(|i| 1_795_305_600 + 60 * i).collect();
+        for &t in &times {
+            node.record(aq(t));
+        }
+        // Rotated at the gateway: nothing the old blob sends is acknowledged.
+        session(&mut node, &mut Broker::default(), 1).unwrap();
+        assert_eq!(node.unacknowledged(), 3);
+        let flash = (node.counter.release(), node.ring.release());
+
+        // A blob without the old key (another enrolment): what waits can never be
+        // delivered, so it is forgotten and counted, not resent into a quarantine.
+        let stranger = boot_on(provisioning(), (flash.0.clone(), flash.1.clone()));
+        assert_eq!((stranger.unacknowledged(), stranger.dropped()), (0, 3));
+        let forgotten = FrameRing::resume(stranger.ring.release()).unwrap();
+        assert_eq!(forgotten.frames(), 0, "for good: also after a reboot");
+
+        // The rotated blob: key() with the old key as the previous one.
+        let rotated = Provisioning {
+            previous: Some(old_key),
+            ..provisioning()
+        };
+        let mut node = boot_on(rotated, flash);
+        assert_eq!((node.unacknowledged(), node.resealed()), (3, 3));
+        let mut gateway = Broker {
+            book: Some(Default::default()),
+            ..Broker::default()
+        };
+        session(&mut node, &mut gateway, 3).unwrap();
+        assert_eq!((node.unacknowledged(), node.dropped()), (0, 0));
+        let who = Identity::new("lyon", "aq-1").unwrap();
+        let stored: Vec<u32> = gateway
+            .book
+            .unwrap_or_default()
+            .values()
+            .map(|f| protocol::open(f, &key(), who).unwrap().readings[0].time)
+            .collect();
+        assert_eq!(stored, times, "under the new key, with their own times");
     }
 
     #[test]

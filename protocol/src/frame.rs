@@ -209,6 +209,18 @@ pub fn reseal(
     key: &DeviceKey,
     who: Identity<'_>,
 ) -> Result<(), DecodeError> {
+    rekey(frame, counter, key, key, who)
+}
+
+/// [`reseal`] from the key `from` (and its epoch) to `to`: a frame sealed under the key a
+/// board had before `devices rotate`, re-sealed under its new one (SPEC §11).
+pub fn rekey(
+    frame: &mut [u8],
+    counter: u32,
+    from: &DeviceKey,
+    to: &DeviceKey,
+    who: Identity<'_>,
+) -> Result<(), DecodeError> {
     peek(frame)?;
     let body_len = frame.len() - HEADER_LEN - TAG_LEN;
     let (head, rest) = frame.split_at_mut(HEADER_LEN);
@@ -219,11 +231,11 @@ pub fn reseal(
     tag_bytes.copy_from_slice(tag);
     let mut plain = [0u8; MAX_FRAME_LEN];
     let plain = &mut plain[..body_len];
-    if !crypto::open(key, &header, who, body, &tag_bytes, plain) {
+    if !crypto::open(from, &header, who, body, &tag_bytes, plain) {
         return Err(DecodeError::Authentication);
     }
     header[1..].copy_from_slice(&counter.to_be_bytes());
-    let tag_bytes = crypto::seal(key, &header, who, plain);
+    let tag_bytes = crypto::seal(to, &header, who, plain);
     head.copy_from_slice(&header);
     body.copy_from_slice(plain);
     tag.copy_from_slice(&tag_bytes);
@@ -324,6 +336,15 @@ mod tests {
             Err(DecodeError::Authentication)
         );
         assert_eq!(altered, before);
+        // Under a new key: only the new one opens it.
+        let new = DeviceKey::new([8; 16], 2);
+        let mut moved = std::vec::Vec::from(frame);
+        assert_eq!(rekey(&mut moved, 3, &key(), &new, who()), Ok(()));
+        assert_eq!(
+            open(&moved, &new, who()).map(|f| f.readings),
+            Ok(opened.readings)
+        );
+        assert!(open(&moved, &key(), who()).is_err());
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub use crypto::{DeviceKey, TAG_LEN};
 pub use error::{DecodeError, EncodeError, TopicError};
 pub use frame::{
     Frame, FrameWriter, HEADER_LEN, Header, MAX_FRAME_LEN, MAX_READINGS, MIN_FRAME_LEN, Readings,
-    VERSION, open, open_into, peek, reseal, seal,
+    VERSION, open, open_into, peek, rekey, reseal, seal,
 };
 pub use reading::{
     AirQuality, DeviceStatus, Field, FieldSpec, Kind, Reading, Render, Values, WasteBin,

@@ -10,8 +10,10 @@ use crate::limits::MAX_ID_LEN;
 use crate::reading::Kind;
 use crate::topic::{Id, Identity};
 
-/// First bytes of every blob: "VGP" and the blob format version 2.
+/// First bytes of a blob without a previous key: "VGP" and the blob format version 2.
 pub const MAGIC: [u8; 4] = *b"VGP2";
+/// First bytes of a blob with the key the board had before (`devices rotate`): "VGP3".
+pub const MAGIC_ROTATED: [u8; 4] = *b"VGP3";
 /// Longest broker host name.
 pub const MAX_HOST_LEN: usize = 64;
 /// Longest broker password.
@@ -29,6 +31,8 @@ pub const MAX_BLOB_LEN: usize = 4
     + MAX_PASSWORD_LEN
     + 1
     + 32
+    + 4
+    + 16
     + 4;
 
 /// Why a blob was refused.
@@ -36,7 +40,7 @@ pub const MAX_BLOB_LEN: usize = 4
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ProvisionError {
-    /// No `VGP2` magic: blank flash or another format.
+    /// No `VGP2` or `VGP3` magic: blank flash or another format.
     Magic,
     /// Shorter than its fields say.
     Truncated,
@@ -100,6 +104,10 @@ pub struct Provisioning {
     pub broker_password: String<MAX_PASSWORD_LEN>,
     /// How the connection to the broker is protected.
     pub transport: Transport,
+    /// The key and epoch the board had before this blob (`devices rotate`, blob format 3),
+    /// so that it re-seals under the new key the frames it sealed under the old one and
+    /// has not delivered (SPEC §11). `None` for a first enrolment.
+    pub previous: Option<DeviceKey>,
 }
 
 /// How a board's connection to the broker is protected (SPEC §11).
@@ -136,6 +144,7 @@ impl fmt::Debug for Provisioning {
             .field("broker_port", &self.broker_port)
             .field("broker_password", &"<redacted>")
             .field("transport", &self.transport)
+            .field("previous", &self.previous)
             .finish()
     }
 }
@@ -150,7 +159,12 @@ impl Provisioning {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, ProvisionError> {
         let mut w = crate::varint::Writer::at(out, 0);
         let full = |_| ProvisionError::BufferFull;
-        w.bytes(&MAGIC).map_err(full)?;
+        let magic = if self.previous.is_some() {
+            MAGIC_ROTATED
+        } else {
+            MAGIC
+        };
+        w.bytes(&magic).map_err(full)?;
         for s in [self.tenant.as_str(), self.device.as_str()] {
             w.bytes(&[s.len() as u8]).map_err(full)?;
             w.bytes(s.as_bytes()).map_err(full)?;
@@ -176,6 +190,10 @@ impl Provisioning {
         };
         w.bytes(&[mode]).map_err(full)?;
         w.bytes(&ca).map_err(full)?;
+        if let Some(previous) = &self.previous {
+            w.bytes(&previous.epoch().to_be_bytes()).map_err(full)?;
+            w.bytes(previous.expose_secret()).map_err(full)?;
+        }
         let len = w.pos();
         let crc = crc32(&out[..len]);
         let mut w = crate::varint::Writer::at(out, len);
@@ -185,9 +203,11 @@ impl Provisioning {
 
     /// Reads and checks a blob. Bytes after the CRC (rest of the flash page) are ignored.
     pub fn decode(blob: &[u8]) -> Result<Self, ProvisionError> {
-        if blob.get(..4) != Some(&MAGIC[..]) {
-            return Err(ProvisionError::Magic);
-        }
+        let rotated = match blob.get(..4) {
+            Some(m) if m == MAGIC => false,
+            Some(m) if m == MAGIC_ROTATED => true,
+            _ => return Err(ProvisionError::Magic),
+        };
         let mut r = crate::varint::Reader::new(&blob[4..]);
         let trunc = |_| ProvisionError::Truncated;
         let mut id = || -> Result<String<MAX_ID_LEN>, ProvisionError> {
@@ -211,6 +231,12 @@ impl Provisioning {
         let password = r.take(usize::from(password_len)).map_err(trunc)?;
         let [mode] = r.array::<1>().map_err(trunc)?;
         let ca_sha256 = r.array::<32>().map_err(trunc)?;
+        let previous = if rotated {
+            let epoch = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
+            Some(DeviceKey::new(r.array::<16>().map_err(trunc)?, epoch))
+        } else {
+            None
+        };
         let body_len = blob.len() - r.remaining();
         let crc = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
         if crc != crc32(&blob[..body_len]) {
@@ -243,6 +269,7 @@ impl Provisioning {
             broker_port,
             broker_password: String::try_from(password).map_err(|_| ProvisionError::Password)?,
             transport,
+            previous,
         })
     }
 }
@@ -307,6 +334,7 @@ mod tests {
             transport: Transport::Tls {
                 ca_sha256: [0xca; 32],
             },
+            previous: None,
         }
     }
 
@@ -351,8 +379,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_blob_carries_the_previous_key() {
+        let rotated = Provisioning {
+            previous: Some(DeviceKey::new([4; 16], 2)),
+            ..sample()
+        };
+        let mut buf = [0xffu8; MAX_BLOB_LEN + 16];
+        let n = rotated.encode(&mut buf).unwrap_or(0);
+        assert_eq!(&buf[..4], b"VGP3");
+        assert_eq!(
+            n,
+            4 + 5 + 9 + 1 + 4 + 16 + 8 + 1 + 16 + 1 + 11 + 1 + 32 + 4 + 16 + 4
+        );
+        assert_eq!(Provisioning::decode(&buf).ok(), Some(rotated.clone()));
+        for i in 0..n {
+            let mut bad = buf;
+            bad[i] ^= 0x10;
+            assert_ne!(
+                Provisioning::decode(&bad).ok(),
+                Some(rotated.clone()),
+                "byte {i}"
+            );
+        }
+        // The largest blob fits MAX_BLOB_LEN.
+        let max = Provisioning {
+            tenant: String::try_from("t".repeat(32).as_str()).unwrap_or_default(),
+            device: String::try_from("d".repeat(32).as_str()).unwrap_or_default(),
+            broker_host: String::try_from("h".repeat(64).as_str()).unwrap_or_default(),
+            broker_password: String::try_from("p".repeat(32).as_str()).unwrap_or_default(),
+            ..rotated
+        };
+        assert_eq!(max.encode(&mut buf), Ok(MAX_BLOB_LEN));
+    }
+
+    #[test]
     fn debug_hides_the_key_and_the_password() {
         extern crate std;
+        let rotated = Provisioning {
+            previous: Some(DeviceKey::new([6; 16], 2)),
+            ..sample()
+        };
+        let s = std::format!("{rotated:?}");
+        assert!(!s.contains("6, 6"), "{s}");
         let s = std::format!("{:?}", sample());
         assert!(s.contains("redacted") && !s.contains("5, 5"), "{s}");
         assert!(!s.contains("s3cret"), "{s}");

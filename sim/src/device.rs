@@ -243,7 +243,7 @@ pub async fn run(
 }
 
 /// The device as it boots: its station, counter and ring (on files under the state
-/// directory, per key epoch, or in memory), and its link's schedule.
+/// directory, or in memory), and its link's schedule.
 fn boot(
     p: Provisioning,
     opts: &DeviceOptions,
@@ -260,9 +260,10 @@ fn boot(
     let period = Duration::from_secs_f64(f64::from(p.sample_interval_s) / opts.accel)
         .max(Duration::from_millis(10));
     let (counter_flash, ring_flash) = match &opts.state_dir {
-        // Per key epoch: a new blob (new key) starts a new counter and ring.
+        // Per board, whatever blob it runs: a blob `devices rotate` wrote re-seals what
+        // waits under the old key, as on a real board flashed with it.
         Some(dir) => {
-            let base = dir.join(format!("{}-{}-e{}", p.tenant, p.device, p.key.epoch()));
+            let base = dir.join(format!("{}-{}", p.tenant, p.device));
             let flash = |ext| {
                 Flash::file(base.with_extension(ext))
                     .map_err(|e| format!("{}: {e}", base.display()))

@@ -251,6 +251,7 @@ fn blob(
             .flatten()
             .ok_or(EnrolError::Password)?,
         transport: e.transport,
+        previous: None,
     })
 }
 

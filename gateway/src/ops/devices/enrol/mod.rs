@@ -226,10 +226,12 @@ pub fn add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, OpsE
         let epoch = registry
             .next_epoch(&d.tenant, &d.id)
             .ok_or_else(|| OpsError::LastEpoch(name.clone()))?;
-        let (mut entry, blob) = enrolled(&d, epoch)?;
-        // A re-keyed device keeps what it was given before, unless given anew.
+        let (mut entry, mut blob) = enrolled(&d, epoch)?;
+        // A re-keyed device keeps what it was given before, unless given anew, and its
+        // blob carries the old key: the board re-seals what waits under it (SPEC §11).
         if let Some(old) = existing {
             keep_described(&mut entry, &old.entry);
+            blob.previous = Some(old.key.clone());
         }
         a.meta.apply(&mut entry)?;
         registry.upsert(entry)?;
