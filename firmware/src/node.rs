@@ -119,7 +119,7 @@ impl<F: NorFlash, const Q: usize> Node<F, Q> {
     /// A node for `provisioning`, counting frames with `counter` and keeping them in
     /// `ring`. The MQTT keep-alive is twice the sample interval. What waits in the ring
     /// under the blob's previous key is re-sealed under its key; what no key of the blob
-    /// opens is forgotten and counted as lost ([`Store::adopt_blob`]).
+    /// opens is forgotten and counted as lost (SPEC §11).
     pub fn new(
         provisioning: Provisioning,
         counter: FrameCounter<F>,

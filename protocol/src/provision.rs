@@ -219,8 +219,7 @@ impl Provisioning {
         };
         let (tenant, device) = (id()?, id()?);
         let [kind] = r.array::<1>().map_err(trunc)?;
-        let epoch = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
-        let key = r.array::<16>().map_err(trunc)?;
+        let key = read_key(&mut r)?;
         let mut u16s = [0u16; 4];
         for v in &mut u16s {
             *v = u16::from_be_bytes(r.array::<2>().map_err(trunc)?);
@@ -232,8 +231,7 @@ impl Provisioning {
         let [mode] = r.array::<1>().map_err(trunc)?;
         let ca_sha256 = r.array::<32>().map_err(trunc)?;
         let previous = if rotated {
-            let epoch = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
-            Some(DeviceKey::new(r.array::<16>().map_err(trunc)?, epoch))
+            Some(read_key(&mut r)?)
         } else {
             None
         };
@@ -243,14 +241,7 @@ impl Provisioning {
             return Err(ProvisionError::Checksum);
         }
         let kind = Kind::from_code(kind).ok_or(ProvisionError::Kind)?;
-        let host = core::str::from_utf8(host).map_err(|_| ProvisionError::Host)?;
-        if host.is_empty() || !host.is_ascii() {
-            return Err(ProvisionError::Host);
-        }
-        let password = core::str::from_utf8(password).map_err(|_| ProvisionError::Password)?;
-        if !password_ok(password) {
-            return Err(ProvisionError::Password);
-        }
+        let (broker_host, broker_password) = checked_account(host, password)?;
         let transport = match mode {
             Transport::PLAIN => Transport::Plain,
             Transport::TLS => Transport::Tls { ca_sha256 },
@@ -261,17 +252,44 @@ impl Provisioning {
             tenant,
             device,
             kind,
-            key: DeviceKey::new(key, epoch),
+            key,
             sample_interval_s,
             heartbeat_s,
             bin_depth_mm,
-            broker_host: String::try_from(host).map_err(|_| ProvisionError::Host)?,
+            broker_host,
             broker_port,
-            broker_password: String::try_from(password).map_err(|_| ProvisionError::Password)?,
+            broker_password,
             transport,
             previous,
         })
     }
+}
+
+/// A key epoch, then the key.
+fn read_key(r: &mut crate::varint::Reader<'_>) -> Result<DeviceKey, ProvisionError> {
+    let trunc = |_| ProvisionError::Truncated;
+    let epoch = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
+    Ok(DeviceKey::new(r.array::<16>().map_err(trunc)?, epoch))
+}
+
+/// The broker host (ASCII, not empty) and password ([`password_ok`]) of a blob.
+#[allow(clippy::type_complexity)]
+fn checked_account(
+    host: &[u8],
+    password: &[u8],
+) -> Result<(String<MAX_HOST_LEN>, String<MAX_PASSWORD_LEN>), ProvisionError> {
+    let host = core::str::from_utf8(host).map_err(|_| ProvisionError::Host)?;
+    if host.is_empty() || !host.is_ascii() {
+        return Err(ProvisionError::Host);
+    }
+    let password = core::str::from_utf8(password).map_err(|_| ProvisionError::Password)?;
+    if !password_ok(password) {
+        return Err(ProvisionError::Password);
+    }
+    Ok((
+        String::try_from(host).map_err(|_| ProvisionError::Host)?,
+        String::try_from(password).map_err(|_| ProvisionError::Password)?,
+    ))
 }
 
 /// Length of [`ca_file_name`]: `vigie-ca-`, 16 hex digits, `.pem`.
