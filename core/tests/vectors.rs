@@ -257,7 +257,7 @@ fn the_reason_table_of_spec_is_the_code_s() {
         protocol::DecodeError::TooShort,
         protocol::DecodeError::TooLong,
         protocol::DecodeError::UnsupportedVersion(2),
-        protocol::DecodeError::UnknownKind(4),
+        protocol::DecodeError::UnknownKind(5),
         protocol::DecodeError::Truncated,
         protocol::DecodeError::BadVarint,
         protocol::DecodeError::UnknownField,

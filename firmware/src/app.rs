@@ -18,10 +18,12 @@ use core::task::Poll;
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
 use protocol::provision::{ProvisionError, Transport, ca_file_name};
+use protocol::{Reading, Values};
 
 use crate::backoff::Backoff;
 use crate::boot::BootError;
 use crate::counter::CounterError;
+use crate::energy::Meter;
 use crate::link::{Action, Change, Link, Outcome, Schedule, Step};
 use crate::modem::{Modem, ModemError};
 use crate::node::{Exchange, Node, NodeError};
@@ -62,6 +64,11 @@ pub trait Platform {
     fn sample(&mut self, now: u32) -> Sample;
     /// Something worth telling.
     fn event(&mut self, e: Event);
+    /// Milliseconds the core has slept since boot (its idle hook's time in `wfi`), for
+    /// the energy ledger; 0 when the board cannot tell.
+    fn asleep_ms(&self) -> u64 {
+        0
+    }
 }
 
 /// Runs a future to completion on this core: poll, and poll again. Every waker is a no-op:
@@ -155,15 +162,26 @@ struct Time {
     unix_at_boot: Option<u32>,
     /// The time of the last sample: the next one is later, always.
     last_sample: Option<u32>,
+    /// The energy ledger's counts since the last status report.
+    meter: Meter,
 }
 
 impl Time {
     fn new<P: Platform>(board: &P) -> Self {
+        let mut uptime = Uptime::new(board.millis());
+        let meter = Meter::new(uptime.at(board.millis()), board.asleep_ms());
         Self {
-            uptime: Uptime::new(board.millis()),
+            uptime,
             unix_at_boot: None,
             last_sample: None,
+            meter,
         }
+    }
+
+    /// Counts the modem active from `start` (ms since boot) to now.
+    fn active_since<P: Platform>(&mut self, board: &P, start: u64) {
+        let took = self.now_ms(board).saturating_sub(start);
+        self.meter.active(took);
     }
 
     /// Milliseconds since boot.
@@ -198,9 +216,19 @@ impl Time {
             (now, _) => now,
         };
         self.last_sample = Some(now);
-        node.record_sample(board.sample(now));
+        let start = self.now_ms(board);
+        let sample = board.sample(now);
+        let took = self.now_ms(board) - start;
+        self.meter.sensor(took);
+        node.record_sample(sample);
         if status {
             node.report_status(now, None, None, up_s);
+            let at = self.now_ms(board);
+            let ledger = self.meter.ledger(at, board.asleep_ms());
+            node.record(Reading {
+                time: now,
+                values: Values::Energy(ledger),
+            });
         }
     }
 }
@@ -252,6 +280,7 @@ where
             Some(step) => step,
             None => next_step(&mut link, node, board, &mut time).await,
         };
+        let start = time.now_ms(board);
         let outcome = match step {
             Step::Clock => clock(&mut modem, board, &mut time).await,
             Step::Open => open(&mut modem, node, board).await,
@@ -276,6 +305,7 @@ where
                 Outcome::Done
             }
         };
+        time.active_since(board, start);
         let change = link.done(step, outcome, time.now_ms(board));
         told.tell(board, change, 0);
     }
@@ -364,6 +394,7 @@ impl<F: NorFlash, const Q: usize, P: Platform> Session<'_, F, Q, P> {
         let mut step = Step::Connect;
         loop {
             let board = &mut *self.board;
+            let start = self.time.now_ms(board);
             let done = match step {
                 Step::Connect => {
                     let connect = async {
@@ -379,6 +410,7 @@ impl<F: NorFlash, const Q: usize, P: Platform> Session<'_, F, Q, P> {
                 }
                 other => return other,
             };
+            self.time.active_since(board, start);
             let (outcome, acknowledged) = match done {
                 Some(Ok(d)) if step == Step::Connect => (Outcome::Done, d.acknowledged),
                 Some(Ok(d)) => (Outcome::Exchanged { more: d.more }, d.acknowledged),

@@ -18,6 +18,8 @@
 //! - [`mqtt`]: the MQTT 5 a node needs (connect with will, QoS 1 publish, one QoS 0
 //!   subscription, ping), small enough for the image budget.
 //! - [`uplink`]: the node's topics and session over [`mqtt`].
+//! - [`energy`]: the node's energy ledger (time asleep, awake, modem on and active,
+//!   sensor on), sent with each status report.
 //! - [`flash`]: a window of a flash, and one flash shared by the counter and the ring.
 //! - [`modem`]: cellular modem AT commands: network time, TCP in transparent mode.
 //! - [`serial_io`]: an `embedded-hal-nb` UART as an async byte stream (polling).
@@ -39,6 +41,7 @@ pub mod boot;
 pub mod counter;
 pub mod downlink;
 pub mod drivers;
+pub mod energy;
 pub mod flash;
 pub mod link;
 pub mod modem;

@@ -13,7 +13,8 @@ use ascon_aead::aead::consts::U8;
 use ascon_aead::aead::{AeadInOut, KeyInit};
 use ascon_aead::{Key, Nonce, TruncatedAsconAead128};
 use protocol::{
-    AirQuality, DeviceKey, DeviceStatus, Field, Identity, MAX_FRAME_LEN, Reading, Values, WasteBin,
+    AirQuality, DeviceKey, DeviceStatus, Energy, Field, Identity, MAX_FRAME_LEN, Reading, Values,
+    WasteBin,
 };
 use serde_json::{Value, json};
 
@@ -366,7 +367,7 @@ fn cases() -> Vec<Case> {
         vec![malformed("unsupported_version")],
     ));
     for (name, byte) in [
-        ("header: kind 4", 0x14u8),
+        ("header: kind 5", 0x15u8),
         ("header: kind 0xA (an acknowledgement)", 0x1a),
     ] {
         let mut f = good.clone();
@@ -572,6 +573,33 @@ fn cases() -> Vec<Case> {
         "kind: device status from any device; its field types",
         vec![msg(&AQ.up(), &AQ.seal(&[status_reading], 5))],
         vec![stored(vec![status_point(&AQ, t, 5)])],
+    ));
+    // The energy ledger (kind 4) from a bin: every device sends it; milliseconds stored
+    // as seconds (floats).
+    let ledger = Reading {
+        time: t,
+        values: Values::Energy(Energy {
+            awake: Field::Value(1_500),
+            asleep: Field::Value(298_500),
+            modem_on: Field::Value(300_000),
+            modem_active: Field::Value(2_250),
+            sensor_on: Field::Value(800),
+        }),
+    };
+    out.push(case(
+        "kind: energy ledger from any device; its field types",
+        vec![msg(&BIN.up(), &BIN.seal(&[ledger], 9))],
+        vec![stored(vec![point(
+            &BIN,
+            "device_energy",
+            t,
+            9,
+            json!({
+                "cpuAwakeTime": float(1.5), "cpuAsleepTime": float(298.5),
+                "modemOnTime": float(300.0), "modemActiveTime": float(2.25),
+                "sensorOnTime": float(0.8),
+            }),
+        )])],
     ));
     let late_kind = AQ.seal(&[bin_reading(NOW + 3_600, 40)], 5);
     out.push(case(

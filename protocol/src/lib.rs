@@ -48,7 +48,7 @@ pub use frame::{
     VERSION, open, open_into, peek, rekey, reseal, seal,
 };
 pub use reading::{
-    AirQuality, DeviceStatus, Field, FieldSpec, Kind, Reading, Render, Values, WasteBin,
+    AirQuality, DeviceStatus, Energy, Field, FieldSpec, Kind, Reading, Render, Values, WasteBin,
 };
 pub use replay::{Freshness, ReplayWindow};
 pub use topic::{Channel, Id, Identity, MAX_ID_LEN, Topic};

@@ -134,11 +134,18 @@ pub enum Kind {
     WasteBin = 2,
     /// Device health report.
     DeviceStatus = 3,
+    /// Energy ledger: time the node spent in each power state (SPEC §4.1).
+    Energy = 4,
 }
 
 impl Kind {
     /// All kinds, in code order.
-    pub const ALL: [Kind; 3] = [Kind::AirQuality, Kind::WasteBin, Kind::DeviceStatus];
+    pub const ALL: [Kind; 4] = [
+        Kind::AirQuality,
+        Kind::WasteBin,
+        Kind::DeviceStatus,
+        Kind::Energy,
+    ];
 
     /// The kind for a header code, if known.
     pub const fn from_code(code: u8) -> Option<Kind> {
@@ -146,6 +153,7 @@ impl Kind {
             1 => Some(Kind::AirQuality),
             2 => Some(Kind::WasteBin),
             3 => Some(Kind::DeviceStatus),
+            4 => Some(Kind::Energy),
             _ => None,
         }
     }
@@ -161,6 +169,7 @@ impl Kind {
             Kind::AirQuality => AIR_QUALITY_FIELDS,
             Kind::WasteBin => WASTE_BIN_FIELDS,
             Kind::DeviceStatus => DEVICE_STATUS_FIELDS,
+            Kind::Energy => ENERGY_FIELDS,
         }
     }
 
@@ -170,6 +179,7 @@ impl Kind {
             Kind::AirQuality => "air_quality",
             Kind::WasteBin => "waste_bin",
             Kind::DeviceStatus => "device_status",
+            Kind::Energy => "device_energy",
         }
     }
 
@@ -178,8 +188,13 @@ impl Kind {
         match self {
             Kind::AirQuality => "AirQualityObserved",
             Kind::WasteBin => "WasteContainer",
-            Kind::DeviceStatus => "Device",
+            Kind::DeviceStatus | Kind::Energy => "Device",
         }
+    }
+
+    /// Whether every device sends this kind, whatever it measures (status and energy).
+    pub const fn of_every_device(self) -> bool {
+        matches!(self, Kind::DeviceStatus | Kind::Energy)
     }
 }
 
@@ -325,7 +340,27 @@ measurements! {
     ]
 }
 
+measurements! {
+    /// Energy ledger: milliseconds the node spent in each state since its previous
+    /// ledger (or its boot), stored in seconds. The MCU is awake or asleep at every
+    /// moment; modem and sensor times overlap them.
+    Energy, ENERGY_FIELDS, [
+        /// The MCU running.
+        awake: u32 => FieldSpec::number("cpuAwakeTime", "s", 0, u32::MAX as i64, 1_000),
+        /// The MCU asleep (`wfi`, or a low-power mode).
+        asleep: u32 => FieldSpec::number("cpuAsleepTime", "s", 0, u32::MAX as i64, 1_000),
+        /// The modem powered (registered or attaching; not in PSM or off).
+        modem_on: u32 => FieldSpec::number("modemOnTime", "s", 0, u32::MAX as i64, 1_000),
+        /// The modem exchanging data (connect, send, await the answer).
+        modem_active: u32 => FieldSpec::number("modemActiveTime", "s", 0, u32::MAX as i64, 1_000),
+        /// The power-hungry sensor of the node's kind powered (the PM sensor's fan and
+        /// laser, the ultrasonic ranger).
+        sensor_on: u32 => FieldSpec::number("sensorOnTime", "s", 0, u32::MAX as i64, 1_000),
+    ]
+}
+
 const _: () = assert!(AIR_QUALITY_FIELDS.len() <= MAX_FIELDS);
+const _: () = assert!(ENERGY_FIELDS.len() <= MAX_FIELDS);
 const _: () = assert!(WASTE_BIN_FIELDS.len() <= MAX_FIELDS);
 const _: () = assert!(DEVICE_STATUS_FIELDS.len() <= MAX_FIELDS);
 
@@ -339,6 +374,8 @@ pub enum Values {
     WasteBin(WasteBin),
     /// See [`DeviceStatus`].
     DeviceStatus(DeviceStatus),
+    /// See [`Energy`].
+    Energy(Energy),
 }
 
 impl Values {
@@ -348,6 +385,7 @@ impl Values {
             Kind::AirQuality => Self::AirQuality(AirQuality::default()),
             Kind::WasteBin => Self::WasteBin(WasteBin::default()),
             Kind::DeviceStatus => Self::DeviceStatus(DeviceStatus::default()),
+            Kind::Energy => Self::Energy(Energy::default()),
         }
     }
 
@@ -357,6 +395,7 @@ impl Values {
             Self::AirQuality(_) => Kind::AirQuality,
             Self::WasteBin(_) => Kind::WasteBin,
             Self::DeviceStatus(_) => Kind::DeviceStatus,
+            Self::Energy(_) => Kind::Energy,
         }
     }
 
@@ -366,6 +405,7 @@ impl Values {
             Self::AirQuality(v) => v.get(i),
             Self::WasteBin(v) => v.get(i),
             Self::DeviceStatus(v) => v.get(i),
+            Self::Energy(v) => v.get(i),
         }
     }
 
@@ -391,6 +431,7 @@ impl Values {
             Self::AirQuality(v) => v.set(i, value),
             Self::WasteBin(v) => v.set(i, value),
             Self::DeviceStatus(v) => v.set(i, value),
+            Self::Energy(v) => v.set(i, value),
         }
     }
 

@@ -135,7 +135,9 @@ impl Station {
                 p.bin_depth_mm,
                 heartbeat,
             )),
-            Kind::DeviceStatus => return Err("a device cannot be of kind status".into()),
+            Kind::DeviceStatus | Kind::Energy => {
+                return Err("a device is of kind air quality or waste bin".into());
+            }
         })
     }
 

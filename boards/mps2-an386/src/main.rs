@@ -163,6 +163,10 @@ impl Platform for Mps2 {
         hw::millis()
     }
 
+    fn asleep_ms(&self) -> u64 {
+        hw::asleep_ms()
+    }
+
     fn set_unix_at_boot(&mut self, unix: u32) {
         UNIX_AT_BOOT.store(unix, Ordering::Relaxed);
     }

@@ -73,6 +73,9 @@ pub struct Latest {
     /// Stored names of the fields whose sensor failed in the latest measurement.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<String>,
+    /// The latest energy ledger (SPEC §4.1, kind 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<super::energy::Ledger>,
 }
 
 /// What one frame adds.
@@ -120,6 +123,10 @@ impl Glance {
                     self.latest.firmware =
                         Some(format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff));
                 }
+                return;
+            }
+            Values::Energy(e) => {
+                self.latest.energy = Some(super::energy::Ledger::of(e));
                 return;
             }
         }
@@ -170,6 +177,7 @@ impl History {
         old.fill_percent = new.fill_percent.or(old.fill_percent);
         old.bin_flags = new.bin_flags.or(old.bin_flags);
         old.error_flags = new.error_flags.or(old.error_flags);
+        old.energy = new.energy.or(old.energy);
         if new.firmware.is_some() {
             old.firmware.clone_from(&new.firmware);
         }

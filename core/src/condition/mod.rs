@@ -14,6 +14,7 @@
 
 pub mod atmo;
 pub mod book;
+pub mod energy;
 pub mod glance;
 pub mod missing;
 

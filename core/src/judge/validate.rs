@@ -67,7 +67,7 @@ pub fn quality_flags(values: &Values, device: &DeviceEntry) -> Vec<&'static str>
                 }
             }
         }
-        Values::DeviceStatus(_) => {}
+        Values::DeviceStatus(_) | Values::Energy(_) => {}
     }
     flags
 }

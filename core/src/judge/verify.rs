@@ -105,7 +105,7 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
         Err(e) => return Verdict::Reject(Reason::Malformed(e)),
     };
     let kind = header.kind;
-    if kind != Kind::DeviceStatus && kind != dev.entry.kind.kind() {
+    if !kind.of_every_device() && kind != dev.entry.kind.kind() {
         return Verdict::Reject(Reason::KindMismatch);
     }
     let frame = Opened {
@@ -211,7 +211,7 @@ fn accept(
                 dropped = s.dropped.value().map(i64::from).or(dropped);
             }
             Values::WasteBin(b) => battery_mv = b.battery.value().map(i64::from).or(battery_mv),
-            Values::AirQuality(_) => {}
+            Values::AirQuality(_) | Values::Energy(_) => {}
         }
     }
     Verdict::Accept(Box::new(Accepted {

@@ -94,8 +94,12 @@ impl Worker {
             });
         }
         // Never acknowledged, so resent as it is (or, from firmware that cannot re-seal, a
-        // reused counter): once in the quarantine.
-        if reason.settles() || self.refused_lately.first_time(&m.topic, &m.payload) {
+        // reused counter): once in the quarantine. One replayed from the quarantine goes
+        // back there whatever the recent arrivals (its entry was taken out for the replay).
+        if reason.settles()
+            || m.quarantined_as.is_some()
+            || self.refused_lately.first_time(&m.topic, &m.payload)
+        {
             self.quarantine.add(&quarantine::Entry::rejected(
                 m.received_ms,
                 &m.topic,
