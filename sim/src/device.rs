@@ -19,13 +19,14 @@ use firmware::drivers::a02yyuw::A02yyuw;
 use firmware::drivers::bme280::{ADDRESS, Bme280};
 use firmware::drivers::sds011::Sds011;
 use firmware::drivers::tilt::Tilt;
+use firmware::energy::Meter;
 use firmware::link::{Action, Change, Link as NodeLink, Outcome, Schedule, Step};
 use firmware::node::Node;
 use firmware::ring::FrameRing;
 use firmware::station::{AirQualityStation, BinStation, Sample, Window};
 use firmware::uplink::Mqtt;
-use protocol::Kind;
 use protocol::provision::{Provisioning, Transport};
+use protocol::{Energy, Kind, Reading, Values};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -43,6 +44,29 @@ const COUNTER_STEP: u32 = 64;
 const NET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time a stopping device keeps exchanging for its last acknowledgements.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The sampling window of both kinds: the PM sensor's fan settles for 30 s, then 5
+/// readings a second apart; the sensor is on for all of it.
+const WINDOW: Window = Window {
+    warmup_ms: 30_000,
+    samples: 5,
+};
+
+/// Virtual ms a sample keeps the sensor (and the MCU) on.
+const SENSOR_MS: u64 = WINDOW.warmup_ms as u64 + 1_000 * WINDOW.samples as u64;
+
+/// Air time a link step takes over a cellular modem, virtual ms (docs/ENERGY.md: the
+/// simulator's loopback answers in microseconds, a modem in seconds): the network time,
+/// opening the socket (TLS takes its handshake more), MQTT connect, one exchange, the
+/// escape's silences.
+fn air_ms(step: Step, tls: bool) -> u64 {
+    match step {
+        Step::Clock | Step::Connect | Step::Exchange => 1_000,
+        Step::Open if tls => 4_000,
+        Step::Open => 2_000,
+        Step::Escape => 2_000,
+    }
+}
 
 /// How the simulated devices run.
 #[derive(Debug, Clone)]
@@ -72,6 +96,11 @@ pub struct DeviceOptions {
 impl DeviceOptions {
     /// Virtual time, never ahead of the real clock (plus `clock_ahead_s`): once it has
     /// caught up it follows it.
+    /// Virtual milliseconds since the fleet started (the energy ledger's clock).
+    fn virtual_ms(&self) -> u64 {
+        (self.started.elapsed().as_secs_f64() * self.accel * 1000.0) as u64
+    }
+
     fn virtual_now(&self) -> u32 {
         let elapsed = self.started.elapsed().as_secs_f64() * self.accel;
         let real = std::time::SystemTime::now()
@@ -101,6 +130,9 @@ pub struct DeviceStats {
     pub resealed: AtomicU64,
     /// Frames sent again because no acknowledgement covered them.
     pub resent: AtomicU64,
+    /// The energy ledgers' sums (SPEC §4.1, kind 4), virtual ms: MCU awake, asleep, modem
+    /// on, modem active, sensor on.
+    pub energy: [AtomicU64; 5],
     /// Readings lost by the node (full ring), as its status frames report.
     pub dropped: AtomicU64,
     /// Readings not yet acknowledged.
@@ -142,13 +174,9 @@ impl Station {
     }
 
     fn sample(&mut self, now: u32) -> Sample {
-        let w = Window {
-            warmup_ms: 30_000,
-            samples: 5,
-        };
         match self {
-            Self::Air(s) => s.sample(&mut NoDelay, now, w),
-            Self::Bin(s) => s.sample(&mut NoDelay, now, w),
+            Self::Air(s) => s.sample(&mut NoDelay, now, WINDOW),
+            Self::Bin(s) => s.sample(&mut NoDelay, now, WINDOW),
         }
     }
 }
@@ -161,6 +189,10 @@ struct Board {
     stats: Arc<DeviceStats>,
     booted_at: u32,
     seed: u64,
+    /// The energy ledger in virtual ms: the MCU is awake while its modem is on the air or
+    /// its sensor measures, asleep otherwise.
+    meter: Meter,
+    awake_ms: u64,
 }
 
 impl Board {
@@ -168,15 +200,45 @@ impl Board {
         let now = opts.virtual_now();
         self.clock.set(now);
         let mut recorded = u64::from(self.node.record_sample(self.station.sample(now)));
+        self.meter.sensor(SENSOR_MS);
+        self.awake_ms += SENSOR_MS;
         if status {
             let battery = 3_600 - (mix(self.seed) % 200) as u16;
             let rssi = -60 - (mix(self.seed ^ 1) % 40) as i16;
             self.node
                 .report_status(now, Some(battery), Some(rssi), now - self.booted_at);
-            recorded += 1;
+            let at = opts.virtual_ms();
+            let ledger = self.meter.ledger(at, at.saturating_sub(self.awake_ms));
+            self.count_energy(&ledger);
+            self.node.record(Reading {
+                time: now,
+                values: Values::Energy(ledger),
+            });
+            recorded += 2;
         }
         self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
         self.update();
+    }
+
+    /// A link step went on the air.
+    fn on_air(&mut self, step: Step) {
+        let tls = matches!(self.node.provisioning().transport, Transport::Tls { .. });
+        let ms = air_ms(step, tls);
+        self.meter.active(ms);
+        self.awake_ms += ms;
+    }
+
+    fn count_energy(&self, ledger: &Energy) {
+        let fields = [
+            ledger.awake,
+            ledger.asleep,
+            ledger.modem_on,
+            ledger.modem_active,
+            ledger.sensor_on,
+        ];
+        for (sum, f) in self.stats.energy.iter().zip(fields) {
+            sum.fetch_add(u64::from(f.value().unwrap_or(0)), Ordering::Relaxed);
+        }
     }
 
     fn update(&self) {
@@ -294,6 +356,8 @@ fn boot(
         node,
         stats: stats.clone(),
         seed,
+        meter: Meter::new(opts.virtual_ms(), 0),
+        awake_ms: 0,
     };
     Ok((board, link))
 }
@@ -309,6 +373,7 @@ struct Device {
 impl Device {
     /// Executes one step of the link.
     async fn step(&mut self, step: Step) -> Outcome {
+        self.board.on_air(step);
         match step {
             // The simulator's clock is always known.
             Step::Clock => Outcome::Done,

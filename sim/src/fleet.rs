@@ -69,6 +69,9 @@ pub struct FleetSummary {
     pub connections: u64,
     /// Devices that failed to start.
     pub failed: usize,
+    /// The energy ledgers the devices sent, summed (SPEC §4.1, kind 4), virtual ms: MCU
+    /// awake, asleep, modem on, modem active, sensor on.
+    pub energy: [u64; 5],
 }
 
 impl std::fmt::Display for FleetSummary {
@@ -86,7 +89,15 @@ impl std::fmt::Display for FleetSummary {
             self.waiting,
             self.connections,
             self.failed
-        )
+        )?;
+        let [awake, asleep, on, active, sensor] = self.energy.map(|ms| ms / 1000);
+        if awake + asleep > 0 {
+            write!(
+                f,
+                " energy_s: awake={awake} asleep={asleep} modem_on={on} modem_active={active} sensor_on={sensor}"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +114,12 @@ fn totals(stats: &[Arc<DeviceStats>]) -> FleetSummary {
         waiting: sum(|s| s.waiting.load(Ordering::Relaxed)),
         connections: sum(|s| s.connections.load(Ordering::Relaxed)),
         failed: 0,
+        energy: std::array::from_fn(|i| {
+            stats
+                .iter()
+                .map(|s| s.energy[i].load(Ordering::Relaxed))
+                .sum()
+        }),
     }
 }
 

@@ -139,7 +139,7 @@ pub fn assert_exactly(got: &BTreeSet<String>, expected: &BTreeSet<String>) {
 }
 
 /// What a simulated fleet's readings become in the database.
-const FLEET_MEASUREMENTS: [&str; 2] = ["air_quality", "device_status"];
+const FLEET_MEASUREMENTS: [&str; 3] = ["air_quality", "device_status", "device_energy"];
 
 /// Distinct readings of [`TENANT`] stored (measurement|device|second) and the number of
 /// points.

@@ -87,7 +87,7 @@ async fn a_thousand_simulated_devices_are_all_accepted() {
         let points = readback::influx_points(
             influx.addr,
             &format!("vigie_{t}"),
-            &["air_quality", "waste_bin", "device_status"],
+            &["air_quality", "waste_bin", "device_status", "device_energy"],
         )
         .await;
         for p in points {

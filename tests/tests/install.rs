@@ -331,11 +331,15 @@ async fn the_package_installs_and_a_board_reading_reaches_the_database_as_the_do
         service_log()
     );
     let stored = async || -> BTreeSet<String> {
-        readback::influx_points(influx.addr, "vigie_lyon", &["air_quality", "device_status"])
-            .await
-            .iter()
-            .map(|p| p.split('|').skip(1).take(3).collect::<Vec<_>>().join("|"))
-            .collect()
+        readback::influx_points(
+            influx.addr,
+            "vigie_lyon",
+            &["air_quality", "device_status", "device_energy"],
+        )
+        .await
+        .iter()
+        .map(|p| p.split('|').skip(1).take(3).collect::<Vec<_>>().join("|"))
+        .collect()
     };
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while stored().await.len() < kept && std::time::Instant::now() < until {

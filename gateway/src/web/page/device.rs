@@ -76,6 +76,11 @@ fn heard(v: &View, s: &Station) -> Vec<(&'static str, String)> {
             }),
         ),
         (
+            v.lang.pick("Autonomie estimée", "Estimated battery life"),
+            d.and_then(|d| d.history.latest.energy)
+                .map_or_else(dash, |ledger| battery_life(v, s, &ledger)),
+        ),
+        (
             v.lang.pick("Micrologiciel", "Firmware"),
             d.and_then(|d| d.history.latest.firmware.clone())
                 .unwrap_or_else(dash),
@@ -93,6 +98,34 @@ fn heard(v: &View, s: &Station) -> Vec<(&'static str, String)> {
         rows.push((v.lang.pick("Refusées", "Rejected"), format!("{n} {reason}")));
     }
     rows
+}
+
+/// The device's latest energy ledger as an average current and the life of a 19 Ah cell
+/// at that rate (the currents of docs/ENERGY.md).
+fn battery_life(v: &View, s: &Station, ledger: &condition::energy::Ledger) -> String {
+    use condition::energy::{CELL_MAH, currents, lifetime_days};
+    let kind = match s.listing.kind {
+        DeviceKind::AirQuality => protocol::Kind::AirQuality,
+        DeviceKind::WasteBin => protocol::Kind::WasteBin,
+    };
+    let Some(ua) = ledger.average_ua(&currents(kind)) else {
+        return dash();
+    };
+    let days = lifetime_days(CELL_MAH, ua);
+    let life = if days >= 730.0 {
+        format!(
+            "{} {}",
+            v.lang.number(days / 365.0, 1),
+            v.lang.pick("ans", "years")
+        )
+    } else {
+        format!(
+            "{} {}",
+            v.lang.number(days, 0),
+            v.lang.pick("jours", "days")
+        )
+    };
+    format!("{life} ({} mA)", v.lang.number(ua / 1000.0, 2))
 }
 
 /// `/commune/<tenant>/<device>`: one device, and its frames as they arrive (the page

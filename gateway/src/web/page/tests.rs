@@ -58,3 +58,31 @@ fn a_commune_page_shows_bands_lights_and_reasons_and_the_public_one_hides_ids() 
     );
     assert!(commune(&v, "paris").is_none());
 }
+
+#[test]
+fn a_device_page_gives_the_battery_life_its_latest_ledger_says() {
+    let now_ms = 1_795_305_600_000;
+    let roster = vec![listing("bin-1", DeviceKind::WasteBin, None)];
+    let mut book = DeviceBook::default();
+    let mut g = Glance::default();
+    // A day asleep but for 1 %, the modem on all day (docs/ENERGY.md: about 55 days).
+    g.add(&Reading {
+        time: (now_ms / 1000) as u32 - 60,
+        values: Values::Energy(protocol::Energy {
+            awake: Field::Value(864_000),
+            asleep: Field::Value(85_536_000),
+            modem_on: Field::Value(86_400_000),
+            modem_active: Field::Value(1_728_000),
+            sensor_on: Field::Value(432_000),
+        }),
+    });
+    let frame = crate::observe::devices::Stored::default();
+    book.stored("lyon", "bin-1", frame, &g, now_ms - 1_000);
+    let mut v = View::new(&roster, &book, now_ms, |_| true);
+    v.lang = Lang::En;
+    let html = device(&v, "lyon", "bin-1", &[]).unwrap_or_default();
+    assert!(
+        html.contains("Estimated battery life</th><td>55 days (14.29 mA)"),
+        "{html}"
+    );
+}
