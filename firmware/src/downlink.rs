@@ -11,7 +11,7 @@ use protocol::{Ack, DeviceKey, Downlink, Identity, Verdicts};
 
 use crate::counter::FrameCounter;
 use crate::node::NodeError;
-use crate::ring::{self, FrameRing};
+use crate::ring::{self, FrameRing, Pos};
 
 /// What the downlinks received during one exchange did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -88,20 +88,31 @@ impl<F: NorFlash> Store<'_, F> {
             heard.resealed += resealed;
             heard.lost += lost;
         }
+        self.each_waiting(|s, pos, frame, counter| {
+            // Re-sealed under its own counter and key: fails exactly when it does not verify.
+            if protocol::reseal(frame, counter, &s.provisioning.key, who).is_err() {
+                let readings = s.ring.readings_at(pos)?;
+                s.ring.acknowledge(&Ack::new(counter))?;
+                heard.lost += u32::from(readings);
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with each waiting frame (a copy to work on) and its counter, oldest
+    /// first; frames `f` appends come after and are visited too.
+    fn each_waiting(
+        &mut self,
+        mut f: impl FnMut(&mut Self, Pos, &mut [u8], u32) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
         let mut buf = [0u8; ring::MAX_FRAME];
         let mut at = None;
         while let Some(pos) = self.ring.next_unacked(at)? {
             at = Some(pos);
             let n = self.ring.read(pos, &mut buf)?;
             let frame = &mut buf[..n];
-            let Ok(counter) = protocol::peek(frame).map(|h| h.counter) else {
-                continue;
-            };
-            // Re-sealed under its own counter and key: fails exactly when it does not verify.
-            if protocol::reseal(frame, counter, &self.provisioning.key, who).is_err() {
-                let readings = self.ring.readings_at(pos)?;
-                self.ring.acknowledge(&Ack::new(counter))?;
-                heard.lost += u32::from(readings);
+            if let Ok(header) = protocol::peek(frame) {
+                f(self, pos, frame, header.counter)?;
             }
         }
         Ok(())
@@ -119,32 +130,22 @@ impl<F: NorFlash> Store<'_, F> {
         mut pick: impl FnMut(u32) -> bool,
     ) -> Result<(u32, u32), NodeError> {
         let (mut resealed, mut lost) = (0, 0);
-        let mut buf = [0u8; ring::MAX_FRAME];
-        let mut at = None;
-        while let Some(pos) = self.ring.next_unacked(at)? {
-            at = Some(pos);
-            let n = self.ring.read(pos, &mut buf)?;
-            let frame = &mut buf[..n];
-            let Ok(old) = protocol::peek(frame).map(|h| h.counter) else {
-                continue;
-            };
-            if !pick(old) {
-                continue;
-            }
+        self.each_waiting(|s, pos, frame, old| {
             // Sealed under the counter `take` returns next, which is reserved only then.
-            let fresh = self.counter.peek();
-            let to = &self.provisioning.key;
-            if protocol::rekey(frame, fresh, from, to, who).is_err() {
-                continue; // not sealed under `from`: left as it is
+            let fresh = s.counter.peek();
+            if !pick(old) || protocol::rekey(frame, fresh, from, &s.provisioning.key, who).is_err()
+            {
+                return Ok(()); // not chosen, or not sealed under `from`: left as it is
             }
-            if self.counter.take().map_err(NodeError::Counter)? != fresh {
+            if s.counter.take().map_err(NodeError::Counter)? != fresh {
                 return Err(NodeError::Counter(crate::counter::CounterError::Verify));
             }
-            let readings = self.ring.readings_at(pos)?;
-            lost += self.ring.append(frame, readings)?;
-            self.ring.acknowledge(&Ack::new(old))?;
+            let readings = s.ring.readings_at(pos)?;
+            lost += s.ring.append(frame, readings)?;
+            s.ring.acknowledge(&Ack::new(old))?;
             resealed += 1;
-        }
+            Ok(())
+        })?;
         Ok((resealed, lost))
     }
 }

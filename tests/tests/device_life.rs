@@ -59,18 +59,49 @@ async fn run_kept(
     fleet.run(never).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_removed_and_added_again_loses_nothing() {
+/// Real InfluxDB with the commune's database, Mosquitto with the project's accounts for
+/// `devices`, and the gateway process on them, in a fresh directory.
+struct Bench {
+    influx: vigie_tests::servers::Server,
+    broker: vigie_tests::servers::Server,
+    gw: GatewayProcess,
+    dir: tempfile::TempDir,
+}
+
+async fn bench(devices: &[Device]) -> Bench {
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
-    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let mut broker = mosquitto(dir.path());
+    fleet::write_registry(&dir.path().join("devices.toml"), devices);
+    let broker = mosquitto(dir.path());
     let gw = GatewayProcess::start(
         dir.path(),
         &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
     );
+    Bench {
+        influx,
+        broker,
+        gw,
+        dir,
+    }
+}
+
+/// `n` air-quality devices of Lyon, `aq-0` … .
+fn air_devices(n: usize) -> Vec<Device> {
+    (0..n)
+        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_removed_and_added_again_loses_nothing() {
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    let Bench {
+        influx,
+        mut broker,
+        gw,
+        dir,
+    } = bench(std::slice::from_ref(&aq)).await;
     let config = gw.config.to_str().unwrap().to_string();
 
     // The old board: 60 virtual seconds between samples, every one sent.
@@ -165,38 +196,16 @@ async fn a_device_removed_and_added_again_loses_nothing() {
 /// counters and acknowledged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_run_twice_with_the_same_blobs_loses_nothing() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let devices: Vec<Device> = (0..3)
-        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
-        .collect();
-    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
-    let broker = mosquitto(dir.path());
-    let gw = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
-    );
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut summaries = Vec::new();
-    // The second run at half the pace: its readings come after the first's.
-    for accel in [120.0, 60.0] {
-        let runs = devices.iter().map(|d| {
-            run_kept(
-                d.provisioning(broker.addr, 60, 0),
-                broker.addr,
-                accel,
-                Some(state.clone()),
-            )
-        });
-        let all = futures_join(runs).await;
-        summaries.extend(all);
-    }
-    let recorded: usize = summaries
-        .iter()
-        .map(|s| (s.recorded - s.dropped) as usize)
-        .sum();
+    let devices = air_devices(3);
+    let Bench {
+        influx,
+        broker,
+        gw,
+        dir,
+    } = bench(&devices).await;
+    let summaries = run_twice(&devices, broker.addr, &dir.path().join("state"), false).await;
+    // Every reading recorded, none dropped by a board.
+    let recorded: usize = summaries.iter().map(|s| s.recorded as usize).sum();
     let (stored, lost, duplicated) = recorded_outcome(influx.addr, recorded).await;
     let refused = gw.metric("vigie_frames_rejected_total").unwrap();
     eprintln!(
@@ -210,6 +219,34 @@ async fn the_simulator_run_twice_with_the_same_blobs_loses_nothing() {
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!(refused, 0.0);
     assert!(recorded > 30, "{recorded}");
+}
+
+/// Runs `devices` twice on their flash kept in `state`, the second run at half the pace
+/// (its readings come after the first's); `erase`: each run on blank flash, so the second
+/// is a chip erase of every board.
+async fn run_twice(
+    devices: &[Device],
+    broker: std::net::SocketAddr,
+    state: &std::path::Path,
+    erase: bool,
+) -> Vec<FleetSummary> {
+    let mut summaries = Vec::new();
+    for accel in [120.0, 60.0] {
+        if erase {
+            let _ = std::fs::remove_dir_all(state);
+        }
+        std::fs::create_dir_all(state).unwrap();
+        let runs = devices.iter().map(|d| {
+            run_kept(
+                d.provisioning(broker, 60, 0),
+                broker,
+                accel,
+                Some(state.to_path_buf()),
+            )
+        });
+        summaries.extend(futures_join(runs).await);
+    }
+    summaries
 }
 
 /// Runs the futures at once, in order of their results.
@@ -232,34 +269,14 @@ async fn futures_join<F: Future<Output = FleetSummary> + Send + 'static>(
 /// readings lost (the 30 of 30; 52 of 219 for a second simulator run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boards_erased_and_flashed_again_lose_nothing() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let devices: Vec<Device> = (0..2)
-        .map(|i| Device::new("lyon", &format!("aq-{i}"), DeviceKind::AirQuality))
-        .collect();
-    fleet::write_registry(&dir.path().join("devices.toml"), &devices);
-    let broker = mosquitto(dir.path());
-    let gw = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
-    );
-    let state = dir.path().join("state");
-    let mut summaries = Vec::new();
-    for accel in [120.0, 60.0] {
-        // Each run on blank flash: the second is a chip erase of every board.
-        let _ = std::fs::remove_dir_all(&state);
-        std::fs::create_dir_all(&state).unwrap();
-        let runs = devices.iter().map(|d| {
-            run_kept(
-                d.provisioning(broker.addr, 60, 0),
-                broker.addr,
-                accel,
-                Some(state.clone()),
-            )
-        });
-        summaries.extend(futures_join(runs).await);
-    }
+    let devices = air_devices(2);
+    let Bench {
+        influx,
+        broker,
+        gw,
+        dir,
+    } = bench(&devices).await;
+    let summaries = run_twice(&devices, broker.addr, &dir.path().join("state"), true).await;
     // Every reading recorded, none dropped by a board.
     let recorded: usize = summaries.iter().map(|s| s.recorded as usize).sum();
     let (stored, lost, duplicated) = recorded_outcome(influx.addr, recorded).await;
@@ -290,16 +307,13 @@ async fn boards_erased_and_flashed_again_lose_nothing() {
 /// under the old key was lost once it was re-flashed (the 1,998 stranded frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_under_load_then_the_new_blob_loses_nothing() {
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
     let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let mut broker = mosquitto(dir.path());
-    let gw = GatewayProcess::start(
-        dir.path(),
-        &GatewaySettings::new("gw", broker.addr, Some(influx.addr)),
-    );
+    let Bench {
+        influx,
+        mut broker,
+        gw,
+        dir,
+    } = bench(std::slice::from_ref(&aq)).await;
     let config = gw.config.to_str().unwrap().to_string();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();

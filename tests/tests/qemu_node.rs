@@ -23,6 +23,24 @@ use vigie_tests::{fleet, influxdb, process, readback, wait_for};
 /// Readings to see stored per boot (one per second).
 const PER_BOOT: f64 = 8.0;
 
+/// The readings InfluxDB holds, one `tenant|measurement|device|second` each.
+async fn stored_readings(influx: std::net::SocketAddr) -> std::collections::BTreeSet<String> {
+    let measurements = ["air_quality", "device_status", "device_energy"];
+    let points = readback::influx_points(influx, "vigie_lyon", &measurements).await;
+    points
+        .iter()
+        .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
+        .collect()
+}
+
+/// What [`stored_readings`] holds for the board's `(counter, second, kind)` readings.
+fn keys(readings: &[(u32, u32, protocol::Kind)]) -> Vec<String> {
+    let key = |(_, time, kind): &(u32, u32, protocol::Kind)| {
+        format!("lyon|{}|aq-qemu|{time}", kind.measurement())
+    };
+    readings.iter().map(key).collect()
+}
+
 fn next_counters(console: &str) -> Vec<u32> {
     console
         .lines()
@@ -248,23 +266,9 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
         "readings of the outage waiting in flash at the power cut: {queued:?}"
     );
     // Stored at its own second (readback reads whole seconds).
-    let expected: Vec<String> = queued
-        .iter()
-        .map(|(_, time, kind)| {
-            let m = kind.measurement();
-            format!("lyon|{m}|aq-qemu|{time}")
-        })
-        .collect();
+    let expected = keys(&queued);
     let missing = async || {
-        let got: std::collections::BTreeSet<String> = readback::influx_points(
-            influx.addr,
-            "vigie_lyon",
-            &["air_quality", "device_status", "device_energy"],
-        )
-        .await
-        .iter()
-        .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
-        .collect();
+        let got = stored_readings(influx.addr).await;
         expected.iter().filter(|e| !got.contains(*e)).count()
     };
     let mut lost = usize::MAX;
@@ -328,16 +332,7 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     assert_eq!(metrics.counts().frames_rejected, 0);
 
     // The database holds each stored reading once: one (measurement, time) per reading.
-    let points = readback::influx_points(
-        influx.addr,
-        "vigie_lyon",
-        &["air_quality", "device_status", "device_energy"],
-    )
-    .await;
-    let readings: std::collections::BTreeSet<_> = points
-        .iter()
-        .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
-        .collect();
+    let readings = stored_readings(influx.addr).await;
     assert_eq!(readings.len() as f64, stored());
     assert!(readings.iter().all(|r| r.contains("|aq-qemu|")));
 
@@ -385,22 +380,10 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
             .map(|e| hex::decode(&e.payload).unwrap())
             .collect::<Vec<_>>(),
     );
-    let points = readback::influx_points(
-        influx.addr,
-        "vigie_lyon",
-        &["air_quality", "device_status", "device_energy"],
-    )
-    .await;
-    let after: std::collections::BTreeSet<_> = points
-        .iter()
-        .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
-        .collect();
-    let unstored: Vec<_> = refused_readings
-        .iter()
-        .filter(|(_, time, kind)| {
-            let m = kind.measurement();
-            !after.contains(&format!("lyon|{m}|aq-qemu|{time}"))
-        })
+    let after = stored_readings(influx.addr).await;
+    let unstored: Vec<_> = keys(&refused_readings)
+        .into_iter()
+        .filter(|k| !after.contains(k))
         .collect();
     eprintln!(
         "qemu, flash erased: refused counter_reused {} frames ({} readings), not stored {}; \
@@ -467,28 +450,14 @@ async fn the_image_boots_publishes_keeps_its_readings_through_reset_power_cut_an
     })
     .await;
     let board = Qemu::boot(&image, Some(&rotated), modem.addr, dir.path());
-    let expected: Vec<String> = under_old_key
-        .iter()
-        .map(|(_, time, kind)| {
-            let m = kind.measurement();
-            format!("lyon|{m}|aq-qemu|{time}")
-        })
-        .collect();
+    let expected = keys(&under_old_key);
     let after_rotation = stored();
     let mut unstored = usize::MAX;
     wait_for(
         "the old key's readings re-sealed and stored",
         Duration::from_secs(90),
         async || {
-            let got: std::collections::BTreeSet<String> = readback::influx_points(
-                influx.addr,
-                "vigie_lyon",
-                &["air_quality", "device_status", "device_energy"],
-            )
-            .await
-            .iter()
-            .map(|p| p.split('|').take(4).collect::<Vec<_>>().join("|"))
-            .collect();
+            let got = stored_readings(influx.addr).await;
             unstored = expected.iter().filter(|e| !got.contains(*e)).count();
             unstored == 0 && stored() >= after_rotation + expected.len() as f64 + 2.0
         },
