@@ -24,6 +24,7 @@ pub mod fleet;
 pub mod judge;
 pub mod output;
 pub mod record;
+pub mod round;
 mod secret;
 pub mod session;
 

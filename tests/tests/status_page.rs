@@ -87,6 +87,7 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
         })
         .collect();
     entries[0].site = Some("Place Bellecour".into());
+    (entries[2].latitude, entries[2].longitude) = (Some(45.76), Some(4.835));
     // aq-1 is due every 5 s + 2 × 1 s: silent after 7 s.
     (entries[1].sample_interval_s, entries[1].heartbeat_s) = (Some(1), Some(5));
     fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
@@ -317,6 +318,26 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
             .contains("bac plein à 90 %")
     );
     browser.screenshot(&out.join("device-bin-0.png")).await;
+
+    // The collection round: the bin at 90 % is due now; the driver's file and the page.
+    let (status, csv) = gw.get("/round/lyon?format=csv").unwrap();
+    assert_eq!(status, 200, "{csv}");
+    assert_eq!(
+        csv,
+        "order,device,latitude,longitude,fill_percent,due\n1,bin-0,45.760000,4.835000,90,now\n"
+    );
+    let (status, gpx) = gw.get("/round/lyon?format=gpx").unwrap();
+    assert!(
+        status == 200 && gpx.contains(r#"<rtept lat="45.760000" lon="4.835000"><name>bin-0</name>"#),
+        "{gpx}"
+    );
+    browser.goto(&format!("{gw_url}/round/lyon")).await;
+    let page = browser.text("main").await.unwrap();
+    assert!(
+        page.contains("bin-0") && page.contains("maintenant"),
+        "{page}"
+    );
+    browser.screenshot(&out.join("round-lyon.png")).await;
 
     // The public view: the commune's stations and bins, no device id, no other commune,
     // nothing else of the status port.

@@ -62,6 +62,41 @@ pub struct Config {
     pub log: LogConfig,
     /// Open-data exports.
     pub export: ExportConfig,
+    /// Collection rounds of the communes' bins.
+    pub round: RoundConfig,
+}
+
+/// Collection rounds (`round`): which bins are due and where the truck starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundConfig {
+    /// A bin at or above this fill level (%) is due now.
+    pub threshold_percent: u8,
+    /// A bin expected to reach the threshold within this many days is due too.
+    pub horizon_days: f64,
+    /// Each commune's depot, `lyon = { latitude = 45.75, longitude = 4.85 }`; a round
+    /// without one starts at its first bin.
+    pub depots: std::collections::BTreeMap<String, Depot>,
+}
+
+/// Where a commune's collection truck starts and ends (WGS84 degrees).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Depot {
+    /// Latitude.
+    pub latitude: f64,
+    /// Longitude.
+    pub longitude: f64,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        Self {
+            threshold_percent: vigie_core::condition::BIN_FULL_PERCENT,
+            horizon_days: 2.0,
+            depots: Default::default(),
+        }
+    }
 }
 
 /// Open-data exports (`export`).

@@ -16,6 +16,7 @@ impl Config {
         }
         check_http(&self.http)?;
         self.check_export()?;
+        self.check_round()?;
         self.check_sizes()?;
         if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(
@@ -33,6 +34,24 @@ impl Config {
                 return bad(format!(
                     "export.public_fields.{tenant}: {f:?} is not a field that can be published (one of {})",
                     public.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_round(&self) -> Result<(), ConfigError> {
+        let r = &self.round;
+        if !(1..=100).contains(&r.threshold_percent) {
+            return bad("round.threshold_percent must be 1 to 100");
+        }
+        if !(0.0..=30.0).contains(&r.horizon_days) {
+            return bad("round.horizon_days must be 0 to 30");
+        }
+        for (tenant, d) in &r.depots {
+            if !(-90.0..=90.0).contains(&d.latitude) || !(-180.0..=180.0).contains(&d.longitude) {
+                return bad(format!(
+                    "round.depots.{tenant}: latitude -90 to 90 and longitude -180 to 180 (WGS84 degrees)"
                 ));
             }
         }

@@ -276,6 +276,7 @@ async fn serve_http(
             admin_token: config.http.admin_token.clone(),
             clock: c.clock.clone(),
             traffic: c.traffic.clone(),
+            round: Arc::new(config.round.clone()),
         };
         let app = web::http::guarded(web::http::router(service), hosts.clone());
         tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));

@@ -70,6 +70,8 @@ pub struct Service {
     pub clock: Clock,
     /// Device state and live feed.
     pub traffic: Traffic,
+    /// Collection rounds' settings.
+    pub round: Arc<crate::config::RoundConfig>,
 }
 
 /// The routes.
@@ -78,6 +80,7 @@ pub fn router(service: Service) -> Router {
         .route("/", get(overview))
         .route("/commune/:tenant", get(commune))
         .route("/commune/:tenant/:device", get(device_page))
+        .route("/round/:tenant", get(round))
         .route("/devices/:tenant/:device/frames", get(frames))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -286,6 +289,7 @@ struct PageQuery {
     lang: Option<String>,
     tenant: Option<String>,
     after: Option<u64>,
+    format: Option<String>,
 }
 
 async fn devices(State(s): Shared, Query(q): Query<PageQuery>) -> impl IntoResponse {
@@ -368,6 +372,52 @@ async fn commune(
         |_| true,
         |v| page::commune(v, &tenant),
     )
+}
+
+/// `/round/<tenant>`: the collection round, a page or (`?format=csv|geojson|gpx`) a file.
+async fn round(
+    State(s): Shared,
+    Path(tenant): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    use vigie_core::round;
+    let now = s.clock.now_ms();
+    let kind = match q.format.as_deref() {
+        None | Some("html") => {
+            let health = s.health.snapshot();
+            let lang = q.lang.as_deref();
+            let r = &s.round;
+            return page(
+                &s.traffic.devices,
+                now,
+                Some(&health),
+                lang,
+                |_| true,
+                |v| page::round::page(v, &tenant, r),
+            );
+        }
+        Some(f @ ("csv" | "geojson" | "gpx")) => f,
+        Some(_) => {
+            return (StatusCode::BAD_REQUEST, "format: csv, geojson or gpx\n").into_response();
+        }
+    };
+    let planned = s.traffic.devices.read_all(|roster, book| {
+        page::round::plan(&View::new(roster, book, now, |_| true), &tenant, &s.round)
+    });
+    let Some((r, _)) = planned else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let (body, mime) = match kind {
+        "csv" => (round::csv(&r), "text/csv; charset=utf-8"),
+        "geojson" => (round::geojson(&r), "application/geo+json"),
+        _ => (round::gpx(&r, &tenant), "application/gpx+xml"),
+    };
+    let file = format!("attachment; filename=\"round-{tenant}.{kind}\"");
+    let headers = [
+        (header::CONTENT_TYPE, mime.to_string()),
+        (header::CONTENT_DISPOSITION, file),
+    ];
+    (headers, body).into_response()
 }
 
 async fn device_page(

@@ -15,6 +15,7 @@ fn service(token: Option<&str>) -> Service {
         health,
         jobs,
         admin_token: token.map(Secret::new),
+        round: Arc::default(),
     }
 }
 
@@ -102,6 +103,23 @@ async fn routes_answer_and_the_admin_endpoint_needs_its_token() {
     );
     let (code, _) = call(&app, request("GET", "/nope").body(empty()).unwrap()).await;
     assert_eq!(code, 404);
+    // The collection round: an unknown commune, a bad format.
+    let (code, _) = call(
+        &app,
+        request("GET", "/round/lyon?format=csv")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, _) = call(
+        &app,
+        request("GET", "/round/lyon?format=kml")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 400);
     for auth in [
         None,
         Some("Bearer 0123456789abcdeF"),

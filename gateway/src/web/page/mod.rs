@@ -15,6 +15,7 @@
 pub mod chart;
 mod device;
 mod health;
+pub mod round;
 pub mod words;
 
 pub use device::device;
@@ -440,9 +441,19 @@ pub fn commune(v: &View, tenant: &str) -> Option<String> {
         );
     }
     if b > 0 {
+        let round = if v.public {
+            String::new()
+        } else {
+            format!(
+                r#"<p><a href="/round/{}{}">{}</a></p>"#,
+                esc(tenant),
+                query(v.lang),
+                v.lang.pick("Tournée de collecte", "Collection round")
+            )
+        };
         let _ = write!(
             body,
-            r#"<section aria-labelledby="bins"><h2 id="bins">{}</h2><ul class="cards">{bins}</ul></section>"#,
+            r#"<section aria-labelledby="bins"><h2 id="bins">{}</h2>{round}<ul class="cards">{bins}</ul></section>"#,
             v.lang.pick("Bacs", "Bins")
         );
     }
