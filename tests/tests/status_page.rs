@@ -328,7 +328,8 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
     );
     let (status, gpx) = gw.get("/round/lyon?format=gpx").unwrap();
     assert!(
-        status == 200 && gpx.contains(r#"<rtept lat="45.760000" lon="4.835000"><name>bin-0</name>"#),
+        status == 200
+            && gpx.contains(r#"<rtept lat="45.760000" lon="4.835000"><name>bin-0</name>"#),
         "{gpx}"
     );
     browser.goto(&format!("{gw_url}/round/lyon")).await;

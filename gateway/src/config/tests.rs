@@ -130,3 +130,28 @@ fn env_overrides_and_secrets_stay_hidden() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_round_settings_of_the_docs_parse_and_bad_ones_are_named() {
+    let docs = include_str!("../../../docs/OPERATIONS.md");
+    let block = docs
+        .split("```toml\n[round]")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_default();
+    let c = Config::parse(&format!("[round]{block}")).unwrap();
+    c.validate().unwrap();
+    assert_eq!((c.round.threshold_percent, c.round.horizon_days), (80, 2.0));
+    assert!(c.round.depots.contains_key("lyon"));
+    for (bad, says) in [
+        ("[round]\nthreshold_percent = 0", "round.threshold_percent"),
+        ("[round]\nhorizon_days = 90", "round.horizon_days"),
+        (
+            "[round.depots]\nlyon = { latitude = 145.0, longitude = 4.8 }",
+            "round.depots.lyon",
+        ),
+    ] {
+        let e = Config::parse(bad).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+}
