@@ -19,14 +19,26 @@ pub mod tmpfs;
 
 pub use servers::{Server, influxdb, mosquitto, victoria_metrics};
 
-/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again
-/// at once).
+/// A free TCP port on 127.0.0.1 (bound then released), never one this process handed
+/// out before: the OS may give a released port again at once, and two listeners of one
+/// gateway (`http.listen`, `public_listen`) then collided (seen in CI: "Address already in
+/// use" at the gateway's start).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Unix seconds now.
