@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             admin_token: Some(Secret::new(TOKEN)),
             clock: gateway::clock::Clock::system(),
             traffic: gateway::observe::Traffic::default(),
+            round: Arc::default(),
         };
         let app = gateway::web::http::guarded(gateway::web::http::router(service), Vec::new());
         let (mut client, server) = tokio::io::duplex(1 << 16);
