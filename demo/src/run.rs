@@ -223,6 +223,7 @@ fn register_fleet(
                 bin_depth_mm: bin.then_some(1200),
                 sample_interval_s: 300,
                 heartbeat_s: 3600,
+                report_interval_s: 0,
                 broker_host: "127.0.0.1".into(),
                 broker_port: broker.port(),
                 // The embedded broker listens on loopback only.

@@ -38,7 +38,7 @@ const STEP_MS: u32 = 10_000;
 /// second or two: waiting 3 s keeps a reading of this boot from sharing a second with the
 /// last one of the boot a quick reset ended.
 const FIRST_SAMPLE_MS: u32 = 3_000;
-/// A status report every this many samples.
+/// A status report every this many samples (a reporting node: one per report).
 const STATUS_EVERY: u32 = 6;
 
 /// What the loop tells the board (console, defmt, LED…).
@@ -69,6 +69,10 @@ pub trait Platform {
     fn asleep_ms(&self) -> u64 {
         0
     }
+    /// Switch the modem's supply (or pulse its power key): off after `AT+CPOF` between a
+    /// reporting node's reports, on before the next. A board whose modem is always
+    /// powered does nothing.
+    fn modem_power(&mut self, _on: bool) {}
 }
 
 /// Runs a future to completion on this core: poll, and poll again. Every waker is a no-op:
@@ -164,6 +168,8 @@ struct Time {
     last_sample: Option<u32>,
     /// The energy ledger's counts since the last status report.
     meter: Meter,
+    /// The modem is powered down (between a reporting node's reports).
+    modem_off: bool,
 }
 
 impl Time {
@@ -175,6 +181,17 @@ impl Time {
             unix_at_boot: None,
             last_sample: None,
             meter,
+            modem_off: false,
+        }
+    }
+
+    /// Powers the modem up or down, and counts it.
+    fn modem_power<P: Platform>(&mut self, board: &mut P, on: bool) {
+        if self.modem_off == on {
+            board.modem_power(on);
+            self.modem_off = !on;
+            let now = self.now_ms(board);
+            self.meter.modem(on, now);
         }
     }
 
@@ -197,15 +214,16 @@ impl Time {
         board.set_unix_at_boot(base);
     }
 
-    /// Takes a sample now, and a status report with it if `status`.
+    /// Takes a sample now, and a status report with it if `status`; whether the reading
+    /// raises an alarm.
     fn sample<F: NorFlash, const Q: usize, P: Platform>(
         &mut self,
         node: &mut Node<F, Q>,
         board: &mut P,
         status: bool,
-    ) {
+    ) -> bool {
         let Some(base) = self.unix_at_boot else {
-            return; // readings need a real time (the link never asks before it is known)
+            return false; // readings need a real time (the link never asks before it is known)
         };
         let up_s = (self.now_ms(board) / 1000).min(u64::from(u32::MAX)) as u32;
         // Each network-time reading re-bases the clock; when the board's crystal ran fast
@@ -220,6 +238,7 @@ impl Time {
         let sample = board.sample(now);
         let took = self.now_ms(board) - start;
         self.meter.sensor(took);
+        let alarm = sample.alarm();
         node.record_sample(sample);
         if status {
             node.report_status(now, None, None, up_s);
@@ -230,6 +249,7 @@ impl Time {
                 values: Values::Energy(ledger),
             });
         }
+        alarm
     }
 }
 
@@ -243,7 +263,11 @@ async fn next_step<F: NorFlash, const Q: usize, P: Platform>(
     loop {
         match link.poll(time.now_ms(board)) {
             Action::Run(step) => return step,
-            Action::Sample { status } => time.sample(node, board, status),
+            Action::Sample { status } => {
+                if time.sample(node, board, status) {
+                    link.report_now(time.now_ms(board));
+                }
+            }
             Action::WaitUntil(t) => {
                 while time.now_ms(board) < t {
                     yield_now().await;
@@ -265,12 +289,19 @@ where
     P: Platform,
 {
     let mut time = Time::new(board);
+    let report_s = u32::from(node.provisioning().report_interval_s);
+    let sample_s = u32::from(node.provisioning().sample_interval_s);
     let mut link = Link::new(Schedule {
         first_sample_ms: u64::from(FIRST_SAMPLE_MS),
-        interval_ms: u64::from(node.provisioning().sample_interval_s) * 1000,
-        status_every: STATUS_EVERY,
+        interval_ms: u64::from(sample_s) * 1000,
+        status_every: match report_s {
+            0 => STATUS_EVERY,
+            r => (r / sample_s.max(1)).max(1),
+        },
         idle_ms: Schedule::idle_ms_for(node.uplink().keep_alive_s()),
-        backoff: Backoff::new(1, 60),
+        report_ms: u64::from(report_s) * 1000,
+        // A reporting node retries at most once per report.
+        backoff: Backoff::new(1, report_s.max(60)),
         seed: 0,
     });
     let mut told = Told::default();
@@ -282,7 +313,10 @@ where
         };
         let start = time.now_ms(board);
         let outcome = match step {
-            Step::Clock => clock(&mut modem, board, &mut time).await,
+            Step::Clock => {
+                time.modem_power(board, true);
+                clock(&mut modem, board, &mut time).await
+            }
             Step::Open => open(&mut modem, node, board).await,
             Step::Connect => {
                 let mut client = Mqtt::new(modem.io());
@@ -304,6 +338,7 @@ where
                 let _ = modem.escape().await;
                 Outcome::Done
             }
+            Step::PowerDown => power_down(&mut modem, board, &mut time).await,
         };
         time.active_since(board, start);
         let change = link.done(step, outcome, time.now_ms(board));
@@ -351,6 +386,29 @@ async fn clock<U: Read + Write, P: Platform>(
         Some(Err(e)) => Outcome::Failed(modem_error(e)),
         None => Outcome::Failed("modem: no answer in time"),
     }
+}
+
+/// Leaves transparent mode (a second of silence either side of `+++`; harmless in
+/// command mode), powers the modem off with `AT+CPOF`, and has the board cut its supply,
+/// whether the modem answered or not.
+async fn power_down<U: Read + Write, P: Platform>(
+    modem: &mut Modem<U>,
+    board: &mut P,
+    time: &mut Time,
+) -> Outcome {
+    let off = async {
+        sleep_ms(|| board.millis(), 1_000).await;
+        modem.escape().await?;
+        sleep_ms(|| board.millis(), 1_000).await;
+        modem.power_off().await
+    };
+    let outcome = match with_timeout(|| board.millis(), STEP_MS, off).await {
+        Some(Ok(())) => Outcome::Done,
+        Some(Err(e)) => Outcome::Failed(modem_error(e)),
+        None => Outcome::Failed("modem: no answer in time"),
+    };
+    time.modem_power(board, false);
+    outcome
 }
 
 /// Opens the broker connection the blob names: TLS when it says so, never a fall-back
@@ -413,7 +471,11 @@ impl<F: NorFlash, const Q: usize, P: Platform> Session<'_, F, Q, P> {
             self.time.active_since(board, start);
             let (outcome, acknowledged) = match done {
                 Some(Ok(d)) if step == Step::Connect => (Outcome::Done, d.acknowledged),
-                Some(Ok(d)) => (Outcome::Exchanged { more: d.more }, d.acknowledged),
+                Some(Ok(d)) => {
+                    let settled = self.node.unacknowledged() == 0;
+                    let more = d.more;
+                    (Outcome::Exchanged { more, settled }, d.acknowledged)
+                }
                 Some(Err(e)) => (Outcome::Failed(node_error(e)), 0),
                 None => (Outcome::Failed("mqtt: no answer in time"), 0),
             };
@@ -430,7 +492,7 @@ pub fn boot_error(e: BootError) -> &'static str {
         BootError::Flash => "provisioning flash unreadable",
         BootError::Interval => "provisioning blob: sample interval is zero",
         BootError::Provisioning(p) => match p {
-            ProvisionError::Magic => "no provisioning blob (magic VGP2 missing): load one",
+            ProvisionError::Magic => "no provisioning blob (no VGP magic): load one",
             ProvisionError::Truncated => "provisioning blob truncated",
             ProvisionError::Checksum => "provisioning blob checksum mismatch (half-written?)",
             ProvisionError::Id => "provisioning blob: invalid tenant or device id",
@@ -538,6 +600,7 @@ mod tests {
             key: DeviceKey::new([7; 16], 1),
             sample_interval_s,
             heartbeat_s: 0,
+            report_interval_s: 0,
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
             broker_port: 1883,
@@ -593,6 +656,7 @@ mod tests {
             interval_ms: 60_000,
             status_every: STATUS_EVERY,
             idle_ms: Schedule::idle_ms_for(600),
+            report_ms: 0,
             backoff: Backoff::new(1, 60),
             seed: 0,
         });
@@ -604,7 +668,9 @@ mod tests {
                 let now = time.now_ms(&board);
                 match link.poll(now) {
                     Action::WaitUntil(_) => break,
-                    Action::Sample { status } => time.sample(&mut node, &mut board, status),
+                    Action::Sample { status } => {
+                        time.sample(&mut node, &mut board, status);
+                    }
                     Action::Run(Step::Clock) => {
                         time.set_unix(&mut board, unix_now + (step - 1) / 10);
                         link.done(Step::Clock, Outcome::Done, now);

@@ -52,6 +52,7 @@ mod tests {
             key: DeviceKey::new([7; 16], 1),
             sample_interval_s: 300,
             heartbeat_s: 3600,
+            report_interval_s: 0,
             bin_depth_mm: 0,
             broker_host: "mqtt.example".try_into().unwrap(),
             broker_port: 1883,

@@ -12,16 +12,40 @@ pub struct Meter {
     asleep_at: u64,
     active_ms: u64,
     sensor_ms: u64,
+    /// Modem on time counted since the last ledger, up to `on_since`.
+    on_ms: u64,
+    /// The modem is on since this time (ms since boot); `None`: off.
+    on_since: Option<u64>,
 }
 
 impl Meter {
-    /// Starts counting at `now_ms`, the board having slept `asleep_ms` in all so far.
+    /// Starts counting at `now_ms`, the board having slept `asleep_ms` in all so far;
+    /// the modem is on (boards power it at boot).
     pub const fn new(now_ms: u64, asleep_ms: u64) -> Self {
         Self {
             since_ms: now_ms,
             asleep_at: asleep_ms,
             active_ms: 0,
             sensor_ms: 0,
+            on_ms: 0,
+            on_since: Some(now_ms),
+        }
+    }
+
+    /// The modem was on for `ms` more (a simulator, whose clock is not the modem's).
+    pub fn modem_on_for(&mut self, ms: u64) {
+        self.on_ms = self.on_ms.saturating_add(ms);
+    }
+
+    /// The modem was powered up (`on`) or down at `now_ms`.
+    pub fn modem(&mut self, on: bool, now_ms: u64) {
+        match (on, self.on_since) {
+            (true, None) => self.on_since = Some(now_ms),
+            (false, Some(since)) => {
+                self.on_ms += now_ms.saturating_sub(since);
+                self.on_since = None;
+            }
+            _ => {}
         }
     }
 
@@ -36,20 +60,24 @@ impl Meter {
     }
 
     /// The ledger from the last one (or the start) to `now_ms`, the board having slept
-    /// `asleep_ms` in all; counting starts again. The modem of this firmware is powered
-    /// from boot on, so it is on for the whole span.
+    /// `asleep_ms` in all; counting starts again.
     pub fn ledger(&mut self, now_ms: u64, asleep_ms: u64) -> Energy {
         let span = now_ms.saturating_sub(self.since_ms);
+        let on = self.on_ms + self.on_since.map_or(0, |s| now_ms.saturating_sub(s));
         let asleep = asleep_ms.saturating_sub(self.asleep_at).min(span);
         let ms = |v: u64| Field::Value(v.min(u64::from(u32::MAX)) as u32);
         let ledger = Energy {
             awake: ms(span - asleep),
             asleep: ms(asleep),
-            modem_on: ms(span),
+            modem_on: ms(on.min(span)),
             modem_active: ms(self.active_ms.min(span)),
             sensor_on: ms(self.sensor_ms.min(span)),
         };
+        let modem_on = self.on_since.is_some();
         *self = Self::new(now_ms, asleep_ms);
+        if !modem_on {
+            self.on_since = None;
+        }
         ledger
     }
 }
@@ -81,5 +109,23 @@ mod tests {
             (Field::Value(1_000), Field::Value(0))
         );
         assert_eq!(next.modem_active, Field::Value(0));
+    }
+
+    #[test]
+    fn the_modem_counts_only_while_it_is_powered() {
+        let mut m = Meter::new(0, 0);
+        m.modem(false, 2_000);
+        m.modem(false, 3_000); // already off: nothing changes
+        m.modem(true, 10_000);
+        m.modem(true, 11_000);
+        let l = m.ledger(12_000, 0);
+        assert_eq!(l.modem_on, Field::Value(4_000));
+        m.modem(false, 15_000);
+        assert_eq!(m.ledger(20_000, 0).modem_on, Field::Value(3_000));
+        assert_eq!(
+            m.ledger(30_000, 0).modem_on,
+            Field::Value(0),
+            "off all along"
+        );
     }
 }

@@ -14,6 +14,13 @@
 //! - after a failed attempt, back off (exponential, with jitter); after a connection that
 //!   worked drops, wait one second; either way leave transparent mode (escape) with a
 //!   second of silence before trying again.
+//!
+//! A node with a report interval (a battery node, SPEC §11 format 4) does not stay
+//! connected: every report interval it powers the modem up, connects, sends what waits,
+//! exchanges until everything sent is acknowledged (at most [`LINGER_MS`]), and powers
+//! the modem down; samples go on in between, kept in flash. An alarm starts a report at
+//! once ([`Link::report_now`]); a failed report is retried after the back-off, the modem
+//! off meanwhile.
 
 use crate::backoff::Backoff;
 
@@ -30,6 +37,8 @@ pub enum Step {
     Exchange,
     /// Drop the connection and leave transparent mode (`+++`).
     Escape,
+    /// Power the modem down until the next report (a node with a report interval).
+    PowerDown,
 }
 
 /// What to do now.
@@ -55,6 +64,9 @@ pub enum Outcome {
     Exchanged {
         /// Exchange again at once.
         more: bool,
+        /// Nothing waits for an acknowledgement any more: a reporting node may power
+        /// down.
+        settled: bool,
     },
     /// It failed, for this reason (the board prints it).
     Failed(&'static str),
@@ -82,6 +94,9 @@ pub struct Schedule {
     pub status_every: u32,
     /// Exchange (and so ping) after this long without one, ms.
     pub idle_ms: u64,
+    /// Between reports, ms: 0, stay connected; otherwise connect for each report only,
+    /// the modem off in between.
+    pub report_ms: u64,
     /// Back-off between failed attempts.
     pub backoff: Backoff,
     /// Mixed into the back-off jitter, so nodes that fail together spread out.
@@ -98,6 +113,11 @@ impl Schedule {
 
 /// The silence around an escape sequence, and the wait after a working connection drops.
 const SILENCE_MS: u64 = 1000;
+/// Longest a report stays connected for the acknowledgements of what it sent, from its
+/// connection; what is not acknowledged by then waits in flash for the next report.
+pub const LINGER_MS: u64 = 30_000;
+/// While a report waits for acknowledgements, it exchanges (pings) this often.
+const ACK_POLL_MS: u64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -105,10 +125,18 @@ enum Phase {
     Down { at: u64 },
     /// This step next, at once.
     Next(Step),
-    /// Connected; the last exchange ended at `last`; `more` frames wait.
-    Up { last: u64, more: bool },
+    /// Connected; the last exchange ended at `last`; `more` frames wait; `settled`:
+    /// nothing waits for an acknowledgement.
+    Up {
+        last: u64,
+        more: bool,
+        settled: bool,
+    },
     /// A step failed: escape at this time.
     Escape { at: u64 },
+    /// The modem is off (a reporting node) until `at`, when it reports; `scheduled`: this
+    /// is the periodic report (not a retry or an alarm's).
+    Off { at: u64, scheduled: bool },
 }
 
 /// The node's link and sampling schedule.
@@ -120,6 +148,12 @@ pub struct Link {
     /// The next sample, once the network time is known.
     next_sample: Option<u64>,
     samples: u32,
+    /// A reporting node's next periodic report.
+    next_report: u64,
+    /// When this connection came up (a report lingers from there).
+    up_since: u64,
+    /// A failed report's retry, once the modem is down.
+    retry_at: Option<u64>,
 }
 
 impl Link {
@@ -131,6 +165,21 @@ impl Link {
             phase: Phase::Down { at: 0 },
             next_sample: None,
             samples: 0,
+            next_report: schedule.report_ms,
+            up_since: 0,
+            retry_at: None,
+        }
+    }
+
+    fn reporting(&self) -> bool {
+        self.schedule.report_ms > 0
+    }
+
+    /// An alarm: a reporting node with its modem off reports at once (the periodic
+    /// schedule stays as it was).
+    pub fn report_now(&mut self, now: u64) {
+        if let Phase::Off { at, .. } = &mut self.phase {
+            *at = now.min(*at);
         }
     }
 
@@ -144,7 +193,14 @@ impl Link {
         if let Some(due) = self.next_sample
             && now >= due
         {
-            self.next_sample = Some(now + self.schedule.interval_ms);
+            // On the schedule to the millisecond, however late this poll came (a link
+            // step ran over the due time); a whole interval late, from now.
+            let next = due + self.schedule.interval_ms;
+            self.next_sample = Some(if next > now {
+                next
+            } else {
+                now + self.schedule.interval_ms
+            });
             self.samples = self.samples.wrapping_add(1);
             if let Phase::Up { more, .. } = &mut self.phase {
                 *more = true; // send it at once
@@ -158,14 +214,34 @@ impl Link {
             Phase::Next(step) => return Action::Run(step),
             Phase::Down { at } if now >= at => return Action::Run(Step::Clock),
             Phase::Escape { at } if now >= at => return Action::Run(Step::Escape),
-            Phase::Up { last, more } => {
+            Phase::Off { at, scheduled } if now >= at => {
+                if scheduled {
+                    while self.next_report <= now {
+                        self.next_report += self.schedule.report_ms;
+                    }
+                }
+                self.phase = Phase::Down { at };
+                return Action::Run(Step::Clock);
+            }
+            Phase::Up { more: true, .. } => return Action::Run(Step::Exchange),
+            Phase::Up { last, settled, .. } if self.reporting() => {
+                if settled || now >= self.up_since + LINGER_MS {
+                    return Action::Run(Step::PowerDown);
+                }
+                let poll = last + ACK_POLL_MS;
+                if now >= poll {
+                    return Action::Run(Step::Exchange);
+                }
+                poll.min(self.up_since + LINGER_MS)
+            }
+            Phase::Up { last, .. } => {
                 let idle_until = last + self.schedule.idle_ms;
-                if more || now >= idle_until {
+                if now >= idle_until {
                     return Action::Run(Step::Exchange);
                 }
                 idle_until
             }
-            Phase::Down { at } | Phase::Escape { at } => at,
+            Phase::Down { at } | Phase::Escape { at } | Phase::Off { at, .. } => at,
         };
         Action::WaitUntil(self.next_sample.map_or(wake, |s| s.min(wake)))
     }
@@ -173,22 +249,7 @@ impl Link {
     /// `step` ended at `now` with `outcome`; returns what changed, if anything.
     pub fn done(&mut self, step: Step, outcome: Outcome, now: u64) -> Option<Change> {
         if let Outcome::Failed(why) = outcome {
-            if step == Step::Escape {
-                // Nothing more to undo: start again after the silence.
-                self.phase = Phase::Down {
-                    at: now + SILENCE_MS,
-                };
-                return None;
-            }
-            let (wait_ms, change) = if self.is_up() {
-                (SILENCE_MS, Change::Reconnecting(why))
-            } else {
-                let jitter = self.schedule.seed ^ (now as u32);
-                let wait_s = self.backoff.next_delay_s(jitter);
-                (u64::from(wait_s) * 1000, Change::LinkFailed(why, wait_s))
-            };
-            self.phase = Phase::Escape { at: now + wait_ms };
-            return Some(change);
+            return self.failed(step, why, now);
         }
         let (phase, change) = match (step, outcome) {
             (Step::Clock, _) => {
@@ -199,31 +260,95 @@ impl Link {
             (Step::Open, _) => (Phase::Next(Step::Connect), None),
             (Step::Connect, _) => {
                 self.backoff.reset();
-                (
-                    Phase::Up {
-                        last: now,
-                        more: true,
-                    },
-                    Some(Change::Connected),
-                )
+                self.up_since = now;
+                let up = Phase::Up {
+                    last: now,
+                    more: true,
+                    settled: false,
+                };
+                (up, Some(Change::Connected))
             }
-            (Step::Exchange, Outcome::Exchanged { more }) => (Phase::Up { last: now, more }, None),
-            (Step::Exchange, _) => (
-                Phase::Up {
+            (Step::Exchange, Outcome::Exchanged { more, settled }) => {
+                let up = Phase::Up {
+                    last: now,
+                    more,
+                    settled,
+                };
+                (up, None)
+            }
+            (Step::Exchange, _) => {
+                let up = Phase::Up {
                     last: now,
                     more: false,
-                },
-                None,
-            ),
-            (Step::Escape, _) => (
-                Phase::Down {
-                    at: now + SILENCE_MS,
-                },
-                None,
-            ),
+                    settled: false,
+                };
+                (up, None)
+            }
+            (Step::Escape, _) => (self.after_escape(now), None),
+            (Step::PowerDown, _) => (self.off(), None),
         };
         self.phase = phase;
         change
+    }
+
+    /// A step failed: escape after a wait, then start again (a reporting node powers
+    /// down first and retries once the wait is over).
+    fn failed(&mut self, step: Step, why: &'static str, now: u64) -> Option<Change> {
+        match step {
+            // Nothing more to undo: start again after the silence.
+            Step::Escape => {
+                self.phase = self.after_escape(now);
+                return None;
+            }
+            Step::PowerDown => {
+                self.phase = self.off();
+                return None;
+            }
+            _ => {}
+        }
+        let (wait_ms, change) = if self.is_up() {
+            (SILENCE_MS, Change::Reconnecting(why))
+        } else {
+            let jitter = self.schedule.seed ^ (now as u32);
+            let wait_s = self.backoff.next_delay_s(jitter);
+            (u64::from(wait_s) * 1000, Change::LinkFailed(why, wait_s))
+        };
+        if self.reporting() {
+            // The modem goes down at once; the retry waits with it off.
+            self.retry_at = Some(now + wait_ms);
+            self.phase = Phase::Escape {
+                at: now + SILENCE_MS,
+            };
+        } else {
+            self.phase = Phase::Escape { at: now + wait_ms };
+        }
+        Some(change)
+    }
+
+    /// After leaving transparent mode: a second of silence, then the network time again;
+    /// a reporting node powers the modem down instead.
+    fn after_escape(&self, now: u64) -> Phase {
+        if self.reporting() {
+            Phase::Next(Step::PowerDown)
+        } else {
+            Phase::Down {
+                at: now + SILENCE_MS,
+            }
+        }
+    }
+
+    /// The modem is off: until a failed report's retry, or the next periodic report.
+    fn off(&mut self) -> Phase {
+        match self.retry_at.take() {
+            Some(at) => Phase::Off {
+                at,
+                scheduled: false,
+            },
+            None => Phase::Off {
+                at: self.next_report,
+                scheduled: true,
+            },
+        }
     }
 }
 
@@ -239,6 +364,7 @@ mod tests {
             interval_ms: 10_000,
             status_every: 3,
             idle_ms: Schedule::idle_ms_for(60),
+            report_ms: 0,
             backoff: Backoff::new(1, 60),
             seed: 0,
         })
@@ -337,7 +463,10 @@ mod tests {
     fn connected_it_exchanges_after_each_sample_and_pings_when_idle() {
         let mut l = link();
         let (actions, changes) = run(&mut l, 0, 95_000, |step, _| match step {
-            Step::Exchange => Outcome::Exchanged { more: false },
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
             _ => Outcome::Done,
         });
         assert_eq!(changes, [Change::Connected]);
@@ -357,7 +486,10 @@ mod tests {
             ..l.schedule
         });
         let (actions, _) = run(&mut quiet, 0, 95_000, |step, _| match step {
-            Step::Exchange => Outcome::Exchanged { more: false },
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
             _ => Outcome::Done,
         });
         let exchanges: Vec<u64> = actions
@@ -384,7 +516,14 @@ mod tests {
             l.done(step, Outcome::Done, now);
         }
         assert_eq!(l.poll(now), Action::Run(Step::Exchange));
-        l.done(Step::Exchange, Outcome::Exchanged { more: true }, now);
+        l.done(
+            Step::Exchange,
+            Outcome::Exchanged {
+                more: true,
+                settled: false,
+            },
+            now,
+        );
         assert_eq!(
             l.poll(now),
             Action::Run(Step::Exchange),
@@ -417,5 +556,147 @@ mod tests {
             change,
             Some(Change::LinkFailed("modem: no answer in time", 1))
         );
+    }
+    fn reporting() -> Link {
+        Link::new(Schedule {
+            report_ms: 60_000,
+            backoff: Backoff::new(1, 60),
+            ..link().schedule
+        })
+    }
+
+    fn steps_at(actions: &[(u64, Action)], step: Step) -> Vec<u64> {
+        actions
+            .iter()
+            .filter(|(_, a)| *a == Action::Run(step))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    #[test]
+    fn a_reporting_node_connects_once_per_report_and_samples_with_its_modem_off() {
+        let mut l = reporting();
+        let (actions, changes) = run(&mut l, 0, 250_000, |step, _| match step {
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
+            _ => Outcome::Done,
+        });
+        // A report at boot, then every 60 s to the millisecond, each ended by a power-down.
+        assert_eq!(
+            steps_at(&actions, Step::Clock),
+            [0, 60_000, 120_000, 180_000, 240_000]
+        );
+        assert_eq!(steps_at(&actions, Step::PowerDown).len(), 5);
+        assert_eq!(changes.len(), 5, "{changes:?}");
+        // Samples keep their 10 s pace although the modem is off between reports.
+        let s = samples(&actions);
+        assert_eq!(s.len(), 25, "{s:?}");
+        assert!(s.windows(2).all(|w| w[1].0 - w[0].0 == 10_000), "{s:?}");
+        // Off, it only waits for the next sample or report: no exchange, no ping.
+        for (t, a) in &actions {
+            if let Action::Run(Step::Exchange) = a {
+                let since = t % 60_000;
+                assert!(since < 1_000, "an exchange outside a report at {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_report_lingers_for_its_acknowledgements_at_most_thirty_seconds() {
+        let mut l = reporting();
+        let (actions, _) = run(&mut l, 0, 59_000, |step, now| match step {
+            // Acknowledgements come 2 s after the connection.
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: now >= 2_300,
+            },
+            _ => Outcome::Done,
+        });
+        let downs = steps_at(&actions, Step::PowerDown);
+        assert_eq!(downs.len(), 1);
+        assert!((2_300..3_000).contains(&downs[0]), "{downs:?}");
+        // Never acknowledged: it polls every half second, then gives up after 30 s.
+        let mut l = reporting();
+        let (actions, _) = run(&mut l, 0, 59_000, |step, _| match step {
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: false,
+            },
+            _ => Outcome::Done,
+        });
+        let downs = steps_at(&actions, Step::PowerDown);
+        assert_eq!(downs.len(), 1);
+        assert!((30_300..31_000).contains(&downs[0]), "{downs:?}");
+        let exchanges = steps_at(&actions, Step::Exchange);
+        // 100 ms each, every 600 ms, and one after each of the 3 samples: about 53.
+        assert!((48..=56).contains(&exchanges.len()), "{}", exchanges.len());
+    }
+
+    #[test]
+    fn a_failed_report_retries_with_the_modem_off_and_keeps_the_schedule() {
+        let mut l = reporting();
+        // The network is away for the first 10 s.
+        let (actions, changes) = run(&mut l, 0, 125_000, |step, now| match step {
+            Step::Open if now < 10_000 => Outcome::Failed("no data link"),
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
+            _ => Outcome::Done,
+        });
+        assert!(matches!(changes[0], Change::LinkFailed("no data link", _)));
+        // Every failed attempt escapes and powers down before its retry.
+        let runs: Vec<Step> = actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Run(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs[..5],
+            [
+                Step::Clock,
+                Step::Open,
+                Step::Escape,
+                Step::PowerDown,
+                Step::Clock
+            ]
+        );
+        // Retries come sooner than the next report; the periodic reports stay on time.
+        let clocks = steps_at(&actions, Step::Clock);
+        assert!(
+            clocks.contains(&60_000) && clocks.contains(&120_000),
+            "{clocks:?}"
+        );
+        assert!(
+            clocks.iter().filter(|&&t| t < 60_000).count() >= 3,
+            "{clocks:?}"
+        );
+    }
+
+    #[test]
+    fn an_alarm_reports_at_once() {
+        let mut l = reporting();
+        let answer = |step, _| match step {
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
+            _ => Outcome::Done,
+        };
+        let (_, _) = run(&mut l, 0, 20_000, answer);
+        assert_eq!(
+            l.poll(20_000),
+            Action::WaitUntil(23_000),
+            "off until the sample"
+        );
+        l.report_now(20_000);
+        assert_eq!(l.poll(20_000), Action::Run(Step::Clock));
+        // The periodic report is still due at 60 s.
+        let (actions, _) = run(&mut l, 20_000, 61_000, answer);
+        assert_eq!(steps_at(&actions, Step::Clock), [20_000, 60_000]);
     }
 }

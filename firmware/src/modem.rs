@@ -12,6 +12,7 @@
 //! `AT+CCHSSLCFG=0,0` → `OK`; `AT+CCHOPEN=0,"host",port,2` → `CONNECT 115200`.
 //! `ERROR` or `NO CARRIER` fail.
 //! `+++` between two silent seconds returns from transparent to command mode.
+//! `AT+CPOF` → `OK` powers it off (a reporting node, between reports).
 
 use embedded_io_async::{Read, Write};
 use heapless::String;
@@ -134,6 +135,12 @@ impl<T: Read + Write> Modem<T> {
         self.io.flush().await.map_err(|_| ModemError::Uart)
     }
 
+    /// Powers the modem off cleanly (`AT+CPOF`: it detaches from the network and saves
+    /// its state); the board then cuts its supply until the next report.
+    pub async fn power_off(&mut self) -> Result<(), ModemError> {
+        self.command("AT+CPOF", "OK", None).await
+    }
+
     /// Sends `cmd` and reads lines until one starts with `done`; a line starting with the
     /// prefix of `info` is copied there.
     async fn command(
@@ -153,7 +160,10 @@ impl<T: Read + Write> Modem<T> {
         self.io.flush().await.map_err(|_| ModemError::Uart)?;
         for _ in 0..MAX_LINES {
             let line = self.line().await?;
-            if line.starts_with(done) {
+            // A command with an information line ends only after it: an `OK` before it
+            // is a stale answer (to an escape the modem took in transparent mode).
+            let informed = info.as_ref().is_none_or(|(_, out)| !out.is_empty());
+            if line.starts_with(done) && informed {
                 return Ok(());
             }
             if line.starts_with("ERROR") || line.starts_with("NO CARRIER") {

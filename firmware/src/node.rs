@@ -609,6 +609,7 @@ mod tests {
             key: key(),
             sample_interval_s: 300,
             heartbeat_s: 3600,
+            report_interval_s: 0,
             bin_depth_mm: 0,
             broker_host: "broker".try_into().unwrap(),
             broker_port: 1883,

@@ -37,6 +37,20 @@ pub struct Window {
     pub samples: usize,
 }
 
+impl Sample {
+    /// The reading raises an alarm that should not wait for the next report: a bin
+    /// tilted or suspected on fire.
+    pub fn alarm(&self) -> bool {
+        match self.reading.map(|r| r.values) {
+            Some(Values::WasteBin(b)) => matches!(
+                b.flags,
+                Field::Value(f) if f & (bin_flags::TILTED | bin_flags::FIRE_SUSPECTED) != 0
+            ),
+            _ => false,
+        }
+    }
+}
+
 type Samples = heapless::Vec<i32, MAX_WINDOW>;
 
 /// Median of the values `read` yields over `n` attempts; failed attempts are skipped.

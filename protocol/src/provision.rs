@@ -14,6 +14,11 @@ use crate::topic::{Id, Identity};
 pub const MAGIC: [u8; 4] = *b"VGP2";
 /// First bytes of a blob with the key the board had before (`devices rotate`): "VGP3".
 pub const MAGIC_ROTATED: [u8; 4] = *b"VGP3";
+/// First bytes of a blob with a report interval (and a previous key, epoch 0 for none):
+/// "VGP4". A blob is written in the oldest format that carries its settings, so a board
+/// whose firmware predates the report interval still reads every blob that does not set
+/// one.
+pub const MAGIC_REPORTS: [u8; 4] = *b"VGP4";
 /// Longest broker host name.
 pub const MAX_HOST_LEN: usize = 64;
 /// Longest broker password.
@@ -24,7 +29,7 @@ pub const MAX_BLOB_LEN: usize = 4
     + 1
     + 4
     + 16
-    + 2 * 4
+    + 2 * 5
     + 1
     + MAX_HOST_LEN
     + 1
@@ -40,7 +45,7 @@ pub const MAX_BLOB_LEN: usize = 4
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ProvisionError {
-    /// No `VGP2` or `VGP3` magic: blank flash or another format.
+    /// No `VGP2`, `VGP3` or `VGP4` magic: blank flash or another format.
     Magic,
     /// Shorter than its fields say.
     Truncated,
@@ -63,7 +68,7 @@ pub enum ProvisionError {
 impl fmt::Display for ProvisionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Magic => "no provisioning blob (magic VGP2 missing)",
+            Self::Magic => "no provisioning blob (no VGP magic)",
             Self::Truncated => "provisioning blob truncated",
             Self::Checksum => "provisioning blob checksum mismatch",
             Self::Id => "provisioning blob has an invalid tenant or device id",
@@ -93,6 +98,10 @@ pub struct Provisioning {
     pub sample_interval_s: u16,
     /// Seconds after which a reading is sent even if nothing changed.
     pub heartbeat_s: u16,
+    /// Seconds between reports: 0, the board stays connected (mains power); otherwise it
+    /// powers its modem off between reports and connects every this many seconds to send
+    /// what its flash holds (SPEC §11, blob format 4).
+    pub report_interval_s: u16,
     /// Bin depth, sensor to bottom, for fill level (0 for non-bin devices).
     pub bin_depth_mm: u16,
     /// MQTT broker host name or address.
@@ -139,6 +148,7 @@ impl fmt::Debug for Provisioning {
             .field("key", &self.key)
             .field("sample_interval_s", &self.sample_interval_s)
             .field("heartbeat_s", &self.heartbeat_s)
+            .field("report_interval_s", &self.report_interval_s)
             .field("bin_depth_mm", &self.bin_depth_mm)
             .field("broker_host", &self.broker_host)
             .field("broker_port", &self.broker_port)
@@ -159,10 +169,11 @@ impl Provisioning {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, ProvisionError> {
         let mut w = crate::varint::Writer::at(out, 0);
         let full = |_| ProvisionError::BufferFull;
-        let magic = if self.previous.is_some() {
-            MAGIC_ROTATED
-        } else {
-            MAGIC
+        let reports = self.report_interval_s != 0;
+        let magic = match (reports, self.previous.is_some()) {
+            (true, _) => MAGIC_REPORTS,
+            (false, true) => MAGIC_ROTATED,
+            (false, false) => MAGIC,
         };
         w.bytes(&magic).map_err(full)?;
         for s in [self.tenant.as_str(), self.device.as_str()] {
@@ -180,6 +191,10 @@ impl Provisioning {
         ] {
             w.bytes(&v.to_be_bytes()).map_err(full)?;
         }
+        if reports {
+            w.bytes(&self.report_interval_s.to_be_bytes())
+                .map_err(full)?;
+        }
         for s in [self.broker_host.as_str(), self.broker_password.as_str()] {
             w.bytes(&[s.len() as u8]).map_err(full)?;
             w.bytes(s.as_bytes()).map_err(full)?;
@@ -190,7 +205,8 @@ impl Provisioning {
         };
         w.bytes(&[mode]).map_err(full)?;
         w.bytes(&ca).map_err(full)?;
-        if let Some(previous) = &self.previous {
+        let none = DeviceKey::new([0; 16], 0);
+        if let Some(previous) = self.previous.as_ref().or(reports.then_some(&none)) {
             w.bytes(&previous.epoch().to_be_bytes()).map_err(full)?;
             w.bytes(previous.expose_secret()).map_err(full)?;
         }
@@ -203,11 +219,7 @@ impl Provisioning {
 
     /// Reads and checks a blob. Bytes after the CRC (rest of the flash page) are ignored.
     pub fn decode(blob: &[u8]) -> Result<Self, ProvisionError> {
-        let rotated = match blob.get(..4) {
-            Some(m) if m == MAGIC => false,
-            Some(m) if m == MAGIC_ROTATED => true,
-            _ => return Err(ProvisionError::Magic),
-        };
+        let (reports, rotated) = format_of(blob)?;
         let mut r = crate::varint::Reader::new(&blob[4..]);
         let trunc = |_| ProvisionError::Truncated;
         let mut id = || -> Result<String<MAX_ID_LEN>, ProvisionError> {
@@ -224,16 +236,20 @@ impl Provisioning {
         for v in &mut u16s {
             *v = u16::from_be_bytes(r.array::<2>().map_err(trunc)?);
         }
+        let report_interval_s = match reports {
+            true => u16::from_be_bytes(r.array::<2>().map_err(trunc)?),
+            false => 0,
+        };
         let [host_len] = r.array::<1>().map_err(trunc)?;
         let host = r.take(usize::from(host_len)).map_err(trunc)?;
         let [password_len] = r.array::<1>().map_err(trunc)?;
         let password = r.take(usize::from(password_len)).map_err(trunc)?;
         let [mode] = r.array::<1>().map_err(trunc)?;
         let ca_sha256 = r.array::<32>().map_err(trunc)?;
-        let previous = if rotated {
-            Some(read_key(&mut r)?)
-        } else {
-            None
+        // Format 4 always has the field: epoch 0 (never a key's, §13.8) for none.
+        let previous = match rotated {
+            true => Some(read_key(&mut r)?).filter(|k| k.epoch() != 0),
+            false => None,
         };
         let body_len = blob.len() - r.remaining();
         let crc = u32::from_be_bytes(r.array::<4>().map_err(trunc)?);
@@ -255,6 +271,7 @@ impl Provisioning {
             key,
             sample_interval_s,
             heartbeat_s,
+            report_interval_s,
             bin_depth_mm,
             broker_host,
             broker_port,
@@ -262,6 +279,16 @@ impl Provisioning {
             transport,
             previous,
         })
+    }
+}
+
+/// Whether a blob's format carries a report interval, and a previous key.
+fn format_of(blob: &[u8]) -> Result<(bool, bool), ProvisionError> {
+    match blob.get(..4) {
+        Some(m) if m == MAGIC => Ok((false, false)),
+        Some(m) if m == MAGIC_ROTATED => Ok((false, true)),
+        Some(m) if m == MAGIC_REPORTS => Ok((true, true)),
+        _ => Err(ProvisionError::Magic),
     }
 }
 
@@ -345,6 +372,7 @@ mod tests {
             key: DeviceKey::new([5; 16], 3),
             sample_interval_s: 300,
             heartbeat_s: 3600,
+            report_interval_s: 0,
             bin_depth_mm: 1200,
             broker_host: String::try_from("mqtt.example.org").unwrap_or_default(),
             broker_port: 8883,
@@ -419,8 +447,9 @@ mod tests {
                 "byte {i}"
             );
         }
-        // The largest blob fits MAX_BLOB_LEN.
+        // The largest blob (format 4) fits MAX_BLOB_LEN.
         let max = Provisioning {
+            report_interval_s: 7200,
             tenant: String::try_from("t".repeat(32).as_str()).unwrap_or_default(),
             device: String::try_from("d".repeat(32).as_str()).unwrap_or_default(),
             broker_host: String::try_from("h".repeat(64).as_str()).unwrap_or_default(),
@@ -428,6 +457,34 @@ mod tests {
             ..rotated
         };
         assert_eq!(max.encode(&mut buf), Ok(MAX_BLOB_LEN));
+    }
+
+    #[test]
+    fn a_blob_with_a_report_interval_is_format_4_with_or_without_a_previous_key() {
+        for previous in [None, Some(DeviceKey::new([4; 16], 2))] {
+            let p = Provisioning {
+                report_interval_s: 7200,
+                previous: previous.clone(),
+                ..sample()
+            };
+            let mut buf = [0xffu8; MAX_BLOB_LEN + 16];
+            let n = p.encode(&mut buf).unwrap_or(0);
+            assert_eq!(&buf[..4], b"VGP4");
+            assert_eq!(
+                n,
+                4 + 5 + 9 + 1 + 4 + 16 + 10 + 1 + 16 + 1 + 11 + 1 + 32 + 20 + 4
+            );
+            assert_eq!(Provisioning::decode(&buf).ok(), Some(p.clone()));
+            for i in 0..n {
+                let mut bad = buf;
+                bad[i] ^= 0x10;
+                assert_ne!(Provisioning::decode(&bad).ok(), Some(p.clone()), "byte {i}");
+            }
+        }
+        // Without one, the older formats: a board on older firmware reads them.
+        let mut buf = [0xffu8; MAX_BLOB_LEN];
+        sample().encode(&mut buf).unwrap_or(0);
+        assert_eq!(&buf[..4], b"VGP2");
     }
 
     #[test]

@@ -52,19 +52,29 @@ const WINDOW: Window = Window {
     samples: 5,
 };
 
-/// Virtual ms a sample keeps the sensor (and the MCU) on.
-const SENSOR_MS: u64 = WINDOW.warmup_ms as u64 + 1_000 * WINDOW.samples as u64;
+/// Virtual ms a sample keeps the sensor (and the MCU) on: the PM sensor's window, or the
+/// ranger's (5 readings at 10 Hz: it needs no warm-up).
+fn sensor_ms(kind: Kind) -> u64 {
+    match kind {
+        Kind::WasteBin => 100 * WINDOW.samples as u64,
+        _ => u64::from(WINDOW.warmup_ms) + 1_000 * WINDOW.samples as u64,
+    }
+}
+
+/// Virtual ms a reporting node's modem takes to power up and attach to the network
+/// before it answers the network time (docs/ENERGY.md: an assumption, not measured).
+const WAKE_MS: u64 = 5_000;
 
 /// Air time a link step takes over a cellular modem, virtual ms (docs/ENERGY.md: the
 /// simulator's loopback answers in microseconds, a modem in seconds): the network time,
 /// opening the socket (TLS takes its handshake more), MQTT connect, one exchange, the
-/// escape's silences.
+/// escape's silences, the power-down's silences and `AT+CPOF`.
 fn air_ms(step: Step, tls: bool) -> u64 {
     match step {
         Step::Clock | Step::Connect | Step::Exchange => 1_000,
         Step::Open if tls => 4_000,
         Step::Open => 2_000,
-        Step::Escape => 2_000,
+        Step::Escape | Step::PowerDown => 2_000,
     }
 }
 
@@ -193,15 +203,21 @@ struct Board {
     /// its sensor measures, asleep otherwise.
     meter: Meter,
     awake_ms: u64,
+    /// A reporting node's modem is off.
+    modem_off: bool,
 }
 
 impl Board {
-    fn cycle(&mut self, opts: &DeviceOptions, status: bool) {
+    /// Samples (and reports its status if `status`); whether the reading raises an alarm.
+    fn cycle(&mut self, opts: &DeviceOptions, status: bool) -> bool {
         let now = opts.virtual_now();
         self.clock.set(now);
-        let mut recorded = u64::from(self.node.record_sample(self.station.sample(now)));
-        self.meter.sensor(SENSOR_MS);
-        self.awake_ms += SENSOR_MS;
+        let sample = self.station.sample(now);
+        let alarm = sample.alarm();
+        let mut recorded = u64::from(self.node.record_sample(sample));
+        let sensor_ms = sensor_ms(self.node.provisioning().kind);
+        self.meter.sensor(sensor_ms);
+        self.awake_ms += sensor_ms;
         if status {
             let battery = 3_600 - (mix(self.seed) % 200) as u16;
             let rssi = -60 - (mix(self.seed ^ 1) % 40) as i16;
@@ -218,14 +234,25 @@ impl Board {
         }
         self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
         self.update();
+        alarm
     }
 
-    /// A link step went on the air.
+    /// A link step went on the air. A reporting node's modem is on only for its steps
+    /// (the simulator's time is not the modem's: a report takes milliseconds here) and
+    /// takes [`WAKE_MS`] to come back when it was off.
     fn on_air(&mut self, step: Step) {
         let tls = matches!(self.node.provisioning().transport, Transport::Tls { .. });
-        let ms = air_ms(step, tls);
+        let mut ms = air_ms(step, tls);
+        if step == Step::Clock && self.modem_off {
+            ms += WAKE_MS;
+            self.modem_off = false;
+        }
+        self.modem_off |= step == Step::PowerDown;
         self.meter.active(ms);
         self.awake_ms += ms;
+        if self.node.provisioning().report_interval_s > 0 {
+            self.meter.modem_on_for(ms);
+        }
     }
 
     fn count_energy(&self, ledger: &Energy) {
@@ -280,7 +307,9 @@ pub async fn run(
     while !*stop.borrow() {
         let step = match link.poll(now()) {
             Action::Sample { status } => {
-                device.board.cycle(&device.opts, status);
+                if device.board.cycle(&device.opts, status) {
+                    link.report_now(now());
+                }
                 continue;
             }
             Action::WaitUntil(t) => {
@@ -339,17 +368,25 @@ fn boot(
     let counter =
         FrameCounter::resume(counter_flash, 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
     let ring = FrameRing::resume(ring_flash).map_err(|e| format!("{e:?}"))?;
+    let p_reports = p.report_interval_s > 0;
     let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
+    let report_s = node.provisioning().report_interval_s;
+    let report = Duration::from_secs_f64(f64::from(report_s) / opts.accel);
+    let report_ms = match report_s {
+        0 => 0,
+        _ => (report.as_millis() as u64).max(1),
+    };
     let link = NodeLink::new(Schedule {
         // Devices of one fleet start spread over one period, as real ones are.
         first_sample_ms: (period.as_millis() as u64) * (seed % 1000) / 1000,
         interval_ms: period.as_millis() as u64,
         status_every: opts.status_every,
         idle_ms: Schedule::idle_ms_for(node.uplink().keep_alive_s()),
+        report_ms,
         backoff: Backoff::new(1, 60),
         seed: seed as u32,
     });
-    let board = Board {
+    let mut board = Board {
         booted_at: clock.now(),
         clock,
         station,
@@ -358,7 +395,12 @@ fn boot(
         seed,
         meter: Meter::new(opts.virtual_ms(), 0),
         awake_ms: 0,
+        modem_off: false,
     };
+    if p_reports {
+        // Its modem is counted step by step (`on_air`), not by the clock.
+        board.meter.modem(false, opts.virtual_ms());
+    }
     Ok((board, link))
 }
 
@@ -393,20 +435,26 @@ impl Device {
             }
             Step::Exchange => {
                 // An outage takes the network away: the socket is simply gone.
+                let reporting = self.board.node.provisioning().report_interval_s > 0;
                 let exchanged = match self.client.as_mut() {
                     Some(c) if !self.opts.link_down() => {
-                        timeout(NET_TIMEOUT, self.board.node.exchange(c)).await.ok()
+                        exchange(&mut self.board.node, c, reporting).await
                     }
                     _ => None,
                 };
                 self.board.update();
                 match exchanged {
-                    Some(Ok(done)) => Outcome::Exchanged { more: done.more },
+                    Some(Ok(done)) => Outcome::Exchanged {
+                        more: done.more,
+                        settled: self.board.node.unacknowledged() == 0,
+                    },
                     _ => Outcome::Failed("exchange failed"),
                 }
             }
-            Step::Escape => {
+            // The connection (if any) goes with the modem.
+            Step::Escape | Step::PowerDown => {
                 self.client = None;
+                self.stats.connected.store(0, Ordering::Relaxed);
                 Outcome::Done
             }
         }
@@ -452,6 +500,29 @@ impl Device {
             let _ = timeout(NET_TIMEOUT, self.board.node.uplink().disconnect(&mut c)).await;
         }
         self.stats.connected.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One exchange. A modem's round trip takes about a second, in which the gateway's
+/// acknowledgement of what was just sent comes back; the loopback takes microseconds. So a
+/// reporting node (which powers down once everything is acknowledged) waits here for the
+/// acknowledgements, up to a second of real time, as one exchange on the air: otherwise
+/// its report would last minutes of virtual time and sample meanwhile.
+async fn exchange(
+    node: &mut Node<Flash, QUEUE>,
+    c: &mut Mqtt<Link>,
+    reporting: bool,
+) -> Option<Result<firmware::node::Exchange, firmware::node::NodeError>> {
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        let done = timeout(NET_TIMEOUT, node.exchange(c)).await.ok()?;
+        let settled = node.unacknowledged() == 0;
+        match done {
+            Ok(d) if reporting && !d.more && !settled && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return Some(other),
+        }
     }
 }
 

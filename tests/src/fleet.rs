@@ -56,6 +56,7 @@ impl Device {
             bin_depth_mm: (self.kind == DeviceKind::WasteBin).then_some(1000),
             sample_interval_s,
             heartbeat_s,
+            report_interval_s: 0,
             broker_host: broker.ip().to_string(),
             broker_port: broker.port(),
             transport: Transport::Plain,

@@ -69,6 +69,8 @@ pub struct ModemEmulator {
     network: watch::Sender<bool>,
     /// Connections opened to the broker (`AT+CIPOPEN`, `AT+CCHOPEN`).
     pub connections: Arc<AtomicU64>,
+    /// Times the firmware powered the modem off (`AT+CPOF`).
+    pub power_offs: Arc<AtomicU64>,
 }
 
 /// The byte stream to the broker: TCP, or TLS over TCP.
@@ -96,6 +98,8 @@ impl ModemEmulator {
         let (network, network_rx) = watch::channel(true);
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
+        let power_offs = Arc::new(AtomicU64::new(0));
+        let offs = power_offs.clone();
         tokio::spawn(async move {
             // A board reset keeps the connection (same UART); a new QEMU makes a new one.
             while let Ok((uart, _)) = listener.accept().await {
@@ -105,6 +109,7 @@ impl ModemEmulator {
                     reset_rx.clone(),
                     network_rx.clone(),
                     counter.clone(),
+                    offs.clone(),
                 )
                 .await;
             }
@@ -114,6 +119,7 @@ impl ModemEmulator {
             reset,
             network,
             connections,
+            power_offs,
         }
     }
 
@@ -161,12 +167,16 @@ async fn open_tls(network: &Network, cmd: &str, ca_file: Option<&str>) -> Option
     Some(Box::new(tls))
 }
 
+/// Silence before `+++` for it to count as an escape (the firmware keeps a second).
+const GUARD: Duration = Duration::from_millis(800);
+
 async fn serve(
     mut uart: TcpStream,
     broker: Arc<Network>,
     mut reset: watch::Receiver<u64>,
     mut network: watch::Receiver<bool>,
     connections: Arc<AtomicU64>,
+    power_offs: Arc<AtomicU64>,
 ) {
     let mut line = Vec::new();
     let mut link: Option<Box<dyn Link>> = None;
@@ -174,6 +184,9 @@ async fn serve(
     let mut ca_file: Option<String> = None;
     let mut buf = [0u8; 2048];
     let mut from_broker = [0u8; 2048];
+    // The escape's bytes seen so far, and when the UART last carried anything.
+    let mut held = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
     loop {
         match link.as_mut() {
             // Command mode: lines end at CR; each gets its result code.
@@ -219,6 +232,11 @@ async fn serve(
                             }
                             None => "\r\nERROR\r\n".into(),
                         }
+                    } else if cmd.starts_with("AT+CPOF") {
+                        // The board cuts the supply next and powers it up for its next
+                        // report: this emulator only counts it.
+                        power_offs.fetch_add(1, Ordering::Relaxed);
+                        "\r\nOK\r\n".into()
                     } else if cmd.starts_with("AT") {
                         "\r\nOK\r\n".into()
                     } else {
@@ -232,18 +250,35 @@ async fn serve(
                     }
                 }
             }
-            // Transparent mode: bytes both ways; `+++` alone, or a reset, hangs up.
+            // Transparent mode: bytes both ways; `+++` after a silence (the modem's guard
+            // time: the UART may hand its three bytes over one at a time), or a reset,
+            // hangs up.
             Some(s) => {
                 tokio::select! {
                     r = uart.read(&mut buf) => match r {
                         Ok(0) | Err(_) => return,
-                        Ok(n) if &buf[..n] == b"+++" => {
-                            link = None;
-                            let _ = uart.write_all(b"\r\nOK\r\n").await;
-                        }
-                        Ok(n) => if s.write_all(&buf[..n]).await.is_err() {
-                            link = None;
-                            let _ = uart.write_all(b"\r\nCLOSED\r\n").await;
+                        Ok(n) => {
+                            let after_silence = quiet_since.elapsed() >= GUARD;
+                            quiet_since = std::time::Instant::now();
+                            let data = &buf[..n];
+                            if (after_silence || !held.is_empty())
+                                && data.iter().all(|&b| b == b'+')
+                                && held.len() + n <= 3
+                            {
+                                held.extend_from_slice(data);
+                                if held.len() == 3 {
+                                    held.clear();
+                                    link = None;
+                                    let _ = uart.write_all(b"\r\nOK\r\n").await;
+                                }
+                            } else {
+                                let mut out = std::mem::take(&mut held);
+                                out.extend_from_slice(data);
+                                if s.write_all(&out).await.is_err() {
+                                    link = None;
+                                    let _ = uart.write_all(b"\r\nCLOSED\r\n").await;
+                                }
+                            }
                         }
                     },
                     r = s.read(&mut from_broker) => match r {

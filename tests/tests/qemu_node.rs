@@ -648,3 +648,96 @@ async fn the_image_sleeps_while_connected_and_its_ledger_covers_the_wall_time() 
     assert!(asleep / covered >= 0.5, "mostly asleep: {rows:?}");
     gw.stop().await;
 }
+
+/// A reporting node (SPEC §11 format 4): a blob with a report interval of 8 s (the board
+/// takes any; `devices add` allows 60 s and up), sampling every 2 s. Between reports the
+/// image powers its modem off (`AT+CPOF`) and samples on; each report connects anew,
+/// sends what its flash kept, waits for the acknowledgements and powers down again. The
+/// ledgers say the modem was on for only part of the time, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reporting_image_powers_its_modem_off_between_reports() {
+    let image = qemu::image();
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = fleet::Device::new(
+        "lyon",
+        "aq-reports",
+        gateway::fleet::registry::DeviceKind::AirQuality,
+    );
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = vigie_tests::mosquitto(dir.path());
+    let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
+    let modem = ModemEmulator::start(broker.addr).await;
+    let mut p = aq.provisioning(broker.addr, 2, 0);
+    p.report_interval_s = 8;
+    let mut blob = [0u8; 1024];
+    let n = p.encode(&mut blob).unwrap();
+    assert_eq!(&blob[..4], b"VGP4");
+    let blob_file = dir.path().join("reports.vgp");
+    std::fs::write(&blob_file, &blob[..n]).unwrap();
+    let board = Qemu::boot(&image, Some(&blob_file), modem.addr, dir.path());
+    let offs = || modem.power_offs.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while offs() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "four power-downs in 90 s: {} of them; console:\n{}",
+            offs(),
+            board.console()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shares = cpu_shares(&board).await;
+    let console = board.console();
+    let connections = modem.connections.load(std::sync::atomic::Ordering::Relaxed);
+    drop(board);
+    let q = "SELECT cpuAwakeTime, cpuAsleepTime, modemOnTime, modemActiveTime FROM device_energy";
+    let body = readback::influx_query(influx.addr, "vigie_lyon", q).await;
+    let rows = body["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let sum = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let (covered, on, active) = (sum(1) + sum(2), sum(3), sum(4));
+    eprintln!(
+        "QEMU reporting every 8 s, sampling every 2 s: {} power-downs, {connections} \
+         connections; host CPU median {:.1} % (min {:.1}, max {:.1}); {} ledgers cover \
+         {covered:.1} s, modem on {on:.1} s ({:.0} %), active {active:.1} s",
+        offs(),
+        shares[1] * 100.0,
+        shares[0] * 100.0,
+        shares[2] * 100.0,
+        rows.len(),
+        on / covered * 100.0,
+    );
+    // One connection per report: never a connection kept across a power-down.
+    assert!(connections >= 4 && connections <= offs() + 1, "{console}");
+    assert!(rows.len() >= 2, "ledgers stored: {rows:?}");
+    assert!(
+        on < 0.8 * covered,
+        "the modem is off between reports: {rows:?}"
+    );
+    assert!(active <= on + 0.5, "{rows:?}");
+    assert!(shares[1] <= 0.10, "the core sleeps: {console}");
+    // What was sampled while the modem was off reached the database: every status
+    // report (one per 6 samples) up to the last report is stored, none missing.
+    let q = "SELECT uptime FROM device_status";
+    let body = readback::influx_query(influx.addr, "vigie_lyon", q).await;
+    let uptimes: Vec<u64> = body["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r[1].as_u64().unwrap_or(0))
+        .collect();
+    assert!(uptimes.len() >= 2, "{uptimes:?}");
+    for w in uptimes.windows(2) {
+        assert!(w[1] - w[0] <= 13, "a status report is missing: {uptimes:?}");
+    }
+    gw.stop().await;
+}

@@ -88,6 +88,8 @@ pub struct Listing {
     pub sample_interval_s: Option<u16>,
     /// Heartbeat, s.
     pub heartbeat_s: Option<u16>,
+    /// Report interval, s (none: it stays connected).
+    pub report_interval_s: Option<u16>,
     /// Key revoked.
     pub revoked: bool,
 }
@@ -109,6 +111,7 @@ impl Listing {
             capacity_l: e.capacity_l,
             sample_interval_s: e.sample_interval_s,
             heartbeat_s: e.heartbeat_s,
+            report_interval_s: e.report_interval_s.filter(|&r| r > 0),
             revoked: e.revoked,
         }
     }

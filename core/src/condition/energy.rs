@@ -38,8 +38,8 @@ impl Ledger {
     }
 
     /// Average current at the cell, µA, with `c`; `None` for a ledger covering nothing.
-    /// The modem draws its active current while active and its idle current the rest of
-    /// the time it is on.
+    /// The modem draws its active current while active, its idle current the rest of the
+    /// time it is on, and its powered-off current the rest of the time.
     pub fn average_ua(&self, c: &Currents) -> Option<f64> {
         let total = self.covered_ms() as f64;
         if total <= 0.0 {
@@ -47,9 +47,11 @@ impl Ledger {
         }
         let ms = |v: u32| f64::from(v);
         let modem_idle = ms(self.modem_on_ms.saturating_sub(self.modem_active_ms));
+        let modem_off = (total - ms(self.modem_on_ms)).max(0.0);
         let charge = ms(self.awake_ms) * c.mcu_run_ua
             + ms(self.asleep_ms) * c.mcu_sleep_ua
             + modem_idle * c.modem_idle_ua
+            + modem_off * c.modem_off_ua
             + ms(self.modem_active_ms) * c.modem_active_ua
             + ms(self.sensor_on_ms) * c.sensor_ua;
         Some(charge / total + c.quiescent_ua)
@@ -65,6 +67,8 @@ pub struct Currents {
     pub mcu_sleep_ua: f64,
     /// SIM7000 registered and idle on LTE: 11 mA (SIM7000 Hardware Design).
     pub modem_idle_ua: f64,
+    /// SIM7000 powered off: 7 µA (SIM7000 Hardware Design).
+    pub modem_off_ua: f64,
     /// SIM7000 sending on LTE at 23 dBm: 167 mA (SIM7000 Hardware Design).
     pub modem_active_ua: f64,
     /// The kind's sensor: SDS011 70 mA at 5 V (1.54 × at the cell through a 90 % boost
@@ -84,6 +88,7 @@ pub fn currents(kind: Kind) -> Currents {
         mcu_run_ua: 100.0 * 84.0,
         mcu_sleep_ua: 42.0,
         modem_idle_ua: 11_000.0,
+        modem_off_ua: 7.0,
         modem_active_ua: 167_000.0,
         sensor_ua,
         quiescent_ua: 1.0,
@@ -126,5 +131,24 @@ mod tests {
         let days = lifetime_days(CELL_MAH, got);
         assert!((50.0..70.0).contains(&days), "{days}");
         assert_eq!(Ledger::default().average_ua(&c), None);
+    }
+
+    #[test]
+    fn a_bin_reporting_every_six_hours_lasts_ten_years() {
+        // docs/ENERGY.md: samples every 300 s (the ranger 0.5 s each), 4 reports of 16 s
+        // of modem activity a day, the modem off the rest of the day.
+        let day = 86_400_000u32;
+        let (sensor, report) = (288 * 500, 4 * 16_000);
+        let l = Ledger {
+            awake_ms: sensor + report,
+            asleep_ms: day - sensor - report,
+            modem_on_ms: report,
+            modem_active_ms: report,
+            sensor_on_ms: sensor,
+        };
+        let ua = l.average_ua(&currents(Kind::WasteBin)).unwrap_or_default();
+        let years = lifetime_days(CELL_MAH, ua) / 365.0;
+        assert!((205.0..210.0).contains(&ua), "{ua} µA");
+        assert!((10.0..11.0).contains(&years), "{years} years");
     }
 }

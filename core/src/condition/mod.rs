@@ -144,14 +144,17 @@ pub struct Condition {
     pub reasons: Vec<Why>,
 }
 
-/// The allowed silence of a listed device, s.
+/// The allowed silence of a listed device, s: its heartbeat (or, when it reports with
+/// its modem off in between, its report interval if longer) plus two sampling intervals
+/// (SPEC §13.8).
 pub fn due_s(listing: &Listing) -> u64 {
     let interval = listing
         .sample_interval_s
         .map_or(DEFAULT_INTERVAL_S, u64::from);
+    let report = listing.report_interval_s.map_or(0, u64::from);
     match listing.heartbeat_s.map_or(DEFAULT_HEARTBEAT_S, u64::from) {
-        0 => NO_HEARTBEAT_DUE_S,
-        heartbeat => heartbeat + 2 * interval,
+        0 => NO_HEARTBEAT_DUE_S.max(report + 2 * interval),
+        heartbeat => heartbeat.max(report) + 2 * interval,
     }
 }
 
@@ -174,7 +177,10 @@ pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Co
         }
     }
     if let Some(s) = state {
-        if s.online == Some(false) && s.status_ms >= s.last_frame_ms {
+        // A reporting device is offline between its reports by design: only its
+        // silence (above) says something is wrong.
+        let reports = listing.report_interval_s.is_some();
+        if !reports && s.online == Some(false) && s.status_ms >= s.last_frame_ms {
             reasons.push(Why::Offline {
                 since_ms: s.status_ms.unwrap_or_default(),
             });
@@ -322,6 +328,25 @@ mod tests {
         );
         s.last_frame_ms = Some(2_500);
         assert_eq!(assess(&l, Some(&s), 3_000).light, Light::Green);
+    }
+
+    #[test]
+    fn a_reporting_device_is_offline_between_reports_and_due_only_after_its_interval() {
+        let l = Listing {
+            report_interval_s: Some(21_600),
+            ..listing()
+        };
+        // Heartbeat 600 s, samples every 60 s: six hours and two minutes.
+        assert_eq!(due_s(&l), 21_600 + 120);
+        let mut s = heard(1_000);
+        s.online = Some(false);
+        s.status_ms = Some(2_000);
+        assert_eq!(assess(&l, Some(&s), 3_600_000).light, Light::Green);
+        let late = 1_000 + (21_600 + 121) * 1000;
+        assert!(matches!(
+            assess(&l, Some(&s), late).reasons[..],
+            [Why::Silent { .. }]
+        ));
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub struct DeviceEntry {
     /// Longest quiet time its blob allows before it sends anyway, s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_s: Option<u16>,
+    /// Seconds between its reports, its modem off in between (none: it stays connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval_s: Option<u16>,
     /// Hash of the device's broker password (Mosquitto's format); none for entries made
     /// before broker accounts: such a device has no account until `devices rotate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +218,7 @@ impl DeviceEntry {
             capacity_l: None,
             sample_interval_s: None,
             heartbeat_s: None,
+            report_interval_s: None,
             broker_password_hash: None,
             broker_host: None,
             broker_port: None,

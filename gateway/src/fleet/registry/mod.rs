@@ -42,6 +42,8 @@ pub struct Enrolment {
     pub sample_interval_s: u16,
     /// Seconds after which an unchanged reading is sent anyway (0: never).
     pub heartbeat_s: u16,
+    /// Seconds between reports, the modem off in between (0: stays connected).
+    pub report_interval_s: u16,
     /// Broker host the device dials.
     pub broker_host: String,
     /// Broker port.
@@ -68,6 +70,12 @@ pub enum EnrolError {
     /// A sampling interval of 0 (the firmware refuses to run).
     #[error("the sampling interval must be 1 to 65535 s")]
     Interval,
+    /// A report interval under a minute or under the sampling interval.
+    #[error(
+        "the report interval must be 0 (stay connected) or 60 to 65535 s and at least the \
+         sampling interval"
+    )]
+    ReportInterval,
     /// A bin without its depth, or with one beyond what the sensor measures.
     #[error("a waste bin needs its depth, sensor to bottom, 1 to 10000 mm")]
     BinDepth,
@@ -106,6 +114,7 @@ pub fn enroll(
         container: None,
         capacity_l: None,
         heartbeat_s: Some(e.heartbeat_s),
+        report_interval_s: (e.report_interval_s > 0).then_some(e.report_interval_s),
         broker_password_hash,
         broker_host: Some(e.broker_host.clone()),
         broker_port: Some(e.broker_port),
@@ -222,6 +231,10 @@ fn blob(
     if e.sample_interval_s == 0 {
         return Err(EnrolError::Interval);
     }
+    let r = e.report_interval_s;
+    if r != 0 && (r < 60 || r < e.sample_interval_s) {
+        return Err(EnrolError::ReportInterval);
+    }
     if e.kind == DeviceKind::WasteBin && !e.bin_depth_mm.is_some_and(|d| (1..=10_000).contains(&d))
     {
         return Err(EnrolError::BinDepth);
@@ -240,6 +253,7 @@ fn blob(
         key: DeviceKey::new(key, epoch),
         sample_interval_s: e.sample_interval_s,
         heartbeat_s: e.heartbeat_s,
+        report_interval_s: e.report_interval_s,
         bin_depth_mm: e.bin_depth_mm.unwrap_or(0),
         broker_host: (!host.is_empty() && host.is_ascii())
             .then(|| host.try_into().ok())

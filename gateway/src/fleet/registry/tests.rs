@@ -16,6 +16,7 @@ fn enrolment_builds_one_entry_and_its_blob_or_names_the_mistake() {
         bin_depth_mm: Some(1100),
         sample_interval_s: 600,
         heartbeat_s: 3600,
+        report_interval_s: 0,
         broker_host: "mqtt.lyon.example".into(),
         broker_port: 8883,
         transport: Transport::Plain,

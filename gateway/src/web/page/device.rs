@@ -54,6 +54,23 @@ fn described(v: &View, s: &Station) -> Vec<(&'static str, String)> {
             seconds(l.heartbeat_s),
         ),
         (
+            v.lang.pick("Rapports", "Reports"),
+            match l.report_interval_s {
+                Some(r) => format!(
+                    "{} {}",
+                    v.lang.pick(
+                        "modem éteint entre deux, toutes les",
+                        "modem off between them, every"
+                    ),
+                    v.lang.duration(u64::from(r))
+                ),
+                None => v
+                    .lang
+                    .pick("connecté en permanence", "always connected")
+                    .into(),
+            },
+        ),
+        (
             v.lang.pick("Silence toléré", "Allowed silence"),
             v.lang.duration(condition::due_s(l)),
         ),

@@ -31,6 +31,11 @@ pub struct DeviceArgs {
     /// `rotate`: the device's).
     #[arg(long)]
     pub heartbeat: Option<u16>,
+    /// Seconds between reports of a battery node, its modem off in between: 0 (default)
+    /// stays connected; 60 to 65535 and at least the sample interval (`rotate`: the
+    /// device's). docs/ENERGY.md: a bin on a D cell lasts ten years at 21600 (6 h).
+    #[arg(long)]
+    pub report_interval: Option<u16>,
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// Where to write the provisioning blob (default: `<tenant>-<id>.vgp`).
@@ -94,6 +99,8 @@ pub struct Given {
     pub sample_interval: bool,
     /// `--heartbeat`.
     pub heartbeat: bool,
+    /// `--report-interval`.
+    pub report_interval: bool,
     /// `--broker-host`.
     pub broker_host: bool,
     /// `--broker-port`.
@@ -121,6 +128,7 @@ impl AddDevice {
         let given = Given {
             sample_interval: a.sample_interval.is_some(),
             heartbeat: a.heartbeat.is_some(),
+            report_interval: a.report_interval.is_some(),
             broker_host: b.broker_host.is_some(),
             broker_port: b.broker_port.is_some(),
             broker_ca: b.broker_ca.is_some(),
@@ -148,6 +156,7 @@ impl AddDevice {
                 bin_depth_mm: a.bin_depth_mm,
                 sample_interval_s: a.sample_interval.unwrap_or(300),
                 heartbeat_s: a.heartbeat.unwrap_or(3600),
+                report_interval_s: a.report_interval.unwrap_or(0),
                 broker_host: b.broker_host.unwrap_or(host),
                 broker_port: b.broker_port.unwrap_or(port),
                 transport: transport(b.broker_ca.as_deref())?,
@@ -171,6 +180,9 @@ impl AddDevice {
         }
         if let (false, Some(v)) = (g.heartbeat, old.heartbeat_s) {
             d.heartbeat_s = v;
+        }
+        if !g.report_interval {
+            d.report_interval_s = old.report_interval_s.unwrap_or(0);
         }
         if let (false, Some(h)) = (g.broker_host, &old.broker_host) {
             d.broker_host.clone_from(h);
@@ -274,6 +286,7 @@ fn enrolled(d: &Enrolment, epoch: u32) -> Result<(DeviceEntry, Provisioning), Op
             EnrolError::Id(..) => "--id",
             EnrolError::Host(..) => "--broker-host",
             EnrolError::Interval => "--sample-interval",
+            EnrolError::ReportInterval => "--report-interval",
             EnrolError::BinDepth => "--bin-depth-mm",
             EnrolError::Password | EnrolError::Random(_) => return OpsError::Enrolment(e),
         };
@@ -361,6 +374,8 @@ struct CsvDevice {
     sample_interval: Option<u16>,
     #[serde(default)]
     heartbeat: Option<u16>,
+    #[serde(default)]
+    report_interval: Option<u16>,
 }
 
 /// `devices import`: each row enrolled on its own; the refused ones named by line, the
@@ -436,6 +451,7 @@ fn import_args(a: &ImportArgs, d: CsvDevice) -> Result<DeviceArgs, OpsError> {
         bin_depth_mm: d.bin_depth_mm,
         sample_interval: d.sample_interval,
         heartbeat: d.heartbeat,
+        report_interval: d.report_interval,
         broker: a.broker.clone(),
     })
 }

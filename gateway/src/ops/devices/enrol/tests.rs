@@ -49,6 +49,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
             bin_depth_mm: Some(1100),
             sample_interval_s: 600,
             heartbeat_s: 3600,
+            report_interval_s: 0,
             broker_host: "mqtt.lyon.example".into(),
             broker_port: 8883,
             transport: Transport::Tls { ca_sha256: [7; 32] },
@@ -295,5 +296,62 @@ fn broker_ca_pins_the_sha256_of_the_first_certificate() {
             .unwrap_err()
             .to_string()
             .starts_with("--broker-ca")
+    );
+}
+
+#[test]
+fn a_report_interval_writes_a_format_4_blob_that_a_rotation_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GatewayConfig {
+        data_dir: dir.path().join("data"),
+        registry: dir.path().join("devices.toml"),
+        broker_access: None,
+    };
+    let mut a = AddDevice {
+        device: Enrolment {
+            tenant: "lyon".into(),
+            id: "bin-8".into(),
+            kind: DeviceKind::WasteBin,
+            site: None,
+            zone: None,
+            latitude: None,
+            longitude: None,
+            bin_depth_mm: Some(1100),
+            sample_interval_s: 300,
+            heartbeat_s: 3600,
+            report_interval_s: 30,
+            broker_host: "mqtt.lyon.example".into(),
+            broker_port: 1883,
+            transport: Transport::Plain,
+        },
+        meta: Metadata::default(),
+        blob_out: dir.path().join("bin-8.vgp"),
+        given: Given::default(),
+    };
+    // Under a minute, or under the sampling interval: refused, the option named.
+    for bad in [30, 200] {
+        a.device.report_interval_s = bad;
+        let e = add(&g, &a, Enrol::Add).unwrap_err().to_string();
+        assert!(e.contains("--report-interval"), "{e}");
+    }
+    a.device.report_interval_s = 21_600;
+    add(&g, &a, Enrol::Add).unwrap();
+    let bytes = std::fs::read(&a.blob_out).unwrap();
+    assert_eq!(&bytes[..4], b"VGP4");
+    assert_eq!(
+        Provisioning::decode(&bytes).unwrap().report_interval_s,
+        21_600
+    );
+    // A rotation not given the option keeps it (and the previous key: format 4 has both).
+    let mut bare = a.clone();
+    bare.device.report_interval_s = 0;
+    add(&g, &bare, Enrol::Rotate).unwrap();
+    let rotated = Provisioning::decode(&std::fs::read(&bare.blob_out).unwrap()).unwrap();
+    assert_eq!(rotated.report_interval_s, 21_600);
+    assert_eq!(rotated.previous.map(|k| k.epoch()), Some(1));
+    let entry = Registry::load(&g.registry).unwrap();
+    assert_eq!(
+        entry.get("lyon", "bin-8").unwrap().entry.report_interval_s,
+        Some(21_600)
     );
 }
