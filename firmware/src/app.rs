@@ -73,6 +73,11 @@ pub trait Platform {
     /// reporting node's reports, on before the next. A board whose modem is always
     /// powered does nothing.
     fn modem_power(&mut self, _on: bool) {}
+    /// Nothing is due for `ms` and no byte can come (the modem is off): the board may stop
+    /// its clocks (Stop mode, woken by its RTC) for up to that long, then advance its
+    /// millisecond clock and its time asleep by the time it stopped. The default does
+    /// nothing: the loop then sleeps between ticks ([`block_on_idle`]).
+    fn rest(&mut self, _ms: u32) {}
 }
 
 /// Runs a future to completion on this core: poll, and poll again. Every waker is a no-op:
@@ -269,6 +274,10 @@ async fn next_step<F: NorFlash, const Q: usize, P: Platform>(
                 }
             }
             Action::WaitUntil(t) => {
+                if time.modem_off {
+                    let ms = t.saturating_sub(time.now_ms(board));
+                    board.rest(ms.min(u64::from(u32::MAX)) as u32);
+                }
                 while time.now_ms(board) < t {
                     yield_now().await;
                 }
@@ -568,6 +577,8 @@ mod tests {
     struct Board {
         ms: Cell<u32>,
         samples: Vec<u32>,
+        /// What `rest` was asked, in order.
+        rests: Vec<u32>,
     }
 
     impl Platform for Board {
@@ -589,6 +600,11 @@ mod tests {
             }
         }
         fn event(&mut self, _: Event) {}
+        /// Stops: the clock jumps by the time asked.
+        fn rest(&mut self, ms: u32) {
+            self.rests.push(ms);
+            self.ms.set(self.ms.get() + ms);
+        }
     }
 
     /// An air-quality node sampling every `sample_interval_s`, on RAM flash.
@@ -619,6 +635,7 @@ mod tests {
         let mut board = Board {
             ms: Cell::new(10_000),
             samples: Vec::new(),
+            rests: Vec::new(),
         };
         let mut time = Time::new(&board);
         time.set_unix(&mut board, 1_800_000_010);
@@ -630,6 +647,52 @@ mod tests {
         board.ms.set(12_000);
         time.sample(&mut node, &mut board, false);
         assert_eq!(board.samples, [1_800_000_010, 1_800_000_011, 1_800_000_012]);
+    }
+
+    #[test]
+    fn with_its_modem_off_a_node_rests_until_the_next_sample() {
+        let mut node = node(300);
+        let mut board = Board {
+            ms: Cell::new(0),
+            samples: Vec::new(),
+            rests: Vec::new(),
+        };
+        let mut time = Time::new(&board);
+        let mut link = Link::new(Schedule {
+            first_sample_ms: 3_000,
+            interval_ms: 300_000,
+            status_every: 72,
+            idle_ms: Schedule::idle_ms_for(600),
+            report_ms: 21_600_000,
+            backoff: Backoff::new(1, 60),
+            seed: 0,
+        });
+        // The report at boot: the network time, a connection, one exchange, power-down.
+        time.set_unix(&mut board, 1_800_000_000);
+        for (step, outcome) in [
+            (Step::Clock, Outcome::Done),
+            (Step::Open, Outcome::Done),
+            (Step::Connect, Outcome::Done),
+            (
+                Step::Exchange,
+                Outcome::Exchanged {
+                    more: false,
+                    settled: true,
+                },
+            ),
+        ] {
+            assert_eq!(link.poll(time.now_ms(&board)), Action::Run(step));
+            link.done(step, outcome, time.now_ms(&board));
+        }
+        assert_eq!(link.poll(0), Action::Run(Step::PowerDown));
+        link.done(Step::PowerDown, Outcome::Done, 0);
+        time.modem_power(&mut board, false);
+        // Off: it rests until each sample (3 s, then every 300 s), never spins.
+        let step = block_on(next_step(&mut link, &mut node, &mut board, &mut time));
+        assert_eq!(step, Step::Clock, "the next report, 6 h later");
+        assert_eq!(board.ms.get(), 21_600_000);
+        assert_eq!(board.rests[..3], [3_000, 300_000, 300_000]);
+        assert_eq!(board.samples.len(), 72);
     }
 
     #[test]
@@ -648,6 +711,7 @@ mod tests {
         let mut board = Board {
             ms: Cell::new(start),
             samples: Vec::new(),
+            rests: Vec::new(),
         };
         let mut time = Time::new(&board);
         let unix_now = 1_800_000_000;

@@ -82,6 +82,55 @@ impl Meter {
     }
 }
 
+/// The time a core slept, from a millisecond tick interrupt and its down-counter
+/// (SysTick): whole milliseconds and the counts left over. A board keeps one, adding each
+/// `wfi`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slept {
+    ms: u64,
+    rem: u64,
+}
+
+impl Slept {
+    /// Nothing slept yet.
+    pub const fn new() -> Self {
+        Self { ms: 0, rem: 0 }
+    }
+
+    /// The core slept from `before` to `after`, each (milliseconds, counts into the
+    /// millisecond) as [`tick_time`] reads them.
+    pub fn add(&mut self, before: (u32, u32), after: (u32, u32), ticks_per_ms: u32) {
+        let per_ms = u64::from(ticks_per_ms.max(1));
+        let ticks = u64::from(after.0.wrapping_sub(before.0)) * per_ms + u64::from(after.1);
+        let rem = self.rem + ticks.saturating_sub(u64::from(before.1));
+        self.ms += rem / per_ms;
+        self.rem = rem % per_ms;
+    }
+
+    /// Milliseconds asleep.
+    pub fn ms(&self) -> u64 {
+        self.ms
+    }
+}
+
+/// The time now as (milliseconds, counts into the millisecond): the tick count and a
+/// down-counter reloaded every millisecond (`current`, from `ticks_per_ms - 1` to 0), read
+/// again if a tick came in between.
+pub fn tick_time(
+    millis: impl Fn() -> u32,
+    current: impl Fn() -> u32,
+    ticks_per_ms: u32,
+) -> (u32, u32) {
+    let top = ticks_per_ms.saturating_sub(1);
+    loop {
+        let ms = millis();
+        let into = top - current().min(top);
+        if millis() == ms {
+            return (ms, into);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +158,21 @@ mod tests {
             (Field::Value(1_000), Field::Value(0))
         );
         assert_eq!(next.modem_active, Field::Value(0));
+    }
+
+    #[test]
+    fn sleep_adds_up_across_milliseconds_and_counts() {
+        let mut s = Slept::default();
+        // From 0.4 ms into ms 10 to 0.7 ms into ms 12: 2.3 ms.
+        s.add((10, 400), (12, 700), 1_000);
+        assert_eq!(s.ms(), 2);
+        s.add((20, 0), (20, 800), 1_000); // 0.8 ms more: 3.1 ms in all
+        assert_eq!(s.ms(), 3);
+        s.add((u32::MAX, 0), (1, 0), 1_000); // across the clock's wrap: 2 ms
+        assert_eq!(s.ms(), 5);
+        let c = core::cell::Cell::new(0);
+        let t = tick_time(|| 7, || c.get(), 25_000);
+        assert_eq!(t, (7, 24_999));
     }
 
     #[test]

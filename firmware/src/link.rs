@@ -397,6 +397,17 @@ mod tests {
         (actions, changes)
     }
 
+    /// Every step works; every exchange sends all and is acknowledged.
+    fn all_well(step: Step, _: u64) -> Outcome {
+        match step {
+            Step::Exchange => Outcome::Exchanged {
+                more: false,
+                settled: true,
+            },
+            _ => Outcome::Done,
+        }
+    }
+
     fn samples(actions: &[(u64, Action)]) -> Vec<(u64, bool)> {
         actions
             .iter()
@@ -462,13 +473,7 @@ mod tests {
     #[test]
     fn connected_it_exchanges_after_each_sample_and_pings_when_idle() {
         let mut l = link();
-        let (actions, changes) = run(&mut l, 0, 95_000, |step, _| match step {
-            Step::Exchange => Outcome::Exchanged {
-                more: false,
-                settled: true,
-            },
-            _ => Outcome::Done,
-        });
+        let (actions, changes) = run(&mut l, 0, 95_000, all_well);
         assert_eq!(changes, [Change::Connected]);
         assert!(l.is_up());
         let mut after_sample = 0;
@@ -485,13 +490,7 @@ mod tests {
             interval_ms: 100_000,
             ..l.schedule
         });
-        let (actions, _) = run(&mut quiet, 0, 95_000, |step, _| match step {
-            Step::Exchange => Outcome::Exchanged {
-                more: false,
-                settled: true,
-            },
-            _ => Outcome::Done,
-        });
+        let (actions, _) = run(&mut quiet, 0, 95_000, all_well);
         let exchanges: Vec<u64> = actions
             .iter()
             .filter(|(_, a)| *a == Action::Run(Step::Exchange))
@@ -576,13 +575,7 @@ mod tests {
     #[test]
     fn a_reporting_node_connects_once_per_report_and_samples_with_its_modem_off() {
         let mut l = reporting();
-        let (actions, changes) = run(&mut l, 0, 250_000, |step, _| match step {
-            Step::Exchange => Outcome::Exchanged {
-                more: false,
-                settled: true,
-            },
-            _ => Outcome::Done,
-        });
+        let (actions, changes) = run(&mut l, 0, 250_000, all_well);
         // A report at boot, then every 60 s to the millisecond, each ended by a power-down.
         assert_eq!(
             steps_at(&actions, Step::Clock),
@@ -640,11 +633,7 @@ mod tests {
         // The network is away for the first 10 s.
         let (actions, changes) = run(&mut l, 0, 125_000, |step, now| match step {
             Step::Open if now < 10_000 => Outcome::Failed("no data link"),
-            Step::Exchange => Outcome::Exchanged {
-                more: false,
-                settled: true,
-            },
-            _ => Outcome::Done,
+            other => all_well(other, now),
         });
         assert!(matches!(changes[0], Change::LinkFailed("no data link", _)));
         // Every failed attempt escapes and powers down before its retry.
@@ -680,14 +669,7 @@ mod tests {
     #[test]
     fn an_alarm_reports_at_once() {
         let mut l = reporting();
-        let answer = |step, _| match step {
-            Step::Exchange => Outcome::Exchanged {
-                more: false,
-                settled: true,
-            },
-            _ => Outcome::Done,
-        };
-        let (_, _) = run(&mut l, 0, 20_000, answer);
+        let (_, _) = run(&mut l, 0, 20_000, all_well);
         assert_eq!(
             l.poll(20_000),
             Action::WaitUntil(23_000),
@@ -696,7 +678,7 @@ mod tests {
         l.report_now(20_000);
         assert_eq!(l.poll(20_000), Action::Run(Step::Clock));
         // The periodic report is still due at 60 s.
-        let (actions, _) = run(&mut l, 20_000, 61_000, answer);
+        let (actions, _) = run(&mut l, 20_000, 61_000, all_well);
         assert_eq!(steps_at(&actions, Step::Clock), [20_000, 60_000]);
     }
 }

@@ -11,47 +11,77 @@ use vigie_core::condition::energy::{CELL_MAH, Ledger, currents, lifetime_days};
 use vigie_sim::{Fleet, FleetOptions};
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::InProcessGateway;
-use vigie_tests::{influxdb, mosquitto, readback};
+use vigie_tests::{Server, influxdb, mosquitto, readback};
 
 /// The default schedule of a bin (`devices add`): a sample every 300 s.
 const INTERVAL_S: f64 = 300.0;
 /// One simulated day in 12 real seconds.
 const ACCEL: f64 = 86_400.0 / 12.0;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_day_agrees_with_the_energy_model() {
+/// A bin node `id` (sample every 300 s, report interval `report_s`) run by the simulator
+/// at `accel` for `secs` real seconds through real Mosquitto, the gateway and InfluxDB;
+/// with a status report every 6 samples.
+struct Run {
+    summary: vigie_sim::FleetSummary,
+    /// The sums of its ledgers.
+    span: Ledger,
+    influx: Server,
+    gw: InProcessGateway,
+    broker: Server,
+    dir: tempfile::TempDir,
+}
+
+async fn simulate(id: &str, report_s: u16, accel: f64, secs: u64) -> Run {
     let influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     let dir = tempfile::tempdir().unwrap();
-    let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
+    let bin = Device::new("lyon", id, DeviceKind::WasteBin);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
     let broker = mosquitto(dir.path());
     let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
     let options = FleetOptions {
         broker: broker.addr,
-        accel: ACCEL,
-        duration: Duration::from_secs(12),
+        accel,
+        duration: Duration::from_secs(secs),
         status_every: 6,
         outages: Vec::new(),
         progress: false,
         ca: None,
     };
-    let fleet = Fleet::new(
-        vec![bin.provisioning(broker.addr, INTERVAL_S as u16, 3600)],
-        options,
-    );
+    let mut p = bin.provisioning(broker.addr, INTERVAL_S as u16, 3600);
+    p.report_interval_s = report_s;
     let (_keep, never) = watch::channel(false);
-    let summary = fleet.run(never).await;
+    let summary = Fleet::new(vec![p], options).run(never).await;
     eprintln!("fleet: {summary}");
     assert_eq!(summary.verdict(), Ok(()), "{summary}");
     let [awake, asleep, on, active, sensor] = summary.energy;
-    let day = Ledger {
+    let span = Ledger {
         awake_ms: awake as u32,
         asleep_ms: asleep as u32,
         modem_on_ms: on as u32,
         modem_active_ms: active as u32,
         sensor_on_ms: sensor as u32,
     };
+    Run {
+        summary,
+        span,
+        influx,
+        gw,
+        broker,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_day_agrees_with_the_energy_model() {
+    let Run {
+        summary,
+        span: day,
+        influx,
+        gw,
+        broker: _broker,
+        dir: _dir,
+    } = simulate("bin-1", 0, ACCEL, 12).await;
     let covered = day.covered_ms() as f64;
     assert!(
         covered >= 0.8 * 86_400_000.0,
@@ -61,12 +91,12 @@ async fn a_simulated_day_agrees_with_the_energy_model() {
     // The model (docs/ENERGY.md, "as the firmware runs it"): the modem registered all
     // day, one exchange of 1 s after each sample, the ranger on 0.5 s per sample (5
     // readings at 10 Hz), the MCU awake for both.
-    let share = |ms: u64| ms as f64 / covered;
+    let share = |ms: u32| f64::from(ms) / covered;
     let model = [
-        ("modem on", share(on), 1.0),
-        ("modem active", share(active), 1.0 / INTERVAL_S),
-        ("sensor on", share(sensor), 0.5 / INTERVAL_S),
-        ("MCU awake", share(awake), 1.5 / INTERVAL_S),
+        ("modem on", share(day.modem_on_ms), 1.0),
+        ("modem active", share(day.modem_active_ms), 1.0 / INTERVAL_S),
+        ("sensor on", share(day.sensor_on_ms), 0.5 / INTERVAL_S),
+        ("MCU awake", share(day.awake_ms), 1.5 / INTERVAL_S),
     ];
     let c = currents(protocol::Kind::WasteBin);
     // The same shares over a million milliseconds.
@@ -112,38 +142,14 @@ async fn a_simulated_day_agrees_with_the_energy_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reporting_bin_agrees_with_the_energy_model() {
     const REPORT_S: u16 = 21_600;
-    const ACCEL: f64 = 1_800.0;
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let bin = Device::new("lyon", "bin-2", DeviceKind::WasteBin);
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
-    let broker = mosquitto(dir.path());
-    let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
-    let options = FleetOptions {
-        broker: broker.addr,
-        accel: ACCEL,
-        duration: Duration::from_secs(14),
-        status_every: 6,
-        outages: Vec::new(),
-        progress: false,
-        ca: None,
-    };
-    let mut p = bin.provisioning(broker.addr, INTERVAL_S as u16, 3600);
-    p.report_interval_s = REPORT_S;
-    let fleet = Fleet::new(vec![p], options);
-    let (_keep, never) = watch::channel(false);
-    let summary = fleet.run(never).await;
-    eprintln!("fleet: {summary}");
-    assert_eq!(summary.verdict(), Ok(()), "{summary}");
-    let [awake, asleep, on, active, sensor] = summary.energy;
-    let span = Ledger {
-        awake_ms: awake as u32,
-        asleep_ms: asleep as u32,
-        modem_on_ms: on as u32,
-        modem_active_ms: active as u32,
-        sensor_on_ms: sensor as u32,
-    };
+    let Run {
+        summary,
+        span,
+        gw,
+        influx: _influx,
+        broker: _broker,
+        dir: _dir,
+    } = simulate("bin-2", REPORT_S, 1_800.0, 14).await;
     let covered = span.covered_ms() as f64;
     let report_ms = f64::from(REPORT_S) * 1000.0;
     assert!(

@@ -565,44 +565,63 @@ async fn cpu_shares(board: &Qemu) -> Vec<f64> {
     shares
 }
 
+/// An air-quality board `lyon/<id>` sampling every 2 s and reporting every `report_s`
+/// (0: connected), its blob in a file, the modem emulator, real Mosquitto, the gateway
+/// and InfluxDB: everything but the board.
+struct Bench {
+    influx: vigie_tests::Server,
+    gw: InProcessGateway,
+    modem: ModemEmulator,
+    blob_file: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    _broker: vigie_tests::Server,
+}
+
+async fn bench(id: &str, report_s: u16) -> Bench {
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let dir = tempfile::tempdir().unwrap();
+    let aq = fleet::Device::new("lyon", id, gateway::fleet::registry::DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let broker = vigie_tests::mosquitto(dir.path());
+    let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
+    let modem = ModemEmulator::start(broker.addr).await;
+    let mut p = aq.provisioning(broker.addr, 2, 0);
+    p.report_interval_s = report_s;
+    let mut blob = [0u8; 1024];
+    let n = p.encode(&mut blob).unwrap();
+    let blob_file = dir.path().join(format!("{id}.vgp"));
+    std::fs::write(&blob_file, &blob[..n]).unwrap();
+    Bench {
+        influx,
+        gw,
+        modem,
+        blob_file,
+        dir,
+        _broker: broker,
+    }
+}
+
 /// Connected through the modem emulator to the broker, sampling every 2 s: the core
 /// sleeps between its steps, and the energy ledgers it sends with its status reports
 /// (SPEC §4.1, kind 4) cover the wall time the test measured, mostly asleep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_sleeps_while_connected_and_its_ledger_covers_the_wall_time() {
     let image = qemu::image();
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let aq = fleet::Device::new(
-        "lyon",
-        "aq-ledger",
-        gateway::fleet::registry::DeviceKind::AirQuality,
-    );
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let broker = vigie_tests::mosquitto(dir.path());
-    let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
-    let modem = ModemEmulator::start(broker.addr).await;
-    let mut blob = [0u8; 1024];
-    let n = aq
-        .provisioning(broker.addr, 2, 0)
-        .encode(&mut blob)
-        .unwrap();
-    let blob_file = dir.path().join("ledger.vgp");
-    std::fs::write(&blob_file, &blob[..n]).unwrap();
+    let b = bench("aq-ledger", 0).await;
     let booted = gateway::clock::Clock::system().now_ms();
-    let board = Qemu::boot(&image, Some(&blob_file), modem.addr, dir.path());
+    let board = Qemu::boot(&image, Some(&b.blob_file), b.modem.addr, b.dir.path());
     wait_for(
         "a first stored reading",
         Duration::from_secs(60),
-        async || gw.metrics.counts().readings_stored >= 1,
+        async || b.gw.metrics.counts().readings_stored >= 1,
     )
     .await;
     let shares = cpu_shares(&board).await;
     // Two ledgers (one per status report, every 6 samples), then the board off.
     let ledgers = async || {
         let q = "SELECT cpuAwakeTime, cpuAsleepTime, modemActiveTime FROM device_energy";
-        let body = readback::influx_query(influx.addr, "vigie_lyon", q).await;
+        let body = readback::influx_query(b.influx.addr, "vigie_lyon", q).await;
         let rows = body["results"][0]["series"][0]["values"].clone();
         let rows = rows.as_array().cloned().unwrap_or_default();
         rows.iter()
@@ -646,7 +665,7 @@ async fn the_image_sleeps_while_connected_and_its_ledger_covers_the_wall_time() 
         "{covered} s against {wall} s: {console}"
     );
     assert!(asleep / covered >= 0.5, "mostly asleep: {rows:?}");
-    gw.stop().await;
+    b.gw.stop().await;
 }
 
 /// A reporting node (SPEC §11 format 4): a blob with a report interval of 8 s (the board
@@ -657,27 +676,14 @@ async fn the_image_sleeps_while_connected_and_its_ledger_covers_the_wall_time() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reporting_image_powers_its_modem_off_between_reports() {
     let image = qemu::image();
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let dir = tempfile::tempdir().unwrap();
-    let aq = fleet::Device::new(
-        "lyon",
-        "aq-reports",
-        gateway::fleet::registry::DeviceKind::AirQuality,
-    );
-    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
-    let broker = vigie_tests::mosquitto(dir.path());
-    let gw = InProcessGateway::for_registry(dir.path(), "gw", broker.addr, influx.addr).await;
-    let modem = ModemEmulator::start(broker.addr).await;
-    let mut p = aq.provisioning(broker.addr, 2, 0);
-    p.report_interval_s = 8;
-    let mut blob = [0u8; 1024];
-    let n = p.encode(&mut blob).unwrap();
-    assert_eq!(&blob[..4], b"VGP4");
-    let blob_file = dir.path().join("reports.vgp");
-    std::fs::write(&blob_file, &blob[..n]).unwrap();
-    let board = Qemu::boot(&image, Some(&blob_file), modem.addr, dir.path());
-    let offs = || modem.power_offs.load(std::sync::atomic::Ordering::Relaxed);
+    let b = bench("aq-reports", 8).await;
+    assert_eq!(&std::fs::read(&b.blob_file).unwrap()[..4], b"VGP4");
+    let board = Qemu::boot(&image, Some(&b.blob_file), b.modem.addr, b.dir.path());
+    let offs = || {
+        b.modem
+            .power_offs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
     while offs() < 4 {
         assert!(
@@ -690,10 +696,13 @@ async fn the_reporting_image_powers_its_modem_off_between_reports() {
     }
     let shares = cpu_shares(&board).await;
     let console = board.console();
-    let connections = modem.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let connections = b
+        .modem
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
     drop(board);
     let q = "SELECT cpuAwakeTime, cpuAsleepTime, modemOnTime, modemActiveTime FROM device_energy";
-    let body = readback::influx_query(influx.addr, "vigie_lyon", q).await;
+    let body = readback::influx_query(b.influx.addr, "vigie_lyon", q).await;
     let rows = body["results"][0]["series"][0]["values"]
         .as_array()
         .cloned()
@@ -727,7 +736,7 @@ async fn the_reporting_image_powers_its_modem_off_between_reports() {
     // What was sampled while the modem was off reached the database: every status
     // report (one per 6 samples) up to the last report is stored, none missing.
     let q = "SELECT uptime FROM device_status";
-    let body = readback::influx_query(influx.addr, "vigie_lyon", q).await;
+    let body = readback::influx_query(b.influx.addr, "vigie_lyon", q).await;
     let uptimes: Vec<u64> = body["results"][0]["series"][0]["values"]
         .as_array()
         .cloned()
@@ -739,5 +748,5 @@ async fn the_reporting_image_powers_its_modem_off_between_reports() {
     for w in uptimes.windows(2) {
         assert!(w[1] - w[0] <= 13, "a status report is missing: {uptimes:?}");
     }
-    gw.stop().await;
+    b.gw.stop().await;
 }

@@ -4,7 +4,11 @@
 //! frame-counter pages and the frame ring in PSRAM, which the QEMU test backs with a file
 //! so that they survive a power cut (the process killed) as flash would.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m::interrupt::Mutex;
+use firmware::energy::{Slept, tick_time};
 
 use cortex_m::peripheral::SYST;
 use cortex_m::peripheral::syst::SystClkSource;
@@ -96,45 +100,31 @@ pub fn wake_on_modem_bytes() {
 /// SysTick counts per millisecond.
 const TICKS_PER_MS: u32 = SYSCLK_HZ / 1000;
 
-/// Time the core slept in [`idle`]: whole milliseconds (and how often they wrapped), and
-/// the SysTick counts left over. Only the main loop writes them.
-static ASLEEP_MS: AtomicU32 = AtomicU32::new(0);
-static ASLEEP_WRAPS: AtomicU32 = AtomicU32::new(0);
-static ASLEEP_REM: AtomicU32 = AtomicU32::new(0);
+/// Time the core slept in [`idle`]. Only the main loop writes it.
+static SLEPT: Mutex<Cell<Slept>> = Mutex::new(Cell::new(Slept::new()));
 
 /// The clock to the SysTick count: milliseconds and the counts into the current one.
 fn ticks_now() -> (u32, u32) {
-    loop {
-        let ms = millis();
-        let into = TICKS_PER_MS - 1 - SYST::get_current().min(TICKS_PER_MS - 1);
-        if millis() == ms {
-            return (ms, into);
-        }
-    }
+    tick_time(millis, SYST::get_current, TICKS_PER_MS)
 }
 
 /// Sleeps until the next interrupt (the millisecond tick or a byte from the modem), and
 /// counts the time asleep for the energy ledger.
 pub fn idle() {
-    let (ms0, t0) = ticks_now();
+    let before = ticks_now();
     cortex_m::asm::wfi();
-    let (ms1, t1) = ticks_now();
-    let ticks =
-        i64::from(ms1.wrapping_sub(ms0)) * i64::from(TICKS_PER_MS) + i64::from(t1) - i64::from(t0);
-    let rem = u64::from(ASLEEP_REM.load(Ordering::Relaxed)) + ticks.max(0) as u64;
-    let whole = (rem / u64::from(TICKS_PER_MS)) as u32;
-    ASLEEP_REM.store((rem % u64::from(TICKS_PER_MS)) as u32, Ordering::Relaxed);
-    let (ms, wrapped) = ASLEEP_MS.load(Ordering::Relaxed).overflowing_add(whole);
-    ASLEEP_MS.store(ms, Ordering::Relaxed);
-    if wrapped {
-        ASLEEP_WRAPS.fetch_add(1, Ordering::Relaxed);
-    }
+    let after = ticks_now();
+    cortex_m::interrupt::free(|cs| {
+        let slept = SLEPT.borrow(cs);
+        let mut s = slept.get();
+        s.add(before, after, TICKS_PER_MS);
+        slept.set(s);
+    });
 }
 
 /// Milliseconds the core has slept in [`idle`] since boot.
 pub fn asleep_ms() -> u64 {
-    u64::from(ASLEEP_WRAPS.load(Ordering::Relaxed)) << 32
-        | u64::from(ASLEEP_MS.load(Ordering::Relaxed))
+    cortex_m::interrupt::free(|cs| SLEPT.borrow(cs).get().ms())
 }
 
 /// A CMSDK APB UART.

@@ -29,15 +29,14 @@ fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {
         .collect()
 }
 
-#[test]
-fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
-    let dir = tempfile::tempdir().unwrap();
+/// A bench registry in `dir`, and the `devices add` of a TLS bin `lyon/bin-7`.
+fn bench(dir: &Path) -> (GatewayConfig, AddDevice) {
     let g = GatewayConfig {
-        data_dir: dir.path().join("data"),
-        registry: dir.path().join("devices.toml"),
+        data_dir: dir.join("data"),
+        registry: dir.join("devices.toml"),
         broker_access: None,
     };
-    let mut a = AddDevice {
+    let a = AddDevice {
         device: Enrolment {
             tenant: "lyon".into(),
             id: "bin-7".into(),
@@ -60,9 +59,16 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
             capacity_l: Some(660),
             ..Metadata::default()
         },
-        blob_out: dir.path().join("bin-7.vgp"),
+        blob_out: dir.join("bin-7.vgp"),
         given: Given::default(),
     };
+    (g, a)
+}
+
+#[test]
+fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, mut a) = bench(dir.path());
     // Rotating a device that does not exist is refused.
     assert!(
         add(&g, &a, Enrol::Rotate)
@@ -302,32 +308,8 @@ fn broker_ca_pins_the_sha256_of_the_first_certificate() {
 #[test]
 fn a_report_interval_writes_a_format_4_blob_that_a_rotation_keeps() {
     let dir = tempfile::tempdir().unwrap();
-    let g = GatewayConfig {
-        data_dir: dir.path().join("data"),
-        registry: dir.path().join("devices.toml"),
-        broker_access: None,
-    };
-    let mut a = AddDevice {
-        device: Enrolment {
-            tenant: "lyon".into(),
-            id: "bin-8".into(),
-            kind: DeviceKind::WasteBin,
-            site: None,
-            zone: None,
-            latitude: None,
-            longitude: None,
-            bin_depth_mm: Some(1100),
-            sample_interval_s: 300,
-            heartbeat_s: 3600,
-            report_interval_s: 30,
-            broker_host: "mqtt.lyon.example".into(),
-            broker_port: 1883,
-            transport: Transport::Plain,
-        },
-        meta: Metadata::default(),
-        blob_out: dir.path().join("bin-8.vgp"),
-        given: Given::default(),
-    };
+    let (g, mut a) = bench(dir.path());
+    (a.device.sample_interval_s, a.device.transport) = (300, Transport::Plain);
     // Under a minute, or under the sampling interval: refused, the option named.
     for bad in [30, 200] {
         a.device.report_interval_s = bad;
@@ -351,7 +333,7 @@ fn a_report_interval_writes_a_format_4_blob_that_a_rotation_keeps() {
     assert_eq!(rotated.previous.map(|k| k.epoch()), Some(1));
     let entry = Registry::load(&g.registry).unwrap();
     assert_eq!(
-        entry.get("lyon", "bin-8").unwrap().entry.report_interval_s,
+        entry.get("lyon", "bin-7").unwrap().entry.report_interval_s,
         Some(21_600)
     );
 }
