@@ -51,21 +51,30 @@ pub struct Round {
 const EMPTIED_DROP: f64 = 20.0;
 
 /// Fill points per day from hourly means (oldest first): the least-squares slope over
-/// the hours since the last emptying; `None` with fewer than 3 such hours, or a slope
-/// that does not rise (a bin nobody fills never becomes due).
+/// the hours since the last emptying, or, when it was emptied less than 3 hours ago, over
+/// the hours between the emptying before and that one (a bin fills at about the same
+/// pace from one round to the next); `None` without 3 such hours, or for a slope that
+/// does not rise (a bin nobody fills never becomes due).
 pub fn fill_rate(hours: &[Hour]) -> Option<f64> {
     let points: Vec<(f64, f64)> = hours
         .iter()
         .filter_map(|h| Some((h.hour as f64, h.fill.value()?)))
         .collect();
-    let start = points
-        .windows(2)
-        .rposition(|w| w[0].1 - w[1].1 > EMPTIED_DROP)
-        .map_or(0, |i| i + 1);
-    let points = &points[start..];
-    if points.len() < 3 {
-        return None;
-    }
+    let mut end = points.len();
+    let points = loop {
+        let cut = points[..end]
+            .windows(2)
+            .rposition(|w| w[0].1 - w[1].1 > EMPTIED_DROP)
+            .map_or(0, |i| i + 1);
+        let segment = fill_segment(&points[cut..end], end < points.len());
+        if segment.len() >= 3 {
+            break segment;
+        }
+        if cut == 0 {
+            return None;
+        }
+        end = cut;
+    };
     let n = points.len() as f64;
     let (mx, my) = points
         .iter()
@@ -75,6 +84,22 @@ pub fn fill_rate(hours: &[Hour]) -> Option<f64> {
     });
     let per_hour = sxy / sxx;
     (per_hour > 0.0).then_some(per_hour * 24.0)
+}
+
+/// The hours of one filling: without the hour of the emptying that began it (its mean
+/// mixes the full bin and the empty one: it is above the next) and, for a filling an
+/// emptying ended (`ended`), without the hours it stayed full before it (no rise there:
+/// the sensor's dead zone).
+fn fill_segment(points: &[(f64, f64)], ended: bool) -> &[(f64, f64)] {
+    let mut start = 0;
+    while start + 1 < points.len() && points[start + 1].1 < points[start].1 {
+        start += 1;
+    }
+    let mut end = points.len();
+    while ended && end > start + 1 && points[end - 1].1 <= points[end - 2].1 {
+        end -= 1;
+    }
+    &points[start..end]
 }
 
 /// Whether `bin` is due within `horizon_days` of reaching `threshold` %.
@@ -265,13 +290,20 @@ mod tests {
         hours.extend((5..15).map(|h| hour(h, 5.0 + (h - 5) as f64)));
         let rate = fill_rate(&hours).unwrap_or_default();
         assert!((rate - 24.0).abs() < 1e-9, "{rate}");
-        assert_eq!(
-            fill_rate(&hours[..6]),
-            None,
-            "too few hours since the emptying"
-        );
+        // One hour since the emptying: the pace of the fill before it.
+        let before = fill_rate(&hours[..6]).unwrap_or_default();
+        assert!((before - 48.0).abs() < 1e-9, "{before}");
+        assert_eq!(fill_rate(&hours[..2]), None, "too few hours in all");
         let flat: Vec<Hour> = (0..10).map(|h| hour(h, 40.0)).collect();
         assert_eq!(fill_rate(&flat), None);
+        // Full (85 %) for hours, emptied within hour 3 (its mean mixes both), then 1.75
+        // points an hour: neither the mixed hour nor the full ones count.
+        let fills = [85.0, 85.0, 85.0, 14.5, 2.0, 3.75, 5.5, 7.25];
+        let hours: Vec<Hour> = (0..8).map(|h| hour(h, fills[h as usize])).collect();
+        let rate = fill_rate(&hours).unwrap_or_default();
+        assert!((rate - 42.0).abs() < 1e-9, "{rate}");
+        // Just emptied after being full all along: nothing tells its pace yet.
+        assert_eq!(fill_rate(&hours[..5]), None);
     }
 
     #[test]

@@ -137,6 +137,21 @@ impl Device {
         Reading { time, values }
     }
 
+    /// The `n`-th reading with the six values a real air-quality node sends (PM1, PM2.5,
+    /// PM10, temperature, humidity, pressure), for the drain benchmark.
+    pub fn full_reading(&self, n: u32, time: u32) -> Reading {
+        let values = Values::AirQuality(AirQuality {
+            pm1: Field::Value(50 + (n % 50) as u16),
+            pm25: Field::Value(100 + (n % 500) as u16),
+            pm10: Field::Value(700 + (n % 500) as u16),
+            temperature: Field::Value(-50 + (n % 300) as i16),
+            relative_humidity: Field::Value(400 + (n % 300) as u16),
+            pressure: Field::Value(10_130 - (n % 200) as u16),
+            ..AirQuality::default()
+        });
+        Reading { time, values }
+    }
+
     /// A sealed frame of `readings` with `counter`.
     pub fn frame(&self, readings: &[Reading], counter: u32) -> Vec<u8> {
         let who = Identity::new(&self.tenant, &self.id).unwrap();
