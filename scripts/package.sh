@@ -6,8 +6,9 @@
 # target and cargo-deb). --arm64-only builds just the arm64 package, from the man pages
 # and completions an earlier amd64 run generated (scripts/test.sh runs it in the
 # background while the tests run).
-# The binaries are release builds; man pages and shell completions come from the binary's
-# own command-line definitions.
+# The binaries (the gateway, and the fleet simulator `vigie-sim` so that a fleet can be
+# tried without Rust) are release builds; man pages and shell completions come from the
+# binaries' own command-line definitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,9 +36,10 @@ if $amd64; then
     # One package per architecture in target/debian: this version's.
     rm -f target/debian/vigie-gateway_*.deb
     # What goes into every package besides the binary, from this machine's build.
-    cargo build --release --quiet -p gateway --bin gateway
+    cargo build --release --quiet -p gateway --bin gateway -p vigie-sim --bin vigie-sim
     rm -rf target/package
     target/release/gateway generate --out-dir target/package
+    target/release/vigie-sim --man-dir target/package/man
     gzip -9n target/package/man/*.1
     dropin x86_64-linux-gnu
     cargo deb -p gateway --no-build --quiet
@@ -57,7 +59,8 @@ if $arm64; then
     fi
     rustup target add "$triple" >/dev/null
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-    cargo build --release --quiet -p gateway --bin gateway --target "$triple"
+    cargo build --release --quiet -p gateway --bin gateway -p vigie-sim --bin vigie-sim \
+        --target "$triple"
     dropin aarch64-linux-gnu
     # cargo-deb takes the binary from target/$triple/release and strips it with the
     # cross binutils.

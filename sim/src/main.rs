@@ -19,8 +19,8 @@ use vigie_sim::{Fleet, FleetOptions};
 #[command(version)]
 struct Args {
     /// Directory of provisioning blobs (`*.vgp`), one per device.
-    #[arg(long)]
-    blobs: PathBuf,
+    #[arg(long, required_unless_present = "man_dir")]
+    blobs: Option<PathBuf>,
     /// Broker `host:port` (default: the one in the first blob).
     #[arg(long)]
     broker: Option<String>,
@@ -37,6 +37,9 @@ struct Args {
     /// over TLS and verify the broker against it.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Writes the manual page `vigie-sim.1` into this directory (the Debian package's).
+    #[arg(long, hide = true)]
+    man_dir: Option<PathBuf>,
 }
 
 fn load(dir: &PathBuf, ca: Option<&TrustedCa>) -> Result<Vec<Provisioning>, String> {
@@ -72,6 +75,19 @@ fn load(dir: &PathBuf, ca: Option<&TrustedCa>) -> Result<Vec<Provisioning>, Stri
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.man_dir {
+        use clap::CommandFactory;
+        return match clap_mangen::generate_to(Args::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(blobs) = args.blobs.clone() else {
+        return ExitCode::FAILURE; // clap requires it without --man-dir
+    };
     let result = (|| -> Result<(), String> {
         let ca = match &args.ca {
             Some(path) => Some(
@@ -82,7 +98,7 @@ fn main() -> ExitCode {
             ),
             None => None,
         };
-        let devices = load(&args.blobs, ca.as_ref())?;
+        let devices = load(&blobs, ca.as_ref())?;
         let broker = args
             .broker
             .clone()
@@ -104,7 +120,7 @@ fn main() -> ExitCode {
             progress: true,
             ca,
         };
-        let state = args.blobs.join("state");
+        let state = blobs.join("state");
         std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let summary = runtime.block_on(async {
