@@ -28,9 +28,10 @@ fi
 # Real servers for the end-to-end tests, faketime to move the gateway's clock, QEMU for
 # the firmware image, lintian for the
 # packages, the arm64 cross toolchain and qemu-user to run the arm64 binary, Chromium and
-# its WebDriver for the status page (Debian packages): installed when missing.
+# its WebDriver for the status page, Prometheus for `promtool` (Debian packages):
+# installed when missing.
 packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm faketime systemd lintian
-    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver)
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -85,6 +86,10 @@ lintian --fail-on error,warning "$deb"
 
 step "systemd unit: exposure at most 1.2 (systemd-analyze security, docs/OPERATIONS.md)"
 systemd-analyze security --offline=yes --threshold=12 deploy/vigie-gateway.service | tail -n 1
+
+step "Prometheus alerting rules (promtool check and test, deploy/prometheus)"
+promtool check rules deploy/prometheus/vigie-alerts.yml
+(cd deploy/prometheus && promtool test rules vigie-alerts.test.yml)
 
 # The arm64 package is cross-built in the background at the lowest CPU and disk priority
 # while the tests run (they mostly wait on servers, and their fsyncs must not queue

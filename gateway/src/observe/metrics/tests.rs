@@ -35,3 +35,30 @@ fn renders_typed_metrics_with_their_names_and_zeroed_labels() {
     assert_eq!(m.counts().frames_rejected, 2);
     assert_eq!(m.rejected(Reason::Authentication), 2);
 }
+
+#[test]
+fn every_metric_the_shipped_alerting_rules_use_is_exposed() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/vigie-alerts.yml"
+    ))
+    .unwrap();
+    let m = Metrics::new();
+    m.know_tenants(["lyon"]);
+    let text = m.render(&Arc::new(Devices::default()));
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("vigie_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        // OpenMetrics names a counter's family without its `_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{name} (deploy/prometheus/vigie-alerts.yml) is not exposed:\n{text}"
+        );
+    }
+}
