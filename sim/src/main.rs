@@ -73,31 +73,40 @@ fn load(dir: &PathBuf, ca: Option<&TrustedCa>) -> Result<Vec<Provisioning>, Stri
     Ok(out)
 }
 
+/// Writes `vigie-sim.1` into `dir`.
+fn man_page(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    match clap_mangen::generate_to(Args::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The CA `--ca` names, if any.
+fn trusted_ca(path: Option<&PathBuf>) -> Result<Option<TrustedCa>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| TrustedCa::from_pem(&pem))
+        .map(Some)
+        .map_err(|e| format!("--ca {}: {e}", path.display()))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.man_dir {
-        use clap::CommandFactory;
-        return match clap_mangen::generate_to(Args::command(), dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {}: {e}", dir.display());
-                ExitCode::FAILURE
-            }
-        };
+        return man_page(dir);
     }
     let Some(blobs) = args.blobs.clone() else {
         return ExitCode::FAILURE; // clap requires it without --man-dir
     };
     let result = (|| -> Result<(), String> {
-        let ca = match &args.ca {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|pem| TrustedCa::from_pem(&pem))
-                    .map_err(|e| format!("--ca {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
+        let ca = trusted_ca(args.ca.as_ref())?;
         let devices = load(&blobs, ca.as_ref())?;
         let broker = args
             .broker

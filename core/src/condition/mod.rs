@@ -121,6 +121,24 @@ pub enum Why {
 }
 
 impl Why {
+    /// Its name, as in the JSON of `/devices` (`reason`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Why::NeverHeard => "never_heard",
+            Why::Revoked => "revoked",
+            Why::Silent { .. } => "silent",
+            Why::Offline { .. } => "offline",
+            Why::FireSuspected => "fire_suspected",
+            Why::Battery { .. } => "battery",
+            Why::SensorFault { .. } => "sensor_fault",
+            Why::BinFull { .. } => "bin_full",
+            Why::Tilted => "tilted",
+            Why::LidOpen => "lid_open",
+            Why::Refused { .. } => "refused",
+            Why::Held { .. } => "held",
+        }
+    }
+
     /// The colour this reason alone gives.
     pub fn light(&self) -> Light {
         match self {
@@ -185,19 +203,7 @@ pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Co
                 since_ms: s.status_ms.unwrap_or_default(),
             });
         }
-        if let Some((code, since_ms)) = &s.refused_since {
-            reasons.push(Why::Refused {
-                code: code.clone(),
-                since_ms: *since_ms,
-            });
-        }
-        if let Some((code, since_ms)) = &s.held {
-            reasons.push(Why::Held {
-                code: code.clone(),
-                since_ms: *since_ms,
-            });
-        }
-        reasons.extend(readings(s));
+        reasons.extend(of_state(s));
     }
     reasons.sort_by_key(|w| std::cmp::Reverse(w.light()));
     Condition {
@@ -207,6 +213,27 @@ pub fn assess(listing: &Listing, state: Option<&DeviceState>, now_ms: u64) -> Co
 }
 
 /// What the latest values say.
+/// What a device's own traffic says is wrong, without its registry listing: its frames
+/// refused or held, and what its latest readings say (fire, battery, sensors, fill, tilt,
+/// lid). The `/metrics` gauge `vigie_device_condition` shows these.
+pub fn of_state(s: &DeviceState) -> Vec<Why> {
+    let mut reasons = Vec::new();
+    if let Some((code, since_ms)) = &s.refused_since {
+        reasons.push(Why::Refused {
+            code: code.clone(),
+            since_ms: *since_ms,
+        });
+    }
+    if let Some((code, since_ms)) = &s.held {
+        reasons.push(Why::Held {
+            code: code.clone(),
+            since_ms: *since_ms,
+        });
+    }
+    reasons.extend(readings(s));
+    reasons
+}
+
 fn readings(s: &DeviceState) -> Vec<Why> {
     let latest = &s.history.latest;
     let mut out = Vec::new();

@@ -21,7 +21,7 @@ struct DeviceLabel {
 impl Collector for DeviceGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.0.read(|book| {
-            // Listed (sorted) once for the six families.
+            // Listed (sorted) once for the seven families.
             let devices: Vec<_> = book.iter().collect();
             let labels = |d: &DeviceState| DeviceLabel {
                 tenant: d.tenant.clone(),
@@ -78,9 +78,46 @@ impl Collector for DeviceGauges {
                 "Counter jumps of 2048 or more (not counted as missing frames).",
                 &|d| Some(d.counter_jumps as f64),
             )?;
-            Ok(())
+            conditions(&mut encoder, &devices)
         })
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabel {
+    tenant: String,
+    device: String,
+    reason: &'static str,
+}
+
+/// `vigie_device_condition{tenant,device,reason} 1` for each reason the device's own
+/// traffic gives it (`vigie_core::condition::of_state`), once per reason.
+fn conditions(
+    encoder: &mut DescriptorEncoder,
+    devices: &[&DeviceState],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "device_condition",
+        "1 for each thing the device's traffic says is wrong (reason: fire_suspected, battery, sensor_fault, bin_full, tilted, lid_open, refused, held).",
+        None,
+        ConstGauge::new(1.0).metric_type(),
+    )?;
+    for d in devices {
+        let mut seen = Vec::new();
+        for why in vigie_core::condition::of_state(d) {
+            let reason = why.code();
+            if !seen.contains(&reason) {
+                seen.push(reason);
+                let label = ConditionLabel {
+                    tenant: d.tenant.clone(),
+                    device: d.device.clone(),
+                    reason,
+                };
+                ConstGauge::new(1.0).encode(family.encode_family(&label)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The standard process metrics (Linux `/proc/self`), read at each scrape.

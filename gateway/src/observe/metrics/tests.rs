@@ -15,6 +15,8 @@ fn renders_typed_metrics_with_their_names_and_zeroed_labels() {
     m.know_tenants(["lyon"]);
     let devices = Arc::new(Devices::default());
     devices.update(|b| b.status("lyon", "aq-1", true, 1));
+    devices.update(|b| b.held("lyon", "bin-2", "future_timestamp", 5));
+    devices.update(|b| b.rejected("lyon", "bin-2", "kind_mismatch", 6));
     let text = m.render(&devices);
     for line in [
         "vigie_frames_rejected_total{reason=\"authentication\"} 2\n",
@@ -27,6 +29,8 @@ fn renders_typed_metrics_with_their_names_and_zeroed_labels() {
         "# TYPE vigie_batch_lines histogram\n",
         "vigie_device_online{tenant=\"lyon\",device=\"aq-1\"} 1",
         "vigie_device_missing_frames{tenant=\"lyon\",device=\"aq-1\"} 0.0\n",
+        "vigie_device_condition{tenant=\"lyon\",device=\"bin-2\",reason=\"held\"} 1",
+        "vigie_device_condition{tenant=\"lyon\",device=\"bin-2\",reason=\"refused\"} 1",
         "vigie_build_info{version=\"",
         "process_resident_memory_bytes ",
     ] {
