@@ -171,10 +171,9 @@ struct Time {
     unix_at_boot: Option<u32>,
     /// The time of the last sample: the next one is later, always.
     last_sample: Option<u32>,
-    /// The energy ledger's counts since the last status report.
+    /// The energy ledger's counts since the last status report; it also knows whether
+    /// the modem is powered (off between a reporting node's reports).
     meter: Meter,
-    /// The modem is powered down (between a reporting node's reports).
-    modem_off: bool,
 }
 
 impl Time {
@@ -186,15 +185,13 @@ impl Time {
             unix_at_boot: None,
             last_sample: None,
             meter,
-            modem_off: false,
         }
     }
 
     /// Powers the modem up or down, and counts it.
     fn modem_power<P: Platform>(&mut self, board: &mut P, on: bool) {
-        if self.modem_off == on {
+        if self.meter.modem_is_on() != on {
             board.modem_power(on);
-            self.modem_off = !on;
             let now = self.now_ms(board);
             self.meter.modem(on, now);
         }
@@ -274,7 +271,7 @@ async fn next_step<F: NorFlash, const Q: usize, P: Platform>(
                 }
             }
             Action::WaitUntil(t) => {
-                if time.modem_off {
+                if !time.meter.modem_is_on() {
                     let ms = t.saturating_sub(time.now_ms(board));
                     board.rest(ms.min(u64::from(u32::MAX)) as u32);
                 }
@@ -581,6 +578,17 @@ mod tests {
         rests: Vec<u32>,
     }
 
+    impl Board {
+        /// A board whose clock reads `ms`.
+        fn at(ms: u32) -> Self {
+            Self {
+                ms: Cell::new(ms),
+                samples: Vec::new(),
+                rests: Vec::new(),
+            }
+        }
+    }
+
     impl Platform for Board {
         fn millis(&self) -> u32 {
             self.ms.get()
@@ -632,11 +640,7 @@ mod tests {
     #[test]
     fn a_clock_moved_back_by_the_network_time_never_dates_two_samples_alike() {
         let mut node = node(1);
-        let mut board = Board {
-            ms: Cell::new(10_000),
-            samples: Vec::new(),
-            rests: Vec::new(),
-        };
+        let mut board = Board::at(10_000);
         let mut time = Time::new(&board);
         time.set_unix(&mut board, 1_800_000_010);
         time.sample(&mut node, &mut board, false);
@@ -652,11 +656,7 @@ mod tests {
     #[test]
     fn with_its_modem_off_a_node_rests_until_the_next_sample() {
         let mut node = node(300);
-        let mut board = Board {
-            ms: Cell::new(0),
-            samples: Vec::new(),
-            rests: Vec::new(),
-        };
+        let mut board = Board::at(0);
         let mut time = Time::new(&board);
         let mut link = Link::new(Schedule {
             first_sample_ms: 3_000,
@@ -708,11 +708,7 @@ mod tests {
         let mut node = node(60);
         // The board has run for just under 2^32 ms (49.7 days) when the time is known.
         let start = u32::MAX - 150_000;
-        let mut board = Board {
-            ms: Cell::new(start),
-            samples: Vec::new(),
-            rests: Vec::new(),
-        };
+        let mut board = Board::at(start);
         let mut time = Time::new(&board);
         let unix_now = 1_800_000_000;
         let mut link = Link::new(Schedule {

@@ -37,6 +37,11 @@ impl Meter {
         self.on_ms = self.on_ms.saturating_add(ms);
     }
 
+    /// The modem is powered (as far as [`Self::modem`] was told).
+    pub fn modem_is_on(&self) -> bool {
+        self.on_since.is_some()
+    }
+
     /// The modem was powered up (`on`) or down at `now_ms`.
     pub fn modem(&mut self, on: bool, now_ms: u64) {
         match (on, self.on_since) {

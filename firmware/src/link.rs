@@ -449,13 +449,7 @@ mod tests {
             let step = 1u32 << n;
             assert!((step / 2..=step).contains(w), "{waits:?}");
         }
-        let steps: Vec<Step> = actions
-            .iter()
-            .filter_map(|(_, a)| match a {
-                Action::Run(s) => Some(*s),
-                _ => None,
-            })
-            .collect();
+        let steps = steps(&actions);
         assert_eq!(
             steps[..6],
             [
@@ -564,6 +558,17 @@ mod tests {
         })
     }
 
+    /// The steps run, in order.
+    fn steps(actions: &[(u64, Action)]) -> Vec<Step> {
+        actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Run(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn steps_at(actions: &[(u64, Action)], step: Step) -> Vec<u64> {
         actions
             .iter()
@@ -637,13 +642,7 @@ mod tests {
         });
         assert!(matches!(changes[0], Change::LinkFailed("no data link", _)));
         // Every failed attempt escapes and powers down before its retry.
-        let runs: Vec<Step> = actions
-            .iter()
-            .filter_map(|(_, a)| match a {
-                Action::Run(s) => Some(*s),
-                _ => None,
-            })
-            .collect();
+        let runs = steps(&actions);
         assert_eq!(
             runs[..5],
             [

@@ -351,4 +351,38 @@ mod tests {
             Some((Field::Value(25), Field::Value(fire)))
         );
     }
+
+    #[test]
+    fn a_tilted_or_burning_bin_is_an_alarm_a_full_one_is_not() {
+        let bin = |flags: Field<u8>, fill: u8| Sample {
+            reading: Some(Reading {
+                time: 1,
+                values: Values::WasteBin(WasteBin {
+                    fill_level: Field::Value(fill),
+                    flags,
+                    ..WasteBin::default()
+                }),
+            }),
+            errors: 0,
+        };
+        assert!(bin(Field::Value(bin_flags::TILTED), 10).alarm());
+        assert!(bin(Field::Value(bin_flags::FIRE_SUSPECTED), 10).alarm());
+        assert!(!bin(Field::Value(bin_flags::LID_OPEN), 100).alarm());
+        assert!(!bin(Field::Fault, 100).alarm());
+        let air = Sample {
+            reading: Some(Reading {
+                time: 1,
+                values: Values::AirQuality(AirQuality::default()),
+            }),
+            errors: 0,
+        };
+        assert!(!air.alarm());
+        assert!(
+            !Sample {
+                reading: None,
+                errors: 0
+            }
+            .alarm()
+        );
+    }
 }

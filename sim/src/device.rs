@@ -368,14 +368,13 @@ fn boot(
     let counter =
         FrameCounter::resume(counter_flash, 0, COUNTER_STEP).map_err(|e| format!("{e:?}"))?;
     let ring = FrameRing::resume(ring_flash).map_err(|e| format!("{e:?}"))?;
-    let p_reports = p.report_interval_s > 0;
-    let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
-    let report_s = node.provisioning().report_interval_s;
-    let report = Duration::from_secs_f64(f64::from(report_s) / opts.accel);
+    // Scaled like the sample interval (at least 1 ms); 0 stays 0: connected.
+    let report_s = p.report_interval_s;
     let report_ms = match report_s {
         0 => 0,
-        _ => (report.as_millis() as u64).max(1),
+        r => ((f64::from(r) * 1000.0 / opts.accel) as u64).max(1),
     };
+    let node = Node::new(p, counter, ring).map_err(|e| format!("{e:?}"))?;
     let link = NodeLink::new(Schedule {
         // Devices of one fleet start spread over one period, as real ones are.
         first_sample_ms: (period.as_millis() as u64) * (seed % 1000) / 1000,
@@ -397,7 +396,7 @@ fn boot(
         awake_ms: 0,
         modem_off: false,
     };
-    if p_reports {
+    if report_s > 0 {
         // Its modem is counted step by step (`on_air`), not by the clock.
         board.meter.modem(false, opts.virtual_ms());
     }

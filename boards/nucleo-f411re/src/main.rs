@@ -18,7 +18,7 @@
 #![no_main]
 
 use core::cell::{Cell, RefCell};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use cortex_m::interrupt::Mutex;
 use cortex_m::peripheral::SYST;
@@ -125,10 +125,14 @@ impl embedded_hal_nb::serial::Write<u8> for ModemUart {
 /// The RTC, whose wake-up timer ends a [`Nucleo::rest`] in Stop mode.
 static RTC: Mutex<RefCell<Option<Rtc>>> = Mutex::new(RefCell::new(None));
 
-/// The wake-up timer fired: clear its flag (RTC and EXTI line 22), or the interrupt would
-/// fire again at once.
+/// The wake-up timer fired.
+static WOKE: AtomicBool = AtomicBool::new(false);
+
+/// The wake-up timer fired: say so, and clear its flag (RTC and EXTI line 22), or the
+/// interrupt would fire again at once.
 #[interrupt]
 fn RTC_WKUP() {
+    WOKE.store(true, Ordering::Relaxed);
     cortex_m::interrupt::free(|cs| {
         if let Some(rtc) = RTC.borrow(cs).borrow_mut().as_mut() {
             rtc.clear_interrupt(RtcEvent::Wakeup);
@@ -187,14 +191,13 @@ impl Nucleo {
         self.delay.delay_ms(500);
         self.pwrkey.set_low();
     }
-}
 
-impl Nucleo {
     /// Stop mode for `ms`: the voltage regulator in low-power mode and the flash powered
     /// down (DS10314: 9 to 42 µA), SysTick stopped, the RTC's wake-up timer (LSE) ends it.
     /// The core wakes on the HSI: the PLL is started again and selected, and the
     /// millisecond clock advanced by the time stopped.
     fn stop_for(&mut self, ms: u32) {
+        WOKE.store(false, Ordering::Relaxed);
         let started = cortex_m::interrupt::free(|cs| {
             let mut rtc = RTC.borrow(cs).borrow_mut();
             rtc.as_mut().map(|rtc| {
@@ -209,8 +212,12 @@ impl Nucleo {
             .cr()
             .modify(|_, w| w.pdds().clear_bit().lpds().set_bit().fpds().set_bit());
         self.scb.set_sleepdeep();
-        cortex_m::asm::dsb();
-        cortex_m::asm::wfi();
+        // Only the wake-up timer ends the rest: an interrupt already pending (a tick that
+        // came just before) wakes the core at once, and it stops again.
+        while !WOKE.load(Ordering::Relaxed) {
+            cortex_m::asm::dsb();
+            cortex_m::asm::wfi();
+        }
         self.scb.clear_sleepdeep();
         self.rcc.cr().modify(|_, w| w.pllon().set_bit());
         while self.rcc.cr().read().pllrdy().bit_is_clear() {}
