@@ -13,10 +13,12 @@
 //! - [`deliver`]: a database's answer → what to do next; what VictoriaMetrics dropped.
 //! - [`condition`]: what each device's traffic says of it (state book, colour and reasons,
 //!   missing frames, latest values, the ATMO index).
+//! - [`alert`]: which conditions to tell someone of, when they start and end, the digest.
 //! - [`erase`]: which readings and quarantined frames an erasure covers.
 //! - [`Secret`]: a password or token that never shows in `Debug`.
 
 pub mod ack;
+pub mod alert;
 pub mod condition;
 pub mod deliver;
 pub mod erase;

@@ -162,6 +162,15 @@ impl HostClock {
     }
 }
 
+/// A random number in `[0, 1)` for a retry's jitter (reconnections, alert messages).
+pub fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //!   each database keeps (retention, device metadata, communes' databases).
 //!
 //! Beside them: [`web`] (HTTP server, status pages), [`observe`] (metrics, health, device
-//! state and live feed), [`fleet`] (registry file, broker accounts, the CA), [`config`]
+//! state and live feed), [`notify`] (alerts by e-mail and webhook), [`fleet`] (registry file, broker accounts, the CA), [`config`]
 //! (the configuration file), [`clock`] (the one clock, and whether the host's is
 //! synchronised), [`service`] (the composition root) and [`ops`] (the operator commands,
 //! one file per group). `docs/ARCHITECTURE.md` draws the map.
@@ -20,6 +20,7 @@ pub mod deliver;
 pub mod fleet;
 pub mod ingest;
 pub mod intake;
+pub mod notify;
 pub mod observe;
 pub mod ops;
 pub mod service;

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod process;
 pub mod qemu;
 pub mod readback;
+pub mod receivers;
 pub mod scenario;
 pub mod servers;
 pub mod tls;

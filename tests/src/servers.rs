@@ -21,7 +21,7 @@ pub struct Server {
 
 impl Server {
     /// A server not started yet.
-    fn new(
+    pub(crate) fn new(
         name: &'static str,
         program: &str,
         args: &[String],
@@ -149,7 +149,7 @@ impl Drop for Server {
     }
 }
 
-fn addr() -> SocketAddr {
+pub(crate) fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
 }
 
@@ -157,7 +157,7 @@ fn addr() -> SocketAddr {
 /// [`crate::free_port`] and the server's bind (the kernel hands the same ports to other
 /// processes' outgoing connections): then the server is set up again on new ports, up to
 /// five times.
-fn launch(make: impl Fn() -> Server) -> Server {
+pub(crate) fn launch(make: impl Fn() -> Server) -> Server {
     let mut last = String::new();
     for _ in 0..5 {
         let mut server = make();

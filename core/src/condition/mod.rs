@@ -20,7 +20,7 @@ pub mod missing;
 
 use crate::condition::book::{DeviceState, Listing};
 use protocol::reading::{bin_flags, error_flags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Battery voltage under which a device is amber, mV.
 pub const LOW_BATTERY_MV: i64 = 3_400;
@@ -46,7 +46,7 @@ pub enum Light {
 }
 
 /// Which sensor failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensor {
     /// Particulate matter.
@@ -61,8 +61,21 @@ pub enum Sensor {
     Other,
 }
 
+impl Sensor {
+    /// Its name, as in the JSON of `/devices` (`pm`, `climate`…).
+    pub fn code(self) -> &'static str {
+        match self {
+            Sensor::Pm => "pm",
+            Sensor::Climate => "climate",
+            Sensor::Distance => "distance",
+            Sensor::Storage => "storage",
+            Sensor::Other => "other",
+        }
+    }
+}
+
 /// One reason for a colour.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Why {
     /// Registered, no frame ever stored.

@@ -2,6 +2,7 @@
 //! environment overrides for secrets and addresses, then validated into messages a person
 //! can act on. The commented reference is `gateway/gateway.example.toml`.
 
+pub use alerts::{AlertsConfig, Recipients, SmtpConfig, WebhookConfig};
 pub use parse_error::ParseError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 pub use vigie_core::Secret;
 
+mod alerts;
 mod parse_error;
 #[cfg(test)]
 mod tests;
@@ -64,6 +66,8 @@ pub struct Config {
     pub export: ExportConfig,
     /// Collection rounds of the communes' bins.
     pub round: RoundConfig,
+    /// Who is told of what goes wrong, by e-mail and webhook.
+    pub alerts: AlertsConfig,
 }
 
 /// Collection rounds (`round`): which bins are due and where the truck starts.

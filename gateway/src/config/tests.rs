@@ -155,3 +155,58 @@ fn the_round_settings_of_the_docs_parse_and_bad_ones_are_named() {
         assert!(e.to_string().contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_alert_settings_of_the_docs_parse_and_bad_ones_are_named() {
+    let docs = include_str!("../../../docs/OPERATIONS.md");
+    let block = docs
+        .split("```toml\n[alerts]")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_default();
+    let c = Config::parse(&format!("[alerts]{block}")).unwrap();
+    c.validate().unwrap();
+    assert!(c.alerts.enabled());
+    assert_eq!(c.alerts.communes["lyon"].bin_full_percent, Some(85));
+    let smtp = "[alerts.smtp]\nhost = \"h\"\nfrom = \"v@h.fr\"\n";
+    for (bad, says) in [
+        (
+            "[alerts.operator]\nemails = [\"a@b.fr\"]".to_string(),
+            "need an [alerts.smtp]",
+        ),
+        (
+            format!("{smtp}[alerts.operator]\nemails = [\"not an address\"]"),
+            "not an e-mail address",
+        ),
+        (
+            format!("{smtp}security = \"none\""),
+            "never leaves in plain text",
+        ),
+        (
+            "[alerts.communes.lyon]\nwebhooks = [{ url = \"http://hooks.example/t0ken-0123456789abcdef\", secret_file = \"k\" }]".to_string(),
+            "alerts.communes.lyon.webhooks[0]: url must be https://",
+        ),
+        ("[alerts]\ndigest_hour = 24".to_string(), "alerts.digest_hour"),
+        ("[alerts]\nlanguage = \"de\"".to_string(), "alerts.language"),
+    ] {
+        let e = Config::parse(&bad).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+        assert!(!e.contains("t0ken"), "a webhook URL may hold a token: {e}");
+    }
+}
+
+#[test]
+fn the_receivers_check_in_the_docs_is_the_one_the_tests_run() {
+    let docs = include_str!("../../../docs/OPERATIONS.md");
+    let snippet = docs
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_default();
+    let receiver = include_str!("../../../tests/servers/webhook_receiver.py");
+    assert!(snippet.starts_with("def verified"), "{snippet}");
+    assert!(
+        receiver.contains(snippet),
+        "docs and tests/servers/webhook_receiver.py differ"
+    );
+}

@@ -17,6 +17,7 @@ impl Config {
         check_http(&self.http)?;
         self.check_export()?;
         self.check_round()?;
+        self.alerts.check()?;
         self.check_sizes()?;
         if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(

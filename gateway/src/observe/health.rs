@@ -87,6 +87,8 @@ pub struct Snapshot {
     /// The database dropped rows it had answered 2xx for, and what was done, until a
     /// later write is confirmed kept.
     pub database_dropped: Option<String>,
+    /// The last alert message failed to go, and why (until one goes).
+    pub alerts_error: Option<String>,
 }
 
 impl Snapshot {
@@ -117,6 +119,9 @@ impl Snapshot {
             problems.push("readings held: host clock not synchronised".into());
         }
         problems.extend(self.database_dropped.clone());
+        if let Some(e) = &self.alerts_error {
+            problems.push(format!("alert messages not delivered: {e}"));
+        }
         if problems.is_empty() {
             "ready".into()
         } else {
@@ -165,6 +170,11 @@ impl Health {
     /// Says (or stops saying) that the database dropped rows it had accepted.
     pub fn set_database_dropped(&self, what: Option<String>) {
         self.lock().database_dropped = what;
+    }
+
+    /// Records why the last alert message did not go (`None` once one goes).
+    pub fn set_alerts_error(&self, error: Option<String>) {
+        self.lock().alerts_error = error;
     }
 
     /// Records the outcome of a registry reload.

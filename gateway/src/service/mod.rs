@@ -79,6 +79,9 @@ pub enum RunError {
     /// Quarantine.
     #[error("quarantine: {0}")]
     Quarantine(std::io::Error),
+    /// The alerts (a secret or CA file).
+    #[error(transparent)]
+    Alerts(#[from] crate::notify::SetupError),
     /// An essential thread stopped while the service was running.
     #[error(
         "the {0} thread stopped unexpectedly; exiting so the service manager restarts the gateway"
@@ -133,6 +136,9 @@ pub async fn run_with_metrics(
     .checking_retention(Arc::new(config.clone()));
     let mut tasks = serve_http(&config, &threads, &reload, &c).await?;
     tasks.spawn(reload::on_sighup(reload, c.stopping.clone()));
+    if let Some(notifier) = crate::notify::Notifier::new(&config)? {
+        tasks.spawn(crate::notify::run(notifier, c.clone()));
+    }
     // Up: stores open, threads running, status port bound. (Connected or not: a broker
     // that is down is reported by /readyz and retried, not a failed start.)
     systemd::ready();

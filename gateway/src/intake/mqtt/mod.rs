@@ -245,7 +245,7 @@ pub async fn run(options: Options, links: Links) {
             shell.lost(&error);
             return;
         }
-        let wait = reconnect.failed(jitter());
+        let wait = reconnect.failed(crate::clock::jitter());
         shell.lost(&error);
         match &error {
             ConnError::Refused(_) => tracing::error!("{}; retrying in {wait:?}", refusal(&error)),
@@ -281,15 +281,6 @@ impl Shell {
         let why = matches!(error, ConnError::Refused(_)).then(|| refusal(error));
         self.links.health.set_broker(Err(why));
     }
-}
-
-/// A random number in `[0, 1)` for the reconnection jitter.
-fn jitter() -> f64 {
-    let mut b = [0u8; 4];
-    if getrandom::fill(&mut b).is_err() {
-        return 0.5;
-    }
-    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! `vigie_build_info` and the standard `process_*` metrics come with them. Tests and the
 //! demo read the counts through [`Metrics::counts`], never by parsing the exposition.
 
+pub mod alerts;
 mod collect;
 
 use crate::observe::devices::Devices;
@@ -214,6 +215,8 @@ pub struct Metrics {
     pub device_acks_waiting: Gauge,
     /// `vigie_device_acks_superseded_total`.
     pub device_acks_superseded: Counter,
+    /// `vigie_alert_*`, `vigie_alerts_active`.
+    pub alerts: alerts::AlertMetrics,
 }
 
 impl Default for Metrics {
@@ -238,6 +241,7 @@ impl Metrics {
         m.register_counters(r);
         m.register_link_counters(r);
         m.register_families(r);
+        m.alerts.register(r);
         m.zero_labels();
         Self {
             registry: root,
@@ -280,6 +284,7 @@ impl Metrics {
             device_acks_refused: Default::default(),
             device_acks_waiting: Default::default(),
             device_acks_superseded: Default::default(),
+            alerts: Default::default(),
         }
     }
 

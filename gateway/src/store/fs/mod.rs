@@ -12,7 +12,7 @@
 pub mod model;
 mod util;
 
-pub use util::{replace_for_group, write_atomic};
+pub use util::{disk_space, replace_for_group, write_atomic};
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

@@ -80,6 +80,24 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Free and total bytes of the filesystem holding `dir` (`statvfs(3)`; free as an
+/// unprivileged writer sees it).
+#[allow(unsafe_code)]
+pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `s` a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(path.as_ptr(), s.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `s`.
+    let s = unsafe { s.assume_init() };
+    let unit = s.f_frsize;
+    Ok((s.f_bavail * unit, s.f_blocks * unit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

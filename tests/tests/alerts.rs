@@ -1,0 +1,159 @@
+//! Alerts by e-mail and webhook (issue 32, item 1; docs/OPERATIONS.md "Alerts"), against
+//! a real SMTP server (Debian's aiosmtpd, STARTTLS and authentication required) and a
+//! webhook receiver that checks each signature as the docs tell a receiver to:
+//! - a bin over its commune's threshold is told once to the commune's e-mail and webhook,
+//!   and its end once when it is emptied;
+//! - the daily digest goes to the official;
+//! - a gateway killed (`kill -9`) while an alert is in force does not tell it again after
+//!   its restart, and tells its end once;
+//! - the mail server down: the message waits (metric, `/readyz`), then goes once it is back;
+//! - the SMTP password never shows in the gateway's log.
+#![allow(clippy::unwrap_used)]
+
+use gateway::fleet::registry::DeviceKind;
+use std::time::Duration;
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::readback;
+use vigie_tests::receivers::{self, received, rejected};
+use vigie_tests::{influxdb, mosquitto, now_s, tls, wait_for};
+
+const SMTP_PASSWORD: &str = "smtp-pass-9f3a7c21d4e8b605";
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The e-mails to `who` that say `what`.
+fn mails(smtp: &vigie_tests::Server, who: &str, what: &str) -> Vec<String> {
+    received(smtp)
+        .into_iter()
+        .filter(|m| m.lines().next().is_some_and(|l| l.contains(who)) && m.contains(what))
+        .collect()
+}
+
+/// The webhook calls with an alert of `code` in `state`.
+fn calls(hook: &vigie_tests::Server, code: &str, state: &str) -> usize {
+    received(hook)
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["alert"] == code && a["state"] == state)
+        .count()
+}
+
+fn config(dir: &std::path::Path, pki: &tls::TestPki, smtp: u16, hook: u16) -> String {
+    let password = dir.join("smtp-password");
+    std::fs::write(&password, format!("{SMTP_PASSWORD}\n")).unwrap();
+    format!(
+        "[alerts]\ninterval = \"1s\"\nconfirm = \"2s\"\ndigest_hour = 0\n\
+         [alerts.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\nsecurity = \"starttls\"\n\
+         username = \"vigie\"\npassword_file = \"{password}\"\n\
+         from = \"Vigie <vigie@example.org>\"\nca_file = \"{ca}\"\n\
+         [alerts.operator]\nemails = [\"dsi@example.org\"]\n\
+         [alerts.communes.lyon]\nemails = [\"astreinte@lyon.example.org\"]\n\
+         digest_emails = [\"maire@lyon.example.org\"]\nbin_full_percent = 85\n\
+         webhooks = [{{ url = \"http://127.0.0.1:{hook}/vigie\", secret_file = \"{key}\" }}]\n",
+        password = password.display(),
+        ca = pki.ca.display(),
+        key = dir.join("hook.key").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bin_is_told_once_when_it_fills_and_once_when_it_is_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000001\n",
+    )
+    .unwrap();
+    let mut smtp = receivers::smtp(&pki, "vigie", SMTP_PASSWORD);
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
+    let (broker, influx) = (mosquitto(dir.path()), influxdb());
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
+    settings.extra_toml = config(dir.path(), &pki, smtp.addr.port(), hook.addr.port());
+    let mut gw = GatewayProcess::start(dir.path(), &settings);
+    let t = now_s() - 100;
+    // The test device's n-th bin reading is n % 101 % full.
+    let send = async |n: u32, counter: u32| {
+        let frame = bin.frame(&[bin.reading(n, t + counter)], counter);
+        fleet::publish_all(broker.addr, &[(bin.topic(), frame)]).await;
+    };
+
+    wait_for("the official's digest", LIMIT, async || {
+        !mails(&smtp, "maire@lyon", "résumé du jour").is_empty()
+    })
+    .await;
+    send(80, 1).await; // under the commune's 85 %: nothing to tell
+    send(90, 2).await;
+    wait_for("the start told by e-mail and webhook", LIMIT, async || {
+        !mails(&smtp, "astreinte@lyon", "bac plein à 90 %").is_empty()
+            && calls(&hook, "bin_full", "started") == 1
+    })
+    .await;
+
+    // Killed while the alert is in force: not told again after the restart.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    gw.kill9();
+    gw.restart();
+    send(95, 3).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        mails(&smtp, "astreinte@lyon", "DÉBUT bin-1").len(),
+        1,
+        "{:?}",
+        received(&smtp)
+    );
+    assert_eq!(calls(&hook, "bin_full", "started"), 1);
+
+    // Emptied while the mail server is down: the end waits, then goes once.
+    smtp.stop(true);
+    send(101, 4).await; // 0 %
+    wait_for("the end sent to the webhook", LIMIT, async || {
+        calls(&hook, "bin_full", "ended") == 1
+    })
+    .await;
+    wait_for("the e-mail waiting, said by /readyz", LIMIT, async || {
+        gw.metric("vigie_alert_messages_pending").unwrap_or(0.0) >= 1.0
+            && gw
+                .readyz()
+                .is_some_and(|(_, s)| s.contains("alert messages not delivered"))
+    })
+    .await;
+    smtp.start();
+    wait_for(
+        "the end told by e-mail once the server is back",
+        Duration::from_secs(60),
+        async || !mails(&smtp, "astreinte@lyon", "FIN bin-1").is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ends = mails(&smtp, "astreinte@lyon", "FIN bin-1");
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert!(
+        ends[0].contains("FIN bin-1 : bac plein à 95 %"),
+        "{}",
+        ends[0]
+    );
+    assert_eq!(calls(&hook, "bin_full", "ended"), 1);
+    assert_eq!(rejected(&hook), 0, "every webhook call verified");
+    assert_eq!(
+        gw.metric("vigie_alert_messages_failed_total{channel=\"email\"}"),
+        Some(0.0)
+    );
+    assert!(
+        gw.readyz()
+            .is_some_and(|(_, s)| !s.contains("alert messages"))
+    );
+    assert!(
+        !gw.log().contains(SMTP_PASSWORD),
+        "the SMTP password in the log"
+    );
+    println!(
+        "alerts: {} e-mails, {} webhook calls, 0 repeated after kill -9",
+        received(&smtp).len(),
+        received(&hook).len()
+    );
+}
