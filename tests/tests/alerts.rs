@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::fleet::registry::DeviceKind;
+use protocol::reading::bin_flags::{FIRE_SUSPECTED, TILTED};
+use protocol::reading::{Field, Reading, Values, WasteBin};
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
@@ -156,4 +158,198 @@ async fn a_full_bin_is_told_once_when_it_fills_and_once_when_it_is_emptied() {
         received(&smtp).len(),
         received(&hook).len()
     );
+}
+
+/// Every device alert of a commune, the commune held, and the broker lost: each told once
+/// when it starts and once when it ends, naming commune, device and cause, and nothing
+/// told again after a `kill -9` with all of them in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000001\n",
+    )
+    .unwrap();
+    let smtp = receivers::smtp(&pki, "vigie", SMTP_PASSWORD);
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let aq = |t: &str, id: &str| Device::new(t, id, DeviceKind::AirQuality);
+    let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
+    let (faulty, quiet, forged, ahead, nice) = (
+        aq("lyon", "aq-1"),
+        aq("lyon", "aq-2"),
+        aq("lyon", "aq-3"),
+        aq("lyon", "aq-4"),
+        aq("nice", "aq-1"),
+    );
+    let mut entries: Vec<_> = [&bin, &faulty, &quiet, &forged, &ahead, &nice]
+        .iter()
+        .map(|d| d.entry())
+        .collect();
+    // aq-2 may be silent 2 s + 2 × 3 s.
+    entries[2].sample_interval_s = Some(3);
+    entries[2].heartbeat_s = Some(2);
+    fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
+    let (mut broker, influx) = (mosquitto(dir.path()), influxdb());
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
+    settings.extra_toml = config(dir.path(), &pki, smtp.addr.port(), hook.addr.port())
+        .replace("confirm = \"2s\"", "confirm = \"1s\"")
+        .replace(
+            "[alerts.operator]\n",
+            &format!(
+                "[alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/operator\", secret_file = \"{}\" }}]\n",
+                hook.addr.port(),
+                dir.path().join("hook.key").display()
+            ),
+        );
+    let mut gw = GatewayProcess::start(dir.path(), &settings);
+    let now = now_s();
+    let wrong_key = Device {
+        key: [7; 16],
+        ..forged.clone()
+    };
+
+    // Everything wrong at once.
+    let bad_bin = bin_reading(90, FIRE_SUSPECTED | TILTED, 3_200, now - 10);
+    let mut fault = faulty.reading(1, now - 10);
+    if let Values::AirQuality(a) = &mut fault.values {
+        a.pm25 = Field::Fault;
+    }
+    fleet::publish_all(
+        broker.addr,
+        &[
+            (bin.topic(), bin.frame(&[bad_bin], 1)),
+            (faulty.topic(), faulty.frame(&[fault], 1)),
+            (quiet.topic(), quiet.frame(&[quiet.reading(1, now - 10)], 1)),
+            (
+                forged.topic(),
+                wrong_key.frame(&[forged.reading(1, now - 10)], 1),
+            ),
+            (
+                ahead.topic(),
+                ahead.frame(&[ahead.reading(1, now + 7_200)], 1),
+            ),
+            (nice.topic(), nice.frame(&[nice.reading(1, now - 10)], 1)),
+        ],
+    )
+    .await;
+    let lyon = [
+        ("bin_full", "bin-1"),
+        ("tilted", "bin-1"),
+        ("fire_suspected", "bin-1"),
+        ("battery", "bin-1"),
+        ("sensor_fault_pm", "aq-1"),
+        ("silent", "aq-2"),
+        ("refused", "aq-3"),
+        ("held", "aq-4"),
+    ];
+    let told = |state: &'static str| {
+        let hook = &hook;
+        move || {
+            lyon.iter()
+                .map(|(code, device)| told_about(hook, "lyon", code, device, state))
+                .collect::<Vec<_>>()
+        }
+    };
+    let started = told("started");
+    wait_for("every lyon alert told", LIMIT, async || {
+        started().iter().all(|n| *n >= 1)
+            && told_about(&hook, "nice", "commune_held", "", "started") == 1
+    })
+    .await;
+    assert_eq!(started(), [1; 8], "{lyon:?}");
+    let held_mail = mails(
+        &smtp,
+        "dsi@",
+        "commune nice : la base de données de la commune refuse",
+    );
+    assert_eq!(held_mail.len(), 1, "{:?}", received(&smtp));
+
+    // kill -9 with all of them in force: nothing told again.
+    gw.kill9();
+    gw.restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(started(), [1; 8], "after the restart");
+    assert_eq!(told_about(&hook, "nice", "commune_held", "", "started"), 1);
+
+    // Everything right again.
+    let mut good = nice.reading(2, now);
+    good.time = now;
+    readback::influx_create_db(influx.addr, "vigie_nice").await;
+    fleet::publish_all(
+        broker.addr,
+        &[
+            (bin.topic(), bin.frame(&[bin_reading(0, 0, 3_900, now)], 2)),
+            (faulty.topic(), faulty.frame(&[faulty.reading(2, now)], 2)),
+            (quiet.topic(), quiet.frame(&[quiet.reading(2, now)], 2)),
+            (forged.topic(), forged.frame(&[forged.reading(2, now)], 2)),
+            (ahead.topic(), ahead.frame(&[ahead.reading(2, now)], 2)),
+            (nice.topic(), nice.frame(&[good], 2)),
+        ],
+    )
+    .await;
+    let ended = told("ended");
+    wait_for("every end told", LIMIT, async || {
+        ended().iter().all(|n| *n >= 1)
+            && told_about(&hook, "nice", "commune_held", "", "ended") == 1
+    })
+    .await;
+    assert_eq!((started(), ended()), (vec![1; 8], vec![1; 8]), "{lyon:?}");
+
+    // The broker lost for a while, then back.
+    broker.stop(true);
+    wait_for("the broker's loss told", LIMIT, async || {
+        told_about(&hook, "", "broker_down", "", "started") == 1
+    })
+    .await;
+    broker.start();
+    wait_for("its return told", LIMIT, async || {
+        told_about(&hook, "", "broker_down", "", "ended") == 1
+    })
+    .await;
+    assert_eq!(rejected(&hook), 0);
+    let texts: Vec<String> = received(&hook);
+    println!(
+        "alerts: {} lyon alerts each started 1 and ended 1 through a kill -9; commune held and broker lost told once each; {} webhook calls",
+        lyon.len(),
+        texts.len()
+    );
+}
+
+fn bin_reading(fill: u8, flags: u8, battery_mv: u16, time: u32) -> Reading {
+    Reading {
+        time,
+        values: Values::WasteBin(WasteBin {
+            distance: Field::Value(1000 - 10 * u16::from(fill)),
+            fill_level: Field::Value(fill),
+            flags: Field::Value(flags),
+            battery: Field::Value(battery_mv),
+            ..WasteBin::default()
+        }),
+    }
+}
+
+/// Webhook calls telling `code` of `device` (empty: none) of `tenant` (empty: the
+/// gateway) in `state`, each with a text saying it.
+fn told_about(
+    hook: &vigie_tests::Server,
+    tenant: &str,
+    code: &str,
+    device: &str,
+    state: &str,
+) -> usize {
+    received(hook)
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| {
+            a["alert"] == code
+                && a["state"] == state
+                && a["tenant"].as_str().unwrap_or("") == tenant
+                && a["device"].as_str().unwrap_or("") == device
+                && a["text"].as_str().is_some_and(|t| !t.is_empty())
+        })
+        .count()
 }

@@ -109,6 +109,10 @@ pub(crate) async fn run(mut n: Notifier, c: Common) {
         let now_ms = c.clock.now_ms();
         let seen = n.seen(&c, now_ms);
         let changes = n.state.book.update(now_ms, rules, seen);
+        if !changes.is_empty() {
+            // What is told must be what a restart finds: the device state first.
+            c.traffic.devices.save();
+        }
         n.tell(&changes, now_ms);
         n.digest(now_ms);
         n.deliver(&c, now_ms).await;

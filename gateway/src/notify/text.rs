@@ -60,14 +60,16 @@ pub fn what(lang: Lang, what: &What, clock: Clock) -> String {
     }
 }
 
+/// An alert in words with what it is about: `bin-7 : bac plein à 92 %`, `commune nice :
+/// …` (a commune's own), or the gateway's alone.
 fn line(lang: Lang, e: &Entry, clock: Clock) -> String {
-    let device = e
-        .alert
-        .device
-        .as_deref()
-        .map(|d| format!("{d} : "))
-        .unwrap_or_default();
-    format!("{device}{}", what(lang, &e.alert.what, clock))
+    let a = &e.alert;
+    let about = match (&a.device, a.tenant.as_str()) {
+        (Some(d), _) => format!("{d} : "),
+        (None, "") => String::new(),
+        (None, tenant) => format!("{} {tenant} : ", lang.pick("commune", "commune")),
+    };
+    format!("{about}{}", what(lang, &a.what, clock))
 }
 
 /// An e-mail telling `changes` of one audience: (subject, body).
@@ -191,6 +193,7 @@ pub fn changes_json(
             json!({
                 "state": if matches!(c, Change::Started(_)) { "started" } else { "ended" },
                 "alert": e.alert.what.code(),
+                "tenant": (!e.alert.tenant.is_empty()).then_some(&e.alert.tenant),
                 "device": e.alert.device,
                 "since": iso(e.since_ms),
                 "ended": e.gone_ms.filter(|_| matches!(c, Change::Ended(_))).map(iso),
