@@ -107,3 +107,53 @@ fn the_fill_forecast_on_200_simulated_bins() {
     );
     assert_eq!(missed, 0, "a bin reached the threshold unforeseen");
 }
+
+/// Where simulated bin `seed` stands: scattered over some 4 × 4 km around Lyon's centre
+/// (a deterministic spread, the same at every run).
+fn place(seed: u64) -> (f64, f64) {
+    let h = |salt: u64| {
+        let x = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(salt)
+            .rotate_left(17);
+        (x.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (45.74 + 0.036 * h(1), 4.81 + 0.051 * h(2))
+}
+
+#[test]
+fn the_round_of_200_simulated_bins_is_shorter_than_visiting_them_in_id_order() {
+    use vigie_core::round::{km, plan};
+    let depot = (45.75, 4.85);
+    let bins: Vec<Bin> = (1..=200u64)
+        .map(|seed| Bin {
+            id: format!("bin-{seed:03}"),
+            at: place(seed),
+            fill: fill(seed, NOW),
+            rate: fill_rate(&history(seed)),
+        })
+        .collect();
+    let round = plan(bins.clone(), THRESHOLD, HORIZON_DAYS, Some(depot));
+    // The same bins in id order, from the depot and back.
+    let mut due: Vec<&Bin> = bins
+        .iter()
+        .filter(|b| round.stops.iter().any(|s| s.bin.id == b.id))
+        .collect();
+    due.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut at = depot;
+    let mut id_order = 0.0;
+    for b in &due {
+        id_order += km(at, b.at);
+        at = b.at;
+    }
+    id_order += km(at, depot);
+    eprintln!(
+        "collection round of {} due bins among 200 simulated: {:.1} km planned \
+         (nearest neighbour and 2-opt) against {id_order:.1} km in id order ({:.0} %)",
+        round.stops.len(),
+        round.km,
+        100.0 * round.km / id_order
+    );
+    assert!(round.stops.len() >= 100, "{}", round.stops.len());
+    assert!(round.km < id_order, "{} km against {id_order} km", round.km);
+}
