@@ -360,6 +360,22 @@ fn influxdb_setup() -> Server {
     )
 }
 
+/// An InfluxDB server's RPC address, where `influxd backup` and `influxd restore` reach it
+/// (its config's top-level `bind-address`).
+pub fn influxdb_rpc(influx: &Server) -> SocketAddr {
+    let conf = std::fs::read_to_string(influx.dir.path().join("influxdb.conf")).unwrap();
+    let line = conf
+        .lines()
+        .find(|l| l.starts_with("bind-address"))
+        .unwrap();
+    line.split('"').nth(1).unwrap().parse().unwrap()
+}
+
+/// A VictoriaMetrics server's `-storageDataPath`.
+pub fn victoria_data(victoria: &Server) -> PathBuf {
+    victoria.dir.path().join("data")
+}
+
 /// VictoriaMetrics with a 100-year retention (its default month drops older points).
 pub fn victoria_metrics() -> Server {
     victoria_metrics_with(&[])
