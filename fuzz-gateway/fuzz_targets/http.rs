@@ -32,8 +32,12 @@ fuzz_target!(|data: &[u8]| {
             clock: gateway::clock::Clock::system(),
             traffic: gateway::observe::Traffic::default(),
             round: Arc::default(),
+            map_tiles: None,
         };
-        let app = gateway::web::http::guarded(gateway::web::http::router(service), Vec::new());
+        let app = gateway::web::http::guarded(
+            gateway::web::http::router(service),
+            &gateway::config::HttpConfig::default(),
+        );
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let served = tokio::spawn(gateway::web::http::connection(server, app));
         let mut answer = Vec::new();

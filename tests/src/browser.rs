@@ -156,6 +156,24 @@ impl Browser {
             .unwrap();
     }
 
+    /// The URLs of every resource the page loaded after its document (images, styles,
+    /// fonts: `performance.getEntriesByType("resource")`).
+    pub async fn resources(&self) -> Vec<String> {
+        let script = json!({
+            "script": "return performance.getEntriesByType('resource').map(e => e.name);",
+            "args": [],
+        });
+        let v = self
+            .call("POST", "/execute/sync", Some(script))
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// Saves a PNG of the window to `path` (its directory is created).
     pub async fn screenshot(&self, path: &Path) {
         let v = self.call("GET", "/screenshot", None).await.unwrap();

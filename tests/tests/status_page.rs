@@ -88,6 +88,7 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
         .collect();
     entries[0].site = Some("Place Bellecour".into());
     (entries[2].latitude, entries[2].longitude) = (Some(45.76), Some(4.835));
+    (entries[0].latitude, entries[0].longitude) = (Some(45.757), Some(4.832));
     // aq-1 is due every 5 s + 2 × 1 s: silent after 7 s.
     (entries[1].sample_interval_s, entries[1].heartbeat_s) = (Some(1), Some(5));
     fleet::save_registry(&dir.path().join("devices.toml"), &fleet::registry(entries));
@@ -245,6 +246,34 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
         browser.text("#station-aq-0 svg").await.is_some(),
         "a 24-hour chart"
     );
+    // The map: the station green and the bin amber on it, drawn by the page itself (no
+    // request to anyone, not even to the gateway).
+    assert!(
+        browser
+            .attribute("figure.map circle.amber", "data-device-rank")
+            .await
+            .is_some()
+    );
+    assert!(
+        browser
+            .text("figure.map")
+            .await
+            .is_some_and(|t| t.contains("en service"))
+    );
+    let title = browser.source().await;
+    assert!(
+        title.contains("<title>bin-0 — à surveiller</title>"),
+        "the bin's dot"
+    );
+    assert!(
+        title.contains("<title>Place Bellecour — en service</title>"),
+        "the station's dot"
+    );
+    assert_eq!(
+        browser.resources().await,
+        Vec::<String>::new(),
+        "requests made by the page"
+    );
     browser.screenshot(&out.join("commune-lyon.png")).await;
 
     // The English switch.
@@ -355,6 +384,17 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
             .await
             .unwrap(),
         code(band25)
+    );
+    assert!(
+        browser
+            .attribute("figure.map circle", "data-device-rank")
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        browser.resources().await,
+        Vec::<String>::new(),
+        "requests made by the page"
     );
     browser.screenshot(&out.join("public-lyon.png")).await;
     drop(browser);

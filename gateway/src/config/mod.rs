@@ -445,6 +445,18 @@ pub struct HttpConfig {
     /// Host names the listeners answer to besides IP addresses and `localhost` (a reverse
     /// proxy's public name); any other `Host` gets 421 (DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// A tile server the site runs, drawn under the commune maps:
+    /// `https://tiles.example.fr/{z}/{x}/{y}.png`; unset, the maps ask nothing of anyone.
+    pub map_tiles: Option<String>,
+}
+
+impl HttpConfig {
+    /// The tile server's origin (`https://tiles.example.fr`), which the pages may load
+    /// images from.
+    pub fn tile_origin(&self) -> Option<String> {
+        let url = reqwest::Url::parse(self.map_tiles.as_deref()?.split('{').next()?).ok()?;
+        Some(url.origin().ascii_serialization())
+    }
 }
 
 impl Default for HttpConfig {
@@ -455,6 +467,7 @@ impl Default for HttpConfig {
             public_listen: None,
             public_tenants: Vec::new(),
             allowed_hosts: Vec::new(),
+            map_tiles: None,
         }
     }
 }

@@ -210,3 +210,23 @@ fn the_receivers_check_in_the_docs_is_the_one_the_tests_run() {
         "docs and tests/servers/webhook_receiver.py differ"
     );
 }
+
+#[test]
+fn a_tile_server_is_https_with_its_placeholders_and_gives_its_origin() {
+    let c =
+        Config::parse("[http]\nmap_tiles = \"https://tiles.example.fr:8443/osm/{z}/{x}/{y}.png\"")
+            .unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.http.tile_origin().as_deref(),
+        Some("https://tiles.example.fr:8443")
+    );
+    for bad in [
+        "http://tiles.example.fr/{z}/{x}/{y}.png",
+        "https://tiles.example.fr/tile.png",
+    ] {
+        let c = Config::parse(&format!("[http]\nmap_tiles = \"{bad}\"")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.map_tiles"), "{bad}: {e}");
+    }
+}

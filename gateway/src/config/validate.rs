@@ -153,6 +153,14 @@ fn check_http(http: &HttpConfig) -> Result<(), ConfigError> {
     {
         return bad("http.admin_token: at least 16 characters (e.g. `openssl rand -hex 16`)");
     }
+    if let Some(t) = &http.map_tiles {
+        let placeholders = ["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p));
+        if !t.starts_with("https://") || !placeholders || http.tile_origin().is_none() {
+            return bad(
+                "http.map_tiles: an https:// URL with {z}, {x} and {y}, e.g. https://tiles.example.fr/{z}/{x}/{y}.png",
+            );
+        }
+    }
     if http.public_listen.is_some() && http.public_tenants.is_empty() {
         return bad("http.public_listen is set but http.public_tenants names no commune to show");
     }

@@ -268,7 +268,7 @@ async fn serve_http(
     c: &Common,
 ) -> Result<JoinSet<()>, RunError> {
     let mut tasks = JoinSet::new();
-    let hosts = &config.http.allowed_hosts;
+    let tiles: Option<Arc<str>> = config.http.map_tiles.as_deref().map(Arc::from);
     if let Some(addr) = config.http.listen {
         let listener = web::http::bind(addr)
             .await
@@ -283,8 +283,9 @@ async fn serve_http(
             clock: c.clock.clone(),
             traffic: c.traffic.clone(),
             round: Arc::new(config.round.clone()),
+            map_tiles: tiles.clone(),
         };
-        let app = web::http::guarded(web::http::router(service), hosts.clone());
+        let app = web::http::guarded(web::http::router(service), &config.http);
         tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
     }
     if let Some(addr) = config.http.public_listen {
@@ -293,8 +294,9 @@ async fn serve_http(
             .map_err(|source| RunError::Listen { addr, source })?;
         let tenants = config.http.public_tenants.clone();
         tracing::info!(%addr, ?tenants, "public status view on http://{addr}/");
-        let router = web::http::public_router(c.traffic.clone(), tenants, c.clock.clone());
-        let app = web::http::guarded(router, hosts.clone());
+        let router =
+            web::http::public_router(c.traffic.clone(), tenants, c.clock.clone(), tiles.clone());
+        let app = web::http::guarded(router, &config.http);
         tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
     }
     Ok(tasks)

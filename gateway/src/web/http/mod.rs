@@ -72,6 +72,8 @@ pub struct Service {
     pub traffic: Traffic,
     /// Collection rounds' settings.
     pub round: Arc<crate::config::RoundConfig>,
+    /// `http.map_tiles`.
+    pub map_tiles: Option<Arc<str>>,
 }
 
 /// The routes.
@@ -99,9 +101,10 @@ pub fn router(service: Service) -> Router {
 /// the status port: only an IP address, `localhost` or a name of `http.allowed_hosts` is
 /// served; else 421), and headers that keep the pages out of frames and scripts out of
 /// them (they have none).
-pub fn guarded(app: Router, allowed_hosts: Vec<String>) -> Router {
-    let allowed: Arc<[String]> = allowed_hosts.into();
-    app.layer(middleware::from_fn(secure_headers))
+pub fn guarded(app: Router, http: &crate::config::HttpConfig) -> Router {
+    let allowed: Arc<[String]> = http.allowed_hosts.clone().into();
+    let csp = csp(http.tile_origin().as_deref());
+    app.layer(middleware::from_fn_with_state(csp, secure_headers))
         .layer(middleware::from_fn_with_state(allowed, check_host))
 }
 
@@ -148,15 +151,27 @@ async fn check_host(
     next.run(request).await
 }
 
-/// The pages are made here, with inline styles and SVG and no script.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; \
-                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The pages are made here, with inline styles and SVG and no script; images from here,
+/// and from the tile server when one is configured (`tiles`, its origin).
+fn csp(tiles: Option<&str>) -> header::HeaderValue {
+    let tiles = tiles.map(|t| format!(" {t}")).unwrap_or_default();
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:{tiles}; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    header::HeaderValue::from_str(&csp)
+        .unwrap_or(header::HeaderValue::from_static("default-src 'none'"))
+}
 
-async fn secure_headers(request: Request, next: Next) -> Response {
+async fn secure_headers(
+    State(csp): State<header::HeaderValue>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     for (name, value) in [
-        (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -167,7 +182,12 @@ async fn secure_headers(request: Request, next: Next) -> Response {
 }
 
 /// The public view's routes: the commune pages of `tenants`, nothing else.
-pub fn public_router(traffic: Traffic, tenants: Vec<String>, clock: Clock) -> Router {
+pub fn public_router(
+    traffic: Traffic,
+    tenants: Vec<String>,
+    clock: Clock,
+    map_tiles: Option<Arc<str>>,
+) -> Router {
     Router::new()
         .route("/", get(public_index))
         .route("/commune/:tenant", get(public_commune))
@@ -178,6 +198,7 @@ pub fn public_router(traffic: Traffic, tenants: Vec<String>, clock: Clock) -> Ro
             traffic,
             tenants,
             clock,
+            map_tiles,
         }))
 }
 
@@ -187,6 +208,7 @@ struct Public {
     traffic: Traffic,
     tenants: Vec<String>,
     clock: Clock,
+    map_tiles: Option<Arc<str>>,
 }
 
 /// Serves `app` until shutdown.
@@ -325,13 +347,14 @@ fn page(
     devices: &Devices,
     now: u64,
     health: Option<&crate::observe::health::Snapshot>,
-    lang: Option<&str>,
+    (lang, tiles): (Option<&str>, Option<&str>),
     shown: impl Fn(&str) -> bool,
     render: impl FnOnce(&View) -> Option<String>,
 ) -> Response {
     let html = devices.read_all(|roster, book| {
         let mut v = View::new(roster, book, now, shown);
         v.lang = Lang::from_query(lang);
+        v.map_tiles = tiles;
         v.health = health;
         v.public = health.is_none();
         render(&v)
@@ -352,7 +375,7 @@ async fn overview(State(s): Shared, Query(q): Query<PageQuery>) -> Response {
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        q.lang.as_deref(),
+        (q.lang.as_deref(), s.map_tiles.as_deref()),
         |_| true,
         |v| Some(page::overview(v)),
     )
@@ -368,7 +391,7 @@ async fn commune(
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        q.lang.as_deref(),
+        (q.lang.as_deref(), s.map_tiles.as_deref()),
         |_| true,
         |v| page::commune(v, &tenant),
     )
@@ -391,7 +414,7 @@ async fn round(
                 &s.traffic.devices,
                 now,
                 Some(&health),
-                lang,
+                (lang, s.map_tiles.as_deref()),
                 |_| true,
                 |v| page::round::page(v, &tenant, r),
             );
@@ -431,7 +454,7 @@ async fn device_page(
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        q.lang.as_deref(),
+        (q.lang.as_deref(), s.map_tiles.as_deref()),
         |_| true,
         |v| page::device(v, &tenant, &device, &events),
     )
@@ -443,7 +466,7 @@ async fn public_index(State(p): State<Arc<Public>>, Query(q): Query<PageQuery>) 
         &p.traffic.devices,
         p.clock.now_ms(),
         None,
-        q.lang.as_deref(),
+        (q.lang.as_deref(), p.map_tiles.as_deref()),
         shown,
         |v| Some(page::overview(v)),
     )
@@ -459,7 +482,7 @@ async fn public_commune(
         &p.traffic.devices,
         p.clock.now_ms(),
         None,
-        q.lang.as_deref(),
+        (q.lang.as_deref(), p.map_tiles.as_deref()),
         shown,
         |v| page::commune(v, &tenant),
     )

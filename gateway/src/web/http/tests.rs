@@ -16,6 +16,7 @@ fn service(token: Option<&str>) -> Service {
         jobs,
         admin_token: token.map(Secret::new),
         round: Arc::default(),
+        map_tiles: None,
     }
 }
 
@@ -59,7 +60,7 @@ fn hosts_by_address_or_by_a_name_allowed() {
 
 #[tokio::test]
 async fn every_answer_has_its_security_headers_and_a_foreign_host_gets_none() {
-    let app = guarded(router(service(None)), Vec::new());
+    let app = guarded(router(service(None)), &crate::config::HttpConfig::default());
     let get = |host: &str| {
         request("GET", "/")
             .header(header::HOST, host)

@@ -174,7 +174,7 @@ pub fn device(v: &View, tenant: &str, device: &str, events: &[Event]) -> Option<
         v,
         &format!("{tenant} / {device}"),
         &format!("/commune/{tenant}/{device}"),
-        true,
+        5,
         &body,
     ))
 }

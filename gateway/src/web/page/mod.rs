@@ -15,6 +15,7 @@
 pub mod chart;
 mod device;
 mod health;
+mod map;
 pub mod round;
 pub mod words;
 
@@ -54,6 +55,8 @@ pub struct View<'a> {
     pub public: bool,
     /// Gateway health (not in the public view).
     pub health: Option<&'a Snapshot>,
+    /// A tile server's URL template (`http.map_tiles`) drawn under the maps.
+    pub map_tiles: Option<&'a str>,
     /// Devices by commune, in registry order.
     pub communes: BTreeMap<&'a str, Vec<Station<'a>>>,
 }
@@ -83,6 +86,7 @@ impl<'a> View<'a> {
             now_ms,
             public: false,
             health: None,
+            map_tiles: None,
             communes,
         }
     }
@@ -144,24 +148,38 @@ a{color:#0b4f9c}header{display:flex;justify-content:space-between;align-items:ba
 table{border-collapse:collapse;width:100%;font-size:.92rem}th,td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #ddd;vertical-align:top}\
 .scroll{overflow-x:auto}figure{margin:.3rem 0}figcaption{font-size:.8rem;color:#333}\
 .key{border-left:.8rem solid;padding-left:.3rem;margin-right:.5rem}\
-meter{width:10rem;height:1rem}.muted{color:#444;font-size:.9rem}";
+meter{width:10rem;height:1rem}.map svg{border:1px solid #ccc}.dot{stroke:#111;stroke-width:1.5}\
+circle.green{fill:#2e9e4f}circle.amber{fill:#f0a800}circle.red{fill:#d42020}\
+.key.green{border-color:#2e9e4f}.key.amber{border-color:#f0a800}.key.red{border-color:#d42020}.muted{color:#444;font-size:.9rem}";
 
-fn layout(v: &View, title: &str, path: &str, refresh: bool, body: &str) -> String {
+/// A page around `body`, reloading itself every `refresh_s` seconds (0: never).
+fn layout(v: &View, title: &str, path: &str, refresh_s: u32, body: &str) -> String {
     let (other, other_name) = v.lang.other();
-    let refresh = if refresh {
-        r#"<meta http-equiv="refresh" content="5">"#
+    let refresh = if refresh_s > 0 {
+        format!(r#"<meta http-equiv="refresh" content="{refresh_s}">"#)
     } else {
-        ""
+        String::new()
     };
     format!(
-        r#"<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}<title>{title} · Vigie</title><style>{STYLE}</style></head><body><header><p><a href="/{q}">Vigie</a></p><p><a href="{path}?lang={other}" hreflang="{other}" lang="{other}">{other_name}</a></p></header><main><h1>{title}</h1><p class="muted">{updated} {now}</p>{body}</main></body></html>"#,
+        r#"<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}<link rel="icon" href="data:,"><title>{title} · Vigie</title><style>{STYLE}</style></head><body><header><p><a href="/{q}">Vigie</a></p><p><a href="{path}?lang={other}" hreflang="{other}" lang="{other}">{other_name}</a></p></header><main><h1>{title}</h1><p class="muted">{updated} {now} ({zone})</p>{body}</main></body></html>"#,
         lang = v.lang.code(),
         title = esc(title),
         q = query(v.lang),
         path = esc(path),
         updated = v.lang.pick("État à", "As of"),
         now = clock(v.now_ms, v.now_ms),
+        zone = zone(v),
     )
+}
+
+/// The time zone the page's times are in: "heure locale, UTC+01:00".
+fn zone(v: &View) -> String {
+    use chrono::{Local, TimeZone};
+    let offset = Local
+        .timestamp_millis_opt(v.now_ms as i64)
+        .single()
+        .map_or_else(String::new, |t| t.format("UTC%:z").to_string());
+    format!("{}, {offset}", v.lang.pick("heure locale", "local time"))
 }
 
 /// The query string that keeps the language on links.
@@ -405,7 +423,7 @@ pub fn overview(v: &View) -> String {
         v,
         v.lang.pick("État des capteurs", "Sensor status"),
         "/",
-        false,
+        60,
         &body,
     )
 }
@@ -428,7 +446,11 @@ pub fn commune(v: &View, tenant: &str) -> Option<String> {
             }
         }
     }
-    let mut body = format!("<p>{}</p>", counts(v, stations));
+    let mut body = format!(
+        "<p>{}</p>{}",
+        counts(v, stations),
+        map::map(v, tenant, stations)
+    );
     if a > 0 {
         let _ = write!(
             body,
@@ -461,13 +483,7 @@ pub fn commune(v: &View, tenant: &str) -> Option<String> {
         body += &devices_table(v, tenant, stations);
         body += &health(v, Some(tenant));
     }
-    Some(layout(
-        v,
-        tenant,
-        &format!("/commune/{tenant}"),
-        false,
-        &body,
-    ))
+    Some(layout(v, tenant, &format!("/commune/{tenant}"), 60, &body))
 }
 
 fn devices_table(v: &View, tenant: &str, stations: &[Station]) -> String {

@@ -98,7 +98,7 @@ pub fn page(v: &View, tenant: &str, c: &RoundConfig) -> Option<String> {
         );
     }
     let title = format!("{tenant} · {}", v.lang.pick("tournée", "round"));
-    Some(layout(v, &title, &base, false, &body))
+    Some(layout(v, &title, &base, 0, &body))
 }
 
 #[cfg(test)]
