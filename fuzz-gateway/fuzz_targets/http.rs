@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             clock: gateway::clock::Clock::system(),
             traffic: gateway::observe::Traffic::default(),
             round: Arc::default(),
-            map_tiles: None,
+            pages: Arc::default(),
         };
         let app = gateway::web::http::guarded(
             gateway::web::http::router(service),

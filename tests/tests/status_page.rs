@@ -96,6 +96,8 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
     let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
     settings.public = Some((public, vec!["lyon".into()]));
+    // Lyon's name on the pages; its public view what a commune publishes by default.
+    settings.extra_toml = "[communes.lyon]\nname = \"Lyon 3e\"\n".into();
     let mut gw = GatewayProcess::start(dir.path(), &settings);
 
     // The station: 12 readings over the last hour, in two frames; the bin at 85 %; one
@@ -175,7 +177,7 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
 
     browser.goto(&format!("{gw_url}/")).await;
     let row = browser.text("#commune-lyon").await.unwrap();
-    assert!(row.contains("lyon") && row.contains('3'), "{row}");
+    assert!(row.contains("Lyon 3e") && row.contains('3'), "{row}");
     let paris = browser.text("#commune-paris").await.unwrap();
     assert!(paris.contains("1 en panne ou muet"), "{paris}");
     browser.screenshot(&out.join("overview.png")).await;
@@ -368,11 +370,26 @@ async fn the_status_page_shows_a_person_what_works_in_a_real_browser() {
         "{page}"
     );
     browser.screenshot(&out.join("round-lyon.png")).await;
+    // The driver's file, by the page's own link.
+    let csv_link = browser
+        .attribute("main a[href*='format=csv']", "href")
+        .await
+        .unwrap();
+    assert!(csv_link.starts_with("/round/lyon?"), "{csv_link}");
+    let got = reqwest::get(format!("{gw_url}{csv_link}")).await.unwrap();
+    assert_eq!(got.status(), 200, "{csv_link}");
+    assert!(got.text().await.unwrap().contains("1,bin-0,"));
 
     // The public view: the commune's stations and bins, no device id, no other commune,
     // nothing else of the status port.
     let public_url = format!("http://{public}");
     browser.goto(&format!("{public_url}/commune/lyon")).await;
+    assert_eq!(browser.text("h1").await.unwrap(), "Lyon 3e");
+    let main = browser.text("main").await.unwrap();
+    assert!(
+        !main.contains("en panne ou muet") && !main.contains("muet depuis"),
+        "the public view shows no device's condition unless the commune publishes it: {main}"
+    );
     let source = browser.source().await;
     for id in ["aq-0", "aq-1", "bin-0"] {
         assert!(!source.contains(id), "the public view names {id}");

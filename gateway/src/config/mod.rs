@@ -68,6 +68,33 @@ pub struct Config {
     pub round: RoundConfig,
     /// Who is told of what goes wrong, by e-mail and webhook.
     pub alerts: AlertsConfig,
+    /// How each commune is shown: its name, what its public view shows.
+    pub communes: std::collections::BTreeMap<String, CommuneConfig>,
+}
+
+/// What the public view can show of a commune: its stations' air quality, its bins'
+/// fill, the map, and its devices' condition (battery, faults, silence, refused frames).
+pub const PUBLIC_PARTS: [&str; 4] = ["air_quality", "bin_fill", "map", "condition"];
+/// What it shows unless told otherwise: no device's battery, faults or key.
+pub const PUBLIC_DEFAULT: [&str; 3] = ["air_quality", "bin_fill", "map"];
+
+/// How one commune is shown (`[communes.<tenant>]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommuneConfig {
+    /// Its name on the pages and in the alerts (`Villefranche-sur-Saône`); default its id.
+    pub name: Option<String>,
+    /// What its public view shows, of [`PUBLIC_PARTS`].
+    pub public: Vec<String>,
+}
+
+impl Default for CommuneConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            public: PUBLIC_DEFAULT.iter().map(|p| p.to_string()).collect(),
+        }
+    }
 }
 
 /// Collection rounds (`round`): which bins are due and where the truck starts.

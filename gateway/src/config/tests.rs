@@ -230,3 +230,26 @@ fn a_tile_server_is_https_with_its_placeholders_and_gives_its_origin() {
         assert!(e.contains("http.map_tiles"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_commune_settings_of_the_docs_parse_and_bad_ones_are_named() {
+    let docs = include_str!("../../../docs/OPERATIONS.md");
+    let block = docs
+        .split("```toml\n[communes.")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_default();
+    let c = Config::parse(&format!("[communes.{block}")).unwrap();
+    c.validate().unwrap();
+    let v = &c.communes["villefranche-sur-saone"];
+    assert_eq!(v.name.as_deref(), Some("Villefranche-sur-Saône"));
+    assert_eq!(v.public, PUBLIC_DEFAULT);
+    let e = Config::parse("[communes.lyon]\npublic = [\"battery\"]")
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("communes.lyon.public: \"battery\""),
+        "{e}"
+    );
+}

@@ -18,6 +18,7 @@ impl Config {
         self.check_export()?;
         self.check_round()?;
         self.alerts.check()?;
+        self.check_communes()?;
         self.check_sizes()?;
         if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(
@@ -35,6 +36,31 @@ impl Config {
                 return bad(format!(
                     "export.public_fields.{tenant}: {f:?} is not a field that can be published (one of {})",
                     public.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_communes(&self) -> Result<(), ConfigError> {
+        for (tenant, c) in &self.communes {
+            if protocol::Id::new(tenant).is_err() {
+                return bad(format!("communes.{tenant}: not a tenant identifier"));
+            }
+            if c.name
+                .as_ref()
+                .is_some_and(|n| n.trim().is_empty() || n.chars().count() > 80)
+            {
+                return bad(format!("communes.{tenant}.name: 1 to 80 characters"));
+            }
+            if let Some(p) = c
+                .public
+                .iter()
+                .find(|p| !super::PUBLIC_PARTS.contains(&p.as_str()))
+            {
+                return bad(format!(
+                    "communes.{tenant}.public: {p:?} is not one of {}",
+                    super::PUBLIC_PARTS.join(", ")
                 ));
             }
         }

@@ -31,6 +31,7 @@ pub struct Notifier {
     data_dir: PathBuf,
     mailer: Option<send::Mailer>,
     hooks: send::Hooks,
+    names: BTreeMap<String, String>,
     state: State,
 }
 
@@ -71,6 +72,11 @@ impl Notifier {
             data_dir,
             mailer,
             hooks,
+            names: config
+                .communes
+                .iter()
+                .filter_map(|(t, c)| Some((t.clone(), c.name.clone()?)))
+                .collect(),
             state,
         }))
     }
@@ -82,6 +88,12 @@ impl Notifier {
             .and_then(|r| r.language.as_deref())
             .unwrap_or(&self.cfg.language);
         Lang::from_query(Some(l))
+    }
+
+    /// Who a message for `tenant` is about: the commune's name, or the gateway.
+    fn who(&self, lang: Lang, tenant: &str) -> String {
+        let name = self.names.get(tenant).map_or(tenant, String::as_str);
+        text::audience(lang, name, &self.gateway)
     }
 
     fn threshold(&self, tenant: &str) -> u8 {
@@ -155,7 +167,7 @@ impl Notifier {
                 continue;
             };
             let lang = self.lang(&tenant);
-            let who = text::audience(lang, &tenant, &self.gateway);
+            let who = self.who(lang, &tenant);
             if !r.emails.is_empty() {
                 let (subject, body) = text::changes_mail(lang, &who, &changes, &local_time);
                 self.queue(To::Email(r.emails.clone()), subject, body, now_ms);
@@ -192,7 +204,7 @@ impl Notifier {
             .collect();
         for (tenant, to) in audiences {
             let lang = self.lang(&tenant);
-            let who = text::audience(lang, &tenant, &self.gateway);
+            let who = self.who(lang, &tenant);
             let active = self.state.book.announced(&tenant);
             let (subject, body) = text::digest_mail(lang, &who, &active, &local_time);
             self.queue(To::Email(to), subject, body, now_ms);

@@ -8,12 +8,12 @@ use vigie_core::alert::{Change, Entry, What};
 /// How a time reads in a message (the gateway's local time and its offset).
 pub type Clock<'a> = &'a dyn Fn(u64) -> String;
 
-/// Who a message is about: a commune's id, or the gateway's name when `tenant` is empty.
-pub fn audience(lang: Lang, tenant: &str, gateway: &str) -> String {
-    if tenant.is_empty() {
+/// Who a message is about: a commune's name, or the gateway's when `commune` is empty.
+pub fn audience(lang: Lang, commune: &str, gateway: &str) -> String {
+    if commune.is_empty() {
         format!("{} {gateway}", lang.pick("passerelle", "gateway"))
     } else {
-        tenant.to_string()
+        commune.to_string()
     }
 }
 

@@ -268,7 +268,10 @@ async fn serve_http(
     c: &Common,
 ) -> Result<JoinSet<()>, RunError> {
     let mut tasks = JoinSet::new();
-    let tiles: Option<Arc<str>> = config.http.map_tiles.as_deref().map(Arc::from);
+    let pages = Arc::new(web::page::Settings {
+        map_tiles: config.http.map_tiles.clone(),
+        communes: config.communes.clone(),
+    });
     if let Some(addr) = config.http.listen {
         let listener = web::http::bind(addr)
             .await
@@ -283,7 +286,7 @@ async fn serve_http(
             clock: c.clock.clone(),
             traffic: c.traffic.clone(),
             round: Arc::new(config.round.clone()),
-            map_tiles: tiles.clone(),
+            pages: pages.clone(),
         };
         let app = web::http::guarded(web::http::router(service), &config.http);
         tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
@@ -295,7 +298,7 @@ async fn serve_http(
         let tenants = config.http.public_tenants.clone();
         tracing::info!(%addr, ?tenants, "public status view on http://{addr}/");
         let router =
-            web::http::public_router(c.traffic.clone(), tenants, c.clock.clone(), tiles.clone());
+            web::http::public_router(c.traffic.clone(), tenants, c.clock.clone(), pages.clone());
         let app = web::http::guarded(router, &config.http);
         tasks.spawn(web::http::serve(listener, app, c.stopping.clone()));
     }

@@ -72,8 +72,8 @@ pub struct Service {
     pub traffic: Traffic,
     /// Collection rounds' settings.
     pub round: Arc<crate::config::RoundConfig>,
-    /// `http.map_tiles`.
-    pub map_tiles: Option<Arc<str>>,
+    /// What the pages take from the configuration (commune names, public parts, tiles).
+    pub pages: Arc<page::Settings>,
 }
 
 /// The routes.
@@ -186,7 +186,7 @@ pub fn public_router(
     traffic: Traffic,
     tenants: Vec<String>,
     clock: Clock,
-    map_tiles: Option<Arc<str>>,
+    pages: Arc<page::Settings>,
 ) -> Router {
     Router::new()
         .route("/", get(public_index))
@@ -198,7 +198,7 @@ pub fn public_router(
             traffic,
             tenants,
             clock,
-            map_tiles,
+            pages,
         }))
 }
 
@@ -208,7 +208,7 @@ struct Public {
     traffic: Traffic,
     tenants: Vec<String>,
     clock: Clock,
-    map_tiles: Option<Arc<str>>,
+    pages: Arc<page::Settings>,
 }
 
 /// Serves `app` until shutdown.
@@ -347,16 +347,17 @@ fn page(
     devices: &Devices,
     now: u64,
     health: Option<&crate::observe::health::Snapshot>,
-    (lang, tiles): (Option<&str>, Option<&str>),
+    (lang, settings): (Option<&str>, &page::Settings),
     shown: impl Fn(&str) -> bool,
     render: impl FnOnce(&View) -> Option<String>,
 ) -> Response {
     let html = devices.read_all(|roster, book| {
         let mut v = View::new(roster, book, now, shown);
         v.lang = Lang::from_query(lang);
-        v.map_tiles = tiles;
+        v.settings = Some(settings);
         v.health = health;
         v.public = health.is_none();
+        v.for_citizens();
         render(&v)
     });
     match html {
@@ -375,7 +376,7 @@ async fn overview(State(s): Shared, Query(q): Query<PageQuery>) -> Response {
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        (q.lang.as_deref(), s.map_tiles.as_deref()),
+        (q.lang.as_deref(), &s.pages),
         |_| true,
         |v| Some(page::overview(v)),
     )
@@ -391,7 +392,7 @@ async fn commune(
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        (q.lang.as_deref(), s.map_tiles.as_deref()),
+        (q.lang.as_deref(), &s.pages),
         |_| true,
         |v| page::commune(v, &tenant),
     )
@@ -414,7 +415,7 @@ async fn round(
                 &s.traffic.devices,
                 now,
                 Some(&health),
-                (lang, s.map_tiles.as_deref()),
+                (lang, &s.pages),
                 |_| true,
                 |v| page::round::page(v, &tenant, r),
             );
@@ -454,7 +455,7 @@ async fn device_page(
         &s.traffic.devices,
         s.clock.now_ms(),
         Some(&health),
-        (q.lang.as_deref(), s.map_tiles.as_deref()),
+        (q.lang.as_deref(), &s.pages),
         |_| true,
         |v| page::device(v, &tenant, &device, &events),
     )
@@ -466,7 +467,7 @@ async fn public_index(State(p): State<Arc<Public>>, Query(q): Query<PageQuery>) 
         &p.traffic.devices,
         p.clock.now_ms(),
         None,
-        (q.lang.as_deref(), p.map_tiles.as_deref()),
+        (q.lang.as_deref(), &p.pages),
         shown,
         |v| Some(page::overview(v)),
     )
@@ -482,7 +483,7 @@ async fn public_commune(
         &p.traffic.devices,
         p.clock.now_ms(),
         None,
-        (q.lang.as_deref(), p.map_tiles.as_deref()),
+        (q.lang.as_deref(), &p.pages),
         shown,
         |v| page::commune(v, &tenant),
     )

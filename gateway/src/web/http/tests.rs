@@ -16,7 +16,7 @@ fn service(token: Option<&str>) -> Service {
         jobs,
         admin_token: token.map(Secret::new),
         round: Arc::default(),
-        map_tiles: None,
+        pages: Arc::default(),
     }
 }
 

@@ -41,10 +41,23 @@ fn fit(min: (f64, f64), max: (f64, f64)) -> (u8, (f64, f64)) {
 
 /// `<figure>` with the map of `stations`, or nothing when none has coordinates.
 pub fn map(v: &View, tenant: &str, stations: &[Station]) -> String {
+    // Each device's rank among those of its kind, as the cards number them.
+    let rank = |i: usize| {
+        stations[..=i]
+            .iter()
+            .filter(|o| o.listing.kind == stations[i].listing.kind)
+            .count()
+    };
     let placed: Vec<(usize, &Station, (f64, f64))> = stations
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| Some((i, s, project(s.listing.latitude?, s.listing.longitude?))))
+        .filter_map(|(i, s)| {
+            Some((
+                rank(i),
+                s,
+                project(s.listing.latitude?, s.listing.longitude?),
+            ))
+        })
         .collect();
     if placed.is_empty() {
         return String::new();
@@ -57,10 +70,10 @@ pub fn map(v: &View, tenant: &str, stations: &[Station]) -> String {
     });
     let (zoom, origin) = fit(min, max);
     let k = f64::from(1u32 << zoom);
-    let mut svg = tiles(v.map_tiles, zoom, origin);
+    let mut svg = tiles(v.map_tiles(), zoom, origin);
     for (rank, s, p) in &placed {
         let at = (p.0 * k - origin.0, p.1 * k - origin.1);
-        svg += &dot(v, tenant, s, rank + 1, at);
+        svg += &dot(v, tenant, s, *rank, at);
     }
     svg += &scale_bar(zoom, min, max);
     let unplaced = stations.len() - placed.len();
@@ -71,7 +84,7 @@ pub fn map(v: &View, tenant: &str, stations: &[Station]) -> String {
             v.lang
                 .pick("Carte des appareils de", "Map of the devices of")
         )),
-        legend = legend(v),
+        legend = legend(v, &svg),
         unplaced = if unplaced > 0 {
             format!(
                 " · {unplaced} {}",
@@ -114,10 +127,16 @@ fn scale_bar(zoom: u8, min: (f64, f64), max: (f64, f64)) -> String {
 /// its page.
 fn dot(v: &View, tenant: &str, s: &Station, rank: usize, (x, y): (f64, f64)) -> String {
     let light = s.condition.light;
-    let label = format!("{} — {}", name(v, s, rank), v.lang.light(light));
+    // A commune that does not publish its devices' condition: a working device is a
+    // plain dot, one a citizen can see is wrong (a full bin, a fire) is coloured.
+    let (class, label) = if !v.shows(tenant, "condition") && light == Light::Green {
+        ("plain".to_string(), name(v, s, rank))
+    } else {
+        let label = format!("{} — {}", name(v, s, rank), v.lang.light(light));
+        (super::code(light), label)
+    };
     let dot = format!(
-        r#"<circle cx="{x:.1}" cy="{y:.1}" r="7" class="dot {}" data-device-rank="{rank}"><title>{}</title></circle>"#,
-        super::code(light),
+        r#"<circle cx="{x:.1}" cy="{y:.1}" r="7" class="dot {class}" data-device-rank="{rank}"><title>{}</title></circle>"#,
         esc(&label)
     );
     if v.public {
@@ -131,9 +150,11 @@ fn dot(v: &View, tenant: &str, s: &Station, rank: usize, (x, y): (f64, f64)) -> 
     )
 }
 
-fn legend(v: &View) -> String {
+/// The colours drawn on the map, in words.
+fn legend(v: &View, svg: &str) -> String {
     [Light::Green, Light::Amber, Light::Red]
         .iter()
+        .filter(|l| svg.contains(&format!("dot {}", super::code(l))))
         .map(|l| {
             format!(
                 r#"<span class="key {}">{}</span>"#,

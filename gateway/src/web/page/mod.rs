@@ -55,8 +55,8 @@ pub struct View<'a> {
     pub public: bool,
     /// Gateway health (not in the public view).
     pub health: Option<&'a Snapshot>,
-    /// A tile server's URL template (`http.map_tiles`) drawn under the maps.
-    pub map_tiles: Option<&'a str>,
+    /// The site's settings: each commune's name and public parts, the tile server.
+    pub settings: Option<&'a Settings>,
     /// Devices by commune, in registry order.
     pub communes: BTreeMap<&'a str, Vec<Station<'a>>>,
 }
@@ -86,8 +86,69 @@ impl<'a> View<'a> {
             now_ms,
             public: false,
             health: None,
-            map_tiles: None,
+            settings: None,
             communes,
+        }
+    }
+}
+
+/// What the pages take from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `http.map_tiles`.
+    pub map_tiles: Option<String>,
+    /// `[communes.<tenant>]`.
+    pub communes: BTreeMap<String, crate::config::CommuneConfig>,
+}
+
+impl View<'_> {
+    /// A commune's name: its configured name, else its id.
+    pub fn name_of<'t>(&'t self, tenant: &'t str) -> &'t str {
+        self.settings
+            .and_then(|s| s.communes.get(tenant)?.name.as_deref())
+            .unwrap_or(tenant)
+    }
+
+    /// Whether the page shows `part` of `tenant` (everything but in the public view).
+    pub fn shows(&self, tenant: &str, part: &str) -> bool {
+        if !self.public {
+            return true;
+        }
+        match self.settings.and_then(|s| s.communes.get(tenant)) {
+            Some(c) => c.public.iter().any(|p| p == part),
+            None => crate::config::PUBLIC_DEFAULT.contains(&part),
+        }
+    }
+
+    /// The tile server, if any.
+    pub fn map_tiles(&self) -> Option<&str> {
+        self.settings.and_then(|s| s.map_tiles.as_deref())
+    }
+
+    /// In the public view of a commune that does not publish its devices' condition, each
+    /// device keeps only what a citizen sees at the bin (full, tilted, lid open, fire), and
+    /// its colour follows from that alone.
+    pub fn for_citizens(&mut self) {
+        if !self.public {
+            return;
+        }
+        let hidden: Vec<&str> = self
+            .communes
+            .keys()
+            .copied()
+            .filter(|t| !self.shows(t, "condition"))
+            .collect();
+        for tenant in hidden {
+            for s in self.communes.get_mut(tenant).into_iter().flatten() {
+                s.condition.reasons.retain(for_citizens);
+                s.condition.light = s
+                    .condition
+                    .reasons
+                    .iter()
+                    .map(Why::light)
+                    .max()
+                    .unwrap_or(Light::Green);
+            }
         }
     }
 }
@@ -149,7 +210,7 @@ table{border-collapse:collapse;width:100%;font-size:.92rem}th,td{text-align:left
 .scroll{overflow-x:auto}figure{margin:.3rem 0}figcaption{font-size:.8rem;color:#333}\
 .key{border-left:.8rem solid;padding-left:.3rem;margin-right:.5rem}\
 meter{width:10rem;height:1rem}.map svg{border:1px solid #ccc}.dot{stroke:#111;stroke-width:1.5}\
-circle.green{fill:#2e9e4f}circle.amber{fill:#f0a800}circle.red{fill:#d42020}\
+circle.plain{fill:#3a6ea5}circle.green{fill:#2e9e4f}circle.amber{fill:#f0a800}circle.red{fill:#d42020}\
 .key.green{border-color:#2e9e4f}.key.amber{border-color:#f0a800}.key.red{border-color:#d42020}.muted{color:#444;font-size:.9rem}";
 
 /// A page around `body`, reloading itself every `refresh_s` seconds (0: never).
@@ -202,7 +263,6 @@ fn reasons(v: &View, c: &Condition) -> String {
     let words: Vec<String> = c
         .reasons
         .iter()
-        .filter(|w| !v.public || for_citizens(w))
         .map(|w| esc(&v.lang.why(w, |ms| clock(ms, v.now_ms))))
         .collect();
     format!(r#"<span class="reasons">{}</span>"#, words.join(" · "))
@@ -348,17 +408,27 @@ fn card(v: &View, s: &Station, rank: usize, inner: &str) -> String {
     } else {
         format!(r#" id="station-{}""#, esc(&s.listing.device))
     };
+    let badge = if v.shows(&s.listing.tenant, "condition") {
+        light(v, &s.condition)
+    } else {
+        String::new()
+    };
     format!(
-        r#"<li class="card"{id} data-light="{}"><h3>{}</h3><p>{} {}</p>{inner}</li>"#,
+        r#"<li class="card"{id} data-light="{}"><h3>{}</h3><p>{badge} {}</p>{inner}</li>"#,
         code(s.condition.light),
         esc(&name(v, s, rank)),
-        light(v, &s.condition),
         reasons(v, &s.condition)
     )
 }
 
 fn counts(v: &View, stations: &[Station]) -> String {
     let mut out = Vec::new();
+    if stations
+        .iter()
+        .any(|s| !v.shows(&s.listing.tenant, "condition"))
+    {
+        return String::new();
+    }
     for l in [Light::Green, Light::Amber, Light::Red] {
         let n = stations.iter().filter(|s| s.condition.light == l).count();
         if n > 0 {
@@ -400,10 +470,11 @@ pub fn overview(v: &View) -> String {
         );
         let _ = write!(
             rows,
-            r#"<tr id="commune-{t}"><th scope="row"><a href="/commune/{t}{q}">{t}</a></th><td>{}</td><td>{}</td><td>{worst}</td></tr>"#,
+            r#"<tr id="commune-{t}"><th scope="row"><a href="/commune/{t}{q}">{name}</a></th><td>{}</td><td>{}</td><td>{worst}</td></tr>"#,
             stations.len(),
             counts(v, stations),
             t = esc(tenant),
+            name = esc(v.name_of(tenant)),
             q = query(v.lang),
         );
     }
@@ -428,62 +499,85 @@ pub fn overview(v: &View) -> String {
     )
 }
 
-/// `/commune/<tenant>`: its stations, bins and devices; `None` for an unknown commune.
+/// `/commune/<tenant>`: its map, stations, bins and devices (in the public view, what the
+/// commune publishes); `None` for an unknown commune.
 pub fn commune(v: &View, tenant: &str) -> Option<String> {
     let stations = v.communes.get(tenant)?;
-    let mut air = String::new();
-    let mut bins = String::new();
-    let (mut a, mut b) = (0, 0);
-    for s in stations {
-        match s.listing.kind {
-            DeviceKind::AirQuality => {
-                a += 1;
-                air += &air_card(v, s, a);
-            }
-            DeviceKind::WasteBin => {
-                b += 1;
-                bins += &bin_card(v, s, b);
-            }
-        }
+    let mut body = format!("<p>{}</p>", counts(v, stations));
+    if v.shows(tenant, "map") {
+        body += &map::map(v, tenant, stations);
     }
-    let mut body = format!(
-        "<p>{}</p>{}",
-        counts(v, stations),
-        map::map(v, tenant, stations)
-    );
-    if a > 0 {
-        let _ = write!(
-            body,
-            r#"<section aria-labelledby="air"><h2 id="air">{}</h2><p class="muted">{}</p><ul class="cards">{air}</ul></section>"#,
-            v.lang.pick("Qualité de l'air", "Air quality"),
-            v.lang.pick(
-                "Sous-indices ATMO (arrêté du 10 juillet 2020) des moyennes de PM2,5 et PM10 sur les 24 dernières heures.",
-                "ATMO sub-indices (French regulation of 10 July 2020) of the PM2.5 and PM10 means over the last 24 hours."
-            )
-        );
+    if v.shows(tenant, "air_quality") {
+        body += &air_section(v, stations);
     }
-    if b > 0 {
-        let round = if v.public {
-            String::new()
-        } else {
-            format!(
-                r#"<p><a href="/round/{}{}">{}</a></p>"#,
-                esc(tenant),
-                query(v.lang),
-                v.lang.pick("Tournée de collecte", "Collection round")
-            )
-        };
-        let _ = write!(
-            body,
-            r#"<section aria-labelledby="bins"><h2 id="bins">{}</h2>{round}<ul class="cards">{bins}</ul></section>"#,
-            v.lang.pick("Bacs", "Bins")
-        );
+    if v.shows(tenant, "bin_fill") {
+        body += &bin_section(v, tenant, stations);
     }
     if !v.public {
         body += &devices_table(v, tenant, stations);
         body += &health(v, Some(tenant));
     }
-    Some(layout(v, tenant, &format!("/commune/{tenant}"), 60, &body))
+    Some(layout(
+        v,
+        v.name_of(tenant),
+        &format!("/commune/{tenant}"),
+        60,
+        &body,
+    ))
+}
+
+/// The stations' cards, if the commune has any.
+fn air_section(v: &View, stations: &[Station]) -> String {
+    let air: Vec<&Station> = stations
+        .iter()
+        .filter(|s| s.listing.kind == DeviceKind::AirQuality)
+        .collect();
+    if air.is_empty() {
+        return String::new();
+    }
+    let cards: String = air
+        .iter()
+        .enumerate()
+        .map(|(i, s)| air_card(v, s, i + 1))
+        .collect();
+    format!(
+        r#"<section aria-labelledby="air"><h2 id="air">{}</h2><p class="muted">{}</p><ul class="cards">{cards}</ul></section>"#,
+        v.lang.pick("Qualité de l'air", "Air quality"),
+        v.lang.pick(
+            "Sous-indices ATMO (arrêté du 10 juillet 2020) des moyennes de PM2,5 et PM10 sur les 24 dernières heures.",
+            "ATMO sub-indices (French regulation of 10 July 2020) of the PM2.5 and PM10 means over the last 24 hours."
+        )
+    )
+}
+
+/// The bins' cards and the link to the round, if the commune has any.
+fn bin_section(v: &View, tenant: &str, stations: &[Station]) -> String {
+    let bins: Vec<&Station> = stations
+        .iter()
+        .filter(|s| s.listing.kind == DeviceKind::WasteBin)
+        .collect();
+    if bins.is_empty() {
+        return String::new();
+    }
+    let cards: String = bins
+        .iter()
+        .enumerate()
+        .map(|(i, s)| bin_card(v, s, i + 1))
+        .collect();
+    let round = if v.public {
+        String::new()
+    } else {
+        format!(
+            r#"<p><a href="/round/{}{}">{}</a></p>"#,
+            esc(tenant),
+            query(v.lang),
+            v.lang.pick("Tournée de collecte", "Collection round")
+        )
+    };
+    format!(
+        r#"<section aria-labelledby="bins"><h2 id="bins">{}</h2>{round}<ul class="cards">{cards}</ul></section>"#,
+        v.lang.pick("Bacs", "Bins")
+    )
 }
 
 fn devices_table(v: &View, tenant: &str, stations: &[Station]) -> String {

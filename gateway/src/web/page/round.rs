@@ -40,9 +40,8 @@ pub fn plan(v: &View, tenant: &str, c: &RoundConfig) -> Option<(Round, usize)> {
     Some((round, unplaced))
 }
 
-/// The page: the stops in order, why each is due, the length, the downloads.
-pub fn page(v: &View, tenant: &str, c: &RoundConfig) -> Option<String> {
-    let (round, unplaced) = plan(v, tenant, c)?;
+/// The table's rows: each stop in order, its fill, when it is due, where it is.
+fn rows(v: &View, round: &Round) -> String {
     let mut rows = String::new();
     for (i, s) in round.stops.iter().enumerate() {
         let due = match s.due {
@@ -64,7 +63,15 @@ pub fn page(v: &View, tenant: &str, c: &RoundConfig) -> Option<String> {
             v.lang.number(s.bin.at.1, 5),
         );
     }
-    let base = format!("/commune/{tenant}/round");
+    rows
+}
+
+/// The page: the stops in order, why each is due, the length, the downloads.
+pub fn page(v: &View, tenant: &str, c: &RoundConfig) -> Option<String> {
+    let (round, unplaced) = plan(v, tenant, c)?;
+    let rows = rows(v, &round);
+    // Where this page is served, `?format=` giving the driver's files.
+    let base = format!("/round/{tenant}");
     let mut body = format!(
         "<p>{} {} % {} {}. {} {} km.</p>",
         v.lang
@@ -97,7 +104,11 @@ pub fn page(v: &View, tenant: &str, c: &RoundConfig) -> Option<String> {
             )
         );
     }
-    let title = format!("{tenant} · {}", v.lang.pick("tournée", "round"));
+    let title = format!(
+        "{} · {}",
+        v.name_of(tenant),
+        v.lang.pick("tournée", "round")
+    );
     Some(layout(v, &title, &base, 0, &body))
 }
 

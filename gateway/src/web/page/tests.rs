@@ -46,6 +46,7 @@ fn a_commune_page_shows_bands_lights_and_reasons_and_the_public_one_hides_ids() 
     v.lang = Lang::En;
     assert!(commune(&v, "lyon").unwrap().contains("never heard from"));
     v.public = true;
+    v.for_citizens();
     let public = commune(&v, "lyon").unwrap();
     assert!(
         !public.contains("aq-1") && !public.contains("aq-2"),
@@ -57,6 +58,50 @@ fn a_commune_page_shows_bands_lights_and_reasons_and_the_public_one_hides_ids() 
         "operators' reasons stay off the public view: {public}"
     );
     assert!(commune(&v, "paris").is_none());
+}
+
+#[test]
+fn a_commune_shows_its_name_and_publishes_only_the_parts_it_chose() {
+    let now_ms = 1_795_305_600_000;
+    let mut bin = listing("bin-1", DeviceKind::WasteBin, None);
+    (bin.latitude, bin.longitude) = (Some(45.76), Some(4.83));
+    let roster = vec![listing("aq-1", DeviceKind::AirQuality, None), bin];
+    let book = DeviceBook::default();
+    let settings = |public: &[&str]| Settings {
+        map_tiles: None,
+        communes: [(
+            "lyon".to_string(),
+            crate::config::CommuneConfig {
+                name: Some("Lyon 3e".into()),
+                public: public.iter().map(|p| p.to_string()).collect(),
+            },
+        )]
+        .into(),
+    };
+    let only_air = settings(&["air_quality"]);
+    let mut v = View::new(&roster, &book, now_ms, |_| true);
+    v.settings = Some(&only_air);
+    let operators = commune(&v, "lyon").unwrap();
+    assert!(operators.contains("<h1>Lyon 3e</h1>") && operators.contains(r#"id="bins""#));
+    v.public = true;
+    v.for_citizens();
+    let public = commune(&v, "lyon").unwrap();
+    assert!(public.contains(r#"id="air""#), "{public}");
+    assert!(!public.contains(r#"id="bins""#) && !public.contains("figure class=\"map\""));
+    assert!(
+        !public.contains("jamais entendu"),
+        "no condition unless published"
+    );
+    let all = settings(&["air_quality", "bin_fill", "map", "condition"]);
+    let mut v = View::new(&roster, &book, now_ms, |_| true);
+    (v.settings, v.public) = (Some(&all), true);
+    v.for_citizens();
+    let public = commune(&v, "lyon").unwrap();
+    assert!(public.contains(r#"id="bins""#) && public.contains("figure class=\"map\""));
+    assert!(
+        public.contains("jamais entendu"),
+        "the condition, published"
+    );
 }
 
 #[test]
