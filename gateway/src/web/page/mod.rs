@@ -17,6 +17,7 @@ mod device;
 mod health;
 mod map;
 pub mod round;
+mod settings;
 pub mod words;
 
 pub use device::device;
@@ -26,6 +27,7 @@ use crate::fleet::registry::DeviceKind;
 use crate::observe::devices::{DeviceBook, DeviceState, Listing};
 use crate::observe::health::Snapshot;
 use chart::Series;
+pub use settings::Settings;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use vigie_core::condition::atmo::{self, Band};
@@ -88,67 +90,6 @@ impl<'a> View<'a> {
             health: None,
             settings: None,
             communes,
-        }
-    }
-}
-
-/// What the pages take from the configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    /// `http.map_tiles`.
-    pub map_tiles: Option<String>,
-    /// `[communes.<tenant>]`.
-    pub communes: BTreeMap<String, crate::config::CommuneConfig>,
-}
-
-impl View<'_> {
-    /// A commune's name: its configured name, else its id.
-    pub fn name_of<'t>(&'t self, tenant: &'t str) -> &'t str {
-        self.settings
-            .and_then(|s| s.communes.get(tenant)?.name.as_deref())
-            .unwrap_or(tenant)
-    }
-
-    /// Whether the page shows `part` of `tenant` (everything but in the public view).
-    pub fn shows(&self, tenant: &str, part: &str) -> bool {
-        if !self.public {
-            return true;
-        }
-        match self.settings.and_then(|s| s.communes.get(tenant)) {
-            Some(c) => c.public.iter().any(|p| p == part),
-            None => crate::config::PUBLIC_DEFAULT.contains(&part),
-        }
-    }
-
-    /// The tile server, if any.
-    pub fn map_tiles(&self) -> Option<&str> {
-        self.settings.and_then(|s| s.map_tiles.as_deref())
-    }
-
-    /// In the public view of a commune that does not publish its devices' condition, each
-    /// device keeps only what a citizen sees at the bin (full, tilted, lid open, fire), and
-    /// its colour follows from that alone.
-    pub fn for_citizens(&mut self) {
-        if !self.public {
-            return;
-        }
-        let hidden: Vec<&str> = self
-            .communes
-            .keys()
-            .copied()
-            .filter(|t| !self.shows(t, "condition"))
-            .collect();
-        for tenant in hidden {
-            for s in self.communes.get_mut(tenant).into_iter().flatten() {
-                s.condition.reasons.retain(for_citizens);
-                s.condition.light = s
-                    .condition
-                    .reasons
-                    .iter()
-                    .map(Why::light)
-                    .max()
-                    .unwrap_or(Light::Green);
-            }
         }
     }
 }
