@@ -54,6 +54,14 @@ pub enum What {
         /// Why, when the broker said.
         error: Option<String>,
     },
+    /// A certificate ends soon (or has ended): renew it before devices or the gateway
+    /// can no longer connect.
+    CertificateExpiring {
+        /// The file holding it.
+        file: String,
+        /// Its end of validity, Unix ms.
+        not_after_ms: u64,
+    },
 }
 
 impl What {
@@ -69,6 +77,7 @@ impl What {
             What::DiskNearlyFull { .. } => "disk_nearly_full".into(),
             What::StoreRefusing { .. } => "store_refusing".into(),
             What::BrokerDown { .. } => "broker_down".into(),
+            What::CertificateExpiring { .. } => "certificate_expiring".into(),
         }
     }
 
@@ -97,8 +106,12 @@ pub struct Alert {
 
 impl Alert {
     fn key(&self) -> String {
+        let file = match &self.what {
+            What::CertificateExpiring { file, .. } => file.as_str(),
+            _ => "",
+        };
         format!(
-            "{}/{}/{}",
+            "{}/{}/{}{file}",
             self.tenant,
             self.device.as_deref().unwrap_or(""),
             self.what.code()

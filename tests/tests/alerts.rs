@@ -183,6 +183,12 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         aq("lyon", "aq-4"),
         aq("nice", "aq-1"),
     );
+    // The broker's certificate, 10 days from its end.
+    let soon = dir.path().join("broker-soon.pem");
+    let mut cert = rcgen::CertificateParams::new(vec!["broker.example".into()]).unwrap();
+    cert.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&soon, cert.self_signed(&key).unwrap().pem()).unwrap();
     let mut entries: Vec<_> = [&bin, &faulty, &quiet, &forged, &ahead, &nice]
         .iter()
         .map(|d| d.entry())
@@ -196,6 +202,10 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
     settings.extra_toml = config(dir.path(), &pki, smtp.addr.port(), hook.addr.port())
         .replace("confirm = \"2s\"", "confirm = \"1s\"")
+        .replace(
+            "[alerts]\n",
+            &format!("[alerts]\ncertificates = [\"{}\"]\n", soon.display()),
+        )
         .replace(
             "[alerts.operator]\n",
             &format!(
@@ -260,6 +270,10 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     })
     .await;
     assert_eq!(started(), [1; 8], "{lyon:?}");
+    wait_for("the certificate's end told", LIMIT, async || {
+        told_about(&hook, "", "certificate_expiring", "", "started") == 1
+    })
+    .await;
     let held_mail = mails(
         &smtp,
         "dsi@",
@@ -310,6 +324,13 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     })
     .await;
     assert_eq!(rejected(&hook), 0);
+    assert_eq!(
+        told_about(&hook, "", "certificate_expiring", "", "started"),
+        1,
+        "once, through the restart"
+    );
+    let certificate = mails(&smtp, "dsi@", "broker-soon.pem expire le");
+    assert_eq!(certificate.len(), 1, "{:?}", received(&smtp));
     let texts: Vec<String> = received(&hook);
     println!(
         "alerts: {} lyon alerts each started 1 and ended 1 through a kill -9; commune held and broker lost told once each; {} webhook calls",
@@ -352,4 +373,52 @@ fn told_about(
                 && a["text"].as_str().is_some_and(|t| !t.is_empty())
         })
         .count()
+}
+
+/// The data directory's disk filling up (a 32 MiB tmpfs filled by another file) is told to
+/// the operator once, and once when the room is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000002\n",
+    )
+    .unwrap();
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let disk = vigie_tests::tmpfs::Tmpfs::mount(&dir.path().join("disk"), "32m");
+    let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
+    let broker = mosquitto(dir.path());
+    let mut settings = GatewaySettings::new("gw", broker.addr, None);
+    settings.data_dir = Some(disk.path().join("data"));
+    settings.buffer_mib = (8, 1);
+    settings.extra_toml = format!(
+        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\ndisk_free_percent = 20\n\
+         [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
+        hook.addr.port(),
+        dir.path().join("hook.key").display()
+    );
+    let _gw = GatewayProcess::start(dir.path(), &settings);
+    // Another program's file takes 28 of the 32 MiB.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 28 << 20]).unwrap();
+    wait_for("the full disk told", LIMIT, async || {
+        told_about(&hook, "", "disk_nearly_full", "", "started") == 1
+    })
+    .await;
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the room back told", LIMIT, async || {
+        told_about(&hook, "", "disk_nearly_full", "", "ended") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (
+            told_about(&hook, "", "disk_nearly_full", "", "started"),
+            told_about(&hook, "", "disk_nearly_full", "", "ended")
+        ),
+        (1, 1)
+    );
+    assert_eq!(rejected(&hook), 0);
 }

@@ -86,6 +86,112 @@ fn code_lines(markdown: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Paris: one bin, its reading of a minute ago, its metadata (`device_info`, written by a
+/// gateway at its start) two days old: a gateway started two days ago.
+async fn a_commune_of_bins_placed_two_days_ago(
+    influx: std::net::SocketAddr,
+    vm: std::net::SocketAddr,
+    now: u32,
+) -> Vec<String> {
+    readback::influx_create_db(influx, "vigie_paris").await;
+    let (old, recent) = (
+        u64::from(now - 2 * 86_400) * 1_000_000_000,
+        u64::from(now - 60) * 1_000_000_000,
+    );
+    let lines = |tenant: &str| {
+        format!(
+            "device_info,{tenant}device=bin-9,site=Quai latitude=48.85,longitude=2.35 {old}\n\
+             waste_bin,{tenant}device=bin-9 fillingLevel=0.5 {recent}\n"
+        )
+    };
+    let client = reqwest::Client::new();
+    for (url, body) in [
+        (format!("http://{influx}/write?db=vigie_paris"), lines("")),
+        (format!("http://{vm}/write"), lines("tenant=paris,")),
+    ] {
+        let answer = client.post(url).body(body).send().await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{}",
+            answer.text().await.unwrap()
+        );
+    }
+    client
+        .post(format!("http://{vm}/internal/force_flush"))
+        .send()
+        .await
+        .unwrap();
+    vec!["paris".to_string()]
+}
+
+/// The VictoriaMetrics map pairs each device's latitude with its longitude: its two
+/// queries are tables merged on their labels into one row per device, the columns named
+/// as the map's markers read them.
+fn the_victoria_metrics_map_pairs_its_coordinates() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/dashboards/vigie-victoriametrics.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let map = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "geomap")
+        .unwrap();
+    assert!(
+        map["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["format"] == "table")
+    );
+    assert_eq!(map["transformations"][0]["id"], "merge");
+    let names = &map["transformations"][1]["options"]["renameByName"];
+    assert_eq!(
+        (&names["Value #A"], &names["Value #B"]),
+        (&Value::from("latitude"), &Value::from("longitude"))
+    );
+    let location = &map["options"]["layers"][0]["location"];
+    assert_eq!(
+        (&location["latitude"], &location["longitude"]),
+        (&Value::from("latitude"), &Value::from("longitude"))
+    );
+}
+
+/// The map panels of both dashboards show Paris's bin, placed two days ago; returns how
+/// many queries ran.
+async fn paris_on_the_maps(
+    influx: std::net::SocketAddr,
+    vm: std::net::SocketAddr,
+    tenants: &[String],
+) -> usize {
+    the_victoria_metrics_map_pairs_its_coordinates();
+    let mut ran = 0;
+    for tenant in tenants {
+        for file in ["vigie-influxdb.json", "vigie-victoriametrics.json"] {
+            for q in queries(file)
+                .iter()
+                .filter(|q| q.panel.contains("Emplacement"))
+            {
+                let text = expand(&q.text, tenant);
+                let found = if q.kind == "influxdb" {
+                    !readback::influx_series(influx, &format!("vigie_{tenant}"), &text)
+                        .await
+                        .0
+                        .is_empty()
+                } else {
+                    !promql(vm, &text).await.is_empty()
+                };
+                assert!(
+                    found,
+                    "{file}: a device placed two days ago is not on the map: {text}"
+                );
+                ran += 1;
+            }
+        }
+    }
+    ran
+}
+
 fn expand(q: &str, tenant: &str) -> String {
     q.replace("$timeFilter", "time > now() - 24h")
         .replace("$__rate_interval", "5m")
@@ -241,6 +347,7 @@ async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
         .await
         .unwrap();
 
+    let paris = a_commune_of_bins_placed_two_days_ago(influx.addr, vm.addr, now).await;
     let mut ran = 0;
     for (file, expect) in [
         ("vigie-influxdb.json", ["influxdb", "prometheus"].as_slice()),
@@ -269,13 +376,14 @@ async fn every_dashboard_query_returns_data_from_a_simulated_fleet() {
                         q.panel
                     );
                     if text.starts_with("label_values") {
-                        assert_eq!(result, [Value::from("lyon")]);
+                        assert_eq!(result, [Value::from("lyon"), Value::from("paris")]);
                     }
                 }
             }
             ran += 1;
         }
     }
+    ran += paris_on_the_maps(influx.addr, vm.addr, &paris).await;
     // The example queries of docs/SCHEMA.md (InfluxQL and PromQL; Flux needs InfluxDB 2).
     let schema = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/SCHEMA.md"),

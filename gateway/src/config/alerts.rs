@@ -29,6 +29,11 @@ pub struct AlertsConfig {
     pub disk_free_percent: u8,
     /// The buffer is alerted from this share of `buffer.max_mib` (%).
     pub buffer_percent: u8,
+    /// Certificates (PEM files) to watch besides the broker's and database's CA and the
+    /// deployment's CA: the broker's own certificate, say.
+    pub certificates: Vec<PathBuf>,
+    /// A certificate is alerted this many days before it ends.
+    pub certificate_days: u32,
     /// The mail server, needed by any `emails`.
     pub smtp: Option<SmtpConfig>,
     /// The gateway's operator: the gateway's own alerts and every commune held.
@@ -47,6 +52,8 @@ impl Default for AlertsConfig {
             bin_full_percent: None,
             disk_free_percent: 10,
             buffer_percent: 80,
+            certificates: Vec::new(),
+            certificate_days: 30,
             smtp: None,
             operator: Recipients::default(),
             communes: BTreeMap::new(),

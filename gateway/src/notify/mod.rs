@@ -5,6 +5,7 @@
 //! each audience into a bounded outbox, sends what is due, and keeps book and outbox in
 //! `data_dir/alerts.json`, so a restart neither repeats an alert nor forgets a message.
 
+mod certs;
 mod outbox;
 pub mod send;
 pub mod text;
@@ -32,6 +33,7 @@ pub struct Notifier {
     mailer: Option<send::Mailer>,
     hooks: send::Hooks,
     names: BTreeMap<String, String>,
+    certificates: Vec<PathBuf>,
     state: State,
 }
 
@@ -77,6 +79,7 @@ impl Notifier {
                 .iter()
                 .filter_map(|(t, c)| Some((t.clone(), c.name.clone()?)))
                 .collect(),
+            certificates: certs::watched(config),
             state,
         }))
     }
@@ -148,6 +151,11 @@ impl Notifier {
         let used = c.metrics.buffer_bytes.get().max(0) as u64;
         seen.extend(gateway_alerts(&health, used, self.buffer_max, &self.cfg));
         seen.extend(disk_alert(&self.data_dir, self.cfg.disk_free_percent));
+        seen.extend(certs::expiring(
+            &self.certificates,
+            now_ms,
+            self.cfg.certificate_days,
+        ));
         seen
     }
 

@@ -46,6 +46,12 @@ pub fn what(lang: Lang, what: &What, clock: Clock) -> String {
             lang.pick("libre", "free")
         ),
         What::StoreRefusing { problem } => problem.clone(),
+        What::CertificateExpiring { file, not_after_ms } => format!(
+            "{} {file} {} {}",
+            lang.pick("le certificat", "the certificate"),
+            lang.pick("expire le", "expires on"),
+            clock(*not_after_ms)
+        ),
         What::BrokerDown { error } => format!(
             "{}{}",
             lang.pick(

@@ -17,9 +17,14 @@ pub struct CertArgs {
     #[arg(long = "host", required = true)]
     pub hosts: Vec<String>,
     /// Where to write vigie-broker.crt and vigie-broker.key.
-    #[arg(long, default_value = "/etc/mosquitto/certs")]
+    #[arg(long, default_value = BROKER_CERT_DIR)]
     pub out_dir: PathBuf,
 }
+
+/// Where `broker-cert` writes the broker's certificate by default.
+pub const BROKER_CERT_DIR: &str = "/etc/mosquitto/certs";
+/// The broker's certificate's file name.
+pub const BROKER_CERT: &str = "vigie-broker.crt";
 
 /// Runs `broker-cert` and prints its report.
 pub fn run(a: &CertArgs) -> Result<(), OpsError> {
@@ -41,10 +46,7 @@ pub fn broker_cert(
     let files = pki::CaFiles::in_dir(dir);
     let (ca, created) = pki::load_or_create_ca(&files)?;
     let issued = pki::issue_server(&ca, hosts)?;
-    let (cert, key) = (
-        out_dir.join("vigie-broker.crt"),
-        out_dir.join("vigie-broker.key"),
-    );
+    let (cert, key) = (out_dir.join(BROKER_CERT), out_dir.join("vigie-broker.key"));
     let group = access::BROKER_GROUP;
     crate::store::fs::replace_for_group(&cert, issued.cert_pem.as_bytes(), 0o644, group)
         .map_err(file(&cert))?;

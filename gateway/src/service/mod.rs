@@ -271,6 +271,7 @@ async fn serve_http(
     let pages = Arc::new(web::page::Settings {
         map_tiles: config.http.map_tiles.clone(),
         communes: config.communes.clone(),
+        bin_threshold: config.round.threshold_percent,
     });
     if let Some(addr) = config.http.listen {
         let listener = web::http::bind(addr)

@@ -26,7 +26,7 @@ use health::health;
 use crate::fleet::registry::DeviceKind;
 use crate::observe::devices::{DeviceBook, DeviceState, Listing};
 use crate::observe::health::Snapshot;
-use chart::Series;
+use chart::{Scale, Series};
 pub use settings::Settings;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -294,8 +294,15 @@ fn air_card(v: &View, s: &Station, rank: usize) -> String {
                 &hours(s, v.now_ms),
                 v.now_ms / 1000,
                 &series,
-                25.0,
-                "µg/m³",
+                &Scale {
+                    floor: 25.0,
+                    unit: "µg/m³",
+                    // PM2.5 above it is "mauvais" (ATMO, a mean over 25 µg/m³).
+                    threshold: Some((
+                        25.0,
+                        format!("PM2,5 {}", v.lang.band(Band::Poor).to_lowercase()),
+                    )),
+                },
                 &summary
             )
         ),
@@ -336,8 +343,14 @@ fn bin_card(v: &View, s: &Station, rank: usize) -> String {
                 &hours(s, v.now_ms),
                 v.now_ms / 1000,
                 &series,
-                100.0,
-                "%",
+                &Scale {
+                    floor: 100.0,
+                    unit: "%",
+                    threshold: Some((
+                        f64::from(v.bin_threshold()),
+                        v.lang.pick("à vider", "to empty").to_string(),
+                    )),
+                },
                 &summary,
             )),
     )

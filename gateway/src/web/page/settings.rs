@@ -12,6 +12,8 @@ pub struct Settings {
     pub map_tiles: Option<String>,
     /// `[communes.<tenant>]`.
     pub communes: BTreeMap<String, crate::config::CommuneConfig>,
+    /// `round.threshold_percent`: a bin to empty from this fill level (0: the default).
+    pub bin_threshold: u8,
 }
 
 impl View<'_> {
@@ -31,6 +33,14 @@ impl View<'_> {
             Some(c) => c.public.iter().any(|p| p == part),
             None => crate::config::PUBLIC_DEFAULT.contains(&part),
         }
+    }
+
+    /// The fill level from which a bin is to be emptied, %.
+    pub fn bin_threshold(&self) -> u8 {
+        self.settings
+            .map(|s| s.bin_threshold)
+            .filter(|t| *t > 0)
+            .unwrap_or(vigie_core::condition::BIN_FULL_PERCENT)
     }
 
     /// The tile server, if any.

@@ -69,6 +69,7 @@ fn a_commune_shows_its_name_and_publishes_only_the_parts_it_chose() {
     let book = DeviceBook::default();
     let settings = |public: &[&str]| Settings {
         map_tiles: None,
+        bin_threshold: 0,
         communes: [(
             "lyon".to_string(),
             crate::config::CommuneConfig {
