@@ -168,6 +168,21 @@ impl Device {
     }
 }
 
+/// A bin's reading at `time`: `fill` %, its `flags` (`protocol::reading::bin_flags`), its
+/// battery.
+pub fn bin_reading(time: u32, fill: u8, flags: u8, battery_mv: u16) -> Reading {
+    Reading {
+        time,
+        values: Values::WasteBin(WasteBin {
+            distance: Field::Value(1000 - 10 * u16::from(fill)),
+            fill_level: Field::Value(fill),
+            flags: Field::Value(flags),
+            battery: Field::Value(battery_mv),
+            ..WasteBin::default()
+        }),
+    }
+}
+
 /// The gateway usernames (client ids) the tests use; each gets a broker account.
 pub const GATEWAYS: &[&str] = &[
     "gw",

@@ -139,6 +139,18 @@ pub fn cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs a program to success (panics with its output otherwise); its standard output.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A command's standard output and error, together.
 pub fn text(o: &std::process::Output) -> String {
     format!(

@@ -12,7 +12,7 @@
 
 use gateway::fleet::registry::DeviceKind;
 use protocol::reading::bin_flags::{FIRE_SUSPECTED, TILTED};
-use protocol::reading::{Field, Reading, Values, WasteBin};
+use protocol::reading::{Field, Values};
 use std::time::Duration;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
@@ -41,6 +41,26 @@ fn calls(hook: &vigie_tests::Server, code: &str, state: &str) -> usize {
         .count()
 }
 
+/// A test directory with a CA, the SMTP server and the webhook receiver (its key in
+/// `hook.key`).
+fn receivers() -> (
+    tempfile::TempDir,
+    tls::TestPki,
+    vigie_tests::Server,
+    vigie_tests::Server,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000001\n",
+    )
+    .unwrap();
+    let smtp = receivers::smtp(&pki, "vigie", SMTP_PASSWORD);
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    (dir, pki, smtp, hook)
+}
+
 fn config(dir: &std::path::Path, pki: &tls::TestPki, smtp: u16, hook: u16) -> String {
     let password = dir.join("smtp-password");
     std::fs::write(&password, format!("{SMTP_PASSWORD}\n")).unwrap();
@@ -61,15 +81,7 @@ fn config(dir: &std::path::Path, pki: &tls::TestPki, smtp: u16, hook: u16) -> St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_bin_is_told_once_when_it_fills_and_once_when_it_is_emptied() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = tls::pki(dir.path());
-    std::fs::write(
-        dir.path().join("hook.key"),
-        "a-shared-key-of-32-bytes-000001\n",
-    )
-    .unwrap();
-    let mut smtp = receivers::smtp(&pki, "vigie", SMTP_PASSWORD);
-    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let (dir, pki, mut smtp, hook) = receivers();
     let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
     let (broker, influx) = (mosquitto(dir.path()), influxdb());
@@ -165,15 +177,7 @@ async fn a_full_bin_is_told_once_when_it_fills_and_once_when_it_is_emptied() {
 /// told again after a `kill -9` with all of them in force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = tls::pki(dir.path());
-    std::fs::write(
-        dir.path().join("hook.key"),
-        "a-shared-key-of-32-bytes-000001\n",
-    )
-    .unwrap();
-    let smtp = receivers::smtp(&pki, "vigie", SMTP_PASSWORD);
-    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let (dir, pki, smtp, hook) = receivers();
     let aq = |t: &str, id: &str| Device::new(t, id, DeviceKind::AirQuality);
     let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
     let (faulty, quiet, forged, ahead, nice) = (
@@ -222,7 +226,7 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     };
 
     // Everything wrong at once.
-    let bad_bin = bin_reading(90, FIRE_SUSPECTED | TILTED, 3_200, now - 10);
+    let bad_bin = fleet::bin_reading(now - 10, 90, FIRE_SUSPECTED | TILTED, 3_200);
     let mut fault = faulty.reading(1, now - 10);
     if let Values::AirQuality(a) = &mut fault.values {
         a.pm25 = Field::Fault;
@@ -295,7 +299,10 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     fleet::publish_all(
         broker.addr,
         &[
-            (bin.topic(), bin.frame(&[bin_reading(0, 0, 3_900, now)], 2)),
+            (
+                bin.topic(),
+                bin.frame(&[fleet::bin_reading(now, 0, 0, 3_900)], 2),
+            ),
             (faulty.topic(), faulty.frame(&[faulty.reading(2, now)], 2)),
             (quiet.topic(), quiet.frame(&[quiet.reading(2, now)], 2)),
             (forged.topic(), forged.frame(&[forged.reading(2, now)], 2)),
@@ -337,19 +344,6 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         lyon.len(),
         texts.len()
     );
-}
-
-fn bin_reading(fill: u8, flags: u8, battery_mv: u16, time: u32) -> Reading {
-    Reading {
-        time,
-        values: Values::WasteBin(WasteBin {
-            distance: Field::Value(1000 - 10 * u16::from(fill)),
-            fill_level: Field::Value(fill),
-            flags: Field::Value(flags),
-            battery: Field::Value(battery_mv),
-            ..WasteBin::default()
-        }),
-    }
 }
 
 /// Webhook calls telling `code` of `device` (empty: none) of `tenant` (empty: the

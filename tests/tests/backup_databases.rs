@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
 use vigie_tests::servers::{influxdb_rpc, victoria_data};
@@ -20,13 +19,7 @@ use vigie_tests::{
 const PER_DEVICE: u32 = 30;
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vigie_tests::process::run(program, args);
 }
 
 async fn victoria_pm25(victoria: std::net::SocketAddr) -> BTreeSet<String> {

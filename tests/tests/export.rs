@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gateway::fleet::registry::DeviceKind;
-use protocol::{AirQuality, Field, Reading, Values, WasteBin};
+use protocol::{AirQuality, Field, Reading, Values};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,16 +35,7 @@ fn air(time: u32, pm1: u16, pm25: Field<u16>, pm10: u16, temp: i16, hum: u16) ->
 }
 
 fn bin(time: u32, fill: u8, flags: u8) -> Reading {
-    Reading {
-        time,
-        values: Values::WasteBin(WasteBin {
-            distance: Field::Value(1000 - 10 * u16::from(fill)),
-            fill_level: Field::Value(fill),
-            flags: Field::Value(flags),
-            battery: Field::Value(3_700),
-            ..WasteBin::default()
-        }),
-    }
+    fleet::bin_reading(time, fill, flags, 3_700)
 }
 
 /// Runs `export`; success, the data (from the file), and what it said on stderr.

@@ -20,6 +20,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vigie_tests::process::run;
 use vigie_tests::servers::{BrokerSetup, mosquitto_at};
 use vigie_tests::tls::TestPki;
 use vigie_tests::{free_port, influxdb, readback, wait_for};
@@ -53,18 +54,6 @@ fn package() -> PathBuf {
             dir.display()
         )
     })
-}
-
-/// Runs a command to success; its standard output.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `stat -c FORMAT path`.

@@ -480,20 +480,26 @@ pub fn commune(v: &View, tenant: &str) -> Option<String> {
     ))
 }
 
+/// The cards of the devices of `kind`, numbered among them; empty when it has none.
+fn cards(v: &View, stations: &[Station], kind: DeviceKind) -> String {
+    let card = match kind {
+        DeviceKind::AirQuality => air_card,
+        DeviceKind::WasteBin => bin_card,
+    };
+    stations
+        .iter()
+        .filter(|s| s.listing.kind == kind)
+        .enumerate()
+        .map(|(i, s)| card(v, s, i + 1))
+        .collect()
+}
+
 /// The stations' cards, if the commune has any.
 fn air_section(v: &View, stations: &[Station]) -> String {
-    let air: Vec<&Station> = stations
-        .iter()
-        .filter(|s| s.listing.kind == DeviceKind::AirQuality)
-        .collect();
-    if air.is_empty() {
+    let cards = cards(v, stations, DeviceKind::AirQuality);
+    if cards.is_empty() {
         return String::new();
     }
-    let cards: String = air
-        .iter()
-        .enumerate()
-        .map(|(i, s)| air_card(v, s, i + 1))
-        .collect();
     format!(
         r#"<section aria-labelledby="air"><h2 id="air">{}</h2><p class="muted">{}</p><ul class="cards">{cards}</ul></section>"#,
         v.lang.pick("Qualité de l'air", "Air quality"),
@@ -506,18 +512,10 @@ fn air_section(v: &View, stations: &[Station]) -> String {
 
 /// The bins' cards and the link to the round, if the commune has any.
 fn bin_section(v: &View, tenant: &str, stations: &[Station]) -> String {
-    let bins: Vec<&Station> = stations
-        .iter()
-        .filter(|s| s.listing.kind == DeviceKind::WasteBin)
-        .collect();
-    if bins.is_empty() {
+    let cards = cards(v, stations, DeviceKind::WasteBin);
+    if cards.is_empty() {
         return String::new();
     }
-    let cards: String = bins
-        .iter()
-        .enumerate()
-        .map(|(i, s)| bin_card(v, s, i + 1))
-        .collect();
     let round = if v.public {
         String::new()
     } else {
