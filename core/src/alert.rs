@@ -37,6 +37,14 @@ pub enum What {
         /// Its limit.
         max: u64,
     },
+    /// The readings waiting for the databases grow: past the threshold and more than
+    /// half an hour ago.
+    BacklogGrowing {
+        /// Bytes waiting now.
+        pending: u64,
+        /// Bytes waiting half an hour before.
+        before: u64,
+    },
     /// The data directory's disk is nearly full.
     DiskNearlyFull {
         /// Free bytes.
@@ -74,6 +82,7 @@ impl What {
             What::Device { why } => why.code().to_string(),
             What::CommuneHeld { .. } => "commune_held".into(),
             What::BufferNearlyFull { .. } => "buffer_nearly_full".into(),
+            What::BacklogGrowing { .. } => "backlog_growing".into(),
             What::DiskNearlyFull { .. } => "disk_nearly_full".into(),
             What::StoreRefusing { .. } => "store_refusing".into(),
             What::BrokerDown { .. } => "broker_down".into(),
@@ -231,6 +240,32 @@ impl Book {
         }
         self.digest_day = Some(day);
         true
+    }
+}
+
+/// How long the backlog must have grown to be told.
+pub const BACKLOG_WINDOW_MS: u64 = 30 * 60_000;
+
+/// The buffer's pending bytes over the last [`BACKLOG_WINDOW_MS`], to tell a backlog
+/// that grows (a database too slow or away) from one that drains.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Backlog {
+    /// Takes the pending bytes at `now_ms`; the alert when they are at least `threshold`
+    /// and more than at the window's start (a full window seen).
+    pub fn observe(&mut self, now_ms: u64, pending: u64, threshold: u64) -> Option<What> {
+        self.samples.push_back((now_ms, pending));
+        // Keep one sample at or before the window's start.
+        while self.samples.len() > 1 && self.samples[1].0 + BACKLOG_WINDOW_MS <= now_ms {
+            self.samples.pop_front();
+        }
+        let (at, before) = *self.samples.front()?;
+        let full_window = at + BACKLOG_WINDOW_MS <= now_ms;
+        (full_window && pending >= threshold && pending > before)
+            .then_some(What::BacklogGrowing { pending, before })
     }
 }
 
@@ -392,6 +427,30 @@ mod tests {
         };
         assert!(b.update(121 * MIN, restarted, vec![silent(0)]).is_empty());
         assert_eq!(b.announced("lyon").len(), 1);
+    }
+
+    #[test]
+    fn a_backlog_is_growing_when_above_its_threshold_and_above_half_an_hour_ago() {
+        let mut b = Backlog::default();
+        let mb = 1 << 20;
+        assert_eq!(
+            b.observe(0, 200 * mb, 100 * mb),
+            None,
+            "no half hour seen yet"
+        );
+        assert_eq!(b.observe(20 * MIN, 250 * mb, 100 * mb), None);
+        let growing = b.observe(30 * MIN, 300 * mb, 100 * mb);
+        assert_eq!(
+            growing,
+            Some(What::BacklogGrowing {
+                pending: 300 * mb,
+                before: 200 * mb
+            })
+        );
+        // Draining: lower than half an hour ago (250 at 20 min).
+        assert_eq!(b.observe(50 * MIN, 240 * mb, 100 * mb), None);
+        // Growing but small.
+        assert_eq!(b.observe(90 * MIN, 50 * mb, 100 * mb), None);
     }
 
     #[test]

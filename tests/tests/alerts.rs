@@ -278,6 +278,14 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         told_about(&hook, "", "certificate_expiring", "", "started") == 1
     })
     .await;
+    // Renewed: its end told.
+    let mut renewed = rcgen::CertificateParams::new(vec!["broker.example".into()]).unwrap();
+    renewed.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(400);
+    std::fs::write(&soon, renewed.self_signed(&key).unwrap().pem()).unwrap();
+    wait_for("the renewed certificate told", LIMIT, async || {
+        told_about(&hook, "", "certificate_expiring", "", "ended") == 1
+    })
+    .await;
     let held_mail = mails(
         &smtp,
         "dsi@",
@@ -336,8 +344,10 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         1,
         "once, through the restart"
     );
-    let certificate = mails(&smtp, "dsi@", "broker-soon.pem expire le");
-    assert_eq!(certificate.len(), 1, "{:?}", received(&smtp));
+    for told in ["DÉBUT le certificat", "FIN le certificat"] {
+        let certificate = mails(&smtp, "dsi@", told);
+        assert_eq!(certificate.len(), 1, "{told}: {:?}", received(&smtp));
+    }
     let texts: Vec<String> = received(&hook);
     println!(
         "alerts: {} lyon alerts each started 1 and ended 1 through a kill -9; commune held and broker lost told once each; {} webhook calls",
@@ -407,12 +417,10 @@ async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() 
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        (
-            told_about(&hook, "", "disk_nearly_full", "", "started"),
-            told_about(&hook, "", "disk_nearly_full", "", "ended")
-        ),
-        (1, 1)
+    let told = (
+        told_about(&hook, "", "disk_nearly_full", "", "started"),
+        told_about(&hook, "", "disk_nearly_full", "", "ended"),
     );
+    assert_eq!(told, (1, 1));
     assert_eq!(rejected(&hook), 0);
 }

@@ -29,6 +29,9 @@ pub struct AlertsConfig {
     pub disk_free_percent: u8,
     /// The buffer is alerted from this share of `buffer.max_mib` (%).
     pub buffer_percent: u8,
+    /// Readings waiting for the databases are alerted from this many MiB, when more than
+    /// half an hour before.
+    pub backlog_mib: u64,
     /// Certificates (PEM files) to watch besides the broker's and database's CA and the
     /// deployment's CA: the broker's own certificate, say.
     pub certificates: Vec<PathBuf>,
@@ -52,6 +55,7 @@ impl Default for AlertsConfig {
             bin_full_percent: None,
             disk_free_percent: 10,
             buffer_percent: 80,
+            backlog_mib: 100,
             certificates: Vec::new(),
             certificate_days: 30,
             smtp: None,

@@ -34,6 +34,7 @@ pub struct Notifier {
     hooks: send::Hooks,
     names: BTreeMap<String, String>,
     certificates: Vec<PathBuf>,
+    backlog: alert::Backlog,
     state: State,
 }
 
@@ -80,6 +81,7 @@ impl Notifier {
                 .filter_map(|(t, c)| Some((t.clone(), c.name.clone()?)))
                 .collect(),
             certificates: certs::watched(config),
+            backlog: alert::Backlog::default(),
             state,
         }))
     }
@@ -137,7 +139,7 @@ pub(crate) async fn run(mut n: Notifier, c: Common) {
 
 impl Notifier {
     /// Every condition now: each device's, each commune's delivery, the gateway's.
-    fn seen(&self, c: &Common, now_ms: u64) -> Vec<Alert> {
+    fn seen(&mut self, c: &Common, now_ms: u64) -> Vec<Alert> {
         let mut seen = c.traffic.devices.read_all(|roster, book| {
             roster
                 .iter()
@@ -151,6 +153,15 @@ impl Notifier {
         let used = c.metrics.buffer_bytes.get().max(0) as u64;
         seen.extend(gateway_alerts(&health, used, self.buffer_max, &self.cfg));
         seen.extend(disk_alert(&self.data_dir, self.cfg.disk_free_percent));
+        let pending = c.metrics.buffer_pending_bytes.get().max(0) as u64;
+        let growing = self
+            .backlog
+            .observe(now_ms, pending, self.cfg.backlog_mib << 20);
+        seen.extend(growing.map(|what| Alert {
+            tenant: String::new(),
+            device: None,
+            what,
+        }));
         seen.extend(certs::expiring(
             &self.certificates,
             now_ms,

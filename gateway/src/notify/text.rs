@@ -39,6 +39,17 @@ pub fn what(lang: Lang, what: &What, clock: Clock) -> String {
             used >> 20,
             max >> 20
         ),
+        What::BacklogGrowing { pending, before } => format!(
+            "{} : {} Mio ({} {} Mio {})",
+            lang.pick(
+                "les relevés en attente des bases de données augmentent",
+                "readings waiting for the databases keep growing"
+            ),
+            pending >> 20,
+            lang.pick("contre", "against"),
+            before >> 20,
+            lang.pick("une demi-heure plus tôt", "half an hour before")
+        ),
         What::DiskNearlyFull { free, total } => format!(
             "{} : {} % {}",
             lang.pick("disque des données presque plein", "data disk nearly full"),
