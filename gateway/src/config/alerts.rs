@@ -77,6 +77,9 @@ pub struct Recipients {
     pub webhooks: Vec<WebhookConfig>,
     /// This commune's bin threshold (%), instead of `alerts.bin_full_percent`.
     pub bin_full_percent: Option<u8>,
+    /// Thresholds of its zones (a bin's `--zone`), `{ marche = 60 }`: a market square's
+    /// bins emptied earlier.
+    pub bin_full_zones: BTreeMap<String, u8>,
     /// This commune's language, instead of `alerts.language`.
     pub language: Option<String>,
 }
@@ -147,6 +150,18 @@ impl AlertsConfig {
         }
     }
 
+    /// The fill level from which a bin of `tenant` in `zone` is alerted: its zone's, else
+    /// its commune's, else `alerts.bin_full_percent`; `None`: the round's threshold.
+    pub fn bin_threshold(&self, tenant: &str, zone: Option<&str>) -> Option<u8> {
+        let commune = self.communes.get(tenant);
+        let by_zone = commune
+            .zip(zone)
+            .and_then(|(r, z)| r.bin_full_zones.get(z).copied());
+        by_zone
+            .or(commune.and_then(|r| r.bin_full_percent))
+            .or(self.bin_full_percent)
+    }
+
     /// Checks ranges, addresses and the settings the recipients need.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.interval < Duration::from_secs(1) || self.interval > Duration::from_secs(3600) {
@@ -199,6 +214,9 @@ impl AlertsConfig {
             &format!("alerts.{name}.bin_full_percent"),
             r.bin_full_percent,
         )?;
+        for (zone, p) in &r.bin_full_zones {
+            check_percent(&format!("alerts.{name}.bin_full_zones.{zone}"), Some(*p))?;
+        }
         if let Some(l) = &r.language {
             check_language(&format!("alerts.{name}.language"), l)?;
         }

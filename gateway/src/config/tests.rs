@@ -168,6 +168,17 @@ fn the_alert_settings_of_the_docs_parse_and_bad_ones_are_named() {
     c.validate().unwrap();
     assert!(c.alerts.enabled());
     assert_eq!(c.alerts.communes["lyon"].bin_full_percent, Some(85));
+    assert_eq!(c.alerts.communes["lyon"].bin_full_zones["marche"], 60);
+    let t = |tenant, zone| c.alerts.bin_threshold(tenant, zone);
+    assert_eq!(
+        (
+            t("lyon", Some("marche")),
+            t("lyon", Some("gare")),
+            t("nice", None)
+        ),
+        (Some(60), Some(85), Some(80)),
+        "the zone's, the commune's, the gateway's"
+    );
     let smtp = "[alerts.smtp]\nhost = \"h\"\nfrom = \"v@h.fr\"\n";
     for (bad, says) in [
         (
@@ -187,6 +198,10 @@ fn the_alert_settings_of_the_docs_parse_and_bad_ones_are_named() {
             "alerts.communes.lyon.webhooks[0]: url must be https://",
         ),
         ("[alerts]\ndigest_hour = 24".to_string(), "alerts.digest_hour"),
+        (
+            "[alerts.communes.lyon]\nbin_full_zones = { marche = 0 }".to_string(),
+            "alerts.communes.lyon.bin_full_zones.marche",
+        ),
         ("[alerts]\nlanguage = \"de\"".to_string(), "alerts.language"),
     ] {
         let e = Config::parse(&bad).unwrap().validate().unwrap_err().to_string();

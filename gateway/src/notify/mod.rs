@@ -66,9 +66,7 @@ impl Notifier {
             Err(_) => State::default(),
         };
         Ok(Some(Self {
-            bin_full_percent: cfg
-                .bin_full_percent
-                .unwrap_or(config.round.threshold_percent),
+            bin_full_percent: config.round.threshold_percent,
             cfg,
             gateway: config.mqtt.client_id.clone(),
             buffer_max: config.buffer.max_mib << 20,
@@ -101,11 +99,9 @@ impl Notifier {
         text::audience(lang, name, &self.gateway)
     }
 
-    fn threshold(&self, tenant: &str) -> u8 {
+    fn threshold(&self, tenant: &str, zone: Option<&str>) -> u8 {
         self.cfg
-            .communes
-            .get(tenant)
-            .and_then(|r| r.bin_full_percent)
+            .bin_threshold(tenant, zone)
             .unwrap_or(self.bin_full_percent)
     }
 }
@@ -145,7 +141,12 @@ impl Notifier {
                 .iter()
                 .flat_map(|l| {
                     let state = book.get(&l.tenant, &l.device);
-                    alert::of_device(l, state, now_ms, self.threshold(&l.tenant))
+                    alert::of_device(
+                        l,
+                        state,
+                        now_ms,
+                        self.threshold(&l.tenant, l.zone.as_deref()),
+                    )
                 })
                 .collect::<Vec<_>>()
         });
