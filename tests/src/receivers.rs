@@ -82,3 +82,20 @@ pub fn rejected(server: &Server) -> usize {
         .map(|s| s.lines().count())
         .unwrap_or(0)
 }
+
+/// Webhook calls telling `code` of `device` (empty: none) of `tenant` (empty: the
+/// gateway) in `state` (`started`, `ended`), each with a text saying it.
+pub fn told(hook: &Server, tenant: &str, code: &str, device: &str, state: &str) -> usize {
+    received(hook)
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| {
+            a["alert"] == code
+                && a["state"] == state
+                && a["tenant"].as_str().unwrap_or("") == tenant
+                && a["device"].as_str().unwrap_or("") == device
+                && a["text"].as_str().is_some_and(|t| !t.is_empty())
+        })
+        .count()
+}

@@ -263,19 +263,19 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         let hook = &hook;
         move || {
             lyon.iter()
-                .map(|(code, device)| told_about(hook, "lyon", code, device, state))
+                .map(|(code, device)| receivers::told(hook, "lyon", code, device, state))
                 .collect::<Vec<_>>()
         }
     };
     let started = told("started");
     wait_for("every lyon alert told", LIMIT, async || {
         started().iter().all(|n| *n >= 1)
-            && told_about(&hook, "nice", "commune_held", "", "started") == 1
+            && receivers::told(&hook, "nice", "commune_held", "", "started") == 1
     })
     .await;
     assert_eq!(started(), [1; 8], "{lyon:?}");
     wait_for("the certificate's end told", LIMIT, async || {
-        told_about(&hook, "", "certificate_expiring", "", "started") == 1
+        receivers::told(&hook, "", "certificate_expiring", "", "started") == 1
     })
     .await;
     // Renewed: its end told.
@@ -283,7 +283,7 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     renewed.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(400);
     std::fs::write(&soon, renewed.self_signed(&key).unwrap().pem()).unwrap();
     wait_for("the renewed certificate told", LIMIT, async || {
-        told_about(&hook, "", "certificate_expiring", "", "ended") == 1
+        receivers::told(&hook, "", "certificate_expiring", "", "ended") == 1
     })
     .await;
     let held_mail = mails(
@@ -298,7 +298,10 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     gw.restart();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(started(), [1; 8], "after the restart");
-    assert_eq!(told_about(&hook, "nice", "commune_held", "", "started"), 1);
+    assert_eq!(
+        receivers::told(&hook, "nice", "commune_held", "", "started"),
+        1
+    );
 
     // Everything right again.
     let mut good = nice.reading(2, now);
@@ -322,7 +325,7 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     let ended = told("ended");
     wait_for("every end told", LIMIT, async || {
         ended().iter().all(|n| *n >= 1)
-            && told_about(&hook, "nice", "commune_held", "", "ended") == 1
+            && receivers::told(&hook, "nice", "commune_held", "", "ended") == 1
     })
     .await;
     assert_eq!((started(), ended()), (vec![1; 8], vec![1; 8]), "{lyon:?}");
@@ -330,17 +333,17 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     // The broker lost for a while, then back.
     broker.stop(true);
     wait_for("the broker's loss told", LIMIT, async || {
-        told_about(&hook, "", "broker_down", "", "started") == 1
+        receivers::told(&hook, "", "broker_down", "", "started") == 1
     })
     .await;
     broker.start();
     wait_for("its return told", LIMIT, async || {
-        told_about(&hook, "", "broker_down", "", "ended") == 1
+        receivers::told(&hook, "", "broker_down", "", "ended") == 1
     })
     .await;
     assert_eq!(rejected(&hook), 0);
     assert_eq!(
-        told_about(&hook, "", "certificate_expiring", "", "started"),
+        receivers::told(&hook, "", "certificate_expiring", "", "started"),
         1,
         "once, through the restart"
     );
@@ -354,29 +357,6 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
         lyon.len(),
         texts.len()
     );
-}
-
-/// Webhook calls telling `code` of `device` (empty: none) of `tenant` (empty: the
-/// gateway) in `state`, each with a text saying it.
-fn told_about(
-    hook: &vigie_tests::Server,
-    tenant: &str,
-    code: &str,
-    device: &str,
-    state: &str,
-) -> usize {
-    received(hook)
-        .iter()
-        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
-        .flat_map(|v| v["alerts"].as_array().cloned().unwrap_or_default())
-        .filter(|a| {
-            a["alert"] == code
-                && a["state"] == state
-                && a["tenant"].as_str().unwrap_or("") == tenant
-                && a["device"].as_str().unwrap_or("") == device
-                && a["text"].as_str().is_some_and(|t| !t.is_empty())
-        })
-        .count()
 }
 
 /// The data directory's disk filling up (a 32 MiB tmpfs filled by another file) is told to
@@ -407,20 +387,11 @@ async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() 
     // Another program's file takes 28 of the 32 MiB.
     let filler = disk.path().join("filler");
     std::fs::write(&filler, vec![0u8; 28 << 20]).unwrap();
-    wait_for("the full disk told", LIMIT, async || {
-        told_about(&hook, "", "disk_nearly_full", "", "started") == 1
-    })
-    .await;
+    let told = |state| receivers::told(&hook, "", "disk_nearly_full", "", state);
+    wait_for("the full disk told", LIMIT, async || told("started") == 1).await;
     std::fs::remove_file(&filler).unwrap();
-    wait_for("the room back told", LIMIT, async || {
-        told_about(&hook, "", "disk_nearly_full", "", "ended") == 1
-    })
-    .await;
+    wait_for("the room back told", LIMIT, async || told("ended") == 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let told = (
-        told_about(&hook, "", "disk_nearly_full", "", "started"),
-        told_about(&hook, "", "disk_nearly_full", "", "ended"),
-    );
-    assert_eq!(told, (1, 1));
+    assert_eq!((told("started"), told("ended")), (1, 1));
     assert_eq!(rejected(&hook), 0);
 }

@@ -1,10 +1,13 @@
 //! Scenario 7: database down and a small buffer (2 MiB). The gateway fills the buffer,
 //! then stops acknowledging (metric and log say so) while the broker holds the rest;
-//! nothing is dropped, and everything drains once the database is back.
+//! nothing is dropped, and everything drains once the database is back. The operator's
+//! webhook is told once that the buffer is filling and that acknowledgements are
+//! withheld, and once that each ended.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::receivers::{self, told};
 use vigie_tests::scenario;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, wait_for};
 
@@ -16,8 +19,20 @@ async fn full_buffer_backpressures_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 5);
     let broker = mosquitto(dir.path());
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000003\n",
+    )
+    .unwrap();
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
     let settings = GatewaySettings {
         buffer_mib: (2, 1),
+        extra_toml: format!(
+            "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbuffer_percent = 50\n\
+             [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
+            hook.addr.port(),
+            dir.path().join("hook.key").display()
+        ),
         ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
     };
     let gw = GatewayProcess::start(dir.path(), &settings);
@@ -52,6 +67,16 @@ async fn full_buffer_backpressures_then_drains() {
     assert_eq!(gw.metric("vigie_frames_accepted_total"), Some(accepted));
     assert_eq!(gw.metric("vigie_frames_rejected_total"), Some(0.0));
 
+    let told = |code, state| told(&hook, "", code, "", state);
+    wait_for(
+        "the full buffer told",
+        Duration::from_secs(30),
+        async || {
+            told("buffer_nearly_full", "started") == 1 && told("store_refusing", "started") == 1
+        },
+    )
+    .await;
+
     influx.start();
     let up_at = Instant::now();
     let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(180)).await;
@@ -61,6 +86,20 @@ async fn full_buffer_backpressures_then_drains() {
         async || gw.metric("vigie_buffer_full") == Some(0.0),
     )
     .await;
+    wait_for(
+        "the drained buffer told",
+        Duration::from_secs(30),
+        async || told("buffer_nearly_full", "ended") == 1 && told("store_refusing", "ended") == 1,
+    )
+    .await;
+    for code in ["buffer_nearly_full", "store_refusing"] {
+        assert_eq!(
+            (told(code, "started"), told(code, "ended")),
+            (1, 1),
+            "{code}"
+        );
+    }
+    assert_eq!(receivers::rejected(&hook), 0);
     println!(
         "buffer_full: {got} held_at_broker_while_full={} drain_after_restart={:?}",
         total as f64 - accepted,

@@ -11,7 +11,7 @@ pub mod send;
 pub mod text;
 
 use crate::config::{AlertsConfig, Config};
-use crate::observe::health::{Snapshot, Store, Tenant};
+use crate::observe::health::{Snapshot, Tenant};
 use crate::service::Common;
 use crate::web::page::Lang;
 use chrono::TimeZone;
@@ -128,8 +128,18 @@ pub(crate) async fn run(mut n: Notifier, c: Common) {
         }
         n.tell(&changes, now_ms);
         n.digest(now_ms);
-        n.deliver(&c, now_ms).await;
+        // What was told and what is to be sent, kept before anything is sent.
         n.save();
+        // A send is bounded (20 s) but shutdown does not wait for it: a message cut
+        // short is sent again at the next start.
+        let stopped = tokio::select! {
+            () = c.stopping.cancelled() => true,
+            () = n.deliver(&c, now_ms) => false,
+        };
+        n.save();
+        if stopped {
+            break;
+        }
     }
 }
 
@@ -315,7 +325,9 @@ fn gateway_alerts(h: &Snapshot, used: u64, max: u64, cfg: &AlertsConfig) -> Vec<
     }
     if let Some(problem) = h.store.problem() {
         out.push(gateway(What::StoreRefusing { problem }));
-    } else if max > 0 && used * 100 >= max * u64::from(cfg.buffer_percent) && h.store == Store::Ok {
+    }
+    // Full is nearly full too: one alert from the warning until the buffer drains.
+    if max > 0 && used * 100 >= max * u64::from(cfg.buffer_percent) {
         out.push(gateway(What::BufferNearlyFull { used, max }));
     }
     for (tenant, state) in &h.tenants {
