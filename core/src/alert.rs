@@ -243,27 +243,34 @@ impl Book {
     }
 }
 
-/// How long the backlog must have grown to be told.
-pub const BACKLOG_WINDOW_MS: u64 = 30 * 60_000;
-
-/// The buffer's pending bytes over the last [`BACKLOG_WINDOW_MS`], to tell a backlog
-/// that grows (a database too slow or away) from one that drains.
-#[derive(Debug, Clone, Default)]
+/// The buffer's pending bytes over a window (`alerts.backlog_window`, half an hour by
+/// default), to tell a backlog that grows (a database too slow or away) from one that
+/// drains.
+#[derive(Debug, Clone)]
 pub struct Backlog {
+    window_ms: u64,
     samples: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl Backlog {
+    /// Growth is judged over `window_ms`.
+    pub fn new(window_ms: u64) -> Self {
+        Self {
+            window_ms,
+            samples: Default::default(),
+        }
+    }
+
     /// Takes the pending bytes at `now_ms`; the alert when they are at least `threshold`
     /// and more than at the window's start (a full window seen).
     pub fn observe(&mut self, now_ms: u64, pending: u64, threshold: u64) -> Option<What> {
         self.samples.push_back((now_ms, pending));
         // Keep one sample at or before the window's start.
-        while self.samples.len() > 1 && self.samples[1].0 + BACKLOG_WINDOW_MS <= now_ms {
+        while self.samples.len() > 1 && self.samples[1].0 + self.window_ms <= now_ms {
             self.samples.pop_front();
         }
         let (at, before) = *self.samples.front()?;
-        let full_window = at + BACKLOG_WINDOW_MS <= now_ms;
+        let full_window = at + self.window_ms <= now_ms;
         (full_window && pending >= threshold && pending > before)
             .then_some(What::BacklogGrowing { pending, before })
     }
@@ -431,7 +438,7 @@ mod tests {
 
     #[test]
     fn a_backlog_is_growing_when_above_its_threshold_and_above_half_an_hour_ago() {
-        let mut b = Backlog::default();
+        let mut b = Backlog::new(30 * MIN);
         let mb = 1 << 20;
         assert_eq!(
             b.observe(0, 200 * mb, 100 * mb),

@@ -395,3 +395,46 @@ async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() 
     assert_eq!((told("started"), told("ended")), (1, 1));
     assert_eq!(rejected(&hook), 0);
 }
+
+/// Readings piling up for a commune whose database is missing: the growing backlog told
+/// once to the operator, and its end once after the database is created and it drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_backlog_is_told_once_and_its_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hook.key"),
+        "a-shared-key-of-32-bytes-000004\n",
+    )
+    .unwrap();
+    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
+    fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
+    let (broker, influx) = (mosquitto(dir.path()), influxdb());
+    let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
+    settings.extra_toml = format!(
+        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbacklog_mib = 0\nbacklog_window = \"2s\"\n\
+         [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
+        hook.addr.port(),
+        dir.path().join("hook.key").display()
+    );
+    let _gw = GatewayProcess::start(dir.path(), &settings);
+    let told = |state| receivers::told(&hook, "", "backlog_growing", "", state);
+    // Lyon's database does not exist yet: a reading every 100 ms waits in the buffer.
+    let t = now_s() - 100;
+    for n in 1..=60u32 {
+        let frame = aq.frame(&[aq.reading(n, t + n)], n);
+        fleet::publish_all(broker.addr, &[(aq.topic(), frame)]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if told("started") == 1 {
+            break;
+        }
+    }
+    wait_for("the growing backlog told", LIMIT, async || {
+        told("started") == 1
+    })
+    .await;
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    wait_for("its end told", LIMIT, async || told("ended") == 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((told("started"), told("ended")), (1, 1));
+}

@@ -29,9 +29,12 @@ pub struct AlertsConfig {
     pub disk_free_percent: u8,
     /// The buffer is alerted from this share of `buffer.max_mib` (%).
     pub buffer_percent: u8,
-    /// Readings waiting for the databases are alerted from this many MiB, when more than
-    /// half an hour before.
+    /// Readings waiting for the databases are alerted from this many MiB (0: any), when
+    /// more than `backlog_window` before.
     pub backlog_mib: u64,
+    /// How long a backlog must have grown to be told.
+    #[serde(with = "humantime_serde")]
+    pub backlog_window: Duration,
     /// Certificates (PEM files) to watch besides the broker's and database's CA and the
     /// deployment's CA: the broker's own certificate, say.
     pub certificates: Vec<PathBuf>,
@@ -56,6 +59,7 @@ impl Default for AlertsConfig {
             disk_free_percent: 10,
             buffer_percent: 80,
             backlog_mib: 100,
+            backlog_window: Duration::from_secs(30 * 60),
             certificates: Vec::new(),
             certificate_days: 30,
             smtp: None,
@@ -169,6 +173,11 @@ impl AlertsConfig {
         }
         if self.confirm > Duration::from_secs(24 * 3600) {
             return bad("alerts.confirm must be at most 24 h");
+        }
+        if self.backlog_window < self.interval
+            || self.backlog_window > Duration::from_secs(24 * 3600)
+        {
+            return bad("alerts.backlog_window must be at least alerts.interval and at most 24 h");
         }
         if self.digest_hour > 23 {
             return bad("alerts.digest_hour must be 0 to 23 (local time)");

@@ -79,7 +79,7 @@ impl Notifier {
                 .filter_map(|(t, c)| Some((t.clone(), c.name.clone()?)))
                 .collect(),
             certificates: certs::watched(config),
-            backlog: alert::Backlog::default(),
+            backlog: alert::Backlog::new(config.alerts.backlog_window.as_millis() as u64),
             state,
         }))
     }
