@@ -95,7 +95,7 @@ impl Recipients {
 }
 
 /// A webhook.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `https://…` (`http://` only to this host: 127.0.0.1, ::1, localhost).
@@ -125,6 +125,20 @@ pub struct SmtpConfig {
     pub from: String,
     /// CA certificate (PEM) of a private server; default the host's CA store.
     pub ca_file: Option<PathBuf>,
+}
+
+/// Its host only: the URL's path or query may hold a token.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = reqwest::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        f.debug_struct("WebhookConfig")
+            .field("host", &host)
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
 }
 
 fn default_smtp_port() -> u16 {

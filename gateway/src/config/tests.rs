@@ -207,6 +207,8 @@ fn the_alert_settings_of_the_docs_parse_and_bad_ones_are_named() {
         let e = Config::parse(&bad).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
         assert!(!e.contains("t0ken"), "a webhook URL may hold a token: {e}");
+        let shown = format!("{:?}", Config::parse(&bad).unwrap());
+        assert!(!shown.contains("t0ken"), "{shown}");
     }
 }
 
