@@ -41,6 +41,24 @@ fn calls(hook: &vigie_tests::Server, code: &str, state: &str) -> usize {
         .count()
 }
 
+/// Waits until the gateway counts as sent every message the receivers got: each is then
+/// marked sent on disk (a message cut by a crash before that is sent again, by design).
+async fn all_sent_kept(gw: &GatewayProcess, receivers: &[&vigie_tests::Server]) {
+    wait_for("every message received marked sent", LIMIT, async || {
+        let got: usize = receivers.iter().map(|r| received(r).len()).sum();
+        let sent: f64 = ["email", "webhook"]
+            .iter()
+            .filter_map(|c| {
+                gw.metric(&format!(
+                    "vigie_alert_messages_sent_total{{channel=\"{c}\"}}"
+                ))
+            })
+            .sum();
+        sent as usize == got
+    })
+    .await;
+}
+
 /// A test directory with a CA, the SMTP server and the webhook receiver (its key in
 /// `hook.key`).
 fn receivers() -> (
@@ -109,7 +127,7 @@ async fn a_full_bin_is_told_once_when_it_fills_and_once_when_it_is_emptied() {
     .await;
 
     // Killed while the alert is in force: not told again after the restart.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    all_sent_kept(&gw, &[&smtp, &hook]).await;
     gw.kill9();
     gw.restart();
     send(95, 3).await;
@@ -294,6 +312,7 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
     assert_eq!(held_mail.len(), 1, "{:?}", received(&smtp));
 
     // kill -9 with all of them in force: nothing told again.
+    all_sent_kept(&gw, &[&smtp, &hook]).await;
     gw.kill9();
     gw.restart();
     tokio::time::sleep(Duration::from_secs(4)).await;

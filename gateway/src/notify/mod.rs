@@ -258,8 +258,11 @@ impl Notifier {
             let channel = msg.to.channel();
             match self.send(&msg, now_ms).await {
                 Ok(()) => {
-                    m.sent_of(channel).inc();
+                    // On disk before it counts: a crash now sends it again, never twice
+                    // once counted.
                     self.state.outbox.sent(msg.id);
+                    self.save();
+                    m.sent_of(channel).inc();
                     c.health.set_alerts_error(None);
                 }
                 Err(e) => {
