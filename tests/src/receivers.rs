@@ -99,3 +99,17 @@ pub fn told(hook: &Server, tenant: &str, code: &str, device: &str, state: &str) 
         })
         .count()
 }
+
+/// A webhook receiver for the gateway's operator (its key written to `dir/hook.key`) and
+/// the `[alerts.operator]` section that sends to it.
+pub fn operator_webhook(dir: &Path) -> (Server, String) {
+    let key = dir.join("hook.key");
+    std::fs::write(&key, "a-shared-key-of-32-bytes-000009\n").unwrap();
+    let hook = webhook(&key);
+    let toml = format!(
+        "[alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
+        hook.addr.port(),
+        key.display()
+    );
+    (hook, toml)
+}

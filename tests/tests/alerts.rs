@@ -383,12 +383,7 @@ async fn every_alert_is_told_once_when_it_starts_and_once_when_it_ends_through_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("hook.key"),
-        "a-shared-key-of-32-bytes-000002\n",
-    )
-    .unwrap();
-    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let (hook, operator) = receivers::operator_webhook(dir.path());
     let disk = vigie_tests::tmpfs::Tmpfs::mount(&dir.path().join("disk"), "32m");
     let bin = Device::new("lyon", "bin-1", DeviceKind::WasteBin);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&bin));
@@ -397,10 +392,7 @@ async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() 
     settings.data_dir = Some(disk.path().join("data"));
     settings.buffer_mib = (8, 1);
     settings.extra_toml = format!(
-        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\ndisk_free_percent = 20\n\
-         [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
-        hook.addr.port(),
-        dir.path().join("hook.key").display()
+        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\ndisk_free_percent = 20\n{operator}"
     );
     let _gw = GatewayProcess::start(dir.path(), &settings);
     // Another program's file takes 28 of the 32 MiB.
@@ -420,21 +412,13 @@ async fn a_data_disk_filling_up_is_told_to_the_operator_once_and_its_end_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_growing_backlog_is_told_once_and_its_end_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("hook.key"),
-        "a-shared-key-of-32-bytes-000004\n",
-    )
-    .unwrap();
-    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let (hook, operator) = receivers::operator_webhook(dir.path());
     let aq = Device::new("lyon", "aq-1", DeviceKind::AirQuality);
     fleet::write_registry(&dir.path().join("devices.toml"), std::slice::from_ref(&aq));
     let (broker, influx) = (mosquitto(dir.path()), influxdb());
     let mut settings = GatewaySettings::new("gw", broker.addr, Some(influx.addr));
     settings.extra_toml = format!(
-        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbacklog_mib = 0\nbacklog_window = \"2s\"\n\
-         [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
-        hook.addr.port(),
-        dir.path().join("hook.key").display()
+        "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbacklog_mib = 0\nbacklog_window = \"2s\"\n{operator}"
     );
     let _gw = GatewayProcess::start(dir.path(), &settings);
     let told = |state| receivers::told(&hook, "", "backlog_growing", "", state);

@@ -19,19 +19,11 @@ async fn full_buffer_backpressures_then_drains() {
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 5);
     let broker = mosquitto(dir.path());
-    std::fs::write(
-        dir.path().join("hook.key"),
-        "a-shared-key-of-32-bytes-000003\n",
-    )
-    .unwrap();
-    let hook = receivers::webhook(&dir.path().join("hook.key"));
+    let (hook, operator) = receivers::operator_webhook(dir.path());
     let settings = GatewaySettings {
         buffer_mib: (2, 1),
         extra_toml: format!(
-            "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbuffer_percent = 50\n\
-             [alerts.operator]\nwebhooks = [{{ url = \"http://127.0.0.1:{}/op\", secret_file = \"{}\" }}]\n",
-            hook.addr.port(),
-            dir.path().join("hook.key").display()
+            "[alerts]\ninterval = \"1s\"\nconfirm = \"1s\"\nbuffer_percent = 50\n{operator}"
         ),
         ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
     };

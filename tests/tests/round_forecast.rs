@@ -121,6 +121,27 @@ fn place(seed: u64) -> (f64, f64) {
     (45.74 + 0.036 * h(1), 4.81 + 0.051 * h(2))
 }
 
+/// The length of the minimum spanning tree of `points` (Prim), km.
+fn spanning_tree_km(points: &[(f64, f64)]) -> f64 {
+    use vigie_core::round::km;
+    let mut best: Vec<f64> = points.iter().map(|p| km(points[0], *p)).collect();
+    let mut done = vec![false; points.len()];
+    done[0] = true;
+    let mut total = 0.0;
+    for _ in 1..points.len() {
+        let next = (0..points.len())
+            .filter(|i| !done[*i])
+            .min_by(|a, b| best[*a].total_cmp(&best[*b]))
+            .unwrap();
+        done[next] = true;
+        total += best[next];
+        for i in 0..points.len() {
+            best[i] = best[i].min(km(points[next], points[i]));
+        }
+    }
+    total
+}
+
 #[test]
 fn the_round_of_200_simulated_bins_is_shorter_than_visiting_them_in_id_order() {
     use vigie_core::round::{km, plan};
@@ -147,12 +168,25 @@ fn the_round_of_200_simulated_bins_is_shorter_than_visiting_them_in_id_order() {
         at = b.at;
     }
     id_order += km(at, depot);
+    // The true bound: no round through these stops and the depot is shorter than their
+    // minimum spanning tree (a round less one leg is a spanning tree).
+    let points: Vec<(f64, f64)> = std::iter::once(depot)
+        .chain(due.iter().map(|b| b.at))
+        .collect();
+    let tree = spanning_tree_km(&points);
     eprintln!(
         "collection round of {} due bins among 200 simulated: {:.1} km planned \
-         (nearest neighbour and 2-opt) against {id_order:.1} km in id order ({:.0} %)",
+         (nearest neighbour and 2-opt) against {id_order:.1} km in id order ({:.0} %); \
+         no round can be under {tree:.1} km (minimum spanning tree): the plan is {:.2} of it",
         round.stops.len(),
         round.km,
-        100.0 * round.km / id_order
+        100.0 * round.km / id_order,
+        round.km / tree
+    );
+    assert!(
+        round.km >= tree - 1e-9,
+        "{} km under the bound {tree} km",
+        round.km
     );
     assert!(round.stops.len() >= 100, "{}", round.stops.len());
     assert!(round.km < id_order, "{} km against {id_order} km", round.km);

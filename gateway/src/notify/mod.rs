@@ -36,6 +36,8 @@ pub struct Notifier {
     certificates: Vec<PathBuf>,
     backlog: alert::Backlog,
     state: State,
+    /// What `alerts.json` holds now: written again only when the state differs.
+    saved: Vec<u8>,
 }
 
 /// What `alerts.json` keeps.
@@ -81,6 +83,7 @@ impl Notifier {
             certificates: certs::watched(config),
             backlog: alert::Backlog::new(config.alerts.backlog_window.as_millis() as u64),
             state,
+            saved: Vec::new(),
         }))
     }
 
@@ -301,13 +304,19 @@ impl Notifier {
         }
     }
 
-    fn save(&self) {
+    fn save(&mut self) {
         let path = self.data_dir.join(FILE_NAME);
         let Ok(json) = serde_json::to_vec(&self.state) else {
             return;
         };
-        if let Err(e) = crate::store::fs::write_atomic(&path, &json, 0o640) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save the alerts' state");
+        if json == self.saved {
+            return;
+        }
+        match crate::store::fs::write_atomic(&path, &json, 0o640) {
+            Ok(()) => self.saved = json,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save the alerts' state")
+            }
         }
     }
 }
