@@ -2,12 +2,26 @@
 //! their own cursor, corrupt stretches quarantined), and the catch-up of held tenants from
 //! their own cursors up to the head.
 
-use super::{Batch, CATCH_UP_BATCHES, Chunk, IDLE, Sink, Written, jitter};
+use super::flight::Sent;
+use super::{Batch, Chunk, IDLE, Sink, Written, jitter};
 use crate::ingest::{corrupt_entry, lock};
 use crate::store::buffer::{Entry, Item, Position, Reader};
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 use vigie_core::deliver::retry;
 use vigie_core::record::RecordView;
+
+/// How often the loop looks for held communes' answers while nothing else happens.
+const CATCHING_POLL: Duration = Duration::from_millis(20);
+
+/// A held commune's write from its own cursor, under way.
+#[derive(Debug)]
+pub(super) struct Catching {
+    /// Where its cursor stopped.
+    pub cursor: Reader,
+    /// The write.
+    pub sent: Sent,
+}
 
 impl Sink {
     /// Reads a batch from the head.
@@ -61,6 +75,13 @@ impl Sink {
         if let Some(d) = deadline {
             return d.saturating_duration_since(now);
         }
+        // Writes under way: their answers are taken as soon as nothing new is read.
+        if !self.flights.is_empty() {
+            return Duration::ZERO;
+        }
+        if !self.catching.is_empty() {
+            return CATCHING_POLL;
+        }
         let retry = self
             .lanes
             .next_attempt_in(self.s.clock.now_ms())
@@ -112,43 +133,82 @@ impl Sink {
         }
     }
 
-    /// Retries held tenants that are due, each from its own cursor up to the head.
+    /// Held tenants that are due are written from their own cursors up to the head, one
+    /// write in flight each; the answers that came are taken.
     pub(super) fn catch_up(&mut self) {
         let Some(head) = self.lanes.head else { return };
+        let answered: Vec<String> = (self.catching.iter())
+            .filter(|(_, c)| c.sent.answered())
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in answered {
+            if let Some(c) = self.catching.remove(&tenant) {
+                self.caught(&tenant, c, Some(head));
+            }
+        }
         for tenant in self.lanes.due(self.s.clock.now_ms()) {
-            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
+            if self.catching.contains_key(&tenant) {
                 continue;
-            };
-            let mut cursor = self.s.reader.at(from);
-            for _ in 0..CATCH_UP_BATCHES {
-                let (first, lines) = match self.read_behind(&mut cursor, &tenant, head) {
-                    Ok(Some(read)) => read,
-                    Ok(None) => {
-                        if self.lanes.caught_up_to(&tenant, head) {
-                            self.rejoined(&tenant);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        // Its next try scheduled like a refused write's: returning without
-                        // one left it due at once, a spin (out of descriptors: 364,564
-                        // lines in 5 s).
-                        let wait = self.backoff(&tenant, 0);
-                        self.fall_behind(&tenant, from, format!("buffer read failed: {e}"), wait);
-                        return;
-                    }
-                };
-                match self.write(&tenant, &lines, None) {
-                    Written::Stored if self.lanes.caught_up_to(&tenant, cursor.position()) => {
-                        self.rejoined(&tenant);
-                        break;
-                    }
-                    Written::Stored => {}
-                    Written::Failed { error, wait } => {
-                        self.fall_behind(&tenant, first, error, wait);
-                        break;
-                    }
+            }
+            if let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) {
+                let cursor = self.s.reader.at(from);
+                self.catch_next(&tenant, cursor, head);
+            }
+        }
+    }
+
+    /// Waits for every held commune's write under way and takes the answers, starting no
+    /// more.
+    pub(super) fn catch_up_wait(&mut self) {
+        for (tenant, c) in std::mem::take(&mut self.catching) {
+            self.caught(&tenant, c, None);
+        }
+    }
+
+    /// A held commune's write answered: it goes on up to `head` (if given), rejoins the
+    /// head, or is held again.
+    fn caught(&mut self, tenant: &str, c: Catching, head: Option<Position>) {
+        let Catching { cursor, sent } = c;
+        match self.answer(tenant, &sent.lines, None, sent.started) {
+            Written::Stored if self.lanes.caught_up_to(tenant, cursor.position()) => {
+                self.rejoined(tenant);
+            }
+            Written::Stored => {
+                if let Some(head) = head {
+                    self.catch_next(tenant, cursor, head);
                 }
+            }
+            Written::Failed { error, wait } => self.fall_behind(tenant, sent.first, error, wait),
+        }
+    }
+
+    /// Sends `tenant`'s next lines from `cursor` up to `head`, or lets it rejoin the head
+    /// when none are left.
+    fn catch_next(&mut self, tenant: &str, mut cursor: Reader, head: Position) {
+        match self.read_behind(&mut cursor, tenant, head) {
+            Ok(Some((first, lines))) => {
+                let lines = Bytes::from(lines);
+                let started = self.start(tenant, lines.clone());
+                let sent = Sent {
+                    tenant: tenant.to_string(),
+                    first,
+                    lines,
+                    started,
+                };
+                self.catching
+                    .insert(tenant.to_string(), Catching { cursor, sent });
+            }
+            Ok(None) => {
+                if self.lanes.caught_up_to(tenant, head) {
+                    self.rejoined(tenant);
+                }
+            }
+            Err(e) => {
+                // Its next try scheduled like a refused write's: returning without one
+                // left it due at once, a spin (out of descriptors: 364,564 lines in 5 s).
+                let from = self.lanes.behind.get(tenant).map_or(head, |b| b.from);
+                let wait = self.backoff(tenant, 0);
+                self.fall_behind(tenant, from, format!("buffer read failed: {e}"), wait);
             }
         }
     }
