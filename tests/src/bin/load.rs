@@ -30,6 +30,9 @@ struct Args {
     devices: usize,
     seconds: u64,
     probes: u32,
+    /// The simulated clock's speed: each device samples every 300 s of it, so the fleet
+    /// offers `devices × accel / 300` readings per second.
+    accel: u64,
 }
 
 fn args() -> Args {
@@ -37,23 +40,27 @@ fn args() -> Args {
         devices: 200,
         seconds: 15,
         probes: 60,
+        accel: 100_000,
     };
-    for (flag, value) in vigie_tests::number_flags(&["--devices", "--seconds", "--probes"]) {
+    let flags = ["--devices", "--seconds", "--probes", "--accel"];
+    for (flag, value) in vigie_tests::number_flags(&flags) {
         match flag {
             "--devices" => a.devices = value as usize,
             "--seconds" => a.seconds = value.min(120),
+            "--accel" => a.accel = value.clamp(1, 1_000_000),
             _ => a.probes = value.min(1000) as u32,
         }
     }
     a
 }
 
-/// Fleet options for a run at full speed: a 300 s interval at 100,000× is one sample per
-/// 3 ms per device; each device keeps one frame in flight, batching what queued.
-fn full_speed(broker: SocketAddr, seconds: u64) -> FleetOptions {
+/// Fleet options: a 300 s interval at 100,000× (the default) is one sample per 3 ms per
+/// device, as fast as they go; each device keeps one frame in flight, batching what
+/// queued.
+fn fleet_options(broker: SocketAddr, seconds: u64, accel: u64) -> FleetOptions {
     FleetOptions {
         broker,
-        accel: 100_000.0,
+        accel: accel as f64,
         duration: Duration::from_secs(seconds),
         status_every: 50,
         outages: Vec::new(),
@@ -73,6 +80,7 @@ async fn run_fleet(
     devices: &[Device],
     broker: SocketAddr,
     seconds: u64,
+    accel: u64,
 ) -> (FleetSummary, Instant) {
     let provisioning = devices
         .iter()
@@ -80,7 +88,7 @@ async fn run_fleet(
         .collect();
     let started = Instant::now();
     let (_keep, never) = watch::channel(false);
-    let summary = Fleet::new(provisioning, full_speed(broker, seconds))
+    let summary = Fleet::new(provisioning, fleet_options(broker, seconds, accel))
         .run(never)
         .await;
     (summary, started)
@@ -90,7 +98,7 @@ async fn run_fleet(
 async fn broker_limit(
     devices: &[Device],
     broker: SocketAddr,
-    seconds: u64,
+    (seconds, accel): (u64, u64),
     dir: &std::path::Path,
 ) -> f64 {
     let out = dir.join("sub.txt");
@@ -112,7 +120,7 @@ async fn broker_limit(
         .spawn()
         .expect("mosquitto_sub (Debian package mosquitto-clients)");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (summary, _) = run_fleet(devices, broker, seconds).await;
+    let (summary, _) = run_fleet(devices, broker, seconds, accel).await;
     // Let the subscriber drain, then stop it.
     let mut last = 0;
     loop {
@@ -210,11 +218,15 @@ async fn main() {
     let broker = mosquitto(dir.path());
     devices.pop();
     println!(
-        "load: {} simulated devices, {} s of publishing, {} latency probes, 127.0.0.1",
-        a.devices, a.seconds, a.probes
+        "load: {} simulated devices at {}x ({} readings/s offered), {} s of publishing, {} latency probes, 127.0.0.1",
+        a.devices,
+        a.accel,
+        a.devices as u64 * a.accel / 300,
+        a.seconds,
+        a.probes
     );
 
-    let limit = broker_limit(&devices, broker.addr, a.seconds, dir.path()).await;
+    let limit = broker_limit(&devices, broker.addr, (a.seconds, a.accel), dir.path()).await;
 
     // Phase 2: the gateway with the default linger, InfluxDB 1.x.
     let mut settings = GatewaySettings::new("gw-bench", broker.addr, Some(influx.addr));
@@ -224,7 +236,7 @@ async fn main() {
     let pid = gw.pid().unwrap();
     let cpu_before = cpu_seconds(pid);
     let probing = tokio::spawn(probes(probe, broker.addr, influx.addr, a.probes));
-    let (summary, started) = run_fleet(&devices, broker.addr, a.seconds).await;
+    let (summary, started) = run_fleet(&devices, broker.addr, a.seconds, a.accel).await;
     eprintln!(
         "  fleet done after {:.1} s: {summary}",
         started.elapsed().as_secs_f64()
