@@ -60,8 +60,8 @@ pub fn judge<'m>(
         };
         let outcome = match verify::assess(topic, payload, &cx) {
             Verdict::Accept(a) => {
-                pending.accept(&a.record);
-                plan.accepted.push(*a);
+                pending.accept_with(&a.record, a.seconds);
+                plan.accepted.push(a);
                 Outcome::Store(plan.accepted.len() - 1)
             }
             Verdict::Duplicate { .. } => Outcome::Duplicate,
@@ -90,7 +90,7 @@ pub fn apply<'a>(
 ) -> Vec<Gap> {
     accepted
         .into_iter()
-        .map(|a| book.accept(&a.record))
+        .map(|a| book.accept_with(&a.record, a.seconds))
         .collect()
 }
 
@@ -154,6 +154,13 @@ mod tests {
                 Outcome::Hold(r) => format!("hold {}", r.code()),
                 Outcome::Status { .. } => "status".into(),
             }));
+            for a in &plan.accepted {
+                assert_eq!(
+                    a.seconds,
+                    a.record.seconds(),
+                    "as a restart reads them back"
+                );
+            }
             apply(&mut book, &plan.accepted);
         }
         out

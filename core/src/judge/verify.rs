@@ -14,9 +14,12 @@ use protocol::{Channel, DecodeError, Kind, Topic, Values, topic};
 
 /// What to do with one message.
 #[derive(Debug, Clone, PartialEq)]
+// Not boxed: a verdict is made and moved once per message, and the box was one of the
+// hot path's allocations per reading (callgrind, docs/PERFORMANCE.md).
+#[allow(clippy::large_enum_variant)]
 pub enum Verdict {
     /// Store, then acknowledge.
-    Accept(Box<Accepted>),
+    Accept(Accepted),
     /// Already stored (redelivery) or replayed inside the window: acknowledge, count.
     Duplicate {
         /// Tenant.
@@ -57,6 +60,9 @@ pub struct Accepted {
     pub dropped: Option<i64>,
     /// What the status page shows of it.
     pub glance: Glance,
+    /// Its kind and the first and last seconds of its readings (what
+    /// [`Record::seconds`] reads back from its lines).
+    pub seconds: Option<Seconds>,
 }
 
 /// What a judgement depends on besides the message: the registry, the counters already
@@ -176,16 +182,21 @@ fn replayed_or_untimely<C: Counters + ?Sized>(
             Err(reason) => return Some(Verdict::Hold(reason)),
         }
     }
-    // Readings are in time order: the first and last carry the frame's span.
-    let (first, last) = (readings.first()?, readings.last()?);
-    let seconds = Seconds {
-        kind: f.kind.code(),
-        first: first.time,
-        last: last.time,
-    };
+    let seconds = span(f, readings)?;
     cx.counters
         .collides(f.who, f.epoch, f.counter, &seconds)
         .then_some(Verdict::Reject(Reason::TimeCollision))
+}
+
+/// The frame's kind and the seconds of its first and last readings (they are in time
+/// order); `None` for a frame without readings.
+fn span(f: &Opened<'_>, readings: &protocol::Readings) -> Option<Seconds> {
+    let (first, last) = (readings.first()?, readings.last()?);
+    Some(Seconds {
+        kind: f.kind.code(),
+        first: first.time,
+        last: last.time,
+    })
 }
 
 /// An accepted frame: its record (line protocol with quality flags) and what it tells
@@ -214,7 +225,7 @@ fn accept(
             Values::AirQuality(_) | Values::Energy(_) => {}
         }
     }
-    Verdict::Accept(Box::new(Accepted {
+    Verdict::Accept(Accepted {
         record: Record {
             tenant: dev.names.0.clone(),
             device: dev.names.1.clone(),
@@ -230,7 +241,8 @@ fn accept(
         battery_mv,
         dropped,
         glance,
-    }))
+        seconds: span(f, readings),
+    })
 }
 
 /// The frame's authentication tag: its last bytes (the frame verified, so they exist).
@@ -305,6 +317,27 @@ mod tests {
             clock_synced: synced,
         };
         assess(topic, payload, &cx)
+    }
+
+    #[test]
+    fn the_judged_seconds_are_those_the_lines_give_back() {
+        // The hot path keeps the seconds the judge read from the readings; a restart reads
+        // them back from the buffer's lines (`Record::seconds`): they must agree, counter
+        // milliseconds and all.
+        let t = NOW as u32 - 600;
+        for (readings, counter) in [
+            (vec![aq(t)], 0),
+            (vec![aq(t)], 999),
+            (vec![aq(t), aq(t + 1), aq(t + 300)], 1_234_567),
+        ] {
+            let f = frame(("lyon", "aq-1"), &readings, counter);
+            let Verdict::Accept(a) = judge("vigie/v1/lyon/aq-1/up", &f, &ReplayBook::default())
+            else {
+                panic!("not accepted")
+            };
+            assert!(a.seconds.is_some());
+            assert_eq!(a.seconds, a.record.seconds(), "counter {counter}");
+        }
     }
 
     #[test]

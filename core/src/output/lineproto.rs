@@ -62,6 +62,23 @@ fn push_tag(out: &mut String, key: &str, value: Option<&str>) {
     }
 }
 
+/// `items` joined by commas as one tag value, escaped as [`escape_tag`] escapes the
+/// joined text (written in place: joining first was an allocation per flagged reading).
+fn push_list_tag(out: &mut String, key: &str, items: &[&str]) {
+    if items.is_empty() {
+        return;
+    }
+    out.push(',');
+    out.push_str(key);
+    out.push('=');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            escape_tag(out, ",");
+        }
+        escape_tag(out, item);
+    }
+}
+
 /// Where string values go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,7 +108,6 @@ pub fn encode(
     strings: StringFields,
 ) {
     let (faults, fault_count, version) = faults_and_version(reading);
-    let quality_text = quality.join(",");
     let as_tags = strings == StringFields::Tags;
     out.push_str(reading.values.kind().measurement());
     out.push_str(&tags.head);
@@ -100,7 +116,7 @@ pub fn encode(
         push_tag(out, "faults", Some(&faults));
         let version_tag = version.as_ref().map(|(_, v)| v.as_str());
         push_tag(out, "firmwareVersion", version_tag);
-        push_tag(out, "quality", Some(&quality_text));
+        push_list_tag(out, "quality", quality);
     }
     out.push_str(&tags.tail);
     let mut w = Fields { sep: ' ' };
@@ -114,11 +130,20 @@ pub fn encode(
             out.push('i');
         }
     } else {
-        for (name, text) in [("faults", &faults), ("quality", &quality_text)] {
-            if !text.is_empty() {
-                w.name(out, name);
-                let _ = write!(out, "\"{text}\"");
+        if !faults.is_empty() {
+            w.name(out, "faults");
+            let _ = write!(out, "\"{faults}\"");
+        }
+        if !quality.is_empty() {
+            w.name(out, "quality");
+            out.push('"');
+            for (i, flag) in quality.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(flag);
             }
+            out.push('"');
         }
     }
     out.push(' ');
@@ -514,6 +539,34 @@ mod tests {
         assert_eq!(
             s,
             "air_quality,device=aq-0001,faults=pm25\\,pm10,tenant=lyon faultCount=2i 12000\n"
+        );
+    }
+
+    #[test]
+    fn several_quality_flags_are_one_tag_or_one_string_field() {
+        let r = Reading {
+            time: 12,
+            values: Values::AirQuality(AirQuality {
+                pm25: Field::Value(50),
+                ..AirQuality::default()
+            }),
+        };
+        let flags = ["pm1_above_pm25", "pm25_above_pm10"];
+        let tags = TagSet::new(&Tags {
+            site: None,
+            ..tags()
+        });
+        let mut s = String::new();
+        encode(&mut s, &r, &tags, &flags, 1000, StringFields::Tags);
+        assert!(
+            s.contains(",quality=pm1_above_pm25\\,pm25_above_pm10,"),
+            "{s}"
+        );
+        s.clear();
+        encode(&mut s, &r, &tags, &flags, 1000, StringFields::Fields);
+        assert!(
+            s.contains(",quality=\"pm1_above_pm25,pm25_above_pm10\" "),
+            "{s}"
         );
     }
 }

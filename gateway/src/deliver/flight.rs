@@ -42,6 +42,8 @@ pub(super) struct Sent {
     pub first: Position,
     /// The lines (kept to halve a refused batch).
     pub lines: Bytes,
+    /// How many.
+    pub count: usize,
     /// The request.
     pub started: Started,
 }
@@ -96,6 +98,7 @@ impl Sink {
                 tenant,
                 first: chunk.first,
                 lines,
+                count: chunk.readings,
                 started,
             });
         }
@@ -174,6 +177,7 @@ impl Sink {
                 tenant,
                 first,
                 lines,
+                count,
                 started,
             } = sent;
             if self
@@ -189,8 +193,8 @@ impl Sink {
                 continue;
             }
             let records = flight.end.map(|end| Lines::Records { first, end });
-            if let Written::Failed { error, wait } = self.answer(&tenant, &lines, records, started)
-            {
+            let written = self.answer(&tenant, (&lines, count), records, started);
+            if let Written::Failed { error, wait } = written {
                 self.fall_behind(&tenant, first, error, wait);
             }
         }
@@ -218,10 +222,11 @@ impl Sink {
         Started::Running { task, at }
     }
 
-    /// Writes `lines` for `tenant` and waits for the answer (halves of a refused batch).
-    pub(super) fn write(&mut self, tenant: &str, lines: Bytes, records: Option<Lines>) -> Written {
+    /// Writes `count` `lines` for `tenant` and waits for the answer (halves of a refused
+    /// batch).
+    pub(super) fn write(&mut self, tenant: &str, lines: Bytes, count: usize) -> Written {
         let started = self.start(tenant, lines.clone());
-        self.answer(tenant, &lines, records, started)
+        self.answer(tenant, (&lines, count), None, started)
     }
 
     /// Waits for a write's answer and acts on it: stored (or awaiting VictoriaMetrics'
@@ -229,7 +234,7 @@ impl Sink {
     pub(super) fn answer(
         &mut self,
         tenant: &str,
-        lines: &Bytes,
+        (lines, count): (&Bytes, usize),
         records: Option<Lines>,
         started: Started,
     ) -> Written {
@@ -251,7 +256,7 @@ impl Sink {
         };
         let class = match action {
             Action::Done => {
-                self.written(tenant, lines, records, took);
+                self.written(tenant, (lines, count), records, took);
                 return Written::Stored;
             }
             Action::Split => "split",
@@ -282,8 +287,13 @@ impl Sink {
 
     /// A write the database answered 2xx: timed, and stored once the database's counters
     /// say it kept the lines (VictoriaMetrics), at once otherwise.
-    fn written(&mut self, tenant: &str, lines: &Bytes, records: Option<Lines>, took: Duration) {
-        let n = lines.iter().filter(|&&b| b == b'\n').count();
+    fn written(
+        &mut self,
+        tenant: &str,
+        (lines, n): (&Bytes, usize),
+        records: Option<Lines>,
+        took: Duration,
+    ) {
         let metrics = &self.s.metrics;
         metrics.write_duration.observe(took.as_secs_f64());
         metrics.batch_lines.observe(n as f64);

@@ -67,7 +67,8 @@ impl Sink {
         for half in [a, b] {
             let mut text = half.join("\n");
             text.push('\n');
-            if let failed @ Written::Failed { .. } = self.write(tenant, Bytes::from(text), None) {
+            let written = self.write(tenant, Bytes::from(text), half.len());
+            if let failed @ Written::Failed { .. } = written {
                 return failed;
             }
         }

@@ -97,6 +97,7 @@ const IDLE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Chunk {
     lines: String,
+    readings: usize,
     first: Position,
 }
 

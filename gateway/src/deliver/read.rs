@@ -95,14 +95,21 @@ impl Sink {
             Ok(r) if self.lanes.is_behind(r.tenant) => false,
             Ok(r) => {
                 batch.lines += r.readings as usize;
-                let chunk = batch
-                    .by_tenant
-                    .entry(r.tenant.to_owned())
-                    .or_insert_with(|| Chunk {
+                // Looked up before inserting: `entry` wants an owned key, an allocation
+                // per record.
+                if !batch.by_tenant.contains_key(r.tenant) {
+                    let chunk = Chunk {
                         lines: String::new(),
+                        readings: 0,
                         first: e.start,
-                    });
+                    };
+                    batch.by_tenant.insert(r.tenant.to_owned(), chunk);
+                }
+                let Some(chunk) = batch.by_tenant.get_mut(r.tenant) else {
+                    return false;
+                };
                 chunk.lines.push_str(r.lines);
+                chunk.readings += r.readings as usize;
                 true
             }
             Err(err) => {
@@ -169,7 +176,7 @@ impl Sink {
     /// head, or is held again.
     fn caught(&mut self, tenant: &str, c: Catching, head: Option<Position>) {
         let Catching { cursor, sent } = c;
-        match self.answer(tenant, &sent.lines, None, sent.started) {
+        match self.answer(tenant, (&sent.lines, sent.count), None, sent.started) {
             Written::Stored if self.lanes.caught_up_to(tenant, cursor.position()) => {
                 self.rejoined(tenant);
             }
@@ -186,13 +193,14 @@ impl Sink {
     /// when none are left.
     fn catch_next(&mut self, tenant: &str, mut cursor: Reader, head: Position) {
         match self.read_behind(&mut cursor, tenant, head) {
-            Ok(Some((first, lines))) => {
+            Ok(Some((first, lines, count))) => {
                 let lines = Bytes::from(lines);
                 let started = self.start(tenant, lines.clone());
                 let sent = Sent {
                     tenant: tenant.to_string(),
                     first,
                     lines,
+                    count,
                     started,
                 };
                 self.catching
@@ -214,13 +222,13 @@ impl Sink {
     }
 
     /// The next batch of `tenant`'s lines from `cursor` up to `head`, with the position of
-    /// its first record; `None` when there are none left.
+    /// its first record and how many lines; `None` when there are none left.
     fn read_behind(
         &self,
         cursor: &mut Reader,
         tenant: &str,
         head: Position,
-    ) -> std::io::Result<Option<(Position, String)>> {
+    ) -> std::io::Result<Option<(Position, String, usize)>> {
         let (mut lines, mut first, mut count) = (String::new(), None, 0);
         loop {
             match cursor.next_before(head)? {
@@ -241,6 +249,6 @@ impl Sink {
                 None => break,
             }
         }
-        Ok(first.map(|f| (f, lines)))
+        Ok(first.map(|f| (f, lines, count)))
     }
 }

@@ -17,11 +17,8 @@ impl Worker {
         for e in &frames {
             match hex::decode(&e.payload) {
                 Ok(payload) if e.origin == Origin::Mqtt => messages.push(Inbound {
-                    topic: e.topic.clone(),
-                    payload,
-                    received_ms: e.received_ms,
-                    ack: None,
                     quarantined_as: Some(e.reason.clone()),
+                    ..Inbound::new(e.topic.as_bytes(), &payload, e.received_ms, None)
                 }),
                 // Not replayable (damaged buffer bytes): kept as it is.
                 _ => self.quarantine.add(e),

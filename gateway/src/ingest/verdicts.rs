@@ -26,8 +26,8 @@ impl Worker {
                 summary.rejected += 1;
                 self.quarantine.add(&quarantine::Entry::rejected(
                     m.received_ms,
-                    &m.topic,
-                    &m.payload,
+                    m.topic(),
+                    m.payload(),
                     &Reason::CounterReused,
                 ));
             }
@@ -65,7 +65,7 @@ impl Worker {
     /// A refused frame: logged (rate-limited), counted, on the feed and its device, and
     /// quarantined once.
     fn rejected(&mut self, m: &Inbound, reason: &Reason) {
-        self.log_rejection(&m.topic, reason, m.received_ms);
+        self.log_rejection(m.topic(), reason, m.received_ms);
         self.metrics
             .frames_rejected
             .get_or_create(&ReasonLabel {
@@ -75,14 +75,14 @@ impl Worker {
         self.to_feed(m, Verdict::Rejected, Some(reason.code()));
         // Counted on the device only if the topic names a registered one: anyone may
         // publish on any name, and the state must stay bounded.
-        if let Ok(t) = protocol::topic::Topic::parse(&m.topic)
+        if let Ok(t) = protocol::topic::Topic::parse(m.topic())
             && let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str())
             && let Some(dev) = self.registry.get(tenant, device)
         {
             // A frame whose tag verified arrived: its counter is not missing.
             let arrived = reason
                 .after_authentication()
-                .then(|| protocol::peek(&m.payload).ok())
+                .then(|| protocol::peek(m.payload()).ok())
                 .flatten()
                 .filter(|_| *reason != Reason::CounterReused);
             let highest = self.book.highest(tenant, device, dev.key.epoch());
@@ -98,12 +98,12 @@ impl Worker {
         // back there whatever the recent arrivals (its entry was taken out for the replay).
         if reason.settles()
             || m.quarantined_as.is_some()
-            || self.refused_lately.first_time(&m.topic, &m.payload)
+            || self.refused_lately.first_time(m.topic(), m.payload())
         {
             self.quarantine.add(&quarantine::Entry::rejected(
                 m.received_ms,
-                &m.topic,
-                &m.payload,
+                m.topic(),
+                m.payload(),
                 reason,
             ));
         }
@@ -121,7 +121,7 @@ impl Worker {
             })
             .inc();
         self.to_feed(m, Verdict::Held, Some(reason.code()));
-        if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
+        if let Ok(t) = protocol::topic::Topic::parse(m.topic()) {
             let (tenant, device) = (t.who.tenant.as_str(), t.who.device.as_str());
             self.traffic
                 .devices
@@ -157,8 +157,8 @@ impl Worker {
         if m.quarantined_as.is_some() {
             self.quarantine.add(&quarantine::Entry::rejected(
                 m.received_ms,
-                &m.topic,
-                &m.payload,
+                m.topic(),
+                m.payload(),
                 &reason,
             ));
         }
@@ -268,7 +268,7 @@ impl Worker {
     }
     /// Tells the live feed what became of a message whose topic names a device.
     fn to_feed(&self, m: &Inbound, verdict: Verdict, reason: Option<&'static str>) {
-        if let Ok(t) = protocol::topic::Topic::parse(&m.topic) {
+        if let Ok(t) = protocol::topic::Topic::parse(m.topic()) {
             self.traffic.feed.push(feed::New {
                 at_ms: m.received_ms,
                 tenant: t.who.tenant.as_str(),

@@ -140,12 +140,7 @@ impl Worker {
             now_s: self.clock.now_ms() / 1000,
             clock_synced: self.host_clock.synchronised(),
         };
-        let mut plan = batch::judge(
-            messages
-                .iter()
-                .map(|m| (m.topic.as_str(), m.payload.as_slice())),
-            &cx,
-        );
+        let mut plan = batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx);
         let mut summary = ReplaySummary {
             replayed: messages.len(),
             ..ReplaySummary::default()
@@ -169,7 +164,7 @@ impl Worker {
             && reason.settles()
             && !self
                 .quarantine
-                .admits_kept(&m.topic, quarantine::entry_bytes(&m.topic, &m.payload))
+                .admits_kept(m.topic(), quarantine::entry_bytes(m.topic(), m.payload()))
         {
             *outcome = Outcome::Hold(reason);
         }
@@ -229,7 +224,7 @@ impl Worker {
         }
         let mut settled = Settled::default();
         for (i, m) in chunk.iter().enumerate() {
-            settled.note(plan, first + i, &m.topic, &m.payload);
+            settled.note(plan, first + i, m.topic(), m.payload());
         }
         self.acknowledge_devices(&settled, acks);
     }

@@ -320,11 +320,18 @@ impl ReplayBook {
         self.windows.get(tenant).and_then(|d| d.get(device))
     }
 
-    /// Records a durable frame (its tag and the seconds of its readings when known).
-    /// Returns what it says of missing counters.
+    /// Records a durable frame (its tag and the seconds of its readings, read back from
+    /// its lines: a record of the buffer at a restart). Returns what it says of missing
+    /// counters.
     pub fn accept(&mut self, record: &Record) -> Gap {
+        self.accept_with(record, record.seconds())
+    }
+
+    /// [`Self::accept`] with the seconds already known (a frame just judged: the judge
+    /// read them from its readings, equal to what its lines give).
+    pub fn accept_with(&mut self, record: &Record, seconds: Option<Seconds>) -> Gap {
         let r = record;
-        self.accept_counter(&r.tenant, &r.device, r.epoch, r.counter, r.tag, r.seconds())
+        self.accept_counter(&r.tenant, &r.device, r.epoch, r.counter, r.tag, seconds)
     }
 
     fn accept_counter(
@@ -385,8 +392,13 @@ pub struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    /// Notes a frame this batch accepts.
+    /// Notes a frame this batch accepts (its seconds read back from its lines).
     pub fn accept(&mut self, record: &Record) {
+        self.accept_with(record, record.seconds());
+    }
+
+    /// [`Self::accept`] with the seconds already known.
+    pub fn accept_with(&mut self, record: &Record, seconds: Option<Seconds>) {
         let (tenant, device, epoch) = (&*record.tenant, &*record.device, record.epoch);
         let devices = match self.touched.get_mut(tenant) {
             Some(d) => d,
@@ -401,7 +413,7 @@ impl Pending<'_> {
                     .unwrap_or_else(|| Slot::new(epoch))
             }),
         };
-        slot.accept(epoch, record.counter, record.tag, record.seconds());
+        slot.accept(epoch, record.counter, record.tag, seconds);
     }
 }
 

@@ -249,13 +249,7 @@ impl Shell {
             return;
         }
         let ack = (p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid));
-        let m = Inbound {
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload.to_vec(),
-            received_ms,
-            ack,
-            quarantined_as: None,
-        };
+        let m = Inbound::new(&p.topic, &p.payload, received_ms, ack);
         intake.inc_by(m.bytes() as i64);
         self.queue.push_back(m);
     }
