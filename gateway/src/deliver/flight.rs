@@ -10,6 +10,7 @@
 //! own cursor the same way, without an error: one slow database never slows the others.
 
 use super::confirm::Lines;
+use super::lanes::Lanes;
 use super::{Answer, Sink, Written};
 use crate::observe::metrics::ClassLabel;
 use crate::store::buffer::Position;
@@ -17,6 +18,9 @@ use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use vigie_core::deliver::retry::{self, Action};
+
+/// How often a wait for a write past `batch.slow_after` looks again at who waits.
+const SLOW_POLL: Duration = Duration::from_millis(50);
 
 /// A head batch whose writes are under way.
 #[derive(Debug)]
@@ -28,8 +32,11 @@ pub(super) struct Flight {
 }
 
 impl Flight {
-    fn answered(&self) -> bool {
-        self.sent.iter().all(Sent::answered)
+    /// Every write answered, or of a commune held since (its answer is not awaited).
+    fn settled(&self, lanes: &Lanes) -> bool {
+        self.sent
+            .iter()
+            .all(|s| s.answered() || s.held_since(lanes))
     }
 }
 
@@ -49,6 +56,14 @@ pub(super) struct Sent {
 }
 
 impl Sent {
+    /// Its commune went behind at or before it: its own cursor writes these lines again.
+    fn held_since(&self, lanes: &Lanes) -> bool {
+        lanes
+            .behind
+            .get(&self.tenant)
+            .is_some_and(|b| b.from <= self.first)
+    }
+
     pub fn answered(&self) -> bool {
         match &self.started {
             Started::Refused(_) | Started::Answered(..) => true,
@@ -107,22 +122,20 @@ impl Sink {
     }
 
     /// Takes the answers of the oldest batches in flight, in order: those already
-    /// answered, the oldest whatever it takes when `wait` or when `batch.in_flight` are
-    /// under way.
-    pub(super) fn retire(&mut self, wait: bool) {
-        let mut wait = wait || self.flights.len() >= self.s.cfg.in_flight;
+    /// answered, waiting for the oldest while `batch.in_flight` are under way, and for
+    /// every one with `all` (stopping, or before VictoriaMetrics' counters are read).
+    pub(super) fn retire(&mut self, all: bool) {
         while let Some(front) = self.flights.front() {
-            if !wait && !front.answered() {
-                return;
-            }
-            if !front.answered() {
+            if !front.settled(&self.lanes) {
+                if !all && self.flights.len() < self.s.cfg.in_flight {
+                    return;
+                }
                 self.wait_front();
             }
             let Some(flight) = self.flights.pop_front() else {
                 return;
             };
             self.land(flight);
-            wait = self.flights.len() >= self.s.cfg.in_flight;
         }
     }
 
@@ -131,48 +144,63 @@ impl Sink {
     /// cursor.
     fn wait_front(&mut self) {
         let slow_after = self.s.cfg.slow_after;
-        let Some(front) = self.flights.front_mut() else {
-            return;
-        };
-        for sent in &mut front.sent {
-            if let Started::Running { task, at } = &mut sent.started {
-                let left = slow_after.saturating_sub(at.elapsed());
-                // The timer is made inside the runtime (this thread is not one of its own).
-                let wait = async { tokio::time::timeout(left, task).await };
-                let waited = self.s.runtime.block_on(wait);
-                if let Ok(out) = waited {
-                    let (answer, took) = outcome(out);
-                    sent.started = Started::Answered(answer, took);
+        loop {
+            let Some(front) = self.flights.front_mut() else {
+                return;
+            };
+            for sent in &mut front.sent {
+                if let Started::Running { task, at } = &mut sent.started {
+                    // Past `slow_after`, in short waits: who waits behind may change.
+                    let left = slow_after.saturating_sub(at.elapsed()).max(SLOW_POLL);
+                    // The timer is made inside the runtime (this thread is not its own).
+                    let wait = async { tokio::time::timeout(left, task).await };
+                    if let Ok(out) = self.s.runtime.block_on(wait) {
+                        let (answer, took) = outcome(out);
+                        sent.started = Started::Answered(answer, took);
+                    }
                 }
             }
+            let slow: Vec<(String, Position)> = (front.sent.iter())
+                .filter(|s| !s.answered() && !s.held_since(&self.lanes))
+                .map(|s| (s.tenant.clone(), s.first))
+                .collect();
+            if slow.is_empty() {
+                return;
+            }
+            let others_wait = self.flights.iter().skip(1).any(|f| {
+                (f.sent.iter()).any(|s| s.answered() && slow.iter().all(|(t, _)| *t != s.tenant))
+            });
+            if others_wait {
+                for (tenant, first) in slow {
+                    self.went_slow(&tenant, first);
+                }
+                return;
+            }
         }
-        let slow: Vec<(String, Position)> = front
-            .sent
-            .iter()
-            .filter(|s| !s.answered())
-            .map(|s| (s.tenant.clone(), s.first))
-            .collect();
-        let others_wait = self.flights.iter().skip(1).any(|f| {
-            f.sent
-                .iter()
-                .any(|s| s.answered() && !slow.iter().any(|(t, _)| *t == s.tenant))
-        });
-        if !others_wait {
-            return;
-        }
-        for (tenant, first) in slow {
-            tracing::warn!(
-                tenant,
-                "database slower than the flow (no answer in {slow_after:?} while other communes wait): this commune is written on its own cursor until it keeps up"
-            );
-            self.s.metrics.tenant_slow.of(&tenant).inc();
-            self.lanes.slow(&tenant, first, self.s.clock.now_ms());
-        }
+    }
+
+    /// `tenant`'s database is slower than the flow: its commune goes on its own cursor
+    /// from `first`, without an error.
+    fn went_slow(&mut self, tenant: &str, first: Position) {
+        let slow_after = self.s.cfg.slow_after;
+        tracing::warn!(
+            tenant,
+            "database slower than the flow (no answer in {slow_after:?} while other communes wait): this commune is written on its own cursor until it keeps up"
+        );
+        self.s.metrics.tenant_slow.of(tenant).inc();
+        self.lanes.slow(tenant, first, self.s.clock.now_ms());
     }
 
     /// Takes a batch's answers: stored, or its commune held from its first record.
     fn land(&mut self, flight: Flight) {
         for sent in flight.sent {
+            if sent.held_since(&self.lanes) {
+                // Held since it was sent: its own cursor writes these lines again.
+                if let Started::Running { task, .. } = sent.started {
+                    task.abort();
+                }
+                continue;
+            }
             let Sent {
                 tenant,
                 first,
@@ -180,18 +208,6 @@ impl Sink {
                 count,
                 started,
             } = sent;
-            if self
-                .lanes
-                .behind
-                .get(&tenant)
-                .is_some_and(|b| b.from <= first)
-            {
-                // Held since it was sent: its own cursor writes these lines again.
-                if let Started::Running { task, .. } = started {
-                    task.abort();
-                }
-                continue;
-            }
             let records = flight.end.map(|end| Lines::Records { first, end });
             let written = self.answer(&tenant, (&lines, count), records, started);
             if let Written::Failed { error, wait } = written {
@@ -312,9 +328,7 @@ impl Sink {
     /// Every write in flight answered and taken (before VictoriaMetrics' counters are
     /// read: a write they might count must be known to be waiting for them).
     pub(super) fn quiesce(&mut self) {
-        while !self.flights.is_empty() {
-            self.retire(true);
-        }
+        self.retire(true);
         self.catch_up_wait();
     }
 

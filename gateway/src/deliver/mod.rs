@@ -241,8 +241,8 @@ impl Sink {
             if read {
                 self.dispatch(batch);
             }
-            // Nothing new to read: the oldest write's answer is what comes next.
-            self.retire(!read);
+            // Stopping: what is in flight is answered before anything else.
+            self.retire(stopping);
             if !stopping {
                 self.catch_up();
             }

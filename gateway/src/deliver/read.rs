@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use vigie_core::deliver::retry;
 use vigie_core::record::RecordView;
 
-/// How often the loop looks for held communes' answers while nothing else happens.
-const CATCHING_POLL: Duration = Duration::from_millis(20);
+/// How often the loop looks for the answers of writes under way while nothing else
+/// happens.
+const ANSWER_POLL: Duration = Duration::from_millis(20);
 
 /// A held commune's write from its own cursor, under way.
 #[derive(Debug)]
@@ -75,12 +76,9 @@ impl Sink {
         if let Some(d) = deadline {
             return d.saturating_duration_since(now);
         }
-        // Writes under way: their answers are taken as soon as nothing new is read.
-        if !self.flights.is_empty() {
-            return Duration::ZERO;
-        }
-        if !self.catching.is_empty() {
-            return CATCHING_POLL;
+        // Writes under way: their answers are looked for while new records are awaited.
+        if !self.flights.is_empty() || !self.catching.is_empty() {
+            return ANSWER_POLL;
         }
         let retry = self
             .lanes

@@ -85,3 +85,41 @@ fn a_slow_database_never_slows_the_others_and_its_readings_are_counted_once() {
     );
     assert_eq!(metrics.readings_stored.of("nice").get(), 400);
 }
+
+#[test]
+fn at_a_low_rate_too_a_slow_database_never_slows_the_others() {
+    let mut run = start(BTreeMap::new(), None, Vec::new());
+    run.delays
+        .lock()
+        .unwrap()
+        .insert("lyon".into(), Duration::from_millis(1_500));
+    // Ten small batches, one every 100 ms: the pipeline fills only with time.
+    for group in 0..10u32 {
+        let records: Vec<_> = (0..4)
+            .map(|i| {
+                let n = group * 4 + i;
+                let tenant = if n % 2 == 0 { "lyon" } else { "nice" };
+                record(tenant, n, &format!("m v={n} {n}"))
+            })
+            .collect();
+        run.buffer.append(&records).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = Instant::now();
+    run.wait_for("nice stored", |r| {
+        r.metrics.readings_stored.of("nice").get() >= 20
+    });
+    let lag = last.elapsed();
+    // lyon's writes take 1.5 s each; nice waits at most batch.slow_after (300 ms) behind
+    // one of them.
+    assert!(
+        lag < Duration::from_millis(900),
+        "nice's last readings {lag:?} late"
+    );
+    run.wait_for("lyon stored", |r| {
+        r.metrics.readings_stored.of("lyon").get() >= 20
+    });
+    let (_, metrics, _dir) = run.stop();
+    assert_eq!(metrics.readings_stored.of("lyon").get(), 20, "counted once");
+    assert!(metrics.tenant_slow.of("lyon").get() >= 1);
+}
