@@ -142,7 +142,10 @@ step "fuzz (${FUZZ_SECONDS}s per target)"
 export RUSTC_BOOTSTRAP=1
 for target in open body blob; do
     log="$(mktemp)"
-    if ! cargo fuzz run --fuzz-dir fuzz -O "$target" -- -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1; then
+    # Inputs that once failed (fuzz/seeds/<target>) are run first, every time.
+    mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
+    if ! cargo fuzz run --fuzz-dir fuzz -O "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
+        -- -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "fuzz target $target failed; the crashing input is under fuzz/artifacts/$target/" >&2
         exit 1
