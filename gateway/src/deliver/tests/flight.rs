@@ -22,13 +22,16 @@ fn distinct(run: &Run, tenant: &str) -> usize {
     lines.len()
 }
 
+/// A sink with nothing buffered yet, lyon's database answering in `delay`.
+fn lyon_answering_in(delay: Duration) -> Run {
+    let run = start(BTreeMap::new(), None, Vec::new());
+    run.delays.lock().unwrap().insert("lyon".into(), delay);
+    run
+}
+
 #[test]
 fn several_batches_are_written_at_once_and_each_reading_counted_once() {
-    let mut run = start(BTreeMap::new(), None, Vec::new());
-    run.delays
-        .lock()
-        .unwrap()
-        .insert("lyon".into(), Duration::from_millis(50));
+    let mut run = lyon_answering_in(Duration::from_millis(50));
     run.buffer.append(&alternating(&["lyon"], 1_000)).unwrap();
     run.wait_for("1,000 stored", |r| stored(&r.metrics) >= 1_000);
     let most = run.flying.most.load(Ordering::SeqCst);
@@ -43,11 +46,7 @@ fn several_batches_are_written_at_once_and_each_reading_counted_once() {
 
 #[test]
 fn a_slow_database_never_slows_the_others_and_its_readings_are_counted_once() {
-    let mut run = start(BTreeMap::new(), None, Vec::new());
-    run.delays
-        .lock()
-        .unwrap()
-        .insert("lyon".into(), Duration::from_millis(800));
+    let mut run = lyon_answering_in(Duration::from_millis(800));
     let sent = Instant::now();
     run.buffer
         .append(&alternating(&["lyon", "nice"], 800))
@@ -88,11 +87,7 @@ fn a_slow_database_never_slows_the_others_and_its_readings_are_counted_once() {
 
 #[test]
 fn at_a_low_rate_too_a_slow_database_never_slows_the_others() {
-    let mut run = start(BTreeMap::new(), None, Vec::new());
-    run.delays
-        .lock()
-        .unwrap()
-        .insert("lyon".into(), Duration::from_millis(1_500));
+    let mut run = lyon_answering_in(Duration::from_millis(1_500));
     // Ten small batches, one every 100 ms: the pipeline fills only with time.
     for group in 0..10u32 {
         let records: Vec<_> = (0..4)

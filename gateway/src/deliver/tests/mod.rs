@@ -89,7 +89,32 @@ impl LineWriter for Scripted {
     }
 }
 
+/// The tests' buffer under `dir` (1 MiB segments, 8 MiB in all).
+fn open_buffer(dir: &std::path::Path) -> Buffer {
+    Buffer::open(
+        crate::store::fs::real(),
+        &dir.join("b"),
+        1 << 20,
+        8 << 20,
+        |_| {},
+    )
+    .unwrap()
+    .0
+}
+
 impl Scripted {
+    /// A database that takes everything at once, recording it in `stored`.
+    fn plain(stored: Arc<Mutex<Vec<(String, String)>>>) -> Self {
+        Self {
+            answers: Arc::default(),
+            stored,
+            refuse_containing: None,
+            counters: None,
+            delays: Arc::default(),
+            flying: Arc::default(),
+        }
+    }
+
     /// The database's answer to `lines` of `tenant` (what it keeps, recorded at once).
     fn answer(&mut self, tenant: &str, lines: &str) -> Answer {
         if self
@@ -158,14 +183,7 @@ fn start_with(
     records: Vec<Vec<u8>>,
     counters: Option<Vec<Option<u64>>>,
 ) -> Run {
-    let (mut buffer, _) = Buffer::open(
-        crate::store::fs::real(),
-        &dir.path().join("b"),
-        1 << 20,
-        8 << 20,
-        |_| {},
-    )
-    .unwrap();
+    let mut buffer = open_buffer(dir.path());
     buffer.append(&records).unwrap();
     let stored = Arc::new(Mutex::new(Vec::new()));
     let answers = Arc::new(Mutex::new(answers));
@@ -436,23 +454,9 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     handle.join().unwrap();
     drop(buffer);
     // Same buffer and state: a new sink writes nothing.
-    let (buffer, _) = Buffer::open(
-        crate::store::fs::real(),
-        &dir.path().join("b"),
-        1 << 20,
-        8 << 20,
-        |_| {},
-    )
-    .unwrap();
+    let buffer = open_buffer(dir.path());
     let written = Arc::new(Mutex::new(Vec::new()));
-    let writer = Scripted {
-        answers: Default::default(),
-        stored: written.clone(),
-        refuse_containing: None,
-        counters: None,
-        delays: Arc::default(),
-        flying: Arc::default(),
-    };
+    let writer = Scripted::plain(written.clone());
     let q = Quarantine::open(crate::store::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
