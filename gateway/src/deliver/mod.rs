@@ -195,7 +195,8 @@ pub fn run(mut setup: SinkSetup) {
         flights: VecDeque::new(),
         catching: BTreeMap::new(),
     };
-    for tenant in sink.lanes.behind.keys() {
+    // Held, not merely slow (a slow commune has no error).
+    for (tenant, _) in sink.lanes.behind.iter().filter(|(_, b)| b.error.is_some()) {
         sink.s.metrics.tenant_behind.of(tenant).set(1);
     }
     sink.run();
