@@ -383,14 +383,6 @@ pub struct BatchConfig {
     /// Longest retry delay.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Batches written at once: the next ones are read and sent while the database
-    /// answers the first (their answers are taken in the buffer's order).
-    pub in_flight: usize,
-    /// A commune whose write has not been answered after this long, while other communes'
-    /// writes wait behind it, goes on its own cursor (like a refusing one, without an
-    /// error) so that its database never slows the others.
-    #[serde(with = "humantime_serde")]
-    pub slow_after: Duration,
 }
 
 impl Default for BatchConfig {
@@ -400,8 +392,6 @@ impl Default for BatchConfig {
             linger: Duration::from_millis(500),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
-            in_flight: 4,
-            slow_after: Duration::from_secs(2),
         }
     }
 }

@@ -92,9 +92,6 @@ impl Config {
         if self.batch.min_backoff.is_zero() || self.batch.min_backoff > self.batch.max_backoff {
             return bad("batch.min_backoff must be above 0 and at most batch.max_backoff");
         }
-        if !(1..=64).contains(&self.batch.in_flight) || self.batch.slow_after.is_zero() {
-            return bad("batch.in_flight must be 1 to 64 and batch.slow_after above 0");
-        }
         if self.buffer.segment_mib == 0 || self.buffer.max_mib < 2 * self.buffer.segment_mib {
             return bad(format!(
                 "buffer.max_mib ({}) must be at least twice buffer.segment_mib ({}), which must be above 0",

@@ -8,11 +8,9 @@
 use crate::clock::Clock;
 use crate::deliver::{Answer, LineWriter};
 use crate::observe::devices::{Devices, Listing};
-use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use vigie_core::output::lineproto;
 
@@ -36,7 +34,6 @@ pub fn run(
     devices: Arc<Devices>,
     stop: CancellationToken,
     clock: Clock,
-    runtime: Handle,
 ) {
     let mut written = 0;
     let mut pending = BTreeMap::new();
@@ -49,10 +46,7 @@ pub fn run(
             next_try = Instant::now();
         }
         if !pending.is_empty() && Instant::now() >= next_try {
-            let mut write = |tenant: &str, lines: &String| {
-                runtime.block_on(writer.write(tenant, Bytes::from(lines.clone())))
-            };
-            pending.retain(|tenant, lines| match write(tenant, lines) {
+            pending.retain(|tenant, lines| match writer.write(tenant, lines) {
                 Answer::Status { code, .. } if (200..300).contains(&code) => false,
                 Answer::Status { code, body, .. } => {
                     tracing::warn!(%tenant, code, body = %body.trim(), "device metadata not written; retrying");

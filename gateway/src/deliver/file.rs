@@ -5,9 +5,8 @@
 //! leaves a torn line; a redelivery after a crash may append a line twice, which an import
 //! stores once (same measurement, tags and timestamp).
 
-use super::{Answer, LineWriter, Pending};
+use super::{Answer, LineWriter};
 use crate::store::fs::{Open, SharedFs};
-use bytes::Bytes;
 use protocol::json::UtcTime;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,12 +90,8 @@ pub fn erase_offline(dir: &Path, scope: &Scope, apply: bool) -> std::io::Result<
 }
 
 impl LineWriter for FileWriter {
-    /// Written and synced before it returns (files are local): the future is ready.
-    fn write(&mut self, tenant: &str, lines: Bytes) -> Pending {
-        let appended = std::str::from_utf8(&lines)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            .and_then(|text| self.append(tenant, text));
-        let answer = match appended {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        match self.append(tenant, lines) {
             Ok(()) => Answer::Status {
                 code: 204,
                 retry_after: None,
@@ -104,8 +99,7 @@ impl LineWriter for FileWriter {
             },
             // A full or read-only disk: retried with backoff like a database outage.
             Err(e) => Answer::Transport(format!("writing line-protocol files: {e}")),
-        };
-        Box::pin(std::future::ready(answer))
+        }
     }
 }
 
@@ -113,22 +107,15 @@ impl LineWriter for FileWriter {
 mod tests {
     use super::*;
 
-    /// The answer of a future that is ready at once (a file write is done before it
-    /// returns).
-    fn futures_ready(f: Pending) -> Answer {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
     #[test]
     fn splits_by_tenant_and_reading_day() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = FileWriter::new(crate::store::fs::real(), dir.path().to_path_buf());
         let lines = "m v=1 1795305600000\nm v=2 1795391999999\nm v=3 1795392000000\n";
-        let answer = futures_ready(w.write("lyon", Bytes::from(lines)));
-        assert!(matches!(answer, Answer::Status { code: 204, .. }));
+        assert!(matches!(
+            w.write("lyon", lines),
+            Answer::Status { code: 204, .. }
+        ));
         let day1 = std::fs::read_to_string(dir.path().join("lyon/2026-11-22.lp")).unwrap();
         let day2 = std::fs::read_to_string(dir.path().join("lyon/2026-11-23.lp")).unwrap();
         assert_eq!(day1, "m v=1 1795305600000\nm v=2 1795391999999\n");

@@ -2,9 +2,8 @@
 //! `influxdb2` crate. One client each, kept alive for the life of the service; futures run
 //! on the service's tokio runtime from the delivery thread.
 
-use super::{Answer, CountersError, LineWriter, Pending};
+use super::{Answer, CountersError, LineWriter};
 use crate::config::{DatabaseConfig, DatabaseKind, Secret};
-use bytes::Bytes;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use vigie_core::deliver::discards::Discards;
@@ -90,24 +89,21 @@ impl V1Writer {
 }
 
 impl LineWriter for V1Writer {
-    fn write(&mut self, tenant: &str, lines: Bytes) -> Pending {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
         let url = format!("{}/write", self.cfg.url.trim_end_matches('/'));
         let req = self.client.post(url).query(&[
             ("db", self.cfg.target(tenant).as_str()),
             ("precision", "ms"),
         ]);
         let req = match self.cfg.gzip {
-            false => req.body(lines),
-            true => match gzip(&lines) {
+            false => req.body(lines.to_string()),
+            true => match gzip(lines) {
                 Ok(body) => req.header("Content-Encoding", "gzip").body(body),
-                Err(e) => {
-                    let answer = Answer::Transport(format!("gzip: {e}"));
-                    return Box::pin(std::future::ready(answer));
-                }
+                Err(e) => return Answer::Transport(format!("gzip: {e}")),
             },
         };
         let req = authorize(req, &self.cfg);
-        Box::pin(async move {
+        self.runtime.block_on(async move {
             match req.send().await {
                 Ok(resp) => {
                     let code = resp.status().as_u16();
@@ -148,13 +144,13 @@ impl LineWriter for V1Writer {
 
 /// `lines` gzip-compressed at the fastest level: line protocol repeats itself (measurement,
 /// tags, field names), so even that gives most of the gain.
-fn gzip(lines: &[u8]) -> std::io::Result<Vec<u8>> {
+fn gzip(lines: &str) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     let mut z = flate2::write::GzEncoder::new(
         Vec::with_capacity(lines.len() / 4),
         flate2::Compression::fast(),
     );
-    z.write_all(lines)?;
+    z.write_all(lines.as_bytes())?;
     z.finish()
 }
 
@@ -177,7 +173,7 @@ mod tests {
                 )
             })
             .collect();
-        let z = gzip(lines.as_bytes()).unwrap();
+        let z = gzip(&lines).unwrap();
         let mut back = String::new();
         flate2::read::GzDecoder::new(&z[..])
             .read_to_string(&mut back)

@@ -8,7 +8,6 @@ use crate::ingest::lock;
 use crate::observe::metrics::ReasonLabel;
 use crate::store::buffer::Item;
 use crate::store::quarantine::{self, Origin};
-use bytes::Bytes;
 use std::time::Instant;
 use vigie_core::deliver::retry;
 use vigie_core::judge::reason::Reason;
@@ -37,13 +36,10 @@ impl Sink {
     /// Halves a refused batch until the refused lines are alone; quarantines those. A
     /// batch the database dropped whole for its retention (a device's old backlog) goes
     /// to the quarantine as it is, in one entry and one line, not line by line.
-    pub(super) fn split(&mut self, tenant: &str, lines: &Bytes, detail: &str) -> Written {
-        // The buffer's lines are UTF-8 (records are checked when read); a lossy copy only
-        // if they were not.
-        let lines = String::from_utf8_lossy(lines);
+    pub(super) fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
         let all: Vec<&str> = lines.lines().collect();
         if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
-            return match self.keep(tenant, &lines, Reason::DatabaseRejected, detail) {
+            return match self.keep(tenant, lines, Reason::DatabaseRejected, detail) {
                 Ok(()) => {
                     let (log, left_out) = self.refused_log.admit(self.s.clock.now_ms());
                     if left_out > 0 {
@@ -67,8 +63,7 @@ impl Sink {
         for half in [a, b] {
             let mut text = half.join("\n");
             text.push('\n');
-            let written = self.write(tenant, Bytes::from(text), half.len());
-            if let failed @ Written::Failed { .. } = written {
+            if let failed @ Written::Failed { .. } = self.write(tenant, &text, None) {
                 return failed;
             }
         }
@@ -142,13 +137,10 @@ impl Sink {
         if c.full() && !c.due(Instant::now()) {
             self.pause(confirm::SETTLE);
         }
-        if !self.confirm.as_ref().is_some_and(|c| c.due(Instant::now())) {
+        let read_at = Instant::now();
+        if !self.confirm.as_ref().is_some_and(|c| c.due(read_at)) {
             return;
         }
-        // A write the counters may already count must be known to wait for them: every
-        // write under way is answered and taken before they are read.
-        self.quiesce();
-        let read_at = Instant::now();
         let settled = match self.s.writer.discards() {
             Some(Ok(now)) => match &mut self.confirm {
                 Some(c) => c.settle(read_at, now),

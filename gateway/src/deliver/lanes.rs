@@ -77,19 +77,6 @@ impl Lanes {
         }
     }
 
-    /// `tenant`'s database answers too slowly for the flow: it goes behind from `from`,
-    /// due at once, with no error (nothing failed).
-    pub fn slow(&mut self, tenant: &str, from: Position, now_ms: u64) {
-        let b = self.behind.entry(tenant.to_string()).or_insert(Behind {
-            from,
-            attempt: 0,
-            next_try_ms: now_ms,
-            error: None,
-            since_ms: now_ms,
-        });
-        b.from = b.from.min(from);
-    }
-
     /// A behind tenant stored everything before `upto` (its next unstored record, or the
     /// head). Returns true if it flows again.
     pub fn caught_up_to(&mut self, tenant: &str, upto: Position) -> bool {

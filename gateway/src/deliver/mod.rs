@@ -1,7 +1,6 @@
 //! Delivery: reads the durable buffer in order, batches lines per tenant (size and
-//! linger), writes them (several batches at once, `flight.rs`), and only then lets the
-//! buffer drop them. Runs on its own thread; the writes run as tasks on the service's
-//! tokio runtime.
+//! linger), writes them, and only then lets the buffer drop them. Runs on its own thread;
+//! the HTTP writers drive their futures on the service's tokio runtime.
 //!
 //! **Per tenant.** A tenant whose database refuses (missing database, credentials, 5xx,
 //! timeouts) falls behind on its own cursor and is retried on its own backoff while the
@@ -16,7 +15,6 @@ pub mod tenants;
 
 mod confirm;
 mod file;
-mod flight;
 mod influx;
 mod kept;
 pub mod lanes;
@@ -32,19 +30,18 @@ use crate::clock::Clock;
 use crate::config::BatchConfig;
 use crate::ingest::SharedQuarantine;
 use crate::observe::health::{Health, Tenant};
-use crate::observe::metrics::{Metrics, gauge};
+use crate::observe::metrics::{ClassLabel, Metrics, gauge};
 use crate::store::buffer::{Position, Reader};
-use bytes::Bytes;
-use confirm::Confirm;
+use confirm::{Confirm, Lines};
 use lanes::Lanes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use vigie_core::deliver::discards::Discards;
-use vigie_core::deliver::retry;
+use vigie_core::deliver::retry::{self, Action};
 
 /// The outcome of one write request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +59,10 @@ pub enum Answer {
     Transport(String),
 }
 
-/// A write under way: it owns its request, so several run at once on the runtime.
-pub type Pending = std::pin::Pin<Box<dyn Future<Output = Answer> + Send>>;
-
 /// A database (or file) that takes line protocol for one tenant.
 pub trait LineWriter: Send {
-    /// Starts writing `lines` (newline-terminated UTF-8) to `tenant`'s database or
-    /// bucket; the answer comes when the returned future is polled to its end.
-    fn write(&mut self, tenant: &str, lines: Bytes) -> Pending;
+    /// Writes `lines` (newline-terminated) to `tenant`'s database or bucket.
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer;
 
     /// For a database whose 2xx does not prove it keeps every row (VictoriaMetrics): its
     /// counters of rows dropped after accepting them (`confirm.rs`). `None`: a 2xx is
@@ -90,6 +83,8 @@ pub enum CountersError {
     Status(u16),
 }
 
+/// Behind tenants tried per cycle, in batches, before the head reads again.
+const CATCH_UP_BATCHES: usize = 4;
 /// Longest idle wait of the delivery loop (it also wakes on every append).
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -97,7 +92,6 @@ const IDLE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Chunk {
     lines: String,
-    readings: usize,
     first: Position,
 }
 
@@ -110,7 +104,6 @@ struct Batch {
 }
 
 /// A write's result for the lane bookkeeping.
-#[derive(Debug)]
 enum Written {
     Stored,
     Failed { error: String, wait: Duration },
@@ -165,10 +158,6 @@ struct Sink {
     confirm: Option<Confirm>,
     /// Counter readings that failed in a row (logged at 1, 2, 4, 8…).
     confirm_errors: u64,
-    /// Head batches whose writes are under way, oldest first.
-    flights: VecDeque<flight::Flight>,
-    /// Held communes' writes from their own cursors, under way.
-    catching: BTreeMap<String, read::Catching>,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -192,11 +181,8 @@ pub fn run(mut setup: SinkSetup) {
         refused_log: Default::default(),
         confirm,
         confirm_errors: 0,
-        flights: VecDeque::new(),
-        catching: BTreeMap::new(),
     };
-    // Held, not merely slow (a slow commune has no error).
-    for (tenant, _) in sink.lanes.behind.iter().filter(|(_, b)| b.error.is_some()) {
+    for tenant in sink.lanes.behind.keys() {
         sink.s.metrics.tenant_behind.of(tenant).set(1);
     }
     sink.run();
@@ -238,12 +224,24 @@ impl Sink {
                 flush_until.get_or_insert_with(|| Instant::now() + self.s.flush);
             }
             let batch = self.collect(stopping);
-            let read = batch.end.is_some();
-            if read {
-                self.dispatch(batch);
+            for (tenant, chunk) in &batch.by_tenant {
+                let records = batch.end.map(|end| Lines::Records {
+                    first: chunk.first,
+                    end,
+                });
+                match self.write(tenant, &chunk.lines, records) {
+                    Written::Stored => {}
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(tenant, chunk.first, error, wait);
+                    }
+                }
             }
-            // Stopping: what is in flight is answered before anything else.
-            self.retire(stopping);
+            if let Some(end) = batch.end {
+                match &mut self.confirm {
+                    Some(c) => self.lanes.head = c.batch_end(end).or(self.lanes.head),
+                    None => self.lanes.head = Some(end),
+                }
+            }
             if !stopping {
                 self.catch_up();
             }
@@ -251,9 +249,8 @@ impl Sink {
             self.publish();
             // Stopping: what flows is written until nothing is left or time is up; held
             // tenants are not retried.
-            let time_up = flush_until.is_some_and(|t| Instant::now() >= t);
-            if stopping && ((!read && self.flights.is_empty()) || time_up) {
-                self.abandon();
+            if stopping && (batch.end.is_none() || flush_until.is_some_and(|t| Instant::now() >= t))
+            {
                 return;
             }
         }
@@ -329,11 +326,85 @@ impl Sink {
         }
     }
 
+    /// Writes `lines` for `tenant` once (splitting a refused batch down to its bad lines);
+    /// `records` says where they are in the buffer, when they are a head chunk.
+    fn write(&mut self, tenant: &str, lines: &str, records: Option<Lines>) -> Written {
+        if lines.is_empty() {
+            // Records `erase` emptied: nothing to send.
+            return Written::Stored;
+        }
+        if let Some(error) = self.confirm_baseline() {
+            let wait = self.backoff(tenant, 0);
+            return Written::Failed { error, wait };
+        }
+        let started = Instant::now();
+        let (action, detail) = match self.s.writer.write(tenant, lines) {
+            Answer::Status {
+                code,
+                retry_after,
+                body,
+            } => (
+                retry::classify(code, retry_after.as_deref()),
+                format!("HTTP {code}: {}", body.trim()),
+            ),
+            Answer::Transport(e) => (Action::Retry { after: None }, e),
+        };
+        let class = match action {
+            Action::Done => {
+                self.written(tenant, lines, records, started);
+                return Written::Stored;
+            }
+            Action::Split => "split",
+            Action::Config => "config",
+            Action::Retry { .. } => "retry",
+        };
+        let errors = &self.s.metrics.write_errors;
+        errors.get_or_create(&ClassLabel { class }).inc();
+        match action {
+            Action::Split => self.split(tenant, lines, &detail),
+            Action::Retry { after: Some(wait) } => Written::Failed {
+                error: detail,
+                wait,
+            },
+            // A refused configuration is retried more slowly.
+            Action::Config => Written::Failed {
+                error: format!(
+                    "{detail} (the database refuses our configuration: URL, credentials or database name)"
+                ),
+                wait: self.backoff(tenant, 3),
+            },
+            _ => Written::Failed {
+                error: detail,
+                wait: self.backoff(tenant, 0),
+            },
+        }
+    }
+
     /// The wait before `tenant`'s next try: its attempts so far, plus `more`.
     fn backoff(&self, tenant: &str, more: u32) -> Duration {
         let attempt = self.lanes.behind.get(tenant).map_or(0, |b| b.attempt) + more;
         let cfg = &self.s.cfg;
         retry::backoff(attempt, cfg.min_backoff, cfg.max_backoff, jitter())
+    }
+
+    /// A write the database answered 2xx: timed, and stored once the database's counters
+    /// say it kept the lines (VictoriaMetrics), at once otherwise.
+    fn written(&mut self, tenant: &str, lines: &str, records: Option<Lines>, started: Instant) {
+        let n = lines.lines().count();
+        let metrics = &self.s.metrics;
+        metrics
+            .write_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_lines.observe(n as f64);
+        match &mut self.confirm {
+            Some(c) => {
+                let kept = records.unwrap_or_else(|| Lines::Text(lines.to_string()));
+                c.wrote(Instant::now(), tenant, kept, n as u64);
+            }
+            None => {
+                metrics.readings_stored.of(tenant).inc_by(n as u64);
+            }
+        }
     }
 
     /// Sleeps, waking early on stop.

@@ -2,27 +2,12 @@
 //! their own cursor, corrupt stretches quarantined), and the catch-up of held tenants from
 //! their own cursors up to the head.
 
-use super::flight::Sent;
-use super::{Batch, Chunk, IDLE, Sink, Written, jitter};
+use super::{Batch, CATCH_UP_BATCHES, Chunk, IDLE, Sink, Written, jitter};
 use crate::ingest::{corrupt_entry, lock};
 use crate::store::buffer::{Entry, Item, Position, Reader};
-use bytes::Bytes;
 use std::time::{Duration, Instant};
 use vigie_core::deliver::retry;
 use vigie_core::record::RecordView;
-
-/// How often the loop looks for the answers of writes under way while nothing else
-/// happens.
-const ANSWER_POLL: Duration = Duration::from_millis(20);
-
-/// A held commune's write from its own cursor, under way.
-#[derive(Debug)]
-pub(super) struct Catching {
-    /// Where its cursor stopped.
-    pub cursor: Reader,
-    /// The write.
-    pub sent: Sent,
-}
 
 impl Sink {
     /// Reads a batch from the head.
@@ -76,10 +61,6 @@ impl Sink {
         if let Some(d) = deadline {
             return d.saturating_duration_since(now);
         }
-        // Writes under way: their answers are looked for while new records are awaited.
-        if !self.flights.is_empty() || !self.catching.is_empty() {
-            return ANSWER_POLL;
-        }
         let retry = self
             .lanes
             .next_attempt_in(self.s.clock.now_ms())
@@ -93,21 +74,14 @@ impl Sink {
             Ok(r) if self.lanes.is_behind(r.tenant) => false,
             Ok(r) => {
                 batch.lines += r.readings as usize;
-                // Looked up before inserting: `entry` wants an owned key, an allocation
-                // per record.
-                if !batch.by_tenant.contains_key(r.tenant) {
-                    let chunk = Chunk {
+                let chunk = batch
+                    .by_tenant
+                    .entry(r.tenant.to_owned())
+                    .or_insert_with(|| Chunk {
                         lines: String::new(),
-                        readings: 0,
                         first: e.start,
-                    };
-                    batch.by_tenant.insert(r.tenant.to_owned(), chunk);
-                }
-                let Some(chunk) = batch.by_tenant.get_mut(r.tenant) else {
-                    return false;
-                };
+                    });
                 chunk.lines.push_str(r.lines);
-                chunk.readings += r.readings as usize;
                 true
             }
             Err(err) => {
@@ -138,95 +112,55 @@ impl Sink {
         }
     }
 
-    /// Held tenants that are due are written from their own cursors up to the head, one
-    /// write in flight each; the answers that came are taken.
+    /// Retries held tenants that are due, each from its own cursor up to the head.
     pub(super) fn catch_up(&mut self) {
         let Some(head) = self.lanes.head else { return };
-        let answered: Vec<String> = (self.catching.iter())
-            .filter(|(_, c)| c.sent.answered())
-            .map(|(t, _)| t.clone())
-            .collect();
-        for tenant in answered {
-            if let Some(c) = self.catching.remove(&tenant) {
-                self.caught(&tenant, c, Some(head));
-            }
-        }
         for tenant in self.lanes.due(self.s.clock.now_ms()) {
-            if self.catching.contains_key(&tenant) {
+            let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) else {
                 continue;
-            }
-            if let Some(from) = self.lanes.behind.get(&tenant).map(|b| b.from) {
-                let cursor = self.s.reader.at(from);
-                self.catch_next(&tenant, cursor, head);
-            }
-        }
-    }
-
-    /// Waits for every held commune's write under way and takes the answers, starting no
-    /// more.
-    pub(super) fn catch_up_wait(&mut self) {
-        for (tenant, c) in std::mem::take(&mut self.catching) {
-            self.caught(&tenant, c, None);
-        }
-    }
-
-    /// A held commune's write answered: it goes on up to `head` (if given), rejoins the
-    /// head, or is held again.
-    fn caught(&mut self, tenant: &str, c: Catching, head: Option<Position>) {
-        let Catching { cursor, sent } = c;
-        match self.answer(tenant, (&sent.lines, sent.count), None, sent.started) {
-            Written::Stored if self.lanes.caught_up_to(tenant, cursor.position()) => {
-                self.rejoined(tenant);
-            }
-            Written::Stored => {
-                if let Some(head) = head {
-                    self.catch_next(tenant, cursor, head);
-                }
-            }
-            Written::Failed { error, wait } => self.fall_behind(tenant, sent.first, error, wait),
-        }
-    }
-
-    /// Sends `tenant`'s next lines from `cursor` up to `head`, or lets it rejoin the head
-    /// when none are left.
-    fn catch_next(&mut self, tenant: &str, mut cursor: Reader, head: Position) {
-        match self.read_behind(&mut cursor, tenant, head) {
-            Ok(Some((first, lines, count))) => {
-                let lines = Bytes::from(lines);
-                let started = self.start(tenant, lines.clone());
-                let sent = Sent {
-                    tenant: tenant.to_string(),
-                    first,
-                    lines,
-                    count,
-                    started,
+            };
+            let mut cursor = self.s.reader.at(from);
+            for _ in 0..CATCH_UP_BATCHES {
+                let (first, lines) = match self.read_behind(&mut cursor, &tenant, head) {
+                    Ok(Some(read)) => read,
+                    Ok(None) => {
+                        if self.lanes.caught_up_to(&tenant, head) {
+                            self.rejoined(&tenant);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        // Its next try scheduled like a refused write's: returning without
+                        // one left it due at once, a spin (out of descriptors: 364,564
+                        // lines in 5 s).
+                        let wait = self.backoff(&tenant, 0);
+                        self.fall_behind(&tenant, from, format!("buffer read failed: {e}"), wait);
+                        return;
+                    }
                 };
-                self.catching
-                    .insert(tenant.to_string(), Catching { cursor, sent });
-            }
-            Ok(None) => {
-                if self.lanes.caught_up_to(tenant, head) {
-                    self.rejoined(tenant);
+                match self.write(&tenant, &lines, None) {
+                    Written::Stored if self.lanes.caught_up_to(&tenant, cursor.position()) => {
+                        self.rejoined(&tenant);
+                        break;
+                    }
+                    Written::Stored => {}
+                    Written::Failed { error, wait } => {
+                        self.fall_behind(&tenant, first, error, wait);
+                        break;
+                    }
                 }
-            }
-            Err(e) => {
-                // Its next try scheduled like a refused write's: returning without one
-                // left it due at once, a spin (out of descriptors: 364,564 lines in 5 s).
-                let from = self.lanes.behind.get(tenant).map_or(head, |b| b.from);
-                let wait = self.backoff(tenant, 0);
-                self.fall_behind(tenant, from, format!("buffer read failed: {e}"), wait);
             }
         }
     }
 
     /// The next batch of `tenant`'s lines from `cursor` up to `head`, with the position of
-    /// its first record and how many lines; `None` when there are none left.
+    /// its first record; `None` when there are none left.
     fn read_behind(
         &self,
         cursor: &mut Reader,
         tenant: &str,
         head: Position,
-    ) -> std::io::Result<Option<(Position, String, usize)>> {
+    ) -> std::io::Result<Option<(Position, String)>> {
         let (mut lines, mut first, mut count) = (String::new(), None, 0);
         loop {
             match cursor.next_before(head)? {
@@ -247,6 +181,6 @@ impl Sink {
                 None => break,
             }
         }
-        Ok(first.map(|f| (f, lines, count)))
+        Ok(first.map(|f| (f, lines)))
     }
 }

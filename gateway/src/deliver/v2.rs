@@ -13,9 +13,9 @@
 //! The client shares v1's settings (timeout, the configured CA) through
 //! `client_builder`.
 
-use super::{Answer, LineWriter, Pending, SetupError, client_builder};
+use super::{Answer, LineWriter, SetupError, client_builder};
 use crate::config::DatabaseConfig;
-use bytes::Bytes;
+use tokio::runtime::Handle;
 
 /// The v2 client of `cfg` (org and token from the configuration).
 pub fn client(cfg: &DatabaseConfig) -> Result<influxdb2::Client, SetupError> {
@@ -63,44 +63,44 @@ pub enum DeleteError {
 pub struct V2Writer {
     client: influxdb2::Client,
     cfg: DatabaseConfig,
+    runtime: Handle,
 }
 
 impl V2Writer {
     /// Builds the writer and its client.
-    pub fn new(cfg: DatabaseConfig) -> Result<Self, SetupError> {
+    pub fn new(cfg: DatabaseConfig, runtime: Handle) -> Result<Self, SetupError> {
         let client = client(&cfg)?;
-        Ok(Self { client, cfg })
+        Ok(Self {
+            client,
+            cfg,
+            runtime,
+        })
     }
 }
 
 impl LineWriter for V2Writer {
-    fn write(&mut self, tenant: &str, lines: Bytes) -> Pending {
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
         let org = self.cfg.org.clone().unwrap_or_default();
         let bucket = self.cfg.target(tenant);
-        // The client is a handle (an `Arc`ed connection pool): cloned into the future.
-        let client = self.client.clone();
-        Box::pin(async move {
-            let written = client
-                .write_line_protocol_with_precision(
-                    &org,
-                    &bucket,
-                    lines,
-                    influxdb2::api::write::TimestampPrecision::Milliseconds,
-                )
-                .await;
-            match written {
-                Ok(()) => Answer::Status {
-                    code: 204,
-                    retry_after: None,
-                    body: String::new(),
-                },
-                Err(influxdb2::RequestError::Http { status, text }) => Answer::Status {
-                    code: status.as_u16(),
-                    retry_after: None,
-                    body: text,
-                },
-                Err(e) => Answer::Transport(e.to_string()),
-            }
-        })
+        let body = lines.to_string();
+        let fut = self.client.write_line_protocol_with_precision(
+            &org,
+            &bucket,
+            body,
+            influxdb2::api::write::TimestampPrecision::Milliseconds,
+        );
+        match self.runtime.block_on(fut) {
+            Ok(()) => Answer::Status {
+                code: 204,
+                retry_after: None,
+                body: String::new(),
+            },
+            Err(influxdb2::RequestError::Http { status, text }) => Answer::Status {
+                code: status.as_u16(),
+                retry_after: None,
+                body: text,
+            },
+            Err(e) => Answer::Transport(e.to_string()),
+        }
     }
 }

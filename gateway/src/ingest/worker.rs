@@ -189,8 +189,8 @@ impl Worker {
                     _ => None,
                 })
                 .collect();
-            let payloads: Vec<Vec<u8>> = accepted.iter().map(|a| encode(&a.record)).collect();
-            if self.store(&payloads, &mut appended).is_ok() {
+            let encoded = Encoded::of(accepted.iter().map(|a| &a.record));
+            if self.store(&encoded.payloads(), &mut appended).is_ok() {
                 appended = false;
                 let gaps = batch::apply(&mut self.book, accepted.iter().copied());
                 self.account(&accepted, gaps, self.clock.now_ms());
@@ -232,7 +232,11 @@ impl Worker {
     /// One attempt to append `payloads` (unless `appended` says a previous attempt did)
     /// and to make the queued quarantine entries durable. Reports the store's state either
     /// way. A failed append leaves nothing in the buffer.
-    pub(super) fn store(&mut self, payloads: &[Vec<u8>], appended: &mut bool) -> Result<(), ()> {
+    pub(super) fn store<P: AsRef<[u8]>>(
+        &mut self,
+        payloads: &[P],
+        appended: &mut bool,
+    ) -> Result<(), ()> {
         let result = if *appended || payloads.is_empty() {
             Ok(())
         } else {
@@ -271,7 +275,7 @@ impl Worker {
     }
 
     /// Stores `payloads` whole, waiting while storing fails. False on shutdown.
-    pub(super) fn store_all(&mut self, payloads: &[Vec<u8>]) -> bool {
+    pub(super) fn store_all<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> bool {
         let mut appended = false;
         while self.store(payloads, &mut appended).is_err() {
             if self.stopping.is_cancelled() {
@@ -357,6 +361,38 @@ impl Worker {
         self.metrics
             .buffer_pending_bytes
             .set(gauge(self.buffer.pending_bytes()));
+    }
+}
+
+/// A commit's records as the buffer stores them, in one allocation (one per record was a
+/// fifth of the hot path's allocations; docs/PERFORMANCE.md).
+struct Encoded {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    fn of<'a>(records: impl ExactSizeIterator<Item = &'a Record> + Clone) -> Self {
+        // A record's head (ids, counters, tag) is at most 90 bytes: room for all at once.
+        let room = records.clone().map(|r| r.lines.len() + 90).sum();
+        let mut out = Self {
+            bytes: Vec::with_capacity(room),
+            ends: Vec::with_capacity(records.len()),
+        };
+        for record in records {
+            record.encode(&mut out.bytes);
+            out.ends.push(out.bytes.len());
+        }
+        out
+    }
+
+    /// Each record's bytes.
+    fn payloads(&self) -> Vec<&[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(a, &b)| &self.bytes[a..b])
+            .collect()
     }
 }
 

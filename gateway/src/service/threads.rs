@@ -79,10 +79,9 @@ impl Threads {
         let info = {
             let (writer, devices) = (writer(config, &fs, data)?, c.traffic.devices.clone());
             let (stop, clock) = (info_stop.clone(), c.clock.clone());
-            let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("device-info".into())
-                .spawn(move || deliver::device_info::run(writer, devices, stop, clock, runtime))
+                .spawn(move || deliver::device_info::run(writer, devices, stop, clock))
                 .map_err(|e| RunError::Thread("device-info", e))?
         };
         let worker = spawn_essential("ingest", c.stopping.clone(), died.clone(), move || {
@@ -148,7 +147,7 @@ fn writer(config: &Config, fs: &SharedFs, data: &Path) -> Result<Box<dyn LineWri
         Some(db) if db.api == DatabaseApi::V1 => {
             Box::new(deliver::V1Writer::new(db.clone(), runtime)?)
         }
-        Some(db) => Box::new(deliver::V2Writer::new(db.clone())?),
+        Some(db) => Box::new(deliver::V2Writer::new(db.clone(), runtime)?),
     })
 }
 

@@ -191,8 +191,6 @@ pub struct Metrics {
     pub buffer_corrupt_records: Counter,
     /// `vigie_tenant_behind{tenant}`.
     pub tenant_behind: PerTenant<Gauge>,
-    /// `vigie_tenant_slow_total{tenant}`.
-    pub tenant_slow: PerTenant<Counter>,
     /// `vigie_registry_reload_failures_total`.
     pub registry_reload_failures: Counter,
     /// `vigie_readings_stored_total{tenant}`.
@@ -274,7 +272,6 @@ impl Metrics {
             buffer_torn_tails: Default::default(),
             buffer_corrupt_records: Default::default(),
             tenant_behind: Default::default(),
-            tenant_slow: Default::default(),
             registry_reload_failures: Default::default(),
             readings_stored: Default::default(),
             write_errors: Default::default(),
@@ -458,11 +455,6 @@ impl Metrics {
             "tenant_behind",
             "1 while a tenant's database refuses writes and its readings wait in the buffer, by tenant.",
             self.tenant_behind.family.clone(),
-        );
-        r.register(
-            "tenant_slow",
-            "Times a tenant's database answered too slowly for the flow (batch.slow_after) and the tenant went on its own cursor, by tenant.",
-            self.tenant_slow.family.clone(),
         );
         r.register(
             "readings_stored",

@@ -262,14 +262,13 @@ impl Buffer {
 
     /// Appends `payloads` and fsyncs once. `Ok` means every record is durable; any `Err`
     /// means none of them is in the log (see the module note).
-    pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<Position, BufferError> {
-        if let Some(p) = payloads
-            .iter()
-            .find(|p| p.is_empty() || p.len() > MAX_PAYLOAD)
+    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<Position, BufferError> {
+        if let Some(p) =
+            (payloads.iter().map(AsRef::as_ref)).find(|p| p.is_empty() || p.len() > MAX_PAYLOAD)
         {
             return Err(BufferError::TooLarge(p.len()));
         }
-        let incoming: u64 = payloads.iter().map(|p| record_len(p.len())).sum();
+        let incoming: u64 = payloads.iter().map(|p| record_len(p.as_ref().len())).sum();
         let used = self.used_bytes();
         if used + incoming > self.max_bytes {
             return Err(BufferError::Full {
@@ -305,9 +304,9 @@ impl Buffer {
     /// Writes the batch from the durable end, rolling segments as needed, and fsyncs.
     /// Returns the new current file (if it rolled), the segment lengths and the end.
     #[allow(clippy::type_complexity)]
-    fn write(
+    fn write<P: AsRef<[u8]>>(
         &mut self,
-        payloads: &[Vec<u8>],
+        payloads: &[P],
         created: &mut Vec<u64>,
     ) -> io::Result<(Option<Box<dyn FsFile>>, Vec<(u64, u64)>, Position)> {
         let magic = MAGIC.len() as u64;
@@ -315,7 +314,7 @@ impl Buffer {
         let mut rolled: Option<Box<dyn FsFile>> = None;
         let mut lengths = Vec::new();
         self.scratch.clear();
-        for payload in payloads {
+        for payload in payloads.iter().map(AsRef::as_ref) {
             let size = record_len(payload.len());
             let in_segment = pos.offset + self.scratch.len() as u64;
             if in_segment > magic && in_segment + size > self.segment_size {

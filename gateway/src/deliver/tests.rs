@@ -1,10 +1,8 @@
 use super::*;
-use crate::observe::metrics::ClassLabel;
 use crate::observe::metrics::{ReasonLabel, WRITE_ERROR_CLASSES};
 use crate::store::buffer::Buffer;
 use crate::store::quarantine::{self, Origin, Quarantine};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use vigie_core::deliver::discards::Discards;
 use vigie_core::judge::reason::Reason;
 use vigie_core::record::Record;
@@ -34,16 +32,6 @@ struct Scripted {
     /// VictoriaMetrics' dropped-row counters as read in turn (`None`: unreadable; the
     /// last repeats); no script: a database whose 2xx is proof.
     counters: Option<Vec<Option<u64>>>,
-    /// How long each tenant's database takes to answer.
-    delays: Arc<Mutex<BTreeMap<String, Duration>>>,
-    /// Writes under way: now, and the most at once.
-    flying: Arc<Flying>,
-}
-
-#[derive(Debug, Default)]
-struct Flying {
-    now: AtomicUsize,
-    most: AtomicUsize,
 }
 
 fn status(code: u16, body: &str) -> Answer {
@@ -55,20 +43,23 @@ fn status(code: u16, body: &str) -> Answer {
 }
 
 impl LineWriter for Scripted {
-    fn write(&mut self, tenant: &str, lines: Bytes) -> Pending {
-        let lines = String::from_utf8(lines.to_vec()).unwrap();
-        let answer = self.answer(tenant, &lines);
-        let delay = self.delays.lock().unwrap().get(tenant).copied();
-        let flying = self.flying.clone();
-        Box::pin(async move {
-            let now = flying.now.fetch_add(1, Ordering::SeqCst) + 1;
-            flying.most.fetch_max(now, Ordering::SeqCst);
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            flying.now.fetch_sub(1, Ordering::SeqCst);
-            answer
-        })
+    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+        if self
+            .refuse_containing
+            .is_some_and(|bad| lines.contains(bad))
+        {
+            return status(400, "{\"error\":\"bad line\"}");
+        }
+        if let Some(a) = self.answers.lock().unwrap().get_mut(tenant)
+            && !a.is_empty()
+        {
+            return a.remove(0);
+        }
+        self.stored
+            .lock()
+            .unwrap()
+            .push((tenant.into(), lines.into()));
+        status(204, "")
     }
 
     fn discards(&mut self) -> Option<Result<Discards, CountersError>> {
@@ -89,53 +80,6 @@ impl LineWriter for Scripted {
     }
 }
 
-/// The tests' buffer under `dir` (1 MiB segments, 8 MiB in all).
-fn open_buffer(dir: &std::path::Path) -> Buffer {
-    Buffer::open(
-        crate::store::fs::real(),
-        &dir.join("b"),
-        1 << 20,
-        8 << 20,
-        |_| {},
-    )
-    .unwrap()
-    .0
-}
-
-impl Scripted {
-    /// A database that takes everything at once, recording it in `stored`.
-    fn plain(stored: Arc<Mutex<Vec<(String, String)>>>) -> Self {
-        Self {
-            answers: Arc::default(),
-            stored,
-            refuse_containing: None,
-            counters: None,
-            delays: Arc::default(),
-            flying: Arc::default(),
-        }
-    }
-
-    /// The database's answer to `lines` of `tenant` (what it keeps, recorded at once).
-    fn answer(&mut self, tenant: &str, lines: &str) -> Answer {
-        if self
-            .refuse_containing
-            .is_some_and(|bad| lines.contains(bad))
-        {
-            return status(400, "{\"error\":\"bad line\"}");
-        }
-        if let Some(a) = self.answers.lock().unwrap().get_mut(tenant)
-            && !a.is_empty()
-        {
-            return a.remove(0);
-        }
-        self.stored
-            .lock()
-            .unwrap()
-            .push((tenant.into(), lines.into()));
-        status(204, "")
-    }
-}
-
 fn record(tenant: &str, counter: u32, line: &str) -> Vec<u8> {
     let mut out = Vec::new();
     Record {
@@ -153,8 +97,6 @@ fn record(tenant: &str, counter: u32, line: &str) -> Vec<u8> {
 
 struct Run {
     stored: Arc<Mutex<Vec<(String, String)>>>,
-    delays: Arc<Mutex<BTreeMap<String, Duration>>>,
-    flying: Arc<Flying>,
     answers: Arc<Mutex<BTreeMap<String, Vec<Answer>>>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -183,30 +125,30 @@ fn start_with(
     records: Vec<Vec<u8>>,
     counters: Option<Vec<Option<u64>>>,
 ) -> Run {
-    let mut buffer = open_buffer(dir.path());
+    let (mut buffer, _) = Buffer::open(
+        crate::store::fs::real(),
+        &dir.path().join("b"),
+        1 << 20,
+        8 << 20,
+        |_| {},
+    )
+    .unwrap();
     buffer.append(&records).unwrap();
     let stored = Arc::new(Mutex::new(Vec::new()));
     let answers = Arc::new(Mutex::new(answers));
-    let (delays, flying) = (Arc::default(), Arc::<Flying>::default());
     let writer = Scripted {
         answers: answers.clone(),
         stored: stored.clone(),
         refuse_containing: refuse,
         counters,
-        delays: Arc::clone(&delays),
-        flying: Arc::clone(&flying),
     };
     let cfg = BatchConfig {
         max_lines: 100,
         linger: Duration::from_millis(20),
         min_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
-        in_flight: 4,
-        slow_after: Duration::from_millis(300),
     };
-    // As the service's: writes run on its workers while the sink thread reads on.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
@@ -231,8 +173,6 @@ fn start_with(
     let handle = std::thread::spawn(move || run(setup));
     Run {
         stored,
-        delays,
-        flying,
         answers,
         metrics,
         health,
@@ -454,9 +394,21 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     handle.join().unwrap();
     drop(buffer);
     // Same buffer and state: a new sink writes nothing.
-    let buffer = open_buffer(dir.path());
+    let (buffer, _) = Buffer::open(
+        crate::store::fs::real(),
+        &dir.path().join("b"),
+        1 << 20,
+        8 << 20,
+        |_| {},
+    )
+    .unwrap();
     let written = Arc::new(Mutex::new(Vec::new()));
-    let writer = Scripted::plain(written.clone());
+    let writer = Scripted {
+        answers: Default::default(),
+        stored: written.clone(),
+        refuse_containing: None,
+        counters: None,
+    };
     let q = Quarantine::open(crate::store::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
@@ -530,5 +482,3 @@ fn lines_victoria_metrics_dropped_after_a_204_go_to_the_quarantine() {
     assert_eq!(kept("a"), "m v=1 1\nm v=2 2\n");
     assert_eq!(kept("b"), "m v=3 3\n");
 }
-
-mod flight;
