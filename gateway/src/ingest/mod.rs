@@ -288,7 +288,22 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
 
 #[cfg(test)]
 mod tests {
-    use super::LogBudget;
+    use super::{Inbound, LogBudget};
+
+    #[test]
+    fn a_message_keeps_its_topic_and_payload_apart_in_one_allocation() {
+        let m = Inbound::new(b"vigie/v1/lyon/aq-1/up", &[0, 0xff, 7], 5, None);
+        assert_eq!(
+            (m.topic(), m.payload()),
+            ("vigie/v1/lyon/aq-1/up", &[0, 0xff, 7][..])
+        );
+        assert_eq!(m.bytes(), 21 + 3);
+        // A topic that is not UTF-8 keeps its shape with the bad bytes replaced, so it is
+        // refused as a bad topic, never mistaken for another device's.
+        let bad = Inbound::new(b"vigie/v1/ly\xffon/aq-1/up", b"", 5, None);
+        assert_eq!(bad.topic(), "vigie/v1/ly\u{fffd}on/aq-1/up");
+        assert!(bad.payload().is_empty());
+    }
 
     #[test]
     fn a_flood_of_rejections_gets_a_bounded_number_of_lines_then_one_summary() {

@@ -468,3 +468,37 @@ fn log_recovery(recovery: &Recovery, metrics: &Metrics) {
         .buffer_corrupt_records
         .inc_by(recovery.corrupt_records);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Encoded, encode};
+    use vigie_core::record::Record;
+
+    fn record(device: &str, counter: u32, lines: &str) -> Record {
+        Record {
+            tenant: "lyon".into(),
+            device: device.into(),
+            epoch: 1,
+            counter,
+            readings: lines.lines().count() as u32,
+            tag: Some([counter as u8; 8]),
+            lines: lines.into(),
+        }
+    }
+
+    #[test]
+    fn a_commits_records_encoded_together_are_each_record_as_the_buffer_stores_it() {
+        let records = [
+            record("aq-1", 7, "m v=1 1\n"),
+            record("aq-longer-id-0002", 8, "m v=2 2\nm v=3 3\n"),
+            record("aq-1", 9, "m v=4 4\n"),
+        ];
+        let encoded = Encoded::of(records.iter());
+        let each: Vec<Vec<u8>> = records.iter().map(encode).collect();
+        assert_eq!(
+            encoded.payloads(),
+            each.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+        assert!(Encoded::of([].iter()).payloads().is_empty());
+    }
+}
