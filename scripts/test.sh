@@ -29,11 +29,11 @@ fi
 # the firmware image, lintian for the
 # packages, the arm64 cross toolchain and qemu-user to run the arm64 binary, Chromium and
 # its WebDriver for the status page, Prometheus for `promtool`, aiosmtpd as the alerts'
-# mail server (Debian packages):
+# mail server, etcd for a group of gateways' shared state (Debian packages):
 # installed when missing.
 packages=(mosquitto mosquitto-clients influxdb victoria-metrics qemu-system-arm faketime systemd lintian
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium chromium-driver prometheus
-    python3-aiosmtpd)
+    python3-aiosmtpd etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -52,7 +52,8 @@ pub enum What {
         /// Its size.
         total: u64,
     },
-    /// Acknowledgements are withheld: the buffer is full or the disk refuses writes.
+    /// Acknowledgements are withheld: the buffer is full, the disk refuses writes, or the
+    /// group's store does not answer.
     StoreRefusing {
         /// What `/readyz` says.
         problem: String,

@@ -200,6 +200,8 @@ pub const GATEWAYS: &[&str] = &[
     "gw-crash",
     "gw-outage",
     "gw-clock",
+    "gw-c",
+    "gw-solo",
 ];
 
 /// The broker password of a test account, derived from its username (tests only).

@@ -8,8 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod etcd;
 pub mod fleet;
 pub mod process;
+pub mod proxy;
 pub mod qemu;
 pub mod readback;
 pub mod receivers;

@@ -218,6 +218,13 @@ impl DeviceBook {
         d.dropped_readings = frame.dropped.or(d.dropped_readings);
     }
 
+    /// The device's missing frames as its group of gateways counts them (the shared
+    /// replay state's count, [`crate::judge::replay_book::ReplayBook::missing`]): one
+    /// gateway of a group sees only some of its frames.
+    pub fn set_missing(&mut self, tenant: &str, device: &str, missing: u32) {
+        self.entry(tenant, device).missing_frames = u64::from(missing);
+    }
+
     /// A frame of the device with `counter` was refused after its tag verified (it
     /// arrived: not missing); `highest` is the highest counter stored before it.
     pub fn refused(&mut self, tenant: &str, device: &str, counter: u32, highest: Option<u32>) {

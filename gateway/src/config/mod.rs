@@ -3,6 +3,7 @@
 //! can act on. The commented reference is `gateway/gateway.example.toml`.
 
 pub use alerts::{AlertsConfig, Recipients, SmtpConfig, WebhookConfig};
+pub use group::GroupConfig;
 pub use parse_error::ParseError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub use vigie_core::Secret;
 
 mod alerts;
+mod group;
 mod parse_error;
 #[cfg(test)]
 mod tests;
@@ -70,6 +72,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// How each commune is shown: its name, what its public view shows.
     pub communes: std::collections::BTreeMap<String, CommuneConfig>,
+    /// Device state shared by a group of gateways; absent for one gateway.
+    pub group: Option<GroupConfig>,
 }
 
 /// What the public view can show of a commune: its stations' air quality, its bins'

@@ -270,3 +270,37 @@ fn the_commune_settings_of_the_docs_parse_and_bad_ones_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_group_off_this_host_needs_tls_and_a_user() {
+    let group = |extra: &str| {
+        let text = format!(
+            "[group]\netcd = [\"https://10.0.0.5:2379\", \"http://127.0.0.1:2379\"]\n{extra}"
+        );
+        Config::parse(&text).unwrap().validate()
+    };
+    let err = group("").unwrap_err().to_string();
+    assert!(err.contains("group.username"), "{err}");
+    group("username = \"vigie\"\npassword_file = \"/etc/vigie/etcd-password\"\n").unwrap();
+    let err = group("username = \"vigie\"\n").unwrap_err().to_string();
+    assert!(err.contains("go together"), "{err}");
+    let clear =
+        "[group]\netcd = [\"http://10.0.0.5:2379\"]\nusername = \"v\"\npassword_file = \"/p\"\n";
+    let err = Config::parse(clear)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("https://"), "{err}");
+    // One host, a test bench: clear text and no user.
+    Config::parse("[group]\netcd = [\"http://localhost:2379\"]\n")
+        .unwrap()
+        .validate()
+        .unwrap();
+    let err = Config::parse("[group]\netcd = []\n")
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no etcd member"), "{err}");
+}

@@ -20,6 +20,9 @@ impl Config {
         self.alerts.check()?;
         self.check_communes()?;
         self.check_sizes()?;
+        if let Some(group) = &self.group {
+            group.validate()?;
+        }
         if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(
                 "log.level: {directive:?} is not a level (trace, debug, info, warn, error, off) \

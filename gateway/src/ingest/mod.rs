@@ -11,6 +11,8 @@
 //! log line per change of state say why, and it resumes by itself when writes succeed
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
+mod group;
+mod rejoin;
 mod replay;
 mod reserve;
 mod verdicts;
@@ -179,6 +181,8 @@ pub struct Worker {
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
     /// an allocated label under a lock, per frame otherwise).
     tenant_readings: FastMap<String, Counter>,
+    /// The group's shared store of device state; `None` for a gateway alone.
+    group: Option<crate::store::group::Etcd>,
 }
 
 /// Log lines for rejected frames: at most [`LogBudget::LINES`] per [`LogBudget::WINDOW_MS`],
@@ -246,6 +250,22 @@ pub struct WorkerSetup {
     pub clock: Clock,
     /// Device state and live feed, written as frames are judged.
     pub traffic: crate::observe::Traffic,
+    /// The group's shared store of device state; `None` for a gateway alone.
+    pub group: Option<crate::store::group::Etcd>,
+}
+
+/// Why the worker cannot open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The buffer (or a quarantine) cannot be opened.
+    #[error(transparent)]
+    Buffer(#[from] crate::store::buffer::BufferError),
+    /// The group's store did not answer the start-up's reconciliation.
+    #[error("the group's store: {0}")]
+    Group(#[from] crate::store::group::GroupError),
+    /// Emptying the buffer records another gateway's claim beat failed.
+    #[error("rewriting the buffer after rejoining the group: {0}")]
+    Rejoin(std::io::Error),
 }
 
 /// Locks a shared quarantine (a panic elsewhere leaves it usable: its state is on disk).

@@ -1,10 +1,11 @@
 //! The worker's loop: take what waits, judge it, make it durable, acknowledge it; and the
 //! buffer's upkeep around that (free space, delete what is delivered, gauges).
 
+use super::rejoin::{Tail, rejoin};
 use super::reserve::Reserve;
 use super::{
-    BrokerTx, Inbound, Job, LogBudget, MAX_BATCH, RETRY_PAUSE, ReplaySummary, ToBroker, Worker,
-    WorkerSetup, corrupt_entry, lock,
+    BrokerTx, Inbound, Job, LogBudget, MAX_BATCH, OpenError, RETRY_PAUSE, ReplaySummary, ToBroker,
+    Worker, WorkerSetup, corrupt_entry, lock,
 };
 use crate::clock::HostClock;
 use crate::observe::Traffic;
@@ -39,7 +40,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         stopping: CancellationToken,
-    ) -> Result<(Self, crate::store::buffer::Reader), BufferError> {
+    ) -> Result<(Self, crate::store::buffer::Reader), OpenError> {
         let mut setup = setup;
         let (buffer, book) = recover(&mut setup, &metrics)?;
         note_registry(&metrics, &setup.traffic, &setup.registry);
@@ -74,6 +75,7 @@ impl Worker {
             clock: setup.clock,
             traffic: setup.traffic,
             tenant_readings: FastMap::default(),
+            group: setup.group,
         };
         worker.update_buffer_gauges();
         Ok((worker, reader))
@@ -132,6 +134,9 @@ impl Worker {
         if messages.is_empty() {
             return Some(ReplaySummary::default());
         }
+        if self.group.is_some() {
+            return self.commit_in_group(&messages, acks);
+        }
         let cx = Context {
             registry: &self.registry,
             counters: &self.book,
@@ -159,7 +164,7 @@ impl Worker {
     /// A refusal that settles the frame is acknowledged, so its quarantine entry is the
     /// frame's only copy and is never evicted: past that room's bound (the device's share,
     /// or all of it) the frame is held instead, and its device keeps it.
-    fn hold_without_room(&self, m: &Inbound, outcome: &mut Outcome) {
+    pub(super) fn hold_without_room(&self, m: &Inbound, outcome: &mut Outcome) {
         if let Outcome::Reject(reason) = *outcome
             && reason.settles()
             && !self
@@ -216,7 +221,13 @@ impl Worker {
 
     /// The broker's acknowledgements of `chunk` (messages `first..` of the plan), in
     /// order, and one sealed acknowledgement per device whose frames it settled.
-    fn acknowledge(&self, chunk: &[Inbound], plan: &Plan, first: usize, acks: &BrokerTx) {
+    pub(super) fn acknowledge(
+        &self,
+        chunk: &[Inbound],
+        plan: &Plan,
+        first: usize,
+        acks: &BrokerTx,
+    ) {
         // The MQTT task may be gone at shutdown; the broker then redelivers, and devices
         // resend what no acknowledgement covered.
         for token in chunk.iter().filter_map(|m| m.ack) {
@@ -259,16 +270,7 @@ impl Worker {
                 // goes through in pieces on a nearly full disk does not flap.
                 return Ok(());
             }
-            Err(BufferError::Full { used, max }) => Store::Full {
-                used: *used,
-                max: *max,
-            },
-            Err(e) if e.is_no_space() => Store::DiskFull {
-                error: e.to_string(),
-            },
-            Err(e) => Store::Failing {
-                error: e.to_string(),
-            },
+            Err(e) => store_problem(e),
         };
         self.report_store(store);
         result.map(drop).map_err(drop)
@@ -289,7 +291,7 @@ impl Worker {
     }
     /// While storing fails: delete what is delivered, and if everything is, roll past the
     /// current segment so it can go too (with the reserve released on a full disk).
-    fn free_space(&mut self) {
+    pub(super) fn free_space(&mut self) {
         self.collect_garbage();
         if self.buffer.pending_bytes() > 0 {
             return;
@@ -308,11 +310,12 @@ impl Worker {
         }
     }
     /// Health, metric and one log line when the store's state changes.
-    fn report_store(&self, store: Store) {
-        let (full, failing) = match &store {
-            Store::Ok => (0, 0),
-            Store::Full { .. } => (1, 0),
-            Store::DiskFull { .. } | Store::Failing { .. } => (0, 1),
+    pub(super) fn report_store(&self, store: Store) {
+        let (full, failing, group) = match &store {
+            Store::Ok => (0, 0, 0),
+            Store::Full { .. } => (1, 0, 0),
+            Store::DiskFull { .. } | Store::Failing { .. } => (0, 1, 0),
+            Store::Group { .. } => (0, 0, 1),
         };
         let problem = store.problem();
         let previous = self.health.set_store(store.clone());
@@ -321,6 +324,7 @@ impl Worker {
         }
         self.metrics.buffer_full.set(full);
         self.metrics.store_failing.set(failing);
+        self.metrics.group_unreachable.set(group);
         match problem {
             None => tracing::info!("storage writable again; acknowledgements resume"),
             Some(p) => tracing::warn!("cannot store: {p}; the broker keeps the messages"),
@@ -354,7 +358,7 @@ impl Worker {
         self.reserve.restore(snapshot.len());
         self.update_buffer_gauges();
     }
-    fn update_buffer_gauges(&self) {
+    pub(super) fn update_buffer_gauges(&self) {
         self.metrics
             .buffer_bytes
             .set(gauge(self.buffer.used_bytes()));
@@ -364,15 +368,31 @@ impl Worker {
     }
 }
 
+/// The store's state after a failed append.
+pub(super) fn store_problem(e: &BufferError) -> Store {
+    match e {
+        BufferError::Full { used, max } => Store::Full {
+            used: *used,
+            max: *max,
+        },
+        e if e.is_no_space() => Store::DiskFull {
+            error: e.to_string(),
+        },
+        e => Store::Failing {
+            error: e.to_string(),
+        },
+    }
+}
+
 /// A commit's records as the buffer stores them, in one allocation (one per record was a
 /// fifth of the hot path's allocations; docs/PERFORMANCE.md).
-struct Encoded {
+pub(super) struct Encoded {
     bytes: Vec<u8>,
     ends: Vec<usize>,
 }
 
 impl Encoded {
-    fn of<'a>(records: impl ExactSizeIterator<Item = &'a Record> + Clone) -> Self {
+    pub(super) fn of<'a>(records: impl ExactSizeIterator<Item = &'a Record> + Clone) -> Self {
         // A record's head (ids, counters, tag) is at most 90 bytes: room for all at once.
         let room = records.clone().map(|r| r.lines.len() + 90).sum();
         let mut out = Self {
@@ -387,7 +407,7 @@ impl Encoded {
     }
 
     /// Each record's bytes.
-    fn payloads(&self) -> Vec<&[u8]> {
+    pub(super) fn payloads(&self) -> Vec<&[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
             .zip(&self.ends)
@@ -405,10 +425,7 @@ pub(super) fn encode(record: &Record) -> Vec<u8> {
 
 /// The buffer of `setup`, and the replay book rebuilt from the snapshot and every record
 /// still in it; corrupt records go to their quarantine.
-fn recover(
-    setup: &mut WorkerSetup,
-    metrics: &Metrics,
-) -> Result<(Buffer, ReplayBook), BufferError> {
+fn recover(setup: &mut WorkerSetup, metrics: &Metrics) -> Result<(Buffer, ReplayBook), OpenError> {
     let mut book = match std::fs::read(&setup.snapshot_path) {
         Ok(bytes) => ReplayBook::from_snapshot(&bytes).unwrap_or_else(|e| {
             tracing::error!(error = %e, "replay state unreadable; starting empty (old frames may be stored again, harmlessly, as identical points)");
@@ -419,7 +436,9 @@ fn recover(
     let quarantine = &mut setup.quarantine;
     let mut refused = lock(&setup.db_quarantine);
     let now = setup.clock.now_ms();
-    let (buffer, recovery) = Buffer::open(
+    let grouped = setup.group.is_some();
+    let mut tail = Tail::default();
+    let (mut buffer, recovery) = Buffer::open(
         setup.fs.clone(),
         &setup.buffer_dir,
         setup.segment_bytes,
@@ -430,6 +449,9 @@ fn recover(
                     && !r.device.is_empty()
                 {
                     book.accept(&r);
+                    if grouped {
+                        tail.note(&r);
+                    }
                 }
             }
             Recovered::Corrupt(bytes) => {
@@ -441,10 +463,19 @@ fn recover(
             }
         },
     )?;
-    quarantine.sync()?;
-    refused.sync()?;
+    quarantine.sync().map_err(BufferError::Io)?;
+    refused.sync().map_err(BufferError::Io)?;
     drop(refused);
     log_recovery(&recovery, metrics);
+    if let Some(store) = setup.group.as_mut()
+        && rejoin(store, &tail, &setup.buffer_dir)? > 0
+    {
+        // Rewritten segments: open again (what recovery found is counted already).
+        drop(buffer);
+        let fs = setup.fs.clone();
+        let (dir, segment, max) = (&setup.buffer_dir, setup.segment_bytes, setup.max_bytes);
+        buffer = Buffer::open(fs, dir, segment, max, |_| {})?.0;
+    }
     Ok((buffer, book))
 }
 

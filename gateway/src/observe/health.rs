@@ -33,6 +33,11 @@ pub enum Store {
         /// The error.
         error: String,
     },
+    /// The group's shared store (etcd) does not answer: nothing can be judged.
+    Group {
+        /// The error.
+        error: String,
+    },
 }
 
 impl Store {
@@ -49,6 +54,9 @@ impl Store {
             Self::Failing { error } => {
                 Some(format!("disk error ({error}): acknowledgements withheld"))
             }
+            Self::Group { error } => Some(format!(
+                "the group's store does not answer ({error}): acknowledgements withheld"
+            )),
         }
     }
 }

@@ -76,9 +76,15 @@ pub enum RunError {
     /// Buffer.
     #[error(transparent)]
     Buffer(#[from] store::buffer::BufferError),
+    /// The ingest worker's stores.
+    #[error(transparent)]
+    Worker(#[from] crate::ingest::OpenError),
     /// Quarantine.
     #[error("quarantine: {0}")]
     Quarantine(std::io::Error),
+    /// The group's store client.
+    #[error(transparent)]
+    GroupStore(#[from] store::group::SetupError),
     /// The alerts (a secret or CA file).
     #[error(transparent)]
     Alerts(#[from] crate::notify::SetupError),
@@ -250,13 +256,17 @@ async fn open_worker(
         host_clock: config.validation.host_clock.clone(),
         clock: c.clock.clone(),
         traffic: c.traffic.clone(),
+        group: match &config.group {
+            Some(g) => Some(store::group::Etcd::new(g)?),
+            None => None,
+        },
     };
-    let (worker, reader) = Worker::open(
-        setup,
-        c.metrics.clone(),
-        c.health.clone(),
-        c.stopping.clone(),
-    )?;
+    // Off the runtime: a group member's start waits for the group's store.
+    let (metrics, health, stopping) = (c.metrics.clone(), c.health.clone(), c.stopping.clone());
+    let (worker, reader) =
+        tokio::task::spawn_blocking(move || Worker::open(setup, metrics, health, stopping))
+            .await
+            .map_err(|_| RunError::Died("ingest worker's start"))??;
     Ok((worker, reader, db_quarantine))
 }
 

@@ -4,4 +4,5 @@
 
 pub mod buffer;
 pub mod fs;
+pub mod group;
 pub mod quarantine;

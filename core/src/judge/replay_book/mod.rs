@@ -24,12 +24,17 @@
 //! Past [`SPANS`] blocks the oldest are merged into one span per kind, which counts as
 //! another block for every frame: stricter, never weaker.
 //!
-//! Snapshot: `"VGR4"`, u32 count, then per device `u8 len, tenant, u8 len, device,
+//! **Missing frames.** Each device's count of skipped counters that have not arrived
+//! (SPEC §13.9, [`missing`]) is kept with its window, so that a group of gateways sharing
+//! device state counts them once for the group (one gateway alone counts them in its
+//! device state too, which also knows refused arrivals).
+//!
+//! Snapshot: `"VGR5"`, u32 count, then per device `u8 len, tenant, u8 len, device,
 //! u32 epoch, window, one u32 fingerprint per stored counter of the window (highest
-//! first; 0: none known), u8 m, m × (u32 epoch, u32 block, u8 kind, u32 first, u32 last)`,
-//! then CRC-32 of everything before. `"VGR3"` (the last 64 tags as `u8 n, n × (u32
-//! counter, 8-byte tag)`, then spans), `"VGR2"` (no spans) and `"VGR1"` (no tags)
-//! snapshots still load.
+//! first; 0: none known), u8 m, m × (u32 epoch, u32 block, u8 kind, u32 first, u32 last),
+//! u32 missing`, then CRC-32 of everything before. `"VGR4"` (no missing count), `"VGR3"`
+//! (the last 64 tags as `u8 n, n × (u32 counter, 8-byte tag)`, then spans), `"VGR2"` (no
+//! spans) and `"VGR1"` (no tags) snapshots still load.
 
 use crate::FastMap;
 use crate::condition::missing::{self, Gap};
@@ -137,6 +142,8 @@ struct Slot {
     prints: Prints,
     /// Kept across key epochs: a new epoch's counters restart and can meet old seconds.
     spans: Vec<Span>,
+    /// Skipped counters that have not arrived (kept across key epochs, like the device).
+    missing: u32,
 }
 
 /// Equal states: the same window, spans and fingerprints of the counters it holds (what
@@ -146,6 +153,7 @@ impl PartialEq for Slot {
         self.epoch == other.epoch
             && self.window == other.window
             && self.spans == other.spans
+            && self.missing == other.missing
             && self
                 .stored()
                 .all(|c| self.prints.get(c) == other.prints.get(c))
@@ -252,6 +260,7 @@ impl Slot {
             let spans = std::mem::take(&mut self.spans);
             *self = Self {
                 spans,
+                missing: self.missing,
                 ..Self::new(epoch)
             };
         }
@@ -267,6 +276,11 @@ impl Slot {
             return Gap::None;
         }
         let gap = missing::gap(self.window.highest(), counter);
+        match gap {
+            Gap::Skipped { count, .. } => self.missing = self.missing.saturating_add(count),
+            Gap::Late => self.missing = self.missing.saturating_sub(1),
+            Gap::None | Gap::Reboot | Gap::Jump => {}
+        }
         self.window.accept(counter);
         self.prints
             .set(counter, tag.as_ref().map_or(0, fingerprint));
@@ -299,7 +313,8 @@ pub struct SnapshotError;
 const MAGIC_V1: &[u8; 4] = b"VGR1";
 const MAGIC_V2: &[u8; 4] = b"VGR2";
 const MAGIC_V3: &[u8; 4] = b"VGR3";
-const MAGIC: &[u8; 4] = b"VGR4";
+const MAGIC_V4: &[u8; 4] = b"VGR4";
+const MAGIC: &[u8; 4] = b"VGR5";
 
 impl Counters for ReplayBook {
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen {
@@ -361,6 +376,11 @@ impl ReplayBook {
         self.slot(tenant, device)
             .filter(|s| s.epoch == epoch)
             .and_then(|s| s.window.highest())
+    }
+
+    /// Skipped counters of `tenant`/`device` that have not arrived (see the module note).
+    pub fn missing(&self, tenant: &str, device: &str) -> Option<u32> {
+        self.slot(tenant, device).map(|s| s.missing)
     }
 
     /// An overlay for judging one batch.

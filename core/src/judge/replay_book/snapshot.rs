@@ -1,9 +1,9 @@
-//! The replay book on disk: `"VGR4"` written, `"VGR1"` to `"VGR4"` read (the format is in
+//! The replay book on disk: `"VGR5"` written, `"VGR1"` to `"VGR5"` read (the format is in
 //! the parent module's note).
 
 use super::{
-    Freshness, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, Prints, RECENT, ReplayBook, ReplayWindow,
-    Seconds, Slot, SnapshotError, Span, Tag, fingerprint,
+    Freshness, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, MAGIC_V4, Prints, RECENT, ReplayBook,
+    ReplayWindow, Seconds, Slot, SnapshotError, Span, Tag, fingerprint,
 };
 use crate::FastMap;
 
@@ -23,24 +23,59 @@ impl ReplayBook {
                 out.push(s.len() as u8);
                 out.extend_from_slice(s.as_bytes());
             }
-            out.extend_from_slice(&slot.epoch.to_be_bytes());
-            out.extend_from_slice(&slot.window.to_bytes());
-            for counter in slot.stored() {
-                out.extend_from_slice(&slot.prints.get(counter).to_be_bytes());
-            }
-            // At most SPANS blocks plus one merged span per kind: fits a byte.
-            out.push(slot.spans.len() as u8);
-            for s in &slot.spans {
-                out.extend_from_slice(&s.epoch.to_be_bytes());
-                out.extend_from_slice(&s.block.to_be_bytes());
-                out.push(s.seconds.kind);
-                out.extend_from_slice(&s.seconds.first.to_be_bytes());
-                out.extend_from_slice(&s.seconds.last.to_be_bytes());
-            }
+            write_slot(&mut out, slot);
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
+    }
+
+    /// One device's state as a group of gateways keeps it in its shared store
+    /// (`"VGD4"`, the snapshot's per-device fields, CRC-32); `None` when it has none.
+    pub fn device_state(&self, tenant: &str, device: &str) -> Option<Vec<u8>> {
+        let slot = self.slot(tenant, device)?;
+        let mut out = DEVICE_MAGIC.to_vec();
+        write_slot(&mut out, slot);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        Some(out)
+    }
+
+    /// Replaces a device's state with one from [`Self::device_state`] (read from the
+    /// group's store); `None` forgets the device. A corrupt state changes nothing.
+    pub fn set_device_state(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        state: Option<&[u8]>,
+    ) -> Result<(), SnapshotError> {
+        let Some(bytes) = state else {
+            if let Some(devices) = self.windows.get_mut(tenant) {
+                devices.remove(device);
+            }
+            return Ok(());
+        };
+        let (body, crc) = bytes
+            .split_at_checked(bytes.len().saturating_sub(4))
+            .ok_or(SnapshotError)?;
+        if crc.len() != 4 || crc32fast::hash(body).to_be_bytes() != crc {
+            return Err(SnapshotError);
+        }
+        let mut r = match body.split_at_checked(4) {
+            Some((magic, rest)) if magic == DEVICE_MAGIC => Bytes(rest),
+            _ => return Err(SnapshotError),
+        };
+        let slot = r.slot(Version {
+            tags: Kept::Window,
+            spans: true,
+            missing: true,
+        })?;
+        if !r.0.is_empty() {
+            return Err(SnapshotError);
+        }
+        let devices = self.windows.entry(tenant.to_string()).or_default();
+        devices.insert(device.to_string(), slot);
+        Ok(())
     }
 
     /// Parses a snapshot (this version's, or an older one without spans or tags).
@@ -55,18 +90,27 @@ impl ReplayBook {
             Some(m) if m == MAGIC => Version {
                 tags: Kept::Window,
                 spans: true,
+                missing: true,
+            },
+            Some(m) if m == MAGIC_V4 => Version {
+                tags: Kept::Window,
+                spans: true,
+                missing: false,
             },
             Some(m) if m == MAGIC_V3 => Version {
                 tags: Kept::Last64,
                 spans: true,
+                missing: false,
             },
             Some(m) if m == MAGIC_V2 => Version {
                 tags: Kept::Last64,
                 spans: false,
+                missing: false,
             },
             Some(m) if m == MAGIC_V1 => Version {
                 tags: Kept::None,
                 spans: false,
+                missing: false,
             },
             _ => return Err(SnapshotError),
         };
@@ -85,11 +129,35 @@ impl ReplayBook {
     }
 }
 
+/// A device's state in a group's store (see [`ReplayBook::device_state`]).
+const DEVICE_MAGIC: &[u8; 4] = b"VGD5";
+
+/// One device's fields of a `"VGR5"` snapshot.
+fn write_slot(out: &mut Vec<u8>, slot: &Slot) {
+    out.extend_from_slice(&slot.epoch.to_be_bytes());
+    out.extend_from_slice(&slot.window.to_bytes());
+    for counter in slot.stored() {
+        out.extend_from_slice(&slot.prints.get(counter).to_be_bytes());
+    }
+    // At most SPANS blocks plus one merged span per kind: fits a byte.
+    out.push(slot.spans.len() as u8);
+    for s in &slot.spans {
+        out.extend_from_slice(&s.epoch.to_be_bytes());
+        out.extend_from_slice(&s.block.to_be_bytes());
+        out.push(s.seconds.kind);
+        out.extend_from_slice(&s.seconds.first.to_be_bytes());
+        out.extend_from_slice(&s.seconds.last.to_be_bytes());
+    }
+    out.extend_from_slice(&slot.missing.to_be_bytes());
+}
+
 /// What a snapshot's version holds besides the windows.
 #[derive(Debug, Clone, Copy)]
 struct Version {
     tags: Kept,
     spans: bool,
+    /// The count of missing frames (`"VGR5"`).
+    missing: bool,
 }
 
 /// Which tags a snapshot's version kept.
@@ -99,7 +167,7 @@ enum Kept {
     None,
     /// The last [`RECENT`] counters' whole tags (`"VGR2"`, `"VGR3"`).
     Last64,
-    /// A fingerprint per stored counter of the window (`"VGR4"`).
+    /// A fingerprint per stored counter of the window (`"VGR4"`, `"VGR5"`).
     Window,
 }
 
@@ -156,6 +224,7 @@ impl<'a> Bytes<'a> {
             window: ReplayWindow::from_bytes(&w),
             prints: Prints::default(),
             spans: Vec::new(),
+            missing: 0,
         };
         match version.tags {
             Kept::None => {}
@@ -179,6 +248,9 @@ impl<'a> Bytes<'a> {
                     seconds,
                 });
             }
+        }
+        if version.missing {
+            slot.missing = self.u32()?;
         }
         Ok(slot)
     }

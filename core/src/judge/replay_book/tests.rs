@@ -101,12 +101,14 @@ fn epochs_gaps_and_snapshot() {
         "11, 12, 13 missing"
     );
     assert_eq!(b.highest("t", "d", 1), Some(14));
+    assert_eq!(b.missing("t", "d"), Some(3));
     assert_eq!(b.accept_counter("t", "d", 1, 11, None, None), Gap::Late);
     assert_eq!(
         b.accept_counter("t", "d", 1, 11, None, None),
         Gap::None,
         "a duplicate fills nothing"
     );
+    assert_eq!(b.missing("t", "d"), Some(2), "11 arrived, once");
     assert_eq!(b.seen("t", "d", 1, 14, &T2), Seen::Duplicate);
     assert_eq!(b.seen("t", "d", 1, 14, &T1), Seen::Reused);
     assert_eq!(b.seen("t", "d", 1, 12, &T1), Seen::Fresh);
@@ -136,6 +138,25 @@ fn epochs_gaps_and_snapshot() {
     assert_eq!(ReplayBook::from_snapshot(&snap[..3]), Err(SnapshotError));
     b.accept_counter("t", "d", 2, 5, None, None);
     assert_eq!(b.seen("t", "d", 1, 20, &T1), Seen::TooOld);
+    assert_eq!(b.missing("t", "d"), Some(2), "kept across key epochs");
+    assert_eq!(b.missing("t", "other"), None);
+}
+
+#[test]
+fn a_version_4_snapshot_loads_with_nothing_missing() {
+    let mut b = ReplayBook::default();
+    b.accept_counter("t", "d", 1, 10, Some(T1), None);
+    b.accept_counter("t", "d", 1, 14, Some(T2), None);
+    // VGR5 less its magic, the missing count and the CRC.
+    let v5 = b.snapshot();
+    let mut v4 = MAGIC_V4.to_vec();
+    v4.extend_from_slice(&v5[4..v5.len() - 8]);
+    let crc = crc32fast::hash(&v4);
+    v4.extend_from_slice(&crc.to_be_bytes());
+    let back = ReplayBook::from_snapshot(&v4).unwrap();
+    assert_eq!(back.seen("t", "d", 1, 14, &T1), Seen::Reused);
+    assert_eq!(back.missing("t", "d"), Some(0));
+    assert_eq!(b.missing("t", "d"), Some(3));
 }
 
 #[test]
@@ -237,4 +258,37 @@ fn version_1_snapshots_still_load() {
     let crc = crc32fast::hash(&v1);
     v1.extend_from_slice(&crc.to_be_bytes());
     assert_eq!(ReplayBook::from_snapshot(&v1), Ok(b));
+}
+
+#[test]
+fn a_devices_state_moves_between_books_whole() {
+    // What a group of gateways passes through its store: one gateway's state of a device,
+    // set into another's book, judges every counter as the first would.
+    let mut a = ReplayBook::default();
+    for c in [0, 1, 2, 1500, 1501] {
+        a.accept_with(&rec(c, [c as u8 + 1; 8]), Some(secs(1, 100 + c, 100 + c)));
+    }
+    a.accept_counter("t", "other", 1, 7, Some(T1), None);
+    let state = a.device_state("t", "d").unwrap();
+    let mut b = ReplayBook::default();
+    b.set_device_state("t", "d", Some(&state)).unwrap();
+    for (c, tag) in [(1, [2; 8]), (1, [9; 8]), (3, T1), (1502, T1)] {
+        assert_eq!(b.seen("t", "d", 1, c, &tag), a.seen("t", "d", 1, c, &tag));
+    }
+    assert_eq!(b.seen("t", "d", 1, 1, &[9; 8]), Seen::Reused);
+    let s = secs(1, 1601, 1601);
+    assert!(b.collides(("t", "d"), 1, 3, &s) && a.collides(("t", "d"), 1, 3, &s));
+    assert_eq!(b.device_state("t", "d"), Some(state.clone()));
+    assert_eq!(b.device_state("t", "other"), None, "only that device");
+    // Damaged bytes change nothing; no state forgets the device.
+    let mut bad = state.clone();
+    bad[10] ^= 1;
+    assert_eq!(b.set_device_state("t", "d", Some(&bad)), Err(SnapshotError));
+    assert_eq!(
+        b.set_device_state("t", "d", Some(&state[..8])),
+        Err(SnapshotError)
+    );
+    assert_eq!(b.device_state("t", "d"), Some(state));
+    b.set_device_state("t", "d", None).unwrap();
+    assert_eq!(b.seen("t", "d", 1, 1, &T2), Seen::Fresh);
 }

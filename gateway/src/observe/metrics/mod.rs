@@ -185,6 +185,10 @@ pub struct Metrics {
     pub buffer_recovered_records: Gauge,
     /// `vigie_store_failing`.
     pub store_failing: Gauge,
+    /// `vigie_group_unreachable`.
+    pub group_unreachable: Gauge,
+    /// `vigie_group_conflicts_total`.
+    pub group_conflicts: Counter,
     /// `vigie_buffer_torn_tails_total`.
     pub buffer_torn_tails: Counter,
     /// `vigie_buffer_corrupt_records_total`.
@@ -240,6 +244,7 @@ impl Metrics {
         m.register_gauges(r);
         m.register_counters(r);
         m.register_link_counters(r);
+        m.register_group(r);
         m.register_families(r);
         m.alerts.register(r);
         m.zero_labels();
@@ -269,6 +274,8 @@ impl Metrics {
             buffer_full: Default::default(),
             buffer_recovered_records: Default::default(),
             store_failing: Default::default(),
+            group_unreachable: Default::default(),
+            group_conflicts: Default::default(),
             buffer_torn_tails: Default::default(),
             buffer_corrupt_records: Default::default(),
             tenant_behind: Default::default(),
@@ -397,6 +404,14 @@ impl Metrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
+    }
+
+    /// A group of gateways' shared store (docs/OPERATIONS.md "Scaling out").
+    fn register_group(&self, r: &mut Registry) {
+        let help = "1 while the group's etcd does not answer (acknowledgements withheld).";
+        r.register("group_unreachable", help, self.group_unreachable.clone());
+        let help = "Commits judged again: another gateway committed one of their devices first.";
+        r.register("group_conflicts", help, self.group_conflicts.clone());
     }
 
     /// The broker link's counters and the registry reloads'.

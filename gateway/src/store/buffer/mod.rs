@@ -195,6 +195,16 @@ impl Interrupter {
     }
 }
 
+/// Records written and fsynced but not yet handed to readers ([`Buffer::stage`]).
+#[derive(Debug)]
+#[must_use = "staged records are published or retracted"]
+pub struct Staged {
+    rolled: Option<Box<dyn FsFile>>,
+    lengths: Vec<(u64, u64)>,
+    end: Position,
+    created: Vec<u64>,
+}
+
 /// Clean-up a failed append still owes before the next one may write.
 #[derive(Debug, Default)]
 struct Damage {
@@ -263,6 +273,16 @@ impl Buffer {
     /// Appends `payloads` and fsyncs once. `Ok` means every record is durable; any `Err`
     /// means none of them is in the log (see the module note).
     pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<Position, BufferError> {
+        let staged = self.stage(payloads)?;
+        Ok(self.publish(staged))
+    }
+
+    /// Writes and fsyncs `payloads` without handing them to readers yet: a group of
+    /// gateways first claims their counters in its shared store, then [`Self::publish`]es
+    /// them, or [`Self::retract`]s them when another gateway claimed first. Nothing else
+    /// may be appended meanwhile. A staged record found at a restart is recovered like
+    /// any other (the group's start-up reconciles it with the store).
+    pub fn stage<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<Staged, BufferError> {
         if let Some(p) =
             (payloads.iter().map(AsRef::as_ref)).find(|p| p.is_empty() || p.len() > MAX_PAYLOAD)
         {
@@ -279,18 +299,12 @@ impl Buffer {
         self.repair()?;
         let mut created = Vec::new();
         match self.write(payloads, &mut created) {
-            Ok((rolled_to, lengths, end)) => {
-                if let Some(file) = rolled_to {
-                    self.file = file;
-                }
-                self.durable = end;
-                let mut s = self.shared.lock();
-                s.segments.extend(lengths);
-                s.durable = end;
-                drop(s);
-                self.shared.changed.notify_all();
-                Ok(end)
-            }
+            Ok((rolled, lengths, end)) => Ok(Staged {
+                rolled,
+                lengths,
+                end,
+                created,
+            }),
             Err(e) => {
                 self.damage = Some(Damage { orphans: created });
                 if let Err(again) = self.repair() {
@@ -298,6 +312,31 @@ impl Buffer {
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Hands staged records to the readers; returns the new durable end.
+    pub fn publish(&mut self, staged: Staged) -> Position {
+        if let Some(file) = staged.rolled {
+            self.file = file;
+        }
+        self.durable = staged.end;
+        let mut s = self.shared.lock();
+        s.segments.extend(staged.lengths);
+        s.durable = staged.end;
+        drop(s);
+        self.shared.changed.notify_all();
+        staged.end
+    }
+
+    /// Removes staged records from the log (never read by anyone): the current segment is
+    /// cut back and segments they started are removed, now or before the next append.
+    pub fn retract(&mut self, staged: Staged) {
+        self.damage = Some(Damage {
+            orphans: staged.created,
+        });
+        if let Err(e) = self.repair() {
+            tracing::error!(error = %e, "cannot remove retracted buffer records yet; retried before the next write");
         }
     }
 

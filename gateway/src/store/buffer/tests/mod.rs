@@ -77,6 +77,33 @@ fn append_read_deliver_delete_and_reopen() {
 }
 
 #[test]
+fn staged_records_are_read_only_once_published_and_retracted_ones_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, _, _) = open_real(dir.path());
+    let mut r = b.reader();
+    b.append(&[payload(0)]).unwrap();
+    // Enough to roll into new segments (256 bytes each): a retraction removes them too.
+    let retracted: Vec<_> = (100..112).map(payload).collect();
+    let staged = b.stage(&retracted).unwrap();
+    assert_eq!(drain(&mut r), [payload(0)], "staged: not readable yet");
+    let segments = stdfs::read_dir(dir.path()).unwrap().count();
+    b.retract(staged);
+    assert!(stdfs::read_dir(dir.path()).unwrap().count() < segments);
+    let kept: Vec<_> = (1..13).map(payload).collect();
+    let staged = b.stage(&kept).unwrap();
+    assert!(drain(&mut r).is_empty());
+    b.publish(staged);
+    assert_eq!(drain(&mut r), kept);
+    b.append(&[payload(13)]).unwrap();
+    assert_eq!(drain(&mut r), [payload(13)]);
+    drop((b, r));
+    // What a restart finds: the published records, never the retracted ones.
+    let (_, rec, seen) = open_real(dir.path());
+    assert_eq!((rec.cut_bytes, rec.corrupt_records), (0, 0));
+    assert_eq!(seen, (0..14).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
 fn an_interrupted_reader_stops_waiting_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (b, _, _) = open_real(dir.path());

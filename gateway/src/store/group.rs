@@ -1,0 +1,327 @@
+//! The device state a group of gateways shares, in etcd (docs/OPERATIONS.md "Scaling
+//! out"): one key per device, `<prefix>/device/<tenant>/<device>`, holding its replay
+//! state ([`ReplayBook::device_state`](vigie_core::judge::replay_book::ReplayBook)).
+//!
+//! Two requests per commit, whatever its size, through etcd's JSON gateway (`/v3/kv/txn`,
+//! no gRPC stack to build): [`Etcd::fetch`] reads the batch's devices with their
+//! revisions, [`Etcd::commit`] writes the new states only if none of them changed since
+//! (compare-and-swap on each key's `mod_revision`, one transaction: all or nothing). etcd
+//! is linearizable (Raft), so a commit it answered survives the loss of its leader.
+//!
+//! The worker's thread blocks on these requests; they run on a private single-threaded
+//! runtime, bounded by `group.timeout`, each tried on the next member when one does not
+//! answer.
+
+use crate::config::GroupConfig;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use vigie_core::Secret;
+
+/// Most devices in one commit: etcd refuses a transaction of more than 128 operations
+/// (`--max-txn-ops`), and a device's state is up to 8.5 KiB (1.5 MiB per request).
+pub const MAX_DEVICES: usize = 64;
+
+/// A device's state in the store, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The key's `mod_revision` (0: no such key).
+    pub revision: i64,
+    /// Its state, if any.
+    pub state: Option<Vec<u8>>,
+}
+
+/// A new state for a device, written only if its key is still at `revision`.
+#[derive(Debug)]
+pub struct Write<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Device.
+    pub device: &'a str,
+    /// The revision it was read at.
+    pub revision: i64,
+    /// Its new state.
+    pub state: Vec<u8>,
+}
+
+/// Why the store could not answer. None of them says whether a commit was applied: the
+/// caller reads the keys again to know.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// No member answered in time.
+    #[error("no etcd member answered ({0})")]
+    Unreachable(String),
+    /// A member answered with an error.
+    #[error("etcd refused the request: HTTP {status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// etcd's message (no secret is sent, so none can come back).
+        message: String,
+    },
+    /// The answer was not what etcd sends.
+    #[error("unreadable answer from etcd: {0}")]
+    Unreadable(&'static str),
+}
+
+/// Why the client cannot be set up (no secret is ever in these messages).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Its runtime or HTTP client.
+    #[error("group: {0}")]
+    Runtime(std::io::Error),
+    /// A file it needs cannot be read.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// The setting.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `group.ca_file` holds no certificate.
+    #[error("group.ca_file {0}: not a PEM certificate")]
+    Ca(PathBuf),
+}
+
+/// A client of the group's etcd cluster.
+#[derive(Debug)]
+pub struct Etcd {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    members: Vec<String>,
+    prefix: String,
+    /// The member that answered last: asked first.
+    current: usize,
+    /// The etcd user and password, if the cluster has authentication on.
+    user: Option<(String, Secret)>,
+    /// The token etcd gave for them (a simple token lives 5 minutes; asked again then).
+    token: Option<Secret>,
+}
+
+impl Etcd {
+    /// A client of the members `cfg` lists, its CA and password read (no request yet).
+    pub fn new(cfg: &GroupConfig) -> Result<Self, SetupError> {
+        let read = |what, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| SetupError::File {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SetupError::Runtime)?;
+        let mut http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(1)));
+        if let Some(path) = &cfg.ca_file {
+            let pem = read("group.ca_file", path)?;
+            let ca =
+                reqwest::Certificate::from_pem(&pem).map_err(|_| SetupError::Ca(path.clone()))?;
+            http = http.add_root_certificate(ca);
+        }
+        let user = match (&cfg.username, &cfg.password_file) {
+            (Some(name), Some(path)) => {
+                let password = String::from_utf8_lossy(&read("group.password_file", path)?)
+                    .trim_end()
+                    .to_string();
+                Some((name.clone(), Secret::new(password)))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            runtime,
+            http: http
+                .build()
+                .map_err(|e| SetupError::Runtime(std::io::Error::other(e)))?,
+            members: cfg
+                .etcd
+                .iter()
+                .map(|m| m.trim_end_matches('/').to_string())
+                .collect(),
+            prefix: cfg.prefix.clone(),
+            current: 0,
+            user,
+            token: None,
+        })
+    }
+
+    fn key(&self, tenant: &str, device: &str) -> String {
+        B64.encode(format!("{}/device/{tenant}/{device}", self.prefix))
+    }
+
+    /// The states of `devices`, in their order, in one request.
+    pub fn fetch(&mut self, devices: &[(&str, &str)]) -> Result<Vec<Held>, GroupError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranges: Vec<Value> = devices
+            .iter()
+            .map(|(t, d)| json!({"request_range": {"key": self.key(t, d)}}))
+            .collect();
+        let answer = self.txn(&json!({"success": ranges}))?;
+        let responses = answer["responses"]
+            .as_array()
+            .filter(|r| r.len() == devices.len())
+            .ok_or(GroupError::Unreadable("not one range per device"))?;
+        responses.iter().map(held).collect()
+    }
+
+    /// Writes every state if no key moved since it was read; `false` (nothing written)
+    /// if one did: another gateway committed that device meanwhile.
+    pub fn commit(&mut self, writes: &[Write<'_>]) -> Result<bool, GroupError> {
+        if writes.is_empty() {
+            return Ok(true);
+        }
+        let compare: Vec<Value> = writes
+            .iter()
+            .map(|w| {
+                let key = self.key(w.tenant, w.device);
+                json!({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": w.revision.to_string()})
+            })
+            .collect();
+        let puts: Vec<Value> = writes
+            .iter()
+            .map(|w| {
+                let key = self.key(w.tenant, w.device);
+                json!({"request_put": {"key": key, "value": B64.encode(&w.state)}})
+            })
+            .collect();
+        let answer = self.txn(&json!({"compare": compare, "success": puts}))?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// One transaction, authenticated when the cluster wants it: a token refused (expired)
+    /// is asked again once.
+    fn txn(&mut self, body: &Value) -> Result<Value, GroupError> {
+        if self.user.is_some() && self.token.is_none() {
+            self.token = Some(self.authenticate()?);
+        }
+        match self.post("/v3/kv/txn", body) {
+            Err(GroupError::Refused { status: 401, .. }) if self.user.is_some() => {
+                self.token = Some(self.authenticate()?);
+                self.post("/v3/kv/txn", body)
+            }
+            other => other,
+        }
+    }
+
+    /// A token for the configured user (`/v3/auth/authenticate`).
+    fn authenticate(&mut self) -> Result<Secret, GroupError> {
+        let Some((name, password)) = &self.user else {
+            return Err(GroupError::Unreadable("no user configured"));
+        };
+        let body = json!({"name": name, "password": password.expose()});
+        self.token = None;
+        let answer = self.post("/v3/auth/authenticate", &body)?;
+        let token = answer["token"]
+            .as_str()
+            .ok_or(GroupError::Unreadable("no token in the answer"))?;
+        Ok(Secret::new(token.to_string()))
+    }
+
+    /// One request, on the member that answered last, then on each other in turn.
+    fn post(&mut self, path: &str, body: &Value) -> Result<Value, GroupError> {
+        let mut last = String::new();
+        for i in 0..self.members.len() {
+            let at = (self.current + i) % self.members.len();
+            let mut sent = self
+                .http
+                .post(format!("{}{path}", self.members[at]))
+                .json(body);
+            if let Some(token) = &self.token {
+                sent = sent.header("Authorization", token.expose());
+            }
+            let answer = self.runtime.block_on(async move {
+                let response = sent.send().await?;
+                let status = response.status();
+                let text = response.text().await?;
+                Ok::<_, reqwest::Error>((status, text))
+            });
+            match answer {
+                Ok((status, text)) if status.is_success() => {
+                    self.current = at;
+                    return serde_json::from_str(&text)
+                        .map_err(|_| GroupError::Unreadable("not JSON"));
+                }
+                // Not the leader's fault: another member may serve it (a member cut off
+                // from the others answers 503 or times out).
+                Ok((status, text)) if status.is_server_error() => {
+                    last = format!(
+                        "{}: HTTP {status}: {}",
+                        self.members[at],
+                        error_message(&text)
+                    );
+                }
+                Ok((status, text)) => {
+                    return Err(GroupError::Refused {
+                        status: refused_status(status.as_u16(), &text),
+                        message: error_message(&text),
+                    });
+                }
+                Err(e) => last = format!("{}: {}", self.members[at], without_url(&e)),
+            }
+        }
+        Err(GroupError::Unreachable(last))
+    }
+}
+
+/// etcd's JSON gateway answers an expired or unknown token with HTTP 400 or 401 and
+/// "invalid auth token": said 401 here, so the caller asks for a new one.
+fn refused_status(status: u16, text: &str) -> u16 {
+    if text.contains("invalid auth token") || text.contains("user name is empty") {
+        401
+    } else {
+        status
+    }
+}
+
+/// One range response as a device's state.
+fn held(response: &Value) -> Result<Held, GroupError> {
+    let range = &response["response_range"];
+    let Some(kv) = range["kvs"].as_array().and_then(|kvs| kvs.first()) else {
+        return Ok(Held {
+            revision: 0,
+            state: None,
+        });
+    };
+    // etcd's JSON writes 64-bit integers as strings.
+    let revision = kv["mod_revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .ok_or(GroupError::Unreadable("a key without its revision"))?;
+    let state = B64
+        .decode(kv["value"].as_str().unwrap_or_default())
+        .map_err(|_| GroupError::Unreadable("a value that is not base64"))?;
+    Ok(Held {
+        revision,
+        state: Some(state),
+    })
+}
+
+/// etcd's error message from an error answer, bounded.
+fn error_message(text: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(text).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v["message"].as_str().or(v["error"].as_str()))
+        .unwrap_or(text);
+    message.chars().take(200).collect()
+}
+
+/// A request error without its URL (the members are in the message already).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}

@@ -1,0 +1,463 @@
+//! Issue 34: three gateways sharing their device state in a three-member etcd cluster
+//! judge one message sequence exactly as one gateway alone does, while one of them is
+//! killed with SIGKILL and restarted and etcd's leader is killed once.
+//!
+//! Both setups read the same publishes: the group subscribes as `$share/trio/…`, the lone
+//! gateway as `$share/solo/…` (the broker gives each group every message), and each writes
+//! its own InfluxDB. The sequence holds what two gateways with their own state got wrong
+//! (issue 34's measurements): a frame resent 20 times, consecutive frames, a reused
+//! counter; and out-of-order frames and two readings in one second.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use vigie_tests::etcd;
+use vigie_tests::fleet::{self, Device};
+use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::{influxdb, mosquitto, now_s, readback, scenario, wait_for};
+
+type Messages = Vec<(String, Vec<u8>)>;
+
+/// Frame `counter` of `d` with reading number `n` (its values) at second `time`.
+fn frame(d: &Device, counter: u32, n: u32, time: u32) -> (String, Vec<u8>) {
+    (d.topic(), d.frame(&[d.reading(n, time)], counter))
+}
+
+/// Phase 1: 40 consecutive frames of each device, device 0's frame 5 resent 20 times
+/// among them.
+fn phase_one(devices: &[Device], start: u32) -> Messages {
+    let mut out = Vec::new();
+    for c in 0..40 {
+        for d in devices {
+            out.push(frame(d, c, c, start + c));
+        }
+        if (6..26).contains(&c) {
+            out.push(frame(&devices[0], 5, 5, start + 5));
+        }
+    }
+    out
+}
+
+/// Phase 2: device 1's counter 10 reused with other content, device 2's frames 45 down
+/// to 40 (out of order), device 0's frames 40 and 41 in one second, and a resend.
+fn phase_two(devices: &[Device], start: u32) -> Messages {
+    let mut out = vec![frame(&devices[1], 10, 310, start + 10)];
+    out.extend((40..46).rev().map(|c| frame(&devices[2], c, c, start + c)));
+    out.push(frame(&devices[0], 40, 40, start + 40));
+    out.push(frame(&devices[0], 41, 41, start + 40));
+    out.push(frame(&devices[1], 39, 39, start + 39));
+    out
+}
+
+/// A metric summed over gateways.
+fn total(gateways: &[&GatewayProcess], name: &str) -> f64 {
+    gateways.iter().map(|g| g.metric(name).unwrap_or(0.0)).sum()
+}
+
+/// The verdict counters a gateway keeps.
+const VERDICTS: [&str; 4] = [
+    "vigie_frames_accepted_total",
+    "vigie_frames_duplicate_total",
+    "vigie_frames_rejected_total{reason=\"counter_reused\"}",
+    "vigie_device_missing_frames",
+];
+
+/// Every verdict counter, summed over `gateways`.
+fn verdicts(gateways: &[&GatewayProcess]) -> Vec<f64> {
+    VERDICTS.iter().map(|v| total(gateways, v)).collect()
+}
+
+/// Each device's missing frames as the gateway that stored its last frame shows them.
+fn missing_frames(gateways: &[&GatewayProcess], devices: &[Device]) -> Vec<u64> {
+    let books: Vec<_> = gateways.iter().filter_map(|g| g.devices()).collect();
+    devices
+        .iter()
+        .map(|d| {
+            books
+                .iter()
+                .filter_map(|b| b.get(&d.tenant, &d.id))
+                .max_by_key(|s| s.last_frame_ms)
+                .map_or(0, |s| s.missing_frames)
+        })
+        .collect()
+}
+
+/// Publishes `messages` in small chunks, waiting `pause` between them (a fleet's pace:
+/// a resend comes after its first copy was judged).
+async fn publish(broker: std::net::SocketAddr, messages: &[(String, Vec<u8>)], pause: Duration) {
+    for chunk in messages.chunks(8) {
+        fleet::publish_all(broker, chunk).await;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The `pm25` points of the scenario's tenant, with their full-resolution count.
+async fn content(influx: std::net::SocketAddr) -> (BTreeSet<String>, usize) {
+    let points = scenario::stored(influx).await;
+    (
+        points,
+        scenario::point_count(influx, scenario::TENANT).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_with_shared_state_judge_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 3);
+    let broker = mosquitto(dir.path());
+    let (trio_db, solo_db) = (influxdb(), influxdb());
+    for db in [&trio_db, &solo_db] {
+        readback::influx_create_db(db.addr, "vigie_lyon").await;
+    }
+    let mut etcd = etcd::cluster(3);
+    let group_toml = etcd.group_toml("trio");
+    let member = |id: &str| GatewaySettings {
+        group: "trio".into(),
+        extra_toml: group_toml.clone(),
+        ..GatewaySettings::new(id, broker.addr, Some(trio_db.addr))
+    };
+    let mut trio: Vec<GatewayProcess> = ["gw-a", "gw-b", "gw-c"]
+        .iter()
+        .map(|id| GatewayProcess::start(dir.path(), &member(id)))
+        .collect();
+    let solo = GatewayProcess::start(
+        dir.path(),
+        &GatewaySettings {
+            group: "solo".into(),
+            ..GatewaySettings::new("gw-solo", broker.addr, Some(solo_db.addr))
+        },
+    );
+    let start = now_s() - 3000;
+    let one = phase_one(&devices, start);
+    let (first, second) = one.split_at(one.len() / 2);
+    publish(broker.addr, first, Duration::from_millis(100)).await;
+    // Mid-run: one gateway killed (its supervisor restarts it), then etcd's leader.
+    trio[1].kill9();
+    publish(
+        broker.addr,
+        &second[..second.len() / 2],
+        Duration::from_millis(100),
+    )
+    .await;
+    trio[1].restart();
+    let leader = etcd.leader().expect("a leader");
+    etcd.members[leader].stop(true);
+    publish(
+        broker.addr,
+        &second[second.len() / 2..],
+        Duration::from_millis(100),
+    )
+    .await;
+    wait_for(
+        "another etcd member elected",
+        Duration::from_secs(20),
+        async || etcd.leader().is_some_and(|l| l != leader),
+    )
+    .await;
+    let stored_once = 3 * 40;
+    let all = |g: &[&GatewayProcess]| total(g, "vigie_frames_accepted_total");
+    wait_for(
+        "phase 1 stored by the lone gateway",
+        Duration::from_secs(60),
+        async || all(&[&solo]) >= f64::from(stored_once),
+    )
+    .await;
+    wait_for(
+        "phase 1 in both databases",
+        Duration::from_secs(60),
+        async || content(trio_db.addr).await.0.len() == content(solo_db.addr).await.0.len(),
+    )
+    .await;
+    etcd.members[leader].start();
+    // Phase 2 compared counter by counter: its verdicts come after every restart.
+    let trio_refs = |t: &[GatewayProcess]| -> Vec<f64> { verdicts(&t.iter().collect::<Vec<_>>()) };
+    let (trio_before, solo_before) = (trio_refs(&trio), verdicts(&[&solo]));
+    publish(
+        broker.addr,
+        &phase_two(&devices, start),
+        Duration::from_millis(300),
+    )
+    .await;
+    let judged =
+        |before: &[f64], now: &[f64]| now[0] - before[0] + now[1] - before[1] + now[2] - before[2];
+    wait_for(
+        "phase 2 judged by both",
+        Duration::from_secs(60),
+        async || {
+            judged(&solo_before, &verdicts(&[&solo])) >= 10.0
+                && judged(&trio_before, &trio_refs(&trio)) >= 10.0
+        },
+    )
+    .await;
+    let (trio_after, solo_after) = (trio_refs(&trio), verdicts(&[&solo]));
+    let delta = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
+    let (trio_delta, solo_delta) = (
+        delta(&trio_after, &trio_before),
+        delta(&solo_after, &solo_before),
+    );
+    wait_for(
+        "phase 2 in both databases",
+        Duration::from_secs(60),
+        async || content(trio_db.addr).await == content(solo_db.addr).await,
+    )
+    .await;
+    let (trio_points, trio_count) = content(trio_db.addr).await;
+    let (solo_points, solo_count) = content(solo_db.addr).await;
+    let trio_all: Vec<&GatewayProcess> = trio.iter().collect();
+    let reused = total(&trio_all, VERDICTS[2]);
+    let waits: usize = trio
+        .iter()
+        .map(|g| g.log().matches("the group's store does not answer").count())
+        .sum();
+    println!(
+        "group of three: points={} (lone gateway {}), phase-2 verdicts {:?} (lone {:?}), \
+         counter_reused={reused} conflicts={} store_waits={waits} accepted_per_gateway={:?}",
+        trio_points.len(),
+        solo_points.len(),
+        trio_delta,
+        solo_delta,
+        total(&trio_all, "vigie_group_conflicts_total"),
+        trio.iter()
+            .map(|g| g.metric("vigie_frames_accepted_total").unwrap_or(0.0))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(trio_points, solo_points, "the same readings");
+    assert_eq!(trio_count, solo_count, "no reading stored twice");
+    assert_eq!(
+        trio_points.len(),
+        stored_once as usize + 6 + 2,
+        "every fresh frame"
+    );
+    assert_eq!(
+        trio_delta[..3],
+        solo_delta[..3],
+        "the same verdicts (accepted, duplicate, reused)"
+    );
+    assert_eq!(trio_delta[2], 1.0, "the reused counter refused, once");
+    let group_missing = missing_frames(&trio_all, &devices);
+    let solo_missing = missing_frames(&[&solo], &devices);
+    println!("missing frames per device: group {group_missing:?}, lone gateway {solo_missing:?}");
+    assert_eq!(group_missing, solo_missing, "the same missing frames");
+    for g in &mut trio {
+        g.terminate();
+    }
+}
+
+/// What a gateway killed between writing a commit's records (fsynced) and claiming them
+/// in the store leaves on disk: records the store does not know. Modelled by appending
+/// them to a stopped gateway's buffer: one fresh frame, and one under a counter the store
+/// holds with another frame's tag (claimed meanwhile by another gateway). At its start the
+/// gateway claims the first before the sink reads it, and empties the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_but_never_claimed_are_claimed_or_emptied_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 2);
+    let broker = mosquitto(dir.path());
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let etcd = etcd::cluster(1);
+    let settings = GatewaySettings {
+        group: "pair".into(),
+        extra_toml: etcd.group_toml("pair"),
+        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
+    };
+    let mut gw = GatewayProcess::start(dir.path(), &settings);
+    let start = now_s() - 3000;
+    let first: Messages = (0..6)
+        .flat_map(|c| devices.iter().map(move |d| frame(d, c, c, start + c)))
+        .collect();
+    publish(broker.addr, &first, Duration::from_millis(50)).await;
+    wait_for("12 frames stored", Duration::from_secs(30), async || {
+        scenario::stored(influx.addr).await.len() == 12
+    })
+    .await;
+    gw.terminate();
+    // Device 0's frame 6, never claimed; device 1's counter 3 with other readings.
+    let fresh = frame(&devices[0], 6, 6, start + 6);
+    let beaten = frame(&devices[1], 3, 303, start + 3);
+    let records: Vec<Vec<u8>> = [&fresh, &beaten]
+        .iter()
+        .map(|(t, f)| record_of(&devices, t, f))
+        .collect();
+    let buffer_dir = dir.path().join("data-gw-a").join("buffer");
+    let fs = gateway::store::fs::real();
+    let (mut buffer, _) =
+        gateway::store::buffer::Buffer::open(fs, &buffer_dir, 8 << 20, 64 << 20, |_| {}).unwrap();
+    buffer.append(&records).unwrap();
+    drop(buffer);
+    gw.restart();
+    wait_for(
+        "the fresh record delivered",
+        Duration::from_secs(30),
+        async || scenario::stored(influx.addr).await.len() == 13,
+    )
+    .await;
+    let log = gw.log();
+    assert!(log.contains("emptied"), "{log}");
+    // The real frames now: device 0's frame 6 is a duplicate (claimed at the start), the
+    // other frame under device 1's counter 3 a reused counter.
+    publish(broker.addr, &[fresh, beaten], Duration::from_millis(50)).await;
+    wait_for("both judged", Duration::from_secs(30), async || {
+        gw.metric("vigie_frames_duplicate_total") == Some(1.0)
+            && gw.metric("vigie_frames_rejected_total{reason=\"counter_reused\"}") == Some(1.0)
+    })
+    .await;
+    let points = scenario::stored(influx.addr).await;
+    let pm25 = |d: &Device, n: u32, t: u32| {
+        readback::key(
+            &d.tenant,
+            "air_quality",
+            &d.id,
+            u64::from(t),
+            "pm25",
+            f64::from(100 + n % 500) / 10.0,
+        )
+    };
+    assert!(
+        points.contains(&pm25(&devices[0], 6, start + 6)),
+        "the fresh record stored"
+    );
+    assert!(
+        points.contains(&pm25(&devices[1], 3, start + 3)),
+        "the first frame kept"
+    );
+    assert!(
+        !points.contains(&pm25(&devices[1], 303, start + 3)),
+        "the beaten record never stored"
+    );
+    assert_eq!(
+        scenario::point_count(influx.addr, scenario::TENANT).await,
+        13
+    );
+    println!("rejoin: 13 points, the beaten record emptied, the fresh one claimed");
+    gw.terminate();
+}
+
+/// A frame's buffer record as the gateway writes it (judged by the core alone).
+fn record_of(devices: &[Device], topic: &str, frame: &[u8]) -> Vec<u8> {
+    use vigie_core::judge::{batch, replay_book::ReplayBook, validate::TimeRules, verify::Context};
+    let registry = fleet::registry(devices.iter().map(Device::entry).collect());
+    let book = ReplayBook::default();
+    let cx = Context {
+        registry: &registry,
+        counters: &book,
+        rules: &TimeRules {
+            max_future_skew_s: 300,
+            max_age_s: 90 * 86_400,
+        },
+        strings: Default::default(),
+        now_s: u64::from(now_s()),
+        clock_synced: true,
+    };
+    let plan = batch::judge([(topic, frame)], &cx);
+    let mut out = Vec::new();
+    plan.accepted[0].record.encode(&mut out);
+    out
+}
+
+/// The store unreachable (every member killed, as a partition between a gateway and the
+/// store looks from the gateway): nothing is judged or acknowledged, `/readyz` and a
+/// metric say why, and everything is stored once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_store_a_group_member_acknowledges_nothing_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 2);
+    let broker = mosquitto(dir.path());
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let mut etcd = etcd::cluster(1);
+    let settings = GatewaySettings {
+        group: "pair".into(),
+        extra_toml: format!("{}timeout = \"500ms\"\n", etcd.group_toml("pair")),
+        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
+    };
+    let gw = GatewayProcess::start(dir.path(), &settings);
+    let start = now_s() - 3000;
+    let load = scenario::load(&devices, 10, start);
+    etcd.members[0].stop(true);
+    publish(broker.addr, &load.messages, Duration::from_millis(20)).await;
+    wait_for(
+        "the store reported unreachable",
+        Duration::from_secs(20),
+        async || gw.metric("vigie_group_unreachable") == Some(1.0),
+    )
+    .await;
+    let (ready, why) = gw.readyz().unwrap();
+    assert!(
+        !ready && why.contains("group's store does not answer"),
+        "{why}"
+    );
+    assert_eq!(
+        gw.metric("vigie_frames_accepted_total"),
+        Some(0.0),
+        "nothing judged"
+    );
+    assert!(scenario::stored(influx.addr).await.is_empty());
+    etcd.members[0].start();
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(60)).await;
+    wait_for(
+        "the store reachable again",
+        Duration::from_secs(20),
+        async || gw.metric("vigie_group_unreachable") == Some(0.0),
+    )
+    .await;
+    println!("store unreachable, then back: {got}");
+}
+
+/// A claim's answer lost: etcd applied the transaction, the gateway never heard (a proxy
+/// in front of the member throws the answer away and closes the connection). The gateway
+/// reads the devices again and publishes what the store holds; were it to remove its
+/// records while the store holds their counters, every later resend would be a duplicate
+/// of readings no gateway has: they would be missing from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_is_lost_is_settled_by_reading_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let etcd = etcd::cluster(1);
+    let proxy = vigie_tests::proxy::Proxy::start(etcd.members[0].addr).await;
+    let toml = etcd
+        .group_toml("pair")
+        .replace(&etcd.members[0].addr.to_string(), &proxy.addr.to_string());
+    let settings = GatewaySettings {
+        group: "pair".into(),
+        extra_toml: format!("{toml}timeout = \"500ms\"\n"),
+        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
+    };
+    let gw = GatewayProcess::start(dir.path(), &settings);
+    let load = scenario::load(&devices, 150, now_s() - 3000);
+    let publisher = {
+        let (addr, messages) = (broker.addr, load.messages.clone());
+        tokio::spawn(async move { publish(addr, &messages, Duration::from_millis(15)).await })
+    };
+    // Short windows of lost answers while commits flow, until one lands on a claim.
+    let lost = "a claim's answer was lost";
+    for _ in 0..60 {
+        if gw.log().contains(lost) || publisher.is_finished() {
+            break;
+        }
+        proxy.drop_answers(true);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        proxy.drop_answers(false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publisher.await.unwrap();
+    let settled = gw.log().matches(lost).count();
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(60)).await;
+    let accepted = gw.metric("vigie_frames_accepted_total").unwrap();
+    println!(
+        "lost answers: {} answers dropped, {settled} claims settled by reading the store; {got}, accepted {accepted}",
+        proxy.dropped()
+    );
+    assert!(
+        settled > 0,
+        "no claim's answer was lost: the fault did not land"
+    );
+    assert_eq!(
+        accepted as usize,
+        load.messages.len(),
+        "each frame accepted once"
+    );
+}
