@@ -39,7 +39,7 @@ impl Cluster {
     pub fn group_toml(&self, prefix: &str) -> String {
         let urls: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();
         format!(
-            "[group]\netcd = [{}]\nprefix = \"{prefix}\"\nca_file = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\n",
+            "[group]\netcd = [{}]\nprefix = \"{prefix}\"\nca_file = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nmax_txn_ops = 1024\n",
             urls.join(", "),
             self.pki.ca.display(),
             USER.0,
@@ -154,6 +154,10 @@ fn member(i: usize, client: SocketAddr, peer: SocketAddr, initial: &str, pki: &T
         // Tokens expire within every test: the gateways' renewal runs.
         ("--auth-token-ttl", "2".into()),
         ("--heartbeat-interval", "100".into()),
+        // As docs/OPERATIONS.md "Scaling out" runs it, with group.max_txn_ops = 1024.
+        ("--max-txn-ops", "1024".into()),
+        ("--auto-compaction-mode", "periodic".into()),
+        ("--auto-compaction-retention", "1h".into()),
         ("--election-timeout", "1000".into()),
         ("--logger", "zap".into()),
         ("--log-level", "warn".into()),

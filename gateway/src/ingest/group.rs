@@ -13,17 +13,15 @@
 //! is settled by reading the devices again: published if the store holds its frames,
 //! removed if not.
 
+use super::claim::Keys;
 use super::worker::Encoded;
 use super::{BrokerTx, Inbound, RETRY_PAUSE, ReplaySummary, Worker};
 use crate::observe::health::Store;
 use crate::store::buffer::Staged;
-use crate::store::group::{Etcd, GroupError, Held, MAX_DEVICES, Write};
+use crate::store::group::GroupError;
 use vigie_core::judge::batch::{self, Plan};
 use vigie_core::judge::replay_book::{Counters, ReplayBook, Seen};
 use vigie_core::judge::verify::{Accepted, Context};
-
-/// The devices a commit touches, with the revision each was read at.
-type Devices = Vec<((String, String), i64)>;
 
 /// How a claim ended.
 enum Claim {
@@ -31,14 +29,17 @@ enum Claim {
     Won,
     /// Another gateway committed first: judge again.
     Lost,
+    /// The store refused the claim (nothing written): judge again after a pause.
+    Refused,
     /// Shutdown while the store did not answer: the staged records stay on disk for the
     /// next start's reconciliation.
     Stopped,
 }
 
 impl Worker {
-    /// Commits `messages` through the group's store, at most [`MAX_DEVICES`] devices at a
-    /// time. `None` on shutdown (what was not committed is not acknowledged).
+    /// Commits `messages` through the group's store, as many at a time as one
+    /// transaction can read and write. `None` on shutdown (what was not committed is not
+    /// acknowledged).
     pub(super) fn commit_in_group(
         &mut self,
         messages: &[Inbound],
@@ -50,8 +51,8 @@ impl Worker {
         };
         let mut rest = messages;
         while !rest.is_empty() {
-            let n = devices_prefix(rest);
-            self.commit_chunk(&rest[..n], acks, &mut summary)?;
+            let (n, keys) = self.keys_prefix(rest);
+            self.commit_chunk(&rest[..n], &keys, acks, &mut summary)?;
             self.metrics.messages_received.inc_by(n as u64);
             rest = &rest[n..];
         }
@@ -60,19 +61,42 @@ impl Worker {
         Some(summary)
     }
 
+    /// How many of `messages` (at least one) one transaction can claim, and their keys.
+    fn keys_prefix(&self, messages: &[Inbound]) -> (usize, Keys) {
+        let max = self.group.as_ref().map_or(usize::MAX, |g| g.max_ops());
+        let mut keys = Keys::new(max);
+        for (i, m) in messages.iter().enumerate() {
+            let Ok(topic) = protocol::topic::Topic::parse(m.topic()) else {
+                continue;
+            };
+            let (tenant, device) = (topic.who.tenant.as_str(), topic.who.device.as_str());
+            // Only a registered device's uplink has a state to judge it by.
+            let Some(dev) = self.registry.get(tenant, device) else {
+                continue;
+            };
+            let counter = protocol::peek(m.payload()).ok().map(|h| h.counter);
+            if topic.channel == protocol::topic::Channel::Uplink
+                && !keys.admit(tenant, device, dev.key.epoch(), counter)
+            {
+                return (i.max(1), keys);
+            }
+        }
+        (messages.len(), keys)
+    }
+
     /// Judges, stages, claims and publishes `messages`, again until a claim wins.
     fn commit_chunk(
         &mut self,
         messages: &[Inbound],
+        keys: &Keys,
         acks: &BrokerTx,
         summary: &mut ReplaySummary,
     ) -> Option<()> {
-        let wanted = devices_of(messages);
         loop {
             if self.stopping.is_cancelled() {
                 return None;
             }
-            let Some(devices) = self.refresh(&wanted) else {
+            let Some(revisions) = self.refresh(keys) else {
                 self.buffer.wait_for_delivery(RETRY_PAUSE);
                 continue;
             };
@@ -86,18 +110,21 @@ impl Worker {
                 continue;
             };
             let gaps = batch::apply(&mut self.book, accepted.iter().copied());
-            match self.claim(&devices, &accepted) {
+            match self.claim(keys, &revisions, &accepted) {
                 Claim::Won => {
                     self.buffer.publish(staged);
-                    self.settle(messages, &plan, summary, acks)?;
                     self.account(&accepted, gaps, self.clock.now_ms());
-                    self.note_group_missing(&devices);
+                    self.note_group_missing(&accepted);
                     summary.accepted += accepted.len();
-                    return Some(());
+                    return self.settle(messages, &plan, summary, acks);
                 }
                 Claim::Lost => {
                     self.buffer.retract(staged);
                     self.metrics.group_conflicts.inc();
+                }
+                Claim::Refused => {
+                    self.buffer.retract(staged);
+                    self.buffer.wait_for_delivery(RETRY_PAUSE);
                 }
                 Claim::Stopped => return None,
             }
@@ -117,26 +144,17 @@ impl Worker {
         batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx)
     }
 
-    /// Reads `wanted` from the store into the book; their revisions, or `None` (reported)
-    /// when the store does not answer.
-    fn refresh(&mut self, wanted: &[(String, String)]) -> Option<Devices> {
-        let pairs: Vec<(&str, &str)> = wanted.iter().map(|(t, d)| (&**t, &**d)).collect();
-        let held = match self.group_store()?.fetch(&pairs) {
-            Ok(held) => held,
-            Err(e) => return self.unreachable(&e),
-        };
-        let mut devices = Vec::with_capacity(wanted.len());
-        for ((tenant, device), Held { revision, state }) in wanted.iter().zip(held) {
-            if self
-                .book
-                .set_device_state(tenant, device, state.as_deref())
-                .is_err()
-            {
-                return self.unreachable(&GroupError::Unreadable("a device's state is corrupt"));
-            }
-            devices.push(((tenant.clone(), device.clone()), revision));
+    /// Reads the keys from the store into the book; the heads' revisions, or `None`
+    /// (reported) when the store does not answer.
+    fn refresh(&mut self, keys: &Keys) -> Option<Vec<i64>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
         }
-        Some(devices)
+        let store = self.group.as_mut()?;
+        match keys.load(store, &mut self.book) {
+            Ok(revisions) => Some(revisions),
+            Err(e) => self.unreachable(&e),
+        }
     }
 
     /// The accepted records written and fsynced, not yet readable; `None` (reported) when
@@ -153,35 +171,26 @@ impl Worker {
         }
     }
 
-    /// Claims the accepted frames' counters: the new states of their devices, written if
-    /// no other gateway wrote one of them since `devices` were read.
-    fn claim(&mut self, devices: &Devices, accepted: &[&Accepted]) -> Claim {
-        let writes: Vec<Write<'_>> = devices
-            .iter()
-            .filter(|((t, d), _)| {
-                accepted
-                    .iter()
-                    .any(|a| *a.record.tenant == **t && *a.record.device == **d)
-            })
-            .filter_map(|((tenant, device), revision)| {
-                Some(Write {
-                    tenant,
-                    device,
-                    revision: *revision,
-                    state: self.book.device_state(tenant, device)?,
-                })
-            })
-            .collect();
+    /// Claims the accepted frames' counters: their devices' new heads and blocks, written
+    /// if no other gateway wrote one of those heads since they were read.
+    fn claim(&mut self, keys: &Keys, revisions: &[i64], accepted: &[&Accepted]) -> Claim {
         let Some(store) = self.group.as_mut() else {
             return Claim::Won;
         };
-        match store.commit(&writes) {
+        let records = accepted.iter().map(|a| &a.record);
+        let (compare, puts) = keys.claim(store, revisions, &self.book, records);
+        match store.commit(&compare, &puts) {
             Ok(true) => Claim::Won,
             Ok(false) => Claim::Lost,
-            Err(e) => {
-                tracing::warn!(error = %e, devices = writes.len(), "a claim's answer was lost; reading its devices again to know whether it was applied");
+            // An answer: nothing was written (a permission, a limit).
+            Err(e @ GroupError::Refused { .. }) => {
                 self.unreachable::<()>(&e);
-                self.settle_unknown_claim(&writes, accepted)
+                Claim::Refused
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, heads = compare.len(), "a claim's answer was lost; reading its devices again to know whether it was applied");
+                self.unreachable::<()>(&e);
+                self.settle_unknown_claim(keys, accepted)
             }
         }
     }
@@ -189,8 +198,7 @@ impl Worker {
     /// A claim whose answer was lost: the store holds it when every accepted frame is
     /// there, stored with its tag (by this claim, or by another gateway that stored the
     /// very same frames); otherwise it was not applied (a transaction is all or nothing).
-    fn settle_unknown_claim(&mut self, writes: &[Write<'_>], accepted: &[&Accepted]) -> Claim {
-        let pairs: Vec<(&str, &str)> = writes.iter().map(|w| (w.tenant, w.device)).collect();
+    fn settle_unknown_claim(&mut self, keys: &Keys, accepted: &[&Accepted]) -> Claim {
         loop {
             if self.stopping.is_cancelled() {
                 return Claim::Stopped;
@@ -199,17 +207,10 @@ impl Worker {
             let Some(store) = self.group.as_mut() else {
                 return Claim::Stopped;
             };
-            let held = match store.fetch(&pairs) {
-                Ok(held) => held,
-                Err(e) => {
-                    self.unreachable::<()>(&e);
-                    continue;
-                }
-            };
             let mut there = ReplayBook::default();
-            for ((tenant, device), h) in pairs.iter().zip(&held) {
-                // A corrupt state holds nothing of this claim.
-                let _ = there.set_device_state(tenant, device, h.state.as_deref());
+            if let Err(e) = keys.load(store, &mut there) {
+                self.unreachable::<()>(&e);
+                continue;
             }
             let stored = accepted.iter().all(|a| {
                 let r = &a.record;
@@ -241,18 +242,15 @@ impl Worker {
     }
 
     /// The devices' missing frames as the group counts them, on this gateway's pages.
-    fn note_group_missing(&self, devices: &Devices) {
+    fn note_group_missing(&self, accepted: &[&Accepted]) {
         self.traffic.devices.update(|b| {
-            for ((tenant, device), _) in devices {
+            for a in accepted {
+                let (tenant, device) = (&*a.record.tenant, &*a.record.device);
                 if let Some(missing) = self.book.missing(tenant, device) {
                     b.set_missing(tenant, device, missing);
                 }
             }
         });
-    }
-
-    fn group_store(&mut self) -> Option<&mut Etcd> {
-        self.group.as_mut()
     }
 
     /// Reports the store unreachable; `None` to the caller.
@@ -262,37 +260,4 @@ impl Worker {
         });
         None
     }
-}
-
-/// How many of `messages` (at least one) touch at most [`MAX_DEVICES`] devices.
-fn devices_prefix(messages: &[Inbound]) -> usize {
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        if let Some(who) = device_of(m)
-            && !seen.contains(&who)
-        {
-            if seen.len() == MAX_DEVICES {
-                return i.max(1);
-            }
-            seen.push(who);
-        }
-    }
-    messages.len()
-}
-
-/// The distinct devices `messages` name, in order.
-fn devices_of(messages: &[Inbound]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (t, d) in messages.iter().filter_map(device_of) {
-        if !out.iter().any(|(a, b)| a == t && b == d) {
-            out.push((t.to_string(), d.to_string()));
-        }
-    }
-    out
-}
-
-/// The tenant and device a message's topic names, if it is well formed.
-fn device_of(m: &Inbound) -> Option<(&str, &str)> {
-    let t = protocol::topic::Topic::parse(m.topic()).ok()?;
-    Some((t.who.tenant.as_str(), t.who.device.as_str()))
 }

@@ -11,6 +11,7 @@
 //! log line per change of state say why, and it resumes by itself when writes succeed
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
 
+mod claim;
 mod group;
 mod rejoin;
 mod replay;

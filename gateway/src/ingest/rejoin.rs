@@ -8,9 +8,10 @@
 //! (its frame was never acknowledged: its device resends it and every gateway refuses it
 //! as a reused counter).
 
+use super::claim::Keys;
 use super::{MAX_BATCH, OpenError};
 use crate::store::buffer;
-use crate::store::group::{Etcd, GroupError, MAX_DEVICES, Write};
+use crate::store::group::{Etcd, GroupError};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,11 +65,11 @@ pub(super) fn rejoin(store: &mut Etcd, tail: &Tail, buffer_dir: &Path) -> Result
 fn claim_all(store: &mut Etcd, tail: &Tail) -> Result<Vec<Frame>, GroupError> {
     let records: Vec<&Record> = tail.0.iter().collect();
     let mut beaten = Vec::new();
-    for chunk in device_chunks(&records) {
+    for (chunk, keys) in chunks(&records, store.max_ops()) {
         let until = Instant::now() + PATIENCE;
         let mut tries = 0;
         loop {
-            match claim(store, &chunk) {
+            match claim(store, &chunk, &keys) {
                 Ok(Some(lost)) => {
                     beaten.extend(lost);
                     break;
@@ -120,23 +121,21 @@ fn empty(buffer_dir: &Path, beaten: &[Frame]) -> std::io::Result<u64> {
 }
 
 /// One claim of `records`: `Some` with the frames another gateway's claim beat, `None`
-/// when a key moved since it was read (try again).
-fn claim(store: &mut Etcd, records: &[&Record]) -> Result<Option<Vec<Frame>>, GroupError> {
-    let devices = distinct(records);
-    let pairs: Vec<(&str, &str)> = devices.iter().map(|(t, d)| (&**t, &**d)).collect();
-    let held = store.fetch(&pairs)?;
+/// when a head moved since it was read (try again).
+fn claim(
+    store: &mut Etcd,
+    records: &[&Record],
+    keys: &Keys,
+) -> Result<Option<Vec<Frame>>, GroupError> {
     let mut book = ReplayBook::default();
-    for ((tenant, device), h) in pairs.iter().zip(&held) {
-        book.set_device_state(tenant, device, h.state.as_deref())
-            .map_err(|_| GroupError::Unreadable("a device's state is corrupt"))?;
-    }
-    let (mut beaten, mut changed) = (Vec::new(), Vec::new());
-    for r in records {
+    let revisions = keys.load(store, &mut book)?;
+    let (mut beaten, mut fresh) = (Vec::new(), Vec::new());
+    for &r in records {
         let tag = r.tag.unwrap_or_default();
         match book.seen(&r.tenant, &r.device, r.epoch, r.counter, &tag) {
             Seen::Fresh => {
                 book.accept(r);
-                changed.push((&*r.tenant, &*r.device));
+                fresh.push(r);
             }
             Seen::Reused => {
                 let (tenant, device) = (r.tenant.to_string(), r.device.to_string());
@@ -145,53 +144,25 @@ fn claim(store: &mut Etcd, records: &[&Record]) -> Result<Option<Vec<Frame>>, Gr
             Seen::Duplicate | Seen::TooOld => {}
         }
     }
-    let writes: Vec<Write<'_>> = pairs
-        .iter()
-        .zip(&held)
-        .filter(|(who, _)| changed.contains(who))
-        .filter_map(|(&(tenant, device), h)| {
-            Some(Write {
-                tenant,
-                device,
-                revision: h.revision,
-                state: book.device_state(tenant, device)?,
-            })
-        })
-        .collect();
-    Ok(store.commit(&writes)?.then_some(beaten))
+    let (compare, puts) = keys.claim(store, &revisions, &book, fresh.into_iter());
+    Ok(store.commit(&compare, &puts)?.then_some(beaten))
 }
 
-/// The records in runs of at most [`MAX_DEVICES`] devices.
-fn device_chunks<'a>(records: &[&'a Record]) -> Vec<Vec<&'a Record>> {
-    let mut chunks: Vec<Vec<&Record>> = Vec::new();
-    let mut devices: Vec<(&str, &str)> = Vec::new();
-    for r in records {
-        let who = (&*r.tenant, &*r.device);
-        if !devices.contains(&who) {
-            if devices.len() == MAX_DEVICES {
-                devices.clear();
-            }
-            if devices.is_empty() {
-                chunks.push(Vec::new());
-            }
-            devices.push(who);
-        }
-        if let Some(last) = chunks.last_mut() {
-            last.push(r);
-        }
-    }
-    chunks
-}
-
-/// The distinct devices of `records`, in order.
-fn distinct(records: &[&Record]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for r in records {
-        if !out
-            .iter()
-            .any(|(t, d)| **t == *r.tenant && **d == *r.device)
+/// The records in runs one transaction can claim, with their keys.
+fn chunks<'a>(records: &[&'a Record], max: usize) -> Vec<(Vec<&'a Record>, Keys)> {
+    let mut out: Vec<(Vec<&Record>, Keys)> = vec![(Vec::new(), Keys::new(max))];
+    for &r in records {
+        let last = out.len() - 1;
+        if !out[last]
+            .1
+            .admit(&r.tenant, &r.device, r.epoch, Some(r.counter))
         {
-            out.push((r.tenant.to_string(), r.device.to_string()));
+            let mut keys = Keys::new(max);
+            keys.admit(&r.tenant, &r.device, r.epoch, Some(r.counter));
+            out.push((Vec::new(), keys));
+        }
+        if let Some((chunk, _)) = out.last_mut() {
+            chunk.push(r);
         }
     }
     out

@@ -1,12 +1,13 @@
 //! The device state a group of gateways shares, in etcd (docs/OPERATIONS.md "Scaling
-//! out"): one key per device, `<prefix>/device/<tenant>/<device>`, holding its replay
-//! state ([`ReplayBook::device_state`](vigie_core::judge::replay_book::ReplayBook)).
+//! out"), as [`vigie_core::judge::replay_book::shared`] lays it out: per device a head,
+//! `<prefix>/device/<tenant>/<device>`, and blocks of tag fingerprints,
+//! `…/<device>/prints/<key epoch>/<block>` (a new key epoch starts with none).
 //!
 //! Two requests per commit, whatever its size, through etcd's JSON gateway (`/v3/kv/txn`,
-//! no gRPC stack to build): [`Etcd::fetch`] reads the batch's devices with their
-//! revisions, [`Etcd::commit`] writes the new states only if none of them changed since
-//! (compare-and-swap on each key's `mod_revision`, one transaction: all or nothing). etcd
-//! is linearizable (Raft), so a commit it answered survives the loss of its leader.
+//! no gRPC stack to build): [`Etcd::fetch`] reads the keys with their revisions,
+//! [`Etcd::commit`] writes only if none of the compared keys changed since (compare-and-
+//! swap on each head's `mod_revision`, one transaction: all or nothing). etcd is
+//! linearizable (Raft), so a commit it answered survives the loss of its leader.
 //!
 //! The worker's thread blocks on these requests; they run on a private single-threaded
 //! runtime, bounded by `group.timeout`, each tried on the next member when one does not
@@ -20,30 +21,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vigie_core::Secret;
 
-/// Most devices in one commit: etcd refuses a transaction of more than 128 operations
-/// (`--max-txn-ops`), and a device's state is up to 8.5 KiB (1.5 MiB per request).
-pub const MAX_DEVICES: usize = 64;
-
-/// A device's state in the store, as read.
+/// A key's value in the store, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// The key's `mod_revision` (0: no such key).
     pub revision: i64,
-    /// Its state, if any.
+    /// Its value, if any.
     pub state: Option<Vec<u8>>,
-}
-
-/// A new state for a device, written only if its key is still at `revision`.
-#[derive(Debug)]
-pub struct Write<'a> {
-    /// Tenant.
-    pub tenant: &'a str,
-    /// Device.
-    pub device: &'a str,
-    /// The revision it was read at.
-    pub revision: i64,
-    /// Its new state.
-    pub state: Vec<u8>,
 }
 
 /// Why the store could not answer. None of them says whether a commit was applied: the
@@ -100,6 +84,8 @@ pub struct Etcd {
     user: Option<(String, Secret)>,
     /// The token etcd gave for them (a simple token lives 5 minutes; asked again then).
     token: Option<Secret>,
+    /// `group.max_txn_ops`.
+    max_ops: usize,
 }
 
 impl Etcd {
@@ -148,51 +134,68 @@ impl Etcd {
             current: 0,
             user,
             token: None,
+            max_ops: cfg.max_txn_ops,
         })
     }
 
-    fn key(&self, tenant: &str, device: &str) -> String {
-        B64.encode(format!("{}/device/{tenant}/{device}", self.prefix))
+    /// Most operations in one transaction (`group.max_txn_ops`, at most etcd's
+    /// `--max-txn-ops`): a commit reads at most this many keys, and writes at most the
+    /// heads and blocks it read.
+    pub fn max_ops(&self) -> usize {
+        self.max_ops
     }
 
-    /// The states of `devices`, in their order, in one request.
-    pub fn fetch(&mut self, devices: &[(&str, &str)]) -> Result<Vec<Held>, GroupError> {
-        if devices.is_empty() {
+    /// A device's head.
+    pub fn head_key(&self, tenant: &str, device: &str) -> String {
+        format!("{}/device/{tenant}/{device}", self.prefix)
+    }
+
+    /// A device's block of fingerprints under a key epoch.
+    pub fn block_key(&self, tenant: &str, device: &str, epoch: u32, block: u32) -> String {
+        format!(
+            "{}/device/{tenant}/{device}/prints/{epoch}/{block}",
+            self.prefix
+        )
+    }
+
+    /// The values of `keys`, in their order, in one request.
+    pub fn fetch(&mut self, keys: &[String]) -> Result<Vec<Held>, GroupError> {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ranges: Vec<Value> = devices
+        let ranges: Vec<Value> = keys
             .iter()
-            .map(|(t, d)| json!({"request_range": {"key": self.key(t, d)}}))
+            .map(|k| json!({"request_range": {"key": B64.encode(k)}}))
             .collect();
         let answer = self.txn(&json!({"success": ranges}))?;
         let responses = answer["responses"]
             .as_array()
-            .filter(|r| r.len() == devices.len())
-            .ok_or(GroupError::Unreadable("not one range per device"))?;
+            .filter(|r| r.len() == keys.len())
+            .ok_or(GroupError::Unreadable("not one range per key"))?;
         responses.iter().map(held).collect()
     }
 
-    /// Writes every state if no key moved since it was read; `false` (nothing written)
-    /// if one did: another gateway committed that device meanwhile.
-    pub fn commit(&mut self, writes: &[Write<'_>]) -> Result<bool, GroupError> {
-        if writes.is_empty() {
+    /// Writes `puts` if every key of `unchanged` is still at its revision; `false`
+    /// (nothing written) if one moved: another gateway committed meanwhile.
+    pub fn commit(
+        &mut self,
+        unchanged: &[(String, i64)],
+        puts: &[(String, Vec<u8>)],
+    ) -> Result<bool, GroupError> {
+        if puts.is_empty() {
             return Ok(true);
         }
-        let compare: Vec<Value> = writes
+        let compare: Vec<Value> = unchanged
             .iter()
-            .map(|w| {
-                let key = self.key(w.tenant, w.device);
-                json!({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": w.revision.to_string()})
+            .map(|(k, rev)| {
+                json!({"key": B64.encode(k), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string()})
             })
             .collect();
-        let puts: Vec<Value> = writes
+        let success: Vec<Value> = puts
             .iter()
-            .map(|w| {
-                let key = self.key(w.tenant, w.device);
-                json!({"request_put": {"key": key, "value": B64.encode(&w.state)}})
-            })
+            .map(|(k, v)| json!({"request_put": {"key": B64.encode(k), "value": B64.encode(v)}}))
             .collect();
-        let answer = self.txn(&json!({"compare": compare, "success": puts}))?;
+        let answer = self.txn(&json!({"compare": compare, "success": success}))?;
         Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
 

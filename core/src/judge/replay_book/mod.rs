@@ -453,6 +453,7 @@ impl Counters for Pending<'_> {
     }
 }
 
+pub mod shared;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -30,54 +30,6 @@ impl ReplayBook {
         out
     }
 
-    /// One device's state as a group of gateways keeps it in its shared store
-    /// (`"VGD4"`, the snapshot's per-device fields, CRC-32); `None` when it has none.
-    pub fn device_state(&self, tenant: &str, device: &str) -> Option<Vec<u8>> {
-        let slot = self.slot(tenant, device)?;
-        let mut out = DEVICE_MAGIC.to_vec();
-        write_slot(&mut out, slot);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        Some(out)
-    }
-
-    /// Replaces a device's state with one from [`Self::device_state`] (read from the
-    /// group's store); `None` forgets the device. A corrupt state changes nothing.
-    pub fn set_device_state(
-        &mut self,
-        tenant: &str,
-        device: &str,
-        state: Option<&[u8]>,
-    ) -> Result<(), SnapshotError> {
-        let Some(bytes) = state else {
-            if let Some(devices) = self.windows.get_mut(tenant) {
-                devices.remove(device);
-            }
-            return Ok(());
-        };
-        let (body, crc) = bytes
-            .split_at_checked(bytes.len().saturating_sub(4))
-            .ok_or(SnapshotError)?;
-        if crc.len() != 4 || crc32fast::hash(body).to_be_bytes() != crc {
-            return Err(SnapshotError);
-        }
-        let mut r = match body.split_at_checked(4) {
-            Some((magic, rest)) if magic == DEVICE_MAGIC => Bytes(rest),
-            _ => return Err(SnapshotError),
-        };
-        let slot = r.slot(Version {
-            tags: Kept::Window,
-            spans: true,
-            missing: true,
-        })?;
-        if !r.0.is_empty() {
-            return Err(SnapshotError);
-        }
-        let devices = self.windows.entry(tenant.to_string()).or_default();
-        devices.insert(device.to_string(), slot);
-        Ok(())
-    }
-
     /// Parses a snapshot (this version's, or an older one without spans or tags).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let (body, crc) = bytes
@@ -129,9 +81,6 @@ impl ReplayBook {
     }
 }
 
-/// A device's state in a group's store (see [`ReplayBook::device_state`]).
-const DEVICE_MAGIC: &[u8; 4] = b"VGD5";
-
 /// One device's fields of a `"VGR5"` snapshot.
 fn write_slot(out: &mut Vec<u8>, slot: &Slot) {
     out.extend_from_slice(&slot.epoch.to_be_bytes());
@@ -139,6 +88,11 @@ fn write_slot(out: &mut Vec<u8>, slot: &Slot) {
     for counter in slot.stored() {
         out.extend_from_slice(&slot.prints.get(counter).to_be_bytes());
     }
+    write_tail(out, slot);
+}
+
+/// What follows the fingerprints: the spans and the missing count.
+pub(super) fn write_tail(out: &mut Vec<u8>, slot: &Slot) {
     // At most SPANS blocks plus one merged span per kind: fits a byte.
     out.push(slot.spans.len() as u8);
     for s in &slot.spans {
@@ -172,10 +126,10 @@ enum Kept {
 }
 
 /// A snapshot being read.
-struct Bytes<'a>(&'a [u8]);
+pub(super) struct Bytes<'a>(pub(super) &'a [u8]);
 
 impl<'a> Bytes<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
         let (head, tail) = self.0.split_at_checked(n).ok_or(SnapshotError)?;
         self.0 = tail;
         Ok(head)
@@ -185,7 +139,7 @@ impl<'a> Bytes<'a> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
+    pub(super) fn u32(&mut self) -> Result<u32, SnapshotError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
@@ -212,20 +166,37 @@ impl<'a> Bytes<'a> {
         Ok(())
     }
 
-    /// One device's slot: epoch, window, and what `version` adds.
-    fn slot(&mut self, version: Version) -> Result<Slot, SnapshotError> {
+    /// A slot's epoch and window, nothing else known yet.
+    pub(super) fn head(&mut self) -> Result<Slot, SnapshotError> {
         let epoch = self.u32()?;
         let w: [u8; ReplayWindow::ENCODED_LEN] = self
             .take(ReplayWindow::ENCODED_LEN)?
             .try_into()
             .map_err(|_| SnapshotError)?;
-        let mut slot = Slot {
+        Ok(Slot {
             epoch,
             window: ReplayWindow::from_bytes(&w),
             prints: Prints::default(),
             spans: Vec::new(),
             missing: 0,
-        };
+        })
+    }
+
+    /// The spans and missing count [`write_tail`] wrote.
+    pub(super) fn tail(&mut self, slot: &mut Slot) -> Result<(), SnapshotError> {
+        self.tail_of(
+            slot,
+            Version {
+                tags: Kept::Window,
+                spans: true,
+                missing: true,
+            },
+        )
+    }
+
+    /// One device's slot: epoch, window, and what `version` adds.
+    fn slot(&mut self, version: Version) -> Result<Slot, SnapshotError> {
+        let mut slot = self.head()?;
         match version.tags {
             Kept::None => {}
             Kept::Last64 => self.last_tags(&mut slot)?,
@@ -236,6 +207,11 @@ impl<'a> Bytes<'a> {
                 }
             }
         }
+        self.tail_of(&mut slot, version)?;
+        Ok(slot)
+    }
+
+    fn tail_of(&mut self, slot: &mut Slot, version: Version) -> Result<(), SnapshotError> {
         if version.spans {
             for _ in 0..self.u8()? {
                 let (epoch, block) = (self.u32()?, self.u32()?);
@@ -252,6 +228,6 @@ impl<'a> Bytes<'a> {
         if version.missing {
             slot.missing = self.u32()?;
         }
-        Ok(slot)
+        Ok(())
     }
 }

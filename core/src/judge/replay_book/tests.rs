@@ -261,34 +261,58 @@ fn version_1_snapshots_still_load() {
 }
 
 #[test]
-fn a_devices_state_moves_between_books_whole() {
+fn a_devices_state_moves_between_books_as_a_head_and_the_blocks_judged() {
+    use super::shared::{PRINT_BLOCK, print_block};
     // What a group of gateways passes through its store: one gateway's state of a device,
-    // set into another's book, judges every counter as the first would.
+    // set into another's book (head, then the blocks of the counters to judge), judges
+    // those counters as the first would.
     let mut a = ReplayBook::default();
     for c in [0, 1, 2, 1500, 1501] {
         a.accept_with(&rec(c, [c as u8 + 1; 8]), Some(secs(1, 100 + c, 100 + c)));
     }
     a.accept_counter("t", "other", 1, 7, Some(T1), None);
-    let state = a.device_state("t", "d").unwrap();
+    let head = a.device_head("t", "d").unwrap();
+    assert!(head.len() < 400, "a head is small: {}", head.len());
     let mut b = ReplayBook::default();
-    b.set_device_state("t", "d", Some(&state)).unwrap();
+    b.set_device_head("t", "d", Some(&head)).unwrap();
+    // Without its block a stored counter's tag is unknown: a duplicate, never "reused".
+    assert_eq!(b.seen("t", "d", 1, 1, &[9; 8]), Seen::Duplicate);
+    let block = a.device_prints("t", "d", print_block(1)).unwrap();
+    b.set_device_prints("t", "d", print_block(1), Some(&block))
+        .unwrap();
     for (c, tag) in [(1, [2; 8]), (1, [9; 8]), (3, T1), (1502, T1)] {
         assert_eq!(b.seen("t", "d", 1, c, &tag), a.seen("t", "d", 1, c, &tag));
     }
     assert_eq!(b.seen("t", "d", 1, 1, &[9; 8]), Seen::Reused);
     let s = secs(1, 1601, 1601);
     assert!(b.collides(("t", "d"), 1, 3, &s) && a.collides(("t", "d"), 1, 3, &s));
-    assert_eq!(b.device_state("t", "d"), Some(state.clone()));
-    assert_eq!(b.device_state("t", "other"), None, "only that device");
-    // Damaged bytes change nothing; no state forgets the device.
-    let mut bad = state.clone();
-    bad[10] ^= 1;
-    assert_eq!(b.set_device_state("t", "d", Some(&bad)), Err(SnapshotError));
+    assert_eq!(b.missing("t", "d"), a.missing("t", "d"));
+    assert_eq!(b.device_head("t", "d"), Some(head.clone()));
     assert_eq!(
-        b.set_device_state("t", "d", Some(&state[..8])),
+        b.device_prints("t", "d", print_block(1)),
+        Some(block.clone())
+    );
+    assert_eq!(print_block(1500), 1500 / PRINT_BLOCK);
+    // A new head forgets the fingerprints until their blocks come again.
+    b.set_device_head("t", "d", Some(&head)).unwrap();
+    assert_eq!(b.seen("t", "d", 1, 1, &[9; 8]), Seen::Duplicate);
+    // Damaged bytes change nothing; no head forgets the device.
+    let mut bad = head.clone();
+    bad[10] ^= 1;
+    assert_eq!(b.set_device_head("t", "d", Some(&bad)), Err(SnapshotError));
+    assert_eq!(
+        b.set_device_head("t", "d", Some(&head[..8])),
         Err(SnapshotError)
     );
-    assert_eq!(b.device_state("t", "d"), Some(state));
-    b.set_device_state("t", "d", None).unwrap();
+    assert_eq!(
+        b.set_device_prints("t", "d", 0, Some(&head)),
+        Err(SnapshotError)
+    );
+    assert_eq!(
+        b.set_device_prints("t", "nobody", 0, Some(&block)),
+        Err(SnapshotError)
+    );
+    assert_eq!(b.device_head("t", "d"), Some(head));
+    b.set_device_head("t", "d", None).unwrap();
     assert_eq!(b.seen("t", "d", 1, 1, &T2), Seen::Fresh);
 }

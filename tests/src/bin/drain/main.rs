@@ -10,7 +10,11 @@
 //!    the broker answered a PINGREQ sent after the last PUBACK;
 //! 2. the gateway (release build, its own process) writing InfluxDB 1.x, timed until
 //!    its stored-readings counter reaches N;
-//! 3. the gateway writing VictoriaMetrics, the same.
+//! 3. the gateway writing VictoriaMetrics, the same;
+//! 4. and 5. with `--group 1`: one gateway, then a group of three sharing the backlog,
+//!    with `[group]` on a three-member etcd cluster (TLS, authentication; its members'
+//!    CPU counted with the database's), writing InfluxDB 1.x; `--txn-ops N` sets the
+//!    gateways' `group.max_txn_ops` (1024, what the cluster allows).
 //!
 //! For each phase: readings per second, CPU microseconds per reading of the consumer,
 //! the broker and the database (from `/proc`), the two-core bound those give (two cores
@@ -44,6 +48,8 @@ struct Args {
     max_rss: f64,
     gzip: bool,
     rounds: u64,
+    group: bool,
+    txn_ops: u64,
 }
 
 fn args() -> Args {
@@ -53,14 +59,26 @@ fn args() -> Args {
         max_rss: 48.0,
         gzip: false,
         rounds: 3,
+        group: false,
+        txn_ops: 1024,
     };
-    let flags = ["--readings", "--devices", "--max-rss", "--gzip", "--rounds"];
+    let flags = [
+        "--readings",
+        "--devices",
+        "--max-rss",
+        "--gzip",
+        "--rounds",
+        "--group",
+        "--txn-ops",
+    ];
     for (flag, value) in vigie_tests::number_flags(&flags) {
         match flag {
             "--readings" => a.readings = value.clamp(1_000, 10_000_000),
             "--devices" => a.devices = value.clamp(1, 1_000),
             "--gzip" => a.gzip = value != 0,
             "--rounds" => a.rounds = value.clamp(1, 20),
+            "--group" => a.group = value != 0,
+            "--txn-ops" => a.txn_ops = value.clamp(4, 1024),
             _ => a.max_rss = value as f64,
         }
     }
@@ -267,67 +285,124 @@ async fn stored_settled(database: &Server, victoria: bool, want: u64) -> u64 {
     }
 }
 
-/// Phases 2 and 3: the gateway into `database`, each phase with a broker of its own.
+/// How the gateways of a phase are set up.
+struct Gateways<'a> {
+    /// Their client ids (several: one group sharing the subscription).
+    ids: &'a [&'a str],
+    /// The database is VictoriaMetrics.
+    victoria: bool,
+    /// `database.gzip`.
+    gzip: bool,
+    /// The group's etcd cluster (`[group]`), if they share their device state, and the
+    /// group's key prefix there (one per phase: a state left by another phase would
+    /// make its backlog duplicates).
+    store: Option<(&'a vigie_tests::etcd::Cluster, String)>,
+    /// `group.max_txn_ops` (the cluster allows 1024).
+    txn_ops: u64,
+}
+
+/// Phases 2 to 5: the gateways into `database`, each phase with a broker of its own.
 async fn gateway_drain(
     devices: &[Device],
     database: &Server,
-    victoria: bool,
     per_device: u64,
     dir: &Path,
-    gzip: bool,
+    how: &Gateways<'_>,
 ) -> Drain {
     let broker = mosquitto(dir);
-    let id = if victoria { "gw-v2" } else { "gw-v1" };
-    let mut settings = GatewaySettings::new(id, broker.addr, Some(database.addr));
-    settings.victoria = victoria;
-    settings.linger = Duration::from_millis(200);
-    settings.buffer_mib = (1024, 64);
-    settings.gzip = gzip;
-    // Its session and subscription first, then away while the backlog builds.
-    let mut gw = GatewayProcess::start(dir, &settings);
+    let settings = |id: &str| {
+        let mut s = GatewaySettings::new(id, broker.addr, Some(database.addr));
+        s.group = "bench".into();
+        s.victoria = how.victoria;
+        s.linger = Duration::from_millis(200);
+        s.buffer_mib = (1024, 64);
+        s.gzip = how.gzip;
+        s.extra_toml = how.store.as_ref().map_or(String::new(), |(c, prefix)| {
+            let ops = format!("max_txn_ops = {}", how.txn_ops);
+            c.group_toml(prefix).replace("max_txn_ops = 1024", &ops)
+        });
+        s
+    };
+    // Their sessions and subscription first, then away while the backlog builds.
+    let mut gws: Vec<GatewayProcess> = how
+        .ids
+        .iter()
+        .map(|id| GatewayProcess::start(dir, &settings(id)))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !gw.readyz().is_some_and(|(ready, _)| ready) {
-        assert!(Instant::now() < deadline, "the gateway never became ready");
+    while !gws
+        .iter()
+        .all(|gw| gw.readyz().is_some_and(|(ready, _)| ready))
+    {
+        assert!(Instant::now() < deadline, "the gateways never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    gw.terminate();
+    for gw in &mut gws {
+        gw.terminate();
+    }
     preload(devices, broker.addr, per_device).await;
     let want = per_device * devices.len() as u64;
-    let (broker_pid, db_pid) = (broker.pid().unwrap(), database.pid().unwrap());
-    let (broker_before, db_before) = (cpu_seconds(broker_pid), cpu_seconds(db_pid));
+    let mut servers = vec![database.pid().unwrap()];
+    servers.extend(
+        how.store
+            .iter()
+            .flat_map(|(c, _)| c.members.iter().filter_map(Server::pid)),
+    );
+    let servers_cpu = || servers.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let broker_pid = broker.pid().unwrap();
+    let (broker_before, servers_before) = (cpu_seconds(broker_pid), servers_cpu());
     let started = Instant::now();
-    gw.restart();
-    let pid = gw.pid().unwrap();
+    for gw in &mut gws {
+        gw.restart();
+    }
     let deadline = started + Duration::from_secs(600);
-    let mut acks_waiting: f64 = 0.0;
-    while gw.metric("vigie_readings_stored_total").unwrap_or(0.0) < want as f64
-        && Instant::now() < deadline
-    {
-        acks_waiting = acks_waiting.max(gw.metric("vigie_device_acks_waiting").unwrap_or(0.0));
+    let stored_total = |gws: &[GatewayProcess]| -> f64 {
+        gws.iter()
+            .map(|g| g.metric("vigie_readings_stored_total").unwrap_or(0.0))
+            .sum()
+    };
+    while stored_total(&gws) < want as f64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("  device acknowledgements waiting for the broker client, at most: {acks_waiting}");
     let seconds = started.elapsed().as_secs_f64();
+    if how.store.is_some() {
+        let conflicts: f64 = gws
+            .iter()
+            .map(|g| g.metric("vigie_group_conflicts_total").unwrap_or(0.0))
+            .sum();
+        eprintln!("  commits judged again after another gateway's claim: {conflicts}");
+    }
     let drain = Drain {
-        what: if victoria {
-            "gateway → VictoriaMetrics"
-        } else {
-            "gateway → InfluxDB 1.x"
+        what: match (how.victoria, how.store.is_some(), how.ids.len()) {
+            (true, _, _) => "gateway → VictoriaMetrics",
+            (false, false, _) => "gateway → InfluxDB 1.x",
+            (false, true, 1) => "group of 1 (etcd) → InfluxDB",
+            (false, true, _) => "group of 3 (etcd) → InfluxDB",
         },
         seconds,
         readings: want,
-        consumer_cpu: cpu_seconds(pid),
+        consumer_cpu: gws
+            .iter()
+            .filter_map(GatewayProcess::pid)
+            .map(cpu_seconds)
+            .sum(),
         broker_cpu: cpu_seconds(broker_pid) - broker_before,
-        database_cpu: Some(cpu_seconds(db_pid) - db_before),
-        peak_rss: peak_rss_mib(pid),
-        stored: Some(stored_settled(database, victoria, want).await),
+        database_cpu: Some(servers_cpu() - servers_before),
+        peak_rss: gws
+            .iter()
+            .filter_map(GatewayProcess::pid)
+            .map(peak_rss_mib)
+            .fold(0.0, f64::max),
+        stored: Some(stored_settled(database, how.victoria, want).await),
     };
-    gw.terminate();
+    for gw in &mut gws {
+        gw.terminate();
+    }
     drain
 }
 
-/// The phases, in the order of round 0.
-const PHASES: [&str; 3] = ["reference", "influxdb", "victoria"];
+/// The phases, in the order of round 0 (the last two with `--group 1`).
+const PHASES: [&str; 5] = ["reference", "influxdb", "victoria", "group-1", "group-3"];
 
 fn main() {
     let consume_flags = std::env::args().nth(1).is_some_and(|a| a == "--consume");
@@ -355,25 +430,44 @@ async fn bench() {
         "drain: {n} single-reading frames of six values from {} devices preloaded at Mosquitto while the consumer is away; {} rounds, phases alternating; 127.0.0.1",
         a.devices, a.rounds
     );
-    let mut results: Vec<Vec<Drain>> = PHASES.iter().map(|_| Vec::new()).collect();
+    let phases = if a.group { 5 } else { 3 };
+    let store = a.group.then(|| vigie_tests::etcd::cluster(3));
+    let mut results: Vec<Vec<Drain>> = (0..phases).map(|_| Vec::new()).collect();
     let mut failures = Vec::new();
     for round in 0..a.rounds as usize {
         println!("round {}", round + 1);
-        for k in 0..PHASES.len() {
-            let phase = (round + k) % PHASES.len();
+        for k in 0..phases {
+            let phase = (round + k) % phases;
             // A fresh registry, broker, database and gateway data directory per phase.
             let dir = tempfile::tempdir().unwrap();
             fleet::write_registry(&dir.path().join("devices.toml"), &devices);
+            let how = |ids, victoria, store| Gateways {
+                ids,
+                victoria,
+                gzip: a.gzip,
+                store,
+                txn_ops: a.txn_ops,
+            };
+            let in_store = |phase: &str| {
+                let prefix = format!("bench/{round}-{phase}");
+                store.as_ref().map(|c| (c, prefix))
+            };
             let d = match PHASES[phase] {
                 "reference" => reference_drain(&devices, per_device, dir.path()).await,
-                "influxdb" => {
+                "victoria" => {
+                    let victoria = victoria_metrics();
+                    let how = how(&["gw-v2"], true, None);
+                    gateway_drain(&devices, &victoria, per_device, dir.path(), &how).await
+                }
+                phase => {
                     let influx = influxdb();
                     readback::influx_create_db(influx.addr, "vigie_lyon").await;
-                    gateway_drain(&devices, &influx, false, per_device, dir.path(), a.gzip).await
-                }
-                _ => {
-                    let victoria = victoria_metrics();
-                    gateway_drain(&devices, &victoria, true, per_device, dir.path(), a.gzip).await
+                    let how = match phase {
+                        "influxdb" => how(&["gw-v1"], false, None),
+                        "group-1" => how(&["gw-a"], false, in_store(phase)),
+                        _ => how(&["gw-a", "gw-b", "gw-c"], false, in_store(phase)),
+                    };
+                    gateway_drain(&devices, &influx, per_device, dir.path(), &how).await
                 }
             };
             d.print();
