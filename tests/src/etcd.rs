@@ -172,38 +172,27 @@ fn member(i: usize, client: SocketAddr, peer: SocketAddr, initial: &str, pki: &T
 /// prefixes only, then authentication on (before it, `etcdctl` ignores `--user`).
 fn enable_auth(cluster: &Cluster) {
     let user = format!("{}:{}", USER.0, USER.1);
-    let steps: Vec<Vec<&str>> = vec![
+    let grant = |prefix| {
+        vec![
+            "role",
+            "grant-permission",
+            "vigie-gateway",
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]
+    };
+    let mut steps: Vec<Vec<&str>> = vec![
         vec!["user", "add", ROOT, "--interactive=false"],
         vec!["user", "grant-role", "root", "root"],
         vec!["role", "add", "vigie-gateway"],
-        vec![
-            "role",
-            "grant-permission",
-            "vigie-gateway",
-            "--prefix=true",
-            "readwrite",
-            "trio/",
-        ],
-        vec![
-            "role",
-            "grant-permission",
-            "vigie-gateway",
-            "--prefix=true",
-            "readwrite",
-            "pair/",
-        ],
-        vec![
-            "role",
-            "grant-permission",
-            "vigie-gateway",
-            "--prefix=true",
-            "readwrite",
-            "bench/",
-        ],
+    ];
+    steps.extend(["trio/", "pair/", "bench/"].map(grant));
+    steps.extend([
         vec!["user", "add", &user, "--interactive=false"],
         vec!["user", "grant-role", USER.0, "vigie-gateway"],
         vec!["auth", "enable"],
-    ];
+    ]);
     for step in steps {
         let out = cluster.ctl(&step);
         assert!(

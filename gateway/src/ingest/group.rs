@@ -21,7 +21,7 @@ use crate::store::buffer::Staged;
 use crate::store::group::GroupError;
 use vigie_core::judge::batch::{self, Plan};
 use vigie_core::judge::replay_book::{Counters, ReplayBook, Seen};
-use vigie_core::judge::verify::{Accepted, Context};
+use vigie_core::judge::verify::Accepted;
 
 /// How a claim ended.
 enum Claim {
@@ -129,19 +129,6 @@ impl Worker {
                 Claim::Stopped => return None,
             }
         }
-    }
-
-    /// The batch's verdicts against the book (just refreshed from the store).
-    fn judge(&mut self, messages: &[Inbound]) -> Plan {
-        let cx = Context {
-            registry: &self.registry,
-            counters: &self.book,
-            rules: &self.rules,
-            strings: self.strings,
-            now_s: self.clock.now_ms() / 1000,
-            clock_synced: self.host_clock.synchronised(),
-        };
-        batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx)
     }
 
     /// Reads the keys from the store into the book; the heads' revisions, or `None`

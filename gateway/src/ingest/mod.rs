@@ -10,6 +10,10 @@
 //! so the broker holds the traffic (backpressure); health (`/readyz`), a metric and one
 //! log line per change of state say why, and it resumes by itself when writes succeed
 //! again. Shutdown interrupts the wait (nothing of that batch is acknowledged).
+//!
+//! A gateway of a group (`[group]`) judges against the group's state in etcd and claims
+//! what it stores there before publishing it to the sink (`group.rs`, `claim.rs`); at its
+//! start, what a crash left unclaimed is claimed first (`rejoin.rs`).
 
 mod claim;
 mod group;

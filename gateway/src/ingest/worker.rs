@@ -137,15 +137,7 @@ impl Worker {
         if self.group.is_some() {
             return self.commit_in_group(&messages, acks);
         }
-        let cx = Context {
-            registry: &self.registry,
-            counters: &self.book,
-            rules: &self.rules,
-            strings: self.strings,
-            now_s: self.clock.now_ms() / 1000,
-            clock_synced: self.host_clock.synchronised(),
-        };
-        let mut plan = batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx);
+        let mut plan = self.judge(&messages);
         let mut summary = ReplaySummary {
             replayed: messages.len(),
             ..ReplaySummary::default()
@@ -159,6 +151,19 @@ impl Worker {
         self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
+    }
+
+    /// The batch's verdicts against the book (in a group, just refreshed from its store).
+    pub(super) fn judge(&mut self, messages: &[Inbound]) -> Plan {
+        let cx = Context {
+            registry: &self.registry,
+            counters: &self.book,
+            rules: &self.rules,
+            strings: self.strings,
+            now_s: self.clock.now_ms() / 1000,
+            clock_synced: self.host_clock.synchronised(),
+        };
+        batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx)
     }
 
     /// A refusal that settles the frame is acknowledged, so its quarantine entry is the
