@@ -477,3 +477,86 @@ async fn a_claim_whose_answer_is_lost_is_settled_by_reading_the_store() {
         "each frame accepted once"
     );
 }
+
+/// Two gateways of a group, each killed with SIGKILL again and again under load (and
+/// restarted, as systemd would): every reading the broker accepted is in the database
+/// once, and every frame is in exactly one gateway's buffer, written by the gateway whose
+/// claim won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_killed_again_and_again_store_each_frame_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 4);
+    let broker = mosquitto(dir.path());
+    let influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    let etcd = etcd::cluster(1);
+    let member = |id: &str| GatewaySettings {
+        group: "pair".into(),
+        extra_toml: etcd.group_toml("pair"),
+        ..GatewaySettings::new(id, broker.addr, Some(influx.addr))
+    };
+    let mut pair = [
+        GatewayProcess::start(dir.path(), &member("gw-a")),
+        GatewayProcess::start(dir.path(), &member("gw-b")),
+    ];
+    let load = scenario::load(&devices, 750, now_s() - 7200);
+    let publisher = {
+        let (addr, messages) = (broker.addr, load.messages.clone());
+        tokio::spawn(async move {
+            for chunk in messages.chunks(60) {
+                fleet::publish_all(addr, chunk).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    for kill in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let gw = &mut pair[kill % 2];
+        gw.kill9();
+        gw.restart();
+    }
+    assert!(
+        !publisher.is_finished(),
+        "the load still runs at the last kill"
+    );
+    publisher.await.unwrap();
+    let got = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(90)).await;
+    for gw in &mut pair {
+        gw.terminate();
+    }
+    let claimed_at_start: usize = pair
+        .iter()
+        .map(|g| g.log().matches("a crash had left unclaimed").count())
+        .sum();
+    let copies = buffered_frames(&[dir.path().join("data-gw-a"), dir.path().join("data-gw-b")]);
+    let twice = copies.values().filter(|&&n| n > 1).count();
+    println!(
+        "group kills: {got}; kills=6; starts that claimed what a kill left unclaimed {claimed_at_start}; frames in the buffers {} of {}, in two buffers {twice}",
+        copies.len(),
+        load.messages.len()
+    );
+    assert_eq!(copies.len(), load.messages.len(), "every frame in a buffer");
+    assert_eq!(twice, 0, "no frame written by both gateways");
+}
+
+/// How many records with readings each frame (device, counter) has across the gateways'
+/// buffers (nothing is deleted from the current segment).
+fn buffered_frames(
+    data_dirs: &[std::path::PathBuf],
+) -> std::collections::BTreeMap<(String, u32), usize> {
+    let mut copies = std::collections::BTreeMap::new();
+    for data in data_dirs {
+        let fs = gateway::store::fs::real();
+        let dir = data.join("buffer");
+        let _ = gateway::store::buffer::Buffer::open(fs, &dir, 8 << 20, 64 << 20, |item| {
+            if let gateway::store::buffer::Recovered::Record(payload) = item
+                && let Ok(r) = vigie_core::record::Record::decode(payload)
+                && r.readings > 0
+            {
+                *copies.entry((r.device.to_string(), r.counter)).or_insert(0) += 1;
+            }
+        })
+        .unwrap();
+    }
+    copies
+}

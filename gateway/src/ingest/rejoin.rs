@@ -44,11 +44,26 @@ impl Tail {
 /// A record's identity: tenant, device, key epoch, counter, tag.
 type Frame = (String, String, u32, u32, Option<[u8; 8]>);
 
+/// What claiming the tail did.
+#[derive(Debug, Default)]
+struct Claimed {
+    /// Records the store did not hold, now claimed.
+    fresh: usize,
+    /// Frames another gateway's claim beat.
+    beaten: Vec<Frame>,
+}
+
 /// Claims the tail in the store, then empties the records another gateway's claim beat
 /// (`buffer_dir` rewritten; the caller opens the buffer again). Returns how many were
 /// emptied.
 pub(super) fn rejoin(store: &mut Etcd, tail: &Tail, buffer_dir: &Path) -> Result<u64, OpenError> {
-    let beaten = claim_all(store, tail)?;
+    let Claimed { fresh, beaten } = claim_all(store, tail)?;
+    if fresh > 0 {
+        tracing::info!(
+            records = fresh,
+            "buffer records a crash had left unclaimed in the group's store: claimed"
+        );
+    }
     if beaten.is_empty() {
         return Ok(0);
     }
@@ -62,16 +77,17 @@ pub(super) fn rejoin(store: &mut Etcd, tail: &Tail, buffer_dir: &Path) -> Result
 
 /// Claims every device's records of the tail, a run of devices at a time; the frames
 /// another gateway's claim beat. Gives up after [`PATIENCE`] without an answer.
-fn claim_all(store: &mut Etcd, tail: &Tail) -> Result<Vec<Frame>, GroupError> {
+fn claim_all(store: &mut Etcd, tail: &Tail) -> Result<Claimed, GroupError> {
     let records: Vec<&Record> = tail.0.iter().collect();
-    let mut beaten = Vec::new();
+    let mut all = Claimed::default();
     for (chunk, keys) in chunks(&records, store.max_ops()) {
         let until = Instant::now() + PATIENCE;
         let mut tries = 0;
         loop {
             match claim(store, &chunk, &keys) {
-                Ok(Some(lost)) => {
-                    beaten.extend(lost);
+                Ok(Some(c)) => {
+                    all.fresh += c.fresh;
+                    all.beaten.extend(c.beaten);
                     break;
                 }
                 Ok(None) if tries < TRIES => tries += 1,
@@ -84,7 +100,7 @@ fn claim_all(store: &mut Etcd, tail: &Tail) -> Result<Vec<Frame>, GroupError> {
             }
         }
     }
-    Ok(beaten)
+    Ok(all)
 }
 
 /// Empties the `beaten` records of the buffer, and resets the sink's progress (offsets
@@ -120,13 +136,12 @@ fn empty(buffer_dir: &Path, beaten: &[Frame]) -> std::io::Result<u64> {
     Ok(emptied)
 }
 
-/// One claim of `records`: `Some` with the frames another gateway's claim beat, `None`
-/// when a head moved since it was read (try again).
+/// One claim of `records`: `None` when a head moved since it was read (try again).
 fn claim(
     store: &mut Etcd,
     records: &[&Record],
     keys: &Keys,
-) -> Result<Option<Vec<Frame>>, GroupError> {
+) -> Result<Option<Claimed>, GroupError> {
     let mut book = ReplayBook::default();
     let revisions = keys.load(store, &mut book)?;
     let (mut beaten, mut fresh) = (Vec::new(), Vec::new());
@@ -144,8 +159,12 @@ fn claim(
             Seen::Duplicate | Seen::TooOld => {}
         }
     }
+    let claimed = Claimed {
+        fresh: fresh.len(),
+        beaten,
+    };
     let (compare, puts) = keys.claim(store, &revisions, &book, fresh.into_iter());
-    Ok(store.commit(&compare, &puts)?.then_some(beaten))
+    Ok(store.commit(&compare, &puts)?.then_some(claimed))
 }
 
 /// The records in runs one transaction can claim, with their keys.
