@@ -253,7 +253,35 @@ async fn three_gateways_with_shared_state_judge_as_one() {
     let solo_missing = missing_frames(&[&solo], &devices);
     println!("missing frames per device: group {group_missing:?}, lone gateway {solo_missing:?}");
     assert_eq!(group_missing, solo_missing, "the same missing frames");
-    for g in &mut trio {
+    // Each gateway's /readyz lists the group as etcd does: all three, the restarted one
+    // included; one stopping leaves the list at once.
+    let listed = |g: &GatewayProcess| -> Vec<String> {
+        let body = g.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let members = v["health"]["group"]["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        members
+            .iter()
+            .filter_map(|m| Some(m.as_str()?.to_string()))
+            .collect()
+    };
+    let all = ["gw-a", "gw-b", "gw-c"];
+    wait_for(
+        "every gateway listing the group",
+        Duration::from_secs(20),
+        async || trio.iter().all(|g| listed(g) == all),
+    )
+    .await;
+    trio[2].terminate();
+    wait_for(
+        "the stopped gateway gone from the list",
+        Duration::from_secs(20),
+        async || listed(&trio[0]) == all[..2],
+    )
+    .await;
+    for g in &mut trio[..2] {
         g.terminate();
     }
 }

@@ -97,6 +97,19 @@ pub struct Snapshot {
     pub database_dropped: Option<String>,
     /// The last alert message failed to go, and why (until one goes).
     pub alerts_error: Option<String>,
+    /// The group of gateways this one belongs to (`[group]`), as etcd lists it.
+    pub group: Option<GroupView>,
+}
+
+/// A group's members, as the group's etcd lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GroupView {
+    /// The group's key prefix.
+    pub prefix: String,
+    /// The gateways alive in it (their client ids), this one included.
+    pub members: Vec<String>,
+    /// Why the list could not be read, if it could not.
+    pub error: Option<String>,
 }
 
 impl Snapshot {
@@ -183,6 +196,11 @@ impl Health {
     /// Records why the last alert message did not go (`None` once one goes).
     pub fn set_alerts_error(&self, error: Option<String>) {
         self.lock().alerts_error = error;
+    }
+
+    /// Records the group's members as etcd last listed them.
+    pub fn set_group(&self, view: GroupView) {
+        self.lock().group = Some(view);
     }
 
     /// Records the outcome of a registry reload.

@@ -3,6 +3,7 @@
 
 pub mod devices;
 pub mod feed;
+pub mod group;
 pub mod health;
 pub mod metrics;
 

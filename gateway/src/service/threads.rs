@@ -52,6 +52,8 @@ pub(super) struct Threads {
     worker: JoinHandle<()>,
     sink: JoinHandle<()>,
     info: JoinHandle<()>,
+    /// The group's membership (`[group]` only).
+    member: Option<JoinHandle<()>>,
     sink_stop: CancellationToken,
     info_stop: CancellationToken,
     wake_sink: Interrupter,
@@ -84,6 +86,19 @@ impl Threads {
                 .spawn(move || deliver::device_info::run(writer, devices, stop, clock))
                 .map_err(|e| RunError::Thread("device-info", e))?
         };
+        let member = match &config.group {
+            Some(g) => {
+                let etcd = crate::store::group::Etcd::new(g)?;
+                let (me, prefix) = (config.mqtt.client_id.clone(), g.prefix.clone());
+                let (health, stop) = (c.health.clone(), info_stop.clone());
+                let body = move || crate::observe::group::run(etcd, me, prefix, health, stop);
+                let thread = std::thread::Builder::new()
+                    .name("group-member".into())
+                    .spawn(body);
+                Some(thread.map_err(|e| RunError::Thread("group-member", e))?)
+            }
+            None => None,
+        };
         let worker = spawn_essential("ingest", c.stopping.clone(), died.clone(), move || {
             worker.run(jobs_rx, acks_tx)
         })?;
@@ -108,6 +123,7 @@ impl Threads {
             worker,
             sink,
             info,
+            member,
             sink_stop,
             info_stop,
             wake_sink,
@@ -123,7 +139,11 @@ impl Threads {
     /// writer stops. An error if an essential thread had died.
     pub(super) async fn stop(self) -> Result<(), RunError> {
         let Self {
-            worker, sink, info, ..
+            worker,
+            sink,
+            info,
+            member,
+            ..
         } = self;
         drop(self.jobs);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
@@ -132,6 +152,9 @@ impl Threads {
         let _ = tokio::task::spawn_blocking(move || sink.join()).await;
         self.info_stop.cancel();
         let _ = tokio::task::spawn_blocking(move || info.join()).await;
+        if let Some(member) = member {
+            let _ = tokio::task::spawn_blocking(move || member.join()).await;
+        }
         match self.died.which.get() {
             Some(which) => Err(RunError::Died(which)),
             None => Ok(()),

@@ -199,16 +199,77 @@ impl Etcd {
         Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
 
-    /// One transaction, authenticated when the cluster wants it: a token refused (expired)
-    /// is asked again once.
     fn txn(&mut self, body: &Value) -> Result<Value, GroupError> {
+        self.request("/v3/kv/txn", body)
+    }
+
+    /// Keeps this gateway's key `<prefix>/member/<name>` alive on a lease of `ttl_s`
+    /// seconds (`lease`: the one it holds, granted again when it expired), and lists the
+    /// group's members: every such key alive.
+    pub fn members(
+        &mut self,
+        name: &str,
+        lease: &mut Option<i64>,
+        ttl_s: u32,
+    ) -> Result<Vec<String>, GroupError> {
+        let alive = match *lease {
+            Some(id) => {
+                let answer = self.request("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+                answer["result"]["TTL"].as_str().is_some_and(|t| t != "0")
+            }
+            None => false,
+        };
+        if !alive {
+            let answer = self.request("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+            let id = answer["ID"].as_str().and_then(|i| i.parse().ok());
+            *lease = Some(id.ok_or(GroupError::Unreadable("a lease without its id"))?);
+            let key = B64.encode(self.member_key(name));
+            let put = json!({"key": key, "value": B64.encode(name), "lease": lease.unwrap_or_default().to_string()});
+            self.request("/v3/kv/put", &put)?;
+        }
+        let (from, to) = (self.member_key(""), format!("{}/member0", self.prefix));
+        let range =
+            json!({"key": B64.encode(from), "range_end": B64.encode(to), "keys_only": true});
+        let answer = self.request("/v3/kv/range", &range)?;
+        let keys = answer["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let prefix = self.member_key("");
+        Ok(keys
+            .iter()
+            .filter_map(|kv| B64.decode(kv["key"].as_str()?).ok())
+            .filter_map(|k| {
+                Some(
+                    String::from_utf8(k)
+                        .ok()?
+                        .strip_prefix(&prefix)?
+                        .to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Ends a lease at once (a gateway stopping leaves the group's list now).
+    pub fn revoke(&mut self, lease: i64) -> Result<(), GroupError> {
+        self.request("/v3/lease/revoke", &json!({"ID": lease.to_string()}))
+            .map(drop)
+    }
+
+    fn member_key(&self, name: &str) -> String {
+        format!("{}/member/{name}", self.prefix)
+    }
+
+    /// One request, authenticated when the cluster wants it: a token refused (expired)
+    /// is asked again once.
+    fn request(&mut self, path: &str, body: &Value) -> Result<Value, GroupError> {
         if self.user.is_some() && self.token.is_none() {
             self.token = Some(self.authenticate()?);
         }
-        match self.post("/v3/kv/txn", body) {
+        match self.post(path, body) {
             Err(GroupError::Refused { status: 401, .. }) if self.user.is_some() => {
                 self.token = Some(self.authenticate()?);
-                self.post("/v3/kv/txn", body)
+                self.post(path, body)
             }
             other => other,
         }

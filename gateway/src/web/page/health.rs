@@ -1,7 +1,7 @@
 //! The gateway's own health on the overview and commune pages.
 
 use super::{View, clock, esc};
-use crate::observe::health::{Snapshot, Tenant};
+use crate::observe::health::{GroupView, Snapshot, Tenant};
 
 /// One line of the health list, green or red.
 fn item(good: bool, text: &str) -> String {
@@ -24,6 +24,7 @@ pub(super) fn health(v: &View, only: Option<&str>) -> String {
         .pick("Mémoire tampon disponible", "Buffer taking writes");
     items.push(item(store.is_none(), store.as_deref().unwrap_or(buffer_ok)));
     items.extend(databases(v, h, only));
+    items.extend(h.group.as_ref().map(|g| group(v, g)));
     if let Some(e) = &h.registry_error {
         let what = v.lang.pick("Registre illisible", "Registry reload failed");
         items.push(item(false, &format!("{what} : {e}")));
@@ -33,6 +34,21 @@ pub(super) fn health(v: &View, only: Option<&str>) -> String {
         v.lang.pick("Passerelle", "Gateway"),
         items.concat()
     )
+}
+
+/// The group's line: the gateways alive in it, or why they cannot be listed.
+fn group(v: &View, g: &GroupView) -> String {
+    let what = v.lang.pick("Groupe de passerelles", "Group of gateways");
+    match &g.error {
+        Some(e) => {
+            let unreachable = v.lang.pick("etcd injoignable", "etcd unreachable");
+            item(false, &format!("{what} {} : {unreachable} ({e})", g.prefix))
+        }
+        None => item(
+            true,
+            &format!("{what} {} : {}", g.prefix, g.members.join(", ")),
+        ),
+    }
 }
 
 /// The broker's line.
