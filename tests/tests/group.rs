@@ -103,6 +103,43 @@ async fn content(influx: std::net::SocketAddr) -> (BTreeSet<String>, usize) {
     )
 }
 
+/// Mosquitto, InfluxDB (its `vigie_lyon` database made) and a one-member etcd for `n`
+/// devices of the scenario's commune.
+struct Bench {
+    dir: tempfile::TempDir,
+    devices: Vec<Device>,
+    broker: vigie_tests::Server,
+    influx: vigie_tests::Server,
+    etcd: etcd::Cluster,
+}
+
+impl Bench {
+    async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = scenario::devices(dir.path(), n);
+        let broker = mosquitto(dir.path());
+        let influx = influxdb();
+        readback::influx_create_db(influx.addr, "vigie_lyon").await;
+        let etcd = etcd::cluster(1);
+        Self {
+            dir,
+            devices,
+            broker,
+            influx,
+            etcd,
+        }
+    }
+
+    /// Gateway `id` of the group `pair`, with `more` appended to its `[group]`.
+    fn member(&self, id: &str, group_toml: &str, more: &str) -> GatewaySettings {
+        GatewaySettings {
+            group: "pair".into(),
+            extra_toml: format!("{group_toml}{more}"),
+            ..GatewaySettings::new(id, self.broker.addr, Some(self.influx.addr))
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_with_shared_state_judge_as_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,18 +330,12 @@ async fn three_gateways_with_shared_state_judge_as_one() {
 /// gateway claims the first before the sink reads it, and empties the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_but_never_claimed_are_claimed_or_emptied_at_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 2);
-    let broker = mosquitto(dir.path());
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let etcd = etcd::cluster(1);
-    let settings = GatewaySettings {
-        group: "pair".into(),
-        extra_toml: etcd.group_toml("pair"),
-        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
-    };
-    let mut gw = GatewayProcess::start(dir.path(), &settings);
+    let b = Bench::start(2).await;
+    let (dir, devices, broker, influx) = (&b.dir, &b.devices, &b.broker, &b.influx);
+    let mut gw = GatewayProcess::start(
+        dir.path(),
+        &b.member("gw-a", &b.etcd.group_toml("pair"), ""),
+    );
     let start = now_s() - 3000;
     let first: Messages = (0..6)
         .flat_map(|c| devices.iter().map(move |d| frame(d, c, c, start + c)))
@@ -320,7 +351,7 @@ async fn records_written_but_never_claimed_are_claimed_or_emptied_at_the_next_st
     let beaten = frame(&devices[1], 3, 303, start + 3);
     let records: Vec<Vec<u8>> = [&fresh, &beaten]
         .iter()
-        .map(|(t, f)| record_of(&devices, t, f))
+        .map(|(t, f)| record_of(devices, t, f))
         .collect();
     let buffer_dir = dir.path().join("data-gw-a").join("buffer");
     let fs = gateway::store::fs::real();
@@ -403,20 +434,12 @@ fn record_of(devices: &[Device], topic: &str, frame: &[u8]) -> Vec<u8> {
 /// metric say why, and everything is stored once the store is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_store_a_group_member_acknowledges_nothing_then_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 2);
-    let broker = mosquitto(dir.path());
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let mut etcd = etcd::cluster(1);
-    let settings = GatewaySettings {
-        group: "pair".into(),
-        extra_toml: format!("{}timeout = \"500ms\"\n", etcd.group_toml("pair")),
-        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
-    };
-    let gw = GatewayProcess::start(dir.path(), &settings);
+    let mut b = Bench::start(2).await;
+    let settings = b.member("gw-a", &b.etcd.group_toml("pair"), "timeout = \"500ms\"\n");
+    let gw = GatewayProcess::start(b.dir.path(), &settings);
+    let (devices, broker, influx, etcd) = (&b.devices, &b.broker, &b.influx, &mut b.etcd);
     let start = now_s() - 3000;
-    let load = scenario::load(&devices, 10, start);
+    let load = scenario::load(devices, 10, start);
     etcd.members[0].stop(true);
     publish(broker.addr, &load.messages, Duration::from_millis(20)).await;
     wait_for(
@@ -455,23 +478,19 @@ async fn without_its_store_a_group_member_acknowledges_nothing_then_resumes() {
 /// of readings no gateway has: they would be missing from the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_answer_is_lost_is_settled_by_reading_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 4);
-    let broker = mosquitto(dir.path());
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let etcd = etcd::cluster(1);
-    let proxy = vigie_tests::proxy::Proxy::start(etcd.members[0].addr).await;
-    let toml = etcd
+    let b = Bench::start(4).await;
+    let (dir, devices, broker, influx) = (&b.dir, &b.devices, &b.broker, &b.influx);
+    let member = b.etcd.members[0].addr;
+    let proxy = vigie_tests::proxy::Proxy::start(member).await;
+    let toml = b
+        .etcd
         .group_toml("pair")
-        .replace(&etcd.members[0].addr.to_string(), &proxy.addr.to_string());
-    let settings = GatewaySettings {
-        group: "pair".into(),
-        extra_toml: format!("{toml}timeout = \"500ms\"\n"),
-        ..GatewaySettings::new("gw-a", broker.addr, Some(influx.addr))
-    };
-    let gw = GatewayProcess::start(dir.path(), &settings);
-    let load = scenario::load(&devices, 750, now_s() - 3000);
+        .replace(&member.to_string(), &proxy.addr.to_string());
+    let gw = GatewayProcess::start(
+        dir.path(),
+        &b.member("gw-a", &toml, "timeout = \"500ms\"\n"),
+    );
+    let load = scenario::load(devices, 750, now_s() - 3000);
     let publisher = {
         let (addr, messages) = (broker.addr, load.messages.clone());
         tokio::spawn(async move { publish(addr, &messages, Duration::from_millis(15)).await })
@@ -512,22 +531,14 @@ async fn a_claim_whose_answer_is_lost_is_settled_by_reading_the_store() {
 /// claim won.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_members_killed_again_and_again_store_each_frame_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 4);
-    let broker = mosquitto(dir.path());
-    let influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    let etcd = etcd::cluster(1);
-    let member = |id: &str| GatewaySettings {
-        group: "pair".into(),
-        extra_toml: etcd.group_toml("pair"),
-        ..GatewaySettings::new(id, broker.addr, Some(influx.addr))
-    };
+    let b = Bench::start(4).await;
+    let (dir, devices, broker, influx) = (&b.dir, &b.devices, &b.broker, &b.influx);
+    let toml = b.etcd.group_toml("pair");
     let mut pair = [
-        GatewayProcess::start(dir.path(), &member("gw-a")),
-        GatewayProcess::start(dir.path(), &member("gw-b")),
+        GatewayProcess::start(dir.path(), &b.member("gw-a", &toml, "")),
+        GatewayProcess::start(dir.path(), &b.member("gw-b", &toml, "")),
     ];
-    let load = scenario::load(&devices, 750, now_s() - 7200);
+    let load = scenario::load(devices, 750, now_s() - 7200);
     let publisher = {
         let (addr, messages) = (broker.addr, load.messages.clone());
         tokio::spawn(async move {
