@@ -117,6 +117,14 @@ fn start(
     start_with(dir, q, answers, refuse, records, None)
 }
 
+/// The test's buffer in `dir` (1 MiB segments, 8 MiB in all).
+fn open_buffer(dir: &tempfile::TempDir) -> Buffer {
+    let path = dir.path().join("b");
+    Buffer::open(crate::store::fs::real(), &path, 1 << 20, 8 << 20, |_| {})
+        .unwrap()
+        .0
+}
+
 fn start_with(
     dir: tempfile::TempDir,
     q: Quarantine,
@@ -125,14 +133,7 @@ fn start_with(
     records: Vec<Vec<u8>>,
     counters: Option<Vec<Option<u64>>>,
 ) -> Run {
-    let (mut buffer, _) = Buffer::open(
-        crate::store::fs::real(),
-        &dir.path().join("b"),
-        1 << 20,
-        8 << 20,
-        |_| {},
-    )
-    .unwrap();
+    let mut buffer = open_buffer(&dir);
     buffer.append(&records).unwrap();
     let stored = Arc::new(Mutex::new(Vec::new()));
     let answers = Arc::new(Mutex::new(answers));
@@ -394,14 +395,7 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     handle.join().unwrap();
     drop(buffer);
     // Same buffer and state: a new sink writes nothing.
-    let (buffer, _) = Buffer::open(
-        crate::store::fs::real(),
-        &dir.path().join("b"),
-        1 << 20,
-        8 << 20,
-        |_| {},
-    )
-    .unwrap();
+    let buffer = open_buffer(&dir);
     let written = Arc::new(Mutex::new(Vec::new()));
     let writer = Scripted {
         answers: Default::default(),
