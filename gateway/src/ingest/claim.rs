@@ -3,6 +3,7 @@
 //! ([`vigie_core::judge::replay_book::shared`]), within one transaction's bound.
 
 use crate::store::group::{Etcd, GroupError};
+use vigie_core::FastMap;
 use vigie_core::judge::replay_book::ReplayBook;
 use vigie_core::judge::replay_book::shared::print_block;
 use vigie_core::record::Record;
@@ -14,6 +15,9 @@ pub(super) struct Keys {
     max: usize,
     /// Tenant and device of each head.
     devices: Vec<(String, String)>,
+    /// Index into `devices` by tenant then device (nested so a lookup borrows; a batch
+    /// has up to 2,048 messages).
+    index: FastMap<String, FastMap<String, usize>>,
     /// Blocks: index into `devices`, key epoch, block.
     blocks: Vec<(usize, u32, u32)>,
 }
@@ -27,6 +31,7 @@ impl Keys {
         Self {
             max,
             devices: Vec::new(),
+            index: FastMap::default(),
             blocks: Vec::new(),
         }
     }
@@ -41,10 +46,7 @@ impl Keys {
         epoch: u32,
         counter: Option<u32>,
     ) -> bool {
-        let at = self
-            .devices
-            .iter()
-            .position(|(t, d)| t == tenant && d == device);
+        let at = self.position(tenant, device);
         let block = counter.map(|c| (epoch, print_block(c)));
         let new_block = |at: usize| block.filter(|&(e, b)| !self.blocks.contains(&(at, e, b)));
         let more = usize::from(at.is_none())
@@ -53,6 +55,8 @@ impl Keys {
             return false;
         }
         let at = at.unwrap_or_else(|| {
+            let devices = self.index.entry(tenant.to_string()).or_default();
+            devices.insert(device.to_string(), self.devices.len());
             self.devices.push((tenant.to_string(), device.to_string()));
             self.devices.len() - 1
         });
@@ -60,6 +64,10 @@ impl Keys {
             self.blocks.push((at, e, b));
         }
         true
+    }
+
+    fn position(&self, tenant: &str, device: &str) -> Option<usize> {
+        self.index.get(tenant)?.get(device).copied()
     }
 
     /// Whether no key is to be read.
@@ -112,11 +120,7 @@ impl Keys {
     ) -> Claim {
         let (mut devices, mut blocks): (Vec<usize>, Vec<(usize, u32, u32)>) = Default::default();
         for r in accepted {
-            let Some(i) = self
-                .devices
-                .iter()
-                .position(|(t, d)| **t == *r.tenant && **d == *r.device)
-            else {
+            let Some(i) = self.position(&r.tenant, &r.device) else {
                 continue;
             };
             if !devices.contains(&i) {
