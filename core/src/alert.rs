@@ -53,7 +53,7 @@ pub enum What {
         total: u64,
     },
     /// Acknowledgements are withheld: the buffer is full, the disk refuses writes, or the
-    /// group's store does not answer.
+    /// group's store cannot be used.
     StoreRefusing {
         /// What `/readyz` says.
         problem: String,

@@ -247,7 +247,7 @@ async fn three_gateways_with_shared_state_judge_as_one() {
     let reused = total(&trio_all, VERDICTS[2]);
     let waits: usize = trio
         .iter()
-        .map(|g| g.log().matches("the group's store does not answer").count())
+        .map(|g| g.log().matches("the group's store cannot be used").count())
         .sum();
     println!(
         "group of three: points={} (lone gateway {}), phase-2 verdicts {:?} (lone {:?}), \
@@ -450,7 +450,7 @@ async fn without_its_store_a_group_member_acknowledges_nothing_then_resumes() {
     .await;
     let (ready, why) = gw.readyz().unwrap();
     assert!(
-        !ready && why.contains("group's store does not answer"),
+        !ready && why.contains("group's store cannot be used"),
         "{why}"
     );
     assert_eq!(
@@ -598,4 +598,27 @@ fn buffered_frames(
         .unwrap();
     }
     copies
+}
+
+/// A group whose etcd user may not touch its prefix (a `prefix` the role does not grant):
+/// etcd refuses, and the gateway says so and acknowledges nothing, rather than judging
+/// without the group's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowledged() {
+    let b = Bench::start(2).await;
+    let toml = b.etcd.group_toml("nope");
+    let gw = GatewayProcess::start(b.dir.path(), &b.member("gw-a", &toml, ""));
+    let load = scenario::load(&b.devices, 5, now_s() - 3000);
+    publish(b.broker.addr, &load.messages, Duration::from_millis(20)).await;
+    wait_for(
+        "the refusal reported",
+        Duration::from_secs(20),
+        async || gw.metric("vigie_group_unreachable") == Some(1.0),
+    )
+    .await;
+    let (ready, why) = gw.readyz().unwrap();
+    println!("prefix not granted: /readyz {ready} {why:?}");
+    assert!(!ready && why.contains("permission denied"), "{why}");
+    assert_eq!(gw.metric("vigie_frames_accepted_total"), Some(0.0));
+    assert!(scenario::stored(b.influx.addr).await.is_empty());
 }

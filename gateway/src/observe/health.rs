@@ -55,7 +55,7 @@ impl Store {
                 Some(format!("disk error ({error}): acknowledgements withheld"))
             }
             Self::Group { error } => Some(format!(
-                "the group's store does not answer ({error}): acknowledgements withheld"
+                "the group's store cannot be used ({error}): acknowledgements withheld"
             )),
         }
     }
