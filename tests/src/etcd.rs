@@ -47,6 +47,19 @@ impl Cluster {
         )
     }
 
+    /// Takes the gateways' role's permission on `prefix` (`pair/`) away.
+    pub fn revoke(&self, prefix: &str) {
+        let args = [
+            "role",
+            "revoke-permission",
+            "vigie-gateway",
+            "--prefix=true",
+            prefix,
+        ];
+        let out = self.ctl(&args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    }
+
     /// `etcdctl` as root on the running members.
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         let live: Vec<String> = self

@@ -154,17 +154,16 @@ impl Device {
 
     /// A sealed frame of `readings` with `counter`.
     pub fn frame(&self, readings: &[Reading], counter: u32) -> Vec<u8> {
+        self.frame_under(readings, counter, &DeviceKey::new(self.key, 1))
+    }
+
+    /// [`Device::frame`] sealed under `key` (a rotated one).
+    pub fn frame_under(&self, readings: &[Reading], counter: u32, key: &DeviceKey) -> Vec<u8> {
         let who = Identity::new(&self.tenant, &self.id).unwrap();
         let mut buf = [0u8; MAX_FRAME_LEN];
-        protocol::seal(
-            &mut buf,
-            readings,
-            counter,
-            &DeviceKey::new(self.key, 1),
-            who,
-        )
-        .unwrap()
-        .to_vec()
+        protocol::seal(&mut buf, readings, counter, key, who)
+            .unwrap()
+            .to_vec()
     }
 }
 

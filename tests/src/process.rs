@@ -23,6 +23,8 @@ pub struct GatewaySettings {
     pub linger: Duration,
     /// Data directory (default: `data-<client id>` in the test directory).
     pub data_dir: Option<PathBuf>,
+    /// Registry file (default: `devices.toml` in the test directory).
+    pub registry: Option<PathBuf>,
     /// The database at `influx` is VictoriaMetrics (its InfluxDB-compatible `/write`).
     pub victoria: bool,
     /// Write bodies gzip-compressed (`database.gzip`).
@@ -49,6 +51,7 @@ impl GatewaySettings {
             buffer_mib: (64, 8),
             linger: Duration::from_millis(200),
             data_dir: None,
+            registry: None,
             victoria: false,
             gzip: false,
             public: None,
@@ -163,6 +166,21 @@ pub fn text(o: &std::process::Output) -> String {
 impl GatewayProcess {
     /// Writes the config under `dir` and starts the process.
     pub fn start(dir: &Path, s: &GatewaySettings) -> Self {
+        let (config, http) = Self::write_config(dir, s);
+        let log = dir.join(format!("{}.log", s.client_id));
+        let mut g = Self {
+            child: None,
+            config,
+            http,
+            log,
+            env: s.env.clone(),
+        };
+        g.restart();
+        g
+    }
+
+    /// Writes the config of `s` under `dir`: its path and the status port it names.
+    pub fn write_config(dir: &Path, s: &GatewaySettings) -> (PathBuf, SocketAddr) {
         let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let database = match s.influx {
             Some(addr) => format!(
@@ -201,7 +219,11 @@ impl GatewayProcess {
                 .clone()
                 .unwrap_or_else(|| dir.join(format!("data-{}", s.client_id)))
                 .display(),
-            registry = dir.join("devices.toml").display(),
+            registry = s
+                .registry
+                .clone()
+                .unwrap_or_else(|| dir.join("devices.toml"))
+                .display(),
             host = s.broker.ip(),
             port = s.broker.port(),
             id = s.client_id,
@@ -213,16 +235,7 @@ impl GatewayProcess {
         );
         let config = dir.join(format!("{}.toml", s.client_id));
         std::fs::write(&config, text).unwrap();
-        let log = dir.join(format!("{}.log", s.client_id));
-        let mut g = Self {
-            child: None,
-            config,
-            http,
-            log,
-            env: s.env.clone(),
-        };
-        g.restart();
-        g
+        (config, http)
     }
 
     /// Starts the process again with the same config and data directory.

@@ -1,7 +1,8 @@
 //! A TCP proxy on 127.0.0.1 that can lose answers: while `drop_answers` is on, what the
 //! server sends back is thrown away and the client's connection closed, after the server
 //! received (and acted on) the request. The fault of a server that dies between applying
-//! a request and answering it, or of a network that loses the answer.
+//! a request and answering it, or of a network that loses the answer. While `refuse` is
+//! on, it closes new connections at once: a server out of reach.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     drop_answers: Arc<AtomicBool>,
+    refuse: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -25,11 +27,15 @@ impl Proxy {
         let proxy = Self {
             addr: listener.local_addr().unwrap(),
             drop_answers: Arc::default(),
+            refuse: Arc::default(),
             dropped: Arc::default(),
         };
         let p = proxy.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if p.refuse.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let p = p.clone();
                 tokio::spawn(async move { p.serve(client, upstream).await });
             }
@@ -40,6 +46,11 @@ impl Proxy {
     /// Loses answers from now on (`true`) or forwards them again.
     pub fn drop_answers(&self, on: bool) {
         self.drop_answers.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes new connections at once from now on (`true`), or forwards them again.
+    pub fn refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
     }
 
     /// Answers lost so far.

@@ -9,11 +9,12 @@
 //! counter; and out-of-order frames and two readings in one second.
 #![allow(clippy::unwrap_used)]
 
+use gateway::fleet::registry::{Registry, RegistryFile};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use vigie_tests::etcd;
 use vigie_tests::fleet::{self, Device};
-use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::process::{self, GatewayProcess, GatewaySettings};
 use vigie_tests::{influxdb, mosquitto, now_s, readback, scenario, wait_for};
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -600,16 +601,21 @@ fn buffered_frames(
     copies
 }
 
-/// A group whose etcd user may not touch its prefix (a `prefix` the role does not grant):
-/// etcd refuses, and the gateway says so and acknowledges nothing, rather than judging
-/// without the group's state.
+/// A group whose etcd user may not touch its prefix: etcd refuses, and the gateway says
+/// so rather than judging without the group's state. Taken away while it runs: `/readyz`
+/// names the refusal and nothing more is acknowledged; at a start: it exits at once with
+/// the refusal (it cannot read the group's log of erasures and registry changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowledged() {
     let b = Bench::start(2).await;
-    let toml = b.etcd.group_toml("nope");
-    let gw = GatewayProcess::start(b.dir.path(), &b.member("gw-a", &toml, ""));
-    let load = scenario::load(&b.devices, 5, now_s() - 3000);
-    publish(b.broker.addr, &load.messages, Duration::from_millis(20)).await;
+    let toml = b.etcd.group_toml("pair");
+    let mut gw = GatewayProcess::start(b.dir.path(), &b.member("gw-a", &toml, ""));
+    let first = scenario::load(&b.devices, 5, now_s() - 3000);
+    publish(b.broker.addr, &first.messages, Duration::from_millis(20)).await;
+    scenario::all_stored(b.influx.addr, &first.expected, Duration::from_secs(30)).await;
+    b.etcd.revoke("pair/");
+    let more = scenario::load_from(&b.devices, 5, 5, now_s() - 3000);
+    publish(b.broker.addr, &more.messages, Duration::from_millis(20)).await;
     wait_for(
         "the refusal reported",
         Duration::from_secs(20),
@@ -619,6 +625,214 @@ async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowl
     let (ready, why) = gw.readyz().unwrap();
     println!("prefix not granted: /readyz {ready} {why:?}");
     assert!(!ready && why.contains("permission denied"), "{why}");
-    assert_eq!(gw.metric("vigie_frames_accepted_total"), Some(0.0));
-    assert!(scenario::stored(b.influx.addr).await.is_empty());
+    let accepted = gw.metric("vigie_frames_accepted_total");
+    assert_eq!(accepted, Some(first.messages.len() as f64), "nothing more");
+    gw.kill9();
+    let started = std::time::Instant::now();
+    let out = process::cli(&["run", "--config", gw.config.to_str().unwrap()]);
+    let said = process::text(&out);
+    println!(
+        "a start refused: exit {:?} after {:?}",
+        out.status.code(),
+        started.elapsed()
+    );
+    assert!(
+        !out.status.success() && said.contains("permission denied"),
+        "{said}"
+    );
+    assert_eq!(scenario::stored(b.influx.addr).await, first.expected);
+}
+
+/// A member of `b`'s group with its own registry (a copy of the bench's) and, if given,
+/// its database behind `database`.
+fn own_registry(b: &Bench, id: &str, database: Option<std::net::SocketAddr>) -> GatewaySettings {
+    let registry = b.dir.path().join(format!("registry-{id}/devices.toml"));
+    std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
+    std::fs::copy(b.dir.path().join("devices.toml"), &registry).unwrap();
+    GatewaySettings {
+        registry: Some(registry),
+        influx: database.or(Some(b.influx.addr)),
+        ..b.member(id, &b.etcd.group_toml("pair"), "")
+    }
+}
+
+/// `quarantine list` of a gateway's config: its entries' lines.
+fn quarantined(gw: &GatewayProcess) -> String {
+    let config = gw.config.to_str().unwrap();
+    process::text(&process::cli(&["quarantine", "list", "--config", config]))
+}
+
+/// Issue 34's "an erased reading never comes back", and the device commands reaching the
+/// group. Two gateways, each with its own registry file; gw-b's database out of reach, so
+/// the readings it accepts wait in its buffer. `erase` of one device on gw-a (stopped, as
+/// `erase` wants) must make gw-b erase its copies (it restarts in place) before the
+/// database is erased: once gw-b's database is back, none of the device's readings comes
+/// back, every other device's reading is there once. Then `devices remove` and `devices
+/// rotate` on gw-a reach gw-b's registry: the removed device's frames are refused by
+/// gw-b, the rotated device's frames under its new key stored through gw-b alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_and_device_commands_reach_every_member_of_the_group() {
+    let b = Bench::start(3).await;
+    let (dir, devices, broker, influx) = (&b.dir, &b.devices, &b.broker, &b.influx);
+    let away = vigie_tests::proxy::Proxy::start(influx.addr).await;
+    away.refuse(true);
+    let mut a = GatewayProcess::start(dir.path(), &own_registry(&b, "gw-a", None));
+    let mut gw_b = GatewayProcess::start(dir.path(), &own_registry(&b, "gw-b", Some(away.addr)));
+    let start = now_s() - 3000;
+    let load = scenario::load(devices, 30, start);
+    // A reused counter of the device to erase: refused and quarantined.
+    let mut messages = load.messages.clone();
+    messages.push(frame(&devices[0], 3, 303, start + 3));
+    publish(broker.addr, &messages, Duration::from_millis(30)).await;
+    let both = [&a, &gw_b];
+    wait_for("every frame judged", Duration::from_secs(30), async || {
+        total(&both, "vigie_frames_accepted_total") as usize == load.messages.len()
+    })
+    .await;
+    let held_by_b = gw_b.metric("vigie_frames_accepted_total").unwrap();
+    assert!(held_by_b > 0.0, "gw-b holds some readings in its buffer");
+    let before = quarantined(&a) + &quarantined(&gw_b);
+    assert!(before.contains("lyon/aq-0"), "{before}");
+
+    a.terminate();
+    let erased = process::cli(&[
+        "erase",
+        "--config",
+        a.config.to_str().unwrap(),
+        "--tenant",
+        "lyon",
+        "--device",
+        "aq-0",
+        "--yes",
+    ]);
+    let report = process::text(&erased);
+    assert!(erased.status.success(), "{report}");
+    // (gw-b may still be starting again: it erases before its sink writes anything.)
+    away.refuse(false);
+    a.restart();
+    let kept: BTreeSet<String> = load
+        .expected
+        .iter()
+        .filter(|p| !p.contains("|aq-0|"))
+        .cloned()
+        .collect();
+    let got = scenario::all_stored(influx.addr, &kept, Duration::from_secs(60)).await;
+    // gw-b's sink has written all it holds: nothing of aq-0 may be among it.
+    wait_for(
+        "gw-b's buffer written",
+        Duration::from_secs(30),
+        async || {
+            gw_b.readyz().is_some_and(|(ready, _)| ready)
+                && gw_b.metric("vigie_buffer_pending_bytes") == Some(0.0)
+        },
+    )
+    .await;
+    let stored = scenario::stored(influx.addr).await;
+    let came_back = stored.iter().filter(|p| p.contains("|aq-0|")).count();
+    println!(
+        "group erase: gw-b held {held_by_b} frames, its database away; {got}; aq-0 points after the erase: {came_back}\n{report}"
+    );
+    assert_eq!(came_back, 0, "an erased reading came back");
+    assert!(gw_b.log().contains("erased as the group asked"));
+    let after = quarantined(&a) + &quarantined(&gw_b);
+    assert!(!after.contains("lyon/aq-0"), "{after}");
+    assert_eq!(stored, kept, "every other reading stored, once");
+
+    // `devices remove` of aq-1 and `devices rotate` of aq-2 on gw-a reach gw-b.
+    let config = a.config.to_str().unwrap().to_string();
+    let command = |args: &[&str]| {
+        let out = process::cli(args);
+        assert!(out.status.success(), "{}", process::text(&out));
+    };
+    command(&[
+        "devices", "remove", "--config", &config, "--tenant", "lyon", "--id", "aq-1",
+    ]);
+    let blob = dir.path().join("aq-2.vgp");
+    command(&[
+        "devices",
+        "rotate",
+        "--config",
+        &config,
+        "--tenant",
+        "lyon",
+        "--id",
+        "aq-2",
+        "--kind",
+        "air-quality",
+        "--blob-out",
+        blob.to_str().unwrap(),
+    ]);
+    let b_registry = dir.path().join("registry-gw-b/devices.toml");
+    wait_for(
+        "gw-b's registry changed",
+        Duration::from_secs(20),
+        async || {
+            let r = Registry::load(&b_registry).unwrap();
+            r.get("lyon", "aq-1").is_none()
+                && r.get("lyon", "aq-2").is_some_and(|d| d.entry.epoch == 2)
+        },
+    )
+    .await;
+    let registry = Registry::load(&b_registry).unwrap();
+    let entry = registry.get("lyon", "aq-2").unwrap().entry.clone();
+    let key = protocol::DeviceKey::new(gateway::fleet::registry::parse_key(&entry.key).unwrap(), 2);
+    // Ten frames of each, handed round by the broker to both gateways (a gateway stopped
+    // would still be handed its share, queued in its session).
+    let both = [&a, &gw_b];
+    let unknown = "vigie_frames_rejected_total{reason=\"unknown_device\"}";
+    let b_accepted = gw_b.metric("vigie_frames_accepted_total").unwrap();
+    let next = start + 100;
+    let mut messages = Vec::new();
+    let mut expected = kept.clone();
+    for c in 0..10 {
+        let reading = devices[2].reading(100 + c, next + c);
+        let pm25 = f64::from(100 + (100 + c) % 500) / 10.0;
+        expected.insert(readback::key(
+            "lyon",
+            "air_quality",
+            "aq-2",
+            u64::from(reading.time),
+            "pm25",
+            pm25,
+        ));
+        messages.push((
+            devices[2].topic(),
+            devices[2].frame_under(&[reading], c, &key),
+        ));
+        messages.push(frame(&devices[1], 30 + c, 30 + c, next + c));
+    }
+    publish(broker.addr, &messages, Duration::ZERO).await;
+    let got = scenario::all_stored(influx.addr, &expected, Duration::from_secs(30)).await;
+    wait_for(
+        "the removed device's frames refused",
+        Duration::from_secs(20),
+        async || total(&both, unknown) == 10.0,
+    )
+    .await;
+    let by_b = (
+        gw_b.metric(unknown).unwrap(),
+        gw_b.metric("vigie_frames_accepted_total").unwrap() - b_accepted,
+        gw_b.metric("vigie_frames_rejected_total{reason=\"authentication\"}")
+            .unwrap(),
+    );
+    println!(
+        "group device commands: {got}; aq-1 removed: 10 refused, {} by gw-b; aq-2 re-keyed: {} frames under its new key accepted by gw-b, {} refused there",
+        by_b.0, by_b.1, by_b.2
+    );
+    assert_eq!(
+        scenario::stored(influx.addr).await,
+        expected,
+        "aq-1 nothing more, aq-2 ten"
+    );
+    assert!(
+        by_b.0 >= 1.0 && by_b.1 >= 1.0 && by_b.2 == 0.0,
+        "gw-b judged with the group's registry: {by_b:?}"
+    );
+    a.terminate();
+    gw_b.terminate();
+    let left = buffered_frames(&[dir.path().join("data-gw-b")]);
+    assert!(
+        left.keys().all(|(d, _)| d != "aq-0"),
+        "gw-b's buffer still holds aq-0"
+    );
 }

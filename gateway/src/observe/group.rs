@@ -14,13 +14,15 @@ pub const TTL_S: u32 = 10;
 /// How often the lease is renewed and the members listed.
 pub const EVERY: Duration = Duration::from_secs(2);
 
-/// Runs until `stop`: renews this gateway's key, lists the members into `health`.
+/// Runs until `stop`: renews this gateway's key, lists the members into `health`, and
+/// gives `each_turn` the store (the group's log is followed so, `crate::ops::group`).
 pub fn run(
     mut etcd: Etcd,
     me: String,
     prefix: String,
     health: Arc<Health>,
     stop: CancellationToken,
+    mut each_turn: impl FnMut(&mut Etcd),
 ) {
     let mut lease = None;
     while !stop.is_cancelled() {
@@ -40,6 +42,7 @@ pub fn run(
             }
         };
         health.set_group(view);
+        each_turn(&mut etcd);
         let until = std::time::Instant::now() + EVERY;
         while !stop.is_cancelled() && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));

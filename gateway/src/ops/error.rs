@@ -231,6 +231,11 @@ pub enum OpsError {
     /// `erase`.
     #[error(transparent)]
     Erase(#[from] EraseError),
+    /// A registry change the group's store did not take: nothing was changed.
+    #[error(
+        "{0}; nothing was changed (a provisioning blob this command wrote is void: do not flash it)"
+    )]
+    Group(#[from] crate::ops::group::GroupOpsError),
     /// `export`.
     #[error(transparent)]
     Export(#[from] crate::ops::export::ExportError),

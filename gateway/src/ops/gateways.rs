@@ -4,7 +4,7 @@ use crate::config::GatewayConfig;
 use crate::fleet::access;
 use crate::fleet::registry;
 use crate::ops::OpsError;
-use crate::ops::devices::{change, registry_change};
+use crate::ops::devices::{change_here, registry_change};
 use crate::ops::error::file;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,7 @@ pub fn run(cmd: GatewaysCommand) -> Result<(), OpsError> {
 /// `password_out` (mode 0640, group `vigie`: the service reads it), its hash to the registry
 /// and the broker's access file.
 pub fn add(g: &GatewayConfig, username: &str, password_out: &Path) -> Result<String, OpsError> {
-    change(g, |registry| {
+    change_here(g, |registry| {
         let password = access::new_password().map_err(|source| OpsError::Random {
             what: "password",
             reason: source,

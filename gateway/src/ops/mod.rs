@@ -11,6 +11,7 @@ pub mod erase;
 pub mod error;
 pub mod export;
 pub mod gateways;
+pub mod group;
 pub mod quarantine;
 pub mod serve;
 pub mod service;

@@ -20,6 +20,7 @@ use crate::store::{fs, quarantine::Quarantine};
 use crate::{deliver, intake, store, web};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threads::Threads;
@@ -85,6 +86,9 @@ pub enum RunError {
     /// The group's store client.
     #[error(transparent)]
     GroupStore(#[from] store::group::SetupError),
+    /// The group's log could not be applied at the start.
+    #[error(transparent)]
+    GroupLog(#[from] crate::ops::group::GroupOpsError),
     /// The alerts (a secret or CA file).
     #[error(transparent)]
     Alerts(#[from] crate::notify::SetupError),
@@ -109,16 +113,43 @@ pub(crate) struct Common {
     pub(crate) traffic: Traffic,
     pub(crate) clock: Clock,
     pub(crate) stopping: CancellationToken,
+    /// The group changed the registry file: reload it.
+    pub(crate) registry_changed: Arc<tokio::sync::Notify>,
+    /// Stopping to start again in place (an erasure of the group waits).
+    pub(crate) restart: Arc<AtomicBool>,
 }
 
-/// [`run`] with caller-held metrics (the demo and tests read them).
+/// [`run`] with caller-held metrics (the demo and tests read them). A group member
+/// stops and starts again in place when the group asks for an erasure.
 pub async fn run_with_metrics(
     config: Config,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
+    loop {
+        let restart = Arc::new(AtomicBool::new(false));
+        run_once(&config, shutdown.clone(), metrics.clone(), restart.clone()).await?;
+        if !restart.load(Ordering::SeqCst) || *shutdown.borrow() {
+            return Ok(());
+        }
+        tracing::info!("starting again to carry out the group's erasure");
+    }
+}
+
+/// The service, from its start to its stop.
+async fn run_once(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    restart: Arc<AtomicBool>,
+) -> Result<(), RunError> {
     let data = config.gateway.data_dir.clone();
     let _lock = open_data_dir(&data)?;
+    // A group's log first: registry changes and erasures made while this one was away.
+    let cfg = config.clone();
+    tokio::task::spawn_blocking(move || crate::ops::group::catch_up_at_start(&cfg))
+        .await
+        .map_err(|_| RunError::Died("group log's catch-up"))??;
     let registry = Registry::load_existing(&config.gateway.registry)?;
     tracing::info!(devices = registry.len(), registry = %config.gateway.registry.display(), "registry loaded");
     let c = Common {
@@ -127,11 +158,13 @@ pub async fn run_with_metrics(
         traffic: Traffic::default(),
         clock: Clock::system(),
         stopping: token_of(shutdown),
+        registry_changed: Arc::default(),
+        restart,
     };
     c.traffic.devices.restore(&data);
-    let (options, filter) = mqtt(&config)?;
-    let (worker, reader, db_quarantine) = open_worker(&config, registry, &c).await?;
-    let (threads, acks) = Threads::start(&config, &data, worker, reader, db_quarantine, &c)?;
+    let (options, filter) = mqtt(config)?;
+    let (worker, reader, db_quarantine) = open_worker(config, registry, &c).await?;
+    let (threads, acks) = Threads::start(config, &data, worker, reader, db_quarantine, &c)?;
     stop_when_dead(&threads, &c.stopping);
     let reload = Reload::new(
         config.gateway.registry.clone(),
@@ -140,9 +173,13 @@ pub async fn run_with_metrics(
         c.health.clone(),
     )
     .checking_retention(Arc::new(config.clone()));
-    let mut tasks = serve_http(&config, &threads, &reload, &c).await?;
-    tasks.spawn(reload::on_sighup(reload, c.stopping.clone()));
-    if let Some(notifier) = crate::notify::Notifier::new(&config)? {
+    let mut tasks = serve_http(config, &threads, &reload, &c).await?;
+    tasks.spawn(reload::on_sighup(
+        reload,
+        c.registry_changed.clone(),
+        c.stopping.clone(),
+    ));
+    if let Some(notifier) = crate::notify::Notifier::new(config)? {
         tasks.spawn(crate::notify::run(notifier, c.clone()));
     }
     // Up: stores open, threads running, status port bound. (Connected or not: a broker

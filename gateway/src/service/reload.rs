@@ -8,7 +8,7 @@ use crate::ingest::Job;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Loads the registry file into the running worker: on SIGHUP and on
@@ -74,7 +74,9 @@ impl Reload {
     }
 }
 
-pub async fn on_sighup(reload: Reload, stopping: CancellationToken) {
+/// Reloads on SIGHUP and when `changed` is notified (the group changed the registry
+/// file), until `stopping`.
+pub async fn on_sighup(reload: Reload, changed: Arc<Notify>, stopping: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -83,6 +85,7 @@ pub async fn on_sighup(reload: Reload, stopping: CancellationToken) {
         tokio::select! {
             _ = stopping.cancelled() => return,
             _ = hup.recv() => { let _ = reload.run().await; }
+            () = changed.notified() => { let _ = reload.run().await; }
         }
     }
 }

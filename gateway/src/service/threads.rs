@@ -91,7 +91,9 @@ impl Threads {
                 let etcd = crate::store::group::Etcd::new(g)?;
                 let (me, prefix) = (config.mqtt.client_id.clone(), g.prefix.clone());
                 let (health, stop) = (c.health.clone(), info_stop.clone());
-                let body = move || crate::observe::group::run(etcd, me, prefix, health, stop);
+                let follow = follower(config, c);
+                let body =
+                    move || crate::observe::group::run(etcd, me, prefix, health, stop, follow);
                 let thread = std::thread::Builder::new()
                     .name("group-member".into())
                     .spawn(body);
@@ -160,6 +162,24 @@ impl Threads {
             None => Ok(()),
         }
     }
+}
+
+/// The member thread's turn on the group's log: a registry change reloads the registry,
+/// an erasure stops the service for a restart in place.
+fn follower(config: &Config, c: &Common) -> impl FnMut(&mut crate::store::group::Etcd) + use<> {
+    let (registry_changed, restart, stopping) = (
+        c.registry_changed.clone(),
+        c.restart.clone(),
+        c.stopping.clone(),
+    );
+    crate::ops::group::follower(
+        Arc::new(config.clone()),
+        move || registry_changed.notify_one(),
+        move || {
+            restart.store(true, std::sync::atomic::Ordering::SeqCst);
+            stopping.cancel();
+        },
+    )
 }
 
 /// Where lines go: the configured database, or line-protocol files under `data`.

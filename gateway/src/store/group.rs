@@ -227,16 +227,15 @@ impl Etcd {
             let put = json!({"key": key, "value": B64.encode(name), "lease": lease.unwrap_or_default().to_string()});
             self.request("/v3/kv/put", &put)?;
         }
-        let (from, to) = (self.member_key(""), format!("{}/member0", self.prefix));
-        let range =
-            json!({"key": B64.encode(from), "range_end": B64.encode(to), "keys_only": true});
-        let answer = self.request("/v3/kv/range", &range)?;
-        let keys = answer["kvs"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        self.listed()
+    }
+
+    /// The group's members: every gateway whose key `<prefix>/member/<name>` is alive.
+    pub fn listed(&mut self) -> Result<Vec<String>, GroupError> {
         let prefix = self.member_key("");
-        Ok(keys
+        let range = json!({"key": B64.encode(&prefix), "range_end": B64.encode(range_end(&prefix)), "keys_only": true});
+        let answer = self.request("/v3/kv/range", &range)?;
+        Ok(kvs(&answer)
             .iter()
             .filter_map(|kv| B64.decode(kv["key"].as_str()?).ok())
             .filter_map(|k| {
@@ -248,6 +247,70 @@ impl Etcd {
                 )
             })
             .collect())
+    }
+
+    /// Adds an operation to the group's log, `<prefix>/op/<unique>`, read by every
+    /// member in the order etcd took them; its revision.
+    pub fn put_op(&mut self, op: &[u8]) -> Result<i64, GroupError> {
+        let mut nonce = [0u8; 8];
+        // Uniqueness only (the order is etcd's): a clock and the process id do if the
+        // system's randomness fails.
+        if getrandom::fill(&mut nonce).is_err() {
+            nonce = u64::from(std::process::id()).to_le_bytes();
+        }
+        let unique = format!(
+            "{}/op/{}-{}",
+            self.prefix,
+            crate::clock::Clock::system().now_ms(),
+            hex::encode(nonce)
+        );
+        let answer = self.request(
+            "/v3/kv/put",
+            &json!({"key": B64.encode(unique), "value": B64.encode(op)}),
+        )?;
+        revision(&answer["header"]["revision"])
+    }
+
+    /// The log's operations after revision `after`, oldest first, with their revisions.
+    pub fn ops_after(&mut self, after: i64) -> Result<Vec<(i64, Vec<u8>)>, GroupError> {
+        let prefix = format!("{}/op/", self.prefix);
+        let range = json!({
+            "key": B64.encode(&prefix), "range_end": B64.encode(range_end(&prefix)),
+            "min_create_revision": (after + 1).to_string(),
+            "sort_order": "ASCEND", "sort_target": "CREATE",
+        });
+        let answer = self.request("/v3/kv/range", &range)?;
+        kvs(&answer)
+            .iter()
+            .map(|kv| {
+                let value = B64
+                    .decode(kv["value"].as_str().unwrap_or_default())
+                    .map_err(|_| GroupError::Unreadable("a value that is not base64"))?;
+                Ok((revision(&kv["create_revision"])?, value))
+            })
+            .collect()
+    }
+
+    /// The last operation each of `members` applied (0: none yet).
+    pub fn applied(&mut self, members: &[String]) -> Result<Vec<i64>, GroupError> {
+        let keys: Vec<String> = members.iter().map(|m| self.applied_key(m)).collect();
+        self.fetch(&keys)?
+            .into_iter()
+            .map(|h| {
+                let text = String::from_utf8(h.state.unwrap_or_default()).unwrap_or_default();
+                Ok(text.parse().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// Records that `member` applied every operation up to `revision`.
+    pub fn set_applied(&mut self, member: &str, revision: i64) -> Result<(), GroupError> {
+        let put = json!({"key": B64.encode(self.applied_key(member)), "value": B64.encode(revision.to_string())});
+        self.request("/v3/kv/put", &put).map(drop)
+    }
+
+    fn applied_key(&self, member: &str) -> String {
+        format!("{}/applied/{member}", self.prefix)
     }
 
     /// Ends a lease at once (a gateway stopping leaves the group's list now).
@@ -343,6 +406,30 @@ fn refused_status(status: u16, text: &str) -> u16 {
     } else {
         status
     }
+}
+
+/// The end of the range of keys starting with `prefix` (its last byte plus one).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// The key-values of a range answer.
+fn kvs(answer: &Value) -> &[Value] {
+    answer["kvs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// A revision as etcd's JSON writes 64-bit integers: a string.
+fn revision(v: &Value) -> Result<i64, GroupError> {
+    v.as_str()
+        .and_then(|r| r.parse().ok())
+        .ok_or(GroupError::Unreadable("a revision that is not a number"))
 }
 
 /// One range response as a device's state.

@@ -8,6 +8,7 @@ use crate::config::{Config, GatewayConfig};
 use crate::fleet::access;
 use crate::fleet::registry::{self, DeviceEntry, DeviceKind, Registry};
 use crate::ops::error::MetadataError;
+use crate::ops::group::GroupOpsError;
 use crate::ops::{OpsError, load};
 use enrol::{DeviceArgs, Enrol, ImportArgs};
 use std::path::PathBuf;
@@ -79,14 +80,10 @@ pub fn run(cmd: DevicesCommand) -> Result<(), OpsError> {
         }
         DevicesCommand::Watch(a) => watch::run(&a),
         DevicesCommand::Edit { device, meta } => registry_change(&device.config, |c| {
-            edit(&c.gateway, &device.tenant, &device.id, &meta)
+            edit(c, &device.tenant, &device.id, &meta)
         }),
-        DevicesCommand::Revoke(d) => {
-            registry_change(&d.config, |c| revoke(&c.gateway, &d.tenant, &d.id))
-        }
-        DevicesCommand::Remove(d) => {
-            registry_change(&d.config, |c| remove(&c.gateway, &d.tenant, &d.id))
-        }
+        DevicesCommand::Revoke(d) => registry_change(&d.config, |c| revoke(c, &d.tenant, &d.id)),
+        DevicesCommand::Remove(d) => registry_change(&d.config, |c| remove(c, &d.tenant, &d.id)),
     }
 }
 
@@ -102,9 +99,29 @@ pub fn registry_change(
     Ok(())
 }
 
-/// A read-modify-write of the registry under its lock; the broker's access file is
-/// rewritten from the result under the same lock. Nothing is saved if `f` fails.
+/// [`change_here`], and in a group the changed devices' entries added to the group's log
+/// first (every member applies them, [`crate::ops::group`]): nothing is saved if the
+/// group's store does not take them.
 pub fn change<T>(
+    c: &Config,
+    f: impl FnOnce(&mut Registry) -> Result<T, OpsError>,
+) -> Result<T, OpsError> {
+    let Some(group) = &c.group else {
+        return change_here(&c.gateway, f);
+    };
+    let mut etcd = crate::store::group::Etcd::new(group).map_err(GroupOpsError::from)?;
+    change_here(&c.gateway, |registry| {
+        let before = registry.clone();
+        let out = f(registry)?;
+        let ops = crate::ops::group::registry_ops(&before, registry, &c.mqtt.client_id);
+        crate::ops::group::publish(&mut etcd, &ops).map_err(GroupOpsError::from)?;
+        Ok(out)
+    })
+}
+
+/// A read-modify-write of this gateway's registry under its lock; the broker's access
+/// file is rewritten from the result under the same lock. Nothing is saved if `f` fails.
+pub fn change_here<T>(
     g: &GatewayConfig,
     f: impl FnOnce(&mut Registry) -> Result<T, OpsError>,
 ) -> Result<T, OpsError> {
@@ -118,15 +135,15 @@ pub fn change<T>(
 
 /// [`change`] of one existing device by `f` (false: no such device).
 fn change_device(
-    g: &GatewayConfig,
+    c: &Config,
     tenant: &str,
     id: &str,
     f: impl FnOnce(&mut Registry, &str, &str) -> bool,
 ) -> Result<(), OpsError> {
-    change(g, |registry| {
+    change(c, |registry| {
         f(registry, tenant, id)
             .then_some(())
-            .ok_or_else(|| no_device(g, tenant, id))
+            .ok_or_else(|| no_device(&c.gateway, tenant, id))
     })
 }
 
@@ -138,19 +155,14 @@ fn no_device(g: &GatewayConfig, tenant: &str, id: &str) -> OpsError {
 }
 
 /// `devices edit`: sets what `meta` gives on an existing device; its key stays.
-pub fn edit(
-    g: &GatewayConfig,
-    tenant: &str,
-    id: &str,
-    meta: &Metadata,
-) -> Result<String, OpsError> {
+pub fn edit(c: &Config, tenant: &str, id: &str, meta: &Metadata) -> Result<String, OpsError> {
     if *meta == Metadata::default() {
         return Err(OpsError::NothingToChange);
     }
-    change(g, |registry| {
+    change(c, |registry| {
         let mut entry = registry
             .get(tenant, id)
-            .ok_or_else(|| no_device(g, tenant, id))?
+            .ok_or_else(|| no_device(&c.gateway, tenant, id))?
             .entry
             .clone();
         meta.apply(&mut entry)?;
@@ -162,21 +174,21 @@ pub fn edit(
 /// `devices revoke`: the gateway rejects the device's frames from its next registry
 /// reload; the broker refuses the device from its next restart. The entry stays (its
 /// frames are counted as `revoked`).
-pub fn revoke(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, OpsError> {
-    change_device(g, tenant, id, Registry::revoke)?;
+pub fn revoke(c: &Config, tenant: &str, id: &str) -> Result<String, OpsError> {
+    change_device(c, tenant, id, Registry::revoke)?;
     Ok(format!(
         "revoked {tenant}/{id}.\n{}",
-        access::restart_hint(&g.broker_access())
+        access::restart_hint(&c.gateway.broker_access())
     ))
 }
 
 /// `devices remove`: the device leaves the registry and the broker's accounts (its
 /// frames are then `unknown_device`). Its stored readings stay in the database.
-pub fn remove(g: &GatewayConfig, tenant: &str, id: &str) -> Result<String, OpsError> {
-    change_device(g, tenant, id, Registry::remove)?;
+pub fn remove(c: &Config, tenant: &str, id: &str) -> Result<String, OpsError> {
+    change_device(c, tenant, id, Registry::remove)?;
     Ok(format!(
         "removed {tenant}/{id} from the registry (its stored readings stay in the database).\n{}",
-        access::restart_hint(&g.broker_access())
+        access::restart_hint(&c.gateway.broker_access())
     ))
 }
 

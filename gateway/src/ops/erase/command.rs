@@ -2,7 +2,6 @@
 
 use super::{Scope, run};
 use crate::config::Config;
-use crate::ops::service::block_on;
 use crate::ops::text::parse_utc;
 use crate::ops::{OpsError, error, load};
 use protocol::json::UtcTime;
@@ -49,7 +48,7 @@ pub fn erase(config: &Config, a: &EraseArgs) -> Result<String, OpsError> {
         device: a.device.clone(),
         before_s: a.before,
     };
-    let report = block_on(run(config, &scope, a.yes))??;
+    let report = run(config, &scope, a.yes)?;
     let whose = match &a.device {
         Some(d) => format!("{}/{d}", a.tenant),
         None => format!("every device of {}", a.tenant),

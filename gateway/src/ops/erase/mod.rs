@@ -16,8 +16,10 @@ use crate::config::{Config, DatabaseApi, DatabaseConfig, DatabaseKind};
 use crate::deliver::tenants::{Influx, TenantsError};
 use crate::store::quarantine::{self, Entry, Origin};
 use protocol::json::UtcTime;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vigie_core::erase::Scope;
 use vigie_core::record::Record;
 
@@ -43,6 +45,16 @@ pub enum EraseError {
         /// Why.
         source: std::io::Error,
     },
+    /// The group's store did not take or give the erasure (nothing was erased in the
+    /// database).
+    #[error("{0}; the database was not erased: run the same command again")]
+    Group(Box<crate::ops::group::GroupOpsError>),
+    /// Members of the group have not erased their copies in time.
+    #[error(
+        "the copies of this gateway are erased, but {} not erased theirs within {} s (they will at their next start, or as soon as they reach the group's store); the database was not erased: run the same command again",
+        .0.join(", "), GROUP_PATIENCE.as_secs()
+    )]
+    Behind(Vec<String>),
     /// The gateway's own copies are erased, the database's are not.
     #[error(
         "the gateway's copies are erased, the database's are not: {0}; run the same command \
@@ -186,14 +198,21 @@ pub struct Report {
     pub progress_reset: bool,
 }
 
+/// How long `erase` waits for the other members of a group to erase their copies.
+pub const GROUP_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Erases `scope` everywhere (`apply`), or says what it would erase (a dry run, which
-/// writes nothing and asks the database nothing).
-pub async fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, EraseError> {
+/// writes nothing and asks the database nothing). In a group, every member erases its
+/// own copies first ([`crate::ops::group`]), the database last.
+pub fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, EraseError> {
     let target = plan(config.database.as_ref(), scope)?;
     let data = &config.gateway.data_dir;
     // A dry run only reads, and may run beside the service.
     let _lock = if apply { Some(lock(data)?) } else { None };
-    let mut report = local(data, scope, apply)?;
+    let mut report = match &config.group {
+        Some(group) if apply => in_group(config, group, scope)?,
+        _ => local(data, scope, apply)?,
+    };
     if !apply {
         report.database = match target {
             Target::Files => target.to_string(),
@@ -202,7 +221,7 @@ pub async fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, 
         return Ok(report);
     }
     let done = match config.database.as_ref() {
-        Some(cfg) => database(cfg, &target).await,
+        Some(cfg) => block_on(database(cfg, &target))?,
         None => Ok(()),
     };
     report.database = match &done {
@@ -212,6 +231,52 @@ pub async fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, 
     audit(data, scope, &report)?;
     done.map_err(EraseError::Database)?;
     Ok(report)
+}
+
+/// A group member's erasure: the erasure added to the group's log, this gateway's log
+/// applied (the erasure with it), then the other members waited for.
+fn in_group(
+    config: &Config,
+    group: &crate::config::GroupConfig,
+    scope: &Scope,
+) -> Result<Report, EraseError> {
+    use crate::ops::group::{self, GroupOp, GroupOpsError};
+    let failed = |e: GroupOpsError| EraseError::Group(Box::new(e));
+    let store = |e: crate::store::group::GroupError| failed(GroupOpsError::Store(e));
+    let me = &config.mqtt.client_id;
+    let mut etcd = crate::store::group::Etcd::new(group).map_err(|e| failed(e.into()))?;
+    let op = GroupOp::Erase {
+        tenant: scope.tenant.clone(),
+        device: scope.device.clone(),
+        before_s: scope.before_s,
+        by: me.clone(),
+    };
+    let revision = group::publish(&mut etcd, std::slice::from_ref(&op)).map_err(store)?;
+    let applied = group::catch_up(config, &mut etcd).map_err(failed)?;
+    let report = applied
+        .into_iter()
+        .find(|a| a.revision == revision)
+        .and_then(|a| a.report)
+        .unwrap_or_default();
+    let behind = group::wait_for_members(&mut etcd, me, revision, GROUP_PATIENCE).map_err(store)?;
+    if behind.is_empty() {
+        Ok(report)
+    } else {
+        Err(EraseError::Behind(behind))
+    }
+}
+
+/// Runs `f` on a runtime of its own (the database's clients are asynchronous).
+fn block_on<F: Future>(f: F) -> Result<F::Output, EraseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EraseError::Io {
+            what: "async runtime",
+            path: PathBuf::new(),
+            source,
+        })?;
+    Ok(runtime.block_on(f))
 }
 
 /// The data directory's lock, as the service takes it.
@@ -227,7 +292,7 @@ fn lock(data: &Path) -> Result<std::fs::File, EraseError> {
 }
 
 /// The gateway's own copies: buffer, quarantines, line-protocol files.
-fn local(data: &Path, scope: &Scope, apply: bool) -> Result<Report, EraseError> {
+pub(crate) fn local(data: &Path, scope: &Scope, apply: bool) -> Result<Report, EraseError> {
     let io = |what: &'static str, path: PathBuf| {
         move |source: std::io::Error| EraseError::Io { what, path, source }
     };
@@ -373,7 +438,7 @@ async fn database(cfg: &DatabaseConfig, target: &Target) -> Result<(), DatabaseR
 
 /// Appends the audit line: who erased what, when, and what each store gave up. It names
 /// no reading.
-fn audit(data: &Path, scope: &Scope, report: &Report) -> Result<(), EraseError> {
+pub(crate) fn audit(data: &Path, scope: &Scope, report: &Report) -> Result<(), EraseError> {
     let path = data.join("audit.log");
     let now = u32::try_from(crate::clock::Clock::system().now_ms() / 1000).unwrap_or(u32::MAX);
     let user = std::env::var("SUDO_USER")

@@ -2,7 +2,7 @@
 //! provisioning blob per device, the registry entry and the broker's accounts in step.
 
 use super::{DeviceRef, Metadata, change, registry_change};
-use crate::config::{Config, GatewayConfig};
+use crate::config::Config;
 use crate::fleet::access;
 use crate::fleet::registry::{self, DeviceEntry, DeviceKind, EnrolError, Enrolment};
 use crate::ops::error::file;
@@ -204,9 +204,7 @@ impl AddDevice {
 /// `devices add` / `rotate` from the command line: the report, then the reload.
 pub fn enrol(a: DeviceArgs, mode: Enrol) -> Result<(), OpsError> {
     let config = a.device.config.clone();
-    registry_change(&config, |c| {
-        add(&c.gateway, &AddDevice::from_args(c, a)?, mode)
-    })
+    registry_change(&config, |c| add(c, &AddDevice::from_args(c, a)?, mode))
 }
 
 /// `devices add` / `devices rotate`: generates a key and a broker password, writes the
@@ -214,9 +212,9 @@ pub fn enrol(a: DeviceArgs, mode: Enrol) -> Result<(), OpsError> {
 /// refuses an id that exists (a repeated command must not re-key a deployed board);
 /// an id removed before starts at the key epoch after its last, so the new board never
 /// inherits the old one's replay state. `rotate` keeps what it is not given again.
-pub fn add(g: &GatewayConfig, a: &AddDevice, mode: Enrol) -> Result<String, OpsError> {
-    let name = format!("{}/{}", a.device.tenant, a.device.id);
-    let (epoch, n, d) = change(g, |registry| {
+pub fn add(c: &Config, a: &AddDevice, mode: Enrol) -> Result<String, OpsError> {
+    let (g, name) = (&c.gateway, format!("{}/{}", a.device.tenant, a.device.id));
+    let (epoch, n, d) = change(c, |registry| {
         let existing = registry.get(&a.device.tenant, &a.device.id);
         let d = match (mode, existing) {
             (Enrol::Rotate, None) => {
@@ -399,7 +397,7 @@ pub fn import(a: &ImportArgs) -> Result<(), OpsError> {
             .and_then(|r| r.deserialize::<CsvDevice>(Some(&headers)))
             .map_err(csv_error)
             .and_then(|d| import_args(a, d))
-            .and_then(|args| add(&c.gateway, &AddDevice::from_args(&c, args)?, Enrol::Add));
+            .and_then(|args| add(&c, &AddDevice::from_args(&c, args)?, Enrol::Add));
         match row {
             Ok(_) => added += 1,
             Err(OpsError::Csv { source, .. }) => {

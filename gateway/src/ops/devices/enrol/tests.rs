@@ -7,9 +7,9 @@ use crate::fleet::registry::RegistryFile;
 use protocol::provision::Provisioning;
 
 /// The accounts and ACLs of the access file, as (username, [(acltype, topic)]).
-fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {
+fn accounts(g: &Config) -> Vec<(String, Vec<(String, String)>)> {
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(g.broker_access()).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(g.gateway.broker_access()).unwrap()).unwrap();
     let roles = v["roles"].as_array().unwrap();
     v["clients"]
         .as_array()
@@ -30,8 +30,8 @@ fn accounts(g: &GatewayConfig) -> Vec<(String, Vec<(String, String)>)> {
 }
 
 /// A bench registry in `dir`, and the `devices add` of a TLS bin `lyon/bin-7`.
-fn bench(dir: &Path) -> (GatewayConfig, AddDevice) {
-    let g = GatewayConfig {
+fn bench(dir: &Path) -> (Config, AddDevice) {
+    let g = crate::config::GatewayConfig {
         data_dir: dir.join("data"),
         registry: dir.join("devices.toml"),
         broker_access: None,
@@ -62,6 +62,10 @@ fn bench(dir: &Path) -> (GatewayConfig, AddDevice) {
         blob_out: dir.join("bin-7.vgp"),
         given: Given::default(),
     };
+    let g = Config {
+        gateway: g,
+        ..Config::default()
+    };
     (g, a)
 }
 
@@ -78,7 +82,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
     );
     add(&g, &a, Enrol::Add).unwrap();
     let blob = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
-    let registry = Registry::load(&g.registry).unwrap();
+    let registry = Registry::load(&g.gateway.registry).unwrap();
     let dev = registry.get("lyon", "bin-7").unwrap();
     assert_eq!(blob.key, dev.key, "blob and registry hold the same key");
     assert_eq!(
@@ -89,7 +93,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
     // The registry keeps the password's hash only; the blob the password.
     let hash = dev.entry.broker_password_hash.clone().unwrap();
     assert!(access::verify(&hash, &blob.broker_password));
-    let text = std::fs::read_to_string(&g.registry).unwrap();
+    let text = std::fs::read_to_string(&g.gateway.registry).unwrap();
     assert!(!text.contains(blob.broker_password.as_str()));
     // The device's account may publish its uplink and status, read its acks.
     let q = |s: &str| format!("{s:?}");
@@ -107,20 +111,20 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
     );
     // A gateway account: may share the uplink subscription and acknowledge.
     let pw = dir.path().join("gw.password");
-    crate::ops::gateways::add(&g, "gw-mairie", &pw).unwrap();
+    crate::ops::gateways::add(&g.gateway, "gw-mairie", &pw).unwrap();
     let secret = std::fs::read_to_string(&pw).unwrap();
     assert_eq!(secret.trim().len(), access::PASSWORD_LEN);
-    let gw = Registry::load(&g.registry).unwrap().gateways()[0].clone();
+    let gw = Registry::load(&g.gateway.registry).unwrap().gateways()[0].clone();
     assert!(access::verify(&gw.password_hash, secret.trim()));
     assert!(
-        crate::ops::gateways::add(&g, "lyon.bin-7", &pw).is_err(),
+        crate::ops::gateways::add(&g.gateway, "lyon.bin-7", &pw).is_err(),
         "a device's name"
     );
     // Rotating: next epoch, new key, new password; the gateway account stays.
     a.blob_out = dir.path().join("bin-7b.vgp");
     add(&g, &a, Enrol::Rotate).unwrap();
     let blob2 = Provisioning::decode(&std::fs::read(&a.blob_out).unwrap()).unwrap();
-    let again = Registry::load(&g.registry).unwrap();
+    let again = Registry::load(&g.gateway.registry).unwrap();
     let dev2 = again.get("lyon", "bin-7").unwrap();
     assert_eq!(dev2.key.epoch(), 2);
     assert_ne!(dev2.key.expose_secret(), dev.key.expose_secret());
@@ -146,7 +150,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
         ..Metadata::default()
     };
     crate::ops::devices::edit(&g, "lyon", "bin-7", &moved).unwrap();
-    let edited = Registry::load(&g.registry).unwrap();
+    let edited = Registry::load(&g.gateway.registry).unwrap();
     let dev3 = edited.get("lyon", "bin-7").unwrap();
     assert_eq!(dev3.key, dev2.key, "the key stays");
     assert_eq!(
@@ -189,14 +193,14 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
         );
     }
     // `add` again, as a repeated shell command would: refused, nothing changed.
-    let before = std::fs::read(&g.registry).unwrap();
+    let before = std::fs::read(&g.gateway.registry).unwrap();
     assert!(
         add(&g, &a, Enrol::Add)
             .unwrap_err()
             .to_string()
             .contains("already enrolled (key epoch 2): nothing changed")
     );
-    assert_eq!(std::fs::read(&g.registry).unwrap(), before);
+    assert_eq!(std::fs::read(&g.gateway.registry).unwrap(), before);
     // A rotation given none of the settings keeps the device's: zone, intervals,
     // broker and the CA its blob pinned (not the command's defaults).
     let mut bare = a.clone();
@@ -223,7 +227,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
         ),
         (600, 3600, "mqtt.lyon.example", 8883, a.device.transport)
     );
-    let kept = Registry::load(&g.registry).unwrap();
+    let kept = Registry::load(&g.gateway.registry).unwrap();
     assert_eq!(
         kept.get("lyon", "bin-7").unwrap().entry.zone.as_deref(),
         Some("nord")
@@ -243,7 +247,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
         out.starts_with("added lyon/bin-7") && out.contains("key epoch 5"),
         "{out}"
     );
-    let readded = Registry::load(&g.registry).unwrap();
+    let readded = Registry::load(&g.gateway.registry).unwrap();
     assert_eq!(readded.get("lyon", "bin-7").unwrap().key.epoch(), 5);
     assert!(
         readded.removed().is_empty(),
@@ -265,7 +269,7 @@ fn add_rotate_revoke_keep_registry_blob_and_broker_accounts_in_step() {
     );
     // Revoking removes the device's broker account, keeps the gateway's.
     crate::ops::devices::revoke(&g, "lyon", "bin-7").unwrap();
-    let reg = Registry::load(&g.registry).unwrap();
+    let reg = Registry::load(&g.gateway.registry).unwrap();
     assert!(reg.get("lyon", "bin-7").unwrap().entry.revoked);
     let names: Vec<_> = accounts(&g).into_iter().map(|(u, _)| u).collect();
     assert_eq!(names, ["gw-mairie"]);
@@ -331,7 +335,7 @@ fn a_report_interval_writes_a_format_4_blob_that_a_rotation_keeps() {
     let rotated = Provisioning::decode(&std::fs::read(&bare.blob_out).unwrap()).unwrap();
     assert_eq!(rotated.report_interval_s, 21_600);
     assert_eq!(rotated.previous.map(|k| k.epoch()), Some(1));
-    let entry = Registry::load(&g.registry).unwrap();
+    let entry = Registry::load(&g.gateway.registry).unwrap();
     assert_eq!(
         entry.get("lyon", "bin-7").unwrap().entry.report_interval_s,
         Some(21_600)
