@@ -2,7 +2,7 @@
 //! server sends back is thrown away and the client's connection closed, after the server
 //! received (and acted on) the request. The fault of a server that dies between applying
 //! a request and answering it, or of a network that loses the answer. While `refuse` is
-//! on, it closes new connections at once: a server out of reach.
+//! on, it closes new connections at once and cuts the open ones: a server out of reach.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +48,8 @@ impl Proxy {
         self.drop_answers.store(on, Ordering::SeqCst);
     }
 
-    /// Closes new connections at once from now on (`true`), or forwards them again.
+    /// Closes new connections at once and cuts the open ones from now on (`true`), or
+    /// forwards them again.
     pub fn refuse(&self, on: bool) {
         self.refuse.store(on, Ordering::SeqCst);
     }
@@ -67,9 +68,16 @@ impl Proxy {
         let up = tokio::spawn(async move { tokio::io::copy(&mut client_rx, &mut server_tx).await });
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = match server_rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                server_rx.read(&mut buf),
+            );
+            let n = match read.await {
+                // Refusing: open connections are cut too (within 100 ms).
+                Err(_) if self.refuse.load(Ordering::SeqCst) => break,
+                Err(_) => continue,
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => n,
             };
             if self.drop_answers.load(Ordering::SeqCst) {
                 self.dropped.fetch_add(1, Ordering::SeqCst);

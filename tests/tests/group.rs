@@ -738,15 +738,13 @@ async fn erase_and_device_commands_reach_every_member_of_the_group() {
     assert!(!after.contains("lyon/aq-0"), "{after}");
     assert_eq!(stored, kept, "every other reading stored, once");
 
-    // `devices remove` of aq-1 and `devices rotate` of aq-2 on gw-a reach gw-b.
+    // `devices rotate` of aq-2, then `devices remove` of aq-1, on gw-a reach gw-b (in
+    // that order: a registry of two devices loaded in gw-b holds both changes).
     let config = a.config.to_str().unwrap().to_string();
     let command = |args: &[&str]| {
         let out = process::cli(args);
         assert!(out.status.success(), "{}", process::text(&out));
     };
-    command(&[
-        "devices", "remove", "--config", &config, "--tenant", "lyon", "--id", "aq-1",
-    ]);
     let blob = dir.path().join("aq-2.vgp");
     command(&[
         "devices",
@@ -762,18 +760,17 @@ async fn erase_and_device_commands_reach_every_member_of_the_group() {
         "--blob-out",
         blob.to_str().unwrap(),
     ]);
-    let b_registry = dir.path().join("registry-gw-b/devices.toml");
+    command(&[
+        "devices", "remove", "--config", &config, "--tenant", "lyon", "--id", "aq-1",
+    ]);
     wait_for(
-        "gw-b's registry changed",
+        "gw-b's registry reloaded",
         Duration::from_secs(20),
-        async || {
-            let r = Registry::load(&b_registry).unwrap();
-            r.get("lyon", "aq-1").is_none()
-                && r.get("lyon", "aq-2").is_some_and(|d| d.entry.epoch == 2)
-        },
+        async || gw_b.metric("vigie_registry_devices") == Some(2.0),
     )
     .await;
-    let registry = Registry::load(&b_registry).unwrap();
+    let registry = Registry::load(&dir.path().join("registry-gw-b/devices.toml")).unwrap();
+    assert!(registry.get("lyon", "aq-1").is_none());
     let entry = registry.get("lyon", "aq-2").unwrap().entry.clone();
     let key = protocol::DeviceKey::new(gateway::fleet::registry::parse_key(&entry.key).unwrap(), 2);
     // Ten frames of each, handed round by the broker to both gateways (a gateway stopped
@@ -835,4 +832,89 @@ async fn erase_and_device_commands_reach_every_member_of_the_group() {
         left.keys().all(|(d, _)| d != "aq-0"),
         "gw-b's buffer still holds aq-0"
     );
+}
+
+/// A member cut off from etcd (a partition: it still reaches its database) while another
+/// erases a device. Its key expires, so `erase` does not wait for it and erases the
+/// database; the cut-off member must not write what it holds meanwhile (its deliveries
+/// wait while it is not in step with the group's log), and erases its copies as soon as
+/// it reaches etcd again, before writing anything: none of the device's readings comes
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_store_writes_nothing_until_it_has_erased() {
+    let b = Bench::start(3).await;
+    let (dir, devices, broker, influx) = (&b.dir, &b.devices, &b.broker, &b.influx);
+    let member = b.etcd.members[0].addr;
+    let (etcd_b, db_b) = (
+        vigie_tests::proxy::Proxy::start(member).await,
+        vigie_tests::proxy::Proxy::start(influx.addr).await,
+    );
+    db_b.refuse(true);
+    let mut a = GatewayProcess::start(
+        dir.path(),
+        &b.member("gw-a", &b.etcd.group_toml("pair"), ""),
+    );
+    let toml_b = b
+        .etcd
+        .group_toml("pair")
+        .replace(&member.to_string(), &etcd_b.addr.to_string());
+    let settings_b = GatewaySettings {
+        influx: Some(db_b.addr),
+        ..b.member("gw-b", &toml_b, "")
+    };
+    let gw_b = GatewayProcess::start(dir.path(), &settings_b);
+    let load = scenario::load(devices, 30, now_s() - 3000);
+    publish(broker.addr, &load.messages, Duration::from_millis(30)).await;
+    let both = [&a, &gw_b];
+    wait_for("every frame judged", Duration::from_secs(30), async || {
+        total(&both, "vigie_frames_accepted_total") as usize == load.messages.len()
+    })
+    .await;
+    let held_by_b = gw_b.metric("vigie_frames_accepted_total").unwrap();
+    etcd_b.refuse(true);
+    wait_for("gw-b's key expired", Duration::from_secs(30), async || {
+        a.get("/readyz")
+            .is_some_and(|(_, body)| !body.contains("gw-b"))
+    })
+    .await;
+    a.terminate();
+    let config = a.config.to_str().unwrap().to_string();
+    let erased = process::cli(&[
+        "erase", "--config", &config, "--tenant", "lyon", "--device", "aq-0", "--yes",
+    ]);
+    assert!(erased.status.success(), "{}", process::text(&erased));
+    // gw-b reaches its database again, not etcd: it must hold everything.
+    let before = scenario::stored(influx.addr).await;
+    db_b.refuse(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = scenario::stored(influx.addr).await;
+    let came_back_during = during.iter().filter(|p| p.contains("|aq-0|")).count();
+    assert_eq!(
+        came_back_during, 0,
+        "gw-b wrote erased readings while cut off"
+    );
+    assert_eq!(during, before, "gw-b wrote nothing while cut off");
+    etcd_b.refuse(false);
+    let kept: BTreeSet<String> = load
+        .expected
+        .iter()
+        .filter(|p| !p.contains("|aq-0|"))
+        .cloned()
+        .collect();
+    let got = scenario::all_stored(influx.addr, &kept, Duration::from_secs(60)).await;
+    wait_for(
+        "gw-b's buffer written",
+        Duration::from_secs(30),
+        async || gw_b.metric("vigie_buffer_pending_bytes") == Some(0.0),
+    )
+    .await;
+    let stored = scenario::stored(influx.addr).await;
+    let came_back = stored.iter().filter(|p| p.contains("|aq-0|")).count();
+    println!(
+        "group erase with a member cut off: gw-b held {held_by_b} frames; {} points before its database came back, the same 6 s after; then {got}; aq-0 points {came_back}",
+        before.len()
+    );
+    assert!(gw_b.log().contains("erased as the group asked"));
+    assert_eq!(came_back, 0, "an erased reading came back");
+    assert_eq!(stored, kept);
 }

@@ -275,7 +275,7 @@ fn the_commune_settings_of_the_docs_parse_and_bad_ones_are_named() {
 fn a_group_off_this_host_needs_tls_and_a_user() {
     let group = |extra: &str| {
         let text = format!(
-            "[group]\netcd = [\"https://10.0.0.5:2379\", \"http://127.0.0.1:2379\"]\n{extra}"
+            "[mqtt]\nhost = \"mqtt.example\"\n[group]\netcd = [\"https://10.0.0.5:2379\", \"http://127.0.0.1:2379\"]\n{extra}"
         );
         Config::parse(&text).unwrap().validate()
     };
@@ -293,7 +293,10 @@ fn a_group_off_this_host_needs_tls_and_a_user() {
         .to_string();
     assert!(err.contains("https://"), "{err}");
     // One host, a test bench: clear text and no user.
-    Config::parse("[group]\netcd = [\"http://localhost:2379\"]\n")
+    let bench = "[group]\netcd = [\"http://localhost:2379\"]\n";
+    let err = Config::parse(bench).unwrap().validate().unwrap_err();
+    assert!(err.to_string().contains("mqtt.host"), "{err}");
+    Config::parse(&format!("[mqtt]\nhost = \"127.0.0.1\"\n{bench}"))
         .unwrap()
         .validate()
         .unwrap();

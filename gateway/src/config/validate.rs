@@ -22,6 +22,12 @@ impl Config {
         self.check_sizes()?;
         if let Some(group) = &self.group {
             group.validate()?;
+            if self.mqtt.host.is_none() {
+                return bad(
+                    "[group] needs mqtt.host: the gateways of a group share one broker, not each \
+                     its embedded one",
+                );
+            }
         }
         if let Some(directive) = bad_log_directive(&self.log.level) {
             return bad(format!(

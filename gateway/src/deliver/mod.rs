@@ -135,6 +135,9 @@ pub struct SinkSetup {
     pub flush: Duration,
     /// The service's clock.
     pub clock: Clock,
+    /// In a group, open only while this gateway is in step with the group's log: the
+    /// sink starts no write while it is closed (`crate::observe::group::Fence`).
+    pub fence: Option<Arc<crate::observe::group::Fence>>,
 }
 
 impl std::fmt::Debug for dyn LineWriter {
@@ -158,6 +161,8 @@ struct Sink {
     confirm: Option<Confirm>,
     /// Counter readings that failed in a row (logged at 1, 2, 4, 8…).
     confirm_errors: u64,
+    /// Deliveries wait on the group's fence (said once).
+    fenced: bool,
 }
 
 /// Runs delivery until `stop` is cancelled and nothing more can be delivered promptly.
@@ -181,6 +186,7 @@ pub fn run(mut setup: SinkSetup) {
         refused_log: Default::default(),
         confirm,
         confirm_errors: 0,
+        fenced: false,
     };
     for tenant in sink.lanes.behind.keys() {
         sink.s.metrics.tenant_behind.of(tenant).set(1);
@@ -223,6 +229,12 @@ impl Sink {
             if stopping {
                 flush_until.get_or_insert_with(|| Instant::now() + self.s.flush);
             }
+            if !self.fenced_in(stopping) {
+                if stopping {
+                    return;
+                }
+                continue;
+            }
             let batch = self.collect(stopping);
             for (tenant, chunk) in &batch.by_tenant {
                 let records = batch.end.map(|end| Lines::Records {
@@ -254,6 +266,29 @@ impl Sink {
                 return;
             }
         }
+    }
+
+    /// Whether writes may start (always, out of a group). While the fence is closed it
+    /// waits a little (said once) and answers false.
+    fn fenced_in(&mut self, stopping: bool) -> bool {
+        let Some(fence) = &self.s.fence else {
+            return true;
+        };
+        if fence.is_open() {
+            if std::mem::take(&mut self.fenced) {
+                tracing::info!("in step with the group's store again: deliveries go on");
+            }
+            return true;
+        }
+        if !std::mem::replace(&mut self.fenced, true) {
+            tracing::warn!(
+                "not in step with the group's store (unreachable, or an erasure waits): deliveries wait, the readings stay in the buffer"
+            );
+        }
+        if !stopping {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     fn fall_behind(&mut self, tenant: &str, from: Position, error: String, wait: Duration) {

@@ -159,6 +159,7 @@ fn start_with(
         CancellationToken::new(),
     );
     let setup = SinkSetup {
+        fence: None,
         reader: buffer.reader(),
         writer: Box::new(writer),
         quarantine: Arc::new(Mutex::new(q)),
@@ -407,6 +408,7 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let setup = SinkSetup {
+        fence: None,
         reader: buffer.reader(),
         writer: Box::new(writer),
         quarantine: Arc::new(Mutex::new(q)),

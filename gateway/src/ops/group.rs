@@ -360,13 +360,13 @@ fn say(op: &GroupOp, report: Option<&Report>) {
 }
 
 /// The member thread's turn on the log ([`follow`]): `on_registry` when devices' entries
-/// were applied, `on_erase` when an erasure waits. A failure is logged once until it
-/// changes.
+/// were applied, `on_erase` when an erasure waits. True when this gateway is in step with
+/// the log (nothing left to apply). A failure is logged once until it changes.
 pub fn follower(
     config: std::sync::Arc<Config>,
     on_registry: impl Fn() + Send + 'static,
     on_erase: impl Fn() + Send + 'static,
-) -> impl FnMut(&mut Etcd) + Send + 'static {
+) -> impl FnMut(&mut Etcd) -> bool + Send + 'static {
     let mut last_error = String::new();
     move |etcd| match follow(&config, etcd) {
         Ok(f) => {
@@ -380,13 +380,15 @@ pub fn follower(
                 );
                 on_erase();
             }
+            !f.erase_pending
         }
         Err(e) => {
             let text = e.to_string();
             if text != last_error {
-                tracing::warn!(error = %text, "the group's log could not be followed; tried again every 2 s");
+                tracing::warn!(error = %text, "the group's log could not be followed; this gateway's deliveries wait; tried again every 2 s");
                 last_error = text;
             }
+            false
         }
     }
 }

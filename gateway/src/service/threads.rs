@@ -78,6 +78,8 @@ impl Threads {
         let (jobs, jobs_rx) = mpsc::channel(4096);
         let (acks_tx, acks): (BrokerTx, _) = mpsc::unbounded_channel();
         let (info_stop, sink_stop) = (CancellationToken::new(), CancellationToken::new());
+        // In a group, the sink writes only while the member thread keeps it in step.
+        let fence = config.group.as_ref().map(|_| Arc::default());
         let info = {
             let (writer, devices) = (writer(config, &fs, data)?, c.traffic.devices.clone());
             let (stop, clock) = (info_stop.clone(), c.clock.clone());
@@ -86,21 +88,7 @@ impl Threads {
                 .spawn(move || deliver::device_info::run(writer, devices, stop, clock))
                 .map_err(|e| RunError::Thread("device-info", e))?
         };
-        let member = match &config.group {
-            Some(g) => {
-                let etcd = crate::store::group::Etcd::new(g)?;
-                let (me, prefix) = (config.mqtt.client_id.clone(), g.prefix.clone());
-                let (health, stop) = (c.health.clone(), info_stop.clone());
-                let follow = follower(config, c);
-                let body =
-                    move || crate::observe::group::run(etcd, me, prefix, health, stop, follow);
-                let thread = std::thread::Builder::new()
-                    .name("group-member".into())
-                    .spawn(body);
-                Some(thread.map_err(|e| RunError::Thread("group-member", e))?)
-            }
-            None => None,
-        };
+        let member = spawn_member(config, c, &info_stop, fence.clone())?;
         let worker = spawn_essential("ingest", c.stopping.clone(), died.clone(), move || {
             worker.run(jobs_rx, acks_tx)
         })?;
@@ -117,6 +105,7 @@ impl Threads {
             state_path: Some(data.join("sink.state")),
             flush: SHUTDOWN_FLUSH,
             clock: c.clock.clone(),
+            fence,
         };
         let sink = spawn_essential("sink", sink_stop.clone(), died.clone(), move || {
             deliver::run(setup)
@@ -164,9 +153,42 @@ impl Threads {
     }
 }
 
+/// The group's member thread (`[group]` only): its key in etcd, the members' list, the
+/// group's log followed, the sink's fence opened.
+fn spawn_member(
+    config: &Config,
+    c: &Common,
+    stop: &CancellationToken,
+    fence: Option<Arc<crate::observe::group::Fence>>,
+) -> Result<Option<JoinHandle<()>>, RunError> {
+    let (Some(g), Some(fence)) = (&config.group, fence) else {
+        return Ok(None);
+    };
+    let etcd = crate::store::group::Etcd::new(g)?;
+    let database_timeout = config.database.as_ref().map(|d| d.timeout);
+    let member = crate::observe::group::Member {
+        me: config.mqtt.client_id.clone(),
+        prefix: g.prefix.clone(),
+        ttl_s: crate::observe::group::lease_ttl_s(database_timeout.unwrap_or_default()),
+        fence,
+    };
+    let (health, stop) = (c.health.clone(), stop.clone());
+    let follow = follower(config, c);
+    let body = move || crate::observe::group::run(etcd, member, health, stop, follow);
+    let thread = std::thread::Builder::new()
+        .name("group-member".into())
+        .spawn(body);
+    Ok(Some(
+        thread.map_err(|e| RunError::Thread("group-member", e))?,
+    ))
+}
+
 /// The member thread's turn on the group's log: a registry change reloads the registry,
 /// an erasure stops the service for a restart in place.
-fn follower(config: &Config, c: &Common) -> impl FnMut(&mut crate::store::group::Etcd) + use<> {
+fn follower(
+    config: &Config,
+    c: &Common,
+) -> impl FnMut(&mut crate::store::group::Etcd) -> bool + use<> {
     let (registry_changed, restart, stopping) = (
         c.registry_changed.clone(),
         c.restart.clone(),
