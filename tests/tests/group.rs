@@ -66,6 +66,24 @@ const VERDICTS: [&str; 4] = [
     "vigie_device_missing_frames",
 ];
 
+/// Every frame counter a gateway keeps, by name: accepted, duplicate, refused and held
+/// by each reason, and the quarantine's evictions, summed over `gateways`.
+fn frame_counters(gateways: &[&GatewayProcess]) -> Vec<(String, f64)> {
+    let mut names = vec![
+        "vigie_frames_accepted_total".to_string(),
+        "vigie_frames_duplicate_total".to_string(),
+        "vigie_quarantine_evicted_total".to_string(),
+    ];
+    for code in vigie_core::judge::reason::Reason::CODES {
+        names.push(format!("vigie_frames_rejected_total{{reason=\"{code}\"}}"));
+        names.push(format!("vigie_frames_held_total{{reason=\"{code}\"}}"));
+    }
+    names
+        .into_iter()
+        .map(|n| (n.clone(), total(gateways, &n)))
+        .collect()
+}
+
 /// Every verdict counter, summed over `gateways`.
 fn verdicts(gateways: &[&GatewayProcess]) -> Vec<f64> {
     VERDICTS.iter().map(|v| total(gateways, v)).collect()
@@ -213,6 +231,9 @@ async fn three_gateways_with_shared_state_judge_as_one() {
     // Phase 2 compared counter by counter: its verdicts come after every restart.
     let trio_refs = |t: &[GatewayProcess]| -> Vec<f64> { verdicts(&t.iter().collect::<Vec<_>>()) };
     let (trio_before, solo_before) = (trio_refs(&trio), verdicts(&[&solo]));
+    let counters = |t: &[&GatewayProcess]| frame_counters(t);
+    let trio_now = || counters(&trio.iter().collect::<Vec<_>>());
+    let (trio_counters_before, solo_counters_before) = (trio_now(), counters(&[&solo]));
     publish(
         broker.addr,
         &phase_two(&devices, start),
@@ -231,6 +252,16 @@ async fn three_gateways_with_shared_state_judge_as_one() {
     )
     .await;
     let (trio_after, solo_after) = (trio_refs(&trio), verdicts(&[&solo]));
+    let moved = |after: Vec<(String, f64)>, before: &[(String, f64)]| -> Vec<(String, f64)> {
+        after
+            .into_iter()
+            .zip(before)
+            .map(|((n, a), (_, b))| (n, a - b))
+            .filter(|(_, d)| *d != 0.0)
+            .collect()
+    };
+    let trio_counted = moved(trio_now(), &trio_counters_before);
+    let solo_counted = moved(counters(&[&solo]), &solo_counters_before);
     let delta = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
     let (trio_delta, solo_delta) = (
         delta(&trio_after, &trio_before),
@@ -274,6 +305,11 @@ async fn three_gateways_with_shared_state_judge_as_one() {
         solo_delta[..3],
         "the same verdicts (accepted, duplicate, reused)"
     );
+    println!("phase-2 frame counters: group {trio_counted:?}, lone gateway {solo_counted:?}");
+    assert_eq!(
+        trio_counted, solo_counted,
+        "every frame counter moved alike"
+    );
     assert_eq!(
         trio_delta[2], 6.0,
         "the reused counter refused six times of six"
@@ -287,6 +323,31 @@ async fn three_gateways_with_shared_state_judge_as_one() {
         refused_by.iter().all(|&n| n > 0.0),
         "by every gateway: {refused_by:?}"
     );
+    // The quarantine: the group's gateways hold together what the lone gateway holds
+    // (the reused counter's frame once, not once per gateway that got a copy).
+    let quarantined = |ids: &[&str]| {
+        let mut all: Vec<(String, String, String)> = ids
+            .iter()
+            .flat_map(|id| {
+                let q = dir.path().join(format!("data-{id}/quarantine"));
+                gateway::store::quarantine::read_all(&q).unwrap().0
+            })
+            .map(|e| (e.reason, e.topic, e.payload))
+            .collect();
+        all.sort();
+        all
+    };
+    let (group_q, solo_q) = (
+        quarantined(&["gw-a", "gw-b", "gw-c"]),
+        quarantined(&["gw-solo"]),
+    );
+    println!(
+        "quarantined: group {} entries, lone gateway {}",
+        group_q.len(),
+        solo_q.len()
+    );
+    assert!(!solo_q.is_empty());
+    assert_eq!(group_q, solo_q, "the same quarantine");
     let group_missing = missing_frames(&trio_all, &devices);
     let solo_missing = missing_frames(&[&solo], &devices);
     println!("missing frames per device: group {group_missing:?}, lone gateway {solo_missing:?}");

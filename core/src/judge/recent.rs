@@ -32,6 +32,13 @@ impl Recent {
         }
         true
     }
+
+    /// Forgets `topic` and `payload`: the next [`Self::first_time`] says true (a group of
+    /// gateways decided this one quarantines it).
+    pub fn forget(&mut self, topic: &str, payload: &[u8]) {
+        let key = self.hasher.hash_one((topic, payload));
+        self.set.remove(&key);
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +57,7 @@ mod tests {
         }
         assert!(r.first_time("t", b"frame"), "forgotten, bounded");
         assert!(r.set.len() <= CAPACITY && r.order.len() <= CAPACITY);
+        r.forget("t", b"frame");
+        assert!(r.first_time("t", b"frame"), "forgotten on request");
     }
 }

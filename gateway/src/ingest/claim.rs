@@ -70,6 +70,11 @@ impl Keys {
         self.index.get(tenant)?.get(device).copied()
     }
 
+    /// How many keys are to be read.
+    pub(super) fn len(&self) -> usize {
+        self.devices.len() + self.blocks.len()
+    }
+
     /// Whether no key is to be read.
     pub(super) fn is_empty(&self) -> bool {
         self.devices.is_empty()

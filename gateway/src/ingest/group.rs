@@ -14,6 +14,7 @@
 //! removed if not.
 
 use super::claim::Keys;
+use super::refused::Refusals;
 use super::worker::Encoded;
 use super::{BrokerTx, Inbound, RETRY_PAUSE, ReplaySummary, Worker};
 use crate::observe::health::Store;
@@ -104,14 +105,19 @@ impl Worker {
             for (m, outcome) in messages.iter().zip(plan.outcomes.iter_mut()) {
                 self.hold_without_room(m, outcome);
             }
+            let Some(refusals) = self.refusals(messages, &plan, keys) else {
+                self.buffer.wait_for_delivery(RETRY_PAUSE);
+                continue;
+            };
             let accepted: Vec<&Accepted> = plan.accepted.iter().collect();
             let Some(staged) = self.stage(&accepted) else {
                 self.buffer.wait_for_delivery(RETRY_PAUSE);
                 continue;
             };
             let gaps = batch::apply(&mut self.book, accepted.iter().copied());
-            match self.claim(keys, &revisions, &accepted) {
+            match self.claim(keys, &revisions, &accepted, &refusals) {
                 Claim::Won => {
+                    refusals.decide(&mut self.refused_lately, messages);
                     self.buffer.publish(staged);
                     self.account(&accepted, gaps, self.clock.now_ms());
                     self.note_group_missing(&accepted);
@@ -144,6 +150,17 @@ impl Worker {
         }
     }
 
+    /// The batch's refusals the group quarantines once, with their lists as the store
+    /// holds them; `None` (reported) when the store does not answer.
+    fn refusals(&mut self, messages: &[Inbound], plan: &Plan, keys: &Keys) -> Option<Refusals> {
+        let store = self.group.as_mut()?;
+        let room = store.max_ops().saturating_sub(keys.len());
+        match Refusals::read(store, messages, plan, room) {
+            Ok(r) => Some(r),
+            Err(e) => self.unreachable(&e),
+        }
+    }
+
     /// The accepted records written and fsynced, not yet readable; `None` (reported) when
     /// the disk refuses them.
     fn stage(&mut self, accepted: &[&Accepted]) -> Option<Staged> {
@@ -160,12 +177,21 @@ impl Worker {
 
     /// Claims the accepted frames' counters: their devices' new heads and blocks, written
     /// if no other gateway wrote one of those heads since they were read.
-    fn claim(&mut self, keys: &Keys, revisions: &[i64], accepted: &[&Accepted]) -> Claim {
+    fn claim(
+        &mut self,
+        keys: &Keys,
+        revisions: &[i64],
+        accepted: &[&Accepted],
+        refusals: &Refusals,
+    ) -> Claim {
         let Some(store) = self.group.as_mut() else {
             return Claim::Won;
         };
         let records = accepted.iter().map(|a| &a.record);
-        let (compare, puts) = keys.claim(store, revisions, &self.book, records);
+        let (mut compare, mut puts) = keys.claim(store, revisions, &self.book, records);
+        let (more_compare, more_puts) = refusals.claim();
+        compare.extend(more_compare);
+        puts.extend(more_puts);
         match store.commit(&compare, &puts) {
             Ok(true) => Claim::Won,
             Ok(false) => Claim::Lost,

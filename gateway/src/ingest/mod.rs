@@ -17,6 +17,7 @@
 
 mod claim;
 mod group;
+mod refused;
 mod rejoin;
 mod replay;
 mod reserve;

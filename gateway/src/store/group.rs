@@ -158,6 +158,12 @@ impl Etcd {
         )
     }
 
+    /// A topic's list of refused frames (`crate::ingest`'s group refusals), by the hex of
+    /// its topic's hash.
+    pub fn refused_key(&self, topic_hash: &str) -> String {
+        format!("{}/refused/{topic_hash}", self.prefix)
+    }
+
     /// The values of `keys`, in their order, in one request.
     pub fn fetch(&mut self, keys: &[String]) -> Result<Vec<Held>, GroupError> {
         if keys.is_empty() {
