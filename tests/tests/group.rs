@@ -979,3 +979,32 @@ async fn a_member_cut_off_from_the_store_writes_nothing_until_it_has_erased() {
     assert_eq!(came_back, 0, "an erased reading came back");
     assert_eq!(stored, kept);
 }
+
+/// A member started while its store is down waits for it (up to 30 s) instead of starting
+/// without the group's log, then runs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_started_while_its_store_is_down_waits_for_it() {
+    let mut b = Bench::start(2).await;
+    let settings = b.member("gw-a", &b.etcd.group_toml("pair"), "timeout = \"500ms\"\n");
+    b.etcd.members[0].stop(true);
+    let dir = b.dir.path().to_path_buf();
+    let started = std::time::Instant::now();
+    let etcd = &mut b.etcd;
+    let gw = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(4));
+            etcd.members[0].start();
+        });
+        GatewayProcess::start(&dir, &settings)
+    });
+    let waited = started.elapsed();
+    assert!(gw.log().contains("start-up waits for it"), "{}", gw.log());
+    assert!(
+        waited >= Duration::from_secs(4),
+        "started before its store: {waited:?}"
+    );
+    let load = scenario::load(&b.devices, 10, now_s() - 3000);
+    publish(b.broker.addr, &load.messages, Duration::from_millis(20)).await;
+    let got = scenario::all_stored(b.influx.addr, &load.expected, Duration::from_secs(30)).await;
+    println!("a start with its store down: connected after {waited:?}; then {got}");
+}
