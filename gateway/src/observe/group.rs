@@ -32,7 +32,7 @@ pub fn lease_ttl_s(database_timeout: Duration) -> u32 {
 /// renewed the lease and followed the log with no erasure waiting.
 #[derive(Debug, Default)]
 pub struct Fence {
-    /// Milliseconds since [`base`] until which it is open.
+    /// Until when it is open: milliseconds since the process's monotonic origin.
     until_ms: AtomicU64,
 }
 

@@ -300,13 +300,15 @@ impl Etcd {
     /// The last operation each of `members` applied (0: none yet).
     pub fn applied(&mut self, members: &[String]) -> Result<Vec<i64>, GroupError> {
         let keys: Vec<String> = members.iter().map(|m| self.applied_key(m)).collect();
-        self.fetch(&keys)?
+        let revision = |value: Option<Vec<u8>>| {
+            let text = String::from_utf8(value.unwrap_or_default()).unwrap_or_default();
+            text.parse().unwrap_or(0)
+        };
+        Ok(self
+            .fetch(&keys)?
             .into_iter()
-            .map(|h| {
-                let text = String::from_utf8(h.state.unwrap_or_default()).unwrap_or_default();
-                Ok(text.parse().unwrap_or(0))
-            })
-            .collect()
+            .map(|h| revision(h.state))
+            .collect())
     }
 
     /// Records that `member` applied every operation up to `revision`.

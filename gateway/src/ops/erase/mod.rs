@@ -51,7 +51,7 @@ pub enum EraseError {
     Group(Box<crate::ops::group::GroupOpsError>),
     /// Members of the group have not erased their copies in time.
     #[error(
-        "the copies of this gateway are erased, but {} not erased theirs within {} s (they will at their next start, or as soon as they reach the group's store); the database was not erased: run the same command again",
+        "the copies of this gateway are erased, but {} have not erased theirs within {} s (they will at their next start, or as soon as they reach the group's store); the database was not erased: run the same command again",
         .0.join(", "), GROUP_PATIENCE.as_secs()
     )]
     Behind(Vec<String>),
