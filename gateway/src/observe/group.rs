@@ -28,7 +28,7 @@ pub fn lease_ttl_s(database_timeout: Duration) -> u32 {
     u32::try_from(needed.as_secs().max(10)).unwrap_or(u32::MAX)
 }
 
-/// Whether the sink may write: open for [`OPEN_FOR`] after the start of each turn that
+/// Whether the sink may write: open for 4 s (two turns) after the start of each turn that
 /// renewed the lease and followed the log with no erasure waiting.
 #[derive(Debug, Default)]
 pub struct Fence {
