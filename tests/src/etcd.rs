@@ -47,17 +47,30 @@ impl Cluster {
         )
     }
 
-    /// Takes the gateways' role's permission on `prefix` (`pair/`) away.
-    pub fn revoke(&self, prefix: &str) {
-        let args = [
+    /// Sets the gateways' role's permission on `prefix` (`pair/`): `Some("read")`,
+    /// `Some("readwrite")`, or `None` (taken away).
+    pub fn permit(&self, prefix: &str, permission: Option<&str>) {
+        let revoke = [
             "role",
             "revoke-permission",
             "vigie-gateway",
             "--prefix=true",
             prefix,
         ];
-        let out = self.ctl(&args);
-        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        let out = self.ctl(&revoke);
+        assert!(out.status.success(), "etcdctl {revoke:?}: {out:?}");
+        if let Some(p) = permission {
+            let grant = [
+                "role",
+                "grant-permission",
+                "vigie-gateway",
+                "--prefix=true",
+                p,
+                prefix,
+            ];
+            let out = self.ctl(&grant);
+            assert!(out.status.success(), "etcdctl {grant:?}: {out:?}");
+        }
     }
 
     /// `etcdctl` as root on the running members.

@@ -663,9 +663,11 @@ fn buffered_frames(
 }
 
 /// A group whose etcd user may not touch its prefix: etcd refuses, and the gateway says
-/// so rather than judging without the group's state. Taken away while it runs: `/readyz`
-/// names the refusal and nothing more is acknowledged; at a start: it exits at once with
-/// the refusal (it cannot read the group's log of erasures and registry changes).
+/// so rather than judging without the group's state. Writing taken away while it runs
+/// (reading still allowed, so a commit reads its devices and then its claim is refused):
+/// `/readyz` names the refusal, nothing more is acknowledged, and once writing is granted
+/// again the held frames are stored. Everything taken away, a start exits at once with the
+/// refusal (it cannot follow the group's log of erasures and registry changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowledged() {
     let b = Bench::start(2).await;
@@ -674,7 +676,7 @@ async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowl
     let first = scenario::load(&b.devices, 5, now_s() - 3000);
     publish(b.broker.addr, &first.messages, Duration::from_millis(20)).await;
     scenario::all_stored(b.influx.addr, &first.expected, Duration::from_secs(30)).await;
-    b.etcd.revoke("pair/");
+    b.etcd.permit("pair/", Some("read"));
     let more = scenario::load_from(&b.devices, 5, 5, now_s() - 3000);
     publish(b.broker.addr, &more.messages, Duration::from_millis(20)).await;
     wait_for(
@@ -684,10 +686,17 @@ async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowl
     )
     .await;
     let (ready, why) = gw.readyz().unwrap();
-    println!("prefix not granted: /readyz {ready} {why:?}");
+    println!("writing not granted: /readyz {ready} {why:?}");
     assert!(!ready && why.contains("permission denied"), "{why}");
     let accepted = gw.metric("vigie_frames_accepted_total");
     assert_eq!(accepted, Some(first.messages.len() as f64), "nothing more");
+    assert_eq!(scenario::stored(b.influx.addr).await, first.expected);
+    b.etcd.permit("pair/", Some("readwrite"));
+    let mut both = first.expected.clone();
+    both.extend(more.expected.iter().cloned());
+    let got = scenario::all_stored(b.influx.addr, &both, Duration::from_secs(30)).await;
+    println!("writing granted again: {got}");
+    b.etcd.permit("pair/", None);
     gw.kill9();
     let started = std::time::Instant::now();
     let out = process::cli(&["run", "--config", gw.config.to_str().unwrap()]);
@@ -701,7 +710,6 @@ async fn a_prefix_the_user_may_not_touch_is_a_clear_error_and_nothing_is_acknowl
         !out.status.success() && said.contains("permission denied"),
         "{said}"
     );
-    assert_eq!(scenario::stored(b.influx.addr).await, first.expected);
 }
 
 /// A member of `b`'s group with its own registry (a copy of the bench's) and, if given,
