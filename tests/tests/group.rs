@@ -725,6 +725,35 @@ fn own_registry(b: &Bench, id: &str, database: Option<std::net::SocketAddr>) -> 
     }
 }
 
+/// Once every reading but aq-0's is stored and gw-b has written all it holds: those
+/// readings, how the database holds them, all it holds, and how many of aq-0's readings
+/// are among it (came back).
+async fn after_erasure(
+    influx: std::net::SocketAddr,
+    gw_b: &GatewayProcess,
+    load: &scenario::Load,
+) -> (BTreeSet<String>, scenario::Outcome, BTreeSet<String>, usize) {
+    let kept: BTreeSet<String> = load
+        .expected
+        .iter()
+        .filter(|p| !p.contains("|aq-0|"))
+        .cloned()
+        .collect();
+    let got = scenario::all_stored(influx, &kept, Duration::from_secs(60)).await;
+    wait_for(
+        "gw-b's buffer written",
+        Duration::from_secs(30),
+        async || {
+            gw_b.readyz().is_some_and(|(ready, _)| ready)
+                && gw_b.metric("vigie_buffer_pending_bytes") == Some(0.0)
+        },
+    )
+    .await;
+    let stored = scenario::stored(influx).await;
+    let came_back = stored.iter().filter(|p| p.contains("|aq-0|")).count();
+    (kept, got, stored, came_back)
+}
+
 /// `quarantine list` of a gateway's config: its entries' lines.
 fn quarantined(gw: &GatewayProcess) -> String {
     let config = gw.config.to_str().unwrap();
@@ -779,25 +808,7 @@ async fn erase_and_device_commands_reach_every_member_of_the_group() {
     // (gw-b may still be starting again: it erases before its sink writes anything.)
     away.refuse(false);
     a.restart();
-    let kept: BTreeSet<String> = load
-        .expected
-        .iter()
-        .filter(|p| !p.contains("|aq-0|"))
-        .cloned()
-        .collect();
-    let got = scenario::all_stored(influx.addr, &kept, Duration::from_secs(60)).await;
-    // gw-b's sink has written all it holds: nothing of aq-0 may be among it.
-    wait_for(
-        "gw-b's buffer written",
-        Duration::from_secs(30),
-        async || {
-            gw_b.readyz().is_some_and(|(ready, _)| ready)
-                && gw_b.metric("vigie_buffer_pending_bytes") == Some(0.0)
-        },
-    )
-    .await;
-    let stored = scenario::stored(influx.addr).await;
-    let came_back = stored.iter().filter(|p| p.contains("|aq-0|")).count();
+    let (kept, got, stored, came_back) = after_erasure(influx.addr, &gw_b, &load).await;
     println!(
         "group erase: gw-b held {held_by_b} frames, its database away; {got}; aq-0 points after the erase: {came_back}\n{report}"
     );
@@ -964,21 +975,7 @@ async fn a_member_cut_off_from_the_store_writes_nothing_until_it_has_erased() {
     );
     assert_eq!(during, before, "gw-b wrote nothing while cut off");
     etcd_b.refuse(false);
-    let kept: BTreeSet<String> = load
-        .expected
-        .iter()
-        .filter(|p| !p.contains("|aq-0|"))
-        .cloned()
-        .collect();
-    let got = scenario::all_stored(influx.addr, &kept, Duration::from_secs(60)).await;
-    wait_for(
-        "gw-b's buffer written",
-        Duration::from_secs(30),
-        async || gw_b.metric("vigie_buffer_pending_bytes") == Some(0.0),
-    )
-    .await;
-    let stored = scenario::stored(influx.addr).await;
-    let came_back = stored.iter().filter(|p| p.contains("|aq-0|")).count();
+    let (kept, got, stored, came_back) = after_erasure(influx.addr, &gw_b, &load).await;
     println!(
         "group erase with a member cut off: gw-b held {held_by_b} frames; {} points before its database came back, the same 6 s after; then {got}; aq-0 points {came_back}",
         before.len()
