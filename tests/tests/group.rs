@@ -805,6 +805,10 @@ async fn erase_and_device_commands_reach_every_member_of_the_group() {
     ]);
     let report = process::text(&erased);
     assert!(erased.status.success(), "{report}");
+    assert!(
+        report.contains("every other gateway of the group erased"),
+        "{report}"
+    );
     // (gw-b may still be starting again: it erases before its sink writes anything.)
     away.refuse(false);
     a.restart();

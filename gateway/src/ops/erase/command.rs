@@ -67,6 +67,13 @@ pub fn erase(config: &Config, a: &EraseArgs) -> Result<String, OpsError> {
         report.device_states,
         report.database
     );
+    if config.group.is_some() {
+        out.push_str(if a.yes {
+            "  every other gateway of the group erased its own copies before the database was\n"
+        } else {
+            "  (counted on this gateway only: each other gateway of the group erases its own)\n"
+        });
+    }
     if report.progress_reset {
         out.push_str("  (the service writes its buffer again from the start at its next run; the database keeps each point once)\n");
     }
