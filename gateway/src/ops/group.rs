@@ -203,27 +203,36 @@ fn apply(config: &Config, revision: i64, op: GroupOp) -> Result<Applied, GroupOp
     })
 }
 
-/// Applies every operation of the log this gateway has not applied yet, in order, each
-/// recorded as applied once done (an operation interrupted by a crash runs again: each
-/// is idempotent). The data directory must be locked by the caller.
-pub fn catch_up(config: &Config, etcd: &mut Etcd) -> Result<Vec<Applied>, GroupOpsError> {
+/// Applies the operations of the log this gateway has not applied yet, in order, each
+/// recorded as applied once done (one interrupted by a crash runs again: each is
+/// idempotent). Without `erasures` (a running gateway), it stops before the first
+/// erasure and says one waits.
+fn apply_log(
+    config: &Config,
+    etcd: &mut Etcd,
+    erasures: bool,
+) -> Result<(Vec<Applied>, bool), GroupOpsError> {
     let me = &config.mqtt.client_id;
     let after = etcd.applied(std::slice::from_ref(me))?[0];
     let mut done = Vec::new();
     for (revision, bytes) in etcd.ops_after(after)? {
-        let Ok(op) = serde_json::from_slice::<GroupOp>(&bytes) else {
-            tracing::warn!(
+        match serde_json::from_slice::<GroupOp>(&bytes) {
+            Ok(GroupOp::Erase { .. }) if !erasures => return Ok((done, true)),
+            Ok(op) => done.push(apply(config, revision, op)?),
+            Err(_) => tracing::warn!(
                 revision,
                 "an operation of the group's log this gateway cannot read: skipped (a newer gateway's?)"
-            );
-            etcd.set_applied(me, revision)?;
-            continue;
-        };
-        let applied = apply(config, revision, op)?;
+            ),
+        }
         etcd.set_applied(me, revision)?;
-        done.push(applied);
     }
-    Ok(done)
+    Ok((done, false))
+}
+
+/// Applies every operation of the log this gateway has not applied yet, erasures
+/// included. The data directory must be locked by the caller.
+pub fn catch_up(config: &Config, etcd: &mut Etcd) -> Result<Vec<Applied>, GroupOpsError> {
+    Ok(apply_log(config, etcd, true)?.0)
 }
 
 /// What a running member found in the log.
@@ -238,27 +247,11 @@ pub struct Followed {
 /// A running member's turn: applies the devices' entries the log holds in order, up to
 /// the first erasure, which it leaves for [`catch_up`] at a start.
 pub fn follow(config: &Config, etcd: &mut Etcd) -> Result<Followed, GroupOpsError> {
-    let me = &config.mqtt.client_id;
-    let after = etcd.applied(std::slice::from_ref(me))?[0];
-    let mut followed = Followed::default();
-    for (revision, bytes) in etcd.ops_after(after)? {
-        match serde_json::from_slice::<GroupOp>(&bytes) {
-            Ok(GroupOp::Erase { .. }) => {
-                followed.erase_pending = true;
-                break;
-            }
-            Ok(op) => {
-                apply(config, revision, op)?;
-                followed.registry_changed = true;
-            }
-            Err(_) => tracing::warn!(
-                revision,
-                "an operation of the group's log this gateway cannot read: skipped (a newer gateway's?)"
-            ),
-        }
-        etcd.set_applied(me, revision)?;
-    }
-    Ok(followed)
+    let (done, erase_pending) = apply_log(config, etcd, false)?;
+    Ok(Followed {
+        registry_changed: !done.is_empty(),
+        erase_pending,
+    })
 }
 
 /// Waits until every member listed in the group (this one aside) has applied the log up
