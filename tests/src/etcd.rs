@@ -73,6 +73,16 @@ impl Cluster {
         }
     }
 
+    /// Puts `key` (as root), or deletes it with no `value`: a gateway's key forged.
+    pub fn set(&self, key: &str, value: Option<&str>) {
+        let args: Vec<&str> = match value {
+            Some(v) => vec!["put", key, v],
+            None => vec!["del", key],
+        };
+        let out = self.ctl(&args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    }
+
     /// `etcdctl` as root on the running members.
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         let live: Vec<String> = self

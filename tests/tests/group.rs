@@ -1017,3 +1017,57 @@ async fn a_member_started_while_its_store_is_down_waits_for_it() {
     let got = scenario::all_stored(b.influx.addr, &load.expected, Duration::from_secs(30)).await;
     println!("a start with its store down: connected after {waited:?}; then {got}");
 }
+
+/// `erase` in a group deletes from the database only once every listed gateway has erased
+/// its copies: a listed gateway that never does (a member's key with no gateway behind it,
+/// as a hung one would leave) makes it fail after `--group-wait`, naming it, with the
+/// database untouched; run again once it is gone, it erases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erase_a_listed_gateway_never_applies_leaves_the_database_alone() {
+    let b = Bench::start(2).await;
+    let mut gw = GatewayProcess::start(
+        b.dir.path(),
+        &b.member("gw-a", &b.etcd.group_toml("pair"), ""),
+    );
+    let load = scenario::load(&b.devices, 10, now_s() - 3000);
+    publish(b.broker.addr, &load.messages, Duration::from_millis(20)).await;
+    scenario::all_stored(b.influx.addr, &load.expected, Duration::from_secs(30)).await;
+    gw.terminate();
+    b.etcd.set("pair/member/gw-hung", Some("gw-hung"));
+    let config = gw.config.to_str().unwrap().to_string();
+    let erase = || {
+        process::cli(&[
+            "erase",
+            "--config",
+            &config,
+            "--tenant",
+            "lyon",
+            "--device",
+            "aq-0",
+            "--yes",
+            "--group-wait",
+            "2",
+        ])
+    };
+    let out = erase();
+    let said = process::text(&out);
+    println!("a listed gateway that never erases: {said}");
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("gw-hung have not erased") && said.contains("the database was not erased"),
+        "{said}"
+    );
+    assert_eq!(
+        scenario::stored(b.influx.addr).await,
+        load.expected,
+        "the database untouched"
+    );
+    b.etcd.set("pair/member/gw-hung", None);
+    let out = erase();
+    assert!(out.status.success(), "{}", process::text(&out));
+    let left = scenario::stored(b.influx.addr).await;
+    assert!(
+        !left.is_empty() && left.iter().all(|p| !p.contains("|aq-0|")),
+        "{left:?}"
+    );
+}

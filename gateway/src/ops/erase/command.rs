@@ -26,6 +26,10 @@ pub struct EraseArgs {
     /// Erase for good (otherwise a dry run).
     #[arg(long)]
     pub yes: bool,
+    /// In a group of gateways: how long to wait, in seconds, for the others to erase
+    /// their copies before the database is erased.
+    #[arg(long, default_value_t = 120)]
+    pub group_wait: u64,
 }
 
 /// Runs `erase` and prints its report.
@@ -48,7 +52,12 @@ pub fn erase(config: &Config, a: &EraseArgs) -> Result<String, OpsError> {
         device: a.device.clone(),
         before_s: a.before,
     };
-    let report = run(config, &scope, a.yes)?;
+    let report = run(
+        config,
+        &scope,
+        a.yes,
+        std::time::Duration::from_secs(a.group_wait),
+    )?;
     let whose = match &a.device {
         Some(d) => format!("{}/{d}", a.tenant),
         None => format!("every device of {}", a.tenant),

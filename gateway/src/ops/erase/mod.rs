@@ -51,10 +51,15 @@ pub enum EraseError {
     Group(Box<crate::ops::group::GroupOpsError>),
     /// Members of the group have not erased their copies in time.
     #[error(
-        "the copies of this gateway are erased, but {} have not erased theirs within {} s (they will at their next start, or as soon as they reach the group's store); the database was not erased: run the same command again",
-        .0.join(", "), GROUP_PATIENCE.as_secs()
+        "the copies of this gateway are erased, but {} have not erased theirs within {waited_s} s (they will at their next start, or as soon as they reach the group's store); the database was not erased: run the same command again",
+        .members.join(", ")
     )]
-    Behind(Vec<String>),
+    Behind {
+        /// Their client ids.
+        members: Vec<String>,
+        /// How long the command waited.
+        waited_s: u64,
+    },
     /// The gateway's own copies are erased, the database's are not.
     #[error(
         "the gateway's copies are erased, the database's are not: {0}; run the same command \
@@ -198,19 +203,22 @@ pub struct Report {
     pub progress_reset: bool,
 }
 
-/// How long `erase` waits for the other members of a group to erase their copies.
-pub const GROUP_PATIENCE: Duration = Duration::from_secs(120);
-
 /// Erases `scope` everywhere (`apply`), or says what it would erase (a dry run, which
 /// writes nothing and asks the database nothing). In a group, every member erases its
 /// own copies first ([`crate::ops::group`]), the database last.
-pub fn run(config: &Config, scope: &Scope, apply: bool) -> Result<Report, EraseError> {
+/// `group_wait`: how long, in a group, to wait for the other members.
+pub fn run(
+    config: &Config,
+    scope: &Scope,
+    apply: bool,
+    group_wait: Duration,
+) -> Result<Report, EraseError> {
     let target = plan(config.database.as_ref(), scope)?;
     let data = &config.gateway.data_dir;
     // A dry run only reads, and may run beside the service.
     let _lock = if apply { Some(lock(data)?) } else { None };
     let mut report = match &config.group {
-        Some(group) if apply => in_group(config, group, scope)?,
+        Some(group) if apply => in_group(config, group, scope, group_wait)?,
         _ => local(data, scope, apply)?,
     };
     if !apply {
@@ -239,6 +247,7 @@ fn in_group(
     config: &Config,
     group: &crate::config::GroupConfig,
     scope: &Scope,
+    wait: Duration,
 ) -> Result<Report, EraseError> {
     use crate::ops::group::{self, GroupOp, GroupOpsError};
     let failed = |e: GroupOpsError| EraseError::Group(Box::new(e));
@@ -258,11 +267,14 @@ fn in_group(
         .find(|a| a.revision == revision)
         .and_then(|a| a.report)
         .unwrap_or_default();
-    let behind = group::wait_for_members(&mut etcd, me, revision, GROUP_PATIENCE).map_err(store)?;
-    if behind.is_empty() {
+    let members = group::wait_for_members(&mut etcd, me, revision, wait).map_err(store)?;
+    if members.is_empty() {
         Ok(report)
     } else {
-        Err(EraseError::Behind(behind))
+        Err(EraseError::Behind {
+            members,
+            waited_s: wait.as_secs(),
+        })
     }
 }
 
