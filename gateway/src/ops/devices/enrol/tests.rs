@@ -341,3 +341,33 @@ fn a_report_interval_writes_a_format_4_blob_that_a_rotation_keeps() {
         Some(21_600)
     );
 }
+
+/// In a group, a registry change goes to the group's store first: a store that does not
+/// take it leaves the registry and the broker's accounts as they were, and says so.
+#[test]
+fn in_a_group_a_change_the_store_refuses_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, a) = bench(dir.path());
+    add(&g, &a, Enrol::Add).unwrap();
+    let (registry, access) = (
+        std::fs::read(&g.gateway.registry).unwrap(),
+        std::fs::read(g.gateway.broker_access()).unwrap(),
+    );
+    g.group = Some(crate::config::GroupConfig {
+        // Nothing listens on port 1: the store does not answer.
+        etcd: vec!["http://127.0.0.1:1".into()],
+        timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    });
+    let e = crate::ops::devices::remove(&g, "lyon", "bin-7")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no etcd member answered") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    let e = add(&g, &a, Enrol::Rotate).unwrap_err().to_string();
+    assert!(e.contains("nothing was changed"), "{e}");
+    assert_eq!(std::fs::read(&g.gateway.registry).unwrap(), registry);
+    assert_eq!(std::fs::read(g.gateway.broker_access()).unwrap(), access);
+}
