@@ -383,9 +383,17 @@ pub struct InProcessGateway {
 impl InProcessGateway {
     /// Starts it on `config` and waits until it is connected to the broker.
     pub async fn start(config: gateway::config::Config) -> Self {
+        Self::start_on(&tokio::runtime::Handle::current(), config).await
+    }
+
+    /// The same, its tasks on `runtime` (one of its own: threads apart from the test's).
+    pub async fn start_on(
+        runtime: &tokio::runtime::Handle,
+        config: gateway::config::Config,
+    ) -> Self {
         let metrics = std::sync::Arc::new(gateway::observe::metrics::Metrics::default());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
+        let task = runtime.spawn(gateway::run_with_metrics(config, stop_rx, metrics.clone()));
         crate::wait_for("gateway connected", Duration::from_secs(20), async || {
             metrics.counts().mqtt_connected
         })

@@ -31,7 +31,9 @@ use crate::observe::metrics::Metrics;
 use crate::store::buffer::Buffer;
 use crate::store::fs::SharedFs;
 use crate::store::quarantine::{self, Origin, Quarantine};
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,12 +71,12 @@ pub enum ToBroker {
 /// The channel to the MQTT task.
 pub type BrokerTx = mpsc::UnboundedSender<ToBroker>;
 
-/// A received message: its topic and payload in one allocation (two were a fifth of the
-/// hot path's allocations; docs/PERFORMANCE.md).
+/// A received message: its topic and payload in one allocation, shared with the messages
+/// that arrived with it ([`Inbound::together`]).
 #[derive(Debug)]
 pub struct Inbound {
     /// The topic's bytes (UTF-8), then the payload's.
-    bytes: Box<[u8]>,
+    bytes: Bytes,
     /// Where the payload starts.
     topic_len: usize,
     /// Receive time, Unix ms.
@@ -92,17 +94,45 @@ impl Inbound {
     /// A message on `topic` (not UTF-8: its invalid bytes replaced, so that it is
     /// refused as a bad topic like any other) carrying `payload`.
     pub fn new(topic: &[u8], payload: &[u8], received_ms: u64, ack: Option<AckToken>) -> Self {
-        let topic = String::from_utf8_lossy(topic);
-        let mut bytes = Vec::with_capacity(topic.len() + payload.len());
-        bytes.extend_from_slice(topic.as_bytes());
-        bytes.extend_from_slice(payload);
-        Self {
-            bytes: bytes.into_boxed_slice(),
-            topic_len: topic.len(),
-            received_ms,
-            ack,
-            quarantined_as: None,
+        let mut one = Self::together(&[(topic, payload, ack)], received_ms);
+        one.pop()
+            .unwrap_or_else(|| unreachable!("one message in, one out"))
+    }
+
+    /// Messages that arrived together (topic, payload, broker acknowledgement), as
+    /// [`Self::new`] makes them, but copied into one allocation that each holds a share
+    /// of: one per message was a quarter of the hot path's allocations
+    /// (docs/PERFORMANCE.md). It is freed with the last of them; they are committed in
+    /// order, so within two batches.
+    pub fn together<T: AsRef<[u8]>, P: AsRef<[u8]>>(
+        arrived: &[(T, P, Option<AckToken>)],
+        received_ms: u64,
+    ) -> Vec<Self> {
+        let topics: Vec<_> = arrived
+            .iter()
+            .map(|(t, ..)| String::from_utf8_lossy(t.as_ref()))
+            .collect();
+        let size = |(t, (_, p, _)): (&Cow<'_, str>, &(T, P, _))| t.len() + p.as_ref().len();
+        let mut all = Vec::with_capacity(topics.iter().zip(arrived).map(size).sum());
+        for (t, (_, p, _)) in topics.iter().zip(arrived) {
+            all.extend_from_slice(t.as_bytes());
+            all.extend_from_slice(p.as_ref());
         }
+        let all = Bytes::from(all);
+        let mut at = 0;
+        let share = |(t, m): (&Cow<'_, str>, &(T, P, Option<AckToken>))| {
+            let end = at + size((t, m));
+            let message = Self {
+                bytes: all.slice(at..end),
+                topic_len: t.len(),
+                received_ms,
+                ack: m.2,
+                quarantined_as: None,
+            };
+            at = end;
+            message
+        };
+        topics.iter().zip(arrived).map(share).collect()
     }
 
     /// Its topic.
@@ -314,7 +344,7 @@ pub fn corrupt_entry(received_ms: u64, bytes: &[u8]) -> quarantine::Entry {
 
 #[cfg(test)]
 mod tests {
-    use super::{Inbound, LogBudget};
+    use super::{AckToken, Inbound, LogBudget};
 
     #[test]
     fn a_message_keeps_its_topic_and_payload_apart_in_one_allocation() {
@@ -329,6 +359,37 @@ mod tests {
         let bad = Inbound::new(b"vigie/v1/ly\xffon/aq-1/up", b"", 5, None);
         assert_eq!(bad.topic(), "vigie/v1/ly\u{fffd}on/aq-1/up");
         assert!(bad.payload().is_empty());
+    }
+
+    #[test]
+    fn messages_that_arrive_together_share_one_allocation_and_stay_apart() {
+        let token = |pkid| {
+            Some(AckToken {
+                generation: 3,
+                pkid,
+            })
+        };
+        let arrived = [
+            (&b"vigie/v1/lyon/aq-1/up"[..], &[1u8, 2][..], token(7)),
+            (&b"vigie/v1/ly\xffon/aq-2/up"[..], &[][..], None),
+            (&b"vigie/v1/lyon/aq-3/up"[..], &[3u8][..], token(8)),
+        ];
+        let m = Inbound::together(&arrived, 5);
+        let seen: Vec<_> = m.iter().map(|m| (m.topic(), m.payload(), m.ack)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("vigie/v1/lyon/aq-1/up", &[1u8, 2][..], token(7)),
+                ("vigie/v1/ly\u{fffd}on/aq-2/up", &[][..], None),
+                ("vigie/v1/lyon/aq-3/up", &[3u8][..], token(8)),
+            ]
+        );
+        // One after the other in the same allocation, each counting its own bytes.
+        let end = |m: &Inbound| m.payload().as_ptr_range().end;
+        assert_eq!(end(&m[0]), m[1].topic().as_ptr());
+        assert_eq!(end(&m[1]), m[2].topic().as_ptr());
+        let sizes: Vec<_> = m.iter().map(Inbound::bytes).collect();
+        assert_eq!(sizes, [21 + 2, 24, 21 + 1]);
     }
 
     #[test]

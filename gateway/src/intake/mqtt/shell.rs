@@ -5,7 +5,7 @@
 
 use super::conn::{ConnError, Connection};
 use super::{Links, SUBSCRIBE_ID};
-use crate::ingest::{Inbound, Job, ToBroker};
+use crate::ingest::{AckToken, Inbound, Job, ToBroker};
 use crate::observe::metrics::gauge;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -223,35 +223,50 @@ impl Shell {
         }
     }
 
-    /// Bytes from the broker: every whole packet in them.
+    /// Bytes from the broker: every whole packet in them. The messages among them are
+    /// queued together, in one allocation ([`Inbound::together`]).
     fn on_bytes(&mut self, conn: &mut Connection, s: &mut Session) -> Result<(), ConnError> {
         let received_ms = self.links.clock.now_ms();
-        while let Some(packet) = conn.next_packet()? {
+        let (mut arrived, mut taken) = (Vec::new(), 0);
+        let end = loop {
+            let packet = match conn.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
             match packet {
-                Packet::Publish(p) => self.on_publish(p, received_ms),
+                Packet::Publish(p) => {
+                    if let Some(ack) = self.admit(&p, taken) {
+                        taken += p.topic.len() + p.payload.len();
+                        arrived.push((p.topic, p.payload, ack));
+                    }
+                }
                 Packet::PubAck(a) if self.downlinks.on_puback(a.pkid) => {
                     self.on_downlink_ack(a.reason)
                 }
                 Packet::PingResp(_) => s.on_pingresp(),
                 Packet::SubAck(a) => self.on_suback(&a.return_codes),
-                Packet::Disconnect(d) => return Err(ConnError::Disconnected(d.reason_code)),
+                Packet::Disconnect(d) => break Err(ConnError::Disconnected(d.reason_code)),
                 _ => {}
             }
+        };
+        for m in Inbound::together(&arrived, received_ms) {
+            self.links.metrics.intake_bytes.inc_by(m.bytes() as i64);
+            self.queue.push_back(m);
         }
-        Ok(())
+        end
     }
 
-    /// A message for the worker, queued (a QoS 0 one past the memory bound dropped).
-    fn on_publish(&mut self, p: Publish, received_ms: u64) {
-        let intake = &self.links.metrics.intake_bytes;
-        if p.qos == QoS::AtMostOnce && intake.get() >= MAX_INTAKE_BYTES {
+    /// Whether a message is taken (`Some`, with the acknowledgement it owes the broker):
+    /// a QoS 0 one is dropped and counted once the messages in memory, with the `taken`
+    /// bytes of the same read, reach the bound.
+    fn admit(&mut self, p: &Publish, taken: usize) -> Option<Option<AckToken>> {
+        let intake = self.links.metrics.intake_bytes.get() + taken as i64;
+        if p.qos == QoS::AtMostOnce && intake >= MAX_INTAKE_BYTES {
             self.links.metrics.qos0_dropped.inc();
-            return;
+            return None;
         }
-        let ack = (p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid));
-        let m = Inbound::new(&p.topic, &p.payload, received_ms, ack);
-        intake.inc_by(m.bytes() as i64);
-        self.queue.push_back(m);
+        Some((p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid)))
     }
 
     /// The broker's answer to a device acknowledgement: counted when it took it, a

@@ -4,6 +4,7 @@
 use super::format::{self, HEADER, MAGIC, MAX_PAYLOAD, Piece};
 use super::{Position, Shared, segment_path};
 use crate::store::fs::{FsFile, Open, SharedFs};
+use bytes::Bytes;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +18,11 @@ pub struct Reader {
     shared: Arc<Shared>,
     pos: Position,
     file: Option<(u64, Box<dyn FsFile>)>,
-    /// Durable bytes read ahead from one segment, and where they start.
-    ahead: Vec<u8>,
+    /// Durable bytes read ahead from one segment, and where they start. A record's
+    /// payload is a slice of them, not a copy (one allocation per record was a quarter of
+    /// the hot path's; docs/PERFORMANCE.md): each window is a new allocation, freed
+    /// when the last record read from it is dropped.
+    ahead: Bytes,
     ahead_at: Position,
 }
 
@@ -30,8 +34,8 @@ const READ_AHEAD: usize = 64 * 1024;
 /// A record read from the buffer.
 #[derive(Debug)]
 pub struct Entry {
-    /// The payload.
-    pub payload: Vec<u8>,
+    /// The payload (shares the reader's window).
+    pub payload: Bytes,
     /// Where the record starts.
     pub start: Position,
     /// Position just after it.
@@ -76,7 +80,7 @@ impl Reader {
             shared,
             pos,
             file: None,
-            ahead: Vec::new(),
+            ahead: Bytes::new(),
             ahead_at: pos,
         }
     }
@@ -186,18 +190,12 @@ impl Reader {
             && self.ahead_at.offset <= at.offset
             && at.offset + len as u64 <= self.ahead_at.offset + self.ahead.len() as u64;
         if !held {
-            let mut window = std::mem::take(&mut self.ahead);
+            self.ahead = Bytes::new();
             let want = (limit - at.offset).min(READ_AHEAD.max(len) as u64) as usize;
-            window.resize(want, 0);
-            let read = self
-                .file()
-                .and_then(|f| f.read_exact_at(&mut window, at.offset));
-            if read.is_err() {
-                window.clear();
-            }
-            self.ahead = window;
+            let mut window = vec![0; want];
+            self.file()?.read_exact_at(&mut window, at.offset)?;
+            self.ahead = Bytes::from(window);
             self.ahead_at = at;
-            read?;
         }
         let from = (at.offset - self.ahead_at.offset) as usize;
         Ok(&self.ahead[from..from + len])
@@ -214,7 +212,8 @@ impl Reader {
             if (1..=MAX_PAYLOAD).contains(&len) && (HEADER + len) as u64 <= room {
                 let payload = &self.bytes(start, HEADER + len, limit)?[HEADER..];
                 if crc32fast::hash(payload) == crc {
-                    let payload = payload.to_vec();
+                    let from = (start.offset - self.ahead_at.offset) as usize + HEADER;
+                    let payload = self.ahead.slice(from..from + len);
                     self.pos.offset += (HEADER + len) as u64;
                     return Ok(Item::Record(Entry {
                         payload,

@@ -26,7 +26,7 @@ fn drain(reader: &mut Reader) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(item) = reader.next(WAIT).unwrap() {
         match item {
-            Item::Record(e) => out.push(e.payload),
+            Item::Record(e) => out.push(e.payload.to_vec()),
             Item::Corrupt(c) => panic!("unexpected corruption at {:?}", c.start),
         }
     }
