@@ -47,8 +47,15 @@ pub fn judge<'m>(
     messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
     cx: &Context<'_, ReplayBook>,
 ) -> Plan {
+    let messages = messages.into_iter();
     let mut pending = cx.counters.pending();
-    let mut plan = Plan::default();
+    // Room for every message at once: growing them copied each accepted frame's record
+    // up to eleven times per batch (1.3 % of a drain's instructions, docs/PERFORMANCE.md).
+    let room = messages.size_hint().0;
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(room),
+        accepted: Vec::with_capacity(room),
+    };
     for (topic, payload) in messages {
         let cx = Context {
             registry: cx.registry,

@@ -425,7 +425,7 @@ impl Sink {
     /// A write the database answered 2xx: timed, and stored once the database's counters
     /// say it kept the lines (VictoriaMetrics), at once otherwise.
     fn written(&mut self, tenant: &str, lines: &str, records: Option<Lines>, started: Instant) {
-        let n = lines.lines().count();
+        let n = line_count(lines);
         let metrics = &self.s.metrics;
         metrics
             .write_duration
@@ -452,6 +452,13 @@ impl Sink {
             }
         });
     }
+}
+
+/// The lines of `text`, as `str::lines` counts them, but by bytes: searching for each
+/// line's end character by character was 2 % of a drain's instructions.
+fn line_count(text: &str) -> usize {
+    let ends = text.bytes().filter(|&b| b == b'\n').count();
+    ends + usize::from(!text.is_empty() && !text.ends_with('\n'))
 }
 
 /// A random number in [0, 1) for backoff jitter.

@@ -478,3 +478,18 @@ fn lines_victoria_metrics_dropped_after_a_204_go_to_the_quarantine() {
     assert_eq!(kept("a"), "m v=1 1\nm v=2 2\n");
     assert_eq!(kept("b"), "m v=3 3\n");
 }
+
+#[test]
+fn lines_are_counted_as_str_lines_counts_them() {
+    for text in [
+        "",
+        "\n",
+        "a",
+        "a\n",
+        "a\nb",
+        "a\n\nb\n",
+        "m f=1i 1\nm f=2i 2\n",
+    ] {
+        assert_eq!(line_count(text), text.lines().count(), "{text:?}");
+    }
+}

@@ -110,7 +110,11 @@ impl Inbound {
     ) -> Vec<Self> {
         let topics: Vec<_> = arrived
             .iter()
-            .map(|(t, ..)| String::from_utf8_lossy(t.as_ref()))
+            .map(|(t, ..)| match std::str::from_utf8(t.as_ref()) {
+                // Checked first: the lossy conversion's own check is twice as slow.
+                Ok(t) => Cow::Borrowed(t),
+                Err(_) => String::from_utf8_lossy(t.as_ref()),
+            })
             .collect();
         let size = |(t, (_, p, _)): (&Cow<'_, str>, &(T, P, _))| t.len() + p.as_ref().len();
         let mut all = Vec::with_capacity(topics.iter().zip(arrived).map(size).sum());

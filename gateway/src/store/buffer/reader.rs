@@ -20,8 +20,8 @@ pub struct Reader {
     file: Option<(u64, Box<dyn FsFile>)>,
     /// Durable bytes read ahead from one segment, and where they start. A record's
     /// payload is a slice of them, not a copy (one allocation per record was a quarter of
-    /// the hot path's; docs/PERFORMANCE.md): each window is a new allocation, freed
-    /// when the last record read from it is dropped.
+    /// the hot path's; docs/PERFORMANCE.md). A record still held when the window moves on
+    /// keeps the old one alive; the window is then a new allocation.
     ahead: Bytes,
     ahead_at: Position,
 }
@@ -190,11 +190,15 @@ impl Reader {
             && self.ahead_at.offset <= at.offset
             && at.offset + len as u64 <= self.ahead_at.offset + self.ahead.len() as u64;
         if !held {
-            self.ahead = Bytes::new();
+            // The last window again when no record read from it is left (the sink drops
+            // them as it goes): no allocation, and only bytes it never had are zeroed.
+            let mut window = std::mem::take(&mut self.ahead)
+                .try_into_mut()
+                .unwrap_or_default();
             let want = (limit - at.offset).min(READ_AHEAD.max(len) as u64) as usize;
-            let mut window = vec![0; want];
+            window.resize(want, 0);
             self.file()?.read_exact_at(&mut window, at.offset)?;
-            self.ahead = Bytes::from(window);
+            self.ahead = window.freeze();
             self.ahead_at = at;
         }
         let from = (at.offset - self.ahead_at.offset) as usize;

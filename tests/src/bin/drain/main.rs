@@ -10,7 +10,9 @@
 //!    the broker answered a PINGREQ sent after the last PUBACK;
 //! 2. the gateway (release build, its own process) writing InfluxDB 1.x, timed until
 //!    its stored-readings counter reaches N;
-//! 3. the gateway writing VictoriaMetrics, the same;
+//! 3. the gateway writing VictoriaMetrics, the same (`--poll-ms` sets how often the
+//!    counter is read, 20 ms by default: under valgrind, which slows the gateway 40
+//!    times, reading it every 20 ms was a tenth of the instructions counted);
 //! 4. and 5. with `--group 1`: one gateway, then a group of three sharing the backlog,
 //!    with `[group]` on a three-member etcd cluster (TLS, authentication; its members'
 //!    CPU counted with the database's), writing InfluxDB 1.x; `--txn-ops N` sets the
@@ -50,6 +52,8 @@ struct Args {
     rounds: u64,
     group: bool,
     txn_ops: u64,
+    /// How often the gateway's stored-readings counter is read, in ms.
+    poll_ms: u64,
 }
 
 fn args() -> Args {
@@ -61,6 +65,7 @@ fn args() -> Args {
         rounds: 3,
         group: false,
         txn_ops: 1024,
+        poll_ms: 20,
     };
     let flags = [
         "--readings",
@@ -70,6 +75,7 @@ fn args() -> Args {
         "--rounds",
         "--group",
         "--txn-ops",
+        "--poll-ms",
     ];
     for (flag, value) in vigie_tests::number_flags(&flags) {
         match flag {
@@ -79,6 +85,7 @@ fn args() -> Args {
             "--rounds" => a.rounds = value.clamp(1, 20),
             "--group" => a.group = value != 0,
             "--txn-ops" => a.txn_ops = value.clamp(4, 1024),
+            "--poll-ms" => a.poll_ms = value.clamp(1, 5_000),
             _ => a.max_rss = value as f64,
         }
     }
@@ -299,6 +306,8 @@ struct Gateways<'a> {
     store: Option<(&'a vigie_tests::etcd::Cluster, String)>,
     /// `group.max_txn_ops` (the cluster allows 1024).
     txn_ops: u64,
+    /// `--poll-ms`.
+    poll_ms: u64,
 }
 
 /// Phases 2 to 5: the gateways into `database`, each phase with a broker of its own.
@@ -362,7 +371,7 @@ async fn gateway_drain(
             .sum()
     };
     while stored_total(&gws) < want as f64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(how.poll_ms)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     if how.store.is_some() {
@@ -447,6 +456,7 @@ async fn bench() {
                 gzip: a.gzip,
                 store,
                 txn_ops: a.txn_ops,
+                poll_ms: a.poll_ms,
             };
             let in_store = |phase: &str| {
                 let prefix = format!("bench/{round}-{phase}");
