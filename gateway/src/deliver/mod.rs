@@ -18,6 +18,7 @@ mod file;
 mod influx;
 mod kept;
 pub mod lanes;
+mod overlap;
 mod read;
 pub mod v2;
 
@@ -92,6 +93,8 @@ const IDLE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Chunk {
     lines: String,
+    /// Its lines (readings).
+    readings: usize,
     first: Position,
 }
 
@@ -101,6 +104,8 @@ struct Batch {
     by_tenant: BTreeMap<String, Chunk>,
     lines: usize,
     end: Option<Position>,
+    /// When its first line was read: it lingers from then.
+    started: Option<Instant>,
 }
 
 /// A write's result for the lane bookkeeping.
@@ -224,6 +229,8 @@ fn load_lanes(setup: &SinkSetup) -> Lanes {
 impl Sink {
     fn run(mut self) {
         let mut flush_until = None;
+        // A batch read while the one before was written (`overlap.rs`).
+        let mut next = None;
         loop {
             let stopping = self.s.stop.is_cancelled();
             if stopping {
@@ -235,18 +242,11 @@ impl Sink {
                 }
                 continue;
             }
-            let batch = self.collect(stopping);
-            for (tenant, chunk) in &batch.by_tenant {
-                let records = batch.end.map(|end| Lines::Records {
-                    first: chunk.first,
-                    end,
-                });
-                match self.write(tenant, &chunk.lines, records) {
-                    Written::Stored => {}
-                    Written::Failed { error, wait } => {
-                        self.fall_behind(tenant, chunk.first, error, wait);
-                    }
-                }
+            let batch = self.collect(next.take().unwrap_or_default(), stopping, false);
+            if self.may_overlap(stopping, &batch) {
+                next = self.write_overlapped(&batch);
+            } else {
+                self.write_batch(&batch);
             }
             if let Some(end) = batch.end {
                 match &mut self.confirm {
@@ -254,7 +254,9 @@ impl Sink {
                     None => self.lanes.head = Some(end),
                 }
             }
-            if !stopping {
+            // Not while a batch read ahead waits: a held tenant rejoining at this head
+            // would miss its records in it (they were left to its own cursor).
+            if !stopping && next.is_none() {
                 self.catch_up();
             }
             self.confirm_due();
@@ -266,6 +268,28 @@ impl Sink {
                 return;
             }
         }
+    }
+
+    /// Writes each tenant's lines of `batch`, one after the other; a tenant whose write
+    /// fails is held on its own cursor from its first record in the batch.
+    fn write_batch(&mut self, batch: &Batch) {
+        for (tenant, chunk) in &batch.by_tenant {
+            let records = Self::records(batch, chunk);
+            match self.write(tenant, &chunk.lines, records) {
+                Written::Stored => {}
+                Written::Failed { error, wait } => {
+                    self.fall_behind(tenant, chunk.first, error, wait);
+                }
+            }
+        }
+    }
+
+    /// Where a head chunk's lines are in the buffer.
+    fn records(batch: &Batch, chunk: &Chunk) -> Option<Lines> {
+        batch.end.map(|end| Lines::Records {
+            first: chunk.first,
+            end,
+        })
     }
 
     /// Whether writes may start (always, out of a group). While the fence is closed it
@@ -373,7 +397,21 @@ impl Sink {
             return Written::Failed { error, wait };
         }
         let started = Instant::now();
-        let (action, detail) = match self.s.writer.write(tenant, lines) {
+        let answer = self.s.writer.write(tenant, lines);
+        self.answered(tenant, lines, records, answer, started)
+    }
+
+    /// What `answer` to a write of `lines` for `tenant`, started at `started`, means:
+    /// stored, or failed (a refused batch split down to its bad lines first).
+    fn answered(
+        &mut self,
+        tenant: &str,
+        lines: &str,
+        records: Option<Lines>,
+        answer: Answer,
+        started: Instant,
+    ) -> Written {
+        let (action, detail) = match answer {
             Answer::Status {
                 code,
                 retry_after,

@@ -10,22 +10,24 @@ use vigie_core::deliver::retry;
 use vigie_core::record::RecordView;
 
 impl Sink {
-    /// Reads a batch from the head.
-    pub(super) fn collect(&mut self, stopping: bool) -> Batch {
-        let mut batch = Batch::default();
-        let mut deadline: Option<Instant> = None;
-        loop {
+    /// Reads the head's records into `batch` (empty, or what was read ahead) until it
+    /// holds `max_lines` lines or its first line has lingered `linger`. `ahead` (while
+    /// the batch before is written): only what is durable now, without waiting, so that
+    /// the head moves as soon as that write ends.
+    pub(super) fn collect(&mut self, mut batch: Batch, stopping: bool, ahead: bool) -> Batch {
+        while batch.lines < self.s.cfg.max_lines {
             let now = Instant::now();
-            let wait = self.collect_wait(stopping, deadline, now);
+            let deadline = batch.started.map(|t| t + self.s.cfg.linger);
+            let wait = match ahead {
+                true => Duration::ZERO,
+                false => self.collect_wait(stopping, deadline, now),
+            };
             match self.s.reader.next(wait) {
                 Ok(Some(Item::Record(e))) => {
                     self.read_errors = 0;
                     batch.end = Some(e.end);
                     if self.add(&mut batch, &e) {
-                        deadline.get_or_insert_with(|| now + self.s.cfg.linger);
-                    }
-                    if batch.lines >= self.s.cfg.max_lines {
-                        return batch;
+                        batch.started.get_or_insert(now);
                     }
                 }
                 Ok(Some(Item::Corrupt(c))) => {
@@ -39,17 +41,19 @@ impl Sink {
                     self.s.metrics.buffer_corrupt_records.inc();
                     self.quarantine_corrupt(&c.bytes);
                 }
-                Ok(None) if deadline.is_none() => return batch,
+                Ok(None) if deadline.is_none() || ahead => return batch,
                 Ok(None) => {}
                 Err(e) => {
                     self.read_failed(&e);
                     return batch;
                 }
             }
+            let deadline = batch.started.map(|t| t + self.s.cfg.linger);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return batch;
             }
         }
+        batch
     }
 
     /// How long the head's read may wait: nothing when stopping, the batch's linger once
@@ -78,9 +82,11 @@ impl Sink {
                 // once per record (docs/PERFORMANCE.md, allocations per reading).
                 if let Some(chunk) = batch.by_tenant.get_mut(r.tenant) {
                     chunk.lines.push_str(r.lines);
+                    chunk.readings += r.readings as usize;
                 } else {
                     let chunk = Chunk {
                         lines: r.lines.to_owned(),
+                        readings: r.readings as usize,
                         first: e.start,
                     };
                     batch.by_tenant.insert(r.tenant.to_owned(), chunk);
