@@ -41,11 +41,13 @@ for path in glob.glob(f"{work}/callgrind.*.out"):
             target = "VictoriaMetrics" if "gw-v2" in line else "InfluxDB 1.x"
         elif line.startswith("totals:"):
             total = int(line.split()[1])
-        elif line.startswith("cfn="):
-            m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.strip())
-            if m.group(2):
+        elif line.startswith(("fn=", "cfn=")):
+            # Names are compressed: "(id) name" the first time, in either kind of line.
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.strip())
+            if m and m.group(2):
                 names[m.group(1)] = m.group(2)
-            cfn = names.get(m.group(1), "").split("::")[-1]
+            if m and line.startswith("cfn="):
+                cfn = names.get(m.group(1), "").split("::")[-1]
         elif line.startswith("calls=") and cfn in ALLOC:
             calls += int(line.split("=")[1].split()[0])
     runs.setdefault(target, []).append((total, calls, path))

@@ -120,7 +120,7 @@ fn start(
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let q = Quarantine::open(crate::store::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
-    start_with(dir, q, answers, refuse, records, None)
+    start_with(dir, q, answers, refuse, records, None, test_config())
 }
 
 /// The test's buffer in `dir` (1 MiB segments, 8 MiB in all).
@@ -129,17 +129,6 @@ fn open_buffer(dir: &tempfile::TempDir) -> Buffer {
     Buffer::open(crate::store::fs::real(), &path, 1 << 20, 8 << 20, |_| {})
         .unwrap()
         .0
-}
-
-fn start_with(
-    dir: tempfile::TempDir,
-    q: Quarantine,
-    answers: BTreeMap<String, Vec<Answer>>,
-    refuse: Option<&'static str>,
-    records: Vec<Vec<u8>>,
-    counters: Option<Vec<Option<u64>>>,
-) -> Run {
-    start_configured(dir, q, answers, refuse, records, counters, test_config())
 }
 
 /// Batches of 100 lines lingering 20 ms; a held tenant retried after 1 to 5 ms.
@@ -152,7 +141,7 @@ fn test_config() -> BatchConfig {
     }
 }
 
-fn start_configured(
+fn start_with(
     dir: tempfile::TempDir,
     q: Quarantine,
     answers: BTreeMap<String, Vec<Answer>>,
@@ -367,6 +356,7 @@ fn a_refused_line_is_not_dropped_when_the_quarantine_cannot_be_written() {
         Some("BAD"),
         records,
         None,
+        test_config(),
     );
     run.wait_for("the refused line quarantined", |r| refused(&r.metrics) >= 1);
     assert!(
@@ -453,7 +443,15 @@ fn after_a_restart_nothing_stored_is_written_or_counted_again() {
 fn start_counted(records: Vec<Vec<u8>>, counters: Vec<Option<u64>>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let q = Quarantine::open(crate::store::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
-    start_with(dir, q, BTreeMap::new(), None, records, Some(counters))
+    start_with(
+        dir,
+        q,
+        BTreeMap::new(),
+        None,
+        records,
+        Some(counters),
+        test_config(),
+    )
 }
 
 #[test]
@@ -551,7 +549,7 @@ fn a_tenant_refused_while_the_next_batch_was_read_ahead_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let q = Quarantine::open(crate::store::fs::real(), &dir.path().join("q"), 1 << 20).unwrap();
     let answers = BTreeMap::from([("lyon".into(), lyon)]);
-    let run = start_configured(dir, q, answers, None, records, None, cfg);
+    let run = start_with(dir, q, answers, None, records, None, cfg);
     run.wait_for("every line stored", |r| {
         let mut lines = r.lines();
         lines.dedup();
