@@ -11,7 +11,7 @@
 # Arguments go to `drain`: --readings N (1000000), --devices D (100), --rounds R (3),
 # --max-rss MiB (48), --gzip 1 (database.gzip on), --group 1 (two more phases: one gateway
 # and a group of three with `[group]` on a three-member etcd cluster), --txn-ops N (their
-# group.max_txn_ops, 1024).
+# group.max_txn_ops, 1024), --poll-ms N (how often the gateway's counter is read, 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p gateway -p vigie-tests --bin gateway --bin drain

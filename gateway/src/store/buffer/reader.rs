@@ -6,6 +6,7 @@ use super::{Position, Shared, segment_path};
 use crate::store::fs::{FsFile, Open, SharedFs};
 use bytes::Bytes;
 use std::io;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,10 +183,10 @@ impl Reader {
         }
     }
 
-    /// The `len` bytes at `at`, from the read-ahead window, filled from `at` when it does
-    /// not hold them. The caller keeps `at.offset + len` within `limit`, the durable end of
-    /// the segment: the window never holds bytes that are not durable.
-    fn bytes(&mut self, at: Position, len: usize, limit: u64) -> io::Result<&[u8]> {
+    /// Where the `len` bytes at `at` are in the read-ahead window, filled from `at` when it
+    /// does not hold them. The caller keeps `at.offset + len` within `limit`, the durable
+    /// end of the segment: the window never holds bytes that are not durable.
+    fn window(&mut self, at: Position, len: usize, limit: u64) -> io::Result<Range<usize>> {
         let held = self.ahead_at.segment == at.segment
             && self.ahead_at.offset <= at.offset
             && at.offset + len as u64 <= self.ahead_at.offset + self.ahead.len() as u64;
@@ -202,7 +203,7 @@ impl Reader {
             self.ahead_at = at;
         }
         let from = (at.offset - self.ahead_at.offset) as usize;
-        Ok(&self.ahead[from..from + len])
+        Ok(from..from + len)
     }
 
     /// Reads the record at the cursor; `limit` is the durable end of its segment.
@@ -210,14 +211,15 @@ impl Reader {
         let start = self.pos;
         let room = limit - start.offset;
         if room >= HEADER as u64 {
-            let header = self.bytes(start, HEADER, limit)?;
+            let at = self.window(start, HEADER, limit)?;
+            let header = &self.ahead[at];
             let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
             if (1..=MAX_PAYLOAD).contains(&len) && (HEADER + len) as u64 <= room {
-                let payload = &self.bytes(start, HEADER + len, limit)?[HEADER..];
-                if crc32fast::hash(payload) == crc {
-                    let from = (start.offset - self.ahead_at.offset) as usize + HEADER;
-                    let payload = self.ahead.slice(from..from + len);
+                let record = self.window(start, HEADER + len, limit)?;
+                let payload = record.start + HEADER..record.end;
+                if crc32fast::hash(&self.ahead[payload.clone()]) == crc {
+                    let payload = self.ahead.slice(payload);
                     self.pos.offset += (HEADER + len) as u64;
                     return Ok(Item::Record(Entry {
                         payload,

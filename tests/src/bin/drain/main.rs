@@ -10,13 +10,15 @@
 //!    the broker answered a PINGREQ sent after the last PUBACK;
 //! 2. the gateway (release build, its own process) writing InfluxDB 1.x, timed until
 //!    its stored-readings counter reaches N;
-//! 3. the gateway writing VictoriaMetrics, the same (`--poll-ms` sets how often the
-//!    counter is read, 20 ms by default: under valgrind, which slows the gateway 40
-//!    times, reading it every 20 ms was a tenth of the instructions counted);
+//! 3. the gateway writing VictoriaMetrics, the same;
 //! 4. and 5. with `--group 1`: one gateway, then a group of three sharing the backlog,
 //!    with `[group]` on a three-member etcd cluster (TLS, authentication; its members'
 //!    CPU counted with the database's), writing InfluxDB 1.x; `--txn-ops N` sets the
 //!    gateways' `group.max_txn_ops` (1024, what the cluster allows).
+//!
+//! The gateways' stored-readings counter is read every `--poll-ms` (20); under valgrind
+//! (`scripts/count-instructions.sh`), which slows the gateway 40 times, reading it every
+//! 20 ms was a tenth of the instructions counted.
 //!
 //! For each phase: readings per second, CPU microseconds per reading of the consumer,
 //! the broker and the database (from `/proc`), the two-core bound those give (two cores

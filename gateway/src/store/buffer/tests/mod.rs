@@ -56,6 +56,8 @@ fn append_read_deliver_delete_and_reopen() {
     assert!(b.shared.lock().segments.len() > 3, "small segments roll");
     let mut r = b.reader();
     let mut got = Vec::new();
+    // Every payload kept while the reader moves on to new windows: one refilled under a
+    // record still held would show here.
     while let Some(e) = record(&mut r) {
         got.push(e.payload);
         if got.len() == 20 {
