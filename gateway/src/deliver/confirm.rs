@@ -102,7 +102,12 @@ pub struct Confirm {
     /// Set when dropped lines could not be quarantined: the buffer keeps everything from
     /// there until the next start, which writes it again.
     frozen: bool,
+    /// After a failed reading, when to try again.
+    retry_at: Option<Instant>,
 }
+
+/// The wait after a failed counter reading before the next.
+pub const RETRY: Duration = Duration::from_secs(1);
 
 impl Confirm {
     /// Starts from a first counter reading (`None`: not read yet).
@@ -158,9 +163,19 @@ impl Confirm {
 
     /// Whether a counter reading is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
-        self.waiting
-            .front()
-            .is_some_and(|w| now.duration_since(w.at) >= SETTLE)
+        self.next_due().is_some_and(|t| now >= t)
+    }
+
+    /// When the next counter reading is due: [`SETTLE`] after the oldest waiting write,
+    /// [`RETRY`] after a failed reading at the earliest.
+    pub fn next_due(&self) -> Option<Instant> {
+        let due = self.waiting.front().map(|w| w.at + SETTLE)?;
+        Some(self.retry_at.map_or(due, |r| r.max(due)))
+    }
+
+    /// A reading at `at` failed: the next one waits [`RETRY`].
+    pub fn read_failed(&mut self, at: Instant) {
+        self.retry_at = Some(at + RETRY);
     }
 
     /// Too much waits: stop writing until a reading confirms some.
@@ -170,6 +185,7 @@ impl Confirm {
 
     /// Settles the waiting writes against `now`, read at `read_at`.
     pub fn settle(&mut self, read_at: Instant, now: Discards) -> Settled {
+        self.retry_at = None;
         let Some(last) = self.last.replace(now.clone()) else {
             // Nothing to compare with: what waits cannot be vouched for.
             return self.drop_all(0, "counters not read before these writes".into());

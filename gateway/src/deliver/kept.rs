@@ -147,6 +147,9 @@ impl Sink {
                 None => return,
             },
             Some(Err(e)) => {
+                if let Some(c) = &mut self.confirm {
+                    c.read_failed(read_at);
+                }
                 self.confirm_errors += 1;
                 if self.confirm_errors.is_power_of_two() {
                     tracing::error!(error = %e, failures = self.confirm_errors, "cannot read VictoriaMetrics' counters of dropped rows; the buffer keeps what was written until they can be read");

@@ -2,17 +2,20 @@
 //! while the sink reads the next from the buffer, so neither waits for the other.
 //!
 //! Only for a full batch (a backlog, a high rate: at low rates batches still fill while
-//! they linger) and while nothing is held back: no tenant behind its own cursor, no write
-//! awaiting confirmation (VictoriaMetrics), not stopping. What is read ahead is what is
-//! durable already, without waiting, so the head moves as soon as the write ends; the
-//! next turn of the loop goes on filling that batch. It then holds every
-//! tenant's records. A tenant whose write fails is held from its first record of the
-//! batch written, so its records in the batch read ahead are left to its own cursor
+//! they linger) and while nothing is held back: no tenant behind its own cursor, not
+//! stopping. With VictoriaMetrics, once its counters have a first reading; its writes then
+//! wait for their confirmation as the others do (`confirm.rs`: the counters are read on
+//! this thread between writes, a write's settle time counts from when this thread sees
+//! its answer, after the answer itself), and the head moves only past confirmed writes.
+//! What is read ahead is what is durable already, without waiting, so the head moves as
+//! soon as the write ends; the next turn of the loop goes on filling that batch. It then
+//! holds every tenant's records. A tenant whose write fails is held from its first record
+//! of the batch written, so its records in the batch read ahead are left to its own cursor
 //! (taken out of that batch), and it cannot rejoin the head before the head has passed
 //! them: catch-up waits until the batch read ahead is written (`Sink::run`). The head,
 //! and with it what the buffer may delete, moves only past batches written.
 
-use super::{Answer, Batch, Chunk, LineWriter, Sink, Written};
+use super::{Answer, Batch, Chunk, Confirm, LineWriter, Sink, Written};
 use std::time::Instant;
 
 /// Stands in for the writer while a thread of the batch being written holds it; the
@@ -28,10 +31,11 @@ impl LineWriter for Away {
 
 impl Sink {
     /// Whether `batch` may be written while the next is read: a full one (a backlog, a
-    /// high rate), so that at low rates batches still fill up while they linger.
+    /// high rate), so that at low rates batches still fill up while they linger; with
+    /// VictoriaMetrics, once its counters were read before any write.
     pub(super) fn may_overlap(&self, stopping: bool, batch: &Batch) -> bool {
         !stopping
-            && self.confirm.is_none()
+            && self.confirm.as_ref().is_none_or(Confirm::has_baseline)
             && self.lanes.behind.is_empty()
             && batch.lines >= self.s.cfg.max_lines
     }

@@ -2,7 +2,7 @@
 //! their own cursor, corrupt stretches quarantined), and the catch-up of held tenants from
 //! their own cursors up to the head.
 
-use super::{Batch, CATCH_UP_BATCHES, Chunk, IDLE, Sink, Written, jitter};
+use super::{Batch, CATCH_UP_BATCHES, Chunk, Confirm, IDLE, Sink, Written, jitter};
 use crate::ingest::{corrupt_entry, lock};
 use crate::store::buffer::{Entry, Item, Position, Reader};
 use std::time::{Duration, Instant};
@@ -57,7 +57,9 @@ impl Sink {
     }
 
     /// How long the head's read may wait: nothing when stopping, the batch's linger once
-    /// it has lines, else until the next held tenant is due (at most [`IDLE`]).
+    /// it has lines, else until the next held tenant or counter reading is due (at most
+    /// [`IDLE`]: waiting it whole past a due reading made the last writes of a drain
+    /// count as stored up to a second late).
     fn collect_wait(&self, stopping: bool, deadline: Option<Instant>, now: Instant) -> Duration {
         if stopping {
             return Duration::ZERO;
@@ -69,7 +71,12 @@ impl Sink {
             .lanes
             .next_attempt_in(self.s.clock.now_ms())
             .map_or(IDLE, Duration::from_millis);
-        retry.min(IDLE)
+        let reading = self
+            .confirm
+            .as_ref()
+            .and_then(Confirm::next_due)
+            .map_or(IDLE, |t| t.saturating_duration_since(now));
+        retry.min(reading).min(IDLE)
     }
 
     /// Adds a record to the batch unless its tenant is held; whether it added lines.

@@ -10,7 +10,9 @@
 //!    the broker answered a PINGREQ sent after the last PUBACK;
 //! 2. the gateway (release build, its own process) writing InfluxDB 1.x, timed until
 //!    its stored-readings counter reaches N;
-//! 3. the gateway writing VictoriaMetrics, the same;
+//! 3. the gateway writing VictoriaMetrics, the same (its writes count as stored once
+//!    its counters, read at least 2 s later, vouch for them; the time until every line
+//!    was answered 2xx is printed too);
 //! 4. and 5. with `--group 1`: one gateway, then a group of three sharing the backlog,
 //!    with `[group]` on a three-member etcd cluster (TLS, authentication; its members'
 //!    CPU counted with the database's), writing InfluxDB 1.x; `--txn-ops N` sets the
@@ -35,6 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::fleet::registry::DeviceKind;
+use gateway::observe::metrics::sum_samples;
 use vigie_tests::fleet::{self, Device};
 use vigie_tests::process::{GatewayProcess, GatewaySettings, cpu_seconds, peak_rss_mib};
 use vigie_tests::servers::Server;
@@ -98,6 +101,9 @@ fn args() -> Args {
 struct Drain {
     what: &'static str,
     seconds: f64,
+    /// VictoriaMetrics: seconds until every line was answered 2xx (`seconds` runs until
+    /// its counters vouched for the last of them).
+    written: Option<f64>,
     readings: u64,
     consumer_cpu: f64,
     broker_cpu: f64,
@@ -139,6 +145,14 @@ impl Drain {
             self.stored
                 .map_or(String::new(), |s| format!("  stored {s}/{}", self.readings)),
         );
+        if let Some(w) = self.written {
+            println!(
+                "  {:<26} {w:>7.2} s until every line was answered 2xx: {:.2} of the bound; confirmed {:.2} s later",
+                "",
+                self.readings as f64 / w / self.bound(),
+                self.seconds - w
+            );
+        }
     }
 }
 
@@ -224,7 +238,8 @@ async fn reference_drain(devices: &[Device], per_device: u64, dir: &Path) -> Dra
             stop(sub);
             panic!("the reference consumer never drained the backlog");
         }
-        (cpu, rss) = (cpu_seconds(pid), peak_rss_mib(pid));
+        // Once it has exited, unreaped, its status no longer shows VmHWM (read as 0).
+        (cpu, rss) = (cpu_seconds(pid).max(cpu), peak_rss_mib(pid).max(rss));
         broker_cpu = cpu_seconds(broker_pid) - broker_before;
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
@@ -233,6 +248,7 @@ async fn reference_drain(devices: &[Device], per_device: u64, dir: &Path) -> Dra
     Drain {
         what: "reference consumer",
         seconds,
+        written: None,
         readings: want,
         consumer_cpu: cpu,
         broker_cpu,
@@ -367,12 +383,26 @@ async fn gateway_drain(
         gw.restart();
     }
     let deadline = started + Duration::from_secs(600);
-    let stored_total = |gws: &[GatewayProcess]| -> f64 {
-        gws.iter()
-            .map(|g| g.metric("vigie_readings_stored_total").unwrap_or(0.0))
-            .sum()
+    // Lines answered 2xx and readings counted as stored, over the gateways (they differ
+    // with VictoriaMetrics, whose writes count as stored once its counters vouch for them).
+    let totals = |gws: &[GatewayProcess]| -> (f64, f64) {
+        let texts = gws.iter().filter_map(|g| g.get("/metrics").map(|(_, t)| t));
+        texts.fold((0.0, 0.0), |(w, s), t| {
+            (
+                w + sum_samples(&t, "vigie_batch_lines_sum"),
+                s + sum_samples(&t, "vigie_readings_stored_total"),
+            )
+        })
     };
-    while stored_total(&gws) < want as f64 && Instant::now() < deadline {
+    let mut written = None;
+    loop {
+        let (lines, stored) = totals(&gws);
+        if lines >= want as f64 {
+            written.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        }
+        if stored >= want as f64 || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(how.poll_ms)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -391,6 +421,7 @@ async fn gateway_drain(
             (false, true, _) => "group of 3 (etcd) → InfluxDB",
         },
         seconds,
+        written: written.filter(|_| how.victoria),
         readings: want,
         consumer_cpu: gws
             .iter()
@@ -539,5 +570,14 @@ fn summary(results: &[Vec<Drain>]) {
             fig(&|d| d.per_reading()[2]),
             fig(&|d| d.peak_rss),
         );
+        if drains.iter().all(|d| d.written.is_some()) {
+            let written = |d: &Drain| d.written.unwrap_or(d.seconds);
+            println!(
+                "  {:<26} every line answered 2xx: drain/bound {}, confirmed {} s later",
+                "",
+                fig(&|d| d.readings as f64 / written(d) / d.bound()),
+                fig(&|d| d.seconds - written(d)),
+            );
+        }
     }
 }
