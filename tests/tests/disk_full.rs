@@ -11,6 +11,12 @@
 //! - `full_disk_with_a_restart_while_full`: the whole data directory (buffer, quarantine,
 //!   state files) on a tmpfs; the gateway is stopped with SIGTERM and started again while
 //!   the disk is still full.
+//! - `full_disk_without_its_space_reserve`: the whole data directory on a tmpfs filled by
+//!   the gateway's own segments; its space reserve is gone (the test puts a file as large
+//!   in its place: on 2026-12-07 a reserve spent on a segment roll and not remade did
+//!   the same), then InfluxDB comes back. Nothing but the gateway's delivered segments can
+//!   be freed, and the replay state cannot be written before they are: it must free them
+//!   by itself and take everything in, with no space freed from outside.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -206,4 +212,79 @@ async fn full_disk_with_a_restart_while_full() {
         expect_in_summary: "No space left on device",
     })
     .await;
+}
+
+/// Fills what is left of the disk of `path`'s file (until `ENOSPC`), at most `limit` bytes.
+fn ballast(path: &Path, limit: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let page = [0x42u8; 4096];
+    let mut written = 0;
+    while written < limit && f.write_all(&page).is_ok() {
+        written += page.len();
+    }
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_without_its_space_reserve() {
+    let mut influx = influxdb();
+    readback::influx_create_db(influx.addr, "vigie_lyon").await;
+    influx.stop(false);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = scenario::devices(dir.path(), 5);
+    let broker = mosquitto(dir.path());
+    // Buffer (1 MiB segments), quarantine, state files and the reserve together on 3 MiB.
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "3m");
+    let data_dir = disk.path().join("data");
+    let settings = GatewaySettings {
+        buffer_mib: (64, 1),
+        data_dir: Some(data_dir.clone()),
+        ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
+    };
+    let gw = GatewayProcess::start(dir.path(), &settings);
+    let load = scenario::load(&devices, 5_000, now_s() - 20_000);
+    fleet::publish_all(broker.addr, &load.messages).await;
+    wait_disk_full(&gw, "/readyz to report the full disk").await;
+    let reserve = data_dir.join("reserve");
+    let size = std::fs::metadata(&reserve).map(|m| m.len()).unwrap_or(0);
+    assert!(size >= 1 << 20, "a space reserve was kept: {size} bytes");
+    std::fs::remove_file(&reserve).unwrap();
+    ballast(&disk.path().join("ballast"), size as usize);
+    let segments = std::fs::read_dir(data_dir.join("buffer")).unwrap().count();
+    assert!(
+        segments >= 2,
+        "a delivered segment to free: {segments} files"
+    );
+    let accepted = gw.metric("vigie_frames_accepted_total").unwrap();
+
+    influx.start();
+    let until = Instant::now() + Duration::from_secs(180);
+    while scenario::stored(influx.addr).await.len() < load.expected.len() {
+        assert!(
+            Instant::now() < until,
+            "{} of {} stored after 180 s with the reserve gone; accepted {:?} (was {accepted}), pending bytes {:?}, /readyz {:?}; log:\n{}",
+            scenario::stored(influx.addr).await.len(),
+            load.expected.len(),
+            gw.metric("vigie_frames_accepted_total"),
+            gw.metric("vigie_buffer_pending_bytes"),
+            gw.readyz(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outcome = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(10)).await;
+    assert!(
+        gw.log().contains("no space reserve left"),
+        "the log says how space was found:\n{}",
+        gw.log()
+    );
+    assert!(
+        disk.path().join("ballast").exists(),
+        "nothing freed from outside"
+    );
+    println!("disk_full[without_reserve]: {outcome} segments_when_full={segments}");
+    let mut gw = gw;
+    gw.terminate();
+    drop(disk);
 }

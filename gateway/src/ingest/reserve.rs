@@ -9,7 +9,9 @@ const RESERVE_MIN: u64 = 1 << 20;
 /// only be deleted after the snapshot is written; on a full disk that write fails, and
 /// without a reserve nothing could ever be freed, even once the database has everything.
 /// So the worker keeps a file of zeros (at least 1 MiB, twice the snapshot), releases it
-/// when the snapshot does not fit, and remakes it after the segments are gone.
+/// when the snapshot does not fit, and remakes it after the segments are gone. Should it
+/// be gone too (spent on a segment roll, not remade for lack of room), the delivered
+/// segments are deleted before the snapshot is written (`Worker::collect_garbage`).
 #[derive(Debug)]
 pub(super) struct Reserve {
     pub(super) path: PathBuf,

@@ -336,32 +336,62 @@ impl Worker {
         }
     }
     /// Snapshots the replay book, then deletes delivered segments: the records they held
-    /// are in the database and their counters in the snapshot.
+    /// are in the database and their counters in the snapshot. On a disk with neither room
+    /// for the snapshot nor a space reserve left to release (spent on a segment roll, or
+    /// not remade for lack of room), the delivered segments go first and the snapshot is
+    /// written into their room: a crash in between forgets the counters of frames already
+    /// stored (one resent would be written again, onto its own point), where keeping them
+    /// kept the disk full, and every acknowledgement withheld, for good.
     fn collect_garbage(&mut self) {
         if self.buffer.deletable_segments() == 0 {
             return;
         }
         let snapshot = self.book.snapshot();
-        let mut written = crate::store::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
-        if written.as_ref().is_err_and(crate::store::fs::is_no_space) && self.reserve.release() {
+        let mut written = self.write_snapshot(&snapshot);
+        let mut deleted = Ok(0);
+        if written.as_ref().is_err_and(crate::store::fs::is_no_space) {
             tracing::warn!(
-                "disk full: the space reserve is released so delivered segments can be deleted"
+                "disk full and no space reserve left: delivered buffer segments are deleted before the replay state is written into their room"
             );
-            written = crate::store::fs::write_atomic(&self.snapshot_path, &snapshot, 0o600);
+            deleted = self.buffer.delete_delivered();
+            written = self.write_snapshot(&snapshot);
         }
-        if let Err(e) = written {
-            if !self.snapshot_failing {
-                tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments until it works");
+        match written {
+            Err(e) => {
+                if !self.snapshot_failing && deleted.as_ref().is_ok_and(|&n| n > 0) {
+                    tracing::error!(error = %e, "cannot write the replay state, even with delivered segments deleted: a restart now would forget the replay counters of frames they held");
+                } else if !self.snapshot_failing {
+                    tracing::error!(error = %e, "cannot write the replay state; keeping delivered segments until it works");
+                }
+                self.snapshot_failing = true;
             }
-            self.snapshot_failing = true;
-            return;
+            Ok(()) => {
+                self.snapshot_failing = false;
+                if deleted.is_ok() {
+                    deleted = self.buffer.delete_delivered();
+                }
+                self.reserve.restore(snapshot.len());
+            }
         }
-        self.snapshot_failing = false;
-        if let Err(e) = self.buffer.delete_delivered() {
+        if let Err(e) = deleted {
             tracing::error!(error = %e, "cannot delete delivered buffer segments");
         }
-        self.reserve.restore(snapshot.len());
         self.update_buffer_gauges();
+    }
+
+    /// Writes the replay-state snapshot, releasing the space reserve for it on a full
+    /// disk.
+    fn write_snapshot(&self, snapshot: &[u8]) -> std::io::Result<()> {
+        let write = || crate::store::fs::write_atomic(&self.snapshot_path, snapshot, 0o600);
+        match write() {
+            Err(e) if crate::store::fs::is_no_space(&e) && self.reserve.release() => {
+                tracing::warn!(
+                    "disk full: the space reserve is released so delivered segments can be deleted"
+                );
+                write()
+            }
+            other => other,
+        }
     }
     pub(super) fn update_buffer_gauges(&self) {
         self.metrics
