@@ -70,9 +70,19 @@ async fn a_qos0_flood_with_the_worker_stalled_keeps_memory_bounded() {
          {before:.1} -> {peak:.1} MiB; dropped {dropped}; in memory {in_memory} B; then {outcome}"
     );
     assert!(dropped > 0.0, "the bound was reached");
-    assert!(
-        in_memory <= (gateway::intake::mqtt::MAX_INTAKE_BYTES + 2 * 64 * 1024) as f64,
-        "{in_memory}"
-    );
+    // Past the bound, one QoS 0 message of a read at most. QoS 1 messages are bounded by
+    // count, not bytes (each is owed to its device): the shell's queue (Receive Maximum),
+    // the worker's channel and the batch it holds; the valid load's are among them (they
+    // put the total up to 234 KB past the bound in 15 runs of 2026-12-07; 4 of 12 failed
+    // the 128 KB once allowed here).
+    let largest = load.messages.iter().map(|(t, p)| t.len() + p.len());
+    let qos1_held = usize::from(gateway::config::MqttConfig::default().receive_maximum)
+        + gateway::ingest::JOB_QUEUE
+        + gateway::ingest::MAX_BATCH;
+    let bound = gateway::intake::mqtt::MAX_INTAKE_BYTES as usize
+        + SIZE
+        + devices[5].topic().len()
+        + qos1_held * largest.max().unwrap();
+    assert!(in_memory <= bound as f64, "{in_memory} > {bound}");
     assert!(peak <= MAX_RSS_MIB, "peak resident memory {peak:.1} MiB");
 }

@@ -47,7 +47,9 @@ use vigie_core::output::lineproto::StringFields;
 use vigie_core::record::Record;
 
 /// Most messages judged and committed together.
-const MAX_BATCH: usize = 2048;
+pub const MAX_BATCH: usize = 2048;
+/// Jobs (messages among them) waiting in the worker's channel at most.
+pub const JOB_QUEUE: usize = 4096;
 /// How often a failing store is tried again when nothing else wakes the worker (space
 /// freed by an operator has no event).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);

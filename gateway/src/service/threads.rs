@@ -75,7 +75,7 @@ impl Threads {
     ) -> Result<(Self, mpsc::UnboundedReceiver<ToBroker>), RunError> {
         let fs = crate::store::fs::real();
         let died = Death::default();
-        let (jobs, jobs_rx) = mpsc::channel(4096);
+        let (jobs, jobs_rx) = mpsc::channel(crate::ingest::JOB_QUEUE);
         let (acks_tx, acks): (BrokerTx, _) = mpsc::unbounded_channel();
         let (info_stop, sink_stop) = (CancellationToken::new(), CancellationToken::new());
         // In a group, the sink writes only while the member thread keeps it in step.
