@@ -58,9 +58,11 @@ impl<'a> Settled<'a> {
     }
 
     fn add(&mut self, tenant: &'a str, device: &'a str, counter: u32, fate: Fate) {
+        // Room for a few frames at once: growing from none was 0.6 % of a drain's
+        // instructions.
         self.by_device
             .entry((tenant, device))
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(8))
             .push((counter, fate));
     }
 

@@ -492,10 +492,11 @@ impl Sink {
     }
 }
 
-/// The lines of `text`, as `str::lines` counts them, but by bytes: searching for each
-/// line's end character by character was 2 % of a drain's instructions.
+/// The lines of `text`, as `str::lines` counts them: searching for each line's end
+/// character by character was 2 % of a drain's instructions, filtering its bytes one by
+/// one 4 % (about 4 instructions a byte); `memchr` compares them 32 at a time.
 fn line_count(text: &str) -> usize {
-    let ends = text.bytes().filter(|&b| b == b'\n').count();
+    let ends = memchr::memchr_iter(b'\n', text.as_bytes()).count();
     ends + usize::from(!text.is_empty() && !text.ends_with('\n'))
 }
 

@@ -33,7 +33,7 @@ use crate::store::fs::SharedFs;
 use crate::store::quarantine::{self, Origin, Quarantine};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use std::borrow::Cow;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,14 +73,15 @@ pub enum ToBroker {
 /// The channel to the MQTT task.
 pub type BrokerTx = mpsc::UnboundedSender<ToBroker>;
 
-/// A received message: its topic and payload in one allocation, shared with the messages
-/// that arrived with it ([`Inbound::together`]).
+/// A received message: its topic and payload, shared with the messages that arrived with
+/// it ([`Inbound::together`]).
 #[derive(Debug)]
 pub struct Inbound {
-    /// The topic's bytes (UTF-8), then the payload's.
-    bytes: Bytes,
-    /// Where the payload starts.
-    topic_len: usize,
+    /// The topics of the messages that arrived with it; its own is `topic`.
+    topics: Arc<str>,
+    topic: Range<usize>,
+    /// Its payload.
+    payload: Bytes,
     /// Receive time, Unix ms.
     pub received_ms: u64,
     /// Ack to send once durable (`None` for QoS 0 or a quarantine replay).
@@ -102,59 +103,57 @@ impl Inbound {
     }
 
     /// Messages that arrived together (topic, payload, broker acknowledgement), as
-    /// [`Self::new`] makes them, but copied into one allocation that each holds a share
-    /// of: one per message was a quarter of the hot path's allocations
-    /// (docs/PERFORMANCE.md). It is freed with the last of them; they are committed in
-    /// order, so within two batches.
+    /// [`Self::new`] makes them, but their topics copied into one string and their
+    /// payloads into one buffer, each message holding a share of both: an allocation per
+    /// message was a quarter of the hot path's allocations, and a topic kept as bytes was
+    /// checked as UTF-8 again at each look, three times a message (docs/PERFORMANCE.md).
+    /// They are freed with the last of them; messages are committed in order, so within
+    /// two batches.
     pub fn together<T: AsRef<[u8]>, P: AsRef<[u8]>>(
         arrived: &[(T, P, Option<AckToken>)],
         received_ms: u64,
     ) -> Vec<Self> {
-        let topics: Vec<_> = arrived
-            .iter()
-            .map(|(t, ..)| match std::str::from_utf8(t.as_ref()) {
+        let mut topics = String::with_capacity(arrived.iter().map(|m| m.0.as_ref().len()).sum());
+        let mut payloads = Vec::with_capacity(arrived.iter().map(|m| m.1.as_ref().len()).sum());
+        let mut ranges = Vec::with_capacity(arrived.len());
+        for (t, p, _) in arrived {
+            let start = (topics.len(), payloads.len());
+            match std::str::from_utf8(t.as_ref()) {
                 // Checked first: the lossy conversion's own check is twice as slow.
-                Ok(t) => Cow::Borrowed(t),
-                Err(_) => String::from_utf8_lossy(t.as_ref()),
-            })
-            .collect();
-        let size = |(t, (_, p, _)): (&Cow<'_, str>, &(T, P, _))| t.len() + p.as_ref().len();
-        let mut all = Vec::with_capacity(topics.iter().zip(arrived).map(size).sum());
-        for (t, (_, p, _)) in topics.iter().zip(arrived) {
-            all.extend_from_slice(t.as_bytes());
-            all.extend_from_slice(p.as_ref());
+                Ok(t) => topics.push_str(t),
+                Err(_) => topics.push_str(&String::from_utf8_lossy(t.as_ref())),
+            }
+            payloads.extend_from_slice(p.as_ref());
+            ranges.push((start.0..topics.len(), start.1..payloads.len()));
         }
-        let all = Bytes::from(all);
-        let mut at = 0;
-        let share = |(t, m): (&Cow<'_, str>, &(T, P, Option<AckToken>))| {
-            let end = at + size((t, m));
-            let message = Self {
-                bytes: all.slice(at..end),
-                topic_len: t.len(),
-                received_ms,
-                ack: m.2,
-                quarantined_as: None,
-            };
-            at = end;
-            message
+        let (topics, payloads) = (Arc::<str>::from(topics), Bytes::from(payloads));
+        let share = |((topic, payload), ack)| Self {
+            topics: topics.clone(),
+            topic,
+            payload: payloads.slice(payload),
+            received_ms,
+            ack,
+            quarantined_as: None,
         };
-        topics.iter().zip(arrived).map(share).collect()
+        let acks = arrived.iter().map(|m| m.2);
+        ranges.into_iter().zip(acks).map(share).collect()
     }
 
     /// Its topic.
     pub fn topic(&self) -> &str {
-        // Built from a `str` in `new`; empty rather than a panic should that ever change.
-        std::str::from_utf8(&self.bytes[..self.topic_len]).unwrap_or_default()
+        // Ranges of `topics` made in `together`: empty rather than a panic should that
+        // ever change.
+        self.topics.get(self.topic.clone()).unwrap_or_default()
     }
 
     /// Its payload.
     pub fn payload(&self) -> &[u8] {
-        &self.bytes[self.topic_len..]
+        &self.payload
     }
 
     /// What it holds in memory, about (its topic and payload).
     pub fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.topic.len() + self.payload.len()
     }
 }
 
@@ -353,7 +352,7 @@ mod tests {
     use super::{AckToken, Inbound, LogBudget};
 
     #[test]
-    fn a_message_keeps_its_topic_and_payload_apart_in_one_allocation() {
+    fn a_message_keeps_its_topic_and_payload_apart() {
         let m = Inbound::new(b"vigie/v1/lyon/aq-1/up", &[0, 0xff, 7], 5, None);
         assert_eq!(
             (m.topic(), m.payload()),
@@ -368,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_that_arrive_together_share_one_allocation_and_stay_apart() {
+    fn messages_that_arrive_together_share_their_allocations_and_stay_apart() {
         let token = |pkid| {
             Some(AckToken {
                 generation: 3,
@@ -390,10 +389,13 @@ mod tests {
                 ("vigie/v1/lyon/aq-3/up", &[3u8][..], token(8)),
             ]
         );
-        // One after the other in the same allocation, each counting its own bytes.
+        // One after the other in the same allocations, each counting its own bytes.
         let end = |m: &Inbound| m.payload().as_ptr_range().end;
-        assert_eq!(end(&m[0]), m[1].topic().as_ptr());
-        assert_eq!(end(&m[1]), m[2].topic().as_ptr());
+        assert_eq!(end(&m[0]), m[2].payload().as_ptr());
+        assert_eq!(
+            m[0].topic().as_bytes().as_ptr_range().end,
+            m[1].topic().as_ptr()
+        );
         let sizes: Vec<_> = m.iter().map(Inbound::bytes).collect();
         assert_eq!(sizes, [21 + 2, 24, 21 + 1]);
     }

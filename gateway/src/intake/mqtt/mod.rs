@@ -222,6 +222,7 @@ pub async fn run(options: Options, links: Links) {
         queue: VecDeque::new(),
         downlinks: Downlinks::new(DOWNLINKS, OUTGOING_INFLIGHT),
         draining: None,
+        arrived: Vec::new(),
     };
     let mut reconnect = Reconnect::default();
     loop {

@@ -48,7 +48,13 @@ pub(super) struct Shell {
     pub(super) downlinks: Downlinks,
     /// Shutdown began: the drain's deadline (it carries over a reconnection).
     pub(super) draining: Option<std::time::Instant>,
+    /// The publishes of one read (topic, payload, acknowledgement owed), kept empty between
+    /// reads: grown anew at each read, it was 0.6 % of a drain's instructions.
+    pub(super) arrived: Vec<Arrived>,
 }
+
+/// A publish as read: topic, payload, the acknowledgement it owes the broker.
+pub(super) type Arrived = (bytes::Bytes, bytes::Bytes, Option<AckToken>);
 
 /// What woke a connection's wait.
 enum Woke {
@@ -227,7 +233,7 @@ impl Shell {
     /// queued together, in one allocation ([`Inbound::together`]).
     fn on_bytes(&mut self, conn: &mut Connection, s: &mut Session) -> Result<(), ConnError> {
         let received_ms = self.links.clock.now_ms();
-        let (mut arrived, mut taken) = (Vec::new(), 0);
+        let (mut arrived, mut taken) = (std::mem::take(&mut self.arrived), 0);
         let end = loop {
             let packet = match conn.next_packet() {
                 Ok(Some(packet)) => packet,
@@ -254,6 +260,8 @@ impl Shell {
             self.links.metrics.intake_bytes.inc_by(m.bytes() as i64);
             self.queue.push_back(m);
         }
+        arrived.clear();
+        self.arrived = arrived;
         end
     }
 
@@ -414,6 +422,7 @@ mod tests {
             queue: VecDeque::new(),
             downlinks: Downlinks::new(16, 16),
             draining: None,
+            arrived: Vec::new(),
         };
         let broker = Broker {
             io: theirs,
