@@ -250,6 +250,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_is_due_a_settle_time_after_the_oldest_write_and_a_second_after_a_failure() {
+        let t0 = Instant::now();
+        let mut c = Confirm::new(Some(counters(0)));
+        assert_eq!(c.next_due(), None, "nothing waits");
+        c.wrote(t0, "lyon", text("a 1\n"), 1);
+        c.wrote(t0 + SETTLE, "lyon", text("b 2\n"), 1);
+        assert_eq!(c.next_due(), Some(t0 + SETTLE), "the oldest write's");
+        // Unreadable when due: not tried again at every turn of the loop.
+        c.read_failed(t0 + SETTLE);
+        assert!(!c.due(t0 + SETTLE + RETRY / 2));
+        assert_eq!(c.next_due(), Some(t0 + SETTLE + RETRY));
+        assert!(matches!(
+            c.settle(t0 + SETTLE + RETRY, counters(0)),
+            Settled::Kept { .. }
+        ));
+        assert_eq!(c.next_due(), Some(t0 + 2 * SETTLE), "the next write's");
+    }
+
+    #[test]
     fn writes_are_stored_once_a_later_reading_shows_nothing_dropped() {
         let t0 = Instant::now();
         let mut c = Confirm::new(Some(counters(5)));
