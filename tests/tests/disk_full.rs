@@ -22,6 +22,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vigie_tests::process::{GatewayProcess, GatewaySettings};
+use vigie_tests::servers::Server;
 use vigie_tests::tmpfs::Tmpfs;
 use vigie_tests::{fleet, influxdb, mosquitto, now_s, readback, scenario, wait_for};
 
@@ -32,6 +33,32 @@ fn fill(disk: &Path) -> std::path::PathBuf {
     let filler = disk.join("filler");
     std::fs::write(&filler, vec![0x55u8; FILLER]).unwrap();
     filler
+}
+
+/// Waits until InfluxDB holds every reading of `load`, at most `limit`, failing with the
+/// gateway's state and log; then counts how it ended.
+async fn all_stored(
+    gw: &GatewayProcess,
+    influx: std::net::SocketAddr,
+    load: &scenario::Load,
+    limit: Duration,
+    what: &str,
+) -> scenario::Outcome {
+    let until = Instant::now() + limit;
+    while scenario::stored(influx).await.len() < load.expected.len() {
+        assert!(
+            Instant::now() < until,
+            "{what}: {} of {} stored after {limit:?}; accepted {:?}, pending bytes {:?}, /readyz {:?}; log:\n{}",
+            scenario::stored(influx).await.len(),
+            load.expected.len(),
+            gw.metric("vigie_frames_accepted_total"),
+            gw.metric("vigie_buffer_pending_bytes"),
+            gw.readyz(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    scenario::all_stored(influx, &load.expected, Duration::from_secs(10)).await
 }
 
 async fn wait_disk_full(gw: &GatewayProcess, what: &str) -> String {
@@ -62,21 +89,55 @@ struct Run {
     expect_in_summary: &'static str,
 }
 
-async fn run(r: Run) {
+/// The servers of a run: InfluxDB with the commune's database, stopped; Mosquitto; five
+/// devices; a gateway (1 MiB buffer segments) whose data directory `layout` puts on a
+/// tmpfs.
+struct Setup {
+    influx: Server,
+    broker: Server,
+    devices: Vec<fleet::Device>,
+    disk: Tmpfs,
+    data_dir: std::path::PathBuf,
+    gw: GatewayProcess,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(layout: fn(&Path) -> (Tmpfs, std::path::PathBuf)) -> Setup {
     let mut influx = influxdb();
     readback::influx_create_db(influx.addr, "vigie_lyon").await;
     influx.stop(false);
     let dir = tempfile::tempdir().unwrap();
     let devices = scenario::devices(dir.path(), 5);
     let broker = mosquitto(dir.path());
-    let (disk, data_dir) = (r.layout)(dir.path());
-    let filler = fill(disk.path());
+    let (disk, data_dir) = layout(dir.path());
     let settings = GatewaySettings {
         buffer_mib: (64, 1),
-        data_dir: Some(data_dir),
+        data_dir: Some(data_dir.clone()),
         ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
     };
-    let mut gw = GatewayProcess::start(dir.path(), &settings);
+    let gw = GatewayProcess::start(dir.path(), &settings);
+    Setup {
+        influx,
+        broker,
+        devices,
+        disk,
+        data_dir,
+        gw,
+        dir,
+    }
+}
+
+async fn run(r: Run) {
+    let Setup {
+        mut influx,
+        broker,
+        devices,
+        disk,
+        mut gw,
+        dir: _dir,
+        ..
+    } = setup(r.layout).await;
+    let filler = fill(disk.path());
     let load = scenario::load(&devices, r.per_device, now_s() - 20_000);
     fleet::publish_all(broker.addr, &load.messages).await;
 
@@ -145,22 +206,7 @@ async fn run(r: Run) {
     let resumed = freed_at.elapsed();
 
     influx.start();
-    let until = Instant::now() + Duration::from_secs(240);
-    while scenario::stored(influx.addr).await.len() < load.expected.len() {
-        assert!(
-            Instant::now() < until,
-            "{}: {} of {} stored after 240 s; accepted {:?}, pending bytes {:?}, /readyz {:?}; log:\n{}",
-            r.name,
-            scenario::stored(influx.addr).await.len(),
-            load.expected.len(),
-            gw.metric("vigie_frames_accepted_total"),
-            gw.metric("vigie_buffer_pending_bytes"),
-            gw.readyz(),
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let outcome = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(10)).await;
+    let outcome = all_stored(&gw, influx.addr, &load, Duration::from_secs(240), r.name).await;
     wait_for("/readyz ready again", Duration::from_secs(30), async || {
         gw.readyz().is_some_and(|(ready, _)| ready)
     })
@@ -228,21 +274,21 @@ fn ballast(path: &Path, limit: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_without_its_space_reserve() {
-    let mut influx = influxdb();
-    readback::influx_create_db(influx.addr, "vigie_lyon").await;
-    influx.stop(false);
-    let dir = tempfile::tempdir().unwrap();
-    let devices = scenario::devices(dir.path(), 5);
-    let broker = mosquitto(dir.path());
-    // Buffer (1 MiB segments), quarantine, state files and the reserve together on 3 MiB.
-    let disk = Tmpfs::mount(&dir.path().join("disk"), "3m");
-    let data_dir = disk.path().join("data");
-    let settings = GatewaySettings {
-        buffer_mib: (64, 1),
-        data_dir: Some(data_dir.clone()),
-        ..GatewaySettings::new("gw", broker.addr, Some(influx.addr))
-    };
-    let gw = GatewayProcess::start(dir.path(), &settings);
+    // Buffer, quarantine, state files and the reserve together on 3 MiB.
+    let Setup {
+        mut influx,
+        broker,
+        devices,
+        disk,
+        data_dir,
+        gw,
+        dir: _dir,
+    } = setup(|dir| {
+        let disk = Tmpfs::mount(&dir.join("disk"), "3m");
+        let data = disk.path().join("data");
+        (disk, data)
+    })
+    .await;
     let load = scenario::load(&devices, 5_000, now_s() - 20_000);
     fleet::publish_all(broker.addr, &load.messages).await;
     wait_disk_full(&gw, "/readyz to report the full disk").await;
@@ -259,21 +305,8 @@ async fn full_disk_without_its_space_reserve() {
     let accepted = gw.metric("vigie_frames_accepted_total").unwrap();
 
     influx.start();
-    let until = Instant::now() + Duration::from_secs(180);
-    while scenario::stored(influx.addr).await.len() < load.expected.len() {
-        assert!(
-            Instant::now() < until,
-            "{} of {} stored after 180 s with the reserve gone; accepted {:?} (was {accepted}), pending bytes {:?}, /readyz {:?}; log:\n{}",
-            scenario::stored(influx.addr).await.len(),
-            load.expected.len(),
-            gw.metric("vigie_frames_accepted_total"),
-            gw.metric("vigie_buffer_pending_bytes"),
-            gw.readyz(),
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let outcome = scenario::all_stored(influx.addr, &load.expected, Duration::from_secs(10)).await;
+    let what = format!("the reserve gone, {accepted} accepted when full");
+    let outcome = all_stored(&gw, influx.addr, &load, Duration::from_secs(180), &what).await;
     assert!(
         gw.log().contains("no space reserve left"),
         "the log says how space was found:\n{}",
