@@ -87,8 +87,8 @@ impl Meter {
     }
 }
 
-/// The time a core slept, from a millisecond tick interrupt and its down-counter
-/// (SysTick): whole milliseconds and the counts left over. A board keeps one, adding each
+/// The time a core slept, from a tick interrupt and its down-counter (SysTick, read by
+/// [`tick_time`]): whole milliseconds and the counts left over. A board keeps one, adding each
 /// `wfi`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slept {
@@ -118,20 +118,23 @@ impl Slept {
     }
 }
 
-/// The time now as (milliseconds, counts into the millisecond): the tick count and a
-/// down-counter reloaded every millisecond (`current`, from `ticks_per_ms - 1` to 0), read
-/// again if a tick came in between.
+/// The time now as (milliseconds, counts into the millisecond), from a tick interrupt
+/// every `tick_ms` milliseconds (`ticks`, its count) and the down-counter reloaded at each
+/// tick (`current`, from `counts_per_ms * tick_ms - 1` to 0); read again if a tick came in
+/// between. Milliseconds wrap as the tick count times `tick_ms` does, at 2^32.
 pub fn tick_time(
-    millis: impl Fn() -> u32,
+    ticks: impl Fn() -> u32,
     current: impl Fn() -> u32,
-    ticks_per_ms: u32,
+    counts_per_ms: u32,
+    tick_ms: u32,
 ) -> (u32, u32) {
-    let top = ticks_per_ms.saturating_sub(1);
+    let per_ms = counts_per_ms.max(1);
+    let top = (per_ms * tick_ms.max(1)).saturating_sub(1);
     loop {
-        let ms = millis();
+        let t = ticks();
         let into = top - current().min(top);
-        if millis() == ms {
-            return (ms, into);
+        if ticks() == t {
+            return (t.wrapping_mul(tick_ms) + into / per_ms, into % per_ms);
         }
     }
 }
@@ -176,8 +179,11 @@ mod tests {
         s.add((u32::MAX, 0), (1, 0), 1_000); // across the clock's wrap: 2 ms
         assert_eq!(s.ms(), 5);
         let c = core::cell::Cell::new(0);
-        let t = tick_time(|| 7, || c.get(), 25_000);
+        let t = tick_time(|| 7, || c.get(), 25_000, 1);
         assert_eq!(t, (7, 24_999));
+        // A tick every 10 ms: 6.2 ms into tick 7 is 76 ms and 5,000 counts.
+        c.set(250_000 - 1 - 155_000);
+        assert_eq!(tick_time(|| 7, || c.get(), 25_000, 10), (76, 5_000));
     }
 
     #[test]

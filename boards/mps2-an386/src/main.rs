@@ -142,7 +142,7 @@ fn main() -> ! {
         halt(&mut console, "started twice")
     };
     let mut board = Mps2 { console, station };
-    // Sleeps between interrupts: the millisecond tick and the modem's bytes. Feature
+    // Sleeps between interrupts: the 10 ms tick and the modem's bytes. Feature
     // `spin`: the old busy loop, the reference of `scripts/bench-idle.sh`.
     let idle: fn() = if cfg!(feature = "spin") {
         || {}

@@ -149,7 +149,7 @@ const MAX_REST_MS: u32 = 3_600_000;
 static SLEPT: Mutex<Cell<Slept>> = Mutex::new(Cell::new(Slept::new()));
 
 fn ticks_now() -> (u32, u32) {
-    tick_time(millis, SYST::get_current, TICKS_PER_MS)
+    tick_time(millis, SYST::get_current, TICKS_PER_MS, 1)
 }
 
 /// Sleeps until the next interrupt (the tick, a modem byte) and counts it.
