@@ -16,6 +16,8 @@
 //! - [`alert`]: which conditions to tell someone of, when they start and end, the digest.
 //! - [`erase`]: which readings and quarantined frames an erasure covers.
 //! - [`Secret`]: a password or token that never shows in `Debug`.
+// Layout (docs/ARCHITECTURE.md): functions of at most 60 lines (`clippy.toml`) outside tests.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod ack;
 pub mod alert;
