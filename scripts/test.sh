@@ -16,7 +16,7 @@ TARGET_M4=thumbv7em-none-eabihf
 # Each step says when it started (minutes:seconds into the run): where the time goes.
 step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
-step "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free (a run from a fresh clone writes 6.6 GB, README \"Test\")"
+step "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free (a run from a fresh clone writes 6.7 GB, README \"Test\")"
 step "toolchain: rustfmt, clippy, $TARGET_M4"
 rustup component add rustfmt clippy >/dev/null
 rustup target add "$TARGET_M4" >/dev/null
