@@ -128,13 +128,16 @@ pub fn tick_time(
     counts_per_ms: u32,
     tick_ms: u32,
 ) -> (u32, u32) {
-    let per_ms = counts_per_ms.max(1);
-    let top = (per_ms * tick_ms.max(1)).saturating_sub(1);
+    let (per_ms, period) = (counts_per_ms.max(1), tick_ms.max(1));
+    let top = per_ms.saturating_mul(period).saturating_sub(1);
     loop {
         let t = ticks();
         let into = top - current().min(top);
         if ticks() == t {
-            return (t.wrapping_mul(tick_ms) + into / per_ms, into % per_ms);
+            return (
+                t.wrapping_mul(period).wrapping_add(into / per_ms),
+                into % per_ms,
+            );
         }
     }
 }
@@ -184,6 +187,11 @@ mod tests {
         // A tick every 10 ms: 6.2 ms into tick 7 is 76 ms and 5,000 counts.
         c.set(250_000 - 1 - 155_000);
         assert_eq!(tick_time(|| 7, || c.get(), 25_000, 10), (76, 5_000));
+        // Milliseconds wrap at 2^32, continuous across it: tick 429,496,729 starts at
+        // 4,294,967,290 ms, so 6 ms into it is 0 and 6 ms into the next is 10.
+        let last = u32::MAX / 10;
+        assert_eq!(tick_time(|| last, || c.get(), 25_000, 10).0, 0);
+        assert_eq!(tick_time(|| last + 1, || c.get(), 25_000, 10).0, 10);
     }
 
     #[test]
