@@ -120,6 +120,7 @@ fn split_level(text: &str) -> Option<(&str, &str)> {
     let at = text.bytes().position(|b| b == b'/')?;
     Some((&text[..at], &text[at + 1..]))
 }
+
 impl<'a> Topic<'a> {
     /// Parses `vigie/v1/<tenant>/<device>/<up|status|ack>`.
     pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
