@@ -36,8 +36,9 @@ pub use secret::Secret;
 
 /// The maps looked up per message (registry, replay book): ahash rather than SipHash,
 /// which was a tenth of the ingest thread's time. Their keys come from the registry, never
-/// from a message, so a hash-flooding attacker has nothing to insert.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// from a message, so a hash-flooding attacker has nothing to insert. hashbrown's map (the
+/// one std wraps) for `entry_ref`: found or inserted by `&str` in one lookup.
+pub type FastMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
 /// What the core's tests share: a fixed "now" and the default time rules.
 #[cfg(test)]

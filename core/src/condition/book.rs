@@ -163,24 +163,12 @@ pub struct Stored {
 
 impl DeviceBook {
     fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
-        if !self.devices.contains_key(tenant) {
-            self.devices.insert(tenant.to_string(), FastMap::default());
-        }
-        let Some(devices) = self.devices.get_mut(tenant) else {
-            unreachable!("inserted above")
-        };
-        if !devices.contains_key(device) {
-            let state = DeviceState {
-                tenant: tenant.to_string(),
-                device: device.to_string(),
-                ..DeviceState::default()
-            };
-            devices.insert(device.to_string(), state);
-        }
-        let Some(state) = devices.get_mut(device) else {
-            unreachable!("inserted above")
-        };
-        state
+        let devices = self.devices.entry_ref(tenant).or_default();
+        devices.entry_ref(device).or_insert_with(|| DeviceState {
+            tenant: tenant.to_string(),
+            device: device.to_string(),
+            ..DeviceState::default()
+        })
     }
 
     /// A frame of the device was made durable at `now_ms`.

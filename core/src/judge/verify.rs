@@ -160,7 +160,8 @@ fn replayed_or_untimely<C: Counters + ?Sized>(
     cx: &Context<'_, C>,
 ) -> Option<Verdict> {
     let (tenant, device) = f.who;
-    match cx.counters.seen(tenant, device, f.epoch, f.counter, &f.tag) {
+    let counters = cx.counters.device(tenant, device);
+    match counters.seen(f.epoch, f.counter, &f.tag) {
         Seen::Duplicate => {
             return Some(Verdict::Duplicate {
                 tenant: tenant.into(),
@@ -183,8 +184,8 @@ fn replayed_or_untimely<C: Counters + ?Sized>(
         }
     }
     let seconds = span(f, readings)?;
-    cx.counters
-        .collides(f.who, f.epoch, f.counter, &seconds)
+    counters
+        .collides(f.epoch, f.counter, &seconds)
         .then_some(Verdict::Reject(Reason::TimeCollision))
 }
 

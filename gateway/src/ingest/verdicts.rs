@@ -232,13 +232,11 @@ impl Worker {
         self.metrics.readings_flagged.inc_by(flagged);
         for a in accepted {
             let tenant: &str = &a.record.tenant;
-            if !self.tenant_readings.contains_key(tenant) {
-                let counter = self.metrics.readings_accepted.of(tenant).clone();
-                self.tenant_readings.insert(tenant.to_owned(), counter);
-            }
-            if let Some(counter) = self.tenant_readings.get(tenant) {
-                counter.inc_by(u64::from(a.record.readings));
-            }
+            let metric = &self.metrics.readings_accepted;
+            self.tenant_readings
+                .entry_ref(tenant)
+                .or_insert_with(|| metric.of(tenant).clone())
+                .inc_by(u64::from(a.record.readings));
         }
         self.traffic.devices.update(|b| {
             for (a, gap) in accepted.iter().zip(gaps) {
