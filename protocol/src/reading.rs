@@ -215,6 +215,17 @@ macro_rules! measurements {
         const $table: &[FieldSpec] = &[ $( $spec ),+ ];
 
         impl $name {
+            /// Calls `f` with every field widened to `i64` and its description, in bitmap
+            /// order.
+            fn each_field(&self, f: &mut impl FnMut(&'static FieldSpec, Field<i64>)) {
+                let mut n = 0;
+                $(
+                    f(&$table[n], self.$field.map(i64::from));
+                    n += 1;
+                )+
+                let _ = n;
+            }
+
             /// Field `i` (bitmap order) widened to `i64`; absent past the last.
             pub fn get(&self, i: usize) -> Field<i64> {
                 // Same shape as `set`: the constant indices fold into compares, no copy.
@@ -439,6 +450,18 @@ impl Values {
     pub fn fields(&self) -> impl Iterator<Item = (&'static FieldSpec, Field<i64>)> + '_ {
         let specs = self.kind().fields().iter().enumerate();
         specs.map(move |(i, spec)| (spec, self.get(i)))
+    }
+
+    /// Calls `f` with what [`Self::fields`] yields, without looking each field up by its
+    /// index: for the gateway's hot path, where those lookups were 2 % of the
+    /// instructions per reading (docs/PERFORMANCE.md).
+    pub fn each_field(&self, mut f: impl FnMut(&'static FieldSpec, Field<i64>)) {
+        match self {
+            Self::AirQuality(v) => v.each_field(&mut f),
+            Self::WasteBin(v) => v.each_field(&mut f),
+            Self::DeviceStatus(v) => v.each_field(&mut f),
+            Self::Energy(v) => v.each_field(&mut f),
+        }
     }
 }
 

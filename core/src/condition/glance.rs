@@ -149,11 +149,12 @@ impl Glance {
     fn measurement(&mut self, values: &Values) {
         self.measured = true;
         self.latest.faults.clear();
-        for (spec, field) in values.fields() {
+        let faults = &mut self.latest.faults;
+        values.each_field(|spec, field| {
             if field == Field::Fault {
-                self.latest.faults.push(spec.name.to_string());
+                faults.push(spec.name.to_string());
             }
-        }
+        });
     }
 }
 

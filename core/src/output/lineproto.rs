@@ -11,7 +11,7 @@
 //! ([`StringFields::Tags`]), and a reading with faults also gets the numeric field
 //! `faultCount`, so a reading made only of faults still has a value.
 
-use protocol::{Field, Reading, Render};
+use protocol::{Field, FieldSpec, Reading, Render};
 use std::fmt::Write;
 
 /// Tag values of one device.
@@ -184,47 +184,55 @@ impl Fields {
     /// field twice (1.7 % of a drain's instructions, docs/PERFORMANCE.md).
     fn values(&mut self, out: &mut String, reading: &Reading, version_field: bool) -> Seen {
         let mut seen = Seen::default();
-        for (spec, value) in reading.values.fields() {
-            let raw = match value {
-                Field::Value(raw) => raw,
-                Field::Fault => {
-                    if !seen.faults.is_empty() {
-                        seen.faults.push(',');
-                    }
-                    seen.faults.push_str(spec.name);
-                    seen.fault_count += 1;
-                    continue;
+        reading.values.each_field(|spec, value| match value {
+            Field::Value(raw) => self.value(out, &mut seen, spec, raw, version_field),
+            Field::Fault => {
+                if !seen.faults.is_empty() {
+                    seen.faults.push(',');
                 }
-                Field::Absent => continue,
-            };
-            seen.fields += 1;
-            match spec.render {
-                Render::Number { divisor: 1 } => {
-                    self.name(out, spec.name);
-                    out.push_str(itoa::Buffer::new().format(raw));
-                    out.push('i');
-                }
-                Render::Number { divisor } => {
-                    self.name(out, spec.name);
-                    write_decimal(out, raw, divisor);
-                }
-                Render::Flags(names) => {
-                    for (bit, name) in names.iter().enumerate() {
-                        self.name(out, name);
-                        out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
-                    }
-                }
-                Render::Version => {
-                    let text = format!("{}.{}.{}", raw >> 16 & 0xff, raw >> 8 & 0xff, raw & 0xff);
-                    if version_field {
-                        self.name(out, spec.name);
-                        let _ = write!(out, "\"{text}\"");
-                    }
-                    seen.version = Some(text);
+                seen.faults.push_str(spec.name);
+                seen.fault_count += 1;
+            }
+            Field::Absent => {}
+        });
+        seen
+    }
+
+    /// One field's value.
+    fn value(
+        &mut self,
+        out: &mut String,
+        seen: &mut Seen,
+        spec: &FieldSpec,
+        raw: i64,
+        version_field: bool,
+    ) {
+        seen.fields += 1;
+        match spec.render {
+            Render::Number { divisor: 1 } => {
+                self.name(out, spec.name);
+                out.push_str(itoa::Buffer::new().format(raw));
+                out.push('i');
+            }
+            Render::Number { divisor } => {
+                self.name(out, spec.name);
+                write_decimal(out, raw, divisor);
+            }
+            Render::Flags(names) => {
+                for (bit, name) in names.iter().enumerate() {
+                    self.name(out, name);
+                    out.push_str(if raw >> bit & 1 == 1 { "true" } else { "false" });
                 }
             }
+            Render::Version => {
+                let text = format!("{}.{}.{}", raw >> 16 & 0xff, raw >> 8 & 0xff, raw & 0xff);
+                if version_field {
+                    self.name(out, spec.name);
+                    let _ = write!(out, "\"{text}\"");
+                }
+                seen.version = Some(text);
+            }
         }
-        seen
     }
 }
 
