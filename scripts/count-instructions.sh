@@ -32,7 +32,9 @@ chmod +x "$work/gateway"
 python3 - "$work" "$readings" <<'EOF'
 import glob, re, sys
 work, readings = sys.argv[1], int(sys.argv[2])
-ALLOC = {"__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc"}
+# The C allocator's entry points: Rust's `__rust_alloc` shims are inlined away by the
+# release profile's LTO, and libc's own internal calls go to `_int_malloc` instead.
+ALLOC = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
 runs = {}
 for path in glob.glob(f"{work}/callgrind.*.out"):
     names, total, calls, target, cfn = {}, 0, 0, "", None
