@@ -480,6 +480,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_field_visits_what_fields_yields() {
+        for kind in Kind::ALL {
+            // Values, faults and absent fields in turn, each value different.
+            let mut v = Values::empty(kind);
+            for (i, spec) in kind.fields().iter().enumerate() {
+                let value = spec.min + (i as i64 * 7) % (spec.max - spec.min + 1);
+                match i % 3 {
+                    0 => v.set(i, Field::Value(value)),
+                    1 => v.set(i, Field::Fault),
+                    _ => {}
+                }
+            }
+            let mut expected = v.fields();
+            let mut visited = 0;
+            v.each_field(|spec, field| {
+                let (want_spec, want_field) = expected.next().expect("no more fields");
+                assert_eq!(spec, want_spec);
+                assert_eq!(field, want_field, "{}", spec.name);
+                visited += 1;
+            });
+            assert!(expected.next().is_none());
+            assert_eq!(visited, kind.fields().len());
+        }
+    }
+
+    #[test]
     fn get_and_set_follow_the_table() {
         for kind in Kind::ALL {
             for (i, spec) in kind.fields().iter().enumerate() {
