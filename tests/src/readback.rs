@@ -64,12 +64,22 @@ pub async fn influx_create_db(server: SocketAddr, db: &str) {
 /// 1.6 busy with writes has been seen answering a query once with a body that is not
 /// JSON: such an answer is asked again (a few times, then the test fails with it).
 pub async fn influx_query(server: SocketAddr, db: &str, q: &str) -> serde_json::Value {
+    influx_query_epoch(server, db, q, "s").await
+}
+
+/// [`influx_query`] with times in `epoch` units (`s`, `ms`, …).
+pub async fn influx_query_epoch(
+    server: SocketAddr,
+    db: &str,
+    q: &str,
+    epoch: &str,
+) -> serde_json::Value {
     let client = reqwest::Client::new();
     let mut last = String::new();
     for _ in 0..5 {
         let answer = client
             .get(format!("http://{server}/query"))
-            .query(&[("db", db), ("q", q), ("epoch", "s")])
+            .query(&[("db", db), ("q", q), ("epoch", epoch)])
             .send()
             .await
             .unwrap();
@@ -90,9 +100,21 @@ pub async fn influx_points(
     db: &str,
     measurements: &[&str],
 ) -> BTreeSet<String> {
+    influx_points_epoch(server, db, measurements, "s").await
+}
+
+/// [`influx_points`] with times in `epoch` units: `ms` tells apart two points of one
+/// series in the same second (a device's frames carry the counter as milliseconds).
+pub async fn influx_points_epoch(
+    server: SocketAddr,
+    db: &str,
+    measurements: &[&str],
+    epoch: &str,
+) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for m in measurements {
-        let body = influx_query(server, db, &format!("SELECT * FROM {m}")).await;
+        let q = format!("SELECT * FROM {m}");
+        let body = influx_query_epoch(server, db, &q, epoch).await;
         let Some(series) = body["results"][0]["series"].as_array() else {
             continue;
         };
