@@ -13,6 +13,7 @@
 //! are confirmed the same way, but their cursors are not held back (a crash in the two
 //! seconds after such a write, with VictoriaMetrics dropping it, would lose it).
 
+use super::Text;
 use crate::store::buffer::Position;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ pub enum Lines {
         end: Position,
     },
     /// Held here.
-    Text(String),
+    Text(Text),
 }
 
 impl Lines {
@@ -367,7 +368,7 @@ mod tests {
         c.wrote(t0, "lyon", text("a 1\n"), 1);
         assert!(c.full(), "at most MAX_WRITES wait");
         let mut c = Confirm::new(Some(counters(0)));
-        c.wrote(t0, "lyon", Lines::Text("x".repeat(MAX_BYTES)), 1);
+        c.wrote(t0, "lyon", Lines::Text("x".repeat(MAX_BYTES).into()), 1);
         assert!(c.full(), "at most MAX_BYTES of lines held apart");
     }
 }

@@ -6,7 +6,7 @@
 //! every [`RETRY`] until it takes it, without holding readings back.
 
 use crate::clock::Clock;
-use crate::deliver::{Answer, LineWriter};
+use crate::deliver::{Answer, LineWriter, Text};
 use crate::observe::devices::{Devices, Listing};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,12 +20,14 @@ pub const RETRY: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_secs(1);
 
 /// The `device_info` lines of each commune at `time_ms`.
-pub fn lines(roster: &[Listing], time_ms: u64) -> BTreeMap<String, String> {
+pub fn lines(roster: &[Listing], time_ms: u64) -> BTreeMap<String, Text> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for l in roster {
         lineproto::device_info(out.entry(l.tenant.clone()).or_default(), l, time_ms);
     }
-    out
+    out.into_iter()
+        .map(|(t, lines)| (t, lines.into()))
+        .collect()
 }
 
 /// Writes the metadata of every registry load through `writer` until `stop`.

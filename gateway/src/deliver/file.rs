@@ -5,7 +5,7 @@
 //! leaves a torn line; a redelivery after a crash may append a line twice, which an import
 //! stores once (same measurement, tags and timestamp).
 
-use super::{Answer, LineWriter};
+use super::{Answer, LineWriter, Text};
 use crate::store::fs::{Open, SharedFs};
 use protocol::json::UtcTime;
 use std::collections::BTreeMap;
@@ -25,19 +25,19 @@ impl FileWriter {
         Self { fs, dir }
     }
 
-    fn append(&self, tenant: &str, lines: &str) -> std::io::Result<()> {
-        let mut by_day: BTreeMap<String, String> = BTreeMap::new();
+    fn append(&self, tenant: &str, lines: &Text) -> std::io::Result<()> {
+        let mut by_day: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for line in lines.lines() {
             let ms = line
-                .rsplit(' ')
+                .rsplit(|b| *b == b' ')
                 .next()
-                .and_then(|t| t.parse::<u64>().ok())
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
             let secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
             let day = UtcTime(secs).to_string()[..10].to_string();
             let text = by_day.entry(day).or_default();
-            text.push_str(line);
-            text.push('\n');
+            text.extend_from_slice(line);
+            text.push(b'\n');
         }
         let dir = self.dir.join(tenant);
         self.fs.create_dir_all(&dir)?;
@@ -47,7 +47,7 @@ impl FileWriter {
             if before == 0 {
                 self.fs.sync_dir(&dir)?;
             }
-            if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_data()) {
+            if let Err(e) = f.write_all(&text).and_then(|()| f.sync_data()) {
                 // Best effort: leave no torn line for the retry to append after.
                 let _ = f.set_len(before).and_then(|()| f.sync_data());
                 return Err(e);
@@ -90,7 +90,7 @@ pub fn erase_offline(dir: &Path, scope: &Scope, apply: bool) -> std::io::Result<
 }
 
 impl LineWriter for FileWriter {
-    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+    fn write(&mut self, tenant: &str, lines: &Text) -> Answer {
         match self.append(tenant, lines) {
             Ok(()) => Answer::Status {
                 code: 204,
@@ -113,7 +113,7 @@ mod tests {
         let mut w = FileWriter::new(crate::store::fs::real(), dir.path().to_path_buf());
         let lines = "m v=1 1795305600000\nm v=2 1795391999999\nm v=3 1795392000000\n";
         assert!(matches!(
-            w.write("lyon", lines),
+            w.write("lyon", &lines.into()),
             Answer::Status { code: 204, .. }
         ));
         let day1 = std::fs::read_to_string(dir.path().join("lyon/2026-11-22.lp")).unwrap();

@@ -3,7 +3,7 @@
 //! for its counters of dropped rows ([`super::confirm`]) before they count as stored.
 
 use super::confirm::{self, Confirm, Lines, Settled};
-use super::{Sink, Written};
+use super::{Sink, Text, Written};
 use crate::ingest::lock;
 use crate::observe::metrics::ReasonLabel;
 use crate::store::buffer::Item;
@@ -36,8 +36,8 @@ impl Sink {
     /// Halves a refused batch until the refused lines are alone; quarantines those. A
     /// batch the database dropped whole for its retention (a device's old backlog) goes
     /// to the quarantine as it is, in one entry and one line, not line by line.
-    pub(super) fn split(&mut self, tenant: &str, lines: &str, detail: &str) -> Written {
-        let all: Vec<&str> = lines.lines().collect();
+    pub(super) fn split(&mut self, tenant: &str, lines: &Text, detail: &str) -> Written {
+        let all: Vec<&[u8]> = lines.lines().collect();
         if all.len() <= 1 || retry::all_beyond_retention(detail, all.len()) {
             return match self.keep(tenant, lines, Reason::DatabaseRejected, detail) {
                 Ok(()) => {
@@ -49,7 +49,9 @@ impl Sink {
                         );
                     }
                     if log {
-                        tracing::error!(tenant, lines = all.len(), first = all.first().copied().unwrap_or_default(), %detail, "database refused lines; quarantined");
+                        let first =
+                            String::from_utf8_lossy(all.first().copied().unwrap_or_default());
+                        tracing::error!(tenant, lines = all.len(), %first, %detail, "database refused lines; quarantined");
                     }
                     Written::Stored
                 }
@@ -61,9 +63,9 @@ impl Sink {
         }
         let (a, b) = all.split_at(all.len() / 2);
         for half in [a, b] {
-            let mut text = half.join("\n");
-            text.push('\n');
-            if let failed @ Written::Failed { .. } = self.write(tenant, &text, None) {
+            let mut text = half.join(&b'\n');
+            text.push(b'\n');
+            if let failed @ Written::Failed { .. } = self.write(tenant, &text.into(), None) {
                 return failed;
             }
         }
@@ -76,7 +78,7 @@ impl Sink {
     pub(super) fn keep(
         &mut self,
         tenant: &str,
-        lines: &str,
+        lines: &Text,
         reason: Reason,
         detail: &str,
     ) -> Result<(), KeepError> {
@@ -220,19 +222,19 @@ impl Sink {
     /// A waiting write's lines: held, or read again from the buffer (its head chunk: the
     /// commune's records from the chunk's first to the batch's end, which the buffer keeps
     /// until the write is confirmed).
-    fn lines_of(&self, w: &confirm::Write) -> std::io::Result<String> {
+    fn lines_of(&self, w: &confirm::Write) -> std::io::Result<Text> {
         let (first, end) = match &w.lines {
             Lines::Text(t) => return Ok(t.clone()),
             Lines::Records { first, end } => (*first, *end),
         };
         let mut cursor = self.s.reader.at(first);
-        let mut lines = String::new();
+        let mut lines = Text::default();
         while let Some(item) = cursor.next_before(end)? {
             if let Item::Record(e) = item
                 && let Ok(r) = RecordView::decode(&e.payload)
                 && r.tenant == w.tenant
             {
-                lines.push_str(r.lines);
+                lines.push(r.lines);
             }
         }
         Ok(lines)

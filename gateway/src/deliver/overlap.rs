@@ -15,7 +15,7 @@
 //! them: catch-up waits until the batch read ahead is written (`Sink::run`). The head,
 //! and with it what the buffer may delete, moves only past batches written.
 
-use super::{Answer, Batch, Chunk, Confirm, LineWriter, Sink, Written};
+use super::{Answer, Batch, Chunk, Confirm, LineWriter, Sink, Text, Written};
 use std::time::Instant;
 
 /// Stands in for the writer while a thread of the batch being written holds it; the
@@ -24,7 +24,7 @@ use std::time::Instant;
 struct Away;
 
 impl LineWriter for Away {
-    fn write(&mut self, _: &str, _: &str) -> Answer {
+    fn write(&mut self, _: &str, _: &Text) -> Answer {
         Answer::Transport("the database writer is busy with the previous batch".into())
     }
 }

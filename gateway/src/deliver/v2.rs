@@ -13,7 +13,7 @@
 //! The client shares v1's settings (timeout, the configured CA) through
 //! `client_builder`.
 
-use super::{Answer, LineWriter, SetupError, client_builder};
+use super::{Answer, LineWriter, SetupError, Text, client_builder};
 use crate::config::DatabaseConfig;
 use tokio::runtime::Handle;
 
@@ -79,14 +79,13 @@ impl V2Writer {
 }
 
 impl LineWriter for V2Writer {
-    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+    fn write(&mut self, tenant: &str, lines: &Text) -> Answer {
         let org = self.cfg.org.clone().unwrap_or_default();
         let bucket = self.cfg.target(tenant);
-        let body = lines.to_string();
         let fut = self.client.write_line_protocol_with_precision(
             &org,
             &bucket,
-            body,
+            lines.body(),
             influxdb2::api::write::TimestampPrecision::Milliseconds,
         );
         match self.runtime.block_on(fut) {

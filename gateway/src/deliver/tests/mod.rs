@@ -55,8 +55,9 @@ fn status(code: u16, body: &str) -> Answer {
 }
 
 impl LineWriter for Scripted {
-    fn write(&mut self, tenant: &str, lines: &str) -> Answer {
+    fn write(&mut self, tenant: &str, lines: &Text) -> Answer {
         std::thread::sleep(self.pace);
+        let lines = lines.lossy();
         if self
             .refuse_containing
             .is_some_and(|bad| lines.contains(bad))
@@ -76,7 +77,7 @@ impl LineWriter for Scripted {
         self.stored
             .lock()
             .unwrap()
-            .push((tenant.into(), lines.into()));
+            .push((tenant.into(), lines.into_owned()));
         status(204, "")
     }
 
@@ -353,6 +354,31 @@ fn a_bad_line_is_isolated_and_quarantined_the_rest_stored() {
     assert!(q[0].detail.contains("400"));
 }
 
+/// The sink sends lines as the buffer holds them, without checking them for UTF-8 again
+/// (`deliver/text.rs`): a line that is not UTF-8 (a corruption its CRC missed), which a
+/// database refuses, is kept byte for byte like any refused line; the others are stored.
+#[test]
+fn a_line_that_is_not_utf8_is_refused_into_the_quarantine_byte_for_byte() {
+    let mut records: Vec<_> = (0..5)
+        .map(|i| record("a", i, &format!("m v={i} {i}")))
+        .collect();
+    let mut bad = record("a", 99, "m v=X 99");
+    let at = bad.len() - 5;
+    assert_eq!(bad[at], b'X');
+    bad[at] = 0xFF;
+    records.insert(2, bad);
+    let run = start(BTreeMap::new(), Some("\u{FFFD}"), records);
+    run.wait_for("5 stored and 1 refused", |r| {
+        stored(&r.metrics) >= 5 && refused(&r.metrics) >= 1
+    });
+    let (all, metrics, dir) = run.stop();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(refused(&metrics), 1);
+    let (q, _) = quarantine::read_all(&dir.path().join("q")).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(hex::decode(&q[0].payload).unwrap(), b"m v=\xFF 99\n");
+}
+
 #[test]
 fn a_refused_line_is_not_dropped_when_the_quarantine_cannot_be_written() {
     use crate::store::fs::model::{Fault, ModelFs};
@@ -464,7 +490,11 @@ fn lines_are_counted_as_str_lines_counts_them() {
         "a\n\nb\n",
         "m f=1i 1\nm f=2i 2\n",
     ] {
-        assert_eq!(line_count(text), text.lines().count(), "{text:?}");
+        assert_eq!(
+            line_count(text.as_bytes()),
+            text.lines().count(),
+            "{text:?}"
+        );
     }
 }
 
