@@ -1,17 +1,20 @@
 //! One MQTT 5 connection to the broker: TCP or TLS, packets encoded and decoded with
-//! rumqttc's codec (`mqttbytes`), and everything queued in a turn of the shell's loop
-//! written in one system call.
+//! rumqttc's codec (`mqttbytes`) but for the PUBLISHes it delivers, read in place
+//! (`publish.rs`), and everything queued in a turn of the shell's loop written in one
+//! system call.
 //!
 //! Why not rumqttc's event loop: it writes and flushes each request on its own, so every
 //! PUBACK cost the gateway a `write` (and the broker a `read`): 300,000 writes for 300,000
 //! readings drained, a third of the MQTT thread's time (`perf`, docs/PERFORMANCE.md).
 //! Here the shell queues the acknowledgements of a whole commit and sends them at once.
 
+use super::publish::{self, Publish};
 use super::{MAX_INCOMING_PACKET, Options};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Login, Packet,
+    check,
 };
 use std::io;
 use std::time::Duration;
@@ -66,6 +69,40 @@ fn next_packet(read: &mut BytesMut) -> Result<Option<Packet>, ConnError> {
         Err(e) => Err(ConnError::Codec(e)),
     }
 }
+
+/// A packet read from the buffer.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A PUBLISH, read in place: its ranges are in [`Connection::buffered`].
+    Publish(Publish),
+    /// Any other packet (boxed: they are few, and a `Packet` is ten times a PUBLISH's
+    /// ranges).
+    Other(Box<Packet>),
+}
+
+/// The next whole packet of `buf` from `at` (`None` while it is incomplete), and its end:
+/// a PUBLISH read in place, any other packet by rumqttc from a copy of its few bytes.
+/// Errors as [`next_packet`].
+fn packet_at(buf: &[u8], at: usize) -> Result<Option<(Incoming, usize)>, ConnError> {
+    let rest = &buf[at..];
+    let frame = match check(rest.iter(), Some(MAX_INCOMING_PACKET)) {
+        Ok(header) => header.frame_length(),
+        Err(CodecError::InsufficientBytes(_)) => return Ok(None),
+        Err(e) => return Err(ConnError::Codec(e)),
+    };
+    let packet = &rest[..frame];
+    let incoming = match packet[0] >> 4 {
+        PUBLISH => Incoming::Publish(publish::read(packet).map_err(ConnError::Codec)?.shifted(at)),
+        _ => match next_packet(&mut BytesMut::from(packet))? {
+            Some(p) => Incoming::Other(Box::new(p)),
+            None => return Err(ConnError::Codec(CodecError::MalformedPacket)),
+        },
+    };
+    Ok(Some((incoming, at + frame)))
+}
+
+/// The packet type of a PUBLISH.
+const PUBLISH: u8 = 3;
 
 /// An open connection.
 pub struct Connection {
@@ -170,12 +207,36 @@ impl Connection {
         next_packet(&mut self.read)
     }
 
+    /// The next whole packet buffered from `at` (the end of those already looked at),
+    /// if any, and its end; nothing is consumed ([`Self::consume`]).
+    pub fn packet_at(&self, at: usize) -> Result<Option<(Incoming, usize)>, ConnError> {
+        packet_at(&self.read, at)
+    }
+
+    /// What is buffered: where [`Incoming::Publish`] ranges point.
+    pub fn buffered(&self) -> &[u8] {
+        &self.read
+    }
+
+    /// Drops the first `n` bytes buffered (packets handled).
+    pub fn consume(&mut self, n: usize) {
+        self.read.advance(n);
+    }
+
     /// Queues a packet for the next [`Self::flush`].
     pub fn queue(&mut self, packet: &Packet) -> Result<(), ConnError> {
         packet
             .write(&mut self.write, None)
             .map(drop)
             .map_err(ConnError::Codec)
+    }
+
+    /// Queues a PUBACK of success for `pkid`, as rumqttc encodes it (no reason code, no
+    /// properties): written here, the packet's value built, encoded and dropped by
+    /// rumqttc was 1 % of a drain's instructions.
+    pub fn queue_puback(&mut self, pkid: u16) {
+        let [hi, lo] = pkid.to_be_bytes();
+        self.write.extend_from_slice(&[0x40, 2, hi, lo]);
     }
 
     /// Sends everything queued.
@@ -208,30 +269,85 @@ mod tests {
         out
     }
 
+    /// The publish of `buf` from `at`, read in place: its pkid, topic and payload.
+    fn publish_at(buf: &[u8], at: usize) -> Option<(u16, &[u8], &[u8], usize)> {
+        match packet_at(buf, at) {
+            Ok(Some((Incoming::Publish(p), end))) => {
+                Some((p.pkid, &buf[p.topic], &buf[p.payload], end))
+            }
+            Ok(None) => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_whole_publish_is_read_and_a_partial_one_waits() {
         let whole = publish_bytes();
-        let mut buf = BytesMut::from(&whole[..whole.len() - 5]);
-        assert!(
-            matches!(next_packet(&mut buf), Ok(None)),
-            "incomplete: wait"
+        let mut buf = whole.to_vec();
+        buf.extend_from_slice(&whole[..whole.len() - 5]);
+        let (pkid, topic, payload, end) = publish_at(&buf, 0).unwrap();
+        assert_eq!(
+            (pkid, topic, payload),
+            (9, &b"vigie/v1/lyon/aq-1/up"[..], &[7u8; 40][..])
         );
+        assert_eq!(end, whole.len());
+        assert!(publish_at(&buf, end).is_none(), "incomplete: wait");
         buf.extend_from_slice(&whole[whole.len() - 5..]);
-        match next_packet(&mut buf) {
+        let (pkid, _, payload, end) = publish_at(&buf, end).unwrap();
+        assert_eq!((pkid, payload, end), (9, &[7u8; 40][..], buf.len()));
+        // The handshake's reader, rumqttc's, reads the same.
+        match next_packet(&mut whole.clone()) {
             Ok(Some(Packet::Publish(p))) => assert_eq!(p.pkid, 9),
             other => panic!("{other:?}"),
         }
-        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_puback_is_what_rumqttc_writes() {
+        let (_, client) = tokio::io::duplex(64);
+        let mut conn = Connection::over(Box::new(client));
+        for pkid in [1, 255, 256, 0xABCD, u16::MAX] {
+            conn.queue_puback(pkid);
+            let mut theirs = BytesMut::new();
+            Packet::PubAck(rumqttc::v5::mqttbytes::v5::PubAck::new(pkid, None))
+                .write(&mut theirs, None)
+                .unwrap();
+            assert_eq!(conn.write, theirs, "{pkid}");
+            conn.write.clear();
+        }
+    }
+
+    #[test]
+    fn other_packets_are_read_by_rumqttc_between_publishes() {
+        let mut buf = publish_bytes().to_vec();
+        let mut ack = BytesMut::new();
+        Packet::PubAck(rumqttc::v5::mqttbytes::v5::PubAck::new(4, None))
+            .write(&mut ack, None)
+            .unwrap();
+        buf.extend_from_slice(&ack);
+        buf.extend_from_slice(&publish_bytes());
+        let (_, _, _, end) = publish_at(&buf, 0).unwrap();
+        let Ok(Some((Incoming::Other(packet), after))) = packet_at(&buf, end) else {
+            panic!("no packet");
+        };
+        let Packet::PubAck(a) = *packet else {
+            panic!("{packet:?}");
+        };
+        assert_eq!((a.pkid, after), (4, end + ack.len()));
+        assert_eq!(publish_at(&buf, after).unwrap().3, buf.len());
     }
 
     #[test]
     fn a_truncated_publish_ends_the_connection_instead_of_being_taken() {
         // The fixed header says 3 bytes follow; the topic's length says 21.
-        let mut buf = BytesMut::from(&[0x32, 3, 0, 21, b'v'][..]);
-        assert!(matches!(next_packet(&mut buf), Err(ConnError::Codec(_))));
+        let buf = [0x32, 3, 0, 21, b'v'];
+        assert!(matches!(packet_at(&buf, 0), Err(ConnError::Codec(_))));
         // A topic length beyond the packet, the rest present.
         let mut p = publish_bytes();
         p[3] = 0xFF;
-        assert!(matches!(next_packet(&mut p), Err(ConnError::Codec(_))));
+        assert!(matches!(packet_at(&p, 0), Err(ConnError::Codec(_))));
+        // A packet larger than the bound, before its bytes arrive.
+        let big = [0x32, 0xFF, 0xFF, 0x7F];
+        assert!(matches!(packet_at(&big, 0), Err(ConnError::Codec(_))));
     }
 }

@@ -23,6 +23,7 @@
 //! event loop wrote each acknowledgement in its own system call (docs/PERFORMANCE.md).
 
 mod conn;
+mod publish;
 mod shell;
 
 pub use shell::MAX_INTAKE_BYTES;

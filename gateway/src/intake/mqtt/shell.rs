@@ -3,15 +3,16 @@
 //! room for), flushes, then waits for the first of what the [`Session`] says is due and
 //! what the channels bring. It decides nothing of timing itself.
 
-use super::conn::{ConnError, Connection};
+use super::conn::{ConnError, Connection, Incoming};
 use super::{Links, SUBSCRIBE_ID};
 use crate::ingest::{AckToken, Inbound, Job, ToBroker};
 use crate::observe::metrics::gauge;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Filter, Packet, PingReq, PubAck, PubAckReason, Publish, Subscribe, SubscribeReasonCode,
+    ConnAck, Filter, Packet, PingReq, PubAckReason, Publish, Subscribe, SubscribeReasonCode,
 };
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::Duration;
 use tokio::sync::mpsc::OwnedPermit;
 use tokio::time::Instant;
@@ -53,8 +54,9 @@ pub(super) struct Shell {
     pub(super) arrived: Vec<Arrived>,
 }
 
-/// A publish as read: topic, payload, the acknowledgement it owes the broker.
-pub(super) type Arrived = (bytes::Bytes, bytes::Bytes, Option<AckToken>);
+/// A publish as read: where its topic and payload are in the connection's buffer, the
+/// acknowledgement it owes the broker.
+pub(super) type Arrived = (Range<usize>, Range<usize>, Option<AckToken>);
 
 /// What woke a connection's wait.
 enum Woke {
@@ -131,7 +133,7 @@ impl Shell {
     /// acknowledgements while the broker has room for them.
     async fn write_due(&mut self, conn: &mut Connection) -> Result<(), ConnError> {
         while let Some(token) = self.flow.next_ack() {
-            conn.queue(&Packet::PubAck(PubAck::new(token.pkid, None)))?;
+            conn.queue_puback(token.pkid);
             self.flow.sent();
         }
         while let Some((pkid, (topic, payload))) = self.downlinks.next_publish() {
@@ -233,20 +235,27 @@ impl Shell {
     /// queued together, in one allocation ([`Inbound::together`]).
     fn on_bytes(&mut self, conn: &mut Connection, s: &mut Session) -> Result<(), ConnError> {
         let received_ms = self.links.clock.now_ms();
-        let (mut arrived, mut taken) = (std::mem::take(&mut self.arrived), 0);
+        let (mut arrived, mut taken, mut at) = (std::mem::take(&mut self.arrived), 0, 0);
         let end = loop {
-            let packet = match conn.next_packet() {
-                Ok(Some(packet)) => packet,
+            let packet = match conn.packet_at(at) {
+                Ok(Some((packet, end))) => {
+                    at = end;
+                    packet
+                }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             };
-            match packet {
-                Packet::Publish(p) => {
-                    if let Some(ack) = self.admit(&p, taken) {
+            let packet = match packet {
+                Incoming::Publish(p) => {
+                    if let Some(ack) = self.admit(p.qos, p.pkid, taken) {
                         taken += p.topic.len() + p.payload.len();
                         arrived.push((p.topic, p.payload, ack));
                     }
+                    continue;
                 }
+                Incoming::Other(packet) => *packet,
+            };
+            match packet {
                 Packet::PubAck(a) if self.downlinks.on_puback(a.pkid) => {
                     self.on_downlink_ack(a.reason)
                 }
@@ -256,10 +265,15 @@ impl Shell {
                 _ => {}
             }
         };
-        for m in Inbound::together(&arrived, received_ms) {
+        let buf = conn.buffered();
+        let parts = arrived
+            .iter()
+            .map(|(t, p, ack)| (&buf[t.clone()], &buf[p.clone()], *ack));
+        for m in Inbound::together(parts, received_ms) {
             self.links.metrics.intake_bytes.inc_by(m.bytes() as i64);
             self.queue.push_back(m);
         }
+        conn.consume(at);
         arrived.clear();
         self.arrived = arrived;
         end
@@ -268,13 +282,13 @@ impl Shell {
     /// Whether a message is taken (`Some`, with the acknowledgement it owes the broker):
     /// a QoS 0 one is dropped and counted once the messages in memory, with the `taken`
     /// bytes of the same read, reach the bound.
-    fn admit(&mut self, p: &Publish, taken: usize) -> Option<Option<AckToken>> {
+    fn admit(&mut self, qos: QoS, pkid: u16, taken: usize) -> Option<Option<AckToken>> {
         let intake = self.links.metrics.intake_bytes.get() + taken as i64;
-        if p.qos == QoS::AtMostOnce && intake >= MAX_INTAKE_BYTES {
+        if qos == QoS::AtMostOnce && intake >= MAX_INTAKE_BYTES {
             self.links.metrics.qos0_dropped.inc();
             return None;
         }
-        Some((p.qos != QoS::AtMostOnce).then(|| self.flow.on_publish(p.pkid)))
+        Some((qos != QoS::AtMostOnce).then(|| self.flow.on_publish(pkid)))
     }
 
     /// The broker's answer to a device acknowledgement: counted when it took it, a
