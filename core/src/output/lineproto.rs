@@ -172,6 +172,8 @@ struct Fields {
 }
 
 impl Fields {
+    // Inlined: a call for each of a reading's fields was 1 % of a drain's instructions.
+    #[inline(always)]
     fn name(&mut self, out: &mut String, name: &str) {
         out.push(self.sep);
         self.sep = ',';
