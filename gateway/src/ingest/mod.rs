@@ -46,10 +46,14 @@ use vigie_core::judge::validate::TimeRules;
 use vigie_core::output::lineproto::StringFields;
 use vigie_core::record::Record;
 
-/// Most messages judged and committed together.
+/// Most messages judged and committed together (a commit may take the rest of the last
+/// hand-over, [`HANDOVER`] at most).
 pub const MAX_BATCH: usize = 2048;
-/// Jobs (messages among them) waiting in the worker's channel at most.
-pub const JOB_QUEUE: usize = 4096;
+/// Most messages handed to the worker in one job: one job per message was 1.5 % of a
+/// drain's instructions (the channel's send, receive and permit).
+pub const HANDOVER: usize = 64;
+/// Jobs waiting in the worker's channel at most: 4,096 messages.
+pub const JOB_QUEUE: usize = 4096 / HANDOVER;
 /// How often a failing store is tried again when nothing else wakes the worker (space
 /// freed by an operator has no event).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -59,8 +63,9 @@ pub use vigie_core::ack::flow::AckToken;
 /// What the worker hands the MQTT task once a commit is durable.
 #[derive(Debug)]
 pub enum ToBroker {
-    /// Acknowledge this message to the broker.
-    Ack(AckToken),
+    /// Acknowledge these messages to the broker, in this order (a commit's at once: one
+    /// message each was 1 % of a drain's instructions).
+    Acks(Vec<AckToken>),
     /// Publish a device's acknowledgement, retained, on its ack topic.
     Downlink {
         /// `vigie/v1/<tenant>/<device>/ack`.
@@ -198,8 +203,8 @@ pub struct ReplaySummary {
 /// Work for the ingest worker.
 #[derive(Debug)]
 pub enum Job {
-    /// A message to judge.
-    Message(Inbound),
+    /// Messages to judge, in arrival order ([`HANDOVER`] at most).
+    Messages(Vec<Inbound>),
     /// Re-submit every quarantined frame and refused line through the pipeline.
     ReplayQuarantine(oneshot::Sender<ReplaySummary>),
     /// Swap in a reloaded registry, and the age bound its databases' retention allows

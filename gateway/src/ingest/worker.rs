@@ -4,8 +4,8 @@
 use super::rejoin::{Tail, rejoin};
 use super::reserve::Reserve;
 use super::{
-    BrokerTx, Inbound, Job, LogBudget, MAX_BATCH, OpenError, RETRY_PAUSE, ReplaySummary, ToBroker,
-    Worker, WorkerSetup, corrupt_entry, lock,
+    BrokerTx, HANDOVER, Inbound, Job, LogBudget, MAX_BATCH, OpenError, RETRY_PAUSE, ReplaySummary,
+    ToBroker, Worker, WorkerSetup, corrupt_entry, lock,
 };
 use crate::clock::HostClock;
 use crate::observe::Traffic;
@@ -84,11 +84,12 @@ impl Worker {
     /// Runs until the job channel closes or shutdown interrupts a commit.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>, acks: BrokerTx) {
         while let Some(first) = jobs.blocking_recv() {
-            let mut messages = Vec::with_capacity(jobs.len().min(MAX_BATCH) + 1);
+            let room = (jobs.len() + 1) * HANDOVER;
+            let mut messages = Vec::with_capacity(room.min(MAX_BATCH + HANDOVER));
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Message(m) => messages.push(m),
+                    Job::Messages(batch) => messages.extend(batch),
                     Job::Registry(r, max_age) => {
                         tracing::info!(devices = r.len(), "registry reloaded");
                         if let Some(max_age) = max_age {
@@ -235,8 +236,9 @@ impl Worker {
     ) {
         // The MQTT task may be gone at shutdown; the broker then redelivers, and devices
         // resend what no acknowledgement covered.
-        for token in chunk.iter().filter_map(|m| m.ack) {
-            let _ = acks.send(ToBroker::Ack(token));
+        let tokens: Vec<_> = chunk.iter().filter_map(|m| m.ack).collect();
+        if !tokens.is_empty() {
+            let _ = acks.send(ToBroker::Acks(tokens));
         }
         let mut settled = Settled::default();
         for (i, m) in chunk.iter().enumerate() {

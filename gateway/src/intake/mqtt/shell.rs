@@ -5,7 +5,7 @@
 
 use super::conn::{ConnError, Connection, Incoming};
 use super::{Links, SUBSCRIBE_ID};
-use crate::ingest::{AckToken, Inbound, Job, ToBroker};
+use crate::ingest::{AckToken, HANDOVER, Inbound, Job, ToBroker};
 use crate::observe::metrics::gauge;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -208,7 +208,11 @@ impl Shell {
         let mut next = first;
         while let Some(message) = next.take() {
             match message {
-                ToBroker::Ack(token) => self.flow.on_durable(token),
+                ToBroker::Acks(tokens) => {
+                    for token in tokens {
+                        self.flow.on_durable(token);
+                    }
+                }
                 ToBroker::Downlink { topic, payload } => {
                     if self.downlinks.push(topic, payload) {
                         self.links.metrics.device_acks_superseded.inc();
@@ -219,15 +223,20 @@ impl Shell {
         }
     }
 
-    /// Everything queued the worker's channel has room for, in one go.
+    /// Everything queued the worker's channel has room for, in one go, [`HANDOVER`]
+    /// messages a job.
     fn hand_over(&mut self, first: OwnedPermit<Job>) {
         let mut permit = Some(first);
         while let Some(p) = permit.take() {
-            let Some(m) = self.queue.pop_front() else {
+            if self.queue.is_empty() {
                 break;
-            };
-            self.flow.handed_over(m.ack);
-            permit = p.send(Job::Message(m)).try_reserve_owned().ok();
+            }
+            let n = self.queue.len().min(HANDOVER);
+            let batch: Vec<Inbound> = self.queue.drain(..n).collect();
+            for m in &batch {
+                self.flow.handed_over(m.ack);
+            }
+            permit = p.send(Job::Messages(batch)).try_reserve_owned().ok();
         }
     }
 
@@ -399,18 +408,25 @@ mod tests {
     struct Worker {
         jobs: mpsc::Receiver<Job>,
         acks: mpsc::UnboundedSender<ToBroker>,
+        /// Messages of a job not taken yet.
+        taken: VecDeque<Inbound>,
     }
 
     impl Worker {
         async fn take(&mut self) -> Inbound {
-            match self.jobs.recv().await {
-                Some(Job::Message(m)) => m,
-                _ => panic!("no message"),
+            while self.taken.is_empty() {
+                match self.jobs.recv().await {
+                    Some(Job::Messages(batch)) => self.taken.extend(batch),
+                    _ => panic!("no message"),
+                }
             }
+            self.taken.pop_front().unwrap()
         }
 
         fn durable(&self, m: &Inbound) {
-            self.acks.send(ToBroker::Ack(m.ack.unwrap())).unwrap();
+            self.acks
+                .send(ToBroker::Acks(vec![m.ack.unwrap()]))
+                .unwrap();
         }
     }
 
@@ -443,7 +459,17 @@ mod tests {
             read: BytesMut::new(),
         };
         let conn = Connection::over(Box::new(ours));
-        (shell, conn, broker, Worker { jobs, acks }, stopping)
+        (
+            shell,
+            conn,
+            broker,
+            Worker {
+                jobs,
+                acks,
+                taken: VecDeque::new(),
+            },
+            stopping,
+        )
     }
 
     fn connack() -> ConnAck {
