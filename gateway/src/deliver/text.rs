@@ -17,6 +17,11 @@ use std::sync::Arc;
 pub struct Text(Arc<Vec<u8>>);
 
 impl Text {
+    /// Empty, with room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Vec::with_capacity(bytes).into()
+    }
+
     /// Appends lines (each ending in `\n`).
     pub fn push(&mut self, lines: &[u8]) {
         Arc::make_mut(&mut self.0).extend_from_slice(lines);
