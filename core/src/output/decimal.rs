@@ -24,7 +24,7 @@ pub(crate) fn write(out: &mut String, raw: i64, divisor: u32) {
     }
     if divisor == 10 {
         // One digit, nothing to strip or pad: written as it is, not formatted and copied
-        // (2 % of a drain's instructions, docs/PERFORMANCE.md).
+        // (1.7 % of a drain's instructions, docs/PERFORMANCE.md).
         out.push('.');
         out.push(char::from(b'0' + frac as u8));
         return;

@@ -49,8 +49,9 @@ use vigie_core::record::Record;
 /// Most messages judged and committed together (a commit may take the rest of the last
 /// hand-over, [`HANDOVER`] at most).
 pub const MAX_BATCH: usize = 2048;
-/// Most messages handed to the worker in one job: one job per message was 1.5 % of a
-/// drain's instructions (the channel's send, receive and permit).
+/// Most messages handed to the worker in one job: a job per message (the channel's send,
+/// receive and permit) and an acknowledgement message per message back were 3.7 % of a
+/// drain's instructions together (docs/PERFORMANCE.md).
 pub const HANDOVER: usize = 64;
 /// Jobs waiting in the worker's channel at most: 4,096 messages.
 pub const JOB_QUEUE: usize = 4096 / HANDOVER;
@@ -63,8 +64,8 @@ pub use vigie_core::ack::flow::AckToken;
 /// What the worker hands the MQTT task once a commit is durable.
 #[derive(Debug)]
 pub enum ToBroker {
-    /// Acknowledge these messages to the broker, in this order (a commit's at once: one
-    /// message each was 1 % of a drain's instructions).
+    /// Acknowledge these messages to the broker, in this order (a commit's at once, not
+    /// one message each: [`HANDOVER`]).
     Acks(Vec<AckToken>),
     /// Publish a device's acknowledgement, retained, on its ack topic.
     Downlink {
