@@ -23,6 +23,7 @@ pub mod ack;
 pub mod alert;
 pub mod condition;
 pub mod deliver;
+pub mod device_map;
 pub mod erase;
 pub mod fleet;
 pub mod judge;

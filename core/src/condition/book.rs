@@ -3,10 +3,10 @@
 //! Pure: no I/O, no clock. The gateway's `devices` module owns the one shared book, saves
 //! it and serves it.
 
-use crate::FastMap;
 use crate::condition::glance::{Glance, History};
 use crate::condition::missing::{self, Gap};
 use crate::condition::{self, Condition};
+use crate::device_map::{DeviceMap, DeviceRef};
 use crate::fleet::{DeviceEntry, DeviceKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -132,10 +132,10 @@ impl Listing {
 /// Every device's state. Pure: no I/O, no clock.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceBook {
-    /// By tenant, then device: looked up per frame with borrowed ids, no allocation, and
-    /// hashed (a tree lookup compared ids 18 times per frame for 100 devices: 5 % of the
-    /// gateway's instructions while draining). Sorted when listed.
-    devices: FastMap<String, FastMap<String, DeviceState>>,
+    /// Looked up per frame with borrowed ids, no allocation, and hashed (a tree lookup
+    /// compared ids 18 times per frame for 100 devices: 5 % of the gateway's
+    /// instructions while draining). Sorted when listed.
+    devices: DeviceMap<DeviceState>,
 }
 
 /// The saved form.
@@ -163,12 +163,14 @@ pub struct Stored {
 
 impl DeviceBook {
     fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
-        let devices = self.devices.entry_ref(tenant).or_default();
-        devices.entry_ref(device).or_insert_with(|| DeviceState {
+        let who = DeviceRef::new(tenant, device);
+        let state = || DeviceState {
             tenant: tenant.to_string(),
             device: device.to_string(),
             ..DeviceState::default()
-        })
+        };
+        self.devices
+            .get_or_insert_with(who, || who.to_name(), state)
     }
 
     /// A frame of the device was made durable at `now_ms`.
@@ -254,31 +256,24 @@ impl DeviceBook {
 
     /// Forgets a tenant's devices, or one of them (`erase`); returns how many.
     pub fn forget(&mut self, tenant: &str, device: Option<&str>) -> usize {
-        let Some(devices) = self.devices.get_mut(tenant) else {
-            return 0;
-        };
-        let before = devices.len();
+        let before = self.devices.len();
         match device {
             Some(d) => {
-                devices.remove(d);
+                self.devices.remove(DeviceRef::new(tenant, d));
             }
-            None => devices.clear(),
+            None => self.devices.retain(|name, _| &*name.tenant != tenant),
         }
-        let gone = before - devices.len();
-        if devices.is_empty() {
-            self.devices.remove(tenant);
-        }
-        gone
+        before - self.devices.len()
     }
 
     /// One device.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&DeviceState> {
-        self.devices.get(tenant)?.get(device)
+        self.devices.get(DeviceRef::new(tenant, device))
     }
 
     /// Every device, by tenant then id.
     pub fn iter(&self) -> impl Iterator<Item = &DeviceState> {
-        let mut all: Vec<_> = self.devices.values().flat_map(FastMap::values).collect();
+        let mut all: Vec<_> = self.devices.values().collect();
         all.sort_unstable_by(|a, b| (&a.tenant, &a.device).cmp(&(&b.tenant, &b.device)));
         all.into_iter()
     }

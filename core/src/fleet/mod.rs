@@ -4,7 +4,7 @@
 //! allocation. No files here: the gateway's `registry` module stores it as TOML. Keys are secrets and
 //! never appear in `Debug` output.
 
-use crate::FastMap;
+use crate::device_map::{DeviceMap, DeviceName, DeviceRef};
 use crate::output::lineproto::{TagSet, Tags};
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
@@ -259,7 +259,7 @@ pub struct Device {
 /// on the per-message path).
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    tenants: FastMap<String, FastMap<String, Device>>,
+    devices: DeviceMap<Device>,
     gateways: Vec<GatewayAccount>,
     removed: Vec<Removed>,
 }
@@ -267,7 +267,7 @@ pub struct Registry {
 impl Registry {
     /// Builds from entries, checking each.
     pub fn from_entries(entries: Vec<DeviceEntry>) -> Result<Self, RegistryError> {
-        let mut tenants: FastMap<String, FastMap<String, Device>> = FastMap::default();
+        let mut devices: DeviceMap<Device> = DeviceMap::default();
         for entry in entries {
             let err = |message: String| RegistryError::Entry {
                 tenant: entry.tenant.clone(),
@@ -295,8 +295,10 @@ impl Registry {
             if entry.kind == DeviceKind::WasteBin && entry.bin_depth_mm.is_none_or(|d| d == 0) {
                 return Err(err("a waste_bin needs bin_depth_mm above 0".into()));
             }
-            let devices = tenants.entry(entry.tenant.clone()).or_default();
-            if devices.contains_key(&entry.id) {
+            if devices
+                .get(DeviceRef::new(&entry.tenant, &entry.id))
+                .is_some()
+            {
                 return Err(err("listed twice".into()));
             }
             let device = Device {
@@ -310,10 +312,11 @@ impl Registry {
                 }),
                 entry,
             };
-            devices.insert(device.entry.id.clone(), device);
+            let (tenant, id) = device.names.clone();
+            devices.insert(DeviceName { tenant, device: id }, device);
         }
         Ok(Self {
-            tenants,
+            devices,
             gateways: Vec::new(),
             removed: Vec::new(),
         })
@@ -321,11 +324,11 @@ impl Registry {
 
     /// Looks a device up.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
-        self.tenants.get(tenant)?.get(device)
+        self.devices.get(DeviceRef::new(tenant, device))
     }
 
     fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.tenants.values().flat_map(|d| d.values())
+        self.devices.values()
     }
 
     /// All entries, sorted by tenant then id.
@@ -337,19 +340,20 @@ impl Registry {
 
     /// The tenants with devices, sorted.
     pub fn tenants(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.tenants.keys().map(|t| t.as_ref()).collect();
+        let mut v: Vec<&str> = self.devices.iter().map(|(k, _)| &*k.tenant).collect();
         v.sort_unstable();
+        v.dedup();
         v
     }
 
     /// Number of devices.
     pub fn len(&self) -> usize {
-        self.devices().count()
+        self.devices.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.tenants.values().all(FastMap::is_empty)
+        self.devices.is_empty()
     }
 
     /// Adds or replaces an entry (checked).
@@ -392,7 +396,7 @@ impl Registry {
 
     /// Marks a device revoked; false if it does not exist.
     pub fn revoke(&mut self, tenant: &str, device: &str) -> bool {
-        match self.tenants.get_mut(tenant).and_then(|d| d.get_mut(device)) {
+        match self.devices.get_mut(DeviceRef::new(tenant, device)) {
             Some(d) => {
                 d.entry.revoked = true;
                 true
@@ -404,10 +408,9 @@ impl Registry {
     /// Removes a device, keeping its last key epoch ([`Removed`]); false if it does not
     /// exist.
     pub fn remove(&mut self, tenant: &str, device: &str) -> bool {
-        let Some(gone) = self.tenants.get_mut(tenant).and_then(|d| d.remove(device)) else {
+        let Some(gone) = self.devices.remove(DeviceRef::new(tenant, device)) else {
             return false;
         };
-        self.tenants.retain(|_, d| !d.is_empty());
         self.removed
             .retain(|r| (r.tenant.as_str(), r.id.as_str()) != (tenant, device));
         self.removed.push(Removed {

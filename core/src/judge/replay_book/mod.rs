@@ -36,8 +36,8 @@
 //! (the last 64 tags as `u8 n, n × (u32 counter, 8-byte tag)`, then spans), `"VGR2"` (no
 //! spans) and `"VGR1"` (no tags) snapshots still load.
 
-use crate::FastMap;
 use crate::condition::missing::{self, Gap};
+use crate::device_map::{DeviceMap, DeviceName, DeviceRef};
 use crate::record::Record;
 use protocol::replay::WINDOW;
 use protocol::{Freshness, ReplayWindow};
@@ -323,11 +323,11 @@ impl DeviceCounters<'_> {
     }
 }
 
-/// Key epoch, replay window and tag fingerprints of each device, by tenant then device
-/// (nested so a lookup borrows `&str`: no allocation per message).
+/// Key epoch, replay window and tag fingerprints of each device (looked up by borrowed
+/// names: no allocation per message).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReplayBook {
-    windows: FastMap<String, FastMap<String, Slot>>,
+    windows: DeviceMap<Slot>,
 }
 
 /// A snapshot that does not parse or whose checksum fails.
@@ -349,7 +349,7 @@ impl Counters for ReplayBook {
 
 impl ReplayBook {
     fn slot(&self, tenant: &str, device: &str) -> Option<&Slot> {
-        self.windows.get(tenant).and_then(|d| d.get(device))
+        self.windows.get(DeviceRef::new(tenant, device))
     }
 
     /// Records a durable frame (its tag and the seconds of its readings, read back from
@@ -375,10 +375,10 @@ impl ReplayBook {
         tag: Option<Tag>,
         seconds: Option<Seconds>,
     ) -> Gap {
-        let devices = self.windows.entry_ref(tenant).or_default();
-        let slot = devices
-            .entry_ref(device)
-            .or_insert_with(|| Slot::new(epoch));
+        let who = DeviceRef::new(tenant, device);
+        let slot = self
+            .windows
+            .get_or_insert_with(who, || who.to_name(), || Slot::new(epoch));
         slot.accept(epoch, counter, tag, seconds)
     }
 
@@ -398,18 +398,18 @@ impl ReplayBook {
     pub fn pending(&self) -> Pending<'_> {
         Pending {
             book: self,
-            touched: FastMap::default(),
+            touched: DeviceMap::default(),
         }
     }
 
     /// Number of devices tracked.
     pub fn len(&self) -> usize {
-        self.windows.values().map(FastMap::len).sum()
+        self.windows.len()
     }
 
     /// True when no device is tracked.
     pub fn is_empty(&self) -> bool {
-        self.windows.values().all(FastMap::is_empty)
+        self.windows.is_empty()
     }
 }
 
@@ -418,8 +418,8 @@ impl ReplayBook {
 #[derive(Debug)]
 pub struct Pending<'a> {
     book: &'a ReplayBook,
-    /// Copies of the slots this batch changed, by tenant then device (lookups borrow).
-    touched: FastMap<String, FastMap<String, Slot>>,
+    /// Copies of the slots this batch changed (lookups borrow).
+    touched: DeviceMap<Slot>,
 }
 
 impl Pending<'_> {
@@ -432,19 +432,25 @@ impl Pending<'_> {
     pub fn accept_with(&mut self, record: &Record, seconds: Option<Seconds>) {
         let (tenant, device, epoch) = (&*record.tenant, &*record.device, record.epoch);
         let book = self.book;
-        let devices = self.touched.entry_ref(tenant).or_default();
-        let slot = devices.entry_ref(device).or_insert_with(|| {
+        let name = || DeviceName {
+            tenant: record.tenant.clone(),
+            device: record.device.clone(),
+        };
+        let copy = || {
             book.slot(tenant, device)
                 .cloned()
                 .unwrap_or_else(|| Slot::new(epoch))
-        });
+        };
+        let slot = self
+            .touched
+            .get_or_insert_with(DeviceRef::new(tenant, device), name, copy);
         slot.accept(epoch, record.counter, record.tag, seconds);
     }
 }
 
 impl Counters for Pending<'_> {
     fn device(&self, tenant: &str, device: &str) -> DeviceCounters<'_> {
-        match self.touched.get(tenant).and_then(|d| d.get(device)) {
+        match self.touched.get(DeviceRef::new(tenant, device)) {
             Some(slot) => DeviceCounters(Some(slot)),
             None => self.book.device(tenant, device),
         }

@@ -12,6 +12,7 @@
 
 use super::snapshot::{Bytes, write_tail};
 use super::{ReplayBook, Slot, SnapshotError, WINDOW};
+use crate::device_map::DeviceRef;
 
 /// Counters per block of fingerprints.
 pub const PRINT_BLOCK: u32 = 128;
@@ -78,9 +79,7 @@ impl ReplayBook {
         head: Option<&[u8]>,
     ) -> Result<(), SnapshotError> {
         let Some(bytes) = head else {
-            if let Some(devices) = self.windows.get_mut(tenant) {
-                devices.remove(device);
-            }
+            self.windows.remove(DeviceRef::new(tenant, device));
             return Ok(());
         };
         let mut r = opened(bytes, HEAD)?;
@@ -89,8 +88,8 @@ impl ReplayBook {
         if !r.0.is_empty() {
             return Err(SnapshotError);
         }
-        let devices = self.windows.entry(tenant.to_string()).or_default();
-        devices.insert(device.to_string(), slot);
+        self.windows
+            .insert(DeviceRef::new(tenant, device).to_name(), slot);
         Ok(())
     }
 
@@ -115,8 +114,7 @@ impl ReplayBook {
         }
         let slot = self
             .windows
-            .get_mut(tenant)
-            .and_then(|d| d.get_mut(device))
+            .get_mut(DeviceRef::new(tenant, device))
             .ok_or(SnapshotError)?;
         let first = block * PRINT_BLOCK;
         for (index, v) in (first..).zip(values) {

@@ -5,21 +5,17 @@ use super::{
     Freshness, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, MAGIC_V4, Prints, RECENT, ReplayBook,
     ReplayWindow, Seconds, Slot, SnapshotError, Span, Tag, fingerprint,
 };
-use crate::FastMap;
+use crate::device_map::{DeviceMap, DeviceName};
 
 impl ReplayBook {
     /// Serializes the whole book.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&(self.len() as u32).to_be_bytes());
-        let mut all: Vec<_> = self
-            .windows
-            .iter()
-            .flat_map(|(t, d)| d.iter().map(move |(id, s)| (t, id, s)))
-            .collect();
-        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (tenant, device, slot) in all {
-            for s in [tenant, device] {
+        let mut all: Vec<_> = self.windows.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (name, slot) in all {
+            for s in [&name.tenant, &name.device] {
                 out.push(s.len() as u8);
                 out.extend_from_slice(s.as_bytes());
             }
@@ -68,11 +64,17 @@ impl ReplayBook {
         };
         let mut r = Bytes(&body[4..]);
         let count = r.u32()?;
-        let mut windows: FastMap<String, FastMap<String, Slot>> = FastMap::default();
+        let mut windows: DeviceMap<Slot> = DeviceMap::default();
         for _ in 0..count {
             let (tenant, device) = (r.text()?, r.text()?);
             let slot = r.slot(version)?;
-            windows.entry(tenant).or_default().insert(device, slot);
+            windows.insert(
+                DeviceName {
+                    tenant: tenant.into(),
+                    device: device.into(),
+                },
+                slot,
+            );
         }
         if r.take(1).is_ok() {
             return Err(SnapshotError);
