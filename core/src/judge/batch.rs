@@ -7,7 +7,7 @@
 use crate::condition::missing::Gap;
 use crate::judge::reason::Reason;
 use crate::judge::replay_book::ReplayBook;
-use crate::judge::verify::{self, Accepted, Context, Verdict};
+use crate::judge::verify::{self, Accepted, Context, SpareLines, Verdict};
 
 /// The verdict of one message, by index into the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +47,16 @@ pub fn judge<'m>(
     messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
     cx: &Context<'_, ReplayBook>,
 ) -> Plan {
+    judge_with(messages, cx, &mut SpareLines::default())
+}
+
+/// [`judge`], accepted frames' lines written into buffers from `spare` (see
+/// [`Plan::recycle`]).
+pub fn judge_with<'m>(
+    messages: impl IntoIterator<Item = (&'m str, &'m [u8])>,
+    cx: &Context<'_, ReplayBook>,
+    spare: &mut SpareLines,
+) -> Plan {
     let messages = messages.into_iter();
     let mut pending = cx.counters.pending();
     // Room for every message at once: growing them copied each accepted frame's record
@@ -65,7 +75,7 @@ pub fn judge<'m>(
             now_s: cx.now_s,
             clock_synced: cx.clock_synced,
         };
-        let outcome = match verify::assess(topic, payload, &cx) {
+        let outcome = match verify::assess_with(topic, payload, &cx, spare) {
             Verdict::Accept(a) => {
                 pending.accept_with(&a.record, a.seconds);
                 plan.accepted.push(a);
@@ -87,6 +97,16 @@ pub fn judge<'m>(
         plan.outcomes.push(outcome);
     }
     plan
+}
+
+impl Plan {
+    /// Gives the accepted frames' line buffers to `spare`, for the next batches.
+    pub fn recycle(mut self, spare: &mut SpareLines) {
+        // Taken in place: moving each frame out of the vector copied it whole.
+        for a in &mut self.accepted {
+            spare.keep(std::mem::take(&mut a.record.lines));
+        }
+    }
 }
 
 /// Applies a durable plan's accepted frames to the book; returns what each says of
@@ -198,6 +218,67 @@ mod tests {
         );
         assert_eq!(verdicts(&seq, &[seq.len()]), one_by_one);
         assert_eq!(verdicts(&seq, &[2, 3]), one_by_one);
+    }
+
+    #[test]
+    fn kept_line_buffers_give_the_same_plans_and_are_used_again() {
+        let registry = registry();
+        let book = ReplayBook::default();
+        let cx = Context {
+            registry: &registry,
+            counters: &book,
+            rules: &RULES,
+            strings: StringFields::Fields,
+            now_s: NOW,
+            clock_synced: true,
+        };
+        let batch: Vec<_> = (0..10)
+            .map(|c| message(["a", "bb"][c % 2], c as u32, 0))
+            .collect();
+        let batch = || batch.iter().map(|(t, p)| (t.as_str(), p.as_slice()));
+        let mut spare = SpareLines::default();
+        let first = judge_with(batch(), &cx, &mut spare);
+        assert_eq!(first.outcomes, judge(batch(), &cx).outcomes);
+        let lines: Vec<String> = first
+            .accepted
+            .iter()
+            .map(|a| a.record.lines.clone())
+            .collect();
+        let buffers: Vec<*const u8> = first
+            .accepted
+            .iter()
+            .map(|a| a.record.lines.as_ptr())
+            .collect();
+        first.recycle(&mut spare);
+        assert_eq!(spare.len(), 10, "every buffer kept");
+        let again = judge_with(batch(), &cx, &mut spare);
+        assert!(spare.is_empty(), "every kept buffer taken");
+        let reused: Vec<*const u8> = again
+            .accepted
+            .iter()
+            .map(|a| a.record.lines.as_ptr())
+            .collect();
+        assert!(
+            reused.iter().all(|p| buffers.contains(p)),
+            "the same buffers, not new ones"
+        );
+        let again: Vec<&str> = again
+            .accepted
+            .iter()
+            .map(|a| a.record.lines.as_str())
+            .collect();
+        assert_eq!(again, lines, "emptied before they are written again");
+    }
+
+    #[test]
+    fn spare_line_buffers_are_bounded() {
+        let mut spare = SpareLines::default();
+        spare.keep(String::with_capacity(SpareLines::ROOM + 1));
+        assert!(spare.is_empty(), "a buffer larger than the bound is freed");
+        for _ in 0..SpareLines::KEPT + 5 {
+            spare.keep(String::from("x"));
+        }
+        assert_eq!(spare.len(), SpareLines::KEPT);
     }
 
     #[test]

@@ -86,6 +86,16 @@ pub struct Context<'a, C: ?Sized> {
 
 /// Judges one message.
 pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_, C>) -> Verdict {
+    assess_with(topic, payload, cx, &mut SpareLines::default())
+}
+
+/// [`assess`], an accepted frame's lines written into a buffer from `spare`.
+pub fn assess_with<C: Counters + ?Sized>(
+    topic: &str,
+    payload: &[u8],
+    cx: &Context<'_, C>,
+    spare: &mut SpareLines,
+) -> Verdict {
     let Ok(parsed) = Topic::parse(topic) else {
         return Verdict::Reject(Reason::Topic);
     };
@@ -124,7 +134,45 @@ pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_
     if let Some(refused) = replayed_or_untimely(&frame, &readings, cx) {
         return refused;
     }
-    accept(dev, &frame, &readings, cx.strings)
+    accept(dev, &frame, &readings, cx.strings, spare.take())
+}
+
+/// The line buffers of accepted frames, once their batch is durable, for the frames of
+/// the next batches: a frame's lines were an allocation and a free per frame, in glibc's
+/// slow path as a batch frees them all at once (3.5 % of a drain's instructions,
+/// docs/PERFORMANCE.md, "Eighth pass"). Bounded: at most [`Self::KEPT`] buffers of at
+/// most [`Self::ROOM`] bytes each.
+#[derive(Debug, Default)]
+pub struct SpareLines(Vec<String>);
+
+impl SpareLines {
+    /// Buffers kept at most (a batch's frames).
+    pub const KEPT: usize = 4096;
+    /// Largest buffer kept (a frame of four readings); larger ones are freed.
+    pub const ROOM: usize = 1024;
+
+    /// An empty buffer, kept or new.
+    pub fn take(&mut self) -> String {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps `lines` emptied, if there is room for it.
+    pub fn keep(&mut self, mut lines: String) {
+        if self.0.len() < Self::KEPT && lines.capacity() <= Self::ROOM {
+            lines.clear();
+            self.0.push(lines);
+        }
+    }
+
+    /// How many buffers are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A verified frame's facts the later checks need.
@@ -201,32 +249,18 @@ fn span(f: &Opened<'_>, readings: &protocol::Readings) -> Option<Seconds> {
 }
 
 /// An accepted frame: its record (line protocol with quality flags) and what it tells
-/// of its device.
+/// of its device. Filled in place: a 352-byte frame built apart and then moved was
+/// copied twice more (0.5 % of a drain's instructions, docs/PERFORMANCE.md).
 fn accept(
     dev: &crate::fleet::Device,
     f: &Opened<'_>,
     readings: &protocol::Readings,
     strings: StringFields,
+    mut lines: String,
 ) -> Verdict {
     // A six-value air-quality line with its tags is about 170 bytes: room for it first time.
-    let mut lines = String::with_capacity(readings.len() * 256);
-    let (mut flagged, mut battery_mv, mut dropped) = (0, None, None);
-    let mut glance = Glance::default();
-    for r in readings {
-        glance.add(r);
-        let flags = validate::quality_flags(&r.values, &dev.entry);
-        flagged += u32::from(!flags.is_empty());
-        lineproto::encode(&mut lines, r, &dev.tags, &flags, f.counter, strings);
-        match &r.values {
-            Values::DeviceStatus(s) => {
-                battery_mv = s.battery.value().map(i64::from).or(battery_mv);
-                dropped = s.dropped.value().map(i64::from).or(dropped);
-            }
-            Values::WasteBin(b) => battery_mv = b.battery.value().map(i64::from).or(battery_mv),
-            Values::AirQuality(_) | Values::Energy(_) => {}
-        }
-    }
-    Verdict::Accept(Accepted {
+    lines.reserve(readings.len() * 256);
+    let mut a = Accepted {
         record: Record {
             tenant: dev.names.0.clone(),
             device: dev.names.1.clone(),
@@ -237,13 +271,37 @@ fn accept(
             lines,
         },
         kind: f.kind,
-        flagged,
+        flagged: 0,
         last_time: readings.last().map_or(0, |r| r.time),
-        battery_mv,
-        dropped,
-        glance,
+        battery_mv: None,
+        dropped: None,
+        glance: Glance::default(),
         seconds: span(f, readings),
-    })
+    };
+    for r in readings {
+        a.glance.add(r);
+        let flags = validate::quality_flags(&r.values, &dev.entry);
+        a.flagged += u32::from(!flags.is_empty());
+        lineproto::encode(
+            &mut a.record.lines,
+            r,
+            &dev.tags,
+            &flags,
+            f.counter,
+            strings,
+        );
+        match &r.values {
+            Values::DeviceStatus(s) => {
+                a.battery_mv = s.battery.value().map(i64::from).or(a.battery_mv);
+                a.dropped = s.dropped.value().map(i64::from).or(a.dropped);
+            }
+            Values::WasteBin(b) => {
+                a.battery_mv = b.battery.value().map(i64::from).or(a.battery_mv);
+            }
+            Values::AirQuality(_) | Values::Energy(_) => {}
+        }
+    }
+    Verdict::Accept(a)
 }
 
 /// The frame's authentication tag: its last bytes (the frame verified, so they exist).

@@ -122,7 +122,9 @@ impl Worker {
                     self.account(&accepted, gaps, self.clock.now_ms());
                     self.note_group_missing(&accepted);
                     summary.accepted += accepted.len();
-                    return self.settle(messages, &plan, summary, acks);
+                    let settled = self.settle(messages, &plan, summary, acks);
+                    plan.recycle(&mut self.spare);
+                    return settled;
                 }
                 Claim::Lost => {
                     self.buffer.retract(staged);

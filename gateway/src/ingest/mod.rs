@@ -249,6 +249,8 @@ pub struct Worker {
     /// Each tenant's `readings_accepted` counter, found once (the family's lookup hashes
     /// an allocated label under a lock, per frame otherwise).
     tenant_readings: FastMap<String, Counter>,
+    /// Line buffers of durable frames, for the next frames (no allocation per frame).
+    spare: vigie_core::judge::verify::SpareLines,
     /// The group's shared store of device state; `None` for a gateway alone.
     group: Option<crate::store::group::Etcd>,
 }

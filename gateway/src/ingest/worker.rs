@@ -75,6 +75,7 @@ impl Worker {
             clock: setup.clock,
             traffic: setup.traffic,
             tenant_readings: FastMap::default(),
+            spare: Default::default(),
             group: setup.group,
         };
         worker.update_buffer_gauges();
@@ -149,6 +150,7 @@ impl Worker {
         }
         self.metrics.messages_received.inc_by(messages.len() as u64);
         summary.accepted = self.make_durable(&messages, &plan, acks)?;
+        plan.recycle(&mut self.spare);
         self.report_store(Store::Ok);
         self.update_buffer_gauges();
         Some(summary)
@@ -164,7 +166,8 @@ impl Worker {
             now_s: self.clock.now_ms() / 1000,
             clock_synced: self.host_clock.synchronised(),
         };
-        batch::judge(messages.iter().map(|m| (m.topic(), m.payload())), &cx)
+        let messages = messages.iter().map(|m| (m.topic(), m.payload()));
+        batch::judge_with(messages, &cx, &mut self.spare)
     }
 
     /// A refusal that settles the frame is acknowledged, so its quarantine entry is the
