@@ -150,7 +150,7 @@ impl Glance {
         self.measured = true;
         self.latest.faults.clear();
         let faults = &mut self.latest.faults;
-        values.each_field(|spec, field| {
+        values.each_sent_field(|spec, field| {
             if field == Field::Fault {
                 faults.push(spec.name.to_string());
             }

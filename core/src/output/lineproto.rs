@@ -186,7 +186,7 @@ impl Fields {
     /// field twice (1.7 % of a drain's instructions, docs/PERFORMANCE.md).
     fn values(&mut self, out: &mut String, reading: &Reading, version_field: bool) -> Seen {
         let mut seen = Seen::default();
-        reading.values.each_field(|spec, value| match value {
+        reading.values.each_sent_field(|spec, value| match value {
             Field::Value(raw) => self.value(out, &mut seen, spec, raw, version_field),
             Field::Fault => {
                 if !seen.faults.is_empty() {
