@@ -189,12 +189,41 @@ pub(crate) fn open_with(
     tag: &[u8; TAG_LEN],
     plaintext: &mut [u8],
 ) -> bool {
-    let ad = AssociatedData::new(clear, who);
-    let cipher = Cipher::new(&Key::<Cipher>::from(key.key));
-    let tag = Tag::<Cipher>::from(*tag);
     let Ok(buf) = InOutBuf::new(ciphertext, plaintext) else {
         return false;
     };
+    decrypt(key, nonce, clear, who, buf, tag)
+}
+
+/// [`open`] decrypting `body` where it is: the caller's buffer need not be zeroed first.
+pub(crate) fn open_in_place(
+    key: &DeviceKey,
+    header: &[u8; HEADER_LEN],
+    who: Identity<'_>,
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> bool {
+    decrypt(
+        key,
+        counter_nonce(key, header),
+        header,
+        who,
+        body.into(),
+        tag,
+    )
+}
+
+fn decrypt(
+    key: &DeviceKey,
+    nonce: [u8; 16],
+    clear: &[u8],
+    who: Identity<'_>,
+    buf: InOutBuf<'_, '_, u8>,
+    tag: &[u8; TAG_LEN],
+) -> bool {
+    let ad = AssociatedData::new(clear, who);
+    let cipher = Cipher::new(&Key::<Cipher>::from(key.key));
+    let tag = Tag::<Cipher>::from(*tag);
     cipher
         .decrypt_inout_detached(&Nonce::<Cipher>::from(nonce), ad.as_bytes(), buf, &tag)
         .is_ok()
