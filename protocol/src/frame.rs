@@ -85,7 +85,7 @@ pub fn open_into(
     tag_bytes.copy_from_slice(tag);
 
     // Copied, then decrypted in place: a buffer zeroed first was a kilobyte of zeroes per
-    // frame (0.7 % of a drain's instructions, docs/PERFORMANCE.md).
+    // frame (0.6 % of a drain's instructions, docs/PERFORMANCE.md).
     let mut plain: Vec<u8, MAX_FRAME_LEN> = Vec::new();
     plain
         .extend_from_slice(ciphertext)

@@ -457,7 +457,7 @@ impl Values {
     /// Calls `f` with what [`Self::fields`] yields that was sent (a value or a fault),
     /// without looking each field up by its index: for the gateway's hot path, where
     /// those lookups were 2 % of the instructions per reading, and a call per absent
-    /// field 1.3 % (docs/PERFORMANCE.md).
+    /// field 1.8 % (docs/PERFORMANCE.md).
     pub fn each_sent_field(&self, mut f: impl FnMut(&'static FieldSpec, Field<i64>)) {
         match self {
             Self::AirQuality(v) => v.each_sent_field(&mut f),
