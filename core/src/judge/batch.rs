@@ -75,20 +75,26 @@ pub fn judge_with<'m>(
             now_s: cx.now_s,
             clock_synced: cx.clock_synced,
         };
-        let outcome = match verify::assess_with(topic, payload, &cx, spare) {
-            Verdict::Accept(a) => {
+        let verdict = verify::assess_into(topic, payload, &cx, spare, &mut plan.accepted);
+        let outcome = match verdict {
+            Ok(i) => {
+                let a = &plan.accepted[i];
+                pending.accept_with(&a.record, a.seconds);
+                Outcome::Store(i)
+            }
+            Err(Verdict::Accept(a)) => {
                 pending.accept_with(&a.record, a.seconds);
                 plan.accepted.push(a);
                 Outcome::Store(plan.accepted.len() - 1)
             }
-            Verdict::Duplicate { .. } => Outcome::Duplicate,
-            Verdict::Reject(reason) => Outcome::Reject(reason),
-            Verdict::Hold(reason) => Outcome::Hold(reason),
-            Verdict::Status {
+            Err(Verdict::Duplicate { .. }) => Outcome::Duplicate,
+            Err(Verdict::Reject(reason)) => Outcome::Reject(reason),
+            Err(Verdict::Hold(reason)) => Outcome::Hold(reason),
+            Err(Verdict::Status {
                 tenant,
                 device,
                 online,
-            } => Outcome::Status {
+            }) => Outcome::Status {
                 tenant,
                 device,
                 online,

@@ -86,43 +86,60 @@ pub struct Context<'a, C: ?Sized> {
 
 /// Judges one message.
 pub fn assess<C: Counters + ?Sized>(topic: &str, payload: &[u8], cx: &Context<'_, C>) -> Verdict {
-    assess_with(topic, payload, cx, &mut SpareLines::default())
+    let mut accepted = Vec::with_capacity(1);
+    match assess_into(
+        topic,
+        payload,
+        cx,
+        &mut SpareLines::default(),
+        &mut accepted,
+    ) {
+        Ok(i) => Verdict::Accept(accepted.swap_remove(i)),
+        Err(verdict) => verdict,
+    }
 }
 
-/// [`assess`], an accepted frame's lines written into a buffer from `spare`.
-pub fn assess_with<C: Counters + ?Sized>(
+/// [`assess`] for a batch: an accepted frame is pushed onto `accepted` (its index
+/// returned), its lines written into a buffer from `spare`; any other verdict is the
+/// error. Built where it stays: a 352-byte frame moved through its verdict into the
+/// plan was copied twice (1.1 % of a drain's instructions, docs/PERFORMANCE.md).
+// The error is any verdict but an acceptance, so its size is that of a small variant's
+// fields in a verdict-sized slot: nothing large is ever moved through it.
+#[allow(clippy::result_large_err)]
+pub fn assess_into<C: Counters + ?Sized>(
     topic: &str,
     payload: &[u8],
     cx: &Context<'_, C>,
     spare: &mut SpareLines,
-) -> Verdict {
+    accepted: &mut Vec<Accepted>,
+) -> Result<usize, Verdict> {
     let Ok(parsed) = Topic::parse(topic) else {
-        return Verdict::Reject(Reason::Topic);
+        return Err(Verdict::Reject(Reason::Topic));
     };
     let (tenant, device) = (parsed.who.tenant.as_str(), parsed.who.device.as_str());
     // Gateways publish acknowledgements; one arriving here is not a device's message.
     if parsed.channel == Channel::Ack {
-        return Verdict::Reject(Reason::Topic);
+        return Err(Verdict::Reject(Reason::Topic));
     }
     let Some(dev) = cx.registry.get(tenant, device) else {
-        return Verdict::Reject(Reason::UnknownDevice);
+        return Err(Verdict::Reject(Reason::UnknownDevice));
     };
     if dev.entry.revoked {
-        return Verdict::Reject(Reason::Revoked);
+        return Err(Verdict::Reject(Reason::Revoked));
     }
     if parsed.channel == Channel::Status {
-        return status(tenant, device, payload);
+        return Err(status(tenant, device, payload));
     }
     // Decoded in place: a `Frame` returned by value would copy all 64 reading slots.
     let mut readings = protocol::Readings::new();
     let header = match protocol::open_into(payload, &dev.key, parsed.who, &mut readings) {
         Ok(h) => h,
-        Err(DecodeError::Authentication) => return Verdict::Reject(Reason::Authentication),
-        Err(e) => return Verdict::Reject(Reason::Malformed(e)),
+        Err(DecodeError::Authentication) => return Err(Verdict::Reject(Reason::Authentication)),
+        Err(e) => return Err(Verdict::Reject(Reason::Malformed(e))),
     };
     let kind = header.kind;
     if !kind.of_every_device() && kind != dev.entry.kind.kind() {
-        return Verdict::Reject(Reason::KindMismatch);
+        return Err(Verdict::Reject(Reason::KindMismatch));
     }
     let frame = Opened {
         who: (tenant, device),
@@ -132,16 +149,17 @@ pub fn assess_with<C: Counters + ?Sized>(
         tag: frame_tag(payload),
     };
     if let Some(refused) = replayed_or_untimely(&frame, &readings, cx) {
-        return refused;
+        return Err(refused);
     }
-    accept(dev, &frame, &readings, cx.strings, spare.take())
+    accept(dev, &frame, &readings, cx.strings, spare.take(), accepted);
+    Ok(accepted.len() - 1)
 }
 
 /// The line buffers of accepted frames, once their batch is durable, for the frames of
 /// the next batches: a frame's lines were an allocation and a free per frame, in glibc's
-/// slow path as a batch frees them all at once (3.5 % of a drain's instructions,
-/// docs/PERFORMANCE.md, "Eighth pass"). Bounded: at most [`Self::KEPT`] buffers of at
-/// most [`Self::ROOM`] bytes each.
+/// slow path as a batch frees them all at once (with them the allocator's share of a
+/// drain's instructions fell from 5.1 % to 2.4 %, docs/PERFORMANCE.md, "Eighth pass").
+/// Bounded: at most [`Self::KEPT`] buffers of at most [`Self::ROOM`] bytes each.
 #[derive(Debug, Default)]
 pub struct SpareLines(Vec<String>);
 
@@ -248,19 +266,19 @@ fn span(f: &Opened<'_>, readings: &protocol::Readings) -> Option<Seconds> {
     })
 }
 
-/// An accepted frame: its record (line protocol with quality flags) and what it tells
-/// of its device. Filled in place: a 352-byte frame built apart and then moved was
-/// copied twice more (0.5 % of a drain's instructions, docs/PERFORMANCE.md).
+/// Pushes the accepted frame onto `accepted`: its record (line protocol with quality
+/// flags) and what it tells of its device, filled in place.
 fn accept(
     dev: &crate::fleet::Device,
     f: &Opened<'_>,
     readings: &protocol::Readings,
     strings: StringFields,
     mut lines: String,
-) -> Verdict {
+    accepted: &mut Vec<Accepted>,
+) {
     // A six-value air-quality line with its tags is about 170 bytes: room for it first time.
     lines.reserve(readings.len() * 256);
-    let mut a = Accepted {
+    accepted.push(Accepted {
         record: Record {
             tenant: dev.names.0.clone(),
             device: dev.names.1.clone(),
@@ -277,6 +295,9 @@ fn accept(
         dropped: None,
         glance: Glance::default(),
         seconds: span(f, readings),
+    });
+    let Some(a) = accepted.last_mut() else {
+        return;
     };
     for r in readings {
         a.glance.add(r);
@@ -301,7 +322,6 @@ fn accept(
             Values::AirQuality(_) | Values::Energy(_) => {}
         }
     }
-    Verdict::Accept(a)
 }
 
 /// The frame's authentication tag: its last bytes (the frame verified, so they exist).

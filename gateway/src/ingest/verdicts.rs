@@ -230,13 +230,16 @@ impl Worker {
         self.metrics.frames_accepted.inc_by(accepted.len() as u64);
         let flagged = accepted.iter().map(|a| u64::from(a.flagged)).sum();
         self.metrics.readings_flagged.inc_by(flagged);
-        for a in accepted {
-            let tenant: &str = &a.record.tenant;
+        // Counted per run of frames of one commune (usually the whole commit): a counter
+        // found per frame was 0.8 % of a drain's instructions.
+        for run in accepted.chunk_by(|a, b| a.record.tenant == b.record.tenant) {
+            let tenant: &str = &run[0].record.tenant;
+            let readings: u64 = run.iter().map(|a| u64::from(a.record.readings)).sum();
             let metric = &self.metrics.readings_accepted;
             self.tenant_readings
                 .entry_ref(tenant)
                 .or_insert_with(|| metric.of(tenant).clone())
-                .inc_by(u64::from(a.record.readings));
+                .inc_by(readings);
         }
         self.traffic.devices.update(|b| {
             for (a, gap) in accepted.iter().zip(gaps) {
