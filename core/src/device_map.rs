@@ -7,7 +7,7 @@
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A device's tenant and id, owned: the key of a [`DeviceMap`]. Ordered by tenant, then
 /// id. Shared strings, so a key made from a record's names is two reference counts, not
@@ -75,51 +75,96 @@ impl DeviceName {
     }
 }
 
+/// The hasher of every [`DeviceMap`], seeded once per process: a frame's names are
+/// hashed once ([`Hashed`]) for each map it is looked up in.
+fn hasher() -> &'static ahash::RandomState {
+    static HASHER: OnceLock<ahash::RandomState> = OnceLock::new();
+    HASHER.get_or_init(ahash::RandomState::new)
+}
+
+/// The hash of a device's names in every [`DeviceMap`], kept with what a frame carries
+/// on to the maps after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamesHash(u64);
+
+/// A device's names with their hash: what a [`DeviceMap`] is looked up by. Made from a
+/// [`DeviceRef`] (hashed then), or again from a hash taken before.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed<'a> {
+    who: DeviceRef<'a>,
+    hash: NamesHash,
+}
+
+impl<'a> Hashed<'a> {
+    /// The names.
+    pub fn who(self) -> DeviceRef<'a> {
+        self.who
+    }
+
+    /// The hash, for later lookups of the same names.
+    pub fn hash(self) -> NamesHash {
+        self.hash
+    }
+
+    /// `who` with the hash [`Self::hash`] gave for the same names before.
+    pub fn again(who: DeviceRef<'a>, hash: NamesHash) -> Self {
+        debug_assert_eq!(hasher().hash_one(who), hash.0, "a hash of other names");
+        Self { who, hash }
+    }
+}
+
+impl<'a> From<DeviceRef<'a>> for Hashed<'a> {
+    fn from(who: DeviceRef<'a>) -> Self {
+        Self {
+            who,
+            hash: NamesHash(hasher().hash_one(who)),
+        }
+    }
+}
+
 /// Values by device.
 #[derive(Clone)]
 pub struct DeviceMap<V> {
     table: HashTable<(DeviceName, V)>,
-    hasher: ahash::RandomState,
 }
 
 impl<V> Default for DeviceMap<V> {
     fn default() -> Self {
         Self {
             table: HashTable::new(),
-            hasher: ahash::RandomState::new(),
         }
     }
 }
 
-impl<V> DeviceMap<V> {
-    fn hash(&self, who: DeviceRef<'_>) -> u64 {
-        self.hasher.hash_one(who)
-    }
+fn rehash<V>((k, _): &(DeviceName, V)) -> u64 {
+    hasher().hash_one(k.as_ref())
+}
 
+impl<V> DeviceMap<V> {
     /// The value of `who`.
-    pub fn get(&self, who: DeviceRef<'_>) -> Option<&V> {
-        let found = self.table.find(self.hash(who), |(k, _)| who.names(k));
+    pub fn get<'a>(&self, who: impl Into<Hashed<'a>>) -> Option<&V> {
+        let Hashed { who, hash } = who.into();
+        let found = self.table.find(hash.0, |(k, _)| who.names(k));
         found.map(|(_, v)| v)
     }
 
     /// The value of `who`, to change.
-    pub fn get_mut(&mut self, who: DeviceRef<'_>) -> Option<&mut V> {
-        let hash = self.hash(who);
-        let found = self.table.find_mut(hash, |(k, _)| who.names(k));
+    pub fn get_mut<'a>(&mut self, who: impl Into<Hashed<'a>>) -> Option<&mut V> {
+        let Hashed { who, hash } = who.into();
+        let found = self.table.find_mut(hash.0, |(k, _)| who.names(k));
         found.map(|(_, v)| v)
     }
 
     /// The value of `who`, inserted first when missing (its key made by `name`, its
     /// value by `value`): one probe either way.
-    pub fn get_or_insert_with(
+    pub fn get_or_insert_with<'a>(
         &mut self,
-        who: DeviceRef<'_>,
+        who: impl Into<Hashed<'a>>,
         name: impl FnOnce() -> DeviceName,
         value: impl FnOnce() -> V,
     ) -> &mut V {
-        let (hash, hasher) = (self.hash(who), &self.hasher);
-        let rehash = |(k, _): &(DeviceName, V)| hasher.hash_one(k.as_ref());
-        let slot = match self.table.entry(hash, |(k, _)| who.names(k), rehash) {
+        let Hashed { who, hash } = who.into();
+        let slot = match self.table.entry(hash.0, |(k, _)| who.names(k), rehash) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert((name(), value())).into_mut(),
         };
@@ -128,10 +173,8 @@ impl<V> DeviceMap<V> {
 
     /// Sets the value of `name`; returns the one it replaces.
     pub fn insert(&mut self, name: DeviceName, value: V) -> Option<V> {
-        let who = name.as_ref();
-        let (hash, hasher) = (self.hash(who), &self.hasher);
-        let rehash = |(k, _): &(DeviceName, V)| hasher.hash_one(k.as_ref());
-        match self.table.entry(hash, |(k, _)| who.names(k), rehash) {
+        let Hashed { who, hash } = name.as_ref().into();
+        match self.table.entry(hash.0, |(k, _)| who.names(k), rehash) {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
                 e.insert((name, value));
@@ -141,9 +184,9 @@ impl<V> DeviceMap<V> {
     }
 
     /// Removes `who`; returns its value.
-    pub fn remove(&mut self, who: DeviceRef<'_>) -> Option<V> {
-        let hash = self.hash(who);
-        let found = self.table.find_entry(hash, |(k, _)| who.names(k)).ok()?;
+    pub fn remove<'a>(&mut self, who: impl Into<Hashed<'a>>) -> Option<V> {
+        let Hashed { who, hash } = who.into();
+        let found = self.table.find_entry(hash.0, |(k, _)| who.names(k)).ok()?;
         Some(found.remove().0.1)
     }
 

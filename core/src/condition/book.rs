@@ -6,7 +6,7 @@
 use crate::condition::glance::{Glance, History};
 use crate::condition::missing::{self, Gap};
 use crate::condition::{self, Condition};
-use crate::device_map::{DeviceMap, DeviceRef};
+use crate::device_map::{DeviceMap, DeviceRef, Hashed};
 use crate::fleet::{DeviceEntry, DeviceKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -163,14 +163,18 @@ pub struct Stored {
 
 impl DeviceBook {
     fn entry(&mut self, tenant: &str, device: &str) -> &mut DeviceState {
-        let who = DeviceRef::new(tenant, device);
+        self.entry_at(DeviceRef::new(tenant, device).into())
+    }
+
+    fn entry_at(&mut self, who: Hashed<'_>) -> &mut DeviceState {
+        let names = who.who();
         let state = || DeviceState {
-            tenant: tenant.to_string(),
-            device: device.to_string(),
+            tenant: names.tenant.to_string(),
+            device: names.device.to_string(),
             ..DeviceState::default()
         };
         self.devices
-            .get_or_insert_with(who, || who.to_name(), state)
+            .get_or_insert_with(who, || names.to_name(), state)
     }
 
     /// A frame of the device was made durable at `now_ms`.
@@ -182,7 +186,12 @@ impl DeviceBook {
         glance: &Glance,
         now_ms: u64,
     ) {
-        let d = self.entry(tenant, device);
+        self.stored_as(DeviceRef::new(tenant, device).into(), frame, glance, now_ms);
+    }
+
+    /// [`Self::stored`], the device's names hashed already (when its frame was judged).
+    pub fn stored_as(&mut self, who: Hashed<'_>, frame: Stored, glance: &Glance, now_ms: u64) {
+        let d = self.entry_at(who);
         d.history.merge(glance);
         d.frames += 1;
         d.readings += u64::from(frame.readings);

@@ -4,7 +4,7 @@
 //! allocation. No files here: the gateway's `registry` module stores it as TOML. Keys are secrets and
 //! never appear in `Debug` output.
 
-use crate::device_map::{DeviceMap, DeviceName, DeviceRef};
+use crate::device_map::{DeviceMap, DeviceName, DeviceRef, Hashed};
 use crate::output::lineproto::{TagSet, Tags};
 use protocol::{DeviceKey, Id, Kind};
 use serde::{Deserialize, Serialize};
@@ -325,6 +325,11 @@ impl Registry {
     /// Looks a device up.
     pub fn get(&self, tenant: &str, device: &str) -> Option<&Device> {
         self.devices.get(DeviceRef::new(tenant, device))
+    }
+
+    /// Looks a device up by its names hashed (once per frame, for every map).
+    pub fn find(&self, who: Hashed<'_>) -> Option<&Device> {
+        self.devices.get(who)
     }
 
     fn devices(&self) -> impl Iterator<Item = &Device> {

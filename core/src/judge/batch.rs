@@ -78,12 +78,11 @@ pub fn judge_with<'m>(
         let verdict = verify::assess_into(topic, payload, &cx, spare, &mut plan.accepted);
         let outcome = match verdict {
             Ok(i) => {
-                let a = &plan.accepted[i];
-                pending.accept_with(&a.record, a.seconds);
+                pending.note(&plan.accepted[i]);
                 Outcome::Store(i)
             }
             Err(Verdict::Accept(a)) => {
-                pending.accept_with(&a.record, a.seconds);
+                pending.note(&a);
                 plan.accepted.push(a);
                 Outcome::Store(plan.accepted.len() - 1)
             }
@@ -121,10 +120,7 @@ pub fn apply<'a>(
     book: &mut ReplayBook,
     accepted: impl IntoIterator<Item = &'a Accepted>,
 ) -> Vec<Gap> {
-    accepted
-        .into_iter()
-        .map(|a| book.accept_with(&a.record, a.seconds))
-        .collect()
+    accepted.into_iter().map(|a| book.note(a)).collect()
 }
 
 #[cfg(test)]

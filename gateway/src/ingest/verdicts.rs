@@ -252,7 +252,7 @@ impl Worker {
                     battery_mv: a.battery_mv,
                     dropped: a.dropped,
                 };
-                b.stored(&r.tenant, &r.device, frame, &a.glance, now_ms);
+                b.stored_as(a.names(), frame, &a.glance, now_ms);
             }
         });
         self.traffic

@@ -37,7 +37,8 @@
 //! spans) and `"VGR1"` (no tags) snapshots still load.
 
 use crate::condition::missing::{self, Gap};
-use crate::device_map::{DeviceMap, DeviceName, DeviceRef};
+use crate::device_map::{DeviceMap, DeviceName, DeviceRef, Hashed};
+use crate::judge::verify::Accepted;
 use crate::record::Record;
 use protocol::replay::WINDOW;
 use protocol::{Freshness, ReplayWindow};
@@ -290,19 +291,21 @@ impl Slot {
 
 /// Anything that can judge a counter: the book, or the book plus a batch in progress.
 pub trait Counters {
-    /// What is held of `tenant`/`device`: looked up once per frame, then asked both
-    /// questions below (two lookups per question were about 2 % of a drain's instructions).
-    fn device(&self, tenant: &str, device: &str) -> DeviceCounters<'_>;
+    /// What is held of a device: looked up once per frame, then asked both questions
+    /// below (two lookups per question were about 2 % of a drain's instructions).
+    fn device(&self, who: Hashed<'_>) -> DeviceCounters<'_>;
 
     /// Classifies a verified counter of `tenant`/`device` under key `epoch`.
     fn seen(&self, tenant: &str, device: &str, epoch: u32, counter: u32, tag: &Tag) -> Seen {
-        self.device(tenant, device).seen(epoch, counter, tag)
+        let who = DeviceRef::new(tenant, device).into();
+        self.device(who).seen(epoch, counter, tag)
     }
 
     /// Whether a fresh frame's readings could land on a point another block of counters
     /// stored (SPEC §13.2 "Stored time").
     fn collides(&self, who: (&str, &str), epoch: u32, counter: u32, seconds: &Seconds) -> bool {
-        self.device(who.0, who.1).collides(epoch, counter, seconds)
+        let who = DeviceRef::new(who.0, who.1).into();
+        self.device(who).collides(epoch, counter, seconds)
     }
 }
 
@@ -342,8 +345,8 @@ const MAGIC_V4: &[u8; 4] = b"VGR4";
 const MAGIC: &[u8; 4] = b"VGR5";
 
 impl Counters for ReplayBook {
-    fn device(&self, tenant: &str, device: &str) -> DeviceCounters<'_> {
-        DeviceCounters(self.slot(tenant, device))
+    fn device(&self, who: Hashed<'_>) -> DeviceCounters<'_> {
+        DeviceCounters(self.windows.get(who))
     }
 }
 
@@ -362,10 +365,28 @@ impl ReplayBook {
     /// [`Self::accept`] with the seconds already known (a frame just judged: the judge
     /// read them from its readings, equal to what its lines give).
     pub fn accept_with(&mut self, record: &Record, seconds: Option<Seconds>) -> Gap {
-        let r = record;
-        self.accept_counter(&r.tenant, &r.device, r.epoch, r.counter, r.tag, seconds)
+        let who = DeviceRef::new(&record.tenant, &record.device).into();
+        self.accept_at(who, record, seconds)
     }
 
+    /// Records a frame the judge accepted, durable now (its names hashed already).
+    pub fn note(&mut self, a: &Accepted) -> Gap {
+        self.accept_at(a.names(), &a.record, a.seconds)
+    }
+
+    fn accept_at(&mut self, who: Hashed<'_>, r: &Record, seconds: Option<Seconds>) -> Gap {
+        let slot = self.windows.get_or_insert_with(
+            who,
+            || DeviceName {
+                tenant: r.tenant.clone(),
+                device: r.device.clone(),
+            },
+            || Slot::new(r.epoch),
+        );
+        slot.accept(r.epoch, r.counter, r.tag, seconds)
+    }
+
+    #[cfg(test)]
     fn accept_counter(
         &mut self,
         tenant: &str,
@@ -430,29 +451,37 @@ impl Pending<'_> {
 
     /// [`Self::accept`] with the seconds already known.
     pub fn accept_with(&mut self, record: &Record, seconds: Option<Seconds>) {
-        let (tenant, device, epoch) = (&*record.tenant, &*record.device, record.epoch);
-        let book = self.book;
+        let who = DeviceRef::new(&record.tenant, &record.device).into();
+        self.accept_at(who, record, seconds);
+    }
+
+    /// Notes a frame the judge accepted in this batch (its names hashed already).
+    pub fn note(&mut self, a: &Accepted) {
+        self.accept_at(a.names(), &a.record, a.seconds);
+    }
+
+    fn accept_at(&mut self, who: Hashed<'_>, record: &Record, seconds: Option<Seconds>) {
+        let (book, epoch) = (self.book, record.epoch);
         let name = || DeviceName {
             tenant: record.tenant.clone(),
             device: record.device.clone(),
         };
         let copy = || {
-            book.slot(tenant, device)
+            book.windows
+                .get(who)
                 .cloned()
                 .unwrap_or_else(|| Slot::new(epoch))
         };
-        let slot = self
-            .touched
-            .get_or_insert_with(DeviceRef::new(tenant, device), name, copy);
+        let slot = self.touched.get_or_insert_with(who, name, copy);
         slot.accept(epoch, record.counter, record.tag, seconds);
     }
 }
 
 impl Counters for Pending<'_> {
-    fn device(&self, tenant: &str, device: &str) -> DeviceCounters<'_> {
-        match self.touched.get(DeviceRef::new(tenant, device)) {
+    fn device(&self, who: Hashed<'_>) -> DeviceCounters<'_> {
+        match self.touched.get(who) {
             Some(slot) => DeviceCounters(Some(slot)),
-            None => self.book.device(tenant, device),
+            None => self.book.device(who),
         }
     }
 }
