@@ -7,7 +7,8 @@
 use crate::condition::missing::Gap;
 use crate::judge::reason::Reason;
 use crate::judge::replay_book::ReplayBook;
-use crate::judge::verify::{self, Accepted, Context, SpareLines, Verdict};
+use crate::judge::spare::SpareLines;
+use crate::judge::verify::{self, Accepted, Context, Verdict};
 
 /// The verdict of one message, by index into the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +157,18 @@ mod tests {
         (format!("vigie/v1/lyon/{device}/up"), frame)
     }
 
+    /// What the tests judge against: `registry`, `book`, the default rules, a synced clock.
+    fn context<'a>(registry: &'a Registry, book: &'a ReplayBook) -> Context<'a, ReplayBook> {
+        Context {
+            registry,
+            counters: book,
+            rules: &RULES,
+            strings: StringFields::Fields,
+            now_s: NOW,
+            clock_synced: true,
+        }
+    }
+
     /// Verdict kinds of `messages` delivered in batches of the given sizes.
     fn verdicts(messages: &[(String, Vec<u8>)], sizes: &[usize]) -> Vec<String> {
         let registry = registry();
@@ -167,14 +180,7 @@ mod tests {
             let n = (*sizes.next().unwrap()).clamp(1, rest.len());
             let (batch, tail) = rest.split_at(n);
             rest = tail;
-            let cx = Context {
-                registry: &registry,
-                counters: &book,
-                rules: &RULES,
-                strings: StringFields::Fields,
-                now_s: NOW,
-                clock_synced: true,
-            };
+            let cx = context(&registry, &book);
             let plan = judge(batch.iter().map(|(t, p)| (t.as_str(), p.as_slice())), &cx);
             out.extend(plan.outcomes.iter().map(|o| match o {
                 Outcome::Store(_) => "store".to_string(),
@@ -226,14 +232,7 @@ mod tests {
     fn kept_line_buffers_give_the_same_plans_and_are_used_again() {
         let registry = registry();
         let book = ReplayBook::default();
-        let cx = Context {
-            registry: &registry,
-            counters: &book,
-            rules: &RULES,
-            strings: StringFields::Fields,
-            now_s: NOW,
-            clock_synced: true,
-        };
+        let cx = context(&registry, &book);
         let batch: Vec<_> = (0..10)
             .map(|c| message(["a", "bb"][c % 2], c as u32, 0))
             .collect();

@@ -5,5 +5,6 @@ pub mod batch;
 pub mod reason;
 pub mod recent;
 pub mod replay_book;
+pub mod spare;
 pub mod validate;
 pub mod verify;

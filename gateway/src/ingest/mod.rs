@@ -250,7 +250,7 @@ pub struct Worker {
     /// an allocated label under a lock, per frame otherwise).
     tenant_readings: FastMap<String, Counter>,
     /// Line buffers of durable frames, for the next frames (no allocation per frame).
-    spare: vigie_core::judge::verify::SpareLines,
+    spare: vigie_core::judge::spare::SpareLines,
     /// The group's shared store of device state; `None` for a gateway alone.
     group: Option<crate::store::group::Etcd>,
 }

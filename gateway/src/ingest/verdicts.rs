@@ -231,7 +231,7 @@ impl Worker {
         let flagged = accepted.iter().map(|a| u64::from(a.flagged)).sum();
         self.metrics.readings_flagged.inc_by(flagged);
         // Counted per run of frames of one commune (usually the whole commit): a counter
-        // found per frame was 0.8 % of a drain's instructions.
+        // found per frame was 1 % of a drain's instructions.
         for run in accepted.chunk_by(|a, b| a.record.tenant == b.record.tenant) {
             let tenant: &str = &run[0].record.tenant;
             let readings: u64 = run.iter().map(|a| u64::from(a.record.readings)).sum();
