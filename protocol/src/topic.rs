@@ -35,11 +35,10 @@ pub struct Id<'a>(&'a str);
 impl<'a> Id<'a> {
     /// Validates `s`.
     pub fn new(s: &'a str) -> Result<Self, TopicError> {
-        if s.is_empty() || s.len() > MAX_ID_LEN {
+        if !fits(s) {
             return Err(TopicError::IdLength);
         }
-        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
-        if !s.bytes().all(ok) || s.starts_with('-') || s.ends_with('-') {
+        if !s.bytes().all(id_byte) || !hyphens_inside(s) {
             return Err(TopicError::IdCharacter);
         }
         Ok(Self(s))
@@ -115,17 +114,34 @@ pub struct Topic<'a> {
     pub channel: Channel,
 }
 
+/// An id's length is 1 to [`MAX_ID_LEN`] bytes.
+fn fits(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+}
+
+/// An id's bytes are `a-z`, `0-9` and `-` (compared here: a node that checks ids does
+/// not carry the topic parser's table).
+const fn id_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+}
+
+/// An id neither starts nor ends with `-`.
+fn hyphens_inside(id: &str) -> bool {
+    !id.starts_with('-') && !id.ends_with('-')
+}
+
 const ID: u8 = 1;
 const SLASH: u8 = 2;
-/// What each byte is in a topic: [`ID`] a byte of an id, [`SLASH`] the level separator,
-/// 0 neither (one load per byte, where three comparisons cost twice as much).
+/// What each byte is in a topic: [`ID`] a byte of an id ([`id_byte`]), [`SLASH`] the
+/// level separator, 0 neither (one load per byte, where three comparisons cost twice as
+/// much).
 const LEVEL_BYTE: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         table[b] = match b as u8 {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' => ID,
             b'/' => SLASH,
+            b if id_byte(b) => ID,
             _ => 0,
         };
         b += 1;
@@ -149,10 +165,8 @@ fn id_level(text: &str) -> Option<(Id<'_>, &str)> {
             _ => return None,
         }
     }
-    let at = at?;
-    let level = &text[..at];
-    let fits = (1..=MAX_ID_LEN).contains(&level.len());
-    (fits && !level.starts_with('-') && !level.ends_with('-')).then(|| (Id(level), &text[at + 1..]))
+    let level = &text[..at?];
+    (fits(level) && hyphens_inside(level)).then(|| (Id(level), &text[level.len() + 1..]))
 }
 
 impl<'a> Topic<'a> {
@@ -179,7 +193,7 @@ impl<'a> Topic<'a> {
                 if root != "vigie" || version != "v1" {
                     return Err(TopicError::Root);
                 }
-                // Checked after the channel, whose error comes first.
+                // Its error is returned after the channel's, which comes first.
                 (Identity::new(tenant, device), channel)
             }
         };
